@@ -1,0 +1,53 @@
+"""The `medisyn` command line: thin wrappers over documented library calls.
+
+Each command group lives in its own module (cli_study, cli_analysis, cli_generate,
+cli_model, cli_app) and registers itself on the groups defined here. Heavy imports
+(torch, diffusers, gradio) happen inside command bodies so `medisyn --help` is instant.
+"""
+from __future__ import annotations
+
+import importlib
+
+import click
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="medisyn-studio")
+def cli() -> None:
+    """MediSyn Studio: text-guided medical image synthesis and blinded reader studies."""
+
+
+@cli.group()
+def study() -> None:
+    """Create, audit, run, export and analyse blinded reader studies."""
+
+
+@cli.group()
+def model() -> None:
+    """Train and inspect diffusion models."""
+
+
+_COMMAND_MODULES = (
+    "studio.cli_study",
+    "studio.cli_analysis",
+    "studio.cli_generate",
+    "studio.cli_model",
+    "studio.cli_app",
+    "studio.cli_demo",
+)
+
+
+def _register() -> None:
+    for name in _COMMAND_MODULES:
+        importlib.import_module(name)
+
+
+_register()
+
+
+def main() -> None:
+    cli()
+
+
+if __name__ == "__main__":
+    main()

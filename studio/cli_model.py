@@ -1,0 +1,2 @@
+"""medisyn CLI commands: model."""
+from studio.cli import cli, study, model  # noqa: F401  (groups these commands attach to)
