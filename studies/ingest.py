@@ -1,0 +1,302 @@
+"""Create a study: validate the input, blind every image, audit, store — all or nothing.
+
+`create_study` reads a manifest (or an --images folder), decodes each file
+(`studies.imaging.load_image`), re-encodes it to the study's single form
+(`studies.stimuli.normalise` + `encode_png`: letterboxed square RGB PNG, no metadata)
+under a random opaque id, runs the leak audit (`studies.audit.audit_leaks`) and writes
+study, stimuli and cases in one transaction.
+
+Nothing half-made survives a failure: PNGs are written to a private temporary folder
+inside the stimuli folder (same file system, so moving them in is a rename), moved into
+place only inside the open transaction, and removed again if the commit does not happen.
+A database file that this call created is removed too if it holds no study.
+"""
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import hashlib
+import json
+import os
+import pathlib
+import secrets
+import shutil
+import time
+from collections.abc import Callable, Sequence
+
+from studies import audit as audit_mod
+from studies import imaging, stimuli
+from studies.database import (
+    log_action, open_db, stimuli_dir, study_row, transaction, utc_now, write,
+)
+from studies.design import StudyOptions, select_training
+from studies.errors import IngestError, ManifestError, StudyError, StudyExists
+from studies.manifest import ManifestRow, read_images_dir, read_manifest
+
+MIN_SIZE, MAX_SIZE = 32, 4096
+MAX_NAME = 200
+_ORIGINAL_FIELDS = ("original_format", "original_width", "original_height", "original_mode",
+                    "original_bit_depth", "original_bytes")
+
+
+@dataclasses.dataclass
+class StudySummary:
+    study_id: int
+    name: str
+    n_cases: int
+    n_real: int
+    n_synthetic: int
+    n_training: int
+    tasks: tuple[str, ...]
+    size: int
+    seed: int
+    generators: list[str]
+    audit: dict
+    audit_text: str
+    stimuli_dir: pathlib.Path
+    seconds: float
+
+
+@dataclasses.dataclass
+class _Prepared:
+    row: ManifestRow
+    stimulus_id: str
+    sha256: str
+    original: dict  # original_format/width/height/mode/bit_depth/bytes
+
+
+def _check_name(name: str) -> str:
+    if not isinstance(name, str) or not name.strip():
+        raise StudyError("study name must not be empty")
+    name = name.strip()
+    if len(name) > MAX_NAME or any(ord(c) < 32 for c in name):
+        raise StudyError(f"study name must be at most {MAX_NAME} printable characters")
+    return name
+
+
+def _resolve_options(tasks: Sequence[str] | str | None, options: StudyOptions | None) -> StudyOptions:
+    options = options or StudyOptions()
+    if isinstance(tasks, str):
+        tasks = [t.strip() for t in tasks.split(",") if t.strip()]
+    if tasks is not None:
+        tasks = tuple(tasks)
+        if options.tasks != StudyOptions().tasks and options.tasks != tasks:
+            raise StudyError("tasks given twice (argument and options) with different values")
+        options = dataclasses.replace(options, tasks=tasks)
+    options = options.validated()
+    if options.seed is None:
+        options = dataclasses.replace(options, seed=secrets.randbelow(2**31))
+    return options
+
+
+def _check_design(rows: list[ManifestRow], options: StudyOptions) -> list[str]:
+    """Design-level validation; returns the case_ids held aside for training."""
+    if "alignment" in options.tasks:
+        for row in rows:
+            if not row.prompt:
+                raise ManifestError(f"{row.where}: the alignment task shows the prompt, "
+                                    "but this image has none")
+    if options.training_cases >= len(rows):
+        raise StudyError(f"{options.training_cases} training cases requested but the study "
+                         f"has only {len(rows)} images; keep some for the study itself")
+    training = select_training([(r.case_id, r.source) for r in rows],
+                               options.training_cases, options.seed)
+    if "turing" in options.tasks:
+        held = set(training)
+        for source in ("real", "synthetic"):
+            total = sum(r.source == source for r in rows)
+            main = sum(r.source == source and r.case_id not in held for r in rows)
+            if total == 0:
+                raise StudyError(f"the turing task needs real and synthetic images, but there "
+                                 f"are no {source} images")
+            if main == 0:
+                raise StudyError(f"after holding aside {len(held)} training cases no {source} "
+                                 "images remain for the turing task; use fewer training cases")
+    return training
+
+
+def _decode(row: ManifestRow, size: int) -> imaging.DecodedImage:
+    try:
+        return imaging.load_image(row.path, target_size=size, **row.decode_options())
+    except imaging.ImageError as exc:
+        raise IngestError(f"{row.where}: {exc}") from None
+    except MemoryError:
+        raise IngestError(f"{row.where}: {row.rel_path}: image too large to decode") from None
+    except Exception as exc:  # any decoder failure is bad input, reported on one line
+        raise IngestError(f"{row.where}: {row.rel_path}: cannot read image "
+                          f"({type(exc).__name__}: {exc})") from None
+
+
+def create_study(
+    db_path: str | pathlib.Path,
+    name: str,
+    *,
+    manifest: str | pathlib.Path | None = None,
+    images_dir: str | pathlib.Path | None = None,
+    size: int = 512,
+    tasks: Sequence[str] | str | None = None,
+    options: StudyOptions | None = None,
+    actor: str = "cli",
+    progress: Callable[[int, int], None] | None = None,
+) -> StudySummary:
+    """Create study `name` in `db_path` from a manifest CSV or an images folder.
+
+    One transaction: on any error nothing is left behind (no rows, no stimulus files).
+    Raises StudyError subclasses (ManifestError, IngestError, StudyExists) with one-line
+    messages naming the offending row or file.
+    """
+    t0 = time.perf_counter()
+    name = _check_name(name)
+    if (manifest is None) == (images_dir is None):
+        raise StudyError("give exactly one of a manifest or an images folder")
+    if not isinstance(size, int) or not MIN_SIZE <= size <= MAX_SIZE:
+        raise StudyError(f"size must be a whole number of pixels between {MIN_SIZE} and {MAX_SIZE}")
+    options = _resolve_options(tasks, options)
+    db_path = pathlib.Path(db_path)
+    if not db_path.parent.is_dir():
+        raise StudyError(f"database folder does not exist: {db_path.parent}")
+
+    if db_path.exists():  # fail fast, before decoding anything
+        with contextlib.closing(open_db(db_path)) as db:
+            if db.execute("SELECT 1 FROM studies WHERE name = ?", [name]).fetchone():
+                raise StudyExists(f"a study named {name!r} already exists in {db_path.name}")
+
+    rows = read_manifest(manifest) if manifest is not None else read_images_dir(images_dir)
+    training = set(_check_design(rows, options))
+
+    db_existed = db_path.exists()
+    sdir = stimuli_dir(db_path)
+    sdir_existed = sdir.exists()
+    sdir.mkdir(exist_ok=True)
+    incoming = sdir / f".incoming-{secrets.token_hex(8)}"
+    incoming.mkdir()
+    moved: list[pathlib.Path] = []
+    committed = False
+    try:
+        prepared: list[_Prepared] = []
+        items: list[audit_mod.AuditItem] = []
+        for i, row in enumerate(rows):
+            decoded = _decode(row, size)
+            png = stimuli.encode_png(stimuli.normalise(decoded, size))
+            sid = stimuli.new_stimulus_id()
+            (incoming / f"{sid}.png").write_bytes(png)
+            original = {k: getattr(decoded, k) for k in _ORIGINAL_FIELDS}
+            del decoded  # keep only metadata, not the float image
+            prepared.append(_Prepared(row, sid, hashlib.sha256(png).hexdigest(), original))
+            items.append(audit_mod.AuditItem(
+                source=row.source, png=png,
+                **{k: v for k, v in original.items() if k != "original_bytes"}))
+            if progress:
+                progress(i + 1, len(rows))
+        report = audit_mod.audit_leaks(items)
+        del items
+        report_dict, report_text = report.to_dict(), report.format_text()
+
+        db = open_db(db_path)
+        try:
+            with transaction(db):
+                if db.execute("SELECT 1 FROM studies WHERE name = ?", [name]).fetchone():
+                    raise StudyExists(f"a study named {name!r} already exists in {db_path.name}")
+                study_id = db["studies"].insert({
+                    "name": name, "created_at": utc_now(), "size": size,
+                    "tasks": json.dumps(list(options.tasks)),
+                    "options": json.dumps(options.to_dict()), "seed": options.seed,
+                    "audit_report": json.dumps(report_dict, default=str),
+                    "audit_text": report_text,
+                }).last_pk
+                db["stimuli"].insert_all(({
+                    "id": p.stimulus_id, "study_id": study_id, "sha256": p.sha256,
+                    "width": size, "height": size,
+                    **p.original,
+                } for p in prepared), batch_size=500)
+                db["cases"].insert_all(({
+                    "study_id": study_id, "case_key": p.row.case_id, "stimulus_id": p.stimulus_id,
+                    "source": p.row.source, "modality": p.row.modality, "prompt": p.row.prompt,
+                    "generator": p.row.generator, "group_name": p.row.group,
+                    "original_path": p.row.rel_path,
+                    "decode_options": json.dumps(p.row.decode_options()),
+                    "role": "training" if p.row.case_id in training else "main",
+                    "manifest_row": i + 1,
+                } for i, p in enumerate(prepared)), batch_size=500)
+                log_action(db, actor, "create_study", study_id,
+                           source=str(manifest or images_dir), n_cases=len(prepared),
+                           size=size, options=options.to_dict(), leak=report_dict.get("leak"))
+                # Move the stimuli in while the transaction is still open; undone on failure.
+                for p in prepared:
+                    final = sdir / f"{p.stimulus_id}.png"
+                    os.replace(incoming / f"{p.stimulus_id}.png", final)
+                    moved.append(final)
+            committed = True
+        finally:
+            db.close()
+    finally:
+        shutil.rmtree(incoming, ignore_errors=True)
+        if not committed:
+            for path in moved:
+                path.unlink(missing_ok=True)
+            if not sdir_existed:
+                with contextlib.suppress(OSError):
+                    sdir.rmdir()  # only if empty
+            if not db_existed:
+                _remove_empty_db(db_path)
+
+    generators = sorted({p.row.generator for p in prepared if p.row.source == "synthetic"})
+    return StudySummary(
+        study_id=study_id, name=name, n_cases=len(prepared),
+        n_real=sum(p.row.source == "real" for p in prepared),
+        n_synthetic=sum(p.row.source == "synthetic" for p in prepared),
+        n_training=len(training), tasks=options.tasks, size=size, seed=options.seed,
+        generators=generators, audit=report_dict, audit_text=report_text,
+        stimuli_dir=sdir, seconds=time.perf_counter() - t0,
+    )
+
+
+def _remove_empty_db(db_path: pathlib.Path) -> None:
+    """Delete a database file this call created, if it holds no study."""
+    if not db_path.exists():
+        return
+    try:
+        with contextlib.closing(open_db(db_path)) as db:
+            if db.execute("SELECT count(*) FROM studies").fetchone()[0]:
+                return
+    except Exception:
+        return
+    for suffix in ("", "-wal", "-shm"):
+        pathlib.Path(f"{db_path}{suffix}").unlink(missing_ok=True)
+
+
+def audit_study(db_path: str | pathlib.Path, study: str, *, recompute: bool = False,
+                actor: str = "cli") -> tuple[dict, str]:
+    """The study's leak-audit report (dict, text). `recompute=True` re-runs the audit on the
+    stored stimuli and the recorded original metadata, and stores the new report."""
+    with contextlib.closing(open_db(db_path)) as db:
+        row = study_row(db, study)
+        if not recompute and row["audit_report"]:
+            return json.loads(row["audit_report"]), row["audit_text"] or ""
+        cases = list(db.query(
+            "SELECT c.source, s.* FROM cases c JOIN stimuli s ON s.id = c.stimulus_id "
+            "WHERE c.study_id = ? ORDER BY c.id", [row["id"]]))
+    sdir = stimuli_dir(db_path)
+    items = []
+    for c in cases:
+        path = sdir / f"{c['id']}.png"
+        try:
+            png = path.read_bytes()
+        except OSError:
+            raise StudyError(f"stimulus file missing: {path}") from None
+        items.append(audit_mod.AuditItem(
+            source=c["source"], original_format=c["original_format"],
+            original_width=c["original_width"], original_height=c["original_height"],
+            original_mode=c["original_mode"], original_bit_depth=c["original_bit_depth"],
+            png=png))
+    report = audit_mod.audit_leaks(items)
+    report_dict, text = report.to_dict(), report.format_text()
+
+    def store(db):
+        db.execute("UPDATE studies SET audit_report = ?, audit_text = ? WHERE id = ?",
+                   [json.dumps(report_dict, default=str), text, row["id"]])
+        log_action(db, actor, "audit_study", row["id"], leak=report_dict.get("leak"))
+
+    write(db_path, store)
+    return report_dict, text
+

@@ -1,0 +1,249 @@
+"""The reader flow: what to show next, recording answers, serving images, progress.
+
+All state lives in SQLite, so a refresh, crash or restart resumes at the same place:
+`next_case` is the first assignment (in the reader's stored order) whose tasks are not all
+answered. Each call opens its own connection (safe from any thread or process).
+
+Responses are append-only (the database refuses UPDATE/DELETE on them): changing an answer
+adds a row and analysis uses the latest. `submit` is idempotent on the client-supplied
+`client_id`: a retry or double click returns the first acknowledgement, never a second row.
+"""
+from __future__ import annotations
+
+import dataclasses
+import datetime as _dt
+import json
+import pathlib
+import statistics
+
+from studies.database import reading, stimuli_dir, study_row, utc_now, write
+from studies.design import ATTENTION, TASKS, Task, attention_task
+from studies.errors import NotAuthorised, SessionError
+
+MAX_CLIENT_ID = 200
+MAX_DURATION_MS = 7 * 24 * 3600 * 1000
+_MAX_ID = 200
+
+
+@dataclasses.dataclass
+class CaseView:
+    """What the reader UI shows for one slot. Carries no truth, no file name, no source."""
+    assignment_id: int
+    position: int            # 1-based place in the reader's session
+    total: int
+    stimulus_id: str         # opaque per-read id; fetch pixels with stimulus_png
+    tasks: list[dict]        # question dicts in asking order, each with "answered": bool
+    prompt: str | None       # only when one of the tasks shows it (see question "shows_prompt")
+    training: bool           # training slots get feedback in the Ack
+    study: str
+
+    @property
+    def pending(self) -> list[dict]:
+        return [t for t in self.tasks if not t["answered"]]
+
+
+@dataclasses.dataclass
+class Ack:
+    response_id: int
+    duplicate: bool           # True when client_id had already been recorded
+    assignment_complete: bool
+    feedback: dict | None     # training slots only: the truth and whether the call was right
+
+
+@dataclasses.dataclass
+class ReaderProgress:
+    reader_id: int
+    reader: str
+    completed: int            # slots with every task answered (training included)
+    total: int
+    training_completed: int
+    training_total: int
+    attention_total: int
+    attention_answered: int
+    attention_passed: int
+    last_answered_at: str | None
+    median_duration_ms: float | None
+
+    @property
+    def finished(self) -> bool:
+        return self.completed == self.total
+
+
+def _task_for(name: str, expected_json: str | None) -> Task:
+    if name == ATTENTION:
+        exp = json.loads(expected_json)
+        return attention_task(exp["scale"], exp["value"])
+    return TASKS[name]
+
+
+def next_case(db_path: str | pathlib.Path, reader_id: int) -> CaseView | None:
+    """The reader's first slot with an unanswered task, or None when they are done."""
+    with reading(db_path) as db:
+        row = db.execute(
+            "SELECT a.id, a.position, a.tasks, a.kind, a.expected, a.view_id, c.prompt, s.name "
+            "FROM assignments a JOIN cases c ON c.id = a.case_id "
+            "JOIN studies s ON s.id = c.study_id "
+            "WHERE a.reader_id = ? AND a.completed_at IS NULL ORDER BY a.position LIMIT 1",
+            [reader_id]).fetchone()
+        if row is None:
+            return None
+        aid, position, tasks_json, kind, expected, view_id, prompt, study = row
+        total = db.execute("SELECT count(*) FROM assignments WHERE reader_id = ?",
+                           [reader_id]).fetchone()[0]
+        answered = {r[0] for r in db.execute(
+            "SELECT DISTINCT task FROM responses WHERE assignment_id = ?", [aid])}
+    questions = []
+    for name in json.loads(tasks_json):
+        q = _task_for(name, expected).question_dict()
+        q["answered"] = name in answered
+        questions.append(q)
+    shows_prompt = any(q["shows_prompt"] for q in questions)
+    return CaseView(
+        assignment_id=aid, position=position, total=total, stimulus_id=view_id,
+        tasks=questions, prompt=prompt if shows_prompt else None,
+        training=kind == "training", study=study,
+    )
+
+
+def _iso(value: str | _dt.datetime | None) -> str | None:
+    if value is None:
+        return None
+    if isinstance(value, _dt.datetime):
+        if value.tzinfo is None:
+            value = value.replace(tzinfo=_dt.timezone.utc)
+        return value.astimezone(_dt.timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    try:
+        return _iso(_dt.datetime.fromisoformat(str(value).replace("Z", "+00:00")))
+    except ValueError:
+        raise SessionError(f"shown_at {value!r} is not an ISO-8601 timestamp") from None
+
+
+def _feedback(kind: str, task: str, value: int, source: str) -> dict | None:
+    if kind != "training":
+        return None
+    if task == "turing":
+        call = TASKS["turing"].answer_text(value)
+        correct = call == source
+        return {"truth": source, "correct": correct,
+                "message": f"This image is {source}. You answered {call}: "
+                           f"{'correct' if correct else 'incorrect'}."}
+    return {"truth": source, "correct": None, "message": f"This image is {source}."}
+
+
+def submit(
+    db_path: str | pathlib.Path,
+    reader_id: int,
+    assignment_id: int,
+    task: str,
+    answer: int | str,
+    duration_ms: int,
+    client_id: str,
+    *,
+    shown_at: str | _dt.datetime | None = None,
+) -> Ack:
+    """Record one answer. Idempotent on `client_id`; append-only (a changed answer is a new
+    row with a new client_id). Raises NotAuthorised for another reader's assignment and
+    SessionError for an unknown task or an answer off the scale."""
+    if not isinstance(client_id, str) or not client_id or len(client_id) > MAX_CLIENT_ID:
+        raise SessionError(f"client_id must be a non-empty string of at most {MAX_CLIENT_ID} chars")
+    if isinstance(duration_ms, bool) or not isinstance(duration_ms, int):
+        if isinstance(duration_ms, float) and duration_ms.is_integer():
+            duration_ms = int(duration_ms)
+        else:
+            raise SessionError("duration_ms must be a whole number of milliseconds")
+    if not 0 <= duration_ms <= MAX_DURATION_MS:
+        raise SessionError(f"duration_ms {duration_ms} is out of range")
+    shown = _iso(shown_at)
+
+    def tx(db) -> Ack:
+        prior = db.execute(
+            "SELECT r.id, r.reader_id, r.task, r.rating, a.kind, c.source, a.completed_at "
+            "FROM responses r JOIN assignments a ON a.id = r.assignment_id "
+            "JOIN cases c ON c.id = r.case_id WHERE r.client_id = ?", [client_id]).fetchone()
+        if prior is not None:
+            if prior[1] != reader_id:
+                raise SessionError("client_id already used")
+            return Ack(response_id=prior[0], duplicate=True,
+                       assignment_complete=prior[6] is not None,
+                       feedback=_feedback(prior[4], prior[2], prior[3], prior[5]))
+        a = db.execute(
+            "SELECT a.id, a.case_id, a.tasks, a.n_tasks, a.kind, a.expected, c.source, a.completed_at "
+            "FROM assignments a JOIN cases c ON c.id = a.case_id "
+            "WHERE a.id = ? AND a.reader_id = ?", [assignment_id, reader_id]).fetchone()
+        if a is None:
+            raise NotAuthorised("no such assignment for this reader")
+        _, case_id, tasks_json, n_tasks, kind, expected, source, completed_at = a
+        if task not in json.loads(tasks_json):
+            raise SessionError(f"task {task!r} is not asked for this case")
+        task_obj = _task_for(task, expected)
+        value = task_obj.parse(answer)
+        answered_at = utc_now()
+        if shown is None:
+            at = _dt.datetime.fromisoformat(answered_at.replace("Z", "+00:00"))
+            shown_at_ = _iso(at - _dt.timedelta(milliseconds=duration_ms))
+        else:
+            shown_at_ = shown
+        cur = db.execute(
+            "INSERT INTO responses (client_id, reader_id, assignment_id, case_id, task, answer, "
+            "rating, duration_ms, shown_at, answered_at) VALUES (?,?,?,?,?,?,?,?,?,?)",
+            [client_id, reader_id, assignment_id, case_id, task, task_obj.answer_text(value),
+             value, duration_ms, shown_at_, answered_at])
+        complete = completed_at is not None
+        if not complete:
+            n_answered = db.execute(
+                "SELECT count(DISTINCT task) FROM responses WHERE assignment_id = ?",
+                [assignment_id]).fetchone()[0]
+            if n_answered >= n_tasks:
+                db.execute("UPDATE assignments SET completed_at = ? WHERE id = ?",
+                           [answered_at, assignment_id])
+                complete = True
+        return Ack(response_id=cur.lastrowid, duplicate=False, assignment_complete=complete,
+                   feedback=_feedback(kind, task, value, source))
+
+    return write(db_path, tx)
+
+
+def stimulus_png(db_path: str | pathlib.Path, reader_id: int, stimulus_id: str) -> bytes:
+    """PNG bytes of a stimulus, only if `stimulus_id` (a CaseView.stimulus_id) belongs to
+    one of this reader's assignments; NotAuthorised otherwise."""
+    if not isinstance(stimulus_id, str) or not stimulus_id or len(stimulus_id) > _MAX_ID:
+        raise NotAuthorised("unknown image")
+    with reading(db_path) as db:
+        row = db.execute(
+            "SELECT c.stimulus_id FROM assignments a JOIN cases c ON c.id = a.case_id "
+            "WHERE a.view_id = ? AND a.reader_id = ?", [stimulus_id, reader_id]).fetchone()
+    if row is None:
+        raise NotAuthorised("unknown image")
+    return (stimuli_dir(db_path) / f"{row[0]}.png").read_bytes()
+
+
+def progress(db_path: str | pathlib.Path, study: str) -> list[ReaderProgress]:
+    """Per-reader progress for the admin view, in invitation order."""
+    with reading(db_path) as db:
+        srow = study_row(db, study)
+        readers = db.execute("SELECT id, name FROM readers WHERE study_id = ? ORDER BY ordinal",
+                             [srow["id"]]).fetchall()
+        out = []
+        for rid, name in readers:
+            counts = db.execute(
+                "SELECT count(*), sum(completed_at IS NOT NULL), sum(kind = 'training'), "
+                "sum(kind = 'training' AND completed_at IS NOT NULL), sum(kind = 'attention') "
+                "FROM assignments WHERE reader_id = ?", [rid]).fetchone()
+            attention = db.execute(
+                # latest answer per attention slot vs the value the reader was told to pick
+                "SELECT a.expected, (SELECT r.rating FROM responses r WHERE r.assignment_id = a.id "
+                " ORDER BY r.id DESC LIMIT 1) FROM assignments a "
+                "WHERE a.reader_id = ? AND a.kind = 'attention'", [rid]).fetchall()
+            answered = [(json.loads(e)["value"], v) for e, v in attention if v is not None]
+            durations = [r[0] for r in db.execute(
+                "SELECT duration_ms FROM responses WHERE reader_id = ?", [rid])]
+            last = db.execute("SELECT max(answered_at) FROM responses WHERE reader_id = ?",
+                              [rid]).fetchone()[0]
+            out.append(ReaderProgress(
+                reader_id=rid, reader=name, completed=counts[1] or 0, total=counts[0],
+                training_completed=counts[3] or 0, training_total=counts[2] or 0,
+                attention_total=counts[4] or 0, attention_answered=len(answered),
+                attention_passed=sum(e == v for e, v in answered), last_answered_at=last,
+                median_duration_ms=statistics.median(durations) if durations else None,
+            ))
+    return out
