@@ -18,7 +18,7 @@ import statistics
 
 from studies.database import reading, stimuli_dir, study_row, utc_now, write
 from studies.design import ATTENTION, TASKS, Task, attention_task
-from studies.errors import NotAuthorised, SessionError
+from studies.errors import NotAuthorised, SessionError, StudyError
 
 MAX_CLIENT_ID = 200
 MAX_DURATION_MS = 7 * 24 * 3600 * 1000
@@ -176,7 +176,10 @@ def submit(
         if task not in json.loads(tasks_json):
             raise SessionError(f"task {task!r} is not asked for this case")
         task_obj = _task_for(task, expected)
-        value = task_obj.parse(answer)
+        try:
+            value = task_obj.parse(answer)
+        except StudyError as exc:
+            raise SessionError(str(exc)) from None
         answered_at = utc_now()
         if shown is None:
             at = _dt.datetime.fromisoformat(answered_at.replace("Z", "+00:00"))

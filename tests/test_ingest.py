@@ -1,0 +1,276 @@
+"""studies.ingest: blinded stimuli, stored audit, and all-or-nothing creation on bad input."""
+import json
+import os
+import shutil
+import struct
+import zlib
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from studies import ingest
+from studies.database import open_db, stimuli_dir
+from studies.design import StudyOptions
+from studies.errors import IngestError, ManifestError, StudyError, StudyExists
+from studies.ingest import audit_study, create_study
+from studies.stimuli import png_chunk_types
+from study_fixtures import files_under, make_manifest, write_images, write_manifest
+
+
+def _study_count(db_path):
+    db = open_db(db_path)
+    try:
+        return {t: db.execute(f"SELECT count(*) FROM {t}").fetchone()[0]
+                for t in ("studies", "stimuli", "cases")}
+    finally:
+        db.close()
+
+
+@pytest.fixture()
+def data(tmp_path):
+    root = tmp_path / "data"
+    return root, write_images(root)
+
+
+def test_create_blinds_every_image(tmp_path, data):
+    root, rows = data
+    db_path = tmp_path / "s.db"
+    summary = create_study(db_path, "pilot", manifest=write_manifest(root / "cases.csv", rows),
+                           size=64, options=StudyOptions(seed=3))
+    assert (summary.n_cases, summary.n_real, summary.n_synthetic) == (12, 6, 6)
+    assert summary.generators == ["gen-a"] and summary.seed == 3
+    files = sorted(stimuli_dir(db_path).iterdir())
+    assert len(files) == 12
+    originals = {os.path.splitext(os.path.basename(r["path"]))[0] for r in rows}
+    db = open_db(db_path)
+    try:
+        cases = list(db.query("SELECT * FROM cases ORDER BY manifest_row"))
+        stim_ids = {r["id"] for r in db.query("SELECT id FROM stimuli")}
+        study = next(db.query("SELECT * FROM studies"))
+    finally:
+        db.close()
+    assert {f.stem for f in files} == stim_ids
+    for f in files:
+        assert not any(o in f.name for o in originals)  # opaque names only
+        data_ = f.read_bytes()
+        assert png_chunk_types(data_) == ["IHDR", "IDAT", "IEND"]  # no metadata at all
+        with Image.open(f) as im:
+            assert (im.size, im.mode) == ((64, 64), "RGB")
+    assert [c["source"] for c in cases] == [r["source"] for r in rows]
+    assert [c["original_path"] for c in cases] == [r["path"] for r in rows]
+    assert cases[0]["modality"] == "CT" and cases[0]["prompt"] == rows[0]["prompt"]
+    report = json.loads(study["audit_report"])
+    assert report["counts"] == {"real": 6, "synthetic": 6} and "auc" in report
+    assert "Leak audit" in study["audit_text"]
+    assert not any(p.name.startswith(".incoming") for p in stimuli_dir(db_path).iterdir())
+
+
+def test_images_dir_shortcut(tmp_path, data):
+    root, _ = data
+    summary = create_study(tmp_path / "s.db", "dir", images_dir=root, size=32)
+    assert (summary.n_real, summary.n_synthetic) == (6, 6)
+
+
+def test_dicom_and_nifti_options_from_manifest(tmp_path, data):
+    from pydicom.data import get_testdata_file
+
+    root, rows = data
+    for name in ("693_J2KI.dcm", "examples_ybr_color.dcm", "JPEG2000.dcm"):
+        shutil.copyfile(get_testdata_file(name), root / "real" / name)
+    rows = [dict(r, frame="", window="", slice="", axis="") for r in rows]
+    rows += [
+        dict(path="real/693_J2KI.dcm", source="real", modality="CT", prompt="ct", generator="",
+             frame="", window="lung", slice="", axis=""),
+        dict(path="real/examples_ybr_color.dcm", source="real", modality="US", prompt="us",
+             generator="", frame="3", window="", slice="", axis=""),
+        dict(path="real/JPEG2000.dcm", source="real", modality="NM", prompt="nm", generator="",
+             frame="", window="", slice="", axis=""),
+    ]
+    nii = next(i for i, r in enumerate(rows) if r["path"].endswith(".nii"))
+    rows[nii].update(axis="1", slice="20")
+    summary = create_study(tmp_path / "s.db", "fmt", manifest=write_manifest(root / "m.csv", rows),
+                           size=48)
+    assert summary.n_real == 9
+    db = open_db(tmp_path / "s.db")
+    try:
+        fmts = {r["original_format"] for r in db.query("SELECT original_format FROM stimuli")}
+        opts = [json.loads(r["decode_options"]) for r in db.query(
+            "SELECT decode_options FROM cases ORDER BY manifest_row")]
+    finally:
+        db.close()
+    assert fmts == {"DICOM", "NIfTI", "PNG"}
+    assert opts[-2]["frame"] == 3 and opts[-3]["window"] == "lung"
+    assert opts[nii] == {"axis": 1, "slice_index": 20, "modality": "MRI"}
+
+
+def test_training_cases_are_held_aside(tmp_path, data):
+    root, rows = data
+    create_study(tmp_path / "s.db", "t", manifest=write_manifest(root / "m.csv", rows), size=32,
+                 options=StudyOptions(training_cases=2, seed=1))
+    db = open_db(tmp_path / "s.db")
+    try:
+        roles = [tuple(r) for r in db.execute(
+            "SELECT role, source FROM cases WHERE role = 'training' ORDER BY source")]
+    finally:
+        db.close()
+    assert roles == [("training", "real"), ("training", "synthetic")]
+
+
+def test_planted_brightness_leak_is_flagged(tmp_path):
+    """All synthetic images much brighter than the real ones: the audit must flag it."""
+    root = tmp_path / "leaky"
+    rows = write_images(root, synthetic_per_real=2)
+    for r in rows:
+        if r["source"] == "synthetic":
+            p = root / r["path"]
+            a = np.asarray(Image.open(p), dtype=np.float64)
+            Image.fromarray(np.clip(a * 0.3 + 180, 0, 255).astype(np.uint8)).save(p)
+    summary = create_study(tmp_path / "s.db", "leaky", manifest=write_manifest(root / "m.csv", rows),
+                           size=48, options=StudyOptions(seed=1))
+    assert summary.audit["leak"] is True
+    assert "LEAK" in summary.audit_text
+    stored, text = audit_study(tmp_path / "s.db", "leaky")
+    assert stored["leak"] is True and text == summary.audit_text
+    recomputed, _ = audit_study(tmp_path / "s.db", "leaky", recompute=True)
+    assert recomputed["auc"] == pytest.approx(summary.audit["auc"])
+
+
+# --------------------------------------------------------------------------- bad input
+def _assert_nothing_created(tmp_path, db_path):
+    assert not db_path.exists(), "a failed create left a database file behind"
+    assert files_under(stimuli_dir(db_path)) == []
+    assert not stimuli_dir(db_path).exists()
+
+
+def _bomb_png(path, width=20_000, height=20_000):
+    """A tiny file whose header claims 400 Mpx (a decompression bomb)."""
+    def chunk(kind, payload):
+        return (struct.pack(">I", len(payload)) + kind + payload
+                + struct.pack(">I", zlib.crc32(kind + payload) & 0xFFFFFFFF))
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    idat = zlib.compress(b"\x00" * 1024)
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", idat)
+                     + chunk(b"IEND", b""))
+
+
+BAD_CASES = {
+    "missing_file": (lambda root, rows: rows[3].update(path="real/gone.png"),
+                     ManifestError, r"row 4 .*file not found"),
+    "corrupt_file": (lambda root, rows: (root / rows[5]["path"]).write_bytes(b"\x89PNG\r\n\x1a\nnot really"),
+                     IngestError, r"row 6 \(line 7\): .*s02_0.png"),
+    "truncated_dicom": (lambda root, rows: (root / rows[0]["path"]).write_bytes(
+        (root / rows[0]["path"]).read_bytes()[:2000]), IngestError, r"row 1 .*CT_small.dcm"),
+    "unsupported_file": (lambda root, rows: (shutil.copyfile(
+        os.path.join(os.path.dirname(__import__("skimage").__file__), "data", "no_time_for_that_tiny.gif"),
+        root / "real" / "anim.gif"), rows[0].update(path="real/anim.gif")),
+        IngestError, r"row 1 .*anim.gif"),
+    "unknown_source": (lambda root, rows: rows[2].update(source="generated"),
+                       ManifestError, r"row 3 .*unknown source 'generated'"),
+    "escaping_path": (lambda root, rows: rows[1].update(path="../../etc/passwd"),
+                      ManifestError, r"row 2 .*escapes"),
+    "absolute_path": (lambda root, rows: rows[1].update(path="/etc/hostname"),
+                      ManifestError, r"row 2 .*absolute"),
+    "decompression_bomb": (lambda root, rows: _bomb_png(root / rows[7]["path"]),
+                           IngestError, r"row 8 .*s03_0.png"),
+    "no_synthetic": (lambda root, rows: rows.__setitem__(slice(None), [r for r in rows if r["source"] == "real"]),
+                     StudyError, "no synthetic images"),
+    "no_real": (lambda root, rows: rows.__setitem__(slice(None), [r for r in rows if r["source"] == "synthetic"]),
+                StudyError, "no real images"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD_CASES))
+def test_bad_input_creates_nothing(tmp_path, data, case):
+    root, rows = data
+    mutate, exc, pattern = BAD_CASES[case]
+    mutate(root, rows)
+    manifest = write_manifest(root / "m.csv", rows)
+    db_path = tmp_path / "s.db"
+    with pytest.raises(exc, match=pattern) as info:
+        create_study(db_path, "bad", manifest=manifest, size=32)
+    assert "\n" not in str(info.value)
+    _assert_nothing_created(tmp_path, db_path)
+
+
+def test_manifest_missing_column_creates_nothing(tmp_path, data):
+    root, rows = data
+    manifest = write_manifest(root / "m.csv", rows, ["path", "source", "prompt"])
+    with pytest.raises(ManifestError, match="missing required column.*modality"):
+        create_study(tmp_path / "s.db", "bad", manifest=manifest)
+    _assert_nothing_created(tmp_path, tmp_path / "s.db")
+
+
+def test_failure_keeps_existing_study_untouched(tmp_path, data):
+    root, rows = data
+    db_path = tmp_path / "s.db"
+    create_study(db_path, "first", manifest=write_manifest(root / "m.csv", rows), size=32)
+    before_files, before_counts = files_under(stimuli_dir(db_path)), _study_count(db_path)
+    (root / rows[-1]["path"]).write_bytes(b"garbage")  # fails on the last image
+    with pytest.raises(IngestError, match="row 12"):
+        create_study(db_path, "second", manifest=write_manifest(root / "m.csv", rows), size=32)
+    assert files_under(stimuli_dir(db_path)) == before_files
+    assert _study_count(db_path) == before_counts
+
+
+def test_duplicate_study_name(tmp_path, data):
+    root, rows = data
+    db_path = tmp_path / "s.db"
+    manifest = write_manifest(root / "m.csv", rows)
+    create_study(db_path, "same", manifest=manifest, size=32)
+    before_files, before_counts = files_under(stimuli_dir(db_path)), _study_count(db_path)
+    with pytest.raises(StudyExists, match="'same' already exists"):
+        create_study(db_path, "same", manifest=manifest, size=32)
+    assert files_under(stimuli_dir(db_path)) == before_files
+    assert _study_count(db_path) == before_counts
+
+
+def test_failure_while_moving_stimuli_in_rolls_everything_back(tmp_path, data, monkeypatch):
+    """The transaction is open and some stimuli are already in place when the failure hits:
+    the moved files are removed and no row survives."""
+    root, rows = data
+    db_path = tmp_path / "s.db"
+    calls = []
+    real_replace = os.replace
+
+    def flaky_replace(src, dst):
+        calls.append(dst)
+        if len(calls) == 5:
+            raise OSError("disk full")
+        return real_replace(src, dst)
+
+    monkeypatch.setattr(ingest.os, "replace", flaky_replace)
+    with pytest.raises(OSError, match="disk full"):
+        create_study(db_path, "x", manifest=write_manifest(root / "m.csv", rows), size=32)
+    assert len(calls) == 5
+    _assert_nothing_created(tmp_path, db_path)
+
+
+def test_alignment_needs_prompts(tmp_path, data):
+    root, rows = data
+    rows[4]["prompt"] = ""
+    with pytest.raises(ManifestError, match="row 5 .*alignment"):
+        create_study(tmp_path / "s.db", "a", manifest=write_manifest(root / "m.csv", rows),
+                     tasks=("turing", "alignment"))
+    _assert_nothing_created(tmp_path, tmp_path / "s.db")
+
+
+@pytest.mark.parametrize("kwargs, pattern", [
+    (dict(size=8), "size must be"),
+    (dict(tasks="turing,bogus"), "unknown task 'bogus'"),
+    (dict(options=StudyOptions(training_cases=12)), "training cases"),
+    (dict(options=StudyOptions(training_cases=11)), "no (real|synthetic) images remain"),
+])
+def test_bad_options(tmp_path, data, kwargs, pattern):
+    root, rows = data
+    with pytest.raises(StudyError, match=pattern):
+        create_study(tmp_path / "s.db", "o", manifest=write_manifest(root / "m.csv", rows), **kwargs)
+    _assert_nothing_created(tmp_path, tmp_path / "s.db")
+
+
+def test_needs_exactly_one_source(tmp_path, data):
+    root, rows = data
+    with pytest.raises(StudyError, match="exactly one"):
+        create_study(tmp_path / "s.db", "x")
+    with pytest.raises(StudyError, match="exactly one"):
+        create_study(tmp_path / "s.db", "x", manifest=make_manifest(tmp_path / "m"), images_dir=root)
