@@ -25,7 +25,7 @@ from typing import TypeVar
 
 from sqlite_utils import Database
 
-from studies.errors import StudyNotFound
+from studies.errors import DatabaseNotFound, StudyNotFound
 
 SCHEMA_VERSION = 1
 BUSY_TIMEOUT_MS = 5_000
@@ -167,8 +167,9 @@ def _migrate(db: Database) -> None:
                 db["schema_version"].insert({"version": version, "applied_at": utc_now()})
 
 
-def open_db(path: str | pathlib.Path, *, migrate: bool = True) -> Database:
-    """A fresh connection to the study database at `path` (created if missing).
+def open_db(path: str | pathlib.Path, *, migrate: bool = True, create: bool = True) -> Database:
+    """A fresh connection to the study database at `path` (created if missing, unless
+    `create=False`, which raises DatabaseNotFound instead).
 
     WAL journal, foreign keys ON, busy timeout, schema migrated to `SCHEMA_VERSION`.
     Open one per thread or request and close it when done (`with open_db(p) as db:`).
@@ -176,6 +177,8 @@ def open_db(path: str | pathlib.Path, *, migrate: bool = True) -> Database:
     path = pathlib.Path(path)
     if path.parent and not path.parent.exists():
         raise FileNotFoundError(f"database folder does not exist: {path.parent}")
+    if not create and not path.is_file():
+        raise DatabaseNotFound(f"study database not found: {path}")
     # isolation_level=None: no implicit transactions; we issue BEGIN IMMEDIATE ourselves.
     conn = sqlite3.connect(str(path), timeout=BUSY_TIMEOUT_MS / 1000, isolation_level=None)
     try:
@@ -234,7 +237,7 @@ def write(db_path: str | pathlib.Path, fn: Callable[[Database], T]) -> T:
     re-run (it is: a rolled-back attempt leaves nothing behind)."""
 
     def attempt() -> T:
-        with contextlib.closing(open_db(db_path)) as db:
+        with contextlib.closing(open_db(db_path, create=False)) as db:
             with transaction(db):
                 return fn(db)
 
@@ -243,8 +246,8 @@ def write(db_path: str | pathlib.Path, fn: Callable[[Database], T]) -> T:
 
 @contextlib.contextmanager
 def reading(db_path: str | pathlib.Path) -> Iterator[Database]:
-    """A short-lived connection for reads (closed on exit)."""
-    db = open_db(db_path)
+    """A short-lived connection for reads (closed on exit); the database must exist."""
+    db = open_db(db_path, create=False)
     try:
         yield db
     finally:

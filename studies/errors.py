@@ -18,6 +18,10 @@ class StudyExists(StudyError):
     """A study with that name already exists in the database."""
 
 
+class DatabaseNotFound(StudyError):
+    """The study database file does not exist (only `create_study` creates one)."""
+
+
 class StudyNotFound(StudyError):
     """No study with that name."""
 

@@ -269,7 +269,7 @@ def audit_study(db_path: str | pathlib.Path, study: str, *, recompute: bool = Fa
                 actor: str = "cli") -> tuple[dict, str]:
     """The study's leak-audit report (dict, text). `recompute=True` re-runs the audit on the
     stored stimuli and the recorded original metadata, and stores the new report."""
-    with contextlib.closing(open_db(db_path)) as db:
+    with contextlib.closing(open_db(db_path, create=False)) as db:
         row = study_row(db, study)
         if not recompute and row["audit_report"]:
             return json.loads(row["audit_report"]), row["audit_text"] or ""
@@ -300,3 +300,25 @@ def audit_study(db_path: str | pathlib.Path, study: str, *, recompute: bool = Fa
     write(db_path, store)
     return report_dict, text
 
+
+
+def list_studies(db_path: str | pathlib.Path) -> list[dict]:
+    """Every study in the database with its counts, newest first (for the studio's admin
+    view): name, created_at, tasks, size, n_cases, n_real, n_synthetic, n_readers, leak."""
+    from studies.database import reading
+
+    with reading(db_path) as db:
+        rows = list(db.query(
+            "SELECT s.name, s.created_at, s.tasks, s.size, s.audit_report, "
+            "(SELECT count(*) FROM cases c WHERE c.study_id = s.id) AS n_cases, "
+            "(SELECT count(*) FROM cases c WHERE c.study_id = s.id AND c.source = 'real') AS n_real, "
+            "(SELECT count(*) FROM readers r WHERE r.study_id = s.id) AS n_readers "
+            "FROM studies s ORDER BY s.created_at DESC, s.id DESC"))
+    out = []
+    for r in rows:
+        audit = json.loads(r.pop("audit_report") or "{}")
+        r["tasks"] = json.loads(r["tasks"])
+        r["n_synthetic"] = r["n_cases"] - r["n_real"]
+        r["leak"] = audit.get("leak")
+        out.append(r)
+    return out

@@ -72,7 +72,7 @@ def invite(db_path: str | pathlib.Path, study: str, reader: str, *, reissue: boo
         if existing:
             if not reissue:
                 raise ReaderError(f"reader {name!r} is already invited to study {study!r} "
-                                  "(reissue their link to replace the token)")
+                                  "(use --reissue / reissue=True for a new link)")
             db.execute("UPDATE readers SET token_hash = ?, token_issued_at = ? WHERE id = ?",
                        [digest, now, existing[0]])
             log_action(db, actor, "reissue_token", srow["id"], reader=name)

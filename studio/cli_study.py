@@ -1,2 +1,155 @@
-"""medisyn CLI commands: study."""
+"""medisyn CLI commands: study create | audit | invite | export | progress.
+
+Thin wrappers over studies.ingest / readers / export / session. Bad input ends with one
+`Error: ...` line on stderr and exit status 1, never a traceback.
+"""
+from __future__ import annotations
+
+import functools
+import sqlite3
+import sys
+
+import click
+
 from studio.cli import cli, study, model  # noqa: F401  (groups these commands attach to)
+
+
+def _one_line_errors(fn):
+    """Turn the library's expected failures into click's one-line error + exit 1."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        from studies.errors import StudyError
+        from studies.imaging import ImageError
+
+        try:
+            return fn(*args, **kwargs)
+        except (StudyError, ImageError, FileNotFoundError) as exc:
+            raise click.ClickException(str(exc)) from None
+        except sqlite3.DatabaseError as exc:
+            raise click.ClickException(f"database error: {exc}") from None
+        except OSError as exc:
+            raise click.ClickException(f"{exc.strerror or exc}: {exc.filename or ''}".rstrip(": ")) from None
+
+    return wrapper
+
+
+_db_option = click.option("--db", "db_path", required=True, type=click.Path(dir_okay=False),
+                          help="Study database file (SQLite).")
+_study_option = click.option("--study", "study_name", required=True, help="Study name.")
+
+
+@study.command("create")
+@_db_option
+@click.option("--name", required=True, help="Name of the new study (unique in the database).")
+@click.option("--manifest", type=click.Path(dir_okay=False),
+              help="CSV with columns path, source, modality, prompt [generator, case_id, group, "
+                   "frame, window, slice, axis].")
+@click.option("--images", "images_dir", type=click.Path(file_okay=False),
+              help="Folder with real/ and synthetic/ subfolders (instead of --manifest).")
+@click.option("--size", default=512, show_default=True, type=int,
+              help="Side of the square stimulus PNG (letterboxed).")
+@click.option("--tasks", default="turing", show_default=True,
+              help="Comma-separated: turing, alignment, quality.")
+@click.option("--training", "training", default=0, show_default=True, type=int,
+              help="Cases held aside as training (shown first, with feedback, not analysed).")
+@click.option("--repeat-fraction", default=0.0, show_default=True, type=float,
+              help="Fraction of cases shown a second time later (intra-reader reliability).")
+@click.option("--attention-checks", default=0, show_default=True, type=int,
+              help="Instructed-response attention checks per reader.")
+@click.option("--counterbalance/--no-counterbalance", default=False, show_default=True,
+              help="Rotate the task order across readers.")
+@click.option("--seed", type=int, default=None, help="Study seed (default: random, stored).")
+@_one_line_errors
+def create_cmd(db_path, name, manifest, images_dir, size, tasks, training, repeat_fraction,
+               attention_checks, counterbalance, seed):
+    """Create a blinded study from a manifest or an images folder, and audit it for leaks."""
+    from studies.design import StudyOptions
+    from studies.ingest import create_study
+
+    options = StudyOptions(training_cases=training, repeat_fraction=repeat_fraction,
+                           attention_checks=attention_checks, counterbalance=counterbalance,
+                           seed=seed)
+    with click.progressbar(length=1, label="Ingesting", file=sys.stderr,
+                           show_pos=True) as bar:
+        def progress(done, total):
+            bar.length = total
+            bar.update(done - bar.pos)
+
+        summary = create_study(db_path, name, manifest=manifest, images_dir=images_dir,
+                               size=size, tasks=tasks, options=options, progress=progress)
+    click.echo(f"Created study {summary.name!r}: {summary.n_cases} images "
+               f"({summary.n_real} real, {summary.n_synthetic} synthetic; "
+               f"{summary.n_training} held aside for training), tasks {','.join(summary.tasks)}, "
+               f"{summary.size}x{summary.size} PNG, seed {summary.seed}, "
+               f"in {summary.seconds:.1f} s.")
+    click.echo(f"Stimuli: {summary.stimuli_dir}")
+    click.echo(summary.audit_text)
+    if summary.audit.get("leak"):
+        click.echo("WARNING: the leak audit flags this study; see above.", err=True)
+
+
+@study.command("audit")
+@_db_option
+@_study_option
+@click.option("--recompute", is_flag=True, help="Re-run the audit on the stored stimuli.")
+@_one_line_errors
+def audit_cmd(db_path, study_name, recompute):
+    """Print the study's leak audit (as stored at creation, or recomputed)."""
+    from studies.ingest import audit_study
+
+    report, text = audit_study(db_path, study_name, recompute=recompute)
+    click.echo(text)
+
+
+@study.command("invite")
+@_db_option
+@_study_option
+@click.option("--reader", required=True, help="Reader name (unique within the study).")
+@click.option("--base-url", default="http://127.0.0.1:7860/", show_default=True,
+              help="Where the studio is reachable for this reader.")
+@click.option("--reissue", is_flag=True,
+              help="Give an existing reader a new link (the old one stops working).")
+@_one_line_errors
+def invite_cmd(db_path, study_name, reader, base_url, reissue):
+    """Invite a reader and print their personal link (shown once; only a hash is stored)."""
+    from studies.readers import invite, reader_link
+
+    token = invite(db_path, study_name, reader, reissue=reissue)
+    click.echo(reader_link(token, base_url))
+
+
+@study.command("export")
+@_db_option
+@_study_option
+@click.option("--format", "fmt", type=click.Choice(["long", "imrmc"]), required=True,
+              help="long: one row per response; imrmc: iMRMC readerID,caseID,modalityID,score.")
+@click.option("--out", required=True, type=click.Path(dir_okay=False), help="Output CSV file.")
+@click.option("--all-responses", is_flag=True,
+              help="long only: also export superseded answers (adds a 'superseded' column).")
+@_one_line_errors
+def export_cmd(db_path, study_name, fmt, out, all_responses):
+    """Export responses as a long table or in iMRMC layout (CSV)."""
+    from studies.export import write_export
+
+    n = write_export(db_path, study_name, fmt, out, include_superseded=all_responses)
+    click.echo(f"Wrote {n} rows to {out}")
+
+
+@study.command("progress")
+@_db_option
+@_study_option
+@_one_line_errors
+def progress_cmd(db_path, study_name):
+    """Per-reader progress (completed reads, training, attention checks)."""
+    from studies.session import progress
+
+    rows = progress(db_path, study_name)
+    if not rows:
+        click.echo("No readers invited yet.")
+        return
+    click.echo(f"{'reader':<24} {'done':>11} {'training':>9} {'attention':>10}  last answer")
+    for p in rows:
+        click.echo(f"{p.reader[:24]:<24} {p.completed:>5}/{p.total:<5} "
+                   f"{p.training_completed:>4}/{p.training_total:<4} "
+                   f"{p.attention_passed:>4}/{p.attention_total:<5}  {p.last_answered_at or '-'}")

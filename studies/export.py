@@ -1,0 +1,137 @@
+"""Export a study's responses: the long table (input of studies.analysis) and iMRMC.
+
+`long_table`: one row per effective response, columns `LONG_COLUMNS`. Responses are
+append-only; when a reader changed an answer, the latest one for that (read, task) wins and
+the earlier ones are left out (pass `include_superseded=True` to get them too, with an
+extra `superseded` column). Rows of every kind are present and flagged: `training` (1 for
+training reads, excluded from analysis), `repeat` (1 for the second read of a case, for
+intra-reader reliability), and attention checks appear with task `attention`
+(truth = the value the reader was told to pick, response/rating = what they picked).
+
+`imrmc_table`: the iMRMC data-frame layout `readerID, caseID, modalityID, score` for the
+turing task only, training/repeat/attention reads excluded, score = the 6-point rating
+(6 = definitely synthetic), plus one truth row per case (`readerID="truth"`,
+`modalityID="truth"`, score 1 = synthetic, 0 = real). modalityID is the generator; real
+cases are listed under every generator so each modality is a full real-vs-that-generator
+ROC task (paired on the real cases). With a single (or no named) generator, modalityID
+is the study name.
+"""
+from __future__ import annotations
+
+import json
+import os
+import pathlib
+import tempfile
+
+import pandas as pd
+
+from studies.database import log_action, reading, study_row, write
+from studies.design import ATTENTION
+from studies.errors import StudyError
+
+LONG_COLUMNS = ["study", "reader", "case", "task", "source", "generator", "modality", "prompt",
+                "truth", "response", "rating", "duration_ms", "answered_at", "training",
+                "repeat"]
+IMRMC_COLUMNS = ["readerID", "caseID", "modalityID", "score"]
+FORMATS = ("long", "imrmc")
+
+
+def long_table(db_path: str | pathlib.Path, study: str, *,
+               include_superseded: bool = False) -> pd.DataFrame:
+    """One row per response (latest answer per read and task), columns `LONG_COLUMNS`."""
+    with reading(db_path) as db:
+        srow = study_row(db, study)
+        rows = db.execute(
+            "SELECT rd.name, c.case_key, r.task, c.source, c.generator, c.modality, c.prompt, "
+            "a.kind, a.expected, r.answer, r.rating, r.duration_ms, r.answered_at, "
+            "r.id = (SELECT max(r2.id) FROM responses r2 "
+            "        WHERE r2.assignment_id = r.assignment_id AND r2.task = r.task) AS latest "
+            "FROM responses r JOIN assignments a ON a.id = r.assignment_id "
+            "JOIN readers rd ON rd.id = r.reader_id JOIN cases c ON c.id = r.case_id "
+            "WHERE rd.study_id = ? ORDER BY rd.ordinal, a.position, r.id",
+            [srow["id"]]).fetchall()
+    records = []
+    for (reader, case, task, source, generator, modality, prompt, kind, expected, answer,
+         rating, duration, answered_at, latest) in rows:
+        if not latest and not include_superseded:
+            continue
+        if task == "turing":
+            truth = source
+        elif task == ATTENTION:
+            truth = str(json.loads(expected)["value"])
+        else:
+            truth = None
+        rec = {
+            "study": srow["name"], "reader": reader, "case": case, "task": task,
+            "source": source, "generator": generator or "", "modality": modality or "",
+            "prompt": prompt or "", "truth": truth, "response": answer, "rating": rating,
+            "duration_ms": duration, "answered_at": answered_at,
+            "training": int(kind == "training"), "repeat": int(kind == "repeat"),
+        }
+        if include_superseded:
+            rec["superseded"] = int(not latest)
+        records.append(rec)
+    columns = LONG_COLUMNS + (["superseded"] if include_superseded else [])
+    df = pd.DataFrame.from_records(records, columns=columns)
+    for col in ("rating", "duration_ms", "training", "repeat") + (("superseded",) if include_superseded else ()):
+        df[col] = df[col].astype("int64")
+    return df
+
+
+def imrmc_table(db_path: str | pathlib.Path, study: str) -> pd.DataFrame:
+    """iMRMC layout (readerID, caseID, modalityID, score) of the turing ratings."""
+    long = long_table(db_path, study)
+    reads = long[(long.task == "turing") & (long.training == 0) & (long["repeat"] == 0)]
+    if reads.empty:
+        return pd.DataFrame(columns=IMRMC_COLUMNS)
+    generators = sorted(set(reads.loc[reads.source == "synthetic", "generator"]))
+    if len(generators) <= 1:
+        modalities = {str(long.study.iloc[0]): reads}
+    else:
+        modalities = {
+            (g or "unnamed"): reads[(reads.source == "real") | (reads.generator == g)]
+            for g in generators
+        }
+    parts = []
+    truth = reads.drop_duplicates("case")[["case", "source"]]
+    parts.append(pd.DataFrame({
+        "readerID": "truth", "caseID": truth["case"].to_numpy(), "modalityID": "truth",
+        "score": (truth["source"] == "synthetic").astype(int).to_numpy(),
+    }))
+    for modality, df in modalities.items():
+        parts.append(pd.DataFrame({
+            "readerID": df["reader"].to_numpy(), "caseID": df["case"].to_numpy(),
+            "modalityID": modality, "score": df["rating"].to_numpy(),
+        }))
+    out = pd.concat(parts, ignore_index=True)[IMRMC_COLUMNS]
+    out["score"] = out["score"].astype("int64")
+    return out
+
+
+def write_export(db_path: str | pathlib.Path, study: str, fmt: str, out: str | pathlib.Path,
+                 *, include_superseded: bool = False, actor: str = "cli") -> int:
+    """Write the `long` or `imrmc` table as CSV to `out` (atomically); returns data rows."""
+    if fmt not in FORMATS:
+        raise StudyError(f"unknown export format {fmt!r}; choose from {', '.join(FORMATS)}")
+    out = pathlib.Path(out)
+    if not out.parent.is_dir():
+        raise StudyError(f"output folder does not exist: {out.parent}")
+    if fmt == "long":
+        df = long_table(db_path, study, include_superseded=include_superseded)
+    else:
+        df = imrmc_table(db_path, study)
+    fd, tmp = tempfile.mkstemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", newline="", encoding="utf-8") as fh:
+            df.to_csv(fh, index=False)
+        os.replace(tmp, out)
+    except BaseException:
+        pathlib.Path(tmp).unlink(missing_ok=True)
+        raise
+
+    def log(db):
+        log_action(db, actor, "export", study_row(db, study)["id"], format=fmt, rows=len(df),
+                   out=str(out))
+
+    write(db_path, log)
+    return len(df)
