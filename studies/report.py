@@ -1,0 +1,279 @@
+"""The study report: plotly figures and one self-contained HTML file, built from analyze()'s result.
+
+Everything here reads the JSON-ready result only, so a report can be rebuilt from a saved
+`--json` file. The HTML embeds plotly.js once (inline, no CDN) and opens offline.
+"""
+from __future__ import annotations
+
+import html
+from pathlib import Path
+
+import plotly.graph_objects as go
+
+from studies.likert import MWU_TEST
+
+METHODS = [
+    ("Accuracy, sensitivity, specificity, fool rate",
+     "95% intervals by Wilson's score method and the Clopper–Pearson exact method; exact two-sided "
+     "binomial test of accuracy against 0.5 (Newcombe 1998, Stat Med 17:857)."),
+    ("ROC", "Empirical (Wilcoxon) AUC from the 6-point rating (6 = definitely synthetic, positive class = "
+            "synthetic) with DeLong's variance and a Wald 95% CI (DeLong, DeLong & Clarke-Pearson 1988, "
+            "Biometrics 44:837)."),
+    ("MRMC", "Obuchowski–Rockette analysis of reader AUCs with jackknife covariances and Hillis' denominator "
+             "degrees of freedom, for random readers & random cases and for fixed readers (Obuchowski & "
+             "Rockette 1995, Commun Stat Simul Comput 24:285; Hillis 2007, Stat Med 26:596). Generators are "
+             "treatments sharing the real images as negatives."),
+    ("Agreement", "Fleiss' κ with the Fleiss, Nee & Landis (1979) z-test; Cohen's κ per reader pair with the "
+                  "Fleiss, Cohen & Everitt (1969) asymptotic SE (linearly weighted for Likert ratings); "
+                  "Krippendorff's α (Krippendorff 2004; Hayes & Krippendorff 2007). Intra-reader: Cohen's κ "
+                  "between a reader's first and repeated read."),
+    ("Likert", f"Mean, median, quartiles and distributions; six Shrout & Fleiss (1979) ICCs with F-tests and "
+               f"McGraw & Wong (1996) CIs; {MWU_TEST} for synthetic vs real (assumes independent ratings)."),
+]
+
+
+def _fmt(v, digits: int = 3) -> str:
+    if v is None:
+        return "—"
+    if isinstance(v, bool):
+        return "yes" if v else "no"
+    if isinstance(v, int):
+        return str(v)
+    if isinstance(v, float):
+        if v != 0 and (abs(v) < 10 ** -digits):
+            return f"{v:.2e}"
+        return f"{v:.{digits}f}"
+    if isinstance(v, list) and len(v) == 2 and all(isinstance(x, (int, float)) for x in v):
+        return f"{_fmt(v[0], digits)} – {_fmt(v[1], digits)}"
+    return str(v)
+
+
+def _cell(d: dict | None, key: str, digits: int = 3) -> str:
+    if d is None:
+        return "<td>—</td>"
+    v = d.get(key)
+    if v is None and d.get(f"{key}_reason"):
+        return f'<td title="{html.escape(d[f"{key}_reason"])}">n/a</td>'
+    return f"<td>{html.escape(_fmt(v, digits))}</td>"
+
+
+def _table(rows: list[tuple[str, dict | None]], columns: list[tuple[str, str]], caption: str) -> str:
+    head = "".join(f"<th>{html.escape(label)}</th>" for label, _ in columns)
+    body = "".join(
+        f"<tr><th>{html.escape(str(name))}</th>{''.join(_cell(d, key) for _, key in columns)}</tr>"
+        for name, d in rows)
+    return (f"<table><caption>{html.escape(caption)}</caption><thead><tr><th></th>{head}</tr></thead>"
+            f"<tbody>{body}</tbody></table>")
+
+
+_BINARY_COLS = [("n", "n"), ("accuracy", "accuracy"), ("95% CI (Wilson)", "ci_wilson"),
+                ("95% CI (Clopper–Pearson)", "ci_clopper_pearson"), ("p (binomial)", "p_binomial"),
+                ("sensitivity", "sensitivity"), ("specificity", "specificity"), ("fool rate", "fool_rate")]
+_LIKERT_COLS = [("n", "n"), ("mean", "mean"), ("sd", "sd"), ("median", "median"), ("Q1", "q1"), ("Q3", "q3")]
+
+
+# --- figures --------------------------------------------------------------------------
+
+def forest_figure(turing: dict) -> go.Figure:
+    """Per-reader accuracy with Wilson 95% CIs, pooled last, chance line at 0.5."""
+    names, acc, lo, hi = [], [], [], []
+    for name, d in list(turing["per_reader"].items()) + [("pooled", turing["pooled"])]:
+        if d.get("accuracy") is None:
+            continue
+        names.append(name)
+        acc.append(d["accuracy"])
+        lo.append(d["accuracy"] - d["ci_wilson"][0])
+        hi.append(d["ci_wilson"][1] - d["accuracy"])
+    fig = go.Figure(go.Scatter(
+        x=acc, y=names, mode="markers", error_x={"type": "data", "symmetric": False, "array": hi, "arrayminus": lo},
+        marker={"symbol": ["diamond" if n == "pooled" else "circle" for n in names],
+                "size": [13 if n == "pooled" else 8 for n in names]}))
+    fig.add_vline(x=0.5, line_dash="dash", annotation_text="chance")
+    fig.update_layout(title="Accuracy per reader (95% Wilson CI)", xaxis_title="accuracy",
+                      xaxis_range=[0, 1], yaxis_autorange="reversed", height=max(300, 22 * len(names) + 120))
+    return fig
+
+
+def confusion_figure(turing: dict) -> go.Figure:
+    c = turing["pooled"]["confusion"]
+    z = [[c["real"]["real"], c["real"]["synthetic"]], [c["synthetic"]["real"], c["synthetic"]["synthetic"]]]
+    fig = go.Figure(go.Heatmap(z=z, x=["called real", "called synthetic"], y=["real", "synthetic"],
+                               text=z, texttemplate="%{text}", colorscale="Blues", showscale=False))
+    fig.update_layout(title="Confusion matrix (all readers)", yaxis_title="truth", yaxis_autorange="reversed",
+                      height=360)
+    return fig
+
+
+def roc_figure(turing: dict) -> go.Figure:
+    fig = go.Figure()
+    for name, d in turing["per_reader"].items():
+        r = d.get("roc")
+        if r and r.get("fpr") is not None:
+            label = f"{name} (AUC {d['auc']:.3f})" if d.get("auc") is not None else name
+            fig.add_trace(go.Scatter(x=r["fpr"], y=r["tpr"], mode="lines+markers", name=label,
+                                     line={"width": 1}, marker={"size": 4}, opacity=0.6))
+    pooled = turing.get("roc_pooled")
+    if pooled and pooled.get("fpr") is not None:
+        label = f"pooled (AUC {pooled['auc']:.3f})" if pooled.get("auc") is not None else "pooled"
+        fig.add_trace(go.Scatter(x=pooled["fpr"], y=pooled["tpr"], mode="lines", name=label,
+                                 line={"width": 4, "color": "black"}))
+    fig.add_trace(go.Scatter(x=[0, 1], y=[0, 1], mode="lines", name="chance", line={"dash": "dash", "color": "grey"}))
+    fig.update_layout(title="ROC curves (positive = synthetic)", xaxis_title="false-positive rate (real called synthetic)",
+                      yaxis_title="true-positive rate (synthetic called synthetic)", height=520)
+    return fig
+
+
+def likert_figure(section: dict, task: str) -> go.Figure:
+    """Stacked bars of rating shares by source and generator."""
+    groups = [(f"source: {k}", v) for k, v in section["by_source"].items()]
+    groups += [(f"generator: {k}", v) for k, v in section["by_generator"].items()]
+    groups = [(n, v) for n, v in groups if v.get("n")]
+    levels = sorted({lvl for _, v in groups for lvl in v["distribution"]}, key=float)
+    fig = go.Figure()
+    for lvl in levels:
+        fig.add_trace(go.Bar(y=[n for n, _ in groups], x=[v["proportions"].get(lvl, 0.0) for _, v in groups],
+                             name=lvl, orientation="h"))
+    fig.update_layout(barmode="stack", title=f"{task}: rating distribution", xaxis_title="share of ratings",
+                      xaxis_range=[0, 1], height=max(280, 40 * len(groups) + 140), legend_title="rating")
+    return fig
+
+
+def agreement_figure(pairwise: dict, title: str) -> go.Figure:
+    """Heatmap of pairwise Cohen's κ (diagonal = 1)."""
+    readers = list(dict.fromkeys(r for p in pairwise["pairs"] for r in (p["reader_a"], p["reader_b"])))
+    index = {r: i for i, r in enumerate(readers)}
+    z = [[1.0 if i == j else None for j in range(len(readers))] for i in range(len(readers))]
+    for p in pairwise["pairs"]:
+        i, j = index[p["reader_a"]], index[p["reader_b"]]
+        z[i][j] = z[j][i] = p.get("kappa")
+    fig = go.Figure(go.Heatmap(z=z, x=readers, y=readers, zmin=-1, zmax=1, colorscale="RdBu",
+                               colorbar={"title": "κ"}))
+    fig.update_layout(title=title, yaxis_autorange="reversed", height=max(400, 18 * len(readers) + 160))
+    return fig
+
+
+def figures(result: dict) -> dict[str, go.Figure]:
+    """Every figure the result supports, keyed by name."""
+    out: dict[str, go.Figure] = {}
+    t = result.get("turing")
+    if t:
+        out["forest"] = forest_figure(t)
+        out["confusion"] = confusion_figure(t)
+        out["roc"] = roc_figure(t)
+        if t["cohen_kappa"]["pairs"]:
+            out["agreement"] = agreement_figure(t["cohen_kappa"], "Pairwise Cohen's κ (Turing call)")
+    for task in ("alignment", "quality"):
+        sec = result.get(task)
+        if sec:
+            out[f"likert_{task}"] = likert_figure(sec, task)
+            if sec["cohen_kappa_weighted"]["pairs"]:
+                out[f"agreement_{task}"] = agreement_figure(sec["cohen_kappa_weighted"],
+                                                            f"Pairwise weighted Cohen's κ ({task})")
+    return out
+
+
+# --- HTML -----------------------------------------------------------------------------
+
+_CSS = """
+body{font-family:system-ui,sans-serif;margin:2rem auto;max-width:1100px;color:#222}
+table{border-collapse:collapse;margin:1rem 0;font-size:.9rem}
+th,td{border:1px solid #ccc;padding:.25rem .5rem;text-align:right}
+tbody th{text-align:left}caption{text-align:left;font-weight:600;margin-bottom:.3rem}
+td[title]{color:#999;cursor:help}.note{color:#555;font-size:.9rem}
+"""
+
+
+def _turing_html(t: dict) -> list[str]:
+    parts = ["<h2>Visual Turing test</h2>",
+             f"<p>{t['n']} reads by {t['n_readers']} readers of {t['n_cases']} cases "
+             f"({t['n_real_cases']} real, {t['n_synthetic_cases']} synthetic).</p>"]
+    parts.append(_table([("pooled", t["pooled"])] + list(t["per_reader"].items()),
+                        _BINARY_COLS + [("AUC", "auc"), ("AUC 95% CI (DeLong)", "auc_ci")],
+                        "Accuracy per reader"))
+    for key, label in (("by_modality", "modality"), ("by_generator", "generator"), ("by_group", "group")):
+        if t.get(key):
+            parts.append(_table(list(t[key].items()), _BINARY_COLS, f"By {label}"))
+    m = t["mrmc"]
+    rows = [("all synthetic vs real", m)] + list((m.get("by_generator") or {}).items())
+    parts.append(_table(rows, [("readers", "n_readers"), ("AUC", "auc"), ("F", "f"), ("ddf", "ddf"),
+                               ("p", "p"), ("95% CI", "ci")],
+                        "MRMC (Obuchowski–Rockette, Hillis ddf; random readers and cases) vs AUC 0.5"))
+    comp = m.get("comparison")
+    if comp:
+        parts.append(_table(list(comp["differences"].items()),
+                            [("difference", "difference"), ("F", "f"), ("ddf", "ddf"), ("p", "p"), ("95% CI", "ci")],
+                            f"Generator differences in AUC (overall F = {_fmt(comp.get('f'))}, p = {_fmt(comp.get('p'))})"))
+    parts.append(_table([("Fleiss' κ", t["fleiss_kappa"])], [("κ", "kappa"), ("z", "z"), ("p", "p"),
+                                                             ("cases", "n_subjects"), ("readers", "n_raters")],
+                        "Agreement on the binary call"))
+    parts.append(_table([("Krippendorff's α (nominal)", t["krippendorff_alpha"]),
+                         ("mean pairwise Cohen's κ", t["cohen_kappa"]),
+                         ("intra-reader κ (pooled)", t["intra_reader_kappa"].get("pooled"))],
+                        [("value", "alpha"), ("mean κ", "mean_kappa"), ("κ", "kappa"), ("95% CI", "ci")],
+                        "Agreement (continued)"))
+    return parts
+
+
+def _likert_html(task: str, s: dict) -> list[str]:
+    parts = [f"<h2>{html.escape(task.capitalize())} ratings</h2>",
+             f"<p>{s['n']} ratings by {s['n_readers']} readers of {s['n_cases']} cases.</p>"]
+    rows = [("all", s["summary"])] + [(f"source: {k}", v) for k, v in s["by_source"].items()]
+    rows += [(f"modality: {k}", v) for k, v in s["by_modality"].items()]
+    rows += [(f"generator: {k}", v) for k, v in s["by_generator"].items()]
+    parts.append(_table(rows, _LIKERT_COLS, "Summary"))
+    parts.append(_table([("synthetic vs real", s["mann_whitney"])],
+                        [("U", "u"), ("p", "p"), ("P(synthetic > real)", "prob_superiority"),
+                         ("rank-biserial", "rank_biserial")], MWU_TEST))
+    parts.append(_table(list(s["icc"].items()), [("ICC", "icc"), ("F", "f"), ("df1", "df1"), ("df2", "df2"),
+                                                 ("p", "p"), ("95% CI", "ci")], "Intraclass correlation (Shrout & Fleiss)"))
+    parts.append(_table([("ordinal", s["krippendorff_alpha_ordinal"]), ("interval", s["krippendorff_alpha_interval"]),
+                         ("mean pairwise weighted κ", s["cohen_kappa_weighted"]),
+                         ("intra-reader weighted κ (pooled)", s["intra_reader_kappa"].get("pooled"))],
+                        [("α", "alpha"), ("mean κ", "mean_kappa"), ("κ", "kappa"), ("95% CI", "ci")],
+                        "Krippendorff's α and Cohen's κ"))
+    return parts
+
+
+def render_html(result: dict, *, title: str | None = None) -> str:
+    """One self-contained HTML document (plotly.js inline, once)."""
+    study = result.get("input", {}).get("study")
+    title = title or (f"Reader study report — {study}" if study else "Reader study report")
+    parts = [f"<h1>{html.escape(str(title))}</h1>"]
+    inp = result.get("input", {})
+    parts.append(f"<p class=note>{inp.get('rows_analysed', 0)} responses analysed "
+                 f"({inp.get('rows_training_excluded', 0)} training rows excluded, {inp.get('rows_repeat', 0)} "
+                 f"repeat reads used for intra-reader agreement only, {inp.get('rows_superseded', 0)} superseded "
+                 f"answers). Hover “n/a” to see why a value is undefined.</p>")
+    figs = figures(result)
+    first = [True]
+
+    def fig_html(name):
+        if name not in figs:
+            return ""
+        out = figs[name].to_html(full_html=False, include_plotlyjs=first[0], config={"displaylogo": False})
+        first[0] = False
+        return out
+
+    if result.get("turing"):
+        parts += _turing_html(result["turing"])
+        parts += [fig_html(n) for n in ("forest", "confusion", "roc", "agreement")]
+    else:
+        parts.append(f"<h2>Visual Turing test</h2><p>{html.escape(result.get('turing_reason', ''))}</p>")
+    for task in ("alignment", "quality"):
+        if result.get(task):
+            parts += _likert_html(task, result[task])
+            parts += [fig_html(f"likert_{task}"), fig_html(f"agreement_{task}")]
+        else:
+            parts.append(f"<h2>{task.capitalize()} ratings</h2><p>{html.escape(result.get(f'{task}_reason', ''))}</p>")
+    parts.append("<h2>Methods</h2>")
+    parts.append("<p>" + " ".join(f"<b>{html.escape(k)}.</b> {html.escape(v)}" for k, v in METHODS) + "</p>")
+    parts.append("<p class=note>Training reads are excluded, the latest answer per reader, case and task is used, "
+                 "and repeated reads serve only intra-reader agreement.</p>")
+    return (f"<!DOCTYPE html><html lang=en><head><meta charset=utf-8><title>{html.escape(str(title))}</title>"
+            f"<style>{_CSS}</style></head><body>{''.join(parts)}</body></html>")
+
+
+def write_html(result: dict, path, *, title: str | None = None) -> Path:
+    path = Path(path)
+    path.write_text(render_html(result, title=title), encoding="utf-8")
+    return path

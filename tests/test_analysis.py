@@ -1,0 +1,257 @@
+"""analyze(): data rules, JSON schema and conventions, edge cases, and agreement with the method modules."""
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from studies import agreement, mrmc
+from studies.analysis import analyze, analyze_db
+from studies.simulate import simulate_long
+from tests.analysis_fixtures import assert_json_clean
+
+BINARY_KEYS = ("n", "accuracy", "sensitivity", "specificity", "fool_rate", "ci_wilson", "ci_clopper_pearson",
+               "p_binomial")
+
+
+@pytest.fixture(scope="module")
+def study():
+    return simulate_long(6, 80, tasks=("turing", "alignment", "quality"), generators=("gen-a", "gen-b"),
+                         modalities=("CXR", "CT"), groups=("adult", "child"), repeat_fraction=0.2,
+                         training_cases=6, seed=3)
+
+
+@pytest.fixture(scope="module")
+def result(study):
+    return analyze(study)
+
+
+def test_required_keys(result):
+    t = result["turing"]
+    for key in BINARY_KEYS:
+        assert key in t["pooled"]
+    for entry in t["per_reader"].values():
+        for key in (*BINARY_KEYS, "auc", "auc_ci"):
+            assert key in entry
+    assert isinstance(t["fleiss_kappa"]["kappa"], float)
+    assert isinstance(t["krippendorff_alpha"]["alpha"], float)
+    for key in ("auc", "f", "ddf", "p", "ci"):
+        assert t["mrmc"][key] is not None
+    assert set(t["mrmc"]["comparison"]["differences"]) == {"gen-a - gen-b"}
+    for task in ("alignment", "quality"):
+        s = result[task]
+        assert set(s["icc"]) == {"ICC1", "ICC2", "ICC3", "ICC1k", "ICC2k", "ICC3k"}
+        for form in s["icc"].values():
+            assert {"icc", "f", "df1", "df2", "p", "ci"} <= set(form)
+        assert s["krippendorff_alpha_ordinal"]["alpha"] is not None
+        assert s["krippendorff_alpha_interval"]["alpha"] is not None
+        assert s["cohen_kappa_weighted"]["pairs"]
+    assert set(t["by_modality"]) == {"CT", "CXR"} and set(t["by_group"]) == {"adult", "child"}
+    assert set(t["by_generator"]) == {"gen-a", "gen-b"}
+    assert len(t["cohen_kappa"]["pairs"]) == 15
+
+
+def test_json_is_clean(result):
+    assert_json_clean(result)
+    assert json.loads(json.dumps(result)) == result
+
+
+def test_training_rows_excluded_and_counted(study, result):
+    assert result["input"]["rows_training_excluded"] == int(study["training"].sum())
+    poisoned = study.copy()
+    train = poisoned["training"]
+    poisoned.loc[train, "response"] = "real"
+    poisoned.loc[train, "rating"] = 1
+    again = analyze(poisoned)
+    assert again["turing"]["pooled"] == result["turing"]["pooled"]
+    assert again["alignment"]["summary"] == result["alignment"]["summary"]
+
+
+def test_pooled_counts_match_a_crosstab(study, result):
+    rows = study[(study.task == "turing") & ~study.training & ~study.repeat]
+    tab = pd.crosstab(rows.truth, rows.response)
+    conf = result["turing"]["pooled"]["confusion"]
+    assert conf["synthetic"]["real"] == tab.loc["synthetic", "real"]
+    assert conf["real"]["synthetic"] == tab.loc["real", "synthetic"]
+    assert result["turing"]["pooled"]["accuracy"] == pytest.approx(np.trace(tab.to_numpy()) / len(rows))
+
+
+def test_latest_answer_wins():
+    df = simulate_long(3, 20, seed=1)
+    first = df.iloc[[0]].copy()
+    later = first.copy()
+    first["answered_at"] = "2024-01-01T00:00:00Z"
+    flipped = "real" if later["response"].iloc[0] == "synthetic" else "synthetic"
+    later["response"] = flipped
+    later["rating"] = 1 if flipped == "real" else 6
+    later["answered_at"] = "2030-01-01T00:00:00Z"
+    combined = pd.concat([later, df.iloc[1:], first], ignore_index=True)  # table order must not matter
+    expected = pd.concat([later, df.iloc[1:]], ignore_index=True)
+    got, want = analyze(combined), analyze(expected)
+    assert got["turing"]["pooled"] == want["turing"]["pooled"]
+    assert got["input"]["rows_superseded"] == 1
+
+
+def test_repeats_only_feed_intra_reader_kappa(study, result):
+    no_repeats = analyze(study[~study["repeat"]])
+    assert no_repeats["turing"]["pooled"] == result["turing"]["pooled"]
+    assert no_repeats["turing"]["intra_reader_kappa"]["pooled"] is None
+    # intra-reader κ equals Cohen's κ of (first, repeat) calls pooled over readers
+    t = study[(study.task == "turing") & ~study.training]
+    pairs = t[t.repeat].merge(t[~t.repeat], on=["reader", "case"], suffixes=("_r", "_f"))
+    tab = pd.crosstab(pairs.response_f, pairs.response_r).reindex(index=["real", "synthetic"],
+                                                                  columns=["real", "synthetic"], fill_value=0)
+    ref = agreement.cohen_kappa(tab.to_numpy())
+    intra = result["turing"]["intra_reader_kappa"]
+    assert intra["n_pairs"] == len(pairs)
+    assert intra["pooled"]["kappa"] == pytest.approx(ref["kappa"])
+    assert set(intra["per_reader"]) <= set(result["input"]["readers"])
+
+
+def test_mrmc_matches_direct_computation(study, result):
+    rows = study[(study.task == "turing") & ~study.training & ~study.repeat]
+    wide = rows.pivot(index="reader", columns="case", values="rating")
+    truth = rows.drop_duplicates("case").set_index("case").loc[wide.columns, "truth"].eq("synthetic").to_numpy()
+    direct = mrmc.mrmc_auc(wide.to_numpy(float), truth, treatments=["all"])
+    m = result["turing"]["mrmc"]
+    assert m["auc"] == pytest.approx(direct["single"]["all"]["auc"])
+    assert m["p"] == pytest.approx(direct["single"]["all"]["random_readers"]["p"])
+    assert m["ddf"] == pytest.approx(direct["single"]["all"]["random_readers"]["ddf"])
+    # per-reader AUC in per_reader equals the MRMC reader AUC (complete design)
+    for r, a in m["auc_per_reader"].items():
+        assert result["turing"]["per_reader"][r]["auc"] == pytest.approx(a)
+
+
+def test_fleiss_and_icc_match_the_method_modules(study, result):
+    rows = study[(study.task == "alignment") & ~study.training & ~study.repeat]
+    wide = rows.pivot(index="case", columns="reader", values="rating").to_numpy(float)
+    ref = agreement.icc(wide)
+    for form, entry in result["alignment"]["icc"].items():
+        assert entry["icc"] == pytest.approx(ref[form]["icc"])
+    t = study[(study.task == "turing") & ~study.training & ~study.repeat]
+    calls = t.pivot(index="case", columns="reader", values="response").eq("synthetic").astype(int).to_numpy()
+    assert result["turing"]["fleiss_kappa"]["kappa"] == pytest.approx(
+        agreement.fleiss_kappa(agreement.category_counts(calls, 2))["kappa"])
+
+
+# --- edge cases -------------------------------------------------------------------------
+
+def test_one_reader():
+    res = analyze(simulate_long(1, 30, tasks=("turing", "alignment"), seed=2))
+    assert_json_clean(res)
+    t = res["turing"]
+    assert t["pooled"]["accuracy"] is not None and t["per_reader"]["reader001"]["auc"] is not None
+    assert t["fleiss_kappa"]["kappa"] is None and "one reader" in t["fleiss_kappa"]["kappa_reason"]
+    assert t["krippendorff_alpha"]["alpha"] is None
+    assert t["cohen_kappa"]["pairs"] == [] and t["cohen_kappa"]["mean_kappa"] is None
+    assert t["mrmc"]["p"] is None and "one reader" in t["mrmc"]["p_reason"]
+    assert t["mrmc"]["fixed_readers"]["p"] is not None
+    assert res["alignment"]["icc"]["ICC2"]["icc"] is None
+
+
+def test_reader_with_the_same_answer_to_everything():
+    df = simulate_long(4, 40, tasks=("turing",), seed=5)
+    lazy = df.reader == "reader002"
+    df.loc[lazy, "response"] = "synthetic"
+    df.loc[lazy, "rating"] = 6
+    res = analyze(df)
+    assert_json_clean(res)
+    r = res["turing"]["per_reader"]["reader002"]
+    assert r["sensitivity"] == 1.0 and r["specificity"] == 0.0
+    assert r["auc"] == 0.5 and r["auc_ci"] is None and "same rating" in r["auc_ci_reason"]
+    pairs = [p for p in res["turing"]["cohen_kappa"]["pairs"] if "reader002" in (p["reader_a"], p["reader_b"])]
+    assert all(p["kappa"] == pytest.approx(0.0) for p in pairs)
+    assert res["turing"]["mrmc"]["p"] is not None
+
+
+def test_missing_cells():
+    df = simulate_long(5, 60, tasks=("turing", "alignment"), missing_fraction=0.15, seed=6)
+    partial = df[~((df.reader == "reader005") & (df.index % 3 != 0))]  # reader005 rated ~1/3 of the cases
+    res = analyze(partial)
+    assert_json_clean(res)
+    m = res["turing"]["mrmc"]
+    assert m["readers_excluded"] == ["reader005"]
+    assert m["n_readers"] == 4 and m["cases_excluded"] > 0 and m["auc"] is not None
+    assert res["turing"]["krippendorff_alpha"]["n_raters"] == 5  # α uses every rating
+    pair = next(p for p in res["turing"]["cohen_kappa"]["pairs"]
+                if (p["reader_a"], p["reader_b"]) == ("reader001", "reader005"))
+    assert 0 < pair["n"] < 60
+    assert res["alignment"]["icc"]["ICC1"]["n_judges"] == 4
+
+
+def test_all_correct():
+    df = simulate_long(3, 30, tasks=("turing",), seed=7)
+    df["response"] = df["truth"]
+    df["rating"] = np.where(df["truth"] == "synthetic", 6, 1)
+    res = analyze(df)
+    assert_json_clean(res)
+    t = res["turing"]
+    assert t["pooled"]["accuracy"] == 1.0 and t["pooled"]["fool_rate"] == 0.0
+    assert t["fleiss_kappa"]["kappa"] == pytest.approx(1.0)
+    assert t["mrmc"]["auc"] == 1.0 and t["mrmc"]["p"] is None and t["mrmc"]["p_reason"]
+    assert all(r["auc"] == 1.0 and r["auc_ci"] is None for r in t["per_reader"].values())
+
+
+def test_empty_breakdown_group():
+    df = simulate_long(3, 30, tasks=("turing", "alignment"), modalities=("CXR", "CT"), seed=8,
+                       training_cases=2)
+    # a modality seen only in training rows: listed, with n = 0 and reasons
+    df.loc[df.training, "modality"] = "MRI"
+    res = analyze(df)
+    assert_json_clean(res)
+    mri = res["turing"]["by_modality"]["MRI"]
+    assert mri["n"] == 0 and mri["accuracy"] is None and mri["accuracy_reason"] == "no responses"
+    assert res["alignment"]["by_modality"]["MRI"]["n"] == 0
+    assert res["alignment"]["mann_whitney_by_modality"]["MRI"]["u"] is None
+
+
+def test_task_with_no_responses_yet():
+    res = analyze(simulate_long(3, 20, tasks=("turing",), seed=9))
+    assert res["alignment"] is None and "no responses" in res["alignment_reason"]
+    assert res["quality"] is None
+    empty = analyze(simulate_long(3, 20, seed=9).iloc[0:0])
+    assert empty["turing"] is None and empty["turing_reason"]
+    assert_json_clean(empty)
+
+
+def test_no_group_column_is_explained():
+    res = analyze(simulate_long(3, 20, tasks=("turing", "quality"), seed=10))
+    assert res["turing"]["by_group"] is None and "group" in res["turing"]["by_group_reason"]
+    assert res["quality"]["by_group"] is None
+
+
+def test_call_from_rating_when_response_missing_and_string_flags():
+    df = simulate_long(3, 30, seed=11)
+    ref = analyze(df)
+    df2 = df.assign(response=None, training=df.training.map({True: "true", False: "false"}),
+                    repeat=df.repeat.astype(int))
+    assert analyze(df2)["turing"]["pooled"] == ref["turing"]["pooled"]
+
+
+def test_other_tasks_ignored_and_missing_columns_rejected():
+    df = simulate_long(2, 10, seed=12)
+    extra = df.iloc[:3].assign(task="attention")
+    res = analyze(pd.concat([df, extra]))
+    assert res["input"]["rows_other_tasks_ignored"] == 3
+    with pytest.raises(ValueError, match="reader"):
+        analyze(df.drop(columns="reader"))
+
+
+def test_unspecified_generator_is_its_own_treatment():
+    df = simulate_long(3, 40, generators=("g1",), seed=13)
+    syn = df.index[df.source == "synthetic"][:10]
+    df.loc[df.case.isin(df.loc[syn, "case"]), "generator"] = None
+    res = analyze(df)
+    assert "unspecified" in res["turing"]["by_generator"]
+    assert res["turing"]["mrmc"]["comparison"] is not None
+
+
+def test_analyze_db_reads_the_long_table(monkeypatch):
+    import sys
+    import types
+
+    df = simulate_long(2, 12, seed=14)
+    fake = types.ModuleType("studies.export")
+    fake.long_table = lambda db, name: df[df.study == name]
+    monkeypatch.setitem(sys.modules, "studies.export", fake)
+    assert analyze_db("x.db", "sim")["turing"]["pooled"] == analyze(df)["turing"]["pooled"]

@@ -1,0 +1,90 @@
+"""`medisyn study analyze` and `medisyn study power`."""
+import json
+import sys
+import types
+
+import pytest
+from click.testing import CliRunner
+
+from studio.cli import cli
+from studies.simulate import simulate_long
+from tests.analysis_fixtures import assert_json_clean
+
+
+def _csv(tmp_path, **kw):
+    path = tmp_path / "long.csv"
+    simulate_long(4, 30, tasks=("turing", "alignment"), seed=4, **kw).to_csv(path, index=False)
+    return path
+
+
+def test_analyze_responses_json(tmp_path):
+    res = CliRunner().invoke(cli, ["study", "analyze", "--responses", str(_csv(tmp_path)), "--json"])
+    assert res.exit_code == 0, res.output
+    data = json.loads(res.output)
+    assert_json_clean(data)
+    assert data["turing"]["pooled"]["n"] == 120 and data["quality"] is None
+
+
+def test_analyze_text_and_html(tmp_path):
+    html = tmp_path / "r.html"
+    res = CliRunner().invoke(cli, ["study", "analyze", "--responses", str(_csv(tmp_path)), "--html", str(html)])
+    assert res.exit_code == 0, res.output
+    assert "Turing (4 readers, 30 cases): accuracy" in res.output and "MRMC AUC" in res.output
+    assert html.exists() and "plotly.js v" in html.read_text(encoding="utf-8")
+
+
+def test_analyze_db_path(tmp_path, monkeypatch):
+    df = simulate_long(3, 20, seed=5)
+    fake = types.ModuleType("studies.export")
+    fake.long_table = lambda db, name: df
+    monkeypatch.setitem(sys.modules, "studies.export", fake)
+    db = tmp_path / "s.db"
+    db.write_bytes(b"")
+    res = CliRunner().invoke(cli, ["study", "analyze", "--db", str(db), "--study", "sim", "--json"])
+    assert res.exit_code == 0, res.output
+    assert json.loads(res.output)["turing"]["n_readers"] == 3
+
+
+def test_analyze_usage_errors(tmp_path):
+    runner = CliRunner()
+    assert runner.invoke(cli, ["study", "analyze"]).exit_code == 2
+    both = runner.invoke(cli, ["study", "analyze", "--responses", str(_csv(tmp_path)), "--db", "x.db"])
+    assert both.exit_code == 2 and "not both" in both.output
+    bad = tmp_path / "bad.csv"
+    bad.write_text("a,b\n1,2\n")
+    res = runner.invoke(cli, ["study", "analyze", "--responses", str(bad)])
+    assert res.exit_code == 1 and "required column" in res.output
+    missing = runner.invoke(cli, ["study", "analyze", "--db", str(tmp_path / "none.db"), "--study", "x"])
+    assert missing.exit_code == 2 and "no such database" in missing.output
+
+
+def test_power_commands(tmp_path):
+    runner = CliRunner()
+    res = runner.invoke(cli, ["study", "power", "--readers", "6", "--cases", "100", "--accuracy", "0.6", "--json"])
+    assert res.exit_code == 0, res.output
+    assert 0 < json.loads(res.output)["power"] < 1
+    res = runner.invoke(cli, ["study", "power", "--cases", "100", "--accuracy", "0.6", "--target-power", "0.8"])
+    assert res.exit_code == 0 and "readers = 8" in res.output
+    res = runner.invoke(cli, ["study", "power", "--readers", "3", "--accuracy", "0.55", "--target-power", "0.9",
+                              "--reader-sd", "0.5"])
+    assert res.exit_code == 0 and "not reachable" in res.output
+    res = runner.invoke(cli, ["study", "power", "--readers", "5", "--cases", "100", "--auc", "0.7", "--auc2", "0.8",
+                              "--json"])
+    assert res.exit_code == 0 and json.loads(res.output)["target"] == "auc_difference"
+    assert runner.invoke(cli, ["study", "power", "--readers", "5"]).exit_code == 2
+
+
+def test_power_from_pilot_analysis(tmp_path):
+    runner = CliRunner()
+    out = runner.invoke(cli, ["study", "analyze", "--responses", str(_csv(tmp_path, generators=("a", "b"))),
+                              "--json"])
+    pilot = tmp_path / "pilot.json"
+    pilot.write_text(out.output)
+    res = runner.invoke(cli, ["study", "power", "--readers", "8", "--cases", "200", "--auc", "0.7",
+                              "--pilot", str(pilot), "--json"])
+    assert res.exit_code == 0, res.output
+    data = json.loads(res.output)
+    assert data["variance_source"] == "pilot"
+    mrmc = json.loads(out.output)["turing"]["mrmc"]
+    assert data["variance_components"]["var"] * 200 == pytest.approx(
+        mrmc["variance_components"]["var"] * mrmc["n_cases"])
