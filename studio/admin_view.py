@@ -1,0 +1,683 @@
+"""The researcher's app (mounted at `/admin`, behind the admin login).
+
+Tabs: Studies (overview, leak audit), New study (from an uploaded zip, a folder on the
+server, or generation batches), Readers (invite, links, live progress), Analysis
+(statistics tables, plotly figures, exports and the HTML report) and Generate
+(`studio.generate_view`).
+
+Everything a tab does is a plain function here (tested without a browser) over the
+`studies` API; the Gradio wrappers only check the admin session and render.
+
+Decisions
+- Study status: a study has no draft/open flag in the database. Readers reach a study only
+  through invitations, so a study with no invited reader is a *draft* and inviting the
+  first reader *opens* it. The leak audit is shown on creation and above the invite form;
+  when the audit flags a leak, inviting requires ticking an explicit acknowledgement.
+- Zip upload: size-limited by Gradio (`max_file_size`) and again on extraction (total
+  uncompressed bytes, file count, per-member compression ratio — counted while writing, not
+  trusted from the zip's headers); absolute paths, `..`, drive letters and symlinks are
+  refused (no zip-slip). The archive is extracted to a private temporary folder outside
+  Gradio's cache and deleted after ingest; the uploaded zip itself is deleted too.
+- Server folder: the admin is trusted to name any folder the server can read (that is the
+  point of the option); nothing in it is ever served — only normalised stimuli are.
+"""
+from __future__ import annotations
+
+import csv
+import dataclasses
+import json
+import os
+import pathlib
+import shutil
+import stat
+import tempfile
+import zipfile
+
+import gradio as gr
+import pandas as pd
+
+from studies import readers as readers_mod
+from studies import session
+from studies.design import TASKS, StudyOptions
+from studies.errors import StudyError
+
+ZIP_MAX_BYTES = 4 * 1024**3      # uncompressed total
+ZIP_MAX_FILES = 50_000
+ZIP_MAX_RATIO = 200              # per member: deflate rarely beats ~10x on images
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".tif", ".tiff", ".dcm", ".dicom", ".nii", ".gz"}
+
+ADMIN_CSS = """
+footer { display: none !important; }
+#audit textarea, #audit pre { font-family: ui-monospace, monospace; font-size: 0.85rem; }
+"""
+
+
+class Forbidden(PermissionError):
+    """The request does not come from the logged-in admin."""
+
+
+class UploadError(StudyError):
+    """A bad or dangerous upload (zip-slip, bomb, no manifest ...)."""
+
+
+# ------------------------------------------------------------------------------- studies
+def studies_table(db_path) -> pd.DataFrame:
+    """One row per study with its status (draft: no reader invited yet; open)."""
+    from studies.ingest import list_studies
+
+    rows = list_studies(db_path)
+    cols = ["study", "status", "tasks", "cases", "real", "synthetic", "readers", "leak",
+            "created"]
+    out = [{
+        "study": r["name"], "status": "open" if r["n_readers"] else "draft",
+        "tasks": ", ".join(r["tasks"]), "cases": r["n_cases"], "real": r["n_real"],
+        "synthetic": r["n_synthetic"], "readers": r["n_readers"],
+        "leak": {True: "LEAK", False: "ok", None: "?"}[r.get("leak")],
+        "created": r["created_at"][:19].replace("T", " "),
+    } for r in rows]
+    return pd.DataFrame(out, columns=cols)
+
+
+def study_names(db_path) -> list[str]:
+    if not pathlib.Path(db_path).exists():
+        return []
+    from studies.ingest import list_studies
+
+    return [r["name"] for r in list_studies(db_path)]
+
+
+def study_overview(db_path, study: str) -> tuple[str, str, bool]:
+    """(markdown summary, leak-audit text, leak flag) of one study."""
+    from studies.ingest import audit_study, list_studies
+
+    info = next((r for r in list_studies(db_path) if r["name"] == study), None)
+    if info is None:
+        raise StudyError(f"no study named {study!r}")
+    report, text = audit_study(db_path, study)
+    status = "**open** (readers invited)" if info["n_readers"] else \
+        "**draft** — no reader invited yet; inviting the first reader opens it"
+    md = (f"### {study}\n"
+          f"- status: {status}\n"
+          f"- tasks: {', '.join(info['tasks'])}\n"
+          f"- cases: {info['n_cases']} ({info['n_real']} real, {info['n_synthetic']} synthetic)"
+          f", stimuli {info['size']}×{info['size']} px\n"
+          f"- readers: {info['n_readers']}\n"
+          f"- leak audit: {'⚠️ **possible leak** — read the audit below' if report.get('leak') else 'no leak flagged'}")
+    return md, text, bool(report.get("leak"))
+
+
+# ------------------------------------------------------------------------------ uploads
+def _member_is_symlink(info: zipfile.ZipInfo) -> bool:
+    return stat.S_ISLNK(info.external_attr >> 16)
+
+
+def _safe_member_path(dest: pathlib.Path, name: str) -> pathlib.Path | None:
+    """Where a zip member may be written, or None for a directory entry; UploadError for
+    anything that would land outside `dest`."""
+    norm = name.replace("\\", "/")
+    if norm.endswith("/"):
+        return None
+    parts = [p for p in norm.split("/") if p not in ("", ".")]
+    if (norm.startswith("/") or any(p == ".." for p in parts) or not parts
+            or (len(parts[0]) >= 2 and parts[0][1] == ":")):
+        raise UploadError(f"zip member {name!r} has an unsafe path")
+    target = dest.joinpath(*parts).resolve()
+    if not target.is_relative_to(dest.resolve()):
+        raise UploadError(f"zip member {name!r} escapes the archive folder")
+    return target
+
+
+def safe_extract_zip(zip_path, dest, *, max_bytes: int = ZIP_MAX_BYTES,
+                     max_files: int = ZIP_MAX_FILES, max_ratio: float = ZIP_MAX_RATIO) -> pathlib.Path:
+    """Extract `zip_path` into `dest` refusing zip-slip, symlinks and zip bombs."""
+    dest = pathlib.Path(dest)
+    dest.mkdir(parents=True, exist_ok=True)
+    try:
+        zf = zipfile.ZipFile(zip_path)
+    except (zipfile.BadZipFile, OSError) as exc:
+        raise UploadError(f"not a readable zip file ({exc})") from None
+    with zf:
+        members = zf.infolist()
+        files = [m for m in members if not m.is_dir()]
+        if len(files) > max_files:
+            raise UploadError(f"the zip holds {len(files)} files; the limit is {max_files}")
+        declared = sum(m.file_size for m in files)
+        if declared > max_bytes:
+            raise UploadError(f"the zip expands to {declared} bytes; the limit is {max_bytes}")
+        written = 0
+        for m in members:
+            if _member_is_symlink(m):
+                raise UploadError(f"zip member {m.filename!r} is a symbolic link")
+            target = _safe_member_path(dest, m.filename)
+            if target is None:
+                continue
+            limit = max(1024 * 1024, m.compress_size * max_ratio)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            n = 0
+            # Count real output bytes: headers can lie about sizes.
+            with zf.open(m) as src, open(target, "wb") as out:
+                while chunk := src.read(1024 * 1024):
+                    n += len(chunk)
+                    written += len(chunk)
+                    if n > limit:
+                        raise UploadError(f"zip member {m.filename!r} expands more than "
+                                          f"{max_ratio}x (a zip bomb?)")
+                    if written > max_bytes:
+                        raise UploadError(f"the zip expands to more than {max_bytes} bytes")
+                    out.write(chunk)
+    return dest
+
+
+def find_study_input(root) -> dict:
+    """`{"manifest": path}` for a CSV manifest in the extracted tree (top level, or inside
+    a single top folder), or `{"images_dir": path}` for real/ + synthetic/ folders."""
+    root = pathlib.Path(root)
+    candidates = [root]
+    entries = [p for p in root.iterdir() if not p.name.startswith((".", "__MACOSX"))]
+    if len(entries) == 1 and entries[0].is_dir():
+        candidates.append(entries[0])
+    for base in candidates:
+        csvs = sorted(base.glob("*.csv"))
+        if len(csvs) == 1:
+            return {"manifest": csvs[0]}
+        named = [c for c in csvs if c.name in ("manifest.csv", "cases.csv")]
+        if len(named) == 1:
+            return {"manifest": named[0]}
+        if len(csvs) > 1:
+            raise UploadError("several CSV files in the zip; name the manifest manifest.csv")
+        if (base / "real").is_dir() or (base / "synthetic").is_dir():
+            return {"images_dir": base}
+    raise UploadError("the zip holds neither a manifest CSV nor real/ and synthetic/ folders")
+
+
+# ------------------------------------------------------------------------------- create
+def study_options(tasks, *, training_cases=0, repeat_fraction=0.0, attention_checks=0,
+                  counterbalance=False, seed=None) -> StudyOptions:
+    tasks = tuple(tasks or ())
+    if not tasks:
+        raise StudyError("choose at least one task")
+    seed = None if seed in (None, "", 0) else int(seed)
+    return StudyOptions(tasks=tasks, training_cases=int(training_cases or 0),
+                        repeat_fraction=float(repeat_fraction or 0.0),
+                        attention_checks=int(attention_checks or 0),
+                        counterbalance=bool(counterbalance), seed=seed)
+
+
+def create_from_zip(db_path, name, zip_path, *, size=512, options: StudyOptions, actor="admin",
+                    max_bytes: int = ZIP_MAX_BYTES):
+    from studies.ingest import create_study
+
+    if not zip_path:
+        raise UploadError("upload a zip file first")
+    tmp = pathlib.Path(tempfile.mkdtemp(prefix="medisyn-upload-"))
+    try:
+        safe_extract_zip(zip_path, tmp / "x", max_bytes=max_bytes)
+        where = find_study_input(tmp / "x")
+        return create_study(db_path, name, size=int(size), options=options, actor=actor, **where)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+        # The upload sits in Gradio's cache; it held the original file names: remove it.
+        with _suppress():
+            pathlib.Path(zip_path).unlink()
+
+
+def create_from_folder(db_path, name, folder, *, size=512, options: StudyOptions, actor="admin"):
+    from studies.ingest import create_study
+
+    folder = pathlib.Path(str(folder or "").strip()).expanduser()
+    if not str(folder) or not folder.exists():
+        raise UploadError(f"no such file or folder on the server: {folder}")
+    if folder.is_file():
+        return create_study(db_path, name, manifest=folder, size=int(size), options=options,
+                            actor=actor)
+    return create_study(db_path, name, size=int(size), options=options, actor=actor,
+                        **find_study_input(folder))
+
+
+def _image_files(folder: pathlib.Path) -> list[pathlib.Path]:
+    return sorted(p for p in folder.rglob("*") if p.is_file() and not p.name.startswith(".")
+                  and p.suffix.lower() in IMAGE_SUFFIXES)
+
+
+def create_from_batches(db_path, name, batch_dirs, *, real_folder=None, size=512,
+                        options: StudyOptions, actor="admin"):
+    """A study from generation batches (their manifest.csv rows, synthetic) plus, for the
+    turing task, real images from a server folder. Files are linked or copied into one
+    private staging folder so the combined manifest's paths stay inside it."""
+    from studies.ingest import create_study
+
+    if not batch_dirs:
+        raise UploadError("choose at least one generation batch")
+    tmp = pathlib.Path(tempfile.mkdtemp(prefix="medisyn-batch-study-"))
+    rows: list[dict] = []
+    try:
+        for i, bdir in enumerate(batch_dirs):
+            bdir = pathlib.Path(bdir)
+            man = bdir / "manifest.csv"
+            if not man.exists():
+                raise UploadError(f"batch {bdir.name} has no manifest.csv")
+            with man.open(newline="", encoding="utf-8") as fh:
+                for j, rec in enumerate(csv.DictReader(fh)):
+                    src = (bdir / rec["path"]).resolve()
+                    if not src.is_relative_to(bdir.resolve()):
+                        raise UploadError(f"{man} row {j + 2}: path escapes the batch folder")
+                    rel = f"synthetic/b{i}/{j:05d}{src.suffix.lower()}"
+                    _link_or_copy(src, tmp / rel)
+                    rows.append({"path": rel, "source": "synthetic",
+                                 "modality": rec.get("modality", ""),
+                                 "prompt": rec.get("prompt", ""),
+                                 "generator": rec.get("generator", "") or "generated"})
+        if real_folder and str(real_folder).strip():
+            rf = pathlib.Path(str(real_folder).strip()).expanduser()
+            if not rf.is_dir():
+                raise UploadError(f"no such folder on the server: {rf}")
+            for j, src in enumerate(_image_files(rf)):
+                rel = f"real/{j:05d}{''.join(src.suffixes[-2:]) if src.name.endswith('.nii.gz') else src.suffix.lower()}"
+                _link_or_copy(src, tmp / rel)
+                rows.append({"path": rel, "source": "real", "modality": "", "prompt": "",
+                             "generator": ""})
+        man = tmp / "manifest.csv"
+        with man.open("w", newline="", encoding="utf-8") as fh:
+            w = csv.DictWriter(fh, fieldnames=["path", "source", "modality", "prompt", "generator"])
+            w.writeheader()
+            w.writerows(rows)
+        return create_study(db_path, name, manifest=man, size=int(size), options=options,
+                            actor=actor)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _link_or_copy(src: pathlib.Path, dst: pathlib.Path) -> None:
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        os.link(src, dst)
+    except OSError:
+        shutil.copyfile(src, dst)
+
+
+class _suppress:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return exc[0] is not None and issubclass(exc[0], OSError)
+
+
+def summary_markdown(summary) -> str:
+    gens = ", ".join(summary.generators) or "—"
+    return (f"Created **{summary.name}**: {summary.n_cases} cases ({summary.n_real} real, "
+            f"{summary.n_synthetic} synthetic; {summary.n_training} training), tasks "
+            f"{', '.join(summary.tasks)}, {summary.size}×{summary.size} px, generators {gens}, "
+            f"in {summary.seconds:.1f} s. Status: **draft** — review the leak audit, then "
+            "invite readers to open it.")
+
+
+# ------------------------------------------------------------------------------ readers
+def invite_reader(db_path, study: str, reader: str, base_url: str, *,
+                  acknowledge_leak: bool = False, reissue: bool = False, actor="admin") -> str:
+    """Invite a reader (or reissue their link) and return their personal link."""
+    from studies.ingest import audit_study
+
+    report, _ = audit_study(db_path, study)
+    if report.get("leak") and not acknowledge_leak:
+        raise StudyError("the leak audit flags this study: read it, then tick the "
+                         "acknowledgement to invite readers anyway")
+    token = readers_mod.invite(db_path, study, reader, reissue=reissue, actor=actor)
+    return readers_mod.reader_link(token, base_url)
+
+
+def progress_table(db_path, study: str) -> pd.DataFrame:
+    rows = []
+    for p in session.progress(db_path, study):
+        rows.append({
+            "reader": p.reader, "answered": f"{p.completed} / {p.total}",
+            "done %": round(100 * p.completed / p.total) if p.total else 0,
+            "training": f"{p.training_completed} / {p.training_total}",
+            "attention passed": f"{p.attention_passed} / {p.attention_answered}"
+            if p.attention_total else "—",
+            "median s/answer": None if p.median_duration_ms is None
+            else round(p.median_duration_ms / 1000, 1),
+            "last answer": (p.last_answered_at or "")[:19].replace("T", " "),
+            "finished": "yes" if p.finished else "",
+        })
+    return pd.DataFrame(rows, columns=["reader", "answered", "done %", "training",
+                                       "attention passed", "median s/answer", "last answer",
+                                       "finished"])
+
+
+# ------------------------------------------------------------------------------ analysis
+_BINARY_COLS = ("n", "accuracy", "sensitivity", "specificity", "fool_rate", "ci_wilson",
+                "p_binomial", "auc", "auc_ci")
+
+
+def _fmt(v):
+    if isinstance(v, float):
+        return round(v, 3)
+    if isinstance(v, (list, tuple)) and all(isinstance(x, (int, float)) or x is None for x in v):
+        return "[" + ", ".join("—" if x is None else f"{x:.3f}" for x in v) + "]"
+    if v is None:
+        return "—"
+    return v
+
+
+def turing_tables(result: dict) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(pooled, per-reader) turing tables from `studies.analysis.analyze`'s result."""
+    t = result.get("turing") or {}
+    pooled = t.get("pooled") or {}
+    prow = {"readers": "all (pooled)", **{c: _fmt(pooled.get(c)) for c in _BINARY_COLS
+                                          if c in pooled}}
+    per = t.get("per_reader") or {}
+    rrows = [{"reader": name, **{c: _fmt(v.get(c)) for c in _BINARY_COLS if c in v}}
+             for name, v in per.items()]
+    return pd.DataFrame([prow]) if pooled else pd.DataFrame(), pd.DataFrame(rrows)
+
+
+def _scalar(v):
+    if isinstance(v, dict):
+        for key in ("value", "kappa", "alpha", "icc", "estimate", "auc"):
+            if key in v:
+                return v[key]
+        return None
+    return v
+
+
+def agreement_table(result: dict) -> pd.DataFrame:
+    rows = []
+    t = result.get("turing") or {}
+    for key, label in (("fleiss_kappa", "turing: Fleiss' κ"),
+                       ("krippendorff_alpha", "turing: Krippendorff's α")):
+        if key in t:
+            rows.append({"statistic": label, "value": _fmt(_scalar(t.get(key))),
+                         "note": t.get(f"{key}_reason") or ""})
+    mr = t.get("mrmc") or {}
+    if isinstance(mr, dict) and mr:
+        rows.append({"statistic": "turing: MRMC AUC (OR-DBM, random readers & cases)",
+                     "value": _fmt(_scalar(mr.get("auc"))),
+                     "note": f"p = {_fmt(mr.get('p'))}, CI {_fmt(mr.get('ci'))}"
+                     if mr.get("p") is not None else (t.get("mrmc_reason") or "")})
+    for task in ("alignment", "quality"):
+        s = result.get(task) or {}
+        for key in ("krippendorff_alpha_ordinal", "krippendorff_alpha_interval"):
+            if key in s:
+                rows.append({"statistic": f"{task}: {key.replace('_', ' ')}",
+                             "value": _fmt(_scalar(s.get(key))),
+                             "note": s.get(f"{key}_reason") or ""})
+        icc = (s.get("icc") or {}) if isinstance(s.get("icc"), dict) else {}
+        for form in ("ICC2", "ICC2k"):
+            if isinstance(icc.get(form), dict):
+                rows.append({"statistic": f"{task}: {form}", "value": _fmt(icc[form].get("icc")),
+                             "note": f"CI {_fmt(icc[form].get('ci'))}"})
+    return pd.DataFrame(rows, columns=["statistic", "value", "note"])
+
+
+@dataclasses.dataclass
+class Dashboard:
+    result: dict
+    pooled: pd.DataFrame
+    per_reader: pd.DataFrame
+    agreement: pd.DataFrame
+    figures: list            # plotly figures (title, figure)
+    note: str
+
+
+def dashboard(db_path, study: str) -> Dashboard:
+    """The statistics module's result, tables and figures for one study."""
+    from studies import analysis
+    from studies.export import long_table
+
+    long_df = long_table(db_path, study)
+    result = analysis.analyze(long_df)
+    pooled, per_reader = turing_tables(result)
+    from studies import report
+
+    titles = {"forest": "Accuracy per reader (95% CI)", "confusion": "Confusion matrix",
+              "roc": "ROC curves", "agreement": "Pairwise agreement"}
+    figures = [(titles.get(k, k.replace("_", " ")), fig)
+               for k, fig in report.figures(result).items()]
+    n = int(len(long_df))
+    note = (f"{n} responses from {long_df['reader'].nunique() if n else 0} readers "
+            "(training rows excluded from the statistics; latest answer wins).")
+    return Dashboard(result, pooled, per_reader, agreement_table(result), figures, note)
+
+
+def export_files(db_path, study: str, out_dir, *, actor="admin") -> list[pathlib.Path]:
+    """The long and iMRMC exports and the self-contained HTML report, in `out_dir`."""
+    from studies import analysis, report
+    from studies.export import long_table, write_export
+
+    out_dir = pathlib.Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    safe = "".join(c if c.isalnum() or c in "-_" else "_" for c in study)[:60] or "study"
+    paths = []
+    for fmt in ("long", "imrmc"):
+        p = out_dir / f"{safe}-{fmt}.csv"
+        try:
+            write_export(db_path, study, fmt, p, actor=actor)
+        except (StudyError, ValueError, KeyError):
+            continue  # e.g. no turing responses yet for iMRMC: offer what exists
+        paths.append(p)
+    result = analysis.analyze(long_table(db_path, study))
+    paths.append(report.write_html(result, out_dir / f"{safe}-report.html",
+                                   title=f"Reader study {study}"))
+    return paths
+
+
+# ------------------------------------------------------------------------------- Gradio
+def base_url_of(request, configured: str | None) -> str:
+    """Where readers reach the studio: configured, else the host the admin used."""
+    if configured:
+        return configured
+    headers = getattr(request, "headers", None) or {}
+    host = headers.get("x-forwarded-host") or headers.get("host") or "127.0.0.1:7860"
+    proto = headers.get("x-forwarded-proto") or "http"
+    return f"{proto}://{host}/"
+
+
+def build_admin_blocks(db_path, admin_auth, *, model=None, base_url=None, batches_dir=None):
+    from studio import generate_view
+
+    db_path = str(db_path)
+
+    def guard(request: gr.Request | None) -> str:
+        user = getattr(request, "username", None) if request is not None else None
+        if not admin_auth.is_admin(user):
+            raise gr.Error("Not authorised.")
+        return user
+
+    def friendly(fn):
+        """Show a StudyError as a message instead of a stack trace."""
+        import functools
+
+        @functools.wraps(fn)
+        def wrapper(*args, **kwargs):
+            try:
+                return fn(*args, **kwargs)
+            except (StudyError, Forbidden) as exc:
+                raise gr.Error(str(exc)) from None
+        return wrapper
+
+    task_choices = [(f"{t.name} — {t.question}", t.name) for t in TASKS.values()]
+
+    with gr.Blocks(title="MediSyn Studio — researcher", analytics_enabled=False,
+                   delete_cache=(3600, 24 * 3600)) as demo:
+        with gr.Row():
+            gr.Markdown("# MediSyn Studio")
+            study_dd = gr.Dropdown(label="Study", choices=[], value=None, scale=2,
+                                   elem_id="study-select", allow_custom_value=False)
+            refresh_btn = gr.Button("↻ Refresh", scale=0, min_width=90)
+            gr.Button("Log out", link="/admin/logout", scale=0, min_width=90)
+        with gr.Tabs(elem_id="admin-tabs") as tabs:
+            with gr.Tab("Studies", id="studies"):
+                table = gr.Dataframe(interactive=False, elem_id="studies-table", wrap=True)
+                overview = gr.Markdown(elem_id="overview")
+                audit_box = gr.Textbox(label="Leak audit", lines=14, interactive=False,
+                                       elem_id="audit", buttons=["copy"])
+            with gr.Tab("New study", id="new"):
+                with gr.Row():
+                    name = gr.Textbox(label="Study name", elem_id="new-name")
+                    size = gr.Number(label="Stimulus size (px)", value=512, precision=0,
+                                     minimum=32, maximum=4096)
+                tasks = gr.CheckboxGroup(task_choices, value=["turing"], label="Tasks")
+                with gr.Row():
+                    training = gr.Number(label="Training cases", value=0, precision=0, minimum=0)
+                    repeat = gr.Slider(0, 0.5, value=0.0, step=0.05,
+                                       label="Repeated fraction (intra-reader)")
+                    attention = gr.Number(label="Attention checks", value=0, precision=0,
+                                          minimum=0)
+                    counterbalance = gr.Checkbox(label="Counterbalance task order")
+                    seed = gr.Number(label="Seed (blank: random)", value=None, precision=0)
+                source = gr.Radio(["Upload a zip", "Folder on the server", "Generation batches"],
+                                  value="Upload a zip", label="Images from")
+                with gr.Group(visible=True) as zip_group:
+                    upload = gr.File(label="Zip: a manifest CSV (path, source, modality, prompt"
+                                     "[, generator, case_id, group]) with its images, or "
+                                     "real/ and synthetic/ folders", file_types=[".zip"],
+                                     type="filepath")
+                with gr.Group(visible=False) as folder_group:
+                    folder = gr.Textbox(label="Manifest CSV or folder (real/, synthetic/) on "
+                                        "the server")
+                with gr.Group(visible=False) as batch_group:
+                    batches = gr.CheckboxGroup([], label="Generation batches")
+                    real_folder = gr.Textbox(label="Real images folder on the server "
+                                             "(needed for the turing task)")
+                create_btn = gr.Button("Create study (runs the leak audit)", variant="primary",
+                                       elem_id="create")
+                created = gr.Markdown()
+                created_audit = gr.Textbox(label="Leak audit", lines=12, interactive=False)
+            with gr.Tab("Readers", id="readers"):
+                invite_overview = gr.Markdown()
+                with gr.Row():
+                    reader_name = gr.Textbox(label="Reader name", elem_id="reader-name")
+                    ack = gr.Checkbox(label="I have read the leak audit; open the study anyway",
+                                      visible=False)
+                    reissue = gr.Checkbox(label="Reissue link (old link stops working)")
+                invite_btn = gr.Button("Invite", variant="primary", elem_id="invite")
+                link = gr.Textbox(label="Personal link (copy and send; shown once)",
+                                  interactive=False, buttons=["copy"], elem_id="reader-link")
+                progress = gr.Dataframe(label="Progress (refreshes every 5 s)",
+                                        interactive=False, elem_id="progress-table")
+                timer = gr.Timer(5.0)
+            with gr.Tab("Analysis", id="analysis"):
+                analyze_btn = gr.Button("Run analysis", variant="primary", elem_id="analyze")
+                note = gr.Markdown()
+                pooled = gr.Dataframe(label="Real vs synthetic (turing), pooled",
+                                      interactive=False, elem_id="pooled")
+                per_reader = gr.Dataframe(label="Per reader", interactive=False,
+                                          elem_id="per-reader")
+                agreement = gr.Dataframe(label="Agreement and MRMC", interactive=False)
+                plots = [gr.Plot(visible=False) for _ in range(6)]
+                with gr.Accordion("Full result (JSON)", open=False):
+                    result_json = gr.JSON()
+                export_btn = gr.Button("Prepare downloads (long, iMRMC, HTML report)",
+                                       elem_id="export")
+                downloads = gr.File(label="Downloads", file_count="multiple",
+                                    interactive=False, elem_id="downloads")
+            with gr.Tab("Generate", id="generate"):
+                gen = generate_view.build_generate_tab(db_path, guard, model=model,
+                                                       batches_dir=batches_dir)
+
+        admin_events = dict(api_visibility="private")
+
+        @friendly
+        def refresh(current, request: gr.Request):
+            guard(request)
+            names = study_names(db_path)
+            value = current if current in names else (names[0] if names else None)
+            tbl = studies_table(db_path) if names else pd.DataFrame()
+            return (gr.update(choices=names, value=value), tbl,
+                    gr.update(choices=generate_view.batch_choices(db_path, batches_dir)))
+
+        @friendly
+        def show_study(study, request: gr.Request):
+            guard(request)
+            if not study:
+                return "No study yet: create one in **New study**.", "", "", gr.update(visible=False), pd.DataFrame()
+            md, text, leak = study_overview(db_path, study)
+            return md, text, md, gr.update(visible=leak, value=False), progress_table(db_path, study)
+
+        @friendly
+        def switch_source(choice, request: gr.Request):
+            guard(request)
+            return (gr.update(visible=choice == "Upload a zip"),
+                    gr.update(visible=choice == "Folder on the server"),
+                    gr.update(visible=choice == "Generation batches"))
+
+        @friendly
+        def create(name_, size_, tasks_, training_, repeat_, attention_, cb_, seed_, source_,
+                   upload_, folder_, batches_, real_folder_, request: gr.Request):
+            user = guard(request)
+            opts = study_options(tasks_, training_cases=training_, repeat_fraction=repeat_,
+                                 attention_checks=attention_, counterbalance=cb_, seed=seed_)
+            kw = dict(size=int(size_ or 512), options=opts, actor=f"admin:{user}")
+            if source_ == "Upload a zip":
+                summary = create_from_zip(db_path, name_, upload_, **kw)
+            elif source_ == "Folder on the server":
+                summary = create_from_folder(db_path, name_, folder_, **kw)
+            else:
+                summary = create_from_batches(db_path, name_, batches_, real_folder=real_folder_, **kw)
+            names = study_names(db_path)
+            return (summary_markdown(summary), summary.audit_text,
+                    gr.update(choices=names, value=summary.name), studies_table(db_path), None)
+
+        @friendly
+        def do_invite(study, reader, ack_, reissue_, request: gr.Request):
+            user = guard(request)
+            if not study:
+                raise StudyError("choose a study first")
+            url = invite_reader(db_path, study, reader, base_url_of(request, base_url),
+                                acknowledge_leak=ack_, reissue=reissue_, actor=f"admin:{user}")
+            md, _, _ = study_overview(db_path, study)
+            return url, progress_table(db_path, study), md, studies_table(db_path)
+
+        def tick(study, request: gr.Request):
+            guard(request)
+            if not study:
+                return gr.update()
+            try:
+                return progress_table(db_path, study)
+            except StudyError:
+                return gr.update()
+
+        @friendly
+        def run_analysis(study, request: gr.Request):
+            guard(request)
+            if not study:
+                raise StudyError("choose a study first")
+            d = dashboard(db_path, study)
+            plot_updates = []
+            for i in range(len(plots)):
+                if i < len(d.figures):
+                    title, fig = d.figures[i]
+                    plot_updates.append(gr.update(value=fig, visible=True, label=title))
+                else:
+                    plot_updates.append(gr.update(value=None, visible=False))
+            return [d.note, d.pooled, d.per_reader, d.agreement, *plot_updates, d.result]
+
+        @friendly
+        def do_export(study, request: gr.Request):
+            guard(request)
+            if not study:
+                raise StudyError("choose a study first")
+            out = pathlib.Path(tempfile.mkdtemp(prefix="medisyn-export-"))
+            return [str(p) for p in export_files(db_path, study, out)]
+
+        demo.load(refresh, [study_dd], [study_dd, table, batches], **admin_events)
+        refresh_btn.click(refresh, [study_dd], [study_dd, table, batches], **admin_events)
+        study_dd.change(show_study, [study_dd], [overview, audit_box, invite_overview, ack, progress],
+                        **admin_events)
+        source.change(switch_source, [source], [zip_group, folder_group, batch_group],
+                      **admin_events)
+        create_btn.click(create, [name, size, tasks, training, repeat, attention, counterbalance,
+                                  seed, source, upload, folder, batches, real_folder],
+                         [created, created_audit, study_dd, table, upload],
+                         concurrency_limit=1, concurrency_id="create", **admin_events)
+        invite_btn.click(do_invite, [study_dd, reader_name, ack, reissue],
+                         [link, progress, invite_overview, table], **admin_events)
+        timer.tick(tick, [study_dd], [progress], show_progress="hidden", **admin_events)
+        analyze_btn.click(run_analysis, [study_dd],
+                          [note, pooled, per_reader, agreement, *plots, result_json],
+                          concurrency_limit=2, concurrency_id="analysis", **admin_events)
+        export_btn.click(do_export, [study_dd], [downloads], concurrency_id="analysis",
+                         **admin_events)
+        gen.wire(study_dd)
+    return demo

@@ -1,0 +1,306 @@
+"""The studio web app: two Gradio apps on one FastAPI server.
+
+- `/`       the reader app (`studio.reader_view`). No login: a reader's personal link
+            `/?token=...` is the credential, checked in every event.
+- `/admin`  the researcher app (`studio.admin_view`, with the Generate tab from
+            `studio.generate_view`), behind Gradio's login (`auth=`; credentials from
+            `studio.auth`). Every admin handler also checks `request.username` itself.
+
+Two separate Blocks rather than one app with hidden admin tabs: the reader app's config,
+API and file routes contain nothing of the admin side, and Gradio's auth on `/admin`
+guards that app's config, queue, upload and file routes, while readers at `/` never meet a
+login form. Gradio's auth cookie is named per app, so the two do not interfere.
+
+File access: no `allowed_paths`; the study's stimuli folder, the database files and the
+admin config are in `blocked_paths`. Readers get pixels (numpy) that Gradio re-encodes into
+its own cache, so nothing on disk under a meaningful name is ever reachable.
+
+Concurrency: reader events are short SQLite calls on a fresh connection each; they share
+one concurrency group sized for many simultaneous readers (`READER_CONCURRENCY`), and the
+thread pool is raised to match. Generation is CPU-heavy and gets its own small limit.
+"""
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import pathlib
+import socket
+import threading
+import time
+
+from studio import auth as auth_mod
+
+READER_CONCURRENCY = 64     # >= 50 simultaneous readers, each event a few ms of SQLite
+THREADS = 128               # anyio worker threads (Gradio runs sync handlers there)
+READER_MAX_UPLOAD = 1024    # the reader app has no upload component: refuse any upload
+ADMIN_MAX_UPLOAD = 512 * 1024 * 1024  # a study zip
+
+
+def blocked_paths(db_path) -> list[str]:
+    from studies.database import stimuli_dir
+
+    db = pathlib.Path(db_path).resolve()
+    return [str(stimuli_dir(db)), str(db), f"{db}-wal", f"{db}-shm",
+            str(auth_mod.config_path(db))]
+
+
+def _reader_may_fetch(target: str) -> bool:
+    """The reader app only ever serves the stimulus PNGs Gradio wrote into its cache
+    (`<cache>/<seeded content hash>/image.png`); refuse every other file the shared cache
+    may hold (admin exports, generated PNGs with provenance, uploads)."""
+    from urllib.parse import unquote
+
+    from gradio import utils as gr_utils
+
+    path = pathlib.Path(unquote(target))
+    if path.name != "image.png" or ".." in path.parts:
+        return False
+    cache = pathlib.Path(gr_utils.get_upload_folder()).resolve()
+    try:
+        return path.resolve().parent.parent == cache
+    except OSError:
+        return False
+
+
+async def reader_route_guard(request, call_next):
+    """Outside /admin: file routes serve stimulus images only, and nothing is uploaded."""
+    from starlette.responses import PlainTextResponse
+
+    path = request.url.path
+    if not (path == "/admin" or path.startswith("/admin/")):
+        if "/file=" in path and not _reader_may_fetch(path.split("/file=", 1)[1]):
+            return PlainTextResponse("Not found", status_code=404)
+        if path.rstrip("/").endswith("/upload") or "/upload_progress" in path:
+            return PlainTextResponse("Not found", status_code=404)
+    return await call_next(request)
+
+
+def build_app(db_path, *, admin_auth: auth_mod.AdminAuth, model: str | None = None,
+              base_url: str | None = None, batches_dir=None):
+    """A FastAPI app with the reader app at `/` and the admin app at `/admin`."""
+    import anyio.to_thread
+    import fastapi
+    import gradio as gr
+
+    from studio import admin_view, reader_view
+
+    db_path = str(pathlib.Path(db_path).resolve())
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_app):
+        anyio.to_thread.current_default_thread_limiter().total_tokens = THREADS
+        yield
+
+    app = fastapi.FastAPI(lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
+    blocked = blocked_paths(db_path)
+    app.middleware("http")(reader_route_guard)
+
+    admin = admin_view.build_admin_blocks(db_path, admin_auth, model=model,
+                                          base_url=base_url, batches_dir=batches_dir)
+    admin.queue(default_concurrency_limit=8)
+    gr.mount_gradio_app(
+        app, admin, path="/admin", auth=admin_auth,
+        auth_message="MediSyn Studio — researcher login",
+        allowed_paths=[], blocked_paths=blocked, max_file_size=ADMIN_MAX_UPLOAD,
+        ssr_mode=False, footer_links=[], show_error=True, mcp_server=False,
+        css=admin_view.ADMIN_CSS, theme=gr.themes.Soft())
+
+    reader = reader_view.build_reader_blocks(db_path)
+    reader.queue(default_concurrency_limit=READER_CONCURRENCY)
+    gr.mount_gradio_app(
+        app, reader, path="/",
+        allowed_paths=[], blocked_paths=blocked, max_file_size=READER_MAX_UPLOAD,
+        ssr_mode=False, footer_links=[], show_error=False, mcp_server=False,
+        head=f"<script>{reader_view.KEYBOARD_JS}</script>", css=reader_view.READER_CSS,
+        theme=gr.themes.Soft())
+    return app
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket() as s:
+        s.bind((host, 0))
+        return s.getsockname()[1]
+
+
+class Server:
+    """uvicorn in a background thread (tests, `prevent_thread_lock`-style embedding)."""
+
+    def __init__(self, app, host: str, port: int):
+        import uvicorn
+
+        self.host, self.port = host, port
+        self._server = uvicorn.Server(uvicorn.Config(app, host=host, port=port,
+                                                     log_level="warning", lifespan="on"))
+        self._thread = threading.Thread(target=self._server.run, daemon=True)
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+    def start(self, timeout: float = 60.0) -> "Server":
+        self._thread.start()
+        deadline = time.monotonic() + timeout
+        while not self._server.started:
+            if not self._thread.is_alive() or time.monotonic() > deadline:
+                raise RuntimeError(f"studio server did not start on {self.url}")
+            time.sleep(0.05)
+        return self
+
+    def stop(self) -> None:
+        self._server.should_exit = True
+        self._thread.join(timeout=10)
+
+
+def launch(db_path, *, host: str = "127.0.0.1", port: int = 7860, model: str | None = None,
+           admin_auth: auth_mod.AdminAuth, base_url: str | None = None,
+           prevent_thread_lock: bool = False) -> Server:
+    """Serve the studio. Blocks until interrupted unless `prevent_thread_lock`."""
+    app = build_app(db_path, admin_auth=admin_auth, model=model, base_url=base_url)
+    server = Server(app, host, port).start()
+    if not prevent_thread_lock:
+        try:
+            while server._thread.is_alive():
+                server._thread.join(0.5)
+        except KeyboardInterrupt:
+            server.stop()
+    return server
+
+
+# ------------------------------------------------------------------------------ start-up
+class StartError(RuntimeError):
+    """The studio cannot start (unreadable database folder, bad model path ...)."""
+
+
+@dataclasses.dataclass
+class StartInfo:
+    db_path: pathlib.Path
+    model: str | None
+    base_url: str
+    admin_auth: auth_mod.AdminAuth
+    admin_password: str | None      # only when just generated
+    admin_source: str               # env | file | generated
+    demo_study: str | None = None
+    demo_link: str | None = None
+    notes: list[str] = dataclasses.field(default_factory=list)
+
+    def banner(self) -> str:
+        cfg = auth_mod.config_path(self.db_path)
+        lines = ["", "MediSyn Studio",
+                 f"  readers:     {self.base_url}?token=...   (personal links)",
+                 f"  researchers: {self.base_url}admin",
+                 f"  database:    {self.db_path}"]
+        user = self.admin_auth.user
+        if self.admin_source == "env":
+            lines.append(f"  admin login: {user} / (MEDISYN_ADMIN_PASSWORD)")
+        elif self.admin_password:
+            lines.append(f"  admin login: {user} / {self.admin_password}")
+            lines.append(f"               (generated now and shown once; its hash is in {cfg})")
+        else:
+            lines.append(f"  admin login: {user} / (set on first start; hash in {cfg};"
+                         " --reset-admin-password prints a new one)")
+        if self.demo_link:
+            lines.append(f"  demo study:  {self.demo_study}")
+            lines.append(f"  demo reader: {self.demo_link}")
+        lines.extend(f"  note: {n}" for n in self.notes)
+        return "\n".join(lines) + "\n"
+
+
+DEMO_READER = "demo-reader"
+
+
+def default_model() -> str | None:
+    """The embedded model's folder (assets/medisyn-mini), if the registry knows it."""
+    try:
+        from model_runtime import registry
+
+        return str(registry.embedded_model_path())
+    except Exception:  # registry missing or malformed: the studio still serves studies
+        return None
+
+
+def prepare(db_path, *, model=None, seed_demo=True, host="127.0.0.1", port=7860,
+            base_url=None, reset_admin_password=False, echo=print, env=None) -> StartInfo:
+    """Everything `medisyn studio` does before serving: database folder, admin credentials,
+    the demo study on first start (seeded with `studio.demo.seed_demo`), a demo reader link."""
+    from studies import readers
+    from studies.ingest import list_studies
+
+    db_path = pathlib.Path(db_path).expanduser().resolve()
+    try:
+        db_path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise StartError(f"cannot create the database folder {db_path.parent}: {exc}") from None
+    model = model or default_model()
+    if base_url is None:
+        shown = "127.0.0.1" if host in ("0.0.0.0", "::", "") else host
+        base_url = f"http://{shown}:{port}/"
+    if not base_url.endswith("/"):
+        base_url += "/"
+    creds, password = auth_mod.load_or_create(db_path, env=env, reset=reset_admin_password)
+    info = StartInfo(db_path, model, base_url, auth_mod.AdminAuth(creds), password, creds.source)
+
+    studies_now = list_studies(db_path) if db_path.exists() else []
+    demo_name = _demo_study_name()
+    if not studies_now and seed_demo:
+        if not model or not pathlib.Path(model).exists() and not _is_registry_key(model):
+            info.notes.append(f"no demo study: model {model!r} not found")
+        else:
+            echo("Seeding the demo study (first start; this takes a minute)...")
+            try:
+                from studio.demo import seed_demo as _seed
+            except ImportError:
+                info.notes.append("no demo study: studio.demo is not available")
+            else:
+                result = _seed(db_path, model)
+                demo_name = _result_study(result) or demo_name
+                token = _result_token(result)
+                if token:
+                    info.demo_study = demo_name
+                    info.demo_link = readers.reader_link(token, base_url)
+                studies_now = list_studies(db_path)
+    names = [s["name"] for s in studies_now]
+    if info.demo_link is None and demo_name in names:
+        # Tokens are stored hashed, so a restart cannot re-print the old link: reissue the
+        # demo reader's (their answers are kept; only the old link stops working).
+        reissue = any(r.name == DEMO_READER for r in readers.list_readers(db_path, demo_name))
+        token = readers.invite(db_path, demo_name, DEMO_READER, reissue=reissue,
+                               actor="studio-start")
+        info.demo_study = demo_name
+        info.demo_link = readers.reader_link(token, base_url)
+    return info
+
+
+def _demo_study_name() -> str:
+    try:
+        from studio import demo
+
+        return getattr(demo, "DEMO_STUDY", "demo")
+    except ImportError:
+        return "demo"
+
+
+def _is_registry_key(model: str) -> bool:
+    try:
+        from model_runtime import registry
+
+        return registry.find(model) is not None
+    except Exception:
+        return False
+
+
+def _result_study(result) -> str | None:
+    for key in ("study", "name", "study_name"):
+        v = result.get(key) if isinstance(result, dict) else getattr(result, key, None)
+        if isinstance(v, str):
+            return v
+    return None
+
+
+def _result_token(result) -> str | None:
+    if isinstance(result, str):
+        return result
+    for key in ("token", "reader_token", "demo_token"):
+        v = result.get(key) if isinstance(result, dict) else getattr(result, key, None)
+        if isinstance(v, str):
+            return v
+    return None

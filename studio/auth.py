@@ -1,0 +1,144 @@
+"""Admin credentials for the studio.
+
+Where they come from, in order:
+1. `MEDISYN_ADMIN_USER` / `MEDISYN_ADMIN_PASSWORD` in the environment (nothing is written);
+2. the config file next to the database, `<db dir>/<db stem>.admin.json` (mode 0600), which
+   holds the user name and a salted scrypt hash of the password — never the password;
+3. neither: a password is generated with `secrets`, its hash written to that file, and the
+   plain password handed back once so the CLI can print it (first start only).
+
+Checking a password is constant-time (`hmac.compare_digest` on the scrypt digests, and the
+user name is compared the same way). Gradio's built-in login has no lockout, so the checker
+refuses every attempt for a while after repeated failures (a simple brute-force brake).
+
+Readers never log in here: they authenticate with their invitation token (`studies.readers`).
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import hmac
+import json
+import os
+import pathlib
+import secrets
+import threading
+import time
+
+DEFAULT_USER = "admin"
+ENV_USER = "MEDISYN_ADMIN_USER"
+ENV_PASSWORD = "MEDISYN_ADMIN_PASSWORD"
+
+# scrypt cost: ~50 ms per check on one core — cheap for a login, costly for guessing.
+_SCRYPT = {"n": 2**14, "r": 8, "p": 1, "dklen": 32}
+
+MAX_FAILURES = 5          # failures allowed inside the window before the brake engages
+FAILURE_WINDOW_S = 60.0
+LOCKOUT_S = 60.0
+
+
+def config_path(db_path: str | os.PathLike) -> pathlib.Path:
+    """The admin config file that lives next to the database."""
+    p = pathlib.Path(db_path)
+    return p.parent / f"{p.stem}.admin.json"
+
+
+def hash_password(password: str, salt: bytes) -> bytes:
+    return hashlib.scrypt(password.encode("utf-8"), salt=salt, **_SCRYPT)
+
+
+@dataclasses.dataclass
+class AdminCredentials:
+    user: str
+    salt: bytes
+    digest: bytes
+    source: str  # "env" | "file" | "generated"
+
+    @classmethod
+    def from_password(cls, user: str, password: str, source: str) -> "AdminCredentials":
+        salt = secrets.token_bytes(16)
+        return cls(user, salt, hash_password(password, salt), source)
+
+    def matches(self, user: str, password: str) -> bool:
+        """Constant-time check of both user name and password."""
+        user_ok = hmac.compare_digest(
+            hashlib.sha256(user.encode("utf-8")).digest(),
+            hashlib.sha256(self.user.encode("utf-8")).digest(),
+        )
+        pw_ok = hmac.compare_digest(hash_password(password, self.salt), self.digest)
+        return user_ok and pw_ok
+
+    def to_json(self) -> dict:
+        return {"user": self.user, "salt": self.salt.hex(), "scrypt": self.digest.hex(),
+                "scrypt_params": _SCRYPT}
+
+
+def _write_config(path: pathlib.Path, creds: AdminCredentials) -> None:
+    # Create with 0600 from the start (no window where the hash is world-readable).
+    tmp = path.with_suffix(".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w", encoding="utf-8") as fh:
+        json.dump(creds.to_json(), fh, indent=2)
+    os.replace(tmp, path)
+
+
+def load_or_create(db_path: str | os.PathLike, *, env: dict | None = None,
+                   reset: bool = False) -> tuple[AdminCredentials, str | None]:
+    """The admin credentials for this database, and the plain password if it was just
+    generated (None otherwise: it is only ever printed once)."""
+    env = os.environ if env is None else env
+    if env.get(ENV_PASSWORD):
+        user = env.get(ENV_USER) or DEFAULT_USER
+        return AdminCredentials.from_password(user, env[ENV_PASSWORD], "env"), None
+    path = config_path(db_path)
+    if path.exists() and not reset:
+        data = json.loads(path.read_text(encoding="utf-8"))
+        return AdminCredentials(data["user"], bytes.fromhex(data["salt"]),
+                                bytes.fromhex(data["scrypt"]), "file"), None
+    user = env.get(ENV_USER) or DEFAULT_USER
+    password = secrets.token_urlsafe(12)
+    creds = AdminCredentials.from_password(user, password, "generated")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    _write_config(path, creds)
+    return creds, password
+
+
+class AdminAuth:
+    """The `auth=` callable handed to Gradio for the admin app, with a failure brake."""
+
+    def __init__(self, creds: AdminCredentials, *, clock=time.monotonic):
+        self.creds = creds
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._failures: list[float] = []
+        self._locked_until = 0.0
+
+    @property
+    def user(self) -> str:
+        return self.creds.user
+
+    def locked(self) -> bool:
+        with self._lock:
+            return self._clock() < self._locked_until
+
+    def __call__(self, user: str, password: str) -> bool:
+        if self.locked():
+            return False
+        ok = self.creds.matches(user or "", password or "")
+        with self._lock:
+            now = self._clock()
+            if ok:
+                self._failures.clear()
+                return True
+            self._failures = [t for t in self._failures if now - t < FAILURE_WINDOW_S]
+            self._failures.append(now)
+            if len(self._failures) >= MAX_FAILURES:
+                self._locked_until = now + LOCKOUT_S
+                self._failures.clear()
+        return False
+
+    def is_admin(self, username: str | None) -> bool:
+        """Server-side check in every admin handler: the session's user is the admin."""
+        if not username:
+            return False
+        return hmac.compare_digest(username.encode("utf-8"), self.creds.user.encode("utf-8"))

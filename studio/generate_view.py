@@ -1,0 +1,379 @@
+"""The Generate tab (admin side): text-to-image with any registry model or a local path.
+
+A thin layer over `model_runtime`: the registry fills the model picker (licence shown),
+presets fill the prompt, `model_runtime.generation.generate` runs the request with a step
+callback and a cancel flag, and `model_runtime.provenance` writes each PNG with its
+metadata (AUTOMATIC1111 `parameters` + JSON, `synthetic: true`) — wanted here, unlike the
+blinded reader side.
+
+Every finished run is kept as a *batch* folder (`<db dir>/<db stem>.batches/<id>/`: the
+PNGs and a `manifest.csv` that `medisyn study create` accepts), so a batch can become a
+study ("New study" → "Generation batches", or "Send to study" below).
+"""
+from __future__ import annotations
+
+import csv
+import dataclasses
+import datetime as _dt
+import pathlib
+import queue
+import secrets
+import threading
+import time
+
+import gradio as gr
+import numpy as np
+
+from studies.database import stimuli_dir  # noqa: F401  (keeps batches next to the DB)
+
+LOCAL_PATH = "__local__"
+MAX_IMAGES = 16
+MAX_STEPS = 150
+
+_MODELS: dict[str, object] = {}
+_MODELS_LOCK = threading.Lock()
+_CANCELS: dict[str, threading.Event] = {}
+
+
+def batches_root(db_path, batches_dir=None) -> pathlib.Path:
+    if batches_dir:
+        return pathlib.Path(batches_dir)
+    p = pathlib.Path(db_path)
+    return p.parent / f"{p.stem}.batches"
+
+
+def model_choices() -> list[tuple[str, str]]:
+    """(label, key) for every registry entry, then 'a local path'."""
+    from model_runtime import registry
+
+    out = []
+    for e in registry.list_models():
+        mark = "" if e.available() else "  (not downloaded)"
+        out.append((f"{e.name}{mark}", e.key))
+    out.append(("Local diffusers folder…", LOCAL_PATH))
+    return out
+
+
+def model_info(key: str) -> str:
+    """Markdown about a registry entry: licence first, then modalities and prompt style."""
+    from model_runtime import registry
+
+    if key == LOCAL_PATH:
+        return "Give the path of a diffusers folder (with `model_index.json`) on the server."
+    e = registry.get(key)
+    lines = [f"**{e.name}** — licence: **{e.licence}**"
+             + ("" if e.licence_verified else " *(as reported; verify)*")]
+    if e.modalities:
+        lines.append(f"Modalities: {', '.join(e.modalities)}")
+    if e.prompt_style:
+        lines.append(f"Prompts: {e.prompt_style}")
+    if not e.available():
+        where = e.hub_id or e.path
+        lines.append(f"⚠️ Not on this machine: put `{where}` in the Hugging Face cache "
+                     "(or a local folder) to use it — nothing is downloaded at run time.")
+    if e.notes:
+        lines.append(e.notes)
+    return "  \n".join(lines)
+
+
+def model_location(key: str, local_path: str | None) -> str:
+    from model_runtime import registry
+
+    if key == LOCAL_PATH:
+        path = pathlib.Path(str(local_path or "").strip()).expanduser()
+        if not (path / "model_index.json").is_file():
+            raise ValueError(f"{path} is not a diffusers folder (no model_index.json)")
+        return str(path)
+    return registry.get(key).location
+
+
+def get_model(location: str):
+    """Load once per process; concurrent first requests wait for the same load."""
+    from model_runtime.loading import load
+
+    with _MODELS_LOCK:
+        if location not in _MODELS:
+            _MODELS[location] = load(location)
+        return _MODELS[location]
+
+
+def preset_choices() -> list[tuple[str, str]]:
+    try:
+        from model_runtime import presets
+    except ImportError:
+        return []
+    return [(p.label, p.key) for p in presets.list_presets()]
+
+
+def preset_prompt(key: str) -> tuple[str, str]:
+    """(prompt, negative prompt) of a preset with its example field values."""
+    from model_runtime import presets
+
+    p = presets.get(key)
+    return p.example_prompt(), getattr(p, "negative_prompt", "") or ""
+
+
+@dataclasses.dataclass
+class Batch:
+    batch_id: str
+    folder: pathlib.Path
+    images: list[np.ndarray]
+    seeds: list[int]
+    files: list[pathlib.Path]
+    seconds: float
+
+
+def run_generation(location: str, *, prompt: str, negative_prompt: str = "", seed: int = 0,
+                   steps: int = 20, guidance: float = 7.5, scheduler: str | None = None,
+                   n_images: int = 1, width: int | None = None, height: int | None = None,
+                   modality: str = "", out_root, on_step=None, cancel: threading.Event | None = None
+                   ) -> Batch:
+    """Generate `n_images` (seeds seed, seed+1, ...), write them with provenance to a new
+    batch folder with a manifest.csv, and return the batch."""
+    from model_runtime import provenance
+    from model_runtime.generation import GenerationRequest, generate
+
+    if not str(prompt or "").strip():
+        raise ValueError("write a prompt (or pick a preset)")
+    n_images = int(n_images)
+    steps = int(steps)
+    if not 1 <= n_images <= MAX_IMAGES:
+        raise ValueError(f"number of images must be 1–{MAX_IMAGES}")
+    if not 1 <= steps <= MAX_STEPS:
+        raise ValueError(f"steps must be 1–{MAX_STEPS}")
+    loaded = get_model(location)
+    request = GenerationRequest(prompt=prompt.strip(), negative_prompt=negative_prompt or "",
+                                num_images=n_images, seed=int(seed), steps=steps,
+                                guidance_scale=float(guidance), scheduler=scheduler or None,
+                                width=width, height=height)
+    t0 = time.perf_counter()
+    result = generate(loaded, request, on_step=on_step, cancel=cancel)
+    seconds = time.perf_counter() - t0
+    stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
+    batch_id = f"{stamp}-{secrets.token_hex(3)}"
+    folder = pathlib.Path(out_root) / batch_id
+    folder.mkdir(parents=True, exist_ok=True)
+    images, seeds, files, rows = [], [], [], []
+    for k, item in enumerate(result.images):
+        img_seed = result.seeds[k]
+        path = folder / f"{k:03d}_seed{img_seed}.png"
+        provenance.save_png(item, path, loaded, request, seed=img_seed, index=k)
+        images.append(np.asarray(item.convert("RGB")))
+        seeds.append(img_seed)
+        files.append(path)
+        rows.append({"path": path.name, "source": "synthetic", "modality": modality,
+                     "prompt": request.prompt, "generator": loaded.name})
+    with (folder / "manifest.csv").open("w", newline="", encoding="utf-8") as fh:
+        w = csv.DictWriter(fh, fieldnames=["path", "source", "modality", "prompt", "generator"])
+        w.writeheader()
+        w.writerows(rows)
+    return Batch(batch_id, folder, images, seeds, files, seconds)
+
+
+def batch_choices(db_path, batches_dir=None) -> list[tuple[str, str]]:
+    """(label, folder) of the saved generation batches, newest first."""
+    root = batches_root(db_path, batches_dir)
+    if not root.is_dir():
+        return []
+    out = []
+    for d in sorted(root.iterdir(), reverse=True):
+        man = d / "manifest.csv"
+        if not man.is_file():
+            continue
+        with man.open(newline="", encoding="utf-8") as fh:
+            rows = list(csv.DictReader(fh))
+        prompt = rows[0]["prompt"] if rows else ""
+        out.append((f"{d.name}: {len(rows)} × “{prompt[:50]}”", str(d)))
+    return out
+
+
+def send_to_study(db_path, batch_folder, study: str, *, actor="admin"):
+    """Add a batch's images to an existing (draft) study as synthetic cases."""
+    from studies import ingest
+
+    add = getattr(ingest, "add_cases", None)
+    if add is None:
+        raise NotImplementedError(
+            "adding cases to an existing study is not available in this version of "
+            "studies.ingest; create a new study from the batch instead (New study → "
+            "Generation batches)")
+    return add(db_path, study, manifest=pathlib.Path(batch_folder) / "manifest.csv", actor=actor)
+
+
+# ------------------------------------------------------------------------------- Gradio
+class GenerateTab:
+    def __init__(self, wire):
+        self.wire = wire
+
+
+def build_generate_tab(db_path, guard, *, model=None, batches_dir=None) -> GenerateTab:
+    """Build the tab's components inside the current Blocks context; `wire(study_dd)`
+    connects "send to study" to the admin's study picker."""
+    out_root = batches_root(db_path, batches_dir)
+    choices = model_choices()
+    default_key = _default_key(model, choices)
+    with gr.Row():
+        with gr.Column(scale=2):
+            model_dd = gr.Dropdown(choices, value=default_key, label="Model",
+                                   elem_id="gen-model")
+            local_path = gr.Textbox(label="Local diffusers folder", value=model if
+                                    default_key == LOCAL_PATH else "",
+                                    visible=default_key == LOCAL_PATH)
+            info = gr.Markdown(model_info(default_key), elem_id="gen-model-info")
+            presets = preset_choices()
+            preset_dd = gr.Dropdown(presets, value=None, label="Preset (fills the prompt)",
+                                    elem_id="gen-preset", visible=bool(presets))
+            prompt = gr.Textbox(label="Prompt", lines=2, elem_id="gen-prompt")
+            negative = gr.Textbox(label="Negative prompt", lines=1)
+            with gr.Row():
+                seed = gr.Number(label="Seed", value=1234, precision=0, elem_id="gen-seed")
+                dice = gr.Button("🎲", scale=0, min_width=50, elem_id="gen-dice")
+                n_images = gr.Slider(1, MAX_IMAGES, value=4, step=1, label="Images")
+            with gr.Row():
+                steps = gr.Slider(1, MAX_STEPS, value=20, step=1, label="Steps")
+                guidance = gr.Slider(0.0, 20.0, value=7.5, step=0.5, label="Guidance")
+                scheduler = gr.Dropdown(_scheduler_names(), value=None, allow_custom_value=True,
+                                        label="Scheduler (blank: the model's own)")
+            modality = gr.Textbox(label="Modality (recorded in the batch manifest)", value="")
+            with gr.Row():
+                go = gr.Button("Generate", variant="primary", elem_id="gen-go")
+                stop = gr.Button("Cancel", variant="stop", elem_id="gen-cancel")
+            status = gr.Markdown(elem_id="gen-status")
+        with gr.Column(scale=3):
+            gallery = gr.Gallery(label="Images (caption: seed)", columns=4, height="auto",
+                                 format="png", elem_id="gen-gallery", buttons=["fullscreen"],
+                                 object_fit="contain")
+            files = gr.File(label="PNG with provenance metadata", file_count="multiple",
+                            interactive=False, elem_id="gen-files")
+            batch_state = gr.State(None)
+            with gr.Row():
+                send_btn = gr.Button("Send batch to the selected study", elem_id="gen-send")
+            send_msg = gr.Markdown()
+
+    def on_model(key, request: gr.Request):
+        guard(request)
+        return gr.update(visible=key == LOCAL_PATH), model_info(key)
+
+    def on_preset(key, request: gr.Request):
+        guard(request)
+        if not key:
+            return gr.update(), gr.update()
+        p, n = preset_prompt(key)
+        return p, n
+
+    def on_dice(request: gr.Request):
+        guard(request)
+        return secrets.randbelow(2**31)
+
+    def on_generate(key, local, prompt_, neg_, seed_, n_, steps_, guidance_, sched_, modality_,
+                    request: gr.Request):
+        guard(request)
+        try:
+            location = model_location(key, local)
+        except (ValueError, KeyError) as exc:
+            raise gr.Error(str(exc)) from None
+        cancel = threading.Event()
+        _CANCELS[request.session_hash] = cancel
+        events: queue.Queue = queue.Queue()
+        box: dict = {}
+
+        def on_step(step, total, *_):
+            events.put((step, total))
+
+        def work():
+            try:
+                box["batch"] = run_generation(
+                    location, prompt=prompt_, negative_prompt=neg_, seed=int(seed_ or 0),
+                    steps=int(steps_), guidance=float(guidance_), scheduler=sched_ or None,
+                    n_images=int(n_), modality=modality_ or "", out_root=out_root,
+                    on_step=on_step, cancel=cancel)
+            except BaseException as exc:  # reported below, in the request thread
+                box["error"] = exc
+            finally:
+                events.put(None)
+
+        threading.Thread(target=work, daemon=True).start()
+        yield (gr.update(), gr.update(), "Loading the model…" if location not in _MODELS
+               else "Starting…", gr.update())
+        try:
+            while True:
+                ev = events.get()
+                if ev is None:
+                    break
+                step, total = ev
+                yield gr.update(), gr.update(), f"Step {step} / {total}", gr.update()
+        finally:
+            cancel.set() if "batch" not in box and "error" not in box else None
+            _CANCELS.pop(request.session_hash, None)
+        if "error" in box:
+            exc = box["error"]
+            if type(exc).__name__ in ("GenerationCancelled", "Cancelled", "CancelledError"):
+                yield gr.update(), gr.update(), "Cancelled.", gr.update()
+                return
+            raise gr.Error(f"{type(exc).__name__}: {exc}") from None
+        b = box["batch"]
+        gal = [(img, f"seed {s}") for img, s in zip(b.images, b.seeds)]
+        yield (gal, [str(f) for f in b.files],
+               f"{len(b.images)} image(s) in {b.seconds:.1f} s — batch `{b.batch_id}`",
+               str(b.folder))
+
+    def on_cancel(request: gr.Request):
+        guard(request)
+        ev = _CANCELS.get(request.session_hash)
+        if ev is not None:
+            ev.set()
+        return "Cancelling…"
+
+    def on_send(batch_folder, study, request: gr.Request):
+        guard(request)
+        if not batch_folder:
+            raise gr.Error("generate a batch first")
+        if not study:
+            raise gr.Error("choose a study at the top first")
+        try:
+            send_to_study(db_path, batch_folder, study, actor=f"admin:{request.username}")
+        except NotImplementedError as exc:
+            return str(exc)
+        except Exception as exc:  # StudyError and friends: show the message
+            raise gr.Error(str(exc)) from None
+        return f"Added the batch to **{study}** as synthetic cases."
+
+    private = dict(api_visibility="private")
+    model_dd.change(on_model, [model_dd], [local_path, info], **private)
+    preset_dd.change(on_preset, [preset_dd], [prompt, negative], **private)
+    dice.click(on_dice, None, [seed], **private)
+    go.click(on_generate, [model_dd, local_path, prompt, negative, seed, n_images, steps,
+                           guidance, scheduler, modality],
+             [gallery, files, status, batch_state], concurrency_limit=2,
+             concurrency_id="generate", **private)
+    stop.click(on_cancel, None, [status], queue=False, **private)
+
+    def wire(study_dd):
+        send_btn.click(on_send, [batch_state, study_dd], [send_msg], **private)
+
+    return GenerateTab(wire)
+
+
+def _default_key(model, choices) -> str:
+    keys = [k for _, k in choices]
+    if model:
+        from model_runtime import registry
+
+        entry = registry.find(str(model))
+        if entry is not None:
+            return entry.key
+        if pathlib.Path(str(model)).is_dir():
+            emb = registry.get(registry.EMBEDDED) if registry.EMBEDDED in keys else None
+            if emb is not None and emb.local_path and pathlib.Path(str(model)).resolve() == emb.local_path.resolve():
+                return emb.key
+            return LOCAL_PATH
+    return keys[0]
+
+
+def _scheduler_names() -> list[str]:
+    try:
+        from model_runtime import schedulers
+
+        return list(getattr(schedulers, "NAMES", None) or [])
+    except ImportError:
+        return []

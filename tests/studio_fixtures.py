@@ -1,0 +1,74 @@
+"""Studies for the studio tests, built from the images installed packages ship.
+
+File names are deliberately loud (`LEAKREAL...`, `LEAKSYNTH...`, generator `leakgen...`)
+so the blinding tests can search every served byte for them.
+"""
+from __future__ import annotations
+
+import csv
+import pathlib
+import shutil
+
+from study_fixtures import write_images
+
+REAL_MARK = "LEAKREAL"
+SYNTH_MARK = "LEAKSYNTH"
+GEN_MARK = "leakgen-x9"
+
+
+def write_loud_manifest(root: pathlib.Path, n_cases: int = 10) -> tuple[pathlib.Path, list[dict]]:
+    """root/cases.csv with `n_cases` rows (half real, half synthetic) whose file names and
+    generator are easy to search for; returns (manifest, rows)."""
+    raw = root / "raw"
+    rows = write_images(raw, synthetic_per_real=1, generators=(GEN_MARK,))
+    real = [r for r in rows if r["source"] == "real"]
+    synth = [r for r in rows if r["source"] == "synthetic"]
+    n_real = n_cases // 2
+    chosen = real[:n_real] + synth[: n_cases - n_real]
+    out_rows = []
+    for i, r in enumerate(chosen):
+        src = raw / r["path"]
+        mark = REAL_MARK if r["source"] == "real" else SYNTH_MARK
+        name = f"{mark}_{i:02d}_{src.name}"
+        dst = root / "images" / name
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(src, dst)
+        out_rows.append({**r, "path": f"images/{name}",
+                         "generator": GEN_MARK if r["source"] == "synthetic" else ""})
+    shutil.rmtree(raw)
+    manifest = root / "cases.csv"
+    with manifest.open("w", newline="", encoding="utf-8") as fh:
+        w = csv.DictWriter(fh, fieldnames=["path", "source", "modality", "prompt", "generator"])
+        w.writeheader()
+        w.writerows(out_rows)
+    return manifest, out_rows
+
+
+def make_loud_study(tmp_path: pathlib.Path, name: str = "ten", *, n_cases: int = 10,
+                    tasks=("turing",), training_cases: int = 0, size: int = 96,
+                    readers=("dr-a",)):
+    """A study in tmp_path/studio.db; returns (db_path, rows, {reader: token})."""
+    from studies import readers as readers_mod
+    from studies.design import StudyOptions
+    from studies.ingest import create_study
+
+    manifest, rows = write_loud_manifest(tmp_path / "data", n_cases)
+    db_path = tmp_path / "studio.db"
+    create_study(db_path, name, manifest=manifest, size=size,
+                 options=StudyOptions(tasks=tuple(tasks), training_cases=training_cases, seed=7))
+    tokens = {r: readers_mod.invite(db_path, name, r) for r in readers}
+    return db_path, rows, tokens
+
+
+def leak_needles(rows: list[dict]) -> list[str]:
+    """Strings that must never reach a reader's browser."""
+    needles = {REAL_MARK, SYNTH_MARK, GEN_MARK}
+    for r in rows:
+        stem = pathlib.Path(r["path"]).name
+        needles.add(stem)
+        needles.add(pathlib.Path(stem).stem)
+    return sorted(needles)
+
+
+__all__ = ["GEN_MARK", "REAL_MARK", "SYNTH_MARK", "leak_needles", "make_loud_study",
+           "write_loud_manifest"]

@@ -1,0 +1,313 @@
+"""The studio's handlers as plain Python: reader flow, admin actions, auth, uploads, and
+the app's routes (through HTTP, without a browser)."""
+from __future__ import annotations
+
+import dataclasses
+import io
+import json
+import os
+import pathlib
+import stat
+import zipfile
+
+import numpy as np
+import pytest
+
+from studio_fixtures import leak_needles, make_loud_study, write_loud_manifest
+
+from studies import session, stimuli
+from studies.database import stimuli_dir
+from studies.export import long_table
+from studio import admin_view, auth, reader_view
+
+
+def _text(obj) -> str:
+    """Everything a Screen would send to the browser, as text."""
+    if dataclasses.is_dataclass(obj):
+        obj = {k: v for k, v in dataclasses.asdict(obj).items() if k not in ("image", "state")}
+    return json.dumps(obj, default=str)
+
+
+def _answer_all(db, token, rating=2, likert=4, max_steps=200):
+    screen = reader_view.start(db, token)
+    steps = 0
+    while screen.kind != "finished":
+        steps += 1
+        assert steps < max_steps
+        if screen.kind == "feedback":
+            screen = reader_view.continue_after_feedback(db, token)
+            continue
+        assert screen.kind == "case", screen
+        value = rating if len(screen.choices) == 6 else likert
+        screen = reader_view.submit_answer(db, token, screen.state, value)
+    return screen
+
+
+# ------------------------------------------------------------------------------- reader
+def test_reader_flow_blinded_pixels_and_finish(tmp_path):
+    db, rows, tokens = make_loud_study(tmp_path)
+    token = tokens["dr-a"]
+    needles = leak_needles(rows) + [r["prompt"] for r in rows]  # turing: no prompt shown
+
+    first = reader_view.open_page(db, token)
+    assert first.kind == "intro" and "10" in first.intro
+    screen = reader_view.start(db, token)
+    seen = []
+    while screen.kind == "case":
+        assert (screen.position, screen.total) == (len(seen) + 1, 10)
+        assert [v for _, v in screen.choices] == [1, 2, 3, 4, 5, 6]
+        assert screen.prompt is None
+        text = _text(screen)
+        assert not [n for n in needles if n.lower() in text.lower()]
+        # The pixels handed to Gradio are exactly the stored normalised stimulus.
+        view = session.next_case(db, screen.state.reader_id)
+        stored = session.stimulus_png(db, screen.state.reader_id, view.stimulus_id)
+        assert isinstance(screen.image, np.ndarray) and screen.image.shape == (96, 96, 3)
+        np.testing.assert_array_equal(screen.image, stimuli.decode_png(stored))
+        seen.append(view.assignment_id)
+        screen = reader_view.submit_answer(db, token, screen.state, 5)
+    assert screen.kind == "finished" and "10" in screen.message
+    assert len(set(seen)) == 10
+    df = long_table(db, "ten")
+    assert len(df) == 10 and set(df["rating"]) == {5}
+    assert (df["duration_ms"] >= 0).all()
+    # Back on the page later: still finished, nothing asked again.
+    assert reader_view.open_page(db, token).kind == "finished"
+
+
+def test_resume_after_refresh_and_restart_starts_at_first_unanswered(tmp_path):
+    db, _, tokens = make_loud_study(tmp_path)
+    token = tokens["dr-a"]
+    screen = reader_view.start(db, token)
+    for _ in range(3):
+        screen = reader_view.submit_answer(db, token, screen.state, 1)
+    assert screen.position == 4
+    # A refresh (or a server restart) loses gr.State: the page comes back from the DB.
+    again = reader_view.open_page(db, token)
+    assert again.kind == "case" and again.position == 4 and "Welcome back" in again.message
+    assert again.state.assignment_id == screen.state.assignment_id
+    assert len(long_table(db, "ten")) == 3
+
+
+def test_stale_or_foreign_state_records_nothing(tmp_path):
+    db, _, tokens = make_loud_study(tmp_path, readers=("dr-a", "dr-b"))
+    a, b = tokens["dr-a"], tokens["dr-b"]
+    sa = reader_view.start(db, a)
+    after = reader_view.submit_answer(db, a, sa.state, 3)
+    # The same submission again (double Enter after the page moved on): nothing recorded.
+    again = reader_view.submit_answer(db, a, sa.state, 3)
+    assert again.kind == "case" and again.position == 2 and "out of date" in again.message
+    # Reader B replaying reader A's state with B's token: refused, nothing for either.
+    sb = reader_view.start(db, b)
+    forged = reader_view.submit_answer(db, b, after.state, 6)
+    assert forged.position == 1 and forged.state.reader_id == sb.state.reader_id
+    # No state at all (server restarted under an open tab): re-shown, nothing recorded.
+    assert reader_view.submit_answer(db, a, None, 2).position == 2
+    df = long_table(db, "ten")
+    assert list(df["reader"]) == ["dr-a"] and list(df["rating"]) == [3]
+
+
+def test_no_answer_and_bad_tokens(tmp_path):
+    db, _, tokens = make_loud_study(tmp_path)
+    s = reader_view.start(db, tokens["dr-a"])
+    s2 = reader_view.submit_answer(db, tokens["dr-a"], s.state, None)
+    assert s2.kind == "case" and "Choose an answer" in s2.message and s2.position == 1
+    assert s2.state.shown_mono == s.state.shown_mono  # timing keeps running
+    assert len(long_table(db, "ten")) == 0
+    for bad in (None, "", "x" * 43, tokens["dr-a"][:-1] + "A", "y" * 5000):
+        assert reader_view.open_page(db, bad).kind == "login"
+        assert reader_view.start(db, bad).kind == "login"
+        assert reader_view.submit_answer(db, bad, s.state, 3).kind == "login"
+    assert len(long_table(db, "ten")) == 0
+
+
+def test_duration_is_measured_from_when_the_case_was_served(tmp_path, monkeypatch):
+    db, _, tokens = make_loud_study(tmp_path)
+    clock = [1000.0]
+    monkeypatch.setattr(reader_view.time, "monotonic", lambda: clock[0])
+    s = reader_view.start(db, tokens["dr-a"])
+    clock[0] += 2.5
+    reader_view.submit_answer(db, tokens["dr-a"], s.state, 4)
+    df = long_table(db, "ten")
+    assert df["duration_ms"].tolist() == [2500]
+
+
+def test_two_tasks_prompt_only_with_alignment_and_training_feedback(tmp_path):
+    db, rows, tokens = make_loud_study(tmp_path, tasks=("turing", "alignment"),
+                                       training_cases=2)
+    token = tokens["dr-a"]
+    prompts = {r["prompt"] for r in rows}
+    s = reader_view.start(db, token)
+    assert s.training and s.prompt is None and len(s.choices) == 6
+    s = reader_view.submit_answer(db, token, s.state, 1)
+    # Same image, second question: the prompt appears, the image is not re-sent.
+    assert s.kind == "case" and s.position == 1 and not s.new_image and s.image is None
+    assert s.prompt in prompts and len(s.choices) == 5
+    s = reader_view.submit_answer(db, token, s.state, 3)
+    assert s.kind == "feedback" and "Training case" in s.feedback
+    assert ("real" in s.feedback) or ("synthetic" in s.feedback)
+    assert "correct" in s.feedback.lower() or "not quite" in s.feedback.lower()
+    s = reader_view.continue_after_feedback(db, token)
+    assert s.kind == "case" and s.position == 2 and s.new_image
+    final = _answer_all(db, token)
+    assert final.kind == "finished"
+    df = long_table(db, "ten")
+    assert set(df["task"]) == {"turing", "alignment"} and len(df) == 2 * 10  # 10 cases, 2 of them training
+
+
+def test_reader_blocks_config_is_blind_and_every_event_private(tmp_path):
+    db, rows, _ = make_loud_study(tmp_path)
+    blocks = reader_view.build_reader_blocks(db)
+    config = json.dumps(blocks.get_config_file(), default=str)
+    for needle in leak_needles(rows) + [str(stimuli_dir(db)), str(db)]:
+        assert needle not in config
+    deps = blocks.get_config_file()["dependencies"]
+    assert deps and all(d["api_visibility"] == "private" for d in deps)
+    image = next(c for c in blocks.get_config_file()["components"]
+                 if c.get("props", {}).get("elem_id") == "stimulus")
+    assert image["props"]["format"] == "png" and image["props"]["buttons"] == []
+
+
+# -------------------------------------------------------------------------------- auth
+def test_admin_credentials_generated_hashed_and_reused(tmp_path):
+    db = tmp_path / "s.db"
+    creds, password = auth.load_or_create(db, env={})
+    assert password and len(password) >= 16 and creds.user == "admin"
+    cfg = auth.config_path(db)
+    assert stat.S_IMODE(cfg.stat().st_mode) == 0o600
+    assert password not in cfg.read_text()
+    again, pw2 = auth.load_or_create(db, env={})
+    assert pw2 is None and again.matches("admin", password)
+    assert not again.matches("admin", password + "x") and not again.matches("root", password)
+    reset, pw3 = auth.load_or_create(db, env={}, reset=True)
+    assert pw3 and pw3 != password and reset.matches("admin", pw3)
+    env_creds, pw4 = auth.load_or_create(db, env={auth.ENV_USER: "chief",
+                                                  auth.ENV_PASSWORD: "s3cret"})
+    assert pw4 is None and env_creds.source == "env" and env_creds.matches("chief", "s3cret")
+
+
+def test_admin_auth_brake_after_repeated_failures():
+    now = [0.0]
+    a = auth.AdminAuth(auth.AdminCredentials.from_password("admin", "right", "env"),
+                       clock=lambda: now[0])
+    assert a("admin", "right")
+    for _ in range(auth.MAX_FAILURES):
+        assert not a("admin", "wrong")
+    assert a.locked() and not a("admin", "right")  # even the right password waits
+    now[0] += auth.LOCKOUT_S + 1
+    assert a("admin", "right")
+    assert a.is_admin("admin") and not a.is_admin(None) and not a.is_admin("Admin")
+
+
+# ------------------------------------------------------------------------------ uploads
+def _zip(entries: dict[str, bytes], *, symlink: str | None = None) -> bytes:
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as zf:
+        for name, data in entries.items():
+            zf.writestr(name, data)
+        if symlink:
+            info = zipfile.ZipInfo(symlink)
+            info.external_attr = (stat.S_IFLNK | 0o777) << 16
+            zf.writestr(info, "/etc/passwd")
+    return buf.getvalue()
+
+
+@pytest.mark.parametrize("entries,symlink,message", [
+    ({"../evil.txt": b"x"}, None, "unsafe path"),
+    ({"/abs/evil.txt": b"x"}, None, "unsafe path"),
+    ({"a/../../evil.txt": b"x"}, None, "unsafe path"),
+    ({"C:/evil.txt": b"x"}, None, "unsafe path"),
+    ({"ok.txt": b"x"}, "link.png", "symbolic link"),
+    ({"bomb.bin": b"\0" * (8 * 1024 * 1024)}, None, "zip bomb"),
+])
+def test_safe_extract_refuses_slip_links_and_bombs(tmp_path, entries, symlink, message):
+    z = tmp_path / "in.zip"
+    z.write_bytes(_zip(entries, symlink=symlink))
+    with pytest.raises(admin_view.UploadError, match=message):
+        admin_view.safe_extract_zip(z, tmp_path / "out", max_ratio=50)
+    assert not (tmp_path / "evil.txt").exists() and not pathlib.Path("/abs/evil.txt").exists()
+
+
+def test_safe_extract_total_size_limit(tmp_path):
+    z = tmp_path / "in.zip"
+    z.write_bytes(_zip({"a.bin": os.urandom(3000), "b.bin": os.urandom(3000)}))
+    with pytest.raises(admin_view.UploadError, match="expands"):
+        admin_view.safe_extract_zip(z, tmp_path / "out", max_bytes=5000)
+
+
+def test_create_study_from_uploaded_zip_then_invite_and_progress(tmp_path):
+    manifest, rows = write_loud_manifest(tmp_path / "src", 10)
+    z = tmp_path / "upload.zip"
+    with zipfile.ZipFile(z, "w") as zf:
+        zf.write(manifest, "study/cases.csv")
+        for r in rows:
+            zf.write(manifest.parent / r["path"], f"study/{r['path']}")
+    db = tmp_path / "studio.db"
+    opts = admin_view.study_options(["turing"], training_cases=0, seed=3)
+    summary = admin_view.create_from_zip(db, "zipped", str(z), size=64, options=opts)
+    assert summary.n_cases == 10 and summary.n_real == 5
+    assert not z.exists()  # the upload (original file names) is removed after ingest
+    table = admin_view.studies_table(db)
+    assert table.loc[0, "study"] == "zipped" and table.loc[0, "status"] == "draft"
+    md, audit_text, leak = admin_view.study_overview(db, "zipped")
+    assert "draft" in md and "Leak audit" in audit_text
+    link = admin_view.invite_reader(db, "zipped", "dr-z", "http://h:1/", acknowledge_leak=leak)
+    assert link.startswith("http://h:1/?token=")
+    assert admin_view.studies_table(db).loc[0, "status"] == "open"
+    token = link.split("token=", 1)[1]
+    s = reader_view.start(db, token)
+    reader_view.submit_answer(db, token, s.state, 6)
+    prog = admin_view.progress_table(db, "zipped")
+    assert prog.loc[0, "reader"] == "dr-z" and prog.loc[0, "answered"] == "1 / 10"
+
+
+def test_create_from_folder_and_bad_inputs(tmp_path):
+    manifest, _ = write_loud_manifest(tmp_path / "src", 10)
+    db = tmp_path / "studio.db"
+    opts = admin_view.study_options(["turing"])
+    s = admin_view.create_from_folder(db, "fromfolder", str(manifest), size=64, options=opts)
+    assert s.n_cases == 10
+    with pytest.raises(admin_view.UploadError, match="no such file"):
+        admin_view.create_from_folder(db, "x", str(tmp_path / "missing"), options=opts)
+    with pytest.raises(admin_view.StudyError, match="at least one task"):
+        admin_view.study_options([])
+    notzip = tmp_path / "n.zip"
+    notzip.write_text("hello")
+    with pytest.raises(admin_view.UploadError, match="not a readable zip"):
+        admin_view.create_from_zip(db, "y", str(notzip), options=opts)
+
+
+def test_invite_requires_acknowledgement_when_audit_flags_a_leak(tmp_path, monkeypatch):
+    db, _, _ = make_loud_study(tmp_path, readers=())
+    from studies import ingest
+
+    real = ingest.audit_study
+    monkeypatch.setattr(ingest, "audit_study",
+                        lambda *a, **k: ({**real(*a, **k)[0], "leak": True}, "LEAK"))
+    with pytest.raises(admin_view.StudyError, match="leak audit flags"):
+        admin_view.invite_reader(db, "ten", "dr-q", "http://h/")
+    assert admin_view.invite_reader(db, "ten", "dr-q", "http://h/", acknowledge_leak=True)
+
+
+def test_dashboard_and_exports_show_each_readers_results(tmp_path):
+    db, _, tokens = make_loud_study(tmp_path, readers=("dr-a", "dr-b"))
+    _answer_all(db, tokens["dr-a"], rating=1)
+    _answer_all(db, tokens["dr-b"], rating=6)
+    d = admin_view.dashboard(db, "ten")
+    assert set(d.per_reader["reader"]) == {"dr-a", "dr-b"}
+    acc = dict(zip(d.per_reader["reader"], d.per_reader["accuracy"]))
+    assert acc == {"dr-a": 0.5, "dr-b": 0.5}  # all-real / all-synthetic on a 5/5 split
+    assert d.pooled.loc[0, "n"] == 20
+    assert d.figures and all(hasattr(f, "to_plotly_json") for _, f in d.figures)
+    paths = admin_view.export_files(db, "ten", tmp_path / "out")
+    names = sorted(p.name for p in paths)
+    assert names == ["ten-imrmc.csv", "ten-long.csv", "ten-report.html"]
+    assert "dr-b" in (tmp_path / "out" / "ten-long.csv").read_text()
+    assert "<html" in (tmp_path / "out" / "ten-report.html").read_text().lower()
+
+
+def test_base_url_of():
+    class R:
+        headers = {"host": "example.org:8080"}
+    assert admin_view.base_url_of(R(), None) == "http://example.org:8080/"
+    assert admin_view.base_url_of(R(), "https://x/") == "https://x/"
