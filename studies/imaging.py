@@ -456,6 +456,8 @@ def _dicom_grey(arr, ds, window, modality):
     from pydicom.pixels import apply_modality_lut
 
     values = apply_modality_lut(arr, ds)  # rescale slope/intercept or modality LUT
+    if values.dtype == np.float64:
+        values = values.astype(np.float32)  # half the memory; ample precision for display
     if window is not None:
         return _explicit_or_preset(values, window, modality)
     from_file = _dicom_voi(values, ds)

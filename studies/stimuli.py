@@ -26,8 +26,9 @@ __all__ = [
     "new_stimulus_id", "normalise", "png_chunk_types", "render_stimulus",
 ]
 
-PNG_COMPRESS_LEVEL = 6
-"""zlib level for every stimulus: fixed, so encoding is deterministic and uniform."""
+PNG_COMPRESS_LEVEL = 3
+"""zlib level for every stimulus: fixed, so encoding is deterministic and uniform. Level 3
+encodes a 512x512 stimulus 2-4x faster than the default 6 for files 2-10 % larger."""
 ALLOWED_CHUNKS = ("IHDR", "IDAT", "IEND")
 _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
