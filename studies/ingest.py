@@ -265,6 +265,35 @@ def _remove_empty_db(db_path: pathlib.Path) -> None:
         pathlib.Path(f"{db_path}{suffix}").unlink(missing_ok=True)
 
 
+def list_studies(db_path: str | pathlib.Path) -> list[dict]:
+    """One dict per study, newest first (for the studio's admin view): id, name, created_at, size, tasks (list), options
+    (dict), seed, n_cases, n_real, n_synthetic, n_training, generators (list), n_readers,
+    leak (bool, or None if the audit could not be stored)."""
+    with contextlib.closing(open_db(db_path, create=False)) as db:
+        rows = db.execute(
+            "SELECT s.id, s.name, s.created_at, s.size, s.tasks, s.options, s.seed, s.audit_report, "
+            " (SELECT count(*) FROM cases c WHERE c.study_id = s.id), "
+            " (SELECT count(*) FROM cases c WHERE c.study_id = s.id AND c.source = 'real'), "
+            " (SELECT count(*) FROM cases c WHERE c.study_id = s.id AND c.role = 'training'), "
+            " (SELECT json_group_array(DISTINCT c.generator) FROM cases c "
+            "   WHERE c.study_id = s.id AND c.source = 'synthetic' AND c.generator != ''), "
+            " (SELECT count(*) FROM readers r WHERE r.study_id = s.id) "
+            "FROM studies s ORDER BY s.created_at DESC, s.id DESC").fetchall()
+    out = []
+    for (sid, name, created, size, tasks, options, seed, report, n_cases, n_real, n_training,
+         generators, n_readers) in rows:
+        leak = json.loads(report).get("leak") if report else None
+        out.append({
+            "id": sid, "name": name, "created_at": created, "size": size,
+            "tasks": json.loads(tasks), "options": json.loads(options), "seed": seed,
+            "n_cases": n_cases, "n_real": n_real, "n_synthetic": n_cases - n_real,
+            "n_training": n_training,
+            "generators": sorted(json.loads(generators)) if generators else [],
+            "n_readers": n_readers, "leak": leak,
+        })
+    return out
+
+
 def audit_study(db_path: str | pathlib.Path, study: str, *, recompute: bool = False,
                 actor: str = "cli") -> tuple[dict, str]:
     """The study's leak-audit report (dict, text). `recompute=True` re-runs the audit on the
@@ -299,26 +328,3 @@ def audit_study(db_path: str | pathlib.Path, study: str, *, recompute: bool = Fa
 
     write(db_path, store)
     return report_dict, text
-
-
-
-def list_studies(db_path: str | pathlib.Path) -> list[dict]:
-    """Every study in the database with its counts, newest first (for the studio's admin
-    view): name, created_at, tasks, size, n_cases, n_real, n_synthetic, n_readers, leak."""
-    from studies.database import reading
-
-    with reading(db_path) as db:
-        rows = list(db.query(
-            "SELECT s.name, s.created_at, s.tasks, s.size, s.audit_report, "
-            "(SELECT count(*) FROM cases c WHERE c.study_id = s.id) AS n_cases, "
-            "(SELECT count(*) FROM cases c WHERE c.study_id = s.id AND c.source = 'real') AS n_real, "
-            "(SELECT count(*) FROM readers r WHERE r.study_id = s.id) AS n_readers "
-            "FROM studies s ORDER BY s.created_at DESC, s.id DESC"))
-    out = []
-    for r in rows:
-        audit = json.loads(r.pop("audit_report") or "{}")
-        r["tasks"] = json.loads(r["tasks"])
-        r["n_synthetic"] = r["n_cases"] - r["n_real"]
-        r["leak"] = audit.get("leak")
-        out.append(r)
-    return out

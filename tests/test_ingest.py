@@ -274,3 +274,24 @@ def test_needs_exactly_one_source(tmp_path, data):
         create_study(tmp_path / "s.db", "x")
     with pytest.raises(StudyError, match="exactly one"):
         create_study(tmp_path / "s.db", "x", manifest=make_manifest(tmp_path / "m"), images_dir=root)
+
+
+def test_list_studies(tmp_path, data):
+    from studies.ingest import list_studies
+    from studies.readers import invite
+
+    root, rows = data
+    db_path = tmp_path / "s.db"
+    create_study(db_path, "one", manifest=write_manifest(root / "m.csv", rows), size=32,
+                 tasks=("turing", "quality"), options=StudyOptions(training_cases=2, seed=4))
+    create_study(db_path, "two", images_dir=root, size=32)
+    invite(db_path, "two", "r1")
+    two, one = list_studies(db_path)  # newest first
+    assert (one["name"], one["tasks"], one["n_cases"], one["n_real"], one["n_synthetic"]) == \
+        ("one", ["turing", "quality"], 12, 6, 6)
+    assert (one["n_training"], one["seed"], one["size"], one["n_readers"]) == (2, 4, 32, 0)
+    assert one["generators"] == ["gen-a"] and one["leak"] in (True, False)
+    assert one["options"]["training_cases"] == 2 and one["created_at"].endswith("Z")
+    assert (two["name"], two["n_readers"], two["tasks"]) == ("two", 1, ["turing"])
+    with pytest.raises(StudyError, match="database not found"):
+        list_studies(tmp_path / "none.db")
