@@ -1,2 +1,51 @@
-"""medisyn CLI commands: generate."""
+"""medisyn CLI commands: generate (a thin wrapper over model_runtime.batch_job.run_generate_job)."""
+from __future__ import annotations
+
+import click
+
 from studio.cli import cli, study, model  # noqa: F401  (groups these commands attach to)
+
+
+@cli.command("generate")
+@click.option("--model", "model_name", required=True,
+              help="Registry key (e.g. embedded, medisyn), local diffusers folder, or Hub id in the local cache.")
+@click.option("--prompt", default=None, help="One prompt (use --n for several images).")
+@click.option("--prompts", "prompts_csv", type=click.Path(dir_okay=False), default=None,
+              help="CSV with a prompt column; optional modality, negative_prompt, n, seed, case_id, group.")
+@click.option("--out", required=True, type=click.Path(file_okay=False), help="Output folder (resumed if it exists).")
+@click.option("--n", default=1, show_default=True, type=click.IntRange(1, 10_000), help="Images per prompt.")
+@click.option("--seed", default=0, show_default=True, type=click.IntRange(0, 2**62),
+              help="Base seed; image k of row r gets seed + 10000*r + k (unless the CSV row sets seed).")
+@click.option("--steps", default=25, show_default=True, type=click.IntRange(1, 1000))
+@click.option("--guidance", default=7.0, show_default=True, type=float, help="Classifier-free guidance scale.")
+@click.option("--scheduler", default=None, help="Sampler name, e.g. 'DPM++ 2M Karras' (default: the model's own).")
+@click.option("--width", default=None, type=click.IntRange(8, 8192), help="Default: the model's native size.")
+@click.option("--height", default=None, type=click.IntRange(8, 8192))
+@click.option("--negative-prompt", default="", help="Negative prompt for rows that do not set one.")
+@click.option("--modality", default="", help="Modality for the manifest, for rows that do not set one.")
+@click.option("--batch-size", default=1, show_default=True, type=click.IntRange(1, 256),
+              help="Images per forward pass; 1 makes every image reproducible on its own from its seed.")
+@click.option("--engine", type=click.Choice(["local", "ray"]), default="local", show_default=True)
+@click.option("--address", default=None, help="Ray cluster address to join (default: start a local Ray).")
+@click.option("--device", default=None, help="cpu, cuda, cuda:N or mps (default: best available).")
+@click.option("--dtype", default=None, help="fp32, fp16 or bf16 (default: fp32 on CPU, fp16/bf16 on GPU).")
+@click.option("--threads", default=None, type=click.IntRange(1, 512), help="torch threads per worker.")
+def generate(model_name, prompt, prompts_csv, out, n, seed, steps, guidance, scheduler, width, height,
+             negative_prompt, modality, batch_size, engine, address, device, dtype, threads):
+    """Generate synthetic images and a manifest.csv that `medisyn study create` accepts as is."""
+    from model_runtime.batch_job import PromptsFileError, run_generate_job
+    from model_runtime.loading import ModelNotFoundError
+    from model_runtime.schedulers import UnknownSchedulerError
+
+    if (prompt is None) == (prompts_csv is None):
+        raise click.UsageError("give exactly one of --prompt or --prompts")
+    try:
+        result = run_generate_job(
+            model_name, out, prompt=prompt, prompts_csv=prompts_csv, n=n, seed=seed,
+            negative_prompt=negative_prompt, modality=modality, steps=steps, guidance_scale=guidance,
+            scheduler=scheduler, width=width, height=height, batch_size=batch_size, engine=engine,
+            address=address, device=device, dtype=dtype, threads=threads)
+    except (ModelNotFoundError, PromptsFileError, UnknownSchedulerError, ValueError) as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo(f"{result.generated} generated, {result.skipped} already done, {result.total} images "
+               f"in {result.seconds:.1f} s -> {result.manifest}")

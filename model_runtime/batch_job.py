@@ -1,0 +1,453 @@
+"""The ``medisyn generate`` job: many prompts -> PNGs + a manifest a reader study ingests as is.
+
+Input: one ``prompt`` (with ``n`` images) or a ``prompts.csv`` with columns
+
+    prompt            required
+    modality          optional  (default: the job's --modality)
+    negative_prompt   optional  (default: the job's --negative-prompt)
+    n                 optional  images for this row (default: the job's --n), 1..10000
+    seed              optional  base seed of this row (default: job seed + 10000 * row index)
+    case_id, group    optional  passed through to the manifest (case_id gets "_k" when n > 1)
+
+Unknown columns are an error (a typo must not be silently ignored). Image k of data row r
+(0-based) gets seed ``row seed + k``, so every image's seed depends only on (row, k): output does
+not depend on how the work is sharded.
+
+Output in ``out/``: ``images/r{row:05d}_{k:03d}.png`` (provenance inside, see provenance.py),
+``manifest.csv`` with exactly the study-ingest columns (path, source=synthetic, modality, prompt,
+generator, case_id, group) and ``generation.csv`` with every image's parameters.
+
+Work is cut into fixed chunks of ``batch_size`` consecutive images (never mixing rows with and
+without a negative prompt), decided before anything runs; each chunk is one pipeline call, on
+the local process or on a Ray actor. Because chunks — and hence batch composition — are the
+same whatever the engine, shard or resume point, the local and Ray engines write identical
+bytes when the thread count per worker is the same (``threads``).
+
+Resumable: every PNG is written atomically and carries a fingerprint of its task; a rerun
+skips chunks whose PNGs all exist with the right fingerprint and regenerates the others.
+"""
+from __future__ import annotations
+
+import csv
+import dataclasses
+import hashlib
+import json
+import os
+import pathlib
+import time
+from collections.abc import Callable
+
+from model_runtime import loading, provenance
+
+SOURCE = "synthetic"
+MANIFEST_COLUMNS = ("path", "source", "modality", "prompt", "generator", "case_id", "group")
+DETAIL_COLUMNS = ("path", "row", "k", "prompt", "negative_prompt", "seed", "steps", "guidance_scale",
+                  "scheduler", "width", "height", "model", "weights_sha256")
+CSV_COLUMNS = ("prompt", "modality", "negative_prompt", "n", "seed", "case_id", "group")
+ROW_SEED_STRIDE = 10_000
+
+
+class PromptsFileError(ValueError):
+    """A malformed prompts.csv; the message names the line and column."""
+
+
+@dataclasses.dataclass(frozen=True)
+class PromptRow:
+    row: int                 # 0-based data row
+    where: str               # "prompts.csv line 3" for messages
+    prompt: str
+    modality: str = ""
+    negative_prompt: str = ""
+    n: int = 1
+    seed: int | None = None
+    case_id: str = ""
+    group: str = ""
+
+
+@dataclasses.dataclass(frozen=True)
+class ImageTask:
+    row: int
+    k: int
+    prompt: str
+    negative_prompt: str
+    seed: int
+    modality: str
+    case_id: str
+    group: str
+
+    @property
+    def rel_path(self) -> str:
+        return f"images/r{self.row:05d}_{self.k:03d}.png"
+
+
+@dataclasses.dataclass(frozen=True)
+class JobSpec:
+    """Everything a worker needs; identical for every chunk of a job."""
+    model: str               # resolved local directory
+    model_label: str         # what the manifest's generator column says
+    weights_sha256: str
+    steps: int
+    guidance_scale: float
+    scheduler: str           # canonical sampler name
+    width: int
+    height: int
+    extra_json: str
+    device: str | None
+    dtype: str | None
+    options_json: str
+    threads: int
+
+    def fingerprint(self, task: ImageTask) -> str:
+        payload = json.dumps([self.weights_sha256, self.steps, self.guidance_scale, self.scheduler,
+                              self.width, self.height, self.extra_json, task.prompt,
+                              task.negative_prompt, task.seed], sort_keys=True)
+        return hashlib.sha256(payload.encode()).hexdigest()
+
+
+@dataclasses.dataclass
+class JobResult:
+    out: pathlib.Path
+    manifest: pathlib.Path
+    details: pathlib.Path
+    total: int
+    generated: int
+    skipped: int
+    seconds: float
+
+
+# --- input -----------------------------------------------------------------------------
+
+def read_prompts_csv(path: str | os.PathLike, *, default_n: int = 1, default_modality: str = "",
+                     default_negative: str = "") -> list[PromptRow]:
+    """Validated rows of a prompts CSV (see module docstring); PromptsFileError names the line."""
+    path = pathlib.Path(path)
+    name = path.name
+    if not path.is_file():
+        raise PromptsFileError(f"prompts file not found: {path}")
+    rows: list[PromptRow] = []
+    try:
+        with path.open(newline="", encoding="utf-8-sig") as fh:
+            reader = csv.reader(fh)
+            try:
+                header = [h.strip().lower() for h in next(reader)]
+            except StopIteration:
+                raise PromptsFileError(f"{name}: the file is empty") from None
+            if "prompt" not in header:
+                raise PromptsFileError(f"{name}: no 'prompt' column (columns: {', '.join(CSV_COLUMNS)})")
+            unknown = [h for h in header if h not in CSV_COLUMNS]
+            if unknown:
+                raise PromptsFileError(f"{name}: unknown column {unknown[0]!r} (allowed: {', '.join(CSV_COLUMNS)})")
+            dupes = sorted({h for h in header if header.count(h) > 1})
+            if dupes:
+                raise PromptsFileError(f"{name}: column {dupes[0]!r} appears twice")
+            for values in reader:
+                if not any(v.strip() for v in values):
+                    continue
+                where = f"{name} line {reader.line_num}"
+                if len(values) != len(header):
+                    raise PromptsFileError(f"{where}: expected {len(header)} fields, found {len(values)}")
+                rec = dict(zip(header, (v.strip() for v in values)))
+                rows.append(_prompt_row(rec, len(rows), where, default_n, default_modality, default_negative))
+    except UnicodeDecodeError:
+        raise PromptsFileError(f"{name}: not a UTF-8 text file") from None
+    except csv.Error as exc:
+        raise PromptsFileError(f"{name}: malformed CSV ({exc})") from None
+    if not rows:
+        raise PromptsFileError(f"{name}: no prompts")
+    return rows
+
+
+def _whole(value: str, where: str, column: str, lo: int, hi: int) -> int:
+    try:
+        n = int(value)
+    except ValueError:
+        raise PromptsFileError(f"{where}, column {column!r}: {value!r} is not a whole number") from None
+    if not lo <= n <= hi:
+        raise PromptsFileError(f"{where}, column {column!r}: {n} is out of range {lo}..{hi}")
+    return n
+
+
+def _prompt_row(rec: dict, index: int, where: str, default_n: int, default_modality: str,
+                default_negative: str) -> PromptRow:
+    if not rec.get("prompt"):
+        raise PromptsFileError(f"{where}, column 'prompt': empty prompt")
+    n = _whole(rec["n"], where, "n", 1, ROW_SEED_STRIDE) if rec.get("n") else default_n
+    seed = _whole(rec["seed"], where, "seed", 0, 2**62) if rec.get("seed") else None
+    return PromptRow(row=index, where=where, prompt=rec["prompt"], modality=rec.get("modality") or default_modality,
+                     negative_prompt=rec.get("negative_prompt") or default_negative, n=n, seed=seed,
+                     case_id=rec.get("case_id", ""), group=rec.get("group", ""))
+
+
+def plan_tasks(rows: list[PromptRow], *, seed: int = 0) -> list[ImageTask]:
+    """One task per image; seeds from (row, k) only."""
+    tasks = []
+    for r in rows:
+        base = r.seed if r.seed is not None else seed + ROW_SEED_STRIDE * r.row
+        for k in range(r.n):
+            case_id = r.case_id if (r.n == 1 or not r.case_id) else f"{r.case_id}_{k}"
+            tasks.append(ImageTask(row=r.row, k=k, prompt=r.prompt, negative_prompt=r.negative_prompt,
+                                   seed=base + k, modality=r.modality, case_id=case_id, group=r.group))
+    return tasks
+
+
+def plan_chunks(tasks: list[ImageTask], batch_size: int) -> list[list[ImageTask]]:
+    """Consecutive tasks in groups of ``batch_size``, split where negative-prompt presence changes."""
+    chunks: list[list[ImageTask]] = []
+    for task in tasks:
+        last = chunks[-1] if chunks else None
+        if (last is not None and len(last) < batch_size
+                and bool(last[0].negative_prompt.strip()) == bool(task.negative_prompt.strip())):
+            last.append(task)
+        else:
+            chunks.append([task])
+    return chunks
+
+
+# --- the worker side (same code for the local and the Ray engine) -----------------------
+
+def generate_chunk(loaded, spec: JobSpec, chunk: list[ImageTask]) -> list[tuple[ImageTask, bytes]]:
+    """Run one chunk as one pipeline call; returns (task, PNG bytes with provenance)."""
+    from model_runtime import generation
+
+    shared = generation.Shared(steps=spec.steps, guidance_scale=spec.guidance_scale, scheduler=spec.scheduler,
+                               width=spec.width, height=spec.height, extra_json=spec.extra_json,
+                               has_negative=bool(chunk[0].negative_prompt.strip()))
+    slots = [generation.Slot(t.prompt, t.negative_prompt, t.seed) for t in chunk]
+    images = generation.run_slots(loaded, shared, slots)
+    out = []
+    for task, image in zip(chunk, images):
+        result = generation.make_result(loaded, shared, generation.Slot(task.prompt, task.negative_prompt, task.seed),
+                                        image, index=task.k)
+        rec = provenance.record(result)
+        rec["job"] = {"row": task.row, "k": task.k, "fingerprint": spec.fingerprint(task)}
+        out.append((task, provenance.png_bytes(image, rec)))
+    return out
+
+
+def _load_for_job(spec: JobSpec):
+    import torch
+
+    torch.set_num_threads(spec.threads)
+    options = json.loads(spec.options_json) | {"hash_weights": False}
+    return loading.load(spec.model, device=spec.device, dtype=spec.dtype, options=options)
+
+
+class RayChunkWorker:
+    """Ray Data callable class: loads the pipeline once per actor, then runs chunks."""
+
+    def __init__(self, spec_json: str):
+        self.spec = JobSpec(**json.loads(spec_json))
+        self.loaded = _load_for_job(self.spec)
+
+    def __call__(self, batch: dict) -> dict:
+        rows, ks, pngs = [], [], []
+        for chunk_json in batch["chunk"]:
+            chunk = [ImageTask(**t) for t in json.loads(chunk_json)]
+            for task, data in generate_chunk(self.loaded, self.spec, chunk):
+                rows.append(task.row)
+                ks.append(task.k)
+                pngs.append(data)
+        import numpy as np
+        return {"row": np.array(rows, dtype=np.int64), "k": np.array(ks, dtype=np.int64),
+                "png": np.array(pngs, dtype=object)}
+
+
+# --- the driver ------------------------------------------------------------------------
+
+def run_generate_job(model: str, out: str | os.PathLike, *, prompt: str | None = None,
+                     prompts_csv: str | os.PathLike | None = None, n: int = 1, seed: int = 0,
+                     negative_prompt: str = "", modality: str = "", steps: int = 25,
+                     guidance_scale: float = 7.0, scheduler: str | None = None, width: int | None = None,
+                     height: int | None = None, batch_size: int = 1, engine: str = "local",
+                     address: str | None = None, device: str | None = None, dtype: str | None = None,
+                     threads: int | None = None, workers: int | None = None, extra: dict | None = None,
+                     options: dict | None = None, progress: bool = True,
+                     on_image: Callable[[ImageTask, pathlib.Path], None] | None = None) -> JobResult:
+    """Generate every image of the job into ``out`` (resuming a previous run there).
+
+    ``threads``: torch intra-op threads per worker (default: this process's current setting);
+    the Ray engine gives each actor that many CPUs. ``workers``: Ray actors (default: one per
+    GPU, else CPUs // threads). ``on_image(task, path)`` is called after each PNG is written.
+    """
+    import torch
+
+    t0 = time.perf_counter()
+    if (prompt is None) == (prompts_csv is None):
+        raise ValueError("give exactly one of prompt or prompts_csv")
+    if engine not in ("local", "ray"):
+        raise ValueError(f"engine must be 'local' or 'ray', got {engine!r}")
+    if batch_size < 1:
+        raise ValueError("batch_size must be >= 1")
+    if prompt is not None:
+        if not prompt.strip():
+            raise ValueError("prompt is empty")
+        if not 1 <= n <= ROW_SEED_STRIDE:
+            raise ValueError(f"n must be between 1 and {ROW_SEED_STRIDE}")
+        rows = [PromptRow(row=0, where="--prompt", prompt=prompt.strip(), modality=modality,
+                          negative_prompt=negative_prompt, n=n)]
+    else:
+        rows = read_prompts_csv(prompts_csv, default_n=n, default_modality=modality,
+                                default_negative=negative_prompt)
+
+    # Resolve everything a worker would otherwise default, so each task is fully specified
+    # before any model is loaded (fail fast on an unknown model).
+    opts = loading.LoadOptions.coerce(options)
+    path, entry = loading.resolve(model, revision=opts.revision, cache_dir=opts.cache_dir)
+    from model_runtime import schedulers
+    default_h, default_w = loading.default_size(path)
+    spec = JobSpec(
+        model=str(path), model_label=entry.key if entry else provenance.model_label(model),
+        weights_sha256=loading.weights_hash(path, extra=[opts.lora] if opts.lora else ()),
+        steps=int(steps), guidance_scale=float(guidance_scale),
+        scheduler=schedulers.canonical_name(scheduler, loading.saved_scheduler(path)),
+        width=int(width or default_w), height=int(height or default_h),
+        extra_json=json.dumps(extra or {}, sort_keys=True), device=device, dtype=dtype,
+        options_json=json.dumps({k: v for k, v in dataclasses.asdict(opts).items()
+                                 if v != getattr(loading.LoadOptions(), k)}, sort_keys=True),
+        threads=int(threads or torch.get_num_threads()),
+    )
+    from model_runtime.generation import GenerationRequest
+    GenerationRequest(prompt="x", steps=spec.steps, width=spec.width, height=spec.height,
+                      extra=extra or {})  # validates the shared parameters early
+
+    out = pathlib.Path(out)
+    (out / "images").mkdir(parents=True, exist_ok=True)
+    tasks = plan_tasks(rows, seed=seed)
+    chunks = plan_chunks(tasks, batch_size)
+    done = {(t.row, t.k) for t in tasks if _is_done(out, spec, t)}
+    todo = [c for c in chunks if not all((t.row, t.k) in done for t in c)]
+    skipped = sum(len(c) for c in chunks if c not in todo)
+    writer = _ManifestWriter(out, spec, tasks, done)
+
+    from tqdm.auto import tqdm
+    bar = tqdm(total=len(tasks), initial=skipped, unit="img", desc="generate", disable=not progress)
+    generated = 0
+
+    def accept(task: ImageTask, data: bytes) -> None:
+        nonlocal generated
+        target = out / task.rel_path
+        provenance.atomic_write(target, lambda fh: fh.write(data))
+        writer.add(task)
+        generated += 1
+        bar.update(1)
+        if on_image is not None:
+            on_image(task, target)
+
+    try:
+        if todo:
+            if engine == "local":
+                _run_local(spec, todo, accept)
+            else:
+                _run_ray(spec, todo, accept, address=address, workers=workers)
+    finally:
+        bar.close()
+        writer.flush(force=True)
+    return JobResult(out=out, manifest=writer.manifest, details=writer.details, total=len(tasks),
+                     generated=generated, skipped=skipped, seconds=time.perf_counter() - t0)
+
+
+def _is_done(out: pathlib.Path, spec: JobSpec, task: ImageTask) -> bool:
+    target = out / task.rel_path
+    if not target.is_file():
+        return False
+    try:
+        rec = provenance.read_png_provenance(target)
+    except Exception:  # truncated or foreign file: regenerate it
+        return False
+    return bool(rec) and rec.get("job", {}).get("fingerprint") == spec.fingerprint(task)
+
+
+def _run_local(spec: JobSpec, chunks: list[list[ImageTask]], accept) -> None:
+    import torch
+
+    before = torch.get_num_threads()
+    try:
+        loaded = _load_for_job(spec)
+        for chunk in chunks:
+            for task, data in generate_chunk(loaded, spec, chunk):
+                accept(task, data)
+    finally:
+        torch.set_num_threads(before)
+
+
+def _run_ray(spec: JobSpec, chunks: list[list[ImageTask]], accept, *, address: str | None,
+             workers: int | None) -> None:
+    import ray
+    import ray.data
+
+    started = False
+    env = {"env_vars": {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}}
+    if not ray.is_initialized():
+        if address:
+            ray.init(address=address, runtime_env=env, log_to_driver=False)
+        else:
+            ray.init(num_cpus=max(2, spec.threads), include_dashboard=False, runtime_env=env,
+                     log_to_driver=False)
+        started = True
+    try:
+        resources = ray.cluster_resources()
+        use_gpu = bool(resources.get("GPU")) and (spec.device is None or spec.device.startswith("cuda"))
+        if workers is None:
+            workers = int(resources.get("GPU", 0)) if use_gpu else max(1, int(resources.get("CPU", 1)) // spec.threads)
+        workers = max(1, min(workers, len(chunks)))
+        spec_json = json.dumps(dataclasses.asdict(spec))
+        by_key = {(t.row, t.k): t for c in chunks for t in c}
+        items = [{"chunk": json.dumps([dataclasses.asdict(t) for t in c])} for c in chunks]
+        ds = ray.data.from_items(items, override_num_blocks=len(items))
+        ds = ds.map_batches(
+            RayChunkWorker, fn_constructor_kwargs={"spec_json": spec_json}, batch_size=1,
+            compute=ray.data.ActorPoolStrategy(size=workers), num_gpus=1 if use_gpu else 0,
+            num_cpus=spec.threads)
+        for row in ds.iter_rows():
+            accept(by_key[(int(row["row"]), int(row["k"]))], bytes(row["png"]))
+    finally:
+        if started:
+            ray.shutdown()
+
+
+class _ManifestWriter:
+    """Keeps manifest.csv and generation.csv in step with the PNGs on disk (atomic rewrites,
+    at most every few seconds, sorted by row and image)."""
+
+    def __init__(self, out: pathlib.Path, spec: JobSpec, tasks: list[ImageTask], done: set):
+        self.out, self.spec = out, spec
+        self.manifest = out / "manifest.csv"
+        self.details = out / "generation.csv"
+        self.order = {(t.row, t.k): i for i, t in enumerate(tasks)}
+        self.tasks = {(t.row, t.k): t for t in tasks}
+        self.done = set(done)
+        self.last = 0.0
+        self.flush(force=True)
+
+    def add(self, task: ImageTask) -> None:
+        self.done.add((task.row, task.k))
+        self.flush()
+
+    def flush(self, *, force: bool = False) -> None:
+        now = time.monotonic()
+        if not force and now - self.last < 2.0:
+            return
+        self.last = now
+        finished = sorted(self.done, key=self.order.__getitem__)
+        spec = self.spec
+        manifest_rows = []
+        detail_rows = []
+        for key in finished:
+            t = self.tasks[key]
+            manifest_rows.append([t.rel_path, SOURCE, t.modality, t.prompt, spec.model_label, t.case_id, t.group])
+            detail_rows.append([t.rel_path, t.row, t.k, t.prompt, t.negative_prompt, t.seed, spec.steps,
+                                f"{spec.guidance_scale:g}", spec.scheduler, spec.width, spec.height,
+                                spec.model_label, spec.weights_sha256])
+        _write_csv(self.manifest, MANIFEST_COLUMNS, manifest_rows)
+        _write_csv(self.details, DETAIL_COLUMNS, detail_rows)
+
+
+def _write_csv(path: pathlib.Path, header, rows) -> None:
+    import io
+
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(header)
+    writer.writerows(rows)
+    data = buffer.getvalue().encode("utf-8")
+    provenance.atomic_write(path, lambda fh: fh.write(data))

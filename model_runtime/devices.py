@@ -1,0 +1,76 @@
+"""Which device and dtype a pipeline runs on.
+
+Defaults: CUDA in fp16 (bf16 for the flow-matching transformers, whose published weights are
+bf16 and overflow in fp16), Apple MPS in fp16, otherwise CPU in fp32 — bf16/fp16 matmuls on
+CPU are slower than fp32, badly so without AVX512-BF16. Every choice can be overridden by an
+argument or by the environment (``MEDISYN_DEVICE``, ``MEDISYN_DTYPE``).
+"""
+from __future__ import annotations
+
+import os
+
+import torch
+
+_DTYPE_NAMES = {
+    "fp32": torch.float32, "float32": torch.float32, "float": torch.float32, "32": torch.float32,
+    "fp16": torch.float16, "float16": torch.float16, "half": torch.float16, "16": torch.float16,
+    "bf16": torch.bfloat16, "bfloat16": torch.bfloat16,
+}
+# Pipeline families that are trained and shipped in bf16.
+_BF16_FAMILIES = {"flux", "sd3"}
+
+
+def parse_dtype(value: str | torch.dtype) -> torch.dtype:
+    """'fp16' / 'float16' / 'half' / torch.float16 ... -> torch.dtype."""
+    if isinstance(value, torch.dtype):
+        return value
+    key = str(value).strip().lower().removeprefix("torch.")
+    if key not in _DTYPE_NAMES:
+        raise ValueError(f"unknown dtype {value!r}; use one of fp32, fp16, bf16")
+    return _DTYPE_NAMES[key]
+
+
+def dtype_name(dtype: torch.dtype) -> str:
+    return {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16"}.get(dtype, str(dtype))
+
+
+def mps_available() -> bool:
+    backend = getattr(torch.backends, "mps", None)
+    return bool(backend and backend.is_available())
+
+
+def pick_device(prefer: str | None = None) -> str:
+    """'cuda' (or 'cuda:N') if usable, then 'mps', else 'cpu'. ``prefer`` or MEDISYN_DEVICE wins."""
+    choice = prefer or os.environ.get("MEDISYN_DEVICE") or None
+    if choice:
+        choice = choice.strip().lower()
+        if choice.startswith("cuda") and not torch.cuda.is_available():
+            raise RuntimeError(f"device {choice!r} requested but CUDA is not available to this torch build")
+        if choice == "mps" and not mps_available():
+            raise RuntimeError("device 'mps' requested but MPS is not available")
+        if not (choice == "cpu" or choice == "mps" or choice.startswith("cuda")):
+            raise ValueError(f"unknown device {choice!r}; use cpu, cuda, cuda:N or mps")
+        return choice
+    if torch.cuda.is_available():
+        return "cuda"
+    if mps_available():
+        return "mps"
+    return "cpu"
+
+
+def pick_dtype(device: str, prefer: str | torch.dtype | None = None, *, family: str | None = None) -> torch.dtype:
+    """Default dtype for ``device`` (and model ``family``); ``prefer`` or MEDISYN_DTYPE wins."""
+    choice = prefer or os.environ.get("MEDISYN_DTYPE") or None
+    if choice:
+        return parse_dtype(choice)
+    if device.startswith("cuda"):
+        if family in _BF16_FAMILIES and torch.cuda.is_bf16_supported():
+            return torch.bfloat16
+        return torch.float16
+    if device == "mps":
+        return torch.float16
+    return torch.float32
+
+
+def is_cuda(device: str) -> bool:
+    return str(device).startswith("cuda")

@@ -1,0 +1,305 @@
+"""Text-to-image generation: ``generate(loaded, request) -> list[GeneratedImage]``.
+
+Reproducibility: image k of a request uses its own CPU ``torch.Generator`` seeded ``seed + k``
+(noise is drawn on the CPU and moved to the device, so a seed means the same noise on every
+device). Image k of a batch therefore starts from exactly the noise of a single run with
+``seed + k``; the two outputs agree to ~1e-6 on CPU but are not bit-identical, because MKL and
+oneDNN pick different kernels for different batch sizes. ``batch_size=1`` runs one image per
+forward pass, which makes every image bit-identical to a single run with its seed (same
+machine, same ``torch.get_num_threads()``).
+
+Thread safety: diffusers schedulers keep per-run state, so every call runs on a shallow copy
+of the pipeline that shares all weights but owns fresh schedulers (see ``_call_pipeline``).
+
+Progress and cancellation ride on ``callback_on_step_end``: ``on_step(done, total)`` after every
+denoising step; a set ``cancel`` event raises :class:`GenerationCancelled` at the next step.
+"""
+from __future__ import annotations
+
+import copy
+import dataclasses
+import functools
+import inspect
+import json
+import secrets
+import threading
+import time
+from collections.abc import Callable, Sequence
+
+import torch
+from diffusers import DiffusionPipeline, SchedulerMixin
+
+from model_runtime import devices, schedulers
+from model_runtime.loading import LoadedModel
+
+MAX_SEED = 2**63 - 1
+# Offset for the generators of negative-prompt prior samples (Kandinsky): any fixed value works,
+# it only has to differ from the image seeds' own streams.
+_NEGATIVE_SEED_OFFSET = 0x5EED_0000_0000
+
+
+class GenerationCancelled(RuntimeError):
+    """Raised by generate() when its cancel event was set during the run."""
+
+
+@dataclasses.dataclass(frozen=True)
+class GenerationRequest:
+    prompt: str
+    negative_prompt: str = ""
+    num_images: int = 1
+    seed: int | None = None            # None: a random seed, recorded in the output
+    steps: int = 25
+    guidance_scale: float = 7.0
+    scheduler: str | None = None       # a name from model_runtime.schedulers; None: the checkpoint's own
+    width: int | None = None           # None: the checkpoint's native size
+    height: int | None = None
+    extra: dict = dataclasses.field(default_factory=dict)  # further pipeline call arguments
+
+    def __post_init__(self):
+        if not isinstance(self.prompt, str) or not self.prompt.strip():
+            raise ValueError("prompt must be a non-empty string")
+        if not 1 <= int(self.num_images) <= 10_000:
+            raise ValueError(f"num_images must be between 1 and 10000, got {self.num_images}")
+        if not 1 <= int(self.steps) <= 1000:
+            raise ValueError(f"steps must be between 1 and 1000, got {self.steps}")
+        if self.seed is not None and not 0 <= int(self.seed) <= MAX_SEED - 10_000:
+            raise ValueError(f"seed must be between 0 and {MAX_SEED - 10_000}, got {self.seed}")
+        for side in ("width", "height"):
+            value = getattr(self, side)
+            if value is not None and not 8 <= int(value) <= 8192:
+                raise ValueError(f"{side} must be between 8 and 8192, got {value}")
+        reserved = {"prompt", "negative_prompt", "generator", "num_images_per_prompt", "output_type",
+                    "callback_on_step_end", "prior_callback_on_step_end", "latents"}
+        if reserved & set(self.extra):
+            raise ValueError(f"extra may not set {sorted(reserved & set(self.extra))}")
+        try:
+            json.dumps(self.extra, sort_keys=True)
+        except TypeError as exc:
+            raise ValueError(f"extra must be JSON-serialisable (it is recorded in provenance): {exc}") from None
+
+    def seeded(self) -> "GenerationRequest":
+        """This request with a concrete seed (a random one if none was given)."""
+        if self.seed is not None:
+            return self
+        return dataclasses.replace(self, seed=secrets.randbelow(2**32))
+
+    def seeds(self) -> list[int]:
+        if self.seed is None:
+            raise ValueError("request has no seed yet; call seeded() first")
+        return [int(self.seed) + k for k in range(int(self.num_images))]
+
+
+@dataclasses.dataclass
+class GeneratedImage:
+    """One image and everything needed to regenerate it."""
+    image: "PIL.Image.Image"  # noqa: F821
+    prompt: str
+    negative_prompt: str
+    seed: int
+    index: int                 # k: position in its request
+    steps: int
+    guidance_scale: float
+    scheduler: str             # canonical sampler name
+    width: int
+    height: int
+    extra: dict
+    model_id: str
+    model_name: str
+    pipeline_class: str
+    weights_sha256: str
+    device: str
+    dtype: str
+    seconds: float = 0.0       # wall time of the forward pass that produced it (shared by its batch)
+
+    def parameters(self) -> dict:
+        return {"prompt": self.prompt, "negative_prompt": self.negative_prompt, "seed": self.seed,
+                "steps": self.steps, "guidance_scale": self.guidance_scale, "scheduler": self.scheduler,
+                "width": self.width, "height": self.height, "extra": dict(self.extra)}
+
+    def provenance(self) -> dict:
+        from model_runtime import provenance
+        return provenance.record(self)
+
+    def save_png(self, path) -> "pathlib.Path":  # noqa: F821
+        from model_runtime import provenance
+        return provenance.save_png(self, path)
+
+
+# --- the shared core: one pipeline call for many (prompt, negative, seed) slots ----------
+
+@dataclasses.dataclass(frozen=True)
+class Shared:
+    """Parameters every image of one pipeline call must share."""
+    steps: int
+    guidance_scale: float
+    scheduler: str
+    width: int
+    height: int
+    extra_json: str = "{}"
+    has_negative: bool = False  # several pipelines treat "no negative prompt" unlike an empty one
+
+    @property
+    def extra(self) -> dict:
+        return json.loads(self.extra_json)
+
+
+@dataclasses.dataclass(frozen=True)
+class Slot:
+    prompt: str
+    negative_prompt: str
+    seed: int
+
+
+def shared_params(loaded: LoadedModel, request: GenerationRequest) -> Shared:
+    """The batching key of ``request`` on ``loaded`` (defaults resolved)."""
+    h, w = loaded.default_size()
+    return Shared(steps=int(request.steps), guidance_scale=float(request.guidance_scale),
+                  scheduler=schedulers.canonical_name(request.scheduler, loaded.pipe.scheduler),
+                  width=int(request.width or w), height=int(request.height or h),
+                  extra_json=json.dumps(request.extra, sort_keys=True),
+                  has_negative=bool(request.negative_prompt.strip()))
+
+
+def slots_of(request: GenerationRequest) -> list[Slot]:
+    return [Slot(request.prompt, request.negative_prompt, s) for s in request.seeds()]
+
+
+def run_slots(loaded: LoadedModel, shared: Shared, slots: Sequence[Slot], *,
+              on_step: Callable[[int, int], None] | None = None,
+              should_stop: Callable[[], bool] | None = None) -> list:
+    """Generate one PIL image per slot in a single pipeline call."""
+    if not slots:
+        return []
+    pipe = _call_pipeline(loaded, shared.scheduler)
+    params = _call_parameters(type(pipe))
+    prompts = [s.prompt for s in slots]
+    generators = [torch.Generator("cpu").manual_seed(s.seed) for s in slots]
+    kwargs = dict(prompt=prompts, num_inference_steps=shared.steps, guidance_scale=shared.guidance_scale,
+                  height=shared.height, width=shared.width, num_images_per_prompt=1, output_type="pil")
+    if shared.has_negative:
+        if "negative_prompt" not in params:
+            raise ValueError(f"{type(pipe).__name__} does not take a negative prompt")
+        kwargs["negative_prompt"] = [s.negative_prompt for s in slots]
+        if _is_prior_pipeline(pipe):
+            # the prior samples negative embeddings from its own noise: one generator each
+            generators += [torch.Generator("cpu").manual_seed(s.seed + _NEGATIVE_SEED_OFFSET) for s in slots]
+    kwargs["generator"] = generators
+    extra = shared.extra
+    kwargs.update(extra)
+
+    prior_steps = int(extra.get("prior_num_inference_steps", 25)) if "prior_callback_on_step_end" in params else 0
+    total = prior_steps + shared.steps
+
+    def stage_callback(offset: int, stage_steps: int):
+        def report(done_in_stage: int) -> None:
+            if should_stop is not None and should_stop():
+                raise GenerationCancelled("generation cancelled")
+            if on_step is not None:
+                on_step(offset + min(stage_steps, max(1, done_in_stage)), total)
+
+        def on_step_end(pipe_, i, _t, callback_kwargs):
+            # higher-order samplers (Heun, DPM2) run ~2 model calls per step: scale to steps
+            loop_len = getattr(pipe_, "_num_timesteps", None) or stage_steps
+            report(round((i + 1) * stage_steps / loop_len))
+            return callback_kwargs
+
+        def legacy(step_index, _t, _latents):  # PixArt-style callback(step, timestep, latents)
+            report(step_index + 1)
+
+        return on_step_end, legacy
+
+    main_end, main_legacy = stage_callback(prior_steps, shared.steps)
+    if "callback_on_step_end" in params:
+        kwargs["callback_on_step_end"] = main_end
+    elif "callback" in params:
+        kwargs.update(callback=main_legacy, callback_steps=1)
+    if prior_steps:
+        kwargs["prior_callback_on_step_end"] = stage_callback(0, prior_steps)[0]
+
+    if loaded.serialised:
+        with loaded.lock:
+            images = pipe(**kwargs).images
+    else:
+        images = pipe(**kwargs).images
+    return list(images)
+
+
+def _is_prior_pipeline(pipe) -> bool:
+    return hasattr(pipe, "prior_pipe")
+
+
+@functools.lru_cache(maxsize=64)
+def _call_parameters(cls) -> frozenset[str]:
+    return frozenset(inspect.signature(cls.__call__).parameters)
+
+
+def _call_pipeline(loaded: LoadedModel, scheduler_name: str) -> DiffusionPipeline:
+    """A per-call view of the pipeline: same modules, fresh schedulers.
+
+    Not ``DiffusionPipeline.from_pipe``: it calls ``.to(dtype)`` on every shared module
+    (float32 unless told otherwise) while other threads may be running them, and costs ~6 ms.
+    A shallow copy shares the weights and tokenizers and owns its attributes, so the per-call
+    state diffusers keeps on the pipeline (``_guidance_scale``, ``_interrupt``, ...) stays private.
+    """
+    base = loaded.pipe
+    fresh: dict[int, SchedulerMixin] = {}   # id(original scheduler) -> its per-call replacement
+    fresh[id(base.scheduler)] = schedulers.make_scheduler(scheduler_name, base.scheduler)
+    return _copy_with_schedulers(base, fresh)
+
+
+def _copy_with_schedulers(pipe, fresh: dict[int, SchedulerMixin]):
+    view = copy.copy(pipe)
+    for name, component in pipe.components.items():
+        if isinstance(component, SchedulerMixin):
+            if id(component) not in fresh:
+                fresh[id(component)] = schedulers.fresh_copy(component)
+            setattr(view, name, fresh[id(component)])
+    # combined pipelines (Kandinsky: prior_pipe + decoder_pipe) hold sub-pipelines that
+    # reference the same scheduler objects: copy those too, mapping old -> new schedulers
+    for attr, value in list(vars(pipe).items()):
+        if isinstance(value, DiffusionPipeline):
+            object.__setattr__(view, attr, _copy_with_schedulers(value, fresh))
+    return view
+
+
+# --- the public entry point ------------------------------------------------------------
+
+def generate(loaded: LoadedModel, request: GenerationRequest, *,
+             on_step: Callable[[int, int], None] | None = None,
+             cancel: threading.Event | None = None,
+             batch_size: int | None = None) -> list[GeneratedImage]:
+    """Generate ``request.num_images`` images; image k uses seed ``request.seed + k``.
+
+    ``batch_size`` caps images per forward pass (None: all at once); 1 makes each image
+    bit-identical to a single-image run with its seed. ``on_step(done, total)`` reports progress
+    over all passes; setting ``cancel`` raises GenerationCancelled at the next step.
+    """
+    request = request.seeded()
+    shared = shared_params(loaded, request)
+    slots = slots_of(request)
+    size = len(slots) if not batch_size else max(1, int(batch_size))
+    chunks = [slots[i:i + size] for i in range(0, len(slots), size)]
+    out: list[GeneratedImage] = []
+    for c, chunk in enumerate(chunks):
+        def chunk_step(done, total, c=c):
+            if on_step is not None:
+                on_step(c * total + done, total * len(chunks))
+
+        t0 = time.perf_counter()
+        images = run_slots(loaded, shared, chunk, on_step=chunk_step,
+                           should_stop=(cancel.is_set if cancel is not None else None))
+        seconds = time.perf_counter() - t0
+        for slot, image in zip(chunk, images):
+            out.append(make_result(loaded, shared, slot, image, index=slot.seed - int(request.seed),
+                                   seconds=seconds))
+    return out
+
+
+def make_result(loaded: LoadedModel, shared: Shared, slot: Slot, image, *, index: int,
+                seconds: float = 0.0) -> GeneratedImage:
+    return GeneratedImage(
+        image=image, prompt=slot.prompt, negative_prompt=slot.negative_prompt, seed=slot.seed, index=index,
+        steps=shared.steps, guidance_scale=shared.guidance_scale, scheduler=shared.scheduler,
+        width=image.width, height=image.height, extra=shared.extra, model_id=loaded.model_id,
+        model_name=loaded.name, pipeline_class=loaded.pipeline_class, weights_sha256=loaded.weights_hash,
+        device=loaded.device, dtype=devices.dtype_name(loaded.dtype), seconds=seconds)

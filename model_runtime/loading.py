@@ -1,0 +1,447 @@
+"""Open any diffusers text-to-image checkpoint: ``load(model) -> LoadedModel``.
+
+``model`` is a registry key (``"embedded"``, ``"medisyn"``), a local diffusers directory, or a
+Hugging Face Hub id. Hub ids are resolved from the local cache only — the runtime never
+downloads — so a missing model fails fast with :class:`ModelNotFoundError` saying how to get it.
+
+The pipeline class comes from ``model_index.json``: text-to-image classes load through
+``DiffusionPipeline``; others (an img2img or inpainting checkpoint, a Kandinsky decoder) through
+``AutoPipelineForText2Image``, which picks their text-to-image twin.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import logging
+import os
+import pathlib
+import re
+import threading
+
+import torch
+
+from model_runtime import devices, registry
+
+log = logging.getLogger(__name__)
+
+WEIGHT_SUFFIXES = (".safetensors", ".bin", ".ckpt", ".pt", ".pth", ".gguf")
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+_SHA256 = re.compile(r"^[0-9a-f]{64}$")
+
+
+class ModelNotFoundError(LookupError):
+    """Neither a local diffusers directory nor a Hub id present in the local cache."""
+
+
+@dataclasses.dataclass(frozen=True)
+class LoadOptions:
+    """Speed and memory options. ``None`` means "the sane default for this device"."""
+    compile: bool | None = None          # torch.compile the denoiser (CUDA only; default off: minutes of warm-up)
+    channels_last: bool | None = None    # default on for CUDA UNets
+    vae_slicing: bool | None = None      # decode a batch one image at a time; default on for CUDA
+    vae_tiling: bool | None = None       # tiled decode for very large images; default off
+    cpu_offload: bool | None = None      # model CPU offload; default on when the weights do not fit in VRAM
+    safety_checker: bool = False         # SD's NSFW filter blanks anatomy: off unless asked for
+    unet_subfolder: str | None = None    # swap in another UNet (MINIM keeps one per modality)
+    lora: str | None = None              # LoRA adapter (file or folder), needs the peft package
+    lora_scale: float = 1.0
+    variant: str | None = None           # e.g. "fp16" weight files
+    revision: str | None = None          # Hub revision to look up in the cache
+    cache_dir: str | None = None         # Hugging Face cache (default: HF_HUB_CACHE)
+    hash_weights: bool = True            # start hashing the weights in the background at load
+
+    @classmethod
+    def coerce(cls, value: "LoadOptions | dict | None") -> "LoadOptions":
+        if value is None:
+            return cls()
+        if isinstance(value, cls):
+            return value
+        unknown = set(value) - {f.name for f in dataclasses.fields(cls)}
+        if unknown:
+            raise TypeError(f"unknown load option(s): {sorted(unknown)}")
+        return cls(**value)
+
+
+class LoadedModel:
+    """A pipeline ready to generate, plus what provenance needs to describe it.
+
+    Thread-safe to share: :func:`model_runtime.generation.generate` gives every call its own
+    scheduler. With CPU offload enabled, calls are serialised on :attr:`lock`.
+    """
+
+    def __init__(self, pipe, *, model_id: str, path: pathlib.Path, device: str, dtype: torch.dtype,
+                 options: LoadOptions, entry: registry.ModelEntry | None, extra_weights=()):
+        self.pipe = pipe
+        self.model_id = model_id
+        self.path = path
+        self.device = device
+        self.dtype = dtype
+        self.options = options
+        self.entry = entry
+        self.lock = threading.Lock()
+        self._extra_weights = tuple(extra_weights)
+        self._hash: str | None = None
+        self._default_size: tuple[int, int] | None = None
+        self._hash_lock = threading.Lock()
+
+    # --- description -------------------------------------------------------------------
+    @property
+    def name(self) -> str:
+        return self.entry.name if self.entry else self.model_id
+
+    @property
+    def pipeline_class(self) -> str:
+        return type(self.pipe).__name__
+
+    @property
+    def family(self) -> str:
+        return family_of(self.pipeline_class)
+
+    @property
+    def serialised(self) -> bool:
+        """Calls must not overlap (offloaded pipelines move modules between devices)."""
+        return bool(self.options.cpu_offload)
+
+    @property
+    def weights_hash(self) -> str:
+        """sha256 over the weight files (see :func:`weights_hash`); computed once, then cached."""
+        with self._hash_lock:
+            if self._hash is None:
+                self._hash = weights_hash(self.path, extra=self._extra_weights)
+            return self._hash
+
+    def default_size(self) -> tuple[int, int]:
+        """(height, width) the checkpoint generates by default (see :func:`default_size`)."""
+        if self._default_size is None:
+            self._default_size = default_size(self.path)
+        return self._default_size
+
+    def schedulers(self) -> list[str]:
+        from model_runtime import schedulers
+        return schedulers.available(self.pipe.scheduler)
+
+    def describe(self) -> dict:
+        h, w = self.default_size()
+        return {"model_id": self.model_id, "name": self.name, "path": str(self.path),
+                "pipeline": self.pipeline_class, "family": self.family, "device": self.device,
+                "dtype": devices.dtype_name(self.dtype), "default_size": [h, w],
+                "schedulers": self.schedulers(),
+                "licence": self.entry.licence if self.entry else None}
+
+    def __repr__(self) -> str:
+        return f"LoadedModel({self.model_id!r}, {self.pipeline_class}, {self.device}, {devices.dtype_name(self.dtype)})"
+
+
+# --- resolution ------------------------------------------------------------------------
+
+def resolve(model: str | os.PathLike, *, revision: str | None = None,
+            cache_dir: str | None = None) -> tuple[pathlib.Path, registry.ModelEntry | None]:
+    """(local diffusers directory, registry entry or None) for a key, a path or a Hub id."""
+    text = os.fspath(model)
+    entry = registry.find(text)
+    if entry is not None:
+        if entry.path:
+            path = entry.local_path
+            if not (path / "model_index.json").is_file():
+                raise ModelNotFoundError(
+                    f"model {entry.key!r} ({entry.name}) is not built yet: expected a diffusers "
+                    f"pipeline at {path}. Build it with `medisyn model train` or pass another model.")
+            return path, entry
+        if not entry.loadable or not entry.hub_id:
+            raise ModelNotFoundError(
+                f"model {entry.key!r} ({entry.name}) cannot be loaded by name: {entry.notes} "
+                f"Source: {entry.source_url}")
+        text = entry.hub_id
+    path = pathlib.Path(text).expanduser()
+    if path.exists():
+        if path.is_file():
+            raise ModelNotFoundError(
+                f"{path} is a single file; the runtime loads diffusers pipeline directories "
+                "(a folder with model_index.json). Convert single-file checkpoints with diffusers first.")
+        if not (path / "model_index.json").is_file():
+            raise ModelNotFoundError(f"{path} is not a diffusers pipeline directory (no model_index.json)")
+        return path.resolve(), entry
+    if _HUB_ID.match(text):
+        return _from_hub_cache(text, revision=revision, cache_dir=cache_dir), entry
+    raise ModelNotFoundError(
+        f"model {text!r} not found: not a registry key ({', '.join(e.key for e in registry.list_models())}), "
+        "not an existing directory, and not a Hub id of the form owner/name")
+
+
+def _from_hub_cache(repo_id: str, *, revision: str | None, cache_dir: str | None) -> pathlib.Path:
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import LocalEntryNotFoundError
+
+    try:
+        # local_files_only: the runtime never downloads (tests and air-gapped sites rely on it)
+        path = pathlib.Path(snapshot_download(repo_id, revision=revision, cache_dir=cache_dir,
+                                              local_files_only=True))
+    except (LocalEntryNotFoundError, FileNotFoundError, OSError) as exc:
+        from huggingface_hub import constants
+        where = cache_dir or constants.HF_HUB_CACHE
+        raise ModelNotFoundError(
+            f"Hub model {repo_id!r} is not in the local Hugging Face cache ({where}) and the runtime "
+            f"does not download. On a machine with network access run `hf download {repo_id}` "
+            "(accept the licence on the model page first if it is gated), or pass a local "
+            "diffusers directory.") from exc
+    if not (path / "model_index.json").is_file():
+        raise ModelNotFoundError(f"Hub model {repo_id!r} in the cache at {path} has no model_index.json: "
+                                 "not a diffusers pipeline")
+    return path
+
+
+# --- loading ---------------------------------------------------------------------------
+
+def load(model: str | os.PathLike, *, device: str | None = None, dtype: str | torch.dtype | None = None,
+         options: LoadOptions | dict | None = None) -> LoadedModel:
+    """Load ``model`` for text-to-image generation on ``device`` in ``dtype`` (defaults: see devices)."""
+    opts = LoadOptions.coerce(options)
+    path, entry = resolve(model, revision=opts.revision, cache_dir=opts.cache_dir)
+    index = json.loads((path / "model_index.json").read_text(encoding="utf-8"))
+    class_name = index.get("_class_name", "")
+    device = devices.pick_device(device)
+    dtype = devices.pick_dtype(device, dtype, family=family_of(class_name))
+    opts = _resolve_defaults(opts, device, path)
+
+    kwargs: dict = {"dtype": dtype, "local_files_only": True}
+    if opts.variant:
+        kwargs["variant"] = opts.variant
+    if "safety_checker" in index and not opts.safety_checker:
+        kwargs.update(safety_checker=None, requires_safety_checker=False)
+    extra_weights = []
+    if opts.unet_subfolder:
+        from diffusers import UNet2DConditionModel
+        unet_dir = path / opts.unet_subfolder
+        if not unet_dir.is_dir():
+            raise ModelNotFoundError(f"unet_subfolder {opts.unet_subfolder!r} not found under {path}")
+        kwargs["unet"] = UNet2DConditionModel.from_pretrained(str(unet_dir), dtype=dtype, local_files_only=True)
+
+    pipe = _from_pretrained(path, class_name, kwargs)
+    if opts.lora:
+        extra_weights.append(pathlib.Path(opts.lora))
+        _load_lora(pipe, opts.lora, opts.lora_scale)
+    _place(pipe, device, opts)
+    pipe.set_progress_bar_config(disable=True)
+
+    model_id = entry.key if entry is not None else os.fspath(model)
+    loaded = LoadedModel(pipe, model_id=model_id, path=path, device=device, dtype=dtype,
+                         options=opts, entry=entry, extra_weights=extra_weights)
+    if opts.hash_weights:
+        # hashing a multi-GB checkpoint takes seconds: do it while the user types a prompt
+        threading.Thread(target=lambda: loaded.weights_hash, name="weights-hash", daemon=True).start()
+    log.info("loaded %r", loaded)
+    return loaded
+
+
+def _from_pretrained(path: pathlib.Path, class_name: str, kwargs: dict):
+    import diffusers
+    from diffusers import AutoPipelineForText2Image, DiffusionPipeline
+    from diffusers.pipelines.auto_pipeline import AUTO_TEXT2IMAGE_PIPELINES_MAPPING
+
+    text2image = {cls.__name__ for cls in AUTO_TEXT2IMAGE_PIPELINES_MAPPING.values()}
+    cls = getattr(diffusers, class_name, None)
+    try:
+        if class_name in text2image or cls is None or not _is_known_task(class_name):
+            pipe = DiffusionPipeline.from_pretrained(str(path), **kwargs)
+        else:
+            pipe = AutoPipelineForText2Image.from_pretrained(str(path), **kwargs)
+    except (OSError, EnvironmentError) as exc:
+        raise ModelNotFoundError(f"could not load the pipeline at {path}: {exc}") from exc
+    if "prompt" not in _call_parameters(pipe):
+        raise ModelNotFoundError(f"{class_name} at {path} is not a text-to-image pipeline (its call takes no prompt)")
+    return pipe
+
+
+def _is_known_task(class_name: str) -> bool:
+    """True for pipelines AutoPipelineForText2Image knows how to map (img2img, inpaint, decoders)."""
+    from diffusers.pipelines.auto_pipeline import (AUTO_IMAGE2IMAGE_PIPELINES_MAPPING,
+                                                   AUTO_INPAINT_PIPELINES_MAPPING)
+    known = {c.__name__ for m in (AUTO_IMAGE2IMAGE_PIPELINES_MAPPING, AUTO_INPAINT_PIPELINES_MAPPING)
+             for c in m.values()}
+    return class_name in known or class_name in {"KandinskyV22Pipeline", "KandinskyPipeline"}
+
+
+def _call_parameters(pipe) -> set[str]:
+    import inspect
+    return set(inspect.signature(pipe.__call__).parameters)
+
+
+def _load_lora(pipe, lora: str, scale: float) -> None:
+    import importlib.util
+    if importlib.util.find_spec("peft") is None:
+        raise RuntimeError("LoRA adapters need the 'peft' package: pip install peft")
+    if not hasattr(pipe, "load_lora_weights"):
+        raise RuntimeError(f"{type(pipe).__name__} does not support LoRA adapters")
+    lora_path = pathlib.Path(lora)
+    if lora_path.is_file():
+        pipe.load_lora_weights(str(lora_path.parent), weight_name=lora_path.name)
+    else:
+        pipe.load_lora_weights(str(lora_path))
+    pipe.fuse_lora(lora_scale=scale)  # fused: no per-step adapter overhead, weights hash covers the file
+
+
+def _resolve_defaults(opts: LoadOptions, device: str, path: pathlib.Path) -> LoadOptions:
+    cuda = devices.is_cuda(device)
+    cpu_offload = opts.cpu_offload
+    if cpu_offload is None:
+        cpu_offload = cuda and _weights_bytes(path) * 0.6 > _cuda_total_memory(device)
+    return dataclasses.replace(
+        opts,
+        compile=bool(opts.compile) and cuda,
+        channels_last=cuda if opts.channels_last is None else opts.channels_last,
+        vae_slicing=cuda if opts.vae_slicing is None else opts.vae_slicing,
+        vae_tiling=bool(opts.vae_tiling),
+        cpu_offload=bool(cpu_offload) and cuda,
+    )
+
+
+def _cuda_total_memory(device: str) -> int:
+    index = torch.device(device).index or 0
+    return torch.cuda.get_device_properties(index).total_memory
+
+
+def _weights_bytes(path: pathlib.Path) -> int:
+    return sum(f.stat().st_size for f in path.rglob("*") if f.suffix in WEIGHT_SUFFIXES and f.is_file())
+
+
+def _place(pipe, device: str, opts: LoadOptions) -> None:
+    _ensure_sdpa(pipe)
+    denoiser = getattr(pipe, "unet", None) or getattr(pipe, "transformer", None)
+    vae = getattr(pipe, "vae", None)
+    if opts.channels_last and denoiser is not None and "UNet" in type(denoiser).__name__:
+        denoiser.to(memory_format=torch.channels_last)
+        if vae is not None:
+            vae.to(memory_format=torch.channels_last)
+    if vae is not None:
+        if opts.vae_slicing and hasattr(vae, "enable_slicing"):
+            vae.enable_slicing()
+        if opts.vae_tiling and hasattr(vae, "enable_tiling"):
+            vae.enable_tiling()
+    if opts.cpu_offload:
+        pipe.enable_model_cpu_offload(device=device)
+    else:
+        pipe.to(device)
+    if opts.compile and denoiser is not None:
+        # in place, so the attribute keeps its class (from_pipe checks component types)
+        denoiser.compile(mode="max-autotune-no-cudagraphs", fullgraph=False)
+
+
+def _ensure_sdpa(pipe) -> None:
+    """Use PyTorch scaled-dot-product attention wherever a model still has the classic processor."""
+    from diffusers.models.attention_processor import AttnProcessor, AttnProcessor2_0
+
+    for component in pipe.components.values():
+        processors = getattr(component, "attn_processors", None)
+        if not processors:
+            continue
+        if any(type(p) is AttnProcessor for p in processors.values()):
+            component.set_attn_processor({name: AttnProcessor2_0() if type(p) is AttnProcessor else p
+                                          for name, p in processors.items()})
+
+
+def attention_processors(pipe) -> set[str]:
+    """Class names of every attention processor in the pipeline (for tests and diagnostics)."""
+    names = set()
+    for component in pipe.components.values():
+        for proc in (getattr(component, "attn_processors", None) or {}).values():
+            names.add(type(proc).__name__)
+    return names
+
+
+def default_size(path: str | os.PathLike) -> tuple[int, int]:
+    """(height, width) a checkpoint generates by default, read from its configs (no weights
+    loaded), so a batch job can fix every image's size before any worker loads the model."""
+    root = pathlib.Path(path)
+    index = _read_json(root / "model_index.json") or {}
+    class_name = index.get("_class_name", "")
+    scale = 8
+    for sub in ("vae", "movq"):
+        cfg = _read_json(root / sub / "config.json")
+        if cfg and cfg.get("block_out_channels"):
+            scale = 2 ** (len(cfg["block_out_channels"]) - 1)
+            break
+    if class_name.startswith("Flux"):
+        return (128 * scale, 128 * scale)   # FluxPipeline.default_sample_size
+    if class_name.startswith("Kandinsky"):
+        return (512, 512)                   # the Kandinsky pipelines' call defaults
+    for sub in ("unet", "transformer"):
+        cfg = _read_json(root / sub / "config.json")
+        if cfg and cfg.get("sample_size"):
+            sample = cfg["sample_size"]
+            if isinstance(sample, (list, tuple)):
+                return (int(sample[0]) * scale, int(sample[1]) * scale)
+            return (int(sample) * scale, int(sample) * scale)
+    return (512, 512)
+
+
+def _read_json(path: pathlib.Path) -> dict | None:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+
+
+def saved_scheduler(path: str | os.PathLike):
+    """The checkpoint's scheduler, built from its config alone (no weights loaded)."""
+    import diffusers
+
+    root = pathlib.Path(path)
+    index = _read_json(root / "model_index.json") or {}
+    entry = index.get("scheduler")
+    if not entry or entry[1] is None:
+        raise ModelNotFoundError(f"{root}: model_index.json names no scheduler")
+    cls = getattr(diffusers, entry[1])
+    return cls.from_config(cls.load_config(str(root / "scheduler")))
+
+
+def family_of(pipeline_class: str) -> str:
+    for prefix, family in (("StableDiffusionXL", "sdxl"), ("StableDiffusion3", "sd3"),
+                           ("StableDiffusion", "sd"), ("Flux", "flux"), ("PixArt", "pixart"),
+                           ("KandinskyV22", "kandinsky22"), ("Sana", "sana")):
+        if pipeline_class.startswith(prefix):
+            return family
+    return "other"
+
+
+# --- provenance: which weights made an image -------------------------------------------
+
+_file_hash_cache: dict[tuple[str, int, int], str] = {}
+_file_hash_lock = threading.Lock()
+
+
+def file_sha256(path: pathlib.Path) -> str:
+    """sha256 of a file. In the Hugging Face cache the blob's name already is its sha256."""
+    if path.is_symlink():
+        target = path.resolve()
+        if target.parent.name == "blobs" and _SHA256.match(target.name):
+            return target.name
+    stat = path.stat()
+    key = (str(path.resolve()), stat.st_size, stat.st_mtime_ns)
+    with _file_hash_lock:
+        cached = _file_hash_cache.get(key)
+    if cached:
+        return cached
+    with path.open("rb") as fh:
+        digest = hashlib.file_digest(fh, "sha256").hexdigest()
+    with _file_hash_lock:
+        _file_hash_cache[key] = digest
+    return digest
+
+
+def weights_hash(path: str | os.PathLike, *, extra=()) -> str:
+    """sha256 of the sorted "relative/path:sha256" lines of every weight file under ``path``
+    (plus ``extra`` files such as a LoRA). The same weights give the same hash whether they sit
+    in a local folder or in the Hub cache."""
+    root = pathlib.Path(path)
+    lines = []
+    for f in sorted(root.rglob("*")):
+        if f.suffix in WEIGHT_SUFFIXES and f.is_file():
+            lines.append(f"{f.relative_to(root).as_posix()}:{file_sha256(f)}")
+    for f in extra:
+        f = pathlib.Path(f)
+        files = sorted(p for p in f.rglob("*") if p.suffix in WEIGHT_SUFFIXES) if f.is_dir() else [f]
+        lines.extend(f"+{p.name}:{file_sha256(p)}" for p in files)
+    if not lines:
+        raise ModelNotFoundError(f"no weight files ({', '.join(WEIGHT_SUFFIXES)}) under {root}")
+    return hashlib.sha256("\n".join(lines).encode()).hexdigest()

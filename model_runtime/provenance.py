@@ -1,0 +1,283 @@
+"""Provenance of a synthetic image, written into the file itself.
+
+PNG: a tEXt chunk ``parameters`` in the AUTOMATIC1111 format that Civitai, InvokeAI and
+Fooocus read::
+
+    <prompt>
+    Negative prompt: <negative prompt>          (line omitted when empty, as A1111 does)
+    Steps: 30, Sampler: DPM++ 2M Karras, CFG scale: 7, Seed: 1234, Size: 512x512, Model: <name>
+
+plus a chunk ``medisyn`` holding JSON: ``"synthetic": true``, model id and weights sha256, every
+generation parameter, software and library versions. No timestamp: the same inputs give the
+same bytes, so a batch job's output can be compared file by file across machines and engines.
+
+DICOM (optional): Secondary Capture with ConversionType SYN (synthetic image), ImageType
+DERIVED\\SECONDARY, BurnedInAnnotation NO, the A1111 text in ImageComments, a one-line
+statement in DerivationDescription, and the same JSON in a private block. UIDs derive from the
+content, so re-exporting an image gives the same UIDs.
+
+A reader study strips all of this before showing an image (studies/).
+"""
+from __future__ import annotations
+
+import functools
+import hashlib
+import importlib.metadata
+import json
+import os
+import pathlib
+import tempfile
+
+PNG_PARAMETERS_KEY = "parameters"
+PNG_JSON_KEY = "medisyn"
+DICOM_PRIVATE_GROUP = 0x0011
+DICOM_PRIVATE_CREATOR = "MEDISYN PROVENANCE"
+_A1111_ORDER = ("Steps", "Sampler", "CFG scale", "Seed", "Size", "Model")
+
+
+@functools.lru_cache(maxsize=None)
+def _version(package: str) -> str:
+    try:
+        return importlib.metadata.version(package)
+    except importlib.metadata.PackageNotFoundError:
+        return "unknown"
+
+
+def software_version() -> str:
+    return f"medisyn-studio {_version('medisyn-studio')}"
+
+
+def model_label(model_id: str) -> str:
+    """Short model name for the A1111 line: a registry key or Hub id as is, a path's folder name."""
+    text = str(model_id)
+    path = pathlib.PurePath(text)
+    if os.sep in text or text.startswith((".", "~")) or len(path.parts) > 2:
+        name = path.name
+        return path.parent.name if name in ("", "pipeline") else name
+    return text
+
+
+def record(img) -> dict:
+    """The JSON provenance of a GeneratedImage."""
+    params = img.parameters()
+    params["index"] = img.index
+    return {
+        "synthetic": True,
+        "software": software_version(),
+        "model": {"id": str(img.model_id), "name": img.model_name, "pipeline": img.pipeline_class,
+                  "weights_sha256": img.weights_sha256},
+        "parameters": params,
+        "runtime": {"device": img.device, "dtype": img.dtype, "torch": _version("torch"),
+                    "diffusers": _version("diffusers"), "transformers": _version("transformers")},
+    }
+
+
+def _quote(value) -> str:
+    # A1111 quotes values that would break its "key: value, key: value" line
+    text = str(value)
+    if "," in text or ":" in text or "\n" in text or '"' in text:
+        return json.dumps(text, ensure_ascii=False)
+    return text
+
+
+def _number(value: float) -> str:
+    return f"{float(value):g}"
+
+
+def a1111_parameters(rec: dict) -> str:
+    """The A1111 ``parameters`` text for a provenance record (see module docstring)."""
+    p = rec["parameters"]
+    lines = [p["prompt"]]
+    if p.get("negative_prompt"):
+        lines.append(f"Negative prompt: {p['negative_prompt']}")
+    fields = {"Steps": p["steps"], "Sampler": p["scheduler"], "CFG scale": _number(p["guidance_scale"]),
+              "Seed": p["seed"], "Size": f"{p['width']}x{p['height']}", "Model": model_label(rec["model"]["id"])}
+    lines.append(", ".join(f"{k}: {_quote(fields[k])}" for k in _A1111_ORDER))
+    return "\n".join(lines)
+
+
+def parse_a1111_parameters(text: str) -> dict:
+    """Inverse of a1111_parameters for the fields it writes: prompt, negative_prompt and the
+    key/value line (values as strings)."""
+    lines = text.split("\n")
+    last = lines[-1]
+    body = lines[:-1]
+    negative = ""
+    for i, line in enumerate(body):
+        if line.startswith("Negative prompt: "):
+            negative = "\n".join([line[len("Negative prompt: "):]] + body[i + 1:])
+            body = body[:i]
+            break
+    out = {"prompt": "\n".join(body), "negative_prompt": negative}
+    for key, value in _split_fields(last):
+        out[key] = value
+    return out
+
+
+def _split_fields(line: str):
+    i, n = 0, len(line)
+    while i < n:
+        colon = line.index(": ", i)
+        key = line[i:colon].strip()
+        j = colon + 2
+        if j < n and line[j] == '"':
+            value, end = json.JSONDecoder().raw_decode(line, j)
+        else:
+            end = line.find(", ", j)
+            end = n if end < 0 else end
+            value = line[j:end]
+        yield key, value
+        i = end + 2 if end < n else n
+
+
+# --- PNG -------------------------------------------------------------------------------
+
+def atomic_write(path: pathlib.Path, write) -> pathlib.Path:
+    """Write via a temporary file in the same folder, then rename: readers (and a resumed
+    batch job) never see a half-written image."""
+    path = pathlib.Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            write(fh)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
+    return path
+
+
+def png_bytes(image, rec: dict) -> bytes:
+    """Encoded PNG with both provenance chunks (deterministic for the same pixels and record)."""
+    import io
+
+    from PIL.PngImagePlugin import PngInfo
+
+    info = PngInfo()
+    info.add_text(PNG_PARAMETERS_KEY, a1111_parameters(rec))  # falls back to iTXt for non-Latin-1 prompts
+    info.add_text(PNG_JSON_KEY, json.dumps(rec, sort_keys=True, ensure_ascii=True, separators=(",", ":")))
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG", pnginfo=info)
+    return buffer.getvalue()
+
+
+def save_png(img, path, *, rec: dict | None = None) -> pathlib.Path:
+    """Save a GeneratedImage (or a PIL image with an explicit ``rec``) as PNG, atomically."""
+    rec = rec if rec is not None else record(img)
+    image = getattr(img, "image", img)
+    data = png_bytes(image, rec)
+    return atomic_write(pathlib.Path(path), lambda fh: fh.write(data))
+
+
+def read_png(path) -> tuple[str | None, dict | None]:
+    """(A1111 parameters text, JSON record) of a PNG; None for a missing chunk."""
+    from PIL import Image
+
+    with Image.open(path) as im:
+        im.load()  # text chunks after the image data are only read on load
+        text = dict(getattr(im, "text", {}) or {})
+    raw = text.get(PNG_JSON_KEY)
+    return text.get(PNG_PARAMETERS_KEY), (json.loads(raw) if raw else None)
+
+
+def read_png_provenance(path) -> dict | None:
+    return read_png(path)[1]
+
+
+# --- DICOM -----------------------------------------------------------------------------
+
+def save_dicom(img, path, *, rec: dict | None = None, modality: str = "OT",
+               grayscale: bool | None = None) -> pathlib.Path:
+    """Export as a DICOM Secondary Capture marked synthetic, carrying the same provenance.
+
+    ``grayscale`` None: MONOCHROME2 when the three channels are identical, else RGB.
+    """
+    import numpy as np
+    from pydicom.dataset import Dataset, FileMetaDataset
+    from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage, generate_uid
+
+    rec = rec if rec is not None else record(img)
+    image = getattr(img, "image", img).convert("RGB")
+    pixels = np.asarray(image, dtype=np.uint8)
+    if grayscale is None:
+        grayscale = bool((pixels[..., 0] == pixels[..., 1]).all() and (pixels[..., 0] == pixels[..., 2]).all())
+    rec_json = json.dumps(rec, sort_keys=True, ensure_ascii=False, separators=(",", ":"))
+    digest = hashlib.sha256(rec_json.encode() + pixels.tobytes()).hexdigest()
+
+    def uid(role: str) -> str:
+        return generate_uid(entropy_srcs=[digest, role])
+
+    text = a1111_parameters(rec)
+    ds = Dataset()
+    ds.file_meta = FileMetaDataset()
+    ds.file_meta.MediaStorageSOPClassUID = SecondaryCaptureImageStorage
+    ds.file_meta.MediaStorageSOPInstanceUID = uid("sop")
+    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds.SOPClassUID = SecondaryCaptureImageStorage
+    ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID
+    ds.StudyInstanceUID = uid("study")
+    ds.SeriesInstanceUID = uid("series")
+    ds.SpecificCharacterSet = "ISO_IR 192"  # UTF-8: prompts are free text
+    ds.ImageType = ["DERIVED", "SECONDARY"]
+    ds.ConversionType = "SYN"  # DICOM's defined term for a synthetic image
+    ds.Modality = modality
+    ds.BurnedInAnnotation = "NO"
+    ds.PatientName = "SYNTHETIC^IMAGE"
+    ds.PatientID = f"SYN-{digest[:12]}"
+    ds.PatientBirthDate = ""
+    ds.PatientSex = ""
+    ds.StudyDate = ""
+    ds.StudyTime = ""
+    ds.StudyID = ""
+    ds.AccessionNumber = ""
+    ds.ReferringPhysicianName = ""
+    ds.SeriesNumber = 1
+    ds.InstanceNumber = int(rec["parameters"].get("index", 0)) + 1
+    ds.StudyDescription = "Synthetic images (MediSyn Studio)"
+    ds.SeriesDescription = f"SYNTHETIC - {model_label(rec['model']['id'])}"[:64]
+    ds.Manufacturer = "MediSyn Studio"
+    ds.SoftwareVersions = rec["software"][:64]
+    ds.DerivationDescription = (
+        f"SYNTHETIC image generated from a text prompt by {model_label(rec['model']['id'])} "
+        f"(weights sha256 {rec['model']['weights_sha256']}); not an image of a patient.")[:1024]
+    ds.ImageComments = ("SYNTHETIC IMAGE - not from a patient. Generation parameters:\n" + text)[:10240]
+    ds.Rows, ds.Columns = pixels.shape[:2]
+    ds.BitsAllocated = 8
+    ds.BitsStored = 8
+    ds.HighBit = 7
+    ds.PixelRepresentation = 0
+    if grayscale:
+        ds.SamplesPerPixel = 1
+        ds.PhotometricInterpretation = "MONOCHROME2"
+        ds.PixelData = np.ascontiguousarray(pixels[..., 0]).tobytes()
+    else:
+        ds.SamplesPerPixel = 3
+        ds.PhotometricInterpretation = "RGB"
+        ds.PlanarConfiguration = 0
+        ds.PixelData = np.ascontiguousarray(pixels).tobytes()
+    block = ds.private_block(DICOM_PRIVATE_GROUP, DICOM_PRIVATE_CREATOR, create=True)
+    block.add_new(0x10, "UT", rec_json)
+
+    def write(fh):
+        ds.save_as(fh, enforce_file_format=True)
+
+    return atomic_write(pathlib.Path(path), write)
+
+
+def read_dicom_provenance(path) -> dict | None:
+    """The JSON record of a DICOM written by save_dicom, or None."""
+    import pydicom
+
+    ds = pydicom.dcmread(path)
+    try:
+        block = ds.private_block(DICOM_PRIVATE_GROUP, DICOM_PRIVATE_CREATOR)
+        return json.loads(block[0x10].value)
+    except KeyError:
+        return None
+

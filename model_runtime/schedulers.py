@@ -1,0 +1,131 @@
+"""Sampler names (as AUTOMATIC1111 / Civitai spell them) -> diffusers scheduler classes.
+
+A diffusers scheduler holds per-run state (timesteps, step index, solver history), so a
+scheduler shared by two concurrent calls corrupts both (diffusers #1606, #5749). Every call
+therefore gets a *new* scheduler built with ``from_config`` from the checkpoint's own config;
+the checkpoint's scheduler object is never mutated.
+"""
+from __future__ import annotations
+
+import dataclasses
+import importlib.util
+
+import diffusers
+from diffusers import SchedulerMixin
+
+DEFAULT = "default"  # the checkpoint's own scheduler, as saved
+
+
+@dataclasses.dataclass(frozen=True)
+class SamplerSpec:
+    name: str
+    class_name: str
+    overrides: tuple[tuple[str, object], ...] = ()
+    requires: str | None = None  # an optional package the scheduler imports at run time
+
+    def available(self) -> bool:
+        return self.requires is None or importlib.util.find_spec(self.requires) is not None
+
+
+def _spec(name, cls, requires=None, **overrides) -> SamplerSpec:
+    return SamplerSpec(name, cls, tuple(sorted(overrides.items())), requires)
+
+
+# Denoising-diffusion checkpoints (SD 1.x/2.x, SDXL, PixArt, Kandinsky decoder ...).
+SAMPLERS: dict[str, SamplerSpec] = {s.name: s for s in [
+    _spec("DPM++ 2M", "DPMSolverMultistepScheduler", algorithm_type="dpmsolver++", solver_order=2,
+          use_karras_sigmas=False),
+    _spec("DPM++ 2M Karras", "DPMSolverMultistepScheduler", algorithm_type="dpmsolver++", solver_order=2,
+          use_karras_sigmas=True),
+    _spec("DPM++ 2M SDE", "DPMSolverMultistepScheduler", algorithm_type="sde-dpmsolver++",
+          use_karras_sigmas=False),
+    _spec("DPM++ 2M SDE Karras", "DPMSolverMultistepScheduler", algorithm_type="sde-dpmsolver++",
+          use_karras_sigmas=True),
+    _spec("DPM++ SDE", "DPMSolverSDEScheduler", requires="torchsde", use_karras_sigmas=False),
+    _spec("DPM++ SDE Karras", "DPMSolverSDEScheduler", requires="torchsde", use_karras_sigmas=True),
+    _spec("DPM2", "KDPM2DiscreteScheduler", use_karras_sigmas=False),
+    _spec("DPM2 a", "KDPM2AncestralDiscreteScheduler", use_karras_sigmas=False),
+    _spec("Euler", "EulerDiscreteScheduler", use_karras_sigmas=False),
+    _spec("Euler a", "EulerAncestralDiscreteScheduler"),
+    _spec("Heun", "HeunDiscreteScheduler", use_karras_sigmas=False),
+    _spec("LMS", "LMSDiscreteScheduler", use_karras_sigmas=False),
+    _spec("LMS Karras", "LMSDiscreteScheduler", use_karras_sigmas=True),
+    _spec("DDIM", "DDIMScheduler"),
+    _spec("DDPM", "DDPMScheduler"),
+    _spec("PNDM", "PNDMScheduler"),
+    _spec("UniPC", "UniPCMultistepScheduler"),
+    _spec("DEIS", "DEISMultistepScheduler"),
+]}
+
+# Flow-matching checkpoints (SD3, Flux) pass flow-specific arguments (sigmas, mu) to their
+# scheduler, which the classic samplers above do not accept: only flow samplers apply.
+FLOW_SAMPLERS: dict[str, SamplerSpec] = {s.name: s for s in [
+    _spec("Euler", "FlowMatchEulerDiscreteScheduler", stochastic_sampling=False),
+    _spec("Euler a", "FlowMatchEulerDiscreteScheduler", stochastic_sampling=True),
+]}
+
+# Reverse map for naming a checkpoint's default scheduler in provenance.
+_DEFAULT_NAMES = {
+    "DPMSolverMultistepScheduler": "DPM++ 2M", "EulerDiscreteScheduler": "Euler",
+    "EulerAncestralDiscreteScheduler": "Euler a", "DDIMScheduler": "DDIM", "PNDMScheduler": "PNDM",
+    "UniPCMultistepScheduler": "UniPC", "LMSDiscreteScheduler": "LMS", "HeunDiscreteScheduler": "Heun",
+    "DDPMScheduler": "DDPM", "DEISMultistepScheduler": "DEIS", "FlowMatchEulerDiscreteScheduler": "Euler",
+    "KDPM2DiscreteScheduler": "DPM2", "KDPM2AncestralDiscreteScheduler": "DPM2 a",
+}
+
+
+class UnknownSchedulerError(ValueError):
+    pass
+
+
+def is_flow_matching(scheduler: SchedulerMixin) -> bool:
+    return type(scheduler).__name__.startswith("FlowMatch")
+
+
+def _table(base: SchedulerMixin) -> dict[str, SamplerSpec]:
+    return FLOW_SAMPLERS if is_flow_matching(base) else SAMPLERS
+
+
+def available(base: SchedulerMixin) -> list[str]:
+    """Sampler names usable with a checkpoint whose saved scheduler is ``base``."""
+    compatible = {c.__name__ for c in getattr(base, "compatibles", [])} | {type(base).__name__}
+    return [name for name, spec in _table(base).items()
+            if spec.class_name in compatible and spec.available()]
+
+
+def _normalise(name: str) -> str:
+    return " ".join(str(name).replace("_", " ").split()).lower()
+
+
+def canonical_name(name: str | None, base: SchedulerMixin) -> str:
+    """The display name a request's sampler resolves to (for provenance and batching keys)."""
+    if name is None or _normalise(name) == DEFAULT:
+        cls = type(base).__name__
+        if cls == "DPMSolverMultistepScheduler" and base.config.get("use_karras_sigmas"):
+            return "DPM++ 2M Karras"
+        return _DEFAULT_NAMES.get(cls, cls)
+    wanted = _normalise(name)
+    for key in _table(base):
+        if _normalise(key) == wanted:
+            return key
+    raise UnknownSchedulerError(
+        f"unknown or unsupported scheduler {name!r} for this model; choose one of: "
+        + ", ".join(available(base)))
+
+
+def make_scheduler(name: str | None, base: SchedulerMixin) -> SchedulerMixin:
+    """A new scheduler for one call: ``name`` (or the checkpoint default) built from ``base``'s config."""
+    if name is None or _normalise(name) == DEFAULT:
+        return type(base).from_config(base.config)
+    display = canonical_name(name, base)
+    spec = _table(base)[display]
+    if display not in available(base):
+        why = f"needs the '{spec.requires}' package" if not spec.available() else "is not compatible with it"
+        raise UnknownSchedulerError(f"scheduler {display!r} {why}; choose one of: " + ", ".join(available(base)))
+    cls = getattr(diffusers, spec.class_name)
+    return cls.from_config(base.config, **dict(spec.overrides))
+
+
+def fresh_copy(scheduler: SchedulerMixin) -> SchedulerMixin:
+    """Same class and config, no shared state (for secondary schedulers such as a prior's)."""
+    return type(scheduler).from_config(scheduler.config)

@@ -1,0 +1,205 @@
+"""model_runtime.loading / devices / registry: every family loads offline through load()."""
+import json
+import os
+import pathlib
+import shutil
+
+import numpy as np
+import pytest
+import torch
+
+from model_runtime import devices, loading, registry
+from model_runtime.generation import GenerationRequest, generate
+from model_runtime.loading import LoadOptions, ModelNotFoundError, load
+from runtime_fixtures import (FAMILY_EXTRA, tiny_flux_dir, tiny_kandinsky22_dir, tiny_pixart_dir,  # noqa: F401
+                              tiny_sd1_dir, tiny_sd2_dir, tiny_sd3_dir, tiny_sdxl_dir)
+
+FAMILIES = {
+    "sd1": ("StableDiffusionPipeline", "sd"),
+    "sd2": ("StableDiffusionPipeline", "sd"),
+    "sdxl": ("StableDiffusionXLPipeline", "sdxl"),
+    "pixart": ("PixArtAlphaPipeline", "pixart"),
+    "sd3": ("StableDiffusion3Pipeline", "sd3"),
+    "flux": ("FluxPipeline", "flux"),
+    "kandinsky22": ("KandinskyV22CombinedPipeline", "kandinsky22"),
+}
+
+
+@pytest.mark.parametrize("family", sorted(FAMILIES))
+def test_every_family_loads_and_generates_offline(family, request):
+    path = request.getfixturevalue(f"tiny_{family}_dir")
+    loaded = load(path)
+    pipeline_class, family_name = FAMILIES[family]
+    assert loaded.pipeline_class == pipeline_class
+    assert loaded.family == family_name
+    assert (loaded.device, loaded.dtype) == ("cpu", torch.float32)
+    # SDPA everywhere: no classic (non-"2_0") attention processor is left
+    processors = loading.attention_processors(loaded.pipe)
+    assert processors and "AttnProcessor" not in processors
+    extra = FAMILY_EXTRA.get(family, {})
+    steps = []
+    images = generate(loaded, GenerationRequest("chest x-ray of a patient", num_images=2, seed=3, steps=2,
+                                                width=32, height=32, extra=extra),
+                      on_step=lambda done, total: steps.append((done, total)))
+    assert [im.seed for im in images] == [3, 4]
+    assert all(im.image.size == (32, 32) and im.image.mode == "RGB" for im in images)
+    a, b = (np.asarray(im.image, dtype=np.int16) for im in images)
+    assert np.abs(a - b).max() > 0, "two seeds gave the same image"
+    assert steps and steps[-1][0] == steps[-1][1]
+    assert images[0].weights_sha256 == loaded.weights_hash
+
+
+def test_loaded_model_describes_itself(tiny_sd1_dir):
+    loaded = load(tiny_sd1_dir)
+    info = loaded.describe()
+    assert info["pipeline"] == "StableDiffusionPipeline"
+    assert info["default_size"] == [32, 32]  # sample_size 16 x VAE factor 2
+    assert "DPM++ 2M Karras" in info["schedulers"] and "Euler a" in info["schedulers"]
+    # the native size is used when the request leaves it open
+    image = generate(loaded, GenerationRequest("ct", seed=0, steps=1))[0]
+    assert image.image.size == (32, 32)
+
+
+def test_dtype_and_device_overrides(tiny_sd1_dir):
+    loaded = load(tiny_sd1_dir, device="cpu", dtype="bf16", options={"hash_weights": False})
+    assert loaded.dtype == torch.bfloat16
+    assert next(loaded.pipe.unet.parameters()).dtype == torch.bfloat16
+
+
+def test_device_and_dtype_defaults(monkeypatch):
+    monkeypatch.delenv("MEDISYN_DEVICE", raising=False)
+    monkeypatch.delenv("MEDISYN_DTYPE", raising=False)
+    assert devices.pick_dtype("cpu") == torch.float32
+    assert devices.pick_dtype("cuda") in (torch.float16, torch.bfloat16)
+    assert devices.pick_dtype("mps") == torch.float16
+    assert devices.parse_dtype("half") == torch.float16 and devices.parse_dtype("BF16") == torch.bfloat16
+    with pytest.raises(ValueError):
+        devices.parse_dtype("int8")
+    monkeypatch.setenv("MEDISYN_DTYPE", "fp16")
+    assert devices.pick_dtype("cpu") == torch.float16
+    assert devices.pick_device("cpu") == "cpu"
+    if not torch.cuda.is_available():
+        with pytest.raises(RuntimeError, match="CUDA"):
+            devices.pick_device("cuda")
+        monkeypatch.setenv("MEDISYN_DEVICE", "cpu")
+        assert devices.pick_device() == "cpu"
+
+
+def test_cuda_only_options_stay_off_on_cpu(tiny_sd1_dir):
+    opts = loading._resolve_defaults(LoadOptions(compile=True, channels_last=None, cpu_offload=None),
+                                     "cpu", pathlib.Path(tiny_sd1_dir))
+    assert (opts.compile, opts.channels_last, opts.vae_slicing, opts.cpu_offload) == (False, False, False, False)
+    with pytest.raises(TypeError, match="unknown load option"):
+        LoadOptions.coerce({"compiel": True})
+
+
+def test_missing_models_fail_with_a_clear_error(tmp_path, tiny_sd1_dir):
+    with pytest.raises(ModelNotFoundError, match="not found"):
+        load(tmp_path / "does-not-exist")
+    no_index = tmp_path / "empty"
+    no_index.mkdir()
+    with pytest.raises(ModelNotFoundError, match="model_index.json"):
+        load(no_index)
+    single = tmp_path / "model.safetensors"
+    single.write_bytes(b"0")
+    with pytest.raises(ModelNotFoundError, match="single file"):
+        load(single)
+    with pytest.raises(ModelNotFoundError, match="not in the local Hugging Face cache"):
+        load("someone/not-downloaded", options={"cache_dir": str(tmp_path / "hf")})
+    with pytest.raises(ModelNotFoundError, match="cannot be loaded by name"):
+        load("minim")
+
+
+def _fake_hub_cache(src: pathlib.Path, cache: pathlib.Path, repo_id: str) -> None:
+    """The huggingface_hub cache layout: blobs named by sha256, snapshot symlinks, refs/main."""
+    import hashlib
+
+    repo = cache / ("models--" + repo_id.replace("/", "--"))
+    commit = "0" * 40
+    for f in src.rglob("*"):
+        if not f.is_file():
+            continue
+        digest = hashlib.sha256(f.read_bytes()).hexdigest()
+        blob = repo / "blobs" / digest
+        blob.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(f, blob)
+        link = repo / "snapshots" / commit / f.relative_to(src)
+        link.parent.mkdir(parents=True, exist_ok=True)
+        os.symlink(os.path.relpath(blob, link.parent), link)
+    (repo / "refs").mkdir(parents=True)
+    (repo / "refs" / "main").write_text(commit)
+
+
+def test_hub_id_resolves_offline_from_the_local_cache(tmp_path, tiny_sd1_dir):
+    cache = tmp_path / "hub"
+    _fake_hub_cache(pathlib.Path(tiny_sd1_dir), cache, "medisyn-test/tiny-sd")
+    loaded = load("medisyn-test/tiny-sd", options={"cache_dir": str(cache)})
+    assert loaded.model_id == "medisyn-test/tiny-sd"
+    assert "snapshots" in str(loaded.path)
+    # same weights, same hash, whether read from blob names or by hashing the files
+    assert loaded.weights_hash == loading.weights_hash(tiny_sd1_dir)
+    image = generate(loaded, GenerationRequest("chest", seed=1, steps=1, width=32, height=32))[0]
+    local = generate(load(tiny_sd1_dir), GenerationRequest("chest", seed=1, steps=1, width=32, height=32))[0]
+    assert image.image.tobytes() == local.image.tobytes()
+
+
+def test_weights_hash_changes_with_the_weights(tmp_path, tiny_sd1_dir):
+    copy = tmp_path / "copy"
+    shutil.copytree(tiny_sd1_dir, copy)
+    assert loading.weights_hash(copy) == loading.weights_hash(tiny_sd1_dir)
+    weights = next((copy / "unet").glob("*.safetensors"))
+    data = bytearray(weights.read_bytes())
+    data[-1] ^= 1
+    weights.write_bytes(bytes(data))
+    assert loading.weights_hash(copy) != loading.weights_hash(tiny_sd1_dir)
+
+
+def test_unet_subfolder_swaps_the_denoiser(tmp_path, tiny_sd1_dir):
+    """MINIM-style checkpoints keep one UNet per modality under unets/<id>/unet."""
+    root = tmp_path / "minim-like"
+    shutil.copytree(tiny_sd1_dir, root)
+    from diffusers import UNet2DConditionModel
+
+    unet = UNet2DConditionModel.from_pretrained(str(root / "unet"))
+    with torch.no_grad():
+        for p in unet.parameters():
+            p.mul_(0.5)
+    unet.save_pretrained(str(root / "unets" / "2" / "unet"))
+    base = load(root, options={"hash_weights": False})
+    swapped = load(root, options={"unet_subfolder": "unets/2/unet", "hash_weights": False})
+    request = GenerationRequest("chest", seed=0, steps=2, width=32, height=32)
+    assert generate(base, request)[0].image.tobytes() != generate(swapped, request)[0].image.tobytes()
+    with pytest.raises(ModelNotFoundError, match="unet_subfolder"):
+        load(root, options={"unet_subfolder": "unets/9/unet"})
+
+
+def test_registry_lists_the_known_medical_checkpoints():
+    keys = [e.key for e in registry.list_models()]
+    assert keys[0] == "embedded"
+    for key in ("medisyn", "roentgen-v2", "minim", "prompt-to-polyp-flux", "prompt-to-polyp-kandinsky"):
+        assert key in keys
+    medisyn = registry.get("medisyn")
+    assert medisyn.hub_id == "hiesingerlab/MediSyn"
+    assert "CC-BY-NC-ND-4.0" in medisyn.licence and "verify" in medisyn.licence
+    assert registry.find("HIESINGERLAB/medisyn") == medisyn
+    assert registry.get("roentgen-v2").hub_id == "stanfordmimi/RoentGen-v2"
+    assert registry.get("embedded").local_path == registry.assets_dir() / "medisyn-mini"
+    for entry in registry.list_models():
+        assert entry.licence and entry.source_url and entry.modalities and entry.prompt_style
+        json.dumps(entry.as_dict())
+    with pytest.raises(registry.UnknownModelError, match="registry keys"):
+        registry.get("nope")
+
+
+def test_embedded_model_loads_by_name(tmp_path, monkeypatch, tiny_sd1_dir):
+    assets = tmp_path / "assets"
+    assets.mkdir()
+    shutil.copy(registry.assets_dir() / "models.json", assets / "models.json")
+    monkeypatch.setenv("MEDISYN_ASSETS", str(assets))
+    with pytest.raises(ModelNotFoundError, match="medisyn model train"):
+        load("embedded")
+    assert not registry.get("embedded").available()
+    shutil.copytree(tiny_sd1_dir, assets / "medisyn-mini")
+    assert registry.get("embedded").available()
+    loaded = load("embedded")
+    assert loaded.model_id == "embedded" and loaded.name.startswith("MediSyn-mini")
