@@ -59,7 +59,9 @@ WINDOW_PRESETS: dict[str, tuple[float, float]] = {
     "brain": (40.0, 80.0),
 }
 DEFAULT_PRESET: dict[str, str] = {"CT": "soft_tissue"}
-"""Preset used for a modality when neither the caller nor the file gives a window."""
+"""Preset used for a modality when neither the caller nor the file gives a window. A
+modality matches by DICOM code or as a word of a free-text description ("CT chest")."""
+_MODALITY_ALIASES = {"COMPUTED TOMOGRAPHY": "CT"}
 
 _PIL_FORMATS = {"PNG": "PNG", "JPEG": "JPEG", "MPO": "JPEG", "TIFF": "TIFF"}
 _MODE_BITS = {"1": 1, "I": 32, "F": 32}
@@ -86,7 +88,7 @@ class DecodedImage:
     original_mode: str          # PIL mode, DICOM Photometric Interpretation, NIfTI dtype
     original_bit_depth: int     # bits per sample (DICOM Bits Stored)
     original_bytes: int         # file size
-    modality: str | None = None  # DICOM Modality or the caller's, if any
+    modality: str | None = None  # the DICOM Modality tag, else the caller's
     scaling: str = ""           # how intensities were mapped, for the record
     reduced_by: int = 1         # integer box-reduction applied (see target_size)
 
@@ -108,7 +110,8 @@ def load_image(
       4-D NIfTI volume (default 0, the first).
     window: `(centre, width)`, a `WINDOW_PRESETS` name, or "auto" (percentile scaling);
       default: the file's own window, else the modality preset, else percentiles.
-    modality: overrides the DICOM Modality tag when choosing a default preset ("CT").
+    modality: the modality (DICOM code or free text such as "CT abdomen") used to choose
+      a default preset; tried before the DICOM Modality tag.
     axis, slice_index: NIfTI slicing in RAS+ canonical axes (0 sagittal, 1 coronal,
       2 axial); default the middle slice. Slices are shown with superior/anterior up
       and the patient's right on the right.
@@ -209,13 +212,25 @@ def _robust_scale(values: np.ndarray) -> np.ndarray:
     return _linear_window(values, (lo + hi) / 2, hi - lo)
 
 
+def _default_preset(*modalities: str | None) -> str | None:
+    """The DEFAULT_PRESET of the first modality that has one."""
+    for modality in modalities:
+        text = " ".join((modality or "").upper().replace("-", " ").split())
+        for alias, code in _MODALITY_ALIASES.items():
+            text = text.replace(alias, code)
+        for word in [text] + text.split():
+            if word in DEFAULT_PRESET:
+                return DEFAULT_PRESET[word]
+    return None
+
+
 def _explicit_or_preset(values, window, modality):
     """Apply a caller window or the modality's default preset; None if neither applies."""
     if window == "auto":
         return _robust_scale(values), f"percentiles {PERCENTILES[0]}-{PERCENTILES[1]}"
     if isinstance(window, tuple):
         return _linear_window(values, *window), f"window {window[0]:g}/{window[1]:g}"
-    name = window or DEFAULT_PRESET.get((modality or "").strip().upper())
+    name = window or _default_preset(modality)
     if name:
         c, w = WINDOW_PRESETS[name]
         return _linear_window(values, c, w), f"preset {name} {c:g}/{w:g}"
@@ -403,7 +418,8 @@ def _load_dicom(p, frame, window, modality, max_pixels) -> DecodedImage:
     samples = int(ds.get("SamplesPerPixel") or 1)
     bits = int(ds.get("BitsStored") or ds.BitsAllocated)
     file_modality = str(ds.get("Modality") or "").strip() or None
-    modality = modality or file_modality
+    # The caller's modality (often free text from a manifest) first, then the file's tag.
+    preset_modality = next((m for m in (modality, file_modality) if _default_preset(m)), None)
     arr = _dicom_frame(p, ds, frame if n_frames > 1 else None, force)
     if arr.ndim == 3 and arr.shape[-1] == 1:
         arr = arr[..., 0]
@@ -420,11 +436,12 @@ def _load_dicom(p, frame, window, modality, max_pixels) -> DecodedImage:
         px = np.clip(arr.astype(np.float32) / np.float32(top), 0.0, 1.0)
         scaling = f"value / {top:g}"
     else:
-        px, scaling = _dicom_grey(arr, ds, window, modality)
+        px, scaling = _dicom_grey(arr, ds, window, preset_modality)
         if photometric == "MONOCHROME1":
             px = 1.0 - px  # MONOCHROME1: minimum value is white
             scaling += ", inverted (MONOCHROME1)"
-    return DecodedImage(px, "DICOM", cols, rows, photometric, bits, 0, modality, scaling)
+    return DecodedImage(px, "DICOM", cols, rows, photometric, bits, 0,
+                        file_modality or modality, scaling)
 
 
 def _dicom_frame(p, ds, index, force) -> np.ndarray:
@@ -433,13 +450,16 @@ def _dicom_frame(p, ds, index, force) -> np.ndarray:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         if not force:
-            # From the path pydicom reads only the requested frame.
-            return pixel_array(str(p), index=index)
-        # No file meta (old files): read everything and name the transfer syntax ourselves.
+            try:
+                # From the path pydicom reads only the requested frame.
+                return pixel_array(str(p), index=index)
+            except AttributeError:
+                pass  # e.g. deflated or no transfer syntax: the dataset route below copes
+        # Read everything; name the transfer syntax ourselves if the file meta lacks it.
         import pydicom
         from pydicom import uid
 
-        full = pydicom.dcmread(p, force=True)
+        full = pydicom.dcmread(p, force=force)
         if "PixelData" not in full and "FloatPixelData" not in full \
                 and "DoubleFloatPixelData" not in full:
             raise ImageError(p, "DICOM file has no pixel data")

@@ -34,6 +34,8 @@ def _hu(path, index=None):
     ("dicom", "MR_small_jpeg_ls_lossless.dcm", (64, 64), "DICOM", "MONOCHROME2", 16),
     ("dicom", "MR_small_RLE.dcm", (64, 64), "DICOM", "MONOCHROME2", 16),
     ("dicom", "SC_rgb_rle_16bit.dcm", (100, 100, 3), "DICOM", "RGB", 16),
+    ("dicom", "image_dfl.dcm", (512, 512), "DICOM", "MONOCHROME2", 8),  # deflated
+    ("dicom", "MR_small_bigendian.dcm", (64, 64), "DICOM", "MONOCHROME2", 16),
     ("nifti", "anatomical.nii", (41, 33), "NIfTI", "int16", 16),
     ("nifti", "example4d.nii.gz", (96, 128), "NIfTI", "int16", 16),
     ("skimage", "retina.jpg", (1411, 1411, 3), "JPEG", "RGB", 8),
@@ -315,3 +317,18 @@ def test_decompression_bombs_refused_from_the_header(tmp_path):
 
 def test_image_error_is_a_value_error():
     assert issubclass(ImageError, ValueError)
+
+
+def test_modality_text_picks_the_preset(tmp_path):
+    path = dicom_sample("CT_small.dcm")
+    soft = load_image(path, window="soft_tissue").pixels
+    # Free-text modality from a manifest does not hide the file's own CT tag ...
+    img = load_image(path, modality="chest radiograph")
+    assert img.modality == "CT" and img.scaling.startswith("preset soft_tissue")
+    np.testing.assert_array_equal(img.pixels, soft)
+    # ... and a description naming CT gives the preset where the file has no tag.
+    untagged = rewrite_dicom(path, tmp_path / "untagged.dcm", Modality=None)
+    assert load_image(untagged).scaling.startswith("percentiles")
+    for text in ("CT abdomen", "computed tomography", "ct"):
+        np.testing.assert_array_equal(load_image(untagged, modality=text).pixels, soft)
+    assert load_image(untagged, modality="MR").scaling.startswith("percentiles")
