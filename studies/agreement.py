@@ -161,12 +161,12 @@ def pair_tables(codes: np.ndarray, n_categories: int) -> np.ndarray:
     """(R, R, C, C) cross tables of every reader pair from an R × N matrix of codes (−1 = missing)."""
     codes = np.asarray(codes)
     R, N = codes.shape
-    onehot = np.zeros((R, n_categories, N), dtype=np.float64)
+    onehot = np.zeros((R, n_categories, N), dtype=np.float32)  # counts < 2**24 are exact in float32
     r_idx, n_idx = np.nonzero(codes >= 0)
     onehot[r_idx, codes[r_idx, n_idx], n_idx] = 1.0
     flat = onehot.reshape(R * n_categories, N)
     t = (flat @ flat.T).reshape(R, n_categories, R, n_categories)
-    return t.transpose(0, 2, 1, 3)
+    return t.transpose(0, 2, 1, 3).astype(np.float64)
 
 
 def kappa_entries(tables, labels, *, weights: str | None = None, alpha: float = 0.05) -> list[dict]:

@@ -25,6 +25,7 @@ Convention for undefined values: the value is None and a sibling key `<key>_reas
 """
 from __future__ import annotations
 
+import json
 import math
 import re
 from dataclasses import dataclass, field
@@ -74,8 +75,35 @@ def _as_bool(s: pd.Series) -> pd.Series:
     return text.isin(["true", "1", "yes", "t", "y", "1.0"]).fillna(False).astype(bool)
 
 
-def _norm_text(s: pd.Series) -> pd.Series:
-    return s.astype("string").str.strip().str.lower()
+CLASSES = ["real", "synthetic"]
+
+
+def _lower(v) -> str | None:
+    text = str(v).strip().lower()
+    return text or None
+
+
+def _label(v) -> str | None:
+    text = str(v).strip()
+    return text or None
+
+
+def _categorical(s: pd.Series, fn, *, missing: str | None = None) -> pd.Series:
+    """Categorical of fn(value), evaluated once per distinct value; empty/missing → `missing`."""
+    codes, uniques = pd.factorize(s, use_na_sentinel=True)
+    mapped = [fn(u) for u in uniques] + [None]  # last slot: the NA sentinel −1
+    mapped = [missing if m is None else m for m in mapped]
+    cats = list(dict.fromkeys(m for m in mapped if m is not None))
+    index = {c: i for i, c in enumerate(cats)}
+    lookup = np.array([index.get(m, -1) if m is not None else -1 for m in mapped], dtype=np.int64)
+    return pd.Series(pd.Categorical.from_codes(lookup[codes], categories=cats), index=s.index)
+
+
+def _class_codes(s: pd.Series) -> np.ndarray:
+    """0 = real, 1 = synthetic, −1 otherwise."""
+    codes, uniques = pd.factorize(s, use_na_sentinel=True)
+    lookup = np.array([CLASSES.index(t) if (t := _lower(u)) in CLASSES else -1 for u in uniques] + [-1])
+    return lookup[codes]
 
 
 # --- preparation ----------------------------------------------------------------------
@@ -103,28 +131,30 @@ def prepare(long_df: pd.DataFrame, *, study: str | None = None) -> Prepared:
     if study is not None:
         df = df[df["study"].astype("string") == study]
     n_total = len(df)
-    df["reader"] = df["reader"].astype(str)
-    df["case"] = df["case"].astype(str)
-    df["task"] = _norm_text(df["task"])
-    df["source"] = _norm_text(df["source"])
-    df["truth"] = _norm_text(df["truth"])
-    df["response"] = _norm_text(df["response"])
+    # Categoricals built once per distinct value: normalising 400k strings row by row, and
+    # comparing or selecting rows of them, would dominate the run time.
+    df["reader"] = _categorical(df["reader"], str)
+    df["case"] = _categorical(df["case"], str)
+    df["task"] = _categorical(df["task"], _lower)
+    df["response"] = _categorical(df["response"], _lower)
     df["rating"] = pd.to_numeric(df["rating"], errors="coerce")
     df["training"] = _as_bool(df["training"])
     df["repeat"] = _as_bool(df["repeat"])
-    # truth falls back to source (the Likert tasks carry only source)
-    df["truth"] = df["truth"].where(df["truth"].isin(["real", "synthetic"]), df["source"])
-    df["source"] = df["source"].where(df["source"].isin(["real", "synthetic"]), df["truth"])
-    df["modality"] = df["modality"].astype("string").str.strip().fillna(UNSPECIFIED).replace("", UNSPECIFIED)
+    # truth falls back to source and vice versa (the Likert tasks carry only source)
+    truth = _class_codes(df["truth"])
+    source = _class_codes(df["source"])
+    truth, source = np.where(truth >= 0, truth, source), np.where(source >= 0, source, truth)
+    df["truth"] = pd.Categorical.from_codes(truth, categories=CLASSES)
+    df["source"] = pd.Categorical.from_codes(source, categories=CLASSES)
+    df["modality"] = _categorical(df["modality"], _label, missing=UNSPECIFIED)
     # synthetic images without a generator name form their own 'unspecified' generator
-    is_syn = df["truth"].eq("synthetic").fillna(False).astype(bool)
-    gen = df["generator"].astype("string").str.strip().replace("", pd.NA).fillna(UNSPECIFIED)
-    df["generator"] = gen.where(is_syn)
+    gen = _categorical(df["generator"], _label, missing=UNSPECIFIED)
+    df["generator"] = pd.Categorical.from_codes(np.where(truth == 1, gen.cat.codes, -1),
+                                                categories=gen.cat.categories)
     if has_group:
-        df["group"] = df["group"].astype("string").str.strip().fillna(UNSPECIFIED).replace("", UNSPECIFIED)
-    # categoricals: comparisons and row selections on 400k Arrow/object strings are slow
-    for c in ("reader", "case", "task", "source", "truth", "response", "modality", "generator", "group"):
-        df[c] = df[c].astype("category")
+        df["group"] = _categorical(df["group"], _label, missing=UNSPECIFIED)
+    else:
+        df["group"] = pd.Categorical.from_codes(np.full(len(df), -1), categories=[])
     levels = {
         "modality": sorted(df["modality"].dropna().unique(), key=_natural_key),
         "generator": sorted(df["generator"].dropna().unique(), key=_natural_key),
@@ -135,14 +165,17 @@ def prepare(long_df: pd.DataFrame, *, study: str | None = None) -> Prepared:
     known = df["task"].isin(TASK_NAMES)
     n_other = int((~known).sum())
     df = df[known]
-    # latest answer wins: stable sort by time, rows without a time first
-    at = df["answered_at"]
-    if not pd.api.types.is_numeric_dtype(at):
-        at = pd.to_datetime(at, utc=True, errors="coerce", format="ISO8601")
-    df = df.assign(_at=at).sort_values("_at", kind="stable", na_position="first")
+    # latest answer wins: stable sort by time, rows without a time first (only needed when a
+    # (reader, case, task, repeat) occurs twice; the database export has already done it)
+    key = ["reader", "case", "task", "repeat"]
     before = len(df)
-    df = df.drop_duplicates(["reader", "case", "task", "repeat"], keep="last")
-    df = df.drop(columns=["_at", "prompt", "duration_ms", "answered_at"])
+    if df.duplicated(key).any():
+        at = df["answered_at"]
+        if not pd.api.types.is_numeric_dtype(at):
+            at = pd.to_datetime(at, utc=True, errors="coerce", format="ISO8601")
+        df = df.assign(_at=at).sort_values("_at", kind="stable", na_position="first")
+        df = df.drop_duplicates(key, keep="last").drop(columns="_at")
+    df = df.drop(columns=["prompt", "duration_ms", "answered_at"])
     n_superseded = before - len(df)
     repeats = df[df["repeat"]]
     main = df[~df["repeat"]]
@@ -373,18 +406,21 @@ def _turing(rows: pd.DataFrame, repeats: pd.DataFrame, prep: Prepared, *, alpha:
     # per reader: counts, then DeLong AUC and ROC points from the ratings
     counts = _grouped_counts(rows, "reader")
     rated = rows[rows["rating"].notna()]
-    by_reader = {r: g for r, g in rated.groupby("reader", sort=False, observed=True)}
+    # split the rated rows by reader once (a DataFrame groupby would copy 100 frames)
+    r_pos = _positions(rated["reader"], readers)
+    order = np.argsort(r_pos, kind="stable")
+    bounds = np.searchsorted(r_pos[order], np.arange(len(readers) + 1))
+    r_truth = (rated["truth"] == "synthetic").to_numpy()[order]
+    r_score = rated["rating"].to_numpy(float)[order]
+    summaries = binary_summaries(counts.reindex(readers, fill_value=0).to_numpy(dtype=np.int64), alpha=alpha)
     per_reader = {}
-    summaries = binary_summaries(counts.reindex(readers).to_numpy(dtype=np.int64), alpha=alpha)
-    for r, entry in zip(readers, summaries):
-        g = by_reader.get(r)
-        if g is None or g.empty:
+    for i, (r, entry) in enumerate(zip(readers, summaries)):
+        lo, hi = bounds[i], bounds[i + 1]
+        if lo == hi:
             _null(entry, ("auc", "auc_se", "auc_ci"), "no ratings")
-            entry["roc"] = None
-            entry["roc_reason"] = "no ratings"
+            entry["roc"], entry["roc_reason"] = None, "no ratings"
         else:
-            truth = (g["truth"] == "synthetic").to_numpy()
-            score = g["rating"].to_numpy(float)
+            truth, score = r_truth[lo:hi], r_score[lo:hi]
             entry.update(roc.delong(score[~truth], score[truth], alpha=alpha))
             entry["roc"] = roc.roc_points(truth, score)
         per_reader[r] = entry
@@ -540,7 +576,22 @@ def analyze(long_df: pd.DataFrame, *, study: str | None = None, alpha: float = 0
             result[f"{task}_reason"] = f"no responses to the {task} task yet"
         else:
             result[task] = section
-    return _finalise(result)
+    try:  # fast path (C speed): succeeds unless some value is NaN/inf or not JSON-serialisable
+        return json.loads(json.dumps(result, allow_nan=False, default=_json_default))
+    except (TypeError, ValueError):
+        return _finalise(result)
+
+
+def _json_default(obj):
+    if isinstance(obj, np.bool_):
+        return bool(obj)
+    if isinstance(obj, np.integer):
+        return int(obj)
+    if isinstance(obj, np.floating):
+        return float(obj)
+    if isinstance(obj, np.ndarray):
+        return obj.tolist()
+    raise TypeError(type(obj).__name__)
 
 
 def analyze_db(db_path, study: str, **kwargs) -> dict:

@@ -34,14 +34,9 @@ def _empty(n: int = 0, reason: str = "no responses") -> dict:
 
 def summarise(ratings, scale=SCALE) -> dict:
     """{n, mean, sd, median, q1, q3, distribution{level: count}, proportions{level: share}}."""
-    x = np.asarray(pd.to_numeric(pd.Series(ratings), errors="coerce").dropna(), dtype=float)
-    return _summary_from(x.size, *(_stats_of(x) if x.size else (None,) * 5),
-                         counts=pd.Series(x).value_counts(), scale=scale)
-
-
-def _stats_of(x: np.ndarray):
-    return (float(x.mean()), float(x.std(ddof=1)) if x.size > 1 else None, float(np.median(x)),
-            float(np.quantile(x, 0.25)), float(np.quantile(x, 0.75)))
+    x = pd.to_numeric(pd.Series(ratings), errors="coerce").dropna().to_numpy(dtype=float)
+    levels, counts = np.unique(x, return_counts=True)
+    return _summaries(counts[None, :], levels, scale)[0]
 
 
 def _level_key(v) -> str:
@@ -49,44 +44,68 @@ def _level_key(v) -> str:
     return str(int(v)) if v.is_integer() else str(v)
 
 
-def _summary_from(n, mean, sd, median, q1, q3, *, counts: pd.Series, scale) -> dict:
-    if n == 0:
-        out = _empty()
+def _order_stat(cum: np.ndarray, levels: np.ndarray, k: np.ndarray) -> np.ndarray:
+    """k-th smallest value (0-based) per row, from cumulative counts per level."""
+    idx = (cum <= k[:, None]).sum(axis=1)
+    return levels[np.minimum(idx, levels.size - 1)]
+
+
+def _quantile(cum, levels, n, q):
+    """np.quantile's default (linear) method, from counts: exact for discrete ratings."""
+    h = (n - 1) * q
+    lo, hi = np.floor(h), np.ceil(h)
+    x_lo = _order_stat(cum, levels, lo)
+    x_hi = _order_stat(cum, levels, hi)
+    return x_lo + (h - lo) * (x_hi - x_lo)
+
+
+def _summaries(counts: np.ndarray, levels: np.ndarray, scale) -> list[dict]:
+    """Summaries of G groups from a G × L table of counts per distinct rating value."""
+    counts = np.atleast_2d(np.asarray(counts, dtype=np.int64))
+    levels = np.asarray(levels, dtype=float)
+    n = counts.sum(axis=1)
+    safe = np.maximum(n, 1)
+    mean = counts @ levels / safe
+    ss = counts @ levels ** 2 - n * mean ** 2
+    with np.errstate(invalid="ignore", divide="ignore"):
+        sd = np.sqrt(np.maximum(ss, 0) / (n - 1))
+    cum = np.cumsum(counts, axis=1)
+    if levels.size:
+        med, q1, q3 = (_quantile(cum, levels, n, q) for q in (0.5, 0.25, 0.75))
     else:
-        out = {"n": int(n), "mean": mean, "median": median, "q1": q1, "q3": q3}
-        if sd is None or not np.isfinite(sd):
-            out["sd"], out["sd_reason"] = None, "needs at least two ratings"
+        med = q1 = q3 = np.zeros(len(n))
+    all_levels = sorted(set(float(v) for v in scale) | set(levels.tolist()))
+    col = {v: i for i, v in enumerate(levels.tolist())}
+    out = []
+    for g in range(len(n)):
+        if n[g] == 0:
+            row = _empty()
         else:
-            out["sd"] = sd
-    levels = sorted(set(float(s) for s in scale) | set(float(v) for v in counts.index))
-    dist = {_level_key(v): int(counts.get(v, 0)) for v in levels}
-    out["distribution"] = dist
-    out["proportions"] = {k: (c / n if n else 0.0) for k, c in dist.items()}
-    if not n:
-        out["proportions_reason"] = "no responses (all shares are 0)"
+            row = {"n": int(n[g]), "mean": float(mean[g]), "median": float(med[g]),
+                   "q1": float(q1[g]), "q3": float(q3[g])}
+            if n[g] > 1:
+                row["sd"] = float(sd[g])
+            else:
+                row["sd"], row["sd_reason"] = None, "needs at least two ratings"
+        dist = {_level_key(v): int(counts[g, col[v]]) if v in col else 0 for v in all_levels}
+        row["distribution"] = dist
+        row["proportions"] = {k: (c / n[g] if n[g] else 0.0) for k, c in dist.items()}
+        if not n[g]:
+            row["proportions_reason"] = "no responses (all shares are 0)"
+        out.append(row)
     return out
 
 
 def summarise_by(df: pd.DataFrame, by: str, levels=None, *, value: str = "rating", scale=SCALE) -> dict:
-    """summarise() per level of column `by`, in one groupby. Levels without rows get n = 0."""
-    groups = {}
-    if len(df):
-        g = df.groupby(by, sort=True, observed=True)[value]
-        agg = g.agg(["count", "mean", "std", "median"])
-        q = g.quantile([0.25, 0.75]).unstack()
-        counts = df.groupby([by, value], observed=True).size()
-        for level, row in agg.iterrows():
-            n = int(row["count"])
-            groups[level] = _summary_from(
-                n, float(row["mean"]), float(row["std"]) if n > 1 else None, float(row["median"]),
-                float(q.loc[level, 0.25]), float(q.loc[level, 0.75]),
-                counts=counts.loc[level], scale=scale)
-    keys = list(groups) if levels is None else list(levels)
-    out = {}
-    for level in keys:
-        out[str(level)] = groups.get(level) or _summary_from(0, None, None, None, None, None,
-                                                             counts=pd.Series(dtype=float), scale=scale)
-    return out
+    """summarise() per level of column `by`, from one table of counts. Levels without rows get n = 0."""
+    values = pd.to_numeric(df[value], errors="coerce")
+    ok = values.notna().to_numpy()
+    table = (pd.crosstab(df.loc[ok, by], values[ok]) if ok.any()
+             else pd.DataFrame(dtype=np.int64))
+    keys = list(table.index) if levels is None else list(levels)
+    table = table.reindex(keys, fill_value=0)
+    rows = _summaries(table.to_numpy(), np.asarray(table.columns, dtype=float), scale)
+    return {str(k): r for k, r in zip(keys, rows)}
 
 
 def mann_whitney(synthetic, real) -> dict:

@@ -33,7 +33,7 @@ import itertools
 import numpy as np
 from scipy import stats
 
-from studies.roc import placements
+from studies.roc import placements_batch
 
 METHOD = ("Obuchowski–Rockette ANOVA of empirical (Wilcoxon) AUCs, jackknife covariances "
           "(via placement values), Hillis (2007) denominator degrees of freedom")
@@ -74,12 +74,11 @@ def jackknife_auc(scores, truth, member=None) -> tuple[np.ndarray, np.ndarray]:
         pos_idx = np.flatnonzero(member[t] & truth)
         neg_idx = np.flatnonzero(member[t] & ~truth)
         m, n = pos_idx.size, neg_idx.size
-        for r in range(R):
-            a, v10, v01 = placements(scores[t, r, neg_idx], scores[t, r, pos_idx])
-            theta[t, r] = a
-            jk[t, r, :] = a  # cases outside the treatment leave its AUC unchanged
-            jk[t, r, pos_idx] = (m * a - v10) / (m - 1)
-            jk[t, r, neg_idx] = (n * a - v01) / (n - 1)
+        a, v10, v01 = placements_batch(scores[t][:, neg_idx], scores[t][:, pos_idx])
+        theta[t] = a
+        jk[t] = a[:, None]  # cases outside the treatment leave its AUC unchanged
+        jk[t][:, pos_idx] = (m * a[:, None] - v10) / (m - 1)
+        jk[t][:, neg_idx] = (n * a[:, None] - v01) / (n - 1)
     return theta, jk
 
 

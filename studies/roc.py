@@ -31,6 +31,34 @@ def placements(neg, pos) -> tuple[float, np.ndarray, np.ndarray]:
     return float(v10.mean()), v10, v01
 
 
+def placements_batch(neg, pos) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """placements() for R readers at once: neg (R, n), pos (R, m) → AUC (R,), V10 (R, m), V01 (R, n).
+
+    Scores are replaced by their dense ranks over the whole array and each reader's ranks
+    shifted into a disjoint integer range, so one sorted search serves every reader (exact:
+    no floating-point offsets).
+    """
+    neg = np.asarray(neg, dtype=float)
+    pos = np.asarray(pos, dtype=float)
+    R, n = neg.shape
+    m = pos.shape[1]
+    _, inv = np.unique(np.concatenate([neg.ravel(), pos.ravel()]), return_inverse=True)
+    shift = (np.arange(R, dtype=np.int64) * (int(inv.max()) + 2))[:, None]
+    rn = inv[: R * n].reshape(R, n) + shift
+    rp = inv[R * n:].reshape(R, m) + shift
+    sn = np.sort(rn, axis=1).ravel()
+    sp = np.sort(rp, axis=1).ravel()
+    base_n = (np.arange(R) * n)[:, None]
+    base_m = (np.arange(R) * m)[:, None]
+    below = np.searchsorted(sn, rp.ravel(), side="left").reshape(R, m) - base_n
+    upto = np.searchsorted(sn, rp.ravel(), side="right").reshape(R, m) - base_n
+    v10 = (below + 0.5 * (upto - below)) / n
+    lo = np.searchsorted(sp, rn.ravel(), side="left").reshape(R, n) - base_m
+    hi = np.searchsorted(sp, rn.ravel(), side="right").reshape(R, n) - base_m
+    v01 = ((m - hi) + 0.5 * (hi - lo)) / m
+    return v10.mean(axis=1), v10, v01
+
+
 def auc(neg, pos) -> float:
     """Empirical (Wilcoxon–Mann–Whitney) AUC."""
     return placements(neg, pos)[0]

@@ -4,7 +4,7 @@ import pytest
 from statsmodels.stats.inter_rater import cohens_kappa
 
 from studies import agreement
-from tests.analysis_fixtures import null_without_reason, oracle_csv
+from analysis_fixtures import null_without_reason, oracle_csv
 
 
 def test_fleiss_wikipedia_counts():

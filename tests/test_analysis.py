@@ -8,7 +8,7 @@ import pytest
 from studies import agreement, mrmc
 from studies.analysis import analyze, analyze_db
 from studies.simulate import simulate_long
-from tests.analysis_fixtures import assert_json_clean
+from analysis_fixtures import assert_json_clean
 
 BINARY_KEYS = ("n", "accuracy", "sensitivity", "specificity", "fool_rate", "ci_wilson", "ci_clopper_pearson",
                "p_binomial")
@@ -255,3 +255,44 @@ def test_analyze_db_reads_the_long_table(monkeypatch):
     fake.long_table = lambda db, name: df[df.study == name]
     monkeypatch.setitem(sys.modules, "studies.export", fake)
     assert analyze_db("x.db", "sim")["turing"]["pooled"] == analyze(df)["turing"]["pooled"]
+
+
+def test_analyze_db_end_to_end(tmp_path):
+    """A real study database: readers answer through the session API, analysis reads the export."""
+    import uuid
+
+    from studies.design import StudyOptions
+    from studies.readers import invite, reader_for_token
+    from studies.session import next_case, submit
+    from study_fixtures import make_study
+
+    opts = StudyOptions(tasks=("turing", "quality"), training_cases=2, repeat_fraction=0.2,
+                        attention_checks=1, seed=3)
+    db, _ = make_study(tmp_path, "e2e", options=opts, tasks=opts.tasks, generators=("gen-a", "gen-b"))
+    rng = np.random.default_rng(0)
+    for name in ("dr-a", "dr-b", "dr-c"):
+        ref = reader_for_token(db, invite(db, "e2e", name))
+        while (view := next_case(db, ref.reader_id)) is not None:
+            q = view.pending[0]
+            value = int(rng.integers(1, 7 if q["task"] == "turing" else 6))
+            if q["task"] == "attention":
+                value = q["scale"][0]["value"]
+            submit(db, ref.reader_id, view.assignment_id, q["task"], value, 900, str(uuid.uuid4()))
+    res = analyze_db(db, "e2e")
+    assert_json_clean(res)
+    assert res["input"]["study"] == "e2e"
+    assert res["input"]["rows_training_excluded"] > 0 and res["input"]["rows_other_tasks_ignored"] > 0
+    t = res["turing"]
+    assert t["n_readers"] == 3 and t["pooled"]["n"] == 3 * t["n_cases"]
+    assert set(t["by_generator"]) == {"gen-a", "gen-b"}
+    assert res["quality"]["n"] == 3 * res["quality"]["n_cases"]
+    assert res["alignment"] is None
+
+
+def test_finalise_replaces_non_finite_values_with_reasons():
+    from studies.analysis import _finalise
+
+    out = _finalise({"a": float("nan"), "b": np.int64(3), "c": [np.float64(1.5)], "d": np.inf,
+                     "d_reason": "given", "e": (1, 2)})
+    assert out == {"a": None, "a_reason": "not finite", "b": 3, "c": [1.5], "d": None, "d_reason": "given",
+                   "e": [1, 2]}

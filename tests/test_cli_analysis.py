@@ -8,7 +8,7 @@ from click.testing import CliRunner
 
 from studio.cli import cli
 from studies.simulate import simulate_long
-from tests.analysis_fixtures import assert_json_clean
+from analysis_fixtures import assert_json_clean
 
 
 def _csv(tmp_path, **kw):

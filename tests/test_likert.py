@@ -5,7 +5,7 @@ import pytest
 from scipy.stats import mannwhitneyu
 
 from studies import likert
-from tests.analysis_fixtures import null_without_reason
+from analysis_fixtures import null_without_reason
 
 
 def test_summary_values():
@@ -56,3 +56,16 @@ def test_mann_whitney_degenerate():
     no_real = likert.mann_whitney([1, 2], [])
     assert no_real["u"] is None and "real" in no_real["u_reason"]
     assert null_without_reason(same) == [] and null_without_reason(no_real) == []
+
+
+def test_count_based_statistics_equal_numpy():
+    rng = np.random.default_rng(3)
+    df = pd.DataFrame({"g": rng.choice(list("abcd"), 500), "rating": rng.choice([1, 2, 2.5, 3, 4, 5], 500)})
+    out = likert.summarise_by(df, "g")
+    for level, grp in df.groupby("g"):
+        x = grp.rating.to_numpy()
+        got = out[level]
+        assert got["mean"] == pytest.approx(x.mean()) and got["sd"] == pytest.approx(x.std(ddof=1))
+        assert got["median"] == pytest.approx(np.median(x))
+        assert got["q1"] == pytest.approx(np.quantile(x, 0.25)) and got["q3"] == pytest.approx(np.quantile(x, 0.75))
+        assert got["distribution"]["2.5"] == int((x == 2.5).sum())

@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 
 from studies import mrmc
-from tests.analysis_fixtures import null_without_reason, oracle_csv
+from analysis_fixtures import null_without_reason, oracle_csv
 
 
 @pytest.fixture(scope="module")

@@ -4,7 +4,7 @@ import pytest
 
 from studies.proportions import (binary_summaries, binary_summary, binomial_p, clopper_pearson_ci,
                                  proportion, wilson_ci)
-from tests.analysis_fixtures import null_without_reason
+from analysis_fixtures import null_without_reason
 
 # Newcombe RG (1998) Stat Med 17:857, Table I: x, n, Wilson 95%, Clopper–Pearson 95%
 NEWCOMBE = [

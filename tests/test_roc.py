@@ -3,8 +3,8 @@ import numpy as np
 import pytest
 from sklearn.metrics import roc_auc_score, roc_curve
 
-from studies.roc import auc, delong, placements, roc_points
-from tests.analysis_fixtures import null_without_reason, oracle_csv
+from studies.roc import auc, delong, placements, placements_batch, roc_points
+from analysis_fixtures import null_without_reason, oracle_csv
 
 
 def _data(seed=0, m=40, n=55):
@@ -67,3 +67,13 @@ def test_degenerate_cases_have_reasons():
     pts = roc_points(np.array([True, True]), np.array([1.0, 2.0]))
     for d in (same, perfect, one_class, pts):
         assert null_without_reason(d) == []
+
+
+def test_batched_placements_equal_per_reader():
+    rng = np.random.default_rng(5)
+    neg = rng.integers(1, 7, (6, 30)).astype(float)
+    pos = rng.normal(3, 2, (6, 25)).round(1)
+    a, v10, v01 = placements_batch(neg, pos)
+    for r in range(6):
+        ar, v10r, v01r = placements(neg[r], pos[r])
+        assert a[r] == pytest.approx(ar) and np.allclose(v10[r], v10r) and np.allclose(v01[r], v01r)
