@@ -168,6 +168,7 @@ def create_study(
     sdir = stimuli_dir(db_path)
     sdir_existed = sdir.exists()
     sdir.mkdir(exist_ok=True)
+    _sweep_stale_incoming(sdir)
     incoming = sdir / f".incoming-{secrets.token_hex(8)}"
     incoming.mkdir()
     moved: list[pathlib.Path] = []
@@ -249,6 +250,16 @@ def create_study(
         generators=generators, audit=report_dict, audit_text=report_text,
         stimuli_dir=sdir, seconds=time.perf_counter() - t0,
     )
+
+
+def _sweep_stale_incoming(sdir: pathlib.Path, max_age_s: float = 24 * 3600) -> None:
+    """Remove temporary folders left by a create that was killed (older than a day, so a
+    concurrent create's folder is never touched)."""
+    now = time.time()
+    for path in sdir.glob(".incoming-*"):
+        with contextlib.suppress(OSError):
+            if now - path.stat().st_mtime > max_age_s:
+                shutil.rmtree(path, ignore_errors=True)
 
 
 def _remove_empty_db(db_path: pathlib.Path) -> None:

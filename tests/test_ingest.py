@@ -295,3 +295,16 @@ def test_list_studies(tmp_path, data):
     assert (two["name"], two["n_readers"], two["tasks"]) == ("two", 1, ["turing"])
     with pytest.raises(StudyError, match="database not found"):
         list_studies(tmp_path / "none.db")
+
+
+def test_stale_incoming_folder_of_a_killed_create_is_swept(tmp_path, data):
+    root, rows = data
+    db_path = tmp_path / "s.db"
+    sdir = stimuli_dir(db_path)
+    stale, fresh = sdir / ".incoming-dead", sdir / ".incoming-busy"
+    for d in (stale, fresh):
+        d.mkdir(parents=True)
+        (d / "x.png").write_bytes(b"x")
+    os.utime(stale, (0, 0))
+    create_study(db_path, "s", manifest=write_manifest(root / "m.csv", rows), size=32)
+    assert not stale.exists() and fresh.exists()  # a concurrent create's folder is left alone
