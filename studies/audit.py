@@ -147,10 +147,14 @@ def stimulus_features(png: bytes, original_width: int | None = None,
     """
     rgb = decode_png(png)
     h, w = rgb.shape[:2]
-    grey_full = rgb.astype(np.float32) @ np.array([0.299, 0.587, 0.114], np.float32) / 255.0
+    r, g, b = (rgb[..., c].astype(np.float32) for c in range(3))
+    grey_full = (0.299 * r + 0.587 * g + 0.114 * b) / 255.0
+    # Channel max/min pairwise: far faster than reducing over the short last axis.
+    hi = np.maximum(np.maximum(r, g), b)
+    chroma_full = hi - np.minimum(np.minimum(r, g), b)  # exactly 0 for grey
 
     # Padding = black border rows/columns, as a reader sees it.
-    lit = rgb.max(axis=2) > 0
+    lit = hi > 0
     rows, cols = np.flatnonzero(lit.any(axis=1)), np.flatnonzero(lit.any(axis=0))
     if rows.size == 0:
         box = (0, h, 0, w)
@@ -159,15 +163,14 @@ def stimulus_features(png: bytes, original_width: int | None = None,
     content_area = (box[1] - box[0]) * (box[3] - box[2])
     padding = 1.0 - content_area / (h * w) if rows.size else 1.0
     grey = grey_full[box[0]:box[1], box[2]:box[3]]
-    crop = rgb[box[0]:box[1], box[2]:box[3]]
-    chroma = crop.max(axis=2).astype(np.int16) - crop.min(axis=2)  # exactly 0 for grey
+    chroma = chroma_full[box[0]:box[1], box[2]:box[3]]
 
     pcts = np.percentile(grey, [1, 5, 25, 50, 75, 95, 99])
     feats = {
         "mean": float(grey.mean()), "std": float(grey.std()),
         **{name: float(v) for name, v in zip(("p01", "p05", "p25", "p50", "p75", "p95", "p99"),
                                              pcts)},
-        "colourfulness": float(chroma.mean() / 255.0),
+        "colourfulness": float(chroma.mean(dtype=np.float64) / 255.0),
         "log_noise_sigma": math.log10(_noise_sigma(grey) + 1e-4),
         "log_laplacian_var": math.log10(_laplacian_var(grey) + 1e-6),
         "blockiness": _grid_blockiness(grey_full, original_width, original_height, box),
