@@ -185,18 +185,19 @@ def kappa_entries(tables, labels, *, weights: str | None = None, alpha: float = 
     has_var0 = np.isfinite(var0) & (var0 > 0) & ~undefined
     with np.errstate(invalid="ignore", divide="ignore"):
         ase = np.sqrt(np.where(has_var, var, np.nan))
-        z = kappa / np.sqrt(np.where(has_var0, var0, np.nan))
+        ase0 = np.sqrt(np.where(has_var0, var0, np.nan))
+        z = kappa / ase0
     p = 2 * stats.norm.sf(np.abs(z))
-    cols = [c.tolist() for c in (n, kappa, ase, kappa - zc * ase, kappa + zc * ase, z, p,
+    cols = [c.tolist() for c in (n, kappa, ase, kappa - zc * ase, kappa + zc * ase, ase0, z, p,
                                   undefined, has_var, has_var0)]
     out = []
-    for label, (ni, k, a, lo, hi, zi, pi, und, hv, hv0) in zip(labels, zip(*cols)):
+    for label, (ni, k, a, lo, hi, a0, zi, pi, und, hv, hv0) in zip(labels, zip(*cols)):
         entry = dict(label)
         entry["n"] = ni
         if und:
             reason = ("no cases rated by both" if ni == 0
                       else "chance agreement is 1: both used a single, identical category")
-            _null(entry, ("kappa", "ase", "ci", "z", "p"), reason)
+            _null(entry, ("kappa", "ase", "ci", "ase0", "z", "p"), reason)
         else:
             entry["kappa"] = k
             if hv:
@@ -204,9 +205,9 @@ def kappa_entries(tables, labels, *, weights: str | None = None, alpha: float = 
             else:
                 _null(entry, ("ase", "ci"), "asymptotic variance not computable")
             if hv0:
-                entry["z"], entry["p"] = zi, pi
+                entry["ase0"], entry["z"], entry["p"] = a0, zi, pi
             else:
-                _null(entry, ("z", "p"), "variance under H0 is zero")
+                _null(entry, ("ase0", "z", "p"), "variance under H0 is zero")
         out.append(entry)
     return out
 

@@ -129,7 +129,7 @@ def prepare(long_df: pd.DataFrame, *, study: str | None = None) -> Prepared:
         if c not in df.columns:
             df[c] = pd.NA
     if study is not None:
-        df = df[df["study"].astype("string") == study]
+        df = df[df["study"].astype("string").eq(study).fillna(False).astype(bool)]
     n_total = len(df)
     # Categoricals built once per distinct value: normalising 400k strings row by row, and
     # comparing or selecting rows of them, would dominate the run time.

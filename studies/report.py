@@ -118,7 +118,8 @@ def roc_figure(turing: dict) -> go.Figure:
         fig.add_trace(go.Scatter(x=pooled["fpr"], y=pooled["tpr"], mode="lines", name=label,
                                  line={"width": 4, "color": "black"}))
     fig.add_trace(go.Scatter(x=[0, 1], y=[0, 1], mode="lines", name="chance", line={"dash": "dash", "color": "grey"}))
-    fig.update_layout(title="ROC curves (positive = synthetic)", xaxis_title="false-positive rate (real called synthetic)",
+    fig.update_layout(title="ROC curves (positive = synthetic)",
+                      xaxis_title="false-positive rate (real called synthetic)",
                       yaxis_title="true-positive rate (synthetic called synthetic)", height=520)
     return fig
 
@@ -195,23 +196,42 @@ def _turing_html(t: dict) -> list[str]:
             parts.append(_table(list(t[key].items()), _BINARY_COLS, f"By {label}"))
     m = t["mrmc"]
     rows = [("all synthetic vs real", m)] + list((m.get("by_generator") or {}).items())
-    parts.append(_table(rows, [("readers", "n_readers"), ("AUC", "auc"), ("F", "f"), ("ddf", "ddf"),
+    parts.append(_table(rows, [("synthetic images", "n_synthetic"), ("AUC", "auc"), ("F", "f"), ("ddf", "ddf"),
                                ("p", "p"), ("95% CI", "ci")],
-                        "MRMC (Obuchowski–Rockette, Hillis ddf; random readers and cases) vs AUC 0.5"))
+                        f"MRMC vs AUC 0.5 (Obuchowski–Rockette, Hillis ddf; random readers and cases; "
+                        f"{m.get('n_readers')} readers, {m.get('n_real')} real images)"))
     comp = m.get("comparison")
     if comp:
         parts.append(_table(list(comp["differences"].items()),
                             [("difference", "difference"), ("F", "f"), ("ddf", "ddf"), ("p", "p"), ("95% CI", "ci")],
-                            f"Generator differences in AUC (overall F = {_fmt(comp.get('f'))}, p = {_fmt(comp.get('p'))})"))
-    parts.append(_table([("Fleiss' κ", t["fleiss_kappa"])], [("κ", "kappa"), ("z", "z"), ("p", "p"),
-                                                             ("cases", "n_subjects"), ("readers", "n_raters")],
-                        "Agreement on the binary call"))
-    parts.append(_table([("Krippendorff's α (nominal)", t["krippendorff_alpha"]),
-                         ("mean pairwise Cohen's κ", t["cohen_kappa"]),
-                         ("intra-reader κ (pooled)", t["intra_reader_kappa"].get("pooled"))],
-                        [("value", "alpha"), ("mean κ", "mean_kappa"), ("κ", "kappa"), ("95% CI", "ci")],
-                        "Agreement (continued)"))
+                            f"Generator differences in AUC (overall F = {_fmt(comp.get('f'))}, "
+                            f"p = {_fmt(comp.get('p'))})"))
+    parts.append(_agreement_table([
+        ("Fleiss' κ (all readers)", t["fleiss_kappa"], "kappa"),
+        ("Krippendorff's α (nominal)", t["krippendorff_alpha"], "alpha"),
+        ("mean pairwise Cohen's κ", t["cohen_kappa"], "mean_kappa"),
+        ("intra-reader κ (first vs repeated read, pooled)", _pooled(t["intra_reader_kappa"]), "kappa"),
+    ], "Agreement on the binary call"))
     return parts
+
+
+def _pooled(intra: dict) -> dict:
+    return intra.get("pooled") or {"kappa": None, "kappa_reason": intra.get("pooled_reason", "undefined")}
+
+
+def _agreement_table(rows, caption: str) -> str:
+    """Rows of (label, statistic dict, key of its value) as value / 95% CI / p."""
+    shaped = []
+    for label, d, key in rows:
+        if d is None:
+            shaped.append((label, None))
+            continue
+        entry = {"value": d.get(key), "ci": d.get("ci"), "p": d.get("p")}
+        for k, src in (("value", key), ("ci", "ci"), ("p", "p")):
+            if d.get(f"{src}_reason"):
+                entry[f"{k}_reason"] = d[f"{src}_reason"]
+        shaped.append((label, entry))
+    return _table(shaped, [("value", "value"), ("95% CI", "ci"), ("p", "p")], caption)
 
 
 def _likert_html(task: str, s: dict) -> list[str]:
@@ -225,12 +245,14 @@ def _likert_html(task: str, s: dict) -> list[str]:
                         [("U", "u"), ("p", "p"), ("P(synthetic > real)", "prob_superiority"),
                          ("rank-biserial", "rank_biserial")], MWU_TEST))
     parts.append(_table(list(s["icc"].items()), [("ICC", "icc"), ("F", "f"), ("df1", "df1"), ("df2", "df2"),
-                                                 ("p", "p"), ("95% CI", "ci")], "Intraclass correlation (Shrout & Fleiss)"))
-    parts.append(_table([("ordinal", s["krippendorff_alpha_ordinal"]), ("interval", s["krippendorff_alpha_interval"]),
-                         ("mean pairwise weighted κ", s["cohen_kappa_weighted"]),
-                         ("intra-reader weighted κ (pooled)", s["intra_reader_kappa"].get("pooled"))],
-                        [("α", "alpha"), ("mean κ", "mean_kappa"), ("κ", "kappa"), ("95% CI", "ci")],
-                        "Krippendorff's α and Cohen's κ"))
+                                                 ("p", "p"), ("95% CI", "ci")],
+                        "Intraclass correlation (Shrout & Fleiss)"))
+    parts.append(_agreement_table([
+        ("Krippendorff's α (ordinal)", s["krippendorff_alpha_ordinal"], "alpha"),
+        ("Krippendorff's α (interval)", s["krippendorff_alpha_interval"], "alpha"),
+        ("mean pairwise weighted Cohen's κ", s["cohen_kappa_weighted"], "mean_kappa"),
+        ("intra-reader weighted κ (pooled)", _pooled(s["intra_reader_kappa"]), "kappa"),
+    ], "Agreement"))
     return parts
 
 

@@ -55,6 +55,7 @@ def test_vectorised_kappa_equals_statsmodels(weights):
         ref = cohens_kappa(t, wt=weights) if weights else cohens_kappa(t)
         assert e["kappa"] == pytest.approx(ref.kappa, abs=1e-12)
         assert e["ase"] == pytest.approx(ref.std_kappa, abs=1e-12)
+        assert e["ase0"] == pytest.approx(ref.std_kappa0, abs=1e-12)
         assert e["z"] == pytest.approx(ref.z_value, rel=1e-10)
         assert e["p"] == pytest.approx(ref.pvalue_two_sided, rel=1e-8, abs=1e-300)
 

@@ -296,3 +296,45 @@ def test_finalise_replaces_non_finite_values_with_reasons():
                      "d_reason": "given", "e": (1, 2)})
     assert out == {"a": None, "a_reason": "not finite", "b": 3, "c": [1.5], "d": None, "d_reason": "given",
                    "e": [1, 2]}
+
+
+# keys whose children are data-dependent names (readers, levels, generators, rating values)
+_DYNAMIC_PARENTS = {"per_reader", "by_modality", "by_generator", "by_group", "by_source", "auc_per_reader",
+                    "distribution", "proportions", "differences", "mann_whitney_by_modality",
+                    "auc_per_treatment", "confusion", "tasks"}
+
+
+def _static_keys(obj, parent=None, out=None):
+    out = set() if out is None else out
+    if isinstance(obj, dict):
+        for k, v in obj.items():
+            if parent in _DYNAMIC_PARENTS:
+                _static_keys(v, None, out)
+                continue
+            if not k.endswith("_reason"):
+                out.add(k)
+            _static_keys(v, k, out)
+    elif isinstance(obj, list):
+        for v in obj:
+            _static_keys(v, parent, out)
+    return out
+
+
+def test_every_result_key_is_documented_in_the_readme(result):
+    from pathlib import Path
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
+    section = readme.split("## Study statistics", 1)[1].split("\n## ", 1)[0]
+    undocumented = sorted(k for k in _static_keys(result) if f"`{k}`" not in section and f"`{k}." not in section)
+    assert undocumented == []
+
+
+def test_study_filter_and_missing_study_column():
+    a = simulate_long(3, 20, seed=15, study="alpha")
+    b = simulate_long(2, 20, seed=16, study="beta")
+    both = pd.concat([a, b], ignore_index=True)
+    res = analyze(both, study="beta")
+    assert res["input"]["study"] == "beta" and res["turing"]["n_readers"] == 2
+    assert analyze(both)["input"]["study"] == ["alpha", "beta"]
+    anon = analyze(a.drop(columns="study"))
+    assert anon["input"]["study"] is None and anon["input"]["study_reason"]
