@@ -133,11 +133,13 @@ def prepare(long_df: pd.DataFrame, *, study: str | None = None) -> Prepared:
     n_total = len(df)
     # Categoricals built once per distinct value: normalising 400k strings row by row, and
     # comparing or selecting rows of them, would dominate the run time.
+    df["rating"] = pd.to_numeric(df["rating"], errors="coerce")
+    if df["rating"].isna().any():  # a Likert answer given only as `response` ("4")
+        df["rating"] = df["rating"].fillna(pd.to_numeric(df["response"], errors="coerce"))
     df["reader"] = _categorical(df["reader"], str)
     df["case"] = _categorical(df["case"], str)
     df["task"] = _categorical(df["task"], _lower)
     df["response"] = _categorical(df["response"], _lower)
-    df["rating"] = pd.to_numeric(df["rating"], errors="coerce")
     df["training"] = _as_bool(df["training"])
     df["repeat"] = _as_bool(df["repeat"])
     # truth falls back to source and vice versa (the Likert tasks carry only source)
@@ -310,6 +312,29 @@ def _breakdown(df: pd.DataFrame, by: str, levels, alpha: float) -> dict:
     return {str(level): row for level, row in zip(levels, rows)}
 
 
+def _reader_accuracy_test(accuracies: list[float], alpha: float) -> dict:
+    """Two-sided one-sample t-test of per-reader accuracies against 0.5 (readers as the sample).
+
+    This is the test `studies.power.accuracy_power` plans for: it generalises to new
+    readers, unlike the pooled binomial test.
+    """
+    from scipy import stats
+
+    x = np.asarray(accuracies, dtype=float)
+    out: dict = {"test": "one-sample t-test of per-reader accuracy against 0.5", "n_readers": int(x.size)}
+    keys = ("mean", "sd", "t", "df", "p", "ci")
+    if x.size < 2:
+        return _null(out, keys, "only one reader" if x.size == 1 else "no readers")
+    mean, sd = float(x.mean()), float(x.std(ddof=1))
+    out.update(mean=mean, sd=sd, df=int(x.size - 1))
+    if sd == 0:
+        return _null(out, ("t", "p", "ci"), "every reader has the same accuracy")
+    res = stats.ttest_1samp(x, 0.5)
+    half = float(stats.t.ppf(1 - alpha / 2, x.size - 1) * sd / np.sqrt(x.size))
+    out.update(t=float(res.statistic), p=float(res.pvalue), ci=[mean - half, mean + half])
+    return out
+
+
 def _flatten_single(single: dict) -> dict:
     rr = single["random_readers"]
     out = {"auc": single["auc"], "null_auc": single["null_auc"]}
@@ -425,6 +450,8 @@ def _turing(rows: pd.DataFrame, repeats: pd.DataFrame, prep: Prepared, *, alpha:
             entry["roc"] = roc.roc_points(truth, score)
         per_reader[r] = entry
     out["per_reader"] = per_reader
+    out["accuracy_random_readers"] = _reader_accuracy_test(
+        [e["accuracy"] for e in per_reader.values() if e.get("accuracy") is not None], alpha)
     out["by_modality"] = _breakdown(rows, "modality", prep.levels["modality"], alpha)
     gen_rows = {}
     real_rows = rows[rows["truth"] == "real"]

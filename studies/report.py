@@ -191,6 +191,9 @@ def _turing_html(t: dict) -> list[str]:
     parts.append(_table([("pooled", t["pooled"])] + list(t["per_reader"].items()),
                         _BINARY_COLS + [("AUC", "auc"), ("AUC 95% CI (DeLong)", "auc_ci")],
                         "Accuracy per reader"))
+    parts.append(_table([("per-reader accuracies vs 0.5", t["accuracy_random_readers"])],
+                        [("readers", "n_readers"), ("mean accuracy", "mean"), ("95% CI", "ci"), ("t", "t"),
+                         ("df", "df"), ("p", "p")], "Random-readers test of accuracy (one-sample t-test)"))
     for key, label in (("by_modality", "modality"), ("by_generator", "generator"), ("by_group", "group")):
         if t.get(key):
             parts.append(_table(list(t[key].items()), _BINARY_COLS, f"By {label}"))

@@ -23,7 +23,7 @@ def _f(v, digits: int = 3) -> str:
 
 def _ci(d: dict, key: str) -> str:
     v = d.get(key)
-    return f"{_f(v[0])}–{_f(v[1])}" if v else f"n/a ({d.get(f'{key}_reason', 'undefined')})"
+    return f"{_f(v[0])} to {_f(v[1])}" if v else f"n/a ({d.get(f'{key}_reason', 'undefined')})"
 
 
 def format_summary(result: dict) -> str:
@@ -39,6 +39,9 @@ def format_summary(result: dict) -> str:
                      f"(95% CI {_ci(p, 'ci_wilson')} Wilson), p = {_f(p.get('p_binomial'))} vs 0.5; "
                      f"sensitivity {_f(p.get('sensitivity'))}, specificity {_f(p.get('specificity'))}, "
                      f"fool rate {_f(p.get('fool_rate'))}")
+        rr = t["accuracy_random_readers"]
+        lines.append(f"  per-reader accuracy (random readers): mean {_f(rr.get('mean'))} (95% CI {_ci(rr, 'ci')}), "
+                     f"t-test p = {_f(rr.get('p'))}")
         m = t["mrmc"]
         lines.append(f"  MRMC AUC {_f(m.get('auc'))} (95% CI {_ci(m, 'ci')}), F = {_f(m.get('f'))}, "
                      f"ddf = {_f(m.get('ddf'), 2)}, p = {_f(m.get('p'))}"

@@ -338,3 +338,21 @@ def test_study_filter_and_missing_study_column():
     assert analyze(both)["input"]["study"] == ["alpha", "beta"]
     anon = analyze(a.drop(columns="study"))
     assert anon["input"]["study"] is None and anon["input"]["study_reason"]
+
+
+def test_likert_rating_from_response_when_rating_missing():
+    df = simulate_long(3, 20, tasks=("alignment",), seed=17)
+    res = analyze(df.assign(rating=np.nan))
+    assert res["alignment"]["summary"] == analyze(df)["alignment"]["summary"]
+
+
+def test_random_readers_accuracy_test(result):
+    from scipy.stats import ttest_1samp
+
+    accs = [e["accuracy"] for e in result["turing"]["per_reader"].values()]
+    ref = ttest_1samp(accs, 0.5)
+    got = result["turing"]["accuracy_random_readers"]
+    assert got["t"] == pytest.approx(ref.statistic) and got["p"] == pytest.approx(ref.pvalue)
+    assert got["ci"][0] < got["mean"] < got["ci"][1] and got["df"] == len(accs) - 1
+    one = analyze(simulate_long(1, 20, seed=18))["turing"]["accuracy_random_readers"]
+    assert one["p"] is None and "one reader" in one["p_reason"]
