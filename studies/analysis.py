@@ -383,19 +383,23 @@ def _turing_mrmc(rows: pd.DataFrame, readers, cases: pd.DataFrame, *, min_covera
     out.update(_flatten_single(pooled["single"]["all"]))
     sub_gen = sub["generator"].astype(object).fillna("").astype(str).to_numpy()
     gens = sorted(set(sub_gen[truth]), key=_natural_key)
+    n_pos = {g: int((truth & (sub_gen == g)).sum()) for g in gens}
+    usable = [g for g in gens if n_pos[g] >= 2]
+    res = None
+    if usable:
+        # one OR run over all generators: its per-treatment results are exactly each
+        # generator's own single-treatment analysis (see mrmc_auc), its comparison the test
+        member = np.stack([(~truth) | (sub_gen == g) for g in usable])
+        res = mrmc.mrmc_auc(np.broadcast_to(block, (len(usable), *block.shape)), truth, member,
+                            treatments=usable, readers=used_readers, alpha=alpha)
     by_gen = {}
-    usable = []
     for g in gens:
-        member = (~truth) | (sub_gen == g)
-        n_pos = int((member & truth).sum())
-        if n_pos < 2:
-            entry = {"n_synthetic": n_pos}
-            by_gen[g] = _null(entry, _MRMC_KEYS, "needs at least two of this generator's images in the crossed block")
-            continue
-        usable.append(g)
-        res = mrmc.mrmc_auc(block[:, member], truth[member], treatments=[g], readers=used_readers, alpha=alpha)
-        entry = {"n_synthetic": n_pos, "auc_per_reader": res["auc_per_reader"][g]}
-        entry.update(_flatten_single(res["single"][g]))
+        entry = {"n_synthetic": n_pos[g]}
+        if g in usable:
+            entry["auc_per_reader"] = res["auc_per_reader"][g]
+            entry.update(_flatten_single(res["single"][g]))
+        else:
+            _null(entry, _MRMC_KEYS, "needs at least two of this generator's images in the crossed block")
         by_gen[g] = entry
     out["by_generator"] = by_gen
     if len(usable) < 2:
@@ -403,9 +407,6 @@ def _turing_mrmc(rows: pd.DataFrame, readers, cases: pd.DataFrame, *, min_covera
         out["comparison_reason"] = ("only one generator" if len(gens) < 2 else
                                     "fewer than two generators with at least two images in the crossed block")
     else:
-        member = np.stack([(~truth) | (sub_gen == g) for g in usable])
-        res = mrmc.mrmc_auc(np.broadcast_to(block, (len(usable), *block.shape)), truth, member,
-                            treatments=usable, readers=used_readers, alpha=alpha)
         comp = res["comparison"]
         rr = comp.pop("random_readers")
         comp.update({k: v for k, v in rr.items() if k != "differences"})

@@ -308,7 +308,10 @@ def mrmc_auc(scores, truth, member=None, *, treatments=None, readers=None,
     c = cov.reshape(T, R, T, R)
     single = {}
     for i, t in enumerate(treatments):
-        ci = c[i, :, i, :]
+        # A treatment's own jackknife (over its K_t cases) has the same deviations as the
+        # union jackknife (outside cases deviate by exactly 0); only (K−1)/K differs.
+        k_t = int(member[i].sum())
+        ci = c[i, :, i, :] * ((k_t - 1) / k_t) / ((K - 1) / K)
         var_t = float(np.diag(ci).mean())
         cov2_t = float(ci[~np.eye(R, dtype=bool)].mean()) if R > 1 else None
         s = single_treatment(theta[i], var_t, cov2_t, null_auc=null_auc, alpha=alpha)

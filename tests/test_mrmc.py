@@ -145,3 +145,18 @@ def test_rejects_incomplete_block():
     scores[0, 0] = np.nan
     with pytest.raises(ValueError, match="fully crossed"):
         mrmc.mrmc_auc(scores, truth)
+
+
+def test_per_treatment_results_equal_separate_single_treatment_runs():
+    scores, truth, member = _split_plot(seed=8, R=4, n_real=12, per_gen=(8, 10))
+    joint = mrmc.mrmc_auc(scores, truth, member, treatments=["a", "b"])
+    for i, name in enumerate(["a", "b"]):
+        keep = member[i]
+        alone = mrmc.mrmc_auc(scores[i][:, keep], truth[keep], treatments=[name])["single"][name]
+        both = joint["single"][name]
+        assert both["auc"] == pytest.approx(alone["auc"])
+        for key in ("var", "cov2"):
+            assert both["variance_components"][key] == pytest.approx(alone["variance_components"][key])
+        for key in ("se", "ddf", "p"):
+            assert both["random_readers"][key] == pytest.approx(alone["random_readers"][key])
+        assert both["fixed_readers"]["p"] == pytest.approx(alone["fixed_readers"]["p"])
