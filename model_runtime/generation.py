@@ -185,6 +185,9 @@ def run_slots(loaded: LoadedModel, shared: Shared, slots: Sequence[Slot], *,
             generators += [torch.Generator("cpu").manual_seed(s.seed + _NEGATIVE_SEED_OFFSET) for s in slots]
     kwargs["generator"] = generators
     extra = shared.extra
+    unknown = set(extra) - params  # pipelines swallow unknown **kwargs: a typo would pass silently
+    if unknown:
+        raise ValueError(f"{type(pipe).__name__} does not take argument(s) {sorted(unknown)}")
     kwargs.update(extra)
 
     prior_steps = int(extra.get("prior_num_inference_steps", 25)) if "prior_callback_on_step_end" in params else 0
@@ -230,7 +233,9 @@ def _is_prior_pipeline(pipe) -> bool:
 
 @functools.lru_cache(maxsize=64)
 def _call_parameters(cls) -> frozenset[str]:
-    return frozenset(inspect.signature(cls.__call__).parameters)
+    """Named parameters of the pipeline's __call__ (not its catch-all **kwargs)."""
+    return frozenset(name for name, p in inspect.signature(cls.__call__).parameters.items()
+                     if p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL))
 
 
 def _call_pipeline(loaded: LoadedModel, scheduler_name: str) -> DiffusionPipeline:

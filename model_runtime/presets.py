@@ -7,7 +7,8 @@ picks from menus and gets a caption in the style the MediSyn paper trained on, e
 
 Rendering rule: ``{name}`` becomes the field's ``format`` with ``{value}`` filled in, or nothing
 when the value is empty; ``{patient}`` is built from age and sex ("45 year old female") and
-rendered with the preset's ``patient_format``. Runs of spaces are collapsed.
+rendered with the preset's ``patient_format`` ("{a}" there becomes "a" or "an").
+Runs of spaces are collapsed.
 """
 from __future__ import annotations
 
@@ -80,7 +81,7 @@ class Preset:
                 raise ValueError(f"age must be a whole number of years (0-120), got {age!r}")
             age = f"{int(age)} year old"
         who = " ".join(p for p in (age, sex) if p)
-        return self.patient_format.format(value=who) if who else ""
+        return self.patient_format.format(value=who, a=_article(who)) if who else ""
 
     def example_prompts(self) -> list[str]:
         return [e["prompt"] for e in self.examples]
@@ -90,6 +91,14 @@ class Preset:
                 "template": self.template, "patient_format": self.patient_format,
                 "fields": [dataclasses.asdict(f) | {"options": list(f.options)} for f in self.fields],
                 "examples": [dict(e) for e in self.examples]}
+
+
+def _article(phrase: str) -> str:
+    """'an' before a vowel sound ("an 80 year old", "an 11 year old"), else 'a'."""
+    word = phrase.split(" ", 1)[0].lower()
+    if word.isdigit():
+        return "an" if word.startswith("8") or word in ("11", "18") else "a"
+    return "an" if word[:1] in tuple("aeio") else "a"
 
 
 @functools.lru_cache(maxsize=4)
@@ -102,7 +111,7 @@ def _read(path: str, mtime: float) -> tuple[Preset, ...]:
         fields += [_field(name, spec) for name, spec in patient.items() if name not in raw["fields"]]
         preset = Preset(key=raw["key"], label=raw["label"], specialty=raw["specialty"], modality=raw["modality"],
                         template=raw["template"], fields=tuple(fields),
-                        patient_format=raw.get("patient_format", " of a {value} patient"),
+                        patient_format=raw.get("patient_format", " of {a} {value} patient"),
                         examples=tuple(raw.get("examples", ())))
         _check_template(preset, path)
         presets.append(preset)

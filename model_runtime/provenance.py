@@ -26,6 +26,7 @@ import importlib.metadata
 import json
 import os
 import pathlib
+import re
 import tempfile
 
 PNG_PARAMETERS_KEY = "parameters"
@@ -50,10 +51,11 @@ def software_version() -> str:
 def model_label(model_id: str) -> str:
     """Short model name for the A1111 line: a registry key or Hub id as is, a path's folder name."""
     text = str(model_id)
-    path = pathlib.PurePath(text)
-    if os.sep in text or text.startswith((".", "~")) or len(path.parts) > 2:
-        name = path.name
-        return path.parent.name if name in ("", "pipeline") else name
+    if re.fullmatch(r"[A-Za-z0-9][\w.-]*/[\w.-]+", text) and not os.path.exists(text):
+        return text  # a Hub id
+    if "/" in text or os.sep in text:
+        path = pathlib.PurePath(text)
+        return path.parent.name if path.name in ("", "pipeline") else path.name
     return text
 
 

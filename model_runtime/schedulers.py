@@ -52,7 +52,7 @@ SAMPLERS: dict[str, SamplerSpec] = {s.name: s for s in [
     _spec("LMS Karras", "LMSDiscreteScheduler", use_karras_sigmas=True),
     _spec("DDIM", "DDIMScheduler"),
     _spec("DDPM", "DDPMScheduler"),
-    _spec("PNDM", "PNDMScheduler"),
+    _spec("PNDM", "PNDMScheduler", skip_prk_steps=True),  # PLMS, as Stable Diffusion ships it
     _spec("UniPC", "UniPCMultistepScheduler"),
     _spec("DEIS", "DEISMultistepScheduler"),
 ]}

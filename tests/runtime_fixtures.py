@@ -8,7 +8,8 @@ exactly like a real checkpoint.
 
 Fixtures are session-scoped and built lazily per family, so a test file only pays for the
 families it uses. Import the fixtures you need into a test module:
-``from runtime_fixtures import tiny_sd1_dir  # noqa: F401``.
+``from runtime_fixtures import single_torch_thread, tiny_sd1_dir  # noqa: F401``
+(``single_torch_thread`` is autouse: importing it applies it to the module).
 """
 from __future__ import annotations
 
@@ -311,11 +312,21 @@ FAMILY_EXTRA = {
 }
 
 
+@pytest.fixture(autouse=True)
+def single_torch_thread():
+    """One intra-op thread per test: with tiny models on a shared 2-core machine, OpenMP
+    threads waiting on each other cost 10x more than the arithmetic. Bit-exact comparisons
+    within a test also rely on a fixed thread count. Restored afterwards."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 def _family_fixture(name: str):
     def _build(tmp_path_factory) -> pathlib.Path:
-        import torch
-
-        torch.set_num_threads(min(2, os.cpu_count() or 1))
         return BUILDERS[name](tmp_path_factory.mktemp(f"tiny-{name}"))
 
     return pytest.fixture(scope="session", name=f"tiny_{name}_dir")(_build)

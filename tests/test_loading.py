@@ -11,8 +11,9 @@ import torch
 from model_runtime import devices, loading, registry
 from model_runtime.generation import GenerationRequest, generate
 from model_runtime.loading import LoadOptions, ModelNotFoundError, load
-from runtime_fixtures import (FAMILY_EXTRA, tiny_flux_dir, tiny_kandinsky22_dir, tiny_pixart_dir,  # noqa: F401
-                              tiny_sd1_dir, tiny_sd2_dir, tiny_sd3_dir, tiny_sdxl_dir)
+from runtime_fixtures import (FAMILY_EXTRA, single_torch_thread, tiny_flux_dir,  # noqa: F401
+                              tiny_kandinsky22_dir, tiny_pixart_dir, tiny_sd1_dir, tiny_sd2_dir,
+                              tiny_sd3_dir, tiny_sdxl_dir)
 
 FAMILIES = {
     "sd1": ("StableDiffusionPipeline", "sd"),

@@ -1,0 +1,170 @@
+"""model_runtime.generation + schedulers: seeds, samplers, progress, cancellation, threads."""
+import threading
+
+import numpy as np
+import pytest
+
+from model_runtime import schedulers
+from model_runtime.generation import GenerationCancelled, GenerationRequest, generate
+from model_runtime.loading import load
+from runtime_fixtures import single_torch_thread, tiny_sd1_dir, tiny_sd2_dir, tiny_sd3_dir  # noqa: F401
+
+SIZE = dict(width=32, height=32)
+
+
+@pytest.fixture(scope="module")
+def sd(tiny_sd1_dir):
+    return load(tiny_sd1_dir)
+
+
+def pixels(result) -> np.ndarray:
+    return np.asarray(result.image, dtype=np.int16)
+
+
+def test_same_request_same_bytes(sd):
+    request = GenerationRequest("chest x-ray", seed=42, steps=2, **SIZE)
+    assert generate(sd, request)[0].image.tobytes() == generate(sd, request)[0].image.tobytes()
+
+
+def test_image_k_of_a_batch_is_the_single_run_with_seed_plus_k(sd):
+    batch = generate(sd, GenerationRequest("chest x-ray", num_images=3, seed=100, steps=2, **SIZE))
+    assert [r.seed for r in batch] == [100, 101, 102] and [r.index for r in batch] == [0, 1, 2]
+    singles = [generate(sd, GenerationRequest("chest x-ray", seed=100 + k, steps=2, **SIZE))[0] for k in range(3)]
+    for b, s in zip(batch, singles):
+        # same noise; batched CPU kernels differ from batch-of-one ones in the last float bits
+        assert np.abs(pixels(b) - pixels(s)).max() <= 1
+    # one image per forward pass: bit-identical to the single runs
+    exact = generate(sd, GenerationRequest("chest x-ray", num_images=3, seed=100, steps=2, **SIZE), batch_size=1)
+    assert [e.image.tobytes() for e in exact] == [s.image.tobytes() for s in singles]
+    assert len({r.image.tobytes() for r in batch}) == 3
+
+
+def test_random_seed_is_recorded_and_reproduces(sd):
+    first = generate(sd, GenerationRequest("mri", steps=2, **SIZE))[0]
+    assert isinstance(first.seed, int)
+    again = generate(sd, GenerationRequest("mri", seed=first.seed, steps=2, **SIZE))[0]
+    assert again.image.tobytes() == first.image.tobytes()
+
+
+def test_prompt_and_negative_prompt_change_the_image(sd):
+    base = generate(sd, GenerationRequest("chest x-ray", seed=1, steps=2, **SIZE))[0]
+    other = generate(sd, GenerationRequest("fundus photograph", seed=1, steps=2, **SIZE))[0]
+    negative = generate(sd, GenerationRequest("chest x-ray", negative_prompt="blurry", seed=1, steps=2, **SIZE))[0]
+    assert base.image.tobytes() != other.image.tobytes()
+    assert base.image.tobytes() != negative.image.tobytes()
+    assert negative.negative_prompt == "blurry"
+
+
+@pytest.mark.parametrize("name", sorted(schedulers.SAMPLERS))
+def test_every_offered_sampler_runs_without_touching_the_shared_scheduler(sd, name):
+    base = sd.pipe.scheduler
+    before = (type(base), dict(base.config))
+    if name not in sd.schedulers():
+        with pytest.raises(schedulers.UnknownSchedulerError, match="needs the"):
+            generate(sd, GenerationRequest("ct", seed=0, steps=2, scheduler=name, **SIZE))
+        return
+    result = generate(sd, GenerationRequest("ct", seed=0, steps=2, scheduler=name, **SIZE))[0]
+    assert result.scheduler == name
+    assert np.isfinite(pixels(result)).all()
+    assert (type(sd.pipe.scheduler), dict(sd.pipe.scheduler.config)) == before and sd.pipe.scheduler is base
+
+
+def test_sampler_names_and_configs(tiny_sd2_dir, tiny_sd3_dir):
+    sd2 = load(tiny_sd2_dir, options={"hash_weights": False})
+    made = schedulers.make_scheduler("dpm++ 2m karras", sd2.pipe.scheduler)
+    assert type(made).__name__ == "DPMSolverMultistepScheduler" and made.config.use_karras_sigmas
+    assert made.config.prediction_type == "v_prediction"  # carried over from the checkpoint
+    assert made is not schedulers.make_scheduler("DPM++ 2M Karras", sd2.pipe.scheduler)
+    assert schedulers.canonical_name(None, sd2.pipe.scheduler) == "DDIM"
+    with pytest.raises(schedulers.UnknownSchedulerError, match="choose one of"):
+        schedulers.make_scheduler("Warp drive", sd2.pipe.scheduler)
+    # flow-matching checkpoints only offer flow samplers
+    sd3 = load(tiny_sd3_dir, options={"hash_weights": False})
+    assert sd3.schedulers() == ["Euler", "Euler a"]
+    with pytest.raises(schedulers.UnknownSchedulerError):
+        generate(sd3, GenerationRequest("ct", seed=0, steps=2, scheduler="DPM++ 2M", **SIZE))
+    a = generate(sd3, GenerationRequest("ct", seed=0, steps=2, scheduler="Euler", **SIZE))[0]
+    b = generate(sd3, GenerationRequest("ct", seed=0, steps=2, scheduler="Euler a", **SIZE))[0]
+    assert a.image.tobytes() != b.image.tobytes()
+
+
+def test_progress_reports_every_step(sd):
+    seen = []
+    generate(sd, GenerationRequest("ct", seed=0, steps=4, **SIZE), on_step=lambda d, t: seen.append((d, t)))
+    assert seen == [(1, 4), (2, 4), (3, 4), (4, 4)]
+    # a second-order sampler runs ~2 model calls per step; progress still ends at steps/steps
+    heun = []
+    generate(sd, GenerationRequest("ct", seed=0, steps=3, scheduler="Heun", **SIZE),
+             on_step=lambda d, t: heun.append((d, t)))
+    assert heun[-1] == (3, 3) and all(t == 3 for _, t in heun)
+    assert [d for d, _ in heun] == sorted(d for d, _ in heun)
+    # progress spans all forward passes when batch_size splits a request
+    split = []
+    generate(sd, GenerationRequest("ct", num_images=2, seed=0, steps=2, **SIZE), batch_size=1,
+             on_step=lambda d, t: split.append((d, t)))
+    assert split == [(1, 4), (2, 4), (3, 4), (4, 4)]
+
+
+def test_cancel_stops_at_the_next_step(sd):
+    cancel = threading.Event()
+    steps = []
+
+    def on_step(done, total):
+        steps.append(done)
+        cancel.set()
+
+    with pytest.raises(GenerationCancelled):
+        generate(sd, GenerationRequest("ct", seed=0, steps=10, **SIZE), on_step=on_step, cancel=cancel)
+    assert steps == [1]
+    # the model is still usable afterwards
+    assert generate(sd, GenerationRequest("ct", seed=0, steps=2, **SIZE))[0].image.size == (32, 32)
+
+
+def test_concurrent_calls_with_different_samplers_match_serial_runs(sd):
+    """diffusers #1606/#5749: a shared scheduler breaks under threads; ours are per call."""
+    requests = [GenerationRequest(f"prompt {i}", seed=i, steps=3, scheduler=name, **SIZE)
+                for i, name in enumerate(["DDIM", "Euler a", "DPM++ 2M", "UniPC", "PNDM", "Heun"])]
+    serial = [generate(sd, r)[0].image.tobytes() for r in requests]
+    results: dict[int, bytes] = {}
+    errors = []
+    barrier = threading.Barrier(len(requests))
+
+    def work(i):
+        try:
+            barrier.wait()
+            for _ in range(2):
+                results[i] = generate(sd, requests[i])[0].image.tobytes()
+        except Exception as exc:  # pragma: no cover - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(len(requests))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors
+    assert [results[i] for i in range(len(requests))] == serial
+
+
+def test_request_validation():
+    with pytest.raises(ValueError, match="prompt"):
+        GenerationRequest("   ")
+    with pytest.raises(ValueError, match="num_images"):
+        GenerationRequest("x", num_images=0)
+    with pytest.raises(ValueError, match="steps"):
+        GenerationRequest("x", steps=0)
+    with pytest.raises(ValueError, match="extra may not set"):
+        GenerationRequest("x", extra={"generator": 1})
+    with pytest.raises(ValueError, match="JSON"):
+        GenerationRequest("x", extra={"obj": object()})
+    assert GenerationRequest("x", seed=5, num_images=3).seeds() == [5, 6, 7]
+
+
+def test_generated_image_carries_its_parameters(sd):
+    result = generate(sd, GenerationRequest("chest x-ray", negative_prompt="noise", seed=9, steps=2,
+                                            guidance_scale=5.5, scheduler="Euler", **SIZE))[0]
+    assert result.parameters() == {"prompt": "chest x-ray", "negative_prompt": "noise", "seed": 9, "steps": 2,
+                                   "guidance_scale": 5.5, "scheduler": "Euler", "width": 32, "height": 32,
+                                   "extra": {}}
+    assert result.model_id == str(sd.model_id) and result.weights_sha256 == sd.weights_hash
+    assert result.device == "cpu" and result.dtype == "fp32"
