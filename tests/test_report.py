@@ -45,3 +45,19 @@ def test_html_without_turing_and_with_undefined_values():
     text = render_html(res)
     assert "no responses to the turing task yet" in text
     assert 'title="only one reader"' in text  # undefined ICC shown as n/a with its reason
+
+
+@pytest.mark.parametrize("edge", ["all real", "one answer", "no turing ratings", "disjoint readers"])
+def test_report_survives_edge_cases(edge):
+    import numpy as np
+
+    base = simulate_long(3, 20, tasks=("turing", "alignment"), seed=1)
+    df = {
+        "all real": base[base.source == "real"],
+        "one answer": base.iloc[:1],
+        "no turing ratings": base.assign(rating=np.where(base.task == "turing", np.nan, base.rating)),
+        "disjoint readers": base[((base.reader == "reader001") & (base.case < "c00010"))
+                                 | ((base.reader == "reader002") & (base.case >= "c00010"))],
+    }[edge]
+    text = render_html(analyze(df))
+    assert "<h2>Methods</h2>" in text and 'title="' in text  # undefined values shown with their reason
