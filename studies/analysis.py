@@ -122,7 +122,9 @@ def prepare(long_df: pd.DataFrame, *, study: str | None = None) -> Prepared:
     missing = [c for c in REQUIRED if c not in long_df.columns]
     if missing:
         raise ValueError(f"long table lacks required column(s): {', '.join(missing)}")
-    has_group = "group" in long_df.columns
+    # a group column that is blank everywhere (a study without case groups) is no grouping
+    has_group = "group" in long_df.columns and bool(
+        long_df["group"].fillna("").astype(str).str.strip().ne("").any())
     cols = [c for c in (*COLUMNS, "group") if c in long_df.columns]
     df = long_df.loc[:, cols].copy()
     for c in (*COLUMNS, "group"):
@@ -467,7 +469,7 @@ def _turing(rows: pd.DataFrame, repeats: pd.DataFrame, prep: Prepared, *, alpha:
     if prep.has_group:
         out["by_group"] = _breakdown(rows, "group", prep.levels["group"], alpha)
     else:
-        out["by_group"], out["by_group_reason"] = None, "the long table has no 'group' column"
+        out["by_group"], out["by_group_reason"] = None, "no case groups (no non-blank 'group' column)"
     # pooled ROC over every rating (descriptive; MRMC gives the inference)
     if len(rated):
         truth = (rated["truth"] == "synthetic").to_numpy()
@@ -517,7 +519,7 @@ def _likert(rows: pd.DataFrame, repeats: pd.DataFrame, prep: Prepared, *, alpha:
     if prep.has_group:
         out["by_group"] = likert.summarise_by(rows, "group", prep.levels["group"])
     else:
-        out["by_group"], out["by_group_reason"] = None, "the long table has no 'group' column"
+        out["by_group"], out["by_group_reason"] = None, "no case groups (no non-blank 'group' column)"
     out["per_reader"] = likert.summarise_by(rows, "reader", readers)
     syn = rows["source"] == "synthetic"
     real = rows["source"] == "real"

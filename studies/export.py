@@ -3,7 +3,8 @@
 `long_table`: one row per effective response, columns `LONG_COLUMNS`. Responses are
 append-only; when a reader changed an answer, the latest one for that (read, task) wins and
 the earlier ones are left out (pass `include_superseded=True` to get them too, with an
-extra `superseded` column). Rows of every kind are present and flagged: `training` (1 for
+extra `superseded` column). `group` (after the columns the issue names) is the manifest's
+case group, so the analysis can break results down by it. Rows of every kind are present and flagged: `training` (1 for
 training reads, excluded from analysis), `repeat` (1 for the second read of a case, for
 intra-reader reliability), and attention checks appear with task `attention`
 (truth = the value the reader was told to pick, response/rating = what they picked).
@@ -31,7 +32,7 @@ from studies.errors import StudyError
 
 LONG_COLUMNS = ["study", "reader", "case", "task", "source", "generator", "modality", "prompt",
                 "truth", "response", "rating", "duration_ms", "answered_at", "training",
-                "repeat"]
+                "repeat", "group"]
 IMRMC_COLUMNS = ["readerID", "caseID", "modalityID", "score"]
 FORMATS = ("long", "imrmc")
 
@@ -42,7 +43,7 @@ def long_table(db_path: str | pathlib.Path, study: str, *,
     with reading(db_path) as db:
         srow = study_row(db, study)
         rows = db.execute(
-            "SELECT rd.name, c.case_key, r.task, c.source, c.generator, c.modality, c.prompt, "
+            "SELECT rd.name, c.case_key, r.task, c.source, c.generator, c.modality, c.prompt, c.group_name, "
             "a.kind, a.expected, r.answer, r.rating, r.duration_ms, r.answered_at, "
             "r.id = (SELECT max(r2.id) FROM responses r2 "
             "        WHERE r2.assignment_id = r.assignment_id AND r2.task = r.task) AS latest "
@@ -51,7 +52,7 @@ def long_table(db_path: str | pathlib.Path, study: str, *,
             "WHERE rd.study_id = ? ORDER BY rd.ordinal, a.position, r.id",
             [srow["id"]]).fetchall()
     records = []
-    for (reader, case, task, source, generator, modality, prompt, kind, expected, answer,
+    for (reader, case, task, source, generator, modality, prompt, group, kind, expected, answer,
          rating, duration, answered_at, latest) in rows:
         if not latest and not include_superseded:
             continue
@@ -67,6 +68,7 @@ def long_table(db_path: str | pathlib.Path, study: str, *,
             "prompt": prompt or "", "truth": truth, "response": answer, "rating": rating,
             "duration_ms": duration, "answered_at": answered_at,
             "training": int(kind == "training"), "repeat": int(kind == "repeat"),
+            "group": group or "",
         }
         if include_superseded:
             rec["superseded"] = int(not latest)

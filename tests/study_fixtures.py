@@ -90,7 +90,8 @@ def write_images(root: pathlib.Path, *, synthetic_per_real: int = 1,
         dst = root / "real" / f"r{i:02d}_{src.name}"
         shutil.copyfile(src, dst)
         rows.append({"path": dst.relative_to(root).as_posix(), "source": "real",
-                     "modality": modality, "prompt": caption, "generator": ""})
+                     "modality": modality, "prompt": caption, "generator": "",
+                     "group": f"site-{i % 2}"})
         grey = _grey_pixels(src)
         for k in range(synthetic_per_real):
             gen = generators[(i + k) % len(generators)]
@@ -99,7 +100,8 @@ def write_images(root: pathlib.Path, *, synthetic_per_real: int = 1,
             out = gdir / f"s{i:02d}_{k}.png"
             Image.fromarray(synthetic_variant(grey, k, seed)).save(out)
             rows.append({"path": out.relative_to(root).as_posix(), "source": "synthetic",
-                         "modality": modality, "prompt": caption, "generator": gen})
+                         "modality": modality, "prompt": caption, "generator": gen,
+                         "group": f"site-{i % 2}"})
     return rows
 
 

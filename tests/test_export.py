@@ -58,8 +58,18 @@ def test_long_table_columns_and_latest_wins(answered):
     assert set(df.generator[df.source == "synthetic"]) == {"gen-a", "gen-b"}
     assert set(df.generator[df.source == "real"]) == {""}
     assert (df.duration_ms == 1000).all()
+    assert set(df.group) == {"site-0", "site-1"}  # the manifest's case group
     assert df.answered_at.str.match(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$").all()
     assert df.study.unique().tolist() == ["exp"]
+
+
+def test_long_table_groups_feed_the_analysis_breakdown(answered):
+    from studies.analysis import analyze
+
+    result = analyze(long_table(answered, "exp"))
+    by_group = result["turing"]["by_group"]
+    assert set(by_group) == {"site-0", "site-1"}
+    assert sum(g["n"] for g in by_group.values()) == result["turing"]["pooled"]["n"]
 
 
 def test_long_table_with_superseded(answered):
