@@ -226,10 +226,15 @@ def generate_chunk(loaded, spec: JobSpec, chunk: list[ImageTask]) -> list[tuple[
 
 def _load_for_job(spec: JobSpec):
     import torch
+    from diffusers.utils import logging as diffusers_logging
 
     torch.set_num_threads(spec.threads)
     options = json.loads(spec.options_json) | {"hash_weights": False}
-    return loading.load(spec.model, device=spec.device, dtype=spec.dtype, options=options)
+    diffusers_logging.disable_progress_bar()  # "Loading pipeline components" would break our bar
+    try:
+        return loading.load(spec.model, device=spec.device, dtype=spec.dtype, options=options)
+    finally:
+        diffusers_logging.enable_progress_bar()
 
 
 class RayChunkWorker:
@@ -384,6 +389,9 @@ def _run_ray(spec: JobSpec, chunks: list[list[ImageTask]], accept, *, address: s
             ray.init(num_cpus=max(2, spec.threads), include_dashboard=False, runtime_env=env,
                      log_to_driver=False)
         started = True
+    ctx = ray.data.DataContext.get_current()
+    ctx.enable_progress_bars = False  # ours is the per-image bar; Ray's would interleave with it
+    ctx.print_on_execution_start = False
     try:
         resources = ray.cluster_resources()
         use_gpu = bool(resources.get("GPU")) and (spec.device is None or spec.device.startswith("cuda"))

@@ -1,0 +1,174 @@
+"""model_runtime.batch_job: the `medisyn generate` job (CSV input, manifest, resume, Ray)."""
+import csv
+import os
+
+import pytest
+
+from model_runtime import provenance
+from model_runtime.batch_job import (MANIFEST_COLUMNS, ImageTask, PromptsFileError, plan_chunks, plan_tasks,
+                                     read_prompts_csv, run_generate_job)
+from model_runtime.generation import GenerationRequest, generate
+from model_runtime.loading import ModelNotFoundError, load
+from runtime_fixtures import single_torch_thread, tiny_sd1_dir  # noqa: F401
+
+JOB = dict(steps=2, width=32, height=32, threads=1, progress=False)
+
+
+def write(path, text):
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+@pytest.fixture
+def prompts_csv(tmp_path):
+    return write(tmp_path / "prompts.csv",
+                 "prompt,modality,n,negative_prompt,case_id,group\n"
+                 "AP Frontal Chest X-ray (CXR) of a male patient,chest X-ray,3,,cxr,A\n"
+                 "\n"
+                 "fundoscopy image of the left retina,fundus photograph,2,blurry,,B\n"
+                 "Axial CT image of the chest,CT,,,ct-1,\n")
+
+
+def read_csv(path):
+    with open(path, newline="", encoding="utf-8") as fh:
+        return list(csv.DictReader(fh))
+
+
+def test_prompts_csv_is_parsed_with_defaults(prompts_csv):
+    rows = read_prompts_csv(prompts_csv, default_n=4, default_negative="text")
+    assert [(r.row, r.n, r.negative_prompt, r.case_id) for r in rows] == [
+        (0, 3, "text", "cxr"), (1, 2, "blurry", ""), (2, 4, "text", "ct-1")]
+    assert rows[2].where == "prompts.csv line 5"  # blank line 3 skipped, numbering kept
+
+
+@pytest.mark.parametrize("text, message", [
+    ("modality\nCT\n", "no 'prompt' column"),
+    ("prompt,negative\nx,y\n", "unknown column 'negative'"),
+    ("prompt,n\nok,2\nbad,two\n", "line 3, column 'n': 'two' is not a whole number"),
+    ("prompt,n\nok,0\n", "line 2, column 'n': 0 is out of range"),
+    ("prompt,seed\nok,-1\n", "line 2, column 'seed'"),
+    ("prompt,modality\n,CT\n", "line 2, column 'prompt': empty prompt"),
+    ("prompt,modality\nx,CT,extra\n", "line 2: expected 2 fields, found 3"),
+    ("prompt,prompt\nx,y\n", "appears twice"),
+    ("prompt\n", "no prompts"),
+    ("", "empty"),
+])
+def test_malformed_csv_names_the_line(tmp_path, text, message):
+    with pytest.raises(PromptsFileError, match=message):
+        read_prompts_csv(write(tmp_path / "p.csv", text))
+
+
+def test_seeds_depend_only_on_row_and_image(prompts_csv):
+    rows = read_prompts_csv(prompts_csv)
+    tasks = plan_tasks(rows, seed=7)
+    assert [(t.row, t.k, t.seed) for t in tasks] == [
+        (0, 0, 7), (0, 1, 8), (0, 2, 9), (1, 0, 10_007), (1, 1, 10_008), (2, 0, 20_007)]
+    assert [t.case_id for t in tasks] == ["cxr_0", "cxr_1", "cxr_2", "", "", "ct-1"]
+    explicit = read_prompts_csv(write(prompts_csv.parent / "s.csv", "prompt,seed,n\na,500,2\nb,,1\n"))
+    assert [t.seed for t in plan_tasks(explicit, seed=0)] == [500, 501, 10_000]
+
+
+def test_chunks_are_fixed_and_never_mix_negative_presence(prompts_csv):
+    tasks = plan_tasks(read_prompts_csv(prompts_csv))
+    chunks = plan_chunks(tasks, 2)
+    assert [[(t.row, t.k) for t in c] for c in chunks] == [[(0, 0), (0, 1)], [(0, 2)], [(1, 0), (1, 1)], [(2, 0)]]
+    assert plan_chunks(tasks, 1) == [[t] for t in tasks]
+
+
+def test_local_job_writes_pngs_and_a_manifest_the_study_ingest_accepts(tmp_path, prompts_csv, tiny_sd1_dir):
+    out = tmp_path / "out"
+    result = run_generate_job(str(tiny_sd1_dir), out, prompts_csv=prompts_csv, seed=3, batch_size=2, **JOB)
+    assert (result.total, result.generated, result.skipped) == (6, 6, 0)
+    manifest = read_csv(result.manifest)
+    assert list(manifest[0]) == list(MANIFEST_COLUMNS)
+    assert [m["path"] for m in manifest] == ["images/r00000_000.png", "images/r00000_001.png",
+                                             "images/r00000_002.png", "images/r00001_000.png",
+                                             "images/r00001_001.png", "images/r00002_000.png"]
+    assert {m["source"] for m in manifest} == {"synthetic"}
+    assert manifest[3]["modality"] == "fundus photograph" and manifest[0]["group"] == "A"
+
+    from studies.manifest import read_manifest
+    rows = read_manifest(result.manifest)
+    assert [r.source for r in rows] == ["synthetic"] * 6
+    assert rows[0].prompt == "AP Frontal Chest X-ray (CXR) of a male patient" and rows[0].case_id == "cxr_0"
+    assert rows[3].case_id == "images/r00001_000.png"  # no case_id given: the ingest uses the path
+
+    details = read_csv(result.details)
+    assert [int(d["seed"]) for d in details] == [3, 4, 5, 10_003, 10_004, 20_003]
+    assert details[3]["negative_prompt"] == "blurry" and details[0]["scheduler"] == "DDIM"
+    _, rec = provenance.read_png(out / "images/r00001_001.png")
+    assert rec["synthetic"] is True and rec["parameters"]["seed"] == 10_004
+    assert rec["job"]["row"] == 1 and rec["job"]["k"] == 1
+    # batch size 1 would reproduce each image from its seed alone; here row 2 ran alone anyway
+    solo = generate(load(tiny_sd1_dir), GenerationRequest("Axial CT image of the chest", seed=20_003, steps=2,
+                                                          width=32, height=32))[0]
+    from PIL import Image
+    with Image.open(out / "images/r00002_000.png") as im:
+        assert im.tobytes() == solo.image.tobytes()
+
+
+class Interrupted(Exception):
+    pass
+
+
+def test_resume_after_interruption_gives_the_same_bytes(tmp_path, prompts_csv, tiny_sd1_dir):
+    reference = run_generate_job(str(tiny_sd1_dir), tmp_path / "ref", prompts_csv=prompts_csv, batch_size=2, **JOB)
+    out = tmp_path / "out"
+    written = []
+
+    def stop_after_three(task, path):
+        written.append(path.name)
+        if len(written) == 3:
+            raise Interrupted()
+
+    with pytest.raises(Interrupted):
+        run_generate_job(str(tiny_sd1_dir), out, prompts_csv=prompts_csv, batch_size=2, on_image=stop_after_three,
+                         **JOB)
+    assert [m["path"] for m in read_csv(out / "manifest.csv")] == [f"images/{n}" for n in written]
+    # a half-written file from a crash is detected and regenerated
+    damaged = out / "images" / written[0]
+    damaged.write_bytes(damaged.read_bytes()[:100])
+
+    result = run_generate_job(str(tiny_sd1_dir), out, prompts_csv=prompts_csv, batch_size=2, **JOB)
+    # chunks are the unit: the first chunk (damaged) and the rest run again; nothing is lost
+    assert result.generated + result.skipped == 6 and result.skipped >= 1
+    assert [m["path"] for m in read_csv(out / "manifest.csv")] == [m["path"] for m in read_csv(reference.manifest)]
+    for name in sorted(os.listdir(tmp_path / "ref" / "images")):
+        assert (out / "images" / name).read_bytes() == (tmp_path / "ref" / "images" / name).read_bytes(), name
+    assert not [p for p in (out / "images").iterdir() if p.suffix != ".png"]
+    again = run_generate_job(str(tiny_sd1_dir), out, prompts_csv=prompts_csv, batch_size=2, **JOB)
+    assert (again.generated, again.skipped) == (0, 6)
+
+
+def test_changed_parameters_are_not_mistaken_for_finished_work(tmp_path, tiny_sd1_dir):
+    out = tmp_path / "out"
+    run_generate_job(str(tiny_sd1_dir), out, prompt="chest x-ray", n=2, **JOB)
+    changed = run_generate_job(str(tiny_sd1_dir), out, prompt="chest x-ray", n=2, **(JOB | {"steps": 3}))
+    assert (changed.generated, changed.skipped) == (2, 0)
+    assert read_csv(out / "generation.csv")[0]["steps"] == "3"
+
+
+def test_unknown_model_fails_before_any_work(tmp_path):
+    with pytest.raises(ModelNotFoundError):
+        run_generate_job(str(tmp_path / "no-model"), tmp_path / "out", prompt="x", **JOB)
+    assert not (tmp_path / "out").exists()
+    with pytest.raises(ValueError, match="exactly one"):
+        run_generate_job("embedded", tmp_path / "out", **JOB)
+
+
+def test_task_paths_are_neutral():
+    task = ImageTask(row=12, k=3, prompt="p", negative_prompt="", seed=1, modality="", case_id="", group="")
+    assert task.rel_path == "images/r00012_003.png"
+
+
+@pytest.mark.slow
+def test_ray_engine_writes_the_same_bytes_as_local(tmp_path, prompts_csv, tiny_sd1_dir):
+    local = run_generate_job(str(tiny_sd1_dir), tmp_path / "local", prompts_csv=prompts_csv, batch_size=2, **JOB)
+    ray_run = run_generate_job(str(tiny_sd1_dir), tmp_path / "ray", prompts_csv=prompts_csv, batch_size=2,
+                               engine="ray", workers=1, **JOB)
+    assert ray_run.generated == local.generated == 6
+    names = sorted(os.listdir(tmp_path / "local" / "images"))
+    assert names == sorted(os.listdir(tmp_path / "ray" / "images"))
+    for name in names:
+        assert (tmp_path / "ray" / "images" / name).read_bytes() == (tmp_path / "local" / "images" / name).read_bytes()
+    assert (tmp_path / "ray" / "manifest.csv").read_bytes() == (tmp_path / "local" / "manifest.csv").read_bytes()
