@@ -242,7 +242,8 @@ def _image_files(folder: pathlib.Path) -> list[pathlib.Path]:
 def create_from_batches(db_path, name, batch_dirs, *, real_folder=None, size=512,
                         options: StudyOptions, actor="admin"):
     """A study from generation batches (their manifest.csv rows, synthetic) plus, for the
-    turing task, real images from a server folder. Files are linked or copied into one
+    turing task, real images from a server folder (a sidecar `<name>.txt` holds a real
+    image's caption, as for `--images` folders). Files are linked or copied into one
     private staging folder so the combined manifest's paths stay inside it."""
     from studies.ingest import create_study
 
@@ -274,7 +275,9 @@ def create_from_batches(db_path, name, batch_dirs, *, real_folder=None, size=512
             for j, src in enumerate(_image_files(rf)):
                 rel = f"real/{j:05d}{''.join(src.suffixes[-2:]) if src.name.endswith('.nii.gz') else src.suffix.lower()}"
                 _link_or_copy(src, tmp / rel)
-                rows.append({"path": rel, "source": "real", "modality": "", "prompt": "",
+                side = src.with_name(src.name.split(".")[0] + ".txt")  # same as --images
+                prompt = side.read_text(encoding="utf-8").strip() if side.is_file() else ""
+                rows.append({"path": rel, "source": "real", "modality": "", "prompt": prompt,
                              "generator": ""})
         man = tmp / "manifest.csv"
         with man.open("w", newline="", encoding="utf-8") as fh:
@@ -525,7 +528,7 @@ def build_admin_blocks(db_path, admin_auth, *, model=None, base_url=None, batche
                     attention = gr.Number(label="Attention checks", value=0, precision=0,
                                           minimum=0)
                     counterbalance = gr.Checkbox(label="Counterbalance task order")
-                    seed = gr.Number(label="Seed (blank: random)", value=None, precision=0)
+                    seed = gr.Number(label="Seed (0: random)", value=0, precision=0)
                 source = gr.Radio(["Upload a zip", "Folder on the server", "Generation batches"],
                                   value="Upload a zip", label="Images from")
                 with gr.Group(visible=True) as zip_group:
@@ -565,7 +568,10 @@ def build_admin_blocks(db_path, admin_auth, *, model=None, base_url=None, batche
                 per_reader = gr.Dataframe(label="Per reader", interactive=False,
                                           elem_id="per-reader")
                 agreement = gr.Dataframe(label="Agreement and MRMC", interactive=False)
-                plots = [gr.Plot(visible=False) for _ in range(6)]
+                plots = []
+                for _ in range(3):
+                    with gr.Row():
+                        plots += [gr.Plot(visible=False), gr.Plot(visible=False)]
                 with gr.Accordion("Full result (JSON)", open=False):
                     result_json = gr.JSON()
                 export_btn = gr.Button("Prepare downloads (long, iMRMC, HTML report)",

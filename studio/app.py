@@ -205,9 +205,6 @@ class StartInfo:
         return "\n".join(lines) + "\n"
 
 
-DEMO_READER = "demo-reader"
-
-
 def default_model() -> str | None:
     """The embedded model's folder (assets/medisyn-mini), if the registry knows it."""
     try:
@@ -222,7 +219,6 @@ def prepare(db_path, *, model=None, seed_demo=True, host="127.0.0.1", port=7860,
             base_url=None, reset_admin_password=False, echo=print, env=None) -> StartInfo:
     """Everything `medisyn studio` does before serving: database folder, admin credentials,
     the demo study on first start (seeded with `studio.demo.seed_demo`), a demo reader link."""
-    from studies import readers
     from studies.ingest import list_studies
 
     db_path = pathlib.Path(db_path).expanduser().resolve()
@@ -240,33 +236,23 @@ def prepare(db_path, *, model=None, seed_demo=True, host="127.0.0.1", port=7860,
     info = StartInfo(db_path, model, base_url, auth_mod.AdminAuth(creds), password, creds.source)
 
     studies_now = list_studies(db_path) if db_path.exists() else []
-    demo_name = _demo_study_name()
-    if not studies_now and seed_demo:
-        if not model or not pathlib.Path(model).exists() and not _is_registry_key(model):
-            info.notes.append(f"no demo study: model {model!r} not found")
+    has_demo = any(st["name"] == _demo_study_name() for st in studies_now)
+    if seed_demo and (not studies_now or has_demo):
+        try:
+            from studio.demo import seed_demo as _seed
+        except ImportError:
+            info.notes.append("no demo study: studio.demo is not available")
         else:
-            echo("Seeding the demo study (first start; this takes a minute)...")
+            if not studies_now:
+                echo("Seeding the demo study (first start: generating its synthetic images)...")
             try:
-                from studio.demo import seed_demo as _seed
-            except ImportError:
-                info.notes.append("no demo study: studio.demo is not available")
+                # Reuses an existing demo study; either way the demo reader gets a fresh link
+                # (tokens are stored hashed, so an old link cannot be printed again).
+                demo = _seed(db_path, model, base_url=base_url, log=echo)
+            except Exception as exc:  # a broken model must not stop the studio serving studies
+                info.notes.append(f"demo study not available: {type(exc).__name__}: {exc}")
             else:
-                result = _seed(db_path, model)
-                demo_name = _result_study(result) or demo_name
-                token = _result_token(result)
-                if token:
-                    info.demo_study = demo_name
-                    info.demo_link = readers.reader_link(token, base_url)
-                studies_now = list_studies(db_path)
-    names = [s["name"] for s in studies_now]
-    if info.demo_link is None and demo_name in names:
-        # Tokens are stored hashed, so a restart cannot re-print the old link: reissue the
-        # demo reader's (their answers are kept; only the old link stops working).
-        reissue = any(r.name == DEMO_READER for r in readers.list_readers(db_path, demo_name))
-        token = readers.invite(db_path, demo_name, DEMO_READER, reissue=reissue,
-                               actor="studio-start")
-        info.demo_study = demo_name
-        info.demo_link = readers.reader_link(token, base_url)
+                info.demo_study, info.demo_link = demo.study, demo.link
     return info
 
 
@@ -279,28 +265,3 @@ def _demo_study_name() -> str:
         return "demo"
 
 
-def _is_registry_key(model: str) -> bool:
-    try:
-        from model_runtime import registry
-
-        return registry.find(model) is not None
-    except Exception:
-        return False
-
-
-def _result_study(result) -> str | None:
-    for key in ("study", "name", "study_name"):
-        v = result.get(key) if isinstance(result, dict) else getattr(result, key, None)
-        if isinstance(v, str):
-            return v
-    return None
-
-
-def _result_token(result) -> str | None:
-    if isinstance(result, str):
-        return result
-    for key in ("token", "reader_token", "demo_token"):
-        v = result.get(key) if isinstance(result, dict) else getattr(result, key, None)
-        if isinstance(v, str):
-            return v
-    return None

@@ -24,7 +24,6 @@ import time
 import gradio as gr
 import numpy as np
 
-from studies.database import stimuli_dir  # noqa: F401  (keeps batches next to the DB)
 
 LOCAL_PATH = "__local__"
 MAX_IMAGES = 16
@@ -87,6 +86,20 @@ def model_location(key: str, local_path: str | None) -> str:
     return registry.get(key).location
 
 
+def model_defaults(location: str | None) -> tuple[int, float]:
+    """(steps, guidance) the model folder recommends (`medisyn.json`), else 20 / 7.5."""
+    if location:
+        try:
+            from studio.embedded_model import read_defaults
+
+            if (pathlib.Path(location) / "medisyn.json").is_file():
+                d = read_defaults(location)
+                return int(d.steps), float(d.guidance_scale)
+        except (ImportError, OSError, ValueError, TypeError):
+            pass
+    return 20, 7.5
+
+
 def get_model(location: str):
     """Load once per process; concurrent first requests wait for the same load."""
     from model_runtime.loading import load
@@ -97,20 +110,32 @@ def get_model(location: str):
         return _MODELS[location]
 
 
+MAX_FIELDS = 6  # the most fields any preset has (view, anatomy, finding, ..., sex, age)
+
+
 def preset_choices() -> list[tuple[str, str]]:
-    try:
-        from model_runtime import presets
-    except ImportError:
-        return []
-    return [(p.label, p.key) for p in presets.list_presets()]
-
-
-def preset_prompt(key: str) -> tuple[str, str]:
-    """(prompt, negative prompt) of a preset with its example field values."""
+    """(\"Specialty · label\", key) of every prompt preset."""
     from model_runtime import presets
 
-    p = presets.get(key)
-    return p.example_prompt(), getattr(p, "negative_prompt", "") or ""
+    return [(f"{p.specialty.capitalize()} · {p.label}", p.key) for p in presets.list_presets()]
+
+
+def preset_fields(key: str) -> list[dict]:
+    """The preset's fields: name, label, options, default (for the field pickers)."""
+    from model_runtime import presets
+
+    p = presets.get_preset(key)
+    return [{"name": f.name, "label": f.label, "options": list(f.options), "default": f.default}
+            for f in p.fields]
+
+
+def preset_prompt(key: str, values: dict | None = None) -> tuple[str, str]:
+    """(prompt, modality) of a preset with the given field values (defaults otherwise)."""
+    from model_runtime import presets
+
+    p = presets.get_preset(key)
+    names = set(p.field_names)
+    return p.render(**{k: v for k, v in (values or {}).items() if k in names}), p.modality
 
 
 @dataclasses.dataclass
@@ -130,7 +155,6 @@ def run_generation(location: str, *, prompt: str, negative_prompt: str = "", see
                    ) -> Batch:
     """Generate `n_images` (seeds seed, seed+1, ...), write them with provenance to a new
     batch folder with a manifest.csv, and return the batch."""
-    from model_runtime import provenance
     from model_runtime.generation import GenerationRequest, generate
 
     if not str(prompt or "").strip():
@@ -147,22 +171,21 @@ def run_generation(location: str, *, prompt: str, negative_prompt: str = "", see
                                 guidance_scale=float(guidance), scheduler=scheduler or None,
                                 width=width, height=height)
     t0 = time.perf_counter()
-    result = generate(loaded, request, on_step=on_step, cancel=cancel)
+    results = generate(loaded, request, on_step=on_step, cancel=cancel)
     seconds = time.perf_counter() - t0
     stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
     batch_id = f"{stamp}-{secrets.token_hex(3)}"
     folder = pathlib.Path(out_root) / batch_id
     folder.mkdir(parents=True, exist_ok=True)
     images, seeds, files, rows = [], [], [], []
-    for k, item in enumerate(result.images):
-        img_seed = result.seeds[k]
-        path = folder / f"{k:03d}_seed{img_seed}.png"
-        provenance.save_png(item, path, loaded, request, seed=img_seed, index=k)
-        images.append(np.asarray(item.convert("RGB")))
-        seeds.append(img_seed)
-        files.append(path)
-        rows.append({"path": path.name, "source": "synthetic", "modality": modality,
-                     "prompt": request.prompt, "generator": loaded.name})
+    for item in results:
+        # The admin's download keeps the provenance chunks (A1111 `parameters` + JSON).
+        path = item.save_png(folder / f"{item.index:03d}_seed{item.seed}.png")
+        images.append(np.asarray(item.image.convert("RGB")))
+        seeds.append(item.seed)
+        files.append(pathlib.Path(path))
+        rows.append({"path": pathlib.Path(path).name, "source": "synthetic",
+                     "modality": modality, "prompt": item.prompt, "generator": loaded.name})
     with (folder / "manifest.csv").open("w", newline="", encoding="utf-8") as fh:
         w = csv.DictWriter(fh, fieldnames=["path", "source", "modality", "prompt", "generator"])
         w.writeheader()
@@ -212,6 +235,10 @@ def build_generate_tab(db_path, guard, *, model=None, batches_dir=None) -> Gener
     out_root = batches_root(db_path, batches_dir)
     choices = model_choices()
     default_key = _default_key(model, choices)
+    try:
+        default_steps, default_guidance = model_defaults(model_location(default_key, model))
+    except (ValueError, KeyError):
+        default_steps, default_guidance = model_defaults(None)
     with gr.Row():
         with gr.Column(scale=2):
             model_dd = gr.Dropdown(choices, value=default_key, label="Model",
@@ -220,18 +247,23 @@ def build_generate_tab(db_path, guard, *, model=None, batches_dir=None) -> Gener
                                     default_key == LOCAL_PATH else "",
                                     visible=default_key == LOCAL_PATH)
             info = gr.Markdown(model_info(default_key), elem_id="gen-model-info")
-            presets = preset_choices()
-            preset_dd = gr.Dropdown(presets, value=None, label="Preset (fills the prompt)",
-                                    elem_id="gen-preset", visible=bool(presets))
+            preset_dd = gr.Dropdown(preset_choices(), value=None,
+                                    label="Preset (modality / specialty; fills the prompt)",
+                                    elem_id="gen-preset")
+            with gr.Row():
+                fields = [gr.Dropdown([], value=None, label=f"field {i + 1}", visible=False,
+                                      allow_custom_value=True, min_width=120)
+                          for i in range(MAX_FIELDS)]
             prompt = gr.Textbox(label="Prompt", lines=2, elem_id="gen-prompt")
             negative = gr.Textbox(label="Negative prompt", lines=1)
             with gr.Row():
                 seed = gr.Number(label="Seed", value=1234, precision=0, elem_id="gen-seed")
-                dice = gr.Button("🎲", scale=0, min_width=50, elem_id="gen-dice")
+                dice = gr.Button("Random seed", scale=0, min_width=110, elem_id="gen-dice")
                 n_images = gr.Slider(1, MAX_IMAGES, value=4, step=1, label="Images")
             with gr.Row():
-                steps = gr.Slider(1, MAX_STEPS, value=20, step=1, label="Steps")
-                guidance = gr.Slider(0.0, 20.0, value=7.5, step=0.5, label="Guidance")
+                steps = gr.Slider(1, MAX_STEPS, value=default_steps, step=1, label="Steps")
+                guidance = gr.Slider(0.0, 20.0, value=default_guidance, step=0.5,
+                                     label="Guidance")
                 scheduler = gr.Dropdown(_scheduler_names(), value=None, allow_custom_value=True,
                                         label="Scheduler (blank: the model's own)")
             modality = gr.Textbox(label="Modality (recorded in the batch manifest)", value="")
@@ -250,16 +282,43 @@ def build_generate_tab(db_path, guard, *, model=None, batches_dir=None) -> Gener
                 send_btn = gr.Button("Send batch to the selected study", elem_id="gen-send")
             send_msg = gr.Markdown()
 
-    def on_model(key, request: gr.Request):
+    def on_model(key, local, request: gr.Request):
         guard(request)
-        return gr.update(visible=key == LOCAL_PATH), model_info(key)
+        try:
+            st, gd = model_defaults(model_location(key, local))
+        except (ValueError, KeyError):
+            st, gd = gr.update(), gr.update()
+        return gr.update(visible=key == LOCAL_PATH), model_info(key), st, gd
 
     def on_preset(key, request: gr.Request):
         guard(request)
         if not key:
-            return gr.update(), gr.update()
-        p, n = preset_prompt(key)
-        return p, n
+            return [gr.update(visible=False) for _ in fields] + [gr.update(), gr.update()]
+        spec = preset_fields(key)
+        updates = []
+        for i in range(MAX_FIELDS):
+            if i < len(spec):
+                f = spec[i]
+                opts = f["options"] if f["default"] in f["options"] or not f["default"] \
+                    else [f["default"], *f["options"]]
+                updates.append(gr.update(choices=opts, value=f["default"] or None,
+                                         label=f["label"], visible=True))
+            else:
+                updates.append(gr.update(choices=[], value=None, visible=False))
+        text, modality_ = preset_prompt(key)
+        return updates + [text, modality_]
+
+    def on_field(key, f1, f2, f3, f4, f5, f6, request: gr.Request):
+        guard(request)
+        values = (f1, f2, f3, f4, f5, f6)
+        if not key:
+            return gr.update()
+        spec = preset_fields(key)
+        chosen = {f["name"]: (v or "") for f, v in zip(spec, values)}
+        try:
+            return preset_prompt(key, chosen)[0]
+        except ValueError as exc:  # e.g. an age that is not a number
+            raise gr.Error(str(exc)) from None
 
     def on_dice(request: gr.Request):
         guard(request)
@@ -339,8 +398,11 @@ def build_generate_tab(db_path, guard, *, model=None, batches_dir=None) -> Gener
         return f"Added the batch to **{study}** as synthetic cases."
 
     private = dict(api_visibility="private")
-    model_dd.change(on_model, [model_dd], [local_path, info], **private)
-    preset_dd.change(on_preset, [preset_dd], [prompt, negative], **private)
+    model_dd.change(on_model, [model_dd, local_path], [local_path, info, steps, guidance],
+                    **private)
+    preset_dd.change(on_preset, [preset_dd], [*fields, prompt, modality], **private)
+    for f in fields:
+        f.input(on_field, [preset_dd, *fields], [prompt], **private)
     dice.click(on_dice, None, [seed], **private)
     go.click(on_generate, [model_dd, local_path, prompt, negative, seed, n_images, steps,
                            guidance, scheduler, modality],
@@ -371,9 +433,6 @@ def _default_key(model, choices) -> str:
 
 
 def _scheduler_names() -> list[str]:
-    try:
-        from model_runtime import schedulers
+    from model_runtime import schedulers
 
-        return list(getattr(schedulers, "NAMES", None) or [])
-    except ImportError:
-        return []
+    return list(schedulers.SAMPLERS)

@@ -33,11 +33,12 @@
       const i = parseInt(e.key, 10) - 1;
       if (i < options.length) {
         options[i].click();
+        options[i].blur();  // no lingering focus ring that looks like a pre-selected answer
         e.preventDefault();
       }
     } else if (e.key === "Enter") {
       // A focused button already handles Enter natively; don't press it twice.
-      if (e.target && e.target.tagName === "BUTTON") return;
+      if (e.target && e.target.tagName === "BUTTON" && !e.target.closest("#stimulus")) return;
       for (const id of ACTIONS) {
         const b = button(id);
         if (visible(b) && !b.disabled) {

@@ -246,6 +246,8 @@ def continue_after_feedback(db_path, token: str | None) -> Screen:
 READER_CSS = """
 #stimulus img { object-fit: contain; background: #000; }
 #stimulus { background: #000; }
+#stimulus .icon-button-wrapper { display: none !important; }
+#stimulus button { pointer-events: none; cursor: default; }
 #progress .bar { height: 10px; background: #e5e7eb; border-radius: 5px; overflow: hidden; }
 #progress .bar > div { height: 100%; background: #2563eb; }
 #progress .label { font-size: 0.95rem; margin-bottom: 4px; color: #374151; }

@@ -38,7 +38,8 @@ def write_loud_manifest(root: pathlib.Path, n_cases: int = 10) -> tuple[pathlib.
     shutil.rmtree(raw)
     manifest = root / "cases.csv"
     with manifest.open("w", newline="", encoding="utf-8") as fh:
-        w = csv.DictWriter(fh, fieldnames=["path", "source", "modality", "prompt", "generator"])
+        w = csv.DictWriter(fh, fieldnames=["path", "source", "modality", "prompt", "generator"],
+                           extrasaction="ignore")
         w.writeheader()
         w.writerows(out_rows)
     return manifest, out_rows

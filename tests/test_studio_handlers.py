@@ -311,3 +311,176 @@ def test_base_url_of():
         headers = {"host": "example.org:8080"}
     assert admin_view.base_url_of(R(), None) == "http://example.org:8080/"
     assert admin_view.base_url_of(R(), "https://x/") == "https://x/"
+
+
+# ------------------------------------------------------------------------------- routes
+@pytest.fixture(scope="module")
+def served(tmp_path_factory):
+    """The whole studio app on a free port (no browser): (base url, db, rows, tokens)."""
+    from studio import app as app_mod
+
+    tmp = tmp_path_factory.mktemp("served")
+    db, rows, tokens = make_loud_study(tmp)
+    creds = auth.AdminCredentials.from_password("admin", "pw-test", "env")
+    app = app_mod.build_app(db, admin_auth=auth.AdminAuth(creds))
+    server = app_mod.Server(app, "127.0.0.1", app_mod.free_port()).start()
+    yield server.url, db, rows, tokens
+    server.stop()
+
+
+def test_routes_admin_needs_login_reader_does_not(served):
+    import httpx
+
+    url, db, rows, tokens = served
+    with httpx.Client(base_url=url, timeout=20) as c:
+        assert c.get("/").status_code == 200
+        assert c.get("/config").status_code == 200  # the reader app is public (token inside)
+        assert c.get("/admin/config").status_code == 401
+        join = c.post("/admin/gradio_api/queue/join",
+                      json={"data": [], "fn_index": 0, "session_hash": "x"})
+        assert join.status_code in (401, 403)
+        assert c.post("/admin/login", data={"username": "admin", "password": "no"}).status_code == 400
+        ok = c.post("/admin/login", data={"username": "admin", "password": "pw-test"})
+        assert ok.status_code == 200
+        assert c.get("/admin/config").status_code == 200
+        # Admin components never appear in the reader app's config.
+        reader_cfg = c.get("/config").text
+        assert "studies-table" not in reader_cfg and "gen-model" not in reader_cfg
+        assert "studies-table" in c.get("/admin/config").text
+        # No public API: the API description lists no endpoint.
+        info = c.get("/gradio_api/info").json()
+        assert not info.get("named_endpoints") and not info.get("unnamed_endpoints")
+
+
+def test_routes_reader_side_serves_no_files_and_takes_no_uploads(served):
+    import httpx
+
+    url, db, rows, tokens = served
+    stim = next(stimuli_dir(db).glob("*.png"))
+    with httpx.Client(base_url=url, timeout=20) as c:
+        for target in (stim, db, auth.config_path(db), pathlib.Path("/etc/passwd")):
+            assert c.get(f"/gradio_api/file={target}").status_code == 404
+        up = c.post("/gradio_api/upload", files={"files": ("a.png", b"x" * 10)})
+        assert up.status_code == 404
+        # Gradio's own blocked_paths guard the admin side too (after login).
+        c.post("/admin/login", data={"username": "admin", "password": "pw-test"})
+        assert c.get(f"/admin/gradio_api/file={stim}").status_code == 403
+
+
+# ------------------------------------------------------------------------------ generate
+@pytest.fixture(scope="module")
+def tiny_model(tmp_path_factory):
+    from runtime_fixtures import build_sd
+
+    return str(build_sd(tmp_path_factory.mktemp("tiny") / "sd"))
+
+
+def test_generation_batch_has_provenance_and_becomes_a_study(tmp_path, tiny_model):
+    import threading
+
+    from model_runtime import provenance
+    from studio import generate_view
+
+    steps = []
+    batch = generate_view.run_generation(
+        tiny_model, prompt="Axial CT image of the head", seed=77, steps=3, n_images=2,
+        modality="CT", out_root=tmp_path / "batches", on_step=lambda d, t: steps.append((d, t)))
+    assert batch.seeds == [77, 78] and len(batch.files) == 2 and steps[-1][0] == steps[-1][1]
+    params, rec = provenance.read_png(batch.files[1])
+    assert "Seed: 78" in params and rec["synthetic"] is True
+    choices = generate_view.batch_choices(tmp_path / "studio.db", tmp_path / "batches")
+    assert [c[1] for c in choices] == [str(batch.folder)] and "2 ×" in choices[0][0]
+    # Cancelled before it starts: nothing written.
+    stop = threading.Event()
+    stop.set()
+    with pytest.raises(Exception, match="(?i)cancel"):
+        generate_view.run_generation(tiny_model, prompt="x", steps=3, n_images=1,
+                                     out_root=tmp_path / "batches", cancel=stop)
+    assert len(generate_view.batch_choices(tmp_path / "s.db", tmp_path / "batches")) == 1
+    # The batch plus real images on the server make a turing study; provenance is stripped.
+    real = tmp_path / "real"
+    manifest, rows = write_loud_manifest(tmp_path / "src", 4)
+    real.mkdir()
+    for r in rows:
+        if r["source"] == "real":
+            dst = real / pathlib.Path(r["path"]).name
+            dst.write_bytes((manifest.parent / r["path"]).read_bytes())
+            dst.with_name(dst.name.split(".")[0] + ".txt").write_text(r["prompt"])
+    db = tmp_path / "studio.db"
+    summary = admin_view.create_from_batches(
+        db, "from-batch", [str(batch.folder)], real_folder=str(real), size=64,
+        options=admin_view.study_options(["turing", "alignment"]))
+    assert (summary.n_real, summary.n_synthetic) == (2, 2)
+    for png in stimuli_dir(db).glob("*.png"):
+        assert set(stimuli.png_chunk_types(png.read_bytes())) <= {"IHDR", "IDAT", "IEND"}
+
+
+def test_generation_input_checks(tmp_path, tiny_model):
+    from studio import generate_view
+
+    with pytest.raises(ValueError, match="prompt"):
+        generate_view.run_generation(tiny_model, prompt="  ", out_root=tmp_path)
+    with pytest.raises(ValueError, match="number of images"):
+        generate_view.run_generation(tiny_model, prompt="x", n_images=99, out_root=tmp_path)
+    with pytest.raises(ValueError, match="not a diffusers folder"):
+        generate_view.model_location(generate_view.LOCAL_PATH, str(tmp_path))
+    assert generate_view.model_location(generate_view.LOCAL_PATH, tiny_model) == tiny_model
+    keys = [k for _, k in generate_view.model_choices()]
+    assert keys[0] == "embedded" and keys[-1] == generate_view.LOCAL_PATH
+    assert "CC-BY-NC-ND-4.0" in generate_view.model_info("medisyn")
+    prompt, modality = generate_view.preset_prompt("fundus", {"view": "right"})
+    assert "right" in prompt and modality == "fundus photograph"
+
+
+# ------------------------------------------------------------------------------ start-up
+def test_prepare_prints_credentials_once_and_a_working_demo_link(tmp_path, monkeypatch):
+    from studies import readers
+    from studio import app as app_mod
+    from studio import demo
+
+    db = tmp_path / "data" / "studio.db"
+    calls = []
+
+    def fake_seed(db_path, model, *, base_url, log):
+        # Stands in for the embedded model's demo (tested by its own suite): a real study.
+        calls.append(model)
+        if not any(s == demo.DEMO_STUDY for s in admin_view.study_names(db_path)):
+            manifest, _ = write_loud_manifest(tmp_path / "demo-src", 4)
+            from studies.ingest import create_study
+            create_study(db_path, demo.DEMO_STUDY, manifest=manifest, size=32)
+        names = {r.name for r in readers.list_readers(db_path, demo.DEMO_STUDY)}
+        token = readers.invite(db_path, demo.DEMO_STUDY, demo.DEMO_READER,
+                               reissue=demo.DEMO_READER in names)
+        return demo.DemoInfo(demo.DEMO_STUDY, demo.DEMO_READER, token,
+                             readers.reader_link(token, base_url), created=True)
+
+    monkeypatch.setattr(demo, "seed_demo", fake_seed)
+    first = app_mod.prepare(db, model="m", port=7999, env={}, echo=lambda m: None)
+    banner = first.banner()
+    assert first.admin_password and first.admin_password in banner
+    assert "http://127.0.0.1:7999/admin" in banner and first.demo_link in banner
+    token = first.demo_link.split("token=")[1]
+    assert readers.reader_for_token(db, token).name == demo.DEMO_READER
+    second = app_mod.prepare(db, model="m", port=7999, env={}, echo=lambda m: None)
+    assert second.admin_password is None and first.admin_password not in second.banner()
+    assert second.admin_auth.creds.matches("admin", first.admin_password)
+    assert second.demo_link and second.demo_link != first.demo_link  # reissued, old one void
+    assert readers.reader_for_token(db, token) is None
+    assert calls == ["m", "m"]
+    # A database with only the user's own studies is never seeded.
+    other = tmp_path / "other" / "s.db"
+    other.parent.mkdir()
+    make_loud_study(other.parent, readers=())
+    third = app_mod.prepare(other.parent / "studio.db", model="m", env={}, echo=lambda m: None)
+    assert third.demo_link is None and calls == ["m", "m"]
+
+
+def test_cli_studio_help_lists_options():
+    from click.testing import CliRunner
+
+    from studio.cli import cli
+
+    out = CliRunner().invoke(cli, ["studio", "--help"])
+    assert out.exit_code == 0
+    for opt in ("--host", "--port", "--db", "--model", "--base-url", "--reset-admin-password"):
+        assert opt in out.output
