@@ -283,7 +283,12 @@ def test_generate_an_image(browser, studio, shots):
     page = ctx.new_page()
     _login(page, studio["url"])
     page.get_by_role("tab", name="Generate").click()
-    page.fill("#gen-prompt textarea", "Axial CT image of the head")
+    # A preset fills the prompt (and its fields); then generate.
+    page.click("#gen-preset input")
+    page.keyboard.type("Radiology · CT")
+    page.keyboard.press("Enter")
+    page.wait_for_function("() => document.querySelector('#gen-prompt textarea').value"
+                           ".startsWith('Axial CT image')", timeout=30_000)
     page.click("#gen-go")
     page.wait_for_function("() => document.querySelectorAll('#gen-gallery img').length >= 1",
                            timeout=120_000)
