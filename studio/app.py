@@ -113,6 +113,7 @@ def build_app(db_path, *, admin_auth: auth_mod.AdminAuth, model: str | None = No
         ssr_mode=False, footer_links=[], show_error=False, mcp_server=False,
         head=f"<script>{reader_view.KEYBOARD_JS}</script>", css=reader_view.READER_CSS,
         theme=gr.themes.Soft())
+    app.state.reader_blocks, app.state.admin_blocks = reader, admin  # for tests/benchmarks
     return app
 
 

@@ -1,0 +1,127 @@
+"""Many readers at once through the studio's real HTTP/queue path.
+
+Starts the studio in-process on a free port with one study, invites N readers, and runs N
+threads that each behave like a browser tab: page load, Start, then answer M cases, every
+event posted to Gradio's queue (`/gradio_api/queue/join?token=...`) and its result read from
+the event stream (`/gradio_api/queue/data`), exactly as the frontend does. Reports the
+latency of the answer → next image round trip and checks that every answer was stored
+exactly once.
+
+    .venv/bin/python benchmarks/bench_studio.py --readers 50 --answers 10
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import pathlib
+import secrets
+import statistics
+import sys
+import tempfile
+import threading
+import time
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "tests"))  # the shipped-image study fixtures
+
+
+def fn_indices(blocks) -> dict[str, int]:
+    return {f.name: fn_id for fn_id, f in blocks.fns.items()}
+
+
+def run_event(client, fn_index: int, data: list, token: str, session: str) -> list:
+    """One event as the browser sends it; returns the output data."""
+    r = client.post(f"/gradio_api/queue/join?token={token}", json={
+        "data": data, "event_data": None, "fn_index": fn_index,
+        "trigger_id": None, "session_hash": session})
+    r.raise_for_status()
+    event_id = r.json()["event_id"]
+    with client.stream("GET", f"/gradio_api/queue/data?session_hash={session}") as s:
+        for line in s.iter_lines():
+            if not line.startswith("data:"):
+                continue
+            msg = json.loads(line[5:])
+            if msg.get("event_id") == event_id and msg.get("msg") == "process_completed":
+                if not msg.get("success"):
+                    raise RuntimeError(f"event failed: {msg}")
+                return msg["output"]["data"]
+    raise RuntimeError("event stream ended without a result")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--readers", type=int, default=50)
+    ap.add_argument("--answers", type=int, default=10, help="answers per reader")
+    ap.add_argument("--size", type=int, default=512, help="stimulus size in pixels")
+    args = ap.parse_args()
+
+    import httpx
+
+    from studio_fixtures import make_loud_study
+
+    from studies import readers as readers_mod
+    from studies.export import long_table
+    from studio import app as app_mod
+    from studio import auth
+
+    tmp = pathlib.Path(tempfile.mkdtemp(prefix="bench-studio-"))
+    db, _, _ = make_loud_study(tmp, n_cases=max(10, args.answers), size=args.size, readers=())
+    tokens = [readers_mod.invite(db, "ten", f"r{i:03d}") for i in range(args.readers)]
+    creds = auth.AdminCredentials.from_password("admin", secrets.token_urlsafe(8), "env")
+    app = app_mod.build_app(db, admin_auth=auth.AdminAuth(creds))
+    ids = fn_indices(app.state.reader_blocks)
+    server = app_mod.Server(app, "127.0.0.1", app_mod.free_port()).start()
+
+    latencies: list[float] = []
+    errors: list[str] = []
+    lock = threading.Lock()
+    barrier = threading.Barrier(args.readers)
+
+    def reader(token: str):
+        session = secrets.token_hex(6)
+        try:
+            with httpx.Client(base_url=server.url, timeout=120) as c:
+                run_event(c, ids["on_load"], [], token, session)
+                run_event(c, ids["on_start"], [], token, session)
+                barrier.wait()  # everyone answers at the same time
+                for k in range(args.answers):
+                    t0 = time.perf_counter()
+                    out = run_event(c, ids["on_submit"], [None, 1 + k % 6], token, session)
+                    dt = time.perf_counter() - t0
+                    assert any(isinstance(o, dict) and "image.png" in json.dumps(o) for o in out) \
+                        or k == args.answers - 1
+                    with lock:
+                        latencies.append(dt)
+        except Exception as exc:  # reported below
+            with lock:
+                errors.append(f"{type(exc).__name__}: {exc}")
+            barrier.abort()
+
+    t0 = time.perf_counter()
+    threads = [threading.Thread(target=reader, args=(t,)) for t in tokens]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    wall = time.perf_counter() - t0
+    server.stop()
+
+    df = long_table(db, "ten")
+    stored = len(df)
+    expected = args.readers * args.answers
+    lat = sorted(latencies)
+    print(f"readers={args.readers} answers/reader={args.answers} stimulus={args.size}px")
+    print(f"errors={len(errors)} stored={stored} expected={expected} "
+          f"duplicates={int(df.duplicated(['reader', 'case', 'task']).sum())}")
+    if lat:
+        print(f"answer -> next image latency: median {statistics.median(lat) * 1000:.0f} ms, "
+              f"p95 {lat[int(0.95 * (len(lat) - 1))] * 1000:.0f} ms, max {lat[-1] * 1000:.0f} ms")
+        print(f"throughput {len(lat) / wall:.1f} answers/s over {wall:.1f} s (incl. page loads)")
+    for e in errors[:5]:
+        print("error:", e)
+    if errors or stored != expected:
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()
