@@ -114,7 +114,9 @@ def test_no_answer_and_bad_tokens(tmp_path):
     assert s2.kind == "case" and "Choose an answer" in s2.message and s2.position == 1
     assert s2.state.shown_mono == s.state.shown_mono  # timing keeps running
     assert len(long_table(db, "ten")) == 0
-    for bad in (None, "", "x" * 43, tokens["dr-a"][:-1] + "A", "y" * 5000):
+    tok = tokens["dr-a"]
+    near = tok[:-1] + ("B" if tok[-1] == "A" else "A")  # one character off
+    for bad in (None, "", "x" * 43, near, "y" * 5000):
         assert reader_view.open_page(db, bad).kind == "login"
         assert reader_view.start(db, bad).kind == "login"
         assert reader_view.submit_answer(db, bad, s.state, 3).kind == "login"
