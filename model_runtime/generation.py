@@ -8,8 +8,9 @@ oneDNN pick different kernels for different batch sizes. ``batch_size=1`` runs o
 forward pass, which makes every image bit-identical to a single run with its seed (same
 machine, same ``torch.get_num_threads()``).
 
-Thread safety: diffusers schedulers keep per-run state, so every call runs on a shallow copy
-of the pipeline that shares all weights but owns fresh schedulers (see ``_call_pipeline``).
+Thread safety: diffusers schedulers keep per-run state and fast tokenizers keep padding
+settings on a shared object, so every call runs on a shallow copy of the pipeline that shares
+all weights but owns fresh schedulers and this thread's tokenizers (see ``_call_pipeline``).
 
 Progress and cancellation ride on ``callback_on_step_end``: ``on_step(done, total)`` after every
 denoising step; a set ``cancel`` event raises :class:`GenerationCancelled` at the next step.
@@ -239,31 +240,62 @@ def _call_parameters(cls) -> frozenset[str]:
 
 
 def _call_pipeline(loaded: LoadedModel, scheduler_name: str) -> DiffusionPipeline:
-    """A per-call view of the pipeline: same modules, fresh schedulers.
+    """A per-call view of the pipeline: same weights, fresh schedulers, this thread's tokenizers.
+
+    Two kinds of shared state break under concurrent calls: schedulers keep per-run state
+    (timesteps, step index, solver history), and Hugging Face fast tokenizers keep their
+    padding/truncation settings on the shared Rust object, so a thread tokenising with
+    ``padding="max_length"`` races one tokenising without (seen here as a 2-token negative
+    prompt next to a 77-token prompt). So every call gets new schedulers, and every thread its
+    own copy of each tokenizer (made once per thread and model, then reused).
 
     Not ``DiffusionPipeline.from_pipe``: it calls ``.to(dtype)`` on every shared module
     (float32 unless told otherwise) while other threads may be running them, and costs ~6 ms.
-    A shallow copy shares the weights and tokenizers and owns its attributes, so the per-call
-    state diffusers keeps on the pipeline (``_guidance_scale``, ``_interrupt``, ...) stays private.
+    A shallow copy shares the modules and owns its attributes, so the per-call state diffusers
+    keeps on the pipeline (``_guidance_scale``, ``_interrupt``, ...) stays private.
     """
     base = loaded.pipe
-    fresh: dict[int, SchedulerMixin] = {}   # id(original scheduler) -> its per-call replacement
-    fresh[id(base.scheduler)] = schedulers.make_scheduler(scheduler_name, base.scheduler)
-    return _copy_with_schedulers(base, fresh)
+    replacements: dict[int, object] = {id(base.scheduler): schedulers.make_scheduler(scheduler_name, base.scheduler)}
+    replacements.update(_thread_tokenizers(loaded))
+    return _copy_with(base, replacements)
 
 
-def _copy_with_schedulers(pipe, fresh: dict[int, SchedulerMixin]):
+_local = threading.local()
+
+
+def _thread_tokenizers(loaded: LoadedModel) -> dict[int, object]:
+    """id(shared tokenizer) -> this thread's private copy, for every tokenizer of the pipeline."""
+    cache = getattr(_local, "tokenizers", None)
+    if cache is None:
+        cache = _local.tokenizers = {}
+    key = id(loaded.pipe)
+    entry = cache.get(key)
+    if entry is None or entry[0] is not loaded.pipe:
+        copies = {id(c): copy.deepcopy(c) for c in loaded.pipe.components.values() if _is_tokenizer(c)}
+        entry = cache[key] = (loaded.pipe, copies)
+    return entry[1]
+
+
+def _is_tokenizer(component) -> bool:
+    try:
+        from transformers import PreTrainedTokenizerBase
+    except ImportError:  # pragma: no cover
+        return False
+    return isinstance(component, PreTrainedTokenizerBase)
+
+
+def _copy_with(pipe, replacements: dict[int, object]):
     view = copy.copy(pipe)
     for name, component in pipe.components.items():
-        if isinstance(component, SchedulerMixin):
-            if id(component) not in fresh:
-                fresh[id(component)] = schedulers.fresh_copy(component)
-            setattr(view, name, fresh[id(component)])
+        if isinstance(component, SchedulerMixin) and id(component) not in replacements:
+            replacements[id(component)] = schedulers.fresh_copy(component)  # e.g. a prior's scheduler
+        if id(component) in replacements:
+            setattr(view, name, replacements[id(component)])
     # combined pipelines (Kandinsky: prior_pipe + decoder_pipe) hold sub-pipelines that
-    # reference the same scheduler objects: copy those too, mapping old -> new schedulers
+    # reference the same schedulers and tokenizers: copy those too, mapping old -> new
     for attr, value in list(vars(pipe).items()):
         if isinstance(value, DiffusionPipeline):
-            object.__setattr__(view, attr, _copy_with_schedulers(value, fresh))
+            object.__setattr__(view, attr, _copy_with(value, replacements))
     return view
 
 

@@ -96,15 +96,15 @@ def _t5_encoder(tokenizer, d_model: int = 32):
     return T5EncoderModel(config).eval()
 
 
-def _tiny_vae(latent_channels: int = 4, **extra):
+def _tiny_vae(latent_channels: int = 4, block_out_channels=(4, 8), **extra):
     import torch
     from diffusers import AutoencoderKL
 
     torch.manual_seed(0)
+    blocks = len(block_out_channels)
     return AutoencoderKL(
-        block_out_channels=[4, 8], in_channels=3, out_channels=3,
-        down_block_types=["DownEncoderBlock2D", "DownEncoderBlock2D"],
-        up_block_types=["UpDecoderBlock2D", "UpDecoderBlock2D"],
+        block_out_channels=list(block_out_channels), in_channels=3, out_channels=3,
+        down_block_types=["DownEncoderBlock2D"] * blocks, up_block_types=["UpDecoderBlock2D"] * blocks,
         latent_channels=latent_channels, norm_num_groups=2, **extra,
     )
 
@@ -117,8 +117,11 @@ def _sd_scheduler(prediction_type: str = "epsilon"):
                          prediction_type=prediction_type)
 
 
-def build_sd(out: pathlib.Path, *, version: int = 1) -> pathlib.Path:
-    """SD 1.x (epsilon) or, with version=2, SD 2.x (v-prediction, linear projections, '!' pad)."""
+def build_sd(out: pathlib.Path, *, version: int = 1, unet_channels=(4, 8), text_hidden: int = 8,
+             vae_channels=(4, 8), sample_size: int = 16) -> pathlib.Path:
+    """SD 1.x (epsilon) or, with version=2, SD 2.x (v-prediction, linear projections, '!' pad).
+
+    The defaults are the test-sized model (32x32 images); benchmarks pass wider channels."""
     import torch
     from diffusers import StableDiffusionPipeline, UNet2DConditionModel
     from transformers import CLIPTextModel
@@ -126,16 +129,18 @@ def build_sd(out: pathlib.Path, *, version: int = 1) -> pathlib.Path:
     tokenizer = build_clip_tokenizer(out / "_tok", pad_token="!" if version == 2 else "<|endoftext|>")
     torch.manual_seed(0)
     unet = UNet2DConditionModel(
-        block_out_channels=(4, 8), layers_per_block=1, sample_size=16, in_channels=4, out_channels=4,
-        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
-        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"), cross_attention_dim=8, norm_num_groups=2,
+        block_out_channels=tuple(unet_channels), layers_per_block=1, sample_size=sample_size, in_channels=4,
+        out_channels=4, down_block_types=("DownBlock2D",) + ("CrossAttnDownBlock2D",) * (len(unet_channels) - 1),
+        up_block_types=("CrossAttnUpBlock2D",) * (len(unet_channels) - 1) + ("UpBlock2D",),
+        cross_attention_dim=text_hidden, norm_num_groups=2,
         attention_head_dim=(2, 4) if version == 2 else 8, use_linear_projection=version == 2,
     )
     torch.manual_seed(0)
-    text_encoder = CLIPTextModel(_clip_text_config(tokenizer, 8, hidden_act="gelu" if version == 2 else "quick_gelu"))
+    text_encoder = CLIPTextModel(_clip_text_config(tokenizer, text_hidden,
+                                                   hidden_act="gelu" if version == 2 else "quick_gelu"))
     pipe = StableDiffusionPipeline(
-        unet=unet, vae=_tiny_vae(), text_encoder=text_encoder, tokenizer=tokenizer,
-        scheduler=_sd_scheduler("v_prediction" if version == 2 else "epsilon"),
+        unet=unet, vae=_tiny_vae(block_out_channels=list(vae_channels)), text_encoder=text_encoder,
+        tokenizer=tokenizer, scheduler=_sd_scheduler("v_prediction" if version == 2 else "epsilon"),
         safety_checker=None, feature_extractor=None, requires_safety_checker=False,
     )
     return _save(pipe, out)

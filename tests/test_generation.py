@@ -10,6 +10,8 @@ from model_runtime.loading import load
 from runtime_fixtures import single_torch_thread, tiny_sd1_dir, tiny_sd2_dir, tiny_sd3_dir  # noqa: F401
 
 SIZE = dict(width=32, height=32)
+# LMS computes sigmas through numpy's deprecated __array__ path
+pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
 
 
 @pytest.fixture(scope="module")
@@ -122,8 +124,9 @@ def test_cancel_stops_at_the_next_step(sd):
 
 def test_concurrent_calls_with_different_samplers_match_serial_runs(sd):
     """diffusers #1606/#5749: a shared scheduler breaks under threads; ours are per call."""
-    requests = [GenerationRequest(f"prompt {i}", seed=i, steps=3, scheduler=name, **SIZE)
-                for i, name in enumerate(["DDIM", "Euler a", "DPM++ 2M", "UniPC", "PNDM", "Heun"])]
+    requests = [GenerationRequest(f"prompt {i}", negative_prompt="blurry" * (i % 2), seed=i, steps=3,
+                                  scheduler=name, **SIZE)
+                for i, name in enumerate(["DDIM", "Euler a", "DPM++ 2M", "UniPC", "PNDM", "Heun", "LMS", "DEIS"])]
     serial = [generate(sd, r)[0].image.tobytes() for r in requests]
     results: dict[int, bytes] = {}
     errors = []
@@ -144,6 +147,37 @@ def test_concurrent_calls_with_different_samplers_match_serial_runs(sd):
         t.join()
     assert not errors
     assert [results[i] for i in range(len(requests))] == serial
+
+
+def test_each_thread_tokenizes_with_its_own_tokenizer(sd):
+    """Fast tokenizers keep padding settings on a shared object: one thread padding to
+    max_length while another pads to "longest" yields 2-token negative prompts (measured:
+    ~25 in 6000 calls on one shared tokenizer). Each thread must get a private copy."""
+    from model_runtime.generation import _call_pipeline
+
+    bad, seen = [], []
+
+    def hammer(longest: bool):
+        view = _call_pipeline(sd, None)
+        tok = view.tokenizer
+        seen.append(tok)
+        assert tok is not sd.pipe.tokenizer and _call_pipeline(sd, None).tokenizer is tok
+        assert view.scheduler is not sd.pipe.scheduler and view.unet is sd.pipe.unet
+        for _ in range(1500):
+            if longest:
+                tok(["a chest x-ray"], padding="longest")
+            else:
+                ids = tok([""], padding="max_length", max_length=77, truncation=True).input_ids[0]
+                if len(ids) != 77:
+                    bad.append(len(ids))
+
+    threads = [threading.Thread(target=hammer, args=(i % 2 == 1,)) for i in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len({id(t) for t in seen}) == 4
+    assert bad == []
 
 
 def test_request_validation():
