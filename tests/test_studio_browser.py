@@ -233,6 +233,24 @@ def test_reader_keyboard_only_with_refresh_and_nothing_leaks(browser, studio, sh
     ctx.close()
 
 
+def test_access_code_form_and_keys_in_text_fields(browser, studio):
+    """Without a link a reader pastes the code; digits typed into a text field stay there."""
+    ctx = browser.new_context()
+    page = ctx.new_page()
+    page.goto(f"{studio['url']}/")
+    page.wait_for_selector("#login", state="visible", timeout=30_000)
+    token = studio["tokens"]["dr-a"]
+    page.click("#login input")
+    page.keyboard.type("12345")  # would pick scale options if the shortcut script took them
+    assert page.input_value("#login input") == "12345"
+    page.fill("#login input", f"{studio['url']}/?token={token}")  # a whole link works too
+    page.keyboard.press("Enter")  # Enter in a text field is not "submit the answer"
+    page.get_by_role("button", name="Open").click()
+    page.wait_for_url(f"**/?token={token}", timeout=30_000)
+    page.wait_for_selector("#finished, #start, #progress", state="visible", timeout=30_000)
+    ctx.close()
+
+
 def _login(page, url):
     page.goto(f"{url}/admin/")
     page.wait_for_selector("input[type=password]", timeout=30_000)
