@@ -144,6 +144,9 @@ def _wait_case(page, n: int, total: int = 10):
     # The image of this case is on screen before the reader answers.
     page.wait_for_function("() => { const i = document.querySelector('#stimulus img');"
                            " return i && i.complete && i.naturalWidth > 0; }", timeout=60_000)
+    # ... and no answer is pre-selected (the previous case's choice must not carry over).
+    page.wait_for_function("() => !document.querySelector('#answer input:checked')"
+                           " && !document.querySelector('#answer label.selected')", timeout=10_000)
 
 
 def _press(page, key: str):
@@ -173,6 +176,7 @@ def test_reader_keyboard_only_with_refresh_and_nothing_leaks(browser, studio, sh
             assert "Welcome back" in page.inner_text("#message")
         _wait_case(page, i + 1)
         if i == 2:
+            time.sleep(0.5)  # let the options' hover/selection transitions settle
             page.screenshot(path=str(shots / "reader.png"))
         dom.append(page.content())
         _press(page, keys[i])
