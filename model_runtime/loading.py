@@ -285,7 +285,8 @@ def _resolve_defaults(opts: LoadOptions, device: str, path: pathlib.Path) -> Loa
     cuda = devices.is_cuda(device)
     cpu_offload = opts.cpu_offload
     if cpu_offload is None:
-        cpu_offload = cuda and _weights_bytes(path) * 0.6 > _cuda_total_memory(device)
+        # weights on disk vs 60% of VRAM (activations, VAE decode and the CUDA context need the rest)
+        cpu_offload = cuda and _weights_bytes(path) > 0.6 * _cuda_total_memory(device)
     return dataclasses.replace(
         opts,
         compile=bool(opts.compile) and cuda,
