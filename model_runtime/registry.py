@@ -122,13 +122,13 @@ def find(name: str) -> ModelEntry | None:
 
 
 def _in_hub_cache(repo_id: str) -> bool:
+    """True when the repo's model_index.json is in the local Hugging Face cache (no network)."""
     try:
-        from huggingface_hub import scan_cache_dir
-        from huggingface_hub.errors import CacheNotFound
+        from huggingface_hub import try_to_load_from_cache
     except ImportError:  # pragma: no cover - huggingface_hub ships with diffusers
         return False
     try:
-        cache = scan_cache_dir()
-    except (CacheNotFound, OSError):
+        found = try_to_load_from_cache(repo_id, "model_index.json")
+    except (OSError, ValueError):
         return False
-    return any(repo.repo_id.lower() == repo_id.lower() and repo.repo_type == "model" for repo in cache.repos)
+    return isinstance(found, str)

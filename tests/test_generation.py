@@ -7,7 +7,8 @@ import pytest
 from model_runtime import schedulers
 from model_runtime.generation import GenerationCancelled, GenerationRequest, generate
 from model_runtime.loading import load
-from runtime_fixtures import single_torch_thread, tiny_sd1_dir, tiny_sd2_dir, tiny_sd3_dir  # noqa: F401
+from runtime_fixtures import (FAMILY_EXTRA, single_torch_thread, tiny_kandinsky22_dir,  # noqa: F401
+                              tiny_sd1_dir, tiny_sd2_dir, tiny_sd3_dir)
 
 SIZE = dict(width=32, height=32)
 # LMS computes sigmas through numpy's deprecated __array__ path
@@ -69,6 +70,20 @@ def test_every_offered_sampler_runs_without_touching_the_shared_scheduler(sd, na
     assert result.scheduler == name
     assert np.isfinite(pixels(result)).all()
     assert (type(sd.pipe.scheduler), dict(sd.pipe.scheduler.config)) == before and sd.pipe.scheduler is base
+
+
+def test_prior_pipeline_negative_prompts_keep_per_image_seeds(tiny_kandinsky22_dir):
+    """Kandinsky's prior samples the negative prompt's embedding from noise too, so it needs a
+    generator per negative prompt as well: image k must still match a solo run with seed + k."""
+    kandinsky = load(tiny_kandinsky22_dir, options={"hash_weights": False})
+    extra = FAMILY_EXTRA["kandinsky22"]
+    batch = generate(kandinsky, GenerationRequest("polyp", negative_prompt="blurry", num_images=2, seed=4,
+                                                  extra=extra, **SIZE, steps=2))
+    solo = generate(kandinsky, GenerationRequest("polyp", negative_prompt="blurry", seed=5, extra=extra,
+                                                 **SIZE, steps=2))[0]
+    assert np.abs(pixels(batch[1]) - pixels(solo)).max() <= 1
+    plain = generate(kandinsky, GenerationRequest("polyp", seed=5, extra=extra, **SIZE, steps=2))[0]
+    assert plain.image.tobytes() != solo.image.tobytes()
 
 
 def test_sampler_names_and_configs(tiny_sd2_dir, tiny_sd3_dir):
