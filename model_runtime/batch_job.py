@@ -83,7 +83,7 @@ class ImageTask:
 @dataclasses.dataclass(frozen=True)
 class JobSpec:
     """Everything a worker needs; identical for every chunk of a job."""
-    model: str               # resolved local directory
+    model: str               # what workers load: an absolute folder, a registry key or a Hub id
     model_label: str         # what the manifest's generator column says
     weights_sha256: str
     steps: int
@@ -298,10 +298,14 @@ def run_generate_job(model: str, out: str | os.PathLike, *, prompt: str | None =
     # before any model is loaded (fail fast on an unknown model).
     opts = loading.LoadOptions.coerce(options)
     path, entry = loading.resolve(model, revision=opts.revision, cache_dir=opts.cache_dir)
+    local = pathlib.Path(str(model)).expanduser()
+    # workers resolve the model themselves: an absolute folder, or the key / Hub id (their
+    # Hugging Face cache may live elsewhere than the driver's)
+    worker_model = str(local.resolve()) if local.exists() else str(model)
     from model_runtime import schedulers
     default_h, default_w = loading.default_size(path)
     spec = JobSpec(
-        model=str(path), model_label=entry.key if entry else provenance.model_label(model),
+        model=worker_model, model_label=entry.key if entry else provenance.model_label(model),
         weights_sha256=loading.weights_hash(path, extra=[opts.lora] if opts.lora else ()),
         steps=int(steps), guidance_scale=float(guidance_scale),
         scheduler=schedulers.canonical_name(scheduler, loading.saved_scheduler(path)),
@@ -352,12 +356,18 @@ def run_generate_job(model: str, out: str | os.PathLike, *, prompt: str | None =
 
 
 def _is_done(out: pathlib.Path, spec: JobSpec, task: ImageTask) -> bool:
+    """The PNG exists, is intact (chunk CRCs) and was made for exactly this task."""
+    from PIL import Image
+
     target = out / task.rel_path
     if not target.is_file():
         return False
     try:
-        rec = provenance.read_png_provenance(target)
-    except Exception:  # truncated or foreign file: regenerate it
+        with Image.open(target) as im:
+            raw = im.info.get(provenance.PNG_JSON_KEY)  # our chunks precede the image data
+            im.verify()  # reads every chunk and checks its CRC without decoding pixels
+        rec = json.loads(raw) if raw else None
+    except Exception:  # truncated, corrupt or foreign: regenerate it
         return False
     return bool(rec) and rec.get("job", {}).get("fingerprint") == spec.fingerprint(task)
 
