@@ -144,6 +144,18 @@ def test_hub_id_resolves_offline_from_the_local_cache(tmp_path, tiny_sd1_dir):
     assert image.image.tobytes() == local.image.tobytes()
 
 
+def test_non_text_to_image_checkpoints_load_as_their_text_to_image_twin(tmp_path, tiny_sd1_dir):
+    """An img2img checkpoint (same weights) goes through AutoPipelineForText2Image."""
+    root = tmp_path / "img2img"
+    shutil.copytree(tiny_sd1_dir, root)
+    index = json.loads((root / "model_index.json").read_text())
+    index["_class_name"] = "StableDiffusionImg2ImgPipeline"
+    (root / "model_index.json").write_text(json.dumps(index))
+    loaded = load(root, options={"hash_weights": False})
+    assert loaded.pipeline_class == "StableDiffusionPipeline"
+    assert generate(loaded, GenerationRequest("ct", seed=0, steps=1, width=32, height=32))[0].image.size == (32, 32)
+
+
 def test_weights_hash_changes_with_the_weights(tmp_path, tiny_sd1_dir):
     copy = tmp_path / "copy"
     shutil.copytree(tiny_sd1_dir, copy)
