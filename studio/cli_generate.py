@@ -16,8 +16,10 @@ from studio.cli import cli, study, model  # noqa: F401  (groups these commands a
 @click.option("--n", default=1, show_default=True, type=click.IntRange(1, 10_000), help="Images per prompt.")
 @click.option("--seed", default=0, show_default=True, type=click.IntRange(0, 2**62),
               help="Base seed; image k of row r gets seed + 10000*r + k (unless the CSV row sets seed).")
-@click.option("--steps", default=25, show_default=True, type=click.IntRange(1, 1000))
-@click.option("--guidance", default=7.0, show_default=True, type=float, help="Classifier-free guidance scale.")
+@click.option("--steps", default=None, type=click.IntRange(1, 1000),
+              help="Denoising steps (default: the model folder's medisyn.json, else 25).")
+@click.option("--guidance", default=None, type=float,
+              help="Classifier-free guidance scale (default: the model folder's medisyn.json, else 7).")
 @click.option("--scheduler", default=None, help="Sampler name, e.g. 'DPM++ 2M Karras' (default: the model's own).")
 @click.option("--width", default=None, type=click.IntRange(8, 8192), help="Default: the model's native size.")
 @click.option("--height", default=None, type=click.IntRange(8, 8192))
@@ -40,6 +42,10 @@ def generate(model_name, prompt, prompts_csv, out, n, seed, steps, guidance, sch
     if (prompt is None) == (prompts_csv is None):
         raise click.UsageError("give exactly one of --prompt or --prompts")
     try:
+        if steps is None or guidance is None:
+            recommended_steps, recommended_guidance = _model_defaults(model_name)
+            steps = recommended_steps if steps is None else steps
+            guidance = recommended_guidance if guidance is None else guidance
         result = run_generate_job(
             model_name, out, prompt=prompt, prompts_csv=prompts_csv, n=n, seed=seed,
             negative_prompt=negative_prompt, modality=modality, steps=steps, guidance_scale=guidance,
@@ -49,3 +55,17 @@ def generate(model_name, prompt, prompts_csv, out, n, seed, steps, guidance, sch
         raise click.ClickException(str(exc)) from None
     click.echo(f"{result.generated} generated, {result.skipped} already done, {result.total} images "
                f"in {result.seconds:.1f} s -> {result.manifest}")
+
+
+def _model_defaults(model_name: str) -> tuple[int, float]:
+    """(steps, guidance) a model folder recommends in medisyn.json (the embedded model does), else 25 / 7."""
+    import pathlib
+
+    from model_runtime.loading import resolve
+    from studio.embedded_model import DEFAULTS_FILE, read_defaults
+
+    path, _ = resolve(model_name)
+    if (pathlib.Path(path) / DEFAULTS_FILE).is_file():
+        defaults = read_defaults(path)
+        return int(defaults.steps), float(defaults.guidance_scale)
+    return 25, 7.0

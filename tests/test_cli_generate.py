@@ -39,6 +39,22 @@ def test_generate_from_a_prompt(tmp_path, tiny_sd1_dir):
     assert "0 generated, 2 already done" in again.output
 
 
+def test_steps_and_guidance_default_to_the_model_folder_recommendation(tmp_path, tiny_sd1_dir):
+    import json
+    import shutil
+
+    model = tmp_path / "model"
+    shutil.copytree(tiny_sd1_dir, model)
+    (model / "medisyn.json").write_text(json.dumps({"steps": 3, "guidance_scale": 2.5}))
+    out = tmp_path / "out"
+    result = invoke("--model", str(model), "--prompt", "ct", "--out", str(out), "--width", "32", "--height", "32",
+                    "--threads", "1")
+    assert result.exit_code == 0, result.output
+    with open(out / "generation.csv", newline="") as fh:
+        row = next(csv.DictReader(fh))
+    assert (row["steps"], row["guidance_scale"]) == ("3", "2.5")
+
+
 def test_clear_errors(tmp_path, tiny_sd1_dir):
     out = str(tmp_path / "out")
     result = invoke("--model", str(tmp_path / "nope"), "--prompt", "x", "--out", out, *COMMON)
