@@ -164,82 +164,29 @@ def create_study(
     rows = read_manifest(manifest) if manifest is not None else read_images_dir(images_dir)
     training = set(_check_design(rows, options))
 
-    db_existed = db_path.exists()
-    sdir = stimuli_dir(db_path)
-    sdir_existed = sdir.exists()
-    sdir.mkdir(exist_ok=True)
-    _sweep_stale_incoming(sdir)
-    incoming = sdir / f".incoming-{secrets.token_hex(8)}"
-    incoming.mkdir()
-    moved: list[pathlib.Path] = []
-    committed = False
-    try:
-        prepared: list[_Prepared] = []
-        items: list[audit_mod.AuditItem] = []
-        for i, row in enumerate(rows):
-            decoded = _decode(row, size)
-            png = stimuli.encode_png(stimuli.normalise(decoded, size))
-            sid = stimuli.new_stimulus_id()
-            (incoming / f"{sid}.png").write_bytes(png)
-            original = {k: getattr(decoded, k) for k in _ORIGINAL_FIELDS}
-            del decoded  # keep only metadata, not the float image
-            prepared.append(_Prepared(row, sid, hashlib.sha256(png).hexdigest(), original))
-            items.append(audit_mod.AuditItem(
-                source=row.source, png=png,
-                **{k: v for k, v in original.items() if k != "original_bytes"}))
-            if progress:
-                progress(i + 1, len(rows))
+    with _staging(db_path) as stage:
+        prepared, items = _prepare(rows, size, stage.incoming, progress)
         report = audit_mod.audit_leaks(items)
         del items
         report_dict, report_text = report.to_dict(), report.format_text()
 
-        db = open_db(db_path)
-        try:
-            with transaction(db):
-                if db.execute("SELECT 1 FROM studies WHERE name = ?", [name]).fetchone():
-                    raise StudyExists(f"a study named {name!r} already exists in {db_path.name}")
-                study_id = db["studies"].insert({
-                    "name": name, "created_at": utc_now(), "size": size,
-                    "tasks": json.dumps(list(options.tasks)),
-                    "options": json.dumps(options.to_dict()), "seed": options.seed,
-                    "audit_report": json.dumps(report_dict, default=str),
-                    "audit_text": report_text,
-                }).last_pk
-                db["stimuli"].insert_all(({
-                    "id": p.stimulus_id, "study_id": study_id, "sha256": p.sha256,
-                    "width": size, "height": size,
-                    **p.original,
-                } for p in prepared), batch_size=500)
-                db["cases"].insert_all(({
-                    "study_id": study_id, "case_key": p.row.case_id, "stimulus_id": p.stimulus_id,
-                    "source": p.row.source, "modality": p.row.modality, "prompt": p.row.prompt,
-                    "generator": p.row.generator, "group_name": p.row.group,
-                    "original_path": p.row.rel_path,
-                    "decode_options": json.dumps(p.row.decode_options()),
-                    "role": "training" if p.row.case_id in training else "main",
-                    "manifest_row": i + 1,
-                } for i, p in enumerate(prepared)), batch_size=500)
-                log_action(db, actor, "create_study", study_id,
-                           source=str(manifest or images_dir), n_cases=len(prepared),
-                           size=size, options=options.to_dict(), leak=report_dict.get("leak"))
-                # Move the stimuli in while the transaction is still open; undone on failure.
-                for p in prepared:
-                    final = sdir / f"{p.stimulus_id}.png"
-                    os.replace(incoming / f"{p.stimulus_id}.png", final)
-                    moved.append(final)
-            committed = True
-        finally:
-            db.close()
-    finally:
-        shutil.rmtree(incoming, ignore_errors=True)
-        if not committed:
-            for path in moved:
-                path.unlink(missing_ok=True)
-            if not sdir_existed:
-                with contextlib.suppress(OSError):
-                    sdir.rmdir()  # only if empty
-            if not db_existed:
-                _remove_empty_db(db_path)
+        with contextlib.closing(open_db(db_path)) as db, transaction(db):
+            if db.execute("SELECT 1 FROM studies WHERE name = ?", [name]).fetchone():
+                raise StudyExists(f"a study named {name!r} already exists in {db_path.name}")
+            study_id = db["studies"].insert({
+                "name": name, "created_at": utc_now(), "size": size,
+                "tasks": json.dumps(list(options.tasks)),
+                "options": json.dumps(options.to_dict()), "seed": options.seed,
+                "audit_report": json.dumps(report_dict, default=str),
+                "audit_text": report_text,
+            }).last_pk
+            _insert_cases(db, study_id, prepared, size, training, first_row=1)
+            log_action(db, actor, "create_study", study_id,
+                       source=str(manifest or images_dir), n_cases=len(prepared),
+                       size=size, options=options.to_dict(), leak=report_dict.get("leak"))
+            # Move the stimuli in while the transaction is still open; undone on failure.
+            _move_in(stage, prepared)
+        stage.committed = True
 
     generators = sorted({p.row.generator for p in prepared if p.row.source == "synthetic"})
     return StudySummary(
@@ -248,8 +195,167 @@ def create_study(
         n_synthetic=sum(p.row.source == "synthetic" for p in prepared),
         n_training=len(training), tasks=options.tasks, size=size, seed=options.seed,
         generators=generators, audit=report_dict, audit_text=report_text,
-        stimuli_dir=sdir, seconds=time.perf_counter() - t0,
+        stimuli_dir=stimuli_dir(db_path), seconds=time.perf_counter() - t0,
     )
+
+
+@dataclasses.dataclass
+class AddSummary:
+    study: str
+    n_added: int
+    n_real: int
+    n_synthetic: int
+    n_cases: int  # in the study after adding
+    audit: dict
+    audit_text: str
+    seconds: float
+
+
+def add_cases(
+    db_path: str | pathlib.Path,
+    study: str,
+    *,
+    manifest: str | pathlib.Path | None = None,
+    images_dir: str | pathlib.Path | None = None,
+    actor: str = "cli",
+    progress: Callable[[int, int], None] | None = None,
+) -> AddSummary:
+    """Add images (e.g. a generation batch's manifest.csv) to a draft study as main cases.
+
+    Only before the first reader is invited: each reader's session is fixed when they are
+    invited, so adding cases later would give readers different case sets. The images are
+    blinded exactly like at creation (the study's size), the leak audit is re-run over all
+    cases and stored, and it is all one transaction, as in `create_study`.
+    """
+    t0 = time.perf_counter()
+    if (manifest is None) == (images_dir is None):
+        raise StudyError("give exactly one of a manifest or an images folder")
+    db_path = pathlib.Path(db_path)
+    with contextlib.closing(open_db(db_path, create=False)) as db:
+        srow = study_row(db, study)
+        _check_draft(db, srow)
+        existing = {k for (k,) in db.execute(
+            "SELECT case_key FROM cases WHERE study_id = ?", [srow["id"]])}
+        first_row = db.execute("SELECT coalesce(max(manifest_row), 0) + 1 FROM cases "
+                               "WHERE study_id = ?", [srow["id"]]).fetchone()[0]
+    tasks = json.loads(srow["tasks"])
+    rows = read_manifest(manifest) if manifest is not None else read_images_dir(images_dir)
+    for row in rows:
+        if row.case_id in existing:
+            raise ManifestError(f"{row.where}: case_id {row.case_id!r} is already in study "
+                                f"{study!r}")
+        if "alignment" in tasks and not row.prompt:
+            raise ManifestError(f"{row.where}: the alignment task shows the prompt, "
+                                "but this image has none")
+    size = srow["size"]
+    with _staging(db_path) as stage:
+        prepared, items = _prepare(rows, size, stage.incoming, progress)
+        items = _stored_audit_items(db_path, srow["id"]) + items
+        report = audit_mod.audit_leaks(items)
+        del items
+        report_dict, report_text = report.to_dict(), report.format_text()
+        with contextlib.closing(open_db(db_path)) as db, transaction(db):
+            _check_draft(db, srow)  # again inside the write lock: no invite slipped in
+            _insert_cases(db, srow["id"], prepared, size, set(), first_row=first_row)
+            db.execute("UPDATE studies SET audit_report = ?, audit_text = ? WHERE id = ?",
+                       [json.dumps(report_dict, default=str), report_text, srow["id"]])
+            log_action(db, actor, "add_cases", srow["id"], source=str(manifest or images_dir),
+                       n_cases=len(prepared), leak=report_dict.get("leak"))
+            n_cases = db.execute("SELECT count(*) FROM cases WHERE study_id = ?",
+                                 [srow["id"]]).fetchone()[0]
+            _move_in(stage, prepared)
+        stage.committed = True
+    return AddSummary(
+        study=srow["name"], n_added=len(prepared),
+        n_real=sum(p.row.source == "real" for p in prepared),
+        n_synthetic=sum(p.row.source == "synthetic" for p in prepared),
+        n_cases=n_cases, audit=report_dict, audit_text=report_text,
+        seconds=time.perf_counter() - t0)
+
+
+def _check_draft(db, srow) -> None:
+    if db.execute("SELECT 1 FROM readers WHERE study_id = ?", [srow["id"]]).fetchone():
+        raise StudyError(f"study {srow['name']!r} already has invited readers; cases can only "
+                         "be added before the first invitation (create a new study instead)")
+
+
+@dataclasses.dataclass
+class _Stage:
+    sdir: pathlib.Path
+    incoming: pathlib.Path
+    moved: list[pathlib.Path]
+    committed: bool = False
+
+
+@contextlib.contextmanager
+def _staging(db_path: pathlib.Path):
+    """A private folder for new stimulus PNGs; unless `stage.committed` is set, everything
+    it put in place (moved files, a new stimuli folder, a new empty database) is undone."""
+    db_existed = db_path.exists()
+    sdir = stimuli_dir(db_path)
+    sdir_existed = sdir.exists()
+    sdir.mkdir(exist_ok=True)
+    _sweep_stale_incoming(sdir)
+    stage = _Stage(sdir, sdir / f".incoming-{secrets.token_hex(8)}", [])
+    stage.incoming.mkdir()
+    try:
+        yield stage
+    finally:
+        shutil.rmtree(stage.incoming, ignore_errors=True)
+        if not stage.committed:
+            for path in stage.moved:
+                path.unlink(missing_ok=True)
+            if not sdir_existed:
+                with contextlib.suppress(OSError):
+                    sdir.rmdir()  # only if empty
+            if not db_existed:
+                _remove_empty_db(db_path)
+
+
+def _prepare(rows: list[ManifestRow], size: int, incoming: pathlib.Path,
+             progress: Callable[[int, int], None] | None):
+    """Decode and blind every row into `incoming`; returns (prepared, audit items)."""
+    prepared: list[_Prepared] = []
+    items: list[audit_mod.AuditItem] = []
+    for i, row in enumerate(rows):
+        decoded = _decode(row, size)
+        png = stimuli.encode_png(stimuli.normalise(decoded, size))
+        sid = stimuli.new_stimulus_id()
+        (incoming / f"{sid}.png").write_bytes(png)
+        original = {k: getattr(decoded, k) for k in _ORIGINAL_FIELDS}
+        del decoded  # keep only metadata, not the float image
+        prepared.append(_Prepared(row, sid, hashlib.sha256(png).hexdigest(), original))
+        items.append(audit_mod.AuditItem(
+            source=row.source, png=png,
+            **{k: v for k, v in original.items() if k != "original_bytes"}))
+        if progress:
+            progress(i + 1, len(rows))
+    return prepared, items
+
+
+def _insert_cases(db, study_id: int, prepared: list[_Prepared], size: int,
+                  training: set[str], *, first_row: int) -> None:
+    db["stimuli"].insert_all(({
+        "id": p.stimulus_id, "study_id": study_id, "sha256": p.sha256,
+        "width": size, "height": size,
+        **p.original,
+    } for p in prepared), batch_size=500)
+    db["cases"].insert_all(({
+        "study_id": study_id, "case_key": p.row.case_id, "stimulus_id": p.stimulus_id,
+        "source": p.row.source, "modality": p.row.modality, "prompt": p.row.prompt,
+        "generator": p.row.generator, "group_name": p.row.group,
+        "original_path": p.row.rel_path,
+        "decode_options": json.dumps(p.row.decode_options()),
+        "role": "training" if p.row.case_id in training else "main",
+        "manifest_row": first_row + i,
+    } for i, p in enumerate(prepared)), batch_size=500)
+
+
+def _move_in(stage: _Stage, prepared: list[_Prepared]) -> None:
+    for p in prepared:
+        final = stage.sdir / f"{p.stimulus_id}.png"
+        os.replace(stage.incoming / f"{p.stimulus_id}.png", final)
+        stage.moved.append(final)
 
 
 def _sweep_stale_incoming(sdir: pathlib.Path, max_age_s: float = 24 * 3600) -> None:
@@ -313,9 +419,25 @@ def audit_study(db_path: str | pathlib.Path, study: str, *, recompute: bool = Fa
         row = study_row(db, study)
         if not recompute and row["audit_report"]:
             return json.loads(row["audit_report"]), row["audit_text"] or ""
+    items = _stored_audit_items(db_path, row["id"])
+    report = audit_mod.audit_leaks(items)
+    report_dict, text = report.to_dict(), report.format_text()
+
+    def store(db):
+        db.execute("UPDATE studies SET audit_report = ?, audit_text = ? WHERE id = ?",
+                   [json.dumps(report_dict, default=str), text, row["id"]])
+        log_action(db, actor, "audit_study", row["id"], leak=report_dict.get("leak"))
+
+    write(db_path, store)
+    return report_dict, text
+
+
+def _stored_audit_items(db_path: pathlib.Path, study_id: int) -> list[audit_mod.AuditItem]:
+    """Audit items of a study's stored stimuli and their recorded original metadata."""
+    with contextlib.closing(open_db(db_path, create=False)) as db:
         cases = list(db.query(
             "SELECT c.source, s.* FROM cases c JOIN stimuli s ON s.id = c.stimulus_id "
-            "WHERE c.study_id = ? ORDER BY c.id", [row["id"]]))
+            "WHERE c.study_id = ? ORDER BY c.id", [study_id]))
     sdir = stimuli_dir(db_path)
     items = []
     for c in cases:
@@ -329,13 +451,4 @@ def audit_study(db_path: str | pathlib.Path, study: str, *, recompute: bool = Fa
             original_width=c["original_width"], original_height=c["original_height"],
             original_mode=c["original_mode"], original_bit_depth=c["original_bit_depth"],
             png=png))
-    report = audit_mod.audit_leaks(items)
-    report_dict, text = report.to_dict(), report.format_text()
-
-    def store(db):
-        db.execute("UPDATE studies SET audit_report = ?, audit_text = ? WHERE id = ?",
-                   [json.dumps(report_dict, default=str), text, row["id"]])
-        log_action(db, actor, "audit_study", row["id"], leak=report_dict.get("leak"))
-
-    write(db_path, store)
-    return report_dict, text
+    return items

@@ -89,6 +89,24 @@ def create_cmd(db_path, name, manifest, images_dir, size, tasks, training, repea
         click.echo("WARNING: the leak audit flags this study; see above.", err=True)
 
 
+@study.command("add")
+@_db_option
+@_study_option
+@click.option("--manifest", type=click.Path(dir_okay=False),
+              help="CSV in the create --manifest format (e.g. a generation batch's manifest.csv).")
+@click.option("--images", "images_dir", type=click.Path(file_okay=False),
+              help="Folder with real/ and/or synthetic/ subfolders (instead of --manifest).")
+@_one_line_errors
+def add_cmd(db_path, study_name, manifest, images_dir):
+    """Add images to a draft study (before the first reader is invited); re-runs the audit."""
+    from studies.ingest import add_cases
+
+    summary = add_cases(db_path, study_name, manifest=manifest, images_dir=images_dir)
+    click.echo(f"Added {summary.n_added} cases ({summary.n_real} real, {summary.n_synthetic} "
+               f"synthetic) to {summary.study!r}: {summary.n_cases} cases now.")
+    click.echo(summary.audit_text)
+
+
 @study.command("audit")
 @_db_option
 @_study_option

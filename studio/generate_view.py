@@ -212,15 +212,10 @@ def batch_choices(db_path, batches_dir=None) -> list[tuple[str, str]]:
 
 def send_to_study(db_path, batch_folder, study: str, *, actor="admin"):
     """Add a batch's images to an existing (draft) study as synthetic cases."""
-    from studies import ingest
+    from studies.ingest import add_cases
 
-    add = getattr(ingest, "add_cases", None)
-    if add is None:
-        raise NotImplementedError(
-            "adding cases to an existing study is not available in this version of "
-            "studies.ingest; create a new study from the batch instead (New study → "
-            "Generation batches)")
-    return add(db_path, study, manifest=pathlib.Path(batch_folder) / "manifest.csv", actor=actor)
+    return add_cases(db_path, study, manifest=pathlib.Path(batch_folder) / "manifest.csv",
+                     actor=actor)
 
 
 # ------------------------------------------------------------------------------- Gradio
@@ -279,7 +274,7 @@ def build_generate_tab(db_path, guard, *, model=None, batches_dir=None) -> Gener
                             interactive=False, elem_id="gen-files")
             batch_state = gr.State(None)
             with gr.Row():
-                send_btn = gr.Button("Send batch to the selected study", elem_id="gen-send")
+                send_btn = gr.Button("Send batch to the selected study (draft studies only)", elem_id="gen-send")
             send_msg = gr.Markdown()
 
     def on_model(key, local, request: gr.Request):
@@ -390,12 +385,12 @@ def build_generate_tab(db_path, guard, *, model=None, batches_dir=None) -> Gener
         if not study:
             raise gr.Error("choose a study at the top first")
         try:
-            send_to_study(db_path, batch_folder, study, actor=f"admin:{request.username}")
-        except NotImplementedError as exc:
-            return str(exc)
+            added = send_to_study(db_path, batch_folder, study,
+                                  actor=f"admin:{request.username}")
         except Exception as exc:  # StudyError and friends: show the message
             raise gr.Error(str(exc)) from None
-        return f"Added the batch to **{study}** as synthetic cases."
+        return (f"Added {added.n_added} images to **{study}** as synthetic cases "
+                f"({added.n_cases} cases now). Leak audit re-run: see the study's page.")
 
     private = dict(api_visibility="private")
     model_dd.change(on_model, [model_dd, local_path], [local_path, info, steps, guidance],
