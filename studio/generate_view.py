@@ -428,6 +428,8 @@ def _default_key(model, choices) -> str:
 
 
 def _scheduler_names() -> list[str]:
+    """Samplers whose packages are installed; one a model can't use (e.g. DDIM for a
+    flow-matching SD3/Flux checkpoint) is refused at generation with the list it can use."""
     from model_runtime import schedulers
 
-    return list(schedulers.SAMPLERS)
+    return [name for name, spec in schedulers.SAMPLERS.items() if spec.available()]
