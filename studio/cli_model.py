@@ -35,3 +35,27 @@ def train_command(out, minutes, seed, samples, vae_steps, unet_steps, threads, d
     click.echo(f"{result.out_dir}: {result.vae_steps} VAE + {result.unet_steps} UNet steps in "
                f"{result.seconds / 60:.1f} min (final losses {result.final_vae_loss:.4f} / "
                f"{result.final_unet_loss:.4f})")
+
+
+@model.command("evaluate")
+@click.option("--model", "model_name", default=None,
+              help="Registry key, diffusers folder or cached Hub id [default: the embedded model].")
+@click.option("--per-modality", type=int, default=8, show_default=True, help="Images generated per modality prompt.")
+@click.option("--figures", type=click.Path(file_okay=False), default=None,
+              help="Write the model card's sample grid and loss plot into this folder.")
+@click.option("--json", "as_json", is_flag=True, help="Print the full report as JSON.")
+def evaluate_command(model_name, per_modality, figures, as_json):
+    """Score a model on the embedded model's modality prompts: a modality classifier fitted on the
+    real training images must recognise the requested modality, and intensities must lie in the
+    real images' range (see studio/model_quality.py)."""
+    import json
+
+    from studio.embedded_model import evaluate_model
+
+    report = evaluate_model(model_name, per_modality=per_modality, figures_dir=figures,
+                            log=lambda msg: click.echo(msg, err=True))
+    if as_json:
+        click.echo(json.dumps(report, indent=2))
+    else:
+        click.echo(f"recognised {report['mean_recognised']:.0%}, plausible intensities "
+                   f"{report['mean_plausible']:.0%} (mean over modalities)")

@@ -139,8 +139,11 @@ VIEWS: tuple[View, ...] = (
     View("ihc_bottom_left", "train", "histology",
          "Histopathology image of colonic glands, immunohistochemistry stain", "skimage", "data/ihc.png",
          box=(0.0, 0.5, 0.5, 1.0), crop=(0.5, 1.0), flips="dihedral"),
-    View("ihc_demo", "demo", "histology", "Histopathology image of colonic glands, immunohistochemistry stain",
-         "skimage", "data/ihc.png", box=(0.5, 0.5, 1.0, 1.0), note="bottom-right quadrant, never trained on"),
+    *(
+        View(f"ihc_demo_{i}", "demo", "histology", "Histopathology image of colonic glands, immunohistochemistry stain",
+             "skimage", "data/ihc.png", box=box, note="inside the bottom-right quadrant, never trained on")
+        for i, box in enumerate([(0.5, 0.5, 0.75, 0.75), (0.75, 0.75, 1.0, 1.0)])
+    ),
 )
 
 

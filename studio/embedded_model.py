@@ -88,3 +88,60 @@ def train_embedded_model(out_dir, *, minutes: float | None = None, seed: int = 0
     finally:
         if tmp:
             shutil.rmtree(tmp, ignore_errors=True)
+
+
+def evaluate_model(model=None, *, per_modality: int = 8, seed: int = 5000, reference_samples: int = 600,
+                   figures_dir=None, log=print) -> dict:
+    """Quality of a model on the embedded model's prompts (see ``studio.model_quality``).
+
+    Generates ``per_modality`` images per modality prompt with the model's defaults, scores them
+    against real training images, and optionally writes the figures of the model card to
+    ``figures_dir``: ``medisyn-mini-samples.png`` (per modality: 2 real, then 8 generated images)
+    and ``medisyn-mini-loss.png`` (the training curves). Returns a JSON-ready dict.
+    """
+    import time
+
+    import numpy as np
+
+    from model_runtime import registry
+    from model_runtime.generation import GenerationRequest, generate
+    from model_runtime.loading import load
+    from studio import model_quality
+
+    model = model or str(registry.embedded_model_path())
+    loaded = load(model, options={"hash_weights": False})
+    defaults = read_defaults(loaded.path)
+    with tempfile.TemporaryDirectory(prefix="medisyn-ref-") as tmp:
+        demo_data.build_training_set(tmp, samples=reference_samples, seed=seed)
+        real, rows = model_quality.read_images(tmp)
+    modalities = [r["modality"] for r in rows]
+    reference = model_quality.fit_reference(real, modalities)
+    log(f"reference classifier: 5-fold accuracy {reference.cv_accuracy:.3f} on {len(real)} real images")
+    scores, grid_rows, seconds = [], [], []
+    for i, (key, modality) in enumerate(demo_data.MODALITIES.items()):
+        request = GenerationRequest(prompt=modality.prompt, num_images=per_modality, seed=seed + 100 * i,
+                                    steps=defaults.steps, guidance_scale=defaults.guidance_scale)
+        t0 = time.perf_counter()
+        images = model_quality.to_uint8([g.image for g in generate(loaded, request)])
+        seconds.append(time.perf_counter() - t0)
+        s = model_quality.score(reference, key, modality.prompt, images)
+        scores.append(dataclasses.asdict(s))
+        log(f"{key:11s} recognised {s.recognised:.0%}  plausible {s.plausible:.0%}  predicted {s.predicted}")
+        own = [j for j, r in enumerate(rows) if r["view"] in {v.key for v in demo_data.train_views()
+                                                               if v.caption == modality.prompt}]
+        grid_rows.append(np.concatenate([real[own[:2]], images[:8]]))
+    report = {
+        "model": str(loaded.path), "defaults": dataclasses.asdict(defaults), "per_modality": per_modality,
+        "reference_cv_accuracy": reference.cv_accuracy, "scores": scores,
+        "mean_recognised": float(np.mean([s["recognised"] for s in scores])),
+        "mean_plausible": float(np.mean([s["plausible"] for s in scores])),
+        "seconds_per_request": float(np.median(seconds)),
+    }
+    if figures_dir is not None:
+        figures_dir = pathlib.Path(figures_dir)
+        figures_dir.mkdir(parents=True, exist_ok=True)
+        model_quality.grid(grid_rows).save(figures_dir / "medisyn-mini-samples.png", optimize=True)
+        log_csv = pathlib.Path(loaded.path) / "training_log.csv"
+        if log_csv.is_file():
+            model_quality.loss_plot(log_csv, figures_dir / "medisyn-mini-loss.png")
+    return report

@@ -2,9 +2,9 @@
 
 Two proxies, both measured against the real training images (``studio.demo_data``):
 
-- *text alignment*: a simple modality classifier (scikit-learn logistic regression on a 16x16
-  thumbnail plus colour histograms) trained on the real images; for each modality's prompt, the
-  share of generated images it assigns to the requested modality;
+- *text alignment*: a simple modality classifier (scikit-learn logistic regression on an 8x8
+  thumbnail, colour histograms and a histogram of local gradients) trained on the real images; for
+  each modality's prompt, the share of generated images it assigns to the requested modality;
 - *neither blank nor noise*: each generated image's intensity mean and standard deviation lie
   within the range spanned by the real images of that modality (with a small margin).
 
@@ -19,19 +19,24 @@ import pathlib
 import numpy as np
 from PIL import Image, ImageDraw
 
-THUMB = 16
+THUMB = 8  # coarse layout only: the crops move anatomy around
 BINS = 16
+GRAD_BINS = 8  # texture: histogram of absolute neighbour differences (0-63 grey levels)
 MARGIN = 0.05  # tolerance around the real images' range of per-image mean/std (intensity in [0, 1])
 
 
 def features(images: np.ndarray) -> np.ndarray:
-    """N x H x W x 3 uint8 -> N x F: a THUMB x THUMB RGB thumbnail and per-channel histograms."""
+    """N x H x W x 3 uint8 -> N x F: a THUMB x THUMB RGB thumbnail, per-channel intensity
+    histograms and a histogram of local gradient magnitudes."""
     images = np.asarray(images)
     out = []
     for im in images:
         thumb = np.asarray(Image.fromarray(im).resize((THUMB, THUMB), Image.Resampling.BOX), np.float32) / 255
         hist = [np.histogram(im[..., c], bins=BINS, range=(0, 256))[0] / im[..., c].size for c in range(3)]
-        out.append(np.concatenate([thumb.ravel(), np.concatenate(hist)]))
+        grey = im.astype(np.float32).mean(axis=2)
+        steps = np.concatenate([np.abs(np.diff(grey, axis=0)).ravel(), np.abs(np.diff(grey, axis=1)).ravel()])
+        grad = np.histogram(steps, bins=GRAD_BINS, range=(0, 64))[0] / steps.size
+        out.append(np.concatenate([thumb.ravel(), np.concatenate(hist), grad]))
     return np.stack(out).astype(np.float32)
 
 
@@ -99,7 +104,7 @@ class ModalityScore:
 
 def score(reference: Reference, modality: str, prompt: str, images: np.ndarray) -> ModalityScore:
     """How well generated ``images`` for ``prompt`` match the real images of ``modality``."""
-    predicted = reference.predict(images)
+    predicted = [str(p) for p in reference.predict(images)]
     means, stds = intensity_stats(images)
     lo_m, hi_m = reference.mean_range[modality]
     lo_s, hi_s = reference.std_range[modality]
@@ -160,7 +165,7 @@ def loss_plot(log_csv, out_png, size=(640, 260)) -> None:
         xy = [(x0 + (s - steps[0]) / max(1, steps[-1] - steps[0]) * (x1 - x0),
                y1 - (v - lo) / (hi - lo) * (y1 - y0)) for s, v in pts]
         draw.line(xy, fill=(31, 119, 180), width=2)
-        title = {"vae": "VAE: L1 + KL", "unet": "UNet + text encoder: min-SNR v-loss"}[phase]
+        title = {"vae": "VAE: L1 + gradient L1 + KL", "unet": "UNet + text encoder: min-SNR v-loss"}[phase]
         draw.text((x0, 6), title, fill="black")
         draw.text((x0 - 45, y0), f"{hi:.3f}", fill="black")
         draw.text((x0 - 45, y1 - 10), f"{lo:.3f}", fill="black")

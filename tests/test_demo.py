@@ -1,0 +1,88 @@
+"""The demo study: seeded once with held-out real + freshly generated images, reused afterwards."""
+import pathlib
+
+import pytest
+
+pytest.importorskip("torch")
+
+from studies import readers, session  # noqa: E402
+from studies.export import long_table  # noqa: E402
+from studies.ingest import list_studies  # noqa: E402
+from studio import demo  # noqa: E402
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+MODEL = ROOT / "assets" / "medisyn-mini"
+
+pytestmark = pytest.mark.skipif(not (MODEL / "model_index.json").is_file(), reason="embedded model not built")
+
+
+@pytest.fixture(scope="module")
+def seeded(tmp_path_factory):
+    db = tmp_path_factory.mktemp("demo") / "studio.db"
+    info = demo.seed_demo(db, synthetic_per_modality=1)
+    return db, info
+
+
+def test_first_start_creates_the_demo_study(seeded):
+    db, info = seeded
+    assert info.created and info.study == demo.DEMO_STUDY
+    assert len(info.modalities) >= 5
+    assert info.n_real >= 5 and info.n_synthetic >= 5
+    (row,) = list_studies(db)
+    assert row["name"] == "demo" and set(row["tasks"]) == {"turing", "alignment"}
+    assert row["n_real"] == info.n_real and row["n_synthetic"] == info.n_synthetic
+    assert row["generators"] == [demo.GENERATOR]
+    assert info.link.endswith(f"/?token={info.token}")
+    ref = readers.reader_for_token(db, info.token)
+    assert ref is not None and ref.name == demo.DEMO_READER and ref.study == "demo"
+
+
+def test_reader_sees_both_tasks_and_the_prompt(seeded):
+    db, info = seeded
+    ref = readers.reader_for_token(db, info.token)
+    view = session.next_case(db, ref.reader_id)
+    assert {t["task"] for t in view.tasks} == {"turing", "alignment"}
+    assert view.prompt  # the alignment task shows the prompt
+    png = session.stimulus_png(db, ref.reader_id, view.stimulus_id)
+    assert png.startswith(b"\x89PNG")
+
+
+def test_every_modality_has_real_and_synthetic_cases(seeded):
+    db, _ = seeded
+    # the long table lists answered slots only, so read the cases through the database instead
+    from studies.database import reading
+
+    with reading(db) as conn:
+        rows = conn.execute("SELECT modality, source FROM cases").fetchall()
+    by_modality = {}
+    for modality, source in rows:
+        by_modality.setdefault(modality, set()).add(source)
+    assert len(by_modality) >= 5
+    assert all(sources == {"real", "synthetic"} for sources in by_modality.values()), by_modality
+    assert long_table(db, "demo").empty  # nobody has answered yet
+
+
+def test_second_start_reuses_the_study(seeded):
+    db, first = seeded
+    again = demo.seed_demo(db)
+    assert not again.created and again.study == "demo"
+    assert len(list_studies(db)) == 1
+    assert readers.reader_for_token(db, again.token).name == demo.DEMO_READER
+    assert readers.reader_for_token(db, first.token) is None  # the old link was replaced
+    assert [r.name for r in readers.list_readers(db, "demo")] == [demo.DEMO_READER]
+
+
+def test_cli_prints_link_and_admin_login(seeded, monkeypatch):
+    from click.testing import CliRunner
+
+    from studio.cli import cli
+
+    db, _ = seeded
+    monkeypatch.delenv("MEDISYN_ADMIN_PASSWORD", raising=False)
+    result = CliRunner().invoke(cli, ["demo", "--db", str(db), "--base-url", "http://example.org:7860/"])
+    assert result.exit_code == 0, result.output
+    assert "already exists" in result.output
+    assert "demo reader: http://example.org:7860/?token=" in result.output
+    assert "admin login: admin / " in result.output
+    token = result.output.split("?token=")[1].split()[0]
+    assert readers.reader_for_token(db, token).name == demo.DEMO_READER
