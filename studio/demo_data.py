@@ -291,13 +291,6 @@ def build_demo_set(out_dir, *, size: int = NATIVE_SIZE) -> list[DemoImage]:
     return images
 
 
-def read_captions(data_dir) -> list[dict]:
-    """Rows of a training set's captions.csv (path resolved against the folder)."""
-    data_dir = pathlib.Path(data_dir)
-    with open(data_dir / "captions.csv", newline="", encoding="utf-8") as fh:
-        return [dict(row, path=str(data_dir / row["path"])) for row in csv.DictReader(fh)]
-
-
 def info_dict(info: DatasetInfo) -> dict:
     d = dataclasses.asdict(info)
     d["out_dir"] = str(info.out_dir)
