@@ -6,9 +6,31 @@ cli_model, cli_app) and registers itself on the groups defined here. Heavy impor
 """
 from __future__ import annotations
 
+import functools
 import importlib
+import sqlite3
 
 import click
+
+
+def one_line_errors(fn):
+    """Turn the library's expected failures into click's one-line error + exit 1."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        from studies.errors import StudyError
+        from studies.imaging import ImageError
+
+        try:
+            return fn(*args, **kwargs)
+        except (StudyError, ImageError, FileNotFoundError) as exc:
+            raise click.ClickException(str(exc)) from None
+        except sqlite3.DatabaseError as exc:
+            raise click.ClickException(f"database error: {exc}") from None
+        except OSError as exc:
+            raise click.ClickException(f"{exc.strerror or exc}: {exc.filename or ''}".rstrip(": ")) from None
+
+    return wrapper
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})

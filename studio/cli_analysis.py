@@ -11,6 +11,9 @@ from pathlib import Path
 import click
 
 from studio.cli import cli, study, model  # noqa: F401  (groups these commands attach to)
+from studio.cli import one_line_errors
+
+_PROB = click.FloatRange(0, 1, min_open=True, max_open=True)  # a probability strictly inside (0, 1)
 
 
 def _f(v, digits: int = 3) -> str:
@@ -75,7 +78,8 @@ def format_summary(result: dict) -> str:
 @click.option("--json", "as_json", is_flag=True, help="Print the full result as JSON (keys: README).")
 @click.option("--html", "html_path", type=click.Path(dir_okay=False, path_type=Path),
               help="Write a self-contained HTML report here.")
-@click.option("--alpha", default=0.05, show_default=True, help="Test level; CIs are 1 − alpha.")
+@click.option("--alpha", default=0.05, show_default=True, type=_PROB, help="Test level; CIs are 1 − alpha.")
+@one_line_errors
 def analyze_cmd(db_path, study_name, responses, as_json, html_path, alpha):
     """Statistics of a reader study: accuracy, ROC/MRMC, agreement, Likert, ICC."""
     from studies.analysis import analyze, analyze_db
@@ -108,20 +112,21 @@ def analyze_cmd(db_path, study_name, responses, as_json, html_path, alpha):
 
 
 @study.command("power")
-@click.option("--readers", type=int, help="Number of readers (omit with --target-power to solve for it).")
-@click.option("--cases", type=int, help="Cases per reader (omit with --target-power to solve for it).")
-@click.option("--accuracy", type=float, help="Expected mean reader accuracy (binary call).")
-@click.option("--auc", type=float, help="Expected AUC (vs 0.5), or the first generator's AUC with --auc2.")
-@click.option("--auc2", type=float, help="Second generator's AUC: power for the difference.")
-@click.option("--reader-sd", type=float, help="Between-reader SD: logit scale for --accuracy "
+@click.option("--readers", type=click.IntRange(min=2), help="Number of readers (omit with --target-power to solve for it).")
+@click.option("--cases", type=click.IntRange(min=2), help="Cases per reader (omit with --target-power to solve for it).")
+@click.option("--accuracy", type=_PROB, help="Expected mean reader accuracy (binary call).")
+@click.option("--auc", type=_PROB, help="Expected AUC (vs 0.5), or the first generator's AUC with --auc2.")
+@click.option("--auc2", type=_PROB, help="Second generator's AUC: power for the difference.")
+@click.option("--reader-sd", type=click.FloatRange(min=0), help="Between-reader SD: logit scale for --accuracy "
               "(default 0.3), AUC scale for --auc (default 0.05).")
-@click.option("--prevalence", default=0.5, show_default=True, help="Share of synthetic cases (AUC).")
-@click.option("--target-power", type=float, help="Solve for readers or cases to reach this power.")
+@click.option("--prevalence", default=0.5, show_default=True, type=_PROB, help="Share of synthetic cases (AUC).")
+@click.option("--target-power", type=_PROB, help="Solve for readers or cases to reach this power.")
 @click.option("--pilot", type=click.Path(exists=True, dir_okay=False, path_type=Path),
               help="Analysis JSON of a pilot study: use its MRMC variance components (AUC).")
 @click.option("--simulate", is_flag=True, help="Monte Carlo instead of the analytic approximation (accuracy).")
-@click.option("--alpha", default=0.05, show_default=True)
+@click.option("--alpha", default=0.05, show_default=True, type=_PROB)
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+@one_line_errors
 def power_cmd(readers, cases, accuracy, auc, auc2, reader_sd, prevalence, target_power, pilot, simulate,
               alpha, as_json):
     """Power (or readers × cases needed) for a visual Turing test, with between-reader variability."""

@@ -12,26 +12,7 @@ import sys
 import click
 
 from studio.cli import cli, study, model  # noqa: F401  (groups these commands attach to)
-
-
-def _one_line_errors(fn):
-    """Turn the library's expected failures into click's one-line error + exit 1."""
-
-    @functools.wraps(fn)
-    def wrapper(*args, **kwargs):
-        from studies.errors import StudyError
-        from studies.imaging import ImageError
-
-        try:
-            return fn(*args, **kwargs)
-        except (StudyError, ImageError, FileNotFoundError) as exc:
-            raise click.ClickException(str(exc)) from None
-        except sqlite3.DatabaseError as exc:
-            raise click.ClickException(f"database error: {exc}") from None
-        except OSError as exc:
-            raise click.ClickException(f"{exc.strerror or exc}: {exc.filename or ''}".rstrip(": ")) from None
-
-    return wrapper
+from studio.cli import one_line_errors as _one_line_errors
 
 
 _db_option = click.option("--db", "db_path", required=True, type=click.Path(dir_okay=False),

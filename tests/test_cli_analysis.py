@@ -88,3 +88,33 @@ def test_power_from_pilot_analysis(tmp_path):
     mrmc = json.loads(out.output)["turing"]["mrmc"]
     assert data["variance_components"]["var"] * 200 == pytest.approx(
         mrmc["variance_components"]["var"] * mrmc["n_cases"])
+
+
+def test_analyze_bad_database_input_is_one_line(tmp_path):
+    """Unknown study, a file that is not SQLite, an unwritable report path: `Error:` + exit 1."""
+    from study_fixtures import make_study
+
+    db, _ = make_study(tmp_path)
+    runner = CliRunner()
+    unknown = runner.invoke(cli, ["study", "analyze", "--db", str(db), "--study", "nope"])
+    assert unknown.exit_code == 1 and "nope" in unknown.output and "Traceback" not in unknown.output
+    junk = tmp_path / "junk.db"
+    junk.write_bytes(b"this is not a database" * 100)
+    res = runner.invoke(cli, ["study", "analyze", "--db", str(junk), "--study", "x"])
+    assert res.exit_code == 1 and res.output.startswith("Error: database error")
+    res = runner.invoke(cli, ["study", "analyze", "--responses", str(_csv(tmp_path)),
+                              "--html", str(tmp_path / "no" / "such" / "dir" / "r.html")])
+    assert res.exit_code == 1 and res.output.startswith("Error:") and "r.html" in res.output
+
+
+@pytest.mark.parametrize("args, bad", [
+    (["--readers", "10", "--cases", "50", "--accuracy", "0.6", "--alpha", "2"], "--alpha"),
+    (["--readers", "10", "--cases", "50", "--auc", "1.3"], "--auc"),
+    (["--readers", "10", "--cases", "50", "--auc", "0.7", "--prevalence", "1.5"], "--prevalence"),
+    (["--readers", "10", "--accuracy", "0.6", "--target-power", "1.5"], "--target-power"),
+    (["--readers", "0", "--cases", "50", "--accuracy", "0.6"], "--readers"),
+    (["--readers", "10", "--cases", "50", "--accuracy", "0.6", "--reader-sd", "-1"], "--reader-sd"),
+])
+def test_power_refuses_out_of_range_inputs(args, bad):
+    res = CliRunner().invoke(cli, ["study", "power", *args])
+    assert res.exit_code == 2 and bad in res.output and "power =" not in res.output
