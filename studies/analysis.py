@@ -120,6 +120,7 @@ class Prepared:
 def prepare(long_df: pd.DataFrame, *, study: str | None = None) -> Prepared:
     """Validate and clean a long table (see module docstring for the rules)."""
     missing = [c for c in REQUIRED if c not in long_df.columns]
+    has_study_column = "study" in long_df.columns
     if missing:
         raise ValueError(f"long table lacks required column(s): {', '.join(missing)}")
     # a group column that is blank everywhere (a study without case groups) is no grouping
@@ -197,7 +198,9 @@ def prepare(long_df: pd.DataFrame, *, study: str | None = None) -> Prepared:
         "has_group_column": has_group,
     }
     if summary["study"] is None or summary["study"] == []:
-        summary["study"], summary["study_reason"] = None, "no study column"
+        summary["study"] = None
+        summary["study_reason"] = ("no study column" if not has_study_column else
+                                   "no analysed row names a study (and no study was given)")
     return Prepared(main=main, repeats=repeats, levels=levels, has_group=has_group, summary=summary)
 
 
@@ -418,12 +421,19 @@ def _turing_mrmc(rows: pd.DataFrame, readers, cases: pd.DataFrame, *, min_covera
 
 
 def _turing(rows: pd.DataFrame, repeats: pd.DataFrame, prep: Prepared, *, alpha: float,
-            min_coverage: float) -> dict:
+            min_coverage: float) -> dict | str:
+    """The turing section, or (a string) the reason it is undefined."""
+    n_answers = len(rows)
     rows = rows[rows["truth"].isin(["real", "synthetic"])]
+    if rows.empty:
+        return (f"none of the {n_answers} turing answers has a truth or source "
+                "(real or synthetic) to score it against")
+    n_with_truth = len(rows)
     rows = rows.assign(v=_call_value(rows), truth_syn=(rows["truth"] == "synthetic").to_numpy())
     rows = rows[rows["v"].notna()]
     if rows.empty:
-        return None
+        return (f"none of the {n_with_truth} turing answers with a known truth has a call: "
+                "neither a response (real or synthetic) nor a rating")
     readers = sorted(rows["reader"].unique(), key=_natural_key)
     cases = rows.drop_duplicates("case").set_index("case")[["truth", "generator", "modality", "group"]]
     cases = cases.loc[sorted(cases.index, key=_natural_key)]
@@ -504,10 +514,12 @@ def _turing(rows: pd.DataFrame, repeats: pd.DataFrame, prep: Prepared, *, alpha:
 # --- Likert ---------------------------------------------------------------------------
 
 def _likert(rows: pd.DataFrame, repeats: pd.DataFrame, prep: Prepared, *, alpha: float,
-            min_coverage: float) -> dict | None:
+            min_coverage: float) -> dict | str:
+    """The alignment/quality section, or (a string) the reason it is undefined."""
+    n_answers, task = len(rows), str(rows["task"].iloc[0])
     rows = rows[rows["rating"].notna()]
     if rows.empty:
-        return None
+        return f"none of the {n_answers} {task} answers has a rating"
     readers = sorted(rows["reader"].unique(), key=_natural_key)
     case_ids = sorted(rows["case"].unique(), key=_natural_key)
     out: dict = {"n": int(len(rows)), "n_readers": len(readers), "n_cases": len(case_ids)}
@@ -599,11 +611,14 @@ def analyze(long_df: pd.DataFrame, *, study: str | None = None, alpha: float = 0
     for task in TASK_NAMES:
         rows = main[main["task"] == task]
         rep = repeats[repeats["task"] == task]
-        section = (_turing if task == "turing" else _likert)(
-            rows, rep, prep, alpha=alpha, min_coverage=min_reader_coverage) if len(rows) else None
-        if section is None:
+        if not len(rows):
+            section = f"no responses to the {task} task yet"
+        else:  # a string: the section's own reason why it is undefined
+            section = (_turing if task == "turing" else _likert)(
+                rows, rep, prep, alpha=alpha, min_coverage=min_reader_coverage)
+        if isinstance(section, str):
             result[task] = None
-            result[f"{task}_reason"] = f"no responses to the {task} task yet"
+            result[f"{task}_reason"] = section
         else:
             result[task] = section
     try:  # fast path (C speed): succeeds unless some value is NaN/inf or not JSON-serialisable
@@ -625,7 +640,11 @@ def _json_default(obj):
 
 
 def analyze_db(db_path, study: str, **kwargs) -> dict:
-    """analyze() on `studies.export.long_table(db_path, study)`."""
+    """analyze() on `studies.export.long_table(db_path, study)`.
+
+    The study name is passed on (the export's `study` column holds it, so the filter keeps
+    every row) so that `input.study` names the study even before anyone has answered.
+    """
     from studies.export import long_table  # lazy: the export module is optional for analyze()
 
-    return analyze(long_table(db_path, study), study=None, **kwargs)
+    return analyze(long_table(db_path, study), study=study, **kwargs)

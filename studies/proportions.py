@@ -82,7 +82,8 @@ def binary_summaries(counts, *, alpha: float = 0.05, chance: float = 0.5) -> lis
     n = n_syn + n_real
     correct = tp + tn
     acc = _intervals(correct, n, alpha)
-    props = {key: (x, m, _intervals(x, m, alpha)[:2], reason) for key, x, m, reason in (
+    # sensitivity, specificity and fool rate get both intervals, like accuracy
+    props = {key: (x, m, _intervals(x, m, alpha), reason) for key, x, m, reason in (
         ("sensitivity", tp, n_syn, "no synthetic cases"),
         ("specificity", tn, n_real, "no real cases"),
         ("fool_rate", fn, n_syn, "no synthetic cases"),
@@ -101,12 +102,13 @@ def binary_summaries(counts, *, alpha: float = 0.05, chance: float = 0.5) -> lis
         else:
             for key in ("accuracy", "ci_wilson", "ci_clopper_pearson", "p_binomial"):
                 set_value(row, key, None, "no responses")
-        for key, (x, m, (lo, hi), reason) in props.items():
+        for key, (x, m, (wl, wh, cl, ch), reason) in props.items():
             if m[i] > 0:
                 row[key] = float(x[i] / m[i])
-                row[f"{key}_ci_wilson"] = [float(lo[i]), float(hi[i])]
+                row[f"{key}_ci_wilson"] = [float(wl[i]), float(wh[i])]
+                row[f"{key}_ci_clopper_pearson"] = [float(cl[i]), float(ch[i])]
             else:
-                set_value(row, key, None, reason)
-                set_value(row, f"{key}_ci_wilson", None, reason)
+                for k in (key, f"{key}_ci_wilson", f"{key}_ci_clopper_pearson"):
+                    set_value(row, k, None, reason)
         out.append(row)
     return out

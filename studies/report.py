@@ -12,10 +12,18 @@ import plotly.graph_objects as go
 
 from studies.likert import MWU_TEST
 
+# (heading, text): each test named with its reference; tests/test_report.py checks the pairs
 METHODS = [
     ("Accuracy, sensitivity, specificity, fool rate",
-     "95% intervals by Wilson's score method and the Clopper–Pearson exact method; exact two-sided "
-     "binomial test of accuracy against 0.5 (Newcombe 1998, Stat Med 17:857)."),
+     "95% intervals by Wilson's score method (Wilson 1927, J Am Stat Assoc 22:209) and the "
+     "Clopper–Pearson exact method (Clopper & Pearson 1934, Biometrika 26:404), compared in Newcombe "
+     "1998, Stat Med 17:857; exact two-sided binomial test of the pooled accuracy against 0.5, which "
+     "treats every read as independent."),
+    ("Random-readers accuracy test",
+     "Two-sided one-sample Student's t-test of the per-reader accuracies against 0.5 (Student 1908, "
+     "Biometrika 6:1): each reader's accuracy is one observation, df = readers − 1, so the result "
+     "generalises to new readers, unlike the pooled binomial test; it assumes the reader accuracies "
+     "are roughly normal."),
     ("ROC", "Empirical (Wilcoxon) AUC from the 6-point rating (6 = definitely synthetic, positive class = "
             "synthetic) with DeLong's variance and a Wald 95% CI (DeLong, DeLong & Clarke-Pearson 1988, "
             "Biometrics 44:837)."),
@@ -23,12 +31,14 @@ METHODS = [
              "degrees of freedom, for random readers & random cases and for fixed readers (Obuchowski & "
              "Rockette 1995, Commun Stat Simul Comput 24:285; Hillis 2007, Stat Med 26:596). Generators are "
              "treatments sharing the real images as negatives."),
-    ("Agreement", "Fleiss' κ with the Fleiss, Nee & Landis (1979) z-test; Cohen's κ per reader pair with the "
+    ("Agreement", "Fleiss' κ (Fleiss 1971, Psychol Bull 76:378) with the Fleiss, Nee & Landis (1979) z-test; "
+                  "Cohen's κ (Cohen 1960, Educ Psychol Meas 20:37) per reader pair with the "
                   "Fleiss, Cohen & Everitt (1969) asymptotic SE (linearly weighted for Likert ratings); "
                   "Krippendorff's α (Krippendorff 2004; Hayes & Krippendorff 2007). Intra-reader: Cohen's κ "
                   "between a reader's first and repeated read."),
     ("Likert", f"Mean, median, quartiles and distributions; six Shrout & Fleiss (1979) ICCs with F-tests and "
-               f"McGraw & Wong (1996) CIs; {MWU_TEST} for synthetic vs real (assumes independent ratings)."),
+               f"McGraw & Wong (1996) CIs; {MWU_TEST} (Mann & Whitney 1947, Ann Math Stat 18:50–60) for "
+               f"synthetic vs real (assumes independent ratings)."),
 ]
 
 
@@ -203,12 +213,21 @@ def _turing_html(t: dict) -> list[str]:
                                ("p", "p"), ("95% CI", "ci")],
                         f"MRMC vs AUC 0.5 (Obuchowski–Rockette, Hillis ddf; random readers and cases; "
                         f"{m.get('n_readers')} readers, {m.get('n_real')} real images)"))
+    parts.append(_table([(name, _fixed_readers(d)) for name, d in rows],
+                        [("AUC", "auc"), ("SE", "se"), ("z", "z"), ("p", "p"), ("95% CI", "ci")],
+                        "MRMC vs AUC 0.5, fixed readers (random cases; conclusions hold for these readers only)"))
     comp = m.get("comparison")
     if comp:
-        parts.append(_table(list(comp["differences"].items()),
+        diffs = list(comp["differences"].items())
+        parts.append(_table(diffs,
                             [("difference", "difference"), ("F", "f"), ("ddf", "ddf"), ("p", "p"), ("95% CI", "ci")],
                             f"Generator differences in AUC (overall F = {_fmt(comp.get('f'))}, "
                             f"p = {_fmt(comp.get('p'))})"))
+        fixed = comp.get("fixed_readers") or {}
+        parts.append(_table([(name, _fixed_readers(d, "difference")) for name, d in diffs],
+                            [("difference", "difference"), ("SE", "se"), ("z", "z"), ("p", "p"), ("95% CI", "ci")],
+                            f"Generator differences in AUC, fixed readers (overall χ² = {_fmt(fixed.get('chi2'))}, "
+                            f"df = {_fmt(fixed.get('df'))}, p = {_fmt(fixed.get('p'))})"))
     parts.append(_agreement_table([
         ("Fleiss' κ (all readers)", t["fleiss_kappa"], "kappa"),
         ("Krippendorff's α (nominal)", t["krippendorff_alpha"], "alpha"),
@@ -216,6 +235,23 @@ def _turing_html(t: dict) -> list[str]:
         ("intra-reader κ (first vs repeated read, pooled)", _pooled(t["intra_reader_kappa"]), "kappa"),
     ], "Agreement on the binary call"))
     return parts
+
+
+def _fixed_readers(d: dict | None, value: str = "auc") -> dict | None:
+    """An MRMC entry's fixed-readers test next to its estimate; reasons carried over."""
+    if d is None:
+        return None
+    fr = d.get("fixed_readers")
+    out = {value: d.get(value)}
+    if d.get(f"{value}_reason"):
+        out[f"{value}_reason"] = d[f"{value}_reason"]
+    if isinstance(fr, dict):
+        out.update(fr)
+    else:
+        reason = d.get("fixed_readers_reason") or d.get(f"{value}_reason") or "undefined"
+        for key in ("se", "z", "p", "ci"):
+            out[key], out[f"{key}_reason"] = None, reason
+    return out
 
 
 def _pooled(intra: dict) -> dict:
@@ -243,6 +279,7 @@ def _likert_html(task: str, s: dict) -> list[str]:
     rows = [("all", s["summary"])] + [(f"source: {k}", v) for k, v in s["by_source"].items()]
     rows += [(f"modality: {k}", v) for k, v in s["by_modality"].items()]
     rows += [(f"generator: {k}", v) for k, v in s["by_generator"].items()]
+    rows += [(f"group: {k}", v) for k, v in (s.get("by_group") or {}).items()]
     parts.append(_table(rows, _LIKERT_COLS, "Summary"))
     parts.append(_table([("synthetic vs real", s["mann_whitney"])],
                         [("U", "u"), ("p", "p"), ("P(synthetic > real)", "prob_superiority"),

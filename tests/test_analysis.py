@@ -12,6 +12,8 @@ from analysis_fixtures import assert_json_clean
 
 BINARY_KEYS = ("n", "accuracy", "sensitivity", "specificity", "fool_rate", "ci_wilson", "ci_clopper_pearson",
                "p_binomial")
+RATE_CI_KEYS = tuple(f"{rate}_ci_{method}" for rate in ("sensitivity", "specificity", "fool_rate")
+                     for method in ("wilson", "clopper_pearson"))
 
 
 @pytest.fixture(scope="module")
@@ -356,3 +358,95 @@ def test_random_readers_accuracy_test(result):
     assert got["ci"][0] < got["mean"] < got["ci"][1] and got["df"] == len(accs) - 1
     one = analyze(simulate_long(1, 20, seed=18))["turing"]["accuracy_random_readers"]
     assert one["p"] is None and "one reader" in one["p_reason"]
+
+
+# --- both intervals for every rate ------------------------------------------------------
+
+def _exact_ci(x, n):
+    from scipy.stats import binomtest
+
+    ci = binomtest(int(x), int(n)).proportion_ci(confidence_level=0.95, method="exact")
+    return [ci.low, ci.high]
+
+
+def _rate_counts(entry):
+    c = entry["confusion"]
+    tp, fn = c["synthetic"]["synthetic"], c["synthetic"]["real"]
+    fp, tn = c["real"]["synthetic"], c["real"]["real"]
+    return {"sensitivity": (tp, tp + fn), "specificity": (tn, fp + tn), "fool_rate": (fn, tp + fn)}
+
+
+def test_rates_have_clopper_pearson_everywhere(result):
+    """pooled, per reader and every breakdown: Wilson and Clopper–Pearson CIs for each rate,
+    the latter equal to scipy's exact interval for the entry's own counts."""
+    t = result["turing"]
+    entries = [("pooled", t["pooled"])]
+    entries += [(f"per_reader.{k}", v) for k, v in t["per_reader"].items()]
+    for by in ("by_modality", "by_generator", "by_group"):
+        entries += [(f"{by}.{k}", v) for k, v in t[by].items()]
+    assert len(entries) == 1 + 6 + 2 + 2 + 2
+    for name, entry in entries:
+        for key in RATE_CI_KEYS:
+            assert key in entry, (name, key)
+        for rate, (x, n) in _rate_counts(entry).items():
+            assert entry[f"{rate}_ci_clopper_pearson"] == pytest.approx(_exact_ci(x, n), abs=1e-9), (name, rate)
+            assert entry[f"{rate}_ci_wilson"] != entry[f"{rate}_ci_clopper_pearson"], (name, rate)
+
+
+def test_empty_breakdown_level_has_null_rate_intervals_with_reasons():
+    df = simulate_long(3, 30, tasks=("turing",), modalities=("CXR",), seed=8, training_cases=2)
+    df.loc[df.training, "modality"] = "MRI"
+    mri = analyze(df)["turing"]["by_modality"]["MRI"]
+    for key in RATE_CI_KEYS:
+        assert mri[key] is None and mri[f"{key}_reason"], key
+
+
+# --- reasons that say what is actually missing ------------------------------------------
+
+def test_turing_rows_without_truth_say_so():
+    df = simulate_long(3, 20, tasks=("turing",), seed=19).assign(truth=None, source=None)
+    res = analyze(df)
+    assert res["input"]["tasks"]["turing"] > 0
+    assert res["turing"] is None
+    assert res["turing_reason"] != "no responses to the turing task yet"
+    assert "truth" in res["turing_reason"] and "source" in res["turing_reason"]
+    assert str(res["input"]["tasks"]["turing"]) in res["turing_reason"]
+
+
+def test_turing_rows_without_response_or_rating_say_so():
+    df = simulate_long(3, 20, tasks=("turing",), seed=20).assign(response=None, rating=np.nan)
+    res = analyze(df)
+    assert res["input"]["tasks"]["turing"] == 60
+    assert res["turing"] is None
+    assert res["turing_reason"] != "no responses to the turing task yet"
+    assert "response" in res["turing_reason"] and "rating" in res["turing_reason"]
+    assert "60" in res["turing_reason"]
+
+
+def test_likert_rows_without_rating_say_so():
+    df = simulate_long(3, 20, tasks=("turing", "quality"), seed=21)
+    q = df.task == "quality"
+    df.loc[q, "rating"] = np.nan
+    df.loc[q, "response"] = None
+    res = analyze(df)
+    assert res["input"]["tasks"]["quality"] > 0 and res["quality"] is None
+    assert "rating" in res["quality_reason"] and "no responses" not in res["quality_reason"]
+    assert res["turing"] is not None
+
+
+def test_analyze_db_names_a_study_without_answers(tmp_path):
+    from studies.design import StudyOptions
+    from study_fixtures import make_study
+
+    opts = StudyOptions(tasks=("turing",), seed=3)
+    db, _ = make_study(tmp_path, "silent", options=opts, tasks=opts.tasks)
+    res = analyze_db(db, "silent")
+    assert_json_clean(res)
+    assert res["input"]["study"] == "silent" and "study_reason" not in res["input"]
+    assert res["input"]["rows_analysed"] == 0
+    assert res["turing"] is None and res["turing_reason"] == "no responses to the turing task yet"
+
+
+def test_empty_table_with_a_study_column_does_not_blame_the_column():
+    empty = analyze(simulate_long(2, 10, seed=22).iloc[0:0])
+    assert empty["input"]["study"] is None and empty["input"]["study_reason"] != "no study column"

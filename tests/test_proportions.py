@@ -1,6 +1,7 @@
 """Binomial proportions against Newcombe (1998) Table I and exact binomial p-values."""
 import numpy as np
 import pytest
+from scipy.stats import binomtest
 
 from studies.proportions import (binary_summaries, binary_summary, binomial_p, clopper_pearson_ci,
                                  proportion, wilson_ci)
@@ -71,3 +72,40 @@ def test_batch_equals_single():
 def test_proportion_empty():
     p = proportion(0, 0, empty_reason="nothing")
     assert p["value"] is None and p["value_reason"] == "nothing"
+
+
+def _exact(x, n):
+    ci = binomtest(int(x), int(n)).proportion_ci(confidence_level=0.95, method="exact")
+    return [ci.low, ci.high]
+
+
+@pytest.mark.parametrize("tp,fn,fp,tn", [(30, 10, 15, 45), (7, 0, 2, 1), (0, 5, 9, 0), (1, 28, 81, 182)])
+def test_every_rate_has_both_intervals_against_scipy_exact(tp, fn, fp, tn):
+    """Sensitivity, specificity and fool rate carry Clopper–Pearson limits, equal to scipy's exact CI."""
+    s = binary_summary(tp, fn, fp, tn)
+    for key, x, n in (("sensitivity", tp, tp + fn), ("specificity", tn, fp + tn), ("fool_rate", fn, tp + fn)):
+        assert s[f"{key}_ci_clopper_pearson"] == pytest.approx(_exact(x, n), abs=1e-9), key
+        assert s[f"{key}_ci_wilson"] == pytest.approx(list(wilson_ci(x, n)), abs=1e-12), key
+        lo, hi = s[f"{key}_ci_clopper_pearson"]
+        assert lo <= s[key] <= hi
+    assert s["ci_clopper_pearson"] == pytest.approx(_exact(tp + tn, tp + fn + fp + tn), abs=1e-9)
+
+
+def test_rate_intervals_differ_by_method_and_by_rate():
+    """Guards against copying one interval into the other key (or across rates)."""
+    s = binary_summary(tp=1, fn=28, fp=81, tn=182)  # sensitivity 1/29, specificity 182/263
+    assert s["fool_rate_ci_clopper_pearson"] != s["fool_rate_ci_wilson"]
+    assert s["sensitivity_ci_clopper_pearson"] != s["fool_rate_ci_clopper_pearson"]
+    # Newcombe (1998) Table I, 1/29: Clopper–Pearson 0.0009–0.1776 (the sensitivity here)
+    assert np.round(s["sensitivity_ci_clopper_pearson"], 4).tolist() == [0.0009, 0.1776]
+
+
+def test_rate_intervals_null_with_reason_when_a_class_is_missing():
+    only_real = binary_summary(0, 0, 3, 7)
+    for key in ("sensitivity", "fool_rate"):
+        for k in (f"{key}_ci_wilson", f"{key}_ci_clopper_pearson"):
+            assert only_real[k] is None and "synthetic" in only_real[f"{k}_reason"]
+    assert only_real["specificity_ci_clopper_pearson"] == pytest.approx(_exact(7, 10), abs=1e-9)
+    only_syn = binary_summary(4, 2, 0, 0)
+    assert only_syn["specificity_ci_clopper_pearson"] is None
+    assert only_syn["specificity_ci_clopper_pearson_reason"] == "no real cases"

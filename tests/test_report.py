@@ -1,4 +1,5 @@
 """The HTML report: self-contained, one plotly bundle, every figure, methods with references."""
+import html
 import re
 
 import pytest
@@ -44,7 +45,7 @@ def test_html_without_turing_and_with_undefined_values():
     res = analyze(simulate_long(1, 20, tasks=("alignment",), seed=2))
     text = render_html(res)
     assert "no responses to the turing task yet" in text
-    assert 'title="only one reader"' in text  # undefined ICC shown as n/a with its reason
+    assert '<td title="only one reader">n/a</td>' in text  # undefined ICC shown as n/a with its reason
 
 
 @pytest.mark.parametrize("edge", ["all real", "one answer", "no turing ratings", "disjoint readers"])
@@ -60,4 +61,77 @@ def test_report_survives_edge_cases(edge):
                                  | ((base.reader == "reader002") & (base.case >= "c00010"))],
     }[edge]
     text = render_html(analyze(df))
-    assert "<h2>Methods</h2>" in text and 'title="' in text  # undefined values shown with their reason
+    assert "<h2>Methods</h2>" in text
+    # undefined values are table cells showing n/a with their reason (not any title= in plotly.js)
+    assert re.search(r'<td title="[^"<>]+">n/a</td>', text)
+
+
+def _methods(text: str) -> list[str]:
+    """The methods paragraph of a report, one unescaped entry per <b>heading</b>."""
+    para = text.split("<h2>Methods</h2>", 1)[1].split("</p>", 1)[0]
+    return [html.unescape(re.sub(r"<[^>]+>", "", e)) for e in para.split("<b>")[1:]]
+
+
+# (test as named in the methods, its reference): both must appear in the same entry
+METHOD_REFERENCES = [
+    ("Wilson's score", "Wilson 1927, J Am Stat Assoc 22:209"),
+    ("Clopper–Pearson exact", "Clopper & Pearson 1934, Biometrika 26:404"),
+    ("exact two-sided binomial test", "Newcombe 1998, Stat Med 17:857"),
+    ("one-sample Student's t-test of the per-reader accuracies against 0.5", "Student 1908, Biometrika 6:1"),
+    ("DeLong's variance", "DeLong, DeLong & Clarke-Pearson 1988, Biometrics 44:837"),
+    ("Obuchowski–Rockette", "Obuchowski & Rockette 1995, Commun Stat Simul Comput 24:285"),
+    ("Hillis' denominator degrees of freedom", "Hillis 2007, Stat Med 26:596"),
+    ("Fleiss' κ", "Fleiss 1971, Psychol Bull 76:378"),
+    ("Cohen's κ", "Cohen 1960, Educ Psychol Meas 20:37"),
+    ("Krippendorff's α", "Krippendorff 2004"),
+    ("Shrout & Fleiss (1979) ICCs", "McGraw & Wong (1996)"),
+    ("Mann–Whitney U", "Mann & Whitney 1947, Ann Math Stat 18:50–60"),
+]
+
+
+@pytest.mark.parametrize("test,reference", METHOD_REFERENCES)
+def test_methods_name_each_test_with_its_reference(result, test, reference):
+    entries = _methods(render_html(result))
+    assert any(test in e and reference in e for e in entries), (test, reference)
+
+
+def test_methods_describe_the_random_readers_test(result):
+    entry = next(e for e in _methods(render_html(result)) if "Random-readers" in e)
+    assert "one-sample" in entry and "per-reader accuracies against 0.5" in entry
+    assert "df = readers − 1" in entry and "new readers" in entry
+
+
+def _caption_table(text: str, caption: str) -> str:
+    start = text.index(f"<caption>{html.escape(caption)}")
+    return text[start:text.index("</table>", start)]
+
+
+def test_fixed_reader_mrmc_tables(result):
+    text = render_html(result)
+    m = result["turing"]["mrmc"]
+    fixed = _caption_table(text, "MRMC vs AUC 0.5, fixed readers")
+    for name, entry in [("all synthetic vs real", m), *m["by_generator"].items()]:
+        row = fixed.split(f"<th>{html.escape(name)}</th>", 1)[1].split("</tr>", 1)[0]
+        fr = entry["fixed_readers"]
+        assert f"<td>{fr['z']:.3f}</td>" in row and f"<td>{fr['se']:.3f}</td>" in row
+    comp = m["comparison"]
+    diffs = _caption_table(text, "Generator differences in AUC, fixed readers")
+    (name, d), = comp["differences"].items()
+    assert f"<th>{html.escape(name)}</th>" in diffs
+    assert f"<td>{d['fixed_readers']['z']:.3f}</td>" in diffs
+    assert f"χ² = {comp['fixed_readers']['chi2']:.3f}" in diffs
+
+
+def test_fixed_reader_mrmc_table_without_a_crossed_block_gives_reasons():
+    base = simulate_long(3, 20, tasks=("turing",), seed=1)
+    res = analyze(base[base.source == "real"])  # no synthetic images: MRMC undefined
+    fixed = _caption_table(render_html(res), "MRMC vs AUC 0.5, fixed readers")
+    assert re.search(r'<td title="[^"]*synthetic[^"]*">n/a</td>', fixed)
+
+
+def test_likert_group_breakdown_is_in_the_html():
+    res = analyze(simulate_long(3, 30, tasks=("alignment",), groups=("adult", "child"), seed=4))
+    summary = _caption_table(render_html(res), "Summary")
+    for group, entry in res["alignment"]["by_group"].items():
+        row = summary.split(f"<th>group: {group}</th>", 1)[1].split("</tr>", 1)[0]
+        assert f"<td>{entry['n']}</td>" in row and f"<td>{entry['mean']:.3f}</td>" in row
