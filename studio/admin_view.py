@@ -17,7 +17,10 @@ Decisions
   uncompressed bytes, file count, per-member compression ratio — counted while writing, not
   trusted from the zip's headers); absolute paths, `..`, drive letters and symlinks are
   refused (no zip-slip). The archive is extracted to a private temporary folder outside
-  Gradio's cache and deleted after ingest; the uploaded zip itself is deleted too.
+  Gradio's cache and deleted after ingest; the uploaded zip itself is deleted too. The
+  zip's path comes from the client, so it is read (and deleted) only if it resolves inside
+  Gradio's upload folder: a forged path naming the database or any other file is refused
+  untouched (files already on the server go through "Folder on the server").
 - Server folder: the admin is trusted to name any folder the server can read (that is the
   point of the option); nothing in it is ever served — only normalised stimuli are.
 """
@@ -203,22 +206,48 @@ def study_options(tasks, *, training_cases=0, repeat_fraction=0.0, attention_che
                         counterbalance=bool(counterbalance), seed=seed)
 
 
+def upload_folder() -> pathlib.Path:
+    """Where Gradio stores uploads (GRADIO_TEMP_DIR, else <tmp>/gradio)."""
+    from gradio import utils as gr_utils
+
+    return pathlib.Path(gr_utils.get_upload_folder()).resolve()
+
+
+def _uploaded_file(path) -> pathlib.Path:
+    """`path` if it is a file Gradio received as an upload, else UploadError. The path
+    comes from the client's FileData; under mount_gradio_app Gradio may not check that it
+    is an upload, and create_from_zip deletes it afterwards, so a forged path must never
+    name a file elsewhere (the database, say)."""
+    p = pathlib.Path(str(path))
+    try:
+        resolved = p.resolve(strict=True)
+    except (OSError, RuntimeError):
+        raise UploadError("the uploaded zip is gone; upload it again") from None
+    if not resolved.is_relative_to(upload_folder()) or not resolved.is_file():
+        raise UploadError("the zip must be uploaded with this form; for a file already on the "
+                          "server, choose “Folder on the server”")
+    return resolved
+
+
 def create_from_zip(db_path, name, zip_path, *, size=512, options: StudyOptions, actor="admin",
                     max_bytes: int = ZIP_MAX_BYTES):
+    """A study from a zip uploaded through the admin form (a file in Gradio's upload
+    folder); the upload is deleted afterwards."""
     from studies.ingest import create_study
 
     if not zip_path:
         raise UploadError("upload a zip file first")
+    upload = _uploaded_file(zip_path)  # before anything is read or deleted
     tmp = pathlib.Path(tempfile.mkdtemp(prefix="medisyn-upload-"))
     try:
-        safe_extract_zip(zip_path, tmp / "x", max_bytes=max_bytes)
+        safe_extract_zip(upload, tmp / "x", max_bytes=max_bytes)
         where = find_study_input(tmp / "x")
         return create_study(db_path, name, size=int(size), options=options, actor=actor, **where)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
         # The upload sits in Gradio's cache; it held the original file names: remove it.
         with _suppress():
-            pathlib.Path(zip_path).unlink()
+            upload.unlink()
 
 
 def create_from_folder(db_path, name, folder, *, size=512, options: StudyOptions, actor="admin"):

@@ -11,9 +11,11 @@ API and file routes contain nothing of the admin side, and Gradio's auth on `/ad
 guards that app's config, queue, upload and file routes, while readers at `/` never meet a
 login form. Gradio's auth cookie is named per app, so the two do not interfere.
 
-File access: no `allowed_paths`; the study's stimuli folder, the database files and the
-admin config are in `blocked_paths`. Readers get pixels (numpy) that Gradio re-encodes into
-its own cache, so nothing on disk under a meaningful name is ever reachable.
+File access: no `allowed_paths`; the study's stimuli folder, the database files, the
+admin config and the demo reader's token file are in `blocked_paths`. Readers get pixels
+(numpy) that Gradio re-encodes into its own cache, and `reader_route_guard` lets the reader
+side fetch only those cached stimulus PNGs (every Gradio file route: `file=`, `file/`) and
+upload nothing; Gradio's login guards the admin side's file and upload routes.
 
 Concurrency: reader events are short SQLite calls on a fresh connection each; they share
 one concurrency group sized for many simultaneous readers (`READER_CONCURRENCY`), and the
@@ -24,6 +26,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import pathlib
+import re
 import socket
 import threading
 import time
@@ -41,18 +44,37 @@ def blocked_paths(db_path) -> list[str]:
 
     db = pathlib.Path(db_path).resolve()
     return [str(stimuli_dir(db)), str(db), f"{db}-wal", f"{db}-shm",
-            str(auth_mod.config_path(db))]
+            str(auth_mod.config_path(db)), str(_demo_token_path(db))]
+
+
+def _demo_token_path(db: pathlib.Path) -> pathlib.Path:
+    from studio.demo import token_path
+
+    return token_path(db)
+
+
+# Gradio 6 serves a file named in the URL at /gradio_api/file=<path> and at its alias
+# /gradio_api/file/<path>; match both (and any future prefix) wherever they appear.
+FILE_ROUTE = re.compile(r"/file[=/]")
+# Routes that take data in. Neither app records audio or streams media, so those are
+# refused on both sides; only the admin uploads (a study zip), so uploads only there.
+NO_INPUT_ROUTE = re.compile(r"/process_recording/?$|^(?:/gradio_api)?/stream/")
+UPLOAD_ROUTE = re.compile(r"/(?:upload|upload_progress)/?$")
+# Routes neither app uses that fetch or list files (reverse proxy, run history on the Hub,
+# monitoring, dev/vibe/profiling tools). Refused on both sides: less surface, no network.
+UNUSED_ROUTE = re.compile(r"^(?:/gradio_api)?/(?:proxy=|run-history/|runs/?$|monitoring"
+                          r"|vibe-|undo-vibe-edit|dev/reload|profiling/)")
 
 
 def _reader_may_fetch(target: str) -> bool:
     """The reader app only ever serves the stimulus PNGs Gradio wrote into its cache
     (`<cache>/<seeded content hash>/image.png`); refuse every other file the shared cache
     may hold (admin exports, generated PNGs with provenance, uploads)."""
-    from urllib.parse import unquote
-
     from gradio import utils as gr_utils
 
-    path = pathlib.Path(unquote(target))
+    # `target` is already percent-decoded (ASGI path), exactly as Gradio's route sees it:
+    # decoding again would check a different path than the one served.
+    path = pathlib.Path(target)
     if path.name != "image.png" or ".." in path.parts:
         return False
     cache = pathlib.Path(gr_utils.get_upload_folder()).resolve()
@@ -62,16 +84,29 @@ def _reader_may_fetch(target: str) -> bool:
         return False
 
 
-async def reader_route_guard(request, call_next):
-    """Outside /admin: file routes serve stimulus images only, and nothing is uploaded."""
+def _not_found():
     from starlette.responses import PlainTextResponse
 
-    path = request.url.path
-    if not (path == "/admin" or path.startswith("/admin/")):
-        if "/file=" in path and not _reader_may_fetch(path.split("/file=", 1)[1]):
-            return PlainTextResponse("Not found", status_code=404)
-        if path.rstrip("/").endswith("/upload") or "/upload_progress" in path:
-            return PlainTextResponse("Not found", status_code=404)
+    return PlainTextResponse("Not found", status_code=404)
+
+
+async def reader_route_guard(request, call_next):
+    """Outside /admin: file routes serve stimulus images only, and nothing is uploaded.
+    Inside /admin, Gradio's login check guards file and upload routes; routes neither app
+    uses (streams, recordings, proxy, run history ...) are refused on both sides."""
+    path = request.scope["path"]
+    is_admin = path == "/admin" or path.startswith("/admin/")
+    local = path[len("/admin"):] if is_admin else path
+    route = re.sub(r"/{2,}", "/", local)  # route names only; a file target keeps its slashes
+    if UNUSED_ROUTE.search(route) or NO_INPUT_ROUTE.search(route):
+        return _not_found()
+    if is_admin:
+        return await call_next(request)
+    if UPLOAD_ROUTE.search(route):
+        return _not_found()
+    match = FILE_ROUTE.search(local)
+    if match and not _reader_may_fetch(local[match.end():]):
+        return _not_found()
     return await call_next(request)
 
 
@@ -102,7 +137,7 @@ def build_app(db_path, *, admin_auth: auth_mod.AdminAuth, model: str | None = No
         app, admin, path="/admin", auth=admin_auth,
         auth_message="MediSyn Studio — researcher login",
         allowed_paths=[], blocked_paths=blocked, max_file_size=ADMIN_MAX_UPLOAD,
-        ssr_mode=False, footer_links=[], show_error=True, mcp_server=False,
+        ssr_mode=False, footer_links=[], run_history=False, show_error=True, mcp_server=False,
         css=admin_view.ADMIN_CSS, theme=gr.themes.Soft())
 
     reader = reader_view.build_reader_blocks(db_path)
@@ -110,7 +145,7 @@ def build_app(db_path, *, admin_auth: auth_mod.AdminAuth, model: str | None = No
     gr.mount_gradio_app(
         app, reader, path="/",
         allowed_paths=[], blocked_paths=blocked, max_file_size=READER_MAX_UPLOAD,
-        ssr_mode=False, footer_links=[], show_error=False, mcp_server=False,
+        ssr_mode=False, footer_links=[], run_history=False, show_error=False, mcp_server=False,
         head=f"<script>{reader_view.KEYBOARD_JS}</script>", css=reader_view.READER_CSS,
         theme=gr.themes.Soft())
     app.state.reader_blocks, app.state.admin_blocks = reader, admin  # for tests/benchmarks
@@ -247,13 +282,14 @@ def prepare(db_path, *, model=None, seed_demo=True, host="127.0.0.1", port=7860,
             if not studies_now:
                 echo("Seeding the demo study (first start: generating its synthetic images)...")
             try:
-                # Reuses an existing demo study; either way the demo reader gets a fresh link
-                # (tokens are stored hashed, so an old link cannot be printed again).
+                # Reuses an existing demo study and prints the demo reader's kept link, so an
+                # open demo tab survives the restart (studio.demo.token_path).
                 demo = _seed(db_path, model, base_url=base_url, log=echo)
             except Exception as exc:  # a broken model must not stop the studio serving studies
                 info.notes.append(f"demo study not available: {type(exc).__name__}: {exc}")
             else:
                 info.demo_study, info.demo_link = demo.study, demo.link
+                info.notes.extend(demo.notes)  # e.g. the demo fails its own leak audit
     return info
 
 

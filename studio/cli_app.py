@@ -27,7 +27,8 @@ def studio_command(host, port, db_path, model, base_url, no_demo, reset_admin_pa
     """Start the studio: readers at http://HOST:PORT/?token=..., researchers at /admin.
 
     On first start with an empty database the demo study is seeded (embedded model) and the
-    admin credentials and a demo reader link are printed. Admin credentials come from
+    admin credentials and a demo reader link are printed; later starts print the same demo
+    link (kept in <db stem>.demo-reader, mode 0600). Admin credentials come from
     MEDISYN_ADMIN_USER / MEDISYN_ADMIN_PASSWORD, else from <db>.admin.json next to the
     database (generated on first start; only a hash is stored).
     """

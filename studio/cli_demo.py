@@ -16,7 +16,7 @@ from studio.cli import cli, study, model  # noqa: F401  (groups these commands a
 def demo_command(db_path, model, base_url):
     """Seed the demo study (held-out real + freshly generated images, turing and alignment tasks)
     and print a demo reader link and the admin login. Run again, it reuses the study and
-    prints a new link for the same demo reader."""
+    prints the same link (kept in <db stem>.demo-reader next to the database)."""
     import pathlib
 
     from studio import auth
@@ -29,8 +29,11 @@ def demo_command(db_path, model, base_url):
         click.echo(f"created study {info.study!r}: {info.n_real} real + {info.n_synthetic} synthetic images "
                    f"({', '.join(info.modalities)}) in {info.seconds:.0f} s")
     else:
-        click.echo(f"study {info.study!r} already exists: reusing it (new link for {info.reader!r})")
+        kept = "same link" if info.link_kept else "new link"
+        click.echo(f"study {info.study!r} already exists: reusing it ({kept} for {info.reader!r})")
     click.echo(f"demo reader: {info.link}")
+    for note in info.notes:
+        click.echo(f"note: {note}")
     if password:
         click.echo(f"admin login: {creds.user} / {password}   (shown once; only a hash is stored in "
                    f"{auth.config_path(db_path)})")

@@ -1,4 +1,5 @@
-"""The demo study: seeded once with held-out real + freshly generated images, reused afterwards."""
+"""The demo study: seeded once with held-out real + freshly generated images, reused afterwards
+(same demo reader link across restarts)."""
 import pathlib
 
 import pytest
@@ -62,14 +63,29 @@ def test_every_modality_has_real_and_synthetic_cases(seeded):
     assert long_table(db, "demo").empty  # nobody has answered yet
 
 
-def test_second_start_reuses_the_study(seeded):
+def test_second_start_reuses_the_study_and_prints_the_same_link(seeded):
     db, first = seeded
     again = demo.seed_demo(db)
     assert not again.created and again.study == "demo"
     assert len(list_studies(db)) == 1
+    # Same link as the first start, still valid: a demo tab left open survives a restart.
+    assert again.link == first.link and again.token == first.token and again.link_kept
     assert readers.reader_for_token(db, again.token).name == demo.DEMO_READER
-    assert readers.reader_for_token(db, first.token) is None  # the old link was replaced
     assert [r.name for r in readers.list_readers(db, "demo")] == [demo.DEMO_READER]
+    kept = demo.token_path(db)
+    assert kept.read_text().strip() == first.token
+    assert kept.stat().st_mode & 0o077 == 0  # owner only
+
+
+def test_the_demo_says_when_it_fails_its_own_leak_audit(seeded):
+    db, info = seeded
+    (row,) = list_studies(db)
+    assert info.leak == row["leak"]
+    if row["leak"]:
+        (note,) = info.notes
+        assert "leak audit" in note and "distinguishable" in note and "not a study" in note
+    else:
+        assert info.notes == []
 
 
 def test_cli_prints_link_and_admin_login(seeded, monkeypatch):
@@ -77,12 +93,13 @@ def test_cli_prints_link_and_admin_login(seeded, monkeypatch):
 
     from studio.cli import cli
 
-    db, _ = seeded
+    db, first = seeded
     monkeypatch.delenv("MEDISYN_ADMIN_PASSWORD", raising=False)
     result = CliRunner().invoke(cli, ["demo", "--db", str(db), "--base-url", "http://example.org:7860/"])
     assert result.exit_code == 0, result.output
-    assert "already exists" in result.output
+    assert "already exists" in result.output and "same link" in result.output
     assert "demo reader: http://example.org:7860/?token=" in result.output
     assert "admin login: admin / " in result.output
     token = result.output.split("?token=")[1].split()[0]
-    assert readers.reader_for_token(db, token).name == demo.DEMO_READER
+    assert token == first.token and readers.reader_for_token(db, token).name == demo.DEMO_READER
+    assert ("note: the demo study fails its own leak audit" in result.output) == bool(first.leak)

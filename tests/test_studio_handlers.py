@@ -237,9 +237,18 @@ def test_safe_extract_total_size_limit(tmp_path):
         admin_view.safe_extract_zip(z, tmp_path / "out", max_bytes=5000)
 
 
-def test_create_study_from_uploaded_zip_then_invite_and_progress(tmp_path):
+@pytest.fixture
+def uploads(tmp_path, monkeypatch):
+    """Gradio's upload folder, private to the test (Gradio reads GRADIO_TEMP_DIR per call)."""
+    folder = tmp_path / "gradio-uploads"
+    (folder / "0123abcd").mkdir(parents=True)
+    monkeypatch.setenv("GRADIO_TEMP_DIR", str(folder))
+    return folder / "0123abcd"
+
+
+def test_create_study_from_uploaded_zip_then_invite_and_progress(tmp_path, uploads):
     manifest, rows = write_loud_manifest(tmp_path / "src", 10)
-    z = tmp_path / "upload.zip"
+    z = uploads / "upload.zip"
     with zipfile.ZipFile(z, "w") as zf:
         zf.write(manifest, "study/cases.csv")
         for r in rows:
@@ -263,7 +272,7 @@ def test_create_study_from_uploaded_zip_then_invite_and_progress(tmp_path):
     assert prog.loc[0, "reader"] == "dr-z" and prog.loc[0, "answered"] == "1 / 10"
 
 
-def test_create_from_folder_and_bad_inputs(tmp_path):
+def test_create_from_folder_and_bad_inputs(tmp_path, uploads):
     manifest, _ = write_loud_manifest(tmp_path / "src", 10)
     db = tmp_path / "studio.db"
     opts = admin_view.study_options(["turing"])
@@ -273,10 +282,36 @@ def test_create_from_folder_and_bad_inputs(tmp_path):
         admin_view.create_from_folder(db, "x", str(tmp_path / "missing"), options=opts)
     with pytest.raises(admin_view.StudyError, match="at least one task"):
         admin_view.study_options([])
-    notzip = tmp_path / "n.zip"
+    notzip = uploads / "n.zip"
     notzip.write_text("hello")
     with pytest.raises(admin_view.UploadError, match="not a readable zip"):
         admin_view.create_from_zip(db, "y", str(notzip), options=opts)
+    assert not notzip.exists()
+
+
+def test_zip_path_outside_the_upload_folder_is_neither_read_nor_deleted(tmp_path, uploads):
+    """A forged FileData path: the admin form may only name a file Gradio received."""
+    manifest, rows = write_loud_manifest(tmp_path / "src", 4)
+    db = tmp_path / "studio.db"
+    admin_view.create_from_folder(db, "existing", str(manifest), size=32,
+                                  options=admin_view.study_options(["turing"]))
+    good_zip = tmp_path / "study.zip"  # a valid study zip, but not an upload
+    with zipfile.ZipFile(good_zip, "w") as zf:
+        zf.write(manifest, "cases.csv")
+        for r in rows:
+            zf.write(manifest.parent / r["path"], r["path"])
+    link = uploads / "link.zip"
+    link.symlink_to(good_zip)
+    escape = uploads / ".." / ".." / "study.zip"
+    opts = admin_view.study_options(["turing"])
+    for forged in (db, good_zip, link, escape):
+        before = pathlib.Path(forged).resolve().read_bytes()
+        with pytest.raises(admin_view.UploadError, match="uploaded with this form.*Folder on the server"):
+            admin_view.create_from_zip(db, "forged", str(forged), options=opts)
+        assert pathlib.Path(forged).resolve().read_bytes() == before
+    assert admin_view.study_names(db) == ["existing"]
+    with pytest.raises(admin_view.UploadError, match="gone"):
+        admin_view.create_from_zip(db, "forged", str(uploads / "missing.zip"), options=opts)
 
 
 def test_invite_requires_acknowledgement_when_audit_flags_a_leak(tmp_path, monkeypatch):
@@ -354,19 +389,74 @@ def test_routes_admin_needs_login_reader_does_not(served):
         assert not info.get("named_endpoints") and not info.get("unnamed_endpoints")
 
 
-def test_routes_reader_side_serves_no_files_and_takes_no_uploads(served):
+@pytest.fixture
+def cache_files():
+    """An admin export and a stimulus-like PNG in Gradio's shared cache, as the running
+    studio leaves them there; removed afterwards."""
+    import secrets
+    import shutil
+
+    from gradio import utils as gr_utils
+
+    cache = pathlib.Path(gr_utils.get_upload_folder()).resolve()
+    csv_dir, png_dir = cache / secrets.token_hex(16), cache / secrets.token_hex(16)
+    csv_dir.mkdir(parents=True)
+    png_dir.mkdir(parents=True)
+    export = csv_dir / "ten-long.csv"
+    export.write_text("reader,case,truth\ndr-a,LEAKREAL_00,real\n")
+    png = png_dir / "image.png"
+    png.write_bytes(stimuli.encode_png(np.zeros((4, 4, 3), np.uint8)))
+    yield export, png
+    shutil.rmtree(csv_dir, ignore_errors=True)
+    shutil.rmtree(png_dir, ignore_errors=True)
+
+
+def test_routes_reader_side_serves_no_files_and_takes_no_uploads(served, cache_files):
     import httpx
 
     url, db, rows, tokens = served
+    export, png = cache_files
+    secret = export.read_text()
     stim = next(stimuli_dir(db).glob("*.png"))
+    rel = os.path.relpath(export, os.getcwd())
     with httpx.Client(base_url=url, timeout=20) as c:
         for target in (stim, db, auth.config_path(db), pathlib.Path("/etc/passwd")):
             assert c.get(f"/gradio_api/file={target}").status_code == 404
-        up = c.post("/gradio_api/upload", files={"files": ("a.png", b"x" * 10)})
-        assert up.status_code == 404
-        # Gradio's own blocked_paths guard the admin side too (after login).
+        # Every spelling of Gradio's file routes: `file=` and the `file/` alias (absolute
+        # path after a double slash, or relative to the server's cwd).
+        for route in (f"/gradio_api/file={export}", f"/gradio_api/file/{export}",
+                      f"/gradio_api/file/{rel}", f"/gradio_api/file={rel}",
+                      f"/gradio_api//file/{export}"):
+            r = c.get(route)
+            assert r.status_code in (403, 404), route
+            assert "LEAKREAL" not in r.text and "reader,case" not in r.text, route
+        assert secret  # the export exists and would have been served without the guard
+        # The one thing the reader side does serve: Gradio's cached stimulus copies.
+        for route in (f"/gradio_api/file={png}", f"/gradio_api/file/{png}"):
+            assert c.get(route).status_code == 200, route
+        # No uploads, recordings or streams; no proxy or run history.
+        for route in ("/gradio_api/upload", "/gradio_api/upload/", "/gradio_api//upload",
+                      "/gradio_api/process_recording", "/gradio_api/stream/x",
+                      "/gradio_api/stream/x/close"):
+            r = c.post(route, files={"files": ("a.png", b"x" * 10)})
+            assert r.status_code == 404, route
+        for route in ("/gradio_api/upload_progress?upload_id=x", "/gradio_api/proxy=http://x/",
+                      "/gradio_api/run-history/records", "/gradio_api/runs",
+                      "/gradio_api/stream/s/r/1/playlist-file", "/monitoring"):
+            assert c.get(route).status_code == 404, route
+        # The admin side: file and upload routes need the admin session ...
+        for route in (f"/admin/gradio_api/file={export}", f"/admin/gradio_api/file/{export}"):
+            r = c.get(route)
+            assert r.status_code in (401, 403), route
+            assert "LEAKREAL" not in r.text
+        assert c.post("/admin/gradio_api/upload",
+                      files={"files": ("a.zip", b"x")}).status_code in (401, 403)
+        assert c.get("/admin/gradio_api/stream/s/r/1/playlist-file").status_code == 404
         c.post("/admin/login", data={"username": "admin", "password": "pw-test"})
+        # ... with it, the admin downloads their export; Gradio's blocked_paths still apply.
+        assert c.get(f"/admin/gradio_api/file={export}").text == secret
         assert c.get(f"/admin/gradio_api/file={stim}").status_code == 403
+        assert c.post("/admin/gradio_api/process_recording").status_code == 404
 
 
 # ------------------------------------------------------------------------------ generate
@@ -435,46 +525,85 @@ def test_generation_input_checks(tmp_path, tiny_model):
 
 
 # ------------------------------------------------------------------------------ start-up
+def _fake_demo(tmp_path, monkeypatch):
+    """studio.demo with its image building (embedded model, tested by its own suite)
+    replaced by a small real study; returns the list of models it was asked for."""
+    from studio import demo
+
+    calls = []
+
+    def fake_create(db_path, model, *, synthetic_per_modality, seed, log):
+        calls.append(model)
+        manifest, _ = write_loud_manifest(tmp_path / "demo-src", 4)
+        from studies.ingest import create_study
+        create_study(db_path, demo.DEMO_STUDY, manifest=manifest, size=32)
+        return {}
+
+    monkeypatch.setattr(demo, "_create", fake_create)
+    return calls
+
+
 def test_prepare_prints_credentials_once_and_a_working_demo_link(tmp_path, monkeypatch):
     from studies import readers
     from studio import app as app_mod
     from studio import demo
 
     db = tmp_path / "data" / "studio.db"
-    calls = []
-
-    def fake_seed(db_path, model, *, base_url, log):
-        # Stands in for the embedded model's demo (tested by its own suite): a real study.
-        calls.append(model)
-        if not any(s == demo.DEMO_STUDY for s in admin_view.study_names(db_path)):
-            manifest, _ = write_loud_manifest(tmp_path / "demo-src", 4)
-            from studies.ingest import create_study
-            create_study(db_path, demo.DEMO_STUDY, manifest=manifest, size=32)
-        names = {r.name for r in readers.list_readers(db_path, demo.DEMO_STUDY)}
-        token = readers.invite(db_path, demo.DEMO_STUDY, demo.DEMO_READER,
-                               reissue=demo.DEMO_READER in names)
-        return demo.DemoInfo(demo.DEMO_STUDY, demo.DEMO_READER, token,
-                             readers.reader_link(token, base_url), created=True)
-
-    monkeypatch.setattr(demo, "seed_demo", fake_seed)
+    calls = _fake_demo(tmp_path, monkeypatch)
     first = app_mod.prepare(db, model="m", port=7999, env={}, echo=lambda m: None)
     banner = first.banner()
     assert first.admin_password and first.admin_password in banner
     assert "http://127.0.0.1:7999/admin" in banner and first.demo_link in banner
     token = first.demo_link.split("token=")[1]
     assert readers.reader_for_token(db, token).name == demo.DEMO_READER
+    kept = demo.token_path(db)
+    assert kept == db.parent / "studio.demo-reader"
+    assert kept.read_text().strip() == token and stat.S_IMODE(kept.stat().st_mode) == 0o600
+    # A restart prints the same link, and it still opens the demo: an open tab keeps working.
     second = app_mod.prepare(db, model="m", port=7999, env={}, echo=lambda m: None)
     assert second.admin_password is None and first.admin_password not in second.banner()
     assert second.admin_auth.creds.matches("admin", first.admin_password)
-    assert second.demo_link and second.demo_link != first.demo_link  # reissued, old one void
-    assert readers.reader_for_token(db, token) is None
-    assert calls == ["m", "m"]
+    assert second.demo_link == first.demo_link and first.demo_link in second.banner()
+    assert readers.reader_for_token(db, token).name == demo.DEMO_READER
+    assert calls == ["m"]  # the study was built once
+    # The kept file is demo-only convenience: if it is lost, or an admin reissued the
+    # link, the next start issues a new link (and keeps that one).
+    kept.unlink()
+    third = app_mod.prepare(db, model="m", port=7999, env={}, echo=lambda m: None)
+    new_token = third.demo_link.split("token=")[1]
+    assert new_token != token and readers.reader_for_token(db, token) is None
+    assert kept.read_text().strip() == new_token
+    admin_view.invite_reader(db, demo.DEMO_STUDY, demo.DEMO_READER, "http://h/",
+                             acknowledge_leak=True, reissue=True)
+    fourth = app_mod.prepare(db, model="m", port=7999, env={}, echo=lambda m: None)
+    assert fourth.demo_link != third.demo_link
+    assert readers.reader_for_token(db, fourth.demo_link.split("token=")[1]) is not None
+    # The token file is never served, even to the admin.
+    assert str(kept) in app_mod.blocked_paths(db)
     # A database with only the user's own studies is never seeded.
     other = tmp_path / "other" / "s.db"
     other.parent.mkdir()
     make_loud_study(other.parent, readers=())
-    third = app_mod.prepare(other.parent / "studio.db", model="m", env={}, echo=lambda m: None)
-    assert third.demo_link is None and calls == ["m", "m"]
+    fifth = app_mod.prepare(other.parent / "studio.db", model="m", env={}, echo=lambda m: None)
+    assert fifth.demo_link is None and calls == ["m"]
+
+
+@pytest.mark.parametrize("leak", [True, False])
+def test_banner_says_when_the_demo_fails_its_leak_audit(tmp_path, monkeypatch, leak):
+    from studio import app as app_mod
+    from studio import demo
+
+    _fake_demo(tmp_path, monkeypatch)
+    real = demo.audit_study
+    monkeypatch.setattr(demo, "audit_study",
+                        lambda *a, **k: ({**real(*a, **k)[0], "leak": leak, "auc": 0.83}, "LEAK"))
+    info = app_mod.prepare(tmp_path / "studio.db", model="m", env={}, echo=lambda m: None)
+    banner = info.banner()
+    assert info.demo_link in banner
+    mentions = "leak audit (classifier AUC 0.83)" in banner and "not a study" in banner
+    assert mentions == leak, banner
+    if leak:
+        assert "distinguishable" in banner and "low-level features" in banner
 
 
 def test_cli_studio_help_lists_options():
