@@ -8,9 +8,25 @@ VENV=$ROOT/.venv
 PY=${PYTHON:-python3.11}
 command -v "$PY" >/dev/null 2>&1 || PY=python3
 
-# Which torch: the CPU build unless an NVIDIA GPU is visible (an unpinned `torch` pulls a
-# multi-GB CUDA build). Override with TORCH_SPEC, e.g. TORCH_SPEC="torch==2.13.0" or a CUDA wheel index.
-TORCH_SPEC=${TORCH_SPEC:-torch==2.13.0}
+# Which torch. Default: torch==2.13.0, which this project's machines resolve to the CPU build
+# (an unpinned `torch` pulls a multi-GB CUDA build). A torch already in .venv is kept when
+# TORCH_SPEC is unset, so a CUDA build installed by hand survives re-runs. TORCH_SPEC holds pip
+# arguments, e.g. TORCH_SPEC="torch==2.13.0 --index-url https://download.pytorch.org/whl/cu128".
+DEFAULT_TORCH_SPEC="torch==2.13.0"
+
+torch_args() {
+    local spec=${TORCH_SPEC:-}
+    if [ -z "$spec" ]; then
+        if "$VENV/bin/python" -c 'import sys, torch; v = tuple(int(x) for x in torch.__version__.split("+")[0].split(".")[:2]); sys.exit(v < (2, 4))' 2>/dev/null; then
+            return 0  # keep the torch that is there
+        fi
+        spec=$DEFAULT_TORCH_SPEC
+        if command -v nvidia-smi >/dev/null 2>&1; then
+            echo "note: an NVIDIA GPU is visible; for CUDA torch see the README (TORCH_SPEC)" >&2
+        fi
+    fi
+    echo "$spec"
+}
 
 setup() {
     if [ ! -x "$VENV/bin/python" ]; then
@@ -18,10 +34,16 @@ setup() {
     fi
     local stamp="$VENV/.installed"
     local want
-    want=$(cat pyproject.toml scripts/dev.sh | sha256sum | cut -c1-16)
+    want=$( (cat pyproject.toml scripts/dev.sh; echo "${TORCH_SPEC:-}") | sha256sum | cut -c1-16)
     if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
         "$VENV/bin/python" -m pip install --quiet --upgrade pip
-        "$VENV/bin/python" -m pip install --quiet "$TORCH_SPEC"
+        local spec
+        spec=$(torch_args)
+        if [ -n "$spec" ]; then
+            local -a args
+            read -r -a args <<< "$spec"  # word-split on purpose: TORCH_SPEC may carry --index-url
+            "$VENV/bin/python" -m pip install --quiet "${args[@]}"
+        fi
         "$VENV/bin/python" -m pip install --quiet -e ".[test]"
         echo "$want" > "$stamp"
     fi

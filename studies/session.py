@@ -130,6 +130,14 @@ def _feedback(kind: str, task: str, value: int, source: str) -> dict | None:
     return {"truth": source, "correct": None, "message": f"This image is {source}."}
 
 
+def _same_answer(task: str, expected, stored: str, answer) -> bool:
+    try:
+        obj = _task_for(task, expected)
+        return obj.answer_text(obj.parse(answer)) == stored
+    except StudyError:
+        return False
+
+
 def submit(
     db_path: str | pathlib.Path,
     reader_id: int,
@@ -157,12 +165,17 @@ def submit(
 
     def tx(db) -> Ack:
         prior = db.execute(
-            "SELECT r.id, r.reader_id, r.task, r.rating, a.kind, c.source, a.completed_at "
+            "SELECT r.id, r.reader_id, r.task, r.rating, a.kind, c.source, a.completed_at, "
+            "r.assignment_id, r.answer, a.expected "
             "FROM responses r JOIN assignments a ON a.id = r.assignment_id "
             "JOIN cases c ON c.id = r.case_id WHERE r.client_id = ?", [client_id]).fetchone()
         if prior is not None:
             if prior[1] != reader_id:
                 raise SessionError("client_id already used")
+            # A retry repeats the same answer to the same question; anything else under a used
+            # id would be acknowledged but never stored, so refuse it loudly.
+            if prior[7] != assignment_id or prior[2] != task or not _same_answer(task, prior[9], prior[8], answer):
+                raise SessionError("client_id already used for a different answer")
             return Ack(response_id=prior[0], duplicate=True,
                        assignment_complete=prior[6] is not None,
                        feedback=_feedback(prior[4], prior[2], prior[3], prior[5]))

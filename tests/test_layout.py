@@ -43,5 +43,26 @@ def test_cli_help_lists_groups():
 
     result = CliRunner().invoke(cli, ["--help"])
     assert result.exit_code == 0, result.output
-    for name in ("study", "model"):
-        assert name in result.output
+    listed = set(result.output.split("Commands:")[1].split())
+    assert {"study", "model", "generate", "studio", "demo"} <= listed
+    study_help = CliRunner().invoke(cli, ["study", "--help"]).output.split("Commands:")[1].split()
+    assert {"create", "add", "audit", "invite", "progress", "export", "analyze", "power"} <= set(study_help)
+
+
+def test_console_script_is_declared():
+    import tomllib
+
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))["project"]
+    assert project["scripts"]["medisyn"] == "studio.cli:main"
+
+
+def test_readme_opens_with_the_two_commands_and_ci_runs_the_second_verbatim():
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    first_block = readme.split("```")[1]
+    commands = [line.split("#")[0].strip() for line in first_block.splitlines()[1:] if line.strip()]
+    assert len(commands) == 2
+    start, test = commands
+    assert "studio" in start and "test" in test
+    ci = [line.strip() for line in (ROOT / ".ci" / "run").read_text().splitlines()
+          if line.strip() and not line.lstrip().startswith(("#", "set ", "cd "))]
+    assert ci == [test]

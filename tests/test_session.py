@@ -135,9 +135,10 @@ def test_submit_is_idempotent_and_append_only(study):
     cid = _cid()
     a1 = submit(study, ref.reader_id, view.assignment_id, "turing", 2, 700, cid)
     a2 = submit(study, ref.reader_id, view.assignment_id, "turing", 2, 700, cid)  # retry
-    a3 = submit(study, ref.reader_id, view.assignment_id, "turing", 6, 900, cid)  # double click, changed
-    assert not a1.duplicate and a2.duplicate and a3.duplicate
-    assert a1.response_id == a2.response_id == a3.response_id
+    assert not a1.duplicate and a2.duplicate and a1.response_id == a2.response_id
+    # The same id with another answer is not a retry: refused, never acknowledged-and-dropped.
+    with pytest.raises(SessionError, match="different answer"):
+        submit(study, ref.reader_id, view.assignment_id, "turing", 6, 900, cid)
     a4 = submit(study, ref.reader_id, view.assignment_id, "turing", 6, 900, _cid())  # changed answer
     assert not a4.duplicate and a4.response_id != a1.response_id
     db = open_db(study)
