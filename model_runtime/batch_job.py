@@ -37,12 +37,14 @@ import pathlib
 import time
 from collections.abc import Callable
 
-from model_runtime import loading, provenance
+from model_runtime import devices, loading, provenance
 
 SOURCE = "synthetic"
 MANIFEST_COLUMNS = ("path", "source", "modality", "prompt", "generator", "case_id", "group")
 DETAIL_COLUMNS = ("path", "row", "k", "prompt", "negative_prompt", "seed", "steps", "guidance_scale",
-                  "scheduler", "width", "height", "model", "weights_sha256")
+                  "scheduler", "width", "height", "dtype", "model", "weights_sha256")
+# LoadOptions that only say where to find the weights (the weights hash covers what was found)
+_LOCATION_OPTIONS = ("cache_dir", "revision", "hash_weights")
 CSV_COLUMNS = ("prompt", "modality", "negative_prompt", "n", "seed", "case_id", "group")
 ROW_SEED_STRIDE = 10_000
 
@@ -92,15 +94,18 @@ class JobSpec:
     width: int
     height: int
     extra_json: str
-    device: str | None
-    dtype: str | None
+    device: str | None       # resolved by the driver; None: each worker of a remote cluster picks
+    dtype: str | None        # "fp32" / "fp16" / "bf16"; None: as device
     options_json: str
     threads: int
 
     def fingerprint(self, task: ImageTask) -> str:
+        """What an image depends on: a finished PNG with another fingerprint is regenerated."""
+        options = {k: v for k, v in json.loads(self.options_json).items() if k not in _LOCATION_OPTIONS}
+        device_kind = self.device.split(":")[0] if self.device else "auto"  # the GPU index changes nothing
         payload = json.dumps([self.weights_sha256, self.steps, self.guidance_scale, self.scheduler,
-                              self.width, self.height, self.extra_json, task.prompt,
-                              task.negative_prompt, task.seed], sort_keys=True)
+                              self.width, self.height, self.extra_json, device_kind, self.dtype or "auto",
+                              options, task.prompt, task.negative_prompt, task.seed], sort_keys=True)
         return hashlib.sha256(payload.encode()).hexdigest()
 
 
@@ -113,6 +118,7 @@ class JobResult:
     generated: int
     skipped: int
     seconds: float
+    workers: int = 0         # processes that generated images (Ray actors; 1 for local, 0 if none ran)
 
 
 # --- input -----------------------------------------------------------------------------
@@ -245,6 +251,9 @@ class RayChunkWorker:
         self.loaded = _load_for_job(self.spec)
 
     def __call__(self, batch: dict) -> dict:
+        import numpy as np
+        import ray
+
         rows, ks, pngs = [], [], []
         for chunk_json in batch["chunk"]:
             chunk = [ImageTask(**t) for t in json.loads(chunk_json)]
@@ -252,9 +261,9 @@ class RayChunkWorker:
                 rows.append(task.row)
                 ks.append(task.k)
                 pngs.append(data)
-        import numpy as np
+        actor = ray.get_runtime_context().get_actor_id() or ""  # JobResult.workers counts these
         return {"row": np.array(rows, dtype=np.int64), "k": np.array(ks, dtype=np.int64),
-                "png": np.array(pngs, dtype=object)}
+                "png": np.array(pngs, dtype=object), "worker": np.array([actor] * len(rows), dtype=object)}
 
 
 # --- the driver ------------------------------------------------------------------------
@@ -303,6 +312,8 @@ def run_generate_job(model: str, out: str | os.PathLike, *, prompt: str | None =
     # Hugging Face cache may live elsewhere than the driver's)
     worker_model = str(local.resolve()) if local.exists() else str(model)
     from model_runtime import schedulers
+    device, dtype = resolve_device(device, dtype, address=address if engine == "ray" else None,
+                                   family=loading.family_of(loading.pipeline_class_name(path)))
     default_h, default_w = loading.default_size(path)
     spec = JobSpec(
         model=worker_model, model_label=entry.key if entry else provenance.model_label(model),
@@ -316,8 +327,8 @@ def run_generate_job(model: str, out: str | os.PathLike, *, prompt: str | None =
         threads=int(threads or torch.get_num_threads()),
     )
     from model_runtime.generation import GenerationRequest
-    GenerationRequest(prompt="x", steps=spec.steps, width=spec.width, height=spec.height,
-                      extra=extra or {})  # validates the shared parameters early
+    GenerationRequest(prompt="x", steps=spec.steps, guidance_scale=spec.guidance_scale, width=spec.width,
+                      height=spec.height, extra=extra or {})  # validates the shared parameters early
 
     out = pathlib.Path(out)
     (out / "images").mkdir(parents=True, exist_ok=True)
@@ -331,6 +342,7 @@ def run_generate_job(model: str, out: str | os.PathLike, *, prompt: str | None =
     from tqdm.auto import tqdm
     bar = tqdm(total=len(tasks), initial=skipped, unit="img", desc="generate", disable=not progress)
     generated = 0
+    used_workers = 0
 
     def accept(task: ImageTask, data: bytes) -> None:
         nonlocal generated
@@ -346,13 +358,31 @@ def run_generate_job(model: str, out: str | os.PathLike, *, prompt: str | None =
         if todo:
             if engine == "local":
                 _run_local(spec, todo, accept)
+                used_workers = 1
             else:
-                _run_ray(spec, todo, accept, address=address, workers=workers)
+                used_workers = _run_ray(spec, todo, accept, address=address, workers=workers)
     finally:
         bar.close()
         writer.flush(force=True)
     return JobResult(out=out, manifest=writer.manifest, details=writer.details, total=len(tasks),
-                     generated=generated, skipped=skipped, seconds=time.perf_counter() - t0)
+                     generated=generated, skipped=skipped, seconds=time.perf_counter() - t0,
+                     workers=used_workers)
+
+
+def resolve_device(device: str | None, dtype: str | None, *, address: str | None = None,
+                   family: str | None = None) -> tuple[str | None, str | None]:
+    """(device, dtype name) the job's workers will use, checked before any work starts.
+
+    Resolved here, not in each worker, so the resume fingerprint and generation.csv say what
+    was used. Workers of a cluster joined with ``address`` may have hardware this process
+    lacks: there a device is only checked by name, and without one each worker picks its own.
+    """
+    if address:
+        # the default dtype depends on the workers' device (and GPU): without --dtype they pick it
+        return (devices.check_device_name(device) if device else None,
+                devices.dtype_name(devices.parse_dtype(dtype)) if dtype else None)
+    device = devices.pick_device(device)
+    return device, devices.dtype_name(devices.pick_dtype(device, dtype, family=family))
 
 
 def _is_done(out: pathlib.Path, spec: JobSpec, task: ImageTask) -> bool:
@@ -386,7 +416,8 @@ def _run_local(spec: JobSpec, chunks: list[list[ImageTask]], accept) -> None:
 
 
 def _run_ray(spec: JobSpec, chunks: list[list[ImageTask]], accept, *, address: str | None,
-             workers: int | None) -> None:
+             workers: int | None) -> int:
+    """Run the chunks on a pool of Ray actors; returns how many actors ran some."""
     import ray
     import ray.data
 
@@ -402,6 +433,9 @@ def _run_ray(spec: JobSpec, chunks: list[list[ImageTask]], accept, *, address: s
     ctx = ray.data.DataContext.get_current()
     ctx.enable_progress_bars = False  # ours is the per-image bar; Ray's would interleave with it
     ctx.print_on_execution_start = False
+    # start once the whole pool has loaded the model (or fail clearly when the cluster cannot
+    # host it), so the first actor up does not take chunks meant for the others
+    ctx.wait_for_min_actors_s = 900
     try:
         resources = ray.cluster_resources()
         use_gpu = bool(resources.get("GPU")) and (spec.device is None or spec.device.startswith("cuda"))
@@ -414,10 +448,14 @@ def _run_ray(spec: JobSpec, chunks: list[list[ImageTask]], accept, *, address: s
         ds = ray.data.from_items(items, override_num_blocks=len(items))
         ds = ds.map_batches(
             RayChunkWorker, fn_constructor_kwargs={"spec_json": spec_json}, batch_size=1,
-            compute=ray.data.ActorPoolStrategy(size=workers), num_gpus=1 if use_gpu else 0,
-            num_cpus=spec.threads)
+            # one chunk (seconds of work) per actor at a time: no actor queues chunks while others idle
+            compute=ray.data.ActorPoolStrategy(size=workers, max_tasks_in_flight_per_actor=1),
+            num_gpus=1 if use_gpu else 0, num_cpus=spec.threads)
+        used = set()
         for row in ds.iter_rows():
             accept(by_key[(int(row["row"]), int(row["k"]))], bytes(row["png"]))
+            used.add(row["worker"])
+        return len(used)
     finally:
         if started:
             ray.shutdown()
@@ -455,7 +493,7 @@ class _ManifestWriter:
             manifest_rows.append([t.rel_path, SOURCE, t.modality, t.prompt, spec.model_label, t.case_id, t.group])
             detail_rows.append([t.rel_path, t.row, t.k, t.prompt, t.negative_prompt, t.seed, spec.steps,
                                 f"{spec.guidance_scale:g}", spec.scheduler, spec.width, spec.height,
-                                spec.model_label, spec.weights_sha256])
+                                spec.dtype or "auto", spec.model_label, spec.weights_sha256])
         _write_csv(self.manifest, MANIFEST_COLUMNS, manifest_rows)
         _write_csv(self.details, DETAIL_COLUMNS, detail_rows)
 

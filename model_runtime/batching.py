@@ -11,8 +11,11 @@ every image keeps its own CPU generator, so results are split back exactly by po
 Requests with and without a negative prompt are never merged: SDXL and the Kandinsky prior
 treat "no negative prompt" differently from an empty one.
 
-A merged image starts from the same noise as a solo run but is not bit-identical to it (batch
-size changes CPU kernel choice, ~1e-6); use ``max_batch_size=1`` when that matters.
+Merging is the point of the queue, so it does not keep :func:`generation.generate`'s CPU
+guarantee: a merged image starts from the same noise as a solo run with its seed, but on CPU
+agrees with it only to within 1/255 per pixel (batch size changes MKL/oneDNN kernel choice).
+``max_batch_size=1`` turns merging off and makes every image bit-identical to a solo run; a
+request of several images is then also run one image per pass.
 """
 from __future__ import annotations
 

@@ -39,17 +39,30 @@ def mps_available() -> bool:
     return bool(backend and backend.is_available())
 
 
+class DeviceUnavailableError(RuntimeError):
+    """The requested device exists in torch's vocabulary but not on this machine."""
+
+
+def check_device_name(name: str) -> str:
+    """``name`` lower-cased if it is cpu, cuda, cuda:N or mps (availability not checked)."""
+    choice = str(name).strip().lower()
+    if not (choice in ("cpu", "cuda", "mps") or (choice.startswith("cuda:") and choice[5:].isdigit())):
+        raise ValueError(f"unknown device {name!r}; use cpu, cuda, cuda:N or mps")
+    return choice
+
+
 def pick_device(prefer: str | None = None) -> str:
     """'cuda' (or 'cuda:N') if usable, then 'mps', else 'cpu'. ``prefer`` or MEDISYN_DEVICE wins."""
     choice = prefer or os.environ.get("MEDISYN_DEVICE") or None
     if choice:
-        choice = choice.strip().lower()
+        choice = check_device_name(choice)
         if choice.startswith("cuda") and not torch.cuda.is_available():
-            raise RuntimeError(f"device {choice!r} requested but CUDA is not available to this torch build")
+            raise DeviceUnavailableError(f"device {choice!r} requested but CUDA is not available to this torch build")
+        if choice.startswith("cuda:") and int(choice[5:]) >= torch.cuda.device_count():
+            raise DeviceUnavailableError(f"device {choice!r} requested but this machine has "
+                                         f"{torch.cuda.device_count()} CUDA device(s)")
         if choice == "mps" and not mps_available():
-            raise RuntimeError("device 'mps' requested but MPS is not available")
-        if not (choice == "cpu" or choice == "mps" or choice.startswith("cuda")):
-            raise ValueError(f"unknown device {choice!r}; use cpu, cuda, cuda:N or mps")
+            raise DeviceUnavailableError("device 'mps' requested but MPS is not available")
         return choice
     if torch.cuda.is_available():
         return "cuda"

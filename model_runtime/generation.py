@@ -2,11 +2,11 @@
 
 Reproducibility: image k of a request uses its own CPU ``torch.Generator`` seeded ``seed + k``
 (noise is drawn on the CPU and moved to the device, so a seed means the same noise on every
-device). Image k of a batch therefore starts from exactly the noise of a single run with
-``seed + k``; the two outputs agree to ~1e-6 on CPU but are not bit-identical, because MKL and
-oneDNN pick different kernels for different batch sizes. ``batch_size=1`` runs one image per
-forward pass, which makes every image bit-identical to a single run with its seed (same
-machine, same ``torch.get_num_threads()``).
+device). On CPU, :func:`generate` runs one image per forward pass by default, which makes image
+k bit-identical to a single run with ``seed + k`` (same machine, same
+``torch.get_num_threads()``). An explicit ``batch_size`` > 1 is faster but only agrees to within
+1/255: MKL and oneDNN pick different kernels for different batch sizes. On CUDA/MPS the default
+is the whole request in one pass; GPU kernels are not bit-reproducible across batch sizes anyway.
 
 Thread safety: diffusers schedulers keep per-run state and fast tokenizers keep padding
 settings on a shared object, so every call runs on a shallow copy of the pipeline that shares
@@ -22,9 +22,12 @@ import dataclasses
 import functools
 import inspect
 import json
+import math
+import numbers
 import secrets
 import threading
 import time
+import weakref
 from collections.abc import Callable, Sequence
 
 import torch
@@ -59,10 +62,21 @@ class GenerationRequest:
     def __post_init__(self):
         if not isinstance(self.prompt, str) or not self.prompt.strip():
             raise ValueError("prompt must be a non-empty string")
-        if not 1 <= int(self.num_images) <= 10_000:
+        for name in ("num_images", "steps"):
+            value = getattr(self, name)
+            # 20.0 from a JSON file is fine; 2.5 would have been truncated silently
+            if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value) \
+                    or value != int(value):
+                raise ValueError(f"{name} must be a whole number, got {value!r}")
+        if not 1 <= self.num_images <= 10_000:
             raise ValueError(f"num_images must be between 1 and 10000, got {self.num_images}")
-        if not 1 <= int(self.steps) <= 1000:
+        if not 1 <= self.steps <= 1000:
             raise ValueError(f"steps must be between 1 and 1000, got {self.steps}")
+        guidance = self.guidance_scale
+        # NaN/inf would silently give black images; negative guidance is not a thing
+        if not isinstance(guidance, numbers.Real) or isinstance(guidance, bool) or not math.isfinite(guidance) \
+                or guidance < 0:
+            raise ValueError(f"guidance_scale must be a finite number >= 0, got {guidance!r}")
         if self.seed is not None and not 0 <= int(self.seed) <= MAX_SEED - 10_000:
             raise ValueError(f"seed must be between 0 and {MAX_SEED - 10_000}, got {self.seed}")
         for side in ("width", "height"):
@@ -239,7 +253,7 @@ def _call_parameters(cls) -> frozenset[str]:
                      if p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL))
 
 
-def _call_pipeline(loaded: LoadedModel, scheduler_name: str) -> DiffusionPipeline:
+def _call_pipeline(loaded: LoadedModel, scheduler_name: str | None) -> DiffusionPipeline:
     """A per-call view of the pipeline: same weights, fresh schedulers, this thread's tokenizers.
 
     Two kinds of shared state break under concurrent calls: schedulers keep per-run state
@@ -267,13 +281,13 @@ def _thread_tokenizers(loaded: LoadedModel) -> dict[int, object]:
     """id(shared tokenizer) -> this thread's private copy, for every tokenizer of the pipeline."""
     cache = getattr(_local, "tokenizers", None)
     if cache is None:
-        cache = _local.tokenizers = {}
-    key = id(loaded.pipe)
-    entry = cache.get(key)
-    if entry is None or entry[0] is not loaded.pipe:
-        copies = {id(c): copy.deepcopy(c) for c in loaded.pipe.components.values() if _is_tokenizer(c)}
-        entry = cache[key] = (loaded.pipe, copies)
-    return entry[1]
+        # weak keys: a long-lived worker thread must not keep an unloaded model's weights alive
+        cache = _local.tokenizers = weakref.WeakKeyDictionary()
+    copies = cache.get(loaded.pipe)
+    if copies is None:
+        copies = cache[loaded.pipe] = {id(c): copy.deepcopy(c) for c in loaded.pipe.components.values()
+                                       if _is_tokenizer(c)}
+    return copies
 
 
 def _is_tokenizer(component) -> bool:
@@ -301,20 +315,27 @@ def _copy_with(pipe, replacements: dict[int, object]):
 
 # --- the public entry point ------------------------------------------------------------
 
+def default_batch_size(device: str, num_images: int) -> int:
+    """Images per forward pass when the caller does not say: 1 on CPU, so image k is
+    bit-identical to a single run with seed + k; the whole request on a GPU, where batching
+    pays most and kernels are not batch-invariant in any case."""
+    return 1 if str(device) == "cpu" else max(1, int(num_images))
+
+
 def generate(loaded: LoadedModel, request: GenerationRequest, *,
              on_step: Callable[[int, int], None] | None = None,
              cancel: threading.Event | None = None,
              batch_size: int | None = None) -> list[GeneratedImage]:
     """Generate ``request.num_images`` images; image k uses seed ``request.seed + k``.
 
-    ``batch_size`` caps images per forward pass (None: all at once); 1 makes each image
-    bit-identical to a single-image run with its seed. ``on_step(done, total)`` reports progress
-    over all passes; setting ``cancel`` raises GenerationCancelled at the next step.
+    ``batch_size`` caps images per forward pass (None: :func:`default_batch_size` — one at a
+    time on CPU, bit-identical to single runs; all at once on a GPU). ``on_step(done, total)``
+    reports progress over all passes; setting ``cancel`` raises GenerationCancelled at the next step.
     """
     request = request.seeded()
     shared = shared_params(loaded, request)
     slots = slots_of(request)
-    size = len(slots) if not batch_size else max(1, int(batch_size))
+    size = max(1, int(batch_size)) if batch_size else default_batch_size(loaded.device, len(slots))
     chunks = [slots[i:i + size] for i in range(0, len(slots), size)]
     out: list[GeneratedImage] = []
     for c, chunk in enumerate(chunks):

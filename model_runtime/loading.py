@@ -396,6 +396,11 @@ def saved_scheduler(path: str | os.PathLike):
     return cls.from_config(cls.load_config(str(root / "scheduler")))
 
 
+def pipeline_class_name(path: str | os.PathLike) -> str:
+    """The pipeline class a checkpoint's model_index.json names ("" if none)."""
+    return (_read_json(pathlib.Path(path) / "model_index.json") or {}).get("_class_name", "")
+
+
 def family_of(pipeline_class: str) -> str:
     for prefix, family in (("StableDiffusionXL", "sdxl"), ("StableDiffusion3", "sd3"),
                            ("StableDiffusion", "sd"), ("Flux", "flux"), ("PixArt", "pixart"),

@@ -64,15 +64,6 @@ FLOW_SAMPLERS: dict[str, SamplerSpec] = {s.name: s for s in [
     _spec("Euler a", "FlowMatchEulerDiscreteScheduler", stochastic_sampling=True),
 ]}
 
-# Reverse map for naming a checkpoint's default scheduler in provenance.
-_DEFAULT_NAMES = {
-    "DPMSolverMultistepScheduler": "DPM++ 2M", "EulerDiscreteScheduler": "Euler",
-    "EulerAncestralDiscreteScheduler": "Euler a", "DDIMScheduler": "DDIM", "PNDMScheduler": "PNDM",
-    "UniPCMultistepScheduler": "UniPC", "LMSDiscreteScheduler": "LMS", "HeunDiscreteScheduler": "Heun",
-    "DDPMScheduler": "DDPM", "DEISMultistepScheduler": "DEIS", "FlowMatchEulerDiscreteScheduler": "Euler",
-    "KDPM2DiscreteScheduler": "DPM2", "KDPM2AncestralDiscreteScheduler": "DPM2 a",
-}
-
 
 class UnknownSchedulerError(ValueError):
     pass
@@ -97,33 +88,46 @@ def _normalise(name: str) -> str:
     return " ".join(str(name).replace("_", " ").split()).lower()
 
 
+def is_own(name: str | None, base: SchedulerMixin) -> bool:
+    """True when ``name`` asks for the checkpoint's own scheduler: None, "default" or its class name."""
+    return name is None or _normalise(name) in (DEFAULT, _normalise(type(base).__name__))
+
+
 def canonical_name(name: str | None, base: SchedulerMixin) -> str:
-    """The display name a request's sampler resolves to (for provenance and batching keys)."""
-    if name is None or _normalise(name) == DEFAULT:
-        cls = type(base).__name__
-        if cls == "DPMSolverMultistepScheduler" and base.config.get("use_karras_sigmas"):
-            return "DPM++ 2M Karras"
-        return _DEFAULT_NAMES.get(cls, cls)
+    """The display name a request's sampler resolves to (for provenance and batching keys).
+
+    The checkpoint's own scheduler is labelled by its class name, not by a sampler name: a
+    saved scheduler may have any config (``sde-dpmsolver++``, ``solver_order=3``, LCM, TCD,
+    EDM ...), which a sampler name would misdescribe. Passing that label back as a name
+    selects the checkpoint's own scheduler again, so a recorded image can be regenerated.
+    """
+    if is_own(name, base):
+        return type(base).__name__
     wanted = _normalise(name)
     for key in _table(base):
         if _normalise(key) == wanted:
             return key
-    raise UnknownSchedulerError(
-        f"unknown or unsupported scheduler {name!r} for this model; choose one of: "
-        + ", ".join(available(base)))
+    raise UnknownSchedulerError(f"unknown or unsupported scheduler {name!r} for this model; choose one of: "
+                                + _choices(base))
 
 
 def make_scheduler(name: str | None, base: SchedulerMixin) -> SchedulerMixin:
-    """A new scheduler for one call: ``name`` (or the checkpoint default) built from ``base``'s config."""
-    if name is None or _normalise(name) == DEFAULT:
-        return type(base).from_config(base.config)
+    """A new scheduler for one call: ``name`` built from ``base``'s config, or for the checkpoint's
+    own (see :func:`is_own`) an unchanged copy of ``base``."""
+    if is_own(name, base):
+        return fresh_copy(base)
     display = canonical_name(name, base)
     spec = _table(base)[display]
     if display not in available(base):
         why = f"needs the '{spec.requires}' package" if not spec.available() else "is not compatible with it"
-        raise UnknownSchedulerError(f"scheduler {display!r} {why}; choose one of: " + ", ".join(available(base)))
+        raise UnknownSchedulerError(f"scheduler {display!r} {why}; choose one of: " + _choices(base))
     cls = getattr(diffusers, spec.class_name)
     return cls.from_config(base.config, **dict(spec.overrides))
+
+
+def _choices(base: SchedulerMixin) -> str:
+    # the own scheduler first: for LCM/TCD/EDM checkpoints it is the only choice
+    return ", ".join([f"{type(base).__name__} (the model's own)"] + available(base))
 
 
 def fresh_copy(scheduler: SchedulerMixin) -> SchedulerMixin:

@@ -6,6 +6,13 @@ import click
 from studio.cli import cli, study, model  # noqa: F401  (groups these commands attach to)
 
 
+def _multiple_of_8(ctx, param, value):
+    # latent diffusion VAEs downsample by 8: other sizes fail inside every worker
+    if value is not None and value % 8:
+        raise click.BadParameter(f"{value} is not a multiple of 8")
+    return value
+
+
 @cli.command("generate")
 @click.option("--model", "model_name", required=True,
               help="Registry key (e.g. embedded, medisyn), local diffusers folder, or Hub id in the local cache.")
@@ -21,8 +28,9 @@ from studio.cli import cli, study, model  # noqa: F401  (groups these commands a
 @click.option("--guidance", default=None, type=float,
               help="Classifier-free guidance scale (default: the model folder's medisyn.json, else 7).")
 @click.option("--scheduler", default=None, help="Sampler name, e.g. 'DPM++ 2M Karras' (default: the model's own).")
-@click.option("--width", default=None, type=click.IntRange(8, 8192), help="Default: the model's native size.")
-@click.option("--height", default=None, type=click.IntRange(8, 8192))
+@click.option("--width", default=None, type=click.IntRange(8, 8192), callback=_multiple_of_8,
+              help="A multiple of 8 (default: the model's native size).")
+@click.option("--height", default=None, type=click.IntRange(8, 8192), callback=_multiple_of_8)
 @click.option("--negative-prompt", default="", help="Negative prompt for rows that do not set one.")
 @click.option("--modality", default="", help="Modality for the manifest, for rows that do not set one.")
 @click.option("--batch-size", default=1, show_default=True, type=click.IntRange(1, 256),
@@ -35,13 +43,16 @@ from studio.cli import cli, study, model  # noqa: F401  (groups these commands a
 def generate(model_name, prompt, prompts_csv, out, n, seed, steps, guidance, scheduler, width, height,
              negative_prompt, modality, batch_size, engine, address, device, dtype, threads):
     """Generate synthetic images and a manifest.csv that `medisyn study create` accepts as is."""
-    from model_runtime.batch_job import PromptsFileError, run_generate_job
+    from model_runtime.batch_job import PromptsFileError, resolve_device, run_generate_job
+    from model_runtime.devices import DeviceUnavailableError
     from model_runtime.loading import ModelNotFoundError
     from model_runtime.schedulers import UnknownSchedulerError
 
     if (prompt is None) == (prompts_csv is None):
         raise click.UsageError("give exactly one of --prompt or --prompts")
     try:
+        # cheap checks first: a missing GPU must not surface after the model was read
+        resolve_device(device, dtype, address=address if engine == "ray" else None)
         if steps is None or guidance is None:
             recommended_steps, recommended_guidance = _model_defaults(model_name)
             steps = recommended_steps if steps is None else steps
@@ -51,7 +62,7 @@ def generate(model_name, prompt, prompts_csv, out, n, seed, steps, guidance, sch
             negative_prompt=negative_prompt, modality=modality, steps=steps, guidance_scale=guidance,
             scheduler=scheduler, width=width, height=height, batch_size=batch_size, engine=engine,
             address=address, device=device, dtype=dtype, threads=threads)
-    except (ModelNotFoundError, PromptsFileError, UnknownSchedulerError, ValueError) as exc:
+    except (ModelNotFoundError, PromptsFileError, UnknownSchedulerError, DeviceUnavailableError, ValueError) as exc:
         raise click.ClickException(str(exc)) from None
     click.echo(f"{result.generated} generated, {result.skipped} already done, {result.total} images "
                f"in {result.seconds:.1f} s -> {result.manifest}")

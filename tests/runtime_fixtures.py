@@ -298,6 +298,20 @@ def _save(pipe, out: pathlib.Path) -> pathlib.Path:
     return target
 
 
+def with_scheduler(src: pathlib.Path, dst: pathlib.Path, scheduler) -> pathlib.Path:
+    """A copy of the saved pipeline ``src`` whose own scheduler is ``scheduler`` (as if it had been
+    saved with it: LCM distillations, Playground's EDM schedulers, tuned DPM-Solver configs)."""
+    import shutil
+
+    shutil.copytree(src, dst)
+    shutil.rmtree(dst / "scheduler")
+    scheduler.save_pretrained(str(dst / "scheduler"))
+    index = json.loads((dst / "model_index.json").read_text(encoding="utf-8"))
+    index["scheduler"] = ["diffusers", type(scheduler).__name__]
+    (dst / "model_index.json").write_text(json.dumps(index), encoding="utf-8")
+    return dst
+
+
 BUILDERS = {
     "sd1": lambda out: build_sd(out, version=1),
     "sd2": lambda out: build_sd(out, version=2),

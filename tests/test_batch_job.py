@@ -1,12 +1,16 @@
 """model_runtime.batch_job: the `medisyn generate` job (CSV input, manifest, resume, Ray)."""
 import csv
+import dataclasses
+import json
 import os
 
 import pytest
+import torch
 
 from model_runtime import provenance
-from model_runtime.batch_job import (MANIFEST_COLUMNS, ImageTask, PromptsFileError, plan_chunks, plan_tasks,
-                                     read_prompts_csv, run_generate_job)
+from model_runtime.batch_job import (MANIFEST_COLUMNS, ImageTask, JobSpec, PromptsFileError, plan_chunks,
+                                     plan_tasks, read_prompts_csv, resolve_device, run_generate_job)
+from model_runtime.devices import DeviceUnavailableError
 from model_runtime.generation import GenerationRequest, generate
 from model_runtime.loading import ModelNotFoundError, load
 from runtime_fixtures import single_torch_thread, tiny_sd1_dir  # noqa: F401
@@ -95,7 +99,8 @@ def test_local_job_writes_pngs_and_a_manifest_the_study_ingest_accepts(tmp_path,
 
     details = read_csv(result.details)
     assert [int(d["seed"]) for d in details] == [3, 4, 5, 10_003, 10_004, 20_003]
-    assert details[3]["negative_prompt"] == "blurry" and details[0]["scheduler"] == "DDIM"
+    assert details[3]["negative_prompt"] == "blurry" and details[0]["scheduler"] == "DDIMScheduler"
+    assert {d["dtype"] for d in details} == {"fp32"}
     _, rec = provenance.read_png(out / "images/r00001_001.png")
     assert rec["synthetic"] is True and rec["parameters"]["seed"] == 10_004
     assert rec["job"]["row"] == 1 and rec["job"]["k"] == 1
@@ -148,6 +153,58 @@ def test_changed_parameters_are_not_mistaken_for_finished_work(tmp_path, tiny_sd
     assert read_csv(out / "generation.csv")[0]["steps"] == "3"
 
 
+def test_dtype_and_load_options_are_part_of_what_resume_compares(tmp_path, tiny_sd1_dir):
+    out = tmp_path / "out"
+    run_generate_job(str(tiny_sd1_dir), out, prompt="chest x-ray", n=2, **JOB)
+    # fp32 is what the default resolves to on CPU: nothing to redo
+    same = run_generate_job(str(tiny_sd1_dir), out, prompt="chest x-ray", n=2, dtype="float32", **JOB)
+    assert (same.generated, same.skipped) == (0, 2)
+    bf16 = run_generate_job(str(tiny_sd1_dir), out, prompt="chest x-ray", n=2, dtype="bf16", **JOB)
+    assert (bf16.generated, bf16.skipped) == (2, 0)
+    assert [d["dtype"] for d in read_csv(out / "generation.csv")] == ["bf16", "bf16"]
+    _, rec = provenance.read_png(out / "images/r00000_000.png")
+    assert rec["runtime"]["dtype"] == "bf16"
+    tiled = run_generate_job(str(tiny_sd1_dir), out, prompt="chest x-ray", n=2, dtype="bf16",
+                             options={"vae_tiling": True}, **JOB)
+    assert (tiled.generated, tiled.skipped) == (2, 0)
+
+
+def test_fingerprint_covers_device_dtype_and_options_but_not_where_weights_live():
+    spec = JobSpec(model="m", model_label="m", weights_sha256="0" * 64, steps=2, guidance_scale=7.0,
+                   scheduler="DDIMScheduler", width=32, height=32, extra_json="{}", device="cpu", dtype="fp32",
+                   options_json="{}", threads=1)
+    task = ImageTask(row=0, k=0, prompt="p", negative_prompt="", seed=1, modality="", case_id="", group="")
+    fp = spec.fingerprint(task)
+    changed = [dataclasses.replace(spec, dtype="bf16"), dataclasses.replace(spec, device="cuda"),
+               dataclasses.replace(spec, options_json=json.dumps({"lora": "a.safetensors", "lora_scale": 0.5})),
+               dataclasses.replace(spec, options_json=json.dumps({"channels_last": True}))]
+    assert len({fp} | {c.fingerprint(task) for c in changed}) == 5
+    lora = dataclasses.replace(spec, options_json=json.dumps({"lora": "a.safetensors", "lora_scale": 0.5}))
+    assert lora.fingerprint(task) != dataclasses.replace(
+        lora, options_json=json.dumps({"lora": "a.safetensors", "lora_scale": 0.8})).fingerprint(task)
+    # where the weights were found (their hash is in the fingerprint) and which GPU ran them do not count
+    elsewhere = dataclasses.replace(spec, options_json=json.dumps({"cache_dir": "/elsewhere", "revision": "main"}))
+    assert elsewhere.fingerprint(task) == fp
+    assert dataclasses.replace(spec, device="cuda:1").fingerprint(task) == changed[1].fingerprint(task)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
+def test_an_unavailable_device_or_bad_dtype_fails_before_any_work(tmp_path, tiny_sd1_dir):
+    out = tmp_path / "out"
+    with pytest.raises(DeviceUnavailableError, match="CUDA is not available"):
+        run_generate_job(str(tiny_sd1_dir), out, prompt="x", device="cuda", **JOB)
+    with pytest.raises(ValueError, match="unknown dtype"):
+        run_generate_job(str(tiny_sd1_dir), out, prompt="x", dtype="int8", **JOB)
+    with pytest.raises(ValueError, match="guidance_scale"):
+        run_generate_job(str(tiny_sd1_dir), out, prompt="x", **(JOB | {"guidance_scale": float("nan")}))
+    assert not out.exists()
+    # a remote cluster's workers may have the GPU this machine lacks: only the name is checked there
+    assert resolve_device("cuda", None, address="ray://head:10001") == ("cuda", None)
+    assert resolve_device(None, "half", address="ray://head:10001") == (None, "fp16")
+    with pytest.raises(ValueError, match="unknown device"):
+        resolve_device("gpu", None, address="ray://head:10001")
+
+
 def test_unknown_model_fails_before_any_work(tmp_path):
     with pytest.raises(ModelNotFoundError):
         run_generate_job(str(tmp_path / "no-model"), tmp_path / "out", prompt="x", **JOB)
@@ -163,10 +220,13 @@ def test_task_paths_are_neutral():
 
 @pytest.mark.slow
 def test_ray_engine_writes_the_same_bytes_as_local(tmp_path, prompts_csv, tiny_sd1_dir):
+    """Two actors (the local Ray gets 2 CPUs, one thread each) share the chunks between them:
+    the output must not depend on which actor ran which chunk."""
     local = run_generate_job(str(tiny_sd1_dir), tmp_path / "local", prompts_csv=prompts_csv, batch_size=2, **JOB)
     ray_run = run_generate_job(str(tiny_sd1_dir), tmp_path / "ray", prompts_csv=prompts_csv, batch_size=2,
-                               engine="ray", workers=1, **JOB)
+                               engine="ray", workers=2, **JOB)
     assert ray_run.generated == local.generated == 6
+    assert (local.workers, ray_run.workers) == (1, 2)  # both actors ran chunks
     names = sorted(os.listdir(tmp_path / "local" / "images"))
     assert names == sorted(os.listdir(tmp_path / "ray" / "images"))
     for name in names:

@@ -60,6 +60,11 @@ def test_batch_size_one_is_bit_identical_to_solo_runs(sd):
         results = [f.result(timeout=60) for f in submit_all(batcher, sd, requests)]
     assert batcher.stats["batches"] == 3
     assert [r[0].image.tobytes() for r in results] == [generate(sd, q)[0].image.tobytes() for q in requests]
+    # merging off: a several-image request runs one image per pass too, exactly like generate() on CPU
+    several = GenerationRequest("several", num_images=3, seed=50, **SIZE)
+    with MicroBatcher(max_batch_size=1, gather_window=0.0) as batcher:
+        queued = batcher.generate(sd, several, timeout=60)
+    assert [im.image.tobytes() for im in queued] == [im.image.tobytes() for im in generate(sd, several)]
 
 
 def test_large_request_is_split_and_keeps_its_seeds(sd):

@@ -1,6 +1,8 @@
 """`medisyn generate`: a thin wrapper over model_runtime.batch_job.run_generate_job."""
 import csv
 
+import pytest
+import torch
 from click.testing import CliRunner
 
 from runtime_fixtures import single_torch_thread, tiny_sd1_dir  # noqa: F401
@@ -34,6 +36,7 @@ def test_generate_from_a_prompt(tmp_path, tiny_sd1_dir):
     with open(out / "generation.csv", newline="") as fh:
         details = list(csv.DictReader(fh))
     assert [d["seed"] for d in details] == ["5", "6"] and details[0]["scheduler"] == "Euler a"
+    assert details[0]["dtype"] == "fp32"
     again = invoke("--model", str(tiny_sd1_dir), "--prompt", "Axial CT image of the chest", "--n", "2",
                    "--seed", "5", "--scheduler", "Euler a", "--modality", "CT", "--out", str(out), *COMMON)
     assert "0 generated, 2 already done" in again.output
@@ -67,3 +70,32 @@ def test_clear_errors(tmp_path, tiny_sd1_dir):
     assert result.exit_code == 1 and "unknown or unsupported scheduler" in result.output
     result = invoke("--model", str(tiny_sd1_dir), "--out", out, *COMMON)
     assert result.exit_code == 2 and "exactly one of --prompt or --prompts" in result.output
+
+
+def one_line_error(result, exit_code=1) -> str:
+    assert result.exit_code == exit_code, result.output
+    assert "Traceback" not in result.output
+    lines = [line for line in result.output.splitlines() if line.startswith("Error:")]
+    assert len(lines) == 1, result.output
+    return lines[0]
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
+def test_an_unavailable_device_is_one_error_line_before_any_work(tmp_path):
+    out = tmp_path / "out"
+    # the model does not even exist: the device is checked first, before anything is read
+    result = invoke("--model", str(tmp_path / "nope"), "--prompt", "x", "--device", "cuda", "--out", str(out),
+                    *COMMON)
+    assert "CUDA is not available" in one_line_error(result)
+    assert not out.exists()
+
+
+def test_bad_device_dtype_size_and_guidance_are_one_error_line(tmp_path, tiny_sd1_dir):
+    out = str(tmp_path / "out")
+    base = ["--model", str(tiny_sd1_dir), "--prompt", "x", "--out", out, "--steps", "2", "--threads", "1"]
+    assert "unknown device 'gpu'" in one_line_error(invoke(*base, "--device", "gpu"))
+    assert "unknown dtype 'int8'" in one_line_error(invoke(*base, "--dtype", "int8"))
+    assert "36 is not a multiple of 8" in one_line_error(invoke(*base, "--width", "36", "--height", "32"), 2)
+    assert "guidance_scale must be a finite number" in one_line_error(
+        invoke(*base, "--width", "32", "--height", "32", "--guidance", "nan"))
+    assert not (tmp_path / "out").exists()

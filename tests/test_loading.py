@@ -80,10 +80,15 @@ def test_device_and_dtype_defaults(monkeypatch):
     assert devices.pick_dtype("cpu") == torch.float16
     assert devices.pick_device("cpu") == "cpu"
     if not torch.cuda.is_available():
-        with pytest.raises(RuntimeError, match="CUDA"):
-            devices.pick_device("cuda")
+        for name in ("cuda", "CUDA:0"):
+            with pytest.raises(devices.DeviceUnavailableError, match="CUDA"):
+                devices.pick_device(name)
         monkeypatch.setenv("MEDISYN_DEVICE", "cpu")
         assert devices.pick_device() == "cpu"
+    for bad in ("gpu", "cuda:x", "cuda0"):
+        with pytest.raises(ValueError, match="unknown device"):
+            devices.pick_device(bad)
+    assert devices.check_device_name(" Cuda:1 ") == "cuda:1"  # a name check only, no GPU needed
 
 
 def test_cuda_only_options_stay_off_on_cpu(tiny_sd1_dir):
@@ -92,6 +97,23 @@ def test_cuda_only_options_stay_off_on_cpu(tiny_sd1_dir):
     assert (opts.compile, opts.channels_last, opts.vae_slicing, opts.cpu_offload) == (False, False, False, False)
     with pytest.raises(TypeError, match="unknown load option"):
         LoadOptions.coerce({"compiel": True})
+
+
+def test_cuda_defaults_are_chosen_for_a_cuda_device(tiny_sd1_dir, monkeypatch):
+    """Resolved without a GPU: only the offload decision asks the device, for its memory."""
+    path = pathlib.Path(tiny_sd1_dir)
+    weights = loading._weights_bytes(path)
+    monkeypatch.setattr(loading, "_cuda_total_memory", lambda device: 100 * weights)
+    opts = loading._resolve_defaults(LoadOptions(), "cuda", path)
+    assert (opts.channels_last, opts.vae_slicing) == (True, True)
+    assert (opts.compile, opts.vae_tiling, opts.cpu_offload) == (False, False, False)  # off unless asked / needed
+    # weights above 60 % of VRAM: model CPU offload
+    monkeypatch.setattr(loading, "_cuda_total_memory", lambda device: weights)
+    assert loading._resolve_defaults(LoadOptions(), "cuda:1", path).cpu_offload is True
+    # explicit choices win over the defaults
+    opts = loading._resolve_defaults(LoadOptions(channels_last=False, vae_slicing=False, compile=True,
+                                                 cpu_offload=False), "cuda", path)
+    assert (opts.channels_last, opts.vae_slicing, opts.compile, opts.cpu_offload) == (False, False, True, False)
 
 
 def test_missing_models_fail_with_a_clear_error(tmp_path, tiny_sd1_dir):

@@ -108,7 +108,13 @@ def test_generated_image_round_trip(tmp_path, tiny_sd1_dir):
                                                 width=32, height=32))[0]
     text, rec = provenance.read_png(result.save_png(tmp_path / "x.png"))
     assert rec["model"]["weights_sha256"] == loaded.weights_hash
-    assert rec["parameters"]["seed"] == 3 and rec["parameters"]["scheduler"] == "DDIM"
+    # the checkpoint's own scheduler is recorded by class name...
+    assert rec["parameters"]["seed"] == 3 and rec["parameters"]["scheduler"] == "DDIMScheduler"
+    assert "Sampler: DDIMScheduler," in text
+    # ...and the recorded parameters regenerate the image exactly
+    params = {k: v for k, v in rec["parameters"].items() if k != "index"}
+    again = generate(loaded, GenerationRequest(**params))[0]
+    assert again.image.tobytes() == result.image.tobytes()
     # a local checkpoint is named by its folder (".../tiny-sd1N/pipeline" -> "tiny-sd1N")
     assert text.endswith(f"Seed: 3, Size: 32x32, Model: {pathlib.Path(tiny_sd1_dir).parent.name}")
     assert json.loads(json.dumps(rec)) == rec
