@@ -59,8 +59,9 @@ def throughput(loaded, args, batch: int) -> dict:
 
     request = GenerationRequest("Axial CT image of the chest", num_images=batch, seed=0, steps=args.steps,
                                 width=args.size, height=args.size, scheduler=args.scheduler)
-    generate(loaded, request)  # warm-up
-    times = timed(lambda: generate(loaded, request), args.repeats)
+    # batch_size explicit: on CPU generate() defaults to one image per pass (bit-identical output).
+    generate(loaded, request, batch_size=batch)  # warm-up
+    times = timed(lambda: generate(loaded, request, batch_size=batch), args.repeats)
     med = statistics.median(times)
     return {"batch": batch, "seconds": med, "images_per_s": batch / med}
 
@@ -73,7 +74,7 @@ def engine_run(loaded, args, batch: int) -> tuple[list[float], float]:
                                 width=args.size, height=args.size, scheduler=args.scheduler)
     stamps = []
     t0 = time.perf_counter()
-    generate(loaded, request, on_step=lambda d, t: stamps.append(time.perf_counter()))
+    generate(loaded, request, on_step=lambda d, t: stamps.append(time.perf_counter()), batch_size=batch)
     return [b - a for a, b in zip(stamps, stamps[1:])], time.perf_counter() - t0
 
 

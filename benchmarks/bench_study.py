@@ -140,7 +140,7 @@ def build_large_study(tmp: pathlib.Path, n_cases: int, n_readers: int) -> tuple[
                                 [(now, aid) for aid, _ in rows])
     db.close()
     t_prefill = time.perf_counter() - t2
-    setup = {"stimuli_and_rows_s": round(t_stimuli, 2), "invite_100_readers_s": round(t_invite, 2),
+    setup = {"stimuli_and_rows_s": round(t_stimuli, 2), "readers": n_readers, "invite_all_readers_s": round(t_invite, 2),
              "invite_per_reader_ms": round(1000 * t_invite / n_readers, 1),
              "prefill_responses_s": round(t_prefill, 2),
              "db_mb": round(os.path.getsize(db_path) / 1e6, 1)}
