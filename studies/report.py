@@ -157,7 +157,11 @@ def agreement_figure(pairwise: dict, title: str) -> go.Figure:
     for p in pairwise["pairs"]:
         i, j = index[p["reader_a"]], index[p["reader_b"]]
         z[i][j] = z[j][i] = p.get("kappa")
+    # Cell labels, so an undefined κ reads "n/a" rather than passing for a pale κ ≈ 0.
+    text = [["n/a" if v is None else f"{v:.2f}" for v in row] for row in z]
     fig = go.Figure(go.Heatmap(z=z, x=readers, y=readers, zmin=-1, zmax=1, colorscale="RdBu",
+                               text=text, texttemplate="%{text}" if len(readers) <= 20 else None,
+                               hovertemplate="%{y} × %{x}: κ %{text}<extra></extra>",
                                colorbar={"title": "κ"}))
     fig.update_layout(title=title, yaxis_autorange="reversed", height=max(400, 18 * len(readers) + 160))
     return fig

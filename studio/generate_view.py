@@ -15,6 +15,8 @@ from __future__ import annotations
 import csv
 import dataclasses
 import datetime as _dt
+import functools
+import html
 import pathlib
 import queue
 import secrets
@@ -60,18 +62,20 @@ def model_info(key: str) -> str:
     if key == LOCAL_PATH:
         return "Give the path of a diffusers folder (with `model_index.json`) on the server."
     e = registry.get(key)
-    lines = [f"**{e.name}** — licence: **{e.licence}**"
+    # Registry text is shown as Markdown, where "<modality>" would vanish as an HTML tag.
+    esc = functools.partial(html.escape, quote=False)
+    lines = [f"**{esc(e.name)}** — licence: **{esc(e.licence)}**"
              + ("" if e.licence_verified else " *(as reported; verify)*")]
     if e.modalities:
-        lines.append(f"Modalities: {', '.join(e.modalities)}")
+        lines.append(f"Modalities: {esc(', '.join(e.modalities))}")
     if e.prompt_style:
-        lines.append(f"Prompts: {e.prompt_style}")
+        lines.append(f"Prompts: {esc(e.prompt_style)}")
     if not e.available():
         where = e.hub_id or e.path
         lines.append(f"⚠️ Not on this machine: put `{where}` in the Hugging Face cache "
                      "(or a local folder) to use it — nothing is downloaded at run time.")
     if e.notes:
-        lines.append(e.notes)
+        lines.append(esc(e.notes))
     return "  \n".join(lines)
 
 

@@ -135,3 +135,14 @@ def test_likert_group_breakdown_is_in_the_html():
     for group, entry in res["alignment"]["by_group"].items():
         row = summary.split(f"<th>group: {group}</th>", 1)[1].split("</tr>", 1)[0]
         assert f"<td>{entry['n']}</td>" in row and f"<td>{entry['mean']:.3f}</td>" in row
+
+
+def test_agreement_heatmap_labels_undefined_kappa():
+    from studies.report import agreement_figure
+
+    pairwise = {"pairs": [{"reader_a": "a", "reader_b": "b", "kappa": None},
+                          {"reader_a": "a", "reader_b": "c", "kappa": 0.25},
+                          {"reader_a": "b", "reader_b": "c", "kappa": None}]}
+    heat = agreement_figure(pairwise, "t").data[0]
+    assert heat.z[0][1] is None and heat.text[0][1] == "n/a"
+    assert heat.text[0][2] == "0.25" and heat.text[2][2] == "1.00"

@@ -520,6 +520,8 @@ def test_generation_input_checks(tmp_path, tiny_model):
     keys = [k for _, k in generate_view.model_choices()]
     assert keys[0] == "embedded" and keys[-1] == generate_view.LOCAL_PATH
     assert "CC-BY-NC-ND-4.0" in generate_view.model_info("medisyn")
+    # "<modality> image of <anatomy>" must survive Markdown (a raw <tag> is swallowed).
+    assert "&lt;modality&gt; image of &lt;anatomy&gt;" in generate_view.model_info("embedded")
     prompt, modality = generate_view.preset_prompt("fundus", {"view": "right"})
     assert "right" in prompt and modality == "fundus photograph"
 
