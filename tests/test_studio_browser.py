@@ -72,9 +72,10 @@ def studio(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("browser")
     db, rows, tokens = make_loud_study(tmp, n_cases=10, size=256)
     creds = auth.AdminCredentials.from_password("admin", ADMIN_PASSWORD, "env")
-    app = app_mod.build_app(db, admin_auth=auth.AdminAuth(creds), model=_model_for_tests(tmp))
+    model = _model_for_tests(tmp)
+    app = app_mod.build_app(db, admin_auth=auth.AdminAuth(creds), model=model)
     server = app_mod.Server(app, "127.0.0.1", app_mod.free_port()).start()
-    yield {"url": server.url, "db": db, "rows": rows, "tokens": tokens}
+    yield {"url": server.url, "db": db, "rows": rows, "tokens": tokens, "model": model}
     server.stop()
 
 
@@ -305,6 +306,9 @@ def test_generate_an_image(browser, studio, shots):
     page = ctx.new_page()
     _login(page, studio["url"])
     page.get_by_role("tab", name="Generate").click()
+    if "medisyn-mini" in studio["model"]:  # the shipped weights: the picker's default, licence shown
+        assert page.input_value("#gen-model input") == "MediSyn-mini (embedded)"
+        assert "licence" in page.inner_text("#gen-model-info")
     # A preset fills the prompt (and its fields); then generate.
     page.click("#gen-preset input")
     page.keyboard.type("Radiology · CT")
