@@ -86,7 +86,7 @@ def main() -> None:
                 barrier.wait()  # everyone answers at the same time
                 for k in range(args.answers):
                     t0 = time.perf_counter()
-                    out = run_event(c, ids["on_submit"], [None, 1 + k % 6], token, session)
+                    out = run_event(c, ids["on_submit"], [None, 1 + k % 6, None], token, session)
                     dt = time.perf_counter() - t0
                     assert any(isinstance(o, dict) and "image.png" in json.dumps(o) for o in out) \
                         or k == args.answers - 1

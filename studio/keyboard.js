@@ -23,6 +23,23 @@
     if (!el) return null;
     return el.tagName === "BUTTON" ? el : el.querySelector("button");
   }
+  // Time on case, browser side: window.__medisynShownAt is the moment the current question
+  // appeared, or its image finished loading if that came later. The submit event sends
+  // performance.now() minus it; the server keeps it only if shorter than its own clock.
+  function mark() { window.__medisynShownAt = performance.now(); }
+  document.addEventListener("load", function (e) {
+    const t = e.target;
+    if (t && t.tagName === "IMG" && t.closest("#stimulus")) mark();
+  }, true);  // load does not bubble: listen in the capture phase
+  let lastKey = null;
+  new MutationObserver(function () {
+    // Only the case label and the question's heading: Gradio's status tracker also writes
+    // text inside these blocks while an event runs, which must not restart the clock.
+    const p = document.querySelector("#progress .label"), q = document.querySelector("#question h3");
+    if (!p || !q || !visible(q)) return;
+    const key = p.textContent + "|" + q.textContent;
+    if (key !== lastKey) { lastKey = key; mark(); }
+  }).observe(document.documentElement, {childList: true, subtree: true, characterData: true});
   document.addEventListener("keydown", function (e) {
     if (e.ctrlKey || e.metaKey || e.altKey || e.repeat) return;
     if (typing(e.target)) return;

@@ -42,6 +42,11 @@ from studies.errors import NotAuthorised, SessionError, StudyError
 
 KEYBOARD_JS = (pathlib.Path(__file__).with_name("keyboard.js")).read_text(encoding="utf-8")
 
+# Runs in the browser before the submit event: passes the answer through and adds the
+# milliseconds since keyboard.js saw the current question (or its image) appear.
+SHOWN_MS_JS = """(st, ans, ms) => [st, ans, (typeof window.__medisynShownAt === 'number')
+    ? Math.round(performance.now() - window.__medisynShownAt) : null]"""
+
 # Element ids the keyboard script and the browser tests rely on.
 IDS = {"answer": "answer", "submit": "submit", "continue": "continue", "start": "start",
        "image": "stimulus", "progress": "progress", "question": "question",
@@ -185,9 +190,28 @@ def start(db_path, token: str | None) -> Screen:
     return _case_screen(db_path, reader, view, with_image=True)
 
 
-def submit_answer(db_path, token: str | None, state: OnScreen | None, answer) -> Screen:
+def answer_duration_ms(server_ms: int, client_ms) -> tuple[int, bool]:
+    """(time on case, whether the browser's figure was used).
+
+    The server's clock starts when it sends the screen, so it also counts the queue and the
+    image download; the browser times from the moment the image (or the next question on
+    it) was on screen. The browser's figure is used only when it is a number between 0 and
+    the server's: a client can shorten the time to when it really showed the image, never
+    lengthen it or make it up."""
+    try:
+        value = float(client_ms)
+    except (TypeError, ValueError):
+        return server_ms, False
+    if value != value or not 0 <= value <= server_ms:  # NaN, negative or longer than possible
+        return server_ms, False
+    return int(round(value)), True
+
+
+def submit_answer(db_path, token: str | None, state: OnScreen | None, answer,
+                  client_ms=None) -> Screen:
     """Record the answer to the question on screen, then show what comes next: the next
-    question on the same image, training feedback, the next case, or the finish screen."""
+    question on the same image, training feedback, the next case, or the finish screen.
+    `client_ms` is the browser's time since it displayed the question (see answer_duration_ms)."""
     reader = _reader(db_path, token)
     if reader is None:
         return _login("This link is not valid.")
@@ -206,10 +230,13 @@ def submit_answer(db_path, token: str | None, state: OnScreen | None, answer) ->
                               message=f"Choose an answer first (keys 1–{len(view.pending[0]['scale'])}).")
         screen.state = state  # keep timing from the original showing
         return screen
-    duration = max(0, int(round((time.monotonic() - state.shown_mono) * 1000)))
+    server_ms = max(0, int(round((time.monotonic() - state.shown_mono) * 1000)))
+    duration, from_browser = answer_duration_ms(server_ms, client_ms)
     try:
+        # With the browser's figure, shown_at is derived from it (answered_at − duration).
         ack = session.submit(db_path, reader.reader_id, state.assignment_id, state.task,
-                             answer, duration, state.client_id, shown_at=state.shown_at)
+                             answer, duration, state.client_id,
+                             shown_at=None if from_browser else state.shown_at)
     except NotAuthorised:
         return _login("This link is not valid.")
     except SessionError as exc:
@@ -303,6 +330,8 @@ def build_reader_blocks(db_path) -> gr.Blocks:
                     answer = gr.Radio(choices=[], label="Your answer", elem_id=IDS["answer"])
                     submit = gr.Button("Submit  (Enter)", variant="primary",
                                        elem_id=IDS["submit"])
+                    # Filled by SHOWN_MS_JS on submit: the browser's time on this question.
+                    client_ms = gr.Number(visible=False)
                     feedback = gr.Markdown(visible=False, elem_id=IDS["feedback"])
                     cont = gr.Button("Continue  (Enter)", variant="primary", visible=False,
                                      elem_id=IDS["continue"])
@@ -347,8 +376,8 @@ def build_reader_blocks(db_path) -> gr.Blocks:
         def on_start(request: gr.Request):
             return render(start(db_path, token_of(request)))
 
-        def on_submit(st, ans, request: gr.Request):
-            return render(submit_answer(db_path, token_of(request), st, ans))
+        def on_submit(st, ans, ms, request: gr.Request):
+            return render(submit_answer(db_path, token_of(request), st, ans, ms))
 
         def on_continue(request: gr.Request):
             return render(continue_after_feedback(db_path, token_of(request)))
@@ -360,7 +389,7 @@ def build_reader_blocks(db_path) -> gr.Blocks:
                       show_progress="hidden")
         demo.load(on_load, None, outputs, **common)
         start_btn.click(on_start, None, outputs, **common)
-        submit.click(on_submit, [state, answer], outputs, **common)
+        submit.click(on_submit, [state, answer, client_ms], outputs, js=SHOWN_MS_JS, **common)
         cont.click(on_continue, None, outputs, **common)
         # The access-code form only navigates (client-side): the token then arrives like a link.
         open_btn.click(None, [code], None, api_visibility="private", js="""(code) => {

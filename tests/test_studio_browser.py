@@ -180,6 +180,11 @@ def test_reader_keyboard_only_with_refresh_and_nothing_leaks(browser, studio, sh
             time.sleep(0.5)  # let the options' hover/selection transitions settle
             page.screenshot(path=str(shots / "reader.png"))
         dom.append(page.content())
+        # keyboard.js timed this case from when it appeared (sent with the answer)
+        assert page.evaluate("typeof window.__medisynShownAt") == "number"
+        if i == 3:
+            time.sleep(1.2)
+            on_screen_ms = page.evaluate("performance.now() - window.__medisynShownAt")
         _press(page, keys[i])
         assert page.is_checked(f"#answer input[type=radio] >> nth={int(keys[i]) - 1}")
         _press(page, "Enter")
@@ -194,6 +199,10 @@ def test_reader_keyboard_only_with_refresh_and_nothing_leaks(browser, studio, sh
     df = df[df["reader"] == "dr-a"]
     assert df["rating"].tolist() == [int(k) for k in keys]
     assert (df["duration_ms"] > 0).all()
+    # Case 4 was on screen ≥ 1.2 s before its keys were pressed, and the stored time is the
+    # browser's (from display, not from the server's send) up to the key presses.
+    assert on_screen_ms >= 1200
+    assert on_screen_ms <= df["duration_ms"].iloc[3] <= on_screen_ms + 2000
 
     # Nothing identifying in URLs, DOM or any response body.
     needles = [n.lower() for n in leak_needles(studio["rows"])]

@@ -134,6 +134,31 @@ def test_duration_is_measured_from_when_the_case_was_served(tmp_path, monkeypatc
     assert df["duration_ms"].tolist() == [2500]
 
 
+def test_duration_uses_the_browsers_display_time_only_when_shorter(tmp_path, monkeypatch):
+    """The browser times from when the image was on screen; it may shorten the server's
+    figure (queue + download), never lengthen it or replace it with junk."""
+    db, _, tokens = make_loud_study(tmp_path)
+    token = tokens["dr-a"]
+    clock = [1000.0]
+    monkeypatch.setattr(reader_view.time, "monotonic", lambda: clock[0])
+    for client_ms in (1800, 99_999, -5, float("nan"), "junk", None):
+        s = reader_view.start(db, token)
+        clock[0] += 2.5
+        reader_view.submit_answer(db, token, s.state, 4, client_ms)
+    df = long_table(db, "ten")
+    assert df["duration_ms"].tolist() == [1800, 2500, 2500, 2500, 2500, 2500]
+    # shown_at follows the figure used: 1.8 s before the answer, not the server's send time
+    from studies.database import open_db
+    conn = open_db(db)
+    try:
+        first = conn.execute("SELECT shown_at, answered_at FROM responses ORDER BY id LIMIT 1").fetchone()
+    finally:
+        conn.close()
+    import datetime as dt
+    shown, answered = (dt.datetime.fromisoformat(v.replace("Z", "+00:00")) for v in first)
+    assert (answered - shown).total_seconds() == pytest.approx(1.8, abs=0.01)
+
+
 def test_two_tasks_prompt_only_with_alignment_and_training_feedback(tmp_path):
     db, rows, tokens = make_loud_study(tmp_path, tasks=("turing", "alignment"),
                                        training_cases=2)
