@@ -49,16 +49,27 @@ def make_loud_study(tmp_path: pathlib.Path, name: str = "ten", *, n_cases: int =
                     tasks=("turing",), training_cases: int = 0, size: int = 96,
                     readers=("dr-a",)):
     """A study in tmp_path/studio.db; returns (db_path, rows, {reader: token})."""
+    db_path = tmp_path / "studio.db"
+    rows, tokens = add_loud_study(db_path, tmp_path / "data", name, n_cases=n_cases,
+                                  tasks=tasks, training_cases=training_cases, size=size,
+                                  readers=readers)
+    return db_path, rows, tokens
+
+
+def add_loud_study(db_path: pathlib.Path, data_root: pathlib.Path, name: str, *,
+                   n_cases: int = 4, tasks=("turing",), training_cases: int = 0,
+                   size: int = 96, readers=()):
+    """Study `name` in `db_path` (created if absent) from a loud manifest written under
+    `data_root`; `readers=()` leaves it a draft. Returns (rows, {reader: token})."""
     from studies import readers as readers_mod
     from studies.design import StudyOptions
     from studies.ingest import create_study
 
-    manifest, rows = write_loud_manifest(tmp_path / "data", n_cases)
-    db_path = tmp_path / "studio.db"
+    manifest, rows = write_loud_manifest(data_root, n_cases)
     create_study(db_path, name, manifest=manifest, size=size,
                  options=StudyOptions(tasks=tuple(tasks), training_cases=training_cases, seed=7))
     tokens = {r: readers_mod.invite(db_path, name, r) for r in readers}
-    return db_path, rows, tokens
+    return rows, tokens
 
 
 def leak_needles(rows: list[dict]) -> list[str]:
@@ -71,5 +82,5 @@ def leak_needles(rows: list[dict]) -> list[str]:
     return sorted(needles)
 
 
-__all__ = ["GEN_MARK", "REAL_MARK", "SYNTH_MARK", "leak_needles", "make_loud_study",
-           "write_loud_manifest"]
+__all__ = ["GEN_MARK", "REAL_MARK", "SYNTH_MARK", "add_loud_study", "leak_needles",
+           "make_loud_study", "write_loud_manifest"]

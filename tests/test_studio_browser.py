@@ -4,7 +4,9 @@ A reader completes a 10-case study with the keyboard only, refreshes half-way an
 at the right case; every URL, DOM snapshot and network response is searched for the
 original file names, the generator and ground truth. The admin logs in and sees that
 reader's results; the Generate tab makes an image with the embedded model (or a tiny
-random pipeline while the embedded one is absent).
+random pipeline while the embedded one is absent), cancels a long request, and sends a
+batch to a draft study (a study with readers refuses it). A second studio runs a study
+with training cases and two questions per image (turing, alignment), keyboard only.
 
 Locally a missing browser skips these tests with a message; under CI (`CI=true`) it fails.
 Screenshots go to a temporary folder, or to `$MEDISYN_SCREENSHOTS` when set (the README's
@@ -20,13 +22,14 @@ import time
 
 import pytest
 
-from studio_fixtures import leak_needles, make_loud_study
+from studio_fixtures import add_loud_study, leak_needles, make_loud_study
 
 pytestmark = pytest.mark.browser
 
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking",
                  "--disable-component-update", "--disable-sync", "--no-first-run"]
 ADMIN_PASSWORD = "browser-test-pw"
+DRAFT = "draft-study"  # in the `studio` fixture's database, no reader invited
 
 
 def _chromium() -> str:
@@ -70,12 +73,31 @@ def studio(tmp_path_factory):
     from studio import auth
 
     tmp = tmp_path_factory.mktemp("browser")
+    # A draft study (no reader invited) for "send batch to study", created first so that
+    # 'ten' stays the newest study, the one the admin page selects by default.
+    add_loud_study(tmp / "studio.db", tmp / "draft-data", DRAFT, n_cases=4, size=96)
     db, rows, tokens = make_loud_study(tmp, n_cases=10, size=256)
     creds = auth.AdminCredentials.from_password("admin", ADMIN_PASSWORD, "env")
     model = _model_for_tests(tmp)
     app = app_mod.build_app(db, admin_auth=auth.AdminAuth(creds), model=model)
     server = app_mod.Server(app, "127.0.0.1", app_mod.free_port()).start()
     yield {"url": server.url, "db": db, "rows": rows, "tokens": tokens, "model": model}
+    server.stop()
+
+
+@pytest.fixture(scope="module")
+def training_studio(tmp_path_factory):
+    """A second studio: 2 training + 2 main cases, each asked turing then alignment."""
+    from studio import app as app_mod
+    from studio import auth
+
+    tmp = tmp_path_factory.mktemp("browser-training")
+    db, rows, tokens = make_loud_study(tmp, "two-tasks", n_cases=4, size=128,
+                                       tasks=("turing", "alignment"), training_cases=2)
+    creds = auth.AdminCredentials.from_password("admin", ADMIN_PASSWORD, "env")
+    app = app_mod.build_app(db, admin_auth=auth.AdminAuth(creds))
+    server = app_mod.Server(app, "127.0.0.1", app_mod.free_port()).start()
+    yield {"url": server.url, "db": db, "rows": rows, "tokens": tokens, "study": "two-tasks"}
     server.stop()
 
 
@@ -333,4 +355,206 @@ def test_generate_an_image(browser, studio, shots):
     assert page.locator("#gen-files a").count() >= 1
     page.evaluate("window.scrollTo(0, 0)")
     page.screenshot(path=str(shots / "generate.png"), full_page=True)
+    ctx.close()
+
+
+def _visible(page, selector: str) -> bool:
+    return page.locator(selector).is_visible()
+
+
+def _img_src(page) -> str:
+    return page.get_attribute("#stimulus img", "src") or ""
+
+
+def test_training_feedback_and_two_questions_keyboard_only(browser, training_studio, shots):
+    """Training cases first (labelled, with feedback naming the truth); two questions per
+    image, the text shown only with the alignment question, the image sent once per case."""
+    from studies.export import long_table
+
+    st = training_studio
+    prompts = {r["prompt"] for r in st["rows"]}
+    ctx = browser.new_context(viewport={"width": 1360, "height": 900})
+    page = ctx.new_page()
+    image_fetches = []
+    page.on("response", lambda r: image_fetches.append(r.url) if r.url.endswith("/image.png")
+            else None)
+    page.goto(f"{st['url']}/?token={st['tokens']['dr-a']}")
+    page.wait_for_selector("#start", state="visible", timeout=30_000)
+    intro = page.inner_text("#intro")
+    assert "Is this image real or synthetic?" in intro and "match the text" in intro
+    _press(page, "Enter")
+
+    turing_keys = ["2", "5", "1", "6"]      # 1–6 scale
+    alignment_keys = ["4", "1", "3", "5"]   # 1–5 scale
+    feedbacks, srcs = [], []
+    for i in range(4):
+        training = i < 2
+        _wait_case(page, i + 1, total=4)
+        label = page.inner_text("#progress .label")
+        assert label == f"Case {i + 1} of 4" + (" · training" if training else ""), label
+        # Question 1 of 2: real or synthetic, without the text.
+        question = page.inner_text("#question")
+        assert "Is this image real or synthetic?" in question and "Question 1 of 2" in question
+        assert not _visible(page, "#prompt")
+        assert not [p for p in prompts if p.lower() in page.inner_text("body").lower()]
+        assert not _visible(page, "#feedback")
+        src = _img_src(page)
+        assert src and src not in srcs  # a new image for a new case
+        srcs.append(src)
+        _press(page, turing_keys[i])
+        _press(page, "Enter")
+        # Question 2 of 2 on the same image: the text appears, the image is not re-sent.
+        page.wait_for_function("() => document.querySelector('#question')"
+                               ".innerText.includes('Question 2 of 2')", timeout=20_000)
+        page.wait_for_function("() => !document.querySelector('#answer input:checked')",
+                               timeout=10_000)
+        assert "How well does the image match the text?" in page.inner_text("#question")
+        assert not _visible(page, "#feedback")  # no feedback before both questions
+        assert _visible(page, "#prompt")
+        shown_prompt = page.inner_text("#prompt")
+        assert shown_prompt.startswith("Text:") and shown_prompt[5:].strip() in prompts
+        assert _img_src(page) == src
+        assert page.inner_text("#progress .label").startswith(f"Case {i + 1} of 4")
+        options = page.locator("#answer input[type=radio]").count()
+        assert options == 5
+        _press(page, alignment_keys[i])
+        assert page.is_checked(f"#answer input[type=radio] >> nth={int(alignment_keys[i]) - 1}")
+        _press(page, "Enter")
+        if training:
+            page.wait_for_selector("#feedback", state="visible", timeout=20_000)
+            text = page.inner_text("#feedback")
+            feedbacks.append(text)
+            assert text.startswith("Training case.")
+            # The question, the answer scale, the submit button and the text are gone.
+            assert not _visible(page, "#answer") and not _visible(page, "#submit")
+            assert not _visible(page, "#prompt")
+            assert _visible(page, "#continue")
+            if i == 0:
+                time.sleep(0.5)
+                page.screenshot(path=str(shots / "reader-feedback.png"))
+            _press(page, "Enter")
+    page.wait_for_selector("#finished", state="visible", timeout=20_000)
+    assert "All 4 cases are answered" in page.inner_text("#finished")
+    assert len(feedbacks) == 2 and not _visible(page, "#feedback")  # main cases: none
+    # One image per case, fetched once each (never again for the second question).
+    assert len(image_fetches) == 4 and len(set(image_fetches)) == 4, image_fetches
+    ctx.close()
+
+    df = long_table(st["db"], st["study"])
+    df = df[df["reader"] == "dr-a"].reset_index(drop=True)
+    assert len(df) == 8
+    assert df["task"].tolist() == ["turing", "alignment"] * 4
+    assert df["training"].tolist() == [1, 1, 1, 1, 0, 0, 0, 0]
+    assert df["case"].tolist()[::2] == df["case"].tolist()[1::2]  # both questions per case
+    assert df["case"].nunique() == 4
+    ratings = [int(k) for pair in zip(turing_keys, alignment_keys) for k in pair]
+    assert df["rating"].tolist() == ratings
+    assert (df["duration_ms"] > 0).all()
+    # Each training feedback names that case's truth and grades the real/synthetic call.
+    for i, text in enumerate(feedbacks):
+        truth = df.loc[2 * i, "source"]
+        call = "real" if int(turing_keys[i]) <= 3 else "synthetic"
+        assert f"This image is {truth}." in text, text
+        assert f"You answered {call}" in text, text
+        assert ("Correct" in text) == (call == truth), text
+
+
+def _open_generate(page, url: str):
+    _login(page, url)
+    page.get_by_role("tab", name="Generate").click()
+    page.wait_for_selector("#gen-go", state="visible", timeout=30_000)
+
+
+def _set_slider(page, label: str, value: int):
+    box = page.get_by_label(f"number input for {label}")
+    box.fill(str(value))
+    box.press("Tab")
+    assert page.get_by_label(f"range slider for {label}").input_value() == str(value)
+
+
+def _batch_folders(db) -> set[str]:
+    from studio.generate_view import batches_root
+
+    root = batches_root(db)
+    return {p.name for p in root.iterdir()} if root.is_dir() else set()
+
+
+def test_generate_cancel(browser, studio):
+    """Cancel during a long request: the run stops at the next step, nothing is kept."""
+    from studio.generate_view import MAX_IMAGES, MAX_STEPS
+
+    before = _batch_folders(studio["db"])
+    ctx = browser.new_context(viewport={"width": 1360, "height": 900})
+    page = ctx.new_page()
+    _open_generate(page, studio["url"])
+    page.fill("#gen-prompt textarea", "Axial CT image of the head")
+    _set_slider(page, "Images", MAX_IMAGES)
+    _set_slider(page, "Steps", MAX_STEPS)
+    page.click("#gen-go")
+    # Cancel once the run is really going (its cancel flag exists from then on).
+    page.wait_for_function("() => document.querySelector('#gen-status').innerText"
+                           ".startsWith('Step ')", timeout=60_000)
+    step = page.inner_text("#gen-status")
+    t0 = time.monotonic()
+    page.click("#gen-cancel")
+    m = re.match(r"Step (\d+) / (\d+)", step)
+    assert m, step
+    # 16 images × 150 steps: one pass per image on CPU, one pass in all on a GPU.
+    assert int(m.group(2)) in (MAX_STEPS, MAX_STEPS * MAX_IMAGES), step
+    page.wait_for_function("() => document.querySelector('#gen-status').innerText"
+                           ".trim() === 'Cancelled.'", timeout=30_000)
+    assert time.monotonic() - t0 < 20
+    time.sleep(1.5)  # no late progress overwrites the verdict, no images arrive
+    assert page.inner_text("#gen-status").strip() == "Cancelled."
+    assert page.locator("#gen-gallery img").count() == 0
+    assert page.locator("#gen-files a").count() == 0
+    assert _batch_folders(studio["db"]) == before  # no batch written for a cancelled run
+    ctx.close()
+
+
+def _pick_study(page, name: str):
+    page.click("#study-select input")
+    page.keyboard.press("Control+A")
+    page.keyboard.type(name)
+    page.keyboard.press("Enter")
+    page.wait_for_function("(n) => document.querySelector('#study-select input').value === n",
+                           arg=name, timeout=10_000)
+
+
+def test_send_batch_to_a_draft_study(browser, studio):
+    """Generate 2 images, send them to the draft study; a study with readers refuses them."""
+    from studies.ingest import list_studies
+
+    def counts():
+        return {r["name"]: (r["n_cases"], r["n_synthetic"]) for r in list_studies(studio["db"])}
+
+    before = counts()
+    assert DRAFT in before and "ten" in before
+    ctx = browser.new_context(viewport={"width": 1360, "height": 900})
+    page = ctx.new_page()
+    _open_generate(page, studio["url"])
+    page.fill("#gen-prompt textarea", "Axial CT image of the head")
+    _set_slider(page, "Images", 2)
+    _set_slider(page, "Steps", 8)
+    page.click("#gen-go")
+    page.wait_for_function("() => document.querySelectorAll('#gen-gallery img').length === 2",
+                           timeout=120_000)
+    assert "2 image(s) in" in page.inner_text("#gen-status")
+
+    _pick_study(page, DRAFT)
+    page.click("#gen-send")
+    page.wait_for_selector("text=Added 2 images to", timeout=60_000)
+    msg = page.get_by_text("Added 2 images to").inner_text()
+    n_cases, n_synth = before[DRAFT]
+    assert DRAFT in msg and f"({n_cases + 2} cases now)" in msg, msg
+    after = counts()
+    assert after[DRAFT] == (n_cases + 2, n_synth + 2)
+
+    # 'ten' has an invited reader: its case set is fixed.
+    _pick_study(page, "ten")
+    page.click("#gen-send")
+    err = page.get_by_text("already has invited readers")
+    err.first.wait_for(state="visible", timeout=30_000)
+    assert "'ten'" in err.first.inner_text()
+    assert counts() == after
     ctx.close()
