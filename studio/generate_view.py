@@ -33,7 +33,11 @@ MAX_STEPS = 150
 
 _MODELS: dict[str, object] = {}
 _MODELS_LOCK = threading.Lock()
-_CANCELS: dict[str, threading.Event] = {}
+# Per browser session: the cancel flags of its running generations, and how many of its
+# requests wait in the queue (Cancel must stop those too, and say nothing when idle).
+_RUNNING: dict[str, set[threading.Event]] = {}
+_QUEUED: dict[str, int] = {}
+_SESSIONS_LOCK = threading.Lock()
 
 
 def batches_root(db_path, batches_dir=None) -> pathlib.Path:
@@ -330,8 +334,11 @@ def build_generate_tab(db_path, guard, *, model=None, batches_dir=None) -> Gener
             location = model_location(key, local)
         except (ValueError, KeyError) as exc:
             raise gr.Error(str(exc)) from None
+        session = request.session_hash
         cancel = threading.Event()
-        _CANCELS[request.session_hash] = cancel
+        with _SESSIONS_LOCK:
+            _QUEUED[session] = max(0, _QUEUED.get(session, 0) - 1)
+            _RUNNING.setdefault(session, set()).add(cancel)
         events: queue.Queue = queue.Queue()
         box: dict = {}
 
@@ -362,7 +369,8 @@ def build_generate_tab(db_path, guard, *, model=None, batches_dir=None) -> Gener
                 yield gr.update(), gr.update(), f"Step {step} / {total}", gr.update()
         finally:
             cancel.set() if "batch" not in box and "error" not in box else None
-            _CANCELS.pop(request.session_hash, None)
+            with _SESSIONS_LOCK:
+                _RUNNING.get(session, set()).discard(cancel)
         if "error" in box:
             exc = box["error"]
             if type(exc).__name__ in ("GenerationCancelled", "Cancelled", "CancelledError"):
@@ -375,12 +383,21 @@ def build_generate_tab(db_path, guard, *, model=None, batches_dir=None) -> Gener
                f"{len(b.images)} image(s) in {b.seconds:.1f} s — batch `{b.batch_id}`",
                str(b.folder))
 
-    def on_cancel(request: gr.Request):
+    def on_queued(request: gr.Request):
         guard(request)
-        ev = _CANCELS.get(request.session_hash)
-        if ev is not None:
+        with _SESSIONS_LOCK:
+            _QUEUED[request.session_hash] = _QUEUED.get(request.session_hash, 0) + 1
+
+    def on_cancel(request: gr.Request):
+        """Stop this session's running generations at their next step; queued ones are
+        dropped by Gradio (`cancels=`). With nothing to cancel, the status is left alone."""
+        guard(request)
+        with _SESSIONS_LOCK:
+            running = list(_RUNNING.get(request.session_hash, ()))
+            queued = _QUEUED.pop(request.session_hash, 0)
+        for ev in running:
             ev.set()
-        return "Cancelling…"
+        return "Cancelled." if running or queued else gr.update()
 
     def on_send(batch_folder, study, request: gr.Request):
         guard(request)
@@ -403,11 +420,14 @@ def build_generate_tab(db_path, guard, *, model=None, batches_dir=None) -> Gener
     for f in fields:
         f.input(on_field, [preset_dd, *fields], [prompt], **private)
     dice.click(on_dice, None, [seed], **private)
-    go.click(on_generate, [model_dd, local_path, prompt, negative, seed, n_images, steps,
-                           guidance, scheduler, modality],
-             [gallery, files, status, batch_state], concurrency_limit=2,
-             concurrency_id="generate", **private)
-    stop.click(on_cancel, None, [status], queue=False, **private)
+    # on_queued runs at once (no queue), so a Cancel clicked while the request still waits
+    # for a generation slot knows there is something to cancel.
+    run = go.click(on_queued, None, None, queue=False, **private).then(
+        on_generate, [model_dd, local_path, prompt, negative, seed, n_images, steps,
+                      guidance, scheduler, modality],
+        [gallery, files, status, batch_state], concurrency_limit=2,
+        concurrency_id="generate", **private)
+    stop.click(on_cancel, None, [status], queue=False, cancels=[run], **private)
 
     def wire(study_dd):
         send_btn.click(on_send, [batch_state, study_dd], [send_msg], **private)

@@ -509,6 +509,10 @@ def test_generate_cancel(browser, studio):
     assert page.locator("#gen-gallery img").count() == 0
     assert page.locator("#gen-files a").count() == 0
     assert _batch_folders(studio["db"]) == before  # no batch written for a cancelled run
+    # Cancel with nothing running or queued leaves the status alone (no "Cancelling…").
+    page.click("#gen-cancel")
+    time.sleep(1.0)
+    assert page.inner_text("#gen-status").strip() == "Cancelled."
     ctx.close()
 
 
@@ -539,6 +543,9 @@ def test_send_batch_to_a_draft_study(browser, studio):
     page.click("#gen-go")
     page.wait_for_function("() => document.querySelectorAll('#gen-gallery img').length === 2",
                            timeout=120_000)
+    assert "2 image(s) in" in page.inner_text("#gen-status")
+    page.click("#gen-cancel")  # nothing to cancel: the batch summary stays
+    time.sleep(1.0)
     assert "2 image(s) in" in page.inner_text("#gen-status")
 
     _pick_study(page, DRAFT)
