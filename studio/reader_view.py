@@ -261,7 +261,8 @@ def _feedback_text(feedback: list[dict]) -> str:
     was one (it names the truth), else the truth alone."""
     graded = [f for f in feedback if f.get("correct") is not None]
     f = graded[0] if graded else feedback[0]
-    verdict = {True: "✅ Correct.", False: "❌ Not quite.", None: ""}[f.get("correct")]
+    # plain words: emoji need a colour font that kiosk and headless browsers may lack
+    verdict = {True: "Correct.", False: "Not quite.", None: ""}[f.get("correct")]
     return f"**Training case.** {verdict} {f.get('message', '')}".replace("  ", " ").strip()
 
 
@@ -335,15 +336,15 @@ def build_reader_blocks(db_path) -> gr.Blocks:
                     feedback = gr.Markdown(visible=False, elem_id=IDS["feedback"])
                     cont = gr.Button("Continue  (Enter)", variant="primary", visible=False,
                                      elem_id=IDS["continue"])
-                    gr.Markdown("Keys: digits choose · Enter submits",
-                                elem_classes=["keys-hint"])
+                    keys_hint = gr.Markdown("Keys: digits choose · Enter submits",
+                                            elem_classes=["keys-hint"])
         with gr.Column(visible=False, elem_id=IDS["finished"]) as done_col:
             gr.Markdown("## Finished")
             done_md = gr.Markdown()
 
         outputs = [login_col, intro_col, case_col, done_col, login_msg, intro_md, progress,
                    message, image, prompt, question, answer, submit, feedback, cont, done_md,
-                   state]
+                   keys_hint, state]
 
         def render(s: Screen):
             case_like = s.kind in ("case", "feedback")
@@ -367,6 +368,8 @@ def build_reader_blocks(db_path) -> gr.Blocks:
                 gr.update(value=s.feedback, visible=s.kind == "feedback"),
                 gr.update(visible=s.kind == "feedback"),
                 s.message if s.kind == "finished" else gr.update(),
+                "Keys: Enter continues" if s.kind == "feedback"
+                else "Keys: digits choose · Enter submits",
                 s.state,
             ]
 

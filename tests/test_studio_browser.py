@@ -429,6 +429,7 @@ def test_training_feedback_and_two_questions_keyboard_only(browser, training_stu
             assert not _visible(page, "#answer") and not _visible(page, "#submit")
             assert not _visible(page, "#prompt")
             assert _visible(page, "#continue")
+            assert page.inner_text(".keys-hint").strip() == "Keys: Enter continues"
             if i == 0:
                 time.sleep(0.5)
                 page.screenshot(path=str(shots / "reader-feedback.png"))
