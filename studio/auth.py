@@ -73,13 +73,20 @@ class AdminCredentials:
                 "scrypt_params": _SCRYPT}
 
 
-def _write_config(path: pathlib.Path, creds: AdminCredentials) -> None:
-    # Create with 0600 from the start (no window where the hash is world-readable).
-    tmp = path.with_suffix(".tmp")
+def write_private(path: pathlib.Path, text: str) -> None:
+    """Write `text` to `path` atomically, readable by the owner only: created 0600 (no window
+    where a secret is world-readable), and fchmod'ed in case a stale temp file had other
+    permissions."""
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w", encoding="utf-8") as fh:
-        json.dump(creds.to_json(), fh, indent=2)
+        os.fchmod(fh.fileno(), 0o600)
+        fh.write(text)
     os.replace(tmp, path)
+
+
+def _write_config(path: pathlib.Path, creds: AdminCredentials) -> None:
+    write_private(path, json.dumps(creds.to_json(), indent=2))
 
 
 def load_or_create(db_path: str | os.PathLike, *, env: dict | None = None,

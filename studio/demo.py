@@ -20,7 +20,6 @@ from __future__ import annotations
 import collections
 import csv
 import dataclasses
-import os
 import pathlib
 import tempfile
 import time
@@ -30,6 +29,7 @@ from studies.design import StudyOptions
 from studies.errors import StudyExists
 from studies.ingest import audit_study, create_study, list_studies
 from studio import demo_data
+from studio.auth import write_private
 
 DEMO_STUDY = "demo"
 DEMO_READER = "demo-reader"
@@ -85,15 +85,7 @@ def _kept_token(db_path) -> str | None:
 
 
 def _keep_token(db_path, token: str) -> None:
-    path = token_path(db_path)
-    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    try:
-        os.fchmod(fd, 0o600)  # a stale tmp file may have been created with other permissions
-        os.write(fd, (token + "\n").encode("ascii"))
-    finally:
-        os.close(fd)
-    os.replace(tmp, path)
+    write_private(token_path(db_path), token + "\n")
 
 
 def demo_reader_token(db_path, log=lambda msg: None) -> tuple[str, bool]:
