@@ -6,13 +6,14 @@ from pathlib import Path
 
 import pandas as pd
 
-# ../shared/oracles beside the repository (also in CI, which clones shared/ next to it)
-ORACLES = Path(__file__).resolve().parents[2] / "shared" / "oracles"
+# Published reference data carried by the repository (tests/data/oracles/README.md cites
+# each file's source), so a clone anywhere passes its own tests.
+ORACLES = Path(__file__).resolve().parent / "data" / "oracles"
 
 
 def oracle_csv(name: str) -> pd.DataFrame:
     path = ORACLES / name
-    assert path.exists(), f"oracle file missing: {path} (clone shared/ beside the repository)"
+    assert path.exists(), f"oracle file missing: {path} (see tests/data/oracles/README.md)"
     return pd.read_csv(path)
 
 

@@ -1,4 +1,4 @@
-"""Agreement statistics against the published oracle values (../shared/oracles/README.md)."""
+"""Agreement statistics against the published oracle values (tests/data/oracles/README.md)."""
 import numpy as np
 import pytest
 from statsmodels.stats.inter_rater import cohens_kappa

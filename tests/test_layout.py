@@ -66,3 +66,21 @@ def test_readme_opens_with_the_two_commands_and_ci_runs_the_second_verbatim():
     ci = [line.strip() for line in (ROOT / ".ci" / "run").read_text().splitlines()
           if line.strip() and not line.lstrip().startswith(("#", "set ", "cd "))]
     assert ci == [test]
+
+
+def test_nothing_reads_a_shared_folder_beside_the_repository():
+    """A clone anywhere passes its own tests: no code or test reaches outside the repository
+    for data (the oracles the statistics tests use live in tests/data/oracles)."""
+    offenders = []
+    for f in sorted(ROOT.rglob("*")):
+        rel = f.relative_to(ROOT)
+        if rel.parts[0] in {".git", ".venv"} or f.suffix not in {".py", ".sh", ".toml"}:
+            continue
+        text = f.read_text(encoding="utf-8", errors="replace")
+        if "../shared" in text or '"shared" / "oracles"' in text or "parents[2]" in text:
+            offenders.append(str(rel))
+    offenders = [o for o in offenders if o != "tests/test_layout.py"]
+    assert offenders == []
+    oracles = ROOT / "tests" / "data" / "oracles"
+    csvs = sorted(p.name for p in oracles.glob("*.csv"))
+    assert csvs and all(name in (oracles / "README.md").read_text(encoding="utf-8") for name in csvs)
