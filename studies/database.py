@@ -18,6 +18,7 @@ import datetime as _dt
 import json
 import pathlib
 import random
+import secrets
 import sqlite3
 import time
 from collections.abc import Callable, Iterator
@@ -27,7 +28,7 @@ from sqlite_utils import Database
 
 from studies.errors import DatabaseNotFound, StudyNotFound
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 BUSY_TIMEOUT_MS = 5_000
 WRITE_ATTEMPTS = 12  # with backoff capped at 2 s plus the busy timeout: ~80 s worst case
 
@@ -132,9 +133,28 @@ def _migration_1(db: Database) -> None:
     )
 
 
+def _migration_2(db: Database) -> None:
+    """Per-study order secret (256 random bits; never printed, exported or shown): each
+    reader's case order is derived from it, not from a seed a user typed. Existing studies
+    get a fresh random secret (their invited readers keep their stored orders; their old
+    seed no longer determines anything, so it is cleared from the options)."""
+    db["studies"].add_column("order_secret", bytes)
+    for sid, options in db.execute("SELECT id, options FROM studies").fetchall():
+        try:
+            opts = json.loads(options)
+        except (TypeError, ValueError):
+            opts = None
+        if isinstance(opts, dict) and "seed" in opts:
+            opts["seed"] = None
+            options = json.dumps(opts)
+        db.execute("UPDATE studies SET order_secret = ?, options = ? WHERE id = ?",
+                   [secrets.token_bytes(32), options, sid])
+
+
 # Ordered list of (version, migration). Append new ones; never edit an applied one.
 MIGRATIONS: list[tuple[int, Callable[[Database], None]]] = [
     (1, _migration_1),
+    (2, _migration_2),
 ]
 assert MIGRATIONS[-1][0] == SCHEMA_VERSION
 
@@ -254,14 +274,30 @@ def reading(db_path: str | pathlib.Path) -> Iterator[Database]:
         db.close()
 
 
+_SECRET_COLUMNS = ("order_secret",)
+
+
 def study_row(db: Database, name: str) -> dict:
-    """The studies row called `name`; StudyNotFound otherwise."""
-    rows = list(db.query("SELECT * FROM studies WHERE name = ?", [name]))
+    """The studies row called `name` (without its order secret, so no caller can print or
+    export it by accident; see `order_secret`); StudyNotFound otherwise."""
+    rows = [{k: v for k, v in r.items() if k not in _SECRET_COLUMNS}
+            for r in db.query("SELECT * FROM studies WHERE name = ?", [name])]
     if not rows:
         known = [r["name"] for r in db.query("SELECT name FROM studies ORDER BY name")]
         hint = f" (studies in this database: {', '.join(known)})" if known else " (no studies yet)"
         raise StudyNotFound(f"no study named {name!r}{hint}")
     return rows[0]
+
+
+def order_secret(db: Database, study_id: int) -> bytes:
+    """The study's order secret (readers.invite derives each reader's order from it).
+    A study without one (should not happen after migration 2) gets a fresh random one."""
+    row = db.execute("SELECT order_secret FROM studies WHERE id = ?", [study_id]).fetchone()
+    secret = row[0] if row else None
+    if not isinstance(secret, bytes) or len(secret) < 16:
+        secret = secrets.token_bytes(32)
+        db.execute("UPDATE studies SET order_secret = ? WHERE id = ?", [secret, study_id])
+    return secret
 
 
 def log_action(db: Database, actor: str, action: str, study_id: int | None = None,

@@ -1,8 +1,8 @@
 """Study design: the questions (tasks), the study options and each reader's case order.
 
-Everything here is pure: `reader_order` turns (study seed, reader name, cases, options)
-into the reader's list of slots; `readers.invite` stores that list once as assignment rows,
-so resume never depends on recomputing it.
+Everything here is pure: `reader_order` turns (study order secret, reader name, cases,
+options) into the reader's list of slots; `readers.invite` stores that list once as
+assignment rows, so resume never depends on recomputing it.
 
 Decisions (documented in docs/studies.md):
 - Training cases are a held-aside subset of the study's cases (chosen once at creation,
@@ -11,16 +11,28 @@ Decisions (documented in docs/studies.md):
 - Repeats re-show a fraction of the reader's main cases later in the same session, at
   least a quarter of the main block after the first read, flagged `repeat`.
 - Attention checks are instructed-response items ("please select «probably real» for
-  this image") shown with a training image (or a main image if there is no training
-  set), spread evenly over the session; they are not analysed as reads.
-- Counterbalancing rotates the within-case task order across readers in invitation
-  order (a cyclic Latin square), so each task appears in each position equally often.
+  this image") shown with a main image (never a training image: its truth was just
+  revealed, so a check on it would be a second look at a labelled image), spread evenly
+  over the session; they are not analysed as reads.
+- Order: every random choice comes from HMAC-SHA256 keyed with the study's order secret
+  (`new_order_secret`: 256 bits from `secrets`, stored, never shown). A reader who knows
+  the code, the study's public options and their own name cannot predict it. Cases are
+  ordered by a keyed pseudo-random sort key per case, so manifest order, folder names and
+  database ids carry no information. `--seed` derives the secret from the seed
+  (`seeded_order_secret`), for reproducible tests only: a known seed breaks blinding.
+- Counterbalancing never moves the turing question: within a case it is always asked
+  first, so no prompt (alignment shows it) is ever seen before the real/synthetic call.
+  The *other* tasks rotate across readers in invitation order (a cyclic Latin square over
+  positions 2..k). With turing and a single other task there is nothing to rotate and
+  the option is refused.
 """
 from __future__ import annotations
 
 import dataclasses
 import hashlib
+import hmac
 import random
+import secrets
 from collections.abc import Hashable, Sequence
 from typing import Any
 
@@ -126,7 +138,9 @@ class StudyOptions:
     repeat_fraction: float = 0.0
     attention_checks: int = 0
     counterbalance: bool = False
-    seed: int | None = None  # None: chosen at random when the study is created
+    # None (the default): the order secret is random. An int derives it from the seed, so the
+    # study is reproducible -- and predictable by anyone who knows the seed (testing only).
+    seed: int | None = None
 
     def validated(self) -> "StudyOptions":
         tasks = tuple(self.tasks)
@@ -143,8 +157,13 @@ class StudyOptions:
             raise StudyError("repeat fraction must be between 0 and 1")
         if not isinstance(self.attention_checks, int) or self.attention_checks < 0:
             raise StudyError("attention checks must be a whole number >= 0")
-        if self.seed is not None and not isinstance(self.seed, int):
+        if self.seed is not None and (not isinstance(self.seed, int) or isinstance(self.seed, bool)):
             raise StudyError("seed must be an integer")
+        if self.counterbalance and len(rotated_tasks(tasks)) < 2:
+            raise StudyError(
+                "counterbalancing has nothing to rotate: the turing question is always asked "
+                "first (a prompt must never be seen before the real/synthetic call), so it "
+                "needs at least two other tasks (e.g. turing,alignment,quality)")
         return dataclasses.replace(self, tasks=tasks, repeat_fraction=float(self.repeat_fraction))
 
     def to_dict(self) -> dict:
@@ -168,35 +187,70 @@ class Slot:
     scale_task: str | None = None  # attention checks: whose scale is shown
 
 
-def stable_seed(*parts: object) -> int:
-    """A 64-bit seed from the parts, identical across runs and Python versions
-    (unlike hash(), which is salted per process)."""
+ORDER_SECRET_BYTES = 32  # 256 bits; the only input of the order a reader does not know
+
+
+def new_order_secret() -> bytes:
+    """A study's order secret: 256 random bits from the OS CSPRNG."""
+    return secrets.token_bytes(ORDER_SECRET_BYTES)
+
+
+def seeded_order_secret(seed: int) -> bytes:
+    """The order secret of a study created with an explicit seed (reproducible, and so
+    predictable by anyone who knows the seed: for tests and demonstrations only)."""
+    return hashlib.sha256(f"medisyn-study-order-seed\x1f{int(seed)}".encode("utf-8")).digest()
+
+
+def _prf(key: bytes, *parts: object) -> bytes:
+    """HMAC-SHA256 of the parts under `key`: unpredictable without the key, stable across
+    runs and Python versions (unlike hash(), which is salted per process)."""
+    if not isinstance(key, bytes) or len(key) < 16:
+        raise ValueError("order secret must be at least 128 bits of bytes")
     text = "\x1f".join(str(p) for p in parts)
-    return int.from_bytes(hashlib.sha256(text.encode("utf-8")).digest()[:8], "big")
+    return hmac.new(key, text.encode("utf-8"), hashlib.sha256).digest()
+
+
+def _keyed_rng(key: bytes, *parts: object) -> random.Random:
+    """A Mersenne Twister seeded with 256 keyed bits (for layout choices; case order itself
+    comes from keyed sort keys, `_keyed_sorted`)."""
+    return random.Random(int.from_bytes(_prf(key, *parts), "big"))
+
+
+def _keyed_sorted(key: bytes, label: str, ids: Sequence[Hashable]) -> list[Hashable]:
+    """`ids` in the order of a keyed pseudo-random sort key per id: a uniformly random
+    permutation for anyone without the key, whatever order `ids` came in."""
+    return sorted(ids, key=lambda cid: (_prf(key, label, cid), str(cid)))
+
+
+def rotated_tasks(tasks: Sequence[str]) -> tuple[str, ...]:
+    """The tasks counterbalancing may move: all of them, except turing, which stays first."""
+    return tuple(t for t in tasks if t != "turing")
 
 
 def task_order(tasks: Sequence[str], reader_index: int, counterbalance: bool) -> tuple[str, ...]:
-    """Within-case task order: as given, or rotated by the reader's ordinal (Latin square)."""
+    """Within-case task order. Turing (if asked) always comes first, so no prompt is seen
+    before the real/synthetic call; with counterbalancing the other tasks rotate with the
+    reader's ordinal (cyclic Latin square over the remaining positions)."""
     tasks = tuple(tasks)
-    if not counterbalance or len(tasks) < 2:
-        return tasks
-    k = reader_index % len(tasks)
-    return tasks[k:] + tasks[:k]
+    first = ("turing",) if "turing" in tasks else ()
+    rest = rotated_tasks(tasks)
+    if counterbalance and len(rest) >= 2:
+        k = reader_index % len(rest)
+        rest = rest[k:] + rest[:k]
+    return first + rest
 
 
-def select_training(cases: Sequence[tuple[Hashable, str]], n: int, seed: int) -> list[Hashable]:
+def select_training(cases: Sequence[tuple[Hashable, str]], n: int, secret: bytes) -> list[Hashable]:
     """Hold aside `n` training cases from (case_id, source) pairs, alternating real and
-    synthetic so the training set shows both classes."""
+    synthetic so the training set shows both classes; the choice is keyed by the study's
+    order secret."""
     if n == 0:
         return []
-    rng = random.Random(stable_seed(seed, "training"))
     by_source: dict[str, list[Hashable]] = {}
     for cid, source in cases:
         by_source.setdefault(source, []).append(cid)
-    pools = [by_source[s][:] for s in sorted(by_source)]
-    for pool in pools:
-        rng.shuffle(pool)
-    rng.shuffle(pools)
+    pools = [_keyed_sorted(secret, f"training:{s}", by_source[s]) for s in sorted(by_source)]
+    _keyed_rng(secret, "training-pools").shuffle(pools)
     chosen: list[Hashable] = []
     while len(chosen) < n and any(pools):
         for pool in pools:
@@ -206,7 +260,7 @@ def select_training(cases: Sequence[tuple[Hashable, str]], n: int, seed: int) ->
 
 
 def reader_order(
-    study_seed: int,
+    order_secret: bytes,
     reader_name: str,
     case_ids: Sequence[Hashable],
     options: StudyOptions,
@@ -215,19 +269,20 @@ def reader_order(
     reader_index: int = 0,
 ) -> list[Slot]:
     """The reader's full session: training slots, then main reads with repeats and
-    attention checks interleaved. Deterministic in (study_seed, reader_name, inputs)."""
-    rng = random.Random(stable_seed(study_seed, "reader", reader_name))
+    attention checks interleaved. Deterministic in (order_secret, reader_name, inputs),
+    unpredictable without the secret; the order in which `case_ids` are given is ignored."""
+    key = _prf(order_secret, "reader", reader_name)
+    rng = _keyed_rng(key, "layout")
     tasks = task_order(options.tasks, reader_index, options.counterbalance)
 
-    training = list(training_ids)
-    rng.shuffle(training)
+    training = _keyed_sorted(key, "training", training_ids)
     slots = [Slot("training", cid, tasks) for cid in training]
 
-    main = list(case_ids)
-    rng.shuffle(main)
+    main = _keyed_sorted(key, "main", case_ids)
     body: list[Slot] = [Slot("main", cid, tasks) for cid in main]
     body = _insert_repeats(body, options.repeat_fraction, rng)
-    body = _insert_attention(body, options.attention_checks, training or main, tasks[0], rng)
+    # Attention checks use main images only: a training image's truth was just revealed.
+    body = _insert_attention(body, options.attention_checks, main, tasks[0], rng)
     return slots + body
 
 

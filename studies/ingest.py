@@ -29,7 +29,7 @@ from studies import imaging, stimuli
 from studies.database import (
     log_action, open_db, stimuli_dir, study_row, transaction, utc_now, write,
 )
-from studies.design import StudyOptions, select_training
+from studies.design import StudyOptions, new_order_secret, seeded_order_secret, select_training
 from studies.errors import IngestError, ManifestError, StudyError, StudyExists
 from studies.manifest import ManifestRow, read_images_dir, read_manifest
 
@@ -49,7 +49,7 @@ class StudySummary:
     n_training: int
     tasks: tuple[str, ...]
     size: int
-    seed: int
+    seed: int | None  # the --seed given (order reproducible and predictable), else None
     generators: list[str]
     audit: dict
     audit_text: str
@@ -83,13 +83,10 @@ def _resolve_options(tasks: Sequence[str] | str | None, options: StudyOptions | 
         if options.tasks != StudyOptions().tasks and options.tasks != tasks:
             raise StudyError("tasks given twice (argument and options) with different values")
         options = dataclasses.replace(options, tasks=tasks)
-    options = options.validated()
-    if options.seed is None:
-        options = dataclasses.replace(options, seed=secrets.randbelow(2**31))
-    return options
+    return options.validated()
 
 
-def _check_design(rows: list[ManifestRow], options: StudyOptions) -> list[str]:
+def _check_design(rows: list[ManifestRow], options: StudyOptions, secret: bytes) -> list[str]:
     """Design-level validation; returns the case_ids held aside for training."""
     if "alignment" in options.tasks:
         for row in rows:
@@ -100,7 +97,7 @@ def _check_design(rows: list[ManifestRow], options: StudyOptions) -> list[str]:
         raise StudyError(f"{options.training_cases} training cases requested but the study "
                          f"has only {len(rows)} images; keep some for the study itself")
     training = select_training([(r.case_id, r.source) for r in rows],
-                               options.training_cases, options.seed)
+                               options.training_cases, secret)
     if "turing" in options.tasks:
         held = set(training)
         for source in ("real", "synthetic"):
@@ -152,6 +149,8 @@ def create_study(
     if not isinstance(size, int) or not MIN_SIZE <= size <= MAX_SIZE:
         raise StudyError(f"size must be a whole number of pixels between {MIN_SIZE} and {MAX_SIZE}")
     options = _resolve_options(tasks, options)
+    # The order secret: random unless a seed was given (then reproducible and predictable).
+    secret = new_order_secret() if options.seed is None else seeded_order_secret(options.seed)
     db_path = pathlib.Path(db_path)
     if not db_path.parent.is_dir():
         raise StudyError(f"database folder does not exist: {db_path.parent}")
@@ -162,7 +161,7 @@ def create_study(
                 raise StudyExists(f"a study named {name!r} already exists in {db_path.name}")
 
     rows = read_manifest(manifest) if manifest is not None else read_images_dir(images_dir)
-    training = set(_check_design(rows, options))
+    training = set(_check_design(rows, options, secret))
 
     with _staging(db_path) as stage:
         prepared, items = _prepare(rows, size, stage.incoming, progress)
@@ -176,7 +175,10 @@ def create_study(
             study_id = db["studies"].insert({
                 "name": name, "created_at": utc_now(), "size": size,
                 "tasks": json.dumps(list(options.tasks)),
-                "options": json.dumps(options.to_dict()), "seed": options.seed,
+                # `seed` is NOT NULL in schema 1; options JSON holds null when none was given.
+                "options": json.dumps(options.to_dict()),
+                "seed": options.seed if options.seed is not None else 0,
+                "order_secret": secret,
                 "audit_report": json.dumps(report_dict, default=str),
                 "audit_text": report_text,
             }).last_pk
@@ -384,7 +386,7 @@ def _remove_empty_db(db_path: pathlib.Path) -> None:
 
 def list_studies(db_path: str | pathlib.Path) -> list[dict]:
     """One dict per study, newest first (for the studio's admin view): id, name, created_at, size, tasks (list), options
-    (dict), seed, n_cases, n_real, n_synthetic, n_training, generators (list), n_readers,
+    (dict), seed (the --seed given, else None), n_cases, n_real, n_synthetic, n_training, generators (list), n_readers,
     leak (bool, or None if the audit could not be stored)."""
     with contextlib.closing(open_db(db_path, create=False)) as db:
         rows = db.execute(
@@ -402,7 +404,8 @@ def list_studies(db_path: str | pathlib.Path) -> list[dict]:
         leak = json.loads(report).get("leak") if report else None
         out.append({
             "id": sid, "name": name, "created_at": created, "size": size,
-            "tasks": json.loads(tasks), "options": json.loads(options), "seed": seed,
+            "tasks": json.loads(tasks), "options": json.loads(options),
+            "seed": json.loads(options).get("seed"),
             "n_cases": n_cases, "n_real": n_real, "n_synthetic": n_cases - n_real,
             "n_training": n_training,
             "generators": sorted(json.loads(generators)) if generators else [],

@@ -17,7 +17,7 @@ import pathlib
 import secrets
 
 from studies import stimuli
-from studies.database import log_action, reading, study_row, utc_now, write
+from studies.database import log_action, order_secret, reading, study_row, utc_now, write
 from studies.design import StudyOptions, reader_order
 from studies.errors import ReaderError
 
@@ -86,14 +86,17 @@ def invite(db_path: str | pathlib.Path, study: str, reader: str, *, reissue: boo
             "created_at": now, "token_issued_at": now,
         }).last_pk
         options = StudyOptions.from_dict(json.loads(srow["options"]))
-        main, training = [], []
-        for cid, role in db.execute("SELECT id, role FROM cases WHERE study_id = ? ORDER BY id",
-                                    [srow["id"]]):
-            (training if role == "training" else main).append(cid)
-        slots = reader_order(srow["seed"], name, main, options, training_ids=training,
-                             reader_index=ordinal)
+        # The order is derived from case keys (stable across databases, so a --seed study
+        # is reproducible), keyed by the study's secret; database ids follow manifest order.
+        main, training, ids = [], [], {}
+        for cid, key, role in db.execute(
+                "SELECT id, case_key, role FROM cases WHERE study_id = ?", [srow["id"]]):
+            ids[key] = cid
+            (training if role == "training" else main).append(key)
+        slots = reader_order(order_secret(db, srow["id"]), name, main, options,
+                             training_ids=training, reader_index=ordinal)
         db["assignments"].insert_all(({
-            "reader_id": reader_id, "case_id": slot.case_id, "position": pos,
+            "reader_id": reader_id, "case_id": ids[slot.case_id], "position": pos,
             "kind": slot.kind, "tasks": json.dumps(list(slot.tasks)), "n_tasks": len(slot.tasks),
             "expected": json.dumps({"scale": slot.scale_task, "value": slot.expected})
             if slot.expected is not None else None,

@@ -557,7 +557,8 @@ def build_admin_blocks(db_path, admin_auth, *, model=None, base_url=None, batche
                     attention = gr.Number(label="Attention checks", value=0, precision=0,
                                           minimum=0)
                     counterbalance = gr.Checkbox(label="Counterbalance task order")
-                    seed = gr.Number(label="Seed (0: random)", value=0, precision=0)
+                    seed = gr.Number(label="Seed (0: random secret; any other value makes the "
+                                     "order predictable — testing only)", value=0, precision=0)
                 source = gr.Radio(["Upload a zip", "Folder on the server", "Generation batches"],
                                   value="Upload a zip", label="Images from")
                 with gr.Group(visible=True) as zip_group:

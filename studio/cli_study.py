@@ -39,8 +39,12 @@ _study_option = click.option("--study", "study_name", required=True, help="Study
 @click.option("--attention-checks", default=0, show_default=True, type=int,
               help="Instructed-response attention checks per reader.")
 @click.option("--counterbalance/--no-counterbalance", default=False, show_default=True,
-              help="Rotate the task order across readers.")
-@click.option("--seed", type=int, default=None, help="Study seed (default: random, stored).")
+              help="Rotate the order of the tasks after turing across readers (turing, "
+                   "which never shows the prompt, is always asked first).")
+@click.option("--seed", type=int, default=None,
+              help="Make the reader orders reproducible, for testing only: anyone who knows "
+                   "the seed can predict every reader's order, which breaks blinding. "
+                   "Default: a random secret that is never shown.")
 @_one_line_errors
 def create_cmd(db_path, name, manifest, images_dir, size, tasks, training, repeat_fraction,
                attention_checks, counterbalance, seed):
@@ -62,8 +66,10 @@ def create_cmd(db_path, name, manifest, images_dir, size, tasks, training, repea
     click.echo(f"Created study {summary.name!r}: {summary.n_cases} images "
                f"({summary.n_real} real, {summary.n_synthetic} synthetic; "
                f"{summary.n_training} held aside for training), tasks {','.join(summary.tasks)}, "
-               f"{summary.size}x{summary.size} PNG, seed {summary.seed}, "
-               f"in {summary.seconds:.1f} s.")
+               f"{summary.size}x{summary.size} PNG, in {summary.seconds:.1f} s.")
+    if summary.seed is not None:
+        click.echo(f"WARNING: reader orders derive from the given seed {summary.seed}: anyone who "
+                   "knows it can predict them. Use --seed for testing only.", err=True)
     click.echo(f"Stimuli: {summary.stimuli_dir}")
     click.echo(summary.audit_text)
     if summary.audit.get("leak"):

@@ -21,6 +21,7 @@ import collections
 import csv
 import dataclasses
 import pathlib
+import secrets
 import tempfile
 import time
 
@@ -156,7 +157,9 @@ def _create(db_path, model, *, synthetic_per_modality: int, seed: int, log) -> d
             writer = csv.DictWriter(fh, fieldnames=["path", "source", "modality", "prompt", "generator"])
             writer.writeheader()
             writer.writerows(rows)
-        options = StudyOptions(tasks=TASKS, training_cases=2, seed=seed)
+        # No study seed: each reader's order comes from the study's random secret (a fixed
+        # seed would let anyone who read this code predict every position's truth).
+        options = StudyOptions(tasks=TASKS, training_cases=2)
         create_study(db_path, DEMO_STUDY, manifest=manifest, size=STIMULUS_SIZE, options=options, actor="demo")
     n_real = sum(r["source"] == "real" for r in rows)
     return {"n_real": n_real, "n_synthetic": len(rows) - n_real,
@@ -164,16 +167,20 @@ def _create(db_path, model, *, synthetic_per_modality: int, seed: int, log) -> d
 
 
 def seed_demo(db_path, model=None, *, base_url: str = readers.DEFAULT_BASE_URL, synthetic_per_modality: int = 2,
-              seed: int = 0, log=lambda msg: None) -> DemoInfo:
+              seed: int | None = None, log=lambda msg: None) -> DemoInfo:
     """Create (or reuse) the demo study in ``db_path`` and return its demo reader's link.
 
     ``model``: registry key, diffusers folder or Hub id in the local cache (default: the embedded
-    model). Synthetic images use the model's defaults (``medisyn.json``) and fixed seeds.
+    model). Synthetic images use the model's defaults (``medisyn.json``); their generation seed is
+    random unless ``seed`` is given (with a fixed, public seed anyone could regenerate the demo's
+    synthetic images and recognise them). The reader order never uses a fixed seed.
     """
     t0 = time.perf_counter()
     db_path = pathlib.Path(db_path)
     if db_path.exists() and any(s["name"] == DEMO_STUDY for s in list_studies(db_path)):
         return _describe(db_path, base_url, created=False, log=log)
+    if seed is None:
+        seed = secrets.randbelow(2**31)
     if model is None:
         from model_runtime import registry
 

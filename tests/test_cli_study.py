@@ -39,7 +39,7 @@ def test_full_cli_flow(tmp_path, data):
     root, rows, manifest = data
     db = tmp_path / "s.db"
     r = run("study", "create", "--db", db, "--name", "pilot", "--manifest", manifest,
-            "--size", 64, "--tasks", "turing,quality", "--training", 2, "--repeat-fraction", 0.2,
+            "--size", 64, "--tasks", "turing,alignment,quality", "--training", 2, "--repeat-fraction", 0.2,
             "--attention-checks", 1, "--counterbalance", "--seed", 4)
     assert r.exit_code == 0, r.output
     assert "Created study 'pilot': 12 images (6 real, 6 synthetic; 2 held aside" in r.output
@@ -69,7 +69,7 @@ def test_full_cli_flow(tmp_path, data):
     r = run("study", "export", "--db", db, "--study", "pilot", "--format", "long", "--out", out)
     assert r.exit_code == 0, r.output
     long = pd.read_csv(out)
-    assert list(long.columns) == LONG_COLUMNS and len(long) == (12 + 2) * 2 + 1  # 2 repeats, 1 attention check
+    assert list(long.columns) == LONG_COLUMNS and len(long) == (12 + 2) * 3 + 1  # 2 repeats, 1 attention check
     assert f"Wrote {len(long)} rows" in r.output
     out = tmp_path / "imrmc.csv"
     r = run("study", "export", "--db", db, "--study", "pilot", "--format", "imrmc", "--out", out)

@@ -6,11 +6,13 @@ import sys
 import pytest
 
 from studies.design import (
-    TASKS, StudyOptions, reader_order, select_training, stable_seed, task_order, turing_call,
+    TASKS, StudyOptions, new_order_secret, reader_order, seeded_order_secret, select_training,
+    task_order, turing_call,
 )
 from studies.errors import StudyError
 
 CASES = [f"c{i:03d}" for i in range(40)]
+S1, S2, S3, S5, S6 = (seeded_order_secret(k) for k in (1, 2, 3, 5, 6))
 
 
 def test_turing_scale_maps_to_call_and_rating():
@@ -42,21 +44,23 @@ def test_options_validation():
     assert StudyOptions.from_dict(opts.to_dict()) == opts
 
 
-def test_stable_seed_is_not_pythons_salted_hash():
-    code = "from studies.design import stable_seed; print(stable_seed(1, 'reader', 'alice'))"
+def test_order_is_not_pythons_salted_hash():
+    code = ("from studies.design import reader_order, seeded_order_secret, StudyOptions; "
+            "print([s.case_id for s in reader_order(seeded_order_secret(1), 'alice', "
+            "[f'c{i}' for i in range(30)], StudyOptions())])")
     outs = {subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                            env={"PYTHONHASHSEED": str(s), "PATH": ""}, check=True,
                            cwd=str(__import__("pathlib").Path(__file__).parents[1])).stdout
             for s in (1, 2)}
-    assert outs == {f"{stable_seed(1, 'reader', 'alice')}\n"}
+    assert len(outs) == 1
 
 
 def test_order_is_reproducible_and_reader_specific():
     opts = StudyOptions(seed=5)
-    a1 = reader_order(5, "alice", CASES, opts)
-    a2 = reader_order(5, "alice", CASES, opts)
-    b = reader_order(5, "bob", CASES, opts)
-    other_study = reader_order(6, "alice", CASES, opts)
+    a1 = reader_order(S5, "alice", CASES, opts)
+    a2 = reader_order(S5, "alice", CASES, opts)
+    b = reader_order(S5, "bob", CASES, opts)
+    other_study = reader_order(S6, "alice", CASES, opts)
     ids = lambda slots: [s.case_id for s in slots]  # noqa: E731
     assert ids(a1) == ids(a2)
     assert ids(a1) != ids(b) and ids(a1) != ids(other_study)
@@ -65,26 +69,45 @@ def test_order_is_reproducible_and_reader_specific():
     assert all(s.kind == "main" and s.tasks == ("turing",) for s in a1)
 
 
+def test_order_ignores_the_order_cases_are_given_in():
+    """The input order (manifest rows, folder names, database ids) carries truth in real
+    studies (real rows first); the order must not depend on it at all."""
+    opts = StudyOptions(repeat_fraction=0.2, attention_checks=3)
+    a = reader_order(S1, "alice", CASES, opts)
+    b = reader_order(S1, "alice", list(reversed(CASES)), opts)
+    assert a == b
+
+
+def test_order_secret_is_random_and_at_least_128_bits():
+    secrets_seen = {new_order_secret() for _ in range(20)}
+    assert len(secrets_seen) == 20 and all(len(s) >= 16 for s in secrets_seen)
+    with pytest.raises(ValueError):
+        reader_order(42, "alice", CASES, StudyOptions())  # a seed is not a secret
+    with pytest.raises(ValueError):
+        reader_order(b"short", "alice", CASES, StudyOptions())
+
+
 def test_training_first_then_main_without_training_cases():
     training = ["t1", "t2", "t3"]
-    slots = reader_order(1, "r", CASES, StudyOptions(training_cases=3), training_ids=training)
+    slots = reader_order(S1, "r", CASES, StudyOptions(training_cases=3), training_ids=training)
     assert [s.kind for s in slots[:3]] == ["training"] * 3
     assert sorted(s.case_id for s in slots[:3]) == training
     assert not any(s.case_id in training for s in slots[3:])
 
 
-def test_select_training_is_balanced_and_seeded():
+def test_select_training_is_balanced_and_keyed():
     cases = [(f"r{i}", "real") for i in range(10)] + [(f"s{i}", "synthetic") for i in range(10)]
-    chosen = select_training(cases, 4, seed=3)
+    chosen = select_training(cases, 4, S3)
     assert len(chosen) == len(set(chosen)) == 4
     assert sum(c.startswith("r") for c in chosen) == 2
-    assert chosen == select_training(cases, 4, seed=3)
-    assert chosen != select_training(cases, 4, seed=4)
+    assert chosen == select_training(cases, 4, S3)
+    assert chosen == select_training(list(reversed(cases)), 4, S3)
+    assert {frozenset(select_training(cases, 4, new_order_secret())) for _ in range(10)} != {frozenset(chosen)}
 
 
 def test_repeats_come_later_and_are_flagged():
     opts = StudyOptions(repeat_fraction=0.2)
-    slots = reader_order(2, "r", CASES, opts)
+    slots = reader_order(S2, "r", CASES, opts)
     repeats = [i for i, s in enumerate(slots) if s.kind == "repeat"]
     assert len(repeats) == 8  # 20 % of 40
     first_seen = {}
@@ -101,13 +124,14 @@ def test_repeats_come_later_and_are_flagged():
 
 def test_attention_checks_spread_and_instructed():
     opts = StudyOptions(attention_checks=4, repeat_fraction=0.1, tasks=("turing", "quality"))
-    slots = reader_order(3, "r", CASES, opts, training_ids=["t1", "t2"])
+    slots = reader_order(S3, "r", CASES, opts, training_ids=["t1", "t2"])
     checks = [i for i, s in enumerate(slots) if s.kind == "attention"]
     assert len(checks) == 4
     assert all(slots[i].tasks == ("attention",) and slots[i].scale_task == "turing"
                and slots[i].expected in TASKS["turing"].values for i in checks)
-    # shown with training images (already revealed), never before training ends
-    assert {slots[i].case_id for i in checks} <= {"t1", "t2"}
+    # shown with main images, never with a training image (its truth was just revealed),
+    # and never before training ends
+    assert {slots[i].case_id for i in checks} <= set(CASES)
     assert min(checks) >= 2
     # spread: one per quarter of the session body
     body = len(slots) - 2
@@ -115,13 +139,44 @@ def test_attention_checks_spread_and_instructed():
     assert sorted(quarters) == [0, 1, 2, 3]
 
 
-def test_counterbalanced_task_order_rotates_across_readers():
+def test_attention_checks_never_use_training_images():
+    """Issue 10 item 10: an attention check reused a training image whose answer had just
+    been revealed. Many readers, many checks, few main cases: still never a training image."""
+    training = [f"t{i}" for i in range(6)]
+    main = CASES[:3]  # fewer main cases than checks: main images are reused, not training
+    opts = StudyOptions(attention_checks=5, training_cases=6)
+    for reader in range(50):
+        slots = reader_order(S1, f"r{reader}", main, opts, training_ids=training)
+        checks = [s.case_id for s in slots if s.kind == "attention"]
+        assert len(checks) == 5 and set(checks) <= set(main)
+        assert [s.case_id for s in slots if s.kind == "training"] and \
+            all(s.kind == "training" for s in slots[:6])
+
+
+def test_counterbalancing_never_asks_for_the_prompt_before_the_turing_call():
+    """Issue 10 item 4: with --counterbalance every second reader got alignment (prompt
+    visible) first. Now turing is first for every reader; only the other tasks rotate."""
     tasks = ("turing", "alignment", "quality")
+    opts = StudyOptions(tasks=tasks, counterbalance=True).validated()
     orders = [task_order(tasks, i, True) for i in range(6)]
-    assert orders[0] == tasks and orders[1] == ("alignment", "quality", "turing")
-    assert orders[3] == orders[0]
-    for pos in range(3):  # each task in each position equally often over 3 readers
-        assert sorted(o[pos] for o in orders[:3]) == sorted(tasks)
+    assert all(o[0] == "turing" for o in orders)
+    assert orders[0] == tasks and orders[1] == ("turing", "quality", "alignment")
+    assert orders[2] == orders[0]
+    for pos in (1, 2):  # each rotated task in each later position equally often
+        assert sorted(o[pos] for o in orders[:2]) == ["alignment", "quality"]
     assert task_order(tasks, 1, False) == tasks
-    slots = reader_order(1, "r", CASES, StudyOptions(tasks=tasks, counterbalance=True), reader_index=1)
-    assert slots[0].tasks == orders[1]
+    assert task_order(("alignment", "turing"), 0, False) == ("turing", "alignment")
+    for i in range(4):
+        slots = reader_order(S1, f"r{i}", CASES, opts, reader_index=i)
+        assert all(s.tasks[0] == "turing" for s in slots)
+        assert slots[0].tasks == orders[i]
+    # without turing, every task may rotate
+    assert task_order(("alignment", "quality"), 1, True) == ("quality", "alignment")
+
+
+def test_counterbalancing_with_nothing_to_rotate_is_refused():
+    with pytest.raises(StudyError, match="nothing to rotate"):
+        StudyOptions(tasks=("turing", "alignment"), counterbalance=True).validated()
+    with pytest.raises(StudyError, match="nothing to rotate"):
+        StudyOptions(tasks=("turing",), counterbalance=True).validated()
+    assert StudyOptions(tasks=("alignment", "quality"), counterbalance=True).validated()

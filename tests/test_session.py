@@ -7,7 +7,7 @@ import uuid
 import pytest
 
 from studies.database import open_db, stimuli_dir
-from studies.design import StudyOptions, reader_order
+from studies.design import StudyOptions, reader_order, seeded_order_secret
 from studies.errors import NotAuthorised, ReaderError, SessionError, StudyNotFound
 from studies.readers import invite, list_readers, reader_for_token, reader_link, token_hash
 from studies.session import next_case, progress, stimulus_png, submit
@@ -90,15 +90,19 @@ def test_stored_order_is_the_design_order(study):
     db = open_db(study)
     try:
         srow = next(db.query("SELECT * FROM studies"))
-        cases = list(db.query("SELECT id, role FROM cases ORDER BY id"))
+        cases = list(db.query("SELECT id, case_key, role FROM cases ORDER BY id"))
         stored = list(db.query("SELECT case_id, kind FROM assignments WHERE reader_id = ? "
                                "ORDER BY position", [ref.reader_id]))
     finally:
         db.close()
     opts = StudyOptions.from_dict(json.loads(srow["options"]))
-    slots = reader_order(srow["seed"], "dr-a", [c["id"] for c in cases if c["role"] == "main"],
-                         opts, training_ids=[c["id"] for c in cases if c["role"] == "training"])
-    assert [(s.case_id, s.kind) for s in slots] == [(r["case_id"], r["kind"]) for r in stored]
+    # the study was made with --seed 11: its secret is the seeded one, and the order follows
+    assert srow["order_secret"] == seeded_order_secret(11)
+    ids = {c["case_key"]: c["id"] for c in cases}
+    slots = reader_order(srow["order_secret"], "dr-a",
+                         [c["case_key"] for c in cases if c["role"] == "main"], opts,
+                         training_ids=[c["case_key"] for c in cases if c["role"] == "training"])
+    assert [(ids[s.case_id], s.kind) for s in slots] == [(r["case_id"], r["kind"]) for r in stored]
     kinds = [r["kind"] for r in stored]
     assert kinds[:2] == ["training", "training"]
     assert kinds.count("repeat") == 2 and kinds.count("attention") == 2 and kinds.count("main") == 10
