@@ -2,19 +2,30 @@
 
 Two parts:
 1. The originals: per source, the distributions of format, size, colour mode and bit depth.
-   Normalisation removes all of them from what readers see, but when they differ
-   *completely* between sources the audit says so (the pixels may still carry traces, and
-   letterbox padding keeps the aspect ratio visible).
+   Normalisation removes all of them from what readers see, but they leave traces in the
+   pixels (a 64 px original upscaled to 512 is blurry; a 16-bit one has finer grey levels),
+   and letterbox padding keeps the aspect ratio visible.
 2. The stimuli themselves: low-level features of each normalised PNG (intensity histogram
    summary, colourfulness, noise level, sharpness, 8x8 JPEG blockiness, PNG bytes per
    pixel, black padding) feed a standardised logistic regression; its cross-validated AUC
    for real vs synthetic (stratified k-fold, k = min(5, smaller class), pooled out-of-fold
    probabilities, averaged over `CV_REPEATS` shuffles with fixed seeds) measures how well
-   such cues alone separate the sources. AUC >= `AUC_THRESHOLD` (0.75) is flagged as a
-   leak. With fewer than 2 images in a class the AUC is null and the reason is given.
+   such cues alone separate the sources.
 
-An AUC near 0.5 does not prove blinding (readers see more than these features), and with
-few images per class the estimate is noisy; the report gives the spread across repeats.
+The study is **flagged** (`flagged`, with one line per cause in `reasons`) when any of:
+- the classifier AUC >= `AUC_THRESHOLD` (0.75);
+- any single feature differs by |standardised mean difference| >= `EFFECT_THRESHOLD` (0.8,
+  Cohen's "large"): one strong cue is enough for a reader, even when a classifier over all
+  15 features, cross-validated on few images, does not reach its threshold;
+- any original property (format, size, colour mode, bit depth) is distributed differently
+  between sources: total variation distance >= `PROPERTY_THRESHOLD` (0.5, e.g. every
+  synthetic image one size while the real ones vary), or aspect ratios that do not overlap.
+When nothing is flagged but the smaller source has fewer than `MIN_TO_CERTIFY` (20) images,
+the verdict is "too few images to certify", not "ok": such small samples cannot show the
+absence of a cue. `leak` is kept as an alias of `flagged` for older callers.
+
+An "ok" does not prove blinding (readers see more than these features); it says the cheap
+cues that normalisation cannot remove were not found.
 """
 from __future__ import annotations
 
@@ -29,8 +40,9 @@ from scipy import ndimage
 from studies.stimuli import decode_png, letterbox_geometry
 
 __all__ = [
-    "AUC_THRESHOLD", "AuditItem", "AuditReport", "CV_REPEATS", "FEATURE_NAMES",
-    "audit_leaks", "blockiness", "stimulus_features",
+    "AUC_THRESHOLD", "AuditItem", "AuditReport", "CV_REPEATS", "EFFECT_THRESHOLD",
+    "FEATURE_NAMES", "MIN_TO_CERTIFY", "PROPERTY_THRESHOLD", "audit_leaks", "blockiness",
+    "is_flagged", "stimulus_features",
 ]
 
 AUC_THRESHOLD = 0.75
@@ -39,6 +51,14 @@ CV_REPEATS = 5
 MAX_FOLDS = 5
 SMALL_CLASS = 10
 """Below this many images in a class the AUC is reported with a caution."""
+EFFECT_THRESHOLD = 0.8
+"""|standardised mean difference| of a single feature at or above which it is flagged."""
+PROPERTY_THRESHOLD = 0.5
+"""Total variation distance between the sources' distributions of an original property
+(format, size, mode, bit depth) at or above which it is flagged."""
+MIN_TO_CERTIFY = 20
+"""Images needed in each source before an unflagged audit says "ok"."""
+VERDICTS = ("leak", "too few images to certify", "ok")
 SOURCES = ("real", "synthetic")
 
 FEATURE_NAMES = (
@@ -92,7 +112,14 @@ class AuditReport:
     threshold: float
     feature_effects: dict[str, float]                    # standardised mean difference
     warnings: list[str]
-    leak: bool
+    leak: bool                                           # = flagged (kept for old callers)
+    flagged: bool = False
+    reasons: list[str] = dataclasses.field(default_factory=list)  # one line per cause
+    verdict: str = "ok"                                  # one of VERDICTS
+    property_distances: dict[str, float] = dataclasses.field(default_factory=dict)
+    effect_threshold: float = EFFECT_THRESHOLD
+    property_threshold: float = PROPERTY_THRESHOLD
+    min_to_certify: int = MIN_TO_CERTIFY
 
     def to_dict(self) -> dict:
         """JSON-ready dict (round-trips through `from_dict`)."""
@@ -117,16 +144,30 @@ class AuditReport:
                 more = len(values) - 6
                 lines.append(f"    {label:<12} {s:<9} {shown}"
                              + (f", ... {more} more" if more > 0 else ""))
+        if self.property_distances:
+            lines.append("    distance between sources (total variation; flag at >= "
+                         f"{self.property_threshold:.2f}): " + ", ".join(
+                             f"{_ATTRIBUTES[a]} {d:.2f}" for a, d in self.property_distances.items()))
         if self.auc is None:
             lines.append(f"  stimulus classifier AUC: not computed ({self.auc_reason})")
         else:
-            verdict = "LEAK" if self.leak else "ok"
+            above = "at or above" if self.auc >= self.threshold else "below"
             lines.append(f"  stimulus classifier AUC: {self.auc:.3f} (+/- {self.auc_std:.3f} "
-                         f"over repeats; flag at >= {self.threshold:.2f}): {verdict}")
+                         f"over repeats; {above} the flag threshold {self.threshold:.2f})")
             lines.append(f"    {self.cv}")
             top = sorted(self.feature_effects.items(), key=lambda kv: -abs(kv[1]))[:4]
-            lines.append("    largest differences (synthetic - real, in SD): " + ", ".join(
-                f"{_FEATURE_LABELS.get(k, k)} {v:+.2f}" for k, v in top))
+            lines.append("    largest differences (synthetic - real, in SD; flag at |d| >= "
+                         f"{self.effect_threshold:.1f}): " + ", ".join(
+                             f"{_FEATURE_LABELS.get(k, k)} {v:+.2f}" for k, v in top))
+        if self.flagged:
+            lines.append(f"  verdict: LEAK ({len(self.reasons)} reason"
+                         f"{'s' if len(self.reasons) != 1 else ''}):")
+            lines.extend(f"    - {r}" for r in self.reasons)
+        elif self.verdict == VERDICTS[1]:
+            lines.append(f"  verdict: too few images to certify (nothing flagged, but fewer than "
+                         f"{self.min_to_certify} images in a source)")
+        else:
+            lines.append("  verdict: ok (no cue flagged; this does not prove blinding)")
         if self.warnings:
             lines.append("  warnings:")
             lines.extend(f"    - {w}" for w in self.warnings)
@@ -253,8 +294,8 @@ def audit_leaks(items: list[AuditItem], *, threshold: float = AUC_THRESHOLD,
         if min(counts.values()) < SMALL_CLASS:
             warns.append(f"Only {min(counts.values())} images in the smaller source: the "
                          "classifier AUC is a rough estimate.")
-    leak = auc is not None and auc >= threshold
-    if leak:
+    auc_leak = auc is not None and auc >= threshold
+    if auc_leak:
         top = sorted(effects.items(), key=lambda kv: -abs(kv[1]))[:3]
         warns.insert(0, (
             f"Low-level image statistics separate real from synthetic stimuli: cross-validated "
@@ -262,8 +303,76 @@ def audit_leaks(items: list[AuditItem], *, threshold: float = AUC_THRESHOLD,
             "content. Largest differences (synthetic - real, in SD): "
             + ", ".join(f"{_FEATURE_LABELS[k]} {v:+.1f}" for k, v in top)
             + ". Match intensity range, resolution and compression of the sources."))
+    distances = _property_distances(distributions, counts)
+    reasons = _reasons(auc if auc_leak else None, threshold, effects, distances,
+                       distributions, items, counts)
+    flagged = bool(reasons)
+    if flagged:
+        verdict = VERDICTS[0]
+    elif min(counts.values()) < MIN_TO_CERTIFY:
+        verdict = VERDICTS[1]
+    else:
+        verdict = VERDICTS[2]
     return AuditReport(counts, distributions, auc, auc_std, reason, cv, threshold,
-                       effects, warns, leak)
+                       effects, warns, flagged, flagged=flagged, reasons=reasons,
+                       verdict=verdict, property_distances=distances)
+
+
+def is_flagged(report: dict | None) -> bool | None:
+    """Whether a stored report (dict) flags its study; reports stored before `flagged`
+    existed fall back to their `leak`. None when there is no report."""
+    if not report:
+        return None
+    return bool(report.get("flagged", report.get("leak")))
+
+
+def _property_distances(distributions, counts) -> dict[str, float]:
+    """Total variation distance between the sources' distributions of each original
+    property: 0 = identical, 1 = no value in common."""
+    if min(counts.values()) == 0:
+        return {}
+    out = {}
+    for attr in _ATTRIBUTES:
+        real, synth = (distributions[attr][s] for s in SOURCES)
+        values = set(real) | set(synth)
+        out[attr] = round(0.5 * sum(abs(real.get(v, 0) / counts["real"]
+                                        - synth.get(v, 0) / counts["synthetic"])
+                                    for v in values), 4)
+    return out
+
+
+def _reasons(auc, threshold, effects, distances, distributions, items, counts) -> list[str]:
+    reasons = []
+    if auc is not None:
+        reasons.append(f"a classifier on low-level features separates the sources: "
+                       f"cross-validated AUC {auc:.2f} >= {threshold:.2f}")
+    for name, d in sorted(effects.items(), key=lambda kv: -abs(kv[1])):
+        if abs(d) >= EFFECT_THRESHOLD:
+            way = "higher" if d > 0 else "lower"
+            shown = f"{d:+.2f} SD" if abs(d) < 99 else "constant within each source"
+            reasons.append(f"{_FEATURE_LABELS[name]} is {way} in synthetic images "
+                           f"({shown}; flag at |d| >= {EFFECT_THRESHOLD})")
+    for attr, dist in distances.items():
+        if dist >= PROPERTY_THRESHOLD:
+            label = _ATTRIBUTES[attr]
+            real, synth = (distributions[attr][s] for s in SOURCES)
+            reasons.append(f"original {label} are distributed differently (real: "
+                           f"{_few_counts(real)}; synthetic: {_few_counts(synth)}; distance "
+                           f"{dist:.2f} >= {PROPERTY_THRESHOLD}); rescaling and quantisation "
+                           "traces survive normalisation")
+    if min(counts.values()) > 0:
+        aspects = {s: {round(it.original_width / it.original_height, 2) for it in items
+                       if it.source == s} for s in SOURCES}
+        if aspects["real"].isdisjoint(aspects["synthetic"]):
+            reasons.append("aspect ratios do not overlap between sources: the letterbox "
+                           "padding shows them")
+    return reasons
+
+
+def _few_counts(counter: dict[str, int], n: int = 3) -> str:
+    items = sorted(counter.items(), key=lambda kv: (-kv[1], kv[0]))
+    shown = ", ".join(f"{v} x{c}" for v, c in items[:n])
+    return shown + (f", +{len(items) - n} more values" if len(items) > n else "")
 
 
 def _distributions(items):

@@ -401,7 +401,7 @@ def list_studies(db_path: str | pathlib.Path) -> list[dict]:
     out = []
     for (sid, name, created, size, tasks, options, seed, report, n_cases, n_real, n_training,
          generators, n_readers) in rows:
-        leak = json.loads(report).get("leak") if report else None
+        leak = audit_mod.is_flagged(json.loads(report)) if report else None
         out.append({
             "id": sid, "name": name, "created_at": created, "size": size,
             "tasks": json.loads(tasks), "options": json.loads(options),

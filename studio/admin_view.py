@@ -91,6 +91,7 @@ def study_names(db_path) -> list[str]:
 
 def study_overview(db_path, study: str) -> tuple[str, str, bool]:
     """(markdown summary, leak-audit text, leak flag) of one study."""
+    from studies.audit import is_flagged
     from studies.ingest import audit_study, list_studies
 
     info = next((r for r in list_studies(db_path) if r["name"] == study), None)
@@ -105,8 +106,29 @@ def study_overview(db_path, study: str) -> tuple[str, str, bool]:
           f"- cases: {info['n_cases']} ({info['n_real']} real, {info['n_synthetic']} synthetic)"
           f", stimuli {info['size']}×{info['size']} px\n"
           f"- readers: {info['n_readers']}\n"
-          f"- leak audit: {'⚠️ **possible leak** — read the audit below' if report.get('leak') else 'no leak flagged'}")
-    return md, text, bool(report.get("leak"))
+          f"- leak audit: {_audit_summary(report)}")
+    return md, text, bool(is_flagged(report))
+
+
+def _audit_summary(report: dict) -> str:
+    """One line for the overview: the audit's verdict, with its reasons when flagged."""
+    from studies.audit import is_flagged
+
+    if is_flagged(report):
+        reasons = report.get("reasons") or ["see the audit below"]
+        more = f" (+{len(reasons) - 3} more)" if len(reasons) > 3 else ""
+        return ("⚠️ **possible leak** — " + "; ".join(_plain(r) for r in reasons[:3]) + more
+                + " — read the audit below")
+    if report.get("verdict") == "too few images to certify":
+        return ("too few images to certify — nothing flagged, but fewer than "
+                f"{report.get('min_to_certify', 20)} images in a source cannot show that "
+                "nothing leaks")
+    return "no leak flagged"
+
+
+def _plain(text: str) -> str:
+    """Audit text is ours, but escape Markdown anyway so it shows as written."""
+    return "".join("\\" + c if c in "\\`*_[]<>|~" else c for c in text)
 
 
 # ------------------------------------------------------------------------------ uploads
@@ -350,8 +372,10 @@ def invite_reader(db_path, study: str, reader: str, base_url: str, *,
     """Invite a reader (or reissue their link) and return their personal link."""
     from studies.ingest import audit_study
 
+    from studies.audit import is_flagged
+
     report, _ = audit_study(db_path, study)
-    if report.get("leak") and not acknowledge_leak:
+    if is_flagged(report) and not acknowledge_leak:
         raise StudyError("the leak audit flags this study: read it, then tick the "
                          "acknowledgement to invite readers anyway")
     token = readers_mod.invite(db_path, study, reader, reissue=reissue, actor=actor)

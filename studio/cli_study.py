@@ -98,12 +98,26 @@ def add_cmd(db_path, study_name, manifest, images_dir):
 @_db_option
 @_study_option
 @click.option("--recompute", is_flag=True, help="Re-run the audit on the stored stimuli.")
+@click.option("--json", "as_json", is_flag=True,
+              help='Print the report as JSON: {"flagged": bool, "reasons": [...], "verdict": ..., '
+                   '"auc": ..., ...}.')
 @_one_line_errors
-def audit_cmd(db_path, study_name, recompute):
+def audit_cmd(db_path, study_name, recompute, as_json):
     """Print the study's leak audit (as stored at creation, or recomputed)."""
+    import json
+
+    from studies.audit import is_flagged
     from studies.ingest import audit_study
 
     report, text = audit_study(db_path, study_name, recompute=recompute)
+    if as_json:
+        flagged = bool(is_flagged(report))
+        payload = {"study": study_name, "flagged": flagged,
+                   "reasons": report.get("reasons", []),
+                   "verdict": report.get("verdict", "leak" if flagged else "ok"),
+                   "auc": report.get("auc"), **report}
+        click.echo(json.dumps(payload, indent=2, default=str))
+        return
     click.echo(text)
 
 

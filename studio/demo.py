@@ -26,6 +26,7 @@ import tempfile
 import time
 
 from studies import readers
+from studies.audit import is_flagged
 from studies.design import StudyOptions
 from studies.errors import StudyExists
 from studies.ingest import audit_study, create_study, list_studies
@@ -53,6 +54,7 @@ class DemoInfo:
     link_kept: bool = False  # True: the link printed before (token file) still works
     leak: bool | None = None  # the study's leak audit flags it
     audit_auc: float | None = None
+    audit_reasons: list[str] = dataclasses.field(default_factory=list)
 
     @property
     def notes(self) -> list[str]:
@@ -60,10 +62,11 @@ class DemoInfo:
         if not self.leak:
             return []
         auc = f" (classifier AUC {self.audit_auc:.2f})" if self.audit_auc is not None else ""
+        first = f" First reason: {self.audit_reasons[0]}." if self.audit_reasons else ""
         return [f"the demo study fails its own leak audit{auc}: the demo's synthetic images are "
                 "distinguishable from the real ones by low-level features (noise, sharpness), so "
-                "readers can tell them apart without judging the content. It shows the workflow; "
-                "it is a demo, not a study."]
+                f"readers can tell them apart without judging the content.{first} It shows the "
+                "workflow; it is a demo, not a study."]
 
 
 def token_path(db_path) -> pathlib.Path:
@@ -138,7 +141,8 @@ def _describe(db_path, base_url, *, created: bool, log, **fields) -> DemoInfo:
     fields.setdefault("n_real", row["n_real"])
     fields.setdefault("n_synthetic", row["n_synthetic"])
     return DemoInfo(DEMO_STUDY, DEMO_READER, token, readers.reader_link(token, base_url), created=created,
-                    link_kept=kept, leak=report.get("leak"), audit_auc=report.get("auc"), **fields)
+                    link_kept=kept, leak=is_flagged(report), audit_auc=report.get("auc"),
+                    audit_reasons=list(report.get("reasons") or []), **fields)
 
 
 def _create(db_path, model, *, synthetic_per_modality: int, seed: int, log) -> dict:

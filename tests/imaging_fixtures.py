@@ -124,3 +124,51 @@ def audit_items(tmp_path: pathlib.Path, kind: str, *, n: int = 30, seed: int = 0
         for item, label in zip(items, labels):
             item.source = str(label)
     return items
+
+
+# The leak of issue 10 item 9: real = shipped sample images at their native sizes (64 to
+# 1411 px, sharp); synthetic = 64 px blurry images, like the embedded model's output.
+NATIVE_REAL = [
+    ("pydicom", "CT_small.dcm"), ("pydicom", "MR_small.dcm"), ("pydicom", "JPEG2000.dcm"),
+    ("pydicom", "liver_1frame.dcm"), ("skimage", "retina.jpg"), ("skimage", "microaneurysms.png"),
+    ("skimage", "ihc.png"), ("skimage", "cell.png"), ("nibabel", "anatomical.nii"),
+    ("nibabel", "example4d.nii.gz"),
+]
+
+
+def write_native_vs_tiny(root: pathlib.Path, n_synthetic: int = 7) -> list[dict]:
+    """Copy the native real samples to root/real/ and write `n_synthetic` blurry 64 px PNGs
+    (downscaled, blurred grey versions of them) to root/synthetic/; returns manifest rows
+    (path relative to root, source, modality, prompt)."""
+    import shutil
+
+    getters = {"pydicom": dicom_sample, "skimage": skimage_sample, "nibabel": nifti_sample}
+    (root / "real").mkdir(parents=True, exist_ok=True)
+    (root / "synthetic").mkdir(parents=True, exist_ok=True)
+    rows = []
+    for i, (package, name) in enumerate(NATIVE_REAL):
+        src = pathlib.Path(getters[package](name))
+        dst = root / "real" / f"{i:02d}_{src.name}"
+        shutil.copyfile(src, dst)
+        rows.append({"path": f"real/{dst.name}", "source": "real", "modality": "",
+                     "prompt": f"sample {i}"})
+    for k in range(n_synthetic):
+        src = root / rows[k % len(rows)]["path"]
+        grey = load_image(src).pixels
+        grey = grey.mean(axis=-1) if grey.ndim == 3 else grey
+        small = Image.fromarray(np.rint(grey * 255).astype(np.uint8)).resize((64, 64), Image.BILINEAR)
+        blurred = ndimage.gaussian_filter(np.asarray(small, np.float64), 1.5)
+        out = root / "synthetic" / f"s{k:02d}.png"
+        Image.fromarray(np.clip(np.rint(blurred), 0, 255).astype(np.uint8)).save(out)
+        rows.append({"path": f"synthetic/{out.name}", "source": "synthetic", "modality": "",
+                     "prompt": f"sample {k % len(NATIVE_REAL)}"})
+    return rows
+
+
+def native_vs_tiny_items(root: pathlib.Path, size: int = 256) -> list[AuditItem]:
+    """Audit items of `write_native_vs_tiny`, through the real decode/render pipeline."""
+    items = []
+    for row in write_native_vs_tiny(root):
+        decoded = load_image(root / row["path"])
+        items.append(AuditItem.from_decoded(row["source"], decoded, render_stimulus(decoded, size)))
+    return items

@@ -1,5 +1,8 @@
 """`medisyn study create|audit|invite|export|progress`: thin wrappers, one-line errors."""
+import base64
+import json
 import re
+import sqlite3
 import uuid
 
 import pandas as pd
@@ -11,6 +14,7 @@ from studies.export import IMRMC_COLUMNS, LONG_COLUMNS
 from studies.readers import reader_for_token
 from studies.session import next_case, submit
 from studio.cli import cli
+from imaging_fixtures import write_native_vs_tiny
 from study_fixtures import files_under, write_images, write_manifest
 
 LINK = re.compile(r"^http://127\.0\.0\.1:7860/\?token=([A-Za-z0-9_-]{43,})$")
@@ -43,6 +47,7 @@ def test_full_cli_flow(tmp_path, data):
             "--attention-checks", 1, "--counterbalance", "--seed", 4)
     assert r.exit_code == 0, r.output
     assert "Created study 'pilot': 12 images (6 real, 6 synthetic; 2 held aside" in r.output
+    assert "WARNING: reader orders derive from the given seed 4" in r.output
     assert "Leak audit" in r.output and "stimulus classifier AUC" in r.output
     assert len(files_under(stimuli_dir(db))) == 12
 
@@ -135,3 +140,74 @@ def test_other_commands_bad_input(tmp_path, data):
     notdb = tmp_path / "not.db"
     notdb.write_bytes(b"this is not sqlite" * 100)
     assert_one_line_error(run("study", "audit", "--db", notdb, "--study", "a"), "database")
+
+
+def _secret_forms(secret: bytes) -> list[str]:
+    """Every way the order secret could plausibly be printed."""
+    b64 = base64.b64encode(secret).decode()
+    url = base64.urlsafe_b64encode(secret).decode()
+    forms = [secret.hex(), secret.hex().upper(), b64, b64.rstrip("="), url, url.rstrip("="),
+             str(int.from_bytes(secret, "big")), repr(secret)[2:-1]]
+    forms += [secret[:8].hex(), base64.b64encode(secret[:12]).decode()]  # partial prints
+    return forms
+
+
+def test_no_command_prints_logs_or_exports_the_order_secret(tmp_path, data):
+    _, _, manifest = data
+    db = tmp_path / "s.db"
+    outputs = [run("study", "create", "--db", db, "--name", "p", "--manifest", manifest,
+                   "--size", 32, "--training", 2, "--attention-checks", 2,
+                   "--repeat-fraction", 0.2)]
+    assert outputs[0].exit_code == 0, outputs[0].output
+    assert "seed" not in outputs[0].output.lower()  # no seed given: none shown
+    for reader in ("dr-a", "dr-b"):
+        outputs.append(run("study", "invite", "--db", db, "--study", "p", "--reader", reader))
+    token = LINK.match(outputs[1].output.strip()).group(1)
+    ref = reader_for_token(db, token)
+    while (view := next_case(db, ref.reader_id)) is not None:
+        submit(db, ref.reader_id, view.assignment_id, view.pending[0]["task"], 2, 10,
+               str(uuid.uuid4()))
+    outputs.append(run("study", "invite", "--db", db, "--study", "p", "--reader", "dr-b",
+                       "--reissue"))
+    outputs.append(run("study", "progress", "--db", db, "--study", "p"))
+    outputs.append(run("study", "audit", "--db", db, "--study", "p"))
+    outputs.append(run("study", "audit", "--db", db, "--study", "p", "--recompute", "--json"))
+    files = []
+    for fmt in ("long", "imrmc"):
+        out = tmp_path / f"{fmt}.csv"
+        outputs.append(run("study", "export", "--db", db, "--study", "p", "--format", fmt,
+                           "--out", out, *(["--all-responses"] if fmt == "long" else [])))
+        files.append(out.read_text(encoding="utf-8"))
+    assert all(r.exit_code == 0 for r in outputs), [r.output for r in outputs]
+    with sqlite3.connect(db) as conn:
+        (secret,) = conn.execute("SELECT order_secret FROM studies").fetchone()
+        logged = [d for (d,) in conn.execute("SELECT detail FROM audit_log")]
+        options = conn.execute("SELECT options FROM studies").fetchone()[0]
+    assert isinstance(secret, bytes) and len(secret) >= 16
+    from studies.ingest import audit_study, list_studies
+
+    library = [json.dumps(list_studies(db), default=str), json.dumps(audit_study(db, "p"))]
+    haystacks = [r.output for r in outputs] + files + logged + [options] + library
+    for form in _secret_forms(secret):
+        for text in haystacks:
+            assert form not in text
+
+
+def test_audit_json_flags_native_real_vs_tiny_synthetic(tmp_path):
+    """Issue 10 item 9 through the CLI: real = shipped samples at native sizes, synthetic =
+    7 blurry 64 px images. `audit --json` says flagged, with reasons."""
+    root = tmp_path / "native"
+    rows = write_native_vs_tiny(root)
+    manifest = write_manifest(root / "cases.csv", rows)
+    db = tmp_path / "s.db"
+    r = run("study", "create", "--db", db, "--name", "n", "--manifest", manifest, "--size", 256)
+    assert r.exit_code == 0, r.output
+    assert "verdict: LEAK" in r.output and "WARNING: the leak audit flags this study" in r.output
+    for extra in ([], ["--recompute"]):
+        r = run("study", "audit", "--db", db, "--study", "n", "--json", *extra)
+        assert r.exit_code == 0, r.output
+        report = json.loads(r.output)
+        assert report["flagged"] is True and report["verdict"] == "leak"
+        assert isinstance(report["auc"], float)
+        assert any("sizes are distributed differently" in x for x in report["reasons"])
+        assert any("sharpness" in x for x in report["reasons"])
