@@ -16,12 +16,23 @@ turing task only, training/repeat/attention reads excluded, score = the 6-point 
 cases are listed under every generator so each modality is a full real-vs-that-generator
 ROC task (paired on the real cases). With a single (or no named) generator, modalityID
 is the study name.
+
+Spreadsheet safety (`write_export`): a CSV cell is opened by Excel/LibreOffice/Sheets as a
+formula when it starts with `=`, `+`, `-` or `@` (and tab/CR can smuggle one in), so a
+prompt such as `=HYPERLINK(...)` would become live. Following OWASP's CSV-injection advice,
+every text cell starting with one of those characters is written with a leading `'`
+(which spreadsheets show as text, not as part of the value); a cell that is a plain
+number, such as `-3` or `+2.5`, is left alone, and numeric columns are never touched.
+So that the escape is reversible, a text cell that already starts with `'` followed by
+one of those characters gets one more `'`. `read_long_csv` undoes it. The in-memory
+tables (`long_table`, `imrmc_table`) are never escaped.
 """
 from __future__ import annotations
 
 import json
 import os
 import pathlib
+import re
 import tempfile
 
 import pandas as pd
@@ -35,6 +46,45 @@ LONG_COLUMNS = ["study", "reader", "case", "task", "source", "generator", "modal
                 "repeat", "group"]
 IMRMC_COLUMNS = ["readerID", "caseID", "modalityID", "score"]
 FORMATS = ("long", "imrmc")
+FORMULA_PREFIXES = ("=", "+", "-", "@", "\t", "\r")
+_PLAIN_NUMBER = re.compile(r"[+-]?(\d+(\.\d*)?|\.\d+)([eE][+-]?\d+)?")
+
+
+def spreadsheet_safe(value):
+    """A CSV cell value that no spreadsheet opens as a formula (see the module doc)."""
+    if not isinstance(value, str) or not value:
+        return value
+    if value.startswith(FORMULA_PREFIXES) and not _PLAIN_NUMBER.fullmatch(value):
+        return "'" + value
+    if value.startswith("'") and spreadsheet_safe(value.lstrip("'")) != value.lstrip("'"):
+        return "'" + value  # keeps the escape reversible for text typed with a leading '
+    return value
+
+
+def spreadsheet_unsafe(value):
+    """Inverse of `spreadsheet_safe` (for reading an exported CSV back)."""
+    if isinstance(value, str) and value.startswith("'"):
+        rest = value[1:]
+        if spreadsheet_safe(rest) == value:
+            return rest
+    return value
+
+
+def _escape_frame(df: pd.DataFrame) -> pd.DataFrame:
+    out = df.copy()
+    for col in out.columns:
+        if not pd.api.types.is_numeric_dtype(out[col]):  # object or str: text cells
+            out[col] = out[col].map(spreadsheet_safe).astype(object)
+    return out
+
+
+def read_long_csv(path: str | pathlib.Path) -> pd.DataFrame:
+    """A `long` export CSV as written by `write_export`, with the spreadsheet escapes undone."""
+    df = pd.read_csv(path)
+    for col in df.columns:
+        if not pd.api.types.is_numeric_dtype(df[col]):
+            df[col] = df[col].map(spreadsheet_unsafe)
+    return df
 
 
 def long_table(db_path: str | pathlib.Path, study: str, *,
@@ -125,7 +175,7 @@ def write_export(db_path: str | pathlib.Path, study: str, fmt: str, out: str | p
     fd, tmp = tempfile.mkstemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "w", newline="", encoding="utf-8") as fh:
-            df.to_csv(fh, index=False)
+            _escape_frame(df).to_csv(fh, index=False)
         os.replace(tmp, out)
     except BaseException:
         pathlib.Path(tmp).unlink(missing_ok=True)

@@ -90,9 +90,9 @@ def analyze_cmd(db_path, study_name, responses, as_json, html_path, alpha):
         raise click.UsageError("give --db DB --study NAME, or --responses long.csv")
     try:
         if responses is not None:
-            import pandas as pd
+            from studies.export import read_long_csv
 
-            result = analyze(pd.read_csv(responses), alpha=alpha)
+            result = analyze(read_long_csv(responses), alpha=alpha)
         else:
             if not db_path.exists():
                 raise click.BadParameter(f"no such database: {db_path}", param_hint="--db")
