@@ -345,10 +345,49 @@ def test_invite_requires_acknowledgement_when_audit_flags_a_leak(tmp_path, monke
 
     real = ingest.audit_study
     monkeypatch.setattr(ingest, "audit_study",
-                        lambda *a, **k: ({**real(*a, **k)[0], "leak": True}, "LEAK"))
+                        lambda *a, **k: ({**real(*a, **k)[0], "leak": True, "flagged": True},
+                                         "LEAK"))
     with pytest.raises(admin_view.StudyError, match="leak audit flags"):
         admin_view.invite_reader(db, "ten", "dr-q", "http://h/")
     assert admin_view.invite_reader(db, "ten", "dr-q", "http://h/", acknowledge_leak=True)
+
+
+def test_overview_uses_the_audits_verdict_and_reasons(tmp_path, monkeypatch):
+    """Issue 10 item 9: the Readers tab said "no leak flagged" for an obvious leak. The
+    overview now shows the verdict: the reasons when flagged, "too few images to certify"
+    below the documented count, and "no leak flagged" only for an unflagged, certified one."""
+    db, _, _ = make_loud_study(tmp_path, readers=())
+    md, _, flagged = admin_view.study_overview(db, "ten")  # 10 images: never "ok"
+    assert "no leak flagged" not in md
+    assert ("possible leak" in md) == flagged or "too few images to certify" in md
+    from studies import ingest
+
+    real = ingest.audit_study
+    cases = {
+        "flagged": ({"flagged": True, "leak": True, "verdict": "leak",
+                     "reasons": ["sharpness (variance of Laplacian) is lower in synthetic images",
+                                 "original sizes are distributed differently"]}, True),
+        "few": ({"flagged": False, "leak": False, "verdict": "too few images to certify",
+                 "reasons": []}, False),
+        "ok": ({"flagged": False, "leak": False, "verdict": "ok", "reasons": []}, False),
+        "old": ({"leak": True}, True),  # stored before `flagged` existed
+    }
+    for name, (patch, want) in cases.items():
+        monkeypatch.setattr(ingest, "audit_study",
+                            lambda *a, patch=patch, **k: ({**real(*a, **k)[0], **patch}, "text"))
+        if name == "old":
+            monkeypatch.setattr(ingest, "audit_study",
+                                lambda *a, **k: ({"leak": True}, "text"))
+        md, _, flagged = admin_view.study_overview(db, "ten")
+        assert flagged is want, name
+        if name == "flagged":
+            assert "possible leak" in md and "sharpness" in md and "sizes" in md
+        elif name == "few":
+            assert "too few images to certify" in md and "no leak flagged" not in md
+        elif name == "ok":
+            assert "no leak flagged" in md
+        else:
+            assert "possible leak" in md
 
 
 def test_dashboard_and_exports_show_each_readers_results(tmp_path):
@@ -623,7 +662,8 @@ def test_banner_says_when_the_demo_fails_its_leak_audit(tmp_path, monkeypatch, l
     _fake_demo(tmp_path, monkeypatch)
     real = demo.audit_study
     monkeypatch.setattr(demo, "audit_study",
-                        lambda *a, **k: ({**real(*a, **k)[0], "leak": leak, "auc": 0.83}, "LEAK"))
+                        lambda *a, **k: ({**real(*a, **k)[0], "leak": leak, "flagged": leak,
+                                          "auc": 0.83}, "LEAK"))
     info = app_mod.prepare(tmp_path / "studio.db", model="m", env={}, echo=lambda m: None)
     banner = info.banner()
     assert info.demo_link in banner
