@@ -158,3 +158,46 @@ def test_missing_folder_is_a_clear_error(tmp_path):
 
 def test_stimuli_dir_is_next_to_db(tmp_path):
     assert database.stimuli_dir(tmp_path / "a" / "x.db") == tmp_path / "a" / "x.stimuli"
+
+
+def test_migration_2_gives_existing_studies_a_fresh_random_order_secret(tmp_path):
+    """A schema-1 database (studies with a typed seed and invited readers) upgrades: every
+    study gets its own 256-bit secret, the old seed no longer counts, orders stay stored,
+    and a new invitation works; study_row never returns the secret."""
+    import json
+
+    from sqlite_utils import Database
+
+    from studies.readers import invite
+
+    path = tmp_path / "v1.db"
+    conn = sqlite3.connect(path)
+    db = Database(conn)
+    db["schema_version"].create({"version": int, "applied_at": str}, pk="version")
+    database._migration_1(db)
+    db["schema_version"].insert({"version": 1, "applied_at": "2026-01-01T00:00:00.000Z"})
+    for name in ("a", "b"):
+        sid = db["studies"].insert({
+            "name": name, "created_at": "t", "size": 32, "tasks": '["turing"]',
+            "options": json.dumps({"tasks": ["turing"], "seed": 42}), "seed": 42}).last_pk
+        db["stimuli"].insert_all([{"id": f"{name}{i}", "study_id": sid, "sha256": "x",
+                                   "width": 32, "height": 32} for i in range(4)])
+        db["cases"].insert_all([{"study_id": sid, "case_key": f"c{i}", "stimulus_id": f"{name}{i}",
+                                 "source": "real" if i < 2 else "synthetic", "role": "main"}
+                                for i in range(4)])
+    conn.commit()
+    conn.close()
+
+    db = open_db(path)
+    try:
+        rows = db.execute("SELECT name, order_secret, options FROM studies ORDER BY id").fetchall()
+        assert db.execute("SELECT max(version) FROM schema_version").fetchone()[0] == 2
+        study = database.study_row(db, "a")
+    finally:
+        db.close()
+    secrets_ = [r[1] for r in rows]
+    assert all(isinstance(s, bytes) and len(s) == 32 for s in secrets_)
+    assert secrets_[0] != secrets_[1]
+    assert all(json.loads(r[2])["seed"] is None for r in rows)
+    assert "order_secret" not in study and study["name"] == "a"
+    assert invite(path, "a", "dr-new")
