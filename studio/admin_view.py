@@ -580,7 +580,7 @@ def build_admin_blocks(db_path, admin_auth, *, model=None, base_url=None, batche
                                        label="Repeated fraction (intra-reader)")
                     attention = gr.Number(label="Attention checks", value=0, precision=0,
                                           minimum=0)
-                    counterbalance = gr.Checkbox(label="Counterbalance task order")
+                    counterbalance = gr.Checkbox(label="Counterbalance the tasks after turing (turing is always first)")
                     seed = gr.Number(label="Seed (0: random secret; any other value makes the "
                                      "order predictable — testing only)", value=0, precision=0)
                 source = gr.Radio(["Upload a zip", "Folder on the server", "Generation batches"],

@@ -103,3 +103,22 @@ def test_cli_prints_link_and_admin_login(seeded, monkeypatch):
     token = result.output.split("?token=")[1].split()[0]
     assert token == first.token and readers.reader_for_token(db, token).name == demo.DEMO_READER
     assert ("note: the demo study fails its own leak audit" in result.output) == bool(first.leak)
+
+
+def test_the_demo_uses_no_fixed_seed_for_the_reader_order(seeded):
+    """Issue 10 item 1: the demo used study seed 0, so anyone who read the code predicted
+    the demo reader's 21/21 positions. Now its order secret is random."""
+    import sqlite3
+
+    from studies.design import seeded_order_secret
+
+    db, _ = seeded
+    (row,) = list_studies(db)
+    assert row["seed"] is None and row["options"]["seed"] is None
+    with sqlite3.connect(db) as conn:
+        (secret,) = conn.execute("SELECT order_secret FROM studies").fetchone()
+        first_tasks = [t for (t,) in conn.execute(
+            "SELECT json_extract(tasks, '$[0]') FROM assignments WHERE kind != 'attention'")]
+    assert isinstance(secret, bytes) and len(secret) == 32
+    assert secret not in {seeded_order_secret(s) for s in range(1000)}
+    assert first_tasks and set(first_tasks) == {"turing"}  # the prompt never comes first
