@@ -9,12 +9,16 @@ study, stimuli and cases in one transaction.
 Nothing half-made survives a failure: PNGs are written to a private temporary folder
 inside the stimuli folder (same file system, so moving them in is a rename), moved into
 place only inside the open transaction, and removed again if the commit does not happen.
-A database file that this call created is removed too if it holds no study.
+A new database is built under a private temporary name and hard-linked into place only
+once its study is committed (`os.link` fails if the path exists, so it never replaces a
+database another `create` made meanwhile; ours then joins that one). A failing create
+therefore only ever deletes files it made itself, never a database at the path.
 """
 from __future__ import annotations
 
 import contextlib
 import dataclasses
+import glob
 import hashlib
 import json
 import os
@@ -170,22 +174,30 @@ def create_study(
         del items
         report_dict, report_text = report.to_dict(), report.format_text()
 
-        with contextlib.closing(open_db(db_path)) as db, transaction(db):
-            if db.execute("SELECT 1 FROM studies WHERE name = ?", [name]).fetchone():
-                raise StudyExists(f"a study named {name!r} already exists in {db_path.name}")
-            study_id = db["studies"].insert({
-                "name": name, "created_at": utc_now(), "size": size,
-                "tasks": json.dumps(list(options.tasks)),
-                "options": json.dumps(options.to_dict()), "seed": options.seed,
-                "audit_report": json.dumps(report_dict, default=str),
-                "audit_text": report_text,
-            }).last_pk
-            _insert_cases(db, study_id, prepared, size, training, first_row=1)
-            log_action(db, actor, "create_study", study_id,
-                       source=str(manifest or images_dir), n_cases=len(prepared),
-                       size=size, options=options.to_dict(), leak=report_dict.get("leak"))
-            # Move the stimuli in while the transaction is still open; undone on failure.
-            _move_in(stage, prepared)
+        def store(path: pathlib.Path) -> int:
+            with contextlib.closing(open_db(path)) as db, transaction(db):
+                if db.execute("SELECT 1 FROM studies WHERE name = ?", [name]).fetchone():
+                    raise StudyExists(f"a study named {name!r} already exists in {db_path.name}")
+                study_id = db["studies"].insert({
+                    "name": name, "created_at": utc_now(), "size": size,
+                    "tasks": json.dumps(list(options.tasks)),
+                    "options": json.dumps(options.to_dict()), "seed": options.seed,
+                    "audit_report": json.dumps(report_dict, default=str),
+                    "audit_text": report_text,
+                }).last_pk
+                _insert_cases(db, study_id, prepared, size, training, first_row=1)
+                log_action(db, actor, "create_study", study_id,
+                           source=str(manifest or images_dir), n_cases=len(prepared),
+                           size=size, options=options.to_dict(), leak=report_dict.get("leak"))
+                # Move the stimuli in while the transaction is still open; undone on failure.
+                _move_in(stage, prepared)
+            return study_id
+
+        study_id = None
+        if not db_path.exists():
+            study_id = _create_new_db(db_path, store)
+        if study_id is None:  # the database existed, or another create made it meanwhile
+            study_id = store(db_path)
         stage.committed = True
 
     generators = sorted({p.row.generator for p in prepared if p.row.source == "synthetic"})
@@ -287,15 +299,39 @@ class _Stage:
     committed: bool = False
 
 
+def _create_new_db(db_path: pathlib.Path, store: Callable[[pathlib.Path], int]) -> int | None:
+    """Build a new database with `store` under a private name and link it into place at
+    `db_path`; the study id, or None if a database appeared at `db_path` meanwhile (the
+    caller then stores into that one). Our temporary files are removed in every case."""
+    tmp = db_path.with_name(f".{db_path.name}.new-{secrets.token_hex(8)}")
+    try:
+        study_id = store(tmp)
+        # The connection is closed: SQLite folded the WAL into the file and removed it, so
+        # the one file is the whole database.
+        if pathlib.Path(f"{tmp}-wal").exists():
+            raise StudyError(f"could not finish writing the new database {tmp}")
+        try:
+            os.link(tmp, db_path)  # atomic, and refuses to replace an existing file
+        except FileExistsError:
+            return None
+        except OSError:  # a file system without hard links: best effort, checked first
+            if db_path.exists():
+                return None
+            os.rename(tmp, db_path)
+        return study_id
+    finally:
+        for suffix in ("", "-wal", "-shm", "-journal"):
+            pathlib.Path(f"{tmp}{suffix}").unlink(missing_ok=True)
+
+
 @contextlib.contextmanager
 def _staging(db_path: pathlib.Path):
     """A private folder for new stimulus PNGs; unless `stage.committed` is set, everything
-    it put in place (moved files, a new stimuli folder, a new empty database) is undone."""
-    db_existed = db_path.exists()
+    it put in place (moved files, a new stimuli folder) is undone."""
     sdir = stimuli_dir(db_path)
     sdir_existed = sdir.exists()
     sdir.mkdir(exist_ok=True)
-    _sweep_stale_incoming(sdir)
+    _sweep_stale_incoming(sdir, db_path)
     stage = _Stage(sdir, sdir / f".incoming-{secrets.token_hex(8)}", [])
     stage.incoming.mkdir()
     try:
@@ -308,8 +344,6 @@ def _staging(db_path: pathlib.Path):
             if not sdir_existed:
                 with contextlib.suppress(OSError):
                     sdir.rmdir()  # only if empty
-            if not db_existed:
-                _remove_empty_db(db_path)
 
 
 def _prepare(rows: list[ManifestRow], size: int, incoming: pathlib.Path,
@@ -352,13 +386,17 @@ def _insert_cases(db, study_id: int, prepared: list[_Prepared], size: int,
 
 
 def _move_in(stage: _Stage, prepared: list[_Prepared]) -> None:
+    done = set(stage.moved)  # a second attempt (see _create_new_db) skips what is in place
     for p in prepared:
         final = stage.sdir / f"{p.stimulus_id}.png"
+        if final in done:
+            continue
         os.replace(stage.incoming / f"{p.stimulus_id}.png", final)
         stage.moved.append(final)
 
 
-def _sweep_stale_incoming(sdir: pathlib.Path, max_age_s: float = 24 * 3600) -> None:
+def _sweep_stale_incoming(sdir: pathlib.Path, db_path: pathlib.Path,
+                          max_age_s: float = 24 * 3600) -> None:
     """Remove temporary folders left by a create that was killed (older than a day, so a
     concurrent create's folder is never touched)."""
     now = time.time()
@@ -366,20 +404,11 @@ def _sweep_stale_incoming(sdir: pathlib.Path, max_age_s: float = 24 * 3600) -> N
         with contextlib.suppress(OSError):
             if now - path.stat().st_mtime > max_age_s:
                 shutil.rmtree(path, ignore_errors=True)
-
-
-def _remove_empty_db(db_path: pathlib.Path) -> None:
-    """Delete a database file this call created, if it holds no study."""
-    if not db_path.exists():
-        return
-    try:
-        with contextlib.closing(open_db(db_path)) as db:
-            if db.execute("SELECT count(*) FROM studies").fetchone()[0]:
-                return
-    except Exception:
-        return
-    for suffix in ("", "-wal", "-shm"):
-        pathlib.Path(f"{db_path}{suffix}").unlink(missing_ok=True)
+    # ... and new databases a killed create was still building (see _create_new_db).
+    for path in db_path.parent.glob(f".{glob.escape(db_path.name)}.new-*"):
+        with contextlib.suppress(OSError):
+            if now - path.stat().st_mtime > max_age_s:
+                path.unlink()
 
 
 def list_studies(db_path: str | pathlib.Path) -> list[dict]:
