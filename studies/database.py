@@ -41,7 +41,7 @@ from typing import TypeVar
 
 from sqlite_utils import Database
 
-from studies.errors import DatabaseNotFound, StudyNotFound
+from studies.errors import DatabaseNotFound, NotAStudyDatabase, StudyNotFound
 
 SCHEMA_VERSION = 1
 BUSY_TIMEOUT_MS = 5_000  # for reads and schema set-up (WAL readers rarely wait at all)
@@ -174,9 +174,34 @@ def _current_version(conn: sqlite3.Connection) -> int:
     return row[0] or 0
 
 
+_SQLITE_MAGIC = b"SQLite format 3\x00"
+
+
+def check_database_file(path: str | pathlib.Path) -> None:
+    """Refuse a file at `path` that is not a study database, before anything is written:
+    a zero-byte file (a truncated copy, or made by `touch`: treating it as new would write
+    a fresh schema and invalidate every reader link), or a file that is not SQLite. A path
+    with no file is fine: that is how a new database is asked for."""
+    path = pathlib.Path(path)
+    try:
+        with open(path, "rb") as f:
+            head = f.read(len(_SQLITE_MAGIC))
+    except FileNotFoundError:
+        return
+    except IsADirectoryError:
+        raise NotAStudyDatabase(f"{path} is a folder, not a study database file") from None
+    if not head:
+        raise NotAStudyDatabase(
+            f"{path} is an empty file (0 bytes), not a study database; delete it to start a "
+            "new database there, or give a path that does not exist yet")
+    if head != _SQLITE_MAGIC:
+        raise NotAStudyDatabase(f"{path} is not a study database (not an SQLite file)")
+
+
 def _migrate(db: Database) -> None:
     if _current_version(db.conn) >= SCHEMA_VERSION:
         return
+
     with transaction(db):
         current = _current_version(db.conn)  # re-read under the write lock
         if current == 0 and not db["schema_version"].exists():
@@ -200,6 +225,7 @@ def open_db(path: str | pathlib.Path, *, migrate: bool = True, create: bool = Tr
         raise FileNotFoundError(f"database folder does not exist: {path.parent}")
     if not create and not path.is_file():
         raise DatabaseNotFound(f"study database not found: {path}")
+    check_database_file(path)
     # isolation_level=None: no implicit transactions; we issue BEGIN IMMEDIATE ourselves.
     # (`_shared`: the writer connection used by one thread at a time, but not always the same.)
     conn = sqlite3.connect(str(path), timeout=BUSY_TIMEOUT_MS / 1000, isolation_level=None,
@@ -207,6 +233,7 @@ def open_db(path: str | pathlib.Path, *, migrate: bool = True, create: bool = Tr
     try:
         conn.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
         conn.execute("PRAGMA foreign_keys=ON")
+        _refuse_foreign(conn, path)
         retry_busy(lambda: _ensure_wal(conn))
         db = Database(conn)
         if migrate:
@@ -215,6 +242,14 @@ def open_db(path: str | pathlib.Path, *, migrate: bool = True, create: bool = Tr
         conn.close()
         raise
     return db
+
+
+def _refuse_foreign(conn: sqlite3.Connection, path: pathlib.Path) -> None:
+    """Never add our tables to (or switch the journal of) another program's SQLite file."""
+    if _current_version(conn) == 0 and conn.execute(
+            "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%' "
+            "AND name != 'schema_version'").fetchone():
+        raise NotAStudyDatabase(f"{path} is an SQLite database but not a study database")
 
 
 def _ensure_wal(conn: sqlite3.Connection) -> None:
