@@ -34,8 +34,10 @@ import os
 import pathlib
 import random
 import sqlite3
+import stat
 import threading
 import time
+import urllib.parse
 from collections.abc import Callable, Iterator
 from typing import TypeVar
 
@@ -174,28 +176,30 @@ def _current_version(conn: sqlite3.Connection) -> int:
     return row[0] or 0
 
 
-_SQLITE_MAGIC = b"SQLite format 3\x00"
-
-
 def check_database_file(path: str | pathlib.Path) -> None:
-    """Refuse a file at `path` that is not a study database, before anything is written:
-    a zero-byte file (a truncated copy, or made by `touch`: treating it as new would write
-    a fresh schema and invalidate every reader link), or a file that is not SQLite. A path
-    with no file is fine: that is how a new database is asked for."""
+    """Refuse a file at `path` that cannot be a study database, before anything is written:
+    a folder, or a zero-byte file (a truncated copy, or made by `touch`: treating it as new
+    would write a fresh schema and invalidate every reader link). A path with no file is
+    fine: that is how a new database is asked for. (A file that is not SQLite is refused by
+    `open_db` from SQLite's own answer: never open the file here, because closing any other
+    descriptor of a database file drops this process's SQLite locks on it.)"""
     path = pathlib.Path(path)
     try:
-        with open(path, "rb") as f:
-            head = f.read(len(_SQLITE_MAGIC))
+        st = path.stat()
     except FileNotFoundError:
         return
-    except IsADirectoryError:
-        raise NotAStudyDatabase(f"{path} is a folder, not a study database file") from None
-    if not head:
+    if stat.S_ISDIR(st.st_mode):
+        raise NotAStudyDatabase(f"{path} is a folder, not a study database file")
+    if stat.S_ISREG(st.st_mode) and st.st_size == 0:
         raise NotAStudyDatabase(
             f"{path} is an empty file (0 bytes), not a study database; delete it to start a "
             "new database there, or give a path that does not exist yet")
-    if head != _SQLITE_MAGIC:
-        raise NotAStudyDatabase(f"{path} is not a study database (not an SQLite file)")
+
+
+def _not_sqlite(exc: sqlite3.DatabaseError, path) -> NotAStudyDatabase | None:
+    if getattr(exc, "sqlite_errorname", "") == "SQLITE_NOTADB":
+        return NotAStudyDatabase(f"{path} is not a study database (not an SQLite file)")
+    return None
 
 
 def _migrate(db: Database) -> None:
@@ -246,7 +250,11 @@ def open_db(path: str | pathlib.Path, *, migrate: bool = True, create: bool = Tr
 
 def _refuse_foreign(conn: sqlite3.Connection, path: pathlib.Path) -> None:
     """Never add our tables to (or switch the journal of) another program's SQLite file."""
-    if _current_version(conn) == 0 and conn.execute(
+    try:
+        version = _current_version(conn)
+    except sqlite3.DatabaseError as exc:
+        raise (_not_sqlite(exc, path) or exc) from None
+    if version == 0 and conn.execute(
             "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%' "
             "AND name != 'schema_version'").fetchone():
         raise NotAStudyDatabase(f"{path} is an SQLite database but not a study database")
@@ -342,6 +350,17 @@ def _drop_writer(queue: _WriteQueue) -> None:
         with contextlib.suppress(Exception):
             queue.db.close()
     queue.db = queue.file_id = None
+
+
+def release_writers() -> None:
+    """Close the writer connections this process keeps open (see the module docstring),
+    e.g. before handing the database file over; the next write opens a new one."""
+    with _queues_mutex:
+        queues = [_queues[k] for k in _kept]
+        _kept.clear()
+    for queue in queues:
+        with queue.slot:
+            _drop_writer(queue)
 
 
 def _writer_db(key: str, queue: _WriteQueue, db_path) -> Database:
@@ -446,14 +465,104 @@ def _run_batch(db: Database, batch: list[_Job]) -> None:
             return
 
 
+def open_readonly(path: str | pathlib.Path) -> Database:
+    """A connection for reads only (`PRAGMA query_only`: it cannot write, and it never
+    migrates or changes the journal), so read-only commands work on a database in a
+    read-only folder or file system. There SQLite cannot create the WAL index (`-shm`), so
+    the file is opened `mode=ro` (SQLite then reads the WAL without a shared index), and
+    failing that `immutable=1`, but only if no write-ahead log with content sits next to
+    it (its changes would be ignored: refused instead)."""
+    path = pathlib.Path(path)
+    if not path.is_file():
+        raise DatabaseNotFound(f"study database not found: {path}")
+    check_database_file(path)
+    base = "file:" + urllib.parse.quote(str(path.resolve()))
+    try:
+        conn = _connect_readonly(path, base)
+    except sqlite3.DatabaseError as exc:
+        raise (_not_sqlite(exc, path) or exc) from None
+    db = Database(conn)
+    try:
+        version = _current_version(conn)
+    except sqlite3.DatabaseError as exc:
+        conn.close()
+        raise (_not_sqlite(exc, path) or exc) from None
+    if version < SCHEMA_VERSION:
+        conn.close()
+        if version == 0:
+            raise NotAStudyDatabase(f"{path} is an SQLite database but not a study database")
+        raise NotAStudyDatabase(f"{path} has schema version {version}, older than this "
+                                f"version of the software ({SCHEMA_VERSION}); open it once "
+                                "with write access (any write command) to upgrade it")
+    return db
+
+
+def _connect_readonly(path: pathlib.Path, base: str) -> sqlite3.Connection:
+    try:
+        # The usual case: a shared WAL index with the writers (mode=ro readers cannot
+        # recover a WAL index a crashed writer left, so they are only the fallback).
+        return retry_busy(lambda: _connect_ro(f"{base}?mode=rw"))
+    except sqlite3.OperationalError as exc:
+        if not _cannot_open_for_writing(exc):
+            raise
+        try:
+            return retry_busy(lambda: _connect_ro(f"{base}?mode=ro"))
+        except sqlite3.OperationalError as exc:
+            if not _cannot_open_for_writing(exc):
+                raise
+            wal = pathlib.Path(f"{path}-wal")
+            if wal.is_file() and wal.stat().st_size > 0:
+                raise NotAStudyDatabase(
+                    f"cannot read {path}: its write-ahead log {wal.name} holds changes not "
+                    f"yet in the database file, and they cannot be read here ({exc}); open "
+                    "the database once with write access, or copy it with its -wal file to "
+                    "a writable folder") from None
+            return _connect_ro(f"{base}?immutable=1")
+
+
+def _cannot_open_for_writing(exc: sqlite3.OperationalError) -> bool:
+    """The errors a read-only folder, file or file system gives (never 'busy': a busy
+    database is waited for, not opened another way)."""
+    name = getattr(exc, "sqlite_errorname", "") or ""
+    return name.startswith(("SQLITE_CANTOPEN", "SQLITE_READONLY", "SQLITE_PERM",
+                            "SQLITE_IOERR_SHMOPEN"))
+
+
+def _connect_ro(uri: str) -> sqlite3.Connection:
+    conn = sqlite3.connect(uri, uri=True, timeout=BUSY_TIMEOUT_MS / 1000,
+                           isolation_level=None)
+    try:
+        conn.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
+        conn.execute("PRAGMA query_only=ON")
+        conn.execute("SELECT count(*) FROM sqlite_master").fetchone()  # opens the WAL index
+    except BaseException:
+        conn.close()
+        raise
+    return conn
+
+
 @contextlib.contextmanager
 def reading(db_path: str | pathlib.Path) -> Iterator[Database]:
-    """A short-lived connection for reads (closed on exit); the database must exist."""
-    db = open_db(db_path, create=False)
+    """A short-lived read-only connection (`open_readonly`; closed on exit); the database
+    must exist."""
+    db = open_readonly(db_path)
     try:
         yield db
     finally:
         db.close()
+
+
+def write_if_writable(db_path: str | pathlib.Path, fn: Callable[[Database], T]) -> bool:
+    """`write(db_path, fn)` for a record that is nice to have (e.g. logging an export):
+    False instead of an error when the database cannot be written (read-only)."""
+    try:
+        write(db_path, fn)
+    except sqlite3.OperationalError as exc:
+        msg = str(exc).lower()
+        if "readonly" in msg or "read-only" in msg or "unable to open" in msg:
+            return False
+        raise
+    return True
 
 
 def study_row(db: Database, name: str) -> dict:

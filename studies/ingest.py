@@ -31,7 +31,7 @@ from collections.abc import Callable, Sequence
 from studies import audit as audit_mod
 from studies import imaging, stimuli
 from studies.database import (
-    log_action, open_db, stimuli_dir, study_row, transaction, utc_now, write,
+    log_action, open_db, reading, stimuli_dir, study_row, transaction, utc_now, write,
 )
 from studies.design import StudyOptions, select_training
 from studies.errors import IngestError, ManifestError, StudyError, StudyExists
@@ -59,6 +59,7 @@ class StudySummary:
     audit_text: str
     stimuli_dir: pathlib.Path
     seconds: float
+    content_warnings: list[dict] = dataclasses.field(default_factory=list)  # see audit
 
 
 @dataclasses.dataclass
@@ -67,6 +68,7 @@ class _Prepared:
     stimulus_id: str
     sha256: str
     original: dict  # original_format/width/height/mode/bit_depth/bytes
+    degenerate: str = ""  # imaging.degenerate_content: why it shows (almost) nothing
 
 
 def _check_name(name: str) -> str:
@@ -172,7 +174,8 @@ def create_study(
         prepared, items = _prepare(rows, size, stage.incoming, progress)
         report = audit_mod.audit_leaks(items)
         del items
-        report_dict, report_text = report.to_dict(), report.format_text()
+        report_dict, report_text = _with_content_warnings(
+            report.to_dict(), report.format_text(), _content_warnings(prepared))
 
         def store(path: pathlib.Path) -> int:
             with contextlib.closing(open_db(path)) as db, transaction(db):
@@ -208,6 +211,7 @@ def create_study(
         n_training=len(training), tasks=options.tasks, size=size, seed=options.seed,
         generators=generators, audit=report_dict, audit_text=report_text,
         stimuli_dir=stimuli_dir(db_path), seconds=time.perf_counter() - t0,
+        content_warnings=report_dict["content_warnings"],
     )
 
 
@@ -265,7 +269,9 @@ def add_cases(
         items = _stored_audit_items(db_path, srow["id"]) + items
         report = audit_mod.audit_leaks(items)
         del items
-        report_dict, report_text = report.to_dict(), report.format_text()
+        earlier = json.loads(srow["audit_report"] or "{}").get("content_warnings", [])
+        report_dict, report_text = _with_content_warnings(
+            report.to_dict(), report.format_text(), earlier + _content_warnings(prepared))
         with contextlib.closing(open_db(db_path)) as db, transaction(db):
             _check_draft(db, srow)  # again inside the write lock: no invite slipped in
             _insert_cases(db, srow["id"], prepared, size, set(), first_row=first_row)
@@ -357,14 +363,34 @@ def _prepare(rows: list[ManifestRow], size: int, incoming: pathlib.Path,
         sid = stimuli.new_stimulus_id()
         (incoming / f"{sid}.png").write_bytes(png)
         original = {k: getattr(decoded, k) for k in _ORIGINAL_FIELDS}
+        degenerate = decoded.degenerate
         del decoded  # keep only metadata, not the float image
-        prepared.append(_Prepared(row, sid, hashlib.sha256(png).hexdigest(), original))
+        prepared.append(_Prepared(row, sid, hashlib.sha256(png).hexdigest(), original,
+                                  degenerate))
         items.append(audit_mod.AuditItem(
             source=row.source, png=png,
             **{k: v for k, v in original.items() if k != "original_bytes"}))
         if progress:
             progress(i + 1, len(rows))
     return prepared, items
+
+
+def _content_warnings(prepared: list[_Prepared]) -> list[dict]:
+    return [{"row": p.row.where, "case_id": p.row.case_id, "path": p.row.rel_path,
+             "problem": p.degenerate} for p in prepared if p.degenerate]
+
+
+def _with_content_warnings(report: dict, text: str, warnings: list[dict]) -> tuple[dict, str]:
+    """The audit report (dict, text) with the images that show (almost) nothing named by
+    manifest row: not a blinding leak, but a reader cannot judge them (kept apart from the
+    leak audit's own fields)."""
+    report = dict(report, content_warnings=warnings)
+    if warnings:
+        lines = [f"Content warnings: {len(warnings)} image(s) show little or nothing "
+                 "(check them; readers will see them as they are)"]
+        lines += [f"  {w['row']}: {w['path']}: {w['problem']}" for w in warnings]
+        text = text.rstrip("\n") + "\n" + "\n".join(lines)
+    return report, text
 
 
 def _insert_cases(db, study_id: int, prepared: list[_Prepared], size: int,
@@ -444,13 +470,15 @@ def audit_study(db_path: str | pathlib.Path, study: str, *, recompute: bool = Fa
                 actor: str = "cli") -> tuple[dict, str]:
     """The study's leak-audit report (dict, text). `recompute=True` re-runs the audit on the
     stored stimuli and the recorded original metadata, and stores the new report."""
-    with contextlib.closing(open_db(db_path, create=False)) as db:
+    with reading(db_path) as db:  # read-only: works in a read-only folder
         row = study_row(db, study)
         if not recompute and row["audit_report"]:
             return json.loads(row["audit_report"]), row["audit_text"] or ""
     items = _stored_audit_items(db_path, row["id"])
     report = audit_mod.audit_leaks(items)
-    report_dict, text = report.to_dict(), report.format_text()
+    # The stimuli do not change, so neither do their content warnings: carried over.
+    earlier = json.loads(row["audit_report"] or "{}").get("content_warnings", [])
+    report_dict, text = _with_content_warnings(report.to_dict(), report.format_text(), earlier)
 
     def store(db):
         db.execute("UPDATE studies SET audit_report = ?, audit_text = ? WHERE id = ?",
@@ -463,7 +491,7 @@ def audit_study(db_path: str | pathlib.Path, study: str, *, recompute: bool = Fa
 
 def _stored_audit_items(db_path: pathlib.Path, study_id: int) -> list[audit_mod.AuditItem]:
     """Audit items of a study's stored stimuli and their recorded original metadata."""
-    with contextlib.closing(open_db(db_path, create=False)) as db:
+    with reading(db_path) as db:
         cases = list(db.query(
             "SELECT c.source, s.* FROM cases c JOIN stimuli s ON s.id = c.stimulus_id "
             "WHERE c.study_id = ? ORDER BY c.id", [study_id]))
