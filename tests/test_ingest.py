@@ -403,3 +403,34 @@ def test_create_joins_a_database_that_appeared_while_it_worked(tmp_path, data, m
     assert _study_count(db_path) == {"studies": 2, "stimuli": 24, "cases": 24}
     assert len(files_under(stimuli_dir(db_path))) == 24
     assert not list(tmp_path.glob(".s.db.new-*"))
+
+
+def test_images_that_show_nothing_are_named_in_the_create_output_and_audit(tmp_path, data):
+    """A constant image and a 1x1 image are ingested (they may be meant) but named by
+    manifest row in the summary and the stored audit (kept by --recompute); an all-NaN
+    NIfTI is an error naming its row."""
+    root, rows = data
+    Image.fromarray(np.full((48, 48), 120, np.uint8)).save(root / "real" / "flat.png")
+    Image.fromarray(np.array([[7]], np.uint8)).save(root / "synthetic" / "dot.png")
+    rows[2]["path"], rows[7]["path"] = "real/flat.png", "synthetic/dot.png"
+    assert rows[2]["source"] == "real" and rows[7]["source"] == "synthetic"
+    db_path = tmp_path / "s.db"
+    summary = create_study(db_path, "s", manifest=write_manifest(root / "m.csv", rows), size=32)
+    got = [(w["row"], w["path"], w["problem"]) for w in summary.content_warnings]
+    assert got == [("m.csv row 3 (line 4)", "real/flat.png", "constant (every pixel shows the same value)"),
+                   ("m.csv row 8 (line 9)", "synthetic/dot.png", "1x1 pixel")]
+    assert "Content warnings: 2 image(s)" in summary.audit_text
+    assert "m.csv row 8 (line 9): synthetic/dot.png: 1x1 pixel" in summary.audit_text
+    for recompute in (False, True):
+        report, text = audit_study(db_path, "s", recompute=recompute)
+        assert report["content_warnings"] == summary.content_warnings
+        assert "m.csv row 3 (line 4): real/flat.png: constant" in text
+
+    import nibabel as nib
+
+    nib.save(nib.Nifti1Image(np.full((8, 8, 3), np.nan, np.float32), np.eye(4)),
+             root / "real" / "nan.nii.gz")
+    rows[4]["path"] = "real/nan.nii.gz"
+    with pytest.raises(IngestError, match=r"row 5 .*nan\.nii\.gz: image has no content"):
+        create_study(tmp_path / "t.db", "t", manifest=write_manifest(root / "m.csv", rows), size=32)
+    _assert_nothing_created(tmp_path, tmp_path / "t.db")
