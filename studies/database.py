@@ -332,6 +332,10 @@ class _WriteQueue:
         self.pending: list[_Job] = []
         self.db: Database | None = None  # kept writer connection (used under `slot`)
         self.file_id: tuple[int, int] | None = None  # (st_dev, st_ino) it opened
+        self.pid = os.getpid()
+
+
+_in_write = threading.local()  # set while this thread runs write functions
 
 
 _queues: dict[str, _WriteQueue] = {}
@@ -342,7 +346,15 @@ _queues_mutex = threading.Lock()
 def _queue_for(db_path: str | pathlib.Path) -> tuple[str, _WriteQueue]:
     key = os.path.realpath(db_path)
     with _queues_mutex:
-        return key, _queues.setdefault(key, _WriteQueue())
+        queue = _queues.get(key)
+        if queue is None or queue.pid != os.getpid():
+            # New, or inherited through fork(): a connection must never cross a fork (and
+            # the locks may have been copied held), so a child starts its own. The parent's
+            # connection is abandoned, not closed, in the child.
+            queue = _queues[key] = _WriteQueue()
+            if key in _kept:
+                _kept.remove(key)
+        return key, queue
 
 
 def _drop_writer(queue: _WriteQueue) -> None:
@@ -401,6 +413,8 @@ def write(db_path: str | pathlib.Path, fn: Callable[[Database], T]) -> T:
     itself, must not call `write` (it runs while the writer slot is held), and may run
     in another thread; it must be safe to re-run (a batch whose transaction is destroyed
     by an error re-runs the functions that had succeeded)."""
+    if getattr(_in_write, "active", False):
+        raise RuntimeError("write() called from inside a write function: do both in one")
     key, queue = _queue_for(db_path)
     job = _Job(fn)
     with queue.mutex:
@@ -445,6 +459,7 @@ def _run_batch(db: Database, batch: list[_Job]) -> None:
         for job in todo:
             job.result, job.exc = None, None
             db.conn.execute("SAVEPOINT write_job")
+            _in_write.active = True
             try:
                 job.result = job.fn(db)
             except BaseException as exc:
@@ -456,6 +471,8 @@ def _run_batch(db: Database, batch: list[_Job]) -> None:
                     todo = ran + todo[len(ran) + 1:]
                     break
                 db.conn.execute("ROLLBACK TO SAVEPOINT write_job")
+            finally:
+                _in_write.active = False
             db.conn.execute("RELEASE SAVEPOINT write_job")
             ran.append(job)
         else:

@@ -255,3 +255,18 @@ def test_kept_writer_connection_follows_a_replaced_database_file(tmp_path):
         assert [r["name"] for r in db.query("SELECT name FROM studies")] == ["second"]
     finally:
         db.close()
+
+
+def test_write_inside_a_write_function_is_refused_not_a_deadlock(tmp_path):
+    """The writer slot is held while write functions run; a nested write would wait for
+    itself forever, so it is refused, and the outer write rolls back."""
+    path = tmp_path / "s.db"
+    open_db(path).close()
+
+    def outer(db):
+        _insert_study("outer")(db)
+        return write(path, _insert_study("inner"))
+
+    with pytest.raises(RuntimeError, match="inside a write function"):
+        write(path, outer)
+    assert write(path, _insert_study("after")) == 1  # the slot was released
