@@ -52,6 +52,7 @@ WRITE_DEADLINE_S = 30.0  # longest wait for the write lock before giving up ("lo
 RETRY_SLEEP_S = (0.00025, 0.004)  # jittered sleep between lock attempts: first, cap
 MAX_BATCH = 64  # most queued writes committed together in one transaction
 MAX_KEPT_WRITERS = 8  # databases whose writer connection this process keeps open
+CHECKPOINT_EVERY = 200  # batches between the kept writer's WAL checkpoints (see write)
 
 T = TypeVar("T")
 
@@ -333,6 +334,8 @@ class _WriteQueue:
         self.db: Database | None = None  # kept writer connection (used under `slot`)
         self.file_id: tuple[int, int] | None = None  # (st_dev, st_ino) it opened
         self.pid = os.getpid()
+        self.batches = 0  # committed since the last checkpoint
+        self.checkpointing = threading.Lock()
 
 
 _in_write = threading.local()  # set while this thread runs write functions
@@ -387,6 +390,7 @@ def _writer_db(key: str, queue: _WriteQueue, db_path) -> Database:
         _drop_writer(queue)  # deleted or replaced since: never write to the old inode
     if queue.db is None:
         queue.db = open_db(db_path, create=False, _shared=True)
+        queue.db.execute("PRAGMA wal_autocheckpoint=0")  # done by _checkpoint instead
         st = os.stat(db_path)
         queue.file_id = (st.st_dev, st.st_ino)
     with _queues_mutex:
@@ -429,9 +433,31 @@ def write(db_path: str | pathlib.Path, fn: Callable[[Database], T]) -> T:
                 batch = []
         if batch:
             _commit_batch(key, queue, db_path, batch)
+            queue.batches += 1
+    if queue.batches >= CHECKPOINT_EVERY and queue.checkpointing.acquire(blocking=False):
+        queue.batches = 0
+        threading.Thread(target=_checkpoint, args=(db_path, queue), daemon=True).start()
     if job.exc is not None:
         raise job.exc
     return job.result
+
+
+def _checkpoint(db_path, queue: _WriteQueue) -> None:
+    """Copy the WAL back into the database file (PASSIVE: never waits for or blocks
+    readers or writers) on a connection of its own, off the writers' path: the kept writer
+    connection has automatic checkpoints turned off, because one running inside COMMIT
+    (fsyncing the database file) held up every writer queued behind it."""
+    try:
+        uri = "file:" + urllib.parse.quote(os.path.realpath(db_path)) + "?mode=rw"
+        conn = sqlite3.connect(uri, uri=True, isolation_level=None)  # never creates a file
+        try:
+            conn.execute("PRAGMA wal_checkpoint(PASSIVE)")
+        finally:
+            conn.close()
+    except Exception:
+        pass  # best effort: the next one, or closing the last connection, checkpoints
+    finally:
+        queue.checkpointing.release()
 
 
 def _commit_batch(key: str, queue: _WriteQueue, db_path: str | pathlib.Path,

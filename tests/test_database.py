@@ -270,3 +270,28 @@ def test_write_inside_a_write_function_is_refused_not_a_deadlock(tmp_path):
     with pytest.raises(RuntimeError, match="inside a write function"):
         write(path, outer)
     assert write(path, _insert_study("after")) == 1  # the slot was released
+
+
+def test_kept_writer_checkpoints_off_the_commit_path(tmp_path, monkeypatch):
+    """The kept writer connection does not checkpoint inside COMMIT; every
+    CHECKPOINT_EVERY batches a background PASSIVE checkpoint copies the WAL into the file
+    (seen by reading the file alone, `immutable=1`, which ignores the WAL)."""
+    path = tmp_path / "s.db"
+    open_db(path).close()
+    monkeypatch.setattr(database, "CHECKPOINT_EVERY", 4)
+
+    def in_file_alone():
+        conn = sqlite3.connect(f"file:{path}?immutable=1", uri=True)
+        try:
+            return conn.execute("SELECT count(*) FROM studies").fetchone()[0]
+        finally:
+            conn.close()
+
+    for i in range(3):
+        write(path, _insert_study(f"s{i}"))
+    assert in_file_alone() == 0  # all three still only in the WAL
+    write(path, _insert_study("s3"))  # the 4th batch starts a checkpoint
+    _, queue = database._queue_for(path)
+    with queue.checkpointing:  # wait for it to finish
+        pass
+    assert in_file_alone() == 4
