@@ -602,7 +602,7 @@ def write_if_writable(db_path: str | pathlib.Path, fn: Callable[[Database], T]) 
         write(db_path, fn)
     except sqlite3.OperationalError as exc:
         msg = str(exc).lower()
-        if "readonly" in msg or "read-only" in msg or "unable to open" in msg:
+        if _cannot_open_for_writing(exc) or "readonly" in msg or "unable to open" in msg:
             return False
         raise
     return True
