@@ -534,9 +534,16 @@ def open_readonly(path: str | pathlib.Path) -> Database:
         conn.close()
         if version == 0:
             raise NotAStudyDatabase(f"{path} is an SQLite database but not a study database")
-        raise NotAStudyDatabase(f"{path} has schema version {version}, older than this "
-                                f"version of the software ({SCHEMA_VERSION}); open it once "
-                                "with write access (any write command) to upgrade it")
+        try:  # an older schema: upgrade it first, as any other command would
+            open_db(path, create=False).close()
+        except sqlite3.OperationalError as exc:
+            if not (_cannot_open_for_writing(exc) or "readonly" in str(exc).lower()):
+                raise
+            raise NotAStudyDatabase(
+                f"{path} has schema version {version}, older than this version of the "
+                f"software ({SCHEMA_VERSION}), and cannot be upgraded here because it is "
+                "read-only; open it once with write access to upgrade it") from None
+        return open_readonly(path)
     return db
 
 

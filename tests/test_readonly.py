@@ -126,3 +126,16 @@ def test_changes_in_the_write_ahead_log_are_read_or_refused_never_ignored(answer
                                       str(copy / "study.db")])
     assert result.exit_code == 1 and result.output.startswith("Error:") \
         and "write-ahead log" in result.output and "Traceback" not in result.output
+
+
+def test_reading_an_older_schema_upgrades_it_when_writable(answered, monkeypatch):
+    """Reads never migrate on their own connection, but a database from an older version
+    is upgraded first (as before) rather than refused, when it can be written."""
+    applied = []
+    new_version = database.SCHEMA_VERSION + 1
+    monkeypatch.setattr(database, "MIGRATIONS", database.MIGRATIONS + [
+        (new_version, lambda db: applied.append(1))])
+    monkeypatch.setattr(database, "SCHEMA_VERSION", new_version)
+    with reading(answered) as db:
+        assert db.execute("SELECT max(version) FROM schema_version").fetchone()[0] == new_version
+    assert applied == [1]
