@@ -9,7 +9,7 @@
    client and from 8 and 32 concurrent client threads (p50/p95/p99 of `submit`, which
    is the write: the tail shows how concurrent writers wait for SQLite's write lock).
 
-Run: .venv/bin/python benchmarks/bench_study.py [--quick] [--latency-only]
+Run: .venv/bin/python benchmarks/bench_study.py [--quick] [--latency-only] [--think-ms 100]
 """
 from __future__ import annotations
 
@@ -18,6 +18,7 @@ import json
 import os
 import pathlib
 import platform
+import random
 import shutil
 import statistics
 import sys
@@ -157,13 +158,18 @@ def cycle(db_path, reader_id) -> tuple[float, float]:
     return t1 - t0, t2 - t1
 
 
-def latency(db_path, reader_ids, cycles: int, threads: int) -> dict:
+def latency(db_path, reader_ids, cycles: int, threads: int, think_ms: float = 0.0) -> dict:
+    """Closed loop: each client thread runs `cycles` next_case + submit cycles, pausing a
+    random (exponential) think time of mean `think_ms` between them (0: none)."""
     results: list[tuple[float, float]] = []
     lock = threading.Lock()
 
     def worker(k):
         local = []
+        rng = random.Random(k)
         for i in range(cycles):
+            if think_ms:
+                time.sleep(rng.expovariate(1000.0 / think_ms))
             local.append(cycle(db_path, reader_ids[(k + i * threads) % len(reader_ids)]))
         with lock:
             results.extend(local)
@@ -179,7 +185,7 @@ def latency(db_path, reader_ids, cycles: int, threads: int) -> dict:
     sb = [1000 * b for _, b in results]
     both = [1000 * (a + b) for a, b in results]
     return {
-        "threads": threads, "cycles": len(results),
+        "threads": threads, "think_ms": think_ms, "cycles": len(results),
         "next_case_ms_median": round(statistics.median(nc), 2), "next_case_ms_p95": round(pct(nc, 95), 2),
         "submit_ms_median": round(statistics.median(sb), 2), "submit_ms_p95": round(pct(sb, 95), 2),
         "submit_ms_p99": round(pct(sb, 99), 2), "submit_ms_max": round(max(sb), 2),
@@ -194,6 +200,9 @@ def main() -> None:
     ap.add_argument("--size", type=int, default=512)
     ap.add_argument("--latency-only", action="store_true",
                     help="skip the ingest part; only the next_case/submit latency")
+    ap.add_argument("--think-ms", type=float, default=0.0,
+                    help="also measure 32 clients pausing this mean think time between "
+                         "answers (an offered load below capacity, as real readers)")
     args = ap.parse_args()
     n_img = 20 if args.quick else 200
     n_cases, n_readers = (200, 10) if args.quick else (2000, 100)
@@ -212,6 +221,9 @@ def main() -> None:
         out["latency_1_client"] = latency(db_path, reader_ids, 300 if not args.quick else 50, 1)
         out["latency_8_clients"] = latency(db_path, reader_ids, 60 if not args.quick else 10, 8)
         out["latency_32_clients"] = latency(db_path, reader_ids, 30 if not args.quick else 10, 32)
+        if args.think_ms:
+            out[f"latency_32_clients_think_{args.think_ms:g}ms"] = latency(
+                db_path, reader_ids, 30 if not args.quick else 10, 32, args.think_ms)
     print(json.dumps(out, indent=2))
 
 
