@@ -6,9 +6,10 @@
 2. Latency of `next_case` + `submit` on a 100-reader x 2,000-case study, built directly in
    the database (2,000 small stimulus PNGs, cases, 100 readers invited through
    `readers.invite`, half of every reader's session pre-answered), measured from one
-   client and from 8 concurrent client threads.
+   client and from 8 and 32 concurrent client threads (p50/p95/p99 of `submit`, which
+   is the write: the tail shows how concurrent writers wait for SQLite's write lock).
 
-Run: .venv/bin/python benchmarks/bench_study.py [--quick]
+Run: .venv/bin/python benchmarks/bench_study.py [--quick] [--latency-only] [--think-ms 100]
 """
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ import json
 import os
 import pathlib
 import platform
+import random
 import shutil
 import statistics
 import sys
@@ -156,13 +158,18 @@ def cycle(db_path, reader_id) -> tuple[float, float]:
     return t1 - t0, t2 - t1
 
 
-def latency(db_path, reader_ids, cycles: int, threads: int) -> dict:
+def latency(db_path, reader_ids, cycles: int, threads: int, think_ms: float = 0.0) -> dict:
+    """Closed loop: each client thread runs `cycles` next_case + submit cycles, pausing a
+    random (exponential) think time of mean `think_ms` between them (0: none)."""
     results: list[tuple[float, float]] = []
     lock = threading.Lock()
 
     def worker(k):
         local = []
+        rng = random.Random(k)
         for i in range(cycles):
+            if think_ms:
+                time.sleep(rng.expovariate(1000.0 / think_ms))
             local.append(cycle(db_path, reader_ids[(k + i * threads) % len(reader_ids)]))
         with lock:
             results.extend(local)
@@ -178,9 +185,10 @@ def latency(db_path, reader_ids, cycles: int, threads: int) -> dict:
     sb = [1000 * b for _, b in results]
     both = [1000 * (a + b) for a, b in results]
     return {
-        "threads": threads, "cycles": len(results),
+        "threads": threads, "think_ms": think_ms, "cycles": len(results),
         "next_case_ms_median": round(statistics.median(nc), 2), "next_case_ms_p95": round(pct(nc, 95), 2),
         "submit_ms_median": round(statistics.median(sb), 2), "submit_ms_p95": round(pct(sb, 95), 2),
+        "submit_ms_p99": round(pct(sb, 99), 2), "submit_ms_max": round(max(sb), 2),
         "cycle_ms_median": round(statistics.median(both), 2), "cycle_ms_p95": round(pct(both, 95), 2),
         "cycles_per_s": round(len(results) / wall, 1),
     }
@@ -190,22 +198,32 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="small sizes (smoke run)")
     ap.add_argument("--size", type=int, default=512)
+    ap.add_argument("--latency-only", action="store_true",
+                    help="skip the ingest part; only the next_case/submit latency")
+    ap.add_argument("--think-ms", type=float, default=0.0,
+                    help="also measure 32 clients pausing this mean think time between "
+                         "answers (an offered load below capacity, as real readers)")
     args = ap.parse_args()
     n_img = 20 if args.quick else 200
     n_cases, n_readers = (200, 10) if args.quick else (2000, 100)
     out = {"machine": f"{platform.machine()}, {os.cpu_count()} CPU, Python {platform.python_version()}"}
     with tempfile.TemporaryDirectory() as d:
         tmp = pathlib.Path(d)
-        ingest_png(tmp / "warmup", 4, args.size)  # imports and first-call costs, not measured
-        out["ingest_png_512px_grey"] = ingest_png(tmp, n_img, args.size)
-        out["ingest_dicom_CT_small_128px"] = ingest_dicom(tmp, n_img, args.size, "CT_small.dcm")
-        out["ingest_dicom_693_J2KI_512px_jpeg2000"] = ingest_dicom(tmp, n_img, args.size, "693_J2KI.dcm")
-        print(json.dumps(out, indent=2), flush=True)
+        if not args.latency_only:
+            ingest_png(tmp / "warmup", 4, args.size)  # imports and first-call costs, not measured
+            out["ingest_png_512px_grey"] = ingest_png(tmp, n_img, args.size)
+            out["ingest_dicom_CT_small_128px"] = ingest_dicom(tmp, n_img, args.size, "CT_small.dcm")
+            out["ingest_dicom_693_J2KI_512px_jpeg2000"] = ingest_dicom(tmp, n_img, args.size, "693_J2KI.dcm")
+            print(json.dumps(out, indent=2), flush=True)
         db_path, reader_ids, setup = build_large_study(tmp, n_cases, n_readers)
         out["large_study_setup"] = setup
         latency(db_path, reader_ids, 5, 1)  # warm-up
         out["latency_1_client"] = latency(db_path, reader_ids, 300 if not args.quick else 50, 1)
         out["latency_8_clients"] = latency(db_path, reader_ids, 60 if not args.quick else 10, 8)
+        out["latency_32_clients"] = latency(db_path, reader_ids, 30 if not args.quick else 10, 32)
+        if args.think_ms:
+            out[f"latency_32_clients_think_{args.think_ms:g}ms"] = latency(
+                db_path, reader_ids, 30 if not args.quick else 10, 32, args.think_ms)
     print(json.dumps(out, indent=2))
 
 

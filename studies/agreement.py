@@ -14,6 +14,11 @@
   (1996) Psychol Methods 1:30 — statsmodels has no ICC, so it is written here.
 
 Undefined values are None with a sibling `<key>_reason`.
+
+Cohen's κ variances are differences of nearly equal sums, so an exact zero comes out as
+±1e-17; both paths treat |variance| below `VAR_RTOL` × 1/((1−pe)²n) (the formula's own
+scale) as zero. When one reader of a pair gave the same answer to every case, κ is 0 by
+construction and has no sampling variance: its SE, CI, z and p are null with `ONE_ANSWER`.
 """
 from __future__ import annotations
 
@@ -23,6 +28,10 @@ from scipy import stats
 from statsmodels.stats.inter_rater import cohens_kappa, fleiss_kappa as _sm_fleiss_kappa
 
 ICC_FORMS = ("ICC1", "ICC2", "ICC3", "ICC1k", "ICC2k", "ICC3k")
+VAR_RTOL = 1e-9
+"""Cohen's κ (null) variance below this, relative to 1/((1−pe)²n), is zero (rounding)."""
+ONE_ANSWER = ("one reader gave the same answer to every case: kappa is 0 by construction "
+              "and has no sampling variance")
 
 
 def _null(out: dict, keys, reason: str) -> dict:
@@ -94,7 +103,11 @@ def cohen_kappa(table, *, weights: str | None = None, alpha: float = 0.05) -> di
     if not np.isfinite(res.kappa):
         return _null(out, keys, "expected disagreement is zero")
     out["kappa"] = float(res.kappa)
-    _fill_se(out, res.var_kappa, res.var_kappa0, alpha)
+    if min((table.sum(0) > 0).sum(), (table.sum(1) > 0).sum()) == 1:
+        return _null(out, ("ase", "ci", "ase0", "z", "p"), ONE_ANSWER)
+    scale = VAR_RTOL / ((1 - pe) ** 2 * n)
+    var, var0 = (0.0 if abs(v) <= scale else v for v in (res.var_kappa, res.var_kappa0))
+    _fill_se(out, var, var0, alpha)
     return out
 
 
@@ -154,7 +167,12 @@ def kappa_from_tables(tables, *, weights: str | None = None) -> dict[str, np.nda
         fac = 1 / ((1 - pe) ** 2 * n)
         var = (term - (kappa - pe * (1 - kappa)) ** 2) * fac
         var0 = ((e * (w - wsum) ** 2).sum(axis=(1, 2)) - pe ** 2) * fac
-    return {"n": n, "kappa": kappa, "var": var, "var0": var0, "pe": pe}
+        # Rounding noise around an exact zero is zero (see the module docstring).
+        var = np.where(np.abs(var) <= VAR_RTOL * fac, 0.0, var)
+        var0 = np.where(np.abs(var0) <= VAR_RTOL * fac, 0.0, var0)
+    one_answer = ((pr > 0).sum(axis=1) == 1) | ((pc > 0).sum(axis=1) == 1)
+    return {"n": n, "kappa": kappa, "var": var, "var0": var0, "pe": pe,
+            "one_answer": one_answer}
 
 
 def pair_tables(codes: np.ndarray, n_categories: int) -> np.ndarray:
@@ -181,23 +199,27 @@ def kappa_entries(tables, labels, *, weights: str | None = None, alpha: float = 
     n = res["n"].astype(int)
     kappa, var, var0 = res["kappa"], res["var"], res["var0"]
     undefined = (n == 0) | np.isclose(res["pe"], 1.0) | ~np.isfinite(kappa)
-    has_var = np.isfinite(var) & (var >= 0) & ~undefined
-    has_var0 = np.isfinite(var0) & (var0 > 0) & ~undefined
+    one_answer = res["one_answer"] & ~undefined
+    has_var = np.isfinite(var) & (var >= 0) & ~undefined & ~one_answer
+    has_var0 = np.isfinite(var0) & (var0 > 0) & ~undefined & ~one_answer
     with np.errstate(invalid="ignore", divide="ignore"):
         ase = np.sqrt(np.where(has_var, var, np.nan))
         ase0 = np.sqrt(np.where(has_var0, var0, np.nan))
         z = kappa / ase0
     p = 2 * stats.norm.sf(np.abs(z))
     cols = [c.tolist() for c in (n, kappa, ase, kappa - zc * ase, kappa + zc * ase, ase0, z, p,
-                                  undefined, has_var, has_var0)]
+                                  undefined, has_var, has_var0, one_answer)]
     out = []
-    for label, (ni, k, a, lo, hi, a0, zi, pi, und, hv, hv0) in zip(labels, zip(*cols)):
+    for label, (ni, k, a, lo, hi, a0, zi, pi, und, hv, hv0, one) in zip(labels, zip(*cols)):
         entry = dict(label)
         entry["n"] = ni
         if und:
             reason = ("no cases rated by both" if ni == 0
                       else "chance agreement is 1: both used a single, identical category")
             _null(entry, ("kappa", "ase", "ci", "ase0", "z", "p"), reason)
+        elif one:
+            entry["kappa"] = k
+            _null(entry, ("ase", "ci", "ase0", "z", "p"), ONE_ANSWER)
         else:
             entry["kappa"] = k
             if hv:

@@ -128,6 +128,7 @@ def prepare(long_df: pd.DataFrame, *, study: str | None = None) -> Prepared:
         long_df["group"].fillna("").astype(str).str.strip().ne("").any())
     cols = [c for c in (*COLUMNS, "group") if c in long_df.columns]
     df = long_df.loc[:, cols].copy()
+    df["_row"] = np.arange(1, len(df) + 1)  # for messages: the data row of the input
     for c in (*COLUMNS, "group"):
         if c not in df.columns:
             df[c] = pd.NA
@@ -142,6 +143,7 @@ def prepare(long_df: pd.DataFrame, *, study: str | None = None) -> Prepared:
     df["reader"] = _categorical(df["reader"], str)
     df["case"] = _categorical(df["case"], str)
     df["task"] = _categorical(df["task"], _lower)
+    _check_scales(df)
     df["response"] = _categorical(df["response"], _lower)
     df["training"] = _as_bool(df["training"])
     df["repeat"] = _as_bool(df["repeat"])
@@ -180,7 +182,7 @@ def prepare(long_df: pd.DataFrame, *, study: str | None = None) -> Prepared:
             at = pd.to_datetime(at, utc=True, errors="coerce", format="ISO8601")
         df = df.assign(_at=at).sort_values("_at", kind="stable", na_position="first")
         df = df.drop_duplicates(key, keep="last").drop(columns="_at")
-    df = df.drop(columns=["prompt", "duration_ms", "answered_at"])
+    df = df.drop(columns=["prompt", "duration_ms", "answered_at", "_row"])
     n_superseded = before - len(df)
     repeats = df[df["repeat"]]
     main = df[~df["repeat"]]
@@ -202,6 +204,25 @@ def prepare(long_df: pd.DataFrame, *, study: str | None = None) -> Prepared:
         summary["study_reason"] = ("no study column" if not has_study_column else
                                    "no analysed row names a study (and no study was given)")
     return Prepared(main=main, repeats=repeats, levels=levels, has_group=has_group, summary=summary)
+
+
+def _check_scales(df: pd.DataFrame) -> None:
+    """Refuse a rating off its task's scale (turing 1–6, Likert 1–5; whole numbers), naming
+    the first such row: the studio never records one, so it is an edited or foreign file,
+    and dropping it silently in some statistics but not others would be worse."""
+    from studies.design import TASKS
+
+    for task in TASK_NAMES:
+        values = TASKS[task].values
+        rating = df.loc[(df["task"] == task).fillna(False).astype(bool), "rating"]
+        bad = rating.notna() & ~rating.isin(values)
+        if bad.any():
+            first = df.loc[bad[bad].index, "_row"].min()
+            value = df.loc[df["_row"] == first, "rating"].iloc[0]
+            raise ValueError(
+                f"row {first} (line {first + 1} of a CSV with a header): {task} rating "
+                f"{value:g} is not on the {task} scale {min(values)}-{max(values)} (whole "
+                "numbers); correct or remove the row")
 
 
 # --- matrices -------------------------------------------------------------------------

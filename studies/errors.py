@@ -22,6 +22,11 @@ class DatabaseNotFound(StudyError):
     """The study database file does not exist (only `create_study` creates one)."""
 
 
+class NotAStudyDatabase(StudyError):
+    """The file at the database path is not a study database (empty, not SQLite, or
+    another program's SQLite file); it is never overwritten."""
+
+
 class StudyNotFound(StudyError):
     """No study with that name."""
 

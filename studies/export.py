@@ -37,7 +37,7 @@ import tempfile
 
 import pandas as pd
 
-from studies.database import log_action, reading, study_row, write
+from studies.database import log_action, reading, study_row, write_if_writable
 from studies.design import ATTENTION
 from studies.errors import StudyError
 
@@ -185,5 +185,5 @@ def write_export(db_path: str | pathlib.Path, study: str, fmt: str, out: str | p
         log_action(db, actor, "export", study_row(db, study)["id"], format=fmt, rows=len(df),
                    out=str(out))
 
-    write(db_path, log)
+    write_if_writable(db_path, log)  # a read-only database is exported, just not logged
     return len(df)

@@ -39,7 +39,8 @@ from PIL import Image, ImageOps
 
 __all__ = [
     "DEFAULT_PRESET", "DecodedImage", "ImageError", "MAX_PIXELS", "PERCENTILES",
-    "REDUCING_GAP", "TOTAL_PIXEL_FACTOR", "WINDOW_PRESETS", "load_image", "reduce_factor",
+    "REDUCING_GAP", "TINY_SIDE", "TOTAL_PIXEL_FACTOR", "WINDOW_PRESETS", "degenerate_content",
+    "load_image", "reduce_factor",
 ]
 
 MAX_PIXELS = 64_000_000
@@ -91,6 +92,7 @@ class DecodedImage:
     modality: str | None = None  # the DICOM Modality tag, else the caller's
     scaling: str = ""           # how intensities were mapped, for the record
     reduced_by: int = 1         # integer box-reduction applied (see target_size)
+    degenerate: str = ""        # why the image shows (almost) nothing, e.g. "constant"; "" if fine
 
 
 def load_image(
@@ -158,10 +160,42 @@ def load_image(
         raise ImageError(path, f"cannot decode {what}: corrupt, truncated or unsupported "
                                f"({type(exc).__name__}: {_short(exc)})") from None
     img.original_bytes = nbytes
+    img.degenerate = degenerate_content(img)
     if target_size and img.reduced_by == 1:
         img.pixels, img.reduced_by = _reduce(img.pixels, target_size)
     img.pixels = np.ascontiguousarray(img.pixels, dtype=np.float32)
     return img
+
+
+TINY_SIDE = 16
+"""An original whose shorter side is below this many pixels is flagged as tiny."""
+
+
+def degenerate_content(img: DecodedImage) -> str:
+    """Why a decoded image shows (almost) nothing to a reader — "1x1 pixel", "tiny (WxH
+    pixels)", "constant (every pixel the same grey/colour)", "only two values (a mask?)" —
+    or "" if it looks like an image. A warning, not an error: such a file may be meant."""
+    w, h = img.original_width, img.original_height
+    if w * h == 1:
+        return "1x1 pixel"
+    px = img.pixels
+    lo, hi = float(px.min()), float(px.max())
+    if hi - lo < 1 / 255:  # the same 8-bit value everywhere once it is a stimulus
+        return "constant (every pixel shows the same value)"
+    if min(w, h) < TINY_SIDE:
+        return f"tiny ({w}x{h} pixels)"
+    if px.ndim == 2 and img.reduced_by == 1 and not np.any((px != lo) & (px != hi)):
+        return "only two values (a segmentation mask or a line drawing?)"
+    return ""
+
+
+def _require_values(p, values: np.ndarray) -> None:
+    """An image none of whose pixels is a number (e.g. an all-NaN NIfTI slice) is empty."""
+    if values.size == 0:
+        raise ImageError(p, "image has no pixels")
+    if np.issubdtype(values.dtype, np.floating) and not np.isfinite(values).any():
+        raise ImageError(p, "image has no content: no pixel holds a finite value (all NaN "
+                            "or infinite)")
 
 
 def reduce_factor(width: int, height: int, size: int) -> int:
@@ -270,7 +304,7 @@ def _load_pil(p, frame, window, max_pixels, target_size) -> DecodedImage:
             mode, bits = im.mode, _pil_bit_depth(p, im)
             im.load()
             im = ImageOps.exif_transpose(im)  # show camera photos upright, as viewers do
-            px, scaling, reduced = _pil_to_float(im, window, target_size)
+            px, scaling, reduced = _pil_to_float(im, window, target_size, p)
     return DecodedImage(px, fmt, w, h, mode, bits, 0, None, scaling, reduced)
 
 
@@ -288,10 +322,11 @@ def _pil_bit_depth(p, im) -> int:
     return _MODE_BITS.get(im.mode, 16 if im.mode.startswith("I;16") else 8)
 
 
-def _pil_to_float(im: Image.Image, window, target_size):
+def _pil_to_float(im: Image.Image, window, target_size, p="image"):
     mode = im.mode
     if mode in ("I", "F") or mode.startswith("I;16"):
         values = np.asarray(im)
+        _require_values(p, values)
         values, reduced = _reduce(values.astype(np.float32), target_size)
         mapped = _explicit_or_preset(values, window, None)
         if mapped is None:
@@ -362,6 +397,7 @@ def _load_tifffile(p, frame, window, max_pixels, target_size) -> DecodedImage:
             scaling = f"percentiles {PERCENTILES[0]}-{PERCENTILES[1]}"
     else:
         values = (arr if arr.ndim == 2 else arr[..., 0]).astype(np.float32)
+        _require_values(p, values)
         mapped = _explicit_or_preset(values, window, None)
         px, scaling = mapped if mapped is not None else (
             _robust_scale(values), f"percentiles {PERCENTILES[0]}-{PERCENTILES[1]}")
@@ -388,8 +424,8 @@ def _load_dicom(p, frame, window, modality, max_pixels) -> DecodedImage:
     import pydicom
     from pydicom.errors import InvalidDicomError
 
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # pydicom warns about benign deviations
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")  # pydicom warns about benign deviations: kept quiet
         try:
             ds = pydicom.dcmread(p, stop_before_pixels=True)
             force = False
@@ -399,6 +435,12 @@ def _load_dicom(p, frame, window, modality, max_pixels) -> DecodedImage:
             except Exception as exc:
                 raise ImageError(p, f"not a readable DICOM file ({_short(exc)})") from None
             force = True
+    # A transfer syntax that lies about the VR encoding (explicit VR labelled implicit, or
+    # the reverse): pydicom notices while parsing and reads the dataset the way it really
+    # is, but decoding from the path trusts the label and mis-parses the Pixel Data
+    # element. Such files take the whole-dataset route, which honours what was parsed.
+    lying_syntax = any("but found" in str(w.message) and " VR" in str(w.message)
+                       for w in caught)
     if "Rows" not in ds or "Columns" not in ds or "BitsAllocated" not in ds:
         raise ImageError(p, "DICOM file has no image (no Rows/Columns/Bits Allocated; "
                             f"SOP class {ds.get('SOPClassUID', 'unknown')})")
@@ -420,9 +462,10 @@ def _load_dicom(p, frame, window, modality, max_pixels) -> DecodedImage:
     file_modality = str(ds.get("Modality") or "").strip() or None
     # The caller's modality (often free text from a manifest) first, then the file's tag.
     preset_modality = next((m for m in (modality, file_modality) if _default_preset(m)), None)
-    arr = _dicom_frame(p, ds, frame if n_frames > 1 else None, force)
+    arr = _dicom_frame(p, ds, frame if n_frames > 1 else None, force, whole=lying_syntax)
     if arr.ndim == 3 and arr.shape[-1] == 1:
         arr = arr[..., 0]
+    _require_values(p, arr)
 
     if photometric == "PALETTE COLOR":
         from pydicom.pixels import apply_color_lut
@@ -444,12 +487,14 @@ def _load_dicom(p, frame, window, modality, max_pixels) -> DecodedImage:
                         file_modality or modality, scaling)
 
 
-def _dicom_frame(p, ds, index, force) -> np.ndarray:
+def _dicom_frame(p, ds, index, force, whole=False) -> np.ndarray:
+    """The frame's stored values. `whole` (and `force`, a file without a valid preamble):
+    read the whole dataset first instead of decoding from the path (see `lying_syntax`)."""
     from pydicom.pixels import pixel_array
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        if not force:
+        if not (force or whole):
             try:
                 # From the path pydicom reads only the requested frame.
                 return pixel_array(str(p), index=index)
@@ -587,6 +632,7 @@ def _load_nifti(p, frame, window, modality, axis, slice_index, max_pixels) -> De
         in_plane = in_plane[::-1]
     display = data.T[::-1, :]
     height, width = display.shape
+    _require_values(p, display)
 
     mapped = _explicit_or_preset(display, window, modality)
     px, scaling = mapped if mapped is not None else (

@@ -9,12 +9,16 @@ study, stimuli and cases in one transaction.
 Nothing half-made survives a failure: PNGs are written to a private temporary folder
 inside the stimuli folder (same file system, so moving them in is a rename), moved into
 place only inside the open transaction, and removed again if the commit does not happen.
-A database file that this call created is removed too if it holds no study.
+A new database is built under a private temporary name and hard-linked into place only
+once its study is committed (`os.link` fails if the path exists, so it never replaces a
+database another `create` made meanwhile; ours then joins that one). A failing create
+therefore only ever deletes files it made itself, never a database at the path.
 """
 from __future__ import annotations
 
 import contextlib
 import dataclasses
+import glob
 import hashlib
 import json
 import os
@@ -27,7 +31,7 @@ from collections.abc import Callable, Sequence
 from studies import audit as audit_mod
 from studies import imaging, stimuli
 from studies.database import (
-    log_action, open_db, stimuli_dir, study_row, transaction, utc_now, write,
+    log_action, open_db, reading, stimuli_dir, study_row, transaction, utc_now, write,
 )
 from studies.design import StudyOptions, new_order_secret, seeded_order_secret, select_training
 from studies.errors import IngestError, ManifestError, StudyError, StudyExists
@@ -55,6 +59,7 @@ class StudySummary:
     audit_text: str
     stimuli_dir: pathlib.Path
     seconds: float
+    content_warnings: list[dict] = dataclasses.field(default_factory=list)  # see audit
 
 
 @dataclasses.dataclass
@@ -63,6 +68,7 @@ class _Prepared:
     stimulus_id: str
     sha256: str
     original: dict  # original_format/width/height/mode/bit_depth/bytes
+    degenerate: str = ""  # imaging.degenerate_content: why it shows (almost) nothing
 
 
 def _check_name(name: str) -> str:
@@ -167,27 +173,36 @@ def create_study(
         prepared, items = _prepare(rows, size, stage.incoming, progress)
         report = audit_mod.audit_leaks(items)
         del items
-        report_dict, report_text = report.to_dict(), report.format_text()
+        report_dict, report_text = _with_content_warnings(
+            report.to_dict(), report.format_text(), _content_warnings(prepared))
 
-        with contextlib.closing(open_db(db_path)) as db, transaction(db):
-            if db.execute("SELECT 1 FROM studies WHERE name = ?", [name]).fetchone():
-                raise StudyExists(f"a study named {name!r} already exists in {db_path.name}")
-            study_id = db["studies"].insert({
-                "name": name, "created_at": utc_now(), "size": size,
-                "tasks": json.dumps(list(options.tasks)),
-                # `seed` is NOT NULL in schema 1; options JSON holds null when none was given.
-                "options": json.dumps(options.to_dict()),
-                "seed": options.seed if options.seed is not None else 0,
-                "order_secret": secret,
-                "audit_report": json.dumps(report_dict, default=str),
-                "audit_text": report_text,
-            }).last_pk
-            _insert_cases(db, study_id, prepared, size, training, first_row=1)
-            log_action(db, actor, "create_study", study_id,
-                       source=str(manifest or images_dir), n_cases=len(prepared),
-                       size=size, options=options.to_dict(), leak=report_dict.get("leak"))
-            # Move the stimuli in while the transaction is still open; undone on failure.
-            _move_in(stage, prepared)
+        def store(path: pathlib.Path) -> int:
+            with contextlib.closing(open_db(path)) as db, transaction(db):
+                if db.execute("SELECT 1 FROM studies WHERE name = ?", [name]).fetchone():
+                    raise StudyExists(f"a study named {name!r} already exists in {db_path.name}")
+                study_id = db["studies"].insert({
+                    "name": name, "created_at": utc_now(), "size": size,
+                    "tasks": json.dumps(list(options.tasks)),
+                    # `seed` is NOT NULL in schema 1; options JSON holds null when none was given.
+                    "options": json.dumps(options.to_dict()),
+                    "seed": options.seed if options.seed is not None else 0,
+                    "order_secret": secret,
+                    "audit_report": json.dumps(report_dict, default=str),
+                    "audit_text": report_text,
+                }).last_pk
+                _insert_cases(db, study_id, prepared, size, training, first_row=1)
+                log_action(db, actor, "create_study", study_id,
+                           source=str(manifest or images_dir), n_cases=len(prepared),
+                           size=size, options=options.to_dict(), leak=report_dict.get("leak"))
+                # Move the stimuli in while the transaction is still open; undone on failure.
+                _move_in(stage, prepared)
+            return study_id
+
+        study_id = None
+        if not db_path.exists():
+            study_id = _create_new_db(db_path, store)
+        if study_id is None:  # the database existed, or another create made it meanwhile
+            study_id = store(db_path)
         stage.committed = True
 
     generators = sorted({p.row.generator for p in prepared if p.row.source == "synthetic"})
@@ -198,6 +213,7 @@ def create_study(
         n_training=len(training), tasks=options.tasks, size=size, seed=options.seed,
         generators=generators, audit=report_dict, audit_text=report_text,
         stimuli_dir=stimuli_dir(db_path), seconds=time.perf_counter() - t0,
+        content_warnings=report_dict["content_warnings"],
     )
 
 
@@ -255,7 +271,9 @@ def add_cases(
         items = _stored_audit_items(db_path, srow["id"]) + items
         report = audit_mod.audit_leaks(items)
         del items
-        report_dict, report_text = report.to_dict(), report.format_text()
+        earlier = json.loads(srow["audit_report"] or "{}").get("content_warnings", [])
+        report_dict, report_text = _with_content_warnings(
+            report.to_dict(), report.format_text(), earlier + _content_warnings(prepared))
         with contextlib.closing(open_db(db_path)) as db, transaction(db):
             _check_draft(db, srow)  # again inside the write lock: no invite slipped in
             _insert_cases(db, srow["id"], prepared, size, set(), first_row=first_row)
@@ -289,15 +307,39 @@ class _Stage:
     committed: bool = False
 
 
+def _create_new_db(db_path: pathlib.Path, store: Callable[[pathlib.Path], int]) -> int | None:
+    """Build a new database with `store` under a private name and link it into place at
+    `db_path`; the study id, or None if a database appeared at `db_path` meanwhile (the
+    caller then stores into that one). Our temporary files are removed in every case."""
+    tmp = db_path.with_name(f".{db_path.name}.new-{secrets.token_hex(8)}")
+    try:
+        study_id = store(tmp)
+        # The connection is closed: SQLite folded the WAL into the file and removed it, so
+        # the one file is the whole database.
+        if pathlib.Path(f"{tmp}-wal").exists():
+            raise StudyError(f"could not finish writing the new database {tmp}")
+        try:
+            os.link(tmp, db_path)  # atomic, and refuses to replace an existing file
+        except FileExistsError:
+            return None
+        except OSError:  # a file system without hard links: best effort, checked first
+            if db_path.exists():
+                return None
+            os.rename(tmp, db_path)
+        return study_id
+    finally:
+        for suffix in ("", "-wal", "-shm", "-journal"):
+            pathlib.Path(f"{tmp}{suffix}").unlink(missing_ok=True)
+
+
 @contextlib.contextmanager
 def _staging(db_path: pathlib.Path):
     """A private folder for new stimulus PNGs; unless `stage.committed` is set, everything
-    it put in place (moved files, a new stimuli folder, a new empty database) is undone."""
-    db_existed = db_path.exists()
+    it put in place (moved files, a new stimuli folder) is undone."""
     sdir = stimuli_dir(db_path)
     sdir_existed = sdir.exists()
     sdir.mkdir(exist_ok=True)
-    _sweep_stale_incoming(sdir)
+    _sweep_stale_incoming(sdir, db_path)
     stage = _Stage(sdir, sdir / f".incoming-{secrets.token_hex(8)}", [])
     stage.incoming.mkdir()
     try:
@@ -310,8 +352,6 @@ def _staging(db_path: pathlib.Path):
             if not sdir_existed:
                 with contextlib.suppress(OSError):
                     sdir.rmdir()  # only if empty
-            if not db_existed:
-                _remove_empty_db(db_path)
 
 
 def _prepare(rows: list[ManifestRow], size: int, incoming: pathlib.Path,
@@ -325,14 +365,34 @@ def _prepare(rows: list[ManifestRow], size: int, incoming: pathlib.Path,
         sid = stimuli.new_stimulus_id()
         (incoming / f"{sid}.png").write_bytes(png)
         original = {k: getattr(decoded, k) for k in _ORIGINAL_FIELDS}
+        degenerate = decoded.degenerate
         del decoded  # keep only metadata, not the float image
-        prepared.append(_Prepared(row, sid, hashlib.sha256(png).hexdigest(), original))
+        prepared.append(_Prepared(row, sid, hashlib.sha256(png).hexdigest(), original,
+                                  degenerate))
         items.append(audit_mod.AuditItem(
             source=row.source, png=png,
             **{k: v for k, v in original.items() if k != "original_bytes"}))
         if progress:
             progress(i + 1, len(rows))
     return prepared, items
+
+
+def _content_warnings(prepared: list[_Prepared]) -> list[dict]:
+    return [{"row": p.row.where, "case_id": p.row.case_id, "path": p.row.rel_path,
+             "problem": p.degenerate} for p in prepared if p.degenerate]
+
+
+def _with_content_warnings(report: dict, text: str, warnings: list[dict]) -> tuple[dict, str]:
+    """The audit report (dict, text) with the images that show (almost) nothing named by
+    manifest row: not a blinding leak, but a reader cannot judge them (kept apart from the
+    leak audit's own fields)."""
+    report = dict(report, content_warnings=warnings)
+    if warnings:
+        lines = [f"Content warnings: {len(warnings)} image(s) show little or nothing "
+                 "(check them; readers will see them as they are)"]
+        lines += [f"  {w['row']}: {w['path']}: {w['problem']}" for w in warnings]
+        text = text.rstrip("\n") + "\n" + "\n".join(lines)
+    return report, text
 
 
 def _insert_cases(db, study_id: int, prepared: list[_Prepared], size: int,
@@ -354,13 +414,17 @@ def _insert_cases(db, study_id: int, prepared: list[_Prepared], size: int,
 
 
 def _move_in(stage: _Stage, prepared: list[_Prepared]) -> None:
+    done = set(stage.moved)  # a second attempt (see _create_new_db) skips what is in place
     for p in prepared:
         final = stage.sdir / f"{p.stimulus_id}.png"
+        if final in done:
+            continue
         os.replace(stage.incoming / f"{p.stimulus_id}.png", final)
         stage.moved.append(final)
 
 
-def _sweep_stale_incoming(sdir: pathlib.Path, max_age_s: float = 24 * 3600) -> None:
+def _sweep_stale_incoming(sdir: pathlib.Path, db_path: pathlib.Path,
+                          max_age_s: float = 24 * 3600) -> None:
     """Remove temporary folders left by a create that was killed (older than a day, so a
     concurrent create's folder is never touched)."""
     now = time.time()
@@ -368,20 +432,11 @@ def _sweep_stale_incoming(sdir: pathlib.Path, max_age_s: float = 24 * 3600) -> N
         with contextlib.suppress(OSError):
             if now - path.stat().st_mtime > max_age_s:
                 shutil.rmtree(path, ignore_errors=True)
-
-
-def _remove_empty_db(db_path: pathlib.Path) -> None:
-    """Delete a database file this call created, if it holds no study."""
-    if not db_path.exists():
-        return
-    try:
-        with contextlib.closing(open_db(db_path)) as db:
-            if db.execute("SELECT count(*) FROM studies").fetchone()[0]:
-                return
-    except Exception:
-        return
-    for suffix in ("", "-wal", "-shm"):
-        pathlib.Path(f"{db_path}{suffix}").unlink(missing_ok=True)
+    # ... and new databases a killed create was still building (see _create_new_db).
+    for path in db_path.parent.glob(f".{glob.escape(db_path.name)}.new-*"):
+        with contextlib.suppress(OSError):
+            if now - path.stat().st_mtime > max_age_s:
+                path.unlink()
 
 
 def list_studies(db_path: str | pathlib.Path) -> list[dict]:
@@ -418,13 +473,15 @@ def audit_study(db_path: str | pathlib.Path, study: str, *, recompute: bool = Fa
                 actor: str = "cli") -> tuple[dict, str]:
     """The study's leak-audit report (dict, text). `recompute=True` re-runs the audit on the
     stored stimuli and the recorded original metadata, and stores the new report."""
-    with contextlib.closing(open_db(db_path, create=False)) as db:
+    with reading(db_path) as db:  # read-only: works in a read-only folder
         row = study_row(db, study)
         if not recompute and row["audit_report"]:
             return json.loads(row["audit_report"]), row["audit_text"] or ""
     items = _stored_audit_items(db_path, row["id"])
     report = audit_mod.audit_leaks(items)
-    report_dict, text = report.to_dict(), report.format_text()
+    # The stimuli do not change, so neither do their content warnings: carried over.
+    earlier = json.loads(row["audit_report"] or "{}").get("content_warnings", [])
+    report_dict, text = _with_content_warnings(report.to_dict(), report.format_text(), earlier)
 
     def store(db):
         db.execute("UPDATE studies SET audit_report = ?, audit_text = ? WHERE id = ?",
@@ -437,7 +494,7 @@ def audit_study(db_path: str | pathlib.Path, study: str, *, recompute: bool = Fa
 
 def _stored_audit_items(db_path: pathlib.Path, study_id: int) -> list[audit_mod.AuditItem]:
     """Audit items of a study's stored stimuli and their recorded original metadata."""
-    with contextlib.closing(open_db(db_path, create=False)) as db:
+    with reading(db_path) as db:
         cases = list(db.query(
             "SELECT c.source, s.* FROM cases c JOIN stimuli s ON s.id = c.stimulus_id "
             "WHERE c.study_id = ? ORDER BY c.id", [study_id]))

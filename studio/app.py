@@ -255,6 +255,10 @@ def prepare(db_path, *, model=None, seed_demo=True, host="127.0.0.1", port=7860,
             base_url=None, reset_admin_password=False, echo=print, env=None) -> StartInfo:
     """Everything `medisyn studio` does before serving: database folder, admin credentials,
     the demo study on first start (seeded with `studio.demo.seed_demo`), a demo reader link."""
+    import sqlite3
+
+    from studies.database import check_database_file
+    from studies.errors import StudyError
     from studies.ingest import list_studies
 
     db_path = pathlib.Path(db_path).expanduser().resolve()
@@ -262,6 +266,16 @@ def prepare(db_path, *, model=None, seed_demo=True, host="127.0.0.1", port=7860,
         db_path.parent.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise StartError(f"cannot create the database folder {db_path.parent}: {exc}") from None
+    try:
+        # Before anything is written next to it (admin credentials, demo study): a file that
+        # is not a study database (empty, not SQLite, another program's) is refused.
+        check_database_file(db_path)
+        studies_now = list_studies(db_path) if db_path.exists() else []
+    except (StudyError, sqlite3.DatabaseError, OSError) as exc:
+        if isinstance(exc, StudyError):
+            raise StartError(str(exc)) from None
+        raise StartError(f"cannot open the study database {db_path}: "
+                         f"{type(exc).__name__}: {exc}") from None
     model = model or default_model()
     if base_url is None:
         shown = "127.0.0.1" if host in ("0.0.0.0", "::", "") else host
@@ -271,7 +285,6 @@ def prepare(db_path, *, model=None, seed_demo=True, host="127.0.0.1", port=7860,
     creds, password = auth_mod.load_or_create(db_path, env=env, reset=reset_admin_password)
     info = StartInfo(db_path, model, base_url, auth_mod.AdminAuth(creds), password, creds.source)
 
-    studies_now = list_studies(db_path) if db_path.exists() else []
     has_demo = any(st["name"] == _demo_study_name() for st in studies_now)
     if seed_demo and (not studies_now or has_demo):
         try:

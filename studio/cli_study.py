@@ -74,6 +74,9 @@ def create_cmd(db_path, name, manifest, images_dir, size, tasks, training, repea
     click.echo(summary.audit_text)
     if summary.audit.get("leak"):
         click.echo("WARNING: the leak audit flags this study; see above.", err=True)
+    if summary.content_warnings:
+        click.echo(f"WARNING: {len(summary.content_warnings)} image(s) show little or nothing "
+                   "(see 'Content warnings' above).", err=True)
 
 
 @study.command("add")

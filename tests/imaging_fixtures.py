@@ -172,3 +172,25 @@ def native_vs_tiny_items(root: pathlib.Path, size: int = 256) -> list[AuditItem]
         decoded = load_image(root / row["path"])
         items.append(AuditItem.from_decoded(row["source"], decoded, render_stimulus(decoded, size)))
     return items
+
+
+def dicom_with_lying_transfer_syntax(src: str, dst: pathlib.Path, *, body_implicit: bool) -> pathlib.Path:
+    """Copy a DICOM file with its dataset encoded one way (implicit or explicit VR, little
+    endian) while the file meta's Transfer Syntax UID claims the other: a real-world fault
+    (pydicom's writer refuses to make it, so the parts are written separately)."""
+    import pydicom
+    from pydicom import uid
+    from pydicom.filebase import DicomBytesIO
+    from pydicom.filewriter import write_dataset, write_file_meta_info
+
+    ds = pydicom.dcmread(src)
+    body = DicomBytesIO()
+    body.is_little_endian, body.is_implicit_VR = True, body_implicit
+    write_dataset(body, ds)
+    meta = pydicom.dataset.FileMetaDataset(ds.file_meta)
+    meta.TransferSyntaxUID = uid.ExplicitVRLittleEndian if body_implicit else uid.ImplicitVRLittleEndian
+    head = DicomBytesIO()
+    head.is_little_endian, head.is_implicit_VR = True, False
+    write_file_meta_info(head, meta, enforce_standard=True)
+    dst.write_bytes(b"\0" * 128 + b"DICM" + head.getvalue() + body.getvalue())
+    return dst

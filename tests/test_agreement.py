@@ -157,3 +157,44 @@ def test_fleiss_degenerate():
     assert "one reader" in agreement.fleiss_kappa(np.array([[1, 0], [0, 1]]))["kappa_reason"]
     assert "same category" in agreement.fleiss_kappa(np.array([[3, 0], [3, 0]]))["kappa_reason"]
     assert agreement.fleiss_kappa(np.zeros((0, 2)))["kappa"] is None
+
+
+ONE_ANSWER_TABLES = [
+    [[3, 7], [0, 0]],          # the first reader said "0" to everything (rounding: +3e-18)
+    [[7, 3], [0, 0]],          # (rounding: -6e-17)
+    [[0, 4], [0, 9]],          # the second reader said "1" to everything
+    [[1, 2, 3], [0, 0, 0], [0, 0, 0]],
+    [[13, 17], [0, 0]],        # exact zero in floating point
+]
+
+
+@pytest.mark.parametrize("weights", [None, "linear", "quadratic"])
+@pytest.mark.parametrize("table", ONE_ANSWER_TABLES, ids=lambda t: str(t))
+def test_one_answer_reader_gets_null_se_consistently_in_both_paths(table, weights):
+    """κ is exactly 0 when one reader gives one answer to everything, and its variances
+    are exactly 0; floating-point noise used to make SE/z/p a number, 0 or null depending
+    on its sign, differently in the scalar and vectorised paths."""
+    from analysis_fixtures import null_without_reason
+    from studies.agreement import ONE_ANSWER, cohen_kappa, kappa_entries
+
+    table = np.asarray(table, float)
+    scalar = cohen_kappa(table, weights=weights)
+    vector = kappa_entries(table[None], [{}], weights=weights)[0]
+    for entry in (scalar, vector):
+        assert entry["kappa"] == pytest.approx(0.0, abs=1e-12)
+        for key in ("ase", "ci", "ase0", "z", "p"):
+            assert entry[key] is None and entry[f"{key}_reason"] == ONE_ANSWER
+        assert null_without_reason(entry) == []
+
+
+def test_variance_rounding_noise_is_zero_in_both_paths():
+    """Perfect agreement: the asymptotic variance is exactly 0 in theory; both paths give
+    an SE of exactly 0 (not 1e-9 from rounding), and the null SE stays positive."""
+    from studies.agreement import cohen_kappa, kappa_entries
+
+    table = np.array([[5.0, 0.0, 0.0], [0.0, 6.0, 0.0], [0.0, 0.0, 3.0]])
+    for weights in (None, "linear", "quadratic"):
+        scalar = cohen_kappa(table, weights=weights)
+        vector = kappa_entries(table[None], [{}], weights=weights)[0]
+        assert scalar["ase"] == vector["ase"] == 0.0
+        assert scalar["ase0"] == pytest.approx(vector["ase0"]) and scalar["ase0"] > 0

@@ -101,7 +101,8 @@ def test_analyze_bad_database_input_is_one_line(tmp_path):
     junk = tmp_path / "junk.db"
     junk.write_bytes(b"this is not a database" * 100)
     res = runner.invoke(cli, ["study", "analyze", "--db", str(junk), "--study", "x"])
-    assert res.exit_code == 1 and res.output.startswith("Error: database error")
+    assert res.exit_code == 1 and res.output.startswith("Error:") \
+        and "not a study database (not an SQLite file)" in res.output
     res = runner.invoke(cli, ["study", "analyze", "--responses", str(_csv(tmp_path)),
                               "--html", str(tmp_path / "no" / "such" / "dir" / "r.html")])
     assert res.exit_code == 1 and res.output.startswith("Error:") and "r.html" in res.output
@@ -118,3 +119,23 @@ def test_analyze_bad_database_input_is_one_line(tmp_path):
 def test_power_refuses_out_of_range_inputs(args, bad):
     res = CliRunner().invoke(cli, ["study", "power", *args])
     assert res.exit_code == 2 and bad in res.output and "power =" not in res.output
+
+
+@pytest.mark.parametrize("task, bad", [("turing", 7), ("turing", 0), ("turing", 2.5),
+                                       ("alignment", 9), ("alignment", 0)])
+def test_off_scale_rating_in_responses_csv_is_refused_with_its_row(tmp_path, task, bad):
+    """An off-scale rating used to enter some statistics and be dropped by others; it is
+    refused on input, naming the data row (and the CSV line), in one `Error:` line."""
+    df = simulate_long(4, 30, tasks=("turing", "alignment"), seed=4)
+    rows = df.index[(df["task"] == task) & ~df["training"].astype(bool)]
+    target = rows[len(rows) // 2]
+    df["rating"] = df["rating"].astype(float)
+    df.loc[target, "rating"] = bad
+    path = tmp_path / "long.csv"
+    df.to_csv(path, index=False)
+    res = CliRunner().invoke(cli, ["study", "analyze", "--responses", str(path), "--json"])
+    assert res.exit_code == 1 and "Traceback" not in res.output
+    lines = [ln for ln in res.output.splitlines() if ln.startswith("Error:")]
+    row = df.index.get_loc(target) + 1
+    assert len(lines) == 1 and f"row {row} (line {row + 1} " in lines[0]
+    assert f"{task} rating {bad:g} is not on the {task} scale" in lines[0]

@@ -211,3 +211,21 @@ def test_audit_json_flags_native_real_vs_tiny_synthetic(tmp_path):
         assert isinstance(report["auc"], float)
         assert any("sizes are distributed differently" in x for x in report["reasons"])
         assert any("sharpness" in x for x in report["reasons"])
+
+
+def test_create_names_images_that_show_nothing(tmp_path, data):
+    import numpy as np
+    from PIL import Image
+
+    root, rows, _ = data
+    Image.fromarray(np.full((40, 40), 77, np.uint8)).save(root / "real" / "flat.png")
+    rows[0]["path"] = "real/flat.png"
+    manifest = write_manifest(root / "m.csv", rows)
+    r = run("study", "create", "--db", tmp_path / "s.db", "--name", "p", "--manifest", manifest,
+            "--size", 32)
+    assert r.exit_code == 0, r.output
+    assert "Content warnings: 1 image(s)" in r.output
+    assert "m.csv row 1 (line 2): real/flat.png: constant" in r.output
+    assert "WARNING: 1 image(s) show little or nothing" in r.output
+    audit = run("study", "audit", "--db", tmp_path / "s.db", "--study", "p")
+    assert "m.csv row 1 (line 2): real/flat.png: constant" in audit.output

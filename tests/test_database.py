@@ -201,3 +201,140 @@ def test_migration_2_gives_existing_studies_a_fresh_random_order_secret(tmp_path
     assert all(json.loads(r[2])["seed"] is None for r in rows)
     assert "order_secret" not in study and study["name"] == "a"
     assert invite(path, "a", "dr-new")
+
+
+def _insert_study(name):
+    def fn(db):
+        if name == "bad":
+            raise ValueError("refused")
+        return db["studies"].insert({"name": name, "created_at": "t", "size": 8,
+                                     "tasks": "[]", "options": "{}", "seed": 1}).last_pk
+    return fn
+
+
+def test_concurrent_writes_in_one_process_are_committed_together(tmp_path, monkeypatch):
+    """Group commit: writes queued while another is being committed share one transaction
+    (one durable commit), each still gets its own result, and a failing one rolls back only
+    itself. Made deterministic by holding the process's writer slot while they queue."""
+    path = tmp_path / "s.db"
+    open_db(path).close()
+    key, queue = database._queue_for(path)
+    begins = []
+    real_begin = database._begin_immediate
+    monkeypatch.setattr(database, "_begin_immediate",
+                        lambda conn, deadline: (begins.append(1), real_begin(conn, deadline)))
+    names = [f"r{i}" for i in range(8)] + ["bad"]
+    results, errors = {}, {}
+
+    def call(name):
+        try:
+            results[name] = write(path, _insert_study(name))
+        except ValueError as exc:
+            errors[name] = str(exc)
+
+    with queue.slot:
+        threads = [threading.Thread(target=call, args=(n,)) for n in names]
+        for t in threads:
+            t.start()
+        while len(queue.pending) < len(names):  # all queued behind the held slot
+            threading.Event().wait(0.01)
+    for t in threads:
+        t.join(30)
+    assert len(begins) == 1  # one transaction for all nine
+    assert errors == {"bad": "refused"}
+    db = open_db(path)
+    try:
+        stored = {r["name"]: r["id"] for r in db.query("SELECT id, name FROM studies")}
+    finally:
+        db.close()
+    assert stored == results and set(stored) == set(names) - {"bad"}
+
+
+def test_write_gives_up_after_the_deadline_without_the_default_busy_handler(tmp_path, monkeypatch):
+    """Another connection (as another process would) keeps the write lock: the writer
+    retries with short sleeps (busy timeout 0 while it waits) and reports 'locked' at the
+    deadline; nothing is stored."""
+    path = tmp_path / "s.db"
+    open_db(path).close()
+    monkeypatch.setattr(database, "WRITE_DEADLINE_S", 0.3)
+    holder = sqlite3.connect(str(path), isolation_level=None, check_same_thread=False)
+    holder.execute("BEGIN IMMEDIATE")
+    seen_timeouts = []
+
+    def spy(db):
+        seen_timeouts.append(db.execute("PRAGMA busy_timeout").fetchone()[0])
+        return 1
+
+    try:
+        with pytest.raises(sqlite3.OperationalError, match="locked"):
+            write(path, _insert_study("never"))
+    finally:
+        holder.execute("ROLLBACK")
+        holder.close()
+    assert write(path, spy) == 1
+    assert seen_timeouts == [database.BUSY_TIMEOUT_MS]  # restored for reads after BEGIN
+    db = open_db(path)
+    try:
+        assert db.execute("SELECT count(*) FROM studies").fetchone()[0] == 0
+    finally:
+        db.close()
+
+
+def test_kept_writer_connection_follows_a_replaced_database_file(tmp_path):
+    """The writer connection kept between batches must never write into a file that is no
+    longer at the path (deleted, or replaced by a rename)."""
+    path = tmp_path / "s.db"
+    open_db(path).close()
+    write(path, _insert_study("first"))
+    other = tmp_path / "other.db"
+    open_db(other).close()
+    for suffix in ("-wal", "-shm"):
+        (tmp_path / f"s.db{suffix}").unlink(missing_ok=True)
+    import os
+    os.replace(other, path)
+    write(path, _insert_study("second"))
+    db = open_db(path)
+    try:
+        assert [r["name"] for r in db.query("SELECT name FROM studies")] == ["second"]
+    finally:
+        db.close()
+
+
+def test_write_inside_a_write_function_is_refused_not_a_deadlock(tmp_path):
+    """The writer slot is held while write functions run; a nested write would wait for
+    itself forever, so it is refused, and the outer write rolls back."""
+    path = tmp_path / "s.db"
+    open_db(path).close()
+
+    def outer(db):
+        _insert_study("outer")(db)
+        return write(path, _insert_study("inner"))
+
+    with pytest.raises(RuntimeError, match="inside a write function"):
+        write(path, outer)
+    assert write(path, _insert_study("after")) == 1  # the slot was released
+
+
+def test_kept_writer_checkpoints_off_the_commit_path(tmp_path, monkeypatch):
+    """The kept writer connection does not checkpoint inside COMMIT; every
+    CHECKPOINT_EVERY batches a background PASSIVE checkpoint copies the WAL into the file
+    (seen by reading the file alone, `immutable=1`, which ignores the WAL)."""
+    path = tmp_path / "s.db"
+    open_db(path).close()
+    monkeypatch.setattr(database, "CHECKPOINT_EVERY", 4)
+
+    def in_file_alone():
+        conn = sqlite3.connect(f"file:{path}?immutable=1", uri=True)
+        try:
+            return conn.execute("SELECT count(*) FROM studies").fetchone()[0]
+        finally:
+            conn.close()
+
+    for i in range(3):
+        write(path, _insert_study(f"s{i}"))
+    assert in_file_alone() == 0  # all three still only in the WAL
+    write(path, _insert_study("s3"))  # the 4th batch starts a checkpoint
+    _, queue = database._queue_for(path)
+    with queue.checkpointing:  # wait for it to finish
+        pass
+    assert in_file_alone() == 4

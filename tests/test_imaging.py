@@ -10,6 +10,7 @@ from PIL import Image
 from pydicom.pixels import pixel_array
 
 from imaging_fixtures import (
+    dicom_with_lying_transfer_syntax,
     dicom_sample, monochrome1_ct, nifti_bomb, nifti_sample, png_bomb, rewrite_dicom,
     skimage_sample,
 )
@@ -332,3 +333,62 @@ def test_modality_text_picks_the_preset(tmp_path):
     for text in ("CT abdomen", "computed tomography", "ct"):
         np.testing.assert_array_equal(load_image(untagged, modality=text).pixels, soft)
     assert load_image(untagged, modality="MR").scaling.startswith("percentiles")
+
+
+@pytest.mark.parametrize("body_implicit", [False, True], ids=["explicit-labelled-implicit",
+                                                              "implicit-labelled-explicit"])
+@pytest.mark.parametrize("name", ["CT_small.dcm", "MR_small.dcm"])
+def test_dicom_whose_transfer_syntax_lies_decodes_like_the_original(tmp_path, name, body_implicit):
+    """The file meta names the wrong VR encoding; decoding from the path trusted the label
+    and shifted the pixels. The pixels must equal the original's (and pydicom's own
+    dataset decode of the lying file)."""
+    src = dicom_sample(name)
+    liar = dicom_with_lying_transfer_syntax(src, tmp_path / "liar.dcm", body_implicit=body_implicit)
+    with pytest.warns(UserWarning, match="but found"):  # the lie is real: pydicom notices
+        assert np.array_equal(pydicom.dcmread(liar).pixel_array, pydicom.dcmread(src).pixel_array)
+    for window in (None, "auto"):
+        got, want = load_image(liar, window=window), load_image(src, window=window)
+        assert np.array_equal(got.pixels, want.pixels)
+        assert got.scaling == want.scaling
+
+
+def test_all_nan_nifti_is_an_error_naming_the_file(tmp_path):
+    import nibabel as nib
+
+    data = np.full((8, 9, 5), np.nan, np.float32)
+    path = tmp_path / "empty.nii.gz"
+    nib.save(nib.Nifti1Image(data, np.eye(4)), path)
+    with pytest.raises(ImageError, match=r"empty\.nii\.gz: image has no content.*NaN"):
+        load_image(path)
+    data[:, :, 0] = np.arange(72, dtype=np.float32).reshape(8, 9)  # another slice has content
+    nib.save(nib.Nifti1Image(data, np.eye(4)), path)
+    with pytest.raises(ImageError, match="no content"):
+        load_image(path)  # the middle slice (2) is still all NaN
+    assert load_image(path, slice_index=0).degenerate == "tiny (8x9 pixels)"  # but decodes
+
+
+def _png(path, array, mode=None):
+    Image.fromarray(array, mode).save(path) if mode else Image.fromarray(array).save(path)
+    return path
+
+
+def test_images_that_show_nothing_are_flagged_not_refused(tmp_path):
+    """1x1, tiny, constant (also a constant DICOM frame) and two-valued (mask-like) images
+    decode, with `degenerate` saying what is wrong; an ordinary image has it empty."""
+    rng = np.random.default_rng(0)
+    one = load_image(_png(tmp_path / "one.png", np.array([[200]], np.uint8)))
+    assert one.degenerate == "1x1 pixel"
+    tiny = load_image(_png(tmp_path / "tiny.png", rng.integers(0, 255, (8, 40), np.uint8)))
+    assert tiny.degenerate == "tiny (40x8 pixels)"
+    flat = load_image(_png(tmp_path / "flat.png", np.full((64, 64, 3), 90, np.uint8)))
+    assert flat.degenerate.startswith("constant")
+    mask = np.zeros((64, 64), np.uint8)
+    mask[20:40, 10:30] = 255
+    assert load_image(_png(tmp_path / "mask.png", mask)).degenerate.startswith("only two values")
+    ct = pydicom.dcmread(dicom_sample("CT_small.dcm"))
+    ct.PixelData = np.full((ct.Rows, ct.Columns), 7, np.int16).tobytes()
+    ct.save_as(tmp_path / "flat.dcm")
+    assert load_image(tmp_path / "flat.dcm").degenerate.startswith("constant")
+    assert load_image(dicom_sample("CT_small.dcm")).degenerate == ""
+    noisy = rng.integers(0, 255, (64, 64), np.uint8)
+    assert load_image(_png(tmp_path / "ok.png", noisy)).degenerate == ""

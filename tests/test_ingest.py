@@ -1,8 +1,10 @@
 """studies.ingest: blinded stimuli, stored audit, and all-or-nothing creation on bad input."""
 import json
 import os
+import pathlib
 import shutil
 import struct
+import threading
 import zlib
 
 import numpy as np
@@ -139,6 +141,7 @@ def test_planted_brightness_leak_is_flagged(tmp_path):
 # --------------------------------------------------------------------------- bad input
 def _assert_nothing_created(tmp_path, db_path):
     assert not db_path.exists(), "a failed create left a database file behind"
+    assert not list(db_path.parent.glob(f".{db_path.name}.new-*")), "temporary database left"
     assert files_under(stimuli_dir(db_path)) == []
     assert not stimuli_dir(db_path).exists()
 
@@ -309,3 +312,125 @@ def test_stale_incoming_folder_of_a_killed_create_is_swept(tmp_path, data):
     os.utime(stale, (0, 0))
     create_study(db_path, "s", manifest=write_manifest(root / "m.csv", rows), size=32)
     assert not stale.exists() and fresh.exists()  # a concurrent create's folder is left alone
+
+
+def test_failing_create_never_deletes_the_database_a_concurrent_create_commits(tmp_path, data,
+                                                                             monkeypatch):
+    """Two creates on a new path. A starts first (no database yet); while A decodes its
+    images, B runs up to its write transaction and pauses there; A then fails (a corrupt
+    image) and cleans up; B is let go at the last moment before A's clean-up would delete
+    any file named like the database (or after A's failure if it deletes none), and
+    commits. B's study must survive: A removes only what A made."""
+    root, rows = data
+    db_path = tmp_path / "s.db"
+    good = write_manifest(root / "b.csv", rows)
+    (root / "real" / "bad.png").write_bytes(b"\x89PNG\r\n\x1a\nnot an image")
+    bad = write_manifest(root / "a.csv", rows + [dict(rows[0], path="real/bad.png")])
+    b_in_tx, go = threading.Event(), threading.Event()
+    real_insert = ingest._insert_cases
+
+    def paused_insert(*args, **kwargs):
+        if threading.current_thread().name == "create-b":
+            b_in_tx.set()
+            assert go.wait(60)
+        return real_insert(*args, **kwargs)
+
+    monkeypatch.setattr(ingest, "_insert_cases", paused_insert)
+    b_errors = []
+
+    def run_b():
+        try:
+            create_study(db_path, "b", manifest=good, size=32, options=StudyOptions(seed=1))
+        except BaseException as exc:  # reported by the assertion below
+            b_errors.append(exc)
+
+    b = threading.Thread(target=run_b, name="create-b")
+    real_decode = ingest._decode
+
+    def decode_a(row, size):
+        if threading.current_thread() is threading.main_thread() and row.rel_path.endswith("bad.png"):
+            b.start()
+            assert b_in_tx.wait(60)
+        return real_decode(row, size)
+
+    monkeypatch.setattr(ingest, "_decode", decode_a)
+
+    def let_b_commit():
+        if not go.is_set():
+            go.set()
+            b.join(60)
+
+    real_unlink = pathlib.Path.unlink
+
+    def watched_unlink(self, *args, **kwargs):
+        if threading.current_thread() is threading.main_thread() \
+                and self.name.startswith(db_path.name):
+            let_b_commit()  # the race: B commits between A's checks and A's deletion
+        return real_unlink(self, *args, **kwargs)
+
+    monkeypatch.setattr(pathlib.Path, "unlink", watched_unlink)
+    with pytest.raises(IngestError, match="bad.png"):
+        create_study(db_path, "a", manifest=bad, size=32, options=StudyOptions(seed=1))
+    let_b_commit()
+    assert not b.is_alive() and b_errors == []
+    db = open_db(db_path, create=False)
+    try:
+        assert [r["name"] for r in db.query("SELECT name FROM studies")] == ["b"]
+    finally:
+        db.close()
+    assert len(files_under(stimuli_dir(db_path))) == len(rows)
+    assert not list(tmp_path.glob(".s.db.new-*"))
+
+
+def test_create_joins_a_database_that_appeared_while_it_worked(tmp_path, data, monkeypatch):
+    """A new database path is taken by another create while this one decodes its images:
+    ours is not linked over it but stored into it, and both studies are kept."""
+    root, rows = data
+    db_path = tmp_path / "s.db"
+    manifest = write_manifest(root / "m.csv", rows)
+    real_prepare = ingest._prepare
+    done = []
+
+    def prepare_then_race(*args, **kwargs):
+        out = real_prepare(*args, **kwargs)
+        if not done:
+            done.append(1)
+            create_study(db_path, "other", manifest=manifest, size=32)
+        return out
+
+    monkeypatch.setattr(ingest, "_prepare", prepare_then_race)
+    create_study(db_path, "mine", manifest=manifest, size=32)
+    assert _study_count(db_path) == {"studies": 2, "stimuli": 24, "cases": 24}
+    assert len(files_under(stimuli_dir(db_path))) == 24
+    assert not list(tmp_path.glob(".s.db.new-*"))
+
+
+def test_images_that_show_nothing_are_named_in_the_create_output_and_audit(tmp_path, data):
+    """A constant image and a 1x1 image are ingested (they may be meant) but named by
+    manifest row in the summary and the stored audit (kept by --recompute); an all-NaN
+    NIfTI is an error naming its row."""
+    root, rows = data
+    Image.fromarray(np.full((48, 48), 120, np.uint8)).save(root / "real" / "flat.png")
+    Image.fromarray(np.array([[7]], np.uint8)).save(root / "synthetic" / "dot.png")
+    rows[2]["path"], rows[7]["path"] = "real/flat.png", "synthetic/dot.png"
+    assert rows[2]["source"] == "real" and rows[7]["source"] == "synthetic"
+    db_path = tmp_path / "s.db"
+    summary = create_study(db_path, "s", manifest=write_manifest(root / "m.csv", rows), size=32)
+    got = [(w["row"], w["path"], w["problem"]) for w in summary.content_warnings]
+    assert got == [("m.csv row 3 (line 4)", "real/flat.png", "constant (every pixel shows the same value)"),
+                   ("m.csv row 8 (line 9)", "synthetic/dot.png", "1x1 pixel")]
+    assert "Content warnings: 2 image(s)" in summary.audit_text
+    assert "m.csv row 8 (line 9): synthetic/dot.png: 1x1 pixel" in summary.audit_text
+    for recompute in (False, True):
+        report, text = audit_study(db_path, "s", recompute=recompute)
+        assert report["content_warnings"] == summary.content_warnings
+        assert "m.csv row 3 (line 4): real/flat.png: constant" in text
+
+    import nibabel as nib
+
+    nib.save(nib.Nifti1Image(np.full((8, 8, 3), np.nan, np.float32), np.eye(4)),
+             root / "real" / "nan.nii.gz")
+    rows[4]["path"] = "real/nan.nii.gz"
+    with pytest.raises(IngestError, match=r"row 5 .*nan\.nii\.gz: image has no content"):
+        create_study(tmp_path / "t.db", "t", manifest=write_manifest(root / "m.csv", rows), size=32)
+    _assert_nothing_created(tmp_path, tmp_path / "t.db")
