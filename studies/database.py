@@ -27,7 +27,7 @@ from sqlite_utils import Database
 
 from studies.errors import DatabaseNotFound, StudyNotFound
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 3
 BUSY_TIMEOUT_MS = 5_000
 WRITE_ATTEMPTS = 12  # with backoff capped at 2 s plus the busy timeout: ~80 s worst case
 
@@ -132,9 +132,17 @@ def _migration_1(db: Database) -> None:
     )
 
 
+def _migration_3(db: Database) -> None:
+    # 1 where the browser's time on case was implausibly short (< 50 ms) and the server's
+    # figure was stored instead (studio.reader_view.answer_duration_ms). Existing rows were
+    # never replaced: 0. ADD COLUMN is not an UPDATE, so the append-only triggers allow it.
+    db.execute("ALTER TABLE responses ADD COLUMN duration_flagged INTEGER NOT NULL DEFAULT 0")
+
+
 # Ordered list of (version, migration). Append new ones; never edit an applied one.
 MIGRATIONS: list[tuple[int, Callable[[Database], None]]] = [
     (1, _migration_1),
+    (3, _migration_3),
 ]
 assert MIGRATIONS[-1][0] == SCHEMA_VERSION
 
