@@ -344,7 +344,8 @@ READER_CSS = """
 #answer .wrap { flex-direction: column; align-items: stretch; }
 #answer label { font-size: 1.05rem; width: 100%; }
 #submit, #continue, #start { font-size: 1.1rem; min-height: 3rem; }
-#prompt { border-left: 4px solid #2563eb; padding-left: 0.75rem; white-space: pre-wrap; }
+#prompt { border-left: 4px solid #2563eb; padding-left: 0.75rem; }
+#prompt .prompt-text { white-space: pre-wrap; }
 .keys-hint { color: #6b7280; font-size: 0.9rem; }
 footer { display: none !important; }
 """

@@ -31,6 +31,9 @@ from collections.abc import Callable
 
 from studio.auth import CLIENT_ADDRESS
 
+# Gradio's pages need inline scripts and styles, and 'unsafe-eval' for the `js=` snippets
+# of events (compiled with `new Function` in the browser; without it the pages do not load).
+# What matters here is where things may come from: only this server.
 CSP_POLICY = ("default-src 'self'; script-src 'self' 'unsafe-inline' 'unsafe-eval'; "
               "style-src 'self' 'unsafe-inline'; img-src 'self' data: blob:; "
               "font-src 'self' data:; media-src 'self' data: blob:; connect-src 'self'; "
