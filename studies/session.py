@@ -36,6 +36,9 @@ class CaseView:
     prompt: str | None       # only when one of the tasks shows it (see question "shows_prompt")
     training: bool           # training slots get feedback in the Ack
     study: str
+    # Server side only (never sent to a browser): the stored file's opaque id, the same for
+    # every reader and read of the case, so the page can check the file is there.
+    stored_id: str = dataclasses.field(default="", repr=False)
 
     @property
     def pending(self) -> list[dict]:
@@ -80,14 +83,15 @@ def next_case(db_path: str | pathlib.Path, reader_id: int) -> CaseView | None:
     """The reader's first slot with an unanswered task, or None when they are done."""
     with reading(db_path) as db:
         row = db.execute(
-            "SELECT a.id, a.position, a.tasks, a.kind, a.expected, a.view_id, c.prompt, s.name "
+            "SELECT a.id, a.position, a.tasks, a.kind, a.expected, a.view_id, c.prompt, s.name, "
+            "c.stimulus_id "
             "FROM assignments a JOIN cases c ON c.id = a.case_id "
             "JOIN studies s ON s.id = c.study_id "
             "WHERE a.reader_id = ? AND a.completed_at IS NULL ORDER BY a.position LIMIT 1",
             [reader_id]).fetchone()
         if row is None:
             return None
-        aid, position, tasks_json, kind, expected, view_id, prompt, study = row
+        aid, position, tasks_json, kind, expected, view_id, prompt, study, stored = row
         total = db.execute("SELECT count(*) FROM assignments WHERE reader_id = ?",
                            [reader_id]).fetchone()[0]
         answered = {r[0] for r in db.execute(
@@ -101,7 +105,7 @@ def next_case(db_path: str | pathlib.Path, reader_id: int) -> CaseView | None:
     return CaseView(
         assignment_id=aid, position=position, total=total, stimulus_id=view_id,
         tasks=questions, prompt=prompt if shows_prompt else None,
-        training=kind == "training", study=study,
+        training=kind == "training", study=study, stored_id=stored,
     )
 
 
@@ -264,10 +268,10 @@ def stimulus_png(db_path: str | pathlib.Path, reader_id: int, stimulus_id: str, 
     return data
 
 
-def check_stimulus(db_path: str | pathlib.Path, reader_id: int, view_id: str) -> None:
+def check_stimulus(db_path: str | pathlib.Path, view: CaseView) -> None:
     """Cheap availability check of a read's stored PNG (opens it and reads its signature)
-    before the page points the browser at it; raises like `stimulus_png`."""
-    sid = _stimulus_of_read(db_path, reader_id, view_id, False)
+    before the page points the browser at it; StimulusUnavailable if it is not there."""
+    sid = view.stored_id
     try:
         with open(stimuli_dir(db_path) / f"{sid}.png", "rb") as fh:
             head = fh.read(len(_PNG_SIGNATURE))

@@ -185,7 +185,7 @@ def _case_screen(db_path, reader, view: session.CaseView, *, with_image: bool,
     image_url = None
     if with_image:
         try:
-            session.check_stimulus(db_path, reader.reader_id, view.stimulus_id)
+            session.check_stimulus(db_path, view)
         except session.StimulusUnavailable as exc:
             report_fault(db_path, reader, exc)
             return _unavailable(view, UNAVAILABLE_IMAGE)
@@ -305,8 +305,8 @@ def submit_answer(db_path, token: str | None, state: OnScreen | None, answer,
         screen.state = state
         return screen
     feedback = state.feedback + ([ack.feedback] if ack.feedback else [])
+    nxt = session.next_case(db_path, reader.reader_id)
     if not ack.assignment_complete:
-        nxt = session.next_case(db_path, reader.reader_id)
         if nxt is not None and nxt.assignment_id == state.assignment_id:
             screen = _case_screen(db_path, reader, nxt, with_image=False)
             screen.state.feedback = feedback
@@ -314,7 +314,9 @@ def submit_answer(db_path, token: str | None, state: OnScreen | None, answer,
     if feedback and ack.assignment_complete:
         return Screen("feedback", position=view.position, total=view.total,
                       feedback=_feedback_text(feedback), training=True)
-    return start(db_path, token)
+    if nxt is None:
+        return _finished(_total(db_path, reader))
+    return _case_screen(db_path, reader, nxt, with_image=True, token=_token(token))
 
 
 def _feedback_text(feedback: list[dict]) -> str:
