@@ -230,9 +230,9 @@ class StimulusUnavailable(StudyError):
     """The stored stimulus file of a read is missing or unreadable (a storage fault, not the
     reader's doing): `stimulus_id` names it for the study team."""
 
-    def __init__(self, stimulus_id: str, reason: str):
+    def __init__(self, stimulus_id: str, reason: str, reader_id: int | None = None):
         super().__init__(f"stimulus {stimulus_id} is unavailable: {reason}")
-        self.stimulus_id, self.reason = stimulus_id, reason
+        self.stimulus_id, self.reason, self.reader_id = stimulus_id, reason, reader_id
 
 
 _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -266,6 +266,35 @@ def stimulus_png(db_path: str | pathlib.Path, reader_id: int, stimulus_id: str, 
     if not data.startswith(_PNG_SIGNATURE):
         raise StimulusUnavailable(sid, "not a PNG")
     return data
+
+
+def current_stimulus_png(db_path: str | pathlib.Path, token: str | None,
+                         view_id: str) -> tuple[int, bytes]:
+    """(reader id, PNG bytes) of the read `view_id` if it is an unanswered read of the reader
+    holding `token` — one query on one connection, for the image route. NotAuthorised for
+    anything else (no token, another reader's read, an answered read, an unknown id: the
+    same answer); StimulusUnavailable when the stored file is missing or unreadable."""
+    from studies.readers import token_hash
+
+    if (not isinstance(token, str) or not token or len(token) > 256
+            or not isinstance(view_id, str) or not view_id or len(view_id) > _MAX_ID):
+        raise NotAuthorised("unknown image")
+    with reading(db_path) as db:
+        row = db.execute(
+            "SELECT r.id, c.stimulus_id FROM readers r "
+            "JOIN assignments a ON a.reader_id = r.id JOIN cases c ON c.id = a.case_id "
+            "WHERE r.token_hash = ? AND a.view_id = ? AND a.completed_at IS NULL",
+            [token_hash(token), view_id]).fetchone()
+    if row is None:
+        raise NotAuthorised("unknown image")
+    reader_id, sid = row
+    try:
+        data = (stimuli_dir(db_path) / f"{sid}.png").read_bytes()
+    except OSError as exc:
+        raise StimulusUnavailable(sid, exc.strerror or type(exc).__name__, reader_id) from None
+    if not data.startswith(_PNG_SIGNATURE):
+        raise StimulusUnavailable(sid, "not a PNG", reader_id)
+    return reader_id, data
 
 
 def check_stimulus(db_path: str | pathlib.Path, view: CaseView) -> None:

@@ -110,32 +110,26 @@ def stimulus_response(db_path: str, view_id: str, token: str | None):
     reader's id, an answered read or no token: 404, the same answer as an unknown id). The
     stored bytes are sent as they are — already normalised and metadata-free
     (`studies.stimuli`) — with no re-encoding and no file written. A missing or unreadable
-    file is logged for the admin and answered 503."""
+    file is logged for the admin and answered 503 in words."""
     from starlette.responses import PlainTextResponse, Response
 
-    from studies import readers, session
-    from studies.errors import NotAuthorised, StudyError
+    from studies import session
+    from studies.errors import NotAuthorised
 
     from studio import reader_view
 
     try:
-        reader = readers.reader_for_token(db_path, (token or "").strip() or None)
-    except StudyError:
-        reader = None
-    if reader is None:
-        return _not_found()
-    try:
-        data = session.stimulus_png(db_path, reader.reader_id, view_id, current_only=True)
+        _, data = session.current_stimulus_png(db_path, (token or "").strip() or None, view_id)
     except NotAuthorised:
         return _not_found()
+    except session.StimulusUnavailable as exc:
+        reader_view.report_fault(db_path, exc.reader_id, exc)
+        return PlainTextResponse("This image is unavailable; the study team has been notified.",
+                                 status_code=503, headers=STIMULUS_HEADERS)
     except (sqlite3.Error, OSError) as exc:  # database locked/swapped: say so, in words
         log.error("stimulus route: storage fault: %s", exc)
         return PlainTextResponse("The study's storage cannot be reached right now; try again "
                                  "in a minute.", status_code=503, headers=STIMULUS_HEADERS)
-    except session.StimulusUnavailable as exc:
-        reader_view.report_fault(db_path, reader, exc)
-        return PlainTextResponse("This image is unavailable; the study team has been notified.",
-                                 status_code=503, headers=STIMULUS_HEADERS)
     return Response(data, media_type="image/png", headers=STIMULUS_HEADERS)
 
 
@@ -153,7 +147,20 @@ def build_app(db_path, *, admin_auth: auth_mod.AdminAuth, model: str | None = No
     @contextlib.asynccontextmanager
     async def lifespan(_app):
         anyio.to_thread.current_default_thread_limiter().total_tokens = THREADS
-        yield
+        # One idle connection held open while serving: every request opens and closes its
+        # own, and when the *last* connection to a WAL database closes, SQLite checkpoints
+        # and removes the WAL — on every request. Keeping one open halves an answer's cost.
+        try:
+            from studies.database import open_db
+
+            keeper = open_db(db_path, create=False)
+        except Exception:  # no database yet, or unreadable: requests will say so
+            keeper = None
+        try:
+            yield
+        finally:
+            if keeper is not None:
+                keeper.close()
 
     app = fastapi.FastAPI(lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
     blocked = blocked_paths(db_path)

@@ -187,7 +187,7 @@ def _case_screen(db_path, reader, view: session.CaseView, *, with_image: bool,
         try:
             session.check_stimulus(db_path, view)
         except session.StimulusUnavailable as exc:
-            report_fault(db_path, reader, exc)
+            report_fault(db_path, reader.reader_id, exc)
             return _unavailable(view, UNAVAILABLE_IMAGE)
         image_url = stimulus_url(view.stimulus_id, token)
     asked = len(view.tasks) - len(pending) + 1
@@ -203,10 +203,11 @@ def _case_screen(db_path, reader, view: session.CaseView, *, with_image: bool,
                   training=view.training, state=state)
 
 
-def report_fault(db_path, reader, exc: session.StimulusUnavailable) -> None:
-    log.error("reader %s: %s", reader.reader_id, exc)
+def report_fault(db_path, reader_id: int, exc: session.StimulusUnavailable) -> None:
+    """Log a missing/unreadable stimulus for the server log and the admin's progress view."""
+    log.error("reader %s: %s", reader_id, exc)
     try:
-        session.record_fault(db_path, reader.reader_id, exc.stimulus_id, exc.reason)
+        session.record_fault(db_path, reader_id, exc.stimulus_id, exc.reason)
     except (sqlite3.Error, OSError, StudyError):  # the log line above still says it
         log.exception("could not record the stimulus fault in the database")
 
