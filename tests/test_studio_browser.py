@@ -382,7 +382,7 @@ def test_training_feedback_and_two_questions_keyboard_only(browser, training_stu
     ctx = browser.new_context(viewport={"width": 1360, "height": 900})
     page = ctx.new_page()
     image_fetches = []
-    page.on("response", lambda r: image_fetches.append(r.url) if r.url.endswith("/image.png")
+    page.on("response", lambda r: image_fetches.append(r.url) if "/stimulus/" in r.url
             else None)
     page.goto(f"{st['url']}/?token={st['tokens']['dr-a']}")
     page.wait_for_selector("#start", state="visible", timeout=30_000)
