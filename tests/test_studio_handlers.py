@@ -655,6 +655,20 @@ def open_db_(db):
     return open_db(db)
 
 
+def test_intro_counts_images_not_items(tmp_path):
+    """The intro's number is the images the reader will see (the progress bar's N: repeats
+    and attention checks included, each one image), not image x question."""
+    db, tokens = _repeat_study(tmp_path / "rep")
+    intro = reader_view.open_page(db, tokens["dr-a"])
+    total = reader_view.start(db, tokens["dr-a"]).total
+    assert total > 8  # 8 cases + repeats + an attention check
+    assert f"You will see **{total}** images" in intro.intro and "one question about each" in intro.intro
+    db2, _, tokens2 = make_loud_study(tmp_path / "two", n_cases=4, tasks=("turing", "alignment"))
+    intro2 = reader_view.open_page(db2, tokens2["dr-a"]).intro
+    assert "You will see **4** images" in intro2 and "2 questions about each" in intro2
+    assert "**8**" not in intro2
+
+
 @pytest.mark.parametrize("fault", ["locked", "read-only", "swapped", "missing folder",
                                    "missing database"])
 def test_storage_faults_give_a_message_in_words(tmp_path, monkeypatch, fault):
