@@ -61,6 +61,9 @@ MIN_CLIENT_MS = 50            # a browser figure below this is not a real viewin
 UNAVAILABLE_IMAGE = ("This image is unavailable; the study team has been notified. Your "
                      "answers so far are saved. Press Try again in a few minutes: the study "
                      "continues at this image once it is back.")
+UNEXPECTED = ("Something went wrong on the server{what}. Your earlier answers are safe. "
+              "Press Try again; if this keeps happening, tell the study team (the details "
+              "are in the server's log).")
 STORAGE_FAULT = ("The study's storage cannot be reached right now, so nothing could be "
                  "loaded or saved{what}. Your earlier answers are safe. Press Try again in a "
                  "minute; if this keeps happening, tell the study team (the problem is in "
@@ -385,9 +388,12 @@ def storage_safe(handler, what: str = ""):
     def wrapper(*args, **kwargs):
         try:
             return handler(*args, **kwargs)
-        except (sqlite3.Error, OSError, StudyError) as exc:
+        except (sqlite3.Error, OSError, DatabaseNotFound) as exc:
             log.exception("reader page: storage fault (%s)", type(exc).__name__)
             return Screen("unavailable", message=STORAGE_FAULT.format(what=what))
+        except Exception:  # a bug: still words, not a bare "Error"; details in the log
+            log.exception("reader page: unexpected error")
+            return Screen("unavailable", message=UNEXPECTED.format(what=what))
     return wrapper
 
 

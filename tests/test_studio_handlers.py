@@ -669,6 +669,17 @@ def test_intro_counts_images_not_items(tmp_path):
     assert "**8**" not in intro2
 
 
+def test_unexpected_error_is_words_too(tmp_path, monkeypatch):
+    db, _, tokens = make_loud_study(tmp_path)
+
+    def broken(*a, **k):
+        raise KeyError("bug")
+    monkeypatch.setattr(session, "next_case", broken)
+    screen = reader_view.storage_safe(reader_view.start)(db, tokens["dr-a"])
+    assert screen.kind == "unavailable" and "went wrong" in screen.message
+    assert "Try again" in screen.message and "Error" not in screen.message
+
+
 @pytest.mark.parametrize("fault", ["locked", "read-only", "swapped", "missing folder",
                                    "missing database"])
 def test_storage_faults_give_a_message_in_words(tmp_path, monkeypatch, fault):
