@@ -7,13 +7,26 @@ the event stream (`/gradio_api/queue/data`), exactly as the frontend does. Repor
 latency of the answer → next image round trip and checks that every answer was stored
 exactly once.
 
+Two modes:
+- burst (default): every reader answers at the same moment, back to back; the figure is
+  answer → next screen (the event's result, which carries the image URL).
+- think time (`--think 3`): readers pause an exponentially distributed time (mean 3 s)
+  before each answer, like people looking at an image; the readers run in a separate
+  process from the server (so client work does not steal the server's GIL), and the
+  figure is answer → next image *fully received* (the event, then the PNG download from
+  the stimulus route, checked complete), plus the count of failed image downloads.
+
     .venv/bin/python benchmarks/bench_studio.py --readers 50 --answers 10
+    .venv/bin/python benchmarks/bench_studio.py --readers 50 --answers 10 --think 3
 """
 from __future__ import annotations
 
 import argparse
 import json
+import multiprocessing
 import pathlib
+import random
+import re
 import secrets
 import statistics
 import sys
@@ -48,11 +61,85 @@ def run_event(client, fn_index: int, data: list, token: str, session: str) -> li
     raise RuntimeError("event stream ended without a result")
 
 
+IMAGE_URL = re.compile(r"stimulus/[A-Za-z0-9_-]+\?token=[A-Za-z0-9_%-]+")
+
+
+def image_url(out: list) -> str | None:
+    m = IMAGE_URL.search(json.dumps(out))
+    return m.group(0) if m else None
+
+
+def png_complete(body: bytes) -> bool:
+    """The whole PNG arrived: signature, chunks with valid CRCs, IEND last."""
+    from studies import stimuli
+
+    try:
+        return stimuli.png_chunk_types(body)[-1:] == ["IEND"]
+    except ValueError:
+        return False
+
+
+def think_clients(url: str, tokens: list[str], ids: dict, answers: int, think: float,
+                  seed: int, results) -> None:
+    """The readers of the think-time mode, in their own process: each answers `answers`
+    cases, pausing Exp(mean `think`) seconds before each, and times answer → image."""
+    import httpx
+
+    latencies, failed, errors = [], [], []
+    lock = threading.Lock()
+
+    def reader(i: int, token: str):
+        rng = random.Random(seed * 1000 + i)
+        session = secrets.token_hex(6)
+        try:
+            with httpx.Client(base_url=url, timeout=120) as c:
+                run_event(c, ids["on_load"], [], token, session)
+                out = run_event(c, ids["on_start"], [], token, session)
+                first = image_url(out)
+                if first is not None:
+                    c.get(f"/{first}")  # the first image, as the page loads it
+                for k in range(answers):
+                    time.sleep(rng.expovariate(1.0 / think))
+                    t0 = time.perf_counter()
+                    out = run_event(c, ids["on_submit"], [None, 1 + k % 6, None], token, session)
+                    img = image_url(out)
+                    if img is None:  # the last answer: the finish screen, no image
+                        continue
+                    try:
+                        r = c.get(f"/{img}")
+                        ok = r.status_code == 200 and png_complete(r.content)
+                    except httpx.HTTPError as exc:
+                        ok, r = False, exc
+                    dt = time.perf_counter() - t0
+                    with lock:
+                        latencies.append(dt)
+                        if not ok:
+                            failed.append(str(getattr(r, "status_code", r)))
+        except Exception as exc:  # reported by the parent
+            with lock:
+                errors.append(f"{type(exc).__name__}: {exc}")
+
+    threads = [threading.Thread(target=reader, args=(i, t)) for i, t in enumerate(tokens)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    results.put({"latencies": latencies, "failed": failed, "errors": errors})
+
+
+def pct(values: list[float], q: float) -> float:
+    v = sorted(values)
+    return v[int(q * (len(v) - 1))] if v else float("nan")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--readers", type=int, default=50)
     ap.add_argument("--answers", type=int, default=10, help="answers per reader")
     ap.add_argument("--size", type=int, default=512, help="stimulus size in pixels")
+    ap.add_argument("--think", type=float, default=0.0,
+                    help="mean think time in seconds (exponential); 0 = burst mode")
+    ap.add_argument("--seed", type=int, default=1, help="think-time random seed")
     args = ap.parse_args()
 
     import httpx
@@ -72,6 +159,35 @@ def main() -> None:
     ids = fn_indices(app.state.reader_blocks)
     server = app_mod.Server(app, "127.0.0.1", app_mod.free_port()).start()
 
+    if args.think > 0:
+        ctx = multiprocessing.get_context("spawn")
+        results = ctx.Queue()
+        t0 = time.perf_counter()
+        proc = ctx.Process(target=think_clients, args=(server.url, tokens, ids, args.answers,
+                                                       args.think, args.seed, results))
+        proc.start()
+        res = results.get()
+        proc.join()
+        wall = time.perf_counter() - t0
+        server.stop()
+        df = long_table(db, "ten")
+        expected = args.readers * args.answers
+        lat = res["latencies"]
+        print(f"think-time mode: readers={args.readers} answers/reader={args.answers} "
+              f"think=Exp(mean {args.think:g} s) stimulus={args.size}px, client process "
+              f"separate from the server; wall {wall:.1f} s")
+        print(f"errors={len(res['errors'])} stored={len(df)} expected={expected} "
+              f"duplicates={int(df.duplicated(['reader', 'case', 'task']).sum())}")
+        print(f"answer -> next image fully received: p50 {pct(lat, 0.5) * 1000:.0f} ms, "
+              f"p95 {pct(lat, 0.95) * 1000:.0f} ms, max {max(lat, default=float('nan')) * 1000:.0f} ms"
+              f" over {len(lat)} images")
+        print(f"failed image downloads: {len(res['failed'])} of {len(lat)}")
+        for e in res["errors"][:5]:
+            print("error:", e)
+        if res["errors"] or res["failed"] or len(df) != expected:
+            sys.exit(1)
+        return
+
     latencies: list[float] = []
     errors: list[str] = []
     lock = threading.Lock()
@@ -88,8 +204,7 @@ def main() -> None:
                     t0 = time.perf_counter()
                     out = run_event(c, ids["on_submit"], [None, 1 + k % 6, None], token, session)
                     dt = time.perf_counter() - t0
-                    assert any(isinstance(o, dict) and "image.png" in json.dumps(o) for o in out) \
-                        or k == args.answers - 1
+                    assert image_url(out) is not None or k == args.answers - 1
                     with lock:
                         latencies.append(dt)
         except Exception as exc:  # reported below

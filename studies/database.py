@@ -46,7 +46,7 @@ from sqlite_utils import Database
 
 from studies.errors import DatabaseNotFound, NotAStudyDatabase, StudyNotFound
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 BUSY_TIMEOUT_MS = 5_000  # for reads and schema set-up (WAL readers rarely wait at all)
 WRITE_ATTEMPTS = 12  # retry_busy: with backoff capped at 2 s plus the busy timeout
 WRITE_DEADLINE_S = 30.0  # longest wait for the write lock before giving up ("locked")
@@ -174,10 +174,18 @@ def _migration_2(db: Database) -> None:
                    [secrets.token_bytes(32), options, sid])
 
 
+def _migration_3(db: Database) -> None:
+    # 1 where the browser's time on case was implausibly short (< 50 ms) and the server's
+    # figure was stored instead (studio.reader_view.answer_duration_ms). Existing rows were
+    # never replaced: 0. ADD COLUMN is not an UPDATE, so the append-only triggers allow it.
+    db.execute("ALTER TABLE responses ADD COLUMN duration_flagged INTEGER NOT NULL DEFAULT 0")
+
+
 # Ordered list of (version, migration). Append new ones; never edit an applied one.
 MIGRATIONS: list[tuple[int, Callable[[Database], None]]] = [
     (1, _migration_1),
     (2, _migration_2),
+    (3, _migration_3),
 ]
 assert MIGRATIONS[-1][0] == SCHEMA_VERSION
 

@@ -4,7 +4,8 @@
 append-only; when a reader changed an answer, the latest one for that (read, task) wins and
 the earlier ones are left out (pass `include_superseded=True` to get them too, with an
 extra `superseded` column). `group` (after the columns the issue names) is the manifest's
-case group, so the analysis can break results down by it. Rows of every kind are present and flagged: `training` (1 for
+case group, so the analysis can break results down by it. `duration_flagged` is 1 where
+the browser's time on case was implausibly short (< 50 ms) and the server's was stored. Rows of every kind are present and flagged: `training` (1 for
 training reads, excluded from analysis), `repeat` (1 for the second read of a case, for
 intra-reader reliability), and attention checks appear with task `attention`
 (truth = the value the reader was told to pick, response/rating = what they picked).
@@ -43,7 +44,7 @@ from studies.errors import StudyError
 
 LONG_COLUMNS = ["study", "reader", "case", "task", "source", "generator", "modality", "prompt",
                 "truth", "response", "rating", "duration_ms", "answered_at", "training",
-                "repeat", "group"]
+                "repeat", "group", "duration_flagged"]
 IMRMC_COLUMNS = ["readerID", "caseID", "modalityID", "score"]
 FORMATS = ("long", "imrmc")
 FORMULA_PREFIXES = ("=", "+", "-", "@", "\t", "\r")
@@ -94,7 +95,7 @@ def long_table(db_path: str | pathlib.Path, study: str, *,
         srow = study_row(db, study)
         rows = db.execute(
             "SELECT rd.name, c.case_key, r.task, c.source, c.generator, c.modality, c.prompt, c.group_name, "
-            "a.kind, a.expected, r.answer, r.rating, r.duration_ms, r.answered_at, "
+            "a.kind, a.expected, r.answer, r.rating, r.duration_ms, r.answered_at, r.duration_flagged, "
             "r.id = (SELECT max(r2.id) FROM responses r2 "
             "        WHERE r2.assignment_id = r.assignment_id AND r2.task = r.task) AS latest "
             "FROM responses r JOIN assignments a ON a.id = r.assignment_id "
@@ -103,7 +104,7 @@ def long_table(db_path: str | pathlib.Path, study: str, *,
             [srow["id"]]).fetchall()
     records = []
     for (reader, case, task, source, generator, modality, prompt, group, kind, expected, answer,
-         rating, duration, answered_at, latest) in rows:
+         rating, duration, answered_at, flagged, latest) in rows:
         if not latest and not include_superseded:
             continue
         if task == "turing":
@@ -118,14 +119,14 @@ def long_table(db_path: str | pathlib.Path, study: str, *,
             "prompt": prompt or "", "truth": truth, "response": answer, "rating": rating,
             "duration_ms": duration, "answered_at": answered_at,
             "training": int(kind == "training"), "repeat": int(kind == "repeat"),
-            "group": group or "",
+            "group": group or "", "duration_flagged": int(flagged or 0),
         }
         if include_superseded:
             rec["superseded"] = int(not latest)
         records.append(rec)
     columns = LONG_COLUMNS + (["superseded"] if include_superseded else [])
     df = pd.DataFrame.from_records(records, columns=columns)
-    for col in ("rating", "duration_ms", "training", "repeat") + (("superseded",) if include_superseded else ()):
+    for col in ("rating", "duration_ms", "training", "repeat", "duration_flagged") + (("superseded",) if include_superseded else ()):
         df[col] = df[col].astype("int64")
     return df
 

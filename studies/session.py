@@ -16,7 +16,7 @@ import json
 import pathlib
 import statistics
 
-from studies.database import reading, stimuli_dir, study_row, utc_now, write
+from studies.database import log_action, reading, stimuli_dir, study_row, utc_now, write
 from studies.design import ATTENTION, TASKS, Task, attention_task
 from studies.errors import NotAuthorised, SessionError, StudyError
 
@@ -36,6 +36,9 @@ class CaseView:
     prompt: str | None       # only when one of the tasks shows it (see question "shows_prompt")
     training: bool           # training slots get feedback in the Ack
     study: str
+    # Server side only (never sent to a browser): the stored file's opaque id, the same for
+    # every reader and read of the case, so the page can check the file is there.
+    stored_id: str = dataclasses.field(default="", repr=False)
 
     @property
     def pending(self) -> list[dict]:
@@ -80,14 +83,15 @@ def next_case(db_path: str | pathlib.Path, reader_id: int) -> CaseView | None:
     """The reader's first slot with an unanswered task, or None when they are done."""
     with reading(db_path) as db:
         row = db.execute(
-            "SELECT a.id, a.position, a.tasks, a.kind, a.expected, a.view_id, c.prompt, s.name "
+            "SELECT a.id, a.position, a.tasks, a.kind, a.expected, a.view_id, c.prompt, s.name, "
+            "c.stimulus_id "
             "FROM assignments a JOIN cases c ON c.id = a.case_id "
             "JOIN studies s ON s.id = c.study_id "
             "WHERE a.reader_id = ? AND a.completed_at IS NULL ORDER BY a.position LIMIT 1",
             [reader_id]).fetchone()
         if row is None:
             return None
-        aid, position, tasks_json, kind, expected, view_id, prompt, study = row
+        aid, position, tasks_json, kind, expected, view_id, prompt, study, stored = row
         total = db.execute("SELECT count(*) FROM assignments WHERE reader_id = ?",
                            [reader_id]).fetchone()[0]
         answered = {r[0] for r in db.execute(
@@ -101,7 +105,7 @@ def next_case(db_path: str | pathlib.Path, reader_id: int) -> CaseView | None:
     return CaseView(
         assignment_id=aid, position=position, total=total, stimulus_id=view_id,
         tasks=questions, prompt=prompt if shows_prompt else None,
-        training=kind == "training", study=study,
+        training=kind == "training", study=study, stored_id=stored,
     )
 
 
@@ -148,10 +152,12 @@ def submit(
     client_id: str,
     *,
     shown_at: str | _dt.datetime | None = None,
+    duration_flagged: bool = False,
 ) -> Ack:
     """Record one answer. Idempotent on `client_id`; append-only (a changed answer is a new
     row with a new client_id). Raises NotAuthorised for another reader's assignment and
-    SessionError for an unknown task or an answer off the scale."""
+    SessionError for an unknown task or an answer off the scale. `duration_flagged` marks a
+    duration that replaced an implausible browser figure (exported as `duration_flagged`)."""
     if not isinstance(client_id, str) or not client_id or len(client_id) > MAX_CLIENT_ID:
         raise SessionError(f"client_id must be a non-empty string of at most {MAX_CLIENT_ID} chars")
     if isinstance(duration_ms, bool) or not isinstance(duration_ms, int):
@@ -201,9 +207,10 @@ def submit(
             shown_at_ = shown
         cur = db.execute(
             "INSERT INTO responses (client_id, reader_id, assignment_id, case_id, task, answer, "
-            "rating, duration_ms, shown_at, answered_at) VALUES (?,?,?,?,?,?,?,?,?,?)",
+            "rating, duration_ms, shown_at, answered_at, duration_flagged) "
+            "VALUES (?,?,?,?,?,?,?,?,?,?,?)",
             [client_id, reader_id, assignment_id, case_id, task, task_obj.answer_text(value),
-             value, duration_ms, shown_at_, answered_at])
+             value, duration_ms, shown_at_, answered_at, int(bool(duration_flagged))])
         complete = completed_at is not None
         if not complete:
             n_answered = db.execute(
@@ -219,18 +226,137 @@ def submit(
     return write(db_path, tx)
 
 
-def stimulus_png(db_path: str | pathlib.Path, reader_id: int, stimulus_id: str) -> bytes:
-    """PNG bytes of a stimulus, only if `stimulus_id` (a CaseView.stimulus_id) belongs to
-    one of this reader's assignments; NotAuthorised otherwise."""
-    if not isinstance(stimulus_id, str) or not stimulus_id or len(stimulus_id) > _MAX_ID:
+class StimulusUnavailable(StudyError):
+    """The stored stimulus file of a read is missing or unreadable (a storage fault, not the
+    reader's doing): `stimulus_id` names it for the study team."""
+
+    def __init__(self, stimulus_id: str, reason: str, reader_id: int | None = None):
+        super().__init__(f"stimulus {stimulus_id} is unavailable: {reason}")
+        self.stimulus_id, self.reason, self.reader_id = stimulus_id, reason, reader_id
+
+
+_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+def _stimulus_of_read(db_path, reader_id: int, view_id: str, current_only: bool) -> str:
+    if not isinstance(view_id, str) or not view_id or len(view_id) > _MAX_ID:
         raise NotAuthorised("unknown image")
+    pending = "AND a.completed_at IS NULL " if current_only else ""
     with reading(db_path) as db:
         row = db.execute(
             "SELECT c.stimulus_id FROM assignments a JOIN cases c ON c.id = a.case_id "
-            "WHERE a.view_id = ? AND a.reader_id = ?", [stimulus_id, reader_id]).fetchone()
+            f"WHERE a.view_id = ? AND a.reader_id = ? {pending}",
+            [view_id, reader_id]).fetchone()
     if row is None:
         raise NotAuthorised("unknown image")
-    return (stimuli_dir(db_path) / f"{row[0]}.png").read_bytes()
+    return row[0]
+
+
+def stimulus_png(db_path: str | pathlib.Path, reader_id: int, stimulus_id: str, *,
+                 current_only: bool = False) -> bytes:
+    """PNG bytes of a stimulus, only if `stimulus_id` (a CaseView.stimulus_id, the read's
+    random view id) belongs to one of this reader's assignments — with `current_only`, one
+    not yet completed (the read on screen) — NotAuthorised otherwise; StimulusUnavailable
+    when the stored file is missing or unreadable."""
+    sid = _stimulus_of_read(db_path, reader_id, stimulus_id, current_only)
+    try:
+        data = (stimuli_dir(db_path) / f"{sid}.png").read_bytes()
+    except OSError as exc:
+        raise StimulusUnavailable(sid, exc.strerror or type(exc).__name__) from None
+    if not data.startswith(_PNG_SIGNATURE):
+        raise StimulusUnavailable(sid, "not a PNG")
+    return data
+
+
+def current_stimulus_png(db_path: str | pathlib.Path, token: str | None,
+                         view_id: str) -> tuple[int, bytes]:
+    """(reader id, PNG bytes) of the read `view_id` if it is an unanswered read of the reader
+    holding `token` — one query on one connection, for the image route. NotAuthorised for
+    anything else (no token, another reader's read, an answered read, an unknown id: the
+    same answer); StimulusUnavailable when the stored file is missing or unreadable."""
+    from studies.readers import token_hash
+
+    if (not isinstance(token, str) or not token or len(token) > 256
+            or not isinstance(view_id, str) or not view_id or len(view_id) > _MAX_ID):
+        raise NotAuthorised("unknown image")
+    with reading(db_path) as db:
+        row = db.execute(
+            "SELECT r.id, c.stimulus_id FROM readers r "
+            "JOIN assignments a ON a.reader_id = r.id JOIN cases c ON c.id = a.case_id "
+            "WHERE r.token_hash = ? AND a.view_id = ? AND a.completed_at IS NULL",
+            [token_hash(token), view_id]).fetchone()
+    if row is None:
+        raise NotAuthorised("unknown image")
+    reader_id, sid = row
+    try:
+        data = (stimuli_dir(db_path) / f"{sid}.png").read_bytes()
+    except OSError as exc:
+        raise StimulusUnavailable(sid, exc.strerror or type(exc).__name__, reader_id) from None
+    if not data.startswith(_PNG_SIGNATURE):
+        raise StimulusUnavailable(sid, "not a PNG", reader_id)
+    return reader_id, data
+
+
+def check_stimulus(db_path: str | pathlib.Path, view: CaseView) -> None:
+    """Cheap availability check of a read's stored PNG (opens it and reads its signature)
+    before the page points the browser at it; StimulusUnavailable if it is not there."""
+    sid = view.stored_id
+    try:
+        with open(stimuli_dir(db_path) / f"{sid}.png", "rb") as fh:
+            head = fh.read(len(_PNG_SIGNATURE))
+    except OSError as exc:
+        raise StimulusUnavailable(sid, exc.strerror or type(exc).__name__) from None
+    if head != _PNG_SIGNATURE:
+        raise StimulusUnavailable(sid, "not a PNG")
+
+
+FAULT_ACTION = "stimulus_unavailable"
+
+
+def record_fault(db_path: str | pathlib.Path, reader_id: int, stimulus_id: str,
+                 reason: str) -> None:
+    """Log a stimulus fault in audit_log (actor `reader:<name>`) for the admin's progress
+    view (`faults`)."""
+    def tx(db) -> None:
+        row = db.execute("SELECT study_id, name FROM readers WHERE id = ?",
+                         [reader_id]).fetchone()
+        if row is not None:
+            log_action(db, f"reader:{row[1]}", FAULT_ACTION, row[0],
+                       stimulus=stimulus_id, reason=reason)
+
+    write(db_path, tx)
+
+
+@dataclasses.dataclass
+class Fault:
+    stimulus_id: str
+    case: str | None
+    reason: str
+    readers: int          # distinct readers who met it
+    count: int
+    first_at: str
+    last_at: str
+
+
+def faults(db_path: str | pathlib.Path, study: str) -> list[Fault]:
+    """Stimulus faults readers met in `study`, one entry per stimulus, latest first."""
+    with reading(db_path) as db:
+        srow = study_row(db, study)
+        rows = db.execute("SELECT at, actor, detail FROM audit_log WHERE study_id = ? "
+                          "AND action = ? ORDER BY id", [srow["id"], FAULT_ACTION]).fetchall()
+        keys = dict(db.execute("SELECT stimulus_id, case_key FROM cases WHERE study_id = ?",
+                               [srow["id"]]).fetchall())
+    out: dict[str, Fault] = {}
+    who: dict[str, set] = {}
+    for at, actor, detail in rows:
+        d = json.loads(detail or "{}")
+        sid = str(d.get("stimulus", "?"))
+        f = out.get(sid) or Fault(sid, keys.get(sid), "", 0, 0, at, at)
+        f.reason, f.count, f.last_at = str(d.get("reason", "")), f.count + 1, at
+        who.setdefault(sid, set()).add(actor)
+        f.readers = len(who[sid])
+        out[sid] = f
+    return sorted(out.values(), key=lambda f: f.last_at, reverse=True)
 
 
 def progress(db_path: str | pathlib.Path, study: str) -> list[ReaderProgress]:

@@ -43,6 +43,7 @@ from studies import readers as readers_mod
 from studies import session
 from studies.design import TASKS, StudyOptions
 from studies.errors import StudyError
+from studio.plain_text import plain_markdown
 
 ZIP_MAX_BYTES = 4 * 1024**3      # uncompressed total
 ZIP_MAX_FILES = 50_000
@@ -100,7 +101,7 @@ def study_overview(db_path, study: str) -> tuple[str, str, bool]:
     report, text = audit_study(db_path, study)
     status = "**open** (readers invited)" if info["n_readers"] else \
         "**draft** — no reader invited yet; inviting the first reader opens it"
-    md = (f"### {study}\n"
+    md = (f"### {plain_markdown(study)}\n"
           f"- status: {status}\n"
           f"- tasks: {', '.join(info['tasks'])}\n"
           f"- cases: {info['n_cases']} ({info['n_real']} real, {info['n_synthetic']} synthetic)"
@@ -358,8 +359,8 @@ class _suppress:
 
 
 def summary_markdown(summary) -> str:
-    gens = ", ".join(summary.generators) or "—"
-    return (f"Created **{summary.name}**: {summary.n_cases} cases ({summary.n_real} real, "
+    gens = ", ".join(plain_markdown(g) for g in summary.generators) or "—"
+    return (f"Created **{plain_markdown(summary.name)}**: {summary.n_cases} cases ({summary.n_real} real, "
             f"{summary.n_synthetic} synthetic; {summary.n_training} training), tasks "
             f"{', '.join(summary.tasks)}, {summary.size}×{summary.size} px, generators {gens}, "
             f"in {summary.seconds:.1f} s. Status: **draft** — review the leak audit, then "
@@ -399,6 +400,21 @@ def progress_table(db_path, study: str) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=["reader", "answered", "done %", "training",
                                        "attention passed", "median s/answer", "last answer",
                                        "finished"])
+
+
+def faults_markdown(db_path, study: str) -> str:
+    """Stimulus faults readers met (missing or unreadable files), for the Readers tab."""
+    found = session.faults(db_path, study)
+    if not found:
+        return ""
+    lines = ["**⚠️ Stimulus faults** — readers were told the image is unavailable and wait at "
+             "that case; restore the file under the study's stimuli folder (the readers' "
+             "Try again then continues):", ""]
+    for f in found:
+        case = f" (case {plain_markdown(f.case)})" if f.case else ""
+        lines.append(f"- stimulus `{f.stimulus_id}`{case}: {plain_markdown(f.reason)} — "
+                     f"{f.count}× for {f.readers} reader(s), last {f.last_at[:19].replace('T', ' ')}")
+    return "\n".join(lines)
 
 
 # ------------------------------------------------------------------------------ analysis
@@ -613,6 +629,7 @@ def build_admin_blocks(db_path, admin_auth, *, model=None, base_url=None, batche
                                   interactive=False, buttons=["copy"], elem_id="reader-link")
                 progress = gr.Dataframe(label="Progress (refreshes every 5 s)",
                                         interactive=False, elem_id="progress-table")
+                faults = gr.Markdown(elem_id="stimulus-faults")
                 timer = gr.Timer(5.0)
             with gr.Tab("Analysis", id="analysis"):
                 analyze_btn = gr.Button("Run analysis", variant="primary", elem_id="analyze")
@@ -651,9 +668,11 @@ def build_admin_blocks(db_path, admin_auth, *, model=None, base_url=None, batche
         def show_study(study, request: gr.Request):
             guard(request)
             if not study:
-                return "No study yet: create one in **New study**.", "", "", gr.update(visible=False), pd.DataFrame()
+                return ("No study yet: create one in **New study**.", "", "",
+                        gr.update(visible=False), pd.DataFrame(), "")
             md, text, leak = study_overview(db_path, study)
-            return md, text, md, gr.update(visible=leak, value=False), progress_table(db_path, study)
+            return (md, text, md, gr.update(visible=leak, value=False),
+                    progress_table(db_path, study), faults_markdown(db_path, study))
 
         @friendly
         def switch_source(choice, request: gr.Request):
@@ -692,11 +711,11 @@ def build_admin_blocks(db_path, admin_auth, *, model=None, base_url=None, batche
         def tick(study, request: gr.Request):
             guard(request)
             if not study:
-                return gr.update()
+                return gr.update(), gr.update()
             try:
-                return progress_table(db_path, study)
+                return progress_table(db_path, study), faults_markdown(db_path, study)
             except StudyError:
-                return gr.update()
+                return gr.update(), gr.update()
 
         @friendly
         def run_analysis(study, request: gr.Request):
@@ -723,7 +742,8 @@ def build_admin_blocks(db_path, admin_auth, *, model=None, base_url=None, batche
 
         demo.load(refresh, [study_dd], [study_dd, table, batches], **admin_events)
         refresh_btn.click(refresh, [study_dd], [study_dd, table, batches], **admin_events)
-        study_dd.change(show_study, [study_dd], [overview, audit_box, invite_overview, ack, progress],
+        study_dd.change(show_study, [study_dd],
+                        [overview, audit_box, invite_overview, ack, progress, faults],
                         **admin_events)
         source.change(switch_source, [source], [zip_group, folder_group, batch_group],
                       **admin_events)
@@ -733,7 +753,7 @@ def build_admin_blocks(db_path, admin_auth, *, model=None, base_url=None, batche
                          concurrency_limit=1, concurrency_id="create", **admin_events)
         invite_btn.click(do_invite, [study_dd, reader_name, ack, reissue],
                          [link, progress, invite_overview, table], **admin_events)
-        timer.tick(tick, [study_dd], [progress], show_progress="hidden", **admin_events)
+        timer.tick(tick, [study_dd], [progress, faults], show_progress="hidden", **admin_events)
         analyze_btn.click(run_analysis, [study_dd],
                           [note, pooled, per_reader, agreement, *plots, result_json],
                           concurrency_limit=2, concurrency_id="analysis", **admin_events)

@@ -12,10 +12,13 @@ guards that app's config, queue, upload and file routes, while readers at `/` ne
 login form. Gradio's auth cookie is named per app, so the two do not interfere.
 
 File access: no `allowed_paths`; the study's stimuli folder, the database files, the
-admin config and the demo reader's token file are in `blocked_paths`. Readers get pixels
-(numpy) that Gradio re-encodes into its own cache, and `reader_route_guard` lets the reader
-side fetch only those cached stimulus PNGs (every Gradio file route: `file=`, `file/`) and
-upload nothing; Gradio's login guards the admin side's file and upload routes.
+admin config and the demo reader's token file are in `blocked_paths`. Readers get their
+images from the app's own route, `GET /stimulus/<view id>?token=<token>`
+(`stimulus_response`): the stored PNG bytes of that reader's current read, `no-store`.
+`reader_route_guard` refuses every Gradio file route (`file=`, `file/`) and every upload on
+the reader side; Gradio's login guards the admin side's file and upload routes.
+`studio.web_security` wraps everything: cross-origin writes refused, no CORS, SameSite=Lax
+cookies, CSP and friends on every response, no API descriptions, bad `fn_index` → 422.
 
 Concurrency: reader events are short SQLite calls on a fresh connection each; they share
 one concurrency group sized for many simultaneous readers (`READER_CONCURRENCY`), and the
@@ -25,13 +28,18 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import logging
 import pathlib
 import re
 import socket
+import sqlite3
 import threading
 import time
 
 from studio import auth as auth_mod
+from studio import web_security
+
+log = logging.getLogger(__name__)
 
 READER_CONCURRENCY = 64     # >= 50 simultaneous readers, each event a few ms of SQLite
 THREADS = 128               # anyio worker threads (Gradio runs sync handlers there)
@@ -66,24 +74,6 @@ UNUSED_ROUTE = re.compile(r"^(?:/gradio_api)?/(?:proxy=|run-history/|runs/?$|mon
                           r"|vibe-|undo-vibe-edit|dev/reload|profiling/)")
 
 
-def _reader_may_fetch(target: str) -> bool:
-    """The reader app only ever serves the stimulus PNGs Gradio wrote into its cache
-    (`<cache>/<seeded content hash>/image.png`); refuse every other file the shared cache
-    may hold (admin exports, generated PNGs with provenance, uploads)."""
-    from gradio import utils as gr_utils
-
-    # `target` is already percent-decoded (ASGI path), exactly as Gradio's route sees it:
-    # decoding again would check a different path than the one served.
-    path = pathlib.Path(target)
-    if path.name != "image.png" or ".." in path.parts:
-        return False
-    cache = pathlib.Path(gr_utils.get_upload_folder()).resolve()
-    try:
-        return path.resolve().parent.parent == cache
-    except OSError:
-        return False
-
-
 def _not_found():
     from starlette.responses import PlainTextResponse
 
@@ -91,7 +81,8 @@ def _not_found():
 
 
 async def reader_route_guard(request, call_next):
-    """Outside /admin: file routes serve stimulus images only, and nothing is uploaded.
+    """Outside /admin: no Gradio file route serves anything (stimuli come from
+    `stimulus_response`), and nothing is uploaded.
     Inside /admin, Gradio's login check guards file and upload routes; routes neither app
     uses (streams, recordings, proxy, run history ...) are refused on both sides."""
     path = request.scope["path"]
@@ -104,10 +95,42 @@ async def reader_route_guard(request, call_next):
         return await call_next(request)
     if UPLOAD_ROUTE.search(route):
         return _not_found()
-    match = FILE_ROUTE.search(local)
-    if match and not _reader_may_fetch(local[match.end():]):
+    if FILE_ROUTE.search(local):
         return _not_found()
     return await call_next(request)
+
+
+STIMULUS_HEADERS = {"Cache-Control": "no-store", "Referrer-Policy": "no-referrer",
+                    "X-Content-Type-Options": "nosniff"}
+
+
+def stimulus_response(db_path: str, view_id: str, token: str | None):
+    """The PNG of a reader's current read: `view_id` must be an unanswered read of the
+    reader whose token this is (a repeat or attention check has its own id; another
+    reader's id, an answered read or no token: 404, the same answer as an unknown id). The
+    stored bytes are sent as they are — already normalised and metadata-free
+    (`studies.stimuli`) — with no re-encoding and no file written. A missing or unreadable
+    file is logged for the admin and answered 503 in words."""
+    from starlette.responses import PlainTextResponse, Response
+
+    from studies import session
+    from studies.errors import NotAuthorised
+
+    from studio import reader_view
+
+    try:
+        _, data = session.current_stimulus_png(db_path, (token or "").strip() or None, view_id)
+    except NotAuthorised:
+        return _not_found()
+    except session.StimulusUnavailable as exc:
+        reader_view.report_fault(db_path, exc.reader_id, exc)
+        return PlainTextResponse("This image is unavailable; the study team has been notified.",
+                                 status_code=503, headers=STIMULUS_HEADERS)
+    except (sqlite3.Error, OSError) as exc:  # database locked/swapped: say so, in words
+        log.error("stimulus route: storage fault: %s", exc)
+        return PlainTextResponse("The study's storage cannot be reached right now; try again "
+                                 "in a minute.", status_code=503, headers=STIMULUS_HEADERS)
+    return Response(data, media_type="image/png", headers=STIMULUS_HEADERS)
 
 
 def build_app(db_path, *, admin_auth: auth_mod.AdminAuth, model: str | None = None,
@@ -124,11 +147,29 @@ def build_app(db_path, *, admin_auth: auth_mod.AdminAuth, model: str | None = No
     @contextlib.asynccontextmanager
     async def lifespan(_app):
         anyio.to_thread.current_default_thread_limiter().total_tokens = THREADS
-        yield
+        # One idle connection held open while serving: every request opens and closes its
+        # own, and when the *last* connection to a WAL database closes, SQLite checkpoints
+        # and removes the WAL — on every request. Keeping one open halves an answer's cost.
+        try:
+            from studies.database import open_db
+
+            keeper = open_db(db_path, create=False)
+        except Exception:  # no database yet, or unreadable: requests will say so
+            keeper = None
+        try:
+            yield
+        finally:
+            if keeper is not None:
+                keeper.close()
 
     app = fastapi.FastAPI(lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
     blocked = blocked_paths(db_path)
     app.middleware("http")(reader_route_guard)
+
+    @app.get(f"/{reader_view.STIMULUS_ROUTE}/{{view_id}}", include_in_schema=False)
+    def stimulus(view_id: str, token: str | None = None):
+        # sync: runs in the thread pool, next to the reader events' SQLite calls
+        return stimulus_response(db_path, view_id, token)
 
     admin = admin_view.build_admin_blocks(db_path, admin_auth, model=model,
                                           base_url=base_url, batches_dir=batches_dir)
@@ -149,6 +190,12 @@ def build_app(db_path, *, admin_auth: auth_mod.AdminAuth, model: str | None = No
         head=f"<script>{reader_view.KEYBOARD_JS}</script>", css=reader_view.READER_CSS,
         theme=gr.themes.Soft())
     app.state.reader_blocks, app.state.admin_blocks = reader, admin  # for tests/benchmarks
+
+    def fn_ids(is_admin: bool) -> set[int]:
+        return set((admin if is_admin else reader).fns)
+
+    # Outermost: sees (and hardens) every request and response, Gradio's included.
+    app.add_middleware(web_security.WebSecurity, base_url=base_url, fn_ids=fn_ids)
     return app
 
 

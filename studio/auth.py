@@ -9,12 +9,19 @@ Where they come from, in order:
 
 Checking a password is constant-time (`hmac.compare_digest` on the scrypt digests, and the
 user name is compared the same way). Gradio's built-in login has no lockout, so the checker
-refuses every attempt for a while after repeated failures (a simple brute-force brake).
+has one, per client address *and* user name: after `MAX_FAILURES` failures from one address
+for one name, that pair is refused for `LOCKOUT_S`, doubling with every further failure
+(exponential back-off, capped at `MAX_LOCKOUT_S`). Another address — the real admin's —
+is not affected, so no one can lock the admin out from elsewhere. Gradio calls the checker
+with (user, password) only; the address comes from `CLIENT_ADDRESS`, set per request by
+`studio.web_security`. Behind a reverse proxy every client has the proxy's address unless
+uvicorn is told to trust its X-Forwarded-For (`--forwarded-allow-ips`).
 
 Readers never log in here: they authenticate with their invitation token (`studies.readers`).
 """
 from __future__ import annotations
 
+import contextvars
 import dataclasses
 import hashlib
 import hmac
@@ -32,9 +39,15 @@ ENV_PASSWORD = "MEDISYN_ADMIN_PASSWORD"
 # scrypt cost: ~50 ms per check on one core — cheap for a login, costly for guessing.
 _SCRYPT = {"n": 2**14, "r": 8, "p": 1, "dklen": 32}
 
-MAX_FAILURES = 5          # failures allowed inside the window before the brake engages
-FAILURE_WINDOW_S = 60.0
-LOCKOUT_S = 60.0
+MAX_FAILURES = 5          # failures per (address, user) before the brake engages
+FAILURE_WINDOW_S = 3600.0  # a pair's failures are forgotten after this long without one
+LOCKOUT_S = 60.0          # first lockout; doubles with every further failure
+MAX_LOCKOUT_S = 3600.0
+MAX_TRACKED = 10_000      # (address, user) pairs remembered; the stalest are dropped
+
+# The client address of the request being served (set by studio.web_security's middleware).
+CLIENT_ADDRESS: contextvars.ContextVar[str | None] = contextvars.ContextVar(
+    "medisyn_client_address", default=None)
 
 
 def config_path(db_path: str | os.PathLike) -> pathlib.Path:
@@ -110,38 +123,62 @@ def load_or_create(db_path: str | os.PathLike, *, env: dict | None = None,
     return creds, password
 
 
+@dataclasses.dataclass
+class _Failures:
+    count: int = 0
+    last: float = 0.0
+    locked_until: float = 0.0
+
+
 class AdminAuth:
-    """The `auth=` callable handed to Gradio for the admin app, with a failure brake."""
+    """The `auth=` callable handed to Gradio for the admin app, with a per-(address, user)
+    failure brake and exponential back-off."""
 
     def __init__(self, creds: AdminCredentials, *, clock=time.monotonic):
         self.creds = creds
         self._clock = clock
         self._lock = threading.Lock()
-        self._failures: list[float] = []
-        self._locked_until = 0.0
+        self._pairs: dict[tuple[str, str], _Failures] = {}
 
     @property
     def user(self) -> str:
         return self.creds.user
 
-    def locked(self) -> bool:
+    @staticmethod
+    def _key(user: str | None, address: str | None) -> tuple[str, str]:
+        address = CLIENT_ADDRESS.get() if address is None else address
+        return (address or "?", (user or "")[:200])
+
+    def locked(self, user: str | None = None, address: str | None = None) -> bool:
+        """Whether logins as `user` from `address` (default: the current request's) are
+        refused right now."""
         with self._lock:
-            return self._clock() < self._locked_until
+            f = self._pairs.get(self._key(user if user is not None else self.user, address))
+            return f is not None and self._clock() < f.locked_until
 
     def __call__(self, user: str, password: str) -> bool:
-        if self.locked():
-            return False
+        key = self._key(user, None)
+        with self._lock:
+            f = self._pairs.get(key)
+            if f is not None and self._clock() < f.locked_until:
+                return False  # refused without checking: a guess in a lockout is wasted
         ok = self.creds.matches(user or "", password or "")
         with self._lock:
             now = self._clock()
             if ok:
-                self._failures.clear()
+                self._pairs.pop(key, None)
                 return True
-            self._failures = [t for t in self._failures if now - t < FAILURE_WINDOW_S]
-            self._failures.append(now)
-            if len(self._failures) >= MAX_FAILURES:
-                self._locked_until = now + LOCKOUT_S
-                self._failures.clear()
+            f = self._pairs.get(key)
+            if f is None or now - f.last > FAILURE_WINDOW_S:
+                f = self._pairs[key] = _Failures()
+            f.count, f.last = f.count + 1, now
+            if f.count >= MAX_FAILURES:
+                f.locked_until = now + min(MAX_LOCKOUT_S,
+                                           LOCKOUT_S * 2 ** (f.count - MAX_FAILURES))
+            if len(self._pairs) > MAX_TRACKED:
+                for stale in sorted(self._pairs, key=lambda k: self._pairs[k].last)[
+                        :len(self._pairs) - MAX_TRACKED]:
+                    del self._pairs[stale]
         return False
 
     def is_admin(self, username: str | None) -> bool:

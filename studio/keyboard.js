@@ -6,7 +6,7 @@
 (function () {
   if (window.__medisynKeys) return;
   window.__medisynKeys = true;
-  const ACTIONS = ["submit", "continue", "start"];
+  const ACTIONS = ["submit", "continue", "start", "retry"];
   function visible(el) {
     return !!el && el.offsetParent !== null && !el.closest("[hidden]");
   }
@@ -31,6 +31,17 @@
     const t = e.target;
     if (t && t.tagName === "IMG" && t.closest("#stimulus")) mark();
   }, true);  // load does not bubble: listen in the capture phase
+  // An image that fails to arrive (file gone since the page checked it, network cut) says
+  // so in words instead of a broken-image icon; the server has logged the fault.
+  document.addEventListener("error", function (e) {
+    const t = e.target;
+    if (!t || t.tagName !== "IMG" || !t.closest("#stimulus")) return;
+    const box = document.createElement("div");
+    box.className = "stimulus-fault";
+    box.textContent = "This image is unavailable; the study team has been notified. " +
+      "Reload the page in a few minutes to continue.";
+    t.replaceWith(box);
+  }, true);
   let lastKey = null;
   new MutationObserver(function () {
     // Only the case label and the question's heading: Gradio's status tracker also writes

@@ -10,16 +10,27 @@ on screen and when it appeared. Where the reader is in the study always comes fr
 database (`studies.session.next_case`), so refresh, tab close and server restart resume at
 the first unanswered question.
 
-Blinding: the image is handed to Gradio as a numpy array decoded from the stored,
-normalised stimulus PNG (never a file path: Gradio would serve it under its basename), so
-Gradio writes a fresh, metadata-free lossless PNG named `image.png` into its cache under a
-seeded content hash. Every value sent to the browser is built here from a `CaseView`,
-which carries no source, generator or file name; the prompt is shown only while a
-question that needs it is on screen.
+Blinding: the image is an `<img>` pointing at the app's own stimulus route
+(`STIMULUS_ROUTE`, served by `studio.app`): `stimulus/<view id>?token=<token>`, where the
+view id is the read's random id (`studies.readers`: one per read, so a repeat or an
+attention check gets a new one and two readers never share one) and the route answers
+only with the reader's own token and only while that read is unanswered. It returns the
+stored, normalised, metadata-free PNG bytes as they are (no re-encoding, no cache file).
+Gradio's file routes serve nothing on the reader side. Every value sent to the browser is
+built here from a `CaseView`, which carries no source, generator or file name; the prompt
+is shown, as plain text, only while a question that needs it is on screen.
+
+Faults: a missing or unreadable stimulus file shows "This image is unavailable; the
+study team has been notified" with a Try again button (the reader waits at that case: it
+is not skipped, so every reader still reads every case in their order), and is logged for
+the admin's progress view (`studies.session.record_fault`). Any other storage fault
+(database locked, swapped or on a read-only file system) shows a message in words too,
+never Gradio's bare "Error".
 
 Time on case is measured on the server: from the moment the case (or the next question of
 the same case) is served to the moment the answer arrives — it includes the image's
-download time (a few ms on a LAN) and never trusts a client clock.
+download time (a few ms on a LAN). The browser's own figure (from when the image was on
+screen) replaces it only when it is plausible: see `answer_duration_ms`.
 
 The handlers (`open_page`, `start`, `submit_answer`, `continue_after_feedback`) are
 plain functions of (db_path, token, state, ...) returning a `Screen`, so they are tested
@@ -29,16 +40,36 @@ from __future__ import annotations
 
 import dataclasses
 import html
+import logging
 import pathlib
 import secrets
+import sqlite3
 import time
+import urllib.parse
 
 import gradio as gr
-import numpy as np
 
-from studies import readers, session, stimuli
+from studies import readers, session
 from studies.database import utc_now
-from studies.errors import NotAuthorised, SessionError, StudyError
+from studies.errors import (
+    DatabaseNotFound, NotAStudyDatabase, NotAuthorised, SessionError, StudyError,
+)
+from studio.plain_text import plain_markdown
+
+log = logging.getLogger(__name__)
+
+STIMULUS_ROUTE = "stimulus"   # GET /stimulus/<view id>?token=<token> (studio.app)
+MIN_CLIENT_MS = 50            # a browser figure below this is not a real viewing time
+UNAVAILABLE_IMAGE = ("This image is unavailable; the study team has been notified. Your "
+                     "answers so far are saved. Press Try again in a few minutes: the study "
+                     "continues at this image once it is back.")
+UNEXPECTED = ("Something went wrong on the server{what}. Your earlier answers are safe. "
+              "Press Try again; if this keeps happening, tell the study team (the details "
+              "are in the server's log).")
+STORAGE_FAULT = ("The study's storage cannot be reached right now, so nothing could be "
+                 "loaded or saved{what}. Your earlier answers are safe. Press Try again in a "
+                 "minute; if this keeps happening, tell the study team (the problem is in "
+                 "the server's log).")
 
 KEYBOARD_JS = (pathlib.Path(__file__).with_name("keyboard.js")).read_text(encoding="utf-8")
 
@@ -51,7 +82,8 @@ SHOWN_MS_JS = """(st, ans, ms) => [st, ans, (typeof window.__medisynShownAt === 
 IDS = {"answer": "answer", "submit": "submit", "continue": "continue", "start": "start",
        "image": "stimulus", "progress": "progress", "question": "question",
        "prompt": "prompt", "feedback": "feedback", "finished": "finished",
-       "login": "login", "intro": "intro", "message": "message"}
+       "login": "login", "intro": "intro", "message": "message", "unavailable": "unavailable",
+       "retry": "retry"}
 
 
 @dataclasses.dataclass
@@ -69,12 +101,12 @@ class OnScreen:
 
 @dataclasses.dataclass
 class Screen:
-    kind: str                       # login | intro | case | feedback | finished
+    kind: str                       # login | intro | case | feedback | finished | unavailable
     message: str = ""
     intro: str = ""
     position: int = 0
     total: int = 0
-    image: np.ndarray | None = None  # None on a case screen: keep the image shown
+    image_url: str | None = None     # relative stimulus URL; None: keep the image shown
     new_image: bool = False
     question: str = ""
     question_help: str = ""
@@ -95,6 +127,8 @@ def _token(token: str | None) -> str | None:
 def _reader(db_path, token):
     try:
         return readers.reader_for_token(db_path, _token(token))
+    except (DatabaseNotFound, NotAStudyDatabase):  # a storage fault, not a bad link
+        raise  # (storage_safe says so in words)
     except StudyError:
         return None
 
@@ -115,9 +149,13 @@ def _choices(question: dict) -> list[tuple[str, int]]:
 
 
 def intro_text(view: session.CaseView) -> str:
-    """The instruction screen, from the questions this study asks."""
-    lines = [f"### {html.escape(view.study)}", "",
-             f"You will see **{view.total}** images, one at a time. Answer each question "
+    """The instruction screen, from the questions this study asks. It counts images (the
+    screens the reader will see, as the progress bar does: `view.total`), not items
+    (image x question): with two questions per image, 10 images are 20 answers."""
+    n_q = len(view.tasks)
+    per = ("one question" if n_q == 1 else f"{n_q} questions") + " about each"
+    lines = [f"### {plain_markdown(view.study)}", "",
+             f"You will see **{view.total}** images, one at a time, and answer {per}. Answer "
              "from the image alone; there is no time limit, but go with your first impression.",
              ""]
     for q in view.tasks:
@@ -135,14 +173,28 @@ def intro_text(view: session.CaseView) -> str:
     return "\n".join(lines)
 
 
+def stimulus_url(view_id: str, token: str) -> str:
+    """Relative URL of a read's image (relative, so it works under a path prefix too)."""
+    return (f"{STIMULUS_ROUTE}/{urllib.parse.quote(view_id, safe='')}"
+            f"?token={urllib.parse.quote(token, safe='')}")
+
+
+def _unavailable(view: session.CaseView, message: str) -> Screen:
+    return Screen("unavailable", message=message, position=view.position, total=view.total)
+
+
 def _case_screen(db_path, reader, view: session.CaseView, *, with_image: bool,
-                 message: str = "") -> Screen:
+                 message: str = "", token: str = "") -> Screen:
     pending = view.pending
     q = pending[0]
-    image = None
+    image_url = None
     if with_image:
-        png = session.stimulus_png(db_path, reader.reader_id, view.stimulus_id)
-        image = stimuli.decode_png(png)  # pixels only: Gradio re-encodes a fresh PNG
+        try:
+            session.check_stimulus(db_path, view)
+        except session.StimulusUnavailable as exc:
+            report_fault(db_path, reader.reader_id, exc)
+            return _unavailable(view, UNAVAILABLE_IMAGE)
+        image_url = stimulus_url(view.stimulus_id, token)
     asked = len(view.tasks) - len(pending) + 1
     question = q["question"]
     if len(view.tasks) > 1:
@@ -150,10 +202,19 @@ def _case_screen(db_path, reader, view: session.CaseView, *, with_image: bool,
     state = OnScreen(reader.reader_id, view.assignment_id, q["task"], utc_now(),
                      time.monotonic(), secrets.token_urlsafe(12))
     return Screen("case", message=message, position=view.position, total=view.total,
-                  image=image, new_image=with_image, question=question,
+                  image_url=image_url, new_image=with_image, question=question,
                   question_help=q.get("help", ""), choices=_choices(q),
                   prompt=view.prompt if q.get("shows_prompt") else None,
                   training=view.training, state=state)
+
+
+def report_fault(db_path, reader_id: int, exc: session.StimulusUnavailable) -> None:
+    """Log a missing/unreadable stimulus for the server log and the admin's progress view."""
+    log.error("reader %s: %s", reader_id, exc)
+    try:
+        session.record_fault(db_path, reader_id, exc.stimulus_id, exc.reason)
+    except (sqlite3.Error, OSError, StudyError):  # the log line above still says it
+        log.exception("could not record the stimulus fault in the database")
 
 
 def open_page(db_path, token: str | None) -> Screen:
@@ -168,7 +229,7 @@ def open_page(db_path, token: str | None) -> Screen:
         return _finished(_total(db_path, reader))
     if view.position == 1 and not any(t["answered"] for t in view.tasks):
         return Screen("intro", intro=intro_text(view), total=view.total)
-    return _case_screen(db_path, reader, view, with_image=True,
+    return _case_screen(db_path, reader, view, with_image=True, token=_token(token),
                         message="Welcome back: continuing where you stopped.")
 
 
@@ -187,24 +248,29 @@ def start(db_path, token: str | None) -> Screen:
     view = session.next_case(db_path, reader.reader_id)
     if view is None:
         return _finished(_total(db_path, reader))
-    return _case_screen(db_path, reader, view, with_image=True)
+    return _case_screen(db_path, reader, view, with_image=True, token=_token(token))
 
 
-def answer_duration_ms(server_ms: int, client_ms) -> tuple[int, bool]:
-    """(time on case, whether the browser's figure was used).
+def answer_duration_ms(server_ms: int, client_ms) -> tuple[int, bool, bool]:
+    """(time on case, whether the browser's figure was used, whether it is flagged).
 
     The server's clock starts when it sends the screen, so it also counts the queue and the
     image download; the browser times from the moment the image (or the next question on
-    it) was on screen. The browser's figure is used only when it is a number between 0 and
-    the server's: a client can shorten the time to when it really showed the image, never
-    lengthen it or make it up."""
+    it) was on screen. The browser's figure is used only when it is a number between
+    MIN_CLIENT_MS and the server's: a client can shorten the time to when it really showed
+    the image, never lengthen it or make it up. A figure below MIN_CLIENT_MS (no one looks
+    at an image and answers in under 50 ms; 0 is a script or a broken clock) is replaced by
+    the server's and flagged. The result is at least 1 ms: a stored 0 means nothing."""
+    server_ms = max(1, int(server_ms))
     try:
         value = float(client_ms)
     except (TypeError, ValueError):
-        return server_ms, False
-    if value != value or not 0 <= value <= server_ms:  # NaN, negative or longer than possible
-        return server_ms, False
-    return int(round(value)), True
+        return server_ms, False, False
+    if value != value or value < 0 or value > server_ms:  # NaN, negative, longer than possible
+        return server_ms, False, False
+    if value < MIN_CLIENT_MS:
+        return server_ms, False, True
+    return int(round(value)), True, False
 
 
 def submit_answer(db_path, token: str | None, state: OnScreen | None, answer,
@@ -223,20 +289,21 @@ def submit_answer(db_path, token: str | None, state: OnScreen | None, answer,
             or state.assignment_id != view.assignment_id or state.task != current):
         # Stale tab (server restart, a second tab answered it, a double submit that already
         # moved on): record nothing, show the reader's real current question.
-        return _case_screen(db_path, reader, view, with_image=True,
+        return _case_screen(db_path, reader, view, with_image=True, token=_token(token),
                             message="This page was out of date; here is your current case.")
     if answer is None or answer == "":
         screen = _case_screen(db_path, reader, view, with_image=False,
                               message=f"Choose an answer first (keys 1–{len(view.pending[0]['scale'])}).")
         screen.state = state  # keep timing from the original showing
         return screen
-    server_ms = max(0, int(round((time.monotonic() - state.shown_mono) * 1000)))
-    duration, from_browser = answer_duration_ms(server_ms, client_ms)
+    server_ms = int(round((time.monotonic() - state.shown_mono) * 1000))
+    duration, from_browser, flagged = answer_duration_ms(server_ms, client_ms)
     try:
         # With the browser's figure, shown_at is derived from it (answered_at − duration).
         ack = session.submit(db_path, reader.reader_id, state.assignment_id, state.task,
                              answer, duration, state.client_id,
-                             shown_at=None if from_browser else state.shown_at)
+                             shown_at=None if from_browser else state.shown_at,
+                             duration_flagged=flagged)
     except NotAuthorised:
         return _login("This link is not valid.")
     except SessionError as exc:
@@ -244,8 +311,8 @@ def submit_answer(db_path, token: str | None, state: OnScreen | None, answer,
         screen.state = state
         return screen
     feedback = state.feedback + ([ack.feedback] if ack.feedback else [])
+    nxt = session.next_case(db_path, reader.reader_id)
     if not ack.assignment_complete:
-        nxt = session.next_case(db_path, reader.reader_id)
         if nxt is not None and nxt.assignment_id == state.assignment_id:
             screen = _case_screen(db_path, reader, nxt, with_image=False)
             screen.state.feedback = feedback
@@ -253,7 +320,9 @@ def submit_answer(db_path, token: str | None, state: OnScreen | None, answer,
     if feedback and ack.assignment_complete:
         return Screen("feedback", position=view.position, total=view.total,
                       feedback=_feedback_text(feedback), training=True)
-    return start(db_path, token)
+    if nxt is None:
+        return _finished(_total(db_path, reader))
+    return _case_screen(db_path, reader, nxt, with_image=True, token=_token(token))
 
 
 def _feedback_text(feedback: list[dict]) -> str:
@@ -272,10 +341,11 @@ def continue_after_feedback(db_path, token: str | None) -> Screen:
 
 # ----------------------------------------------------------------------------- Gradio
 READER_CSS = """
-#stimulus img { object-fit: contain; background: #000; }
-#stimulus { background: #000; }
-#stimulus .icon-button-wrapper { display: none !important; }
-#stimulus button { pointer-events: none; cursor: default; }
+#stimulus { background: #000; height: 78vh; display: flex; align-items: center;
+            justify-content: center; }
+#stimulus img { max-width: 100%; max-height: 78vh; width: 100%; height: 100%;
+                object-fit: contain; background: #000; display: block; }
+#stimulus .stimulus-fault { color: #f9fafb; padding: 1rem; font-size: 1.05rem; }
 #progress .bar { height: 10px; background: #e5e7eb; border-radius: 5px; overflow: hidden; }
 #progress .bar > div { height: 100%; background: #2563eb; }
 #progress .label { font-size: 0.95rem; margin-bottom: 4px; color: #374151; }
@@ -283,6 +353,7 @@ READER_CSS = """
 #answer label { font-size: 1.05rem; width: 100%; }
 #submit, #continue, #start { font-size: 1.1rem; min-height: 3rem; }
 #prompt { border-left: 4px solid #2563eb; padding-left: 0.75rem; }
+#prompt .prompt-text { white-space: pre-wrap; }
 .keys-hint { color: #6b7280; font-size: 0.9rem; }
 footer { display: none !important; }
 """
@@ -295,6 +366,37 @@ def progress_html(position: int, total: int, training: bool = False) -> str:
     return (f'<div class="label">Case {position} of {total}{tag}</div>'
             f'<div class="bar" role="progressbar" aria-valuemin="0" aria-valuemax="{total}" '
             f'aria-valuenow="{done}"><div style="width:{pct}%"></div></div>')
+
+
+def stimulus_html(url: str) -> str:
+    """The `<img>` of a read. No-referrer: the page URL (with the token) is never sent on."""
+    return (f'<img src="{html.escape(url, quote=True)}" alt="Case image" '
+            'referrerpolicy="no-referrer" draggable="false">')
+
+
+def prompt_html(prompt: str) -> str:
+    """The prompt as plain text: HTML-escaped inside a gr.HTML (which renders no Markdown),
+    so `![x](http://host/track.png)` or `<img src=...>` is shown as typed, never fetched."""
+    return f'<div class="prompt-text"><b>Text:</b> {html.escape(prompt, quote=True)}</div>'
+
+
+def storage_safe(handler, what: str = ""):
+    """Run a page handler; a storage fault (database locked, swapped for another file or
+    unreadable, read-only file system, missing folder) becomes a screen in words instead of
+    Gradio's bare "Error", and the traceback goes to the server log."""
+    import functools
+
+    @functools.wraps(handler)
+    def wrapper(*args, **kwargs):
+        try:
+            return handler(*args, **kwargs)
+        except (sqlite3.Error, OSError, DatabaseNotFound, NotAStudyDatabase) as exc:
+            log.exception("reader page: storage fault (%s)", type(exc).__name__)
+            return Screen("unavailable", message=STORAGE_FAULT.format(what=what))
+        except Exception:  # a bug: still words, not a bare "Error"; details in the log
+            log.exception("reader page: unexpected error")
+            return Screen("unavailable", message=UNEXPECTED.format(what=what))
+    return wrapper
 
 
 def build_reader_blocks(db_path) -> gr.Blocks:
@@ -322,11 +424,12 @@ def build_reader_blocks(db_path) -> gr.Blocks:
             message = gr.Markdown(elem_id=IDS["message"])
             with gr.Row(equal_height=False):
                 with gr.Column(scale=3, min_width=360):
-                    image = gr.Image(format="png", type="numpy", buttons=[],
-                                     interactive=False, show_label=False, container=False,
-                                     height="78vh", elem_id=IDS["image"])
+                    # Our own <img> (see stimulus_html), not gr.Image: Gradio would re-encode
+                    # the pixels into its shared content-hash cache on every send.
+                    image = gr.HTML("", elem_id=IDS["image"], js_on_load=None,
+                                    apply_default_css=False)
                 with gr.Column(scale=2, min_width=300):
-                    prompt = gr.Markdown(visible=False, elem_id=IDS["prompt"])
+                    prompt = gr.HTML("", visible=False, elem_id=IDS["prompt"], js_on_load=None)
                     question = gr.Markdown(elem_id=IDS["question"])
                     answer = gr.Radio(choices=[], label="Your answer", elem_id=IDS["answer"])
                     submit = gr.Button("Submit  (Enter)", variant="primary",
@@ -341,10 +444,14 @@ def build_reader_blocks(db_path) -> gr.Blocks:
         with gr.Column(visible=False, elem_id=IDS["finished"]) as done_col:
             gr.Markdown("## Finished")
             done_md = gr.Markdown()
+        with gr.Column(visible=False, elem_id=IDS["unavailable"]) as fault_col:
+            gr.Markdown("## Please wait")
+            fault_md = gr.Markdown()
+            retry_btn = gr.Button("Try again", variant="primary", elem_id=IDS["retry"])
 
         outputs = [login_col, intro_col, case_col, done_col, login_msg, intro_md, progress,
                    message, image, prompt, question, answer, submit, feedback, cont, done_md,
-                   keys_hint, state]
+                   keys_hint, fault_col, fault_md, state]
 
         def render(s: Screen):
             case_like = s.kind in ("case", "feedback")
@@ -358,8 +465,8 @@ def build_reader_blocks(db_path) -> gr.Blocks:
                 s.intro if s.kind == "intro" else gr.update(),
                 progress_html(s.position, s.total, s.training) if case_like else gr.update(),
                 s.message if case_like else gr.update(),
-                s.image if s.new_image else gr.update(),
-                gr.update(value=f"**Text:** {html.escape(s.prompt)}" if s.prompt else "",
+                stimulus_html(s.image_url) if s.new_image and s.image_url else gr.update(),
+                gr.update(value=prompt_html(s.prompt) if s.prompt else "",
                           visible=bool(s.prompt) and is_case),
                 gr.update(value=f"### {s.question}" if is_case else "", visible=is_case),
                 gr.update(choices=s.choices, value=None, visible=is_case) if is_case
@@ -370,20 +477,26 @@ def build_reader_blocks(db_path) -> gr.Blocks:
                 s.message if s.kind == "finished" else gr.update(),
                 "Keys: Enter continues" if s.kind == "feedback"
                 else "Keys: digits choose · Enter submits",
+                gr.update(visible=s.kind == "unavailable"),
+                s.message if s.kind == "unavailable" else gr.update(),
                 s.state,
             ]
 
+        safe_open, safe_start = storage_safe(open_page), storage_safe(start)
+        safe_submit = storage_safe(submit_answer, " (your last answer may not have been saved)")
+        safe_continue = storage_safe(continue_after_feedback)
+
         def on_load(request: gr.Request):
-            return render(open_page(db_path, token_of(request)))
+            return render(safe_open(db_path, token_of(request)))
 
         def on_start(request: gr.Request):
-            return render(start(db_path, token_of(request)))
+            return render(safe_start(db_path, token_of(request)))
 
         def on_submit(st, ans, ms, request: gr.Request):
-            return render(submit_answer(db_path, token_of(request), st, ans, ms))
+            return render(safe_submit(db_path, token_of(request), st, ans, ms))
 
         def on_continue(request: gr.Request):
-            return render(continue_after_feedback(db_path, token_of(request)))
+            return render(safe_continue(db_path, token_of(request)))
 
         # Every event is private (not in the API page, not callable by gradio_client) and
         # authorised inside from the token; trigger_mode="once" drops repeat clicks while
@@ -394,6 +507,7 @@ def build_reader_blocks(db_path) -> gr.Blocks:
         start_btn.click(on_start, None, outputs, **common)
         submit.click(on_submit, [state, answer, client_ms], outputs, js=SHOWN_MS_JS, **common)
         cont.click(on_continue, None, outputs, **common)
+        retry_btn.click(on_start, None, outputs, **common)
         # The access-code form only navigates (client-side): the token then arrives like a link.
         open_btn.click(None, [code], None, api_visibility="private", js="""(code) => {
             code = (code || '').trim();

@@ -236,7 +236,8 @@ def test_reader_keyboard_only_with_refresh_and_nothing_leaks(browser, studio, sh
     for url, ctype, body in rec.items:
         assert not [n for n in needles if n in url.lower()], url
         if "image/png" in ctype:
-            assert url.endswith("/image.png"), url
+            # our own per-read route: /stimulus/<random view id>?token=<reader's token>
+            assert re.search(r"/stimulus/[A-Za-z0-9_-]{22}\?token=", url), url
             assert set(stimuli.png_chunk_types(body)) <= {"IHDR", "IDAT", "IEND"}  # no metadata
             images.append(stimuli.decode_png(body))
             continue
@@ -255,8 +256,9 @@ def test_reader_keyboard_only_with_refresh_and_nothing_leaks(browser, studio, sh
     streams = [b for _, c, b in rec.items if "event-stream" in c and b]
     shown = set()
     for b in streams:
-        shown |= set(re.findall(rb"file=([^\"]+?/image\.png)", b))
+        shown |= set(re.findall(rb"stimulus/([A-Za-z0-9_-]{22})\?token=", b))
     assert len(shown) == 10
+    assert not [u for u, _, _ in rec.items if "/file=" in u or "/file/" in u]  # no Gradio files
     for html in dom:
         low = html.lower()
         assert not [n for n in needles if n in low]
@@ -309,6 +311,7 @@ def test_admin_sees_the_readers_results(browser, studio, shots):
 
     ctx = browser.new_context(viewport={"width": 1360, "height": 1000})
     page = ctx.new_page()
+    csp = _csp_violations(page)
     # A reader's token gives no access to the admin app.
     page.goto(f"{studio['url']}/admin/?token={studio['tokens']['dr-a']}")
     page.wait_for_selector("input[type=password]", timeout=30_000)
@@ -329,12 +332,14 @@ def test_admin_sees_the_readers_results(browser, studio, shots):
     page.wait_for_selector(".js-plotly-plot", timeout=30_000)
     time.sleep(1.0)
     page.screenshot(path=str(shots / "dashboard.png"), full_page=True)
+    assert not csp, csp  # the admin pages (plots included) run under the CSP
     ctx.close()
 
 
 def test_generate_an_image(browser, studio, shots):
     ctx = browser.new_context(viewport={"width": 1360, "height": 900})
     page = ctx.new_page()
+    csp = _csp_violations(page)
     _login(page, studio["url"])
     page.get_by_role("tab", name="Generate").click()
     if "medisyn-mini" in studio["model"]:  # the shipped weights: the picker's default, licence shown
@@ -355,6 +360,7 @@ def test_generate_an_image(browser, studio, shots):
     assert page.locator("#gen-files a").count() >= 1
     page.evaluate("window.scrollTo(0, 0)")
     page.screenshot(path=str(shots / "generate.png"), full_page=True)
+    assert not csp, csp  # the gallery's images (Gradio file URLs) are 'self'
     ctx.close()
 
 
@@ -376,7 +382,7 @@ def test_training_feedback_and_two_questions_keyboard_only(browser, training_stu
     ctx = browser.new_context(viewport={"width": 1360, "height": 900})
     page = ctx.new_page()
     image_fetches = []
-    page.on("response", lambda r: image_fetches.append(r.url) if r.url.endswith("/image.png")
+    page.on("response", lambda r: image_fetches.append(r.url) if "/stimulus/" in r.url
             else None)
     page.goto(f"{st['url']}/?token={st['tokens']['dr-a']}")
     page.wait_for_selector("#start", state="visible", timeout=30_000)
@@ -566,3 +572,191 @@ def test_send_batch_to_a_draft_study(browser, studio):
     assert "'ten'" in err.first.inner_text()
     assert counts() == after
     ctx.close()
+
+
+# ------------------------------------------------------------- per-read image URLs, CSP
+def _csp_violations(page) -> list[str]:
+    found: list[str] = []
+    page.on("console", lambda m: found.append(m.text)
+            if "Content Security Policy" in m.text else None)
+    return found
+
+
+@pytest.fixture(scope="module")
+def repeat_studio(tmp_path_factory):
+    """A study with repeated cases and an attention check, two readers."""
+    from studies import readers as readers_mod
+    from studies.design import StudyOptions
+    from studies.ingest import create_study
+    from studio import app as app_mod
+    from studio import auth
+    from studio_fixtures import write_loud_manifest
+
+    tmp = tmp_path_factory.mktemp("browser-repeats")
+    db = tmp / "studio.db"
+    manifest, rows = write_loud_manifest(tmp / "data", 6)
+    create_study(db, "rep", manifest=manifest, size=96,
+                 options=StudyOptions(repeat_fraction=0.5, attention_checks=1))
+    tokens = {r: readers_mod.invite(db, "rep", r) for r in ("dr-a", "dr-b")}
+    creds = auth.AdminCredentials.from_password("admin", ADMIN_PASSWORD, "env")
+    app = app_mod.build_app(db, admin_auth=auth.AdminAuth(creds))
+    server = app_mod.Server(app, "127.0.0.1", app_mod.free_port()).start()
+    yield {"url": server.url, "db": db, "rows": rows, "tokens": tokens}
+    server.stop()
+
+
+def _total_cases(page) -> int:
+    page.wait_for_selector("#progress .label", timeout=30_000)
+    return int(re.search(r"of (\d+)", page.inner_text("#progress .label")).group(1))
+
+
+def test_repeated_case_new_url_bound_to_reader_and_token(browser, repeat_studio):
+    """A repeat and an attention check show the same stimulus under a new URL; a URL works
+    only with its own reader's token and only while its case is on screen; no file or
+    source name anywhere; the page runs under the CSP without a violation."""
+    from studies.database import open_db
+    from studio_fixtures import leak_needles
+
+    url, db, tokens = repeat_studio["url"], repeat_studio["db"], repeat_studio["tokens"]
+    ctx = browser.new_context()
+    page = ctx.new_page()
+    csp = _csp_violations(page)
+    rec = Recorder(page)
+    page.goto(f"{url}/?token={tokens['dr-a']}")
+    page.wait_for_selector("#start", state="visible", timeout=30_000)
+    _press(page, "Enter")
+    total = _total_cases(page)
+    srcs = []
+    for i in range(total):
+        _wait_case(page, i + 1, total)
+        src = page.evaluate("() => document.querySelector('#stimulus img').src")
+        srcs.append(src)
+        # While on screen: the URL works with the token, not without, not with B's token.
+        assert ctx.request.get(src).status == 200
+        bare = src.split("?")[0]
+        assert ctx.request.get(bare).status == 404
+        assert ctx.request.get(f"{bare}?token={tokens['dr-b']}").status == 404
+        _press(page, "1")
+        _press(page, "Enter")
+    page.wait_for_selector("#finished", state="visible", timeout=20_000)
+    rec.harvest_streams()
+    # Every read had its own URL although stimuli were shown more than once.
+    with open_db(db) as conn:
+        kinds = [k for (k,) in conn.execute(
+            "SELECT a.kind FROM assignments a JOIN readers r ON r.id = a.reader_id "
+            "WHERE r.name = 'dr-a'")]
+        n_stimuli = conn.execute(
+            "SELECT count(DISTINCT a.case_id) FROM assignments a JOIN readers r "
+            "ON r.id = a.reader_id WHERE r.name = 'dr-a'").fetchone()[0]
+    assert "repeat" in kinds and "attention" in kinds and n_stimuli < total
+    assert len(set(srcs)) == total == len(kinds)
+    # Answered reads' URLs are dead, with the token too.
+    assert all(ctx.request.get(s_).status == 404 for s_ in srcs)
+    # Reader B's URLs share nothing with A's.
+    page_b = ctx.new_page()
+    page_b.goto(f"{url}/?token={tokens['dr-b']}")
+    page_b.wait_for_selector("#start", state="visible", timeout=30_000)
+    page_b.keyboard.press("Enter")
+    page_b.wait_for_function("() => { const i = document.querySelector('#stimulus img');"
+                             " return i && i.complete && i.naturalWidth > 0; }", timeout=30_000)
+    src_b = page_b.evaluate("() => document.querySelector('#stimulus img').src")
+    assert src_b.split("?")[0] not in {s_.split("?")[0] for s_ in srcs}
+    assert ctx.request.get(src_b.replace(tokens["dr-b"], tokens["dr-a"])).status == 404
+    # No file, source or generator name in any URL or response; no Gradio file route.
+    needles = [n.lower() for n in leak_needles(repeat_studio["rows"])] + ["stimuli", ".png"]
+    for u, ctype, body in rec.items:
+        assert not [n for n in needles if n in u.lower()], u
+        assert "/file=" not in u and "/file/" not in u, u
+        if any(t in ctype for t in ("text", "json", "javascript", "event-stream")):
+            text = body.decode("utf-8", "replace").lower()
+            assert not [n for n in needles if n in text and n != ".png"], u
+    assert not csp, csp
+    ctx.close()
+
+
+@pytest.fixture(scope="module")
+def tracker():
+    """A local HTTP server that counts every request it gets (a 'remote' image host)."""
+    import http.server
+    import threading
+
+    from studio.app import free_port
+
+    hits: list[str] = []
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):  # noqa: N802
+            hits.append(self.path)
+            self.send_response(200)
+            self.send_header("Content-Type", "image/png")
+            self.end_headers()
+
+        def log_message(self, *a):
+            pass
+
+    port = free_port()
+    srv = http.server.ThreadingHTTPServer(("127.0.0.1", port), Handler)
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{port}", hits
+    srv.shutdown()
+
+
+def test_prompts_and_names_are_plain_text_no_outgoing_request(browser, tmp_path_factory,
+                                                                tracker):
+    """A Markdown/HTML image in a prompt or a study name is shown as typed, to the reader
+    and in the admin, and the browser fetches nothing from the 'remote' host."""
+    import csv
+
+    from studies import readers as readers_mod
+    from studies.design import StudyOptions
+    from studies.ingest import create_study
+    from studio import app as app_mod
+    from studio import auth
+    from studio_fixtures import write_loud_manifest
+
+    remote, hits = tracker
+    tmp = tmp_path_factory.mktemp("browser-md")
+    manifest, rows = write_loud_manifest(tmp / "data", 2)
+    prompt = f"![x]({remote}/md.png) <img src=\"{remote}/html.png\"> **bold**"
+    with manifest.open(newline="", encoding="utf-8") as fh:
+        data = list(csv.DictReader(fh))
+    with manifest.open("w", newline="", encoding="utf-8") as fh:
+        w = csv.DictWriter(fh, fieldnames=list(data[0]))
+        w.writeheader()
+        w.writerows({**r, "prompt": prompt} for r in data)
+    name = f"md ![s]({remote}/name.png)"
+    db = tmp / "studio.db"
+    create_study(db, name, manifest=manifest, size=64,
+                 options=StudyOptions(tasks=("turing", "alignment")))
+    token = readers_mod.invite(db, name, "dr-a")
+    creds = auth.AdminCredentials.from_password("admin", ADMIN_PASSWORD, "env")
+    app = app_mod.build_app(db, admin_auth=auth.AdminAuth(creds))
+    server = app_mod.Server(app, "127.0.0.1", app_mod.free_port()).start()
+    try:
+        ctx = browser.new_context()
+        page = ctx.new_page()
+        csp = _csp_violations(page)
+        page.goto(f"{server.url}/?token={token}")
+        page.wait_for_selector("#start", state="visible", timeout=30_000)
+        assert f"![s]({remote}/name.png)" in page.inner_text("#intro")
+        _press(page, "Enter")
+        _wait_case(page, 1, 2)
+        _press(page, "1")
+        _press(page, "Enter")  # turing answered: the alignment question shows the prompt
+        page.wait_for_selector("#prompt .prompt-text", state="visible", timeout=20_000)
+        shown = page.inner_text("#prompt")
+        assert prompt in shown  # verbatim: no image, no bold, no tag
+        assert not page.query_selector("#prompt img, #prompt strong, #intro img")
+        # The admin sees the study's name as typed too.
+        apage = ctx.new_page()
+        _login(apage, server.url)
+        apage.wait_for_function("(n) => document.querySelector('#overview')"
+                                " && document.querySelector('#overview').innerText.includes(n)",
+                                arg=f"![s]({remote}/name.png)", timeout=20_000)
+        assert not apage.query_selector("#overview img")
+        time.sleep(1.0)
+        assert hits == []
+        assert not csp, csp
+        ctx.close()
+    finally:
+        server.stop()

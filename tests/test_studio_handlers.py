@@ -24,7 +24,7 @@ from studio import admin_view, auth, reader_view
 def _text(obj) -> str:
     """Everything a Screen would send to the browser, as text."""
     if dataclasses.is_dataclass(obj):
-        obj = {k: v for k, v in dataclasses.asdict(obj).items() if k not in ("image", "state")}
+        obj = {k: v for k, v in dataclasses.asdict(obj).items() if k != "state"}
     return json.dumps(obj, default=str)
 
 
@@ -59,11 +59,14 @@ def test_reader_flow_blinded_pixels_and_finish(tmp_path):
         assert screen.prompt is None
         text = _text(screen)
         assert not [n for n in needles if n.lower() in text.lower()]
-        # The pixels handed to Gradio are exactly the stored normalised stimulus.
+        # The image is the read's own URL (its random view id, the reader's token) ...
         view = session.next_case(db, screen.state.reader_id)
-        stored = session.stimulus_png(db, screen.state.reader_id, view.stimulus_id)
-        assert isinstance(screen.image, np.ndarray) and screen.image.shape == (96, 96, 3)
-        np.testing.assert_array_equal(screen.image, stimuli.decode_png(stored))
+        assert screen.new_image and screen.image_url == (
+            f"{reader_view.STIMULUS_ROUTE}/{view.stimulus_id}?token={token}")
+        # ... whose bytes are exactly the stored normalised stimulus.
+        stored = session.stimulus_png(db, screen.state.reader_id, view.stimulus_id,
+                                      current_only=True)
+        assert stimuli.decode_png(stored).shape == (96, 96, 3)
         seen.append(view.assignment_id)
         screen = reader_view.submit_answer(db, token, screen.state, 5)
     assert screen.kind == "finished" and "10" in screen.message
@@ -141,12 +144,14 @@ def test_duration_uses_the_browsers_display_time_only_when_shorter(tmp_path, mon
     token = tokens["dr-a"]
     clock = [1000.0]
     monkeypatch.setattr(reader_view.time, "monotonic", lambda: clock[0])
-    for client_ms in (1800, 99_999, -5, float("nan"), "junk", None):
+    for client_ms in (1800, 99_999, -5, float("nan"), "junk", None, 0, 49.4, 50):
         s = reader_view.start(db, token)
         clock[0] += 2.5
         reader_view.submit_answer(db, token, s.state, 4, client_ms)
     df = long_table(db, "ten")
-    assert df["duration_ms"].tolist() == [1800, 2500, 2500, 2500, 2500, 2500]
+    assert df["duration_ms"].tolist() == [1800, 2500, 2500, 2500, 2500, 2500, 2500, 2500, 50]
+    # A browser figure under 50 ms (0 included) is replaced by the server's and flagged.
+    assert df["duration_flagged"].tolist() == [0, 0, 0, 0, 0, 0, 1, 1, 0]
     # shown_at follows the figure used: 1.8 s before the answer, not the server's send time
     from studies.database import open_db
     conn = open_db(db)
@@ -168,7 +173,7 @@ def test_two_tasks_prompt_only_with_alignment_and_training_feedback(tmp_path):
     assert s.training and s.prompt is None and len(s.choices) == 6
     s = reader_view.submit_answer(db, token, s.state, 1)
     # Same image, second question: the prompt appears, the image is not re-sent.
-    assert s.kind == "case" and s.position == 1 and not s.new_image and s.image is None
+    assert s.kind == "case" and s.position == 1 and not s.new_image and s.image_url is None
     assert s.prompt in prompts and len(s.choices) == 5
     s = reader_view.submit_answer(db, token, s.state, 3)
     assert s.kind == "feedback" and "Training case" in s.feedback
@@ -190,9 +195,12 @@ def test_reader_blocks_config_is_blind_and_every_event_private(tmp_path):
         assert needle not in config
     deps = blocks.get_config_file()["dependencies"]
     assert deps and all(d["api_visibility"] == "private" for d in deps)
+    # The stimulus is our own <img> (gr.HTML), not gr.Image: nothing goes through Gradio's
+    # file cache.
     image = next(c for c in blocks.get_config_file()["components"]
                  if c.get("props", {}).get("elem_id") == "stimulus")
-    assert image["props"]["format"] == "png" and image["props"]["buttons"] == []
+    assert image["type"] == "html"
+    assert not [c for c in blocks.get_config_file()["components"] if c["type"] == "image"]
 
 
 # -------------------------------------------------------------------------------- auth
@@ -213,16 +221,40 @@ def test_admin_credentials_generated_hashed_and_reused(tmp_path):
     assert pw4 is None and env_creds.source == "env" and env_creds.matches("chief", "s3cret")
 
 
-def test_admin_auth_brake_after_repeated_failures():
+def _from(address, fn, *args):
+    token = auth.CLIENT_ADDRESS.set(address)
+    try:
+        return fn(*args)
+    finally:
+        auth.CLIENT_ADDRESS.reset(token)
+
+
+def test_admin_auth_brake_per_address_and_user_with_backoff():
     now = [0.0]
     a = auth.AdminAuth(auth.AdminCredentials.from_password("admin", "right", "env"),
                        clock=lambda: now[0])
-    assert a("admin", "right")
+    attacker, admin = "203.0.113.9", "198.51.100.7"
+    assert _from(admin, a, "admin", "right")
     for _ in range(auth.MAX_FAILURES):
-        assert not a("admin", "wrong")
-    assert a.locked() and not a("admin", "right")  # even the right password waits
-    now[0] += auth.LOCKOUT_S + 1
-    assert a("admin", "right")
+        assert not _from(attacker, a, "admin", "wrong")
+    # The attacker's address is locked for that user name, even with the right password ...
+    assert a.locked("admin", attacker) and not _from(attacker, a, "admin", "right")
+    # ... and the real admin, from another address, is not locked out.
+    assert not a.locked("admin", admin) and _from(admin, a, "admin", "right")
+    # Exponential back-off: every further failure doubles the wait.
+    waits = []
+    for _ in range(3):
+        start = now[0]
+        while a.locked("admin", attacker):
+            now[0] += 1
+        waits.append(now[0] - start)
+        assert not _from(attacker, a, "admin", "wrong")
+    assert waits[0] >= auth.LOCKOUT_S and waits[1] >= 2 * auth.LOCKOUT_S - 1
+    assert waits[2] >= 4 * auth.LOCKOUT_S - 1
+    # Another user name from the attacker's address has its own count; success resets.
+    assert not a.locked("root", attacker)
+    now[0] += auth.MAX_LOCKOUT_S + 1
+    assert _from(attacker, a, "admin", "right") and not a.locked("admin", attacker)
     assert a.is_admin("admin") and not a.is_admin(None) and not a.is_admin("Admin")
 
 
@@ -448,9 +480,11 @@ def test_routes_admin_needs_login_reader_does_not(served):
         reader_cfg = c.get("/config").text
         assert "studies-table" not in reader_cfg and "gen-model" not in reader_cfg
         assert "studies-table" in c.get("/admin/config").text
-        # No public API: the API description lists no endpoint.
-        info = c.get("/gradio_api/info").json()
-        assert not info.get("named_endpoints") and not info.get("unnamed_endpoints")
+        # No API descriptions at all, on either side, logged in or not.
+        for route in ("/gradio_api/info", "/gradio_api/openapi.json", "/openapi.json", "/docs",
+                      "/admin/gradio_api/info", "/admin/gradio_api/openapi.json",
+                      "/admin/openapi.json", "/admin/docs", "/gradio_api//info"):
+            assert c.get(route).status_code == 404, route
 
 
 @pytest.fixture
@@ -495,9 +529,9 @@ def test_routes_reader_side_serves_no_files_and_takes_no_uploads(served, cache_f
             assert r.status_code in (403, 404), route
             assert "LEAKREAL" not in r.text and "reader,case" not in r.text, route
         assert secret  # the export exists and would have been served without the guard
-        # The one thing the reader side does serve: Gradio's cached stimulus copies.
+        # Not even Gradio's cached image copies: stimuli come from /stimulus/<id> only.
         for route in (f"/gradio_api/file={png}", f"/gradio_api/file/{png}"):
-            assert c.get(route).status_code == 200, route
+            assert c.get(route).status_code == 404, route
         # No uploads, recordings or streams; no proxy or run history.
         for route in ("/gradio_api/upload", "/gradio_api/upload/", "/gradio_api//upload",
                       "/gradio_api/process_recording", "/gradio_api/stream/x",
@@ -521,6 +555,302 @@ def test_routes_reader_side_serves_no_files_and_takes_no_uploads(served, cache_f
         assert c.get(f"/admin/gradio_api/file={export}").text == secret
         assert c.get(f"/admin/gradio_api/file={stim}").status_code == 403
         assert c.post("/admin/gradio_api/process_recording").status_code == 404
+
+
+# ----------------------------------------------------------------- stimulus route, faults
+def _repeat_study(tmp):
+    """A study with repeats and an attention check, two readers: (db, {reader: token})."""
+    from studio_fixtures import write_loud_manifest as loud
+
+    from studies import readers as readers_mod
+    from studies.design import StudyOptions
+    from studies.ingest import create_study
+
+    db = tmp / "studio.db"
+    manifest, _ = loud(tmp / "data", 8)
+    create_study(db, "rep", manifest=manifest, size=64,
+                 options=StudyOptions(repeat_fraction=0.5, attention_checks=1))
+    return db, {r: readers_mod.invite(db, "rep", r) for r in ("dr-a", "dr-b")}
+
+
+@pytest.fixture(scope="module")
+def served_repeats(tmp_path_factory):
+    from studio import app as app_mod
+
+    db, tokens = _repeat_study(tmp_path_factory.mktemp("served-rep"))
+    creds = auth.AdminCredentials.from_password("admin", "pw-test", "env")
+    app = app_mod.build_app(db, admin_auth=auth.AdminAuth(creds))
+    server = app_mod.Server(app, "127.0.0.1", app_mod.free_port()).start()
+    yield server.url, db, tokens
+    server.stop()
+
+
+def test_stimulus_route_per_read_per_reader_token_only(served_repeats):
+    """Each read has its own URL (a repeat or attention check too, never shared between
+    readers), which works only with its reader's token and only until it is answered; the
+    bytes are the stored PNG's, unchanged, no-store."""
+    import httpx
+
+    from studies.database import open_db
+
+    url, db, tokens = served_repeats
+    a, b = tokens["dr-a"], tokens["dr-b"]
+    urls_a, urls_b, reads = [], [], []
+    with httpx.Client(base_url=url, timeout=20) as c:
+        s_b = reader_view.start(db, b)
+        urls_b.append(s_b.image_url)
+        s = reader_view.start(db, a)
+        while s.kind == "case":
+            view_url = s.image_url
+            view_id = view_url.split("/")[1].split("?")[0]
+            r = c.get(f"/{view_url}")
+            assert r.status_code == 200 and r.headers["content-type"] == "image/png"
+            assert r.headers["cache-control"] == "no-store"
+            assert r.headers["referrer-policy"] == "no-referrer"
+            reads.append((view_id, r.content))
+            # no token, an empty one, reader B's token: the same 404 as an unknown id
+            for bad in ("", "?token=", f"?token={b}", f"?token={a[:-2]}"):
+                assert c.get(f"/stimulus/{view_id}{bad}").status_code == 404, bad
+            # reader B's current id with reader A's token: refused too
+            assert c.get(f"/{s_b.image_url.split('?')[0]}?token={a}").status_code == 404
+            urls_a.append(view_url)
+            s = reader_view.submit_answer(db, a, s.state, 3)
+        # Once answered, a read's URL is dead (no re-fetching earlier images to compare).
+        assert c.get(f"/{urls_a[0]}").status_code == 404
+        assert c.get("/stimulus/" + "x" * 500 + f"?token={a}").status_code == 404
+    with open_db(db) as conn:
+        rows = conn.execute("SELECT a.view_id, c.stimulus_id, a.kind FROM assignments a "
+                            "JOIN cases c ON c.id = a.case_id JOIN readers r ON r.id = a.reader_id "
+                            "WHERE r.name = 'dr-a'").fetchall()
+    stim_of = {v: sid for v, sid, _ in rows}
+    kinds = {k for _, _, k in rows}
+    assert {"repeat", "attention"} <= kinds  # the study does repeat a case and check attention
+    # Bytes served are the stored file's, byte for byte (no re-encoding).
+    for view_id, body in reads:
+        assert body == (stimuli_dir(db) / f"{stim_of[view_id]}.png").read_bytes()
+    # A stimulus read twice (repeat, attention check) had a different URL each time.
+    by_stim = {}
+    for view_id, _ in reads:
+        by_stim.setdefault(stim_of[view_id], []).append(view_id)
+    assert any(len(v) > 1 for v in by_stim.values())
+    assert len(set(urls_a)) == len(urls_a) == len(rows)
+    # No URL of reader A is reader B's, and no URL holds a source or file name.
+    ids_a = {u.split("?")[0] for u in urls_a}
+    assert not ids_a & {u.split("?")[0] for u in urls_b}
+    assert not [u for u in urls_a if "real" in u.lower() or "synth" in u.lower() or ".png" in u]
+
+
+def test_missing_stimulus_message_in_words_and_admin_sees_the_fault(served_repeats, tmp_path):
+    """A stored stimulus file gone: the reader gets a message in words and waits at that
+    case (Try again continues once it is back); the fault is logged with the stimulus id
+    and shown in the admin's progress view; the route answers 503, not a broken image."""
+    import httpx
+
+    db, tokens = _repeat_study(tmp_path)
+    token = tokens["dr-b"]
+    first = reader_view.start(db, token)
+    view = session.next_case(db, first.state.reader_id)
+    with open_db_(db) as conn:
+        sid = conn.execute("SELECT c.stimulus_id FROM assignments a JOIN cases c "
+                           "ON c.id = a.case_id WHERE a.view_id = ?", [view.stimulus_id]).fetchone()[0]
+    path = stimuli_dir(db) / f"{sid}.png"
+    kept = path.read_bytes()
+    path.unlink()
+    for screen in (reader_view.start(db, token), reader_view.submit_answer(db, token, None, 3)):
+        assert screen.kind == "unavailable" and screen.message == reader_view.UNAVAILABLE_IMAGE
+        assert "Error" not in screen.message and screen.image_url is None
+    found = session.faults(db, "rep")
+    assert [f.stimulus_id for f in found] == [sid] and found[0].count == 2
+    assert found[0].readers == 1 and found[0].reason
+    md = admin_view.faults_markdown(db, "rep")
+    assert sid in md and "Stimulus faults" in md
+    assert admin_view.faults_markdown(db, "rep") and not len(long_table(db, "rep"))
+    # The stimulus route of a served studio: 503 in words, and it is logged too.
+    url, sdb, stokens = served_repeats
+    s = reader_view.start(sdb, stokens["dr-b"])
+    if s.kind == "case":
+        v = session.next_case(sdb, s.state.reader_id)
+        with open_db_(sdb) as conn:
+            ssid = conn.execute("SELECT c.stimulus_id FROM assignments a JOIN cases c ON "
+                                "c.id = a.case_id WHERE a.view_id = ?", [v.stimulus_id]).fetchone()[0]
+        spath = stimuli_dir(sdb) / f"{ssid}.png"
+        saved = spath.read_bytes()
+        spath.unlink()
+        try:
+            with httpx.Client(base_url=url, timeout=20) as c:
+                r = c.get(f"/{s.image_url}")
+            assert r.status_code == 503 and "unavailable" in r.text
+            assert ssid in [f.stimulus_id for f in session.faults(sdb, "rep")]
+        finally:
+            spath.write_bytes(saved)
+    # Restored: Try again continues at the same case.
+    path.write_bytes(kept)
+    back = reader_view.start(db, token)
+    assert back.kind == "case" and back.position == first.position and back.image_url
+
+
+def open_db_(db):
+    from studies.database import open_db
+    return open_db(db)
+
+
+def test_intro_counts_images_not_items(tmp_path):
+    """The intro's number is the images the reader will see (the progress bar's N: repeats
+    and attention checks included, each one image), not image x question."""
+    db, tokens = _repeat_study(tmp_path / "rep")
+    intro = reader_view.open_page(db, tokens["dr-a"])
+    total = reader_view.start(db, tokens["dr-a"]).total
+    assert total > 8  # 8 cases + repeats + an attention check
+    assert f"You will see **{total}** images" in intro.intro and "one question about each" in intro.intro
+    db2, _, tokens2 = make_loud_study(tmp_path / "two", n_cases=4, tasks=("turing", "alignment"))
+    intro2 = reader_view.open_page(db2, tokens2["dr-a"]).intro
+    assert "You will see **4** images" in intro2 and "2 questions about each" in intro2
+    assert "**8**" not in intro2
+
+
+def test_unexpected_error_is_words_too(tmp_path, monkeypatch):
+    db, _, tokens = make_loud_study(tmp_path)
+
+    def broken(*a, **k):
+        raise KeyError("bug")
+    monkeypatch.setattr(session, "next_case", broken)
+    screen = reader_view.storage_safe(reader_view.start)(db, tokens["dr-a"])
+    assert screen.kind == "unavailable" and "went wrong" in screen.message
+    assert "Try again" in screen.message and "Error" not in screen.message
+
+
+@pytest.mark.parametrize("fault", ["locked", "read-only", "swapped", "missing folder",
+                                   "missing database"])
+def test_storage_faults_give_a_message_in_words(tmp_path, monkeypatch, fault):
+    import errno
+    import sqlite3
+
+    db, _, tokens = make_loud_study(tmp_path)
+    token = tokens["dr-a"]
+    s = reader_view.start(db, token)
+    if fault == "locked":
+        def locked(*a, **k):
+            raise sqlite3.OperationalError("database is locked")
+        monkeypatch.setattr(session, "submit", locked)
+    elif fault == "read-only":
+        def ro(*a, **k):
+            raise OSError(errno.EROFS, "Read-only file system")
+        monkeypatch.setattr(session, "submit", ro)
+    elif fault == "swapped":
+        for suffix in ("-wal", "-shm"):
+            pathlib.Path(f"{db}{suffix}").unlink(missing_ok=True)
+        pathlib.Path(db).write_bytes(b"this is not a database" * 100)
+    elif fault == "missing folder":
+        import shutil
+        shutil.rmtree(db.parent)
+    else:
+        for suffix in ("", "-wal", "-shm"):
+            pathlib.Path(f"{db}{suffix}").unlink(missing_ok=True)
+    for handler, args in ((reader_view.open_page, (db, token)),
+                          (reader_view.start, (db, token)),
+                          (reader_view.submit_answer, (db, token, s.state, 3)),
+                          (reader_view.continue_after_feedback, (db, token))):
+        screen = reader_view.storage_safe(handler, " (your last answer may not have been saved)")(*args)
+        if fault in ("locked", "read-only") and handler is not reader_view.submit_answer:
+            assert screen.kind in ("intro", "case")  # reading still works; only writes fail
+            continue
+        assert screen.kind == "unavailable", (fault, handler.__name__, screen)
+        assert "storage cannot be reached" in screen.message and "Try again" in screen.message
+        assert "Error" not in screen.message
+
+
+# ---------------------------------------------------------------------- web hardening
+def test_cross_origin_writes_refused_no_cors_and_security_headers(served):
+    import httpx
+
+    url, db, rows, tokens = served
+    foreign = {"Host": "studio.example.org", "Origin": "http://blog.example.org"}
+    sibling_ref = {"Host": "studio.example.org", "Referer": "http://blog.example.org/x"}
+    own = {"Host": "studio.example.org", "Origin": "http://studio.example.org"}
+    creds = {"username": "admin", "password": "pw-test"}
+    with httpx.Client(base_url=url, timeout=20) as c:
+        # A sibling page cannot log in, post events or preflight; own origin can.
+        for headers in (foreign, sibling_ref, {"Host": "studio.example.org", "Origin": "null"}):
+            r = c.post("/admin/login", data=creds, headers=headers)
+            assert r.status_code == 403 and "set-cookie" not in r.headers, headers
+            r = c.post("/gradio_api/queue/join", headers=headers,
+                       json={"data": [], "fn_index": 0, "session_hash": "x"})
+            assert r.status_code == 403
+        pre = c.options("/admin/gradio_api/queue/join", headers={
+            **foreign, "Access-Control-Request-Method": "POST"})
+        assert pre.status_code == 403
+        assert not [h for h in pre.headers if h.lower().startswith("access-control-")]
+        ok = c.post("/admin/login", data=creds, headers=own)
+        assert ok.status_code == 200
+        # Gradio's login cookies: SameSite=Lax (not None).
+        cookies = ok.headers.get_list("set-cookie")
+        assert cookies and all("samesite=lax" in k.lower() for k in cookies)
+        assert not [k for k in cookies if "samesite=none" in k.lower()]
+        # A credentialed cross-origin read gets no CORS headers, so the browser hides it.
+        r = c.get("/admin/config", headers=foreign)
+        assert r.status_code == 200  # (this client holds the cookie; a browser page would not see it)
+        assert not [h for h in r.headers if h.lower().startswith("access-control-")]
+        # Security headers on every kind of response: page, JSON, 404, 403, stimulus.
+        for r in (c.get("/"), c.get("/config"), c.get("/nope"), c.get("/admin/"),
+                  c.post("/admin/login", data=creds, headers=foreign),
+                  c.get("/stimulus/x?token=y")):
+            h = r.headers
+            assert "frame-ancestors 'none'" in h["content-security-policy"], r.url
+            assert "img-src 'self' data: blob:;" in h["content-security-policy"]
+            assert h["x-content-type-options"] == "nosniff" and h["x-frame-options"] == "DENY"
+            assert h["referrer-policy"] == "no-referrer"
+
+
+def test_bad_fn_index_is_a_4xx_without_traceback(served):
+    import httpx
+
+    url, *_ = served
+    with httpx.Client(base_url=url, timeout=20) as c:
+        for fn in (999, -1, "x", 1.5, True):
+            r = c.post("/gradio_api/queue/join?token=x",
+                       json={"data": [], "fn_index": fn, "session_hash": "s"})
+            assert 400 <= r.status_code < 500, fn
+            assert "Traceback" not in r.text and "KeyError" not in r.text
+        r = c.post("/gradio_api/queue/join", content=b"{not json",
+                   headers={"content-type": "application/json"})
+        assert 400 <= r.status_code < 500 and "Traceback" not in r.text
+
+
+def test_cookies_secure_behind_https_base_url(tmp_path):
+    from starlette.testclient import TestClient
+
+    from studio import app as app_mod
+
+    db, _, _ = make_loud_study(tmp_path)
+    creds = auth.AdminCredentials.from_password("admin", "pw-test", "env")
+    app = app_mod.build_app(db, admin_auth=auth.AdminAuth(creds),
+                            base_url="https://studio.example.org/")
+    with TestClient(app, base_url="http://studio.example.org") as c:
+        r = c.post("/admin/login", data={"username": "admin", "password": "pw-test"},
+                   headers={"Origin": "https://studio.example.org"})
+        assert r.status_code == 200
+        cookies = r.headers.get_list("set-cookie")
+        assert cookies and all("secure" in [p.strip().lower() for p in k.split(";")]
+                               and "samesite=lax" in k.lower() for k in cookies)
+
+
+def test_login_lockout_is_per_client_address(served):
+    """Five bad posts from one address lock that address out; the admin logging in from
+    another address is not affected (two real client addresses: 127.0.0.2 and 127.0.0.3)."""
+    import httpx
+
+    url, *_ = served
+    bad = {"username": "admin", "password": "nope"}
+    good = {"username": "admin", "password": "pw-test"}
+
+    def client(addr):
+        return httpx.Client(base_url=url, timeout=20,
+                            transport=httpx.HTTPTransport(local_address=addr))
+    with client("127.0.0.2") as attacker, client("127.0.0.3") as admin:
+        for _ in range(auth.MAX_FAILURES + 2):
+            assert attacker.post("/admin/login", data=bad).status_code == 400
+        assert attacker.post("/admin/login", data=good).status_code == 400  # locked out
+        assert admin.post("/admin/login", data=good).status_code == 200
 
 
 # ------------------------------------------------------------------------------ generate
