@@ -50,13 +50,13 @@ def main() -> None:
         loaded = load("embedded", options={"hash_weights": False})
         d = read_defaults(loaded.path)
         for i, (prompt, n) in enumerate(zip(prompts, counts)):
-            for j in range(n):
-                path = samples / f"p{i}_{j:03d}.png"
-                if path.exists():
-                    continue
-                req = GenerationRequest(prompt=prompt, num_images=1, seed=90000 + 1000 * i + j, steps=d.steps,
-                                        guidance_scale=d.guidance_scale)
-                generate(loaded, req)[0].image.save(path)
+            if all((samples / f"p{i}_{j:03d}.png").exists() for j in range(n)):
+                continue
+            # one batched request per prompt: image j gets seed 90000 + 1000 i + j
+            req = GenerationRequest(prompt=prompt, num_images=n, seed=90000 + 1000 * i, steps=d.steps,
+                                    guidance_scale=d.guidance_scale)
+            for j, g in enumerate(generate(loaded, req, batch_size=n)):
+                g.image.save(samples / f"p{i}_{j:03d}.png")
     gen_s = time.perf_counter() - t0
     if not (out / "train" / "captions.csv").is_file():
         demo_data.build_training_set(out / "train", samples=3000, seed=0)

@@ -39,15 +39,21 @@ def load_clip(folder, device: str = "cpu"):
     folder = pathlib.Path(folder).expanduser()
     if not (folder / "config.json").is_file():
         raise EvaluationError(f"--clip: {folder} is not a model folder (no config.json)")
+    def fail(exc, what):
+        return EvaluationError(f"--clip: cannot load the {what} of {folder} ({type(exc).__name__}: "
+                               f"{str(exc).splitlines()[0][:160] if str(exc) else ''})")
+
     try:
         model = transformers.AutoModel.from_pretrained(folder, local_files_only=True).to(device).eval()
-        tokenizer = transformers.AutoTokenizer.from_pretrained(folder, local_files_only=True)
     except Exception as exc:
-        raise EvaluationError(f"--clip: cannot load {folder} ({type(exc).__name__}: "
-                              f"{str(exc).splitlines()[0][:160] if str(exc) else ''})") from None
+        raise fail(exc, "model") from None
     if not (hasattr(model, "get_image_features") and hasattr(model, "get_text_features")):
         raise EvaluationError(f"--clip: {type(model).__name__} is not a CLIP-like model (it has no image and "
                               "text embeddings)")
+    try:
+        tokenizer = transformers.AutoTokenizer.from_pretrained(folder, local_files_only=True)
+    except Exception as exc:
+        raise fail(exc, "tokenizer") from None
     vcfg = _vision_config(model.config)
     if getattr(vcfg, "num_channels", 3) != 3:
         raise EvaluationError(f"--clip: the model takes {vcfg.num_channels}-channel images but evaluation "

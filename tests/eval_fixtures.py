@@ -111,3 +111,75 @@ def planted_sets(tmp: pathlib.Path, *, textures: int = 20, unrelated_textures: i
     for i in range(unrelated_textures):
         unrelated.append(save(texture_rgb(rng), syn_dir / f"other_texture_{i:03d}.png").name)
     return ref_dir, syn_dir, planted, unrelated
+
+
+# ---------------------------------------------------------------------------------------
+# tiny local models (random weights, built here; nothing downloaded)
+
+def tiny_torchscript(path: pathlib.Path, in_channels: int = 3, dim: int = 16, seed: int = 0) -> pathlib.Path:
+    """A TorchScript network with the FID Inception file's calling convention:
+    uint8 N x C x H x W in, `return_features=True` -> N x dim features."""
+    import torch
+
+    class Tiny(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = torch.nn.Conv2d(in_channels, 8, 5, stride=4)
+            self.fc = torch.nn.Linear(8, dim)
+
+        def forward(self, x: torch.Tensor, return_features: bool = False) -> torch.Tensor:
+            x = x.float() / 255.0
+            x = torch.nn.functional.adaptive_avg_pool2d(torch.relu(self.conv(x)), 1).flatten(1)
+            return self.fc(x)
+
+    torch.manual_seed(seed)
+    torch.jit.script(Tiny()).save(str(path))
+    return path
+
+
+def tiny_vit(folder: pathlib.Path, num_channels: int = 3) -> pathlib.Path:
+    from transformers import ViTConfig, ViTModel
+
+    import torch
+
+    torch.manual_seed(0)
+    cfg = ViTConfig(image_size=32, patch_size=8, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
+                    intermediate_size=32, num_channels=num_channels)
+    ViTModel(cfg).save_pretrained(folder)
+    return folder
+
+
+def tiny_bert(folder: pathlib.Path) -> pathlib.Path:
+    from transformers import BertConfig, BertModel
+
+    BertModel(BertConfig(vocab_size=64, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
+                         intermediate_size=32)).save_pretrained(folder)
+    return folder
+
+
+def tiny_clip(folder: pathlib.Path) -> pathlib.Path:
+    """A random CLIPModel with the embedded model's own (offline) CLIP tokenizer."""
+    import torch
+    from transformers import CLIPConfig, CLIPModel, CLIPTokenizer
+
+    root = pathlib.Path(__file__).resolve().parents[1]
+    tok = CLIPTokenizer.from_pretrained(root / "assets" / "medisyn-mini" / "tokenizer")
+    torch.manual_seed(0)
+    cfg = CLIPConfig(
+        text_config=dict(vocab_size=len(tok), hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+                         num_attention_heads=2, max_position_embeddings=77,
+                         eos_token_id=tok.eos_token_id, bos_token_id=tok.bos_token_id, pad_token_id=tok.pad_token_id),
+        vision_config=dict(image_size=32, patch_size=8, hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+                           num_attention_heads=2),
+        projection_dim=8)
+    CLIPModel(cfg).save_pretrained(folder)
+    tok.save_pretrained(folder)
+    return folder
+
+
+def small_set(folder: pathlib.Path, n: int, seed: int, *, brightness: float = 0.0, size: int = 64) -> pathlib.Path:
+    rng = np.random.default_rng(seed)
+    for i in range(n):
+        px = texture_rgb(rng, size).astype(np.float32) + 255 * brightness
+        save(np.clip(px, 0, 255).astype(np.uint8), folder / f"img_{i:03d}.png")
+    return folder
