@@ -34,7 +34,7 @@ def load_clip(folder, device: str = "cpu"):
     """(model, tokenizer, image_size, mean, std) of a local CLIP-like folder; EvaluationError otherwise."""
     import transformers
 
-    from evaluation.features import _image_size, _mean_std, _vision_config
+    from evaluation.features import _image_size, _mean_std, _vision_config, quiet_transformers
 
     folder = pathlib.Path(folder).expanduser()
     if not (folder / "config.json").is_file():
@@ -44,7 +44,8 @@ def load_clip(folder, device: str = "cpu"):
                                f"{str(exc).splitlines()[0][:160] if str(exc) else ''})")
 
     try:
-        model = transformers.AutoModel.from_pretrained(folder, local_files_only=True).to(device).eval()
+        with quiet_transformers():
+            model = transformers.AutoModel.from_pretrained(folder, local_files_only=True).to(device).eval()
     except Exception as exc:
         raise fail(exc, "model") from None
     if not (hasattr(model, "get_image_features") and hasattr(model, "get_text_features")):

@@ -24,6 +24,7 @@ is not a vision model, a model whose input channels differ from the 3 of the nor
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import os
@@ -158,6 +159,20 @@ def _torchscript(path: pathlib.Path, name: str, device: str, batch_size: int) ->
     return FeatureExtractor(name, dim, INCEPTION_SIZE, run, batch_size)
 
 
+@contextlib.contextmanager
+def quiet_transformers():
+    """No "Loading weights" progress bar from transformers: the CLI's output is ours."""
+    from transformers.utils import logging as tlog
+
+    was = tlog.is_progress_bar_enabled()
+    tlog.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if was:
+            tlog.enable_progress_bar()
+
+
 def _vision_config(config):
     return getattr(config, "vision_config", None) or config
 
@@ -178,7 +193,8 @@ def _hf_vision(folder: pathlib.Path, device: str, batch_size: int) -> FeatureExt
         raise EvaluationError(f"{folder}: the model takes {channels}-channel images but evaluation images "
                               "are 3-channel RGB (mismatched channel counts)")
     try:
-        model = transformers.AutoModel.from_pretrained(folder, local_files_only=True).to(device).eval()
+        with quiet_transformers():
+            model = transformers.AutoModel.from_pretrained(folder, local_files_only=True).to(device).eval()
     except Exception as exc:
         raise EvaluationError(f"{folder}: cannot load the model ({type(exc).__name__}: "
                               f"{str(exc).splitlines()[0][:160] if str(exc) else ''})") from None

@@ -26,6 +26,7 @@ from __future__ import annotations
 import math
 import sys
 import threading
+import warnings
 from collections.abc import Callable, Sequence
 
 import numpy as np
@@ -70,7 +71,10 @@ def fid_kid(real: np.ndarray, fake: np.ndarray, *, kid_subsets: int = 100, kid_s
         out["fid"] = float(fid.compute())
         size = min(kid_subset_size, len(r), len(f))
         torch.manual_seed(seed)
-        kid = KernelInceptionDistance(feature=_Identity(dim), subsets=kid_subsets, subset_size=size, normalize=True)
+        with warnings.catch_warnings():  # "KID will save all extracted features": they are ours already
+            warnings.simplefilter("ignore", UserWarning)
+            kid = KernelInceptionDistance(feature=_Identity(dim), subsets=kid_subsets, subset_size=size,
+                                          normalize=True)
         kid.set_dtype(torch.float64)
         kid.update(r, real=True)
         kid.update(f, real=False)
