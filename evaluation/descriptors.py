@@ -60,7 +60,12 @@ MEASURES: dict[str, Measure] = {m.name: m for m in (
 
 
 def _pool(x: torch.Tensor, size: int) -> torch.Tensor:
-    return F.adaptive_avg_pool2d(x, size) if x.shape[-1] != size else x
+    n = x.shape[-1]
+    if n == size:
+        return x
+    if n % size == 0:  # plain box average: much faster on CPU than the adaptive kernel
+        return F.avg_pool2d(x, n // size)
+    return F.adaptive_avg_pool2d(x, size)
 
 
 def standardise(grey: np.ndarray) -> torch.Tensor:
@@ -143,10 +148,13 @@ CROP = 0.9
 """Alignment: one image may be a crop of this fraction of the other (or the same framing)."""
 
 
-def _alignments(n: int = STRUCT_SIZE) -> list[tuple[str, int, int, int]]:
+ALIGN_GRID = 64   # alignment is searched on 64 x 64 images (crops of 58 px)
+
+
+def _alignments(n: int = ALIGN_GRID) -> list[tuple[str, int, int, int]]:
     c = int(round(n * CROP))
-    offsets = sorted({0, (n - c) // 2, n - c})
-    boxes = [(t, l) for t in offsets for l in offsets]
+    m = n - c
+    boxes = [(0, 0), (0, m), (m, 0), (m, m), (m // 2, m // 2)]  # the corners and the centre
     return [("none", 0, 0, n)] + [(side, t, l, c) for side in ("ref", "query") for t, l in boxes]
 
 
@@ -154,9 +162,8 @@ def _crop_resize(x: torch.Tensor, t: int, l: int, c: int, size: int) -> torch.Te
     part = x[..., t:t + c, l:l + c]
     if c == size:
         return part
-    if size < c:
-        return F.adaptive_avg_pool2d(part, size)
-    return F.interpolate(part, size=(size, size), mode="bilinear", align_corners=False)
+    # bilinear with antialiasing: fast on CPU (adaptive pooling to a non-divisor size is not)
+    return F.interpolate(part, size=(size, size), mode="bilinear", align_corners=False, antialias=size < c)
 
 
 def _unit_vec(x: torch.Tensor) -> torch.Tensor:
@@ -167,25 +174,30 @@ def _unit_vec(x: torch.Tensor) -> torch.Tensor:
 
 def align(a: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Best framing of each pair: as is, or one image matched to a 90 % crop of the other at one of
-    9 positions (a copy that was cropped or shifted a little). Returns the aligned pairs and their
-    `pixel` similarity (cosine of the 32 x 32 standardised grids) under the chosen framing."""
+    5 positions (corners, centre) (a copy that was cropped or shifted a little). Searched on 64 x 64 versions; returns
+    the aligned full-size pairs and their `pixel` similarity (cosine of the 32 x 32 standardised
+    grids) under the chosen framing."""
     n = a.shape[-1]
-    sims, options = [], _alignments(n)
+    a64, b64 = _pool(a, ALIGN_GRID), _pool(b, ALIGN_GRID)
+    qa_plain, rb_plain = _unit_vec(_pool(a64, SEARCH_SIZE)), _unit_vec(_pool(b64, SEARCH_SIZE))
+    sims, options = [], _alignments()
     for side, t, l, c in options:
-        qa = _crop_resize(a, t, l, c, SEARCH_SIZE) if side == "query" else _pool(a, SEARCH_SIZE)
-        rb = _crop_resize(b, t, l, c, SEARCH_SIZE) if side == "ref" else _pool(b, SEARCH_SIZE)
-        sims.append((_unit_vec(qa) * _unit_vec(rb)).sum(1))
+        qa = _unit_vec(_crop_resize(a64, t, l, c, SEARCH_SIZE)) if side == "query" else qa_plain
+        rb = _unit_vec(_crop_resize(b64, t, l, c, SEARCH_SIZE)) if side == "ref" else rb_plain
+        sims.append((qa * rb).sum(1))
     sims = torch.stack(sims, 1)
     best, which = sims.max(1)
     out_a, out_b = a.clone(), b.clone()
+    scale = n / ALIGN_GRID
     for j, (side, t, l, c) in enumerate(options):
         sel = which == j
         if side == "none" or not bool(sel.any()):
             continue
+        T, L, C = int(round(t * scale)), int(round(l * scale)), int(round(c * scale))
         if side == "query":
-            out_a[sel] = _crop_resize(a[sel], t, l, c, n)
+            out_a[sel] = _crop_resize(a[sel], T, L, C, n)
         else:
-            out_b[sel] = _crop_resize(b[sel], t, l, c, n)
+            out_b[sel] = _crop_resize(b[sel], T, L, C, n)
     return out_a, out_b, best
 
 
@@ -200,13 +212,17 @@ def pair_measures(a_struct: np.ndarray, b_struct: np.ndarray, measures, *, group
     n = len(a_struct)
     if not n:
         return {m: np.zeros(0, np.float32) for m in ("pixel", "tiled_l2", "ssim", "ms_ssim")}
-    a, b = _struct_float(a_struct), _struct_float(b_struct)
-    out: dict[str, np.ndarray] = {}
+    out: dict[str, np.ndarray] = {"pixel": np.empty(n, np.float32)}
+    if "tiled_l2" in measures:
+        out["tiled_l2"] = np.empty(n, np.float32)
+    aligned = {}
     with torch.no_grad():
-        a, b, pix = align(a, b)
-        out["pixel"] = pix.numpy()
-        if "tiled_l2" in measures:
-            out["tiled_l2"] = tiled_l2(a, b).numpy()
+        for s in range(0, n, 1024):  # bounded memory: 1,024 pairs of 128 x 128 floats at a time
+            a, b, pix = align(_struct_float(a_struct[s:s + 1024]), _struct_float(b_struct[s:s + 1024]))
+            out["pixel"][s:s + len(a)] = pix.numpy()
+            if "tiled_l2" in measures:
+                out["tiled_l2"][s:s + len(a)] = tiled_l2(a, b).numpy()
+            aligned[s] = (a, b)
         mask = np.ones(n, bool)
         if top is not None and groups is not None:
             groups = np.asarray(groups)
@@ -216,14 +232,17 @@ def pair_measures(a_struct: np.ndarray, b_struct: np.ndarray, measures, *, group
             pos = np.arange(n) - np.repeat(starts, np.diff(np.r_[starts, n]))
             rank[order] = pos
             mask = rank < top
-        idx = torch.from_numpy(np.flatnonzero(mask))
-        for m, multi in (("ssim", False), ("ms_ssim", True)):
-            if m in measures:
-                vals = np.full(n, np.nan, np.float32)
-                for s in range(0, len(idx), 512):
-                    j = idx[s:s + 512]
-                    vals[j.numpy()] = _ssim_pairs(a[j], b[j], multi).numpy()
-                out[m] = vals
+        idx = np.flatnonzero(mask)
+        wanted = [(m, multi) for m, multi in (("ssim", False), ("ms_ssim", True)) if m in measures]
+        for m, _ in wanted:
+            out[m] = np.full(n, np.nan, np.float32)
+        for s, (a, b) in aligned.items():
+            j = idx[(idx >= s) & (idx < s + len(a))]
+            if not len(j):
+                continue
+            jj = torch.from_numpy(j - s)
+            for m, multi in wanted:
+                out[m][j] = _ssim_pairs(a[jj], b[jj], multi).numpy()
     return out
 
 

@@ -236,11 +236,25 @@ def _drop_self(d, i, exclude, k, fill):
     return np.take_along_axis(d, order, 1), np.take_along_axis(i, order, 1)
 
 
+def _best_k(results, k, largest: bool) -> np.ndarray:
+    """Indices of the k best distinct references over several (distances, indices) results."""
+    d = np.concatenate([r[0] for r in results], 1)
+    i = np.concatenate([r[1] for r in results], 1)
+    order = np.argsort(-d if largest else d, axis=1, kind="stable")
+    d, i = np.take_along_axis(d, order, 1), np.take_along_axis(i, order, 1)
+    out = np.full((len(i), k), -1, np.int64)
+    for row in range(len(i)):
+        _, first = np.unique(i[row], return_index=True)
+        keep = i[row][np.sort(first)][:k]
+        out[row, :len(keep)] = keep
+    return out
+
+
 # ---------------------------------------------------------------------------------------
 # matching one block of queries against the reference set
 
 def match(query: dict, qidx: np.ndarray, ref: dict, measures: Sequence[str], k: int,
-          exclude_self: bool = False, k_struct: int = 2) -> tuple[dict[str, np.ndarray], np.ndarray]:
+          exclude_self: bool = False, k_struct: int = 1) -> tuple[dict[str, np.ndarray], np.ndarray]:
     """Best value per measure and the nearest reference (by measures[0]) for query rows qidx.
 
     query/ref: descriptor dicts; query needs 'hash_h'/'hash_v'. exclude_self: qidx indexes the
@@ -249,13 +263,11 @@ def match(query: dict, qidx: np.ndarray, ref: dict, measures: Sequence[str], k: 
     exclude = qidx if exclude_self else None
     vec = np.asarray(query["vec"][qidx])
     variants = _vec_variants(vec)
-    cand = []
-    for v in variants:
-        cand.append(knn_inner_product(v, ref["vec"], k, exclude)[1])
+    # k candidates per measure, each the best over the three orientations
+    cand = [_best_k([knn_inner_product(v, ref["vec"], k, exclude) for v in variants], k, largest=True)]
     hashes = [np.asarray(query[h][qidx]) for h in ("hash", "hash_h", "hash_v")]
     if "phash" in measures:
-        for h in hashes:
-            cand.append(knn_hamming(h, ref["hash"], k, exclude)[1])
+        cand.append(_best_k([knn_hamming(h, ref["hash"], k, exclude) for h in hashes], k, largest=False))
     if "features" in measures:
         cand.append(knn_inner_product(np.asarray(query["feat"][qidx]), ref["feat"], k, exclude)[1])
     cand = np.concatenate(cand, 1)
@@ -390,6 +402,7 @@ def run_novelty(synthetic, reference, out_dir=None, *, measures: Sequence[str] =
         bar.close()
     result = NoveltyResult(rows, used, rules, calibration, min_votes, len(ref), out_dir)
     result.measures = measures
+    result.timings = bar.timings
     if write and out_dir is not None:
         write_outputs(result, syn, ref, size=size, percentile=percentile)
     return result
@@ -403,9 +416,17 @@ class _Progress:
 
         self.total, self.done, self.callback, self.cancel = total, 0, callback, cancel
         self.text = ""
+        self.timings: dict[str, float] = {}  # seconds per stage (benchmarks/bench_novelty.py)
+        self._t = None
         self.bar = tqdm(total=total, disable=not show, file=sys.stderr, unit="img", leave=False)
 
     def stage(self, text):
+        import time
+
+        now = time.perf_counter()
+        if self._t is not None:
+            self.timings[self.text] = now - self._t
+        self._t = now
         self.text = text
         self.bar.set_description(text)
         self._report()
@@ -422,6 +443,10 @@ class _Progress:
             self.callback(min(1.0, self.done / max(1, self.total)), self.text)
 
     def close(self):
+        import time
+
+        if self._t is not None and self.text not in self.timings:
+            self.timings[self.text] = time.perf_counter() - self._t
         self.bar.close()
 
 
