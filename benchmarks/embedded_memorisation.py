@@ -12,6 +12,9 @@
    against the training crops — thresholds calibrated on the crops' own nearest neighbours —
    and then against the held-out images with those same thresholds (a handful of held-out
    images cannot calibrate a threshold of their own). Reports in OUT/vs_train and OUT/vs_held_out.
+4. Against the 84 distinct training images (each slice/frame/region once, centred square at
+   64 px, OUT/train_sources), calibrated on those distinct images (OUT/vs_train_sources); and, for
+   context, the held-out real images against the training crops (OUT/held_out_vs_train).
 Prints a JSON summary (also OUT/memorisation.json) for assets/MODEL_CARD.md.
 """
 from __future__ import annotations
@@ -62,10 +65,19 @@ def main() -> None:
         demo_data.build_training_set(out / "train", samples=3000, seed=0)
     if not any((out / "held_out").glob("*.png")):
         demo_data.build_demo_set(out / "held_out")
+    sources = out / "train_sources"
+    if not any(sources.glob("*.png")):
+        write_sources(sources)
     t1 = time.perf_counter()
     vs_train = run_novelty(samples, out / "train" / "images", out / "vs_train", size=args.size, progress=False)
     vs_held = run_novelty(samples, out / "held_out", out / "vs_held_out", size=args.size, progress=False,
                           thresholds=vs_train.thresholds, calibration_sample=50)
+    # the 84 distinct training images themselves, calibrated on each other (Dar et al.'s rule on
+    # distinct images rather than on overlapping crops)
+    vs_sources = run_novelty(samples, sources, out / "vs_train_sources", size=args.size, progress=False)
+    # context: how close are real held-out images to the training crops?
+    held_vs_train = run_novelty(out / "held_out", out / "train" / "images", out / "held_out_vs_train",
+                                size=args.size, progress=False, thresholds=vs_train.thresholds)
     eval_s = time.perf_counter() - t1
 
     def med(res, m):
@@ -80,11 +92,34 @@ def main() -> None:
         "median_nn_vs_train": {m: med(vs_train, m) for m in vs_train.measures},
         "median_nn_vs_held_out": {m: med(vs_held, m) for m in vs_held.measures},
         "median_nn_train_to_train": {m: float(np.median(vs_train.calibration[m])) for m in vs_train.measures},
+        "train_sources": vs_sources.n_reference, "thresholds_sources": vs_sources.thresholds,
+        "flagged_vs_train_sources": vs_sources.n_flagged, "fraction_vs_train_sources": vs_sources.fraction_flagged,
+        "median_nn_vs_train_sources": {m: med(vs_sources, m) for m in vs_sources.measures},
+        "median_nn_held_out_vs_train": {m: med(held_vs_train, m) for m in held_vs_train.measures},
         "generation_seconds": round(gen_s, 1), "evaluation_seconds": round(eval_s, 1),
         "size": args.size, "threads": args.threads,
     }
     (out / "memorisation.json").write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
     print(json.dumps(summary, indent=2))
+
+
+def write_sources(folder) -> None:
+    """Every distinct decoded training image (slice/frame/region) at the native size, centred square."""
+    from PIL import Image
+
+    from studio import demo_data
+
+    folder.mkdir(parents=True, exist_ok=True)
+    n = 0
+    for view in demo_data.train_views():
+        for image in demo_data.decode_view(view):
+            x0, y0, x1, y1 = demo_data._box_pixels(image, view.box)
+            side = min(x1 - x0, y1 - y0)
+            cx, cy = (x0 + x1) / 2, (y0 + y1) / 2
+            px = demo_data._square(image, (cx - side / 2, cy - side / 2, cx + side / 2, cy + side / 2),
+                                   demo_data.NATIVE_SIZE)
+            Image.fromarray(px).save(folder / f"{view.key}_{n:03d}.png")
+            n += 1
 
 
 if __name__ == "__main__":
