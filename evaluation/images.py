@@ -61,8 +61,9 @@ def list_images(source: str | os.PathLike, *, what: str = "images") -> list[Imag
             rows = read_manifest(p)
         except StudyError as exc:
             raise EvaluationError(f"{what}: {exc}") from None
+        # decode_options includes the modality: it picks the default window (CT), as at ingest
         return [ImageRef(r.path, r.rel_path, r.modality, r.prompt, r.generator,
-                         tuple(sorted((k, v) for k, v in r.decode_options().items() if k != "modality")))
+                         tuple(sorted(r.decode_options().items())))
                 for r in rows]
     if p.is_file():
         raise EvaluationError(f"{what}: {p} is a file; give a folder of images or a manifest .csv")

@@ -171,3 +171,29 @@ def test_a_set_compared_with_itself_is_all_copies_and_the_cache_is_reused(tmp_pa
     again = novelty.run_novelty(ref, ref, tmp_path / "o", measures=["pixel", "ssim", "ms_ssim"], progress=False)
     assert sorted((tmp_path / "o" / ".cache").iterdir()) == caches
     assert [r["ssim"] for r in again.rows] == [r["ssim"] for r in res.rows]
+
+
+def test_manifest_inputs_decode_like_ingest(tmp_path):
+    """A manifest's modality and window reach the decoder, exactly as `studies.ingest` decodes."""
+    import shutil
+
+    from imaging_fixtures import dicom_sample
+    from evaluation.images import list_images, load_normalised
+    from studies.imaging import load_image
+    from studies.stimuli import normalise
+
+    from imaging_fixtures import rewrite_dicom
+
+    # no window in the file and no CT tag: only the manifest's modality can choose the CT preset
+    rewrite_dicom(dicom_sample("MR_small.dcm"), tmp_path / "mr.dcm", WindowCenter=None, WindowWidth=None)
+    shutil.copy(dicom_sample("CT_small.dcm"), tmp_path / "ct.dcm")
+    (tmp_path / "m.csv").write_text("path,source,modality,prompt,window\nmr.dcm,real,CT,,\nct.dcm,real,CT,,lung\n")
+    refs = list_images(tmp_path / "m.csv")
+    assert [r.name for r in refs] == ["mr.dcm", "ct.dcm"] and refs[0].modality == "CT"
+    expected = normalise(load_image(tmp_path / "mr.dcm", modality="CT", target_size=64), 64)
+    assert (load_normalised(refs[0], 64) == expected).all()
+    assert not (normalise(load_image(tmp_path / "mr.dcm", target_size=64), 64) == expected).all()
+    expected = normalise(load_image(tmp_path / "ct.dcm", window="lung", modality="CT", target_size=64), 64)
+    assert (load_normalised(refs[1], 64) == expected).all()
+    plain = normalise(load_image(tmp_path / "ct.dcm", target_size=64), 64)
+    assert not (plain == expected).all()  # the manifest's window made a difference
