@@ -188,3 +188,20 @@ def write_export(db_path: str | pathlib.Path, study: str, fmt: str, out: str | p
 
     write_if_writable(db_path, log)  # a read-only database is exported, just not logged
     return len(df)
+
+
+def case_images(db_path: str | pathlib.Path, study: str, *, source: str | None = None) -> list[dict]:
+    """A study's stored stimulus PNGs (for evaluation against its real images): one dict per
+    case with `case`, `source`, `modality`, `prompt`, `generator` and `path` (the stimulus file
+    under `stimuli_dir`). `source` ('real' or 'synthetic') filters; cases in case order."""
+    from studies.database import stimuli_dir
+
+    with reading(db_path) as db:
+        srow = study_row(db, study)
+        rows = db.execute(
+            "SELECT case_key, source, modality, prompt, generator, stimulus_id FROM cases "
+            "WHERE study_id = ? AND (? IS NULL OR source = ?) ORDER BY id",
+            [srow["id"], source, source]).fetchall()
+    folder = stimuli_dir(db_path)
+    return [{"case": c, "source": s, "modality": m or "", "prompt": p or "", "generator": g or "",
+             "path": folder / f"{sid}.png"} for c, s, m, p, g, sid in rows]

@@ -2,8 +2,8 @@
 
 Tabs: Studies (overview, leak audit), New study (from an uploaded zip, a folder on the
 server, or generation batches), Readers (invite, links, live progress), Analysis
-(statistics tables, plotly figures, exports and the HTML report) and Generate
-(`studio.generate_view`).
+(statistics tables, plotly figures, exports and the HTML report), Generate
+(`studio.generate_view`) and Evaluate (`studio.evaluate_view`).
 
 Everything a tab does is a plain function here (tested without a browser) over the
 `studies` API; the Gradio wrappers only check the admin session and render.
@@ -652,6 +652,10 @@ def build_admin_blocks(db_path, admin_auth, *, model=None, base_url=None, batche
             with gr.Tab("Generate", id="generate"):
                 gen = generate_view.build_generate_tab(db_path, guard, model=model,
                                                        batches_dir=batches_dir)
+            with gr.Tab("Evaluate", id="evaluate"):
+                from studio import evaluate_view
+
+                evaluate = evaluate_view.build_evaluate_tab(db_path, guard, batches_dir=batches_dir)
 
         admin_events = dict(api_visibility="private")
 
@@ -760,4 +764,5 @@ def build_admin_blocks(db_path, admin_auth, *, model=None, base_url=None, batche
         export_btn.click(do_export, [study_dd], [downloads], concurrency_id="analysis",
                          **admin_events)
         gen.wire(study_dd)
+        evaluate.wire(study_dd)
     return demo

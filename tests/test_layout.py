@@ -10,6 +10,7 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 FORBIDDEN = {
     "studies": {"studio", "model_runtime", "gradio", "torch", "diffusers", "transformers"},
     "model_runtime": {"studio", "studies", "gradio", "sqlite_utils", "sqlite3"},
+    "evaluation": {"studio", "gradio", "sqlite_utils", "sqlite3", "model_runtime"},
 }
 
 
@@ -44,7 +45,7 @@ def test_cli_help_lists_groups():
     result = CliRunner().invoke(cli, ["--help"])
     assert result.exit_code == 0, result.output
     listed = set(result.output.split("Commands:")[1].split())
-    assert {"study", "model", "generate", "studio", "demo"} <= listed
+    assert {"study", "model", "generate", "studio", "demo", "eval"} <= listed
     study_help = CliRunner().invoke(cli, ["study", "--help"]).output.split("Commands:")[1].split()
     assert {"create", "add", "audit", "invite", "progress", "export", "analyze", "power"} <= set(study_help)
 

@@ -1,0 +1,250 @@
+"""The admin's Evaluate tab: novelty and fidelity of a generation batch against a reference set.
+
+Synthetic images: a saved generation batch (`studio.generate_view`), a folder on the server,
+or an uploaded zip (extracted with the same guards as a study upload). Reference: a folder or
+manifest on the server, or a study's real images (its stored stimuli, via
+`studies.export.case_images`). Runs `evaluation.novelty.run_novelty` /
+`evaluation.fidelity.run_fidelity` in a worker thread with progress and cancel; the report is
+shown inline in a sandboxed iframe (no scripts, no same-origin) and offered for download.
+Results go to `<db dir>/evaluations/<run id>/`. Every handler checks the admin session.
+"""
+from __future__ import annotations
+
+import dataclasses
+import datetime as _dt
+import html
+import json
+import pathlib
+import queue
+import secrets
+import shutil
+import tempfile
+import threading
+
+import gradio as gr
+
+from evaluation.errors import EvaluationCancelled, EvaluationError
+from evaluation.images import ImageRef, list_images
+
+SYNTHETIC_SOURCES = ("Generation batch", "Folder on the server", "Upload a zip")
+REFERENCE_SOURCES = ("Folder on the server", "A study's real images")
+FEATURE_CHOICES = ("pixels", "inception")
+_RUNNING: dict[str, threading.Event] = {}
+_LOCK = threading.Lock()
+
+
+def evaluations_root(db_path) -> pathlib.Path:
+    return pathlib.Path(db_path).resolve().parent / "evaluations"
+
+
+def new_run_dir(db_path, kind: str) -> pathlib.Path:
+    stamp = _dt.datetime.now(_dt.timezone.utc).strftime("%Y%m%d-%H%M%S")
+    d = evaluations_root(db_path) / f"{stamp}-{kind}-{secrets.token_hex(3)}"
+    d.mkdir(parents=True)
+    return d
+
+
+def synthetic_input(source: str, batch: str | None, folder: str | None, upload, work: pathlib.Path):
+    """Folder/manifest (or ImageRef list) of the synthetic images the admin picked."""
+    if source == "Generation batch":
+        if not batch:
+            raise EvaluationError("choose a generation batch")
+        man = pathlib.Path(batch) / "manifest.csv"
+        return man if man.is_file() else pathlib.Path(batch)
+    if source == "Folder on the server":
+        p = pathlib.Path(str(folder or "").strip()).expanduser()
+        if not str(folder or "").strip() or not p.exists():
+            raise EvaluationError(f"no such folder or manifest on the server: {p}")
+        return p
+    if not upload:
+        raise EvaluationError("upload a zip of images first")
+    from studio import admin_view
+
+    zpath = admin_view._uploaded_file(upload)
+    dest = work / "uploaded"
+    try:
+        admin_view.safe_extract_zip(zpath, dest)
+    finally:
+        zpath.unlink(missing_ok=True)
+    return dest
+
+
+def reference_input(db_path, source: str, folder: str | None, study: str | None):
+    """Folder/manifest on the server, or the ImageRefs of a study's real stimuli."""
+    if source == "A study's real images":
+        from studies.export import case_images
+
+        if not study:
+            raise EvaluationError("choose a study for the reference images")
+        rows = case_images(db_path, study, source="real")
+        if not rows:
+            raise EvaluationError(f"study {study!r} has no real images")
+        return [ImageRef(r["path"], r["case"], r["modality"], r["prompt"], r["generator"]) for r in rows]
+    p = pathlib.Path(str(folder or "").strip()).expanduser()
+    if not str(folder or "").strip() or not p.exists():
+        raise EvaluationError(f"no such reference folder or manifest on the server: {p}")
+    return p
+
+
+def novelty_job(db_path, synthetic, reference, *, measures=("pixel", "tiled_l2", "ssim", "phash"),
+                on_progress=None, cancel=None) -> tuple[str, pathlib.Path, list[pathlib.Path]]:
+    """Run novelty into a new run folder: (markdown summary, report.html, downloadable files)."""
+    from evaluation.novelty import run_novelty
+
+    out = new_run_dir(db_path, "novelty")
+    res = run_novelty(synthetic, reference, out, measures=list(measures), progress=False,
+                      on_progress=on_progress, cancel=cancel)
+    lines = [f"**{res.n_flagged} of {len(res.rows)} synthetic images flagged ({res.fraction_flagged:.1%})** "
+             f"against {res.n_reference} reference images; flagged when at least {res.min_votes} of "
+             f"{len(res.measures)} measures pass."]
+    lines += [f"- `{m}` threshold {res.thresholds[m]:.4g}: {res.threshold_rules[m]}" for m in res.measures]
+    shutil.rmtree(out / ".cache", ignore_errors=True)  # descriptors: large, and not for download
+    files = [out / "report.html", out / "novelty.csv", out / "summary.json"]
+    return "\n".join(lines), out / "report.html", files
+
+
+def fidelity_job(db_path, synthetic, reference, *, features="pixels", weights=None, by=None,
+                 on_progress=None, cancel=None) -> tuple[str, pathlib.Path, list[pathlib.Path]]:
+    from evaluation.fidelity import format_fidelity, run_fidelity
+    from evaluation.report import write_fidelity_report
+
+    out = new_run_dir(db_path, "fidelity")
+    res = run_fidelity(synthetic, reference, features=features, weights=weights or None, by=by or None,
+                       progress=False, on_progress=on_progress, cancel=cancel)
+    (out / "fidelity.json").write_text(json.dumps(res, indent=2, allow_nan=False) + "\n", encoding="utf-8")
+    write_fidelity_report(out / "report.html", res)
+    text = format_fidelity(res).replace("\n", "\n\n")
+    return text, out / "report.html", [out / "report.html", out / "fidelity.json"]
+
+
+def report_iframe(path) -> str:
+    """The report inline: a sandboxed iframe (no scripts, no same-origin) with the HTML as srcdoc."""
+    doc = pathlib.Path(path).read_text(encoding="utf-8")
+    return (f'<iframe sandbox="" style="width:100%;height:720px;border:1px solid #ccc" '
+            f'srcdoc="{html.escape(doc, quote=True)}"></iframe>')
+
+
+@dataclasses.dataclass
+class EvaluateTab:
+    wire: object
+
+
+def build_evaluate_tab(db_path, guard, *, batches_dir=None) -> EvaluateTab:
+    """Components of the tab (inside the current Blocks); `wire(study_dd)` is a no-op hook
+    kept for symmetry with the Generate tab."""
+    from studio import generate_view
+
+    with gr.Row():
+        syn_source = gr.Radio(list(SYNTHETIC_SOURCES), value=SYNTHETIC_SOURCES[0], label="Synthetic images")
+        ref_source = gr.Radio(list(REFERENCE_SOURCES), value=REFERENCE_SOURCES[0], label="Reference (real) images")
+    with gr.Row():
+        with gr.Column():
+            batch = gr.Dropdown(choices=generate_view.batch_choices(db_path, batches_dir), label="Generation batch")
+            syn_folder = gr.Textbox(label="Synthetic folder or manifest.csv on the server")
+            syn_upload = gr.File(label="Zip of synthetic images", file_types=[".zip"], type="filepath")
+        with gr.Column():
+            ref_folder = gr.Textbox(label="Reference folder or manifest.csv on the server")
+            ref_study = gr.Dropdown(choices=[], label="Study (its real images)")
+    with gr.Row():
+        measures = gr.CheckboxGroup(["pixel", "tiled_l2", "ssim", "ms_ssim", "phash"],
+                                    value=["pixel", "tiled_l2", "ssim", "phash"], label="Novelty measures")
+        features = gr.Textbox(value="pixels", label="Fidelity features: pixels, inception, or a model path")
+        weights = gr.Textbox(label="Inception weights file (for 'inception')")
+        by = gr.Dropdown(choices=["", "modality", "prompt", "generator"], value="", label="Break down by")
+    with gr.Row():
+        run_nov = gr.Button("Run novelty", variant="primary", elem_id="eval-novelty")
+        run_fid = gr.Button("Run fidelity", elem_id="eval-fidelity")
+        stop = gr.Button("Cancel", variant="stop", elem_id="eval-cancel")
+    status = gr.Markdown(elem_id="eval-status")
+    report = gr.HTML(elem_id="eval-report")
+    files = gr.File(label="Downloads", file_count="multiple", interactive=False)
+
+    def refresh_choices(request: gr.Request):
+        guard(request)
+        from studio.admin_view import study_names
+
+        return (gr.update(choices=generate_view.batch_choices(db_path, batches_dir)),
+                gr.update(choices=study_names(db_path)))
+
+    def run(kind, syn_src, batch_, syn_folder_, upload_, ref_src, ref_folder_, study_, measures_, features_,
+            weights_, by_, request: gr.Request):
+        guard(request)
+        cancel = threading.Event()
+        with _LOCK:
+            _RUNNING[request.session_hash] = cancel
+        events: queue.Queue = queue.Queue()
+        box: dict = {}
+        work = pathlib.Path(tempfile.mkdtemp(prefix="medisyn-eval-"))
+
+        def work_fn():
+            try:
+                syn = synthetic_input(syn_src, batch_, syn_folder_, upload_, work)
+                ref = reference_input(db_path, ref_src, ref_folder_, study_)
+                cb = lambda f, text: events.put((f, text))  # noqa: E731
+                if kind == "novelty":
+                    box["out"] = novelty_job(db_path, syn, ref, measures=measures_ or ["pixel"],
+                                             on_progress=cb, cancel=cancel)
+                else:
+                    box["out"] = fidelity_job(db_path, syn, ref, features=(features_ or "pixels").strip(),
+                                              weights=(weights_ or "").strip() or None, by=by_ or None,
+                                              on_progress=cb, cancel=cancel)
+            except BaseException as exc:  # shown below, in the request thread
+                box["error"] = exc
+            finally:
+                shutil.rmtree(work, ignore_errors=True)
+                events.put(None)
+
+        threading.Thread(target=work_fn, daemon=True).start()
+        yield "Starting…", gr.update(), gr.update()
+        try:
+            while True:
+                ev = events.get()
+                if ev is None:
+                    break
+                frac, text = ev
+                yield f"{text}: {frac:.0%}", gr.update(), gr.update()
+        finally:
+            if "out" not in box and "error" not in box:
+                cancel.set()  # the browser went away: stop the worker too
+            with _LOCK:
+                if _RUNNING.get(request.session_hash) is cancel:
+                    del _RUNNING[request.session_hash]
+        if "error" in box:
+            exc = box["error"]
+            if isinstance(exc, EvaluationCancelled):
+                yield "Cancelled.", gr.update(), gr.update()
+                return
+            if isinstance(exc, (EvaluationError, ValueError, OSError)):
+                raise gr.Error(str(exc)) from None
+            raise gr.Error(f"{type(exc).__name__}: {exc}") from None
+        text, report_path, out_files = box["out"]
+        yield text, report_iframe(report_path), [str(f) for f in out_files]
+
+    def run_novelty_ev(*args, request: gr.Request):
+        yield from run("novelty", *args, request=request)
+
+    def run_fidelity_ev(*args, request: gr.Request):
+        yield from run("fidelity", *args, request=request)
+
+    def on_cancel(request: gr.Request):
+        guard(request)
+        with _LOCK:
+            ev = _RUNNING.get(request.session_hash)
+        if ev is None:
+            return gr.update()
+        ev.set()
+        return "Cancelling…"
+
+    private = dict(api_visibility="private")
+    inputs = [syn_source, batch, syn_folder, syn_upload, ref_source, ref_folder, ref_study, measures, features,
+              weights, by]
+    nov = run_nov.click(run_novelty_ev, inputs, [status, report, files], concurrency_limit=1,
+                        concurrency_id="evaluate", **private)
+    fid = run_fid.click(run_fidelity_ev, inputs, [status, report, files], concurrency_limit=1,
+                        concurrency_id="evaluate", **private)
+    stop.click(on_cancel, None, [status], queue=False, cancels=[nov, fid], **private)
+
+    def wire(study_dd):
+        study_dd.change(refresh_choices, None, [batch, ref_study], **private)
+
+    return EvaluateTab(wire)

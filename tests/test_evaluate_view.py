@@ -1,0 +1,90 @@
+"""The admin's Evaluate tab as plain Python: inputs, jobs, inline report, admin checks."""
+from __future__ import annotations
+
+import json
+import types
+import zipfile
+
+import gradio as gr
+import pytest
+
+from study_fixtures import make_study
+
+from evaluation.errors import EvaluationError
+from studio import admin_view, evaluate_view
+
+
+class _Auth:
+    def is_admin(self, username):
+        return username == "admin"
+
+
+@pytest.fixture(scope="module")
+def study(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("evalview")
+    db, _ = make_study(tmp, "pilot", size=64, synthetic_per_real=2)
+    return tmp, db
+
+
+def test_a_studys_real_images_are_the_reference_and_novelty_writes_a_report(study):
+    tmp, db = study
+    refs = evaluate_view.reference_input(db, "A study's real images", None, "pilot")
+    assert refs and all(r.path.is_file() and r.path.suffix == ".png" for r in refs)
+    from studies.export import case_images
+
+    assert len(refs) == len(case_images(db, "pilot", source="real")) < len(case_images(db, "pilot"))
+    syn = evaluate_view.synthetic_input("Folder on the server", None, str(tmp / "data" / "synthetic"), None, tmp)
+    seen = []
+    text, report, files = evaluate_view.novelty_job(db, syn, refs, measures=["pixel", "ssim"],
+                                                    on_progress=lambda f, t: seen.append(f))
+    assert "synthetic images flagged" in text and "percentile" in text
+    assert report.is_file() and all(f.is_file() for f in files)
+    assert not (report.parent / ".cache").exists()
+    assert report.parent.parent == evaluate_view.evaluations_root(db)
+    assert seen and seen[-1] == pytest.approx(1.0)
+    frame = evaluate_view.report_iframe(report)
+    assert frame.startswith('<iframe sandbox=""') and "<img" not in frame  # escaped into srcdoc
+    summary = json.loads((report.parent / "summary.json").read_text())
+    assert summary["n_reference"] == len(refs)
+    text, report, files = evaluate_view.fidelity_job(db, syn, refs, features="pixels")
+    assert "FID" in text and "2,000" in text and report.is_file()
+
+
+def test_bad_inputs(study, tmp_path):
+    _, db = study
+    with pytest.raises(EvaluationError, match="choose a generation batch"):
+        evaluate_view.synthetic_input("Generation batch", None, None, None, tmp_path)
+    with pytest.raises(EvaluationError, match="no such folder"):
+        evaluate_view.synthetic_input("Folder on the server", None, str(tmp_path / "nope"), None, tmp_path)
+    with pytest.raises(EvaluationError, match="choose a study"):
+        evaluate_view.reference_input(db, "A study's real images", None, None)
+    outside = tmp_path / "x.zip"
+    with zipfile.ZipFile(outside, "w") as z:
+        z.writestr("a.png", b"x")
+    with pytest.raises(admin_view.UploadError):  # a forged upload path is neither read nor deleted
+        evaluate_view.synthetic_input("Upload a zip", None, None, str(outside), tmp_path)
+    assert outside.exists()
+
+
+def test_evaluate_handlers_check_the_admin_and_are_private(study):
+    _, db = study
+    blocks = admin_view.build_admin_blocks(db, _Auth())
+    fns = {f.name: f for f in blocks.fns.values()}
+    deps = blocks.get_config_file()["dependencies"]
+    assert all(d["api_visibility"] == "private" for d in deps)
+    args = ["Folder on the server", None, "/", None, "Folder on the server", "/", None, ["pixel"], "pixels", "",
+            ""]
+    for name in ("run_novelty_ev", "run_fidelity_ev"):
+        intruder = types.SimpleNamespace(username="mallory", session_hash="s1")
+        with pytest.raises(gr.Error, match="Not authorised"):
+            next(fns[name].fn(*args, request=intruder))
+    with pytest.raises(gr.Error, match="Not authorised"):
+        fns["on_cancel"].fn(request=types.SimpleNamespace(username=None, session_hash="s1"))
+    # the admin gets the library's error for a bad reference folder, as one message
+    admin = types.SimpleNamespace(username="admin", session_hash="s2")
+    bad = ["Folder on the server", None, "/nonexistent-synthetic", None, "Folder on the server", "/", None,
+           ["pixel"], "pixels", "", ""]
+    gen = fns["run_novelty_ev"].fn(*bad, request=admin)
+    assert next(gen)[0] == "Starting…"
+    with pytest.raises(gr.Error, match="no such folder"):
+        list(gen)
