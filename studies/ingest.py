@@ -98,7 +98,7 @@ def _check_design(rows: list[ManifestRow], options: StudyOptions, secret: bytes)
                          f"has only {len(rows)} images; keep some for the study itself")
     training = select_training([(r.case_id, r.source) for r in rows],
                                options.training_cases, secret)
-    if "turing" in options.tasks:
+    if "turing" in options.tasks or "pair" in options.tasks:
         held = set(training)
         for source in ("real", "synthetic"):
             total = sum(r.source == source for r in rows)

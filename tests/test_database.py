@@ -191,7 +191,7 @@ def test_migration_2_gives_existing_studies_a_fresh_random_order_secret(tmp_path
     db = open_db(path)
     try:
         rows = db.execute("SELECT name, order_secret, options FROM studies ORDER BY id").fetchall()
-        assert db.execute("SELECT max(version) FROM schema_version").fetchone()[0] == 2
+        assert db.execute("SELECT max(version) FROM schema_version").fetchone()[0] == SCHEMA_VERSION
         study = database.study_row(db, "a")
     finally:
         db.close()
