@@ -58,12 +58,21 @@ def _fmt(v, digits: int = 3) -> str:
     return str(v)
 
 
+NOT_COMPUTED = "not computed for this row"
+
+
 def _cell(d: dict | None, key: str, digits: int = 3) -> str:
-    if d is None:
-        return "<td>—</td>"
+    """A table cell; an undefined value shows its reason (the JSON's `<key>_reason`) in
+    the cell itself, and a clipped CI says it was clipped."""
+    if d is None or (key not in d and f"{key}_reason" not in d):
+        return f'<td class=na>—<small>{NOT_COMPUTED}</small></td>'
     v = d.get(key)
-    if v is None and d.get(f"{key}_reason"):
-        return f'<td title="{html.escape(d[f"{key}_reason"])}">n/a</td>'
+    if v is None:
+        reason = d.get(f"{key}_reason") or "undefined"
+        return f'<td class=na>n/a<small>{html.escape(reason)}</small></td>'
+    note = d.get(f"{key}_note")
+    if note:
+        return (f'<td>{html.escape(_fmt(v, digits))}*<small>{html.escape(note)}</small></td>')
     return f"<td>{html.escape(_fmt(v, digits))}</td>"
 
 
@@ -194,7 +203,8 @@ body{font-family:system-ui,sans-serif;margin:2rem auto;max-width:1100px;color:#2
 table{border-collapse:collapse;margin:1rem 0;font-size:.9rem}
 th,td{border:1px solid #ccc;padding:.25rem .5rem;text-align:right}
 tbody th{text-align:left}caption{text-align:left;font-weight:600;margin-bottom:.3rem}
-td[title]{color:#999;cursor:help}.note{color:#555;font-size:.9rem}
+td.na{color:#777}td small{display:block;font-size:.75rem;color:#777;text-align:left;
+max-width:16rem}.note{color:#555;font-size:.9rem}
 """
 
 
@@ -217,6 +227,8 @@ def _turing_html(t: dict) -> list[str]:
                                ("p", "p"), ("95% CI", "ci")],
                         f"MRMC vs AUC 0.5 (Obuchowski–Rockette, Hillis ddf; random readers and cases; "
                         f"{m.get('n_readers')} readers, {m.get('n_real')} real images)"))
+    if m.get("block"):
+        parts.append(f"<p class=note>{html.escape(m['block'])}.</p>")
     parts.append(_table([(name, _fixed_readers(d)) for name, d in rows],
                         [("AUC", "auc"), ("SE", "se"), ("z", "z"), ("p", "p"), ("95% CI", "ci")],
                         "MRMC vs AUC 0.5, fixed readers (random cases; conclusions hold for these readers only)"))
@@ -309,7 +321,8 @@ def render_html(result: dict, *, title: str | None = None) -> str:
     parts.append(f"<p class=note>{inp.get('rows_analysed', 0)} responses analysed "
                  f"({inp.get('rows_training_excluded', 0)} training rows excluded, {inp.get('rows_repeat', 0)} "
                  f"repeat reads used for intra-reader agreement only, {inp.get('rows_superseded', 0)} superseded "
-                 f"answers). Hover “n/a” to see why a value is undefined.</p>")
+                 f"answers). Each “n/a” says why the value is undefined; * marks an interval clipped to the "
+                 f"parameter's range.</p>")
     figs = figures(result)
     first = [True]
 

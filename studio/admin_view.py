@@ -43,6 +43,7 @@ from studies import readers as readers_mod
 from studies import session
 from studies.design import TASKS, StudyOptions
 from studies.errors import StudyError
+from studio.progress_format import ATTENTION_HEADER, attention_cell
 
 ZIP_MAX_BYTES = 4 * 1024**3      # uncompressed total
 ZIP_MAX_FILES = 50_000
@@ -389,21 +390,31 @@ def progress_table(db_path, study: str) -> pd.DataFrame:
             "reader": p.reader, "answered": f"{p.completed} / {p.total}",
             "done %": round(100 * p.completed / p.total) if p.total else 0,
             "training": f"{p.training_completed} / {p.training_total}",
-            "attention passed": f"{p.attention_passed} / {p.attention_answered}"
-            if p.attention_total else "—",
+            ATTENTION_HEADER: attention_cell(p.attention_passed, p.attention_answered,
+                                             p.attention_total),
             "median s/answer": None if p.median_duration_ms is None
             else round(p.median_duration_ms / 1000, 1),
             "last answer": (p.last_answered_at or "")[:19].replace("T", " "),
             "finished": "yes" if p.finished else "",
         })
     return pd.DataFrame(rows, columns=["reader", "answered", "done %", "training",
-                                       "attention passed", "median s/answer", "last answer",
+                                       ATTENTION_HEADER, "median s/answer", "last answer",
                                        "finished"])
 
 
 # ------------------------------------------------------------------------------ analysis
 _BINARY_COLS = ("n", "accuracy", "sensitivity", "specificity", "fool_rate", "ci_wilson",
                 "p_binomial", "auc", "auc_ci")
+
+
+def _reasoned(d: dict, key: str):
+    """The value, or "n/a (reason)" from the analysis' `<key>_reason` (never a bare dash)."""
+    v = d.get(key)
+    if v is None:
+        return f"n/a ({d.get(f'{key}_reason') or 'not computed'})"
+    if d.get(f"{key}_note"):
+        return f"{_fmt(v)} ({d[f'{key}_note']})"
+    return _fmt(v)
 
 
 def _fmt(v):
@@ -420,10 +431,11 @@ def turing_tables(result: dict) -> tuple[pd.DataFrame, pd.DataFrame]:
     """(pooled, per-reader) turing tables from `studies.analysis.analyze`'s result."""
     t = result.get("turing") or {}
     pooled = t.get("pooled") or {}
-    prow = {"readers": "all (pooled)", **{c: _fmt(pooled.get(c)) for c in _BINARY_COLS
-                                          if c in pooled}}
+    prow = {"readers": "all (pooled)", **{c: _reasoned(pooled, c) for c in _BINARY_COLS
+                                          if c in pooled or f"{c}_reason" in pooled}}
     per = t.get("per_reader") or {}
-    rrows = [{"reader": name, **{c: _fmt(v.get(c)) for c in _BINARY_COLS if c in v}}
+    rrows = [{"reader": name, **{c: _reasoned(v, c) for c in _BINARY_COLS
+                                 if c in v or f"{c}_reason" in v}}
              for name, v in per.items()]
     return pd.DataFrame([prow]) if pooled else pd.DataFrame(), pd.DataFrame(rrows)
 
@@ -437,32 +449,49 @@ def _scalar(v):
     return v
 
 
+def _value_note(stat, reason) -> dict:
+    """value + note of an agreement statistic (a dict with its own `<key>_reason`s)."""
+    if isinstance(stat, dict):
+        for key in ("value", "kappa", "alpha", "icc", "estimate", "auc", "mean_kappa"):
+            if key in stat or f"{key}_reason" in stat:
+                return {"value": _reasoned(stat, key), "note": ""}
+    if stat is None:
+        return {"value": f"n/a ({reason or 'not computed'})", "note": ""}
+    return {"value": _fmt(stat), "note": reason or ""}
+
+
 def agreement_table(result: dict) -> pd.DataFrame:
     rows = []
     t = result.get("turing") or {}
     for key, label in (("fleiss_kappa", "turing: Fleiss' κ"),
                        ("krippendorff_alpha", "turing: Krippendorff's α")):
         if key in t:
-            rows.append({"statistic": label, "value": _fmt(_scalar(t.get(key))),
-                         "note": t.get(f"{key}_reason") or ""})
+            rows.append({"statistic": label, **_value_note(t.get(key), t.get(f"{key}_reason"))})
     mr = t.get("mrmc") or {}
     if isinstance(mr, dict) and mr:
-        rows.append({"statistic": "turing: MRMC AUC (OR-DBM, random readers & cases)",
-                     "value": _fmt(_scalar(mr.get("auc"))),
-                     "note": f"p = {_fmt(mr.get('p'))}, CI {_fmt(mr.get('ci'))}"
-                     if mr.get("p") is not None else (t.get("mrmc_reason") or "")})
+        if mr.get("p") is not None:
+            note = f"p = {_fmt(mr.get('p'))}, CI {_reasoned(mr, 'ci')}"
+        else:
+            note = f"random-readers test: n/a ({mr.get('p_reason') or 'not computed'})"
+            fr = mr.get("fixed_readers")
+            if isinstance(fr, dict) and fr.get("p") is not None:
+                note += f"; fixed readers: p = {_fmt(fr['p'])}, CI {_reasoned(fr, 'ci')}"
+        if mr.get("block"):
+            note = f"{mr['block']}. {note}"
+        rows.append({"statistic": "turing: MRMC AUC (Obuchowski–Rockette)",
+                     "value": _reasoned(mr, "auc"), "note": note})
     for task in ("alignment", "quality"):
         s = result.get(task) or {}
         for key in ("krippendorff_alpha_ordinal", "krippendorff_alpha_interval"):
             if key in s:
                 rows.append({"statistic": f"{task}: {key.replace('_', ' ')}",
-                             "value": _fmt(_scalar(s.get(key))),
-                             "note": s.get(f"{key}_reason") or ""})
+                             **_value_note(s.get(key), s.get(f"{key}_reason"))})
         icc = (s.get("icc") or {}) if isinstance(s.get("icc"), dict) else {}
         for form in ("ICC2", "ICC2k"):
             if isinstance(icc.get(form), dict):
-                rows.append({"statistic": f"{task}: {form}", "value": _fmt(icc[form].get("icc")),
-                             "note": f"CI {_fmt(icc[form].get('ci'))}"})
+                rows.append({"statistic": f"{task}: {form}",
+                             "value": _reasoned(icc[form], "icc"),
+                             "note": f"CI {_reasoned(icc[form], 'ci')}"})
     return pd.DataFrame(rows, columns=["statistic", "value", "note"])
 
 

@@ -293,13 +293,15 @@ def export_cmd(db_path, study_name, fmt, out, all_responses):
 def progress_cmd(db_path, study_name):
     """Per-reader progress (completed reads, training, attention checks)."""
     from studies.session import progress
+    from studio.progress_format import ATTENTION_HEADER, attention_cell
 
     rows = progress(db_path, study_name)
     if not rows:
         click.echo("No readers invited yet.")
         return
-    click.echo(f"{'reader':<24} {'done':>11} {'training':>9} {'attention':>10}  last answer")
+    click.echo(f"{'reader':<24} {'done':>11} {'training':>9}  {ATTENTION_HEADER:<18}  last answer")
     for p in rows:
+        attention = attention_cell(p.attention_passed, p.attention_answered, p.attention_total)
         click.echo(f"{p.reader[:24]:<24} {p.completed:>5}/{p.total:<5} "
-                   f"{p.training_completed:>4}/{p.training_total:<4} "
-                   f"{p.attention_passed:>4}/{p.attention_total:<5}  {p.last_answered_at or '-'}")
+                   f"{p.training_completed:>4}/{p.training_total:<4}  {attention:<18}  "
+                   f"{p.last_answered_at or '-'}")

@@ -2,6 +2,8 @@
 the app's routes (through HTTP, without a browser)."""
 from __future__ import annotations
 
+import csv
+
 import dataclasses
 import io
 import json
@@ -546,6 +548,10 @@ def test_generation_batch_has_provenance_and_becomes_a_study(tmp_path, tiny_mode
     assert "Seed: 78" in params and rec["synthetic"] is True
     choices = generate_view.batch_choices(tmp_path / "studio.db", tmp_path / "batches")
     assert [c[1] for c in choices] == [str(batch.folder)] and "2 ×" in choices[0][0]
+    # the generator column is the same label the CLI batch writes (never a full path)
+    with (batch.folder / "manifest.csv").open(newline="", encoding="utf-8") as fh:
+        gens = {r["generator"] for r in csv.DictReader(fh)}
+    assert gens == {provenance.generator_label(tiny_model)} and "/" not in gens.pop()
     # Cancelled before it starts: nothing written.
     stop = threading.Event()
     stop.set()

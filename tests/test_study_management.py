@@ -308,3 +308,15 @@ def test_migration_5_upgrades_a_schema_2_database(tmp_path, monkeypatch):
         assert db.execute("SELECT max(version) FROM schema_version").fetchone()[0] == 5
     finally:
         db.close()
+
+
+def test_medisyn_studio_stores_its_address_for_later_cli_invites(study, monkeypatch):
+    from studio import app as app_mod
+
+    monkeypatch.setattr(app_mod, "launch", lambda *a, **k: None)
+    monkeypatch.setenv("MEDISYN_ADMIN_USER", "admin")
+    monkeypatch.setenv("MEDISYN_ADMIN_PASSWORD", "correct-horse-battery-staple-42")
+    res = run("studio", "--db", study, "--no-demo", "--base-url", "https://studio.example.org/x/")
+    assert res.exit_code == 0, res.output
+    out = run("study", "invite", "--db", study, "--study", "pilot", "--reader", "dr-z")
+    assert re.fullmatch(r"https://studio\.example\.org/x/\?token=[\w-]{43}\n", out.output)
