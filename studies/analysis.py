@@ -33,7 +33,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
-from studies import agreement, likert, mrmc, roc
+from studies import agreement, likert, mrmc, pairs, roc
 from studies.proportions import binary_summaries, binary_summary, clip_ci
 
 SCHEMA_VERSION = 1
@@ -642,6 +642,12 @@ def analyze(long_df: pd.DataFrame, *, study: str | None = None, alpha: float = 0
             result[f"{task}_reason"] = section
         else:
             result[task] = section
+    own = (long_df if study is None or "study" not in long_df.columns
+           else long_df[long_df["study"].astype(str) == study])
+    pair = pairs.analyze_pairs(own, alpha=alpha)
+    result["pair"], result["pair_reason"] = (None, pair) if isinstance(pair, str) else (pair, None)
+    if result["pair_reason"] is None:
+        del result["pair_reason"]
     try:  # fast path (C speed): succeeds unless some value is NaN/inf or not JSON-serialisable
         return json.loads(json.dumps(result, allow_nan=False, default=_json_default))
     except (TypeError, ValueError):

@@ -36,6 +36,12 @@ METHODS = [
                   "Fleiss, Cohen & Everitt (1969) asymptotic SE (linearly weighted for Likert ratings); "
                   "Krippendorff's α (Krippendorff 2004; Hayes & Krippendorff 2007). Intra-reader: Cohen's κ "
                   "between a reader's first and repeated read."),
+    ("Paired 2AFC",
+     "Proportion correct per reader and pooled with Clopper–Pearson exact intervals and exact "
+     "binomial tests against 0.5; in a two-alternative forced choice the proportion correct "
+     "estimates the AUC (Green & Swets 1966, Signal Detection Theory and Psychophysics); "
+     "one-sample t-test of the reader proportions against 0.5 for random readers; Fleiss' and "
+     "Cohen's κ on right/wrong calls."),
     ("Likert", f"Mean, median, quartiles and distributions; six Shrout & Fleiss (1979) ICCs with F-tests and "
                f"McGraw & Wong (1996) CIs; {MWU_TEST} (Mann & Whitney 1947, Ann Math Stat 18:50–60) for "
                f"synthetic vs real (assumes independent ratings)."),
@@ -253,6 +259,28 @@ def _turing_html(t: dict) -> list[str]:
     return parts
 
 
+def _pair_html(p: dict) -> list[str]:
+    cols = [("reads", "n"), ("correct", "correct"), ("proportion correct", "proportion"),
+            ("95% CI (Clopper–Pearson)", "ci"), ("p (binomial vs 0.5)", "p_binomial")]
+    parts = ["<h2>Paired 2AFC: which image is synthetic?</h2>",
+             f"<p>{p['n']} pair reads by {p['n_readers']} readers of {p['n_pairs']} pairs. "
+             f"{html.escape(p['interpretation'])}</p>",
+             _table([("pooled", p["pooled"])] + list(p["per_reader"].items()), cols,
+                    "Proportion correct per reader"),
+             _table([("per-reader proportions vs 0.5", p["random_readers"])],
+                    [("readers", "n_readers"), ("mean", "mean"), ("95% CI", "ci"), ("t", "t"),
+                     ("df", "df"), ("p", "p")], "Random-readers test (one-sample t-test)")]
+    for key, label in (("by_generator", "generator"), ("by_modality", "modality")):
+        if p.get(key):
+            parts.append(_table(list(p[key].items()), cols, f"By {label}"))
+    fk = dict(p["fleiss_kappa"])
+    parts.append(_agreement_table([
+        (f"Fleiss' κ ({fk.get('n_pairs', 0)} pairs read by every reader)", fk, "kappa"),
+        ("mean pairwise Cohen's κ", p["cohen_kappa"], "mean_kappa"),
+    ], "Agreement between readers on right/wrong"))
+    return parts
+
+
 def _fixed_readers(d: dict | None, value: str = "auc") -> dict | None:
     """An MRMC entry's fixed-readers test next to its estimate; reasons carried over."""
     if d is None:
@@ -338,6 +366,8 @@ def render_html(result: dict, *, title: str | None = None) -> str:
         parts += [fig_html(n) for n in ("forest", "confusion", "roc", "agreement")]
     else:
         parts.append(f"<h2>Visual Turing test</h2><p>{html.escape(result.get('turing_reason', ''))}</p>")
+    if result.get("pair"):
+        parts += _pair_html(result["pair"])
     for task in ("alignment", "quality"):
         if result.get(task):
             parts += _likert_html(task, result[task])

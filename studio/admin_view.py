@@ -480,6 +480,19 @@ def agreement_table(result: dict) -> pd.DataFrame:
             note = f"{mr['block']}. {note}"
         rows.append({"statistic": "turing: MRMC AUC (Obuchowski–Rockette)",
                      "value": _reasoned(mr, "auc"), "note": note})
+    pair = result.get("pair") or {}
+    if pair:
+        pooled = pair["pooled"]
+        rows.append({"statistic": "pair (2AFC): proportion correct, pooled (estimates the AUC)",
+                     "value": _reasoned(pooled, "proportion"),
+                     "note": f"CI {_reasoned(pooled, 'ci')} (Clopper–Pearson), "
+                             f"p = {_reasoned(pooled, 'p_binomial')}"})
+        rr = pair["random_readers"]
+        rows.append({"statistic": "pair (2AFC): mean reader proportion (random readers)",
+                     "value": _reasoned(rr, "mean"),
+                     "note": f"p = {_reasoned(rr, 'p')}, CI {_reasoned(rr, 'ci')}"})
+        rows.append({"statistic": "pair (2AFC): Fleiss' κ on right/wrong",
+                     **_value_note(pair["fleiss_kappa"], None)})
     for task in ("alignment", "quality"):
         s = result.get(task) or {}
         for key in ("krippendorff_alpha_ordinal", "krippendorff_alpha_interval"):

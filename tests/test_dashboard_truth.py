@@ -53,3 +53,14 @@ def test_attention_column_means_the_same_in_admin_and_cli(tmp_path):
         assert cell in line
     assert table.loc["dr-b", "attention passed"] == "0/0 of 2"
     assert table.loc["dr-a", "attention passed"].endswith("/2 of 2")
+
+
+def test_pair_study_dashboard_shows_the_2afc_results(tmp_path):
+    db, _ = make_study(tmp_path, "duo", tasks=("pair",))
+    for name in ("a", "b"):
+        _answer_all(db, readers.reader_for_token(db, readers.invite(db, "duo", name)).reader_id)
+    agreement = admin_view.dashboard(db, "duo").agreement.set_index("statistic")
+    row = agreement.loc["pair (2AFC): proportion correct, pooled (estimates the AUC)"]
+    assert re.fullmatch(r"0\.\d+|1\.0|0", str(row.value)) or row.value in (0.0, 1.0)
+    assert "Clopper–Pearson" in row.note
+    assert "pair (2AFC): Fleiss' κ on right/wrong" in agreement.index
