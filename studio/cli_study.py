@@ -28,8 +28,10 @@ _study_option = click.option("--study", "study_name", required=True, help="Study
                    "frame, window, slice, axis].")
 @click.option("--images", "images_dir", type=click.Path(file_okay=False),
               help="Folder with real/ and synthetic/ subfolders (instead of --manifest).")
-@click.option("--size", default=512, show_default=True, type=int,
-              help="Side of the square stimulus PNG (letterboxed).")
+@click.option("--size", default="auto", show_default=True,
+              help="Side of the square stimulus PNG (letterboxed), or auto: the largest "
+                   "multiple of 64 in 256-1024 that enlarges at most half of the images "
+                   "(their median longest side). The audit lists images scaled more than 2x.")
 @click.option("--tasks", default="turing", show_default=True,
               help="Comma-separated: turing, alignment, quality.")
 @click.option("--training", "training", default=0, show_default=True, type=int,
@@ -64,6 +66,14 @@ def create_cmd(db_path, name, manifest, images_dir, size, tasks, training, repea
     from studies.design import StudyOptions, parse_duration
     from studies.ingest import create_study
 
+    from studies.errors import StudyError
+
+    if str(size).strip().lower() == "auto":
+        size = "auto"
+    elif str(size).strip().isdigit():
+        size = int(size)
+    else:
+        raise StudyError(f"--size must be auto or a whole number of pixels, not {size!r}")
     options = StudyOptions(training_cases=training, repeat_fraction=repeat_fraction,
                            attention_checks=attention_checks, counterbalance=counterbalance,
                            cases_per_reader=cases_per_reader, readers_per_case=readers_per_case,
