@@ -368,6 +368,10 @@ _MRMC_KEYS = ("auc", "se", "t", "f", "ddf", "p", "ci")
 def _block_note(n_readers: int, of_readers: int, n_cases: int, of_cases: int) -> str:
     """What the MRMC block is: the readers and cases fully crossed (every included reader
     rated every included case), said plainly when it is smaller than the study."""
+    if n_cases == 0 or n_readers == 0:
+        return (f"MRMC: no fully crossed block (no case was read by every included reader; "
+                f"{of_readers} readers and {of_cases} cases in the study): not computable; "
+                "an incomplete (split-plot) design needs a crossed subset of readers and cases")
     text = (f"MRMC on {n_readers} fully crossed reader{'s' if n_readers != 1 else ''} "
             f"and {n_cases} cases")
     if n_readers < of_readers or n_cases < of_cases:
