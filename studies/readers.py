@@ -365,6 +365,17 @@ def reader_table(db_path: str | pathlib.Path, study: str) -> list[ReaderInfo]:
             for n, d, t, c, cons, p, done, total in rows]
 
 
+def reader_info(db_path: str | pathlib.Path, reader_id: int) -> ReaderInfo:
+    """One reader's `ReaderInfo` (for the reader page: has this reader consented yet,
+    what is in their profile)."""
+    with reading(db_path) as db:
+        row = db.execute("SELECT s.name, r.name FROM readers r JOIN studies s "
+                         "ON s.id = r.study_id WHERE r.id = ?", [reader_id]).fetchone()
+    if row is None:
+        raise ReaderError("unknown reader")
+    return next(r for r in reader_table(db_path, row[0]) if r.reader == row[1])
+
+
 def set_reader_active(db_path: str | pathlib.Path, study: str, reader: str, active: bool, *,
                       actor: str = "cli") -> None:
     """Deactivate a reader (their link stops working at once; their answers are kept and

@@ -102,8 +102,10 @@ def test_profile_update_and_consent_are_recorded_once(study):
         "specialty": "radiology"}
     with pytest.raises(ReaderError, match="unknown profile field"):
         readers.update_profile(study, ref.reader_id, {"<script>": "x"})
+    assert readers.reader_info(study, ref.reader_id).consented_at is None
     first = readers.record_consent(study, ref.reader_id)
     assert readers.record_consent(study, ref.reader_id) == first
+    assert readers.reader_info(study, ref.reader_id).consented_at == first
     assert readers.reader_table(study, "pilot")[0].consented_at == first
 
 
