@@ -316,7 +316,7 @@ def run_generate_job(model: str, out: str | os.PathLike, *, prompt: str | None =
                                    family=loading.family_of(loading.pipeline_class_name(path)))
     default_h, default_w = loading.default_size(path)
     spec = JobSpec(
-        model=worker_model, model_label=entry.key if entry else provenance.model_label(model),
+        model=worker_model, model_label=provenance.generator_label(model, entry),
         weights_sha256=loading.weights_hash(path, extra=[opts.lora] if opts.lora else ()),
         steps=int(steps), guidance_scale=float(guidance_scale),
         scheduler=schedulers.canonical_name(scheduler, loading.saved_scheduler(path)),

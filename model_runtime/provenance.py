@@ -59,6 +59,24 @@ def model_label(model_id: str) -> str:
     return text
 
 
+def generator_label(model_id: str, entry=None) -> str:
+    """What a manifest's `generator` column says for images of this model -- the same in
+    the CLI batch and the studio's Generate tab: the registry key when the model came from
+    the registry (`embedded`), `embedded` for the embedded model's folder given as a path,
+    else `model_label` (a Hub id, or a folder's name; never a full path)."""
+    if entry is not None:
+        return entry.key
+    from model_runtime import registry
+
+    try:
+        embedded = registry.embedded_model_path().resolve()
+        if pathlib.Path(str(model_id)).expanduser().resolve() == embedded:
+            return registry.EMBEDDED
+    except (KeyError, OSError, RuntimeError, ValueError):
+        pass
+    return model_label(model_id)
+
+
 def record(img) -> dict:
     """The JSON provenance of a GeneratedImage."""
     params = img.parameters()

@@ -33,8 +33,8 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
-from studies import agreement, likert, mrmc, roc
-from studies.proportions import binary_summaries, binary_summary
+from studies import agreement, likert, mrmc, pairs, roc
+from studies.proportions import binary_summaries, binary_summary, clip_ci
 
 SCHEMA_VERSION = 1
 COLUMNS = ("study", "reader", "case", "task", "source", "generator", "modality", "prompt",
@@ -357,7 +357,8 @@ def _reader_accuracy_test(accuracies: list[float], alpha: float) -> dict:
         return _null(out, ("t", "p", "ci"), "every reader has the same accuracy")
     res = stats.ttest_1samp(x, 0.5)
     half = float(stats.t.ppf(1 - alpha / 2, x.size - 1) * sd / np.sqrt(x.size))
-    out.update(t=float(res.statistic), p=float(res.pvalue), ci=[mean - half, mean + half])
+    out.update(t=float(res.statistic), p=float(res.pvalue))
+    clip_ci(out, mean - half, mean + half)  # few readers: the t interval can pass 1
     return out
 
 
@@ -369,6 +370,8 @@ def _flatten_single(single: dict) -> dict:
             out[key] = rr[key]
             if f"{key}_reason" in rr:
                 out[f"{key}_reason"] = rr[f"{key}_reason"]
+    if "ci_note" in rr:
+        out["ci_note"] = rr["ci_note"]
     out["ndf"] = 1
     out["fixed_readers"] = single["fixed_readers"]
     vc = dict(single["variance_components"])
@@ -381,6 +384,22 @@ def _flatten_single(single: dict) -> dict:
 
 
 _MRMC_KEYS = ("auc", "se", "t", "f", "ddf", "p", "ci")
+
+
+def _block_note(n_readers: int, of_readers: int, n_cases: int, of_cases: int) -> str:
+    """What the MRMC block is: the readers and cases fully crossed (every included reader
+    rated every included case), said plainly when it is smaller than the study."""
+    if n_cases == 0 or n_readers == 0:
+        return (f"MRMC: no fully crossed block (no case was read by every included reader; "
+                f"{of_readers} readers and {of_cases} cases in the study): not computable; "
+                "an incomplete (split-plot) design needs a crossed subset of readers and cases")
+    text = (f"MRMC on {n_readers} fully crossed reader{'s' if n_readers != 1 else ''} "
+            f"and {n_cases} cases")
+    if n_readers < of_readers or n_cases < of_cases:
+        text += f" (of {of_readers} readers and {of_cases} cases in the study)"
+    if n_readers < 2:
+        text += ": random-readers test not computable, fixed-readers result only"
+    return text
 
 
 def _turing_mrmc(rows: pd.DataFrame, readers, cases: pd.DataFrame, *, min_coverage: float,
@@ -397,6 +416,7 @@ def _turing_mrmc(rows: pd.DataFrame, readers, cases: pd.DataFrame, *, min_covera
     truth = (sub["truth"] == "synthetic").to_numpy()
     out.update(n_readers=len(used_readers), n_cases=int(keep_c.sum()),
                n_real=int((~truth).sum()), n_synthetic=int(truth.sum()))
+    out["block"] = _block_note(len(used_readers), len(readers), int(keep_c.sum()), len(case_ids))
     if block.size == 0 or truth.sum() < 2 or (~truth).sum() < 2:
         reason = ("no case was rated (with a rating) by every included reader" if block.size == 0 else
                   "needs at least two real and two synthetic cases rated by every included reader")
@@ -407,6 +427,11 @@ def _turing_mrmc(rows: pd.DataFrame, readers, cases: pd.DataFrame, *, min_covera
     pooled = mrmc.mrmc_auc(block, truth, treatments=["all"], readers=used_readers, alpha=alpha)
     out["auc_per_reader"] = pooled["auc_per_reader"]["all"]
     out.update(_flatten_single(pooled["single"]["all"]))
+    if len(used_readers) < 2:  # say which block the single-reader result comes from
+        for key in ("se", "t", "f", "ddf", "p", "ci"):
+            if out.get(f"{key}_reason"):
+                out[f"{key}_reason"] = (f"MRMC on {len(used_readers)} fully crossed reader: "
+                                        "random-readers test not computable with only one reader")
     sub_gen = sub["generator"].astype(object).fillna("").astype(str).to_numpy()
     gens = sorted(set(sub_gen[truth]), key=_natural_key)
     n_pos = {g: int((truth & (sub_gen == g)).sum()) for g in gens}
@@ -642,6 +667,12 @@ def analyze(long_df: pd.DataFrame, *, study: str | None = None, alpha: float = 0
             result[f"{task}_reason"] = section
         else:
             result[task] = section
+    own = (long_df if study is None or "study" not in long_df.columns
+           else long_df[long_df["study"].astype(str) == study])
+    pair = pairs.analyze_pairs(own, alpha=alpha)
+    result["pair"], result["pair_reason"] = (None, pair) if isinstance(pair, str) else (pair, None)
+    if result["pair_reason"] is None:
+        del result["pair_reason"]
     try:  # fast path (C speed): succeeds unless some value is NaN/inf or not JSON-serialisable
         return json.loads(json.dumps(result, allow_nan=False, default=_json_default))
     except (TypeError, ValueError):

@@ -46,7 +46,7 @@ from sqlite_utils import Database
 
 from studies.errors import DatabaseNotFound, NotAStudyDatabase, StudyNotFound
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 5
 BUSY_TIMEOUT_MS = 5_000  # for reads and schema set-up (WAL readers rarely wait at all)
 WRITE_ATTEMPTS = 12  # retry_busy: with backoff capped at 2 s plus the busy timeout
 WRITE_DEADLINE_S = 30.0  # longest wait for the write lock before giving up ("locked")
@@ -181,11 +181,33 @@ def _migration_3(db: Database) -> None:
     db.execute("ALTER TABLE responses ADD COLUMN duration_flagged INTEGER NOT NULL DEFAULT 0")
 
 
+def _migration_5(db: Database) -> None:
+    """Study management (issue 13): study status (open | closed | archived) and the texts
+    shown before the first case; reader profile, consent and deactivation; wash-out delays
+    on repeat reads; the second case of a paired (2AFC) read; deployment settings (the
+    studio's public address). Existing studies are open, existing readers active."""
+    for col, typ in (("status", str), ("status_at", str), ("instructions", str),
+                     ("consent_text", str), ("profile_fields", str)):
+        db["studies"].add_column(col, typ)
+    db.execute("UPDATE studies SET status = 'open', profile_fields = '[]'")
+    for col, typ in (("profile", str), ("consented_at", str), ("deactivated_at", str)):
+        db["readers"].add_column(col, typ)
+    db.execute("UPDATE readers SET profile = '{}'")
+    # min_delay_s: a repeat read becomes available this long after the first read of the
+    # same case was completed. pair_case_id / pair_view_id: the right-hand image of a pair.
+    for col, typ in (("min_delay_s", int), ("pair_case_id", int), ("pair_view_id", str)):
+        db["assignments"].add_column(col, typ)
+    db.execute("CREATE UNIQUE INDEX IF NOT EXISTS idx_assignments_pair_view_id "
+               "ON assignments(pair_view_id)")
+    db["settings"].create({"key": str, "value": str}, pk="key")
+
+
 # Ordered list of (version, migration). Append new ones; never edit an applied one.
 MIGRATIONS: list[tuple[int, Callable[[Database], None]]] = [
     (1, _migration_1),
     (2, _migration_2),
     (3, _migration_3),
+    (5, _migration_5),
 ]
 assert MIGRATIONS[-1][0] == SCHEMA_VERSION
 

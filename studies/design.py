@@ -70,9 +70,12 @@ class Task:
         raise StudyError(f"answer {answer!r} is not on the {self.name} scale {list(self.values)}")
 
     def answer_text(self, value: int) -> str:
-        """What goes in responses.answer: the binary call for turing, else the value."""
+        """What goes in responses.answer: the binary call for turing, the side called
+        synthetic for pair, else the value."""
         if self.name == "turing":
             return turing_call(value)
+        if self.name == "pair":
+            return pair_call(value)
         return str(value)
 
     def question_dict(self) -> dict:
@@ -110,7 +113,21 @@ QUALITY = Task(
     ),
     shows_prompt=False,
 )
-TASKS: dict[str, Task] = {t.name: t for t in (TURING, ALIGNMENT, QUALITY)}
+# Paired two-alternative forced choice: a real and a synthetic image side by side (the
+# left one is the assignment's case, the right one its pair_case). The side gives the
+# call, the word the confidence, as on the turing scale: 1-3 "left is synthetic".
+PAIR = Task(
+    "pair",
+    "Which image is synthetic?",
+    (
+        (1, "definitely left"), (2, "probably left"), (3, "possibly left"),
+        (4, "possibly right"), (5, "probably right"), (6, "definitely right"),
+    ),
+    shows_prompt=False,
+    help="One of the two images is synthetic: the side gives your call, the word your "
+         "confidence.",
+)
+TASKS: dict[str, Task] = {t.name: t for t in (TURING, ALIGNMENT, QUALITY, PAIR)}
 ATTENTION = "attention"  # the pseudo-task of attention-check slots
 SLOT_KINDS = ("training", "main", "repeat", "attention")
 
@@ -118,6 +135,33 @@ SLOT_KINDS = ("training", "main", "repeat", "attention")
 def turing_call(rating: int) -> str:
     """Binary call of a 6-point turing rating: 1-3 real, 4-6 synthetic."""
     return "real" if rating <= 3 else "synthetic"
+
+
+def pair_call(rating: int) -> str:
+    """Side called synthetic by a 6-point pair rating: 1-3 left, 4-6 right."""
+    return "left" if rating <= 3 else "right"
+
+
+_DURATION_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
+
+
+def parse_duration(text: str | int | None) -> int:
+    """Seconds in a wash-out delay such as `7d`, `36h`, `90m`, `45s`, `2w` or a plain
+    number of seconds; 0 for None/empty. StudyError for anything else."""
+    if text is None or text == "":
+        return 0
+    if isinstance(text, int) and not isinstance(text, bool):
+        value = text
+    else:
+        t = str(text).strip().lower()
+        unit = _DURATION_UNITS.get(t[-1:]) if t and not t[-1:].isdigit() else 1
+        number = t[:-1] if t and not t[-1:].isdigit() else t
+        if unit is None or not number.isdigit():
+            raise StudyError(f"delay {text!r} is not a duration like 7d, 36h, 90m or 45s")
+        value = int(number) * unit
+    if value < 0 or value > 366 * 86400:
+        raise StudyError("delay must be between 0 and 366 days")
+    return value
 
 
 def attention_task(scale_task: str, expected: int) -> Task:
@@ -138,6 +182,16 @@ class StudyOptions:
     repeat_fraction: float = 0.0
     attention_checks: int = 0
     counterbalance: bool = False
+    # Per-reader case subsets (incomplete design): each reader reads this many main cases
+    # (pairs, for the pair task), half real half synthetic, the least-read cases first;
+    # None = every reader reads every case (fully crossed).
+    cases_per_reader: int | None = None
+    # Target coverage K: how many readers should read each case (reported by
+    # readers.coverage together with the readers still needed); None = no target.
+    readers_per_case: int | None = None
+    # Wash-out: repeat reads come after all main reads and only once this many seconds
+    # have passed since the first read of the same case (0: within the session, as before).
+    repeat_after_s: int = 0
     # None (the default): the order secret is random. An int derives it from the seed, so the
     # study is reproducible -- and predictable by anyone who knows the seed (testing only).
     seed: int | None = None
@@ -159,6 +213,22 @@ class StudyOptions:
             raise StudyError("attention checks must be a whole number >= 0")
         if self.seed is not None and (not isinstance(self.seed, int) or isinstance(self.seed, bool)):
             raise StudyError("seed must be an integer")
+        for field in ("cases_per_reader", "readers_per_case"):
+            v = getattr(self, field)
+            if v is not None and (not isinstance(v, int) or isinstance(v, bool) or v < 1):
+                raise StudyError(f"{field.replace('_', ' ')} must be a whole number >= 1")
+        if (not isinstance(self.repeat_after_s, int) or isinstance(self.repeat_after_s, bool)
+                or self.repeat_after_s < 0):
+            raise StudyError("repeat-after delay must be a whole number of seconds >= 0")
+        if self.repeat_after_s and not self.repeat_fraction:
+            raise StudyError("a repeat-after delay needs repeats (set a repeat fraction > 0)")
+        if "pair" in tasks:
+            if len(tasks) > 1:
+                raise StudyError("the pair task shows two images and cannot be combined with "
+                                 "single-image tasks; create a separate study")
+            if self.training_cases or self.attention_checks:
+                raise StudyError("training cases and attention checks are not available for "
+                                 "the pair task yet")
         if self.counterbalance and len(rotated_tasks(tasks)) < 2:
             raise StudyError(
                 "counterbalancing has nothing to rotate: the turing question is always asked "
@@ -185,6 +255,8 @@ class Slot:
     tasks: tuple[str, ...]       # asked in this order; ("attention",) for a check
     expected: int | None = None  # attention checks: the value the reader was told to pick
     scale_task: str | None = None  # attention checks: whose scale is shown
+    pair_case_id: Hashable | None = None  # pair task: the right-hand image (case_id: left)
+    min_delay_s: int | None = None  # wash-out repeats: delay after the first read
 
 
 ORDER_SECRET_BYTES = 32  # 256 bits; the only input of the order a reader does not know
@@ -259,6 +331,60 @@ def select_training(cases: Sequence[tuple[Hashable, str]], n: int, secret: bytes
     return chosen
 
 
+def make_pairs(cases: Sequence[tuple[Hashable, str, str, str]], secret: bytes
+               ) -> tuple[list[tuple[Hashable, Hashable]], list[Hashable]]:
+    """Pairs for the 2AFC task from (case_id, source, modality, group) tuples:
+    (real_id, synthetic_id) matched on modality and, where given, on group (the manifest's
+    `group` column; e.g. the prompt or patient a synthetic image was made for). Within a
+    stratum reals and synthetics are matched in keyed-random order, so pairing carries no
+    information; every reader reads the same pairs. Returns (pairs, unpaired case ids)."""
+    strata: dict[tuple[str, str], dict[str, list[Hashable]]] = {}
+    for cid, source, modality, group in cases:
+        strata.setdefault(((modality or "").strip().lower(), (group or "").strip()),
+                          {}).setdefault(source, []).append(cid)
+    pairs: list[tuple[Hashable, Hashable]] = []
+    unpaired: list[Hashable] = []
+    for stratum in sorted(strata):
+        real = _keyed_sorted(secret, f"pair-real:{stratum}", strata[stratum].get("real", []))
+        syn = _keyed_sorted(secret, f"pair-syn:{stratum}", strata[stratum].get("synthetic", []))
+        n = min(len(real), len(syn))
+        pairs += list(zip(real[:n], syn[:n]))
+        unpaired += real[n:] + syn[n:]
+    return pairs, unpaired
+
+
+def pair_unit(real_id: Hashable, synthetic_id: Hashable) -> str:
+    """The id under which a pair is ordered and counted (both case ids)."""
+    return f"{real_id}\x1f{synthetic_id}"
+
+
+def choose_subset(units: Sequence[tuple[Hashable, str]], reads: dict[Hashable, int], n: int,
+                  secret: bytes, reader_name: str) -> list[Hashable]:
+    """A reader's subset of `n` units (cases, or pairs) from (unit_id, source) tuples,
+    balanced over the sources (real and synthetic alternate; pairs are one class) and
+    taking the least-read units first (`reads`: reads so far, by unit), ties broken by a
+    keyed random order. Invited one after another, R readers with n units each out of M
+    read every unit floor(R*n/M) or ceil(R*n/M) times (per source)."""
+    by_source: dict[str, list[Hashable]] = {}
+    for uid, source in units:
+        by_source.setdefault(source, []).append(uid)
+    key = _prf(secret, "subset", reader_name)
+    pools = []
+    for source in sorted(by_source):
+        keyed = _keyed_sorted(key, f"subset:{source}", by_source[source])
+        # stable sort: least-read first, the keyed order among equals
+        pools.append(sorted(keyed, key=lambda u: reads.get(u, 0)))
+    _keyed_rng(key, "subset-pools").shuffle(pools)
+    chosen: list[Hashable] = []
+    idx = [0] * len(pools)
+    while len(chosen) < n and any(i < len(p) for i, p in zip(idx, pools)):
+        for j, pool in enumerate(pools):
+            if idx[j] < len(pool) and len(chosen) < n:
+                chosen.append(pool[idx[j]])
+                idx[j] += 1
+    return chosen
+
+
 def reader_order(
     order_secret: bytes,
     reader_name: str,
@@ -267,10 +393,16 @@ def reader_order(
     *,
     training_ids: Sequence[Hashable] = (),
     reader_index: int = 0,
+    pairs: Sequence[tuple[Hashable, Hashable]] = (),
 ) -> list[Slot]:
     """The reader's full session: training slots, then main reads with repeats and
     attention checks interleaved. Deterministic in (order_secret, reader_name, inputs),
-    unpredictable without the secret; the order in which `case_ids` are given is ignored."""
+    unpredictable without the secret; the order in which `case_ids` are given is ignored.
+
+    Pair task: give `pairs` ((real_id, synthetic_id) tuples, e.g. from `make_pairs`)
+    instead of `case_ids`; each main slot then shows both, the side of the synthetic image
+    drawn per reader and pair from the order secret (Slot.case_id left, pair_case_id right).
+    """
     key = _prf(order_secret, "reader", reader_name)
     rng = _keyed_rng(key, "layout")
     tasks = task_order(options.tasks, reader_index, options.counterbalance)
@@ -278,19 +410,37 @@ def reader_order(
     training = _keyed_sorted(key, "training", training_ids)
     slots = [Slot("training", cid, tasks) for cid in training]
 
-    main = _keyed_sorted(key, "main", case_ids)
-    body: list[Slot] = [Slot("main", cid, tasks) for cid in main]
-    body = _insert_repeats(body, options.repeat_fraction, rng)
+    if pairs:
+        by_unit = {pair_unit(r, s_): (r, s_) for r, s_ in pairs}
+        body = []
+        for unit in _keyed_sorted(key, "main", list(by_unit)):
+            real, syn = by_unit[unit]
+            synthetic_left = _prf(key, "side", unit)[0] & 1
+            left, right = (syn, real) if synthetic_left else (real, syn)
+            body.append(Slot("main", left, tasks, pair_case_id=right))
+        main = []
+    else:
+        main = _keyed_sorted(key, "main", case_ids)
+        body = [Slot("main", cid, tasks) for cid in main]
+    body = _insert_repeats(body, options.repeat_fraction, rng, options.repeat_after_s)
     # Attention checks use main images only: a training image's truth was just revealed.
-    body = _insert_attention(body, options.attention_checks, main, tasks[0], rng)
+    if main:
+        body = _insert_attention(body, options.attention_checks, main, tasks[0], rng)
     return slots + body
 
 
-def _insert_repeats(main: list[Slot], fraction: float, rng: random.Random) -> list[Slot]:
+def _insert_repeats(main: list[Slot], fraction: float, rng: random.Random,
+                    delay_s: int = 0) -> list[Slot]:
     n = len(main)
     if fraction <= 0 or n < 2:
         return main
     k = min(n, max(1, round(fraction * n)))
+    if delay_s:
+        # Wash-out: all repeats after the main block, each available only `delay_s` after
+        # the first read of its case (washout.next_available enforces it when serving).
+        picks = rng.sample(range(n), k)
+        return main + [dataclasses.replace(main[p], kind="repeat", min_delay_s=delay_s)
+                       for p in picks]
     gap = max(1, n // 4)  # at least a quarter of the main block between the two reads
     eligible = [p for p in range(n) if p + gap <= n]
     chosen = rng.sample(eligible, min(k, len(eligible)))

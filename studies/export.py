@@ -4,7 +4,12 @@
 append-only; when a reader changed an answer, the latest one for that (read, task) wins and
 the earlier ones are left out (pass `include_superseded=True` to get them too, with an
 extra `superseded` column). `group` (after the columns the issue names) is the manifest's
-case group, so the analysis can break results down by it. `duration_flagged` is 1 where
+case group, so the analysis can break results down by it. The reader's profile follows
+each answer: `specialty`, `years_experience`, then one column per profile field the study
+defines (`lifecycle.set_texts`). Pair-task reads (2AFC) are one row each: `case` is the
+left image, `pair_case` the right one, `source` is `pair`, `truth` the side of the
+synthetic image (`left`/`right`), `response` the side the reader called synthetic,
+`generator` the synthetic image's generator; `pair_case` is empty for single-image reads. `duration_flagged` is 1 where
 the browser's time on case was implausibly short (< 50 ms) and the server's was stored. Rows of every kind are present and flagged: `training` (1 for
 training reads, excluded from analysis), `repeat` (1 for the second read of a case, for
 intra-reader reliability), and attention checks appear with task `attention`
@@ -44,7 +49,8 @@ from studies.errors import StudyError
 
 LONG_COLUMNS = ["study", "reader", "case", "task", "source", "generator", "modality", "prompt",
                 "truth", "response", "rating", "duration_ms", "answered_at", "training",
-                "repeat", "group", "duration_flagged"]
+                "repeat", "group", "duration_flagged", "pair_case", "specialty",
+                "years_experience"]
 IMRMC_COLUMNS = ["readerID", "caseID", "modalityID", "score"]
 FORMATS = ("long", "imrmc")
 FORMULA_PREFIXES = ("=", "+", "-", "@", "\t", "\r")
@@ -97,17 +103,26 @@ def long_table(db_path: str | pathlib.Path, study: str, *,
             "SELECT rd.name, c.case_key, r.task, c.source, c.generator, c.modality, c.prompt, c.group_name, "
             "a.kind, a.expected, r.answer, r.rating, r.duration_ms, r.answered_at, r.duration_flagged, "
             "r.id = (SELECT max(r2.id) FROM responses r2 "
-            "        WHERE r2.assignment_id = r.assignment_id AND r2.task = r.task) AS latest "
+            "        WHERE r2.assignment_id = r.assignment_id AND r2.task = r.task) AS latest, "
+            "p.case_key, p.source, p.generator, rd.profile "
             "FROM responses r JOIN assignments a ON a.id = r.assignment_id "
             "JOIN readers rd ON rd.id = r.reader_id JOIN cases c ON c.id = r.case_id "
+            "LEFT JOIN cases p ON p.id = a.pair_case_id "
             "WHERE rd.study_id = ? ORDER BY rd.ordinal, a.position, r.id",
             [srow["id"]]).fetchall()
+    fields = json.loads(srow.get("profile_fields") or "[]")
     records = []
     for (reader, case, task, source, generator, modality, prompt, group, kind, expected, answer,
-         rating, duration, answered_at, flagged, latest) in rows:
+         rating, duration, answered_at, flagged, latest, pair_case, _pair_source, pair_generator,
+         profile) in rows:
         if not latest and not include_superseded:
             continue
-        if task == "turing":
+        profile = json.loads(profile or "{}")
+        if pair_case is not None:  # 2AFC: truth is the side of the synthetic image
+            truth = "left" if source == "synthetic" else "right"
+            generator = generator if source == "synthetic" else pair_generator
+            source = "pair"
+        elif task == "turing":
             truth = source
         elif task == ATTENTION:
             truth = str(json.loads(expected)["value"])
@@ -120,11 +135,15 @@ def long_table(db_path: str | pathlib.Path, study: str, *,
             "duration_ms": duration, "answered_at": answered_at,
             "training": int(kind == "training"), "repeat": int(kind == "repeat"),
             "group": group or "", "duration_flagged": int(flagged or 0),
+            "pair_case": pair_case or "",
+            "specialty": profile.get("specialty", ""),
+            "years_experience": profile.get("years_experience", ""),
+            **{f: profile.get(f, "") for f in fields},
         }
         if include_superseded:
             rec["superseded"] = int(not latest)
         records.append(rec)
-    columns = LONG_COLUMNS + (["superseded"] if include_superseded else [])
+    columns = LONG_COLUMNS + fields + (["superseded"] if include_superseded else [])
     df = pd.DataFrame.from_records(records, columns=columns)
     for col in ("rating", "duration_ms", "training", "repeat", "duration_flagged") + (("superseded",) if include_superseded else ()):
         df[col] = df[col].astype("int64")
@@ -134,7 +153,8 @@ def long_table(db_path: str | pathlib.Path, study: str, *,
 def imrmc_table(db_path: str | pathlib.Path, study: str) -> pd.DataFrame:
     """iMRMC layout (readerID, caseID, modalityID, score) of the turing ratings."""
     long = long_table(db_path, study)
-    reads = long[(long.task == "turing") & (long.training == 0) & (long["repeat"] == 0)]
+    reads = long[(long.task == "turing") & (long.training == 0) & (long["repeat"] == 0)
+                 & (long.source != "pair")]
     if reads.empty:
         return pd.DataFrame(columns=IMRMC_COLUMNS)
     generators = sorted(set(reads.loc[reads.source == "synthetic", "generator"]))

@@ -29,7 +29,7 @@ import time
 from collections.abc import Callable, Sequence
 
 from studies import audit as audit_mod
-from studies import imaging, stimuli
+from studies import imaging, sizing, stimuli
 from studies.database import (
     log_action, open_db, reading, stimuli_dir, study_row, transaction, utc_now, write,
 )
@@ -104,7 +104,7 @@ def _check_design(rows: list[ManifestRow], options: StudyOptions, secret: bytes)
                          f"has only {len(rows)} images; keep some for the study itself")
     training = select_training([(r.case_id, r.source) for r in rows],
                                options.training_cases, secret)
-    if "turing" in options.tasks:
+    if "turing" in options.tasks or "pair" in options.tasks:
         held = set(training)
         for source in ("real", "synthetic"):
             total = sum(r.source == source for r in rows)
@@ -136,7 +136,7 @@ def create_study(
     *,
     manifest: str | pathlib.Path | None = None,
     images_dir: str | pathlib.Path | None = None,
-    size: int = 512,
+    size: int | str = 512,
     tasks: Sequence[str] | str | None = None,
     options: StudyOptions | None = None,
     actor: str = "cli",
@@ -144,7 +144,11 @@ def create_study(
 ) -> StudySummary:
     """Create study `name` in `db_path` from a manifest CSV or an images folder.
 
-    One transaction: on any error nothing is left behind (no rows, no stimulus files).
+    `size`: the stimulus side in pixels, or "auto" (`studies.sizing.auto_size`: the
+    largest multiple of 64 in [256, 1024] that does not enlarge most of the images).
+    The audit report gains `scaling` (`audit.scaling_check`: images enlarged or reduced
+    more than 2x, worst first). One transaction: on any error nothing is left behind
+    (no rows, no stimulus files).
     Raises StudyError subclasses (ManifestError, IngestError, StudyExists) with one-line
     messages naming the offending row or file.
     """
@@ -152,8 +156,7 @@ def create_study(
     name = _check_name(name)
     if (manifest is None) == (images_dir is None):
         raise StudyError("give exactly one of a manifest or an images folder")
-    if not isinstance(size, int) or not MIN_SIZE <= size <= MAX_SIZE:
-        raise StudyError(f"size must be a whole number of pixels between {MIN_SIZE} and {MAX_SIZE}")
+    _check_size(size)
     options = _resolve_options(tasks, options)
     # The order secret: random unless a seed was given (then reproducible and predictable).
     secret = new_order_secret() if options.seed is None else seeded_order_secret(options.seed)
@@ -168,6 +171,7 @@ def create_study(
 
     rows = read_manifest(manifest) if manifest is not None else read_images_dir(images_dir)
     training = set(_check_design(rows, options, secret))
+    size = _resolve_size(rows, size)
 
     with _staging(db_path) as stage:
         prepared, items = _prepare(rows, size, stage.incoming, progress)
@@ -175,6 +179,8 @@ def create_study(
         del items
         report_dict, report_text = _with_content_warnings(
             report.to_dict(), report.format_text(), _content_warnings(prepared))
+        report_dict, report_text = _with_scaling(report_dict, report_text,
+                                                 _scaling_inputs(prepared), size)
 
         def store(path: pathlib.Path) -> int:
             with contextlib.closing(open_db(path)) as db, transaction(db):
@@ -274,6 +280,9 @@ def add_cases(
         earlier = json.loads(srow["audit_report"] or "{}").get("content_warnings", [])
         report_dict, report_text = _with_content_warnings(
             report.to_dict(), report.format_text(), earlier + _content_warnings(prepared))
+        report_dict, report_text = _with_scaling(
+            report_dict, report_text,
+            _stored_scaling_inputs(db_path, srow["id"]) + _scaling_inputs(prepared), size)
         with contextlib.closing(open_db(db_path)) as db, transaction(db):
             _check_draft(db, srow)  # again inside the write lock: no invite slipped in
             _insert_cases(db, srow["id"], prepared, size, set(), first_row=first_row)
@@ -291,6 +300,45 @@ def add_cases(
         n_synthetic=sum(p.row.source == "synthetic" for p in prepared),
         n_cases=n_cases, audit=report_dict, audit_text=report_text,
         seconds=time.perf_counter() - t0)
+
+
+def _check_size(size) -> None:
+    if size == sizing.AUTO:
+        return
+    if not isinstance(size, int) or isinstance(size, bool) or not MIN_SIZE <= size <= MAX_SIZE:
+        raise StudyError(f"size must be 'auto' or a whole number of pixels between {MIN_SIZE} "
+                         f"and {MAX_SIZE}")
+
+
+def _resolve_size(rows: list[ManifestRow], size: int | str) -> int:
+    """`size`, or for "auto" the side `sizing.auto_size` picks from the file headers."""
+    if size != sizing.AUTO:
+        return size
+    sides = []
+    for row in rows:
+        dims = sizing.probe_size(row.path, axis=row.axis)
+        sides.append(max(dims) if dims else None)
+    return sizing.auto_size(sides)
+
+
+def _scaling_inputs(prepared: list[_Prepared]) -> list[tuple[str, int | None, int | None]]:
+    return [(p.row.case_id, p.original.get("original_width"), p.original.get("original_height"))
+            for p in prepared]
+
+
+def _stored_scaling_inputs(db_path, study_id: int) -> list[tuple[str, int | None, int | None]]:
+    with contextlib.closing(open_db(db_path, create=False)) as db:
+        return [tuple(r) for r in db.execute(
+            "SELECT c.case_key, s.original_width, s.original_height FROM cases c "
+            "JOIN stimuli s ON s.id = c.stimulus_id WHERE c.study_id = ? ORDER BY c.id",
+            [study_id])]
+
+
+def _with_scaling(report_dict: dict, text: str, originals, size: int) -> tuple[dict, str]:
+    """The leak audit plus the scaling check (`scaling` key, text appended if it warns)."""
+    check = audit_mod.scaling_check(originals, size)
+    extra = audit_mod.format_scaling(check)
+    return report_dict | {"scaling": check}, (f"{text}\n{extra}" if extra else text)
 
 
 def _check_draft(db, srow) -> None:
@@ -482,6 +530,8 @@ def audit_study(db_path: str | pathlib.Path, study: str, *, recompute: bool = Fa
     # The stimuli do not change, so neither do their content warnings: carried over.
     earlier = json.loads(row["audit_report"] or "{}").get("content_warnings", [])
     report_dict, text = _with_content_warnings(report.to_dict(), report.format_text(), earlier)
+    report_dict, text = _with_scaling(report_dict, text,
+                                      _stored_scaling_inputs(db_path, row["id"]), row["size"])
 
     def store(db):
         db.execute("UPDATE studies SET audit_report = ?, audit_text = ? WHERE id = ?",

@@ -17,7 +17,11 @@ optional  generator, case_id, group, frame, window, slice, axis
 
 `--images DIR` shortcut: files under `DIR/real/` and `DIR/synthetic/` (recursively,
 hidden files skipped). A first-level folder under `synthetic/` names the generator
-(`synthetic/sd15/x.png` -> generator `sd15`). A sidecar `<name>.txt` next to an image
+(`synthetic/sd15/x.png` -> generator `sd15`), a first-level folder under `real/` names the
+modality (`real/xray/a.png` -> modality `xray`), and a second-level folder under
+`synthetic/` names the synthetic image's modality (`synthetic/sd15/xray/b.png`); files
+directly under `real/` or `synthetic/<generator>/` have a blank modality. (Real images
+have no generator, synthetic ones always have one, hence the asymmetry.) A sidecar `<name>.txt` next to an image
 holds its prompt; otherwise prompt and modality are blank (fine for turing and quality,
 refused for alignment, which must show a prompt).
 """
@@ -196,15 +200,20 @@ def read_images_dir(images_dir: str | pathlib.Path) -> list[ManifestRow]:
                 continue
             where = f"{base.name}/{rel.as_posix()}"
             resolved = _inside(base, rel.as_posix(), where)
-            generator = ""
+            generator = modality = ""
             if source == "synthetic" and len(rel.parts) > 2:
                 generator = rel.parts[1]
+                if len(rel.parts) > 3:
+                    modality = rel.parts[2]
+            elif source == "real" and len(rel.parts) > 2:
+                modality = rel.parts[1]
             prompt = ""
             sidecar = _sidecar(path)
             if sidecar is not None:
                 prompt = sidecar.read_text(encoding="utf-8", errors="replace").strip()
             rows.append(ManifestRow(where=where, path=resolved, rel_path=rel.as_posix(),
                                     source=source, prompt=prompt, generator=generator,
+                                    modality=modality,
                                     case_id=rel.as_posix()))
     if not rows:
         raise ManifestError(f"{base}: no image files under real/ or synthetic/")

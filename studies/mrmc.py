@@ -33,6 +33,7 @@ import itertools
 import numpy as np
 from scipy import stats
 
+from studies.proportions import clip_ci
 from studies.roc import placements_batch
 
 METHOD = ("Obuchowski–Rockette ANOVA of empirical (Wilcoxon) AUCs, jackknife covariances "
@@ -178,7 +179,7 @@ def single_treatment(theta_r: np.ndarray, var: float, cov2: float | None, *,
             else:
                 rr["ddf"] = ddf
             rr["p"] = float(2 * dist.sf(abs(tval)))
-            rr["ci"] = [mean - crit * se, mean + crit * se]
+            clip_ci(rr, mean - crit * se, mean + crit * se)
     out["random_readers"] = rr
     fr: dict = {}
     var_fixed = (var + (J - 1) * cov2p) / J
@@ -188,8 +189,8 @@ def single_treatment(theta_r: np.ndarray, var: float, cov2: float | None, *,
         se = float(np.sqrt(var_fixed))
         z = (mean - null_auc) / se
         crit = float(stats.norm.ppf(1 - alpha / 2))
-        fr.update(se=se, z=z, chi2=z ** 2, df=1, p=float(2 * stats.norm.sf(abs(z))),
-                  ci=[mean - crit * se, mean + crit * se])
+        fr.update(se=se, z=z, chi2=z ** 2, df=1, p=float(2 * stats.norm.sf(abs(z))))
+        clip_ci(fr, mean - crit * se, mean + crit * se)
     out["fixed_readers"] = fr
     return out
 
@@ -265,14 +266,14 @@ def compare_treatments(theta: np.ndarray, comps: dict, names, *, alpha: float = 
             else:
                 _null(entry, ("ddf",), rr.get("ddf_reason", "infinite"))
             entry["p"] = float(2 * tdist.sf(abs(tval)))
-            entry["ci"] = [d - crit * se_d, d + crit * se_d]
+            clip_ci(entry, d - crit * se_d, d + crit * se_d, lo=-1.0)
         fe: dict = {}
         if fden <= 0:
             _null(fe, ("se", "z", "chi2", "p", "ci"), fr["chi2_reason"])
         else:
             z = d / fse_d
-            fe.update(se=fse_d, z=z, chi2=z ** 2, p=float(2 * stats.norm.sf(abs(z))),
-                      ci=[d - zcrit * fse_d, d + zcrit * fse_d])
+            fe.update(se=fse_d, z=z, chi2=z ** 2, p=float(2 * stats.norm.sf(abs(z))))
+            clip_ci(fe, d - zcrit * fse_d, d + zcrit * fse_d, lo=-1.0)
         entry["fixed_readers"] = fe
         diffs[f"{names[i]} - {names[k]}"] = entry
     rr["differences"] = diffs

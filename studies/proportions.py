@@ -112,3 +112,17 @@ def binary_summaries(counts, *, alpha: float = 0.05, chance: float = 0.5) -> lis
                     set_value(row, k, None, reason)
         out.append(row)
     return out
+
+
+def clip_ci(out: dict, low: float, high: float, *, lo: float = 0.0, hi: float = 1.0,
+            key: str = "ci") -> dict:
+    """Store the interval [low, high] under `key`, clipped to the parameter's range
+    [lo, hi] (an AUC or a proportion lies in [0, 1], an AUC difference in [-1, 1]). A
+    symmetric t or normal interval can cross the bound with few readers; when it does, the
+    clipped interval is stored and `<key>_note` says so and gives the unclipped one."""
+    clipped = [max(lo, float(low)), min(hi, float(high))]
+    out[key] = clipped
+    if clipped != [float(low), float(high)]:
+        out[f"{key}_note"] = (f"clipped to [{lo:g}, {hi:g}]: the symmetric interval "
+                              f"{float(low):.3f} to {float(high):.3f} crossed the bound")
+    return out

@@ -36,6 +36,12 @@ METHODS = [
                   "Fleiss, Cohen & Everitt (1969) asymptotic SE (linearly weighted for Likert ratings); "
                   "Krippendorff's α (Krippendorff 2004; Hayes & Krippendorff 2007). Intra-reader: Cohen's κ "
                   "between a reader's first and repeated read."),
+    ("Paired 2AFC",
+     "Proportion correct per reader and pooled with Clopper–Pearson exact intervals and exact "
+     "binomial tests against 0.5; in a two-alternative forced choice the proportion correct "
+     "estimates the AUC (Green & Swets 1966, Signal Detection Theory and Psychophysics); "
+     "one-sample t-test of the reader proportions against 0.5 for random readers; Fleiss' and "
+     "Cohen's κ on right/wrong calls."),
     ("Likert", f"Mean, median, quartiles and distributions; six Shrout & Fleiss (1979) ICCs with F-tests and "
                f"McGraw & Wong (1996) CIs; {MWU_TEST} (Mann & Whitney 1947, Ann Math Stat 18:50–60) for "
                f"synthetic vs real (assumes independent ratings)."),
@@ -58,12 +64,21 @@ def _fmt(v, digits: int = 3) -> str:
     return str(v)
 
 
+NOT_COMPUTED = "not computed for this row"
+
+
 def _cell(d: dict | None, key: str, digits: int = 3) -> str:
-    if d is None:
-        return "<td>—</td>"
+    """A table cell; an undefined value shows its reason (the JSON's `<key>_reason`) in
+    the cell itself, and a clipped CI says it was clipped."""
+    if d is None or (key not in d and f"{key}_reason" not in d):
+        return f'<td class=na>—<small>{NOT_COMPUTED}</small></td>'
     v = d.get(key)
-    if v is None and d.get(f"{key}_reason"):
-        return f'<td title="{html.escape(d[f"{key}_reason"])}">n/a</td>'
+    if v is None:
+        reason = d.get(f"{key}_reason") or "undefined"
+        return f'<td class=na>n/a<small>{html.escape(reason)}</small></td>'
+    note = d.get(f"{key}_note")
+    if note:
+        return (f'<td>{html.escape(_fmt(v, digits))}*<small>{html.escape(note)}</small></td>')
     return f"<td>{html.escape(_fmt(v, digits))}</td>"
 
 
@@ -194,7 +209,8 @@ body{font-family:system-ui,sans-serif;margin:2rem auto;max-width:1100px;color:#2
 table{border-collapse:collapse;margin:1rem 0;font-size:.9rem}
 th,td{border:1px solid #ccc;padding:.25rem .5rem;text-align:right}
 tbody th{text-align:left}caption{text-align:left;font-weight:600;margin-bottom:.3rem}
-td[title]{color:#999;cursor:help}.note{color:#555;font-size:.9rem}
+td.na{color:#777}td small{display:block;font-size:.75rem;color:#777;text-align:left;
+max-width:16rem}.note{color:#555;font-size:.9rem}
 """
 
 
@@ -217,6 +233,8 @@ def _turing_html(t: dict) -> list[str]:
                                ("p", "p"), ("95% CI", "ci")],
                         f"MRMC vs AUC 0.5 (Obuchowski–Rockette, Hillis ddf; random readers and cases; "
                         f"{m.get('n_readers')} readers, {m.get('n_real')} real images)"))
+    if m.get("block"):
+        parts.append(f"<p class=note>{html.escape(m['block'])}.</p>")
     parts.append(_table([(name, _fixed_readers(d)) for name, d in rows],
                         [("AUC", "auc"), ("SE", "se"), ("z", "z"), ("p", "p"), ("95% CI", "ci")],
                         "MRMC vs AUC 0.5, fixed readers (random cases; conclusions hold for these readers only)"))
@@ -238,6 +256,28 @@ def _turing_html(t: dict) -> list[str]:
         ("mean pairwise Cohen's κ", t["cohen_kappa"], "mean_kappa"),
         ("intra-reader κ (first vs repeated read, pooled)", _pooled(t["intra_reader_kappa"]), "kappa"),
     ], "Agreement on the binary call"))
+    return parts
+
+
+def _pair_html(p: dict) -> list[str]:
+    cols = [("reads", "n"), ("correct", "correct"), ("proportion correct", "proportion"),
+            ("95% CI (Clopper–Pearson)", "ci"), ("p (binomial vs 0.5)", "p_binomial")]
+    parts = ["<h2>Paired 2AFC: which image is synthetic?</h2>",
+             f"<p>{p['n']} pair reads by {p['n_readers']} readers of {p['n_pairs']} pairs. "
+             f"{html.escape(p['interpretation'])}</p>",
+             _table([("pooled", p["pooled"])] + list(p["per_reader"].items()), cols,
+                    "Proportion correct per reader"),
+             _table([("per-reader proportions vs 0.5", p["random_readers"])],
+                    [("readers", "n_readers"), ("mean", "mean"), ("95% CI", "ci"), ("t", "t"),
+                     ("df", "df"), ("p", "p")], "Random-readers test (one-sample t-test)")]
+    for key, label in (("by_generator", "generator"), ("by_modality", "modality")):
+        if p.get(key):
+            parts.append(_table(list(p[key].items()), cols, f"By {label}"))
+    fk = dict(p["fleiss_kappa"])
+    parts.append(_agreement_table([
+        (f"Fleiss' κ ({fk.get('n_pairs', 0)} pairs read by every reader)", fk, "kappa"),
+        ("mean pairwise Cohen's κ", p["cohen_kappa"], "mean_kappa"),
+    ], "Agreement between readers on right/wrong"))
     return parts
 
 
@@ -309,7 +349,8 @@ def render_html(result: dict, *, title: str | None = None) -> str:
     parts.append(f"<p class=note>{inp.get('rows_analysed', 0)} responses analysed "
                  f"({inp.get('rows_training_excluded', 0)} training rows excluded, {inp.get('rows_repeat', 0)} "
                  f"repeat reads used for intra-reader agreement only, {inp.get('rows_superseded', 0)} superseded "
-                 f"answers). Hover “n/a” to see why a value is undefined.</p>")
+                 f"answers). Each “n/a” says why the value is undefined; * marks an interval clipped to the "
+                 f"parameter's range.</p>")
     figs = figures(result)
     first = [True]
 
@@ -325,6 +366,8 @@ def render_html(result: dict, *, title: str | None = None) -> str:
         parts += [fig_html(n) for n in ("forest", "confusion", "roc", "agreement")]
     else:
         parts.append(f"<h2>Visual Turing test</h2><p>{html.escape(result.get('turing_reason', ''))}</p>")
+    if result.get("pair"):
+        parts += _pair_html(result["pair"])
     for task in ("alignment", "quality"):
         if result.get(task):
             parts += _likert_html(task, result[task])

@@ -44,6 +44,7 @@ from studies import session
 from studies.design import TASKS, StudyOptions
 from studies.errors import StudyError
 from studio.plain_text import plain_markdown
+from studio.progress_format import ATTENTION_HEADER, attention_cell
 
 ZIP_MAX_BYTES = 4 * 1024**3      # uncompressed total
 ZIP_MAX_FILES = 50_000
@@ -72,14 +73,24 @@ def studies_table(db_path) -> pd.DataFrame:
     rows = list_studies(db_path)
     cols = ["study", "status", "tasks", "cases", "real", "synthetic", "readers", "leak",
             "created"]
+    statuses = _study_statuses(db_path)
     out = [{
-        "study": r["name"], "status": "open" if r["n_readers"] else "draft",
+        "study": r["name"],
+        "status": (statuses.get(r["name"]) if statuses.get(r["name"]) not in (None, "open")
+                   else "open" if r["n_readers"] else "draft"),
         "tasks": ", ".join(r["tasks"]), "cases": r["n_cases"], "real": r["n_real"],
         "synthetic": r["n_synthetic"], "readers": r["n_readers"],
         "leak": {True: "LEAK", False: "ok", None: "?"}[r.get("leak")],
         "created": r["created_at"][:19].replace("T", " "),
     } for r in rows]
     return pd.DataFrame(out, columns=cols)
+
+
+def _study_statuses(db_path) -> dict[str, str]:
+    from studies.database import reading
+
+    with reading(db_path) as db:
+        return {n: st for n, st in db.execute("SELECT name, status FROM studies")}
 
 
 def study_names(db_path) -> list[str]:
@@ -383,6 +394,52 @@ def invite_reader(db_path, study: str, reader: str, base_url: str, *,
     return readers_mod.reader_link(token, base_url)
 
 
+def invite_from_csv(db_path, study: str, csv_upload, base_url: str, *,
+                    acknowledge_leak: bool = False, actor="admin") -> str:
+    """Invite every reader of an uploaded readers CSV (`readers.invite_csv`: a `reader`
+    column and optional profile columns; all or none) and return `reader,link` lines.
+    The upload must be a file Gradio received (as for the zip) and is deleted after."""
+    from studies.audit import is_flagged
+    from studies.ingest import audit_study
+
+    if not csv_upload:
+        raise StudyError("choose a readers CSV file first")
+    path = _uploaded_file(csv_upload)
+    try:
+        report, _ = audit_study(db_path, study)
+        if is_flagged(report) and not acknowledge_leak:
+            raise StudyError("the leak audit flags this study: read it, then tick the "
+                             "acknowledgement to invite readers anyway")
+        invitations = readers_mod.invite_csv(db_path, study, path, actor=actor)
+    finally:
+        path.unlink(missing_ok=True)
+    return "\n".join(f"{i.reader},{readers_mod.reader_link(i.token, base_url)}"
+                     for i in invitations)
+
+
+def readers_table(db_path, study: str) -> pd.DataFrame:
+    """Readers with link status (never a link: only hashes are stored), consent, profile
+    and progress (`readers.reader_table`)."""
+    rows = [{"reader": r.reader, "link": r.link,
+             "link issued": (r.link_issued_at or "")[:19].replace("T", " "),
+             "consented": (r.consented_at or "")[:19].replace("T", " ") or "no",
+             "profile": ", ".join(f"{k}={v}" for k, v in r.profile.items()),
+             "done": f"{r.completed} / {r.total}"}
+            for r in readers_mod.reader_table(db_path, study)]
+    return pd.DataFrame(rows, columns=["reader", "link", "link issued", "consented", "profile",
+                                       "done"])
+
+
+def study_settings(db_path, study: str) -> tuple[str, str, str, str]:
+    """(status line, instructions, consent, profile fields) for the admin's form."""
+    from studies.lifecycle import study_texts
+
+    t = study_texts(db_path, study)
+    return (f"Status: **{t.status}**" + (f" since {t.status_at[:19].replace('T', ' ')}"
+                                          if t.status_at else ""),
+            t.instructions, t.consent, ", ".join(t.profile_fields))
+
+
 def progress_table(db_path, study: str) -> pd.DataFrame:
     rows = []
     for p in session.progress(db_path, study):
@@ -390,15 +447,15 @@ def progress_table(db_path, study: str) -> pd.DataFrame:
             "reader": p.reader, "answered": f"{p.completed} / {p.total}",
             "done %": round(100 * p.completed / p.total) if p.total else 0,
             "training": f"{p.training_completed} / {p.training_total}",
-            "attention passed": f"{p.attention_passed} / {p.attention_answered}"
-            if p.attention_total else "—",
+            ATTENTION_HEADER: attention_cell(p.attention_passed, p.attention_answered,
+                                             p.attention_total),
             "median s/answer": None if p.median_duration_ms is None
             else round(p.median_duration_ms / 1000, 1),
             "last answer": (p.last_answered_at or "")[:19].replace("T", " "),
             "finished": "yes" if p.finished else "",
         })
     return pd.DataFrame(rows, columns=["reader", "answered", "done %", "training",
-                                       "attention passed", "median s/answer", "last answer",
+                                       ATTENTION_HEADER, "median s/answer", "last answer",
                                        "finished"])
 
 
@@ -422,6 +479,16 @@ _BINARY_COLS = ("n", "accuracy", "sensitivity", "specificity", "fool_rate", "ci_
                 "p_binomial", "auc", "auc_ci")
 
 
+def _reasoned(d: dict, key: str):
+    """The value, or "n/a (reason)" from the analysis' `<key>_reason` (never a bare dash)."""
+    v = d.get(key)
+    if v is None:
+        return f"n/a ({d.get(f'{key}_reason') or 'not computed'})"
+    if d.get(f"{key}_note"):
+        return f"{_fmt(v)} ({d[f'{key}_note']})"
+    return _fmt(v)
+
+
 def _fmt(v):
     if isinstance(v, float):
         return round(v, 3)
@@ -436,10 +503,11 @@ def turing_tables(result: dict) -> tuple[pd.DataFrame, pd.DataFrame]:
     """(pooled, per-reader) turing tables from `studies.analysis.analyze`'s result."""
     t = result.get("turing") or {}
     pooled = t.get("pooled") or {}
-    prow = {"readers": "all (pooled)", **{c: _fmt(pooled.get(c)) for c in _BINARY_COLS
-                                          if c in pooled}}
+    prow = {"readers": "all (pooled)", **{c: _reasoned(pooled, c) for c in _BINARY_COLS
+                                          if c in pooled or f"{c}_reason" in pooled}}
     per = t.get("per_reader") or {}
-    rrows = [{"reader": name, **{c: _fmt(v.get(c)) for c in _BINARY_COLS if c in v}}
+    rrows = [{"reader": name, **{c: _reasoned(v, c) for c in _BINARY_COLS
+                                 if c in v or f"{c}_reason" in v}}
              for name, v in per.items()]
     return pd.DataFrame([prow]) if pooled else pd.DataFrame(), pd.DataFrame(rrows)
 
@@ -453,32 +521,62 @@ def _scalar(v):
     return v
 
 
+def _value_note(stat, reason) -> dict:
+    """value + note of an agreement statistic (a dict with its own `<key>_reason`s)."""
+    if isinstance(stat, dict):
+        for key in ("value", "kappa", "alpha", "icc", "estimate", "auc", "mean_kappa"):
+            if key in stat or f"{key}_reason" in stat:
+                return {"value": _reasoned(stat, key), "note": ""}
+    if stat is None:
+        return {"value": f"n/a ({reason or 'not computed'})", "note": ""}
+    return {"value": _fmt(stat), "note": reason or ""}
+
+
 def agreement_table(result: dict) -> pd.DataFrame:
     rows = []
     t = result.get("turing") or {}
     for key, label in (("fleiss_kappa", "turing: Fleiss' κ"),
                        ("krippendorff_alpha", "turing: Krippendorff's α")):
         if key in t:
-            rows.append({"statistic": label, "value": _fmt(_scalar(t.get(key))),
-                         "note": t.get(f"{key}_reason") or ""})
+            rows.append({"statistic": label, **_value_note(t.get(key), t.get(f"{key}_reason"))})
     mr = t.get("mrmc") or {}
     if isinstance(mr, dict) and mr:
-        rows.append({"statistic": "turing: MRMC AUC (OR-DBM, random readers & cases)",
-                     "value": _fmt(_scalar(mr.get("auc"))),
-                     "note": f"p = {_fmt(mr.get('p'))}, CI {_fmt(mr.get('ci'))}"
-                     if mr.get("p") is not None else (t.get("mrmc_reason") or "")})
+        if mr.get("p") is not None:
+            note = f"p = {_fmt(mr.get('p'))}, CI {_reasoned(mr, 'ci')}"
+        else:
+            note = f"random-readers test: n/a ({mr.get('p_reason') or 'not computed'})"
+            fr = mr.get("fixed_readers")
+            if isinstance(fr, dict) and fr.get("p") is not None:
+                note += f"; fixed readers: p = {_fmt(fr['p'])}, CI {_reasoned(fr, 'ci')}"
+        if mr.get("block"):
+            note = f"{mr['block']}. {note}"
+        rows.append({"statistic": "turing: MRMC AUC (Obuchowski–Rockette)",
+                     "value": _reasoned(mr, "auc"), "note": note})
+    pair = result.get("pair") or {}
+    if pair:
+        pooled = pair["pooled"]
+        rows.append({"statistic": "pair (2AFC): proportion correct, pooled (estimates the AUC)",
+                     "value": _reasoned(pooled, "proportion"),
+                     "note": f"CI {_reasoned(pooled, 'ci')} (Clopper–Pearson), "
+                             f"p = {_reasoned(pooled, 'p_binomial')}"})
+        rr = pair["random_readers"]
+        rows.append({"statistic": "pair (2AFC): mean reader proportion (random readers)",
+                     "value": _reasoned(rr, "mean"),
+                     "note": f"p = {_reasoned(rr, 'p')}, CI {_reasoned(rr, 'ci')}"})
+        rows.append({"statistic": "pair (2AFC): Fleiss' κ on right/wrong",
+                     **_value_note(pair["fleiss_kappa"], None)})
     for task in ("alignment", "quality"):
         s = result.get(task) or {}
         for key in ("krippendorff_alpha_ordinal", "krippendorff_alpha_interval"):
             if key in s:
                 rows.append({"statistic": f"{task}: {key.replace('_', ' ')}",
-                             "value": _fmt(_scalar(s.get(key))),
-                             "note": s.get(f"{key}_reason") or ""})
+                             **_value_note(s.get(key), s.get(f"{key}_reason"))})
         icc = (s.get("icc") or {}) if isinstance(s.get("icc"), dict) else {}
         for form in ("ICC2", "ICC2k"):
             if isinstance(icc.get(form), dict):
-                rows.append({"statistic": f"{task}: {form}", "value": _fmt(icc[form].get("icc")),
-                             "note": f"CI {_fmt(icc[form].get('ci'))}"})
+                rows.append({"statistic": f"{task}: {form}",
+                             "value": _reasoned(icc[form], "icc"),
+                             "note": f"CI {_reasoned(icc[form], 'ci')}"})
     return pd.DataFrame(rows, columns=["statistic", "value", "note"])
 
 
@@ -631,6 +729,36 @@ def build_admin_blocks(db_path, admin_auth, *, model=None, base_url=None, batche
                                         interactive=False, elem_id="progress-table")
                 faults = gr.Markdown(elem_id="stimulus-faults")
                 timer = gr.Timer(5.0)
+                with gr.Accordion("Invite from a CSV, links, deactivation", open=False):
+                    readers_csv = gr.File(label="Readers CSV: a `reader` column, optional "
+                                          "specialty, years_experience and the study's own "
+                                          "profile fields", file_types=[".csv"],
+                                          type="filepath", elem_id="readers-csv")
+                    csv_btn = gr.Button("Invite everyone in the CSV", elem_id="invite-csv")
+                    csv_links = gr.Textbox(label="reader,link (copy and send; shown once)",
+                                           lines=6, interactive=False, buttons=["copy"],
+                                           elem_id="csv-links")
+                    readers_df = gr.Dataframe(label="Readers (links are never stored: reissue "
+                                              "to give a new one)", interactive=False,
+                                              elem_id="readers-table")
+                    with gr.Row():
+                        manage_name = gr.Textbox(label="Reader", elem_id="manage-reader")
+                        deactivate_btn = gr.Button("Deactivate (link stops working)",
+                                                   elem_id="deactivate")
+                        reactivate_btn = gr.Button("Reactivate", elem_id="reactivate")
+            with gr.Tab("Study settings", id="settings"):
+                status_md = gr.Markdown(elem_id="study-status")
+                with gr.Row():
+                    close_btn = gr.Button("Close (readers see a closed page)", elem_id="close-study")
+                    reopen_btn = gr.Button("Reopen", elem_id="reopen-study")
+                    archive_btn = gr.Button("Archive", elem_id="archive-study")
+                instructions_box = gr.Textbox(label="Instructions shown before the first case",
+                                              lines=6, elem_id="instructions")
+                consent_box = gr.Textbox(label="Consent text (empty: no consent step)", lines=4,
+                                         elem_id="consent")
+                fields_box = gr.Textbox(label="Extra reader profile fields (comma-separated, "
+                                        "e.g. site,country)", elem_id="profile-fields")
+                save_texts_btn = gr.Button("Save texts", elem_id="save-texts")
             with gr.Tab("Analysis", id="analysis"):
                 analyze_btn = gr.Button("Run analysis", variant="primary", elem_id="analyze")
                 note = gr.Markdown()
@@ -712,6 +840,56 @@ def build_admin_blocks(db_path, admin_auth, *, model=None, base_url=None, batche
             md, _, _ = study_overview(db_path, study)
             return url, progress_table(db_path, study), md, studies_table(db_path)
 
+        @friendly
+        def do_invite_csv(study, upload_, ack_, request: gr.Request):
+            user = guard(request)
+            if not study:
+                raise StudyError("choose a study first")
+            lines = invite_from_csv(db_path, study, upload_, base_url_of(request, base_url),
+                                    acknowledge_leak=ack_, actor=f"admin:{user}")
+            return lines, readers_table(db_path, study), progress_table(db_path, study), None
+
+        def _switch_reader(active):
+            @friendly
+            def handler(study, reader, request: gr.Request):
+                user = guard(request)
+                if not study:
+                    raise StudyError("choose a study first")
+                readers_mod.set_reader_active(db_path, study, reader, active,
+                                              actor=f"admin:{user}")
+                return readers_table(db_path, study)
+            return handler
+
+        def _set_status(status):
+            @friendly
+            def handler(study, request: gr.Request):
+                from studies.lifecycle import set_status
+
+                user = guard(request)
+                if not study:
+                    raise StudyError("choose a study first")
+                set_status(db_path, study, status, actor=f"admin:{user}")
+                return study_settings(db_path, study)[0], studies_table(db_path)
+            return handler
+
+        @friendly
+        def show_settings(study, request: gr.Request):
+            guard(request)
+            if not study:
+                return "", "", "", "", pd.DataFrame()
+            return (*study_settings(db_path, study), readers_table(db_path, study))
+
+        @friendly
+        def save_texts(study, instructions_, consent_, fields_, request: gr.Request):
+            from studies.lifecycle import set_texts
+
+            user = guard(request)
+            if not study:
+                raise StudyError("choose a study first")
+            set_texts(db_path, study, instructions=instructions_ or "", consent=consent_ or "",
+                      profile_fields=fields_ or "", actor=f"admin:{user}")
+            return study_settings(db_path, study)
+
         def tick(study, request: gr.Request):
             guard(request)
             if not study:
@@ -758,6 +936,21 @@ def build_admin_blocks(db_path, admin_auth, *, model=None, base_url=None, batche
         invite_btn.click(do_invite, [study_dd, reader_name, ack, reissue],
                          [link, progress, invite_overview, table], **admin_events)
         timer.tick(tick, [study_dd], [progress, faults], show_progress="hidden", **admin_events)
+        study_dd.change(show_settings, [study_dd],
+                        [status_md, instructions_box, consent_box, fields_box, readers_df],
+                        **admin_events)
+        csv_btn.click(do_invite_csv, [study_dd, readers_csv, ack],
+                      [csv_links, readers_df, progress, readers_csv], **admin_events)
+        deactivate_btn.click(_switch_reader(False), [study_dd, manage_name], [readers_df],
+                             **admin_events)
+        reactivate_btn.click(_switch_reader(True), [study_dd, manage_name], [readers_df],
+                             **admin_events)
+        for btn, status in ((close_btn, "closed"), (reopen_btn, "open"),
+                            (archive_btn, "archived")):
+            btn.click(_set_status(status), [study_dd], [status_md, table], **admin_events)
+        save_texts_btn.click(save_texts, [study_dd, instructions_box, consent_box, fields_box],
+                             [status_md, instructions_box, consent_box, fields_box],
+                             **admin_events)
         analyze_btn.click(run_analysis, [study_dd],
                           [note, pooled, per_reader, agreement, *plots, result_json],
                           concurrency_limit=2, concurrency_id="analysis", **admin_events)

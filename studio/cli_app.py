@@ -41,6 +41,13 @@ def studio_command(host, port, db_path, model, base_url, no_demo, reset_admin_pa
                                echo=lambda msg: click.echo(msg, err=True))
     except app_mod.StartError as exc:
         raise click.ClickException(str(exc)) from None
+    from studies import settings
+    from studies.errors import StudyError
+
+    try:  # so that `medisyn study invite` later prints links to this studio
+        settings.set_base_url(info.db_path, info.base_url)
+    except StudyError as exc:
+        raise click.ClickException(str(exc)) from None
     click.echo(info.banner())
     app_mod.launch(info.db_path, host=host, port=port, model=info.model,
                    admin_auth=info.admin_auth, base_url=info.base_url)

@@ -28,8 +28,10 @@ _study_option = click.option("--study", "study_name", required=True, help="Study
                    "frame, window, slice, axis].")
 @click.option("--images", "images_dir", type=click.Path(file_okay=False),
               help="Folder with real/ and synthetic/ subfolders (instead of --manifest).")
-@click.option("--size", default=512, show_default=True, type=int,
-              help="Side of the square stimulus PNG (letterboxed).")
+@click.option("--size", default="auto", show_default=True,
+              help="Side of the square stimulus PNG (letterboxed), or auto: the largest "
+                   "multiple of 64 in 256-1024 that enlarges at most half of the images "
+                   "(their median longest side). The audit lists images scaled more than 2x.")
 @click.option("--tasks", default="turing", show_default=True,
               help="Comma-separated: turing, alignment, quality.")
 @click.option("--training", "training", default=0, show_default=True, type=int,
@@ -41,20 +43,41 @@ _study_option = click.option("--study", "study_name", required=True, help="Study
 @click.option("--counterbalance/--no-counterbalance", default=False, show_default=True,
               help="Rotate the order of the tasks after turing across readers (turing, "
                    "which never shows the prompt, is always asked first).")
+@click.option("--cases-per-reader", type=int, default=None,
+              help="Incomplete design: each reader reads this many main cases (pairs for the "
+                   "pair task), half real half synthetic, the least-read cases first "
+                   "[default: every case].")
+@click.option("--readers-per-case", type=int, default=None,
+              help="Coverage target K with --cases-per-reader: `study readers` reports how "
+                   "many more readers each case needs to be read K times.")
+@click.option("--repeat-after", default="",
+              help="Wash-out delay for repeat reads, e.g. 7d, 36h, 90m: repeats come after "
+                   "all main reads and only this long after the first read of the case "
+                   "[default: repeats within the session].")
 @click.option("--seed", type=int, default=None,
               help="Make the reader orders reproducible, for testing only: anyone who knows "
                    "the seed can predict every reader's order, which breaks blinding. "
                    "Default: a random secret that is never shown.")
 @_one_line_errors
 def create_cmd(db_path, name, manifest, images_dir, size, tasks, training, repeat_fraction,
-               attention_checks, counterbalance, seed):
+               attention_checks, counterbalance, cases_per_reader, readers_per_case,
+               repeat_after, seed):
     """Create a blinded study from a manifest or an images folder, and audit it for leaks."""
-    from studies.design import StudyOptions
+    from studies.design import StudyOptions, parse_duration
     from studies.ingest import create_study
 
+    from studies.errors import StudyError
+
+    if str(size).strip().lower() == "auto":
+        size = "auto"
+    elif str(size).strip().isdigit():
+        size = int(size)
+    else:
+        raise StudyError(f"--size must be auto or a whole number of pixels, not {size!r}")
     options = StudyOptions(training_cases=training, repeat_fraction=repeat_fraction,
                            attention_checks=attention_checks, counterbalance=counterbalance,
-                           seed=seed)
+                           cases_per_reader=cases_per_reader, readers_per_case=readers_per_case,
+                           repeat_after_s=parse_duration(repeat_after), seed=seed)
     with click.progressbar(length=1, label="Ingesting", file=sys.stderr,
                            show_pos=True) as bar:
         def progress(done, total):
@@ -127,18 +150,136 @@ def audit_cmd(db_path, study_name, recompute, as_json):
 @study.command("invite")
 @_db_option
 @_study_option
-@click.option("--reader", required=True, help="Reader name (unique within the study).")
-@click.option("--base-url", default="http://127.0.0.1:7860/", show_default=True,
-              help="Where the studio is reachable for this reader.")
+@click.option("--reader", help="Reader name (unique within the study).")
+@click.option("--csv", "csv_path", type=click.Path(dir_okay=False),
+              help="Invite many readers: a CSV with a `reader` column and optional profile "
+                   "columns (specialty, years_experience and the study's own fields).")
+@click.option("--specialty", default=None, help="Reader profile: specialty.")
+@click.option("--years-experience", default=None, help="Reader profile: years of experience.")
+@click.option("--base-url", default=None,
+              help="Where the studio is reachable for this reader [default: the address "
+                   "`medisyn studio` stored in the database, else http://127.0.0.1:7860/].")
 @click.option("--reissue", is_flag=True,
               help="Give an existing reader a new link (the old one stops working).")
 @_one_line_errors
-def invite_cmd(db_path, study_name, reader, base_url, reissue):
-    """Invite a reader and print their personal link (shown once; only a hash is stored)."""
-    from studies.readers import invite, reader_link
+def invite_cmd(db_path, study_name, reader, csv_path, specialty, years_experience, base_url,
+               reissue):
+    """Invite readers and print their personal links (shown once; only a hash is stored)."""
+    from studies import settings
+    from studies.errors import ReaderError
+    from studies.readers import invite, invite_csv, reader_link
 
-    token = invite(db_path, study_name, reader, reissue=reissue)
-    click.echo(reader_link(token, base_url))
+    if (reader is None) == (csv_path is None):
+        raise ReaderError("give exactly one of --reader or --csv")
+    url = settings.check_base_url(base_url) if base_url else settings.base_url(db_path)
+    if csv_path:
+        if reissue or specialty or years_experience:
+            raise ReaderError("--csv takes the profile from its columns and cannot reissue")
+        for inv in invite_csv(db_path, study_name, csv_path):
+            click.echo(f"{inv.reader},{reader_link(inv.token, url)}")
+        return
+    profile = {k: v for k, v in (("specialty", specialty),
+                                 ("years_experience", years_experience)) if v is not None}
+    token = invite(db_path, study_name, reader, reissue=reissue, profile=profile or None)
+    click.echo(reader_link(token, url))
+
+
+@study.command("readers")
+@_db_option
+@_study_option
+@_one_line_errors
+def readers_cmd(db_path, study_name):
+    """List readers: link status (never the link itself), consent, profile, progress."""
+    from studies.readers import coverage, reader_table
+
+    rows = reader_table(db_path, study_name)
+    if not rows:
+        click.echo("No readers invited yet.")
+    else:
+        click.echo(f"{'reader':<24} {'link':<12} {'done':>11}  {'consented':<10} profile")
+        for r in rows:
+            profile = ", ".join(f"{k}={v}" for k, v in r.profile.items()) or "-"
+            click.echo(f"{r.reader[:24]:<24} {r.link:<12} {r.completed:>5}/{r.total:<5}  "
+                       f"{'yes' if r.consented_at else 'no':<10} {profile}")
+    cov = coverage(db_path, study_name)
+    line = f"Coverage: each of {cov.n_units} main cases read {cov.min_reads}-{cov.max_reads} times"
+    if cov.target:
+        line += (f"; target {cov.target}: " +
+                 (f"invite {cov.readers_needed} more reader(s)" if cov.readers_needed
+                  else "reached"))
+    click.echo(line + ".")
+
+
+def _reader_switch(active: bool):
+    @_db_option
+    @_study_option
+    @click.option("--reader", required=True, help="Reader name.")
+    @_one_line_errors
+    def cmd(db_path, study_name, reader):
+        from studies.readers import set_reader_active
+
+        set_reader_active(db_path, study_name, reader, active)
+        click.echo(f"Reader {reader!r} {'reactivated: their link works again' if active else 'deactivated: their link no longer works (answers kept)'}.")
+    return cmd
+
+
+study.command("deactivate", help="Deactivate a reader: their link stops working; answers are "
+              "kept.")(_reader_switch(False))
+study.command("reactivate", help="Reactivate a deactivated reader (same link).")(
+    _reader_switch(True))
+
+
+def _status_switch(status: str, message: str):
+    @_db_option
+    @_study_option
+    @_one_line_errors
+    def cmd(db_path, study_name):
+        from studies.lifecycle import set_status
+
+        set_status(db_path, study_name, status)
+        click.echo(f"Study {study_name!r} {message}.")
+    return cmd
+
+
+study.command("close", help="Close a study: readers can no longer answer (they see a closed "
+              "page); results stay.")(_status_switch("closed", "closed"))
+study.command("reopen", help="Reopen a closed or archived study.")(
+    _status_switch("open", "reopened"))
+study.command("archive", help="Archive a study: closed, and listed apart in the admin.")(
+    _status_switch("archived", "archived"))
+
+
+@study.command("configure")
+@_db_option
+@_study_option
+@click.option("--instructions-file", type=click.Path(dir_okay=False, exists=True),
+              help="Text file: instructions shown before the first case.")
+@click.option("--consent-file", type=click.Path(dir_okay=False, exists=True),
+              help="Text file: consent text the reader must agree to before the first case.")
+@click.option("--profile-fields", default=None,
+              help="Comma-separated extra reader profile fields, e.g. site,country.")
+@_one_line_errors
+def configure_cmd(db_path, study_name, instructions_file, consent_file, profile_fields):
+    """Set the instructions, consent text and extra profile fields of a study."""
+    import pathlib
+
+    from studies.lifecycle import set_texts
+
+    from studies.errors import StudyError
+
+    def read(path):
+        try:
+            return pathlib.Path(path).read_text(encoding="utf-8") if path else None
+        except UnicodeDecodeError:
+            raise StudyError(f"{path} is not UTF-8 text") from None
+
+    texts = set_texts(db_path, study_name, instructions=read(instructions_file),
+                      consent=read(consent_file), profile_fields=profile_fields)
+    click.echo(f"Study {study_name!r}: {texts.status}; instructions "
+               f"{len(texts.instructions)} characters; consent "
+               f"{len(texts.consent) or 'none'}{' characters' if texts.consent else ''}; "
+               f"profile fields specialty, years_experience"
+               f"{''.join(', ' + f for f in texts.profile_fields)}.")
 
 
 @study.command("export")
@@ -165,13 +306,15 @@ def export_cmd(db_path, study_name, fmt, out, all_responses):
 def progress_cmd(db_path, study_name):
     """Per-reader progress (completed reads, training, attention checks)."""
     from studies.session import progress
+    from studio.progress_format import ATTENTION_HEADER, attention_cell
 
     rows = progress(db_path, study_name)
     if not rows:
         click.echo("No readers invited yet.")
         return
-    click.echo(f"{'reader':<24} {'done':>11} {'training':>9} {'attention':>10}  last answer")
+    click.echo(f"{'reader':<24} {'done':>11} {'training':>9}  {ATTENTION_HEADER:<18}  last answer")
     for p in rows:
+        attention = attention_cell(p.attention_passed, p.attention_answered, p.attention_total)
         click.echo(f"{p.reader[:24]:<24} {p.completed:>5}/{p.total:<5} "
-                   f"{p.training_completed:>4}/{p.training_total:<4} "
-                   f"{p.attention_passed:>4}/{p.attention_total:<5}  {p.last_answered_at or '-'}")
+                   f"{p.training_completed:>4}/{p.training_total:<4}  {attention:<18}  "
+                   f"{p.last_answered_at or '-'}")

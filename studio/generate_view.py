@@ -185,6 +185,8 @@ def run_generation(location: str, *, prompt: str, negative_prompt: str = "", see
     batch_id = f"{stamp}-{secrets.token_hex(3)}"
     folder = pathlib.Path(out_root) / batch_id
     folder.mkdir(parents=True, exist_ok=True)
+    from model_runtime.provenance import generator_label
+
     images, seeds, files, rows = [], [], [], []
     for item in results:
         # The admin's download keeps the provenance chunks (A1111 `parameters` + JSON).
@@ -193,7 +195,8 @@ def run_generation(location: str, *, prompt: str, negative_prompt: str = "", see
         seeds.append(item.seed)
         files.append(pathlib.Path(path))
         rows.append({"path": pathlib.Path(path).name, "source": "synthetic",
-                     "modality": modality, "prompt": item.prompt, "generator": loaded.name})
+                     "modality": modality, "prompt": item.prompt,
+                     "generator": generator_label(loaded.model_id, loaded.entry)})
     with (folder / "manifest.csv").open("w", newline="", encoding="utf-8") as fh:
         w = csv.DictWriter(fh, fieldnames=["path", "source", "modality", "prompt", "generator"])
         w.writeheader()

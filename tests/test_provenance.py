@@ -125,3 +125,12 @@ def test_reading_a_plain_png_gives_none(tmp_path):
     assert provenance.read_png(tmp_path / "plain.png") == (None, None)
     with pytest.raises(FileNotFoundError):
         provenance.read_png(tmp_path / "missing.png")
+
+
+def test_generator_label_is_the_registry_key_for_the_embedded_model_however_named(tmp_path):
+    from model_runtime import provenance, registry
+
+    entry = registry.get(registry.EMBEDDED)
+    assert provenance.generator_label("embedded", entry) == "embedded"
+    assert provenance.generator_label(str(registry.embedded_model_path())) == "embedded"
+    assert provenance.generator_label(str(tmp_path / "models" / "my-finetune")) == "my-finetune"

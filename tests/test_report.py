@@ -45,7 +45,7 @@ def test_html_without_turing_and_with_undefined_values():
     res = analyze(simulate_long(1, 20, tasks=("alignment",), seed=2))
     text = render_html(res)
     assert "no responses to the turing task yet" in text
-    assert '<td title="only one reader">n/a</td>' in text  # undefined ICC shown as n/a with its reason
+    assert '<td class=na>n/a<small>only one reader</small></td>' in text  # ICC: n/a + reason
 
 
 @pytest.mark.parametrize("edge", ["all real", "one answer", "no turing ratings", "disjoint readers"])
@@ -62,8 +62,9 @@ def test_report_survives_edge_cases(edge):
     }[edge]
     text = render_html(analyze(df))
     assert "<h2>Methods</h2>" in text
-    # undefined values are table cells showing n/a with their reason (not any title= in plotly.js)
-    assert re.search(r'<td title="[^"<>]+">n/a</td>', text)
+    # undefined values are table cells showing n/a with their reason, visibly
+    assert re.search(r'<td class=na>n/a<small>[^<>]+</small></td>', text)
+    _assert_every_dash_has_a_reason(text)
 
 
 def _methods(text: str) -> list[str]:
@@ -126,7 +127,7 @@ def test_fixed_reader_mrmc_table_without_a_crossed_block_gives_reasons():
     base = simulate_long(3, 20, tasks=("turing",), seed=1)
     res = analyze(base[base.source == "real"])  # no synthetic images: MRMC undefined
     fixed = _caption_table(render_html(res), "MRMC vs AUC 0.5, fixed readers")
-    assert re.search(r'<td title="[^"]*synthetic[^"]*">n/a</td>', fixed)
+    assert re.search(r'<td class=na>n/a<small>[^<]*synthetic[^<]*</small></td>', fixed)
 
 
 def test_likert_group_breakdown_is_in_the_html():
@@ -146,3 +147,47 @@ def test_agreement_heatmap_labels_undefined_kappa():
     heat = agreement_figure(pairwise, "t").data[0]
     assert heat.z[0][1] is None and heat.text[0][1] == "n/a"
     assert heat.text[0][2] == "0.25" and heat.text[2][2] == "1.00"
+
+
+def _assert_every_dash_has_a_reason(text: str) -> None:
+    for cell in re.findall(r"<td[^>]*>(.*?)</td>", text):
+        if cell.startswith(("—", "n/a")):
+            assert re.fullmatch(r"(—|n/a)<small>[^<]+</small>", cell), cell
+
+
+def test_one_reader_report_says_the_mrmc_block_and_why_random_readers_is_missing():
+    res = analyze(simulate_long(1, 30, tasks=("turing",), seed=3))
+    text = render_html(res)
+    assert "MRMC on 1 fully crossed reader and 30 cases: random-readers test not computable" in text
+    mrmc_table = _caption_table(text, "MRMC vs AUC 0.5 (Obuchowski")
+    assert "n/a<small>MRMC on 1 fully crossed reader: random-readers test not computable" in mrmc_table
+    _assert_every_dash_has_a_reason(text)
+
+
+def test_confidence_intervals_stay_within_0_1_and_say_when_clipped():
+    import numpy as np
+
+    base = simulate_long(2, 30, tasks=("turing",), seed=4)
+    # two readers, one nearly perfect: the t interval on the reader mean passes 1
+    good = base.reader == base.reader.iloc[0]
+    base.loc[good, "rating"] = np.where(base.loc[good, "source"] == "synthetic", 6, 1)
+    base.loc[good, "response"] = base.loc[good, "source"]
+    res = analyze(base)
+    acc = res["turing"]["accuracy_random_readers"]
+    assert 0 <= acc["ci"][0] <= acc["ci"][1] <= 1 and "clipped to [0, 1]" in acc["ci_note"]
+
+    def intervals(obj):
+        if isinstance(obj, dict):
+            for k, v in obj.items():
+                if k == "ci" and isinstance(v, list) and len(v) == 2 and None not in v:
+                    yield v
+                else:
+                    yield from intervals(v)
+        elif isinstance(obj, list):
+            for v in obj:
+                yield from intervals(v)
+
+    cis = list(intervals(res["turing"]))
+    assert len(cis) > 5 and all(0 <= lo <= hi <= 1 for lo, hi in cis)
+    text = render_html(res)
+    assert "*<small>clipped to [0, 1]" in text

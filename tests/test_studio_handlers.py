@@ -2,6 +2,8 @@
 the app's routes (through HTTP, without a browser)."""
 from __future__ import annotations
 
+import csv
+
 import dataclasses
 import io
 import json
@@ -876,6 +878,10 @@ def test_generation_batch_has_provenance_and_becomes_a_study(tmp_path, tiny_mode
     assert "Seed: 78" in params and rec["synthetic"] is True
     choices = generate_view.batch_choices(tmp_path / "studio.db", tmp_path / "batches")
     assert [c[1] for c in choices] == [str(batch.folder)] and "2 ×" in choices[0][0]
+    # the generator column is the same label the CLI batch writes (never a full path)
+    with (batch.folder / "manifest.csv").open(newline="", encoding="utf-8") as fh:
+        gens = {r["generator"] for r in csv.DictReader(fh)}
+    assert gens == {provenance.generator_label(tiny_model)} and "/" not in gens.pop()
     # Cancelled before it starts: nothing written.
     stop = threading.Event()
     stop.set()
@@ -1012,3 +1018,35 @@ def test_cli_studio_help_lists_options():
     assert out.exit_code == 0
     for opt in ("--host", "--port", "--db", "--model", "--base-url", "--reset-admin-password"):
         assert opt in out.output
+
+
+def test_admin_csv_invite_readers_table_deactivation_and_study_status(tmp_path, uploads):
+    from studies import lifecycle
+
+    db, _, _ = make_loud_study(tmp_path, "csv", n_cases=4, size=64, readers=())
+    study = "csv"
+    up = uploads / "readers.csv"
+    up.write_text("reader,specialty,years_experience\ndr-a,radiology,3\ndr-b,,\n",
+                  encoding="utf-8")
+    _, _, leak = admin_view.study_overview(db, study)
+    lines = admin_view.invite_from_csv(db, study, str(up), "https://h.example/",
+                                       acknowledge_leak=leak).splitlines()
+    assert [ln.split(",")[0] for ln in lines] == ["dr-a", "dr-b"]
+    assert all(",https://h.example/?token=" in ln for ln in lines)
+    assert not up.exists()  # the upload is removed
+    outside = tmp_path / "elsewhere.csv"
+    outside.write_text("reader\ndr-c\n", encoding="utf-8")
+    with pytest.raises(admin_view.UploadError):
+        admin_view.invite_from_csv(db, study, str(outside), "https://h.example/",
+                                   acknowledge_leak=True)
+    assert outside.exists()
+    table = admin_view.readers_table(db, study)
+    assert list(table.reader) == ["dr-a", "dr-b"] and "token" not in table.to_csv()
+    assert table.loc[0, "profile"] == "specialty=radiology, years_experience=3"
+    admin_view.readers_mod.set_reader_active(db, study, "dr-b", False)
+    assert list(admin_view.readers_table(db, study).link) == ["active", "deactivated"]
+    lifecycle.set_status(db, study, "closed")
+    assert admin_view.studies_table(db).loc[0, "status"] == "closed"
+    lifecycle.set_texts(db, study, instructions="Look.", consent="I agree.", profile_fields="site")
+    status, instructions, consent, fields = admin_view.study_settings(db, study)
+    assert "closed" in status and (instructions, consent, fields) == ("Look.", "I agree.", "site")

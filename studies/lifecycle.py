@@ -1,0 +1,114 @@
+"""A study's life after creation: status (open, closed, archived) and the texts readers
+see before the first case (instructions, consent) plus the study's own profile fields.
+
+- open: readers may answer; new readers may be invited.
+- closed: readers can no longer answer (the reader page shows a polite closed page; see
+  `readers.reader_status`); answers, exports and analysis stay available. Reopening is
+  allowed.
+- archived: closed, and listed apart in the admin; nothing is deleted.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import pathlib
+import re
+
+from studies.database import log_action, reading, study_row, utc_now, write
+from studies.errors import StudyError
+
+STATUSES = ("open", "closed", "archived")
+MAX_TEXT = 20_000
+MAX_PROFILE_FIELDS = 20
+_FIELD = re.compile(r"[a-z][a-z0-9_]{0,39}")
+_RESERVED = {"reader", "specialty", "years_experience", "study", "case", "task", "source",
+             "generator", "modality", "prompt", "truth", "response", "rating", "group"}
+
+
+@dataclasses.dataclass(frozen=True)
+class StudyTexts:
+    status: str
+    status_at: str | None
+    instructions: str
+    consent: str           # empty: no consent step
+    profile_fields: list[str]
+
+
+def set_status(db_path: str | pathlib.Path, study: str, status: str, *,
+               actor: str = "cli") -> None:
+    """Open, close or archive `study` (logged)."""
+    if status not in STATUSES:
+        raise StudyError(f"unknown study status {status!r}; choose from {', '.join(STATUSES)}")
+
+    def tx(db) -> None:
+        srow = study_row(db, study)
+        db.execute("UPDATE studies SET status = ?, status_at = ? WHERE id = ?",
+                   [status, utc_now(), srow["id"]])
+        log_action(db, actor, f"study_{status}", srow["id"], previous=srow.get("status"))
+
+    write(db_path, tx)
+
+
+def _check_text(text: str | None, what: str) -> str | None:
+    if text is None:
+        return None
+    if not isinstance(text, str):
+        raise StudyError(f"{what} must be text")
+    text = text.replace("\r\n", "\n").strip()
+    if len(text) > MAX_TEXT or any(ord(c) < 32 and c not in "\n\t" for c in text):
+        raise StudyError(f"{what} must be at most {MAX_TEXT} printable characters")
+    return text
+
+
+def check_profile_fields(fields) -> list[str]:
+    """Study-defined profile fields: lower-case identifiers (letters, digits, _), not
+    clashing with the built-in profile fields or the long export's columns."""
+    if isinstance(fields, str):
+        fields = [f for f in fields.split(",")]
+    out: list[str] = []
+    for f in fields or ():
+        f = str(f).strip().lower()
+        if not f:
+            continue
+        if not _FIELD.fullmatch(f):
+            raise StudyError(f"profile field {f!r} must be a lower-case identifier "
+                             "(letters, digits, _; at most 40)")
+        if f in _RESERVED:
+            raise StudyError(f"profile field {f!r} is built in or a column of the export")
+        if f not in out:
+            out.append(f)
+    if len(out) > MAX_PROFILE_FIELDS:
+        raise StudyError(f"at most {MAX_PROFILE_FIELDS} profile fields")
+    return out
+
+
+def set_texts(db_path: str | pathlib.Path, study: str, *, instructions: str | None = None,
+              consent: str | None = None, profile_fields=None, actor: str = "cli") -> StudyTexts:
+    """Set the instructions and/or consent text shown before the first case (None: leave
+    as is; "" clears) and/or the study's own reader profile fields (e.g. `site,country`)."""
+    instructions = _check_text(instructions, "instructions")
+    consent = _check_text(consent, "consent text")
+    fields = check_profile_fields(profile_fields) if profile_fields is not None else None
+
+    def tx(db) -> None:
+        srow = study_row(db, study)
+        changes = {k: v for k, v in (("instructions", instructions), ("consent_text", consent),
+                                     ("profile_fields", json.dumps(fields) if fields is not None
+                                      else None)) if v is not None}
+        if not changes:
+            return
+        db["studies"].update(srow["id"], changes)
+        log_action(db, actor, "set_study_texts", srow["id"], changed=sorted(changes))
+
+    write(db_path, tx)
+    return study_texts(db_path, study)
+
+
+def study_texts(db_path: str | pathlib.Path, study: str) -> StudyTexts:
+    """Status, instructions, consent text and profile fields of `study`."""
+    with reading(db_path) as db:
+        srow = study_row(db, study)
+    return StudyTexts(status=srow.get("status") or "open", status_at=srow.get("status_at"),
+                      instructions=srow.get("instructions") or "",
+                      consent=srow.get("consent_text") or "",
+                      profile_fields=json.loads(srow.get("profile_fields") or "[]"))
