@@ -21,7 +21,7 @@ import threading
 
 import torch
 
-from model_runtime import devices, registry
+from model_runtime import devices, lora as lora_mod, registry
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +46,8 @@ class LoadOptions:
     unet_subfolder: str | None = None    # swap in another UNet (MINIM keeps one per modality)
     lora: str | None = None              # LoRA adapter (file or folder), needs the peft package
     lora_scale: float = 1.0
+    loras: tuple = ()                    # more adapters: "PATH[:SCALE]" specs or lora.Lora; all fused
+    config: str | None = None            # single-file checkpoints: a local diffusers folder with the configs
     variant: str | None = None           # e.g. "fp16" weight files
     revision: str | None = None          # Hub revision to look up in the cache
     cache_dir: str | None = None         # Hugging Face cache (default: HF_HUB_CACHE)
@@ -62,6 +64,14 @@ class LoadOptions:
             raise TypeError(f"unknown load option(s): {sorted(unknown)}")
         return cls(**value)
 
+    def __post_init__(self):
+        object.__setattr__(self, "loras", lora_mod.coerce(self.loras))  # JSON round trips give lists/dicts
+
+    def adapters(self) -> tuple[lora_mod.Lora, ...]:
+        """Every LoRA to apply, in order: ``lora`` (with ``lora_scale``) first, then ``loras``."""
+        first = (lora_mod.Lora(str(self.lora), float(self.lora_scale)),) if self.lora else ()
+        return first + self.loras
+
 
 class LoadedModel:
     """A pipeline ready to generate, plus what provenance needs to describe it.
@@ -71,7 +81,7 @@ class LoadedModel:
     """
 
     def __init__(self, pipe, *, model_id: str, path: pathlib.Path, device: str, dtype: torch.dtype,
-                 options: LoadOptions, entry: registry.ModelEntry | None, extra_weights=()):
+                 options: LoadOptions, entry: registry.ModelEntry | None, extra_weights=(), adapters=()):
         self.pipe = pipe
         self.model_id = model_id
         self.path = path
@@ -81,11 +91,17 @@ class LoadedModel:
         self.entry = entry
         self.lock = threading.Lock()
         self._extra_weights = tuple(extra_weights)
+        self.adapters = tuple(adapters)
         self._hash: str | None = None
         self._default_size: tuple[int, int] | None = None
         self._hash_lock = threading.Lock()
 
     # --- description -------------------------------------------------------------------
+    @property
+    def loras(self) -> list[dict]:
+        """The fused LoRA adapters: name (A1111's), scale and sha256 of the weights file."""
+        return [{"name": a.name, "scale": a.scale, "sha256": file_sha256(a.file)} for a in self.adapters]
+
     @property
     def name(self) -> str:
         return self.entry.name if self.entry else self.model_id
@@ -141,6 +157,12 @@ def resolve(model: str | os.PathLike, *, revision: str | None = None,
     text = os.fspath(model)
     entry = registry.find(text)
     if entry is not None:
+        if entry.lora:  # a LoRA entry generates with its base model's pipeline
+            if not entry.base:
+                raise ModelNotFoundError(f"model {entry.key!r} names no base model in assets/models.json")
+            _check_entry_lora(entry)
+            path, _ = resolve(entry.base, revision=revision, cache_dir=cache_dir)
+            return path, entry
         if entry.path:
             path = entry.local_path
             if not (path / "model_index.json").is_file():
@@ -209,7 +231,8 @@ def load(model: str | os.PathLike, *, device: str | None = None, dtype: str | to
         kwargs["variant"] = opts.variant
     if "safety_checker" in index and not opts.safety_checker:
         kwargs.update(safety_checker=None, requires_safety_checker=False)
-    extra_weights = []
+    adapters = adapters_for(entry, opts)
+    extra_weights = [a.file for a in adapters]
     if opts.unet_subfolder:
         from diffusers import UNet2DConditionModel
         unet_dir = path / opts.unet_subfolder
@@ -218,20 +241,43 @@ def load(model: str | os.PathLike, *, device: str | None = None, dtype: str | to
         kwargs["unet"] = UNet2DConditionModel.from_pretrained(str(unet_dir), dtype=dtype, local_files_only=True)
 
     pipe = _from_pretrained(path, class_name, kwargs)
-    if opts.lora:
-        extra_weights.append(pathlib.Path(opts.lora))
-        _load_lora(pipe, opts.lora, opts.lora_scale)
+    try:
+        lora_mod.apply(pipe, adapters)
+    except lora_mod.LoraError as exc:
+        raise ModelNotFoundError(str(exc)) from None
     _place(pipe, device, opts)
     pipe.set_progress_bar_config(disable=True)
 
     model_id = entry.key if entry is not None else os.fspath(model)
     loaded = LoadedModel(pipe, model_id=model_id, path=path, device=device, dtype=dtype,
-                         options=opts, entry=entry, extra_weights=extra_weights)
+                         options=opts, entry=entry, extra_weights=extra_weights, adapters=adapters)
     if opts.hash_weights:
         # hashing a multi-GB checkpoint takes seconds: do it while the user types a prompt
         threading.Thread(target=lambda: loaded.weights_hash, name="weights-hash", daemon=True).start()
     log.info("loaded %r", loaded)
     return loaded
+
+
+def adapters_for(entry: registry.ModelEntry | None, opts: LoadOptions) -> tuple[lora_mod.Lora, ...]:
+    """The LoRAs a load applies: a LoRA registry entry's own adapter, then the options' ones.
+    Every file is checked here, before any weights are read."""
+    adapters = opts.adapters()
+    if entry is not None and entry.lora:
+        _check_entry_lora(entry)
+        adapters = (lora_mod.Lora(str(entry.lora_path), 1.0),) + adapters
+    try:
+        for a in adapters:
+            a.file
+    except lora_mod.LoraError as exc:
+        raise ModelNotFoundError(str(exc)) from None
+    return adapters
+
+
+def _check_entry_lora(entry: registry.ModelEntry) -> None:
+    if not (entry.lora_path.is_file() or entry.lora_path.is_dir()):
+        raise ModelNotFoundError(
+            f"model {entry.key!r} ({entry.name}) needs its LoRA weights, which are not shipped: put the "
+            f"adapter (.safetensors) at {entry.lora_path}. Source: {entry.source_url}")
 
 
 def _from_pretrained(path: pathlib.Path, class_name: str, kwargs: dict):
@@ -265,20 +311,6 @@ def _is_known_task(class_name: str) -> bool:
 def _call_parameters(pipe) -> set[str]:
     import inspect
     return set(inspect.signature(pipe.__call__).parameters)
-
-
-def _load_lora(pipe, lora: str, scale: float) -> None:
-    import importlib.util
-    if importlib.util.find_spec("peft") is None:
-        raise RuntimeError("LoRA adapters need the 'peft' package: pip install peft")
-    if not hasattr(pipe, "load_lora_weights"):
-        raise RuntimeError(f"{type(pipe).__name__} does not support LoRA adapters")
-    lora_path = pathlib.Path(lora)
-    if lora_path.is_file():
-        pipe.load_lora_weights(str(lora_path.parent), weight_name=lora_path.name)
-    else:
-        pipe.load_lora_weights(str(lora_path))
-    pipe.fuse_lora(lora_scale=scale)  # fused: no per-step adapter overhead, weights hash covers the file
 
 
 def _resolve_defaults(opts: LoadOptions, device: str, path: pathlib.Path) -> LoadOptions:
