@@ -316,13 +316,13 @@ def run_generate_job(model: str, out: str | os.PathLike, *, prompt: str | None =
     worker_model = str(local.resolve()) if local.exists() else str(model)
     from model_runtime import schedulers
     device, dtype = resolve_device(device, dtype, address=address if engine == "ray" else None,
-                                   family=loading.family_of(loading.pipeline_class_name(path)))
-    default_h, default_w = loading.default_size(path)
+                                   family=loading.family_of(loading.pipeline_class_name(path, opts.config)))
+    default_h, default_w = loading.default_size(path, opts.config)
     spec = JobSpec(
         model=worker_model, model_label=entry.key if entry else provenance.model_label(model),
         weights_sha256=loading.weights_hash(path, extra=[a.file for a in loras]),
         steps=int(steps), guidance_scale=float(guidance_scale),
-        scheduler=schedulers.canonical_name(scheduler, loading.saved_scheduler(path)),
+        scheduler=schedulers.canonical_name(scheduler, loading.saved_scheduler(path, opts.config)),
         width=int(width or default_w), height=int(height or default_h),
         extra_json=json.dumps(extra or {}, sort_keys=True), device=device, dtype=dtype,
         options_json=json.dumps({k: v for k, v in dataclasses.asdict(opts).items()
