@@ -56,6 +56,7 @@ _COMMAND_MODULES = (
     "studio.cli_model",
     "studio.cli_app",
     "studio.cli_demo",
+    "studio.cli_experiment",
 )
 
 

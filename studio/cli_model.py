@@ -61,7 +61,7 @@ def evaluate_command(model_name, per_modality, figures, as_json):
                    f"{report['mean_plausible']:.0%} (mean over modalities)")
 
 
-def _decode_rgb(path):
+def decode_rgb(path):
     """Training images decode through the same reader as study ingest (DICOM, NIfTI, TIFF, PNG, JPEG)."""
     import numpy as np
     from PIL import Image
@@ -129,7 +129,7 @@ def finetune_command(base, data, out, method, rank, alpha, resolution, steps, ba
                          checkpoint_every=checkpoint_every, validation_prompts=prompts,
                          validation_steps=validation_steps, mixed_precision=mixed_precision)
     try:
-        result = finetune(base, data, out, cfg, resume=resume, decode=_decode_rgb, device=device,
+        result = finetune(base, data, out, cfg, resume=resume, decode=decode_rgb, device=device,
                           progress=not quiet, log=lambda msg: click.echo(msg, err=True))
     except (FinetuneError, ModelNotFoundError, ValueError) as exc:  # ValueError: e.g. an unknown --lr-scheduler
         raise click.ClickException(str(exc)) from None

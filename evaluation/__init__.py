@@ -1,0 +1,1 @@
+"""Evaluation of synthetic images: how useful they are to downstream models (augment.py, classifier.py)."""
