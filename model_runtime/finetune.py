@@ -26,7 +26,8 @@ Polyp), this adapts a large pretrained one (their FLUX/Kandinsky route):
      ``checkpoints/step-NNNNNN`` and validation images under ``validation/step-NNNNNN``;
      ``resume=True`` restarts from the newest checkpoint and continues the step count;
   8. output: LoRA -> ``pytorch_lora_weights.safetensors`` written by the pipeline class's own
-     ``save_lora_weights`` (diffusers layout: ``pipe.load_lora_weights(out)`` reads it);
+     ``save_lora_weights`` (diffusers layout: ``pipe.load_lora_weights(out)`` reads it), and for the
+     UNet families ``<out>_kohya.safetensors``, the same adapter in the kohya layout A1111/ComfyUI load;
      full -> a complete diffusers pipeline in ``out/pipeline``. Always ``training.json`` (every
      parameter, the base model's weights hash) and ``loss.csv`` + ``loss.png``.
 
@@ -431,7 +432,21 @@ def save_lora(pipe, family: str, denoiser, out_dir: pathlib.Path) -> pathlib.Pat
     layers = convert_state_dict_to_diffusers(get_peft_model_state_dict(denoiser))
     key = "unet_lora_layers" if family in UNET_FAMILIES else "transformer_lora_layers"
     type(pipe).save_lora_weights(str(out_dir), **{key: layers}, weight_name=LORA_FILE, safe_serialization=True)
+    if family in UNET_FAMILIES:
+        save_kohya_copy(out_dir / LORA_FILE, out_dir / f"{out_dir.resolve().name}_kohya.safetensors")
     return out_dir / LORA_FILE
+
+
+def save_kohya_copy(lora_file: pathlib.Path, target: pathlib.Path) -> pathlib.Path:
+    """The same adapter with kohya key names (lora_unet_..., lora_down/lora_up, alpha), the layout
+    AUTOMATIC1111 and ComfyUI load for SD 1.x/2.x/SDXL; converted by diffusers' own utilities
+    (as diffusers' advanced SDXL LoRA script does)."""
+    from diffusers.utils.state_dict_utils import convert_all_state_dict_to_peft, convert_state_dict_to_kohya
+    from safetensors.torch import load_file, save_file
+
+    kohya = convert_state_dict_to_kohya(convert_all_state_dict_to_peft(load_file(str(lora_file))))
+    save_file({k: v.contiguous() for k, v in kohya.items()}, str(target))
+    return target
 
 
 def write_loss_curve(out_dir: pathlib.Path, rows: list[dict]) -> None:
@@ -644,6 +659,7 @@ def main(argv=None) -> None:
     p.add_argument("--data", required=True)
     p.add_argument("--out", required=True)
     p.add_argument("--resume", action="store_true")
+    p.add_argument("--device", default=None, help="cpu to force the CPU [default: what accelerate picks]")
     defaults = FinetuneConfig()
     for f in dataclasses.fields(FinetuneConfig):
         if f.name in ("target_modules", "validation_prompts"):
@@ -652,9 +668,10 @@ def main(argv=None) -> None:
         p.add_argument("--" + f.name.replace("_", "-"), type=int if f.name == "resolution" else kind,
                        default=getattr(defaults, f.name))
     args = vars(p.parse_args(argv))
-    base, data, out, resume = args.pop("base"), args.pop("data"), args.pop("out"), args.pop("resume")
+    base, data, out, resume, device = (args.pop(k) for k in ("base", "data", "out", "resume", "device"))
     try:
-        finetune(base, data, out, FinetuneConfig(**args), resume=resume, log=lambda m: print(m, flush=True))
+        finetune(base, data, out, FinetuneConfig(**args), resume=resume, device=device,
+                 log=lambda m: print(m, flush=True))
     except (FinetuneError, loading.ModelNotFoundError) as exc:
         raise SystemExit(f"Error: {exc}") from None
 

@@ -122,6 +122,19 @@ def test_lora_reloads_in_a_fresh_process_with_plain_diffusers(tiny_sd1_dir, lora
     assert np.abs(plain - ours).max() <= 2 / 255
 
 
+def test_kohya_copy_for_a1111_is_the_same_adapter(tiny_sd1_dir, lora_run):
+    """The kohya-named copy (lora_unet_*, what A1111/ComfyUI read) gives the same images as the
+    diffusers file when diffusers converts it back."""
+    from safetensors.torch import load_file
+
+    kohya = lora_run.out_dir / f"{lora_run.out_dir.name}_kohya.safetensors"
+    keys = list(load_file(str(kohya)))
+    assert keys and all(k.startswith("lora_unet_") for k in keys) and any(k.endswith(".alpha") for k in keys)
+    ours = images(loading.load(tiny_sd1_dir, device="cpu", options={"lora": str(lora_run.out_dir)}))
+    theirs = images(loading.load(tiny_sd1_dir, device="cpu", options={"lora": str(kohya)}))
+    assert np.abs(ours - theirs).max() <= 1 / 255
+
+
 def test_resume_continues_the_step_count_exactly(tiny_sd1_dir, data, tmp_path):
     straight = run(tiny_sd1_dir, data, tmp_path / "straight", steps=4, checkpoint_every=2)
     first = run(tiny_sd1_dir, data, tmp_path / "split", steps=2, checkpoint_every=2)
