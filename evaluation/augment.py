@@ -14,7 +14,7 @@ Design (MediSyn, claim 5: real + synthetic matches twice the real data):
               validation split of the arm's own training images — the test set is only scored,
               after training, never used for selection;
   metrics     accuracy, balanced accuracy, macro one-vs-rest AUROC (scikit-learn) on the test set;
-  summary     per arm mean and 95 % t-interval across repeats; each arm against ``real N``: paired
+  summary     per arm mean and 95 % t-interval across repeats (clipped to [0, 1]); each arm against ``real N``: paired
               t-test over matched repeats (scipy ``ttest_rel``: p-value and 95 % CI of the mean
               difference);
   output      ``runs.csv``/``runs.json`` (every run), ``summary.csv``/``summary.json``,
@@ -293,7 +293,8 @@ def summarise(runs: list[dict], arms: list[dict]) -> tuple[list[dict], list[dict
         entry = {**arm, "repeats": len(rows)}
         for metric in METRICS:
             mean, lo, hi = mean_ci([r[metric] for r in rows])
-            entry.update({metric: mean, f"{metric}_ci_low": lo, f"{metric}_ci_high": hi})
+            # every metric lives in [0, 1]; a t-interval over few repeats can overshoot it
+            entry.update({metric: mean, f"{metric}_ci_low": max(0.0, lo), f"{metric}_ci_high": min(1.0, hi)})
         summary.append(entry)
         if arm["arm"] == baseline:
             continue

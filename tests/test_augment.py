@@ -86,7 +86,7 @@ def test_summary_and_paired_comparisons_are_scipys(result):
         assert s["accuracy"] == pytest.approx(np.mean(values))
         if np.std(values) > 0:  # independent cross-check of the 95% t-interval
             lo, hi = DescrStatsW(values).tconfint_mean(0.05)
-            assert (s["accuracy_ci_low"], s["accuracy_ci_high"]) == pytest.approx((lo, hi))
+            assert (s["accuracy_ci_low"], s["accuracy_ci_high"]) == pytest.approx((max(lo, 0), min(hi, 1)))
     comparisons = {(c["arm"], c["metric"]): c for c in result.comparisons}
     assert len(comparisons) == 4 * 3 and all(c["baseline"] == "real 4" for c in comparisons.values())
     base = [r["balanced_accuracy"] for r in sorted(result.runs, key=lambda r: r["repeat"]) if r["arm"] == "real 4"]
