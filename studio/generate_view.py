@@ -74,7 +74,10 @@ def model_info(key: str) -> str:
         lines.append(f"Modalities: {esc(', '.join(e.modalities))}")
     if e.prompt_style:
         lines.append(f"Prompts: {esc(e.prompt_style)}")
-    if not e.available():
+    if not e.available() and e.lora:
+        lines.append(f"⚠️ Not on this machine: needs the base `{esc(e.base or '')}` in the Hugging Face cache "
+                     f"and the LoRA adapter in `{esc(str(e.lora_path))}` — nothing is downloaded at run time.")
+    elif not e.available():
         where = e.hub_id or e.path
         lines.append(f"⚠️ Not on this machine: put `{where}` in the Hugging Face cache "
                      "(or a local folder) to use it — nothing is downloaded at run time.")

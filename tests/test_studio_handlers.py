@@ -545,6 +545,8 @@ def test_generation_input_checks(tmp_path, tiny_model):
     keys = [k for _, k in generate_view.model_choices()]
     assert keys[0] == "embedded" and keys[-1] == generate_view.LOCAL_PATH
     assert "CC-BY-NC-ND-4.0" in generate_view.model_info("medisyn")
+    polyp = generate_view.model_info("prompt-to-polyp-flux")  # a LoRA entry names both missing pieces
+    assert "black-forest-labs/FLUX.1-dev" in polyp and "loras/prompt-to-polyp-flux" in polyp and "None" not in polyp
     # "<modality> image of <anatomy>" must survive Markdown (a raw <tag> is swallowed).
     assert "&lt;modality&gt; image of &lt;anatomy&gt;" in generate_view.model_info("embedded")
     prompt, modality = generate_view.preset_prompt("fundus", {"view": "right"})
