@@ -3,5 +3,6 @@
 A library the `medisyn eval` commands and the studio's Evaluate tab wrap. It imports torch and
 the image decoding of `studies` (so inputs are read exactly as a study ingests them), never
 studio, gradio or sqlite. Modules: `images` (inputs), `features` (local feature extractors),
-`novelty`, `fidelity`, `alignment`, `report` (self-contained HTML), `distributed` (Ray Data).
+`novelty`, `fidelity`, `alignment`, `report` (self-contained HTML), `distributed` (Ray Data);
+`augment` and `classifier` (does synthetic data help a classifier? MediSyn's experiment).
 """

@@ -42,7 +42,7 @@ from model_runtime import devices, loading, provenance
 SOURCE = "synthetic"
 MANIFEST_COLUMNS = ("path", "source", "modality", "prompt", "generator", "case_id", "group")
 DETAIL_COLUMNS = ("path", "row", "k", "prompt", "negative_prompt", "seed", "steps", "guidance_scale",
-                  "scheduler", "width", "height", "dtype", "model", "weights_sha256")
+                  "scheduler", "width", "height", "dtype", "model", "weights_sha256", "loras", "lora_sha256")
 # LoadOptions that only say where to find the weights (the weights hash covers what was found)
 _LOCATION_OPTIONS = ("cache_dir", "revision", "hash_weights")
 CSV_COLUMNS = ("prompt", "modality", "negative_prompt", "n", "seed", "case_id", "group")
@@ -98,6 +98,7 @@ class JobSpec:
     dtype: str | None        # "fp32" / "fp16" / "bf16"; None: as device
     options_json: str
     threads: int
+    loras_json: str = "[]"   # fused LoRA adapters: [{"name", "scale", "sha256"}], for generation.csv
 
     def fingerprint(self, task: ImageTask) -> str:
         """What an image depends on: a finished PNG with another fingerprint is regenerated."""
@@ -307,24 +308,27 @@ def run_generate_job(model: str, out: str | os.PathLike, *, prompt: str | None =
     # before any model is loaded (fail fast on an unknown model).
     opts = loading.LoadOptions.coerce(options)
     path, entry = loading.resolve(model, revision=opts.revision, cache_dir=opts.cache_dir)
+    loras = loading.adapters_for(entry, opts)
+    adapters = [{"name": a.name, "scale": a.scale, "sha256": loading.file_sha256(a.file)} for a in loras]
     local = pathlib.Path(str(model)).expanduser()
     # workers resolve the model themselves: an absolute folder, or the key / Hub id (their
     # Hugging Face cache may live elsewhere than the driver's)
     worker_model = str(local.resolve()) if local.exists() else str(model)
     from model_runtime import schedulers
     device, dtype = resolve_device(device, dtype, address=address if engine == "ray" else None,
-                                   family=loading.family_of(loading.pipeline_class_name(path)))
-    default_h, default_w = loading.default_size(path)
+                                   family=loading.family_of(loading.pipeline_class_name(path, opts.config)))
+    default_h, default_w = loading.default_size(path, opts.config)
     spec = JobSpec(
         model=worker_model, model_label=provenance.generator_label(model, entry),
-        weights_sha256=loading.weights_hash(path, extra=[opts.lora] if opts.lora else ()),
+        weights_sha256=loading.weights_hash(path, extra=[a.file for a in loras]),
         steps=int(steps), guidance_scale=float(guidance_scale),
-        scheduler=schedulers.canonical_name(scheduler, loading.saved_scheduler(path)),
+        scheduler=schedulers.canonical_name(scheduler, loading.saved_scheduler(path, opts.config)),
         width=int(width or default_w), height=int(height or default_h),
         extra_json=json.dumps(extra or {}, sort_keys=True), device=device, dtype=dtype,
         options_json=json.dumps({k: v for k, v in dataclasses.asdict(opts).items()
                                  if v != getattr(loading.LoadOptions(), k)}, sort_keys=True),
         threads=int(threads or torch.get_num_threads()),
+        loras_json=json.dumps(adapters),
     )
     from model_runtime.generation import GenerationRequest
     GenerationRequest(prompt="x", steps=spec.steps, guidance_scale=spec.guidance_scale, width=spec.width,
@@ -488,12 +492,15 @@ class _ManifestWriter:
         spec = self.spec
         manifest_rows = []
         detail_rows = []
+        adapters = json.loads(spec.loras_json)
+        lora_tags = " ".join(f"<lora:{a['name']}:{a['scale']:g}>" for a in adapters)
+        lora_hashes = " ".join(a["sha256"][:12] for a in adapters)
         for key in finished:
             t = self.tasks[key]
             manifest_rows.append([t.rel_path, SOURCE, t.modality, t.prompt, spec.model_label, t.case_id, t.group])
             detail_rows.append([t.rel_path, t.row, t.k, t.prompt, t.negative_prompt, t.seed, spec.steps,
                                 f"{spec.guidance_scale:g}", spec.scheduler, spec.width, spec.height,
-                                spec.dtype or "auto", spec.model_label, spec.weights_sha256])
+                                spec.dtype or "auto", spec.model_label, spec.weights_sha256, lora_tags, lora_hashes])
         _write_csv(self.manifest, MANIFEST_COLUMNS, manifest_rows)
         _write_csv(self.details, DETAIL_COLUMNS, detail_rows)
 

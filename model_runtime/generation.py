@@ -125,6 +125,7 @@ class GeneratedImage:
     device: str
     dtype: str
     seconds: float = 0.0       # wall time of the forward pass that produced it (shared by its batch)
+    loras: list = dataclasses.field(default_factory=list)  # fused adapters: {"name", "scale", "sha256"}
 
     def parameters(self) -> dict:
         return {"prompt": self.prompt, "negative_prompt": self.negative_prompt, "seed": self.seed,
@@ -360,4 +361,4 @@ def make_result(loaded: LoadedModel, shared: Shared, slot: Slot, image, *, index
         steps=shared.steps, guidance_scale=shared.guidance_scale, scheduler=shared.scheduler,
         width=image.width, height=image.height, extra=shared.extra, model_id=loaded.model_id,
         model_name=loaded.name, pipeline_class=loaded.pipeline_class, weights_sha256=loaded.weights_hash,
-        device=loaded.device, dtype=devices.dtype_name(loaded.dtype), seconds=seconds)
+        device=loaded.device, dtype=devices.dtype_name(loaded.dtype), seconds=seconds, loras=loaded.loras)

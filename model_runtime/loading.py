@@ -21,11 +21,12 @@ import threading
 
 import torch
 
-from model_runtime import devices, registry
+from model_runtime import devices, lora as lora_mod, registry
 
 log = logging.getLogger(__name__)
 
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".ckpt", ".pt", ".pth", ".gguf")
+SINGLE_FILE_SUFFIXES = (".safetensors", ".ckpt")   # A1111/ComfyUI checkpoints (from_single_file)
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 
@@ -46,6 +47,8 @@ class LoadOptions:
     unet_subfolder: str | None = None    # swap in another UNet (MINIM keeps one per modality)
     lora: str | None = None              # LoRA adapter (file or folder), needs the peft package
     lora_scale: float = 1.0
+    loras: tuple = ()                    # more adapters: "PATH[:SCALE]" specs or lora.Lora; all fused
+    config: str | None = None            # single-file checkpoints: a local diffusers folder with the configs
     variant: str | None = None           # e.g. "fp16" weight files
     revision: str | None = None          # Hub revision to look up in the cache
     cache_dir: str | None = None         # Hugging Face cache (default: HF_HUB_CACHE)
@@ -62,6 +65,14 @@ class LoadOptions:
             raise TypeError(f"unknown load option(s): {sorted(unknown)}")
         return cls(**value)
 
+    def __post_init__(self):
+        object.__setattr__(self, "loras", lora_mod.coerce(self.loras))  # JSON round trips give lists/dicts
+
+    def adapters(self) -> tuple[lora_mod.Lora, ...]:
+        """Every LoRA to apply, in order: ``lora`` (with ``lora_scale``) first, then ``loras``."""
+        first = (lora_mod.Lora(str(self.lora), float(self.lora_scale)),) if self.lora else ()
+        return first + self.loras
+
 
 class LoadedModel:
     """A pipeline ready to generate, plus what provenance needs to describe it.
@@ -71,7 +82,7 @@ class LoadedModel:
     """
 
     def __init__(self, pipe, *, model_id: str, path: pathlib.Path, device: str, dtype: torch.dtype,
-                 options: LoadOptions, entry: registry.ModelEntry | None, extra_weights=()):
+                 options: LoadOptions, entry: registry.ModelEntry | None, extra_weights=(), adapters=()):
         self.pipe = pipe
         self.model_id = model_id
         self.path = path
@@ -81,11 +92,18 @@ class LoadedModel:
         self.entry = entry
         self.lock = threading.Lock()
         self._extra_weights = tuple(extra_weights)
+        self.adapters = tuple(adapters)
+        self.config_path = path          # where the configs live (differs for a single-file checkpoint)
         self._hash: str | None = None
         self._default_size: tuple[int, int] | None = None
         self._hash_lock = threading.Lock()
 
     # --- description -------------------------------------------------------------------
+    @property
+    def loras(self) -> list[dict]:
+        """The fused LoRA adapters: name (A1111's), scale and sha256 of the weights file."""
+        return [{"name": a.name, "scale": a.scale, "sha256": file_sha256(a.file)} for a in self.adapters]
+
     @property
     def name(self) -> str:
         return self.entry.name if self.entry else self.model_id
@@ -114,7 +132,7 @@ class LoadedModel:
     def default_size(self) -> tuple[int, int]:
         """(height, width) the checkpoint generates by default (see :func:`default_size`)."""
         if self._default_size is None:
-            self._default_size = default_size(self.path)
+            self._default_size = default_size(self.config_path)
         return self._default_size
 
     def schedulers(self) -> list[str]:
@@ -141,6 +159,12 @@ def resolve(model: str | os.PathLike, *, revision: str | None = None,
     text = os.fspath(model)
     entry = registry.find(text)
     if entry is not None:
+        if entry.lora:  # a LoRA entry generates with its base model's pipeline
+            if not entry.base:
+                raise ModelNotFoundError(f"model {entry.key!r} names no base model in assets/models.json")
+            _check_entry_lora(entry)
+            path, _ = resolve(entry.base, revision=revision, cache_dir=cache_dir)
+            return path, entry
         if entry.path:
             path = entry.local_path
             if not (path / "model_index.json").is_file():
@@ -156,9 +180,11 @@ def resolve(model: str | os.PathLike, *, revision: str | None = None,
     path = pathlib.Path(text).expanduser()
     if path.exists():
         if path.is_file():
-            raise ModelNotFoundError(
-                f"{path} is a single file; the runtime loads diffusers pipeline directories "
-                "(a folder with model_index.json). Convert single-file checkpoints with diffusers first.")
+            if path.suffix.lower() not in SINGLE_FILE_SUFFIXES:
+                raise ModelNotFoundError(
+                    f"{path} is a single file but not a checkpoint ({', '.join(SINGLE_FILE_SUFFIXES)}); "
+                    "the runtime loads those and diffusers pipeline directories (with model_index.json)")
+            return path.resolve(), entry  # a single-file checkpoint: see config_root
         if not (path / "model_index.json").is_file():
             raise ModelNotFoundError(f"{path} is not a diffusers pipeline directory (no model_index.json)")
         return path.resolve(), entry
@@ -198,7 +224,8 @@ def load(model: str | os.PathLike, *, device: str | None = None, dtype: str | to
     """Load ``model`` for text-to-image generation on ``device`` in ``dtype`` (defaults: see devices)."""
     opts = LoadOptions.coerce(options)
     path, entry = resolve(model, revision=opts.revision, cache_dir=opts.cache_dir)
-    index = json.loads((path / "model_index.json").read_text(encoding="utf-8"))
+    root = config_root(path, opts.config, cache_dir=opts.cache_dir)
+    index = json.loads((root / "model_index.json").read_text(encoding="utf-8"))
     class_name = index.get("_class_name", "")
     device = devices.pick_device(device)
     dtype = devices.pick_dtype(device, dtype, family=family_of(class_name))
@@ -209,7 +236,8 @@ def load(model: str | os.PathLike, *, device: str | None = None, dtype: str | to
         kwargs["variant"] = opts.variant
     if "safety_checker" in index and not opts.safety_checker:
         kwargs.update(safety_checker=None, requires_safety_checker=False)
-    extra_weights = []
+    adapters = adapters_for(entry, opts)
+    extra_weights = [a.file for a in adapters]
     if opts.unet_subfolder:
         from diffusers import UNet2DConditionModel
         unet_dir = path / opts.unet_subfolder
@@ -217,21 +245,96 @@ def load(model: str | os.PathLike, *, device: str | None = None, dtype: str | to
             raise ModelNotFoundError(f"unet_subfolder {opts.unet_subfolder!r} not found under {path}")
         kwargs["unet"] = UNet2DConditionModel.from_pretrained(str(unet_dir), dtype=dtype, local_files_only=True)
 
-    pipe = _from_pretrained(path, class_name, kwargs)
-    if opts.lora:
-        extra_weights.append(pathlib.Path(opts.lora))
-        _load_lora(pipe, opts.lora, opts.lora_scale)
+    if path.is_file():
+        pipe = _from_single_file(path, root, class_name, kwargs)
+    else:
+        pipe = _from_pretrained(path, class_name, kwargs)
+    try:
+        lora_mod.apply(pipe, adapters)
+    except lora_mod.LoraError as exc:
+        raise ModelNotFoundError(str(exc)) from None
     _place(pipe, device, opts)
     pipe.set_progress_bar_config(disable=True)
 
     model_id = entry.key if entry is not None else os.fspath(model)
     loaded = LoadedModel(pipe, model_id=model_id, path=path, device=device, dtype=dtype,
-                         options=opts, entry=entry, extra_weights=extra_weights)
+                         options=opts, entry=entry, extra_weights=extra_weights, adapters=adapters)
+    loaded.config_path = root
     if opts.hash_weights:
         # hashing a multi-GB checkpoint takes seconds: do it while the user types a prompt
         threading.Thread(target=lambda: loaded.weights_hash, name="weights-hash", daemon=True).start()
     log.info("loaded %r", loaded)
     return loaded
+
+
+def adapters_for(entry: registry.ModelEntry | None, opts: LoadOptions) -> tuple[lora_mod.Lora, ...]:
+    """The LoRAs a load applies: a LoRA registry entry's own adapter, then the options' ones.
+    Every file is checked here, before any weights are read."""
+    adapters = opts.adapters()
+    if entry is not None and entry.lora:
+        _check_entry_lora(entry)
+        adapters = (lora_mod.Lora(str(entry.lora_path), 1.0),) + adapters
+    try:
+        for a in adapters:
+            a.file
+    except lora_mod.LoraError as exc:
+        raise ModelNotFoundError(str(exc)) from None
+    return adapters
+
+
+def config_root(path: pathlib.Path, config: str | os.PathLike | None = None, *,
+                cache_dir: str | None = None) -> pathlib.Path:
+    """The diffusers folder holding the configs for ``path``: ``path`` itself for a pipeline folder.
+
+    A single-file checkpoint carries weights only. ``config`` (a local diffusers folder or a cached
+    Hub id of the same architecture) says how to build it; without one, diffusers infers the
+    architecture from the checkpoint's keys and its reference repository is looked up in the
+    local Hugging Face cache — never downloaded."""
+    path = pathlib.Path(path)
+    if not path.is_file():
+        return path
+    if config:
+        root, _ = resolve(config, cache_dir=cache_dir)
+        if root.is_file():
+            raise ModelNotFoundError(f"--config {config}: expected a diffusers folder, got a single file")
+        return root
+    from diffusers.loaders.single_file_utils import fetch_diffusers_config, load_single_file_checkpoint
+
+    try:
+        checkpoint = load_single_file_checkpoint(str(path), local_files_only=True)
+        repo = fetch_diffusers_config(checkpoint)["pretrained_model_name_or_path"]
+    except Exception as exc:  # unreadable file, or keys of no architecture diffusers knows
+        raise ModelNotFoundError(f"{path}: cannot infer the architecture of this single-file checkpoint ({str(exc).strip()}); "
+                                 "pass --config with a local diffusers folder of the same architecture") from None
+    try:
+        return _from_hub_cache(repo, revision=None, cache_dir=cache_dir)
+    except ModelNotFoundError as exc:
+        raise ModelNotFoundError(f"{path} looks like {repo}, whose configs are needed to build it: {exc} "
+                                 "Or pass --config with a local diffusers folder of the same architecture.") from None
+
+
+def _from_single_file(path: pathlib.Path, root: pathlib.Path, class_name: str, kwargs: dict):
+    import diffusers
+
+    cls = getattr(diffusers, class_name, None)
+    if cls is None or not hasattr(cls, "from_single_file"):
+        raise ModelNotFoundError(f"{class_name} (from {root}) cannot be built from a single file")
+    kwargs = {k: v for k, v in kwargs.items() if k != "variant"}
+    try:
+        pipe = cls.from_single_file(str(path), config=str(root), **kwargs)
+    except (OSError, ValueError, KeyError, RuntimeError) as exc:
+        raise ModelNotFoundError(f"could not build {class_name} from {path} with the configs of {root}: "
+                                 f"{str(exc).splitlines()[0][:300]}") from exc
+    if "prompt" not in _call_parameters(pipe):
+        raise ModelNotFoundError(f"{class_name} is not a text-to-image pipeline (its call takes no prompt)")
+    return pipe
+
+
+def _check_entry_lora(entry: registry.ModelEntry) -> None:
+    if not (entry.lora_path.is_file() or entry.lora_path.is_dir()):
+        raise ModelNotFoundError(
+            f"model {entry.key!r} ({entry.name}) needs its LoRA weights, which are not shipped: put the "
+            f"adapter (.safetensors) at {entry.lora_path}. Source: {entry.source_url}")
 
 
 def _from_pretrained(path: pathlib.Path, class_name: str, kwargs: dict):
@@ -267,20 +370,6 @@ def _call_parameters(pipe) -> set[str]:
     return set(inspect.signature(pipe.__call__).parameters)
 
 
-def _load_lora(pipe, lora: str, scale: float) -> None:
-    import importlib.util
-    if importlib.util.find_spec("peft") is None:
-        raise RuntimeError("LoRA adapters need the 'peft' package: pip install peft")
-    if not hasattr(pipe, "load_lora_weights"):
-        raise RuntimeError(f"{type(pipe).__name__} does not support LoRA adapters")
-    lora_path = pathlib.Path(lora)
-    if lora_path.is_file():
-        pipe.load_lora_weights(str(lora_path.parent), weight_name=lora_path.name)
-    else:
-        pipe.load_lora_weights(str(lora_path))
-    pipe.fuse_lora(lora_scale=scale)  # fused: no per-step adapter overhead, weights hash covers the file
-
-
 def _resolve_defaults(opts: LoadOptions, device: str, path: pathlib.Path) -> LoadOptions:
     cuda = devices.is_cuda(device)
     cpu_offload = opts.cpu_offload
@@ -303,6 +392,8 @@ def _cuda_total_memory(device: str) -> int:
 
 
 def _weights_bytes(path: pathlib.Path) -> int:
+    if path.is_file():
+        return path.stat().st_size
     return sum(f.stat().st_size for f in path.rglob("*") if f.suffix in WEIGHT_SUFFIXES and f.is_file())
 
 
@@ -350,10 +441,10 @@ def attention_processors(pipe) -> set[str]:
     return names
 
 
-def default_size(path: str | os.PathLike) -> tuple[int, int]:
+def default_size(path: str | os.PathLike, config: str | None = None) -> tuple[int, int]:
     """(height, width) a checkpoint generates by default, read from its configs (no weights
     loaded), so a batch job can fix every image's size before any worker loads the model."""
-    root = pathlib.Path(path)
+    root = config_root(pathlib.Path(path), config)
     index = _read_json(root / "model_index.json") or {}
     class_name = index.get("_class_name", "")
     scale = 8
@@ -383,11 +474,11 @@ def _read_json(path: pathlib.Path) -> dict | None:
         return None
 
 
-def saved_scheduler(path: str | os.PathLike):
+def saved_scheduler(path: str | os.PathLike, config: str | None = None):
     """The checkpoint's scheduler, built from its config alone (no weights loaded)."""
     import diffusers
 
-    root = pathlib.Path(path)
+    root = config_root(pathlib.Path(path), config)
     index = _read_json(root / "model_index.json") or {}
     entry = index.get("scheduler")
     if not entry or entry[1] is None:
@@ -396,9 +487,9 @@ def saved_scheduler(path: str | os.PathLike):
     return cls.from_config(cls.load_config(str(root / "scheduler")))
 
 
-def pipeline_class_name(path: str | os.PathLike) -> str:
+def pipeline_class_name(path: str | os.PathLike, config: str | None = None) -> str:
     """The pipeline class a checkpoint's model_index.json names ("" if none)."""
-    return (_read_json(pathlib.Path(path) / "model_index.json") or {}).get("_class_name", "")
+    return (_read_json(config_root(pathlib.Path(path), config) / "model_index.json") or {}).get("_class_name", "")
 
 
 def family_of(pipeline_class: str) -> str:
@@ -440,7 +531,7 @@ def weights_hash(path: str | os.PathLike, *, extra=()) -> str:
     (plus ``extra`` files such as a LoRA). The same weights give the same hash whether they sit
     in a local folder or in the Hub cache."""
     root = pathlib.Path(path)
-    lines = []
+    lines = [f"{root.name}:{file_sha256(root)}"] if root.is_file() else []  # a single-file checkpoint
     for f in sorted(root.rglob("*")):
         if f.suffix in WEIGHT_SUFFIXES and f.is_file():
             lines.append(f"{f.relative_to(root).as_posix()}:{file_sha256(f)}")

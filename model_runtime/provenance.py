@@ -89,7 +89,12 @@ def record(img) -> dict:
         "parameters": params,
         "runtime": {"device": img.device, "dtype": img.dtype, "torch": _version("torch"),
                     "diffusers": _version("diffusers"), "transformers": _version("transformers")},
-    }
+    } | ({"loras": list(img.loras)} if getattr(img, "loras", None) else {})
+
+
+def lora_tags(rec: dict) -> str:
+    """A1111's ``<lora:name:scale>`` tags for the record's adapters ("" when none)."""
+    return " ".join(f"<lora:{item['name']}:{_number(item['scale'])}>" for item in rec.get("loras") or ())
 
 
 def _quote(value) -> str:
@@ -107,12 +112,16 @@ def _number(value: float) -> str:
 def a1111_parameters(rec: dict) -> str:
     """The A1111 ``parameters`` text for a provenance record (see module docstring)."""
     p = rec["parameters"]
-    lines = [p["prompt"]]
+    # A1111 keeps the adapters as tags in the prompt text itself, and their hashes in the fields
+    lines = [" ".join(filter(None, [p["prompt"], lora_tags(rec)]))]
     if p.get("negative_prompt"):
         lines.append(f"Negative prompt: {p['negative_prompt']}")
     fields = {"Steps": p["steps"], "Sampler": p["scheduler"], "CFG scale": _number(p["guidance_scale"]),
               "Seed": p["seed"], "Size": f"{p['width']}x{p['height']}", "Model": model_label(rec["model"]["id"])}
-    lines.append(", ".join(f"{k}: {_quote(fields[k])}" for k in _A1111_ORDER))
+    line = ", ".join(f"{k}: {_quote(fields[k])}" for k in _A1111_ORDER)
+    if rec.get("loras"):
+        line += ", Lora hashes: " + _quote(", ".join(f"{i['name']}: {i['sha256'][:12]}" for i in rec["loras"]))
+    lines.append(line)
     return "\n".join(lines)
 
 

@@ -41,6 +41,13 @@ class ModelEntry:
     loadable: bool = True             # load() can open it as-is once it is on disk
     licence_verified: bool = False
     notes: str = ""
+    base: str | None = None          # LoRA entries: the base model (registry key, Hub id or folder)
+    lora: str | None = None          # LoRA entries: adapter file or folder, relative to the assets folder
+
+    @property
+    def lora_path(self) -> pathlib.Path | None:
+        """Where a LoRA entry's adapter weights must be put (they are not shipped)."""
+        return assets_dir() / self.lora if self.lora else None
 
     @property
     def local_path(self) -> pathlib.Path | None:
@@ -58,6 +65,13 @@ class ModelEntry:
         """True when the weights are on disk (shipped folder or Hugging Face cache)."""
         if self.path:
             return (self.local_path / "model_index.json").is_file()
+        if self.lora:
+            base = find(self.base) if self.base else None
+            base_ok = base.available() if base else (
+                (pathlib.Path(self.base) / "model_index.json").is_file() or _in_hub_cache(self.base))
+            folder = self.lora_path
+            has_lora = folder.is_file() or (folder.is_dir() and any(folder.glob("*.safetensors")))
+            return bool(base_ok and has_lora)
         if self.hub_id:
             return _in_hub_cache(self.hub_id)
         return False

@@ -57,6 +57,7 @@ _COMMAND_MODULES = (
     "studio.cli_app",
     "studio.cli_demo",
     "studio.cli_eval",
+    "studio.cli_experiment",
 )
 
 

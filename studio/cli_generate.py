@@ -13,6 +13,15 @@ def _multiple_of_8(ctx, param, value):
     return value
 
 
+def _lora_specs(ctx, param, values):
+    from model_runtime.lora import LoraError, parse_spec
+
+    try:
+        return tuple(parse_spec(v) for v in values)
+    except LoraError as exc:
+        raise click.BadParameter(str(exc)) from None
+
+
 @cli.command("generate")
 @click.option("--model", "model_name", required=True,
               help="Registry key (e.g. embedded, medisyn), local diffusers folder, or Hub id in the local cache.")
@@ -40,8 +49,14 @@ def _multiple_of_8(ctx, param, value):
 @click.option("--device", default=None, help="cpu, cuda, cuda:N or mps (default: best available).")
 @click.option("--dtype", default=None, help="fp32, fp16 or bf16 (default: fp32 on CPU, fp16/bf16 on GPU).")
 @click.option("--threads", default=None, type=click.IntRange(1, 512), help="torch threads per worker.")
+@click.option("--lora", "loras", multiple=True, callback=_lora_specs, metavar="PATH[:SCALE]",
+              help="LoRA adapter: a .safetensors file or the folder `medisyn model finetune` wrote; "
+                   "scale default 1. Repeatable; all are fused. Recorded as <lora:name:scale> in provenance.")
+@click.option("--config", "config", default=None,
+              help="For a single-file checkpoint (.safetensors/.ckpt): a local diffusers folder (or cached Hub id) "
+                   "of the same architecture whose configs build it [default: inferred, from the local cache].")
 def generate(model_name, prompt, prompts_csv, out, n, seed, steps, guidance, scheduler, width, height,
-             negative_prompt, modality, batch_size, engine, address, device, dtype, threads):
+             negative_prompt, modality, batch_size, engine, address, device, dtype, threads, loras, config):
     """Generate synthetic images and a manifest.csv that `medisyn study create` accepts as is."""
     from model_runtime.batch_job import PromptsFileError, resolve_device, run_generate_job
     from model_runtime.devices import DeviceUnavailableError
@@ -54,28 +69,31 @@ def generate(model_name, prompt, prompts_csv, out, n, seed, steps, guidance, sch
         # cheap checks first: a missing GPU must not surface after the model was read
         resolve_device(device, dtype, address=address if engine == "ray" else None)
         if steps is None or guidance is None:
-            recommended_steps, recommended_guidance = _model_defaults(model_name)
+            recommended_steps, recommended_guidance = _model_defaults(model_name, config)
             steps = recommended_steps if steps is None else steps
             guidance = recommended_guidance if guidance is None else guidance
         result = run_generate_job(
             model_name, out, prompt=prompt, prompts_csv=prompts_csv, n=n, seed=seed,
             negative_prompt=negative_prompt, modality=modality, steps=steps, guidance_scale=guidance,
             scheduler=scheduler, width=width, height=height, batch_size=batch_size, engine=engine,
-            address=address, device=device, dtype=dtype, threads=threads)
+            address=address, device=device, dtype=dtype, threads=threads,
+            options={k: v for k, v in (("loras", loras), ("config", config)) if v} or None)
     except (ModelNotFoundError, PromptsFileError, UnknownSchedulerError, DeviceUnavailableError, ValueError) as exc:
         raise click.ClickException(str(exc)) from None
     click.echo(f"{result.generated} generated, {result.skipped} already done, {result.total} images "
                f"in {result.seconds:.1f} s -> {result.manifest}")
 
 
-def _model_defaults(model_name: str) -> tuple[int, float]:
+def _model_defaults(model_name: str, config: str | None = None) -> tuple[int, float]:
     """(steps, guidance) a model folder recommends in medisyn.json (the embedded model does), else 25 / 7."""
     import pathlib
 
     from model_runtime.loading import resolve
     from studio.embedded_model import DEFAULTS_FILE, read_defaults
 
-    path, _ = resolve(model_name)
+    from model_runtime.loading import config_root
+
+    path = config_root(resolve(model_name)[0], config)
     if (pathlib.Path(path) / DEFAULTS_FILE).is_file():
         defaults = read_defaults(path)
         return int(defaults.steps), float(defaults.guidance_scale)

@@ -1,4 +1,4 @@
-"""medisyn CLI commands: model (`medisyn model train`)."""
+"""medisyn CLI commands: model (`medisyn model train | evaluate | finetune`)."""
 from __future__ import annotations
 
 import click
@@ -59,3 +59,79 @@ def evaluate_command(model_name, per_modality, figures, as_json):
     else:
         click.echo(f"recognised {report['mean_recognised']:.0%}, plausible intensities "
                    f"{report['mean_plausible']:.0%} (mean over modalities)")
+
+
+def decode_rgb(path):
+    """Training images decode through the same reader as study ingest (DICOM, NIfTI, TIFF, PNG, JPEG)."""
+    import numpy as np
+    from PIL import Image
+
+    from studies.imaging import load_image
+
+    pixels = load_image(path).pixels
+    if pixels.ndim == 2:
+        pixels = np.repeat(pixels[..., None], 3, axis=2)
+    return Image.fromarray((np.clip(pixels[..., :3], 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8))
+
+
+@model.command("finetune")
+@click.option("--base", required=True, help="Model to start from: anything `medisyn generate --model` accepts.")
+@click.option("--data", required=True, type=click.Path(exists=True),
+              help="Folder with captions.csv (path,caption), or a manifest CSV with path and prompt columns.")
+@click.option("--out", required=True, type=click.Path(file_okay=False), help="Output folder.")
+@click.option("--method", type=click.Choice(["lora", "full"]), default="lora", show_default=True,
+              help="LoRA on the attention projections, or every UNet weight (SD 1.x/2.x, SDXL).")
+@click.option("--rank", type=click.IntRange(1, 1024), default=16, show_default=True, help="LoRA rank.")
+@click.option("--alpha", type=float, default=None, help="LoRA alpha [default: the rank].")
+@click.option("--resolution", type=click.IntRange(8, 4096), default=None,
+              help="Training size (square, a multiple of 8) [default: the base model's native size].")
+@click.option("--steps", type=click.IntRange(1, 10_000_000), default=500, show_default=True,
+              help="Total optimizer steps (with --resume: the new total).")
+@click.option("--batch-size", type=click.IntRange(1, 4096), default=1, show_default=True, help="Images per step and process.")
+@click.option("--lr", type=float, default=1e-4, show_default=True, help="Peak learning rate.")
+@click.option("--lr-scheduler", default="constant", show_default=True,
+              help="constant, constant_with_warmup, cosine, linear, ... (diffusers.optimization).")
+@click.option("--lr-warmup-steps", type=click.IntRange(0, None), default=0, show_default=True)
+@click.option("--snr-gamma", type=float, default=None, help="min-SNR loss weighting for UNet families (e.g. 5).")
+@click.option("--caption-dropout", type=float, default=0.0, show_default=True, help="Share of empty captions.")
+@click.option("--checkpoint-every", type=click.IntRange(1, None), default=100, show_default=True,
+              help="Save a checkpoint and validation images every N steps.")
+@click.option("--validation-prompts", type=click.Path(exists=True, dir_okay=False), default=None,
+              help="Text file, one prompt per line [default: up to two training captions].")
+@click.option("--validation-steps", type=click.IntRange(1, 1000), default=20, show_default=True,
+              help="Denoising steps of each validation image.")
+@click.option("--mixed-precision", type=click.Choice(["no", "fp16", "bf16"]), default="no", show_default=True)
+@click.option("--device", default=None, help="cpu to force the CPU [default: what accelerate picks].")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--resume", is_flag=True, help="Continue from the newest checkpoint in --out.")
+@click.option("--quiet", is_flag=True, help="No progress bar.")
+def finetune_command(base, data, out, method, rank, alpha, resolution, steps, batch_size, lr, lr_scheduler,
+                     lr_warmup_steps, snr_gamma, caption_dropout, checkpoint_every, validation_prompts,
+                     validation_steps, mixed_precision, device, seed, resume, quiet):
+    """Fine-tune a pretrained pipeline on your captioned images (LoRA or full), see model_runtime/finetune.py.
+
+    Writes pytorch_lora_weights.safetensors (use it with `medisyn generate --lora OUT`) or, with
+    --method full, a pipeline in OUT/pipeline; plus training.json, loss.csv/png, validation
+    images and checkpoints. Several GPUs: `accelerate launch -m model_runtime.finetune ...`.
+    """
+    import pathlib
+
+    from model_runtime.finetune import FinetuneConfig, FinetuneError, finetune
+    from model_runtime.loading import ModelNotFoundError
+
+    prompts = ()
+    if validation_prompts:
+        prompts = tuple(line.strip() for line in pathlib.Path(validation_prompts).read_text(encoding="utf-8").splitlines()
+                        if line.strip())
+    cfg = FinetuneConfig(method=method, rank=rank, alpha=alpha, resolution=resolution, steps=steps,
+                         batch_size=batch_size, lr=lr, lr_scheduler=lr_scheduler, lr_warmup_steps=lr_warmup_steps,
+                         snr_gamma=snr_gamma, caption_dropout=caption_dropout, seed=seed,
+                         checkpoint_every=checkpoint_every, validation_prompts=prompts,
+                         validation_steps=validation_steps, mixed_precision=mixed_precision)
+    try:
+        result = finetune(base, data, out, cfg, resume=resume, decode=decode_rgb, device=device,
+                          progress=not quiet, log=lambda msg: click.echo(msg, err=True))
+    except (FinetuneError, ModelNotFoundError, ValueError) as exc:  # ValueError: e.g. an unknown --lr-scheduler
+        raise click.ClickException(str(exc)) from None
+    click.echo(f"{result.weights}: {result.steps} steps (from {result.resumed_from}) in {result.seconds:.1f} s, "
+               f"final loss {result.final_loss:.4f}")

@@ -74,7 +74,10 @@ def model_info(key: str) -> str:
         lines.append(f"Modalities: {esc(', '.join(e.modalities))}")
     if e.prompt_style:
         lines.append(f"Prompts: {esc(e.prompt_style)}")
-    if not e.available():
+    if not e.available() and e.lora:
+        lines.append(f"⚠️ Not on this machine: needs the base `{esc(e.base or '')}` in the Hugging Face cache "
+                     f"and the LoRA adapter in `{esc(str(e.lora_path))}` — nothing is downloaded at run time.")
+    elif not e.available():
         where = e.hub_id or e.path
         lines.append(f"⚠️ Not on this machine: put `{where}` in the Hugging Face cache "
                      "(or a local folder) to use it — nothing is downloaded at run time.")
@@ -108,14 +111,58 @@ def model_defaults(location: str | None) -> tuple[int, float]:
     return 20, 7.5
 
 
-def get_model(location: str):
-    """Load once per process; concurrent first requests wait for the same load."""
+def get_model(location: str, loras: tuple[str, ...] = ()):
+    """Load once per process (per model and LoRA set); concurrent first requests wait for the same load."""
     from model_runtime.loading import load
 
+    key = (location, tuple(loras)) if loras else location
     with _MODELS_LOCK:
-        if location not in _MODELS:
-            _MODELS[location] = load(location)
-        return _MODELS[location]
+        if key not in _MODELS:
+            _MODELS[key] = load(location, options={"loras": list(loras)} if loras else None)
+        return _MODELS[key]
+
+
+def lora_dirs() -> list[pathlib.Path]:
+    """Where the LoRA picker looks: assets/loras and the folders in MEDISYN_LORAS (os.pathsep-separated)."""
+    import os
+
+    from model_runtime import registry
+
+    extra = [pathlib.Path(p) for p in os.environ.get("MEDISYN_LORAS", "").split(os.pathsep) if p.strip()]
+    return [registry.assets_dir() / "loras", *extra]
+
+
+def lora_choices(dirs=None) -> list[str]:
+    """Local LoRA adapters: .safetensors files and `medisyn model finetune` output folders, two levels deep."""
+    from model_runtime.lora import DEFAULT_FILE
+
+    found = []
+    for root in dirs if dirs is not None else lora_dirs():
+        root = pathlib.Path(root)
+        if not root.is_dir():
+            continue
+        for path in sorted([root, *root.glob("*"), *root.glob("*/*")]):
+            if path.is_dir() and (path / DEFAULT_FILE).is_file():
+                found.append(str(path))
+            elif path.is_file() and path.suffix == ".safetensors" and path.name != DEFAULT_FILE \
+                    and path.parent.name != "checkpoints" and not (path.parent / DEFAULT_FILE).exists():
+                found.append(str(path))
+    return list(dict.fromkeys(found))
+
+
+def lora_specs(values) -> tuple[str, ...]:
+    """The picker's values ("PATH" or "PATH:SCALE"), checked: a bad one is a ValueError naming it."""
+    from model_runtime.lora import LoraError, parse_spec
+
+    specs = []
+    for value in values or ():
+        try:
+            spec = parse_spec(value)
+            spec.file  # exists and holds one adapter
+        except LoraError as exc:
+            raise ValueError(f"LoRA: {exc}") from None
+        specs.append(f"{spec.path}:{spec.scale:g}")
+    return tuple(specs)
 
 
 MAX_FIELDS = 6  # the most fields any preset has (view, anatomy, finding, ..., sex, age)
@@ -159,8 +206,8 @@ class Batch:
 def run_generation(location: str, *, prompt: str, negative_prompt: str = "", seed: int = 0,
                    steps: int = 20, guidance: float = 7.5, scheduler: str | None = None,
                    n_images: int = 1, width: int | None = None, height: int | None = None,
-                   modality: str = "", out_root, on_step=None, cancel: threading.Event | None = None
-                   ) -> Batch:
+                   modality: str = "", out_root, on_step=None, cancel: threading.Event | None = None,
+                   loras=()) -> Batch:
     """Generate `n_images` (seeds seed, seed+1, ...), write them with provenance to a new
     batch folder with a manifest.csv, and return the batch."""
     from model_runtime.generation import GenerationRequest, generate
@@ -173,7 +220,7 @@ def run_generation(location: str, *, prompt: str, negative_prompt: str = "", see
         raise ValueError(f"number of images must be 1–{MAX_IMAGES}")
     if not 1 <= steps <= MAX_STEPS:
         raise ValueError(f"steps must be 1–{MAX_STEPS}")
-    loaded = get_model(location)
+    loaded = get_model(location, lora_specs(loras))
     request = GenerationRequest(prompt=prompt.strip(), negative_prompt=negative_prompt or "",
                                 num_images=n_images, seed=int(seed), steps=steps,
                                 guidance_scale=float(guidance), scheduler=scheduler or None,
@@ -272,6 +319,9 @@ def build_generate_tab(db_path, guard, *, model=None, batches_dir=None) -> Gener
                                      label="Guidance")
                 scheduler = gr.Dropdown(_scheduler_names(), value=None, allow_custom_value=True,
                                         label="Scheduler (blank: the model's own)")
+            lora_dd = gr.Dropdown(lora_choices(), value=[], multiselect=True, allow_custom_value=True,
+                                  label="LoRA adapters (PATH or PATH:SCALE; recorded in provenance)",
+                                  elem_id="gen-lora")
             modality = gr.Textbox(label="Modality (recorded in the batch manifest)", value="")
             with gr.Row():
                 go = gr.Button("Generate", variant="primary", elem_id="gen-go")
@@ -330,11 +380,12 @@ def build_generate_tab(db_path, guard, *, model=None, batches_dir=None) -> Gener
         guard(request)
         return secrets.randbelow(2**31)
 
-    def on_generate(key, local, prompt_, neg_, seed_, n_, steps_, guidance_, sched_, modality_,
+    def on_generate(key, local, prompt_, neg_, seed_, n_, steps_, guidance_, sched_, modality_, loras_,
                     request: gr.Request):
         guard(request)
         try:
             location = model_location(key, local)
+            loras_ = lora_specs(loras_)
         except (ValueError, KeyError) as exc:
             raise gr.Error(str(exc)) from None
         session = request.session_hash
@@ -354,14 +405,14 @@ def build_generate_tab(db_path, guard, *, model=None, batches_dir=None) -> Gener
                     location, prompt=prompt_, negative_prompt=neg_, seed=int(seed_ or 0),
                     steps=int(steps_), guidance=float(guidance_), scheduler=sched_ or None,
                     n_images=int(n_), modality=modality_ or "", out_root=out_root,
-                    on_step=on_step, cancel=cancel)
+                    on_step=on_step, cancel=cancel, loras=loras_)
             except BaseException as exc:  # reported below, in the request thread
                 box["error"] = exc
             finally:
                 events.put(None)
 
         threading.Thread(target=work, daemon=True).start()
-        yield (gr.update(), gr.update(), "Loading the model…" if location not in _MODELS
+        yield (gr.update(), gr.update(), "Loading the model…" if (location, loras_) not in _MODELS and location not in _MODELS
                else "Starting…", gr.update())
         try:
             while True:
@@ -427,7 +478,7 @@ def build_generate_tab(db_path, guard, *, model=None, batches_dir=None) -> Gener
     # for a generation slot knows there is something to cancel.
     run = go.click(on_queued, None, None, queue=False, **private).then(
         on_generate, [model_dd, local_path, prompt, negative, seed, n_images, steps,
-                      guidance, scheduler, modality],
+                      guidance, scheduler, modality, lora_dd],
         [gallery, files, status, batch_state], concurrency_limit=2,
         concurrency_id="generate", **private)
     stop.click(on_cancel, None, [status], queue=False, cancels=[run], **private)

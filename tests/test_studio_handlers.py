@@ -920,6 +920,8 @@ def test_generation_input_checks(tmp_path, tiny_model):
     keys = [k for _, k in generate_view.model_choices()]
     assert keys[0] == "embedded" and keys[-1] == generate_view.LOCAL_PATH
     assert "CC-BY-NC-ND-4.0" in generate_view.model_info("medisyn")
+    polyp = generate_view.model_info("prompt-to-polyp-flux")  # a LoRA entry names both missing pieces
+    assert "black-forest-labs/FLUX.1-dev" in polyp and "loras/prompt-to-polyp-flux" in polyp and "None" not in polyp
     # "<modality> image of <anatomy>" must survive Markdown (a raw <tag> is swallowed).
     assert "&lt;modality&gt; image of &lt;anatomy&gt;" in generate_view.model_info("embedded")
     prompt, modality = generate_view.preset_prompt("fundus", {"view": "right"})
@@ -1050,3 +1052,35 @@ def test_admin_csv_invite_readers_table_deactivation_and_study_status(tmp_path, 
     lifecycle.set_texts(db, study, instructions="Look.", consent="I agree.", profile_fields="site")
     status, instructions, consent, fields = admin_view.study_settings(db, study)
     assert "closed" in status and (instructions, consent, fields) == ("Look.", "I agree.", "site")
+
+
+def test_generate_tab_lora_picker_lists_local_adapters_and_records_them(tmp_path, tiny_model, monkeypatch):
+    """The picker finds finetune output folders and single .safetensors files; a chosen LoRA is
+    applied (different pixels) and recorded as <lora:name:scale> in the PNG's parameters."""
+    import shutil
+
+    from model_runtime import finetune as ft
+    from model_runtime import provenance
+    from studio import generate_view
+    from test_finetune import CAPTION, make_data
+
+    data = make_data(tmp_path / "data")
+    loras = tmp_path / "loras"
+    cfg = ft.FinetuneConfig(steps=3, rank=4, resolution=32, lr=5e-2, checkpoint_every=3, validation_steps=1,
+                            batch_size=2)
+    run = ft.finetune(tiny_model, data, loras / "retina", cfg, device="cpu", progress=False, log=lambda m: None)
+    shutil.copy(run.weights, loras / "copy.safetensors")
+    monkeypatch.setenv("MEDISYN_LORAS", str(loras))
+    choices = generate_view.lora_choices()
+    assert str(loras / "retina") in choices and str(loras / "copy.safetensors") in choices
+    assert not any("checkpoints" in c for c in choices)  # training checkpoints are not adapters to pick
+    plain = generate_view.run_generation(tiny_model, prompt=CAPTION, seed=5, steps=2, n_images=1,
+                                         out_root=tmp_path / "b")
+    tuned = generate_view.run_generation(tiny_model, prompt=CAPTION, seed=5, steps=2, n_images=1,
+                                         out_root=tmp_path / "b", loras=[f"{loras / 'retina'}:0.8"])
+    assert np.abs(plain.images[0].astype(float) - tuned.images[0].astype(float)).mean() > 0.5
+    params, rec = provenance.read_png(tuned.files[0])
+    assert params.splitlines()[0] == f"{CAPTION} <lora:retina:0.8>" and rec["loras"][0]["scale"] == 0.8
+    with pytest.raises(ValueError, match="LoRA"):
+        generate_view.run_generation(tiny_model, prompt=CAPTION, steps=2, out_root=tmp_path / "b",
+                                     loras=[str(tmp_path / "missing.safetensors")])

@@ -1,0 +1,149 @@
+"""medisyn CLI commands: experiment (`medisyn experiment augment | augment-demo`), thin wrappers over
+evaluation.augment and studio.augment_demo."""
+from __future__ import annotations
+
+import click
+
+from studio.cli import cli
+
+
+@cli.group()
+def experiment() -> None:
+    """Downstream experiments with synthetic images (does synthetic data help a classifier?)."""
+
+
+def _ints(ctx, param, value):
+    if value in (None, ""):
+        return ()
+    try:
+        out = tuple(int(v) for v in str(value).split(",") if v.strip())
+    except ValueError:
+        raise click.BadParameter(f"{value!r}: comma-separated whole numbers expected") from None
+    if any(v < 1 for v in out):
+        raise click.BadParameter("values must be >= 1")
+    return out
+
+
+def _common(fn):
+    for option in reversed([
+        click.option("--repeats", type=click.IntRange(1, 1000), default=5, show_default=True,
+                     help="Repeats of every arm (own seed and real/synthetic subsamples)."),
+        click.option("--seed", type=int, default=0, show_default=True),
+        click.option("--size", type=click.IntRange(8, 1024), default=64, show_default=True, help="Classifier input size."),
+        click.option("--max-epochs", type=click.IntRange(1, 10_000), default=40, show_default=True),
+        click.option("--patience", type=click.IntRange(1, 10_000), default=6, show_default=True,
+                     help="Early stopping: epochs without a better validation loss."),
+        click.option("--batch-size", type=click.IntRange(1, 4096), default=32, show_default=True),
+        click.option("--lr", type=float, default=1e-3, show_default=True),
+        click.option("--widths", callback=_ints, default="16,32,64", show_default=True,
+                     help="ResNet stage widths (from scratch)."),
+        click.option("--pretrained", type=click.Path(exists=True, file_okay=False), default=None,
+                     help="Local transformers image-classification folder to start from (head re-sized)."),
+        click.option("--synthetic-only", is_flag=True, help="Also train on the largest synthetic set alone."),
+        click.option("--threads", type=click.IntRange(1, 512), default=1, show_default=True),
+        click.option("--quiet", is_flag=True, help="No progress bar or per-run lines."),
+    ]):
+        fn = option(fn)
+    return fn
+
+
+def _config(n_real, amounts, **kw):
+    from evaluation.augment import AugmentConfig
+
+    return AugmentConfig(n_real=n_real, synthetic=amounts, repeats=kw["repeats"], seed=kw["seed"], size=kw["size"],
+                         max_epochs=kw["max_epochs"], patience=kw["patience"], batch_size=kw["batch_size"],
+                         lr=kw["lr"], widths=kw["widths"], pretrained=kw["pretrained"],
+                         synthetic_only=kw["synthetic_only"], threads=kw["threads"])
+
+
+def _report(result) -> None:
+    for s in result.summary:
+        click.echo(f"{s['arm']:<32} accuracy {s['accuracy']:.3f} [{s['accuracy_ci_low']:.3f}, "
+                   f"{s['accuracy_ci_high']:.3f}]  balanced {s['balanced_accuracy']:.3f}  AUROC {s['auroc']:.3f}")
+    for c in result.comparisons:
+        if c["metric"] == "balanced_accuracy":
+            click.echo(f"  {c['arm']} - {c['baseline']}: balanced accuracy {c['difference']:+.3f} "
+                       f"[{c['ci_low']:+.3f}, {c['ci_high']:+.3f}], paired t p = {c['p_value']:.3g}")
+    click.echo(f"{result.out_dir} ({result.seconds:.0f} s)")
+
+
+@experiment.command("augment")
+@click.option("--real", "real_csv", required=True, type=click.Path(exists=True, dir_okay=False),
+              help="Labelled real training pool: CSV with path,label (paths relative to the CSV).")
+@click.option("--test", "test_csv", required=True, type=click.Path(exists=True, dir_okay=False),
+              help="Labelled real test set: only ever scored, never used for training or selection.")
+@click.option("--synthetic", "synthetic_csv", type=click.Path(exists=True, dir_okay=False), default=None,
+              help="Labelled synthetic images (CSV with path,label).")
+@click.option("--model", default=None, help="Or generate them: a model `medisyn generate` accepts ...")
+@click.option("--label-prompts", type=click.Path(exists=True, dir_okay=False), default=None,
+              help="... with this CSV of label,prompt rows (several prompts per label are used in turn).")
+@click.option("--lora", "loras", multiple=True, help="LoRA for --model (PATH[:SCALE]).")
+@click.option("--label-column", default="label", show_default=True, help="Label column of the CSVs.")
+@click.option("--n-real", type=click.IntRange(1, None), required=True, help="N: real training images per arm.")
+@click.option("--synthetic-amounts", "amounts", callback=_ints, required=True,
+              help="M values, comma-separated: arms real N + synthetic M.")
+@click.option("--out", required=True, type=click.Path(file_okay=False))
+@_common
+def augment_command(real_csv, test_csv, synthetic_csv, model, label_prompts, loras, label_column, n_real, amounts,
+                    out, **kw):
+    """Train the same classifier on real N, real N + synthetic M (each M), real 2N and optionally
+    synthetic only, over several seeds and subsamples; report accuracy, balanced accuracy and macro
+    AUROC with 95% CIs and paired comparisons against real N (evaluation/augment.py)."""
+    import csv
+    import pathlib
+
+    from evaluation.augment import AugmentError, read_labelled, run_augment
+    from studio.augment_generate import generate_synthetic
+    from model_runtime.loading import ModelNotFoundError
+    from studio.cli_model import decode_rgb
+
+    if (synthetic_csv is None) == (model is None):
+        raise click.UsageError("give exactly one of --synthetic or --model (with --label-prompts)")
+    try:
+        real = read_labelled(real_csv, label_column=label_column)
+        test = read_labelled(test_csv, label_column=label_column)
+        if synthetic_csv:
+            synthetic = read_labelled(synthetic_csv, label_column=label_column)
+        else:
+            if not label_prompts:
+                raise click.UsageError("--model needs --label-prompts")
+            prompts: dict[str, list[str]] = {}
+            with open(label_prompts, newline="", encoding="utf-8") as fh:
+                for row in csv.DictReader(fh):
+                    if not (row.get("label") or "").strip() or not (row.get("prompt") or "").strip():
+                        raise AugmentError(f"{label_prompts}: every row needs a label and a prompt")
+                    prompts.setdefault(row["label"].strip(), []).append(row["prompt"].strip())
+            per_label = -(-max(amounts) // max(1, len(prompts)))
+            synthetic = generate_synthetic(model, prompts, per_label, pathlib.Path(out) / "synthetic",
+                                           seed=kw["seed"], options={"loras": list(loras)} if loras else None)
+        result = run_augment(real, test, synthetic, out, _config(n_real, amounts, **kw), decode_fn=decode_rgb,
+                             log=(lambda m: None) if kw["quiet"] else (lambda m: click.echo(m, err=True)),
+                             progress=not kw["quiet"])
+    except (AugmentError, ModelNotFoundError, ValueError) as exc:
+        raise click.ClickException(str(exc)) from None
+    _report(result)
+
+
+@experiment.command("augment-demo")
+@click.option("--out", required=True, type=click.Path(file_okay=False))
+@click.option("--model", default="embedded", show_default=True, help="Generator of the synthetic images.")
+@click.option("--n-real", type=click.IntRange(1, None), default=30, show_default=True)
+@click.option("--synthetic-amounts", "amounts", callback=_ints, default="30,60", show_default=True)
+@click.option("--pool", type=click.IntRange(12, None), default=240, show_default=True,
+              help="Real training crops built from the shipped training views.")
+@_common
+def augment_demo_command(out, model, n_real, amounts, pool, **kw):
+    """The augmentation experiment at CPU scale on the public images shipped with pydicom, nibabel and
+    scikit-image: modality classification (6 classes), real images from the training views, test
+    images from held-out slices/frames/regions, synthetic images from the embedded model."""
+    from evaluation.augment import AugmentError
+    from model_runtime.loading import ModelNotFoundError
+    from studio.augment_demo import run_demo
+
+    try:
+        result = run_demo(out, _config(n_real, amounts, **kw), model=model, pool=pool,
+                          log=(lambda m: None) if kw["quiet"] else (lambda m: click.echo(m, err=True)),
+                          progress=not kw["quiet"])
+    except (AugmentError, ModelNotFoundError, ValueError) as exc:
+        raise click.ClickException(str(exc)) from None
+    _report(result)
