@@ -39,12 +39,16 @@ def _multiple_of_8(ctx, param, value):
 @click.option("--address", default=None, help="Ray cluster address to join (default: start a local Ray).")
 @click.option("--device", default=None, help="cpu, cuda, cuda:N or mps (default: best available).")
 @click.option("--dtype", default=None, help="fp32, fp16 or bf16 (default: fp32 on CPU, fp16/bf16 on GPU).")
-@click.option("--threads", default=None, type=click.IntRange(1, 512), help="torch threads per worker.")
+@click.option("--threads", default=None, type=click.IntRange(1, 512),
+              help="torch threads per worker (default: physical cores, at most 8, fewer on a busy machine).")
+@click.option("--dicom", is_flag=True, default=False,
+              help="Also write a DICOM Secondary Capture (.dcm) beside each PNG.")
 def generate(model_name, prompt, prompts_csv, out, n, seed, steps, guidance, scheduler, width, height,
-             negative_prompt, modality, batch_size, engine, address, device, dtype, threads):
+             negative_prompt, modality, batch_size, engine, address, device, dtype, threads, dicom):
     """Generate synthetic images and a manifest.csv that `medisyn study create` accepts as is."""
     from model_runtime.batch_job import PromptsFileError, resolve_device, run_generate_job
     from model_runtime.devices import DeviceUnavailableError
+    from model_runtime.generation import NonFiniteOutputError
     from model_runtime.loading import ModelNotFoundError
     from model_runtime.schedulers import UnknownSchedulerError
 
@@ -61,8 +65,10 @@ def generate(model_name, prompt, prompts_csv, out, n, seed, steps, guidance, sch
             model_name, out, prompt=prompt, prompts_csv=prompts_csv, n=n, seed=seed,
             negative_prompt=negative_prompt, modality=modality, steps=steps, guidance_scale=guidance,
             scheduler=scheduler, width=width, height=height, batch_size=batch_size, engine=engine,
-            address=address, device=device, dtype=dtype, threads=threads)
-    except (ModelNotFoundError, PromptsFileError, UnknownSchedulerError, DeviceUnavailableError, ValueError) as exc:
+            address=address, device=device, dtype=dtype, threads=threads, dicom=dicom,
+            warn=lambda message: click.echo(f"Warning: {message}", err=True))
+    except (ModelNotFoundError, PromptsFileError, UnknownSchedulerError, DeviceUnavailableError, ValueError,
+            NonFiniteOutputError) as exc:
         raise click.ClickException(str(exc)) from None
     click.echo(f"{result.generated} generated, {result.skipped} already done, {result.total} images "
                f"in {result.seconds:.1f} s -> {result.manifest}")
