@@ -432,7 +432,8 @@ def prompt_seen(loaded: LoadedModel, prompt: str, extra: dict | None = None) -> 
     the start/end tokens; a T5 encoder: the pipeline's ``max_sequence_length``) and drops the
     rest silently. With several encoders (SD3, Flux: CLIP + T5) the one that reads furthest
     counts. The result is the prompt's own text up to the last token kept, so a reader study
-    can show exactly what the model was conditioned on.
+    can show exactly what the model was conditioned on. A word cut in the middle is left out,
+    so every word of the result was read in full.
     """
     tokenizers = list(_thread_tokenizers(loaded).values())  # private copies: thread-safe
     if not tokenizers:
@@ -456,7 +457,8 @@ def _token_limit(tokenizer, pipe_cls, extra: dict) -> int:
 
 def _kept_chars(tokenizer, prompt: str, limit: int) -> int | None:
     """Characters of ``prompt`` covered by the tokens kept under ``limit``; None if all fit."""
-    encoded = tokenizer(prompt, truncation=False, add_special_tokens=True, return_offsets_mapping=True)
+    encoded = tokenizer(prompt, truncation=False, add_special_tokens=True, return_offsets_mapping=True,
+                        verbose=False)  # no "sequence length is longer than" warning: we know
     ids = encoded["input_ids"]
     if len(ids) <= limit:
         return None
@@ -465,4 +467,9 @@ def _kept_chars(tokenizer, prompt: str, limit: int) -> int | None:
     keep = max(0, limit - (len(ids) - len(content)))  # the specials (start/end) are always kept
     if keep == 0:
         return 0
-    return int(content[keep - 1][1][1])
+    end = int(content[keep - 1][1][1])
+    if 0 < end < len(prompt) and prompt[end - 1].isalnum() and prompt[end].isalnum():
+        # the cut falls inside a word: the model read only its first pieces, so the word is
+        # left out (what is shown as "read" must all have been read)
+        end = max(0, prompt.rfind(" ", 0, end))
+    return end
