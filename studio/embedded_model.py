@@ -52,7 +52,8 @@ def write_defaults(model_dir, defaults: GenerationDefaults | None = None) -> pat
     path = pathlib.Path(model_dir) / DEFAULTS_FILE
     data = dataclasses.asdict(defaults or GenerationDefaults())
     data["note"] = ("Default generation settings of this model (read by studio.demo, the quality test "
-                    "and benchmarks/bench_embedded.py); diffusers ignores this file.")
+                    "and benchmarks/bench_embedded.py) and the modalities it declares "
+                    "(model_runtime.modalities); diffusers ignores this file.")
     path.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
     return path
 
