@@ -559,13 +559,35 @@ def _run_ray(spec: JobSpec, chunks: list[list[ImageTask]], accept, *, address: s
             # actor fails the job instead; a rerun resumes from the finished PNGs.
             max_restarts=0)
         used = set()
-        for row in ds.iter_rows():
-            accept(by_key[(int(row["row"]), int(row["k"]))], bytes(row["png"]))
-            used.add(row["worker"])
+        try:
+            for row in ds.iter_rows():
+                accept(by_key[(int(row["row"]), int(row["k"]))], bytes(row["png"]))
+                used.add(row["worker"])
+        except Exception as exc:
+            raise _worker_error(exc) from None
         return len(used)
     finally:
         if started:
             ray.shutdown()
+
+
+def _worker_error(exc: BaseException) -> BaseException:
+    """The error a Ray actor raised, unwrapped from Ray's exception chain when it is one the CLI
+    reports in one line (non-finite output, a refused pipeline); else ``exc`` unchanged."""
+    from model_runtime.generation import NonFiniteOutputError
+
+    seen = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if isinstance(current, (NonFiniteOutputError, loading.UnsupportedPipelineError)):
+            # a Ray-wrapped instance prints the remote traceback; its last line is the message
+            last = str(current).strip().splitlines()[-1] if str(current).strip() else ""
+            cls = NonFiniteOutputError if isinstance(current, NonFiniteOutputError) \
+                else loading.UnsupportedPipelineError
+            return cls(last.removeprefix(f"{cls.__name__}: "))
+        current = current.__cause__ or current.__context__
+    return exc
 
 
 class _ManifestWriter:

@@ -332,3 +332,19 @@ def test_default_threads_follow_the_machine(monkeypatch, tmp_path, tiny_sd1_dir)
     job = {k: v for k, v in JOB.items() if k != "threads"}
     result = run_generate_job(str(tiny_sd1_dir), tmp_path / "out", prompt="chest", **job)
     assert read_csv(result.details)[0]["threads"] == "3"
+
+
+def test_a_workers_non_finite_error_is_unwrapped_from_rays_exception_chain():
+    from model_runtime.batch_job import _worker_error
+    from model_runtime.generation import NonFiniteOutputError
+
+    try:
+        try:
+            raise NonFiniteOutputError("the model produced NaN/infinite values in the decoded image")
+        except NonFiniteOutputError as inner:
+            raise RuntimeError("UserCodeException: MapWorker(MapBatches(RayChunkWorker)) failed") from inner
+    except RuntimeError as outer:
+        unwrapped = _worker_error(outer)
+    assert isinstance(unwrapped, NonFiniteOutputError) and "NaN/infinite" in str(unwrapped)
+    other = ValueError("something else")
+    assert _worker_error(other) is other
