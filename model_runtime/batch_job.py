@@ -39,12 +39,13 @@ from __future__ import annotations
 import csv
 import dataclasses
 import hashlib
+import io
 import json
+import logging
 import os
 import pathlib
-import io
-import logging
 import time
+import warnings
 from collections.abc import Callable
 
 from model_runtime import devices, loading, modalities, provenance, quiet
@@ -549,15 +550,21 @@ def _run_ray(spec: JobSpec, chunks: list[list[ImageTask]], accept, *, address: s
         by_key = {(t.row, t.k): t for c in chunks for t in c}
         items = [{"chunk": json.dumps([dataclasses.asdict(t) for t in c])} for c in chunks]
         ds = ray.data.from_items(items, override_num_blocks=len(items))
-        ds = ds.map_batches(
-            RayChunkWorker, fn_constructor_kwargs={"spec_json": spec_json}, batch_size=1,
+        map_args = dict(
+            fn_constructor_kwargs={"spec_json": spec_json}, batch_size=1,
             # one chunk (seconds of work) per actor at a time: no actor queues chunks while others idle
             compute=ray.data.ActorPoolStrategy(size=workers, max_tasks_in_flight_per_actor=1),
-            num_gpus=1 if use_gpu else 0, num_cpus=spec.threads,
-            # no actor restarts: Ray Data keeps the constructor arguments in the object store, and
-            # with restarts on every actor logs a core_worker error line about it. A crashed
-            # actor fails the job instead; a rerun resumes from the finished PNGs.
-            max_restarts=0)
+            num_gpus=1 if use_gpu else 0, num_cpus=spec.threads)
+        try:
+            # No actor restarts: Ray Data keeps the constructor arguments in the object store and,
+            # with restarts on, every actor logs a core_worker error line about it. A crashed
+            # actor fails the job instead; a rerun resumes from the finished PNGs. max_restarts
+            # is only accepted as a deprecated extra remote argument (Ray 2.60).
+            with warnings.catch_warnings():
+                warnings.filterwarnings("ignore", message="`ray_remote_args` is deprecated")
+                ds = ds.map_batches(RayChunkWorker, **map_args, max_restarts=0)
+        except TypeError:  # a Ray that no longer takes extra remote arguments
+            ds = ds.map_batches(RayChunkWorker, **map_args)
         used = set()
         try:
             for row in ds.iter_rows():
