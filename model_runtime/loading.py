@@ -200,6 +200,9 @@ def _from_hub_cache(repo_id: str, *, revision: str | None, cache_dir: str | None
 def load(model: str | os.PathLike, *, device: str | None = None, dtype: str | torch.dtype | None = None,
          options: LoadOptions | dict | None = None) -> LoadedModel:
     """Load ``model`` for text-to-image generation on ``device`` in ``dtype`` (defaults: see devices)."""
+    from model_runtime import quiet
+
+    quiet.install()  # transformers' torchvision-fallback notices during loading (see quiet.py)
     opts = LoadOptions.coerce(options)
     path, entry = resolve(model, revision=opts.revision, cache_dir=opts.cache_dir)
     check_supported(path)
