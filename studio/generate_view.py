@@ -179,6 +179,7 @@ class Batch:
     seeds: list[int]
     files: list[pathlib.Path]
     seconds: float
+    prompt_seen: str | None = None  # set when the text encoder read only part of the prompt
 
 
 def run_generation(location: str, *, prompt: str, negative_prompt: str = "", seed: int = 0,
@@ -225,7 +226,8 @@ def run_generation(location: str, *, prompt: str, negative_prompt: str = "", see
         w = csv.DictWriter(fh, fieldnames=["path", "source", "modality", "prompt", "generator"])
         w.writeheader()
         w.writerows(rows)
-    return Batch(batch_id, folder, images, seeds, files, seconds)
+    return Batch(batch_id, folder, images, seeds, files, seconds,
+                 prompt_seen=results[0].prompt_seen if results else None)
 
 
 def batch_choices(db_path, batches_dir=None) -> list[tuple[str, str]]:
@@ -408,7 +410,10 @@ def build_generate_tab(db_path, guard, *, model=None, batches_dir=None) -> Gener
         b = box["batch"]
         gal = [(img, f"seed {s}") for img, s in zip(b.images, b.seeds)]
         yield (gal, [str(f) for f in b.files],
-               f"{len(b.images)} image(s) in {b.seconds:.1f} s — batch `{b.batch_id}`",
+               f"{len(b.images)} image(s) in {b.seconds:.1f} s — batch `{b.batch_id}`"
+               + ("" if b.prompt_seen is None else
+                  f"  \n⚠️ The prompt is longer than the model reads: it used only "
+                  f"“{html.escape(b.prompt_seen, quote=False)}” (the batch manifest keeps that text)."),
                str(b.folder))
 
     def on_queued(request: gr.Request):
