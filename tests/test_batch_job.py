@@ -323,6 +323,7 @@ def test_output_files_follow_the_umask(tmp_path, tiny_sd1_dir):
 def test_default_threads_follow_the_machine(monkeypatch, tmp_path, tiny_sd1_dir):
     from model_runtime import devices
 
+    monkeypatch.delenv("MEDISYN_THREADS", raising=False)
     cores = devices.physical_cores()
     assert 1 <= cores <= (os.cpu_count() or 1)
     assert devices.default_threads(load=0.0) == min(cores, devices.MAX_DEFAULT_THREADS)
