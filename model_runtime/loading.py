@@ -5,8 +5,9 @@ Hugging Face Hub id. Hub ids are resolved from the local cache only — the runt
 downloads — so a missing model fails fast with :class:`ModelNotFoundError` saying how to get it.
 
 The pipeline class comes from ``model_index.json``: text-to-image classes load through
-``DiffusionPipeline``; others (an img2img or inpainting checkpoint, a Kandinsky decoder) through
-``AutoPipelineForText2Image``, which picks their text-to-image twin.
+``DiffusionPipeline``; others (an img2img checkpoint, a Kandinsky decoder) through
+``AutoPipelineForText2Image``, which picks their text-to-image twin. Pipelines that need an input
+image (inpainting, ControlNet ...) are refused before any weight is read (:func:`check_supported`).
 """
 from __future__ import annotations
 
