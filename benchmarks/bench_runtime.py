@@ -14,7 +14,10 @@ Three measurements, printed as a markdown table (paste into docs/benchmarks.md):
    bare runs alternate (at least 7 each) and the best run of each is compared: load from other
    processes only adds time. The ratio of medians is printed too;
 3. 8 concurrent single-image requests: micro-batching on (one batch of 8) vs off (8 threads
-   calling generate() directly, and the queue with max_batch_size=1).
+   calling generate() directly, and the queue with max_batch_size=1);
+4. (``--thread-scan``) seconds for 4 images at 1 .. physical-cores torch threads, next to the
+   count ``devices.default_threads()`` picks now (it reads the load average: run it while the
+   machine is busy and while it is idle). ``--thread-scan --only-threads`` runs just this.
 
 Without --model it builds a small random-weight Stable Diffusion pipeline (UNet 32/64 channels,
 64x64 images, like the embedded model's scale) with the test fixtures' builder. Random weights
@@ -159,6 +162,28 @@ def concurrency(loaded, args) -> dict:
     return out
 
 
+def thread_scan(loaded, args) -> dict:
+    """Seconds for 4 images (best of --repeats) at each thread count from 1 to the physical cores."""
+    import torch
+
+    from model_runtime import devices
+    from model_runtime.generation import GenerationRequest, generate
+
+    request = GenerationRequest("Axial CT image of the chest", num_images=4, seed=0, steps=args.steps,
+                                scheduler=args.scheduler, width=args.size, height=args.size)
+    before = torch.get_num_threads()
+    rows = []
+    try:
+        for count in range(1, devices.physical_cores() + 1):
+            torch.set_num_threads(count)
+            generate(loaded, request)  # warm-up at this count
+            rows.append({"threads": count, "seconds": min(timed(lambda: generate(loaded, request), args.repeats)),
+                         "load_average": os.getloadavg()[0]})
+    finally:
+        torch.set_num_threads(before)
+    return {"default_threads": devices.default_threads(), "physical_cores": devices.physical_cores(), "rows": rows}
+
+
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default=None, help="registry key, folder or cached Hub id (default: small SD)")
@@ -170,6 +195,8 @@ def main(argv=None) -> None:
     parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--json", action="store_true")
+    parser.add_argument("--thread-scan", action="store_true", help="also time 4 images at 1..cores threads")
+    parser.add_argument("--only-threads", action="store_true", help="with --thread-scan: nothing else")
     args = parser.parse_args(argv)
 
     import torch
@@ -187,10 +214,12 @@ def main(argv=None) -> None:
     results = {"model": label, "device": loaded.device, "dtype": str(loaded.dtype), "steps": args.steps,
                "size": args.size, "scheduler": args.scheduler, "threads": torch.get_num_threads(),
                "load_average": os.getloadavg()[0], "cpu": platform.processor() or platform.machine()}
-    results["throughput"] = [throughput(loaded, args, b) for b in (1, 4)]
-    overhead_rows = [overhead(loaded, args, b) for b in (1, 4)]
-    results["overhead"] = overhead_rows
-    results["concurrency"] = concurrency(loaded, args)
+    if args.thread_scan:
+        results["thread_scan"] = thread_scan(loaded, args)
+    if not (args.thread_scan and args.only_threads):
+        results["throughput"] = [throughput(loaded, args, b) for b in (1, 4)]
+        results["overhead"] = [overhead(loaded, args, b) for b in (1, 4)]
+        results["concurrency"] = concurrency(loaded, args)
     tmp.cleanup()
 
     if args.json:
@@ -198,6 +227,16 @@ def main(argv=None) -> None:
         return
     print(f"model: {label}; {results['device']} {results['dtype']}; {args.size}x{args.size}, {args.steps} steps "
           f"{args.scheduler}; torch threads {results['threads']}; load average {results['load_average']:.1f}\n")
+    if "thread_scan" in results:
+        scan = results["thread_scan"]
+        print(f"default_threads() now: {scan['default_threads']} (physical cores {scan['physical_cores']})\n")
+        print("| torch threads | s for 4 images (best of N) | load average |\n|---|---|---|")
+        for r in scan["rows"]:
+            print(f"| {r['threads']} | {r['seconds']:.2f} | {r['load_average']:.1f} |")
+        if args.only_threads:
+            return
+        print()
+    overhead_rows = results["overhead"]
     print("| batch | s per call | images/s |\n|---|---|---|")
     for r in results["throughput"]:
         print(f"| {r['batch']} | {r['seconds']:.3f} | {r['images_per_s']:.2f} |")

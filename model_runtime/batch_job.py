@@ -13,9 +13,17 @@ Unknown columns are an error (a typo must not be silently ignored). Image k of d
 (0-based) gets seed ``row seed + k``, so every image's seed depends only on (row, k): output does
 not depend on how the work is sharded.
 
-Output in ``out/``: ``images/r{row:05d}_{k:03d}.png`` (provenance inside, see provenance.py),
-``manifest.csv`` with exactly the study-ingest columns (path, source=synthetic, modality, prompt,
-generator, case_id, group) and ``generation.csv`` with every image's parameters.
+Output in ``out/``: ``images/r{row:05d}_{k:03d}.png`` (provenance inside, see provenance.py;
+with ``dicom=True`` also a DICOM Secondary Capture ``.dcm`` beside each), ``manifest.csv`` with
+exactly the study-ingest columns (path, source=synthetic, modality, prompt, generator, case_id,
+group) and ``generation.csv`` with every image's parameters and the size actually produced
+(pipelines round some sizes: Flux to multiples of 16, Kandinsky up to multiples of 64/8²).
+
+A prompt longer than the text encoder reads (CLIP: 77 tokens) is cut by the pipeline: the job
+warns once, ``manifest.csv``'s ``prompt`` is the text the model read (a reader study shows it
+next to the image), and ``generation.csv`` has the full ``prompt``, ``prompt_seen`` and
+``prompt_truncated``. Rows asking for a modality the model does not declare (see
+``model_runtime.modalities``) get one warning per modality before any work.
 
 Work is cut into fixed chunks of ``batch_size`` consecutive images (never mixing rows with and
 without a negative prompt), decided before anything runs; each chunk is one pipeline call, on
@@ -31,18 +39,24 @@ from __future__ import annotations
 import csv
 import dataclasses
 import hashlib
+import io
 import json
+import logging
 import os
 import pathlib
 import time
+import warnings
 from collections.abc import Callable
 
-from model_runtime import devices, loading, provenance
+from model_runtime import devices, loading, modalities, provenance, quiet
+
+log = logging.getLogger(__name__)
 
 SOURCE = "synthetic"
 MANIFEST_COLUMNS = ("path", "source", "modality", "prompt", "generator", "case_id", "group")
 DETAIL_COLUMNS = ("path", "row", "k", "prompt", "negative_prompt", "seed", "steps", "guidance_scale",
-                  "scheduler", "width", "height", "dtype", "model", "weights_sha256", "loras", "lora_sha256")
+                  "scheduler", "width", "height", "dtype", "model", "weights_sha256", "loras", "lora_sha256",
+                  "prompt_truncated", "prompt_seen", "threads")
 # LoadOptions that only say where to find the weights (the weights hash covers what was found)
 _LOCATION_OPTIONS = ("cache_dir", "revision", "hash_weights")
 CSV_COLUMNS = ("prompt", "modality", "negative_prompt", "n", "seed", "case_id", "group")
@@ -80,6 +94,18 @@ class ImageTask:
     @property
     def rel_path(self) -> str:
         return f"images/r{self.row:05d}_{self.k:03d}.png"
+
+    @property
+    def dicom_path(self) -> str:
+        return self.rel_path[:-len(".png")] + ".dcm"
+
+
+@dataclasses.dataclass(frozen=True)
+class Produced:
+    """What a finished image turned out to be (read back from its PNG)."""
+    width: int
+    height: int
+    prompt_seen: str | None   # None: the text encoders read the whole prompt
 
 
 @dataclasses.dataclass(frozen=True)
@@ -233,15 +259,11 @@ def generate_chunk(loaded, spec: JobSpec, chunk: list[ImageTask]) -> list[tuple[
 
 def _load_for_job(spec: JobSpec):
     import torch
-    from diffusers.utils import logging as diffusers_logging
 
     torch.set_num_threads(spec.threads)
     options = json.loads(spec.options_json) | {"hash_weights": False}
-    diffusers_logging.disable_progress_bar()  # "Loading pipeline components" would break our bar
-    try:
+    with quiet.loading_quietly():  # library loading bars would break our per-image bar
         return loading.load(spec.model, device=spec.device, dtype=spec.dtype, options=options)
-    finally:
-        diffusers_logging.enable_progress_bar()
 
 
 class RayChunkWorker:
@@ -276,16 +298,20 @@ def run_generate_job(model: str, out: str | os.PathLike, *, prompt: str | None =
                      height: int | None = None, batch_size: int = 1, engine: str = "local",
                      address: str | None = None, device: str | None = None, dtype: str | None = None,
                      threads: int | None = None, workers: int | None = None, extra: dict | None = None,
-                     options: dict | None = None, progress: bool = True,
+                     options: dict | None = None, progress: bool = True, dicom: bool = False,
+                     warn: Callable[[str], None] | None = None,
                      on_image: Callable[[ImageTask, pathlib.Path], None] | None = None) -> JobResult:
     """Generate every image of the job into ``out`` (resuming a previous run there).
 
-    ``threads``: torch intra-op threads per worker (default: this process's current setting);
-    the Ray engine gives each actor that many CPUs. ``workers``: Ray actors (default: one per
-    GPU, else CPUs // threads). ``on_image(task, path)`` is called after each PNG is written.
+    ``threads``: torch intra-op threads per worker (default: ``devices.default_threads()``,
+    physical cores capped and reduced on a busy machine); the Ray engine gives each actor that
+    many CPUs. ``workers``: Ray actors (default: one per GPU, else CPUs // threads).
+    ``dicom``: also write a DICOM Secondary Capture beside each PNG. ``warn(message)`` receives
+    warnings in words (modality not declared by the model, prompt cut by the text encoder;
+    default: the ``logging`` warning of this module). ``on_image(task, path)`` is called after
+    each PNG is written.
     """
-    import torch
-
+    warn = warn or log.warning
     t0 = time.perf_counter()
     if (prompt is None) == (prompts_csv is None):
         raise ValueError("give exactly one of prompt or prompts_csv")
@@ -308,6 +334,8 @@ def run_generate_job(model: str, out: str | os.PathLike, *, prompt: str | None =
     # before any model is loaded (fail fast on an unknown model).
     opts = loading.LoadOptions.coerce(options)
     path, entry = loading.resolve(model, revision=opts.revision, cache_dir=opts.cache_dir)
+    # an inpainting/ControlNet folder fails here, not in every worker
+    loading.check_supported(loading.config_root(path, opts.config, cache_dir=opts.cache_dir))
     loras = loading.adapters_for(entry, opts)
     adapters = [{"name": a.name, "scale": a.scale, "sha256": loading.file_sha256(a.file)} for a in loras]
     local = pathlib.Path(str(model)).expanduser()
@@ -327,21 +355,32 @@ def run_generate_job(model: str, out: str | os.PathLike, *, prompt: str | None =
         extra_json=json.dumps(extra or {}, sort_keys=True), device=device, dtype=dtype,
         options_json=json.dumps({k: v for k, v in dataclasses.asdict(opts).items()
                                  if v != getattr(loading.LoadOptions(), k)}, sort_keys=True),
-        threads=int(threads or torch.get_num_threads()),
+        threads=int(threads or devices.default_threads()),
         loras_json=json.dumps(adapters),
     )
     from model_runtime.generation import GenerationRequest
     GenerationRequest(prompt="x", steps=spec.steps, guidance_scale=spec.guidance_scale, width=spec.width,
                       height=spec.height, extra=extra or {})  # validates the shared parameters early
 
+    for message in modality_warnings(rows, modalities.declared(path=path, entry=entry), spec.model_label):
+        warn(message)
+
     out = pathlib.Path(out)
     (out / "images").mkdir(parents=True, exist_ok=True)
     tasks = plan_tasks(rows, seed=seed)
     chunks = plan_chunks(tasks, batch_size)
-    done = {(t.row, t.k) for t in tasks if _is_done(out, spec, t)}
+    produced: dict[tuple[int, int], Produced] = {}
+    for t in tasks:
+        info = _finished(out, spec, t)
+        if info is not None:
+            produced[(t.row, t.k)] = info
+            if dicom and not (out / t.dicom_path).is_file():
+                _write_dicom(out, t, (out / t.rel_path).read_bytes())
+    done = set(produced)
     todo = [c for c in chunks if not all((t.row, t.k) in done for t in c)]
     skipped = sum(len(c) for c in chunks if c not in todo)
-    writer = _ManifestWriter(out, spec, tasks, done)
+    writer = _ManifestWriter(out, spec, tasks, produced)
+    warned_truncation = any(p.prompt_seen is not None for p in produced.values())
 
     from tqdm.auto import tqdm
     bar = tqdm(total=len(tasks), initial=skipped, unit="img", desc="generate", disable=not progress)
@@ -349,10 +388,20 @@ def run_generate_job(model: str, out: str | os.PathLike, *, prompt: str | None =
     used_workers = 0
 
     def accept(task: ImageTask, data: bytes) -> None:
-        nonlocal generated
+        nonlocal generated, warned_truncation
         target = out / task.rel_path
+        info = _produced(data)
+        if info.prompt_seen is not None and not warned_truncation:
+            warned_truncation = True
+            with tqdm.external_write_mode():  # print above the progress bar, not through it
+                warn(f"{task_where(rows, task)}: the prompt is longer than the model's text encoder reads; "
+                     f"it read only \"{info.prompt_seen}\" and ignored the rest (warned once per job). "
+                     "manifest.csv gets the text the model read; generation.csv has both "
+                     "(prompt, prompt_seen, prompt_truncated).")
         provenance.atomic_write(target, lambda fh: fh.write(data))
-        writer.add(task)
+        if dicom:
+            _write_dicom(out, task, data)
+        writer.add(task, info)
         generated += 1
         bar.update(1)
         if on_image is not None:
@@ -391,19 +440,73 @@ def resolve_device(device: str | None, dtype: str | None, *, address: str | None
 
 def _is_done(out: pathlib.Path, spec: JobSpec, task: ImageTask) -> bool:
     """The PNG exists, is intact (chunk CRCs) and was made for exactly this task."""
+    return _finished(out, spec, task) is not None
+
+
+def _finished(out: pathlib.Path, spec: JobSpec, task: ImageTask) -> Produced | None:
+    """What the task's PNG holds, if it exists, is intact and was made for exactly this task."""
     from PIL import Image
 
     target = out / task.rel_path
     if not target.is_file():
-        return False
+        return None
     try:
         with Image.open(target) as im:
             raw = im.info.get(provenance.PNG_JSON_KEY)  # our chunks precede the image data
+            size = im.size
             im.verify()  # reads every chunk and checks its CRC without decoding pixels
         rec = json.loads(raw) if raw else None
     except Exception:  # truncated, corrupt or foreign: regenerate it
-        return False
-    return bool(rec) and rec.get("job", {}).get("fingerprint") == spec.fingerprint(task)
+        return None
+    if not rec or rec.get("job", {}).get("fingerprint") != spec.fingerprint(task):
+        return None
+    return Produced(width=size[0], height=size[1], prompt_seen=rec.get("prompt_seen"))
+
+
+def _produced(data: bytes) -> Produced:
+    """Size and read prompt of a PNG made by generate_chunk (from its header and JSON chunk)."""
+    from PIL import Image
+
+    with Image.open(io.BytesIO(data)) as im:
+        raw = im.info.get(provenance.PNG_JSON_KEY)
+        size = im.size
+    rec = json.loads(raw) if raw else {}
+    return Produced(width=size[0], height=size[1], prompt_seen=rec.get("prompt_seen"))
+
+
+def _write_dicom(out: pathlib.Path, task: ImageTask, data: bytes) -> None:
+    """The DICOM Secondary Capture of a finished PNG (same pixels, same provenance record);
+    greyscale modalities (CT, MR, DX, NM, OCT ...) as MONOCHROME2."""
+    from PIL import Image
+
+    with Image.open(io.BytesIO(data)) as im:
+        im.load()
+        rec = json.loads(im.info[provenance.PNG_JSON_KEY])
+        image = im.convert("RGB")
+    code = provenance.dicom_modality(task.modality)
+    grey = True if code in provenance.GREYSCALE_DICOM_MODALITIES else None
+    provenance.save_dicom(image, out / task.dicom_path, rec=rec, modality=code, grayscale=grey)
+
+
+def task_where(rows: list[PromptRow], task: ImageTask) -> str:
+    """Where a task came from, for messages ("prompts.csv line 3", "--prompt")."""
+    return rows[task.row].where if 0 <= task.row < len(rows) else f"row {task.row}"
+
+
+def modality_warnings(rows: list[PromptRow], declared: tuple[str, ...], model_label: str) -> list[str]:
+    """One message per modality the rows ask for (prompt or modality column) and the model
+    does not declare; none when the model declares no modalities."""
+    asked: dict[str, list[str]] = {}
+    for r in rows:
+        for name in sorted(modalities.unknown_to(declared, r.prompt, r.modality)):
+            asked.setdefault(name, []).append(r.where)
+    messages = []
+    for name, where in asked.items():
+        shown = ", ".join(where[:3]) + (f" and {len(where) - 3} more" if len(where) > 3 else "")
+        messages.append(f"model {model_label!r} does not know {name} images (asked for in {shown}); it was "
+                        f"trained on {', '.join(declared)}, so these images will show one of those, "
+                        f"not {name}.")
+    return messages
 
 
 def _run_local(spec: JobSpec, chunks: list[list[ImageTask]], accept) -> None:
@@ -428,11 +531,13 @@ def _run_ray(spec: JobSpec, chunks: list[list[ImageTask]], accept, *, address: s
     started = False
     env = {"env_vars": {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}}
     if not ray.is_initialized():
+        # WARNING level: Ray's INFO lines ("Started a local Ray instance", "execution finished")
+        # would interleave with the per-image bar; its warnings and errors still show
         if address:
-            ray.init(address=address, runtime_env=env, log_to_driver=False)
+            ray.init(address=address, runtime_env=env, log_to_driver=False, logging_level=logging.WARNING)
         else:
             ray.init(num_cpus=max(2, spec.threads), include_dashboard=False, runtime_env=env,
-                     log_to_driver=False)
+                     log_to_driver=False, logging_level=logging.WARNING)
         started = True
     ctx = ray.data.DataContext.get_current()
     ctx.enable_progress_bars = False  # ours is the per-image bar; Ray's would interleave with it
@@ -450,37 +555,69 @@ def _run_ray(spec: JobSpec, chunks: list[list[ImageTask]], accept, *, address: s
         by_key = {(t.row, t.k): t for c in chunks for t in c}
         items = [{"chunk": json.dumps([dataclasses.asdict(t) for t in c])} for c in chunks]
         ds = ray.data.from_items(items, override_num_blocks=len(items))
-        ds = ds.map_batches(
-            RayChunkWorker, fn_constructor_kwargs={"spec_json": spec_json}, batch_size=1,
+        map_args = dict(
+            fn_constructor_kwargs={"spec_json": spec_json}, batch_size=1,
             # one chunk (seconds of work) per actor at a time: no actor queues chunks while others idle
             compute=ray.data.ActorPoolStrategy(size=workers, max_tasks_in_flight_per_actor=1),
             num_gpus=1 if use_gpu else 0, num_cpus=spec.threads)
+        try:
+            # No actor restarts: Ray Data keeps the constructor arguments in the object store and,
+            # with restarts on, every actor logs a core_worker error line about it. A crashed
+            # actor fails the job instead; a rerun resumes from the finished PNGs. max_restarts
+            # is only accepted as a deprecated extra remote argument (Ray 2.60).
+            with warnings.catch_warnings():
+                warnings.filterwarnings("ignore", message="`ray_remote_args` is deprecated")
+                ds = ds.map_batches(RayChunkWorker, **map_args, max_restarts=0)
+        except TypeError:  # a Ray that no longer takes extra remote arguments
+            ds = ds.map_batches(RayChunkWorker, **map_args)
         used = set()
-        for row in ds.iter_rows():
-            accept(by_key[(int(row["row"]), int(row["k"]))], bytes(row["png"]))
-            used.add(row["worker"])
+        try:
+            for row in ds.iter_rows():
+                accept(by_key[(int(row["row"]), int(row["k"]))], bytes(row["png"]))
+                used.add(row["worker"])
+        except Exception as exc:
+            raise _worker_error(exc) from None
         return len(used)
     finally:
         if started:
             ray.shutdown()
 
 
+def _worker_error(exc: BaseException) -> BaseException:
+    """The error a Ray actor raised, unwrapped from Ray's exception chain when it is one the CLI
+    reports in one line (non-finite output, a refused pipeline); else ``exc`` unchanged."""
+    from model_runtime.generation import NonFiniteOutputError
+
+    seen = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if isinstance(current, (NonFiniteOutputError, loading.UnsupportedPipelineError)):
+            # a Ray-wrapped instance prints the remote traceback; its last line is the message
+            last = str(current).strip().splitlines()[-1] if str(current).strip() else ""
+            cls = NonFiniteOutputError if isinstance(current, NonFiniteOutputError) \
+                else loading.UnsupportedPipelineError
+            return cls(last.removeprefix(f"{cls.__name__}: "))
+        current = current.__cause__ or current.__context__
+    return exc
+
+
 class _ManifestWriter:
     """Keeps manifest.csv and generation.csv in step with the PNGs on disk (atomic rewrites,
     at most every few seconds, sorted by row and image)."""
 
-    def __init__(self, out: pathlib.Path, spec: JobSpec, tasks: list[ImageTask], done: set):
+    def __init__(self, out: pathlib.Path, spec: JobSpec, tasks: list[ImageTask], produced: dict):
         self.out, self.spec = out, spec
         self.manifest = out / "manifest.csv"
         self.details = out / "generation.csv"
         self.order = {(t.row, t.k): i for i, t in enumerate(tasks)}
         self.tasks = {(t.row, t.k): t for t in tasks}
-        self.done = set(done)
+        self.produced: dict[tuple[int, int], Produced] = dict(produced)
         self.last = 0.0
         self.flush(force=True)
 
-    def add(self, task: ImageTask) -> None:
-        self.done.add((task.row, task.k))
+    def add(self, task: ImageTask, info: Produced) -> None:
+        self.produced[(task.row, task.k)] = info
         self.flush()
 
     def flush(self, *, force: bool = False) -> None:
@@ -488,7 +625,7 @@ class _ManifestWriter:
         if not force and now - self.last < 2.0:
             return
         self.last = now
-        finished = sorted(self.done, key=self.order.__getitem__)
+        finished = sorted(self.produced, key=self.order.__getitem__)
         spec = self.spec
         manifest_rows = []
         detail_rows = []
@@ -497,10 +634,14 @@ class _ManifestWriter:
         lora_hashes = " ".join(a["sha256"][:12] for a in adapters)
         for key in finished:
             t = self.tasks[key]
-            manifest_rows.append([t.rel_path, SOURCE, t.modality, t.prompt, spec.model_label, t.case_id, t.group])
+            info = self.produced[key]
+            # the study shows the manifest prompt beside the image: only text the model read
+            seen = t.prompt if info.prompt_seen is None else info.prompt_seen
+            manifest_rows.append([t.rel_path, SOURCE, t.modality, seen, spec.model_label, t.case_id, t.group])
             detail_rows.append([t.rel_path, t.row, t.k, t.prompt, t.negative_prompt, t.seed, spec.steps,
-                                f"{spec.guidance_scale:g}", spec.scheduler, spec.width, spec.height,
-                                spec.dtype or "auto", spec.model_label, spec.weights_sha256, lora_tags, lora_hashes])
+                                f"{spec.guidance_scale:g}", spec.scheduler, info.width, info.height,
+                                spec.dtype or "auto", spec.model_label, spec.weights_sha256, lora_tags, lora_hashes,
+                                "false" if info.prompt_seen is None else "true", seen, spec.threads])
         _write_csv(self.manifest, MANIFEST_COLUMNS, manifest_rows)
         _write_csv(self.details, DETAIL_COLUMNS, detail_rows)
 

@@ -22,6 +22,7 @@ import dataclasses
 import functools
 import inspect
 import json
+import logging
 import math
 import numbers
 import secrets
@@ -33,8 +34,11 @@ from collections.abc import Callable, Sequence
 import torch
 from diffusers import DiffusionPipeline, SchedulerMixin
 
-from model_runtime import devices, schedulers
-from model_runtime.loading import LoadedModel
+from model_runtime import devices, quiet, schedulers
+from model_runtime.loading import LoadedModel, denoiser_sha256
+
+log = logging.getLogger(__name__)
+quiet.install()  # diffusers' per-call "input was truncated" dump: we say it once, in words
 
 MAX_SEED = 2**63 - 1
 # Offset for the generators of negative-prompt prior samples (Kandinsky): any fixed value works,
@@ -44,6 +48,10 @@ _NEGATIVE_SEED_OFFSET = 0x5EED_0000_0000
 
 class GenerationCancelled(RuntimeError):
     """Raised by generate() when its cancel event was set during the run."""
+
+
+class NonFiniteOutputError(RuntimeError):
+    """The model produced NaN or infinite values: corrupted weights, or fp16 overflow."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -126,6 +134,9 @@ class GeneratedImage:
     dtype: str
     seconds: float = 0.0       # wall time of the forward pass that produced it (shared by its batch)
     loras: list = dataclasses.field(default_factory=list)  # fused adapters: {"name", "scale", "sha256"}
+    sampler_a1111: str = ""    # A1111's name for the scheduler when it differs from ``scheduler``
+    denoiser_sha256: str = ""  # sha256 of the UNet/transformer weight file (A1111's "Model hash")
+    prompt_seen: str | None = None  # the part of the prompt the text encoders read; None: all of it
 
     def parameters(self) -> dict:
         return {"prompt": self.prompt, "negative_prompt": self.negative_prompt, "seed": self.seed,
@@ -190,8 +201,9 @@ def run_slots(loaded: LoadedModel, shared: Shared, slots: Sequence[Slot], *,
     params = _call_parameters(type(pipe))
     prompts = [s.prompt for s in slots]
     generators = [torch.Generator("cpu").manual_seed(s.seed) for s in slots]
+    # "np", not "pil": a PIL conversion turns NaN into black pixels, which would pass as an image
     kwargs = dict(prompt=prompts, num_inference_steps=shared.steps, guidance_scale=shared.guidance_scale,
-                  height=shared.height, width=shared.width, num_images_per_prompt=1, output_type="pil")
+                  height=shared.height, width=shared.width, num_images_per_prompt=1, output_type="np")
     if shared.has_negative:
         if "negative_prompt" not in params:
             raise ValueError(f"{type(pipe).__name__} does not take a negative prompt")
@@ -219,10 +231,13 @@ def run_slots(loaded: LoadedModel, shared: Shared, slots: Sequence[Slot], *,
         def on_step_end(pipe_, i, _t, callback_kwargs):
             # higher-order samplers (Heun, DPM2) run ~2 model calls per step: scale to steps
             loop_len = getattr(pipe_, "_num_timesteps", None) or stage_steps
-            report(round((i + 1) * stage_steps / loop_len))
+            done = round((i + 1) * stage_steps / loop_len)
+            _check_finite(callback_kwargs.get("latents"), f"the latents after step {done} of {stage_steps}")
+            report(done)
             return callback_kwargs
 
-        def legacy(step_index, _t, _latents):  # PixArt-style callback(step, timestep, latents)
+        def legacy(step_index, _t, latents):  # PixArt-style callback(step, timestep, latents)
+            _check_finite(latents, f"the latents after step {step_index + 1} of {stage_steps}")
             report(step_index + 1)
 
         return on_step_end, legacy
@@ -240,7 +255,38 @@ def run_slots(loaded: LoadedModel, shared: Shared, slots: Sequence[Slot], *,
             images = pipe(**kwargs).images
     else:
         images = pipe(**kwargs).images
-    return list(images)
+    return to_pil(images)
+
+
+def _check_finite(values, what: str) -> None:
+    if values is None or not torch.is_tensor(values):
+        return
+    if not bool(torch.isfinite(values).all()):
+        raise NonFiniteOutputError(
+            f"the model produced NaN/infinite values in {what}: its weights are probably corrupted "
+            "(or a half-precision overflow: try --dtype fp32); no image was written")
+
+
+def to_pil(images) -> list:
+    """PIL images from a pipeline's "np" output (floats in [0, 1]), refusing NaN/inf.
+
+    The same arithmetic as diffusers' own PIL conversion (``numpy_to_pil``: x255, round, uint8),
+    so the bytes equal an ``output_type="pil"`` run; only a non-finite value now fails instead
+    of becoming a black pixel.
+    """
+    import numpy as np
+
+    if isinstance(images, list) and images and not isinstance(images[0], np.ndarray):
+        return list(images)  # a pipeline that ignores output_type and returns PIL already
+    array = np.asarray(images)
+    if not np.isfinite(array).all():
+        raise NonFiniteOutputError(
+            "the model produced NaN/infinite values in the decoded image: its weights (VAE or "
+            "denoiser) are probably corrupted (or a half-precision overflow: try --dtype fp32); "
+            "no image was written")
+    if array.ndim == 3:
+        array = array[None, ...]
+    return DiffusionPipeline.numpy_to_pil(array)
 
 
 def _is_prior_pipeline(pipe) -> bool:
@@ -351,14 +397,80 @@ def generate(loaded: LoadedModel, request: GenerationRequest, *,
         for slot, image in zip(chunk, images):
             out.append(make_result(loaded, shared, slot, image, index=slot.seed - int(request.seed),
                                    seconds=seconds))
+    if out and out[0].prompt_seen is not None:
+        log.warning(truncation_message(request.prompt, out[0].prompt_seen))
     return out
+
+
+def truncation_message(prompt: str, seen: str) -> str:
+    """One warning in words for a prompt longer than the text encoder reads."""
+    return (f"the prompt is longer than the model's text encoder reads: it used only the first "
+            f"{len(seen)} of {len(prompt)} characters, up to \"...{seen[-40:]}\"; the rest had no effect. "
+            "The text it read is recorded with the image (prompt_seen).")
 
 
 def make_result(loaded: LoadedModel, shared: Shared, slot: Slot, image, *, index: int,
                 seconds: float = 0.0) -> GeneratedImage:
+    sampler = schedulers.a1111_label(shared.scheduler, loaded.pipe.scheduler)
     return GeneratedImage(
         image=image, prompt=slot.prompt, negative_prompt=slot.negative_prompt, seed=slot.seed, index=index,
         steps=shared.steps, guidance_scale=shared.guidance_scale, scheduler=shared.scheduler,
         width=image.width, height=image.height, extra=shared.extra, model_id=loaded.model_id,
         model_name=loaded.name, pipeline_class=loaded.pipeline_class, weights_sha256=loaded.weights_hash,
-        device=loaded.device, dtype=devices.dtype_name(loaded.dtype), seconds=seconds, loras=loaded.loras)
+        device=loaded.device, dtype=devices.dtype_name(loaded.dtype), seconds=seconds, loras=loaded.loras,
+        sampler_a1111=sampler if sampler != shared.scheduler else "",
+        denoiser_sha256=denoiser_sha256(loaded.path, subfolder=loaded.options.unet_subfolder,
+                                        variant=loaded.options.variant),
+        prompt_seen=prompt_seen(loaded, slot.prompt, shared.extra))
+
+
+# --- what the text encoders read --------------------------------------------------------
+
+def prompt_seen(loaded: LoadedModel, prompt: str, extra: dict | None = None) -> str | None:
+    """The part of ``prompt`` the model's text encoders read, or None when they read all of it.
+
+    Each tokenizer of the pipeline keeps at most its encoder's limit of tokens (CLIP: 77 with
+    the start/end tokens; a T5 encoder: the pipeline's ``max_sequence_length``) and drops the
+    rest silently. With several encoders (SD3, Flux: CLIP + T5) the one that reads furthest
+    counts. The result is the prompt's own text up to the last token kept, so a reader study
+    can show exactly what the model was conditioned on. A word cut in the middle is left out,
+    so every word of the result was read in full.
+    """
+    tokenizers = list(_thread_tokenizers(loaded).values())  # private copies: thread-safe
+    if not tokenizers:
+        return None
+    furthest = 0
+    for tokenizer in tokenizers:
+        end = _kept_chars(tokenizer, prompt, _token_limit(tokenizer, type(loaded.pipe), extra or {}))
+        if end is None:
+            return None
+        furthest = max(furthest, end)
+    return prompt[:furthest].rstrip()
+
+
+def _token_limit(tokenizer, pipe_cls, extra: dict) -> int:
+    if "T5" in type(tokenizer).__name__:
+        param = inspect.signature(pipe_cls.__call__).parameters.get("max_sequence_length")
+        if param is not None:
+            return int(extra.get("max_sequence_length", param.default))
+    return int(tokenizer.model_max_length)
+
+
+def _kept_chars(tokenizer, prompt: str, limit: int) -> int | None:
+    """Characters of ``prompt`` covered by the tokens kept under ``limit``; None if all fit."""
+    encoded = tokenizer(prompt, truncation=False, add_special_tokens=True, return_offsets_mapping=True,
+                        verbose=False)  # no "sequence length is longer than" warning: we know
+    ids = encoded["input_ids"]
+    if len(ids) <= limit:
+        return None
+    special = set(tokenizer.all_special_ids)
+    content = [(i, off) for i, off in zip(ids, encoded["offset_mapping"]) if i not in special]
+    keep = max(0, limit - (len(ids) - len(content)))  # the specials (start/end) are always kept
+    if keep == 0:
+        return 0
+    end = int(content[keep - 1][1][1])
+    if 0 < end < len(prompt) and prompt[end - 1].isalnum() and prompt[end].isalnum():
+        # the cut falls inside a word: the model read only its first pieces, so the word is
+        # left out (what is shown as "read" must all have been read)
+        end = max(0, prompt.rfind(" ", 0, end))
+    return end

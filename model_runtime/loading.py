@@ -5,8 +5,9 @@ Hugging Face Hub id. Hub ids are resolved from the local cache only — the runt
 downloads — so a missing model fails fast with :class:`ModelNotFoundError` saying how to get it.
 
 The pipeline class comes from ``model_index.json``: text-to-image classes load through
-``DiffusionPipeline``; others (an img2img or inpainting checkpoint, a Kandinsky decoder) through
-``AutoPipelineForText2Image``, which picks their text-to-image twin.
+``DiffusionPipeline``; others (an img2img checkpoint, a Kandinsky decoder) through
+``AutoPipelineForText2Image``, which picks their text-to-image twin. Pipelines that need an input
+image (inpainting, ControlNet ...) are refused before any weight is read (:func:`check_supported`).
 """
 from __future__ import annotations
 
@@ -33,6 +34,10 @@ _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 
 class ModelNotFoundError(LookupError):
     """Neither a local diffusers directory nor a Hub id present in the local cache."""
+
+
+class UnsupportedPipelineError(ValueError):
+    """A checkpoint for a task the runtime does not run (inpainting, ControlNet ...)."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -222,9 +227,13 @@ def _from_hub_cache(repo_id: str, *, revision: str | None, cache_dir: str | None
 def load(model: str | os.PathLike, *, device: str | None = None, dtype: str | torch.dtype | None = None,
          options: LoadOptions | dict | None = None) -> LoadedModel:
     """Load ``model`` for text-to-image generation on ``device`` in ``dtype`` (defaults: see devices)."""
+    from model_runtime import quiet
+
+    quiet.install()  # transformers' torchvision-fallback notices during loading (see quiet.py)
     opts = LoadOptions.coerce(options)
     path, entry = resolve(model, revision=opts.revision, cache_dir=opts.cache_dir)
     root = config_root(path, opts.config, cache_dir=opts.cache_dir)
+    check_supported(root)
     index = json.loads((root / "model_index.json").read_text(encoding="utf-8"))
     class_name = index.get("_class_name", "")
     device = devices.pick_device(device)
@@ -354,6 +363,44 @@ def _from_pretrained(path: pathlib.Path, class_name: str, kwargs: dict):
     if "prompt" not in _call_parameters(pipe):
         raise ModelNotFoundError(f"{class_name} at {path} is not a text-to-image pipeline (its call takes no prompt)")
     return pipe
+
+
+# Pipelines that need an input image besides the prompt (mask, control image, image to edit):
+# loaded as text-to-image they would die mid-run with a shape error, so they are refused at load.
+# img2img checkpoints are not here: the same weights load as their text-to-image twin.
+_IMAGE_CONDITIONED = (
+    ("Inpaint", "an inpainting pipeline (it needs an image and a mask)"),
+    ("Fill", "an inpainting pipeline (it needs an image and a mask)"),
+    ("PaintByExample", "an inpainting pipeline (it needs an image, a mask and an example)"),
+    ("Control", "a ControlNet / control pipeline (it needs a control image)"),
+    ("Adapter", "a T2I-Adapter pipeline (it needs a control image)"),
+    ("InstructPix2Pix", "an image-editing pipeline (it needs an image to edit)"),
+    ("Depth2Img", "a depth-to-image pipeline (it needs an input image)"),
+    ("Upscale", "an upscaling pipeline (it needs a low-resolution image)"),
+    ("ImageVariation", "an image-variation pipeline (it needs an input image)"),
+)
+SUPPORTED_TASKS = ("text-to-image checkpoints (SD 1.x/2.x, SDXL, PixArt, SD3, Flux, Kandinsky 2.2, ...); "
+                   "img2img checkpoints load as their text-to-image pipeline")
+
+
+def check_supported(path: str | os.PathLike) -> None:
+    """Refuse a checkpoint whose pipeline needs an input image, from its configs alone (no
+    weights read): UnsupportedPipelineError names the class and what the runtime runs."""
+    root = pathlib.Path(path)
+    class_name = pipeline_class_name(root)
+    for marker, what in _IMAGE_CONDITIONED:
+        if marker in class_name:
+            raise UnsupportedPipelineError(
+                f"{root} is a {class_name}: {what}. MediSyn Studio generates images from text only; "
+                f"it runs {SUPPORTED_TASKS}.")
+    # an inpainting UNet saved under a text-to-image class: latents + mask + masked image channels
+    unet = _read_json(root / "unet" / "config.json") or {}
+    vae = _read_json(root / "vae" / "config.json") or {}
+    if unet.get("in_channels") and vae.get("latent_channels") and unet["in_channels"] != vae["latent_channels"]:
+        raise UnsupportedPipelineError(
+            f"{root} ({class_name or 'no pipeline class'}): its UNet takes {unet['in_channels']} input channels "
+            f"but the VAE makes {vae['latent_channels']}-channel latents, so it is an inpainting or otherwise "
+            f"image-conditioned UNet. MediSyn Studio runs {SUPPORTED_TASKS}.")
 
 
 def _is_known_task(class_name: str) -> bool:
@@ -524,6 +571,46 @@ def file_sha256(path: pathlib.Path) -> str:
     with _file_hash_lock:
         _file_hash_cache[key] = digest
     return digest
+
+
+def denoiser_weights_files(path: str | os.PathLike, *, subfolder: str | None = None,
+                           variant: str | None = None) -> list[pathlib.Path]:
+    """The denoiser's weight file(s) — UNet or transformer — of a diffusers folder.
+
+    This is "the weights file" of A1111's ``Model hash`` for a diffusers checkpoint: the part a
+    fine-tune changes (text encoders and VAE are usually the base model's). safetensors are
+    preferred over .bin, the ``variant`` file over the plain one; a sharded denoiser gives its
+    shards in order. Empty when there is none (e.g. a combined pipeline with other names).
+    """
+    root = pathlib.Path(path)
+    folders = [subfolder] if subfolder else ["unet", "transformer"]
+    for sub in folders:
+        folder = root / sub
+        if not folder.is_dir():
+            continue
+        for suffix in (".safetensors", ".bin"):
+            stems = [f"diffusion_pytorch_model.{variant}", "diffusion_pytorch_model"] if variant \
+                else ["diffusion_pytorch_model"]
+            for stem in stems:
+                single = folder / f"{stem}{suffix}"
+                if single.is_file():
+                    return [single]
+                shards = sorted(folder.glob(f"{stem}-*-of-*{suffix}"))
+                if shards:
+                    return shards
+    return []
+
+
+def denoiser_sha256(path: str | os.PathLike, *, subfolder: str | None = None,
+                    variant: str | None = None) -> str:
+    """sha256 of the denoiser's weight file (A1111's ``Model hash`` is its first 10 hex digits);
+    for a sharded denoiser, the sha256 of its "name:sha256" lines; "" when there is none."""
+    files = denoiser_weights_files(path, subfolder=subfolder, variant=variant)
+    if not files:
+        return ""
+    if len(files) == 1:
+        return file_sha256(files[0])
+    return hashlib.sha256("\n".join(f"{f.name}:{file_sha256(f)}" for f in files).encode()).hexdigest()
 
 
 def weights_hash(path: str | os.PathLike, *, extra=()) -> str:

@@ -4,8 +4,14 @@ PNG: a tEXt chunk ``parameters`` in the AUTOMATIC1111 format that Civitai, Invok
 Fooocus read::
 
     <prompt>
-    Negative prompt: <negative prompt>          (line omitted when empty, as A1111 does)
-    Steps: 30, Sampler: DPM++ 2M Karras, CFG scale: 7, Seed: 1234, Size: 512x512, Model: <name>
+    Negative prompt: <negative prompt>          (always written, empty or not: ComfyUI's importer
+                                                 skips text without it)
+    Steps: 30, Sampler: DPM++ 2M Karras, CFG scale: 7, Seed: 1234, Size: 512x512, Model hash: 0123456789, Model: <name>
+
+``Sampler`` is A1111's name when the scheduler maps to one (the checkpoint's own
+``DDIMScheduler`` is "DDIM"), else the scheduler's class name. ``Model hash`` is A1111's short
+hash: the first 10 hex digits of the sha256 of the denoiser's weight file (see
+``loading.denoiser_weights_file``); it is left out when there is none.
 
 plus a chunk ``medisyn`` holding JSON: ``"synthetic": true``, model id and weights sha256, every
 generation parameter, software and library versions. No timestamp: the same inputs give the
@@ -28,12 +34,13 @@ import os
 import pathlib
 import re
 import tempfile
+import threading
 
 PNG_PARAMETERS_KEY = "parameters"
 PNG_JSON_KEY = "medisyn"
 DICOM_PRIVATE_GROUP = 0x0011
 DICOM_PRIVATE_CREATOR = "MEDISYN PROVENANCE"
-_A1111_ORDER = ("Steps", "Sampler", "CFG scale", "Seed", "Size", "Model")
+_A1111_ORDER = ("Steps", "Sampler", "CFG scale", "Seed", "Size", "Model hash", "Model")
 
 
 @functools.lru_cache(maxsize=None)
@@ -81,7 +88,7 @@ def record(img) -> dict:
     """The JSON provenance of a GeneratedImage."""
     params = img.parameters()
     params["index"] = img.index
-    return {
+    rec = {
         "synthetic": True,
         "software": software_version(),
         "model": {"id": str(img.model_id), "name": img.model_name, "pipeline": img.pipeline_class,
@@ -89,7 +96,20 @@ def record(img) -> dict:
         "parameters": params,
         "runtime": {"device": img.device, "dtype": img.dtype, "torch": _version("torch"),
                     "diffusers": _version("diffusers"), "transformers": _version("transformers")},
-    } | ({"loras": list(img.loras)} if getattr(img, "loras", None) else {})
+    }
+    if getattr(img, "loras", None):
+        rec["loras"] = list(img.loras)
+    denoiser = getattr(img, "denoiser_sha256", "")
+    if denoiser:
+        rec["model"]["denoiser_sha256"] = denoiser
+    sampler = getattr(img, "sampler_a1111", "")
+    if sampler:
+        rec["parameters_a1111"] = {"sampler": sampler}
+    if getattr(img, "prompt_seen", None) is not None:
+        # the text encoder read only this much of the prompt (see generation.prompt_seen)
+        rec["prompt_truncated"] = True
+        rec["prompt_seen"] = img.prompt_seen
+    return rec
 
 
 def lora_tags(rec: dict) -> str:
@@ -112,13 +132,16 @@ def _number(value: float) -> str:
 def a1111_parameters(rec: dict) -> str:
     """The A1111 ``parameters`` text for a provenance record (see module docstring)."""
     p = rec["parameters"]
-    # A1111 keeps the adapters as tags in the prompt text itself, and their hashes in the fields
-    lines = [" ".join(filter(None, [p["prompt"], lora_tags(rec)]))]
-    if p.get("negative_prompt"):
-        lines.append(f"Negative prompt: {p['negative_prompt']}")
-    fields = {"Steps": p["steps"], "Sampler": p["scheduler"], "CFG scale": _number(p["guidance_scale"]),
-              "Seed": p["seed"], "Size": f"{p['width']}x{p['height']}", "Model": model_label(rec["model"]["id"])}
-    line = ", ".join(f"{k}: {_quote(fields[k])}" for k in _A1111_ORDER)
+    # Always the negative line, even empty: ComfyUI's A1111 importer ignores text without it.
+    # A1111 keeps LoRA adapters as tags in the prompt text itself, and their hashes in the fields.
+    lines = [" ".join(filter(None, [p["prompt"], lora_tags(rec)])),
+             f"Negative prompt: {p.get('negative_prompt') or ''}".rstrip()]
+    sampler = (rec.get("parameters_a1111") or {}).get("sampler") or p["scheduler"]
+    denoiser = rec["model"].get("denoiser_sha256") or ""
+    fields = {"Steps": p["steps"], "Sampler": sampler, "CFG scale": _number(p["guidance_scale"]),
+              "Seed": p["seed"], "Size": f"{p['width']}x{p['height']}", "Model hash": denoiser[:10],
+              "Model": model_label(rec["model"]["id"])}
+    line = ", ".join(f"{k}: {_quote(fields[k])}" for k in _A1111_ORDER if fields[k] != "")
     if rec.get("loras"):
         line += ", Lora hashes: " + _quote(", ".join(f"{i['name']}: {i['sha256'][:12]}" for i in rec["loras"]))
     lines.append(line)
@@ -133,8 +156,8 @@ def parse_a1111_parameters(text: str) -> dict:
     body = lines[:-1]
     negative = ""
     for i, line in enumerate(body):
-        if line.startswith("Negative prompt: "):
-            negative = "\n".join([line[len("Negative prompt: "):]] + body[i + 1:])
+        if line.startswith("Negative prompt:"):
+            negative = "\n".join([line[len("Negative prompt:"):].removeprefix(" ")] + body[i + 1:])
             body = body[:i]
             break
     out = {"prompt": "\n".join(body), "negative_prompt": negative}
@@ -168,6 +191,8 @@ def atomic_write(path: pathlib.Path, write) -> pathlib.Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        # mkstemp creates 0600; an output file gets the mode open() would give it (0666 - umask)
+        os.fchmod(fd, 0o666 & ~current_umask())
         with os.fdopen(fd, "wb") as fh:
             write(fh)
             fh.flush()
@@ -180,6 +205,25 @@ def atomic_write(path: pathlib.Path, write) -> pathlib.Path:
             pass
         raise
     return path
+
+
+def current_umask() -> int:
+    """The process umask, read without changing it where the OS allows (Linux /proc); else
+    set-and-restore, which is a brief process-wide change."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as fh:
+            for line in fh:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    with _UMASK_LOCK:
+        mask = os.umask(0o022)
+        os.umask(mask)
+    return mask
+
+
+_UMASK_LOCK = threading.Lock()
 
 
 def png_bytes(image, rec: dict) -> bytes:
@@ -225,17 +269,23 @@ def save_dicom(img, path, *, rec: dict | None = None, modality: str = "OT",
                grayscale: bool | None = None) -> pathlib.Path:
     """Export as a DICOM Secondary Capture marked synthetic, carrying the same provenance.
 
-    ``grayscale`` None: MONOCHROME2 when the three channels are identical, else RGB.
+    ``grayscale`` None: MONOCHROME2 when the three channels are identical, else RGB; True:
+    MONOCHROME2 from the image's luminance (PIL "L"), for greyscale modalities whose generated
+    RGB channels differ slightly (see :func:`dicom_modality`).
     """
     import numpy as np
     from pydicom.dataset import Dataset, FileMetaDataset
     from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage, generate_uid
 
     rec = rec if rec is not None else record(img)
-    image = getattr(img, "image", img).convert("RGB")
+    source = getattr(img, "image", img)
+    image = source.convert("RGB")
     pixels = np.asarray(image, dtype=np.uint8)
     if grayscale is None:
         grayscale = bool((pixels[..., 0] == pixels[..., 1]).all() and (pixels[..., 0] == pixels[..., 2]).all())
+    elif grayscale:
+        grey = np.asarray(source.convert("L"), dtype=np.uint8)
+        pixels = np.repeat(grey[..., None], 3, axis=2)
     rec_json = json.dumps(rec, sort_keys=True, ensure_ascii=False, separators=(",", ":"))
     digest = hashlib.sha256(rec_json.encode() + pixels.tobytes()).hexdigest()
 
@@ -267,6 +317,7 @@ def save_dicom(img, path, *, rec: dict | None = None, modality: str = "OT",
     ds.AccessionNumber = ""
     ds.ReferringPhysicianName = ""
     ds.SeriesNumber = 1
+    ds.PatientOrientation = ""  # Type 2: present, empty (a generated image has no known orientation)
     ds.InstanceNumber = int(rec["parameters"].get("index", 0)) + 1
     ds.StudyDescription = "Synthetic images (MediSyn Studio)"
     ds.SeriesDescription = f"SYNTHETIC - {model_label(rec['model']['id'])}"[:64]
@@ -297,6 +348,25 @@ def save_dicom(img, path, *, rec: dict | None = None, modality: str = "OT",
         ds.save_as(fh, enforce_file_format=True)
 
     return atomic_write(pathlib.Path(path), write)
+
+
+# DICOM Modality (C.7.3.1.1.1 defined terms) for the presets' modality names; anything else is OT.
+DICOM_MODALITIES = {
+    "chest x-ray": "DX", "x-ray": "DX", "radiograph": "DX", "ct": "CT", "mri": "MR", "ultrasound": "US",
+    "fundus photograph": "OP", "oct": "OPT", "histology": "SM", "endoscopy": "ES", "colonoscopy": "ES",
+    "dermoscopy": "XC", "clinical photograph": "XC", "surgical video frame": "ES", "nuclear medicine": "NM",
+}
+# Modalities whose images are greyscale: written as MONOCHROME2 even when the generated RGB
+# channels differ slightly (ultrasound is not here: colour Doppler).
+GREYSCALE_DICOM_MODALITIES = {"DX", "CR", "CT", "MR", "NM", "OPT", "PT", "MG"}
+
+
+def dicom_modality(modality: str) -> str:
+    """DICOM Modality code for a manifest modality ("CT", "chest X-ray" ...); "OT" if unknown."""
+    text = " ".join(str(modality or "").lower().split())
+    if text.upper() in {"CT", "MR", "US", "DX", "CR", "NM", "PT", "MG", "OP", "OPT", "SM", "ES", "XC", "OT"}:
+        return text.upper()
+    return DICOM_MODALITIES.get(text, "OT")
 
 
 def read_dicom_provenance(path) -> dict | None:

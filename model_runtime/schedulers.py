@@ -133,3 +133,48 @@ def _choices(base: SchedulerMixin) -> str:
 def fresh_copy(scheduler: SchedulerMixin) -> SchedulerMixin:
     """Same class and config, no shared state (for secondary schedulers such as a prior's)."""
     return type(scheduler).from_config(scheduler.config)
+
+
+def a1111_name(scheduler: SchedulerMixin) -> str | None:
+    """The AUTOMATIC1111 sampler name that describes this scheduler exactly, or None.
+
+    A sampler name fits when the class is the sampler's and the config has every setting the
+    name implies (its overrides above, and order 2 for the "2M" solvers), so building that
+    sampler from this config gives the same scheduler. Used for the A1111 ``Sampler:`` field of
+    the checkpoint's own scheduler (``DDIMScheduler`` -> "DDIM"); provenance JSON keeps the
+    class name, which also regenerates the image.
+    """
+    cls = type(scheduler).__name__
+    config = scheduler.config
+    if is_flow_matching(scheduler):
+        candidates = FLOW_SAMPLERS
+    else:
+        candidates = SAMPLERS
+    for name, spec in candidates.items():
+        if spec.class_name != cls:
+            continue
+        if any(config.get(key, False) != value for key, value in spec.overrides):
+            continue
+        if cls == "DPMSolverMultistepScheduler" and config.get("solver_order") != 2:
+            continue
+        return _to_a1111(name)
+    return None
+
+
+# Our table's names that A1111 spells differently, and those A1111 has no sampler for
+# (A1111's lists: modules/sd_samplers_kdiffusion.py and sd_samplers_timesteps.py).
+_A1111_ALIASES = {"PNDM": "PLMS"}
+_NOT_IN_A1111 = {"DDPM", "DEIS"}
+
+
+def _to_a1111(name: str) -> str | None:
+    return None if name in _NOT_IN_A1111 else _A1111_ALIASES.get(name, name)
+
+
+def a1111_label(name: str | None, base: SchedulerMixin) -> str:
+    """What the A1111 ``Sampler:`` field says for a request's sampler on this checkpoint: A1111's
+    name when there is one, else the canonical name (a class name for the model's own)."""
+    if is_own(name, base):
+        return a1111_name(base) or type(base).__name__
+    display = canonical_name(name, base)
+    return _to_a1111(display) or display

@@ -48,18 +48,22 @@ def _lora_specs(ctx, param, values):
 @click.option("--address", default=None, help="Ray cluster address to join (default: start a local Ray).")
 @click.option("--device", default=None, help="cpu, cuda, cuda:N or mps (default: best available).")
 @click.option("--dtype", default=None, help="fp32, fp16 or bf16 (default: fp32 on CPU, fp16/bf16 on GPU).")
-@click.option("--threads", default=None, type=click.IntRange(1, 512), help="torch threads per worker.")
+@click.option("--threads", default=None, type=click.IntRange(1, 512),
+              help="torch threads per worker (default: physical cores, at most 8, fewer on a busy machine).")
 @click.option("--lora", "loras", multiple=True, callback=_lora_specs, metavar="PATH[:SCALE]",
               help="LoRA adapter: a .safetensors file or the folder `medisyn model finetune` wrote; "
                    "scale default 1. Repeatable; all are fused. Recorded as <lora:name:scale> in provenance.")
 @click.option("--config", "config", default=None,
               help="For a single-file checkpoint (.safetensors/.ckpt): a local diffusers folder (or cached Hub id) "
                    "of the same architecture whose configs build it [default: inferred, from the local cache].")
+@click.option("--dicom", is_flag=True, default=False,
+              help="Also write a DICOM Secondary Capture (.dcm) beside each PNG.")
 def generate(model_name, prompt, prompts_csv, out, n, seed, steps, guidance, scheduler, width, height,
-             negative_prompt, modality, batch_size, engine, address, device, dtype, threads, loras, config):
+             negative_prompt, modality, batch_size, engine, address, device, dtype, threads, loras, config, dicom):
     """Generate synthetic images and a manifest.csv that `medisyn study create` accepts as is."""
     from model_runtime.batch_job import PromptsFileError, resolve_device, run_generate_job
     from model_runtime.devices import DeviceUnavailableError
+    from model_runtime.generation import NonFiniteOutputError
     from model_runtime.loading import ModelNotFoundError
     from model_runtime.schedulers import UnknownSchedulerError
 
@@ -76,9 +80,11 @@ def generate(model_name, prompt, prompts_csv, out, n, seed, steps, guidance, sch
             model_name, out, prompt=prompt, prompts_csv=prompts_csv, n=n, seed=seed,
             negative_prompt=negative_prompt, modality=modality, steps=steps, guidance_scale=guidance,
             scheduler=scheduler, width=width, height=height, batch_size=batch_size, engine=engine,
-            address=address, device=device, dtype=dtype, threads=threads,
+            address=address, device=device, dtype=dtype, threads=threads, dicom=dicom,
+            warn=lambda message: click.echo(f"Warning: {message}", err=True),
             options={k: v for k, v in (("loras", loras), ("config", config)) if v} or None)
-    except (ModelNotFoundError, PromptsFileError, UnknownSchedulerError, DeviceUnavailableError, ValueError) as exc:
+    except (ModelNotFoundError, PromptsFileError, UnknownSchedulerError, DeviceUnavailableError, ValueError,
+            NonFiniteOutputError) as exc:
         raise click.ClickException(str(exc)) from None
     click.echo(f"{result.generated} generated, {result.skipped} already done, {result.total} images "
                f"in {result.seconds:.1f} s -> {result.manifest}")

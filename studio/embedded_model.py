@@ -21,6 +21,11 @@ DEFAULT_STEPS = 20
 DEFAULT_GUIDANCE = 3.0
 
 
+# demo_data's modality keys -> the modality names of the presets / registry
+MODALITY_NAMES = {"ct": "CT", "mri": "MRI", "ultrasound": "ultrasound", "nuclear": "nuclear medicine",
+                  "fundus": "fundus photograph", "histology": "histology"}
+
+
 @dataclasses.dataclass(frozen=True)
 class GenerationDefaults:
     steps: int = DEFAULT_STEPS
@@ -28,6 +33,9 @@ class GenerationDefaults:
     size: int = demo_data.NATIVE_SIZE
     scheduler: str = "DPMSolverMultistepScheduler"
     prompts: dict = dataclasses.field(default_factory=lambda: {k: m.prompt for k, m in demo_data.MODALITIES.items()})
+    # what the model declares it knows (model_runtime.modalities reads this for models outside
+    # the registry); names as in assets/prompt_presets.json
+    modalities: list = dataclasses.field(default_factory=lambda: [MODALITY_NAMES[k] for k in demo_data.MODALITIES])
 
 
 def read_defaults(model_dir) -> GenerationDefaults:
@@ -44,7 +52,8 @@ def write_defaults(model_dir, defaults: GenerationDefaults | None = None) -> pat
     path = pathlib.Path(model_dir) / DEFAULTS_FILE
     data = dataclasses.asdict(defaults or GenerationDefaults())
     data["note"] = ("Default generation settings of this model (read by studio.demo, the quality test "
-                    "and benchmarks/bench_embedded.py); diffusers ignores this file.")
+                    "and benchmarks/bench_embedded.py) and the modalities it declares "
+                    "(model_runtime.modalities); diffusers ignores this file.")
     path.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
     return path
 

@@ -71,7 +71,8 @@ def model_info(key: str) -> str:
     lines = [f"**{esc(e.name)}** — licence: **{esc(e.licence)}**"
              + ("" if e.licence_verified else " *(as reported; verify)*")]
     if e.modalities:
-        lines.append(f"Modalities: {esc(', '.join(e.modalities))}")
+        lines.append(f"Modalities: {esc(', '.join(e.modalities))} — presets of other modalities are "
+                     "marked: the model would answer them with one of these")
     if e.prompt_style:
         lines.append(f"Prompts: {esc(e.prompt_style)}")
     if not e.available() and e.lora:
@@ -168,11 +169,35 @@ def lora_specs(values) -> tuple[str, ...]:
 MAX_FIELDS = 6  # the most fields any preset has (view, anatomy, finding, ..., sex, age)
 
 
-def preset_choices() -> list[tuple[str, str]]:
-    """(\"Specialty · label\", key) of every prompt preset."""
-    from model_runtime import presets
+NOT_DECLARED = " — not a modality of this model"
 
-    return [(f"{p.specialty.capitalize()} · {p.label}", p.key) for p in presets.list_presets()]
+
+def model_modalities(key: str | None, local_path: str | None = None) -> tuple[str, ...]:
+    """The modalities the chosen model declares (registry entry, or a local folder's
+    medisyn.json); empty when it declares none or the choice is not usable."""
+    from model_runtime import modalities
+
+    try:
+        if key == LOCAL_PATH:
+            return modalities.declared(path=str(local_path or "").strip()) if local_path else ()
+        return modalities.declared(key) if key else ()
+    except (OSError, ValueError):
+        return ()
+
+
+def preset_choices(declared: tuple[str, ...] | None = None) -> list[tuple[str, str]]:
+    """(\"Specialty · label\", key) of every prompt preset; with a model's ``declared``
+    modalities, presets of other modalities are marked (the model would answer them with one
+    of its own modalities, which the batch manifest would then mislabel)."""
+    from model_runtime import modalities, presets
+
+    out = []
+    for p in presets.list_presets():
+        label = f"{p.specialty.capitalize()} · {p.label}"
+        if modalities.supports_preset(p.modality, declared) is False:
+            label += NOT_DECLARED
+        out.append((label, p.key))
+    return out
 
 
 def preset_fields(key: str) -> list[dict]:
@@ -201,6 +226,7 @@ class Batch:
     seeds: list[int]
     files: list[pathlib.Path]
     seconds: float
+    prompt_seen: str | None = None  # set when the text encoder read only part of the prompt
 
 
 def run_generation(location: str, *, prompt: str, negative_prompt: str = "", seed: int = 0,
@@ -241,14 +267,17 @@ def run_generation(location: str, *, prompt: str, negative_prompt: str = "", see
         images.append(np.asarray(item.image.convert("RGB")))
         seeds.append(item.seed)
         files.append(pathlib.Path(path))
+        # a study shows this prompt beside the image: only the text the model read
+        seen = item.prompt if item.prompt_seen is None else item.prompt_seen
         rows.append({"path": pathlib.Path(path).name, "source": "synthetic",
-                     "modality": modality, "prompt": item.prompt,
+                     "modality": modality, "prompt": seen,
                      "generator": generator_label(loaded.model_id, loaded.entry)})
     with (folder / "manifest.csv").open("w", newline="", encoding="utf-8") as fh:
         w = csv.DictWriter(fh, fieldnames=["path", "source", "modality", "prompt", "generator"])
         w.writeheader()
         w.writerows(rows)
-    return Batch(batch_id, folder, images, seeds, files, seconds)
+    return Batch(batch_id, folder, images, seeds, files, seconds,
+                 prompt_seen=results[0].prompt_seen if results else None)
 
 
 def batch_choices(db_path, batches_dir=None) -> list[tuple[str, str]]:
@@ -300,7 +329,7 @@ def build_generate_tab(db_path, guard, *, model=None, batches_dir=None) -> Gener
                                     default_key == LOCAL_PATH else "",
                                     visible=default_key == LOCAL_PATH)
             info = gr.Markdown(model_info(default_key), elem_id="gen-model-info")
-            preset_dd = gr.Dropdown(preset_choices(), value=None,
+            preset_dd = gr.Dropdown(preset_choices(model_modalities(default_key, model)), value=None,
                                     label="Preset (modality / specialty; fills the prompt)",
                                     elem_id="gen-preset")
             with gr.Row():
@@ -344,7 +373,8 @@ def build_generate_tab(db_path, guard, *, model=None, batches_dir=None) -> Gener
             st, gd = model_defaults(model_location(key, local))
         except (ValueError, KeyError):
             st, gd = gr.update(), gr.update()
-        return gr.update(visible=key == LOCAL_PATH), model_info(key), st, gd
+        presets_ = gr.update(choices=preset_choices(model_modalities(key, local)))
+        return gr.update(visible=key == LOCAL_PATH), model_info(key), st, gd, presets_
 
     def on_preset(key, request: gr.Request):
         guard(request)
@@ -434,7 +464,10 @@ def build_generate_tab(db_path, guard, *, model=None, batches_dir=None) -> Gener
         b = box["batch"]
         gal = [(img, f"seed {s}") for img, s in zip(b.images, b.seeds)]
         yield (gal, [str(f) for f in b.files],
-               f"{len(b.images)} image(s) in {b.seconds:.1f} s — batch `{b.batch_id}`",
+               f"{len(b.images)} image(s) in {b.seconds:.1f} s — batch `{b.batch_id}`"
+               + ("" if b.prompt_seen is None else
+                  f"  \n⚠️ The prompt is longer than the model reads: it used only "
+                  f"“{html.escape(b.prompt_seen, quote=False)}” (the batch manifest keeps that text)."),
                str(b.folder))
 
     def on_queued(request: gr.Request):
@@ -468,7 +501,7 @@ def build_generate_tab(db_path, guard, *, model=None, batches_dir=None) -> Gener
                 f"({added.n_cases} cases now). Leak audit re-run: see the study's page.")
 
     private = dict(api_visibility="private")
-    model_dd.change(on_model, [model_dd, local_path], [local_path, info, steps, guidance],
+    model_dd.change(on_model, [model_dd, local_path], [local_path, info, steps, guidance, preset_dd],
                     **private)
     preset_dd.change(on_preset, [preset_dd], [*fields, prompt, modality], **private)
     for f in fields:

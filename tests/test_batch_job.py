@@ -13,7 +13,7 @@ from model_runtime.batch_job import (MANIFEST_COLUMNS, ImageTask, JobSpec, Promp
 from model_runtime.devices import DeviceUnavailableError
 from model_runtime.generation import GenerationRequest, generate
 from model_runtime.loading import ModelNotFoundError, load
-from runtime_fixtures import single_torch_thread, tiny_sd1_dir  # noqa: F401
+from runtime_fixtures import single_torch_thread, tiny_flux_dir, tiny_sd1_dir  # noqa: F401
 
 JOB = dict(steps=2, width=32, height=32, threads=1, progress=False)
 
@@ -219,7 +219,7 @@ def test_task_paths_are_neutral():
 
 
 @pytest.mark.slow
-def test_ray_engine_writes_the_same_bytes_as_local(tmp_path, prompts_csv, tiny_sd1_dir):
+def test_ray_engine_writes_the_same_bytes_as_local(tmp_path, prompts_csv, tiny_sd1_dir, capfd):
     """Two actors (the local Ray gets 2 CPUs, one thread each) share the chunks between them:
     the output must not depend on which actor ran which chunk."""
     local = run_generate_job(str(tiny_sd1_dir), tmp_path / "local", prompts_csv=prompts_csv, batch_size=2, **JOB)
@@ -232,3 +232,120 @@ def test_ray_engine_writes_the_same_bytes_as_local(tmp_path, prompts_csv, tiny_s
     for name in names:
         assert (tmp_path / "ray" / "images" / name).read_bytes() == (tmp_path / "local" / "images" / name).read_bytes()
     assert (tmp_path / "ray" / "manifest.csv").read_bytes() == (tmp_path / "local" / "manifest.csv").read_bytes()
+    # a successful run is quiet: no Ray core_worker error line about actor restarts, no INFO chatter
+    err = capfd.readouterr().err
+    assert "core_worker" not in err and "Started a local Ray instance" not in err, err[-2000:]
+
+
+# --- what generation.csv and manifest.csv record ----------------------------------------------
+
+@pytest.fixture(scope="module")
+def flux_scale8_dir(tiny_flux_dir, tmp_path_factory):
+    """The tiny Flux with a 4-level VAE (8x downsampling, as real Flux): its pipeline rounds
+    sizes down to multiples of 16, so 72 px becomes 64."""
+    import shutil
+
+    from runtime_fixtures import _tiny_vae
+
+    root = tmp_path_factory.mktemp("flux8") / "pipeline"
+    shutil.copytree(tiny_flux_dir, root)
+    shutil.rmtree(root / "vae")
+    _tiny_vae(latent_channels=1, block_out_channels=(4, 4, 4, 4), use_quant_conv=False, use_post_quant_conv=False,
+              shift_factor=0.0609, scaling_factor=1.5035).save_pretrained(str(root / "vae"))
+    return root
+
+
+def test_generation_csv_records_the_size_actually_produced(tmp_path, flux_scale8_dir):
+    out = tmp_path / "out"
+    result = run_generate_job(str(flux_scale8_dir), out, prompt="chest x-ray", n=1, steps=1, width=72, height=48,
+                              threads=1, progress=False)
+    details = read_csv(result.details)
+    from PIL import Image
+    with Image.open(out / details[0]["path"]) as im:
+        assert im.size == (64, 48)
+    assert (details[0]["width"], details[0]["height"]) == ("64", "48")
+    # a resumed job reads the size back from the PNG
+    again = run_generate_job(str(flux_scale8_dir), out, prompt="chest x-ray", n=1, steps=1, width=72, height=48,
+                             threads=1, progress=False)
+    assert again.skipped == 1 and read_csv(again.details)[0]["width"] == "64"
+
+
+def test_a_truncated_prompt_is_warned_once_and_the_manifest_shows_only_what_was_read(tmp_path, tiny_sd1_dir):
+    long = " ".join(["chest image patient normal"] * 30)
+    warnings = []
+    result = run_generate_job(str(tiny_sd1_dir), tmp_path / "out", prompt=long, n=3, warn=warnings.append, **JOB)
+    seen = " ".join(long.split()[:75])
+    assert len(warnings) == 1 and "longer than the model's text encoder reads" in warnings[0]
+    assert {m["prompt"] for m in read_csv(result.manifest)} == {seen}
+    details = read_csv(result.details)
+    assert {(d["prompt"], d["prompt_seen"], d["prompt_truncated"]) for d in details} == {(long, seen, "true")}
+    short = run_generate_job(str(tiny_sd1_dir), tmp_path / "short", prompt="chest image", warn=warnings.append, **JOB)
+    assert len(warnings) == 1
+    assert read_csv(short.details)[0]["prompt_truncated"] == "false"
+    assert read_csv(short.manifest)[0]["prompt"] == "chest image"
+
+
+def test_rows_asking_for_a_modality_the_model_does_not_declare_are_warned(tmp_path, tiny_sd1_dir):
+    import shutil
+
+    model = tmp_path / "model"
+    shutil.copytree(tiny_sd1_dir, model)
+    (model / "medisyn.json").write_text(json.dumps({"modalities": ["CT", "fundus photograph"]}))
+    prompts = write(tmp_path / "p.csv", "prompt,modality\n"
+                    "AP Frontal Chest X-ray (CXR) of a male patient,chest X-ray\n"
+                    "Axial CT image of the chest,CT\n"
+                    "a retina,OCT\n"
+                    "PA chest radiograph,\n")
+    warnings = []
+    run_generate_job(str(model), tmp_path / "out", prompts_csv=prompts, warn=warnings.append, **JOB)
+    assert len(warnings) == 2
+    cxr = next(w for w in warnings if "chest X-ray" in w)
+    assert "p.csv line 2" in cxr and "p.csv line 5" in cxr and "CT, fundus photograph" in cxr
+    assert any("OCT" in w and "p.csv line 4" in w for w in warnings)
+    # a model that declares nothing is not second-guessed
+    warnings.clear()
+    run_generate_job(str(tiny_sd1_dir), tmp_path / "out2", prompts_csv=prompts, warn=warnings.append, **JOB)
+    assert warnings == []
+
+
+def test_output_files_follow_the_umask(tmp_path, tiny_sd1_dir):
+    import stat
+
+    old = os.umask(0o022)
+    try:
+        result = run_generate_job(str(tiny_sd1_dir), tmp_path / "out", prompt="chest", dicom=True, **JOB)
+    finally:
+        os.umask(old)
+    files = [result.manifest, result.details, *sorted((tmp_path / "out" / "images").iterdir())]
+    assert len(files) == 4 and {stat.S_IMODE(f.stat().st_mode) for f in files} == {0o644}
+
+
+def test_default_threads_follow_the_machine(monkeypatch, tmp_path, tiny_sd1_dir):
+    from model_runtime import devices
+
+    monkeypatch.delenv("MEDISYN_THREADS", raising=False)
+    cores = devices.physical_cores()
+    assert 1 <= cores <= (os.cpu_count() or 1)
+    assert devices.default_threads(load=0.0) == min(cores, devices.MAX_DEFAULT_THREADS)
+    assert devices.default_threads(load=cores + 3.0) == 1  # a busy machine: one thread, not a pile-up
+    monkeypatch.setenv("MEDISYN_THREADS", "3")
+    assert devices.default_threads(load=50.0) == 3
+    job = {k: v for k, v in JOB.items() if k != "threads"}
+    result = run_generate_job(str(tiny_sd1_dir), tmp_path / "out", prompt="chest", **job)
+    assert read_csv(result.details)[0]["threads"] == "3"
+
+
+def test_a_workers_non_finite_error_is_unwrapped_from_rays_exception_chain():
+    from model_runtime.batch_job import _worker_error
+    from model_runtime.generation import NonFiniteOutputError
+
+    try:
+        try:
+            raise NonFiniteOutputError("the model produced NaN/infinite values in the decoded image")
+        except NonFiniteOutputError as inner:
+            raise RuntimeError("UserCodeException: MapWorker(MapBatches(RayChunkWorker)) failed") from inner
+    except RuntimeError as outer:
+        unwrapped = _worker_error(outer)
+    assert isinstance(unwrapped, NonFiniteOutputError) and "NaN/infinite" in str(unwrapped)
+    other = ValueError("something else")
+    assert _worker_error(other) is other

@@ -99,3 +99,78 @@ def test_bad_device_dtype_size_and_guidance_are_one_error_line(tmp_path, tiny_sd
     assert "guidance_scale must be a finite number" in one_line_error(
         invoke(*base, "--width", "32", "--height", "32", "--guidance", "nan"))
     assert not (tmp_path / "out").exists()
+
+
+def test_corrupted_weights_are_one_error_line_and_write_no_image(tmp_path, tiny_sd1_dir):
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    model = tmp_path / "corrupt"
+    shutil.copytree(tiny_sd1_dir, model)
+    weights = model / "unet" / "diffusion_pytorch_model.safetensors"
+    tensors = load_file(str(weights))
+    first = sorted(tensors)[0]
+    tensors[first] = torch.full_like(tensors[first], float("nan"))
+    save_file(tensors, str(weights))
+    out = tmp_path / "out"
+    result = invoke("--model", str(model), "--prompt", "Axial CT image of the chest", "--n", "2", "--out", str(out),
+                    *COMMON)
+    assert "NaN/infinite values" in one_line_error(result)
+    assert not list((out / "images").glob("*.png"))
+    with open(out / "manifest.csv", newline="") as fh:
+        assert list(csv.DictReader(fh)) == []  # no row for an image that was never written
+
+
+def test_dicom_beside_each_png(tmp_path, tiny_sd1_dir):
+    import pydicom
+
+    out = tmp_path / "out"
+    result = invoke("--model", str(tiny_sd1_dir), "--prompt", "Axial CT image of the chest", "--modality", "CT",
+                    "--dicom", "--out", str(out), *COMMON)
+    assert result.exit_code == 0, result.output
+    ds = pydicom.dcmread(out / "images" / "r00000_000.dcm")
+    assert ds.Modality == "CT" and ds.PhotometricInterpretation == "MONOCHROME2" and ds.SamplesPerPixel == 1
+    assert "PatientOrientation" in ds and not ds.PatientOrientation
+    assert ds.ConversionType == "SYN"
+    # a colour modality keeps its colour; a resumed job adds the .dcm of PNGs made without --dicom
+    out2 = tmp_path / "out2"
+    invoke("--model", str(tiny_sd1_dir), "--prompt", "fundoscopy image of the left retina", "--modality",
+           "fundus photograph", "--out", str(out2), *COMMON)
+    assert not (out2 / "images" / "r00000_000.dcm").exists()
+    again = invoke("--model", str(tiny_sd1_dir), "--prompt", "fundoscopy image of the left retina", "--modality",
+                   "fundus photograph", "--dicom", "--out", str(out2), *COMMON)
+    assert "0 generated, 1 already done" in again.output
+    ds = pydicom.dcmread(out2 / "images" / "r00000_000.dcm")
+    assert ds.Modality == "OP" and ds.PhotometricInterpretation == "RGB"
+
+
+def test_a_modality_the_model_does_not_know_is_a_warning_on_stderr(tmp_path):
+    result = CliRunner().invoke(cli, ["generate", "--model", "embedded", "--prompt",
+                                      "AP Frontal Chest X-ray (CXR) of a male patient", "--out", str(tmp_path / "o"),
+                                      "--steps", "1", "--threads", "1"], catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    warning = [line for line in result.stderr.splitlines() if line.startswith("Warning:")]
+    assert len(warning) == 1 and "does not know chest X-ray" in warning[0] and "--prompt" in warning[0]
+    assert "Warning" not in result.stdout
+    ok = CliRunner().invoke(cli, ["generate", "--model", "embedded", "--prompt", "Axial CT image of the head",
+                                  "--out", str(tmp_path / "o2"), "--steps", "1", "--threads", "1"],
+                            catch_exceptions=False)
+    assert ok.exit_code == 0 and "Warning" not in ok.stderr
+
+
+def test_a_successful_run_prints_no_library_noise(tmp_path, tiny_sd1_dir):
+    """A fresh process (library warnings are printed once per process): stderr holds only our
+    progress bar."""
+    import os
+    import subprocess
+    import sys
+
+    env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", CI="")
+    code = "from studio.cli import main; main()"
+    proc = subprocess.run([sys.executable, "-c", code, "generate", "--model", str(tiny_sd1_dir), "--prompt",
+                           "Axial CT image of the chest", "--out", str(tmp_path / "out"), *COMMON],
+                          capture_output=True, text=True, env=env, timeout=600)
+    assert proc.returncode == 0, proc.stderr
+    lines = [line for line in proc.stderr.replace("\r", "\n").splitlines() if line.strip()]
+    assert lines and all(line.startswith("generate:") for line in lines), lines

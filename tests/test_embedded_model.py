@@ -82,3 +82,21 @@ def test_different_prompts_give_different_images(generated):
     for i, a in enumerate(keys):
         for b in keys[i + 1:]:
             assert abs(means[a] - means[b]).mean() > 10, (a, b)
+
+
+def test_declared_modalities_agree_across_registry_model_folder_and_card():
+    import pathlib
+
+    from model_runtime import modalities, registry
+    from studio.embedded_model import GenerationDefaults, read_defaults
+
+    entry = registry.get("embedded")
+    in_folder = modalities.declared(path=entry.local_path)
+    assert set(in_folder) == set(entry.modalities) == set(GenerationDefaults().modalities)
+    assert modalities.known(in_folder) == {"CT", "MRI", "ultrasound", "fundus photograph", "histology",
+                                           "nuclear medicine"}
+    assert read_defaults(entry.local_path).steps == 20  # the extra key does not disturb the defaults
+    card = (pathlib.Path(registry.assets_dir()) / "MODEL_CARD.md").read_text(encoding="utf-8")
+    line = next(line for line in card.splitlines() if line.startswith("| declared modalities"))
+    for name in in_folder:
+        assert f"`{name}`" in line

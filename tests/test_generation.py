@@ -319,3 +319,87 @@ def test_generated_image_carries_its_parameters(sd):
                                    "extra": {}}
     assert result.model_id == str(sd.model_id) and result.weights_sha256 == sd.weights_hash
     assert result.device == "cpu" and result.dtype == "fp32"
+
+
+# --- corrupted weights: NaN/inf never become a black image ----------------------------------
+
+@pytest.mark.parametrize("component", ["unet", "vae"])
+def test_non_finite_weights_fail_instead_of_giving_a_black_image(tiny_sd1_dir, component):
+    import torch
+
+    from model_runtime.generation import NonFiniteOutputError
+
+    loaded = load(tiny_sd1_dir, options={"hash_weights": False})
+    module = loaded.pipe.unet if component == "unet" else loaded.pipe.vae.decoder
+    with torch.no_grad():
+        next(module.parameters()).fill_(float("nan"))
+    with pytest.raises(NonFiniteOutputError, match="NaN/infinite values in the "
+                       + ("latents after step 1 of 2" if component == "unet" else "decoded image")):
+        generate(loaded, GenerationRequest("Axial CT image of the chest", seed=1, steps=2, **SIZE))
+
+
+def test_the_np_output_path_gives_the_same_pixels_as_diffusers_pil_path(sd):
+    import torch
+
+    ours = generate(sd, GenerationRequest("Axial CT image of the chest", seed=4, steps=2, **SIZE))[0]
+    # diffusers' own PIL conversion, straight from the pipeline (its scheduler is the checkpoint's)
+    theirs = sd.pipe("Axial CT image of the chest", num_inference_steps=2, guidance_scale=7.0, output_type="pil",
+                     generator=[torch.Generator("cpu").manual_seed(4)], **SIZE).images[0]
+    assert ours.image.tobytes() == theirs.tobytes()
+
+
+# --- prompts longer than the text encoder reads ----------------------------------------------
+
+# words the tiny CLIP tokenizer keeps whole (one token each), so 75 of them fill its window exactly
+LONG = " ".join(["chest image patient normal"] * 30)
+
+
+def test_the_text_the_model_read_is_recorded_and_gives_the_same_image(sd, caplog):
+    import logging
+
+    from model_runtime.generation import prompt_seen
+
+    assert prompt_seen(sd, "Axial CT image of the chest") is None
+    with caplog.at_level(logging.WARNING, logger="model_runtime.generation"):
+        long = generate(sd, GenerationRequest(LONG, num_images=2, seed=9, steps=2, **SIZE))
+    seen = long[0].prompt_seen
+    # CLIP keeps 77 tokens: its start and end tokens and the first 75 words here
+    assert seen == " ".join(LONG.split()[:75])
+    # the model read only that: the image for the cut text is the same, bit for bit
+    cut = generate(sd, GenerationRequest(seen, num_images=1, seed=9, steps=2, **SIZE))[0]
+    assert cut.image.tobytes() == long[0].image.tobytes() and cut.prompt_seen is None
+    # one warning in words per call
+    ours = [r for r in caplog.records if "longer than the model's text encoder reads" in r.getMessage()]
+    assert len(ours) == 1
+    rec = long[0].provenance()
+    assert rec["prompt_truncated"] is True and rec["prompt_seen"] == seen and rec["parameters"]["prompt"] == LONG
+    assert "prompt_truncated" not in cut.provenance()
+
+
+def test_a_word_cut_in_the_middle_is_not_shown_as_read(sd):
+    from model_runtime.generation import prompt_seen
+
+    # 74 one-token words, then a word the tokenizer splits into single letters: the window
+    # ends inside it, so it is left out
+    text = " ".join(["chest"] * 74 + ["zyxwv", "normal"])
+    assert prompt_seen(sd, text) == " ".join(["chest"] * 74)
+    ids = sd.pipe.tokenizer(" ".join(["chest"] * 74), add_special_tokens=False)["input_ids"]
+    assert len(ids) == 74
+
+
+def test_library_noise_is_filtered_from_the_console_handlers():
+    import logging
+
+    from model_runtime import quiet
+
+    quiet.install()
+    handlers = logging.getLogger("diffusers").handlers + logging.getLogger("transformers").handlers
+    assert handlers
+
+    def shown(message):
+        record = logging.LogRecord("diffusers.pipelines.x", logging.WARNING, __file__, 1, message, None, None)
+        return all(h.filter(record) for h in handlers)
+
+    assert not shown("The following part of your input was truncated because CLIP can only handle sequences up to 77")
+    assert not shown("`CLIPImageProcessor` requires torchvision (not installed); falling back to ...")
+    assert shown("Some weights of the model checkpoint were not used")  # real warnings still show

@@ -238,3 +238,54 @@ def test_embedded_model_loads_by_name(tmp_path, monkeypatch, tiny_sd1_dir):
     assert registry.get("embedded").available()
     loaded = load("embedded")
     assert loaded.model_id == "embedded" and loaded.name.startswith("MediSyn-mini")
+
+
+def _image_conditioned_folder(tmp_path, tiny_sd1_dir, kind: str) -> pathlib.Path:
+    """A tiny inpainting (UNet with 9 input channels) or ControlNet pipeline, saved like a real one."""
+    from diffusers import (ControlNetModel, DiffusionPipeline, StableDiffusionControlNetPipeline,
+                           StableDiffusionInpaintPipeline, UNet2DConditionModel)
+
+    base = DiffusionPipeline.from_pretrained(str(tiny_sd1_dir))
+    parts = {k: v for k, v in base.components.items()}
+    if kind == "inpaint":
+        config = dict(base.unet.config) | {"in_channels": 9}
+        parts["unet"] = UNet2DConditionModel.from_config(config)
+        pipe = StableDiffusionInpaintPipeline(**parts)
+    else:
+        pipe = StableDiffusionControlNetPipeline(**parts, controlnet=ControlNetModel.from_unet(base.unet))
+    out = tmp_path / kind
+    pipe.save_pretrained(str(out))
+    return out
+
+
+@pytest.mark.parametrize("kind, class_name, what", [
+    ("inpaint", "StableDiffusionInpaintPipeline", "inpainting"),
+    ("controlnet", "StableDiffusionControlNetPipeline", "ControlNet"),
+])
+def test_image_conditioned_checkpoints_are_refused_at_load(tmp_path, tiny_sd1_dir, kind, class_name, what):
+    from click.testing import CliRunner
+
+    from studio.cli import cli
+
+    folder = _image_conditioned_folder(tmp_path, tiny_sd1_dir, kind)
+    assert loading.pipeline_class_name(folder) == class_name
+    with pytest.raises(loading.UnsupportedPipelineError, match=f"is a {class_name}: .*{what}") as info:
+        load(folder, options={"hash_weights": False})
+    assert "text-to-image" in str(info.value) and "img2img" in str(info.value)
+    # the CLI: one Error line naming the class, before any output is written
+    out = tmp_path / "out"
+    result = CliRunner().invoke(cli, ["generate", "--model", str(folder), "--prompt", "Axial CT image", "--out",
+                                      str(out), "--steps", "1", "--width", "32", "--height", "32", "--threads", "1"],
+                                catch_exceptions=False)
+    errors = [line for line in result.output.splitlines() if line.startswith("Error:")]
+    assert result.exit_code == 1 and len(errors) == 1 and class_name in errors[0], result.output
+    assert "Traceback" not in result.output and not out.exists()
+
+
+def test_an_inpainting_unet_under_a_text_to_image_class_is_refused(tmp_path, tiny_sd1_dir):
+    folder = _image_conditioned_folder(tmp_path, tiny_sd1_dir, "inpaint")
+    index = json.loads((folder / "model_index.json").read_text())
+    index["_class_name"] = "StableDiffusionPipeline"
+    (folder / "model_index.json").write_text(json.dumps(index))
+    with pytest.raises(loading.UnsupportedPipelineError, match="UNet takes 9 input channels"):
+        load(folder, options={"hash_weights": False})

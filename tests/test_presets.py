@@ -69,3 +69,42 @@ def test_presets_are_data():
         json.dumps(preset.as_dict())
         used = set(re.findall(r"{(\w+)}", preset.template))
         assert "patient" in used
+
+
+def test_every_preset_example_names_its_own_modality():
+    """The modality detector (model_runtime.modalities) recognises each preset's own captions."""
+    from model_runtime import modalities
+
+    for p in presets.list_presets():
+        assert modalities.known([p.modality]) == {p.modality}
+        for prompt in p.example_prompts():
+            named = modalities.mentioned(prompt)
+            assert p.modality in named or (p.key == "endoscopy" and named <= {"endoscopy", "colonoscopy"}), \
+                (p.key, prompt, named)
+
+
+def test_the_embedded_model_declares_five_of_the_preset_modalities():
+    """It was trained on CT, MRI, ultrasound, fundus, histology (and bone scans): the other seven
+    presets would be answered with one of those, so the Generate tab marks them."""
+    from studio import generate_view
+
+    declared = generate_view.model_modalities("embedded")
+    marked = {key for label, key in generate_view.preset_choices(declared)
+              if label.endswith(generate_view.NOT_DECLARED)}
+    assert marked == {"chest-xray", "oct", "endoscopy", "colonoscopy", "dermoscopy", "skin-photo", "surgical-frame"}
+    # a model that declares nothing: nothing is marked; RoentGen knows chest X-rays only
+    assert not any(label.endswith(generate_view.NOT_DECLARED) for label, _ in generate_view.preset_choices(()))
+    roentgen = {key for label, key in generate_view.preset_choices(generate_view.model_modalities("roentgen-v2"))
+                if not label.endswith(generate_view.NOT_DECLARED)}
+    assert roentgen == {"chest-xray"}
+
+
+def test_a_local_folder_declares_its_modalities_in_medisyn_json(tmp_path):
+    from studio import generate_view
+
+    (tmp_path / "medisyn.json").write_text(json.dumps({"modalities": ["brain MRI", "OCT"]}))
+    declared = generate_view.model_modalities(generate_view.LOCAL_PATH, str(tmp_path))
+    assert declared == ("brain MRI", "OCT")
+    unmarked = {key for label, key in generate_view.preset_choices(declared)
+                if not label.endswith(generate_view.NOT_DECLARED)}
+    assert unmarked == {"mri", "oct"}

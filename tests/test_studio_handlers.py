@@ -907,6 +907,19 @@ def test_generation_batch_has_provenance_and_becomes_a_study(tmp_path, tiny_mode
         assert set(stimuli.png_chunk_types(png.read_bytes())) <= {"IHDR", "IDAT", "IEND"}
 
 
+def test_a_batch_manifest_carries_only_the_text_the_model_read(tmp_path, tiny_model):
+    import csv
+
+    from studio import generate_view
+
+    long = " ".join(["chest image patient normal"] * 30)  # 120 one-token words; CLIP reads 75
+    batch = generate_view.run_generation(tiny_model, prompt=long, seed=1, steps=1, n_images=1,
+                                         out_root=tmp_path / "batches")
+    assert batch.prompt_seen == " ".join(long.split()[:75])
+    with (batch.folder / "manifest.csv").open(newline="", encoding="utf-8") as fh:
+        assert [r["prompt"] for r in csv.DictReader(fh)] == [batch.prompt_seen]
+
+
 def test_generation_input_checks(tmp_path, tiny_model):
     from studio import generate_view
 
