@@ -396,6 +396,18 @@ def set_reader_active(db_path: str | pathlib.Path, study: str, reader: str, acti
     write(db_path, tx)
 
 
+def consent_pending(db_path: str | pathlib.Path, reader_id: int) -> str:
+    """The study's consent text if the reader has not agreed to it yet, else "" (also when
+    the study has none). One query: the reader page asks on every load and start."""
+    with reading(db_path) as db:
+        row = db.execute("SELECT s.consent_text, r.consented_at FROM readers r "
+                         "JOIN studies s ON s.id = r.study_id WHERE r.id = ?",
+                         [reader_id]).fetchone()
+    if row is None or not (row[0] or "").strip() or row[1]:
+        return ""
+    return row[0]
+
+
 def record_consent(db_path: str | pathlib.Path, reader_id: int) -> str:
     """Record that the reader agreed to the study's consent text; returns the consent time
     (the first one: agreeing again changes nothing)."""

@@ -16,6 +16,7 @@ import json
 import pathlib
 import statistics
 
+from studies import washout
 from studies.database import log_action, reading, stimuli_dir, study_row, utc_now, write
 from studies.design import ATTENTION, TASKS, Task, attention_task
 from studies.errors import NotAuthorised, SessionError, StudyError
@@ -82,16 +83,22 @@ def _task_for(name: str, expected_json: str | None) -> Task:
 def next_case(db_path: str | pathlib.Path, reader_id: int) -> CaseView | None:
     """The reader's first slot with an unanswered task, or None when they are done."""
     with reading(db_path) as db:
-        row = db.execute(
-            "SELECT a.id, a.position, a.tasks, a.kind, a.expected, a.view_id, c.prompt, s.name, "
-            "c.stimulus_id "
-            "FROM assignments a JOIN cases c ON c.id = a.case_id "
-            "JOIN studies s ON s.id = c.study_id "
-            "WHERE a.reader_id = ? AND a.completed_at IS NULL ORDER BY a.position LIMIT 1",
-            [reader_id]).fetchone()
+        select = ("SELECT a.id, a.position, a.tasks, a.kind, a.expected, a.view_id, c.prompt, "
+                  "s.name, c.stimulus_id, a.min_delay_s "
+                  "FROM assignments a JOIN cases c ON c.id = a.case_id "
+                  "JOIN studies s ON s.id = c.study_id ")
+        row = db.execute(select + "WHERE a.reader_id = ? AND a.completed_at IS NULL "
+                         "ORDER BY a.position LIMIT 1", [reader_id]).fetchone()
         if row is None:
             return None
-        aid, position, tasks_json, kind, expected, view_id, prompt, study, stored = row
+        if row[9]:
+            # A repeat read with a wash-out delay (--repeat-after): serve the first read that
+            # is due (studies.washout); when none is, the reader is told when to come back.
+            due = washout.next_available(db, reader_id)
+            if due.assignment_id is None:
+                raise NotYetAvailable(due.wait_until)
+            row = db.execute(select + "WHERE a.id = ?", [due.assignment_id]).fetchone()
+        aid, position, tasks_json, kind, expected, view_id, prompt, study, stored, _ = row
         total = db.execute("SELECT count(*) FROM assignments WHERE reader_id = ?",
                            [reader_id]).fetchone()[0]
         answered = {r[0] for r in db.execute(
@@ -185,6 +192,16 @@ def submit(
             return Ack(response_id=prior[0], duplicate=True,
                        assignment_complete=prior[6] is not None,
                        feedback=_feedback(prior[4], prior[2], prior[3], prior[5]))
+        # Checked inside the write transaction, so a close or a deactivation that commits
+        # first is never overtaken by an answer (a retry of an acknowledged answer, above,
+        # still gets its acknowledgement).
+        status = db.execute("SELECT s.status, r.deactivated_at FROM readers r "
+                            "JOIN studies s ON s.id = r.study_id WHERE r.id = ?",
+                            [reader_id]).fetchone()
+        if status is not None and status[1]:
+            raise NotAuthorised("this reader's link has been deactivated")
+        if status is not None and (status[0] or "open") != "open":
+            raise StudyClosed(f"this study is {status[0]} and takes no more answers")
         a = db.execute(
             "SELECT a.id, a.case_id, a.tasks, a.n_tasks, a.kind, a.expected, c.source, a.completed_at "
             "FROM assignments a JOIN cases c ON c.id = a.case_id "
@@ -224,6 +241,20 @@ def submit(
                    feedback=_feedback(kind, task, value, source))
 
     return write(db_path, tx)
+
+
+class NotYetAvailable(SessionError):
+    """Every read left is a repeat whose wash-out delay has not passed (`--repeat-after`):
+    `wait_until` (UTC datetime) says when the next one opens."""
+
+    def __init__(self, wait_until: _dt.datetime | None):
+        when = wait_until.strftime("%Y-%m-%d %H:%M UTC") if wait_until else "later"
+        super().__init__(f"your next case opens on {when}")
+        self.wait_until = wait_until
+
+
+class StudyClosed(SessionError):
+    """The study is closed or archived (studies.lifecycle): it takes no more answers."""
 
 
 class StimulusUnavailable(StudyError):

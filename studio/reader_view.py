@@ -49,7 +49,7 @@ import urllib.parse
 
 import gradio as gr
 
-from studies import readers, session
+from studies import lifecycle, readers, session
 from studies.database import utc_now
 from studies.errors import (
     DatabaseNotFound, NotAStudyDatabase, NotAuthorised, SessionError, StudyError,
@@ -126,11 +126,14 @@ def _token(token: str | None) -> str | None:
 
 def _reader(db_path, token):
     try:
-        return readers.reader_for_token(db_path, _token(token))
+        ref = readers.reader_for_token(db_path, _token(token))
     except (DatabaseNotFound, NotAStudyDatabase):  # a storage fault, not a bad link
         raise  # (storage_safe says so in words)
     except StudyError:
         return None
+    if ref is not None and not ref.study_open:
+        raise session.StudyClosed(f"study is {ref.study_status}")  # storage_safe: closed page
+    return ref
 
 
 def _login(message: str = "") -> Screen:
@@ -148,7 +151,12 @@ def _choices(question: dict) -> list[tuple[str, int]]:
             for i, s in enumerate(question["scale"], start=1)]
 
 
-def intro_text(view: session.CaseView) -> str:
+def _paragraphs(text: str) -> str:
+    """A study team's text as plain-text Markdown paragraphs (no formatting, links or images)."""
+    return "\n\n".join(plain_markdown(p) for p in text.replace("\r", "").split("\n\n") if p.strip())
+
+
+def intro_text(view: session.CaseView, instructions: str = "", consent: str = "") -> str:
     """The instruction screen, from the questions this study asks. It counts images (the
     screens the reader will see, as the progress bar does: `view.total`), not items
     (image x question): with two questions per image, 10 images are 20 answers."""
@@ -170,6 +178,11 @@ def intro_text(view: session.CaseView) -> str:
               "Training cases, if any, come first: after each you are told the right answer. "
               "Every answer is saved at once — you can close the tab and come back with the "
               "same link to continue where you stopped."]
+    if instructions.strip():  # the study team's text, shown as typed (no Markdown)
+        lines[2:2] = ["**Instructions from the study team**", "", _paragraphs(instructions), ""]
+    if consent.strip():
+        lines += ["", "**Consent**", "", _paragraphs(consent), "",
+                  "Pressing **Start** records that you agree to the text above."]
     return "\n".join(lines)
 
 
@@ -187,6 +200,10 @@ def _case_screen(db_path, reader, view: session.CaseView, *, with_image: bool,
                  message: str = "", token: str = "") -> Screen:
     pending = view.pending
     q = pending[0]
+    if q["task"] == "pair":
+        # The paired (2AFC) design and its analysis exist in `studies`, but this page shows
+        # one image; showing only the left one would ask a question the reader cannot answer.
+        return _unavailable(view, PAIR_NOT_SHOWN)
     image_url = None
     if with_image:
         try:
@@ -227,8 +244,14 @@ def open_page(db_path, token: str | None) -> Screen:
     view = session.next_case(db_path, reader.reader_id)
     if view is None:
         return _finished(_total(db_path, reader))
-    if view.position == 1 and not any(t["answered"] for t in view.tasks):
-        return Screen("intro", intro=intro_text(view), total=view.total)
+    consent = readers.consent_pending(db_path, reader.reader_id)
+    if consent or (view.position == 1 and not any(t["answered"] for t in view.tasks)):
+        # The study's own instructions, and its consent text until the reader agrees
+        # (Start records the agreement): shown before any case, also on a resumed session
+        # when a consent text was added after the reader began.
+        texts = lifecycle.study_texts(db_path, reader.study)
+        return Screen("intro", intro=intro_text(view, texts.instructions, consent),
+                      total=view.total)
     return _case_screen(db_path, reader, view, with_image=True, token=_token(token),
                         message="Welcome back: continuing where you stopped.")
 
@@ -248,6 +271,8 @@ def start(db_path, token: str | None) -> Screen:
     view = session.next_case(db_path, reader.reader_id)
     if view is None:
         return _finished(_total(db_path, reader))
+    if readers.consent_pending(db_path, reader.reader_id):
+        readers.record_consent(db_path, reader.reader_id)  # Start under the consent text
     return _case_screen(db_path, reader, view, with_image=True, token=_token(token))
 
 
@@ -380,6 +405,14 @@ def prompt_html(prompt: str) -> str:
     return f'<div class="prompt-text"><b>Text:</b> {html.escape(prompt, quote=True)}</div>'
 
 
+PAIR_NOT_SHOWN = ("This study shows two images side by side, which this version of the reader "
+                  "page cannot display yet. Please tell the study team; nothing has been recorded.")
+STUDY_CLOSED = ("This study is closed and takes no more answers. Thank you for taking part — "
+                "you can close this tab.")
+WASHOUT = ("Thank you — the rest of your cases are repeat reads that open after a wash-out "
+           "period: {when}. Come back then with the same link.")
+
+
 def storage_safe(handler, what: str = ""):
     """Run a page handler; a storage fault (database locked, swapped for another file or
     unreadable, read-only file system, missing folder) becomes a screen in words instead of
@@ -390,6 +423,10 @@ def storage_safe(handler, what: str = ""):
     def wrapper(*args, **kwargs):
         try:
             return handler(*args, **kwargs)
+        except session.StudyClosed:
+            return Screen("finished", message=STUDY_CLOSED)
+        except session.NotYetAvailable as exc:
+            return Screen("unavailable", message=WASHOUT.format(when=str(exc)))
         except (sqlite3.Error, OSError, DatabaseNotFound, NotAStudyDatabase) as exc:
             log.exception("reader page: storage fault (%s)", type(exc).__name__)
             return Screen("unavailable", message=STORAGE_FAULT.format(what=what))

@@ -328,3 +328,106 @@ def test_medisyn_studio_stores_its_address_for_later_cli_invites(study, monkeypa
     assert res.exit_code == 0, res.output
     out = run("study", "invite", "--db", study, "--study", "pilot", "--reader", "dr-z")
     assert re.fullmatch(r"https://studio\.example\.org/x/\?token=[\w-]{43}\n", out.output)
+
+
+# ------------------------------------------------------------------ enforced on the reader side
+def test_closed_study_and_deactivated_reader_take_no_answers(study):
+    from studies.errors import NotAuthorised
+    from studies.session import StudyClosed
+
+    token = readers.invite(study, "pilot", "dr-a")
+    ref = readers.reader_for_token(study, token)
+    view = next_case(study, ref.reader_id)
+    acked_id, first_aid = str(uuid.uuid4()), view.assignment_id
+    ack = submit(study, ref.reader_id, first_aid, "turing", 2, 900, acked_id)
+    view = next_case(study, ref.reader_id)
+    lifecycle.set_status(study, "pilot", "closed")
+    with pytest.raises(StudyClosed, match="closed"):
+        submit(study, ref.reader_id, view.assignment_id, "turing", 2, 900, str(uuid.uuid4()))
+    # a retry of an answer acknowledged before the close still gets its acknowledgement
+    retry = submit(study, ref.reader_id, first_aid, "turing", 2, 900, acked_id)
+    assert retry.duplicate and retry.response_id == ack.response_id
+    assert len(long_table(study, "pilot")) == 1
+    lifecycle.set_status(study, "pilot", "open")
+    readers.set_reader_active(study, "pilot", "dr-a", False)
+    with pytest.raises(NotAuthorised, match="deactivated"):
+        submit(study, ref.reader_id, view.assignment_id, "turing", 2, 900, str(uuid.uuid4()))
+    readers.set_reader_active(study, "pilot", "dr-a", True)
+    assert not submit(study, ref.reader_id, view.assignment_id, "turing", 2, 900,
+                      str(uuid.uuid4())).duplicate
+    assert len(long_table(study, "pilot")) == 2
+
+
+def test_reader_page_shows_a_closed_page_and_the_washout_wait(tmp_path):
+    from studio import reader_view
+
+    opts = StudyOptions(repeat_fraction=0.5, repeat_after_s=3600)
+    db, _ = make_study(tmp_path, "pilot", options=opts)
+    token = readers.invite(db, "pilot", "dr-a")
+    ref = readers.reader_for_token(db, token)
+    lifecycle.set_status(db, "pilot", "closed")
+    for handler in (reader_view.open_page, reader_view.start, reader_view.continue_after_feedback):
+        screen = reader_view.storage_safe(handler)(db, token)
+        assert screen.kind == "finished" and "closed" in screen.message
+    lifecycle.set_status(db, "pilot", "open")
+    assert reader_view.storage_safe(reader_view.open_page)(db, token).kind == "intro"
+    with open_db(db) as conn:
+        n_main = conn.execute("SELECT count(*) FROM assignments WHERE reader_id = ? AND kind = "
+                              "'main'", [ref.reader_id]).fetchone()[0]
+    for _ in range(n_main):
+        view = next_case(db, ref.reader_id)
+        submit(db, ref.reader_id, view.assignment_id, "turing", 2, 900, str(uuid.uuid4()))
+    # only delayed repeats are left: the page says when to come back, nothing is served
+    screen = reader_view.storage_safe(reader_view.start)(db, token)
+    assert screen.kind == "unavailable" and "wash-out" in screen.message
+    assert re.search(r"opens on \d{4}-\d\d-\d\d \d\d:\d\d UTC", screen.message)
+    # two hours later (first reads moved back in time) the repeats are served
+    with open_db(db) as conn:
+        conn.execute("UPDATE assignments SET completed_at = '2000-01-01T00:00:00.000Z' "
+                     "WHERE reader_id = ? AND completed_at IS NOT NULL", [ref.reader_id])
+    view = next_case(db, ref.reader_id)
+    with open_db(db) as conn:
+        kind = conn.execute("SELECT kind FROM assignments WHERE id = ?",
+                            [view.assignment_id]).fetchone()[0]
+    assert kind == "repeat"
+    assert reader_view.storage_safe(reader_view.start)(db, token).kind == "case"
+
+
+def test_reader_page_shows_instructions_and_consent_and_start_records_it(study):
+    from studio import reader_view
+
+    lifecycle.set_texts(study, "pilot", instructions="Read each image at full size.\n\nTake breaks.",
+                        consent="I agree that my answers are used ![x](http://127.0.0.1:9/t.png).")
+    token = readers.invite(study, "pilot", "dr-a")
+    ref = readers.reader_for_token(study, token)
+    screen = reader_view.open_page(study, token)
+    assert screen.kind == "intro"
+    assert "Read each image at full size\\." in screen.intro and "Take breaks\\." in screen.intro
+    assert "full size\\.\n\nTake breaks" in screen.intro  # paragraphs kept
+    assert "Pressing **Start** records that you agree" in screen.intro
+    assert "![x]" not in screen.intro and "\\!\\[x\\]" in screen.intro  # shown as typed
+    assert readers.consent_pending(study, ref.reader_id)
+    assert readers.reader_info(study, ref.reader_id).consented_at is None
+    assert reader_view.start(study, token).kind == "case"
+    assert readers.reader_info(study, ref.reader_id).consented_at is not None
+    assert readers.consent_pending(study, ref.reader_id) == ""
+    # resumed after consent: straight back to the case, no intro
+    view = next_case(study, ref.reader_id)
+    submit(study, ref.reader_id, view.assignment_id, "turing", 2, 900, str(uuid.uuid4()))
+    assert reader_view.open_page(study, token).kind == "case"
+    # a study without consent text asks for nothing
+    other = readers.invite(study, "pilot", "dr-b")
+    lifecycle.set_texts(study, "pilot", consent="")
+    assert "Consent" not in reader_view.open_page(study, other).intro
+
+
+def test_reader_page_refuses_to_show_a_pair_read_with_one_image(tmp_path):
+    """The pair task's two-image screen is not built yet: the page says so in words rather
+    than showing the left image alone under a left/right question."""
+    from studio import reader_view
+
+    db, _ = make_study(tmp_path, "duo", tasks=("pair",))
+    token = readers.invite(db, "duo", "dr-a")
+    screen = reader_view.start(db, token)
+    assert screen.kind == "unavailable" and "two images side by side" in screen.message
+    assert screen.image_url is None and screen.state is None
