@@ -348,7 +348,8 @@ def continue_after_feedback(db_path, token: str | None) -> Screen:
 KEYS_HINT = "Keys: digits choose · Enter submits · ? image viewer keys"
 READER_CSS = """
 #stimulus { background: #000; height: 78vh; display: flex; align-items: center;
-            justify-content: center; position: relative; overflow: hidden;
+            justify-content: center; position: relative; overflow: hidden !important;
+            contain: paint;  /* a zoomed image never spills over the answer column */
             touch-action: none; user-select: none; -webkit-user-select: none; }
 #stimulus img { max-width: 100%; max-height: 78vh; width: 100%; height: 100%;
                 object-fit: contain; background: #000; display: block;

@@ -123,6 +123,7 @@
       card.appendChild(close);
       h.appendChild(card);
       h.addEventListener("click", function (e) { if (e.target === h) help(false); });
+      h.hidden = true;
       document.body.appendChild(h);
     }
     h.hidden = show === undefined ? !h.hidden : !show;
@@ -229,7 +230,8 @@
     if (tag === "INPUT") return !["radio", "checkbox", "button", "submit"].includes(el.type);
     return false;
   }
-  document.addEventListener("keydown", function (e) {
+  // Capture phase: a focused Gradio control (the radio just clicked) must not swallow them.
+  window.addEventListener("keydown", function (e) {
     if (e.ctrlKey || e.metaKey || e.altKey || typing(e.target)) return;
     const h = document.getElementById("viewer-help");
     if (e.key === "Escape" && h && !h.hidden) { help(false); e.preventDefault(); return; }
@@ -241,11 +243,15 @@
                  "-": function () { zoomTo(v.zoom / STEP); }, "0": reset, "r": reset,
                  "n": native, "f": fullscreen, "i": invert, "c": preset}[k];
     if (act && !(e.repeat && (k === "f" || k === "i" || k === "c"))) { act(); e.preventDefault(); }
-  });
+  }, true);
 
   // --- connection loss: say plainly that the answer was not saved --------------------
+  // Gradio 6 itself shows "Connection Lost", polls the server every 2 s and reloads the
+  // page once it answers; the reload resumes at the first unanswered case (database), so
+  // the notice is kept in sessionStorage and shown again after that reload.
+  const NOT_SAVED = "medisyn-not-saved";
   let probing = null;
-  function banner(text, withReload) {
+  function banner(text, button) {
     let b = document.getElementById("connection-lost");
     if (!b) {
       b = document.createElement("div");
@@ -253,18 +259,25 @@
       b.setAttribute("role", "alert");
       document.body.appendChild(b);
     }
+    b.hidden = false;
     b.textContent = text + " ";
-    if (withReload) {
+    if (button) {
       const r = document.createElement("button");
-      r.type = "button"; r.textContent = "Reload";
-      r.addEventListener("click", function () { window.location.reload(); });
+      r.type = "button"; r.textContent = button[0];
+      r.addEventListener("click", button[1]);
       b.appendChild(r);
     }
   }
+  function clearBanner() {
+    const b = document.getElementById("connection-lost");
+    if (b) b.hidden = true;
+    try { sessionStorage.removeItem(NOT_SAVED); } catch (e) {}
+  }
   function lost() {
+    try { sessionStorage.setItem(NOT_SAVED, "1"); } catch (e) {}
     banner("Not saved: the connection to the study server was lost, so your last answer " +
            "was NOT recorded. Your earlier answers are safe. Keep this tab open; this " +
-           "message changes when the server is back.", false);
+           "message changes when the server is back.", null);
     if (probing) return;
     probing = setInterval(function () {
       origFetch(window.location.pathname + window.location.search, {cache: "no-store"})
@@ -272,17 +285,37 @@
           if (!r.ok) return;
           clearInterval(probing); probing = null;
           banner("The connection is back, but your last answer was NOT saved. Press Reload " +
-                 "and answer the case again (the study continues where you stopped).", true);
+                 "and answer the case again (the study continues where you stopped).",
+                 ["Reload", function () { window.location.reload(); }]);
         }).catch(function () {});
     }, 2000);
   }
+  function notSavedEarlier() {
+    let flag = null;
+    try { flag = sessionStorage.getItem(NOT_SAVED); } catch (e) {}
+    if (!flag) return;
+    banner("Your last answer was NOT saved: the connection to the study server was lost " +
+           "when you sent it. Please answer this case again.", ["OK", clearBanner]);
+  }
+  // The notice ends when the reader has moved on to another case (that answer was saved).
+  let noticeCase = null;
+  new MutationObserver(function () {
+    const b = document.getElementById("connection-lost");
+    const label = document.querySelector("#progress .label");
+    if (!b || b.hidden || !label || !label.textContent || probing) return;
+    if (noticeCase === null) noticeCase = label.textContent;
+    else if (label.textContent !== noticeCase) { noticeCase = null; clearBanner(); }
+  }).observe(document.documentElement, {childList: true, subtree: true, characterData: true});
+  if (document.body) notSavedEarlier();
+  else document.addEventListener("DOMContentLoaded", notSavedEarlier);
   const origFetch = window.fetch.bind(window);
   window.fetch = function (input, init) {
     const url = (input && input.url) || String(input);
     const p = origFetch(input, init);
-    if (url.indexOf("/queue/join") >= 0 || url.indexOf("/queue/data") >= 0) {
-      p.then(function (r) { if (r.status >= 500 || r.status === 0) lost(); },
-             function () { lost(); });
+    if (url.indexOf("/queue/join") >= 0) {
+      p.then(function (r) { if (r.status >= 500) lost(); }, function () { lost(); });
+    } else if (url.indexOf("/queue/data") >= 0) {
+      p.then(function (r) { if (r.status >= 500) lost(); }, function () { lost(); });
     }
     return p;
   };
