@@ -187,7 +187,7 @@ def build_app(db_path, *, admin_auth: auth_mod.AdminAuth, model: str | None = No
         app, reader, path="/",
         allowed_paths=[], blocked_paths=blocked, max_file_size=READER_MAX_UPLOAD,
         ssr_mode=False, footer_links=[], run_history=False, show_error=False, mcp_server=False,
-        head=f"<script>{reader_view.KEYBOARD_JS}</script>", css=reader_view.READER_CSS,
+        head=reader_view.HEAD, css=reader_view.READER_CSS,
         theme=gr.themes.Soft())
     app.state.reader_blocks, app.state.admin_blocks = reader, admin  # for tests/benchmarks
 

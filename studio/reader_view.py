@@ -72,6 +72,10 @@ STORAGE_FAULT = ("The study's storage cannot be reached right now, so nothing co
                  "the server's log).")
 
 KEYBOARD_JS = (pathlib.Path(__file__).with_name("keyboard.js")).read_text(encoding="utf-8")
+# Zoom/pan/window-level/invert/full screen on the served image, help overlay, touch mode,
+# and the "not saved" banner when the connection drops (see the file's header).
+VIEWER_JS = (pathlib.Path(__file__).with_name("viewer.js")).read_text(encoding="utf-8")
+HEAD = f"<script>{KEYBOARD_JS}</script><script>{VIEWER_JS}</script>"
 
 # Runs in the browser before the submit event: passes the answer through and adds the
 # milliseconds since keyboard.js saw the current question (or its image) appear.
@@ -147,8 +151,9 @@ def _finished(total: int) -> Screen:
 
 
 def _choices(question: dict) -> list[tuple[str, int]]:
-    return [(f"{i}  {s['label']}", int(s["value"]))
-            for i, s in enumerate(question["scale"], start=1)]
+    # The key digit in front of each label is drawn by CSS (a counter), so touch screens,
+    # which have no digit keys, show the label alone.
+    return [(s["label"], int(s["value"])) for s in question["scale"]]
 
 
 def _paragraphs(text: str) -> str:
@@ -318,7 +323,7 @@ def submit_answer(db_path, token: str | None, state: OnScreen | None, answer,
                             message="This page was out of date; here is your current case.")
     if answer is None or answer == "":
         screen = _case_screen(db_path, reader, view, with_image=False,
-                              message=f"Choose an answer first (keys 1–{len(view.pending[0]['scale'])}).")
+                              message="Choose an answer first.")
         screen.state = state  # keep timing from the original showing
         return screen
     server_ms = int(round((time.monotonic() - state.shown_mono) * 1000))
@@ -365,22 +370,77 @@ def continue_after_feedback(db_path, token: str | None) -> Screen:
 
 
 # ----------------------------------------------------------------------------- Gradio
+KEYS_HINT = "Keys: digits choose · Enter submits · ? image viewer keys"
 READER_CSS = """
 #stimulus { background: #000; height: 78vh; display: flex; align-items: center;
-            justify-content: center; }
+            justify-content: center; position: relative; overflow: hidden !important;
+            contain: paint;  /* a zoomed image never spills over the answer column */
+            touch-action: none; user-select: none; -webkit-user-select: none; }
 #stimulus img { max-width: 100%; max-height: 78vh; width: 100%; height: 100%;
-                object-fit: contain; background: #000; display: block; }
+                object-fit: contain; background: #000; display: block;
+                transform-origin: center center; cursor: grab; }
+#stimulus .html-container, #stimulus .html-container > div { width: 100%; height: 100%; }
+#stimulus.zoomed img { cursor: move; }
+#stimulus:fullscreen { height: 100vh; }
+#stimulus:fullscreen img { max-height: 100vh; }
 #stimulus .stimulus-fault { color: #f9fafb; padding: 1rem; font-size: 1.05rem; }
+#stimulus .viewer-tools { position: absolute; top: 6px; right: 6px; display: flex; gap: 4px;
+                          opacity: 0.55; z-index: 5; }
+#stimulus .viewer-tools:hover { opacity: 0.85; }
+#stimulus .viewer-tools button { min-width: 32px; min-height: 32px; padding: 0 6px;
+                                 border: 1px solid #4b5563; border-radius: 6px;
+                                 background: #111827; color: #f9fafb; font-size: 0.9rem; }
+#stimulus .viewer-toast { position: absolute; bottom: 8px; left: 8px; color: #f9fafb;
+                          font-size: 0.9rem; pointer-events: none; z-index: 5; }
+#viewer-help { position: fixed; inset: 0; background: rgba(0,0,0,0.55); z-index: 1000;
+               display: flex; align-items: center; justify-content: center; }
+#viewer-help[hidden] { display: none; }
+#viewer-help .card { background: #fff; color: #111827; border-radius: 10px; padding: 1rem 1.5rem;
+                     max-width: 32rem; max-height: 90vh; overflow: auto; }
+#viewer-help dl { display: grid; grid-template-columns: auto 1fr; gap: 0.3rem 1rem; }
+#viewer-help dt { font-weight: 600; white-space: nowrap; }
+#viewer-help dd { margin: 0; }
+#viewer-help button, #connection-lost button { min-height: 44px; padding: 0 1rem; }
+#connection-lost { position: fixed; left: 0; right: 0; top: 0; z-index: 1001;
+                   background: #b91c1c; color: #fff; padding: 0.75rem 1rem; font-size: 1.05rem; }
 #progress .bar { height: 10px; background: #e5e7eb; border-radius: 5px; overflow: hidden; }
 #progress .bar > div { height: 100%; background: #2563eb; }
 #progress .label { font-size: 0.95rem; margin-bottom: 4px; color: #374151; }
-#answer .wrap { flex-direction: column; align-items: stretch; }
-#answer label { font-size: 1.05rem; width: 100%; }
+#answer .wrap { flex-direction: column; align-items: stretch; counter-reset: opt; }
+#answer label { font-size: 1.05rem; width: 100%; min-height: 44px; counter-increment: opt; }
+/* The key digit of each option (keyboard.js: digit n picks option n); none on touch. */
+#answer label > span::before { content: counter(opt) "\\00a0\\00a0"; font-weight: 600; }
 #submit, #continue, #start { font-size: 1.1rem; min-height: 3rem; }
 #prompt { border-left: 4px solid #2563eb; padding-left: 0.75rem; }
 #prompt .prompt-text { white-space: pre-wrap; }
 .keys-hint { color: #6b7280; font-size: 0.9rem; }
+.touch-hint { display: none; color: #6b7280; font-size: 0.9rem; }
+/* Touch screens (no keys): touch wording, 44 px targets. Gradio scopes this stylesheet to
+   its container, so a media query, not a class on <html>, switches the mode. */
+@media (pointer: coarse) {
+  .keys-hint { display: none; }
+  .touch-hint { display: block; }
+  #answer label > span::before { content: none; }
+  #stimulus .viewer-tools { opacity: 0.85; }
+  #stimulus .viewer-tools { gap: 2px; left: 4px; right: 4px; justify-content: flex-end; }
+  #stimulus .viewer-tools button { min-width: 38px; min-height: 44px; padding: 0 2px;
+                                   font-size: 0.8rem; }
+}
 footer { display: none !important; }
+/* Phones: image and the whole answer scale and Submit on one screen, no scrolling. */
+@media (max-width: 640px) {
+  .gradio-container, .gradio-container > .main, .gradio-container .wrap.contain {
+    padding-left: 4px !important; padding-right: 4px !important; }
+  .gradio-container { padding-top: 4px !important; }
+  #stimulus { height: 42vh; }
+  #stimulus img { max-height: 42vh; }
+  #progress .label { font-size: 0.85rem; margin-bottom: 2px; }
+  #question h3 { font-size: 1rem; margin: 0; }
+  #answer .wrap { display: grid; grid-template-columns: 1fr 1fr; gap: 4px; }
+  #answer label { font-size: 0.95rem; padding: 4px 8px; }
+  #answer > span, #answer .block-title, #answer [data-testid="block-info"] { display: none; }
+  #submit, #continue, #start { min-height: 48px; }
+}
 """
 
 
@@ -455,7 +515,7 @@ def build_reader_blocks(db_path) -> gr.Blocks:
             open_btn = gr.Button("Open", variant="primary")
         with gr.Column(visible=False, elem_id=IDS["intro"]) as intro_col:
             intro_md = gr.Markdown()
-            start_btn = gr.Button("Start  (Enter)", variant="primary", elem_id=IDS["start"])
+            start_btn = gr.Button("Start", variant="primary", elem_id=IDS["start"])
         with gr.Column(visible=False) as case_col:
             progress = gr.HTML(elem_id=IDS["progress"])
             message = gr.Markdown(elem_id=IDS["message"])
@@ -469,15 +529,17 @@ def build_reader_blocks(db_path) -> gr.Blocks:
                     prompt = gr.HTML("", visible=False, elem_id=IDS["prompt"], js_on_load=None)
                     question = gr.Markdown(elem_id=IDS["question"])
                     answer = gr.Radio(choices=[], label="Your answer", elem_id=IDS["answer"])
-                    submit = gr.Button("Submit  (Enter)", variant="primary",
+                    submit = gr.Button("Submit", variant="primary",
                                        elem_id=IDS["submit"])
                     # Filled by SHOWN_MS_JS on submit: the browser's time on this question.
                     client_ms = gr.Number(visible=False)
                     feedback = gr.Markdown(visible=False, elem_id=IDS["feedback"])
-                    cont = gr.Button("Continue  (Enter)", variant="primary", visible=False,
+                    cont = gr.Button("Continue", variant="primary", visible=False,
                                      elem_id=IDS["continue"])
-                    keys_hint = gr.Markdown("Keys: digits choose · Enter submits",
+                    keys_hint = gr.Markdown(KEYS_HINT,
                                             elem_classes=["keys-hint"])
+                    gr.Markdown("Tap an answer, then Submit. Pinch to zoom.",
+                                elem_classes=["touch-hint"])
         with gr.Column(visible=False, elem_id=IDS["finished"]) as done_col:
             gr.Markdown("## Finished")
             done_md = gr.Markdown()
@@ -513,7 +575,7 @@ def build_reader_blocks(db_path) -> gr.Blocks:
                 gr.update(visible=s.kind == "feedback"),
                 s.message if s.kind == "finished" else gr.update(),
                 "Keys: Enter continues" if s.kind == "feedback"
-                else "Keys: digits choose · Enter submits",
+                else KEYS_HINT,
                 gr.update(visible=s.kind == "unavailable"),
                 s.message if s.kind == "unavailable" else gr.update(),
                 s.state,
