@@ -314,7 +314,8 @@ def current_stimulus_png(db_path: str | pathlib.Path, token: str | None,
         row = db.execute(
             "SELECT r.id, c.stimulus_id FROM readers r "
             "JOIN assignments a ON a.reader_id = r.id JOIN cases c ON c.id = a.case_id "
-            "WHERE r.token_hash = ? AND a.view_id = ? AND a.completed_at IS NULL",
+            "WHERE r.token_hash = ? AND a.view_id = ? AND a.completed_at IS NULL "
+            "AND r.deactivated_at IS NULL",  # a deactivated link fetches nothing either
             [token_hash(token), view_id]).fetchone()
     if row is None:
         raise NotAuthorised("unknown image")

@@ -431,3 +431,15 @@ def test_reader_page_refuses_to_show_a_pair_read_with_one_image(tmp_path):
     screen = reader_view.start(db, token)
     assert screen.kind == "unavailable" and "two images side by side" in screen.message
     assert screen.image_url is None and screen.state is None
+
+
+def test_a_deactivated_link_fetches_no_image(study):
+    from studies.errors import NotAuthorised
+    from studies.session import current_stimulus_png
+
+    token = readers.invite(study, "pilot", "dr-a")
+    view = next_case(study, readers.reader_for_token(study, token).reader_id)
+    assert current_stimulus_png(study, token, view.stimulus_id)[1].startswith(b"\x89PNG")
+    readers.set_reader_active(study, "pilot", "dr-a", False)
+    with pytest.raises(NotAuthorised):
+        current_stimulus_png(study, token, view.stimulus_id)
