@@ -436,7 +436,9 @@ footer { display: none !important; }
   #stimulus img { max-height: 42vh; }
   #progress .label { font-size: 0.85rem; margin-bottom: 2px; }
   #question h3 { font-size: 1rem; margin: 0; }
-  #answer .wrap { display: grid; grid-template-columns: 1fr 1fr; gap: 4px; }
+  /* column-major: the real half of the scale on the left, the synthetic half on the right */
+  #answer .wrap { display: grid; grid-template-columns: 1fr 1fr; grid-auto-flow: column;
+                  grid-template-rows: repeat(3, auto); gap: 4px; }
   #answer label { font-size: 0.95rem; padding: 4px 8px; }
   #answer > span, #answer .block-title, #answer [data-testid="block-info"] { display: none; }
   #submit, #continue, #start { min-height: 48px; }

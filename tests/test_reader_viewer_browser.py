@@ -188,9 +188,12 @@ def test_phone_layout_fits_without_scrolling(browser, viewer_studio):
     assert img["height"] > 200 and img["y"] >= 0 and img["y"] + img["height"] <= 844, img
     labels = page.locator("#answer label")
     assert labels.count() == 6
-    for i in range(6):
-        b = labels.nth(i).bounding_box()
+    boxes = [labels.nth(i).bounding_box() for i in range(6)]
+    for i, b in enumerate(boxes):
         assert b["height"] >= 44 and b["y"] + b["height"] <= 844, (i, b)
+    # Two columns read top to bottom: the real half of the scale on the left, synthetic right.
+    assert all(b["x"] < boxes[3]["x"] for b in boxes[:3]), boxes
+    assert boxes[0]["y"] < boxes[1]["y"] < boxes[2]["y"] and boxes[3]["y"] < boxes[4]["y"] < boxes[5]["y"]
     for b in page.locator("#stimulus .viewer-tools button").all():
         assert b.bounding_box()["height"] >= 44
     text = page.inner_text("body")
