@@ -15,7 +15,7 @@ File access: no `allowed_paths`; the study's stimuli folder, the database files,
 admin config and the demo reader's token file are in `blocked_paths`. Readers get their
 images from the app's own route, `GET /stimulus/<view id>?token=<token>`
 (`stimulus_response`): the stored PNG bytes of that reader's current read, `no-store`.
-`reader_route_guard` refuses every Gradio file route (`file=`, `file/`) and every upload on
+`ReaderRouteGuard` refuses every Gradio file route (`file=`, `file/`) and every upload on
 the reader side; Gradio's login guards the admin side's file and upload routes.
 `studio.web_security` wraps everything: cross-origin writes refused, no CORS, SameSite=Lax
 cookies, CSP and friends on every response, no API descriptions, bad `fn_index` → 422.
@@ -80,24 +80,34 @@ def _not_found():
     return PlainTextResponse("Not found", status_code=404)
 
 
-async def reader_route_guard(request, call_next):
+def refused_route(path: str) -> bool:
     """Outside /admin: no Gradio file route serves anything (stimuli come from
     `stimulus_response`), and nothing is uploaded.
     Inside /admin, Gradio's login check guards file and upload routes; routes neither app
     uses (streams, recordings, proxy, run history ...) are refused on both sides."""
-    path = request.scope["path"]
     is_admin = path == "/admin" or path.startswith("/admin/")
     local = path[len("/admin"):] if is_admin else path
     route = re.sub(r"/{2,}", "/", local)  # route names only; a file target keeps its slashes
     if UNUSED_ROUTE.search(route) or NO_INPUT_ROUTE.search(route):
-        return _not_found()
+        return True
     if is_admin:
-        return await call_next(request)
-    if UPLOAD_ROUTE.search(route):
-        return _not_found()
-    if FILE_ROUTE.search(local):
-        return _not_found()
-    return await call_next(request)
+        return False
+    return bool(UPLOAD_ROUTE.search(route) or FILE_ROUTE.search(local))
+
+
+class ReaderRouteGuard:
+    """`refused_route` as a plain ASGI middleware: a 404 before any app sees the request.
+    Plain ASGI rather than Starlette's BaseHTTPMiddleware, which re-wraps every response
+    (Gradio's event streams included) in an extra task and memory stream per request."""
+
+    def __init__(self, app):
+        self.app = app
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] == "http" and refused_route(scope["path"]):
+            await _not_found()(scope, receive, send)
+            return
+        await self.app(scope, receive, send)
 
 
 STIMULUS_HEADERS = {"Cache-Control": "no-store", "Referrer-Policy": "no-referrer",
@@ -164,7 +174,7 @@ def build_app(db_path, *, admin_auth: auth_mod.AdminAuth, model: str | None = No
 
     app = fastapi.FastAPI(lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
     blocked = blocked_paths(db_path)
-    app.middleware("http")(reader_route_guard)
+    app.add_middleware(ReaderRouteGuard)
 
     @app.get(f"/{reader_view.STIMULUS_ROUTE}/{{view_id}}", include_in_schema=False)
     def stimulus(view_id: str, token: str | None = None):
