@@ -18,6 +18,7 @@
     if (tag === "INPUT") return !["radio", "checkbox", "button", "submit"].includes(el.type);
     return false;
   }
+  window.__medisynTyping = typing;  // shared with viewer.js (injected after this file)
   function button(id) {
     const el = document.getElementById(id);
     if (!el) return null;

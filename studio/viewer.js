@@ -222,14 +222,7 @@
   document.addEventListener("pointerup", up);
   document.addEventListener("pointercancel", up);
 
-  function typing(el) {
-    if (!el) return false;
-    if (el.isContentEditable) return true;
-    const tag = el.tagName;
-    if (tag === "TEXTAREA" || tag === "SELECT") return true;
-    if (tag === "INPUT") return !["radio", "checkbox", "button", "submit"].includes(el.type);
-    return false;
-  }
+  const typing = (el) => window.__medisynTyping(el);  // keyboard.js: keys ignored while typing
   // Capture phase: a focused Gradio control (the radio just clicked) must not swallow them.
   window.addEventListener("keydown", function (e) {
     if (e.ctrlKey || e.metaKey || e.altKey || typing(e.target)) return;

@@ -17,20 +17,10 @@ import sqlite3
 import pytest
 
 from studio_fixtures import make_loud_study
-from test_studio_browser import ADMIN_PASSWORD, CHROMIUM_ARGS, _chromium, _wait_case
+from test_studio_browser import ADMIN_PASSWORD, _wait_case
+from test_studio_browser import browser  # noqa: F401  (the shared Chromium fixture)
 
 pytestmark = pytest.mark.browser
-
-
-@pytest.fixture(scope="module")
-def browser():
-    exe = _chromium()
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as p:
-        b = p.chromium.launch(executable_path=exe, args=CHROMIUM_ARGS)
-        yield b
-        b.close()
 
 
 def _build(db):
