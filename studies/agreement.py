@@ -27,17 +27,13 @@ import numpy as np
 from scipy import stats
 from statsmodels.stats.inter_rater import cohens_kappa, fleiss_kappa as _sm_fleiss_kappa
 
+from studies.proportions import null_fields as _null
+
 ICC_FORMS = ("ICC1", "ICC2", "ICC3", "ICC1k", "ICC2k", "ICC3k")
 VAR_RTOL = 1e-9
 """Cohen's κ (null) variance below this, relative to 1/((1−pe)²n), is zero (rounding)."""
 ONE_ANSWER = ("one reader gave the same answer to every case: kappa is 0 by construction "
               "and has no sampling variance")
-
-
-def _null(out: dict, keys, reason: str) -> dict:
-    for key in keys:
-        out[key], out[f"{key}_reason"] = None, reason
-    return out
 
 
 # --- Fleiss ------------------------------------------------------------------------------

@@ -34,7 +34,9 @@ import numpy as np
 import pandas as pd
 
 from studies import agreement, likert, mrmc, pairs, roc
-from studies.proportions import binary_summaries, binary_summary, clip_ci
+from studies.proportions import binary_summaries, binary_summary
+from studies.proportions import null_fields as _null
+from studies.proportions import readers_t_test
 
 SCHEMA_VERSION = 1
 COLUMNS = ("study", "reader", "case", "task", "source", "generator", "modality", "prompt",
@@ -54,12 +56,6 @@ MRMC_DESIGN = (
     "treatments, positives nested within them. The pooled test uses all synthetic images as "
     "positives; per-generator tests use that generator's images plus all real images."
 )
-
-
-def _null(out: dict, keys, reason: str) -> dict:
-    for key in keys:
-        out[key], out[f"{key}_reason"] = None, reason
-    return out
 
 
 def _natural_key(s: str):
@@ -338,30 +334,6 @@ def _breakdown(df: pd.DataFrame, by: str, levels, alpha: float) -> dict:
     return {str(level): row for level, row in zip(levels, rows)}
 
 
-def _reader_accuracy_test(accuracies: list[float], alpha: float) -> dict:
-    """Two-sided one-sample t-test of per-reader accuracies against 0.5 (readers as the sample).
-
-    This is the test `studies.power.accuracy_power` plans for: it generalises to new
-    readers, unlike the pooled binomial test.
-    """
-    from scipy import stats
-
-    x = np.asarray(accuracies, dtype=float)
-    out: dict = {"test": "one-sample t-test of per-reader accuracy against 0.5", "n_readers": int(x.size)}
-    keys = ("mean", "sd", "t", "df", "p", "ci")
-    if x.size < 2:
-        return _null(out, keys, "only one reader" if x.size == 1 else "no readers")
-    mean, sd = float(x.mean()), float(x.std(ddof=1))
-    out.update(mean=mean, sd=sd, df=int(x.size - 1))
-    if sd == 0:
-        return _null(out, ("t", "p", "ci"), "every reader has the same accuracy")
-    res = stats.ttest_1samp(x, 0.5)
-    half = float(stats.t.ppf(1 - alpha / 2, x.size - 1) * sd / np.sqrt(x.size))
-    out.update(t=float(res.statistic), p=float(res.pvalue))
-    clip_ci(out, mean - half, mean + half)  # few readers: the t interval can pass 1
-    return out
-
-
 def _flatten_single(single: dict) -> dict:
     rr = single["random_readers"]
     out = {"auc": single["auc"], "null_auc": single["null_auc"]}
@@ -509,8 +481,9 @@ def _turing(rows: pd.DataFrame, repeats: pd.DataFrame, prep: Prepared, *, alpha:
             entry["roc"] = roc.roc_points(truth, score)
         per_reader[r] = entry
     out["per_reader"] = per_reader
-    out["accuracy_random_readers"] = _reader_accuracy_test(
-        [e["accuracy"] for e in per_reader.values() if e.get("accuracy") is not None], alpha)
+    out["accuracy_random_readers"] = readers_t_test(
+        [e["accuracy"] for e in per_reader.values() if e.get("accuracy") is not None],
+        alpha=alpha, measure="accuracy")
     out["by_modality"] = _breakdown(rows, "modality", prep.levels["modality"], alpha)
     gen_rows = {}
     real_rows = rows[rows["truth"] == "real"]

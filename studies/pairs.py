@@ -23,20 +23,14 @@ from __future__ import annotations
 
 import numpy as np
 import pandas as pd
-from scipy import stats
 
 from studies import agreement
-from studies.proportions import binomial_p, clip_ci, clopper_pearson_ci
+from studies.proportions import binomial_p, clopper_pearson_ci, readers_t_test
+from studies.proportions import null_fields as _null
 
 TASK = "pair"
 INTERPRETATION = ("In a two-alternative forced choice the proportion correct estimates the "
                   "AUC of the reader's real-vs-synthetic judgement (0.5: cannot tell).")
-
-
-def _null(out: dict, keys, reason: str) -> dict:
-    for key in keys:
-        out[key], out[f"{key}_reason"] = None, reason
-    return out
 
 
 def _truthy(s: pd.Series) -> pd.Series:
@@ -78,20 +72,7 @@ def proportion_correct(correct: int, n: int, *, alpha: float = 0.05) -> dict:
 
 def random_readers_test(proportions, *, alpha: float = 0.05) -> dict:
     """One-sample t-test of per-reader proportions correct against 0.5."""
-    x = np.asarray(list(proportions), dtype=float)
-    out: dict = {"test": "one-sample t-test of per-reader proportion correct against 0.5",
-                 "n_readers": int(x.size)}
-    if x.size < 2:
-        return _null(out, ("mean", "sd", "t", "df", "p", "ci"),
-                     "only one reader" if x.size == 1 else "no readers")
-    mean, sd = float(x.mean()), float(x.std(ddof=1))
-    out.update(mean=mean, sd=sd, df=int(x.size - 1))
-    if sd == 0:
-        return _null(out, ("t", "p", "ci"), "every reader has the same proportion correct")
-    res = stats.ttest_1samp(x, 0.5)
-    half = float(stats.t.ppf(1 - alpha / 2, x.size - 1) * sd / np.sqrt(x.size))
-    out.update(t=float(res.statistic), p=float(res.pvalue))
-    return clip_ci(out, mean - half, mean + half)
+    return readers_t_test(proportions, alpha=alpha, measure="proportion correct")
 
 
 def analyze_pairs(long_df: pd.DataFrame, *, alpha: float = 0.05) -> dict | str:

@@ -126,3 +126,34 @@ def clip_ci(out: dict, low: float, high: float, *, lo: float = 0.0, hi: float = 
         out[f"{key}_note"] = (f"clipped to [{lo:g}, {hi:g}]: the symmetric interval "
                               f"{float(low):.3f} to {float(high):.3f} crossed the bound")
     return out
+
+
+def null_fields(out: dict, keys, reason: str) -> dict:
+    """Set each of `keys` to None with a sibling `<key>_reason` (the package convention for a
+    statistic that cannot be computed)."""
+    for key in keys:
+        out[key], out[f"{key}_reason"] = None, reason
+    return out
+
+
+def readers_t_test(values, *, alpha: float = 0.05, measure: str = "accuracy") -> dict:
+    """Two-sided one-sample t-test of per-reader `measure` (a proportion) against 0.5,
+    readers as the sample: the random-readers test that generalises to new readers, unlike
+    the pooled binomial test (`studies.power.accuracy_power` plans for it). The t interval
+    is clipped to [0, 1] (`clip_ci`), as it can pass 1 with few readers."""
+    from scipy import stats
+
+    x = np.asarray(list(values), dtype=float)
+    out: dict = {"test": f"one-sample t-test of per-reader {measure} against 0.5",
+                 "n_readers": int(x.size)}
+    if x.size < 2:
+        return null_fields(out, ("mean", "sd", "t", "df", "p", "ci"),
+                           "only one reader" if x.size == 1 else "no readers")
+    mean, sd = float(x.mean()), float(x.std(ddof=1))
+    out.update(mean=mean, sd=sd, df=int(x.size - 1))
+    if sd == 0:
+        return null_fields(out, ("t", "p", "ci"), f"every reader has the same {measure}")
+    res = stats.ttest_1samp(x, 0.5)
+    half = float(stats.t.ppf(1 - alpha / 2, x.size - 1) * sd / np.sqrt(x.size))
+    out.update(t=float(res.statistic), p=float(res.pvalue))
+    return clip_ci(out, mean - half, mean + half)
