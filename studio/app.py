@@ -184,6 +184,7 @@ def build_app(db_path, *, admin_auth: auth_mod.AdminAuth, model: str | None = No
     admin = admin_view.build_admin_blocks(db_path, admin_auth, model=model,
                                           base_url=base_url, batches_dir=batches_dir)
     admin.queue(default_concurrency_limit=8)
+    no_queue_analytics(admin)
     gr.mount_gradio_app(
         app, admin, path="/admin", auth=admin_auth,
         auth_message="MediSyn Studio — researcher login",
@@ -193,6 +194,7 @@ def build_app(db_path, *, admin_auth: auth_mod.AdminAuth, model: str | None = No
 
     reader = reader_view.build_reader_blocks(db_path)
     reader.queue(default_concurrency_limit=READER_CONCURRENCY)
+    no_queue_analytics(reader)
     gr.mount_gradio_app(
         app, reader, path="/",
         allowed_paths=[], blocked_paths=blocked, max_file_size=READER_MAX_UPLOAD,
@@ -207,6 +209,15 @@ def build_app(db_path, *, admin_auth: auth_mod.AdminAuth, model: str | None = No
     # Outermost: sees (and hardens) every request and response, Gradio's included.
     app.add_middleware(web_security.WebSecurity, base_url=base_url, fn_ids=fn_ids)
     return app
+
+
+def no_queue_analytics(blocks) -> None:
+    """Gradio's queue rebuilds a pandas summary of its last 10,000 events after *every*
+    event (for a monitoring page this app does not serve): measured at ~20% of the server
+    CPU of an answer, and growing with the study. Keep a few events and never summarise."""
+    queue = blocks._queue
+    queue.ANAYLTICS_CACHE_FREQUENCY = 2**62  # sic: Gradio's spelling
+    queue.ANALYTICS_MAX_EVENTS = 100
 
 
 def free_port(host: str = "127.0.0.1") -> int:

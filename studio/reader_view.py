@@ -87,7 +87,8 @@ IDS = {"answer": "answer", "submit": "submit", "continue": "continue", "start": 
        "image": "stimulus", "progress": "progress", "question": "question",
        "prompt": "prompt", "feedback": "feedback", "finished": "finished",
        "login": "login", "intro": "intro", "message": "message", "unavailable": "unavailable",
-       "retry": "retry"}
+       "retry": "retry", "case": "case", "screen": "screen", "reader": "reader"}
+SCREENS = ("login", "intro", "case", "feedback", "finished", "unavailable")
 
 
 @dataclasses.dataclass
@@ -371,7 +372,27 @@ def continue_after_feedback(db_path, token: str | None) -> Screen:
 
 # ----------------------------------------------------------------------------- Gradio
 KEYS_HINT = "Keys: digits choose · Enter submits · ? image viewer keys"
-READER_CSS = """
+# One screen at a time, from the marker that render() sends (screen_html). A column is
+# hidden unless the marker names it, so before the first event nothing shows, as before.
+# The feedback screen is the case column with the verdict and Continue instead of the
+# question, the scale and Submit. (No commas inside :is()/:has(): Gradio's CSS scoper
+# splits selector lists on every comma.)
+SCREEN_CSS = """
+#screen { display: none !important; }
+#reader:not(:has(#screen [data-screen="login"])) #login,
+#reader:not(:has(#screen [data-screen="intro"])) #intro,
+#reader:not(:has(#screen [data-screen="case"])):not(:has(#screen [data-screen="feedback"])) #case,
+#reader:not(:has(#screen [data-screen="finished"])) #finished,
+#reader:not(:has(#screen [data-screen="unavailable"])) #unavailable,
+#reader:not(:has(#screen [data-screen="feedback"])) #feedback,
+#reader:not(:has(#screen [data-screen="feedback"])) #continue,
+#reader:has(#screen [data-screen="feedback"]) #question,
+#reader:has(#screen [data-screen="feedback"]) #answer,
+#reader:has(#screen [data-screen="feedback"]) #submit,
+#reader:has(#screen [data-screen="feedback"]) #prompt,
+#prompt:not(:has(.prompt-text)) { display: none !important; }
+"""
+READER_CSS = SCREEN_CSS + """
 #stimulus { background: #000; height: 78vh; display: flex; align-items: center;
             justify-content: center; position: relative; overflow: hidden !important;
             contain: paint;  /* a zoomed image never spills over the answer column */
@@ -446,6 +467,13 @@ footer { display: none !important; }
 """
 
 
+def screen_html(kind: str) -> str:
+    """The marker SCREEN_CSS reads to show one screen (a fixed word, nothing else)."""
+    if kind not in SCREENS:
+        raise ValueError(f"unknown screen {kind!r}")
+    return f'<span data-screen="{kind}"></span>'
+
+
 def progress_html(position: int, total: int, training: bool = False) -> str:
     done = max(0, position - 1)
     pct = 0 if not total else round(100 * done / total)
@@ -510,76 +538,74 @@ def build_reader_blocks(db_path) -> gr.Blocks:
     with gr.Blocks(title="MediSyn reader study", analytics_enabled=False,
                    delete_cache=(3600, 24 * 3600)) as demo:
         state = gr.State(None)
-        with gr.Column(visible=False, elem_id=IDS["login"]) as login_col:
-            gr.Markdown("## Reader study")
-            login_msg = gr.Markdown()
-            code = gr.Textbox(label="Access code or link", type="password", max_length=400)
-            open_btn = gr.Button("Open", variant="primary")
-        with gr.Column(visible=False, elem_id=IDS["intro"]) as intro_col:
-            intro_md = gr.Markdown()
-            start_btn = gr.Button("Start", variant="primary", elem_id=IDS["start"])
-        with gr.Column(visible=False) as case_col:
-            progress = gr.HTML(elem_id=IDS["progress"])
-            message = gr.Markdown(elem_id=IDS["message"])
-            with gr.Row(equal_height=False):
-                with gr.Column(scale=3, min_width=360):
-                    # Our own <img> (see stimulus_html), not gr.Image: Gradio would re-encode
-                    # the pixels into its shared content-hash cache on every send.
-                    image = gr.HTML("", elem_id=IDS["image"], js_on_load=None,
-                                    apply_default_css=False)
-                with gr.Column(scale=2, min_width=300):
-                    prompt = gr.HTML("", visible=False, elem_id=IDS["prompt"], js_on_load=None)
-                    question = gr.Markdown(elem_id=IDS["question"])
-                    answer = gr.Radio(choices=[], label="Your answer", elem_id=IDS["answer"])
-                    submit = gr.Button("Submit", variant="primary",
-                                       elem_id=IDS["submit"])
-                    # Filled by SHOWN_MS_JS on submit: the browser's time on this question.
-                    client_ms = gr.Number(visible=False)
-                    feedback = gr.Markdown(visible=False, elem_id=IDS["feedback"])
-                    cont = gr.Button("Continue", variant="primary", visible=False,
-                                     elem_id=IDS["continue"])
-                    keys_hint = gr.Markdown(KEYS_HINT,
-                                            elem_classes=["keys-hint"])
-                    gr.Markdown("Tap an answer, then Submit. Pinch to zoom.",
-                                elem_classes=["touch-hint"])
-        with gr.Column(visible=False, elem_id=IDS["finished"]) as done_col:
-            gr.Markdown("## Finished")
-            done_md = gr.Markdown()
-        with gr.Column(visible=False, elem_id=IDS["unavailable"]) as fault_col:
-            gr.Markdown("## Please wait")
-            fault_md = gr.Markdown()
-            retry_btn = gr.Button("Try again", variant="primary", elem_id=IDS["retry"])
+        # Which screen shows is decided by CSS from this marker (see SCREEN_CSS), not by
+        # Gradio visibility updates: Gradio 6 rebuilds a component and its config for every
+        # `gr.update(...)` output, which made an answer cost ~20 such rebuilds.
+        with gr.Column(elem_id=IDS["reader"]):
+            screen = gr.HTML("", elem_id=IDS["screen"], apply_default_css=False)
+            with gr.Column(elem_id=IDS["login"]):
+                gr.Markdown("## Reader study")
+                login_msg = gr.Markdown()
+                code = gr.Textbox(label="Access code or link", type="password", max_length=400)
+                open_btn = gr.Button("Open", variant="primary")
+            with gr.Column(elem_id=IDS["intro"]):
+                intro_md = gr.Markdown()
+                start_btn = gr.Button("Start", variant="primary", elem_id=IDS["start"])
+            with gr.Column(elem_id=IDS["case"]):
+                progress = gr.HTML(elem_id=IDS["progress"])
+                message = gr.Markdown(elem_id=IDS["message"])
+                with gr.Row(equal_height=False):
+                    with gr.Column(scale=3, min_width=360):
+                        # Our own <img> (see stimulus_html), not gr.Image: Gradio would
+                        # re-encode the pixels into its shared content-hash cache per send.
+                        image = gr.HTML("", elem_id=IDS["image"], js_on_load=None,
+                                        apply_default_css=False)
+                    with gr.Column(scale=2, min_width=300):
+                        prompt = gr.HTML("", elem_id=IDS["prompt"], js_on_load=None)
+                        question = gr.Markdown(elem_id=IDS["question"])
+                        answer = gr.Radio(choices=[], label="Your answer", elem_id=IDS["answer"])
+                        submit = gr.Button("Submit", variant="primary", elem_id=IDS["submit"])
+                        # Filled by SHOWN_MS_JS on submit: the browser's time on this question.
+                        client_ms = gr.Number(visible=False)
+                        feedback = gr.Markdown(elem_id=IDS["feedback"])
+                        cont = gr.Button("Continue", variant="primary", elem_id=IDS["continue"])
+                        keys_hint = gr.Markdown(KEYS_HINT, elem_classes=["keys-hint"])
+                        gr.Markdown("Tap an answer, then Submit. Pinch to zoom.",
+                                    elem_classes=["touch-hint"])
+            with gr.Column(elem_id=IDS["finished"]):
+                gr.Markdown("## Finished")
+                done_md = gr.Markdown()
+            with gr.Column(elem_id=IDS["unavailable"]):
+                gr.Markdown("## Please wait")
+                fault_md = gr.Markdown()
+                retry_btn = gr.Button("Try again", variant="primary", elem_id=IDS["retry"])
 
-        outputs = [login_col, intro_col, case_col, done_col, login_msg, intro_md, progress,
-                   message, image, prompt, question, answer, submit, feedback, cont, done_md,
-                   keys_hint, fault_col, fault_md, state]
+        outputs = [screen, login_msg, intro_md, progress, message, image, prompt, question,
+                   answer, feedback, done_md, keys_hint, fault_md, state]
 
-        def render(s: Screen):
+        def render(s: Screen) -> list:
+            """The outputs for a screen: plain values (cheap for Gradio) except the answer
+            scale's new choices and an image kept on screen (`gr.skip()`)."""
             case_like = s.kind in ("case", "feedback")
             is_case = s.kind == "case"
+            if s.kind == "feedback" or (is_case and not s.new_image):
+                img = gr.skip()  # the same image stays (next question, training feedback)
+            else:
+                img = stimulus_html(s.image_url) if is_case and s.image_url else ""
             return [
-                gr.update(visible=s.kind == "login"),
-                gr.update(visible=s.kind == "intro"),
-                gr.update(visible=case_like),
-                gr.update(visible=s.kind == "finished"),
-                s.message if s.kind == "login" else gr.update(),
-                s.intro if s.kind == "intro" else gr.update(),
-                progress_html(s.position, s.total, s.training) if case_like else gr.update(),
-                s.message if case_like else gr.update(),
-                stimulus_html(s.image_url) if s.new_image and s.image_url else gr.update(),
-                gr.update(value=prompt_html(s.prompt) if s.prompt else "",
-                          visible=bool(s.prompt) and is_case),
-                gr.update(value=f"### {s.question}" if is_case else "", visible=is_case),
-                gr.update(choices=s.choices, value=None, visible=is_case) if is_case
-                else gr.update(visible=False),
-                gr.update(visible=is_case),
-                gr.update(value=s.feedback, visible=s.kind == "feedback"),
-                gr.update(visible=s.kind == "feedback"),
-                s.message if s.kind == "finished" else gr.update(),
-                "Keys: Enter continues" if s.kind == "feedback"
-                else KEYS_HINT,
-                gr.update(visible=s.kind == "unavailable"),
-                s.message if s.kind == "unavailable" else gr.update(),
+                screen_html(s.kind),
+                s.message if s.kind == "login" else "",
+                s.intro if s.kind == "intro" else "",
+                progress_html(s.position, s.total, s.training) if case_like else "",
+                s.message if case_like else "",
+                img,
+                prompt_html(s.prompt) if s.prompt and is_case else "",
+                f"### {s.question}" if is_case else "",
+                gr.update(choices=s.choices, value=None) if is_case else None,
+                s.feedback if s.kind == "feedback" else "",
+                s.message if s.kind == "finished" else "",
+                "Keys: Enter continues" if s.kind == "feedback" else KEYS_HINT,
+                s.message if s.kind == "unavailable" else "",
                 s.state,
             ]
 
@@ -602,8 +628,10 @@ def build_reader_blocks(db_path) -> gr.Blocks:
         # Every event is private (not in the API page, not callable by gradio_client) and
         # authorised inside from the token; trigger_mode="once" drops repeat clicks while
         # one is running (double Enter), and the client_id makes a retry idempotent anyway.
+        # postprocess=False: the values are built here and sent as they are (no per-output
+        # hop to a worker thread for Gradio's pass-through postprocessing).
         common = dict(api_visibility="private", concurrency_id="reader", trigger_mode="once",
-                      show_progress="hidden")
+                      show_progress="hidden", postprocess=False)
         demo.load(on_load, None, outputs, **common)
         start_btn.click(on_start, None, outputs, **common)
         submit.click(on_submit, [state, answer, client_ms], outputs, js=SHOWN_MS_JS, **common)

@@ -285,7 +285,7 @@ def test_access_code_form_and_keys_in_text_fields(browser, studio):
     page.keyboard.press("Enter")  # Enter in a text field is not "submit the answer"
     page.get_by_role("button", name="Open").click()
     page.wait_for_url(f"**/?token={token}", timeout=30_000)
-    page.wait_for_selector("#finished, #start, #progress", state="visible", timeout=30_000)
+    page.wait_for_selector("#finished:visible, #start:visible, #progress:visible", state="visible", timeout=30_000)
     ctx.close()
 
 

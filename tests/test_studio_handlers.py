@@ -17,7 +17,7 @@ import pytest
 
 from studio_fixtures import leak_needles, make_loud_study, write_loud_manifest
 
-from studies import session, stimuli
+from studies import readers, session, stimuli
 from studies.database import stimuli_dir
 from studies.export import long_table
 from studio import admin_view, auth, reader_view
@@ -1097,3 +1097,55 @@ def test_generate_tab_lora_picker_lists_local_adapters_and_records_them(tmp_path
     with pytest.raises(ValueError, match="LoRA"):
         generate_view.run_generation(tiny_model, prompt=CAPTION, steps=2, out_root=tmp_path / "b",
                                      loras=[str(tmp_path / "missing.safetensors")])
+
+
+def _queue_event(client, fn_index: int, data: list, token: str, session: str) -> list:
+    """One event as the browser sends it (join, then read the event stream)."""
+    import json
+
+    r = client.post(f"/gradio_api/queue/join?token={token}", json={
+        "data": data, "event_data": None, "fn_index": fn_index, "trigger_id": None,
+        "session_hash": session})
+    r.raise_for_status()
+    event_id = r.json()["event_id"]
+    with client.stream("GET", f"/gradio_api/queue/data?session_hash={session}") as s:
+        for line in s.iter_lines():
+            msg = json.loads(line[5:]) if line.startswith("data:") else {}
+            if msg.get("event_id") == event_id and msg.get("msg") == "process_completed":
+                assert msg.get("success"), msg
+                return msg["output"]["data"]
+    raise AssertionError("no result")
+
+
+def test_reader_events_are_cheap_for_gradio(tmp_path, monkeypatch):
+    """An answer's result is plain values, not ~20 `gr.update` dicts (Gradio rebuilds a
+    component per update), and Gradio's queue does not rebuild its pandas analytics
+    summary after every event. Both made the think-time p95 miss its target."""
+    import gradio.queueing
+    import httpx
+
+    from studio import app as app_mod
+
+    summaries = []
+    real = gradio.queueing.Queue._get_df
+    monkeypatch.setattr(gradio.queueing.Queue, "_get_df",
+                        staticmethod(lambda records: summaries.append(1) or real(records)))
+    db, _, _ = make_loud_study(tmp_path)
+    token = readers.invite(db, "ten", "cheap")
+    creds = auth.AdminCredentials.from_password("admin", "pw-test", "env")
+    app = app_mod.build_app(db, admin_auth=auth.AdminAuth(creds))
+    ids = {f.name: i for i, f in app.state.reader_blocks.fns.items()}
+    server = app_mod.Server(app, "127.0.0.1", app_mod.free_port()).start()
+    try:
+        with httpx.Client(base_url=server.url, timeout=30) as c:
+            _queue_event(c, ids["on_load"], [], token, "s1")
+            first = _queue_event(c, ids["on_start"], [], token, "s1")
+            nxt = _queue_event(c, ids["on_submit"], [None, 2, None], token, "s1")
+    finally:
+        server.stop()
+    for out in (first, nxt):
+        updates = [o for o in out if isinstance(o, dict) and o.get("__type__") == "update"]
+        assert len(updates) == 1 and "choices" in updates[0], out  # only the answer scale
+        assert '<span data-screen="case"></span>' in out and "stimulus/" in _text(out)
+    assert _text(first) != _text(nxt)  # the next case, with its own image
+    assert summaries == []
