@@ -419,7 +419,9 @@ def _drop_writer(queue: _WriteQueue) -> None:
 
 def release_writers() -> None:
     """Close the writer connections this process keeps open (see the module docstring),
-    e.g. before handing the database file over; the next write opens a new one."""
+    and the read connections this thread keeps (`reading`), e.g. before handing the
+    database file over; the next write or read opens a new one."""
+    release_readers()
     with _queues_mutex:
         queues = [_queues[k] for k in _kept]
         _kept.clear()
@@ -559,19 +561,25 @@ def _run_batch(db: Database, batch: list[_Job]) -> None:
 
 
 def open_readonly(path: str | pathlib.Path) -> Database:
+    return _open_readonly(path)[0]
+
+
+def _open_readonly(path: str | pathlib.Path) -> tuple[Database, bool]:
     """A connection for reads only (`PRAGMA query_only`: it cannot write, and it never
     migrates or changes the journal), so read-only commands work on a database in a
     read-only folder or file system. There SQLite cannot create the WAL index (`-shm`), so
     the file is opened `mode=ro` (SQLite then reads the WAL without a shared index), and
     failing that `immutable=1`, but only if no write-ahead log with content sits next to
-    it (its changes would be ignored: refused instead)."""
+    it (its changes would be ignored: refused instead). Also returns whether the
+    connection shares the WAL index with the writers (the usual case; `reading` keeps only
+    such connections: a `mode=ro` or `immutable` one could go stale)."""
     path = pathlib.Path(path)
     if not path.is_file():
         raise DatabaseNotFound(f"study database not found: {path}")
     check_database_file(path)
     base = "file:" + urllib.parse.quote(str(path.resolve()))
     try:
-        conn = _connect_readonly(path, base)
+        conn, shared = _connect_readonly(path, base)
     except sqlite3.DatabaseError as exc:
         raise (_not_sqlite(exc, path) or exc) from None
     db = Database(conn)
@@ -593,20 +601,20 @@ def open_readonly(path: str | pathlib.Path) -> Database:
                 f"{path} has schema version {version}, older than this version of the "
                 f"software ({SCHEMA_VERSION}), and cannot be upgraded here because it is "
                 "read-only; open it once with write access to upgrade it") from None
-        return open_readonly(path)
-    return db
+        return _open_readonly(path)
+    return db, shared
 
 
-def _connect_readonly(path: pathlib.Path, base: str) -> sqlite3.Connection:
+def _connect_readonly(path: pathlib.Path, base: str) -> tuple[sqlite3.Connection, bool]:
     try:
         # The usual case: a shared WAL index with the writers (mode=ro readers cannot
         # recover a WAL index a crashed writer left, so they are only the fallback).
-        return retry_busy(lambda: _connect_ro(f"{base}?mode=rw"))
+        return retry_busy(lambda: _connect_ro(f"{base}?mode=rw")), True
     except sqlite3.OperationalError as exc:
         if not _cannot_open_for_writing(exc):
             raise
         try:
-            return retry_busy(lambda: _connect_ro(f"{base}?mode=ro"))
+            return retry_busy(lambda: _connect_ro(f"{base}?mode=ro")), False
         except sqlite3.OperationalError as exc:
             if not _cannot_open_for_writing(exc):
                 raise
@@ -617,7 +625,7 @@ def _connect_readonly(path: pathlib.Path, base: str) -> sqlite3.Connection:
                     f"yet in the database file, and they cannot be read here ({exc}); open "
                     "the database once with write access, or copy it with its -wal file to "
                     "a writable folder") from None
-            return _connect_ro(f"{base}?immutable=1")
+            return _connect_ro(f"{base}?immutable=1"), False
 
 
 def _cannot_open_for_writing(exc: sqlite3.OperationalError) -> bool:
@@ -641,15 +649,76 @@ def _connect_ro(uri: str) -> sqlite3.Connection:
     return conn
 
 
+READ_POOL_SIZE = 4  # databases whose read connection each thread keeps open
+
+
+class _ReadPool(threading.local):
+    def __init__(self) -> None:
+        self.pid = os.getpid()
+        self.dbs: dict[str, tuple[Database, tuple]] = {}  # oldest first
+
+
+_read_pool = _ReadPool()
+
+
 @contextlib.contextmanager
 def reading(db_path: str | pathlib.Path) -> Iterator[Database]:
-    """A short-lived read-only connection (`open_readonly`; closed on exit); the database
-    must exist."""
-    db = open_readonly(db_path)
+    """A read-only connection (`open_readonly`) for one block of reads, which all see one
+    snapshot of the database (the block is one read transaction, rolled back on exit).
+
+    Each thread keeps its connection to the last few databases and reuses it: opening one
+    (checks, WAL index, schema version) was a third of the database CPU of an answer. A
+    kept connection is used only while the path still names the file it opened, unchanged
+    in size and modification time — a deleted, replaced, overwritten or emptied database
+    is opened afresh, with every check of
+    `open_readonly` — and never after a fork or inside another `reading` of the same
+    database on the same thread (that one gets its own connection)."""
+    key = os.fspath(db_path)
+    pool = _read_pool
+    if pool.pid != os.getpid():  # a connection must never cross a fork: abandon them
+        pool.dbs, pool.pid = {}, os.getpid()
     try:
+        st = os.stat(key)
+        # Size and mtime too: a file copied over the database in place keeps its inode.
+        # (Commits go to the WAL, so only a checkpoint changes them: then we reopen.)
+        file_id = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns) if st.st_size else None
+    except OSError:
+        file_id = None
+    kept = pool.dbs.pop(key, None)
+    if kept is not None and kept[1] == file_id:
+        db, shared = kept[0], True
+    else:
+        if kept is not None:
+            with contextlib.suppress(Exception):
+                kept[0].close()
+        db, shared = _open_readonly(db_path)
+    keep = shared and file_id is not None
+    try:
+        db.conn.execute("BEGIN")  # deferred: the snapshot is taken at the first read
         yield db
     finally:
-        db.close()
+        try:
+            if db.conn.in_transaction:
+                db.conn.execute("ROLLBACK")
+        except sqlite3.Error:
+            keep = False
+        if keep and key not in pool.dbs:
+            pool.dbs[key] = (db, file_id)
+            while len(pool.dbs) > READ_POOL_SIZE:
+                old = next(iter(pool.dbs))
+                with contextlib.suppress(Exception):
+                    pool.dbs.pop(old)[0].close()
+        else:
+            db.close()
+
+
+def release_readers() -> None:
+    """Close the read connections this thread keeps (`reading`), e.g. before deleting or
+    handing over a database file."""
+    for db, _ in _read_pool.dbs.values():
+        with contextlib.suppress(Exception):
+            db.close()
+    _read_pool.dbs = {}
 
 
 def write_if_writable(db_path: str | pathlib.Path, fn: Callable[[Database], T]) -> bool:

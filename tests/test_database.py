@@ -338,3 +338,57 @@ def test_kept_writer_checkpoints_off_the_commit_path(tmp_path, monkeypatch):
     with queue.checkpointing:  # wait for it to finish
         pass
     assert in_file_alone() == 4
+
+
+def _names(path):
+    with database.reading(path) as db:
+        return [r[0] for r in db.execute("SELECT name FROM studies ORDER BY id")]
+
+
+def test_reading_reuses_its_connection_but_follows_the_file_at_the_path(tmp_path):
+    """`reading` keeps each thread's connection (opening one was a third of an answer's
+    database CPU), but a replaced, deleted or emptied database is never read through it."""
+    import os
+
+    from studies.errors import DatabaseNotFound, NotAStudyDatabase
+
+    path = tmp_path / "s.db"
+    open_db(path).close()
+    write(path, _insert_study("first"))
+    with database.reading(path) as a:
+        conn = a.conn
+    with database.reading(path) as b:
+        assert b.conn is conn  # kept
+        with database.reading(path) as nested:  # the kept one is busy: its own connection
+            assert nested.conn is not conn
+    write(path, _insert_study("second"))
+    assert _names(path) == ["first", "second"]  # a kept connection sees new commits
+    other = tmp_path / "other.db"
+    open_db(other).close()
+    write(other, _insert_study("elsewhere"))
+    database.release_writers()
+    for suffix in ("-wal", "-shm"):
+        (tmp_path / f"s.db{suffix}").unlink(missing_ok=True)
+    os.replace(other, path)
+    assert _names(path) == ["elsewhere"]  # the new file, not the kept connection's
+    os.unlink(path)
+    with pytest.raises(DatabaseNotFound):
+        _names(path)
+    path.write_bytes(b"")
+    with pytest.raises(NotAStudyDatabase):
+        _names(path)
+
+
+def test_reading_sees_one_snapshot_per_block(tmp_path):
+    """The reads of one `reading` block agree with each other (one read transaction),
+    even while a writer commits in between; the next block sees the commit."""
+    path = tmp_path / "s.db"
+    open_db(path).close()
+    write(path, _insert_study("first"))
+    with database.reading(path) as db:
+        before = db.execute("SELECT count(*) FROM studies").fetchone()[0]
+        t = threading.Thread(target=write, args=(path, _insert_study("second")))
+        t.start()
+        t.join()
+        assert db.execute("SELECT count(*) FROM studies").fetchone()[0] == before == 1
+    assert _names(path) == ["first", "second"]

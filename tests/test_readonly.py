@@ -110,6 +110,7 @@ def test_changes_in_the_write_ahead_log_are_read_or_refused_never_ignored(answer
     with reading(copy / "study.db") as db:
         assert db.execute("SELECT count(*) FROM audit_log WHERE action = 'late'").fetchone()[0] == 1
     real_connect = database._connect_ro
+    database.release_readers()  # what follows is about opening afresh, not a kept connection
 
     def no_ro(uri):  # as if even a read-only open could not get at the WAL
         if "immutable=1" not in uri:
