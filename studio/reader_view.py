@@ -430,9 +430,10 @@ READER_CSS = SCREEN_CSS + """
 #stimulus .viewer-pane.zoomed img { cursor: move; }
 #stimulus .side-label { flex: none; position: relative; z-index: 4; background: #000;
                         color: #e5e7eb; text-align: center; font-size: 1rem; padding: 2px 0; }
-/* The (square) stimuli are width-bound side by side: a box as tall as they are, and a
+/* The (square) images are width-bound side by side: a box as tall as they are, and a
    wider image column, so they are shown larger and the scale stays beside them. */
 #stimulus:has(.pair-view) { height: auto; aspect-ratio: 20 / 11; max-height: 78vh; }
+#stimulus:has(.pair-view) .html-container { padding: 4px !important; }
 #stimulus:fullscreen:has(.pair-view) { height: 100vh; max-height: 100vh; aspect-ratio: auto; }
 #reader:has(#stimulus .pair-view) .column:has(> #stimulus) { flex-grow: 5 !important; }
 #stimulus .viewer-tools { position: absolute; top: 6px; right: 6px; display: flex; gap: 4px;
