@@ -37,9 +37,14 @@ class CaseView:
     prompt: str | None       # only when one of the tasks shows it (see question "shows_prompt")
     training: bool           # training slots get feedback in the Ack
     study: str
+    # Pair (2AFC) task: the right-hand image's own per-read id (the left one is
+    # stimulus_id); None for single-image tasks. Served like stimulus_id (stimulus_png).
+    pair_stimulus_id: str | None = None
     # Server side only (never sent to a browser): the stored file's opaque id, the same for
-    # every reader and read of the case, so the page can check the file is there.
+    # every reader and read of the case, so the page can check the file is there (and the
+    # right-hand image's, for a pair).
     stored_id: str = dataclasses.field(default="", repr=False)
+    pair_stored_id: str | None = dataclasses.field(default=None, repr=False)
 
     @property
     def pending(self) -> list[dict]:
@@ -84,9 +89,10 @@ def next_case(db_path: str | pathlib.Path, reader_id: int) -> CaseView | None:
     """The reader's first slot with an unanswered task, or None when they are done."""
     with reading(db_path) as db:
         select = ("SELECT a.id, a.position, a.tasks, a.kind, a.expected, a.view_id, c.prompt, "
-                  "s.name, c.stimulus_id, a.min_delay_s "
+                  "s.name, c.stimulus_id, a.min_delay_s, a.pair_view_id, p.stimulus_id "
                   "FROM assignments a JOIN cases c ON c.id = a.case_id "
-                  "JOIN studies s ON s.id = c.study_id ")
+                  "JOIN studies s ON s.id = c.study_id "
+                  "LEFT JOIN cases p ON p.id = a.pair_case_id ")
         row = db.execute(select + "WHERE a.reader_id = ? AND a.completed_at IS NULL "
                          "ORDER BY a.position LIMIT 1", [reader_id]).fetchone()
         if row is None:
@@ -98,7 +104,8 @@ def next_case(db_path: str | pathlib.Path, reader_id: int) -> CaseView | None:
             if due.assignment_id is None:
                 raise NotYetAvailable(due.wait_until)
             row = db.execute(select + "WHERE a.id = ?", [due.assignment_id]).fetchone()
-        aid, position, tasks_json, kind, expected, view_id, prompt, study, stored, _ = row
+        (aid, position, tasks_json, kind, expected, view_id, prompt, study, stored, _,
+         pair_view_id, pair_stored) = row
         total = db.execute("SELECT count(*) FROM assignments WHERE reader_id = ?",
                            [reader_id]).fetchone()[0]
         answered = {r[0] for r in db.execute(
@@ -113,6 +120,7 @@ def next_case(db_path: str | pathlib.Path, reader_id: int) -> CaseView | None:
         assignment_id=aid, position=position, total=total, stimulus_id=view_id,
         tasks=questions, prompt=prompt if shows_prompt else None,
         training=kind == "training", study=study, stored_id=stored,
+        pair_stimulus_id=pair_view_id, pair_stored_id=pair_stored,
     )
 
 
@@ -269,15 +277,24 @@ class StimulusUnavailable(StudyError):
 _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 
+# A read's images: its own (view_id, the left one of a pair) and, for the pair task, the
+# right-hand one (pair_view_id). Either id finds the read, under the same conditions, and
+# names its own stored file; each is unique over all reads (unique indexes).
+_READ_IMAGES = ("assignments a JOIN cases c ON c.id = a.case_id "
+                "LEFT JOIN cases p ON p.id = a.pair_case_id")
+_STORED_OF_VIEW = "CASE WHEN a.view_id = ? THEN c.stimulus_id ELSE p.stimulus_id END"
+_VIEW_MATCH = "(a.view_id = ? OR a.pair_view_id = ?)"
+
+
 def _stimulus_of_read(db_path, reader_id: int, view_id: str, current_only: bool) -> str:
     if not isinstance(view_id, str) or not view_id or len(view_id) > _MAX_ID:
         raise NotAuthorised("unknown image")
     pending = "AND a.completed_at IS NULL " if current_only else ""
     with reading(db_path) as db:
         row = db.execute(
-            "SELECT c.stimulus_id FROM assignments a JOIN cases c ON c.id = a.case_id "
-            f"WHERE a.view_id = ? AND a.reader_id = ? {pending}",
-            [view_id, reader_id]).fetchone()
+            f"SELECT {_STORED_OF_VIEW} FROM {_READ_IMAGES} "
+            f"WHERE {_VIEW_MATCH} AND a.reader_id = ? {pending}",
+            [view_id, view_id, view_id, reader_id]).fetchone()
     if row is None:
         raise NotAuthorised("unknown image")
     return row[0]
@@ -285,10 +302,11 @@ def _stimulus_of_read(db_path, reader_id: int, view_id: str, current_only: bool)
 
 def stimulus_png(db_path: str | pathlib.Path, reader_id: int, stimulus_id: str, *,
                  current_only: bool = False) -> bytes:
-    """PNG bytes of a stimulus, only if `stimulus_id` (a CaseView.stimulus_id, the read's
-    random view id) belongs to one of this reader's assignments — with `current_only`, one
-    not yet completed (the read on screen) — NotAuthorised otherwise; StimulusUnavailable
-    when the stored file is missing or unreadable."""
+    """PNG bytes of a stimulus, only if `stimulus_id` (a CaseView.stimulus_id or
+    pair_stimulus_id: the random view id of one image of a read) belongs to one of this
+    reader's assignments — with `current_only`, one not yet completed (the read on screen)
+    — NotAuthorised otherwise; StimulusUnavailable when the stored file is missing or
+    unreadable."""
     sid = _stimulus_of_read(db_path, reader_id, stimulus_id, current_only)
     try:
         data = (stimuli_dir(db_path) / f"{sid}.png").read_bytes()
@@ -301,8 +319,9 @@ def stimulus_png(db_path: str | pathlib.Path, reader_id: int, stimulus_id: str, 
 
 def current_stimulus_png(db_path: str | pathlib.Path, token: str | None,
                          view_id: str) -> tuple[int, bytes]:
-    """(reader id, PNG bytes) of the read `view_id` if it is an unanswered read of the reader
-    holding `token` — one query on one connection, for the image route. NotAuthorised for
+    """(reader id, PNG bytes) of the image `view_id` (either image of a pair) if it belongs
+    to an unanswered read of the reader holding `token` — one query on one connection, for
+    the image route. NotAuthorised for
     anything else (no token, another reader's read, an answered read, an unknown id: the
     same answer); StimulusUnavailable when the stored file is missing or unreadable."""
     from studies.readers import token_hash
@@ -312,11 +331,11 @@ def current_stimulus_png(db_path: str | pathlib.Path, token: str | None,
         raise NotAuthorised("unknown image")
     with reading(db_path) as db:
         row = db.execute(
-            "SELECT r.id, c.stimulus_id FROM readers r "
-            "JOIN assignments a ON a.reader_id = r.id JOIN cases c ON c.id = a.case_id "
-            "WHERE r.token_hash = ? AND a.view_id = ? AND a.completed_at IS NULL "
+            f"SELECT r.id, {_STORED_OF_VIEW} FROM {_READ_IMAGES} "
+            "JOIN readers r ON r.id = a.reader_id "
+            f"WHERE r.token_hash = ? AND {_VIEW_MATCH} AND a.completed_at IS NULL "
             "AND r.deactivated_at IS NULL",  # a deactivated link fetches nothing either
-            [token_hash(token), view_id]).fetchone()
+            [view_id, token_hash(token), view_id, view_id]).fetchone()
     if row is None:
         raise NotAuthorised("unknown image")
     reader_id, sid = row
@@ -331,15 +350,18 @@ def current_stimulus_png(db_path: str | pathlib.Path, token: str | None,
 
 def check_stimulus(db_path: str | pathlib.Path, view: CaseView) -> None:
     """Cheap availability check of a read's stored PNG (opens it and reads its signature)
-    before the page points the browser at it; StimulusUnavailable if it is not there."""
-    sid = view.stored_id
-    try:
-        with open(stimuli_dir(db_path) / f"{sid}.png", "rb") as fh:
-            head = fh.read(len(_PNG_SIGNATURE))
-    except OSError as exc:
-        raise StimulusUnavailable(sid, exc.strerror or type(exc).__name__) from None
-    if head != _PNG_SIGNATURE:
-        raise StimulusUnavailable(sid, "not a PNG")
+    before the page points the browser at it — both images of a pair; StimulusUnavailable
+    for the first that is not there."""
+    for sid in (view.stored_id, view.pair_stored_id):
+        if sid is None:
+            continue
+        try:
+            with open(stimuli_dir(db_path) / f"{sid}.png", "rb") as fh:
+                head = fh.read(len(_PNG_SIGNATURE))
+        except OSError as exc:
+            raise StimulusUnavailable(sid, exc.strerror or type(exc).__name__) from None
+        if head != _PNG_SIGNATURE:
+            raise StimulusUnavailable(sid, "not a PNG")
 
 
 FAULT_ACTION = "stimulus_unavailable"

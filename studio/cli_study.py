@@ -33,7 +33,8 @@ _study_option = click.option("--study", "study_name", required=True, help="Study
                    "multiple of 64 in 256-1024 that enlarges at most half of the images "
                    "(their median longest side). The audit lists images scaled more than 2x.")
 @click.option("--tasks", default="turing", show_default=True,
-              help="Comma-separated: turing, alignment, quality.")
+              help="Comma-separated: turing, alignment, quality; or pair alone (two images "
+                   "side by side: which one is synthetic?).")
 @click.option("--training", "training", default=0, show_default=True, type=int,
               help="Cases held aside as training (shown first, with feedback, not analysed).")
 @click.option("--repeat-fraction", default=0.0, show_default=True, type=float,

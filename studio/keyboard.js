@@ -1,6 +1,10 @@
 // Reader keyboard shortcuts, injected with `head=` (Gradio has no native shortcuts).
 // Digits pick the n-th option of the visible answer scale (1-6 turing, 1-5 Likert);
 // Enter presses the first visible action button (submit, continue, start).
+// Pair (2AFC) reads: ← / → move the answer one step along the 6-point scale towards that
+// side (1-3 "left is synthetic", 4-6 "right"): with nothing chosen the first press picks
+// "possibly <side>", the next "probably", then "definitely"; the other arrow steps back
+// (across to the other side after "possibly"). The choice is on screen before Enter.
 // Keys are ignored while the reader is typing in a text field, and modified keys
 // (Ctrl/Alt/Meta) are left to the browser.
 (function () {
@@ -42,6 +46,22 @@
     box.textContent = "This image is unavailable; the study team has been notified. " +
       "Reload the page in a few minutes to continue.";
     t.replaceWith(box);
+  }, true);
+  window.addEventListener("keydown", function (e) {
+    if (e.key !== "ArrowLeft" && e.key !== "ArrowRight") return;
+    if (e.ctrlKey || e.metaKey || e.altKey || e.repeat || typing(e.target)) return;
+    const scale = document.getElementById("answer");
+    if (!visible(scale) || !document.querySelector("#stimulus .pair-view")) return;
+    const options = scale.querySelectorAll("input[type=radio]");
+    if (options.length !== 6) return;
+    const left = e.key === "ArrowLeft";
+    let i = Array.prototype.findIndex.call(options, function (o) { return o.checked; });
+    i = i < 0 ? (left ? 2 : 3) : Math.min(5, Math.max(0, i + (left ? -1 : 1)));
+    options[i].click();
+    options[i].blur();
+    // Capture phase + preventDefault: a focused radio must not also move by itself.
+    e.preventDefault();
+    e.stopPropagation();
   }, true);
   let lastKey = null;
   new MutationObserver(function () {

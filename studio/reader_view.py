@@ -120,6 +120,8 @@ class Screen:
     feedback: str = ""
     training: bool = False
     state: OnScreen | None = None
+    pair_image_url: str | None = None  # pair (2AFC): the right-hand image (image_url: left)
+    pair: bool = False                 # a pair question is on screen (keys hint)
 
 
 def _token(token: str | None) -> str | None:
@@ -162,14 +164,26 @@ def _paragraphs(text: str) -> str:
     return "\n\n".join(plain_markdown(p) for p in text.replace("\r", "").split("\n\n") if p.strip())
 
 
+# The pair (2AFC) keys, in keyboard.js: an arrow moves the answer one step along the scale
+# towards its side, so one press is "possibly", two "probably", three "definitely".
+PAIR_KEYS_INTRO = ("**← / →** pick the side you think is synthetic: the first press says "
+                   "*possibly*, press the same arrow again for *probably*, again for "
+                   "*definitely* (the other arrow steps back); digits 1–6 choose an answer "
+                   "directly, **Enter** submits. On a touch screen, tap an answer, then "
+                   "Submit.")
+
+
 def intro_text(view: session.CaseView, instructions: str = "", consent: str = "") -> str:
     """The instruction screen, from the questions this study asks. It counts images (the
     screens the reader will see, as the progress bar does: `view.total`), not items
     (image x question): with two questions per image, 10 images are 20 answers."""
     n_q = len(view.tasks)
     per = ("one question" if n_q == 1 else f"{n_q} questions") + " about each"
+    pair = view.pair_stimulus_id is not None
+    what = ("pairs of images, two side by side (one real, one synthetic)," if pair
+            else "images, one at a time,")
     lines = [f"### {plain_markdown(view.study)}", "",
-             f"You will see **{view.total}** images, one at a time, and answer {per}. Answer "
+             f"You will see **{view.total}** {what} and answer {per}. Answer "
              "from the image alone; there is no time limit, but go with your first impression.",
              ""]
     for q in view.tasks:
@@ -178,8 +192,9 @@ def intro_text(view: session.CaseView, instructions: str = "", consent: str = ""
                      + ", ".join(s["label"] for s in q["scale"]))
         if q.get("shows_prompt"):
             lines.append("  (the text the image should match is shown with this question)")
-    lines += ["",
-              "**Keyboard:** digits choose an answer, **Enter** submits.",
+    keys = ("**Keyboard:** " + PAIR_KEYS_INTRO if pair
+            else "**Keyboard:** digits choose an answer, **Enter** submits.")
+    lines += ["", keys,
               "",
               "Training cases, if any, come first: after each you are told the right answer. "
               "Every answer is saved at once — you can close the tab and come back with the "
@@ -206,18 +221,16 @@ def _case_screen(db_path, reader, view: session.CaseView, *, with_image: bool,
                  message: str = "", token: str = "") -> Screen:
     pending = view.pending
     q = pending[0]
-    if q["task"] == "pair":
-        # The paired (2AFC) design and its analysis exist in `studies`, but this page shows
-        # one image; showing only the left one would ask a question the reader cannot answer.
-        return _unavailable(view, PAIR_NOT_SHOWN)
-    image_url = None
+    image_url = pair_url = None
     if with_image:
         try:
-            session.check_stimulus(db_path, view)
+            session.check_stimulus(db_path, view)  # both images of a pair
         except session.StimulusUnavailable as exc:
             report_fault(db_path, reader.reader_id, exc)
             return _unavailable(view, UNAVAILABLE_IMAGE)
         image_url = stimulus_url(view.stimulus_id, token)
+        if view.pair_stimulus_id:  # pair (2AFC): left = the read's image, right = its pair's
+            pair_url = stimulus_url(view.pair_stimulus_id, token)
     asked = len(view.tasks) - len(pending) + 1
     question = q["question"]
     if len(view.tasks) > 1:
@@ -228,7 +241,8 @@ def _case_screen(db_path, reader, view: session.CaseView, *, with_image: bool,
                   image_url=image_url, new_image=with_image, question=question,
                   question_help=q.get("help", ""), choices=_choices(q),
                   prompt=view.prompt if q.get("shows_prompt") else None,
-                  training=view.training, state=state)
+                  training=view.training, state=state, pair_image_url=pair_url,
+                  pair=view.pair_stimulus_id is not None)
 
 
 def report_fault(db_path, reader_id: int, exc: session.StimulusUnavailable) -> None:
@@ -372,6 +386,8 @@ def continue_after_feedback(db_path, token: str | None) -> Screen:
 
 # ----------------------------------------------------------------------------- Gradio
 KEYS_HINT = "Keys: digits choose · Enter submits · ? image viewer keys"
+PAIR_KEYS_HINT = ("Keys: ← / → pick the side you think is synthetic (press again: surer) · "
+                  "digits choose · Enter submits · ? image viewer keys")
 # One screen at a time, from the marker that render() sends (screen_html). A column is
 # hidden unless the marker names it, so before the first event nothing shows, as before.
 # The feedback screen is the case column with the verdict and Continue instead of the
@@ -405,6 +421,21 @@ READER_CSS = SCREEN_CSS + """
 #stimulus:fullscreen { height: 100vh; }
 #stimulus:fullscreen img { max-height: 100vh; }
 #stimulus .stimulus-fault { color: #f9fafb; padding: 1rem; font-size: 1.05rem; }
+/* Pair (2AFC): two viewer panes side by side in the box, each zoomed and panned alone; the
+   side word under each image (above a zoomed image, which stays inside its own pane). */
+#stimulus .pair-view { display: flex; gap: 6px; width: 100%; height: 100%; }
+#stimulus .viewer-pane { flex: 1 1 0; min-width: 0; position: relative; overflow: hidden;
+                         contain: paint; display: flex; flex-direction: column; }
+#stimulus .viewer-pane img { flex: 1 1 0; min-height: 0; height: auto; max-height: none; }
+#stimulus .viewer-pane.zoomed img { cursor: move; }
+#stimulus .side-label { flex: none; position: relative; z-index: 4; background: #000;
+                        color: #e5e7eb; text-align: center; font-size: 1rem; padding: 2px 0; }
+/* The (square) images are width-bound side by side: a box as tall as they are, and a
+   wider image column, so they are shown larger and the scale stays beside them. */
+#stimulus:has(.pair-view) { height: auto; aspect-ratio: 20 / 11; max-height: 78vh; }
+#stimulus:has(.pair-view) .html-container { padding: 4px !important; }
+#stimulus:fullscreen:has(.pair-view) { height: 100vh; max-height: 100vh; aspect-ratio: auto; }
+#reader:has(#stimulus .pair-view) .column:has(> #stimulus) { flex-grow: 5 !important; }
 #stimulus .viewer-tools { position: absolute; top: 6px; right: 6px; display: flex; gap: 4px;
                           opacity: 0.55; z-index: 5; }
 #stimulus .viewer-tools:hover { opacity: 0.85; }
@@ -455,6 +486,7 @@ footer { display: none !important; }
   .gradio-container { padding-top: 4px !important; }
   #stimulus { height: 42vh; }
   #stimulus img { max-height: 42vh; }
+  #stimulus:has(.pair-view) { aspect-ratio: 20 / 16; max-height: 46vh; }
   #progress .label { font-size: 0.85rem; margin-bottom: 2px; }
   #question h3 { font-size: 1rem; margin: 0; }
   /* column-major: the real half of the scale on the left, the synthetic half on the right */
@@ -489,14 +521,25 @@ def stimulus_html(url: str) -> str:
             'referrerpolicy="no-referrer" draggable="false">')
 
 
+def pair_html(left_url: str, right_url: str) -> str:
+    """A pair (2AFC) read: two viewer panes side by side in the one image box (one output,
+    so an answer still costs one gr.update). Left and right are the assignment's, drawn per
+    reader and pair from the study's secret (`studies.design.reader_order`); the markup of
+    the two panes differs only in the side word and the read's random URL."""
+    panes = []
+    for side, url in (("left", left_url), ("right", right_url)):
+        img = stimulus_html(url).replace('alt="Case image"', f'alt="{side.title()} image"')
+        panes.append(f'<div class="viewer-pane" data-side="{side}">{img}'
+                     f'<div class="side-label">{side.title()}</div></div>')
+    return f'<div class="pair-view">{"".join(panes)}</div>'
+
+
 def prompt_html(prompt: str) -> str:
     """The prompt as plain text: HTML-escaped inside a gr.HTML (which renders no Markdown),
     so `![x](http://host/track.png)` or `<img src=...>` is shown as typed, never fetched."""
     return f'<div class="prompt-text"><b>Text:</b> {html.escape(prompt, quote=True)}</div>'
 
 
-PAIR_NOT_SHOWN = ("This study shows two images side by side, which this version of the reader "
-                  "page cannot display yet. Please tell the study team; nothing has been recorded.")
 STUDY_CLOSED = ("This study is closed and takes no more answers. Thank you for taking part — "
                 "you can close this tab.")
 WASHOUT = ("Thank you — the rest of your cases are repeat reads that open after a wash-out "
@@ -590,6 +633,8 @@ def build_reader_blocks(db_path) -> gr.Blocks:
             is_case = s.kind == "case"
             if s.kind == "feedback" or (is_case and not s.new_image):
                 img = gr.skip()  # the same image stays (next question, training feedback)
+            elif is_case and s.image_url and s.pair_image_url:
+                img = pair_html(s.image_url, s.pair_image_url)
             else:
                 img = stimulus_html(s.image_url) if is_case and s.image_url else ""
             return [
@@ -604,7 +649,8 @@ def build_reader_blocks(db_path) -> gr.Blocks:
                 gr.update(choices=s.choices, value=None) if is_case else None,
                 s.feedback if s.kind == "feedback" else "",
                 s.message if s.kind == "finished" else "",
-                "Keys: Enter continues" if s.kind == "feedback" else KEYS_HINT,
+                ("Keys: Enter continues" if s.kind == "feedback"
+                 else PAIR_KEYS_HINT if is_case and s.pair else KEYS_HINT),
                 s.message if s.kind == "unavailable" else "",
                 s.state,
             ]

@@ -13,6 +13,11 @@
 // Touch: pinch zooms, one-finger drag pans when zoomed, double-tap resets; the toolbar on
 // the image has the same actions as buttons.
 //
+// Pair (2AFC) reads show two panes (`.viewer-pane`) in the one #stimulus box, each with its
+// own view: the mouse and touch act on the image under the pointer; keys and the toolbar
+// act on both at once (same zoom, contrast and invert on both, for a fair comparison).
+// The arrow keys belong to the answer (keyboard.js), not to the viewer.
+//
 // Connection: a failed event post (server down, network cut) shows a plain "not saved"
 // banner (`#connection-lost`) and probes the server every 2 s; once it answers, the banner
 // says so and offers Reload, which resumes at the first unanswered case from the database.
@@ -29,16 +34,34 @@
                 ["C", "contrast presets: " + PRESETS.map(function (p) { return p[0]; }).join(", ")],
                 ["I", "invert"], ["0  or  R", "reset view (double-click / double-tap)"],
                 ["1–9", "choose an answer"], ["Enter", "submit"], ["?", "this help"]];
+  const PAIR_HELP = [["←  /  →", "which image is synthetic: the first press picks " +
+                      "\u201cpossibly\u201d that side, press again for \u201cprobably\u201d, " +
+                      "again for \u201cdefinitely\u201d; the other arrow steps back"],
+                     ["mouse", "acts on the image under it; keys and the toolbar on both"]];
+  const PAIR_TOUCH = [["tap", "an answer (left or right, and how sure), then Submit"],
+                      ["pinch, drag", "act on the image under your fingers; the toolbar on both"]];
   const coarse = window.matchMedia && window.matchMedia("(pointer: coarse)").matches;
 
-  const v = {img: null, src: null, zoom: 1, tx: 0, ty: 0, bright: 1, contrast: 1, invert: false, preset: 0};
-  window.__medisynView = v;  // read by the browser tests
-  function reset() {
+  // One view per pane (a single image: one; a pair: left, right), kept across cases.
+  const views = [];
+  let nPanes = 0;
+  function viewAt(i) {
+    while (views.length <= i) {
+      views.push({pane: null, img: null, src: null, zoom: 1, tx: 0, ty: 0, bright: 1,
+                  contrast: 1, invert: false, preset: 0});
+    }
+    return views[i];
+  }
+  window.__medisynView = viewAt(0);  // read by the browser tests (the single or left image)
+  window.__medisynViews = views;
+  function active() { return views.slice(0, nPanes).filter(function (v) { return v.img; }); }
+  function all(fn) { return function () { active().forEach(fn); }; }
+  function reset(v) {
     v.zoom = 1; v.tx = 0; v.ty = 0; v.bright = 1; v.contrast = 1; v.invert = false; v.preset = 0;
-    apply();
+    apply(v);
   }
   function clamp(x, lo, hi) { return Math.min(hi, Math.max(lo, x)); }
-  function apply() {
+  function apply(v) {
     const img = v.img;
     if (!img) return;
     img.style.transform = (v.zoom === 1 && !v.tx && !v.ty) ? ""
@@ -49,36 +72,46 @@
     if (v.invert) f.push("invert(1)");
     img.style.filter = f.join(" ");
     // Past native size the browser's smoothing would blur the pixels the reader zoomed for.
-    img.style.imageRendering = v.zoom > 1 && v.zoom * fitScale() > 1.5 ? "pixelated" : "";
-    const box = stimulusBox();
-    if (box) box.classList.toggle("zoomed", v.zoom !== 1);
+    img.style.imageRendering = v.zoom > 1 && v.zoom * fitScale(v) > 1.5 ? "pixelated" : "";
+    if (v.pane) v.pane.classList.toggle("zoomed", v.zoom !== 1);
   }
   function stimulusBox() { return document.getElementById("stimulus"); }
   // Scale at which object-fit: contain shows the image (displayed px per image px).
-  function fitScale() {
+  function fitScale(v) {
     const img = v.img;
     if (!img || !img.naturalWidth) return 1;
     return Math.min(img.clientWidth / img.naturalWidth, img.clientHeight / img.naturalHeight);
   }
   // Zoom to z keeping the point (sx, sy) (relative to the image box centre) in place.
-  function zoomTo(z, sx, sy) {
+  function zoomTo(v, z, sx, sy) {
     z = clamp(z, MIN_ZOOM, MAX_ZOOM);
     sx = sx || 0; sy = sy || 0;
     const px = (sx - v.tx) / v.zoom, py = (sy - v.ty) / v.zoom;
     v.tx = sx - z * px; v.ty = sy - z * py; v.zoom = z;
-    apply();
+    apply(v);
   }
-  function native() {
-    const s = fitScale() * (window.devicePixelRatio || 1);
-    if (s > 0) { v.tx = 0; v.ty = 0; zoomTo(1 / s); }
+  function native(v) {
+    const s = fitScale(v) * (window.devicePixelRatio || 1);
+    if (s > 0) { v.tx = 0; v.ty = 0; zoomTo(v, 1 / s); }
   }
-  function preset() {
-    v.preset = (v.preset + 1) % PRESETS.length;
-    v.bright = PRESETS[v.preset][1]; v.contrast = PRESETS[v.preset][2];
-    apply();
-    toast(PRESETS[v.preset][0]);
+  function preset() {  // keys and toolbar: the same preset on every image shown
+    const vs = active();
+    if (!vs.length) return;
+    const next = (vs[0].preset + 1) % PRESETS.length;
+    vs.forEach(function (v) {
+      v.preset = next; v.bright = PRESETS[next][1]; v.contrast = PRESETS[next][2];
+      apply(v);
+    });
+    toast(PRESETS[next][0]);
   }
-  function invert() { v.invert = !v.invert; apply(); }
+  function invert() {
+    const vs = active();
+    const on = vs.length ? !vs[0].invert : false;
+    vs.forEach(function (v) { v.invert = on; apply(v); });
+  }
+  const zoomIn = all(function (v) { zoomTo(v, v.zoom * STEP); });
+  const zoomOut = all(function (v) { zoomTo(v, v.zoom / STEP); });
+  const resetAll = all(reset), nativeAll = all(native);
   function fullscreen() {
     const box = stimulusBox();
     if (!box) return;
@@ -106,17 +139,7 @@
       const title = document.createElement("h3");
       title.textContent = coarse ? "Image viewer" : "Keyboard and mouse";
       card.appendChild(title);
-      const list = document.createElement("dl");
-      const rows = coarse ? [["pinch", "zoom"], ["drag", "pan when zoomed"],
-                             ["double-tap", "reset view"],
-                             ["toolbar", "zoom, 1:1, contrast, invert, full screen, reset"]]
-        : HELP;
-      rows.forEach(function (r) {
-        const dt = document.createElement("dt"), dd = document.createElement("dd");
-        dt.textContent = r[0]; dd.textContent = r[1];
-        list.appendChild(dt); list.appendChild(dd);
-      });
-      card.appendChild(list);
+      card.appendChild(document.createElement("dl"));
       const close = document.createElement("button");
       close.type = "button"; close.textContent = "Close";
       close.addEventListener("click", function () { help(false); });
@@ -127,12 +150,25 @@
       document.body.appendChild(h);
     }
     h.hidden = show === undefined ? !h.hidden : !show;
+    if (!h.hidden) {  // the rows of what is on screen (a pair adds its arrow keys)
+      const pair = !!document.querySelector("#stimulus .pair-view");
+      const rows = (coarse ? [["pinch", "zoom"], ["drag", "pan when zoomed"],
+                              ["double-tap", "reset view"],
+                              ["toolbar", "zoom, 1:1, contrast, invert, full screen, reset"]]
+                    : HELP).concat(pair ? (coarse ? PAIR_TOUCH : PAIR_HELP) : []);
+      const list = h.querySelector("dl");
+      list.textContent = "";
+      rows.forEach(function (r) {
+        const dt = document.createElement("dt"), dd = document.createElement("dd");
+        dt.textContent = r[0]; dd.textContent = r[1];
+        list.appendChild(dt); list.appendChild(dd);
+      });
+    }
   }
-  const TOOLS = [["−", "Zoom out", function () { zoomTo(v.zoom / STEP); }],
-                 ["+", "Zoom in", function () { zoomTo(v.zoom * STEP); }],
-                 ["1:1", "Native pixels", native], ["◐", "Contrast presets", preset],
+  const TOOLS = [["−", "Zoom out", zoomOut], ["+", "Zoom in", zoomIn],
+                 ["1:1", "Native pixels", nativeAll], ["◐", "Contrast presets", preset],
                  ["Inv", "Invert", invert], ["Full", "Full screen", fullscreen],
-                 ["↺", "Reset view", reset], ["?", "Help", function () { help(); }]];
+                 ["↺", "Reset view", resetAll], ["?", "Help", function () { help(); }]];
   function ensureToolbar(box) {
     if (box.querySelector(".viewer-tools")) return;
     const bar = document.createElement("div");
@@ -152,34 +188,59 @@
     const box = stimulusBox();
     if (!box) return;
     ensureToolbar(box);
-    // Gradio may patch the same <img> in place (new src, style attribute dropped).
-    const img = box.querySelector("img");
-    if (img && (img !== v.img || img.getAttribute("src") !== v.src)) {
-      v.img = img; v.src = img.getAttribute("src"); reset();
-    }
+    const panes = box.querySelectorAll(".viewer-pane");
+    const list = panes.length ? Array.from(panes) : [box];
+    nPanes = list.length;
+    list.forEach(function (pane, i) {
+      const v = viewAt(i);
+      v.pane = pane;
+      // Gradio may patch the same <img> in place (new src, style attribute dropped).
+      const img = pane.querySelector("img");
+      if (img && (img !== v.img || img.getAttribute("src") !== v.src)) {
+        v.img = img; v.src = img.getAttribute("src"); reset(v);
+      } else if (!img && v.img && !v.img.isConnected) {
+        v.img = null; v.src = null;  // gone (finish screen, or a load error's message)
+      }
+    });
   }).observe(document.documentElement, {childList: true, subtree: true, attributes: true,
                                          attributeFilter: ["src"]});
 
-  function inImage(e) { const box = stimulusBox(); return !!box && box.contains(e.target)
-                          && !e.target.closest(".viewer-tools"); }
-  function centreOffset(e) {
-    const r = stimulusBox().getBoundingClientRect();
+  // The view of the image under an event (null outside the images and on the toolbar).
+  function viewOf(e) {
+    const box = stimulusBox();
+    if (!box || !box.contains(e.target) || e.target.closest(".viewer-tools")) return null;
+    for (let i = 0; i < nPanes; i++) {
+      const v = views[i];
+      if (v.img && v.pane && v.pane.contains(e.target)) return v;
+    }
+    return null;
+  }
+  function centreOffset(v, e) {
+    const r = v.pane.getBoundingClientRect();
     return [e.clientX - (r.left + r.width / 2), e.clientY - (r.top + r.height / 2)];
   }
   document.addEventListener("wheel", function (e) {
-    if (!inImage(e) || !v.img) return;
+    const v = viewOf(e);
+    if (!v) return;
     e.preventDefault();
-    const c = centreOffset(e);
-    zoomTo(v.zoom * Math.pow(STEP, -Math.sign(e.deltaY)), c[0], c[1]);
+    const c = centreOffset(v, e);
+    zoomTo(v, v.zoom * Math.pow(STEP, -Math.sign(e.deltaY)), c[0], c[1]);
   }, {passive: false});
-  document.addEventListener("contextmenu", function (e) { if (inImage(e)) e.preventDefault(); });
-  document.addEventListener("dblclick", function (e) { if (inImage(e)) reset(); });
+  document.addEventListener("contextmenu", function (e) {
+    const box = stimulusBox();
+    if (box && box.contains(e.target) && !e.target.closest(".viewer-tools")) e.preventDefault();
+  });
+  document.addEventListener("dblclick", function (e) { const v = viewOf(e); if (v) reset(v); });
 
-  // Pointer gestures: one pointer pans (left) or windows (right button); two pinch-zoom.
+  // Pointer gestures on the image under the first pointer: one pointer pans (left) or
+  // windows (right button); two pinch-zoom.
   const pointers = new Map();
-  let drag = null, pinch = null, lastTap = 0;
+  let drag = null, pinch = null, lastTap = 0, gv = null;
   document.addEventListener("pointerdown", function (e) {
-    if (!inImage(e) || !v.img) return;
+    const hit = viewOf(e);
+    if (!hit) return;
+    if (!pointers.size) gv = hit;  // a second finger joins the first one's image
+    const v = gv;
     pointers.set(e.pointerId, [e.clientX, e.clientY]);
     if (pointers.size === 2) {
       const p = Array.from(pointers.values());
@@ -190,19 +251,20 @@
               contrast: v.contrast, wl: e.button === 2};
       if (e.pointerType === "touch") {
         const now = Date.now();
-        if (now - lastTap < 300) reset();
+        if (now - lastTap < 300) reset(v);
         lastTap = now;
       }
     }
     e.preventDefault();
   });
   document.addEventListener("pointermove", function (e) {
-    if (!pointers.has(e.pointerId)) return;
+    if (!pointers.has(e.pointerId) || !gv) return;
+    const v = gv;
     pointers.set(e.pointerId, [e.clientX, e.clientY]);
     if (pinch && pointers.size === 2) {
       const p = Array.from(pointers.values());
       const d = Math.hypot(p[0][0] - p[1][0], p[0][1] - p[1][1]);
-      if (pinch.d > 0) zoomTo(pinch.zoom * d / pinch.d);
+      if (pinch.d > 0) zoomTo(v, pinch.zoom * d / pinch.d);
     } else if (drag) {
       const dx = e.clientX - drag.x, dy = e.clientY - drag.y;
       if (drag.wl) {  // window/level: right = more contrast, up = brighter
@@ -211,13 +273,13 @@
       } else {
         v.tx = drag.tx + dx; v.ty = drag.ty + dy;
       }
-      apply();
+      apply(v);
     }
   });
   function up(e) {
     pointers.delete(e.pointerId);
     if (pointers.size < 2) pinch = null;
-    if (pointers.size === 0) drag = null;
+    if (pointers.size === 0) { drag = null; gv = null; }
   }
   document.addEventListener("pointerup", up);
   document.addEventListener("pointercancel", up);
@@ -230,11 +292,10 @@
     if (e.key === "Escape" && h && !h.hidden) { help(false); e.preventDefault(); return; }
     if (e.key === "?") { help(); e.preventDefault(); return; }
     const box = stimulusBox();
-    if (!v.img || !box || box.offsetParent === null) return;
+    if (!active().length || !box || box.offsetParent === null) return;
     const k = e.key.length === 1 ? e.key.toLowerCase() : e.key;
-    const act = {"+": function () { zoomTo(v.zoom * STEP); }, "=": function () { zoomTo(v.zoom * STEP); },
-                 "-": function () { zoomTo(v.zoom / STEP); }, "0": reset, "r": reset,
-                 "n": native, "f": fullscreen, "i": invert, "c": preset}[k];
+    const act = {"+": zoomIn, "=": zoomIn, "-": zoomOut, "0": resetAll, "r": resetAll,
+                 "n": nativeAll, "f": fullscreen, "i": invert, "c": preset}[k];
     if (act && !(e.repeat && (k === "f" || k === "i" || k === "c"))) { act(); e.preventDefault(); }
   }, true);
 
