@@ -440,7 +440,8 @@ def record_consent(db_path: str | pathlib.Path, reader_id: int) -> str:
     return write(db_path, tx)
 
 
-def _profile_label(field: str) -> str:
+def profile_label(field: str) -> str:
+    """What the reader's profile form calls a field (`site_name` -> "Site name")."""
     return PROFILE_LABELS.get(field) or field.replace("_", " ").capitalize()
 
 
@@ -465,7 +466,7 @@ def profile_form(db_path: str | pathlib.Path, reader_id: int) -> ProfileForm | N
         return None
     fields = tuple(PROFILE_FIELDS) + tuple(study_profile_fields({"profile_fields": row[1]}))
     values = json.loads(row[2] or "{}")
-    return ProfileForm(fields=fields, labels=tuple(_profile_label(f) for f in fields),
+    return ProfileForm(fields=fields, labels=tuple(profile_label(f) for f in fields),
                        values={f: values[f] for f in fields if f in values})
 
 
@@ -491,7 +492,7 @@ def update_profile(db_path: str | pathlib.Path, reader_id: int, profile: dict, *
         fields = study_profile_fields({"profile_fields": row[1]})
         checked = check_profile(profile, fields)
         if complete:
-            missing = [_profile_label(f) for f in (*PROFILE_FIELDS, *fields) if f not in checked]
+            missing = [profile_label(f) for f in (*PROFILE_FIELDS, *fields) if f not in checked]
             if missing:
                 raise ReaderError("Please fill in: " + ", ".join(missing))
         before = json.loads(row[0] or "{}")
