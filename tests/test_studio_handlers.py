@@ -1063,8 +1063,9 @@ def test_admin_csv_invite_readers_table_deactivation_and_study_status(tmp_path, 
     lifecycle.set_status(db, study, "closed")
     assert admin_view.studies_table(db).loc[0, "status"] == "closed"
     lifecycle.set_texts(db, study, instructions="Look.", consent="I agree.", profile_fields="site")
-    status, instructions, consent, fields = admin_view.study_settings(db, study)
+    status, instructions, consent, fields, ask = admin_view.study_settings(db, study)
     assert "closed" in status and (instructions, consent, fields) == ("Look.", "I agree.", "site")
+    assert ask is False  # the reader profile form is off unless the study asks for it
 
 
 def test_generate_tab_lora_picker_lists_local_adapters_and_records_them(tmp_path, tiny_model, monkeypatch):
