@@ -32,6 +32,12 @@ the same case) is served to the moment the answer arrives — it includes the im
 download time (a few ms on a LAN). The browser's own figure (from when the image was on
 screen) replaces it only when it is plausible: see `answer_duration_ms`.
 
+Before the first case: the instructions, the consent text until agreed, and — when the
+study asks for it — the reader's profile form (`profile_form_html`); Start sends the form's
+values (`PROFILE_JS`) and `start` stores them, or keeps the reader on that screen with the
+reason when a field is missing (nothing recorded). The key hints of that screen sit beside
+its text (`INTRO_KEYS` / `INTRO_TOUCH`), so touch screens get tap wording.
+
 The handlers (`open_page`, `start`, `submit_answer`, `continue_after_feedback`) are
 plain functions of (db_path, token, state, ...) returning a `Screen`, so they are tested
 without a browser; `build_reader_blocks` wires them to components.
