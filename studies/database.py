@@ -46,7 +46,7 @@ from sqlite_utils import Database
 
 from studies.errors import DatabaseNotFound, NotAStudyDatabase, StudyNotFound
 
-SCHEMA_VERSION = 5
+SCHEMA_VERSION = 8
 BUSY_TIMEOUT_MS = 5_000  # for reads and schema set-up (WAL readers rarely wait at all)
 WRITE_ATTEMPTS = 12  # retry_busy: with backoff capped at 2 s plus the busy timeout
 WRITE_DEADLINE_S = 30.0  # longest wait for the write lock before giving up ("locked")
@@ -202,12 +202,22 @@ def _migration_5(db: Database) -> None:
     db["settings"].create({"key": str, "value": str}, pk="key")
 
 
+def _migration_8(db: Database) -> None:
+    """The reader's own profile form (issue 13 item 7): `studies.ask_profile` (1: the reader
+    page asks for the profile before the first case) and `readers.profile_completed_at`
+    (when the reader submitted it). Existing studies do not ask (as before); existing
+    readers have not submitted one."""
+    db.execute("ALTER TABLE studies ADD COLUMN ask_profile INTEGER NOT NULL DEFAULT 0")
+    db["readers"].add_column("profile_completed_at", str)
+
+
 # Ordered list of (version, migration). Append new ones; never edit an applied one.
 MIGRATIONS: list[tuple[int, Callable[[Database], None]]] = [
     (1, _migration_1),
     (2, _migration_2),
     (3, _migration_3),
     (5, _migration_5),
+    (8, _migration_8),
 ]
 assert MIGRATIONS[-1][0] == SCHEMA_VERSION
 

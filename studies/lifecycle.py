@@ -1,5 +1,7 @@
 """A study's life after creation: status (open, closed, archived) and the texts readers
-see before the first case (instructions, consent) plus the study's own profile fields.
+see before the first case (instructions, consent) plus the reader profile: the study's own
+profile fields and whether the reader page asks the reader to fill in their profile
+(`ask_profile`; the form, its required fields and validation: `readers.profile_form`).
 
 - open: readers may answer; new readers may be invited.
 - closed: readers can no longer answer (the reader page shows a polite closed page; see
@@ -32,6 +34,7 @@ class StudyTexts:
     instructions: str
     consent: str           # empty: no consent step
     profile_fields: list[str]
+    ask_profile: bool = False  # the reader fills in their profile before the first case
 
 
 def set_status(db_path: str | pathlib.Path, study: str, status: str, *,
@@ -83,9 +86,13 @@ def check_profile_fields(fields) -> list[str]:
 
 
 def set_texts(db_path: str | pathlib.Path, study: str, *, instructions: str | None = None,
-              consent: str | None = None, profile_fields=None, actor: str = "cli") -> StudyTexts:
+              consent: str | None = None, profile_fields=None, ask_profile: bool | None = None,
+              actor: str = "cli") -> StudyTexts:
     """Set the instructions and/or consent text shown before the first case (None: leave
-    as is; "" clears) and/or the study's own reader profile fields (e.g. `site,country`)."""
+    as is; "" clears), the study's own reader profile fields (e.g. `site,country`) and/or
+    whether readers fill in their profile themselves before the first case (`ask_profile`)."""
+    if ask_profile is not None and not isinstance(ask_profile, bool):
+        raise StudyError("ask_profile must be true or false")
     instructions = _check_text(instructions, "instructions")
     consent = _check_text(consent, "consent text")
     fields = check_profile_fields(profile_fields) if profile_fields is not None else None
@@ -94,7 +101,9 @@ def set_texts(db_path: str | pathlib.Path, study: str, *, instructions: str | No
         srow = study_row(db, study)
         changes = {k: v for k, v in (("instructions", instructions), ("consent_text", consent),
                                      ("profile_fields", json.dumps(fields) if fields is not None
-                                      else None)) if v is not None}
+                                      else None),
+                                     ("ask_profile", None if ask_profile is None
+                                      else int(ask_profile))) if v is not None}
         if not changes:
             return
         db["studies"].update(srow["id"], changes)
@@ -111,4 +120,5 @@ def study_texts(db_path: str | pathlib.Path, study: str) -> StudyTexts:
     return StudyTexts(status=srow.get("status") or "open", status_at=srow.get("status_at"),
                       instructions=srow.get("instructions") or "",
                       consent=srow.get("consent_text") or "",
-                      profile_fields=json.loads(srow.get("profile_fields") or "[]"))
+                      profile_fields=json.loads(srow.get("profile_fields") or "[]"),
+                      ask_profile=bool(srow.get("ask_profile")))

@@ -16,6 +16,12 @@ Pair task: the pairs (`design.make_pairs`, keyed by the order secret, so every r
 gets the same pairs) are stored as assignments with `pair_case_id` (the right image) and
 its own `pair_view_id`.
 
+Profiles: the coordinator may fill them in at invitation (`invite(profile=...)`, a readers
+CSV); when the study asks (`lifecycle.set_texts(ask_profile=True)`) the reader also fills
+in the form before the first case (`profile_form`, `update_profile(complete=True)`), with
+the coordinator's values pre-filled: the reader may correct them (they know their own
+specialty and experience best; a change is logged with the previous value).
+
 Access (`reader_status`): a deactivated reader's link stops working (`reader_for_token`
 returns None; answers are kept); a reader of a closed or archived study still resolves,
 with `ReaderRef.study_status` saying so, so the page can show a polite closed page.
@@ -45,7 +51,12 @@ _TOKEN_MAX = 256  # anything longer is not one of ours; refuse before hashing
 
 
 PROFILE_FIELDS = ("specialty", "years_experience")  # every study; more via study_texts
+PROFILE_LABELS = {"specialty": "Specialty", "years_experience": "Years of experience"}
 MAX_PROFILE_VALUE = 200
+# Invisible characters that reorder or hide text (bidi overrides/isolates, zero-width
+# space, BOM): a profile value is shown in the admin and exported, so it must read as typed.
+_HIDDEN_CHARS = frozenset("\u200b\u200e\u200f\u202a\u202b\u202c\u202d\u202e"
+                          "\u2066\u2067\u2068\u2069\ufeff")
 MAX_CSV_READERS = 10_000
 STUDY_OPEN = "open"
 
@@ -97,9 +108,10 @@ def check_profile(profile: dict | None, extra_fields=()) -> dict:
         text = str(value).strip()
         if not text:
             continue
-        if len(text) > MAX_PROFILE_VALUE or any(ord(c) < 32 for c in text):
-            raise ReaderError(f"profile field {key!r} must be at most {MAX_PROFILE_VALUE} "
-                              "printable characters")
+        if (len(text) > MAX_PROFILE_VALUE
+                or any(ord(c) < 32 or 127 <= ord(c) < 160 or c in _HIDDEN_CHARS for c in text)):
+            raise ReaderError(f"profile field {key!r} must be plain text of at most "
+                              f"{MAX_PROFILE_VALUE} printable characters (one line)")
         if key == "years_experience":
             try:
                 years = float(text)
@@ -346,6 +358,7 @@ class ReaderInfo:
     profile: dict
     completed: int       # completed reads
     total: int
+    profile_completed_at: str | None = None  # when the reader submitted the profile form
 
 
 def reader_table(db_path: str | pathlib.Path, study: str) -> list[ReaderInfo]:
@@ -357,12 +370,13 @@ def reader_table(db_path: str | pathlib.Path, study: str) -> list[ReaderInfo]:
             "SELECT r.name, r.deactivated_at, r.token_issued_at, r.created_at, r.consented_at, "
             "r.profile, (SELECT count(*) FROM assignments a WHERE a.reader_id = r.id "
             "            AND a.completed_at IS NOT NULL), "
-            "(SELECT count(*) FROM assignments a WHERE a.reader_id = r.id) "
+            "(SELECT count(*) FROM assignments a WHERE a.reader_id = r.id), "
+            "r.profile_completed_at "
             "FROM readers r WHERE r.study_id = ? ORDER BY r.ordinal", [srow["id"]]).fetchall()
     return [ReaderInfo(reader=n, link="deactivated" if d else "active", link_issued_at=t,
                        invited_at=c, consented_at=cons, profile=json.loads(p or "{}"),
-                       completed=done, total=total)
-            for n, d, t, c, cons, p, done, total in rows]
+                       completed=done, total=total, profile_completed_at=pdone)
+            for n, d, t, c, cons, p, done, total, pdone in rows]
 
 
 def reader_info(db_path: str | pathlib.Path, reader_id: int) -> ReaderInfo:
@@ -426,18 +440,70 @@ def record_consent(db_path: str | pathlib.Path, reader_id: int) -> str:
     return write(db_path, tx)
 
 
-def update_profile(db_path: str | pathlib.Path, reader_id: int, profile: dict) -> dict:
-    """Merge `profile` (checked by `check_profile` against the study's fields) into the
-    reader's profile, e.g. from the reader's profile form; returns the stored profile."""
+def profile_label(field: str) -> str:
+    """What the reader's profile form calls a field (`site_name` -> "Site name")."""
+    return PROFILE_LABELS.get(field) or field.replace("_", " ").capitalize()
+
+
+@dataclasses.dataclass(frozen=True)
+class ProfileForm:
+    """The profile form a reader still has to fill in (`profile_form`)."""
+    fields: tuple[str, ...]   # specialty, years_experience, then the study's own; all required
+    labels: tuple[str, ...]   # what the form calls each field
+    values: dict              # stored values (e.g. the coordinator's CSV), shown pre-filled
+
+
+def profile_form(db_path: str | pathlib.Path, reader_id: int) -> ProfileForm | None:
+    """The profile form to show this reader before their first case, or None when the study
+    does not ask for one (`lifecycle.set_texts(ask_profile=...)`) or the reader has already
+    submitted it (so a resumed session does not ask again). One query: the reader page asks
+    on every load and start."""
+    with reading(db_path) as db:
+        row = db.execute("SELECT s.ask_profile, s.profile_fields, r.profile, "
+                         "r.profile_completed_at FROM readers r JOIN studies s "
+                         "ON s.id = r.study_id WHERE r.id = ?", [reader_id]).fetchone()
+    if row is None or not row[0] or row[3]:
+        return None
+    fields = tuple(PROFILE_FIELDS) + tuple(study_profile_fields({"profile_fields": row[1]}))
+    values = json.loads(row[2] or "{}")
+    return ProfileForm(fields=fields, labels=tuple(profile_label(f) for f in fields),
+                       values={f: values[f] for f in fields if f in values})
+
+
+def update_profile(db_path: str | pathlib.Path, reader_id: int, profile: dict, *,
+                   complete: bool = False, actor: str = "cli") -> dict:
+    """Merge `profile` (checked by `check_profile` against the study's fields: short
+    printable text, years_experience a whole number 0-70) into the reader's profile;
+    returns the stored profile.
+
+    `complete=True` is the reader's own profile form: every field of the form (built-in
+    and the study's own) must be filled in — the submitted values replace what the
+    coordinator's invitation stored (the reader may correct it) — and the time is recorded
+    as `profile_completed_at` (the first submission's). ReaderError naming the missing or
+    invalid fields otherwise, and nothing is stored. Changes are logged with the previous
+    values, so a corrected invitation value stays traceable."""
     def tx(db) -> dict:
-        row = db.execute("SELECT r.profile, s.profile_fields, r.study_id FROM readers r "
+        row = db.execute("SELECT r.profile, s.profile_fields, r.study_id, "
+                         "r.profile_completed_at FROM readers r "
                          "JOIN studies s ON s.id = r.study_id WHERE r.id = ?",
                          [reader_id]).fetchone()
         if row is None:
             raise ReaderError("unknown reader")
-        fields = json.loads(row[1] or "[]")
-        merged = json.loads(row[0] or "{}") | check_profile(profile, fields)
-        db.execute("UPDATE readers SET profile = ? WHERE id = ?", [json.dumps(merged), reader_id])
+        fields = study_profile_fields({"profile_fields": row[1]})
+        checked = check_profile(profile, fields)
+        if complete:
+            missing = [profile_label(f) for f in (*PROFILE_FIELDS, *fields) if f not in checked]
+            if missing:
+                raise ReaderError("Please fill in: " + ", ".join(missing))
+        before = json.loads(row[0] or "{}")
+        merged = before | checked
+        changes = {k: [before.get(k), v] for k, v in checked.items() if before.get(k) != v}
+        completed_at = row[3] or (utc_now() if complete else None)
+        db.execute("UPDATE readers SET profile = ?, profile_completed_at = ? WHERE id = ?",
+                   [json.dumps(merged), completed_at, reader_id])
+        if changes or completed_at != row[3]:
+            log_action(db, actor, "update_profile", row[2], reader_id=reader_id,
+                       changed=changes, completed=bool(complete))
         return merged
 
     return write(db_path, tx)

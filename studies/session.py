@@ -40,6 +40,10 @@ class CaseView:
     # Pair (2AFC) task: the right-hand image's own per-read id (the left one is
     # stimulus_id); None for single-image tasks. Served like stimulus_id (stimulus_png).
     pair_stimulus_id: str | None = None
+    # The case's modality (the viewer offers contrast presets for it), or "" when no image
+    # of the other source has that modality: then it would tell real from synthetic (e.g.
+    # generated images imported without a modality column).
+    modality: str = ""
     # Server side only (never sent to a browser): the stored file's opaque id, the same for
     # every reader and read of the case, so the page can check the file is there (and the
     # right-hand image's, for a pair).
@@ -89,7 +93,11 @@ def next_case(db_path: str | pathlib.Path, reader_id: int) -> CaseView | None:
     """The reader's first slot with an unanswered task, or None when they are done."""
     with reading(db_path) as db:
         select = ("SELECT a.id, a.position, a.tasks, a.kind, a.expected, a.view_id, c.prompt, "
-                  "s.name, c.stimulus_id, a.min_delay_s, a.pair_view_id, p.stimulus_id "
+                  "s.name, c.stimulus_id, a.min_delay_s, a.pair_view_id, p.stimulus_id, "
+                  # the modality, only if images of the other source have it too (below)
+                  "CASE WHEN EXISTS (SELECT 1 FROM cases o WHERE o.study_id = c.study_id "
+                  "AND o.modality = c.modality AND o.source != c.source) "
+                  "THEN c.modality ELSE '' END "
                   "FROM assignments a JOIN cases c ON c.id = a.case_id "
                   "JOIN studies s ON s.id = c.study_id "
                   "LEFT JOIN cases p ON p.id = a.pair_case_id ")
@@ -105,7 +113,7 @@ def next_case(db_path: str | pathlib.Path, reader_id: int) -> CaseView | None:
                 raise NotYetAvailable(due.wait_until)
             row = db.execute(select + "WHERE a.id = ?", [due.assignment_id]).fetchone()
         (aid, position, tasks_json, kind, expected, view_id, prompt, study, stored, _,
-         pair_view_id, pair_stored) = row
+         pair_view_id, pair_stored, modality) = row
         total = db.execute("SELECT count(*) FROM assignments WHERE reader_id = ?",
                            [reader_id]).fetchone()[0]
         answered = {r[0] for r in db.execute(
@@ -120,7 +128,7 @@ def next_case(db_path: str | pathlib.Path, reader_id: int) -> CaseView | None:
         assignment_id=aid, position=position, total=total, stimulus_id=view_id,
         tasks=questions, prompt=prompt if shows_prompt else None,
         training=kind == "training", study=study, stored_id=stored,
-        pair_stimulus_id=pair_view_id, pair_stored_id=pair_stored,
+        pair_stimulus_id=pair_view_id, pair_stored_id=pair_stored, modality=modality or "",
     )
 
 

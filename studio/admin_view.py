@@ -424,20 +424,22 @@ def readers_table(db_path, study: str) -> pd.DataFrame:
              "link issued": (r.link_issued_at or "")[:19].replace("T", " "),
              "consented": (r.consented_at or "")[:19].replace("T", " ") or "no",
              "profile": ", ".join(f"{k}={v}" for k, v in r.profile.items()),
+             "profile form": (r.profile_completed_at or "")[:19].replace("T", " ") or "no",
              "done": f"{r.completed} / {r.total}"}
             for r in readers_mod.reader_table(db_path, study)]
     return pd.DataFrame(rows, columns=["reader", "link", "link issued", "consented", "profile",
-                                       "done"])
+                                       "profile form", "done"])
 
 
-def study_settings(db_path, study: str) -> tuple[str, str, str, str]:
-    """(status line, instructions, consent, profile fields) for the admin's form."""
+def study_settings(db_path, study: str) -> tuple[str, str, str, str, bool]:
+    """(status line, instructions, consent, profile fields, ask profile) for the admin's
+    form."""
     from studies.lifecycle import study_texts
 
     t = study_texts(db_path, study)
     return (f"Status: **{t.status}**" + (f" since {t.status_at[:19].replace('T', ' ')}"
                                           if t.status_at else ""),
-            t.instructions, t.consent, ", ".join(t.profile_fields))
+            t.instructions, t.consent, ", ".join(t.profile_fields), t.ask_profile)
 
 
 def progress_table(db_path, study: str) -> pd.DataFrame:
@@ -758,6 +760,10 @@ def build_admin_blocks(db_path, admin_auth, *, model=None, base_url=None, batche
                                          elem_id="consent")
                 fields_box = gr.Textbox(label="Extra reader profile fields (comma-separated, "
                                         "e.g. site,country)", elem_id="profile-fields")
+                ask_profile_box = gr.Checkbox(
+                    label="Readers fill in their profile before the first case (specialty, "
+                          "years of experience and the extra fields; all required)",
+                    elem_id="ask-profile")
                 save_texts_btn = gr.Button("Save texts", elem_id="save-texts")
             with gr.Tab("Analysis", id="analysis"):
                 analyze_btn = gr.Button("Run analysis", variant="primary", elem_id="analyze")
@@ -876,18 +882,20 @@ def build_admin_blocks(db_path, admin_auth, *, model=None, base_url=None, batche
         def show_settings(study, request: gr.Request):
             guard(request)
             if not study:
-                return "", "", "", "", pd.DataFrame()
+                return "", "", "", "", False, pd.DataFrame()
             return (*study_settings(db_path, study), readers_table(db_path, study))
 
         @friendly
-        def save_texts(study, instructions_, consent_, fields_, request: gr.Request):
+        def save_texts(study, instructions_, consent_, fields_, ask_profile_,
+                       request: gr.Request):
             from studies.lifecycle import set_texts
 
             user = guard(request)
             if not study:
                 raise StudyError("choose a study first")
             set_texts(db_path, study, instructions=instructions_ or "", consent=consent_ or "",
-                      profile_fields=fields_ or "", actor=f"admin:{user}")
+                      profile_fields=fields_ or "", ask_profile=bool(ask_profile_),
+                      actor=f"admin:{user}")
             return study_settings(db_path, study)
 
         def tick(study, request: gr.Request):
@@ -937,7 +945,8 @@ def build_admin_blocks(db_path, admin_auth, *, model=None, base_url=None, batche
                          [link, progress, invite_overview, table], **admin_events)
         timer.tick(tick, [study_dd], [progress, faults], show_progress="hidden", **admin_events)
         study_dd.change(show_settings, [study_dd],
-                        [status_md, instructions_box, consent_box, fields_box, readers_df],
+                        [status_md, instructions_box, consent_box, fields_box, ask_profile_box,
+                         readers_df],
                         **admin_events)
         csv_btn.click(do_invite_csv, [study_dd, readers_csv, ack],
                       [csv_links, readers_df, progress, readers_csv], **admin_events)
@@ -948,8 +957,10 @@ def build_admin_blocks(db_path, admin_auth, *, model=None, base_url=None, batche
         for btn, status in ((close_btn, "closed"), (reopen_btn, "open"),
                             (archive_btn, "archived")):
             btn.click(_set_status(status), [study_dd], [status_md, table], **admin_events)
-        save_texts_btn.click(save_texts, [study_dd, instructions_box, consent_box, fields_box],
-                             [status_md, instructions_box, consent_box, fields_box],
+        save_texts_btn.click(save_texts, [study_dd, instructions_box, consent_box, fields_box,
+                                          ask_profile_box],
+                             [status_md, instructions_box, consent_box, fields_box,
+                              ask_profile_box],
                              **admin_events)
         analyze_btn.click(run_analysis, [study_dd],
                           [note, pooled, per_reader, agreement, *plots, result_json],

@@ -197,11 +197,13 @@ def readers_cmd(db_path, study_name):
     if not rows:
         click.echo("No readers invited yet.")
     else:
-        click.echo(f"{'reader':<24} {'link':<12} {'done':>11}  {'consented':<10} profile")
+        click.echo(f"{'reader':<24} {'link':<12} {'done':>11}  {'consented':<10} "
+                   f"{'profile form':<17} profile")
         for r in rows:
             profile = ", ".join(f"{k}={v}" for k, v in r.profile.items()) or "-"
+            form = (r.profile_completed_at or "")[:16].replace("T", " ") or "-"
             click.echo(f"{r.reader[:24]:<24} {r.link:<12} {r.completed:>5}/{r.total:<5}  "
-                       f"{'yes' if r.consented_at else 'no':<10} {profile}")
+                       f"{'yes' if r.consented_at else 'no':<10} {form:<17} {profile}")
     cov = coverage(db_path, study_name)
     line = f"Coverage: each of {cov.n_units} main cases read {cov.min_reads}-{cov.max_reads} times"
     if cov.target:
@@ -259,9 +261,13 @@ study.command("archive", help="Archive a study: closed, and listed apart in the 
               help="Text file: consent text the reader must agree to before the first case.")
 @click.option("--profile-fields", default=None,
               help="Comma-separated extra reader profile fields, e.g. site,country.")
+@click.option("--ask-profile/--no-ask-profile", default=None,
+              help="Readers fill in their profile (specialty, years of experience and the "
+                   "study's fields, all required) before the first case.")
 @_one_line_errors
-def configure_cmd(db_path, study_name, instructions_file, consent_file, profile_fields):
-    """Set the instructions, consent text and extra profile fields of a study."""
+def configure_cmd(db_path, study_name, instructions_file, consent_file, profile_fields,
+                  ask_profile):
+    """Set the instructions, consent text, profile fields and profile form of a study."""
     import pathlib
 
     from studies.lifecycle import set_texts
@@ -275,12 +281,14 @@ def configure_cmd(db_path, study_name, instructions_file, consent_file, profile_
             raise StudyError(f"{path} is not UTF-8 text") from None
 
     texts = set_texts(db_path, study_name, instructions=read(instructions_file),
-                      consent=read(consent_file), profile_fields=profile_fields)
+                      consent=read(consent_file), profile_fields=profile_fields,
+                      ask_profile=ask_profile)
     click.echo(f"Study {study_name!r}: {texts.status}; instructions "
                f"{len(texts.instructions)} characters; consent "
                f"{len(texts.consent) or 'none'}{' characters' if texts.consent else ''}; "
                f"profile fields specialty, years_experience"
-               f"{''.join(', ' + f for f in texts.profile_fields)}.")
+               f"{''.join(', ' + f for f in texts.profile_fields)}"
+               f" ({'readers fill them in' if texts.ask_profile else 'not asked of readers'}).")
 
 
 @study.command("export")

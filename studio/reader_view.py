@@ -32,6 +32,12 @@ the same case) is served to the moment the answer arrives — it includes the im
 download time (a few ms on a LAN). The browser's own figure (from when the image was on
 screen) replaces it only when it is plausible: see `answer_duration_ms`.
 
+Before the first case: the instructions, the consent text until agreed, and — when the
+study asks for it — the reader's profile form (`profile_form_html`); Start sends the form's
+values (`PROFILE_JS`) and `start` stores them, or keeps the reader on that screen with the
+reason when a field is missing (nothing recorded). The key hints of that screen sit beside
+its text (`INTRO_KEYS` / `INTRO_TOUCH`), so touch screens get tap wording.
+
 The handlers (`open_page`, `start`, `submit_answer`, `continue_after_feedback`) are
 plain functions of (db_path, token, state, ...) returning a `Screen`, so they are tested
 without a browser; `build_reader_blocks` wires them to components.
@@ -52,7 +58,7 @@ import gradio as gr
 from studies import lifecycle, readers, session
 from studies.database import utc_now
 from studies.errors import (
-    DatabaseNotFound, NotAStudyDatabase, NotAuthorised, SessionError, StudyError,
+    DatabaseNotFound, NotAStudyDatabase, NotAuthorised, ReaderError, SessionError, StudyError,
 )
 from studio.plain_text import plain_markdown
 
@@ -87,7 +93,8 @@ IDS = {"answer": "answer", "submit": "submit", "continue": "continue", "start": 
        "image": "stimulus", "progress": "progress", "question": "question",
        "prompt": "prompt", "feedback": "feedback", "finished": "finished",
        "login": "login", "intro": "intro", "message": "message", "unavailable": "unavailable",
-       "retry": "retry", "case": "case", "screen": "screen", "reader": "reader"}
+       "retry": "retry", "case": "case", "screen": "screen", "reader": "reader",
+       "profile": "profile"}
 SCREENS = ("login", "intro", "case", "feedback", "finished", "unavailable")
 
 
@@ -121,7 +128,9 @@ class Screen:
     training: bool = False
     state: OnScreen | None = None
     pair_image_url: str | None = None  # pair (2AFC): the right-hand image (image_url: left)
-    pair: bool = False                 # a pair question is on screen (keys hint)
+    pair: bool = False                 # a pair question (or a pair study's intro): keys hint
+    profile: "readers.ProfileForm | None" = None  # intro: the profile form to fill in
+    presets: str = ""                  # the viewer's contrast presets (preset_family)
 
 
 def _token(token: str | None) -> str | None:
@@ -166,11 +175,10 @@ def _paragraphs(text: str) -> str:
 
 # The pair (2AFC) keys, in keyboard.js: an arrow moves the answer one step along the scale
 # towards its side, so one press is "possibly", two "probably", three "definitely".
-PAIR_KEYS_INTRO = ("**← / →** pick the side you think is synthetic: the first press says "
-                   "*possibly*, press the same arrow again for *probably*, again for "
-                   "*definitely* (the other arrow steps back); digits 1–6 choose an answer "
-                   "directly, **Enter** submits. On a touch screen, tap an answer, then "
-                   "Submit.")
+PAIR_KEYS_INTRO = ("**Keyboard:** **← / →** pick the side you think is synthetic: the first "
+                   "press says *possibly*, press the same arrow again for *probably*, again "
+                   "for *definitely* (the other arrow steps back); digits 1–6 choose an "
+                   "answer directly, **Enter** submits, **?** lists the image viewer's keys.")
 
 
 def intro_text(view: session.CaseView, instructions: str = "", consent: str = "") -> str:
@@ -187,15 +195,13 @@ def intro_text(view: session.CaseView, instructions: str = "", consent: str = ""
              "from the image alone; there is no time limit, but go with your first impression.",
              ""]
     for q in view.tasks:
-        keys = f"1–{len(q['scale'])}"
-        lines.append(f"- **{q['question']}** — keys {keys}: "
+        # No key wording here: the same text shows on touch screens (the key hints are
+        # INTRO_KEYS, shown only where there is a keyboard).
+        lines.append(f"- **{q['question']}** — "
                      + ", ".join(s["label"] for s in q["scale"]))
         if q.get("shows_prompt"):
             lines.append("  (the text the image should match is shown with this question)")
-    keys = ("**Keyboard:** " + PAIR_KEYS_INTRO if pair
-            else "**Keyboard:** digits choose an answer, **Enter** submits.")
-    lines += ["", keys,
-              "",
+    lines += ["",
               "Training cases, if any, come first: after each you are told the right answer. "
               "Every answer is saved at once — you can close the tab and come back with the "
               "same link to continue where you stopped."]
@@ -242,7 +248,8 @@ def _case_screen(db_path, reader, view: session.CaseView, *, with_image: bool,
                   question_help=q.get("help", ""), choices=_choices(q),
                   prompt=view.prompt if q.get("shows_prompt") else None,
                   training=view.training, state=state, pair_image_url=pair_url,
-                  pair=view.pair_stimulus_id is not None)
+                  pair=view.pair_stimulus_id is not None,
+                  presets=preset_family(view.modality))
 
 
 def report_fault(db_path, reader_id: int, exc: session.StimulusUnavailable) -> None:
@@ -265,15 +272,39 @@ def open_page(db_path, token: str | None) -> Screen:
     if view is None:
         return _finished(_total(db_path, reader))
     consent = readers.consent_pending(db_path, reader.reader_id)
-    if consent or (view.position == 1 and not any(t["answered"] for t in view.tasks)):
+    form = readers.profile_form(db_path, reader.reader_id)
+    if consent or form or (view.position == 1 and not any(t["answered"] for t in view.tasks)):
         # The study's own instructions, and its consent text until the reader agrees
-        # (Start records the agreement): shown before any case, also on a resumed session
-        # when a consent text was added after the reader began.
-        texts = lifecycle.study_texts(db_path, reader.study)
-        return Screen("intro", intro=intro_text(view, texts.instructions, consent),
-                      total=view.total)
+        # (Start records the agreement) and its profile form until it is filled in: shown
+        # before any case, also on a resumed session when either was added later.
+        return _intro_screen(db_path, reader, view, consent, form)
     return _case_screen(db_path, reader, view, with_image=True, token=_token(token),
                         message="Welcome back: continuing where you stopped.")
+
+
+def _intro_screen(db_path, reader, view, consent: str, form, message: str = "") -> Screen:
+    texts = lifecycle.study_texts(db_path, reader.study)
+    return Screen("intro", intro=intro_text(view, texts.instructions, consent),
+                  total=view.total, profile=form, message=message,
+                  pair=view.pair_stimulus_id is not None)
+
+
+def profile_values(profile_json, form: readers.ProfileForm) -> dict:
+    """The form's fields from what the browser sent (a JSON object, see PROFILE_JS); other
+    keys, non-text values and anything that is not such an object are dropped, so a
+    forged request can only fill in this reader's own form, and is checked like any other
+    (`readers.update_profile`)."""
+    import json
+
+    if not isinstance(profile_json, str) or len(profile_json) > 50_000:
+        return {}
+    try:
+        sent = json.loads(profile_json)
+    except ValueError:
+        return {}
+    if not isinstance(sent, dict):
+        return {}
+    return {f: sent[f] for f in form.fields if isinstance(sent.get(f), (str, int))}
 
 
 def _total(db_path, reader) -> int:
@@ -283,17 +314,41 @@ def _total(db_path, reader) -> int:
     return 0
 
 
-def start(db_path, token: str | None) -> Screen:
-    """'Start' on the instruction screen (or any time the current case must be shown)."""
+def start(db_path, token: str | None, profile_json: str | None = None) -> Screen:
+    """'Start' on the instruction screen (or any time the current case must be shown).
+    When the study asks for the reader's profile and it is not filled in yet, `profile_json`
+    (the form's values) must fill in every field: otherwise the intro comes back with the
+    reason and the typed values, and nothing (neither profile nor consent) is recorded."""
     reader = _reader(db_path, token)
     if reader is None:
         return _login("This link is not valid.")
     view = session.next_case(db_path, reader.reader_id)
     if view is None:
         return _finished(_total(db_path, reader))
+    form = readers.profile_form(db_path, reader.reader_id)
+    if form is not None:
+        values = profile_values(profile_json, form)
+        try:
+            readers.update_profile(db_path, reader.reader_id, values, complete=True,
+                                   actor="reader")
+        except ReaderError as exc:
+            typed = dataclasses.replace(form, values={k: str(v) for k, v in values.items()})
+            return _intro_screen(db_path, reader, view,
+                                 readers.consent_pending(db_path, reader.reader_id), typed,
+                                 message=_reader_words(str(exc)))
     if readers.consent_pending(db_path, reader.reader_id):
         readers.record_consent(db_path, reader.reader_id)  # Start under the consent text
     return _case_screen(db_path, reader, view, with_image=True, token=_token(token))
+
+
+def _reader_words(message: str) -> str:
+    """A profile check's message for the reader (the field labels, not the column names)."""
+    import re
+
+    message = re.sub(r"profile field '(\w+)'", lambda m: readers.profile_label(m.group(1)),
+                     message)
+    message = message.replace("years_experience", readers.profile_label("years_experience"))
+    return message.rstrip(".") + "."
 
 
 def answer_duration_ms(server_ms: int, client_ms) -> tuple[int, bool, bool]:
@@ -407,6 +462,7 @@ SCREEN_CSS = """
 #reader:has(#screen [data-screen="feedback"]) #submit,
 #reader:has(#screen [data-screen="feedback"]) #prompt,
 #prompt:not(:has(.prompt-text)) { display: none !important; }
+#profile:not(:has(.profile-form)) { display: none !important; }
 """
 READER_CSS = SCREEN_CSS + """
 #stimulus { background: #000; height: 78vh; display: flex; align-items: center;
@@ -467,11 +523,20 @@ READER_CSS = SCREEN_CSS + """
 #prompt .prompt-text { white-space: pre-wrap; }
 .keys-hint { color: #6b7280; font-size: 0.9rem; }
 .touch-hint { display: none; color: #6b7280; font-size: 0.9rem; }
+.intro-touch { display: none; }
+#profile .profile-form { display: grid; gap: 0.6rem; max-width: 32rem; }
+#profile h3 { margin: 0.5rem 0 0; }
+#profile label { display: grid; gap: 0.2rem; font-weight: 600; }
+#profile input { min-height: 44px; padding: 0 0.6rem; font-size: 1rem; font-weight: 400;
+                 border: 1px solid #9ca3af; border-radius: 6px; }
+#profile .profile-error { color: #b91c1c; font-weight: 600; margin: 0; }
 /* Touch screens (no keys): touch wording, 44 px targets. Gradio scopes this stylesheet to
    its container, so a media query, not a class on <html>, switches the mode. */
 @media (pointer: coarse) {
   .keys-hint { display: none; }
   .touch-hint { display: block; }
+  .intro-keys { display: none; }
+  .intro-touch { display: block; }
   #answer label > span::before { content: none; }
   #stimulus .viewer-tools { opacity: 0.85; }
   #stimulus .viewer-tools { gap: 2px; left: 4px; right: 4px; justify-content: flex-end; }
@@ -515,20 +580,45 @@ def progress_html(position: int, total: int, training: bool = False) -> str:
             f'aria-valuenow="{done}"><div style="width:{pct}%"></div></div>')
 
 
-def stimulus_html(url: str) -> str:
-    """The `<img>` of a read. No-referrer: the page URL (with the token) is never sent on."""
-    return (f'<img src="{html.escape(url, quote=True)}" alt="Case image" '
+# The viewer's contrast presets (viewer.js PRESETS) by modality: a family name for the
+# modality words a study's manifest uses (DICOM codes and plain names), else generic.
+PRESET_FAMILIES = {
+    "xray": ("CR", "DX", "MG", "XR", "X-RAY", "XRAY", "CXR", "CHEST X-RAY", "RADIOGRAPH",
+             "RADIOGRAPHY", "MAMMOGRAPHY", "MAMMOGRAM"),
+    "ct": ("CT", "COMPUTED TOMOGRAPHY"),
+    "mri": ("MR", "MRI", "MAGNETIC RESONANCE"),
+    "colour": ("FUNDUS", "FUNDOSCOPY", "FUNDUS PHOTOGRAPHY", "OP", "XC", "DERMOSCOPY",
+               "DERMATOLOGY", "ENDOSCOPY", "ES", "COLONOSCOPY", "HISTOPATHOLOGY", "HISTOLOGY",
+               "PATHOLOGY", "MICROSCOPY", "SM", "GM", "WSI", "PHOTO", "CLINICAL PHOTOGRAPHY"),
+    "ultrasound": ("US", "ULTRASOUND", "ECHOCARDIOGRAPHY"),
+}
+_FAMILY_OF = {word: family for family, words in PRESET_FAMILIES.items() for word in words}
+
+
+def preset_family(modality: str) -> str:
+    """The viewer's preset family for a case's modality ("" = generic presets). The session
+    gives the modality only when both sources have it (CaseView.modality), so this attribute
+    is the same for a real and a synthetic image of one modality."""
+    return _FAMILY_OF.get(" ".join((modality or "").upper().replace("_", " ").split()), "")
+
+
+def stimulus_html(url: str, presets: str = "") -> str:
+    """The `<img>` of a read. No-referrer: the page URL (with the token) is never sent on.
+    `data-presets` names the viewer's contrast presets for the modality (preset_family)."""
+    attr = f' data-presets="{html.escape(presets, quote=True)}"' if presets else ""
+    return (f'<img src="{html.escape(url, quote=True)}" alt="Case image"{attr} '
             'referrerpolicy="no-referrer" draggable="false">')
 
 
-def pair_html(left_url: str, right_url: str) -> str:
+def pair_html(left_url: str, right_url: str, presets: str = "") -> str:
     """A pair (2AFC) read: two viewer panes side by side in the one image box (one output,
     so an answer still costs one gr.update). Left and right are the assignment's, drawn per
     reader and pair from the study's secret (`studies.design.reader_order`); the markup of
     the two panes differs only in the side word and the read's random URL."""
     panes = []
     for side, url in (("left", left_url), ("right", right_url)):
-        img = stimulus_html(url).replace('alt="Case image"', f'alt="{side.title()} image"')
+        img = stimulus_html(url, presets).replace('alt="Case image"',
+                                                   f'alt="{side.title()} image"')
         panes.append(f'<div class="viewer-pane" data-side="{side}">{img}'
                      f'<div class="side-label">{side.title()}</div></div>')
     return f'<div class="pair-view">{"".join(panes)}</div>'
@@ -539,6 +629,39 @@ def prompt_html(prompt: str) -> str:
     so `![x](http://host/track.png)` or `<img src=...>` is shown as typed, never fetched."""
     return f'<div class="prompt-text"><b>Text:</b> {html.escape(prompt, quote=True)}</div>'
 
+
+# ------------------------------------------------------------ the reader's profile form
+# Key hints of the intro, apart from its text so that touch screens show tap wording
+# instead (CSS: .intro-keys / .intro-touch under `pointer: coarse`).
+INTRO_KEYS = ("**Keyboard:** digits choose an answer (1 = the first one listed), **Enter** "
+              "submits, **?** lists the image viewer's keys.")
+INTRO_TOUCH = ("**Touch:** tap an answer, then **Submit**. Pinch to zoom the image, drag to "
+               "move it.")
+# Runs in the browser before Start: the profile form's values as one JSON object (an empty
+# object when the intro has no form). The server keeps only the form's own fields.
+PROFILE_JS = """(p) => { const v = {};
+  document.querySelectorAll('#profile [data-field]').forEach(
+      (el) => { v[el.dataset.field] = el.value; });
+  return [JSON.stringify(v)]; }"""
+
+
+def profile_form_html(form: readers.ProfileForm, message: str = "") -> str:
+    """The profile form (every value and label HTML-escaped; inputs, not a <form>, so Enter
+    never navigates). Values stored at invitation are pre-filled for the reader to check."""
+    rows = []
+    for field, label in zip(form.fields, form.labels):
+        value = html.escape(str(form.values.get(field, "")), quote=True)
+        kind = ('type="number" inputmode="numeric" min="0" max="70" step="1"'
+                if field == "years_experience" else
+                f'type="text" maxlength="{readers.MAX_PROFILE_VALUE}"')
+        rows.append(f'<label><span>{html.escape(label)}</span>'
+                    f'<input {kind} data-field="{html.escape(field, quote=True)}" '
+                    f'value="{value}" required autocomplete="off"></label>')
+    alert = (f'<p class="profile-error" role="alert">{html.escape(message)}</p>'
+             if message else "")
+    return ('<div class="profile-form"><h3>About you</h3>'
+            '<p>Please fill in every field; your answers are exported with your readings.</p>'
+            + alert + "".join(rows) + "</div>")
 
 STUDY_CLOSED = ("This study is closed and takes no more answers. Thank you for taking part — "
                 "you can close this tab.")
@@ -593,6 +716,12 @@ def build_reader_blocks(db_path) -> gr.Blocks:
                 open_btn = gr.Button("Open", variant="primary")
             with gr.Column(elem_id=IDS["intro"]):
                 intro_md = gr.Markdown()
+                intro_keys = gr.Markdown(INTRO_KEYS, elem_classes=["intro-keys"])
+                gr.Markdown(INTRO_TOUCH, elem_classes=["intro-touch"])
+                # The reader's profile form (profile_form_html), when the study asks for it;
+                # read by PROFILE_JS on Start.
+                profile_form = gr.HTML("", elem_id=IDS["profile"], js_on_load=None)
+                profile_in = gr.Textbox(visible=False)
                 start_btn = gr.Button("Start", variant="primary", elem_id=IDS["start"])
             with gr.Column(elem_id=IDS["case"]):
                 progress = gr.HTML(elem_id=IDS["progress"])
@@ -624,7 +753,8 @@ def build_reader_blocks(db_path) -> gr.Blocks:
                 retry_btn = gr.Button("Try again", variant="primary", elem_id=IDS["retry"])
 
         outputs = [screen, login_msg, intro_md, progress, message, image, prompt, question,
-                   answer, feedback, done_md, keys_hint, fault_md, state]
+                   answer, feedback, done_md, keys_hint, fault_md, state, profile_form,
+                   intro_keys]
 
         def render(s: Screen) -> list:
             """The outputs for a screen: plain values (cheap for Gradio) except the answer
@@ -634,9 +764,9 @@ def build_reader_blocks(db_path) -> gr.Blocks:
             if s.kind == "feedback" or (is_case and not s.new_image):
                 img = gr.skip()  # the same image stays (next question, training feedback)
             elif is_case and s.image_url and s.pair_image_url:
-                img = pair_html(s.image_url, s.pair_image_url)
+                img = pair_html(s.image_url, s.pair_image_url, s.presets)
             else:
-                img = stimulus_html(s.image_url) if is_case and s.image_url else ""
+                img = stimulus_html(s.image_url, s.presets) if is_case and s.image_url else ""
             return [
                 screen_html(s.kind),
                 s.message if s.kind == "login" else "",
@@ -653,6 +783,9 @@ def build_reader_blocks(db_path) -> gr.Blocks:
                  else PAIR_KEYS_HINT if is_case and s.pair else KEYS_HINT),
                 s.message if s.kind == "unavailable" else "",
                 s.state,
+                profile_form_html(s.profile, s.message) if s.kind == "intro" and s.profile
+                else "",
+                PAIR_KEYS_INTRO if s.pair else INTRO_KEYS,  # keyboards only (CSS)
             ]
 
         safe_open, safe_start = storage_safe(open_page), storage_safe(start)
@@ -664,6 +797,9 @@ def build_reader_blocks(db_path) -> gr.Blocks:
 
         def on_start(request: gr.Request):
             return render(safe_start(db_path, token_of(request)))
+
+        def on_start_profile(profile, request: gr.Request):  # Start under the intro
+            return render(safe_start(db_path, token_of(request), profile))
 
         def on_submit(st, ans, ms, request: gr.Request):
             return render(safe_submit(db_path, token_of(request), st, ans, ms))
@@ -679,7 +815,7 @@ def build_reader_blocks(db_path) -> gr.Blocks:
         common = dict(api_visibility="private", concurrency_id="reader", trigger_mode="once",
                       show_progress="hidden", postprocess=False)
         demo.load(on_load, None, outputs, **common)
-        start_btn.click(on_start, None, outputs, **common)
+        start_btn.click(on_start_profile, [profile_in], outputs, js=PROFILE_JS, **common)
         submit.click(on_submit, [state, answer, client_ms], outputs, js=SHOWN_MS_JS, **common)
         cont.click(on_continue, None, outputs, **common)
         retry_btn.click(on_start, None, outputs, **common)

@@ -25,13 +25,32 @@
   if (window.__medisynViewer) return;
   window.__medisynViewer = true;
   const MIN_ZOOM = 0.05, MAX_ZOOM = 16, STEP = 1.25;
-  // Generic presets (the page is not told the modality): [name, brightness, contrast].
-  const PRESETS = [["Normal", 1, 1], ["High contrast", 1, 1.8], ["Bright", 1.5, 1.2],
-                   ["Dark", 0.7, 1.4]];
+  // Contrast presets per modality family, [name, brightness, contrast, saturation]. The
+  // image's data-presets names the family (reader_view.preset_family; the session gives it
+  // only when real and synthetic images share the modality). The stimulus is an 8-bit
+  // image already windowed at import, so these are display adjustments, not HU windows.
+  const PRESET_SETS = {
+    "": [["Normal", 1, 1], ["High contrast", 1, 1.8], ["Bright", 1.5, 1.2], ["Dark", 0.7, 1.4]],
+    xray: [["Normal", 1, 1], ["High contrast (bone, lines)", 1, 1.9],
+           ["Bright (dense areas)", 1.45, 1.15], ["Dark (lung periphery)", 0.7, 1.35]],
+    ct: [["Normal", 1, 1], ["Narrow (soft tissue)", 1.05, 1.7], ["Wide (flatter)", 1.1, 0.7],
+         ["Dark (bright structures)", 0.75, 1.5]],
+    mri: [["Normal", 1, 1], ["High contrast", 1, 1.6], ["Bright (dark regions)", 1.5, 1.05],
+          ["Dark", 0.75, 1.25]],
+    colour: [["Normal", 1, 1, 1], ["Grey (colour off)", 1, 1.2, 0], ["Bright", 1.35, 1.05, 1],
+             ["High contrast", 1, 1.5, 1.15]],
+    ultrasound: [["Normal", 1, 1], ["Bright", 1.5, 1.1], ["High contrast", 1, 1.7],
+                 ["Dark", 0.75, 1.3]],
+  };
+  function presets() {  // the set of the image on screen (a pair shares one modality)
+    const img = document.querySelector("#stimulus img[data-presets]");
+    return PRESET_SETS[img ? img.dataset.presets : ""] || PRESET_SETS[""];
+  }
+  function presetNames() { return presets().map(function (p) { return p[0]; }).join(", "); }
   const HELP = [["+  /  −", "zoom in / out (wheel, pinch)"], ["drag", "pan"],
                 ["N", "native pixels (1:1)"], ["F", "full screen"],
                 ["right-drag", "brightness (up/down) and contrast (left/right)"],
-                ["C", "contrast presets: " + PRESETS.map(function (p) { return p[0]; }).join(", ")],
+                ["C", "contrast presets: "],  // + the names of this image's (help())
                 ["I", "invert"], ["0  or  R", "reset view (double-click / double-tap)"],
                 ["1–9", "choose an answer"], ["Enter", "submit"], ["?", "this help"]];
   const PAIR_HELP = [["←  /  →", "which image is synthetic: the first press picks " +
@@ -48,7 +67,7 @@
   function viewAt(i) {
     while (views.length <= i) {
       views.push({pane: null, img: null, src: null, zoom: 1, tx: 0, ty: 0, bright: 1,
-                  contrast: 1, invert: false, preset: 0});
+                  contrast: 1, saturate: 1, invert: false, preset: 0});
     }
     return views[i];
   }
@@ -57,7 +76,8 @@
   function active() { return views.slice(0, nPanes).filter(function (v) { return v.img; }); }
   function all(fn) { return function () { active().forEach(fn); }; }
   function reset(v) {
-    v.zoom = 1; v.tx = 0; v.ty = 0; v.bright = 1; v.contrast = 1; v.invert = false; v.preset = 0;
+    v.zoom = 1; v.tx = 0; v.ty = 0; v.bright = 1; v.contrast = 1; v.saturate = 1;
+    v.invert = false; v.preset = 0;
     apply(v);
   }
   function clamp(x, lo, hi) { return Math.min(hi, Math.max(lo, x)); }
@@ -69,6 +89,7 @@
     const f = [];
     if (v.bright !== 1) f.push("brightness(" + v.bright.toFixed(3) + ")");
     if (v.contrast !== 1) f.push("contrast(" + v.contrast.toFixed(3) + ")");
+    if (v.saturate !== 1) f.push("saturate(" + v.saturate.toFixed(3) + ")");
     if (v.invert) f.push("invert(1)");
     img.style.filter = f.join(" ");
     // Past native size the browser's smoothing would blur the pixels the reader zoomed for.
@@ -97,12 +118,14 @@
   function preset() {  // keys and toolbar: the same preset on every image shown
     const vs = active();
     if (!vs.length) return;
-    const next = (vs[0].preset + 1) % PRESETS.length;
+    const set = presets();
+    const next = (vs[0].preset + 1) % set.length;
     vs.forEach(function (v) {
-      v.preset = next; v.bright = PRESETS[next][1]; v.contrast = PRESETS[next][2];
+      v.preset = next; v.bright = set[next][1]; v.contrast = set[next][2];
+      v.saturate = set[next].length > 3 ? set[next][3] : 1;
       apply(v);
     });
-    toast(PRESETS[next][0]);
+    toast(set[next][0]);
   }
   function invert() {
     const vs = active();
@@ -155,7 +178,8 @@
       const rows = (coarse ? [["pinch", "zoom"], ["drag", "pan when zoomed"],
                               ["double-tap", "reset view"],
                               ["toolbar", "zoom, 1:1, contrast, invert, full screen, reset"]]
-                    : HELP).concat(pair ? (coarse ? PAIR_TOUCH : PAIR_HELP) : []);
+                    : HELP.map(function (r) { return r[0] === "C" ? [r[0], r[1] + presetNames()] : r; })
+                   ).concat(pair ? (coarse ? PAIR_TOUCH : PAIR_HELP) : []);
       const list = h.querySelector("dl");
       list.textContent = "";
       rows.forEach(function (r) {

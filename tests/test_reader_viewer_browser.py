@@ -44,6 +44,11 @@ def viewer_studio(tmp_path):
     state["server"].stop()
 
 
+# A preset name only each modality family's set has (studio/viewer.js PRESET_SETS).
+PRESET_WORD = {"ct": "soft tissue", "mri": "dark regions", "colour": "colour off",
+               "xray": "lung periphery", "ultrasound": "Bright, High contrast, Dark"}
+
+
 def _img_style(page) -> dict:
     return page.evaluate("() => { const i = document.querySelector('#stimulus img');"
                          " return {transform: i.style.transform, filter: i.style.filter,"
@@ -135,6 +140,10 @@ def test_viewer_zoom_window_invert_reset_no_requests(browser, viewer_studio):
     help_text = page.inner_text("#viewer-help")
     for word in ("full screen", "invert", "native pixels", "reset"):
         assert word in help_text
+    # The contrast presets are the modality's (every modality here has both sources).
+    family = page.get_attribute("#stimulus img", "data-presets")
+    assert family in PRESET_WORD, family
+    assert PRESET_WORD[family] in help_text
     page.keyboard.press("Escape")
     assert not page.is_visible("#viewer-help")
     # Reset restores the plain image.

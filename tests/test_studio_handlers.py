@@ -1063,8 +1063,9 @@ def test_admin_csv_invite_readers_table_deactivation_and_study_status(tmp_path, 
     lifecycle.set_status(db, study, "closed")
     assert admin_view.studies_table(db).loc[0, "status"] == "closed"
     lifecycle.set_texts(db, study, instructions="Look.", consent="I agree.", profile_fields="site")
-    status, instructions, consent, fields = admin_view.study_settings(db, study)
+    status, instructions, consent, fields, ask = admin_view.study_settings(db, study)
     assert "closed" in status and (instructions, consent, fields) == ("Look.", "I agree.", "site")
+    assert ask is False  # the reader profile form is off unless the study asks for it
 
 
 def test_generate_tab_lora_picker_lists_local_adapters_and_records_them(tmp_path, tiny_model, monkeypatch):
@@ -1139,7 +1140,7 @@ def test_reader_events_are_cheap_for_gradio(tmp_path, monkeypatch):
     try:
         with httpx.Client(base_url=server.url, timeout=30) as c:
             _queue_event(c, ids["on_load"], [], token, "s1")
-            first = _queue_event(c, ids["on_start"], [], token, "s1")
+            first = _queue_event(c, ids["on_start_profile"], ["{}"], token, "s1")  # Start
             nxt = _queue_event(c, ids["on_submit"], [None, 2, None], token, "s1")
     finally:
         server.stop()

@@ -313,7 +313,8 @@ def test_migration_5_upgrades_a_schema_2_database(tmp_path, monkeypatch):
     try:
         assert db.execute("SELECT status, profile_fields FROM studies").fetchone() == ("open", "[]")
         assert db.execute("SELECT profile, deactivated_at FROM readers").fetchone() == ("{}", None)
-        assert db.execute("SELECT max(version) FROM schema_version").fetchone()[0] == 5
+        assert db.execute("SELECT max(version) FROM schema_version").fetchone()[0] == \
+            database.SCHEMA_VERSION
     finally:
         db.close()
 
@@ -419,18 +420,6 @@ def test_reader_page_shows_instructions_and_consent_and_start_records_it(study):
     other = readers.invite(study, "pilot", "dr-b")
     lifecycle.set_texts(study, "pilot", consent="")
     assert "Consent" not in reader_view.open_page(study, other).intro
-
-
-def test_reader_page_refuses_to_show_a_pair_read_with_one_image(tmp_path):
-    """The pair task's two-image screen is not built yet: the page says so in words rather
-    than showing the left image alone under a left/right question."""
-    from studio import reader_view
-
-    db, _ = make_study(tmp_path, "duo", tasks=("pair",))
-    token = readers.invite(db, "duo", "dr-a")
-    screen = reader_view.start(db, token)
-    assert screen.kind == "unavailable" and "two images side by side" in screen.message
-    assert screen.image_url is None and screen.state is None
 
 
 def test_a_deactivated_link_fetches_no_image(study):
