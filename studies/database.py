@@ -389,7 +389,12 @@ class _WriteQueue:
 
     def __init__(self) -> None:
         self.slot = threading.Lock()   # held by the thread committing a batch
-        self.mutex = threading.Lock()  # guards `pending`
+        self.mutex = threading.Lock()  # guards `pending` and `running`
+        # Waiters sleep here until their job is done (by whichever thread committed it) or
+        # the slot is free: a job committed in someone else's batch returns at once instead
+        # of queueing for the slot behind the next batch and its fsync.
+        self.wake = threading.Condition(self.mutex)
+        self.running = False  # a thread has taken the batch in hand
         self.pending: list[_Job] = []
         self.db: Database | None = None  # kept writer connection (used under `slot`)
         self.file_id: tuple[int, int] | None = None  # (st_dev, st_ino) it opened
@@ -483,19 +488,26 @@ def write(db_path: str | pathlib.Path, fn: Callable[[Database], T]) -> T:
         raise RuntimeError("write() called from inside a write function: do both in one")
     key, queue = _queue_for(db_path)
     job = _Job(fn)
-    with queue.mutex:
+    with queue.wake:
         queue.pending.append(job)
-    with queue.slot:
-        with queue.mutex:
-            if job in queue.pending:  # not yet run by an earlier holder of the slot
-                others = [j for j in queue.pending if j is not job][:MAX_BATCH - 1]
-                batch = [job] + others
-                queue.pending = [j for j in queue.pending if j not in batch]
-            else:
-                batch = []
-        if batch:
-            _commit_batch(key, queue, db_path, batch)
-            queue.batches += 1
+        while not job.done and queue.running:
+            queue.wake.wait()
+        batch = []
+        if not job.done:  # the slot is free: commit this job and whatever else waits
+            queue.running = True
+            others = [j for j in queue.pending if j is not job][:MAX_BATCH - 1]
+            batch = [job] + others
+            taken = set(map(id, batch))
+            queue.pending = [j for j in queue.pending if id(j) not in taken]
+    if batch:
+        try:
+            with queue.slot:
+                _commit_batch(key, queue, db_path, batch)
+                queue.batches += 1
+        finally:
+            with queue.wake:
+                queue.running = False
+                queue.wake.notify_all()
     if queue.batches >= CHECKPOINT_EVERY and queue.checkpointing.acquire(blocking=False):
         queue.batches = 0
         threading.Thread(target=_checkpoint, args=(db_path, queue), daemon=True).start()

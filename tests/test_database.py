@@ -215,7 +215,7 @@ def _insert_study(name):
 def test_concurrent_writes_in_one_process_are_committed_together(tmp_path, monkeypatch):
     """Group commit: writes queued while another is being committed share one transaction
     (one durable commit), each still gets its own result, and a failing one rolls back only
-    itself. Made deterministic by holding the process's writer slot while they queue."""
+    itself. Made deterministic by marking a batch as running while they queue."""
     path = tmp_path / "s.db"
     open_db(path).close()
     key, queue = database._queue_for(path)
@@ -232,12 +232,16 @@ def test_concurrent_writes_in_one_process_are_committed_together(tmp_path, monke
         except ValueError as exc:
             errors[name] = str(exc)
 
-    with queue.slot:
-        threads = [threading.Thread(target=call, args=(n,)) for n in names]
-        for t in threads:
-            t.start()
-        while len(queue.pending) < len(names):  # all queued behind the held slot
-            threading.Event().wait(0.01)
+    with queue.wake:
+        queue.running = True  # as if another thread were committing a batch
+    threads = [threading.Thread(target=call, args=(n,)) for n in names]
+    for t in threads:
+        t.start()
+    while len(queue.pending) < len(names):  # all queued behind the running batch
+        threading.Event().wait(0.01)
+    with queue.wake:  # that batch ends: one waiter takes all nine
+        queue.running = False
+        queue.wake.notify_all()
     for t in threads:
         t.join(30)
     assert len(begins) == 1  # one transaction for all nine
