@@ -46,7 +46,7 @@ from sqlite_utils import Database
 
 from studies.errors import DatabaseNotFound, NotAStudyDatabase, StudyNotFound
 
-SCHEMA_VERSION = 5
+SCHEMA_VERSION = 6
 BUSY_TIMEOUT_MS = 5_000  # for reads and schema set-up (WAL readers rarely wait at all)
 WRITE_ATTEMPTS = 12  # retry_busy: with backoff capped at 2 s plus the busy timeout
 WRITE_DEADLINE_S = 30.0  # longest wait for the write lock before giving up ("locked")
@@ -202,12 +202,29 @@ def _migration_5(db: Database) -> None:
     db["settings"].create({"key": str, "value": str}, pk="key")
 
 
+def _migration_6(db: Database) -> None:
+    """Going back and per-case remarks (issue 13 item 6). responses: the reader's optional
+    comment and 'non-diagnostic image' flag, sent with the answer (existing answers: none,
+    0). assignments.reopened_after: when a reader went back to a read, the id of its last
+    response then; only later responses count towards re-completing it (NULL: never
+    reopened). studies.allow_back: readers may go back to the previous case. New studies
+    allow it (the issue's default); studies that already exist keep the protocol they
+    started with (no going back) until a coordinator allows it."""
+    # ADD COLUMN is not an UPDATE: the append-only triggers on responses allow it.
+    db.execute("ALTER TABLE responses ADD COLUMN comment TEXT NOT NULL DEFAULT ''")
+    db.execute("ALTER TABLE responses ADD COLUMN non_diagnostic INTEGER NOT NULL DEFAULT 0")
+    db["assignments"].add_column("reopened_after", int)
+    db.execute("ALTER TABLE studies ADD COLUMN allow_back INTEGER NOT NULL DEFAULT 1")
+    db.execute("UPDATE studies SET allow_back = 0")
+
+
 # Ordered list of (version, migration). Append new ones; never edit an applied one.
 MIGRATIONS: list[tuple[int, Callable[[Database], None]]] = [
     (1, _migration_1),
     (2, _migration_2),
     (3, _migration_3),
     (5, _migration_5),
+    (6, _migration_6),
 ]
 assert MIGRATIONS[-1][0] == SCHEMA_VERSION
 

@@ -6,6 +6,10 @@ see before the first case (instructions, consent) plus the study's own profile f
   `readers.reader_status`); answers, exports and analysis stay available. Reopening is
   allowed.
 - archived: closed, and listed apart in the admin; nothing is deleted.
+
+Going back (`set_allow_back`): whether a reader may return to the previous case and change
+the answer (`session.go_back`). New studies allow it; studies created before this option
+existed keep the protocol they started with (forbidden) until a coordinator allows it.
 """
 from __future__ import annotations
 
@@ -22,7 +26,8 @@ MAX_TEXT = 20_000
 MAX_PROFILE_FIELDS = 20
 _FIELD = re.compile(r"[a-z][a-z0-9_]{0,39}")
 _RESERVED = {"reader", "specialty", "years_experience", "study", "case", "task", "source",
-             "generator", "modality", "prompt", "truth", "response", "rating", "group"}
+             "generator", "modality", "prompt", "truth", "response", "rating", "group",
+             "comment", "non_diagnostic"}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -32,6 +37,7 @@ class StudyTexts:
     instructions: str
     consent: str           # empty: no consent step
     profile_fields: list[str]
+    allow_back: bool = True  # readers may go back to the previous case (session.go_back)
 
 
 def set_status(db_path: str | pathlib.Path, study: str, status: str, *,
@@ -45,6 +51,22 @@ def set_status(db_path: str | pathlib.Path, study: str, status: str, *,
         db.execute("UPDATE studies SET status = ?, status_at = ? WHERE id = ?",
                    [status, utc_now(), srow["id"]])
         log_action(db, actor, f"study_{status}", srow["id"], previous=srow.get("status"))
+
+    write(db_path, tx)
+
+
+def set_allow_back(db_path: str | pathlib.Path, study: str, allowed: bool, *,
+                   actor: str = "cli") -> None:
+    """Allow or forbid going back to the previous case (logged). Takes effect at the
+    readers' next screen; answers already changed stay as they are."""
+    if not isinstance(allowed, bool):
+        raise StudyError("allow_back must be true or false")
+
+    def tx(db) -> None:
+        srow = study_row(db, study)
+        db.execute("UPDATE studies SET allow_back = ? WHERE id = ?", [int(allowed), srow["id"]])
+        log_action(db, actor, "set_allow_back", srow["id"], allowed=allowed,
+                   previous=bool(srow.get("allow_back")))
 
     write(db_path, tx)
 
@@ -105,10 +127,11 @@ def set_texts(db_path: str | pathlib.Path, study: str, *, instructions: str | No
 
 
 def study_texts(db_path: str | pathlib.Path, study: str) -> StudyTexts:
-    """Status, instructions, consent text and profile fields of `study`."""
+    """Status, instructions, consent text, profile fields and going-back rule of `study`."""
     with reading(db_path) as db:
         srow = study_row(db, study)
     return StudyTexts(status=srow.get("status") or "open", status_at=srow.get("status_at"),
                       instructions=srow.get("instructions") or "",
                       consent=srow.get("consent_text") or "",
-                      profile_fields=json.loads(srow.get("profile_fields") or "[]"))
+                      profile_fields=json.loads(srow.get("profile_fields") or "[]"),
+                      allow_back=bool(srow.get("allow_back", 1)))

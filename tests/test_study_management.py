@@ -313,7 +313,7 @@ def test_migration_5_upgrades_a_schema_2_database(tmp_path, monkeypatch):
     try:
         assert db.execute("SELECT status, profile_fields FROM studies").fetchone() == ("open", "[]")
         assert db.execute("SELECT profile, deactivated_at FROM readers").fetchone() == ("{}", None)
-        assert db.execute("SELECT max(version) FROM schema_version").fetchone()[0] == 5
+        assert db.execute("SELECT max(version) FROM schema_version").fetchone()[0] == database.SCHEMA_VERSION
     finally:
         db.close()
 
