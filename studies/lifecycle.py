@@ -105,9 +105,13 @@ def check_profile_fields(fields) -> list[str]:
 
 
 def set_texts(db_path: str | pathlib.Path, study: str, *, instructions: str | None = None,
-              consent: str | None = None, profile_fields=None, actor: str = "cli") -> StudyTexts:
+              consent: str | None = None, profile_fields=None, allow_back: bool | None = None,
+              actor: str = "cli") -> StudyTexts:
     """Set the instructions and/or consent text shown before the first case (None: leave
-    as is; "" clears) and/or the study's own reader profile fields (e.g. `site,country`)."""
+    as is; "" clears) and/or the study's own reader profile fields (e.g. `site,country`)
+    and/or whether readers may go back (`set_allow_back`), in one transaction."""
+    if allow_back is not None and not isinstance(allow_back, bool):
+        raise StudyError("allow_back must be true or false")
     instructions = _check_text(instructions, "instructions")
     consent = _check_text(consent, "consent text")
     fields = check_profile_fields(profile_fields) if profile_fields is not None else None
@@ -116,7 +120,9 @@ def set_texts(db_path: str | pathlib.Path, study: str, *, instructions: str | No
         srow = study_row(db, study)
         changes = {k: v for k, v in (("instructions", instructions), ("consent_text", consent),
                                      ("profile_fields", json.dumps(fields) if fields is not None
-                                      else None)) if v is not None}
+                                      else None),
+                                     ("allow_back", None if allow_back is None
+                                      else int(allow_back))) if v is not None}
         if not changes:
             return
         db["studies"].update(srow["id"], changes)

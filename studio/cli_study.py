@@ -258,9 +258,14 @@ study.command("archive", help="Archive a study: closed, and listed apart in the 
               help="Text file: consent text the reader must agree to before the first case.")
 @click.option("--profile-fields", default=None,
               help="Comma-separated extra reader profile fields, e.g. site,country.")
+@click.option("--allow-back/--no-back", "allow_back", default=None,
+              help="Whether readers may go back to the previous case and change their "
+                   "answer (new studies: allowed).")
 @_one_line_errors
-def configure_cmd(db_path, study_name, instructions_file, consent_file, profile_fields):
-    """Set the instructions, consent text and extra profile fields of a study."""
+def configure_cmd(db_path, study_name, instructions_file, consent_file, profile_fields,
+                  allow_back):
+    """Set the instructions, consent text, extra profile fields and going-back rule of a
+    study."""
     import pathlib
 
     from studies.lifecycle import set_texts
@@ -274,12 +279,14 @@ def configure_cmd(db_path, study_name, instructions_file, consent_file, profile_
             raise StudyError(f"{path} is not UTF-8 text") from None
 
     texts = set_texts(db_path, study_name, instructions=read(instructions_file),
-                      consent=read(consent_file), profile_fields=profile_fields)
+                      consent=read(consent_file), profile_fields=profile_fields,
+                      allow_back=allow_back)
     click.echo(f"Study {study_name!r}: {texts.status}; instructions "
                f"{len(texts.instructions)} characters; consent "
                f"{len(texts.consent) or 'none'}{' characters' if texts.consent else ''}; "
                f"profile fields specialty, years_experience"
-               f"{''.join(', ' + f for f in texts.profile_fields)}.")
+               f"{''.join(', ' + f for f in texts.profile_fields)}; going back "
+               f"{'allowed' if texts.allow_back else 'not allowed'}.")
 
 
 @study.command("export")

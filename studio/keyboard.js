@@ -1,6 +1,7 @@
 // Reader keyboard shortcuts, injected with `head=` (Gradio has no native shortcuts).
 // Digits pick the n-th option of the visible answer scale (1-6 turing, 1-5 Likert);
 // Enter presses the first visible action button (submit, continue, start).
+// B presses the visible Back button (going back to the previous case), if there is one.
 // Keys are ignored while the reader is typing in a text field, and modified keys
 // (Ctrl/Alt/Meta) are left to the browser.
 (function () {
@@ -64,6 +65,11 @@
         options[i].click();
         options[i].blur();  // no lingering focus ring that looks like a pre-selected answer
         e.preventDefault();
+      }
+    } else if (e.key === "b" || e.key === "B") {
+      for (const id of ["back", "back-finished"]) {
+        const b = button(id);
+        if (visible(b) && !b.disabled) { b.click(); e.preventDefault(); return; }
       }
     } else if (e.key === "Enter") {
       // A focused button already handles Enter natively; don't press it twice.

@@ -28,7 +28,8 @@
                 ["right-drag", "brightness (up/down) and contrast (left/right)"],
                 ["C", "contrast presets: " + PRESETS.map(function (p) { return p[0]; }).join(", ")],
                 ["I", "invert"], ["0  or  R", "reset view (double-click / double-tap)"],
-                ["1–9", "choose an answer"], ["Enter", "submit"], ["?", "this help"]];
+                ["1–9", "choose an answer"], ["Enter", "submit"],
+                ["B", "back to the previous case (when the study allows it)"], ["?", "this help"]];
   const coarse = window.matchMedia && window.matchMedia("(pointer: coarse)").matches;
 
   const v = {img: null, src: null, zoom: 1, tx: 0, ty: 0, bright: 1, contrast: 1, invert: false, preset: 0};

@@ -1140,7 +1140,7 @@ def test_reader_events_are_cheap_for_gradio(tmp_path, monkeypatch):
         with httpx.Client(base_url=server.url, timeout=30) as c:
             _queue_event(c, ids["on_load"], [], token, "s1")
             first = _queue_event(c, ids["on_start"], [], token, "s1")
-            nxt = _queue_event(c, ids["on_submit"], [None, 2, None], token, "s1")
+            nxt = _queue_event(c, ids["on_submit"], [None, 2, None, "", False], token, "s1")
     finally:
         server.stop()
     for out in (first, nxt):
