@@ -43,14 +43,14 @@ def summarise(long_df: pd.DataFrame) -> dict:
     if "training" in df.columns:
         df = df[~_flag(df["training"])]
     flag = _flag(df["non_diagnostic"])
-    comment = (df["comment"].fillna("").astype(str).str.strip() if "comment" in df.columns
+    comment = (df["comment"].astype("string").fillna("").str.strip() if "comment" in df.columns
                else pd.Series("", index=df.index))
     reader = df["reader"].astype(str) if "reader" in df.columns else pd.Series("", index=df.index)
     case = df["case"].astype(str)
     units = pd.DataFrame({"reader": reader, "case": case, "flag": flag,
                           "commented": comment.ne("")})
     if "pair_case" in df.columns:  # a pair read's remark concerns both of its images
-        pair = df["pair_case"].fillna("").astype(str)
+        pair = df["pair_case"].astype("string").fillna("").astype(str)
         right = units[pair.ne("")].assign(case=pair[pair.ne("")])
         units = pd.concat([units, right], ignore_index=True)
     per_read = units.groupby(["reader", "case"], sort=False).agg(
