@@ -74,14 +74,23 @@
     } else if (e.key === "Enter") {
       // A focused button already handles Enter natively; don't press it twice.
       if (e.target && e.target.tagName === "BUTTON" && !e.target.closest("#stimulus")) return;
-      for (const id of ACTIONS) {
-        const b = button(id);
-        if (visible(b) && !b.disabled) {
-          b.click();
-          e.preventDefault();
-          return;
-        }
-      }
+      if (pressAction()) e.preventDefault();
     }
   });
+  function pressAction() {
+    for (const id of ACTIONS) {
+      const b = button(id);
+      if (visible(b) && !b.disabled) { b.click(); return true; }
+    }
+    return false;
+  }
+  // Enter on the "non-diagnostic" checkbox submits, as from an answer option: Gradio's
+  // checkbox toggles itself on Enter, which silently undid the reader's tick.
+  window.addEventListener("keydown", function (e) {
+    const t = e.target;
+    if (e.key !== "Enter" || e.repeat || !t || t.type !== "checkbox" || !t.closest("#remarks")) return;
+    e.stopPropagation();
+    e.preventDefault();
+    pressAction();
+  }, true);
 })();
