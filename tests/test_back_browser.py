@@ -10,7 +10,7 @@ import pytest
 from studio_fixtures import make_loud_study
 from test_reader_viewer_browser import _build, _start
 from test_studio_browser import _wait_case
-from test_studio_browser import browser  # noqa: F401  (the shared Chromium fixture)
+from test_studio_browser import browser, shots  # noqa: F401  (shared fixtures)
 
 pytestmark = pytest.mark.browser
 
@@ -41,7 +41,7 @@ def _src(page) -> str:
     return page.get_attribute("#stimulus img", "src")
 
 
-def test_back_key_changes_the_answer_comment_and_flag(browser, back_studio):
+def test_back_key_changes_the_answer_comment_and_flag(browser, back_studio, shots):
     from studies.export import long_table
 
     ctx = browser.new_context(viewport={"width": 1280, "height": 900})
@@ -51,12 +51,12 @@ def test_back_key_changes_the_answer_comment_and_flag(browser, back_studio):
     first_src = _src(page)
     page.keyboard.press("2")
     page.click("#comment textarea")
-    page.keyboard.type("b 1 4 =x")  # neither Back, a scale option nor Enter's submit
+    page.keyboard.type("blurred 1/4 of the image =x")  # neither Back, a scale option nor Enter's submit
     page.keyboard.press("Enter")
     page.wait_for_timeout(300)
     assert page.inner_text("#progress .label").startswith("Case 1 of 4")
     assert page.is_checked("#answer input[type=radio] >> nth=1")
-    assert page.input_value("#comment textarea") == "b 1 4 =x"
+    assert page.input_value("#comment textarea") == "blurred 1/4 of the image =x"
     page.check("#non-diagnostic input")
     page.keyboard.press("Enter")  # focus on the checkbox: Enter submits (never untick it)
     _wait_case(page, 2, 4)
@@ -69,12 +69,14 @@ def test_back_key_changes_the_answer_comment_and_flag(browser, back_studio):
     assert "back at the previous case" in page.inner_text("#message")
     page.wait_for_selector("#back", state="hidden", timeout=10_000)  # one step only
     assert page.is_checked("#answer input[type=radio] >> nth=1")  # the earlier answer
-    assert page.input_value("#comment textarea") == "b 1 4 =x"
+    assert page.input_value("#comment textarea") == "blurred 1/4 of the image =x"
     assert page.is_checked("#non-diagnostic input")
     page.wait_for_function("s => document.querySelector('#stimulus img') && "
                            "document.querySelector('#stimulus img').getAttribute('src') !== s",
                            arg=first_src, timeout=10_000)
     assert _src(page).split("?")[0] != first_src.split("?")[0]  # a new view id
+    page.wait_for_timeout(300)
+    page.screenshot(path=str(shots / "reader-back.png"))
 
     page.keyboard.press("5")
     page.fill("#comment textarea", "=changed")
@@ -86,7 +88,7 @@ def test_back_key_changes_the_answer_comment_and_flag(browser, back_studio):
     case1 = df[df["case"] == df["case"].iloc[0]]
     assert case1["superseded"].tolist() == [1, 0]
     assert case1["rating"].tolist() == [2, 5]
-    assert case1["comment"].tolist() == ["b 1 4 =x", "=changed"]
+    assert case1["comment"].tolist() == ["blurred 1/4 of the image =x", "=changed"]
     assert case1["non_diagnostic"].tolist() == [1, 0]
     ctx.close()
 
