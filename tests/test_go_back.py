@@ -149,10 +149,18 @@ def test_a_study_can_forbid_going_back(study):
         lifecycle.set_allow_back(study, "pilot", "no")
     lifecycle.set_allow_back(study, "pilot", True)
     assert go_back(study, rid).position == 1
-    # a closed study takes no going back either
+    # a deactivated reader and a closed study take no going back either
+    readers.set_reader_active(study, "pilot", "dr-a", False)
+    with pytest.raises(NotAuthorised):
+        go_back(study, rid)
+    readers.set_reader_active(study, "pilot", "dr-a", True)
     lifecycle.set_status(study, "pilot", "closed")
     with pytest.raises(session.StudyClosed):
         go_back(study, rid)
+    # the export's new columns cannot be taken by a study's own profile fields
+    for name in ("comment", "non_diagnostic"):
+        with pytest.raises(Exception, match="column of the export"):
+            lifecycle.check_profile_fields(name)
 
 
 def test_going_back_into_training_and_attention_checks_is_refused(tmp_path):
