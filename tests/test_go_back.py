@@ -300,6 +300,12 @@ def test_remarks_are_counted_per_case_with_the_flagged_ids(study):
     assert "flagged non-diagnostic by ≥1 reader" in html and "blurred" not in html
     for case in flagged_cases:
         assert case in html
+    # the CLI's summary says it too
+    from studio.cli_analysis import format_summary
+
+    line = [x for x in format_summary(analyze(df)).splitlines() if x.startswith("Non-diagnostic")]
+    assert line == [f"Non-diagnostic: {len(flagged_cases)} of 12 images flagged by ≥1 reader "
+                    f"({', '.join(result['non_diagnostic_cases'])}); 2 reads with a comment"]
     # a table from before comments and flags existed: null with a reason
     old = analyze(df.drop(columns=["comment", "non_diagnostic"]))
     assert old["reader_flags"] is None and "no non_diagnostic column" in old["reader_flags_reason"]
