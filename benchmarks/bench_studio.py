@@ -104,7 +104,7 @@ def think_clients(url: str, tokens: list[str], ids: dict, answers: int, think: f
                 for k in range(answers):
                     time.sleep(rng.expovariate(1.0 / think))
                     t0 = time.perf_counter()
-                    out = run_event(c, ids["on_submit"], [None, 1 + k % 6, None], token, session)
+                    out = run_event(c, ids["on_submit"], [None, 1 + k % 6, None, "", False], token, session)
                     img = image_url(out)
                     if img is None:  # the last answer: the finish screen, no image
                         continue
@@ -218,7 +218,7 @@ def main() -> None:
                 barrier.wait()  # everyone answers at the same time
                 for k in range(args.answers):
                     t0 = time.perf_counter()
-                    out = run_event(c, ids["on_submit"], [None, 1 + k % 6, None], token, session)
+                    out = run_event(c, ids["on_submit"], [None, 1 + k % 6, None, "", False], token, session)
                     dt = time.perf_counter() - t0
                     assert image_url(out) is not None or k == args.answers - 1
                     with lock:

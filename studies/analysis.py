@@ -33,7 +33,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
-from studies import agreement, likert, mrmc, pairs, roc
+from studies import agreement, likert, mrmc, pairs, remarks, roc
 from studies.proportions import binary_summaries, binary_summary
 from studies.proportions import null_fields as _null
 from studies.proportions import readers_t_test
@@ -646,6 +646,7 @@ def analyze(long_df: pd.DataFrame, *, study: str | None = None, alpha: float = 0
     result["pair"], result["pair_reason"] = (None, pair) if isinstance(pair, str) else (pair, None)
     if result["pair_reason"] is None:
         del result["pair_reason"]
+    result.update(remarks.summarise(own))  # non-diagnostic flags and comments per case
     try:  # fast path (C speed): succeeds unless some value is NaN/inf or not JSON-serialisable
         return json.loads(json.dumps(result, allow_nan=False, default=_json_default))
     except (TypeError, ValueError):

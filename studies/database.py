@@ -202,6 +202,22 @@ def _migration_5(db: Database) -> None:
     db["settings"].create({"key": str, "value": str}, pk="key")
 
 
+def _migration_6(db: Database) -> None:
+    """Going back and per-case remarks (issue 13 item 6). responses: the reader's optional
+    comment and 'non-diagnostic image' flag, sent with the answer (existing answers: none,
+    0). assignments.reopened_after: when a reader went back to a read, the id of its last
+    response then; only later responses count towards re-completing it (NULL: never
+    reopened). studies.allow_back: readers may go back to the previous case. New studies
+    allow it (the issue's default); studies that already exist keep the protocol they
+    started with (no going back) until a coordinator allows it."""
+    # ADD COLUMN is not an UPDATE: the append-only triggers on responses allow it.
+    db.execute("ALTER TABLE responses ADD COLUMN comment TEXT NOT NULL DEFAULT ''")
+    db.execute("ALTER TABLE responses ADD COLUMN non_diagnostic INTEGER NOT NULL DEFAULT 0")
+    db["assignments"].add_column("reopened_after", int)
+    db.execute("ALTER TABLE studies ADD COLUMN allow_back INTEGER NOT NULL DEFAULT 1")
+    db.execute("UPDATE studies SET allow_back = 0")
+
+
 def _migration_8(db: Database) -> None:
     """The reader's own profile form (issue 13 item 7): `studies.ask_profile` (1: the reader
     page asks for the profile before the first case) and `readers.profile_completed_at`
@@ -217,6 +233,7 @@ MIGRATIONS: list[tuple[int, Callable[[Database], None]]] = [
     (2, _migration_2),
     (3, _migration_3),
     (5, _migration_5),
+    (6, _migration_6),
     (8, _migration_8),
 ]
 assert MIGRATIONS[-1][0] == SCHEMA_VERSION

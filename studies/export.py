@@ -14,6 +14,11 @@ the browser's time on case was implausibly short (< 50 ms) and the server's was 
 training reads, excluded from analysis), `repeat` (1 for the second read of a case, for
 intra-reader reliability), and attention checks appear with task `attention`
 (truth = the value the reader was told to pick, response/rating = what they picked).
+`comment` and `non_diagnostic` are the reader's free-text comment and "non-diagnostic
+image" flag (1/0) for the case: per read, those sent with the read's latest answer, so
+every task row of a read carries the same (a superseded row, with `include_superseded`,
+carries what was sent with it). A comment is plain text as typed; in the CSV it is
+escaped like any other text cell (below).
 
 `imrmc_table`: the iMRMC data-frame layout `readerID, caseID, modalityID, score` for the
 turing task only, training/repeat/attention reads excluded, score = the 6-point rating
@@ -50,7 +55,7 @@ from studies.errors import StudyError
 LONG_COLUMNS = ["study", "reader", "case", "task", "source", "generator", "modality", "prompt",
                 "truth", "response", "rating", "duration_ms", "answered_at", "training",
                 "repeat", "group", "duration_flagged", "pair_case", "specialty",
-                "years_experience"]
+                "years_experience", "comment", "non_diagnostic"]
 IMRMC_COLUMNS = ["readerID", "caseID", "modalityID", "score"]
 FORMATS = ("long", "imrmc")
 FORMULA_PREFIXES = ("=", "+", "-", "@", "\t", "\r")
@@ -104,17 +109,22 @@ def long_table(db_path: str | pathlib.Path, study: str, *,
             "a.kind, a.expected, r.answer, r.rating, r.duration_ms, r.answered_at, r.duration_flagged, "
             "r.id = (SELECT max(r2.id) FROM responses r2 "
             "        WHERE r2.assignment_id = r.assignment_id AND r2.task = r.task) AS latest, "
-            "p.case_key, p.source, p.generator, rd.profile "
+            "p.case_key, p.source, p.generator, rd.profile, r.assignment_id, r.id, r.comment, "
+            "r.non_diagnostic "
             "FROM responses r JOIN assignments a ON a.id = r.assignment_id "
             "JOIN readers rd ON rd.id = r.reader_id JOIN cases c ON c.id = r.case_id "
             "LEFT JOIN cases p ON p.id = a.pair_case_id "
             "WHERE rd.study_id = ? ORDER BY rd.ordinal, a.position, r.id",
             [srow["id"]]).fetchall()
     fields = json.loads(srow.get("profile_fields") or "[]")
+    remarks: dict[int, tuple[int, str, int]] = {}  # read -> (id, comment, flag) of its latest answer
+    for *_, aid, rid, comment, nondiag in rows:
+        if aid not in remarks or rid > remarks[aid][0]:
+            remarks[aid] = (rid, comment or "", int(nondiag or 0))
     records = []
     for (reader, case, task, source, generator, modality, prompt, group, kind, expected, answer,
          rating, duration, answered_at, flagged, latest, pair_case, _pair_source, pair_generator,
-         profile) in rows:
+         profile, aid, _rid, own_comment, own_nondiag) in rows:
         if not latest and not include_superseded:
             continue
         profile = json.loads(profile or "{}")
@@ -138,6 +148,8 @@ def long_table(db_path: str | pathlib.Path, study: str, *,
             "pair_case": pair_case or "",
             "specialty": profile.get("specialty", ""),
             "years_experience": profile.get("years_experience", ""),
+            "comment": remarks[aid][1] if latest else (own_comment or ""),
+            "non_diagnostic": remarks[aid][2] if latest else int(own_nondiag or 0),
             **{f: profile.get(f, "") for f in fields},
         }
         if include_superseded:
@@ -145,7 +157,7 @@ def long_table(db_path: str | pathlib.Path, study: str, *,
         records.append(rec)
     columns = LONG_COLUMNS + fields + (["superseded"] if include_superseded else [])
     df = pd.DataFrame.from_records(records, columns=columns)
-    for col in ("rating", "duration_ms", "training", "repeat", "duration_flagged") + (("superseded",) if include_superseded else ()):
+    for col in ("rating", "duration_ms", "training", "repeat", "duration_flagged", "non_diagnostic") + (("superseded",) if include_superseded else ()):
         df[col] = df[col].astype("int64")
     return df
 

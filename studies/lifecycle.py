@@ -8,6 +8,10 @@ profile fields and whether the reader page asks the reader to fill in their prof
   `readers.reader_status`); answers, exports and analysis stay available. Reopening is
   allowed.
 - archived: closed, and listed apart in the admin; nothing is deleted.
+
+Going back (`set_allow_back`): whether a reader may return to the previous case and change
+the answer (`session.go_back`). New studies allow it; studies created before this option
+existed keep the protocol they started with (forbidden) until a coordinator allows it.
 """
 from __future__ import annotations
 
@@ -24,7 +28,8 @@ MAX_TEXT = 20_000
 MAX_PROFILE_FIELDS = 20
 _FIELD = re.compile(r"[a-z][a-z0-9_]{0,39}")
 _RESERVED = {"reader", "specialty", "years_experience", "study", "case", "task", "source",
-             "generator", "modality", "prompt", "truth", "response", "rating", "group"}
+             "generator", "modality", "prompt", "truth", "response", "rating", "group",
+             "comment", "non_diagnostic"}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -35,6 +40,7 @@ class StudyTexts:
     consent: str           # empty: no consent step
     profile_fields: list[str]
     ask_profile: bool = False  # the reader fills in their profile before the first case
+    allow_back: bool = True  # readers may go back to the previous case (session.go_back)
 
 
 def set_status(db_path: str | pathlib.Path, study: str, status: str, *,
@@ -48,6 +54,22 @@ def set_status(db_path: str | pathlib.Path, study: str, status: str, *,
         db.execute("UPDATE studies SET status = ?, status_at = ? WHERE id = ?",
                    [status, utc_now(), srow["id"]])
         log_action(db, actor, f"study_{status}", srow["id"], previous=srow.get("status"))
+
+    write(db_path, tx)
+
+
+def set_allow_back(db_path: str | pathlib.Path, study: str, allowed: bool, *,
+                   actor: str = "cli") -> None:
+    """Allow or forbid going back to the previous case (logged). Takes effect at the
+    readers' next screen; answers already changed stay as they are."""
+    if not isinstance(allowed, bool):
+        raise StudyError("allow_back must be true or false")
+
+    def tx(db) -> None:
+        srow = study_row(db, study)
+        db.execute("UPDATE studies SET allow_back = ? WHERE id = ?", [int(allowed), srow["id"]])
+        log_action(db, actor, "set_allow_back", srow["id"], allowed=allowed,
+                   previous=bool(srow.get("allow_back")))
 
     write(db_path, tx)
 
@@ -87,12 +109,15 @@ def check_profile_fields(fields) -> list[str]:
 
 def set_texts(db_path: str | pathlib.Path, study: str, *, instructions: str | None = None,
               consent: str | None = None, profile_fields=None, ask_profile: bool | None = None,
-              actor: str = "cli") -> StudyTexts:
+              allow_back: bool | None = None, actor: str = "cli") -> StudyTexts:
     """Set the instructions and/or consent text shown before the first case (None: leave
-    as is; "" clears), the study's own reader profile fields (e.g. `site,country`) and/or
-    whether readers fill in their profile themselves before the first case (`ask_profile`)."""
+    as is; "" clears), the study's own reader profile fields (e.g. `site,country`),
+    whether readers fill in their profile themselves before the first case (`ask_profile`)
+    and/or whether readers may go back (`set_allow_back`), in one transaction."""
     if ask_profile is not None and not isinstance(ask_profile, bool):
         raise StudyError("ask_profile must be true or false")
+    if allow_back is not None and not isinstance(allow_back, bool):
+        raise StudyError("allow_back must be true or false")
     instructions = _check_text(instructions, "instructions")
     consent = _check_text(consent, "consent text")
     fields = check_profile_fields(profile_fields) if profile_fields is not None else None
@@ -103,7 +128,9 @@ def set_texts(db_path: str | pathlib.Path, study: str, *, instructions: str | No
                                      ("profile_fields", json.dumps(fields) if fields is not None
                                       else None),
                                      ("ask_profile", None if ask_profile is None
-                                      else int(ask_profile))) if v is not None}
+                                      else int(ask_profile)),
+                                     ("allow_back", None if allow_back is None
+                                      else int(allow_back))) if v is not None}
         if not changes:
             return
         db["studies"].update(srow["id"], changes)
@@ -114,11 +141,12 @@ def set_texts(db_path: str | pathlib.Path, study: str, *, instructions: str | No
 
 
 def study_texts(db_path: str | pathlib.Path, study: str) -> StudyTexts:
-    """Status, instructions, consent text and profile fields of `study`."""
+    """Status, instructions, consent text, profile fields and going-back rule of `study`."""
     with reading(db_path) as db:
         srow = study_row(db, study)
     return StudyTexts(status=srow.get("status") or "open", status_at=srow.get("status_at"),
                       instructions=srow.get("instructions") or "",
                       consent=srow.get("consent_text") or "",
                       profile_fields=json.loads(srow.get("profile_fields") or "[]"),
-                      ask_profile=bool(srow.get("ask_profile")))
+                      ask_profile=bool(srow.get("ask_profile")),
+                      allow_back=bool(srow.get("allow_back", 1)))

@@ -340,6 +340,25 @@ def _likert_html(task: str, s: dict) -> list[str]:
     return parts
 
 
+def remarks_html(result: dict) -> list[str]:
+    """Readers' non-diagnostic flags and comments (studies.remarks): counts and the flagged
+    case ids for the researcher to check; comment texts stay in the export."""
+    flags = result.get("reader_flags")
+    if not isinstance(flags, dict):
+        reason = result.get("reader_flags_reason")
+        return [f"<h2>Image quality remarks</h2><p>{html.escape(reason)}</p>"] if reason else []
+    cases = flags.get("non_diagnostic_cases") or {}
+    listed = ", ".join(f"{html.escape(str(c))} ({n} reader{'s' if n != 1 else ''})"
+                       for c, n in cases.items())
+    out = ["<h2>Image quality remarks</h2>",
+           f"<p>{flags['n_cases_non_diagnostic']} of {flags['n_cases']} images flagged "
+           f"non-diagnostic by ≥1 reader ({flags['n_reads_non_diagnostic']} reads)"
+           + (f": {listed}" if listed else "") + ".</p>",
+           f"<p>{flags['n_comments']} reads with a comment, on {flags['n_cases_commented']} "
+           "images (the texts are in the <code>comment</code> column of the long export).</p>"]
+    return out
+
+
 def render_html(result: dict, *, title: str | None = None) -> str:
     """One self-contained HTML document (plotly.js inline, once)."""
     study = result.get("input", {}).get("study")
@@ -374,6 +393,7 @@ def render_html(result: dict, *, title: str | None = None) -> str:
             parts += [fig_html(f"likert_{task}"), fig_html(f"agreement_{task}")]
         else:
             parts.append(f"<h2>{task.capitalize()} ratings</h2><p>{html.escape(result.get(f'{task}_reason', ''))}</p>")
+    parts += remarks_html(result)
     parts.append("<h2>Methods</h2>")
     parts.append("<p>" + " ".join(f"<b>{html.escape(k)}.</b> {html.escape(v)}" for k, v in METHODS) + "</p>")
     parts.append("<p class=note>Training reads are excluded, the latest answer per reader, case and task is used, "

@@ -7,6 +7,15 @@ answered. Each call opens its own connection (safe from any thread or process).
 Responses are append-only (the database refuses UPDATE/DELETE on them): changing an answer
 adds a row and analysis uses the latest. `submit` is idempotent on the client-supplied
 `client_id`: a retry or double click returns the first acknowledgement, never a second row.
+Each answer may carry the reader's comment and "non-diagnostic image" flag for the case.
+
+Going back (`go_back`, unless the study forbids it: `lifecycle.set_allow_back`): the
+reader's last completed read is reopened — it becomes the current read again with a fresh
+random view id (its old image URL stops working), and its re-answers are new rows, so the
+latest wins as for any change of answer. One step only (not while a reopened read is
+pending), and never into a training read (its feedback named the truth), an attention
+check (a second try would defeat the check) or back across the wash-out boundary (from a
+delayed repeat read to a first read). `back_refusal` is that rule.
 """
 from __future__ import annotations
 
@@ -16,12 +25,13 @@ import json
 import pathlib
 import statistics
 
-from studies import washout
+from studies import stimuli, washout
 from studies.database import log_action, reading, stimuli_dir, study_row, utc_now, write
 from studies.design import ATTENTION, TASKS, Task, attention_task
 from studies.errors import NotAuthorised, SessionError, StudyError
 
 MAX_CLIENT_ID = 200
+MAX_COMMENT = 1000  # characters of a reader's comment on a case
 MAX_DURATION_MS = 7 * 24 * 3600 * 1000
 _MAX_ID = 200
 
@@ -49,6 +59,11 @@ class CaseView:
     # right-hand image's, for a pair).
     stored_id: str = dataclasses.field(default="", repr=False)
     pair_stored_id: str | None = dataclasses.field(default=None, repr=False)
+    can_go_back: bool = False  # `go_back` would reopen the previous read now
+    reopened: bool = False     # the reader went back to this read (go_back)
+    earlier: dict = dataclasses.field(default_factory=dict)  # reopened: task -> last rating
+    comment: str = ""          # the read's latest comment and flag (to show them again)
+    non_diagnostic: bool = False
 
     @property
     def pending(self) -> list[dict]:
@@ -90,46 +105,165 @@ def _task_for(name: str, expected_json: str | None) -> Task:
 
 
 def next_case(db_path: str | pathlib.Path, reader_id: int) -> CaseView | None:
-    """The reader's first slot with an unanswered task, or None when they are done."""
+    """The reader's current read — a reopened one (`go_back`) first, else the first slot
+    with an unanswered task — or None when they are done."""
     with reading(db_path) as db:
         select = ("SELECT a.id, a.position, a.tasks, a.kind, a.expected, a.view_id, c.prompt, "
                   "s.name, c.stimulus_id, a.min_delay_s, a.pair_view_id, p.stimulus_id, "
                   # the modality, only if images of the other source have it too (below)
                   "CASE WHEN EXISTS (SELECT 1 FROM cases o WHERE o.study_id = c.study_id "
                   "AND o.modality = c.modality AND o.source != c.source) "
-                  "THEN c.modality ELSE '' END "
+                  "THEN c.modality ELSE '' END, a.reopened_after, s.allow_back "
                   "FROM assignments a JOIN cases c ON c.id = a.case_id "
                   "JOIN studies s ON s.id = c.study_id "
                   "LEFT JOIN cases p ON p.id = a.pair_case_id ")
         row = db.execute(select + "WHERE a.reader_id = ? AND a.completed_at IS NULL "
-                         "ORDER BY a.position LIMIT 1", [reader_id]).fetchone()
+                         "ORDER BY a.reopened_after IS NULL, a.position LIMIT 1",
+                         [reader_id]).fetchone()
         if row is None:
             return None
-        if row[9]:
+        if row[9] and row[13] is None:  # a delayed repeat, not a reopened read
             # A repeat read with a wash-out delay (--repeat-after): serve the first read that
             # is due (studies.washout); when none is, the reader is told when to come back.
             due = washout.next_available(db, reader_id)
             if due.assignment_id is None:
                 raise NotYetAvailable(due.wait_until)
             row = db.execute(select + "WHERE a.id = ?", [due.assignment_id]).fetchone()
-        (aid, position, tasks_json, kind, expected, view_id, prompt, study, stored, _,
-         pair_view_id, pair_stored, modality) = row
+        (aid, position, tasks_json, kind, expected, view_id, prompt, study, stored, delay,
+         pair_view_id, pair_stored, modality, reopened_after, allow_back) = row
         total = db.execute("SELECT count(*) FROM assignments WHERE reader_id = ?",
                            [reader_id]).fetchone()[0]
-        answered = {r[0] for r in db.execute(
-            "SELECT DISTINCT task FROM responses WHERE assignment_id = ?", [aid])}
+        answers = db.execute("SELECT id, task, rating, comment, non_diagnostic FROM responses "
+                             "WHERE assignment_id = ? ORDER BY id", [aid]).fetchall()
+        refusal = _back_refusal_db(db, reader_id, allow_back, reopened_after is not None, delay)
+    since = reopened_after or 0
+    answered = {task for rid, task, *_ in answers if rid > since}
+    earlier = {task: rating for rid, task, rating, *_ in answers if rid <= since}
     questions = []
     for name in json.loads(tasks_json):
         q = _task_for(name, expected).question_dict()
         q["answered"] = name in answered
         questions.append(q)
     shows_prompt = any(q["shows_prompt"] for q in questions)
+    last = answers[-1] if answers else None
     return CaseView(
         assignment_id=aid, position=position, total=total, stimulus_id=view_id,
         tasks=questions, prompt=prompt if shows_prompt else None,
         training=kind == "training", study=study, stored_id=stored,
         pair_stimulus_id=pair_view_id, pair_stored_id=pair_stored, modality=modality or "",
+        can_go_back=refusal is None, reopened=reopened_after is not None,
+        earlier=earlier if reopened_after is not None else {},
+        comment=last[3] if last else "", non_diagnostic=bool(last[4]) if last else False,
     )
+
+
+# --------------------------------------------------------------------------- going back
+class CannotGoBack(SessionError):
+    """`go_back` refused: the study forbids it, there is no previous read, or the previous
+    read may not be changed (see `back_refusal`); the message says which, in words."""
+
+
+BACK_FORBIDDEN = "going back is not allowed in this study"
+BACK_NOTHING = "there is no previous case to go back to"
+BACK_ONE_STEP = "you are already back at the previous case (one case at a time)"
+BACK_TRAINING = "the previous case was a training case, whose answer cannot be changed"
+BACK_ATTENTION = "the previous screen was a check question, whose answer cannot be changed"
+BACK_WASHOUT = ("the previous case belongs to your first reading session, which cannot be "
+                "changed after the wash-out period")
+
+
+def back_refusal(*, allowed: bool, reopened_pending: bool, previous_kind: str | None,
+                 previous_delayed: bool, current_delayed: bool) -> str | None:
+    """Why going back is refused (None: it is allowed). `previous_*`: the reader's last
+    completed read (None: none), `current_delayed`: the read now served is a repeat with a
+    wash-out delay."""
+    if not allowed:
+        return BACK_FORBIDDEN
+    if reopened_pending:
+        return BACK_ONE_STEP
+    if previous_kind is None:
+        return BACK_NOTHING
+    if previous_kind == "training":
+        return BACK_TRAINING
+    if previous_kind == "attention":
+        return BACK_ATTENTION
+    if current_delayed and not previous_delayed:
+        return BACK_WASHOUT
+    return None
+
+
+def _previous_read(db, reader_id: int):
+    """(id, kind, min_delay_s) of the reader's last completed read, or None."""
+    return db.execute("SELECT id, kind, min_delay_s FROM assignments WHERE reader_id = ? "
+                      "AND completed_at IS NOT NULL ORDER BY completed_at DESC, position DESC "
+                      "LIMIT 1", [reader_id]).fetchone()
+
+
+def _back_refusal_db(db, reader_id: int, allow_back, reopened_pending: bool,
+                     current_delay) -> str | None:
+    if not allow_back:  # the common forbidden case costs no query
+        return BACK_FORBIDDEN
+    prev = _previous_read(db, reader_id)
+    return back_refusal(allowed=True, reopened_pending=reopened_pending,
+                        previous_kind=prev[1] if prev else None,
+                        previous_delayed=bool(prev and prev[2]),
+                        current_delayed=bool(current_delay) and not reopened_pending)
+
+
+def back_refused(db_path: str | pathlib.Path, reader_id: int) -> str | None:
+    """Why `go_back` would be refused for this reader now (None: allowed). For screens
+    without a current read (finished, waiting for the wash-out); `CaseView.can_go_back`
+    says the same for a read on screen."""
+    with reading(db_path) as db:
+        return _back_refusal_now(db, reader_id)
+
+
+def _back_refusal_now(db, reader_id: int) -> str | None:
+    allow = db.execute("SELECT s.allow_back FROM readers r JOIN studies s ON s.id = r.study_id "
+                       "WHERE r.id = ?", [reader_id]).fetchone()
+    if allow is None:
+        raise NotAuthorised("no such reader")
+    current = db.execute("SELECT reopened_after, min_delay_s FROM assignments "
+                         "WHERE reader_id = ? AND completed_at IS NULL "
+                         "ORDER BY reopened_after IS NULL, position LIMIT 1",
+                         [reader_id]).fetchone()
+    reopened = current is not None and current[0] is not None
+    delayed = False
+    if current is not None and current[1] and not reopened:
+        # in the wash-out block: it matters only once a delayed repeat is actually served
+        delayed = washout.next_available(db, reader_id).assignment_id is not None
+    return _back_refusal_db(db, reader_id, allow[0], reopened, delayed)
+
+
+def go_back(db_path: str | pathlib.Path, reader_id: int) -> CaseView:
+    """Reopen the reader's previous (last completed) read and return it as the current
+    read: a fresh random view id (and pair view id), its tasks unanswered again; earlier
+    answers stay (append-only) and the re-answers supersede them. CannotGoBack when
+    `back_refusal` says no; StudyClosed / NotAuthorised as for `submit`."""
+    def tx(db) -> None:
+        status = db.execute("SELECT s.status, r.deactivated_at, r.name, s.id FROM readers r "
+                            "JOIN studies s ON s.id = r.study_id WHERE r.id = ?",
+                            [reader_id]).fetchone()
+        if status is None or status[1]:
+            raise NotAuthorised("this reader's link is not valid")
+        if (status[0] or "open") != "open":
+            raise StudyClosed(f"this study is {status[0]} and takes no more answers")
+        refusal = _back_refusal_now(db, reader_id)
+        if refusal is not None:
+            raise CannotGoBack(refusal)
+        aid = _previous_read(db, reader_id)[0]
+        last = db.execute("SELECT max(id) FROM responses WHERE assignment_id = ?",
+                          [aid]).fetchone()[0]
+        db.execute("UPDATE assignments SET completed_at = NULL, reopened_after = ?, view_id = ?, "
+                   "pair_view_id = CASE WHEN pair_view_id IS NULL THEN NULL ELSE ? END "
+                   "WHERE id = ?",
+                   [last or 0, stimuli.new_stimulus_id(), stimuli.new_stimulus_id(), aid])
+        log_action(db, f"reader:{status[2]}", "go_back", status[3], assignment=aid)
+
+    write(db_path, tx)
+    view = next_case(db_path, reader_id)
+    assert view is not None  # the reopened read is served first
+    return view
 
 
 def _iso(value: str | _dt.datetime | None) -> str | None:
@@ -176,11 +310,15 @@ def submit(
     *,
     shown_at: str | _dt.datetime | None = None,
     duration_flagged: bool = False,
+    comment: str | None = "",
+    non_diagnostic: bool = False,
 ) -> Ack:
     """Record one answer. Idempotent on `client_id`; append-only (a changed answer is a new
     row with a new client_id). Raises NotAuthorised for another reader's assignment and
     SessionError for an unknown task or an answer off the scale. `duration_flagged` marks a
-    duration that replaced an implausible browser figure (exported as `duration_flagged`)."""
+    duration that replaced an implausible browser figure (exported as `duration_flagged`).
+    `comment` (plain text, at most MAX_COMMENT characters) and `non_diagnostic` are the
+    reader's remarks on the case, stored with the answer (see `clean_comment`)."""
     if not isinstance(client_id, str) or not client_id or len(client_id) > MAX_CLIENT_ID:
         raise SessionError(f"client_id must be a non-empty string of at most {MAX_CLIENT_ID} chars")
     if isinstance(duration_ms, bool) or not isinstance(duration_ms, int):
@@ -191,11 +329,15 @@ def submit(
     if not 0 <= duration_ms <= MAX_DURATION_MS:
         raise SessionError(f"duration_ms {duration_ms} is out of range")
     shown = _iso(shown_at)
+    comment = clean_comment(comment)
+    if not isinstance(non_diagnostic, bool | int) or non_diagnostic not in (0, 1):
+        raise SessionError("non_diagnostic must be true or false")
+    flag = int(bool(non_diagnostic))
 
     def tx(db) -> Ack:
         prior = db.execute(
             "SELECT r.id, r.reader_id, r.task, r.rating, a.kind, c.source, a.completed_at, "
-            "r.assignment_id, r.answer, a.expected "
+            "r.assignment_id, r.answer, a.expected, r.comment, r.non_diagnostic "
             "FROM responses r JOIN assignments a ON a.id = r.assignment_id "
             "JOIN cases c ON c.id = r.case_id WHERE r.client_id = ?", [client_id]).fetchone()
         if prior is not None:
@@ -203,7 +345,9 @@ def submit(
                 raise SessionError("client_id already used")
             # A retry repeats the same answer to the same question; anything else under a used
             # id would be acknowledged but never stored, so refuse it loudly.
-            if prior[7] != assignment_id or prior[2] != task or not _same_answer(task, prior[9], prior[8], answer):
+            if (prior[7] != assignment_id or prior[2] != task
+                    or not _same_answer(task, prior[9], prior[8], answer)
+                    or (prior[10], prior[11]) != (comment, flag)):
                 raise SessionError("client_id already used for a different answer")
             return Ack(response_id=prior[0], duplicate=True,
                        assignment_complete=prior[6] is not None,
@@ -219,12 +363,12 @@ def submit(
         if status is not None and (status[0] or "open") != "open":
             raise StudyClosed(f"this study is {status[0]} and takes no more answers")
         a = db.execute(
-            "SELECT a.id, a.case_id, a.tasks, a.n_tasks, a.kind, a.expected, c.source, a.completed_at "
-            "FROM assignments a JOIN cases c ON c.id = a.case_id "
+            "SELECT a.id, a.case_id, a.tasks, a.n_tasks, a.kind, a.expected, c.source, "
+            "a.completed_at, a.reopened_after FROM assignments a JOIN cases c ON c.id = a.case_id "
             "WHERE a.id = ? AND a.reader_id = ?", [assignment_id, reader_id]).fetchone()
         if a is None:
             raise NotAuthorised("no such assignment for this reader")
-        _, case_id, tasks_json, n_tasks, kind, expected, source, completed_at = a
+        _, case_id, tasks_json, n_tasks, kind, expected, source, completed_at, reopened_after = a
         if task not in json.loads(tasks_json):
             raise SessionError(f"task {task!r} is not asked for this case")
         task_obj = _task_for(task, expected)
@@ -240,15 +384,17 @@ def submit(
             shown_at_ = shown
         cur = db.execute(
             "INSERT INTO responses (client_id, reader_id, assignment_id, case_id, task, answer, "
-            "rating, duration_ms, shown_at, answered_at, duration_flagged) "
-            "VALUES (?,?,?,?,?,?,?,?,?,?,?)",
+            "rating, duration_ms, shown_at, answered_at, duration_flagged, comment, "
+            "non_diagnostic) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
             [client_id, reader_id, assignment_id, case_id, task, task_obj.answer_text(value),
-             value, duration_ms, shown_at_, answered_at, int(bool(duration_flagged))])
+             value, duration_ms, shown_at_, answered_at, int(bool(duration_flagged)), comment,
+             flag])
         complete = completed_at is not None
         if not complete:
+            # a reopened read (go_back) is complete again once every task is re-answered
             n_answered = db.execute(
-                "SELECT count(DISTINCT task) FROM responses WHERE assignment_id = ?",
-                [assignment_id]).fetchone()[0]
+                "SELECT count(DISTINCT task) FROM responses WHERE assignment_id = ? AND id > ?",
+                [assignment_id, reopened_after or 0]).fetchone()[0]
             if n_answered >= n_tasks:
                 db.execute("UPDATE assignments SET completed_at = ? WHERE id = ?",
                            [answered_at, assignment_id])
@@ -257,6 +403,22 @@ def submit(
                    feedback=_feedback(kind, task, value, source))
 
     return write(db_path, tx)
+
+
+def clean_comment(comment: str | None) -> str:
+    """A reader's comment as stored: plain text, surrounding blanks stripped, Windows line
+    ends made \\n, other control characters (e.g. Word's vertical tab for a line break)
+    made spaces; SessionError if it is not text or longer than MAX_COMMENT characters."""
+    if comment is None:
+        return ""
+    if not isinstance(comment, str):
+        raise SessionError("comment must be text")
+    text = comment.replace("\r\n", "\n").replace("\r", "\n")
+    text = "".join(" " if (ord(c) < 32 and c not in "\n\t") or ord(c) == 127 else c
+                   for c in text).strip()
+    if len(text) > MAX_COMMENT:
+        raise SessionError(f"the comment is {len(text)} characters; at most {MAX_COMMENT}")
+    return text
 
 
 class NotYetAvailable(SessionError):

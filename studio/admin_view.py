@@ -582,6 +582,35 @@ def agreement_table(result: dict) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=["statistic", "value", "note"])
 
 
+def remarks_markdown(flags: dict) -> str:
+    """The readers' non-diagnostic flags and comments (studies.remarks) in one line; case
+    ids are the study's own text, escaped (plain_markdown)."""
+    cases = flags.get("non_diagnostic_cases") or {}
+    listed = ", ".join(f"{plain_markdown(c)} ({n})" for c, n in cases.items())
+    return (f"**{flags['n_cases_non_diagnostic']} of {flags['n_cases']} images flagged "
+            f"non-diagnostic by ≥1 reader**" + (f" (readers): {listed}" if listed else "")
+            + f"; {flags['n_comments']} reads with a comment (see the long export's "
+            "`comment` column).")
+
+
+def back_setting(db_path, study: str) -> bool:
+    """Whether readers of `study` may go back to the previous case."""
+    from studies.lifecycle import study_texts
+
+    return study_texts(db_path, study).allow_back
+
+
+def save_back_setting(db_path, study: str, allowed: bool, *, actor: str = "admin") -> str:
+    """Allow or forbid going back (studies.lifecycle.set_allow_back); a line saying so."""
+    from studies.lifecycle import set_allow_back
+
+    if not study:
+        raise StudyError("choose a study first")
+    set_allow_back(db_path, study, bool(allowed), actor=actor)
+    return ("Readers **may go back** to the previous case and change their answer."
+            if allowed else "Readers **cannot go back** to the previous case.")
+
+
 @dataclasses.dataclass
 class Dashboard:
     result: dict
@@ -609,6 +638,8 @@ def dashboard(db_path, study: str) -> Dashboard:
     n = int(len(long_df))
     note = (f"{n} responses from {long_df['reader'].nunique() if n else 0} readers "
             "(training rows excluded from the statistics; latest answer wins).")
+    if result.get("reader_flags"):
+        note += "  \n" + remarks_markdown(result["reader_flags"])
     return Dashboard(result, pooled, per_reader, agreement_table(result), figures, note)
 
 
@@ -765,6 +796,10 @@ def build_admin_blocks(db_path, admin_auth, *, model=None, base_url=None, batche
                           "years of experience and the extra fields; all required)",
                     elem_id="ask-profile")
                 save_texts_btn = gr.Button("Save texts", elem_id="save-texts")
+                # Going back (studies.session.go_back): saved as soon as it is ticked.
+                allow_back_box = gr.Checkbox(label="Readers may go back to the previous case "
+                                             "and change their answer", elem_id="allow-back")
+                allow_back_md = gr.Markdown(elem_id="allow-back-status")
             with gr.Tab("Analysis", id="analysis"):
                 analyze_btn = gr.Button("Run analysis", variant="primary", elem_id="analyze")
                 note = gr.Markdown()
@@ -898,6 +933,16 @@ def build_admin_blocks(db_path, admin_auth, *, model=None, base_url=None, batche
                       actor=f"admin:{user}")
             return study_settings(db_path, study)
 
+        @friendly
+        def show_back(study, request: gr.Request):
+            guard(request)
+            return back_setting(db_path, study) if study else False, ""
+
+        @friendly
+        def save_back(study, allowed, request: gr.Request):
+            user = guard(request)
+            return save_back_setting(db_path, study, allowed, actor=f"admin:{user}")
+
         def tick(study, request: gr.Request):
             guard(request)
             if not study:
@@ -961,6 +1006,9 @@ def build_admin_blocks(db_path, admin_auth, *, model=None, base_url=None, batche
                                           ask_profile_box],
                              [status_md, instructions_box, consent_box, fields_box,
                               ask_profile_box],
+                             **admin_events)
+        study_dd.change(show_back, [study_dd], [allow_back_box, allow_back_md], **admin_events)
+        allow_back_box.input(save_back, [study_dd, allow_back_box], [allow_back_md],
                              **admin_events)
         analyze_btn.click(run_analysis, [study_dd],
                           [note, pooled, per_reader, agreement, *plots, result_json],

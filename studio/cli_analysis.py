@@ -67,6 +67,13 @@ def format_summary(result: dict) -> str:
                      f"{_f(src['synthetic'].get('mean'), 2)}), Mann–Whitney p = {_f(s['mann_whitney'].get('p'))}; "
                      f"ICC2 {_f(s['icc']['ICC2'].get('icc'))}, Krippendorff's α ordinal "
                      f"{_f(s['krippendorff_alpha_ordinal'].get('alpha'))}")
+    flags = result.get("reader_flags")
+    if flags:
+        cases = list(flags["non_diagnostic_cases"])
+        listed = ", ".join(cases[:20]) + (f" and {len(cases) - 20} more" if len(cases) > 20 else "")
+        lines.append(f"Non-diagnostic: {flags['n_cases_non_diagnostic']} of {flags['n_cases']} images "
+                     f"flagged by ≥1 reader" + (f" ({listed})" if cases else "")
+                     + f"; {flags['n_comments']} reads with a comment")
     return "\n".join(lines)
 
 

@@ -264,10 +264,14 @@ study.command("archive", help="Archive a study: closed, and listed apart in the 
 @click.option("--ask-profile/--no-ask-profile", default=None,
               help="Readers fill in their profile (specialty, years of experience and the "
                    "study's fields, all required) before the first case.")
+@click.option("--allow-back/--no-back", "allow_back", default=None,
+              help="Whether readers may go back to the previous case and change their "
+                   "answer (new studies: allowed).")
 @_one_line_errors
 def configure_cmd(db_path, study_name, instructions_file, consent_file, profile_fields,
-                  ask_profile):
-    """Set the instructions, consent text, profile fields and profile form of a study."""
+                  ask_profile, allow_back):
+    """Set the instructions, consent text, profile fields, profile form and going-back rule
+    of a study."""
     import pathlib
 
     from studies.lifecycle import set_texts
@@ -282,13 +286,14 @@ def configure_cmd(db_path, study_name, instructions_file, consent_file, profile_
 
     texts = set_texts(db_path, study_name, instructions=read(instructions_file),
                       consent=read(consent_file), profile_fields=profile_fields,
-                      ask_profile=ask_profile)
+                      ask_profile=ask_profile, allow_back=allow_back)
     click.echo(f"Study {study_name!r}: {texts.status}; instructions "
                f"{len(texts.instructions)} characters; consent "
                f"{len(texts.consent) or 'none'}{' characters' if texts.consent else ''}; "
                f"profile fields specialty, years_experience"
                f"{''.join(', ' + f for f in texts.profile_fields)}"
-               f" ({'readers fill them in' if texts.ask_profile else 'not asked of readers'}).")
+               f" ({'readers fill them in' if texts.ask_profile else 'not asked of readers'}); "
+               f"going back {'allowed' if texts.allow_back else 'not allowed'}.")
 
 
 @study.command("export")

@@ -5,6 +5,7 @@
 // side (1-3 "left is synthetic", 4-6 "right"): with nothing chosen the first press picks
 // "possibly <side>", the next "probably", then "definitely"; the other arrow steps back
 // (across to the other side after "possibly"). The choice is on screen before Enter.
+// B presses the visible Back button (going back to the previous case), if there is one.
 // Keys are ignored while the reader is typing in a text field, and modified keys
 // (Ctrl/Alt/Meta) are left to the browser.
 (function () {
@@ -85,17 +86,31 @@
         options[i].blur();  // no lingering focus ring that looks like a pre-selected answer
         e.preventDefault();
       }
+    } else if (e.key === "b" || e.key === "B") {
+      for (const id of ["back", "back-finished"]) {
+        const b = button(id);
+        if (visible(b) && !b.disabled) { b.click(); e.preventDefault(); return; }
+      }
     } else if (e.key === "Enter") {
       // A focused button already handles Enter natively; don't press it twice.
       if (e.target && e.target.tagName === "BUTTON" && !e.target.closest("#stimulus")) return;
-      for (const id of ACTIONS) {
-        const b = button(id);
-        if (visible(b) && !b.disabled) {
-          b.click();
-          e.preventDefault();
-          return;
-        }
-      }
+      if (pressAction()) e.preventDefault();
     }
   });
+  function pressAction() {
+    for (const id of ACTIONS) {
+      const b = button(id);
+      if (visible(b) && !b.disabled) { b.click(); return true; }
+    }
+    return false;
+  }
+  // Enter on the "non-diagnostic" checkbox submits, as from an answer option: Gradio's
+  // checkbox toggles itself on Enter, which silently undid the reader's tick.
+  window.addEventListener("keydown", function (e) {
+    const t = e.target;
+    if (e.key !== "Enter" || e.repeat || !t || t.type !== "checkbox" || !t.closest("#remarks")) return;
+    e.stopPropagation();
+    e.preventDefault();
+    pressAction();
+  }, true);
 })();

@@ -38,7 +38,14 @@ values (`PROFILE_JS`) and `start` stores them, or keeps the reader on that scree
 reason when a field is missing (nothing recorded). The key hints of that screen sit beside
 its text (`INTRO_KEYS` / `INTRO_TOUCH`), so touch screens get tap wording.
 
-The handlers (`open_page`, `start`, `submit_answer`, `continue_after_feedback`) are
+Going back (`go_back`; button "Back" and key B, shown only when `studies.session` allows
+it: the study permits it and the previous read is a main or repeat read on this side of a
+wash-out): the previous case is shown again under a fresh view id with the reader's earlier
+answer selected; the re-answer is a new row and wins. A comment and a "non-diagnostic
+image" flag go with each answer (inputs of the submit event), shown again for the same
+read; they are plain values in a Textbox and a Checkbox, never rendered as Markdown/HTML.
+
+The handlers (`open_page`, `start`, `submit_answer`, `continue_after_feedback`, `go_back`) are
 plain functions of (db_path, token, state, ...) returning a `Screen`, so they are tested
 without a browser; `build_reader_blocks` wires them to components.
 """
@@ -85,8 +92,8 @@ HEAD = f"<script>{KEYBOARD_JS}</script><script>{VIEWER_JS}</script>"
 
 # Runs in the browser before the submit event: passes the answer through and adds the
 # milliseconds since keyboard.js saw the current question (or its image) appear.
-SHOWN_MS_JS = """(st, ans, ms) => [st, ans, (typeof window.__medisynShownAt === 'number')
-    ? Math.round(performance.now() - window.__medisynShownAt) : null]"""
+SHOWN_MS_JS = """(st, ans, ms, note, nd) => [st, ans, (typeof window.__medisynShownAt === 'number')
+    ? Math.round(performance.now() - window.__medisynShownAt) : null, note, nd]"""
 
 # Element ids the keyboard script and the browser tests rely on.
 IDS = {"answer": "answer", "submit": "submit", "continue": "continue", "start": "start",
@@ -94,7 +101,9 @@ IDS = {"answer": "answer", "submit": "submit", "continue": "continue", "start": 
        "prompt": "prompt", "feedback": "feedback", "finished": "finished",
        "login": "login", "intro": "intro", "message": "message", "unavailable": "unavailable",
        "retry": "retry", "case": "case", "screen": "screen", "reader": "reader",
-       "profile": "profile"}
+       "profile": "profile",
+       "back": "back", "back_finished": "back-finished", "back_state": "back-state",
+       "remarks": "remarks", "comment": "comment", "non_diagnostic": "non-diagnostic"}
 SCREENS = ("login", "intro", "case", "feedback", "finished", "unavailable")
 
 
@@ -131,6 +140,10 @@ class Screen:
     pair: bool = False                 # a pair question (or a pair study's intro): keys hint
     profile: "readers.ProfileForm | None" = None  # intro: the profile form to fill in
     presets: str = ""                  # the viewer's contrast presets (preset_family)
+    can_go_back: bool = False       # the Back button shows (session.go_back would work)
+    selected: int | None = None     # answer pre-selected: the earlier one of a reopened read
+    comment: str = ""               # the read's comment and flag as last sent (or typed)
+    non_diagnostic: bool = False
 
 
 def _token(token: str | None) -> str | None:
@@ -160,6 +173,12 @@ def _login(message: str = "") -> Screen:
 def _finished(total: int) -> Screen:
     return Screen("finished", position=total, total=total,
                   message=f"All {total} cases are answered. Thank you — you can close this tab.")
+
+
+def _finished_for(db_path, reader) -> Screen:
+    screen = _finished(_total(db_path, reader))
+    screen.can_go_back = session.back_refused(db_path, reader.reader_id) is None
+    return screen
 
 
 def _choices(question: dict) -> list[tuple[str, int]]:
@@ -249,7 +268,9 @@ def _case_screen(db_path, reader, view: session.CaseView, *, with_image: bool,
                   prompt=view.prompt if q.get("shows_prompt") else None,
                   training=view.training, state=state, pair_image_url=pair_url,
                   pair=view.pair_stimulus_id is not None,
-                  presets=preset_family(view.modality))
+                  presets=preset_family(view.modality), can_go_back=view.can_go_back,
+                  selected=view.earlier.get(q["task"]), comment=view.comment,
+                  non_diagnostic=view.non_diagnostic)
 
 
 def report_fault(db_path, reader_id: int, exc: session.StimulusUnavailable) -> None:
@@ -270,10 +291,11 @@ def open_page(db_path, token: str | None) -> Screen:
                       "study organiser for a new one.")
     view = session.next_case(db_path, reader.reader_id)
     if view is None:
-        return _finished(_total(db_path, reader))
+        return _finished_for(db_path, reader)
     consent = readers.consent_pending(db_path, reader.reader_id)
     form = readers.profile_form(db_path, reader.reader_id)
-    if consent or form or (view.position == 1 and not any(t["answered"] for t in view.tasks)):
+    if consent or form or (view.position == 1 and not view.reopened
+                           and not any(t["answered"] for t in view.tasks)):
         # The study's own instructions, and its consent text until the reader agrees
         # (Start records the agreement) and its profile form until it is filled in: shown
         # before any case, also on a resumed session when either was added later.
@@ -324,7 +346,7 @@ def start(db_path, token: str | None, profile_json: str | None = None) -> Screen
         return _login("This link is not valid.")
     view = session.next_case(db_path, reader.reader_id)
     if view is None:
-        return _finished(_total(db_path, reader))
+        return _finished_for(db_path, reader)
     form = readers.profile_form(db_path, reader.reader_id)
     if form is not None:
         values = profile_values(profile_json, form)
@@ -374,16 +396,18 @@ def answer_duration_ms(server_ms: int, client_ms) -> tuple[int, bool, bool]:
 
 
 def submit_answer(db_path, token: str | None, state: OnScreen | None, answer,
-                  client_ms=None) -> Screen:
+                  client_ms=None, comment: str | None = "", non_diagnostic=False) -> Screen:
     """Record the answer to the question on screen, then show what comes next: the next
     question on the same image, training feedback, the next case, or the finish screen.
-    `client_ms` is the browser's time since it displayed the question (see answer_duration_ms)."""
+    `client_ms` is the browser's time since it displayed the question (see answer_duration_ms);
+    `comment` and `non_diagnostic` are the reader's remarks on the case, stored with it."""
+    non_diagnostic = bool(non_diagnostic)
     reader = _reader(db_path, token)
     if reader is None:
         return _login("This link is not valid.")
     view = session.next_case(db_path, reader.reader_id)
     if view is None:
-        return _finished(_total(db_path, reader))
+        return _finished_for(db_path, reader)
     current = view.pending[0]["task"]
     if (state is None or state.reader_id != reader.reader_id
             or state.assignment_id != view.assignment_id or state.task != current):
@@ -395,6 +419,7 @@ def submit_answer(db_path, token: str | None, state: OnScreen | None, answer,
         screen = _case_screen(db_path, reader, view, with_image=False,
                               message="Choose an answer first.")
         screen.state = state  # keep timing from the original showing
+        screen.comment, screen.non_diagnostic = comment or "", non_diagnostic  # as typed
         return screen
     server_ms = int(round((time.monotonic() - state.shown_mono) * 1000))
     duration, from_browser, flagged = answer_duration_ms(server_ms, client_ms)
@@ -403,12 +428,14 @@ def submit_answer(db_path, token: str | None, state: OnScreen | None, answer,
         ack = session.submit(db_path, reader.reader_id, state.assignment_id, state.task,
                              answer, duration, state.client_id,
                              shown_at=None if from_browser else state.shown_at,
-                             duration_flagged=flagged)
+                             duration_flagged=flagged, comment=comment,
+                             non_diagnostic=non_diagnostic)
     except NotAuthorised:
         return _login("This link is not valid.")
     except SessionError as exc:
         screen = _case_screen(db_path, reader, view, with_image=False, message=str(exc))
         screen.state = state
+        screen.comment, screen.non_diagnostic = comment or "", non_diagnostic
         return screen
     feedback = state.feedback + ([ack.feedback] if ack.feedback else [])
     nxt = session.next_case(db_path, reader.reader_id)
@@ -421,7 +448,7 @@ def submit_answer(db_path, token: str | None, state: OnScreen | None, answer,
         return Screen("feedback", position=view.position, total=view.total,
                       feedback=_feedback_text(feedback), training=True)
     if nxt is None:
-        return _finished(_total(db_path, reader))
+        return _finished_for(db_path, reader)
     return _case_screen(db_path, reader, nxt, with_image=True, token=_token(token))
 
 
@@ -437,6 +464,33 @@ def _feedback_text(feedback: list[dict]) -> str:
 
 def continue_after_feedback(db_path, token: str | None) -> Screen:
     return start(db_path, token)
+
+
+BACK_DONE = ("You are back at the previous case; your earlier answer is selected. Change it "
+             "if you wish and submit: the new answer replaces the earlier one.")
+
+
+def go_back(db_path, token: str | None) -> Screen:
+    """'Back' (button or key B): reopen the previous case (studies.session.go_back) and show
+    it under a fresh view id. When that is refused (the study forbids it, a training case or
+    check question, the wash-out, already one case back), the current screen with the reason."""
+    reader = _reader(db_path, token)
+    if reader is None:
+        return _login("This link is not valid.")
+    try:
+        view = session.go_back(db_path, reader.reader_id)
+    except NotAuthorised:
+        return _login("This link is not valid.")
+    except session.CannotGoBack as exc:
+        view = session.next_case(db_path, reader.reader_id)
+        if view is None:
+            screen = _finished_for(db_path, reader)
+            screen.message = f"{screen.message} (Going back is not possible: {exc}.)"
+            return screen
+        return _case_screen(db_path, reader, view, with_image=True, token=_token(token),
+                            message=f"Going back is not possible: {exc}.")
+    return _case_screen(db_path, reader, view, with_image=True, token=_token(token),
+                        message=BACK_DONE)
 
 
 # ----------------------------------------------------------------------------- Gradio
@@ -461,6 +515,9 @@ SCREEN_CSS = """
 #reader:has(#screen [data-screen="feedback"]) #answer,
 #reader:has(#screen [data-screen="feedback"]) #submit,
 #reader:has(#screen [data-screen="feedback"]) #prompt,
+#reader:has(#screen [data-screen="feedback"]) #remarks,
+#reader:not(:has(#back-state [data-back])) .back-btn,
+#back-state,
 #prompt:not(:has(.prompt-text)) { display: none !important; }
 #profile:not(:has(.profile-form)) { display: none !important; }
 """
@@ -519,6 +576,9 @@ READER_CSS = SCREEN_CSS + """
 /* The key digit of each option (keyboard.js: digit n picks option n); none on touch. */
 #answer label > span::before { content: counter(opt) "\\00a0\\00a0"; font-weight: 600; }
 #submit, #continue, #start { font-size: 1.1rem; min-height: 3rem; }
+#back, #back-finished { font-size: 1.05rem; min-height: 3rem; }
+#remarks { gap: 4px; }
+#remarks label { font-size: 0.95rem; }
 #prompt { border-left: 4px solid #2563eb; padding-left: 0.75rem; }
 #prompt .prompt-text { white-space: pre-wrap; }
 .keys-hint { color: #6b7280; font-size: 0.9rem; }
@@ -559,7 +619,7 @@ footer { display: none !important; }
                   grid-template-rows: repeat(3, auto); gap: 4px; }
   #answer label { font-size: 0.95rem; padding: 4px 8px; }
   #answer > span, #answer .block-title, #answer [data-testid="block-info"] { display: none; }
-  #submit, #continue, #start { min-height: 48px; }
+  #submit, #continue, #start, #back { min-height: 48px; }
 }
 """
 
@@ -569,6 +629,11 @@ def screen_html(kind: str) -> str:
     if kind not in SCREENS:
         raise ValueError(f"unknown screen {kind!r}")
     return f'<span data-screen="{kind}"></span>'
+
+
+def back_marker(can_go_back: bool) -> str:
+    """The marker SCREEN_CSS reads to show the Back buttons (a fixed word, nothing else)."""
+    return '<span data-back="1"></span>' if can_go_back else ""
 
 
 def progress_html(position: int, total: int, training: bool = False) -> str:
@@ -736,7 +801,20 @@ def build_reader_blocks(db_path) -> gr.Blocks:
                         prompt = gr.HTML("", elem_id=IDS["prompt"], js_on_load=None)
                         question = gr.Markdown(elem_id=IDS["question"])
                         answer = gr.Radio(choices=[], label="Your answer", elem_id=IDS["answer"])
-                        submit = gr.Button("Submit", variant="primary", elem_id=IDS["submit"])
+                        with gr.Row(elem_classes=["submit-row"]):
+                            submit = gr.Button("Submit", variant="primary", elem_id=IDS["submit"],
+                                               scale=3)
+                            # Shown by CSS when the marker in back_state says going back works.
+                            back = gr.Button("Back", elem_id=IDS["back"], scale=1, min_width=80,
+                                             elem_classes=["back-btn"])
+                        # The reader's remarks on the case, sent with the answer (plain text).
+                        with gr.Column(elem_id=IDS["remarks"]):
+                            non_diag = gr.Checkbox(label="Non-diagnostic image",
+                                                   elem_id=IDS["non_diagnostic"])
+                            comment = gr.Textbox(label="Comment (optional)", lines=1,
+                                                 max_lines=3, max_length=session.MAX_COMMENT,
+                                                 elem_id=IDS["comment"], container=False,
+                                                 placeholder="Comment (optional)")
                         # Filled by SHOWN_MS_JS on submit: the browser's time on this question.
                         client_ms = gr.Number(visible=False)
                         feedback = gr.Markdown(elem_id=IDS["feedback"])
@@ -747,6 +825,9 @@ def build_reader_blocks(db_path) -> gr.Blocks:
             with gr.Column(elem_id=IDS["finished"]):
                 gr.Markdown("## Finished")
                 done_md = gr.Markdown()
+                back_done = gr.Button("Back to the last case", elem_id=IDS["back_finished"],
+                                      elem_classes=["back-btn"])
+            back_state = gr.HTML("", elem_id=IDS["back_state"], apply_default_css=False)
             with gr.Column(elem_id=IDS["unavailable"]):
                 gr.Markdown("## Please wait")
                 fault_md = gr.Markdown()
@@ -754,7 +835,7 @@ def build_reader_blocks(db_path) -> gr.Blocks:
 
         outputs = [screen, login_msg, intro_md, progress, message, image, prompt, question,
                    answer, feedback, done_md, keys_hint, fault_md, state, profile_form,
-                   intro_keys]
+                   intro_keys, back_state, comment, non_diag]
 
         def render(s: Screen) -> list:
             """The outputs for a screen: plain values (cheap for Gradio) except the answer
@@ -776,7 +857,7 @@ def build_reader_blocks(db_path) -> gr.Blocks:
                 img,
                 prompt_html(s.prompt) if s.prompt and is_case else "",
                 f"### {s.question}" if is_case else "",
-                gr.update(choices=s.choices, value=None) if is_case else None,
+                gr.update(choices=s.choices, value=s.selected) if is_case else None,
                 s.feedback if s.kind == "feedback" else "",
                 s.message if s.kind == "finished" else "",
                 ("Keys: Enter continues" if s.kind == "feedback"
@@ -786,6 +867,10 @@ def build_reader_blocks(db_path) -> gr.Blocks:
                 profile_form_html(s.profile, s.message) if s.kind == "intro" and s.profile
                 else "",
                 PAIR_KEYS_INTRO if s.pair else INTRO_KEYS,  # keyboards only (CSS)
+                # going back: a marker for SCREEN_CSS; the remarks as plain values
+                back_marker(s.can_go_back and s.kind in ("case", "finished")),
+                s.comment if is_case else "",
+                bool(s.non_diagnostic) if is_case else False,
             ]
 
         safe_open, safe_start = storage_safe(open_page), storage_safe(start)
@@ -801,8 +886,13 @@ def build_reader_blocks(db_path) -> gr.Blocks:
         def on_start_profile(profile, request: gr.Request):  # Start under the intro
             return render(safe_start(db_path, token_of(request), profile))
 
-        def on_submit(st, ans, ms, request: gr.Request):
-            return render(safe_submit(db_path, token_of(request), st, ans, ms))
+        def on_submit(st, ans, ms, note, nd, request: gr.Request):
+            return render(safe_submit(db_path, token_of(request), st, ans, ms, note, nd))
+
+        safe_back = storage_safe(go_back)
+
+        def on_back(request: gr.Request):
+            return render(safe_back(db_path, token_of(request)))
 
         def on_continue(request: gr.Request):
             return render(safe_continue(db_path, token_of(request)))
@@ -816,7 +906,10 @@ def build_reader_blocks(db_path) -> gr.Blocks:
                       show_progress="hidden", postprocess=False)
         demo.load(on_load, None, outputs, **common)
         start_btn.click(on_start_profile, [profile_in], outputs, js=PROFILE_JS, **common)
-        submit.click(on_submit, [state, answer, client_ms], outputs, js=SHOWN_MS_JS, **common)
+        submit.click(on_submit, [state, answer, client_ms, comment, non_diag], outputs,
+                     js=SHOWN_MS_JS, **common)
+        back.click(on_back, None, outputs, **common)
+        back_done.click(on_back, None, outputs, **common)
         cont.click(on_continue, None, outputs, **common)
         retry_btn.click(on_start, None, outputs, **common)
         # The access-code form only navigates (client-side): the token then arrives like a link.

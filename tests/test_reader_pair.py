@@ -192,7 +192,7 @@ def test_a_pair_event_sends_plain_values_and_one_update(tmp_path):
         with httpx.Client(base_url=server.url, timeout=30) as c:
             _queue_event(c, ids["on_load"], [], token, "s1")
             first = _queue_event(c, ids["on_start"], [], token, "s1")
-            nxt = _queue_event(c, ids["on_submit"], [None, 5, None], token, "s1")
+            nxt = _queue_event(c, ids["on_submit"], [None, 5, None, "", False], token, "s1")
     finally:
         server.stop()
     for out in (first, nxt):

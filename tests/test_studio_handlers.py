@@ -1141,7 +1141,7 @@ def test_reader_events_are_cheap_for_gradio(tmp_path, monkeypatch):
         with httpx.Client(base_url=server.url, timeout=30) as c:
             _queue_event(c, ids["on_load"], [], token, "s1")
             first = _queue_event(c, ids["on_start_profile"], ["{}"], token, "s1")  # Start
-            nxt = _queue_event(c, ids["on_submit"], [None, 2, None], token, "s1")
+            nxt = _queue_event(c, ids["on_submit"], [None, 2, None, "", False], token, "s1")
     finally:
         server.stop()
     for out in (first, nxt):
@@ -1150,3 +1150,38 @@ def test_reader_events_are_cheap_for_gradio(tmp_path, monkeypatch):
         assert '<span data-screen="case"></span>' in out and "stimulus/" in _text(out)
     assert _text(first) != _text(nxt)  # the next case, with its own image
     assert summaries == []
+
+
+def test_back_event_sends_the_marker_earlier_answer_and_remarks_as_plain_values(tmp_path):
+    """Issue 13 item 6 through Gradio's queue: after an answer the Back marker is on; Back
+    shows the previous case with the earlier answer selected (still the only update dict)
+    and the comment and flag sent with it as plain values."""
+    import httpx
+
+    from studio import app as app_mod
+
+    db, _, _ = make_loud_study(tmp_path)
+    token = readers.invite(db, "ten", "backer")
+    creds = auth.AdminCredentials.from_password("admin", "pw-test", "env")
+    app = app_mod.build_app(db, admin_auth=auth.AdminAuth(creds))
+    ids = {f.name: i for i, f in app.state.reader_blocks.fns.items()}
+    server = app_mod.Server(app, "127.0.0.1", app_mod.free_port()).start()
+    try:
+        with httpx.Client(base_url=server.url, timeout=30) as c:
+            first = _queue_event(c, ids["on_start"], [], token, "s1")
+            nxt = _queue_event(c, ids["on_submit"], [None, 2, None, "=SUM(A1)", True],
+                               token, "s1")
+            back = _queue_event(c, ids["on_back"], [], token, "s1")
+    finally:
+        server.stop()
+    assert '<span data-back="1"></span>' not in first  # nothing to go back to yet
+    assert '<span data-back="1"></span>' in nxt and nxt[-2:] == ["", False]
+    updates = [o for o in back if isinstance(o, dict) and o.get("__type__") == "update"]
+    assert len(updates) == 1 and updates[0]["value"] == 2
+    assert back[-3:] == ["", "=SUM(A1)", True]  # one step back only: no marker now
+    assert "Case 1 of 10" in _text(back) and "stimulus/" in _text(back)
+    # the image URL is the read's new view id, not the one shown the first time
+    url = [o for o in first if isinstance(o, str) and "stimulus/" in o][0]
+    assert url.split("stimulus/")[1].split("?")[0] not in _text(back)
+    row = long_table(db, "ten").iloc[0]
+    assert (row["comment"], row["non_diagnostic"]) == ("=SUM(A1)", 1)
