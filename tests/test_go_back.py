@@ -363,7 +363,7 @@ def test_migration_6_upgrades_a_schema_5_database(tmp_path, monkeypatch):
         db.close()
     db = open_db(path)
     try:
-        assert db.execute("SELECT max(version) FROM schema_version").fetchone()[0] == 6
+        assert db.execute("SELECT max(version) FROM schema_version").fetchone()[0] == database.SCHEMA_VERSION
         assert db.execute("SELECT comment, non_diagnostic FROM responses").fetchone() == ("", 0)
         assert db.execute("SELECT reopened_after FROM assignments").fetchone() == (None,)
         # a study under way keeps its protocol (no going back); a new one allows it
