@@ -174,13 +174,13 @@ def latency(db_path, reader_ids, cycles: int, threads: int, think_ms: float = 0.
         with lock:
             results.extend(local)
 
-    t0 = time.perf_counter()
+    t0, cpu0 = time.perf_counter(), time.process_time()
     ts = [threading.Thread(target=worker, args=(k,)) for k in range(threads)]
     for t in ts:
         t.start()
     for t in ts:
         t.join()
-    wall = time.perf_counter() - t0
+    wall, cpu = time.perf_counter() - t0, time.process_time() - cpu0
     nc = [1000 * a for a, _ in results]
     sb = [1000 * b for _, b in results]
     both = [1000 * (a + b) for a, b in results]
@@ -191,6 +191,8 @@ def latency(db_path, reader_ids, cycles: int, threads: int, think_ms: float = 0.
         "submit_ms_p99": round(pct(sb, 99), 2), "submit_ms_max": round(max(sb), 2),
         "cycle_ms_median": round(statistics.median(both), 2), "cycle_ms_p95": round(pct(both, 95), 2),
         "cycles_per_s": round(len(results) / wall, 1),
+        # this process's CPU (all threads) per next_case + submit cycle
+        "cpu_ms_per_cycle": round(1000 * cpu / max(1, len(results)), 3),
     }
 
 
