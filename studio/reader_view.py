@@ -88,7 +88,12 @@ KEYBOARD_JS = (pathlib.Path(__file__).with_name("keyboard.js")).read_text(encodi
 # Zoom/pan/window-level/invert/full screen on the served image, help overlay, touch mode,
 # and the "not saved" banner when the connection drops (see the file's header).
 VIEWER_JS = (pathlib.Path(__file__).with_name("viewer.js")).read_text(encoding="utf-8")
-HEAD = f"<script>{KEYBOARD_JS}</script><script>{VIEWER_JS}</script>"
+# Gradio scopes the app's `css=` to elements inside its container, so the page padding of
+# the container's own `.main` (32 px a side, a sixth of a phone's width) is set here.
+PAGE_CSS = """@media (max-width: 640px) {
+  .gradio-container > .main { padding-left: 6px !important; padding-right: 6px !important; }
+}"""
+HEAD = f"<script>{KEYBOARD_JS}</script><script>{VIEWER_JS}</script><style>{PAGE_CSS}</style>"
 
 # Runs in the browser before the submit event: passes the answer through and adds the
 # milliseconds since keyboard.js saw the current question (or its image) appear.

@@ -185,6 +185,9 @@ def test_phone_layout_fits_without_scrolling(browser, viewer_studio):
     assert sub["height"] >= 44
     img = page.locator("#stimulus img").bounding_box()
     assert img["height"] > 200 and img["y"] >= 0 and img["y"] + img["height"] <= 844, img
+    # The image box spans the phone's width (Gradio's own page padding is 32 px a side).
+    box = page.locator("#stimulus").bounding_box()
+    assert box["width"] >= 370, box
     labels = page.locator("#answer label")
     assert labels.count() == 6
     boxes = [labels.nth(i).bounding_box() for i in range(6)]
