@@ -104,35 +104,33 @@ def _task_for(name: str, expected_json: str | None) -> Task:
     return TASKS[name]
 
 
-def _reopened(select: str) -> str:
-    """`select` (FROM assignments a ...) for the reader's reopened read (go_back), through
-    the partial index of migration 6 (named: the planner would rather scan every open slot
-    of the reader through the (reader, completed_at) index)."""
-    return (select.replace("FROM assignments a ", "FROM assignments a INDEXED BY "
-                           "assignments_reopened ", 1)
-            + "WHERE a.reader_id = ? AND a.reopened_after IS NOT NULL "
-            "AND a.completed_at IS NULL LIMIT 1")
+def _current_read(db, columns: str, joins: str, reader_id: int):
+    """`SELECT columns FROM assignments a joins` for the reader's current read: a reopened
+    one (go_back) first, else the first open slot. Two indexed lookups, not one ORDER BY
+    over an expression (which sorted every open slot of the reader on each call); the
+    reopened read is found through the partial index of migration 6, named because the
+    planner would rather scan every open slot through the (reader, completed_at) index."""
+    head = f"SELECT {columns} FROM assignments a "
+    return db.execute(head + "INDEXED BY assignments_reopened " + joins
+                      + "WHERE a.reader_id = ? AND a.reopened_after IS NOT NULL "
+                      "AND a.completed_at IS NULL LIMIT 1", [reader_id]).fetchone() \
+        or db.execute(head + joins + "WHERE a.reader_id = ? AND a.completed_at IS NULL "
+                      "ORDER BY a.position LIMIT 1", [reader_id]).fetchone()
 
 
 def next_case(db_path: str | pathlib.Path, reader_id: int) -> CaseView | None:
     """The reader's current read — a reopened one (`go_back`) first, else the first slot
     with an unanswered task — or None when they are done."""
     with reading(db_path) as db:
-        select = ("SELECT a.id, a.position, a.tasks, a.kind, a.expected, a.view_id, c.prompt, "
-                  "s.name, c.stimulus_id, a.min_delay_s, a.pair_view_id, p.stimulus_id, "
-                  # the modality, only if images of the other source have it too (below)
-                  "CASE WHEN EXISTS (SELECT 1 FROM cases o WHERE o.study_id = c.study_id "
-                  "AND o.modality = c.modality AND o.source != c.source) "
-                  "THEN c.modality ELSE '' END, a.reopened_after, s.allow_back "
-                  "FROM assignments a JOIN cases c ON c.id = a.case_id "
-                  "JOIN studies s ON s.id = c.study_id "
-                  "LEFT JOIN cases p ON p.id = a.pair_case_id ")
-        # Two indexed lookups, not one ORDER BY over an expression (which sorted every open
-        # read of the reader on each call): a reopened read (a tiny partial index), else
-        # the first open slot.
-        row = db.execute(_reopened(select), [reader_id]).fetchone() or db.execute(
-            select + "WHERE a.reader_id = ? AND a.completed_at IS NULL "
-            "ORDER BY a.position LIMIT 1", [reader_id]).fetchone()
+        columns = ("a.id, a.position, a.tasks, a.kind, a.expected, a.view_id, c.prompt, "
+                   "s.name, c.stimulus_id, a.min_delay_s, a.pair_view_id, p.stimulus_id, "
+                   # the modality, only if images of the other source have it too (below)
+                   "CASE WHEN EXISTS (SELECT 1 FROM cases o WHERE o.study_id = c.study_id "
+                   "AND o.modality = c.modality AND o.source != c.source) "
+                   "THEN c.modality ELSE '' END, a.reopened_after, s.allow_back")
+        joins = ("JOIN cases c ON c.id = a.case_id JOIN studies s ON s.id = c.study_id "
+                 "LEFT JOIN cases p ON p.id = a.pair_case_id ")
+        row = _current_read(db, columns, joins, reader_id)
         if row is None:
             return None
         if row[9] and row[13] is None:  # a delayed repeat, not a reopened read
@@ -141,7 +139,8 @@ def next_case(db_path: str | pathlib.Path, reader_id: int) -> CaseView | None:
             due = washout.next_available(db, reader_id)
             if due.assignment_id is None:
                 raise NotYetAvailable(due.wait_until)
-            row = db.execute(select + "WHERE a.id = ?", [due.assignment_id]).fetchone()
+            row = db.execute(f"SELECT {columns} FROM assignments a {joins}WHERE a.id = ?",
+                             [due.assignment_id]).fetchone()
         (aid, position, tasks_json, kind, expected, view_id, prompt, study, stored, delay,
          pair_view_id, pair_stored, modality, reopened_after, allow_back) = row
         total = db.execute("SELECT count(*) FROM assignments WHERE reader_id = ?",
@@ -236,10 +235,7 @@ def _back_refusal_now(db, reader_id: int) -> str | None:
                        "WHERE r.id = ?", [reader_id]).fetchone()
     if allow is None:
         raise NotAuthorised("no such reader")
-    select = "SELECT a.reopened_after, a.min_delay_s FROM assignments a "
-    current = db.execute(_reopened(select), [reader_id]).fetchone() or db.execute(
-        select + "WHERE a.reader_id = ? AND a.completed_at IS NULL ORDER BY a.position LIMIT 1",
-        [reader_id]).fetchone()
+    current = _current_read(db, "a.reopened_after, a.min_delay_s", "", reader_id)
     reopened = current is not None and current[0] is not None
     delayed = False
     if current is not None and current[1] and not reopened:

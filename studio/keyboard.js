@@ -87,18 +87,16 @@
         e.preventDefault();
       }
     } else if (e.key === "b" || e.key === "B") {
-      for (const id of ["back", "back-finished"]) {
-        const b = button(id);
-        if (visible(b) && !b.disabled) { b.click(); e.preventDefault(); return; }
-      }
+      if (pressFirst(["back", "back-finished"])) e.preventDefault();
     } else if (e.key === "Enter") {
       // A focused button already handles Enter natively; don't press it twice.
       if (e.target && e.target.tagName === "BUTTON" && !e.target.closest("#stimulus")) return;
-      if (pressAction()) e.preventDefault();
+      if (pressFirst(ACTIONS)) e.preventDefault();
     }
   });
-  function pressAction() {
-    for (const id of ACTIONS) {
+  // Click the first visible, enabled button of `ids`; false when there is none.
+  function pressFirst(ids) {
+    for (const id of ids) {
       const b = button(id);
       if (visible(b) && !b.disabled) { b.click(); return true; }
     }
@@ -111,6 +109,6 @@
     if (e.key !== "Enter" || e.repeat || !t || t.type !== "checkbox" || !t.closest("#remarks")) return;
     e.stopPropagation();
     e.preventDefault();
-    pressAction();
+    pressFirst(ACTIONS);
   }, true);
 })();

@@ -672,12 +672,12 @@ def preset_family(modality: str) -> str:
     return _FAMILY_OF.get(" ".join((modality or "").upper().replace("_", " ").split()), "")
 
 
-def stimulus_html(url: str, presets: str = "") -> str:
+def stimulus_html(url: str, presets: str = "", alt: str = "Case image") -> str:
     """The `<img>` of a read. No-referrer: the page URL (with the token) is never sent on.
     `data-presets` names the viewer's contrast presets for the modality (preset_family)."""
     attr = f' data-presets="{html.escape(presets, quote=True)}"' if presets else ""
-    return (f'<img src="{html.escape(url, quote=True)}" alt="Case image"{attr} '
-            'referrerpolicy="no-referrer" draggable="false">')
+    return (f'<img src="{html.escape(url, quote=True)}" alt="{html.escape(alt, quote=True)}"'
+            f'{attr} referrerpolicy="no-referrer" draggable="false">')
 
 
 def pair_html(left_url: str, right_url: str, presets: str = "") -> str:
@@ -687,8 +687,7 @@ def pair_html(left_url: str, right_url: str, presets: str = "") -> str:
     the two panes differs only in the side word and the read's random URL."""
     panes = []
     for side, url in (("left", left_url), ("right", right_url)):
-        img = stimulus_html(url, presets).replace('alt="Case image"',
-                                                   f'alt="{side.title()} image"')
+        img = stimulus_html(url, presets, alt=f"{side.title()} image")
         panes.append(f'<div class="viewer-pane" data-side="{side}">{img}'
                      f'<div class="side-label">{side.title()}</div></div>')
     return f'<div class="pair-view">{"".join(panes)}</div>'

@@ -5,6 +5,7 @@ so the blinding tests can search every served byte for them.
 """
 from __future__ import annotations
 
+import contextlib
 import csv
 import pathlib
 import shutil
@@ -83,4 +84,21 @@ def leak_needles(rows: list[dict]) -> list[str]:
 
 
 __all__ = ["GEN_MARK", "REAL_MARK", "SYNTH_MARK", "add_loud_study", "leak_needles",
-           "make_loud_study", "write_loud_manifest"]
+           "make_loud_study", "serve_studio", "write_loud_manifest"]
+
+
+@contextlib.contextmanager
+def serve_studio(db_path, *, password: str = "pw-test", **build_kwargs):
+    """The whole studio app for `db_path` on a free port (admin `admin`/`password`):
+    yields (base url, {reader event name: fn index}) and stops the server after."""
+    from studio import app as app_mod
+    from studio import auth
+
+    creds = auth.AdminCredentials.from_password("admin", password, "env")
+    app = app_mod.build_app(db_path, admin_auth=auth.AdminAuth(creds), **build_kwargs)
+    ids = {f.name: i for i, f in app.state.reader_blocks.fns.items()}
+    server = app_mod.Server(app, "127.0.0.1", app_mod.free_port()).start()
+    try:
+        yield server.url, ids
+    finally:
+        server.stop()

@@ -134,6 +134,19 @@ def make_study(tmp_path: pathlib.Path, name: str = "pilot", *, size: int = 64,
     return db_path, summary
 
 
+def copy_study(template: pathlib.Path, folder: pathlib.Path) -> pathlib.Path:
+    """A copy of a study database and its stimuli in `folder` (tests copy one ingested
+    template per module instead of ingesting per test)."""
+    import shutil
+
+    from studies.database import stimuli_dir
+
+    db_path = folder / "study.db"
+    shutil.copyfile(template, db_path)
+    shutil.copytree(stimuli_dir(template), stimuli_dir(db_path))
+    return db_path
+
+
 def files_under(path: pathlib.Path) -> list[str]:
     """Every file below `path` (for 'nothing was left behind' assertions)."""
     if not path.exists():
@@ -147,5 +160,5 @@ def stimulus_files(db_path: pathlib.Path) -> list[str]:
     return files_under(stimuli_dir(db_path))
 
 
-__all__ = ["REAL_SOURCES", "files_under", "make_manifest", "make_study", "stimulus_files",
+__all__ = ["REAL_SOURCES", "copy_study", "files_under", "make_manifest", "make_study", "stimulus_files",
            "synthetic_variant", "write_images", "write_manifest"]

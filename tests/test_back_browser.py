@@ -7,9 +7,9 @@ from __future__ import annotations
 
 import pytest
 
-from studio_fixtures import make_loud_study
-from test_reader_viewer_browser import _build, _start
-from test_studio_browser import _wait_case
+from studio_fixtures import make_loud_study, serve_studio
+from test_reader_viewer_browser import _start
+from test_studio_browser import ADMIN_PASSWORD, _wait_case, phone_context
 from test_studio_browser import browser, shots  # noqa: F401  (shared fixtures)
 
 pytestmark = pytest.mark.browser
@@ -17,24 +17,10 @@ pytestmark = pytest.mark.browser
 
 @pytest.fixture()
 def back_studio(tmp_path):
-    from studio import app as app_mod
-
     db, rows, tokens = make_loud_study(tmp_path, "back", n_cases=4, size=128,
                                        readers=("dr-a", "dr-b"))
-    server = app_mod.Server(_build(db), "127.0.0.1", app_mod.free_port()).start()
-    yield {"url": server.url, "db": db, "tokens": tokens}
-    server.stop()
-
-
-def _wait_reopened(page, n: int, total: int = 4):
-    """Case n on screen with its image (unlike _wait_case, an answer may be selected: the
-    earlier one of a case the reader went back to)."""
-    page.wait_for_function(
-        "([n, t]) => { const el = document.querySelector('#progress .label');"
-        " return el && el.textContent.startsWith(`Case ${n} of ${t}`); }",
-        arg=[n, total], timeout=60_000)
-    page.wait_for_function("() => { const i = document.querySelector('#stimulus img');"
-                           " return i && i.complete && i.naturalWidth > 0; }", timeout=60_000)
+    with serve_studio(db, password=ADMIN_PASSWORD) as (url, _):
+        yield {"url": url, "db": db, "tokens": tokens}
 
 
 def _src(page) -> str:
@@ -65,7 +51,7 @@ def test_back_key_changes_the_answer_comment_and_flag(browser, back_studio, shot
     assert not page.is_checked("#non-diagnostic input")
 
     page.keyboard.press("b")
-    _wait_reopened(page, 1)
+    _wait_case(page, 1, 4, answer_kept=True)
     assert "back at the previous case" in page.inner_text("#message")
     page.wait_for_selector("#back", state="hidden", timeout=10_000)  # one step only
     assert page.is_checked("#answer input[type=radio] >> nth=1")  # the earlier answer
@@ -94,8 +80,7 @@ def test_back_key_changes_the_answer_comment_and_flag(browser, back_studio, shot
 
 
 def test_phone_back_button_fits_beside_submit(browser, back_studio):
-    ctx = browser.new_context(viewport={"width": 390, "height": 844}, has_touch=True,
-                              is_mobile=True, device_scale_factor=3)
+    ctx = phone_context(browser)
     page = ctx.new_page()
     page.goto(f"{back_studio['url']}/?token={back_studio['tokens']['dr-b']}")
     page.wait_for_selector("#start", state="visible", timeout=30_000)
@@ -118,6 +103,6 @@ def test_phone_back_button_fits_beside_submit(browser, back_studio):
     img = page.locator("#stimulus img").bounding_box()
     assert img["height"] > 200 and img["y"] + img["height"] <= 844
     page.tap("#back")
-    _wait_reopened(page, 1)
+    _wait_case(page, 1, 4, answer_kept=True)
     assert page.is_checked("#answer input[type=radio] >> nth=1")
     ctx.close()

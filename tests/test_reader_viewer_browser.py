@@ -17,7 +17,7 @@ import sqlite3
 import pytest
 
 from studio_fixtures import make_loud_study
-from test_studio_browser import ADMIN_PASSWORD, _wait_case
+from test_studio_browser import ADMIN_PASSWORD, _wait_case, phone_context, pinch
 from test_studio_browser import browser  # noqa: F401  (the shared Chromium fixture)
 
 pytestmark = pytest.mark.browser
@@ -171,8 +171,7 @@ def test_viewer_zoom_window_invert_reset_no_requests(browser, viewer_studio):
 
 
 def test_phone_layout_fits_without_scrolling(browser, viewer_studio):
-    ctx = browser.new_context(viewport={"width": 390, "height": 844}, has_touch=True,
-                              is_mobile=True, device_scale_factor=3)
+    ctx = phone_context(browser)
     page = ctx.new_page()
     page.goto(f"{viewer_studio['url']}/?token={viewer_studio['tokens']['dr-b']}")
     page.wait_for_selector("#start", state="visible", timeout=30_000)
@@ -207,18 +206,7 @@ def test_phone_layout_fits_without_scrolling(browser, viewer_studio):
                            " '::before').content")
     assert before in ("none", "normal"), before
     # Pinch zooms the image (two touch points moving apart).
-    cdp = ctx.new_cdp_session(page)
-    cx, cy = img["x"] + img["width"] / 2, img["y"] + img["height"] / 2
-
-    def touch(kind, d):
-        pts = [] if kind == "touchEnd" else [{"x": cx - d, "y": cy, "id": 1},
-                                             {"x": cx + d, "y": cy, "id": 2}]
-        cdp.send("Input.dispatchTouchEvent", {"type": kind, "touchPoints": pts})
-
-    touch("touchStart", 20)
-    for d in (30, 40, 60):
-        touch("touchMove", d)
-    touch("touchEnd", 0)
+    pinch(ctx, page, img, (20, 30, 40, 60))
     z = page.evaluate("() => window.__medisynView.zoom")
     assert 2.5 < z < 3.5, z
     # Tap an answer and Submit: stored.

@@ -11,7 +11,7 @@ from studies.design import StudyOptions, reader_order, seeded_order_secret
 from studies.errors import NotAuthorised, ReaderError, SessionError, StudyNotFound
 from studies.readers import invite, list_readers, reader_for_token, reader_link, token_hash
 from studies.session import next_case, progress, stimulus_png, submit
-from study_fixtures import make_study
+from study_fixtures import copy_study, make_study
 
 
 @pytest.fixture(scope="module")
@@ -26,12 +26,7 @@ def study_template(tmp_path_factory):
 
 @pytest.fixture()
 def study(study_template, tmp_path):
-    import shutil
-
-    db_path = tmp_path / "study.db"
-    shutil.copyfile(study_template, db_path)
-    shutil.copytree(stimuli_dir(study_template), stimuli_dir(db_path))
-    return db_path
+    return copy_study(study_template, tmp_path)
 
 
 def _cid():

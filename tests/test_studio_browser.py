@@ -159,7 +159,9 @@ class Recorder:
         self.items.append((response.url, ctype, body))
 
 
-def _wait_case(page, n: int, total: int = 10):
+def _wait_case(page, n: int, total: int = 10, *, answer_kept: bool = False):
+    """Case n of total on screen with its image; unless `answer_kept` (a case the reader
+    went back to shows the earlier answer), with no answer selected."""
     page.wait_for_function(
         "([n, t]) => { const el = document.querySelector('#progress .label');"
         " return el && el.textContent.startsWith(`Case ${n} of ${t}`); }",
@@ -168,8 +170,33 @@ def _wait_case(page, n: int, total: int = 10):
     page.wait_for_function("() => { const i = document.querySelector('#stimulus img');"
                            " return i && i.complete && i.naturalWidth > 0; }", timeout=60_000)
     # ... and no answer is pre-selected (the previous case's choice must not carry over).
-    page.wait_for_function("() => !document.querySelector('#answer input:checked')"
-                           " && !document.querySelector('#answer label.selected')", timeout=10_000)
+    if not answer_kept:
+        page.wait_for_function("() => !document.querySelector('#answer input:checked')"
+                               " && !document.querySelector('#answer label.selected')",
+                               timeout=10_000)
+
+
+def phone_context(browser, scale: int = 3):
+    """A 390×844 touch phone, the layout target of the reader page (issue 13)."""
+    return browser.new_context(viewport={"width": 390, "height": 844}, has_touch=True,
+                               is_mobile=True, device_scale_factor=scale)
+
+
+def pinch(ctx, page, box: dict, spread: tuple[int, ...]) -> None:
+    """Two fingers on the centre of `box`, `spread[0]` px either side of it, moving apart
+    through the other spreads and lifting (DevTools touch events, as a phone sends them)."""
+    cdp = ctx.new_cdp_session(page)
+    cx, cy = box["x"] + box["width"] / 2, box["y"] + box["height"] / 2
+
+    def touch(kind, d):
+        pts = [] if kind == "touchEnd" else [{"x": cx - d, "y": cy, "id": 1},
+                                             {"x": cx + d, "y": cy, "id": 2}]
+        cdp.send("Input.dispatchTouchEvent", {"type": kind, "touchPoints": pts})
+
+    touch("touchStart", spread[0])
+    for d in spread[1:]:
+        touch("touchMove", d)
+    touch("touchEnd", 0)
 
 
 def _press(page, key: str):

@@ -15,7 +15,7 @@ import zipfile
 import numpy as np
 import pytest
 
-from studio_fixtures import leak_needles, make_loud_study, write_loud_manifest
+from studio_fixtures import leak_needles, make_loud_study, serve_studio, write_loud_manifest
 
 from studies import readers, session, stimuli
 from studies.database import stimuli_dir
@@ -452,15 +452,10 @@ def test_base_url_of():
 @pytest.fixture(scope="module")
 def served(tmp_path_factory):
     """The whole studio app on a free port (no browser): (base url, db, rows, tokens)."""
-    from studio import app as app_mod
-
     tmp = tmp_path_factory.mktemp("served")
     db, rows, tokens = make_loud_study(tmp)
-    creds = auth.AdminCredentials.from_password("admin", "pw-test", "env")
-    app = app_mod.build_app(db, admin_auth=auth.AdminAuth(creds))
-    server = app_mod.Server(app, "127.0.0.1", app_mod.free_port()).start()
-    yield server.url, db, rows, tokens
-    server.stop()
+    with serve_studio(db) as (url, _):
+        yield url, db, rows, tokens
 
 
 def test_routes_admin_needs_login_reader_does_not(served):
@@ -577,14 +572,9 @@ def _repeat_study(tmp):
 
 @pytest.fixture(scope="module")
 def served_repeats(tmp_path_factory):
-    from studio import app as app_mod
-
     db, tokens = _repeat_study(tmp_path_factory.mktemp("served-rep"))
-    creds = auth.AdminCredentials.from_password("admin", "pw-test", "env")
-    app = app_mod.build_app(db, admin_auth=auth.AdminAuth(creds))
-    server = app_mod.Server(app, "127.0.0.1", app_mod.free_port()).start()
-    yield server.url, db, tokens
-    server.stop()
+    with serve_studio(db) as (url, _):
+        yield url, db, tokens
 
 
 def test_stimulus_route_per_read_per_reader_token_only(served_repeats):
@@ -1125,25 +1115,16 @@ def test_reader_events_are_cheap_for_gradio(tmp_path, monkeypatch):
     import gradio.queueing
     import httpx
 
-    from studio import app as app_mod
-
     summaries = []
     real = gradio.queueing.Queue._get_df
     monkeypatch.setattr(gradio.queueing.Queue, "_get_df",
                         staticmethod(lambda records: summaries.append(1) or real(records)))
     db, _, _ = make_loud_study(tmp_path)
     token = readers.invite(db, "ten", "cheap")
-    creds = auth.AdminCredentials.from_password("admin", "pw-test", "env")
-    app = app_mod.build_app(db, admin_auth=auth.AdminAuth(creds))
-    ids = {f.name: i for i, f in app.state.reader_blocks.fns.items()}
-    server = app_mod.Server(app, "127.0.0.1", app_mod.free_port()).start()
-    try:
-        with httpx.Client(base_url=server.url, timeout=30) as c:
-            _queue_event(c, ids["on_load"], [], token, "s1")
-            first = _queue_event(c, ids["on_start_profile"], ["{}"], token, "s1")  # Start
-            nxt = _queue_event(c, ids["on_submit"], [None, 2, None, "", False], token, "s1")
-    finally:
-        server.stop()
+    with serve_studio(db) as (url, ids), httpx.Client(base_url=url, timeout=30) as c:
+        _queue_event(c, ids["on_load"], [], token, "s1")
+        first = _queue_event(c, ids["on_start_profile"], ["{}"], token, "s1")  # Start
+        nxt = _queue_event(c, ids["on_submit"], [None, 2, None, "", False], token, "s1")
     for out in (first, nxt):
         updates = [o for o in out if isinstance(o, dict) and o.get("__type__") == "update"]
         assert len(updates) == 1 and "choices" in updates[0], out  # only the answer scale
@@ -1158,22 +1139,13 @@ def test_back_event_sends_the_marker_earlier_answer_and_remarks_as_plain_values(
     and the comment and flag sent with it as plain values."""
     import httpx
 
-    from studio import app as app_mod
-
     db, _, _ = make_loud_study(tmp_path)
     token = readers.invite(db, "ten", "backer")
-    creds = auth.AdminCredentials.from_password("admin", "pw-test", "env")
-    app = app_mod.build_app(db, admin_auth=auth.AdminAuth(creds))
-    ids = {f.name: i for i, f in app.state.reader_blocks.fns.items()}
-    server = app_mod.Server(app, "127.0.0.1", app_mod.free_port()).start()
-    try:
-        with httpx.Client(base_url=server.url, timeout=30) as c:
-            first = _queue_event(c, ids["on_start"], [], token, "s1")
-            nxt = _queue_event(c, ids["on_submit"], [None, 2, None, "=SUM(A1)", True],
-                               token, "s1")
-            back = _queue_event(c, ids["on_back"], [], token, "s1")
-    finally:
-        server.stop()
+    with serve_studio(db) as (url, ids), httpx.Client(base_url=url, timeout=30) as c:
+        first = _queue_event(c, ids["on_start"], [], token, "s1")
+        nxt = _queue_event(c, ids["on_submit"], [None, 2, None, "=SUM(A1)", True],
+                           token, "s1")
+        back = _queue_event(c, ids["on_back"], [], token, "s1")
     assert '<span data-back="1"></span>' not in first  # nothing to go back to yet
     assert '<span data-back="1"></span>' in nxt and nxt[-2:] == ["", False]
     updates = [o for o in back if isinstance(o, dict) and o.get("__type__") == "update"]

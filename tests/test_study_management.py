@@ -4,7 +4,6 @@ repeats, the studio's stored address, modality from the folder layout, migration
 import datetime as dt
 import json
 import re
-import shutil
 import sqlite3
 import uuid
 
@@ -12,14 +11,14 @@ import pytest
 from click.testing import CliRunner
 
 from studies import database, lifecycle, readers, settings, washout
-from studies.database import open_db, stimuli_dir
+from studies.database import open_db
 from studies.design import StudyOptions, parse_duration, reader_order, seeded_order_secret
 from studies.errors import ReaderError, StudyError
 from studies.export import LONG_COLUMNS, long_table
 from studies.manifest import read_images_dir
 from studies.session import next_case, submit
 from studio.cli import cli
-from study_fixtures import make_study
+from study_fixtures import copy_study, make_study
 
 
 @pytest.fixture(scope="module")
@@ -28,16 +27,9 @@ def template(tmp_path_factory):
     return db_path
 
 
-def _copy(template, tmp_path):
-    db = tmp_path / "study.db"
-    shutil.copyfile(template, db)
-    shutil.copytree(stimuli_dir(template), stimuli_dir(db))
-    return db
-
-
 @pytest.fixture()
 def study(template, tmp_path):
-    return _copy(template, tmp_path)
+    return copy_study(template, tmp_path)
 
 
 def _answer_all(db, reader_id):
