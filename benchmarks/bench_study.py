@@ -7,7 +7,9 @@
    the database (2,000 small stimulus PNGs, cases, 100 readers invited through
    `readers.invite`, half of every reader's session pre-answered), measured from one
    client and from 8 and 32 concurrent client threads (p50/p95/p99 of `submit`, which
-   is the write: the tail shows how concurrent writers wait for SQLite's write lock).
+   is the write), twice: with the answers committed by the writer process
+   (`studies.writer_process`, as `medisyn studio` runs) and by the client threads
+   themselves (group commit in one process).
 
 Run: .venv/bin/python benchmarks/bench_study.py [--quick] [--latency-only] [--think-ms 100]
 """
@@ -39,6 +41,8 @@ from studies.design import StudyOptions  # noqa: E402
 from studies.ingest import create_study  # noqa: E402
 from studies.readers import invite, reader_for_token  # noqa: E402
 from studies.session import next_case, submit  # noqa: E402
+from studies import writer_process  # noqa: E402
+from bench_studio import process_cpu_s  # noqa: E402
 
 
 def pct(values, q):
@@ -159,12 +163,18 @@ def cycle(db_path, reader_id) -> tuple[float, float]:
 
 
 def latency(db_path, reader_ids, cycles: int, threads: int, think_ms: float = 0.0) -> dict:
-    """Closed loop: each client thread runs `cycles` next_case + submit cycles, pausing a
-    random (exponential) think time of mean `think_ms` between them (0: none)."""
+    """Closed loop: `threads` client threads each run `cycles` next_case + submit cycles,
+    pausing a random (exponential) think time of mean `think_ms` between them (0: none).
+    The threads start, and run one unmeasured cycle each, before the clock starts: a
+    server's worker threads live on, with their connections open."""
     results: list[tuple[float, float]] = []
     lock = threading.Lock()
+    ready = threading.Barrier(threads + 1)
 
     def worker(k):
+        cycle(db_path, reader_ids[k % len(reader_ids)])  # this thread's connections
+        ready.wait()  # everyone warmed up
+        ready.wait()  # the clock has started
         local = []
         rng = random.Random(k)
         for i in range(cycles):
@@ -174,13 +184,18 @@ def latency(db_path, reader_ids, cycles: int, threads: int, think_ms: float = 0.
         with lock:
             results.extend(local)
 
-    t0, cpu0 = time.perf_counter(), time.process_time()
     ts = [threading.Thread(target=worker, args=(k,)) for k in range(threads)]
     for t in ts:
         t.start()
+    writer = writer_process.writer_for(db_path)
+    ready.wait()
+    t0, cpu0 = time.perf_counter(), time.process_time()
+    wcpu0 = process_cpu_s(writer.proc.pid) if writer else 0.0
+    ready.wait()
     for t in ts:
         t.join()
     wall, cpu = time.perf_counter() - t0, time.process_time() - cpu0
+    wcpu = process_cpu_s(writer.proc.pid) - wcpu0 if writer else 0.0
     nc = [1000 * a for a, _ in results]
     sb = [1000 * b for _, b in results]
     both = [1000 * (a + b) for a, b in results]
@@ -191,9 +206,22 @@ def latency(db_path, reader_ids, cycles: int, threads: int, think_ms: float = 0.
         "submit_ms_p99": round(pct(sb, 99), 2), "submit_ms_max": round(max(sb), 2),
         "cycle_ms_median": round(statistics.median(both), 2), "cycle_ms_p95": round(pct(both, 95), 2),
         "cycles_per_s": round(len(results) / wall, 1),
-        # this process's CPU (all threads) per next_case + submit cycle
+        # this process's CPU (all threads) per cycle, and the writer process's
         "cpu_ms_per_cycle": round(1000 * cpu / max(1, len(results)), 3),
+        "writer_cpu_ms_per_cycle": round(1000 * wcpu / max(1, len(results)), 3),
     }
+
+
+def latencies(db_path, reader_ids, quick: bool, think_ms: float) -> dict:
+    out = {}
+    latency(db_path, reader_ids, 5, 1)  # warm-up
+    out["1_client"] = latency(db_path, reader_ids, 300 if not quick else 50, 1)
+    out["8_clients"] = latency(db_path, reader_ids, 60 if not quick else 10, 8)
+    out["32_clients"] = latency(db_path, reader_ids, 60 if not quick else 10, 32)
+    if think_ms:
+        out[f"32_clients_think_{think_ms:g}ms"] = latency(
+            db_path, reader_ids, 30 if not quick else 10, 32, think_ms)
+    return out
 
 
 def main() -> None:
@@ -219,13 +247,14 @@ def main() -> None:
             print(json.dumps(out, indent=2), flush=True)
         db_path, reader_ids, setup = build_large_study(tmp, n_cases, n_readers)
         out["large_study_setup"] = setup
-        latency(db_path, reader_ids, 5, 1)  # warm-up
-        out["latency_1_client"] = latency(db_path, reader_ids, 300 if not args.quick else 50, 1)
-        out["latency_8_clients"] = latency(db_path, reader_ids, 60 if not args.quick else 10, 8)
-        out["latency_32_clients"] = latency(db_path, reader_ids, 30 if not args.quick else 10, 32)
-        if args.think_ms:
-            out[f"latency_32_clients_think_{args.think_ms:g}ms"] = latency(
-                db_path, reader_ids, 30 if not args.quick else 10, 32, args.think_ms)
+        # As `medisyn studio` runs: answers committed by the writer process ...
+        writer_process.start(db_path)
+        try:
+            out["latency_writer_process"] = latencies(db_path, reader_ids, args.quick, args.think_ms)
+        finally:
+            writer_process.stop(db_path)
+        # ... and by the threads themselves (group commit in this process; --no-writer-process)
+        out["latency_in_process"] = latencies(db_path, reader_ids, args.quick, args.think_ms)
     print(json.dumps(out, indent=2))
 
 

@@ -529,12 +529,32 @@ def write(db_path: str | pathlib.Path, fn: Callable[[Database], T]) -> T:
             with queue.wake:
                 queue.running = False
                 queue.wake.notify_all()
-    if queue.batches >= CHECKPOINT_EVERY and queue.checkpointing.acquire(blocking=False):
-        queue.batches = 0
-        threading.Thread(target=_checkpoint, args=(db_path, queue), daemon=True).start()
+    _checkpoint_if_due(db_path, queue)
     if job.exc is not None:
         raise job.exc
     return job.result
+
+
+def commit_together(db_path: str | pathlib.Path,
+                    fns: list[Callable[[Database], T]]) -> list[tuple[T | None, BaseException | None]]:
+    """Run every `fn(db)` of `fns` in one `BEGIN IMMEDIATE` transaction, each in its own
+    SAVEPOINT (a failing one rolls back only itself), commit once, and return each one's
+    `(result, None)` or `(None, exception)`, in order — after the commit. The same rules
+    as for `write` apply to each function. This is how the writer process
+    (`studies.writer_process`) commits the requests that reached it together."""
+    key, queue = _queue_for(db_path)
+    batch = [_Job(fn) for fn in fns]
+    with queue.slot:
+        _commit_batch(key, queue, db_path, batch)
+        queue.batches += 1
+    _checkpoint_if_due(db_path, queue)
+    return [(job.result, job.exc) for job in batch]
+
+
+def _checkpoint_if_due(db_path, queue: _WriteQueue) -> None:
+    if queue.batches >= CHECKPOINT_EVERY and queue.checkpointing.acquire(blocking=False):
+        queue.batches = 0
+        threading.Thread(target=_checkpoint, args=(db_path, queue), daemon=True).start()
 
 
 def _checkpoint(db_path, queue: _WriteQueue) -> None:

@@ -25,7 +25,7 @@ import json
 import pathlib
 import statistics
 
-from studies import stimuli, washout
+from studies import stimuli, washout, writer_process
 from studies.database import log_action, reading, stimuli_dir, study_row, utc_now, write
 from studies.design import ATTENTION, TASKS, Task, attention_task
 from studies.errors import NotAuthorised, SessionError, StudyError
@@ -106,31 +106,46 @@ def _task_for(name: str, expected_json: str | None) -> Task:
 
 def _current_read(db, columns: str, joins: str, reader_id: int):
     """`SELECT columns FROM assignments a joins` for the reader's current read: a reopened
-    one (go_back) first, else the first open slot. Two indexed lookups, not one ORDER BY
-    over an expression (which sorted every open slot of the reader on each call); the
-    reopened read is found through the partial index of migration 6, named because the
-    planner would rather scan every open slot through the (reader, completed_at) index."""
+    one (go_back) first, else the first open slot. One statement of two indexed lookups
+    (the second runs only when the first finds nothing), not one ORDER BY over an
+    expression (which sorted every open slot of the reader on each call); the reopened
+    read is found through the partial index of migration 6, named because the planner
+    would rather scan every open slot through the (reader, completed_at) index."""
     head = f"SELECT {columns} FROM assignments a "
-    return db.execute(head + "INDEXED BY assignments_reopened " + joins
-                      + "WHERE a.reader_id = ? AND a.reopened_after IS NOT NULL "
-                      "AND a.completed_at IS NULL LIMIT 1", [reader_id]).fetchone() \
-        or db.execute(head + joins + "WHERE a.reader_id = ? AND a.completed_at IS NULL "
-                      "ORDER BY a.position LIMIT 1", [reader_id]).fetchone()
+    return db.execute(
+        "SELECT * FROM (" + head + "INDEXED BY assignments_reopened " + joins
+        + "WHERE a.reader_id = :r AND a.reopened_after IS NOT NULL "
+        "AND a.completed_at IS NULL LIMIT 1) UNION ALL SELECT * FROM (" + head + joins
+        + "WHERE a.reader_id = :r AND a.completed_at IS NULL ORDER BY a.position LIMIT 1) "
+        "LIMIT 1", {"r": reader_id}).fetchone()
+
+
+# The columns `next_case` reads with the current read, in one statement: every SQLite call
+# gives up Python's interpreter lock, and under many readers each costs a wait to get it
+# back, so the count, the answers and the previous read come as subqueries.
+_CASE_COLUMNS = (
+    "a.id, a.position, a.tasks, a.kind, a.expected, a.view_id, c.prompt, "
+    "s.name, c.stimulus_id, a.min_delay_s, a.pair_view_id, p.stimulus_id, "
+    # the modality, only if images of the other source have it too (see CaseView.modality)
+    "CASE WHEN EXISTS (SELECT 1 FROM cases o WHERE o.study_id = c.study_id "
+    "AND o.modality = c.modality AND o.source != c.source) "
+    "THEN c.modality ELSE '' END, a.reopened_after, s.allow_back, "
+    # positions are 1..n (readers.invite): the last one is the count, from the index
+    "(SELECT max(position) FROM assignments WHERE reader_id = a.reader_id), "
+    "(SELECT json_group_array(json_array(id, task, rating, comment, non_diagnostic)) "
+    " FROM (SELECT * FROM responses WHERE assignment_id = a.id ORDER BY id)), "
+    # the previous (last completed) read, for the back rule: kind and wash-out delay
+    "(SELECT json_array(kind, min_delay_s) FROM assignments WHERE reader_id = a.reader_id "
+    " AND completed_at IS NOT NULL ORDER BY completed_at DESC, position DESC LIMIT 1)")
+_CASE_JOINS = ("JOIN cases c ON c.id = a.case_id JOIN studies s ON s.id = c.study_id "
+               "LEFT JOIN cases p ON p.id = a.pair_case_id ")
 
 
 def next_case(db_path: str | pathlib.Path, reader_id: int) -> CaseView | None:
     """The reader's current read — a reopened one (`go_back`) first, else the first slot
     with an unanswered task — or None when they are done."""
     with reading(db_path) as db:
-        columns = ("a.id, a.position, a.tasks, a.kind, a.expected, a.view_id, c.prompt, "
-                   "s.name, c.stimulus_id, a.min_delay_s, a.pair_view_id, p.stimulus_id, "
-                   # the modality, only if images of the other source have it too (below)
-                   "CASE WHEN EXISTS (SELECT 1 FROM cases o WHERE o.study_id = c.study_id "
-                   "AND o.modality = c.modality AND o.source != c.source) "
-                   "THEN c.modality ELSE '' END, a.reopened_after, s.allow_back")
-        joins = ("JOIN cases c ON c.id = a.case_id JOIN studies s ON s.id = c.study_id "
-                 "LEFT JOIN cases p ON p.id = a.pair_case_id ")
-        row = _current_read(db, columns, joins, reader_id)
+        row = _current_read(db, _CASE_COLUMNS, _CASE_JOINS, reader_id)
         if row is None:
             return None
         if row[9] and row[13] is None:  # a delayed repeat, not a reopened read
@@ -139,15 +154,17 @@ def next_case(db_path: str | pathlib.Path, reader_id: int) -> CaseView | None:
             due = washout.next_available(db, reader_id)
             if due.assignment_id is None:
                 raise NotYetAvailable(due.wait_until)
-            row = db.execute(f"SELECT {columns} FROM assignments a {joins}WHERE a.id = ?",
-                             [due.assignment_id]).fetchone()
-        (aid, position, tasks_json, kind, expected, view_id, prompt, study, stored, delay,
-         pair_view_id, pair_stored, modality, reopened_after, allow_back) = row
-        total = db.execute("SELECT count(*) FROM assignments WHERE reader_id = ?",
-                           [reader_id]).fetchone()[0]
-        answers = db.execute("SELECT id, task, rating, comment, non_diagnostic FROM responses "
-                             "WHERE assignment_id = ? ORDER BY id", [aid]).fetchall()
-        refusal = _back_refusal_db(db, reader_id, allow_back, reopened_after is not None, delay)
+            row = db.execute(f"SELECT {_CASE_COLUMNS} FROM assignments a {_CASE_JOINS}"
+                             "WHERE a.id = ?", [due.assignment_id]).fetchone()
+    (aid, position, tasks_json, kind, expected, view_id, prompt, study, stored, delay,
+     pair_view_id, pair_stored, modality, reopened_after, allow_back, total, answers_json,
+     previous) = row
+    answers = sorted(json.loads(answers_json))  # by response id: the latest last
+    previous = json.loads(previous) if previous else None
+    refusal = back_refusal(allowed=bool(allow_back), reopened_pending=reopened_after is not None,
+                           previous_kind=previous[0] if previous else None,
+                           previous_delayed=bool(previous and previous[1]),
+                           current_delayed=bool(delay) and reopened_after is None)
     since = reopened_after or 0
     answered = {task for rid, task, *_ in answers if rid > since}
     earlier = {task: rating for rid, task, rating, *_ in answers if rid <= since}
@@ -343,75 +360,80 @@ def submit(
         raise SessionError("non_diagnostic must be true or false")
     flag = int(bool(non_diagnostic))
 
-    def tx(db) -> Ack:
-        prior = db.execute(
-            "SELECT r.id, r.reader_id, r.task, r.rating, a.kind, c.source, a.completed_at, "
-            "r.assignment_id, r.answer, a.expected, r.comment, r.non_diagnostic "
-            "FROM responses r JOIN assignments a ON a.id = r.assignment_id "
-            "JOIN cases c ON c.id = r.case_id WHERE r.client_id = ?", [client_id]).fetchone()
-        if prior is not None:
-            if prior[1] != reader_id:
-                raise SessionError("client_id already used")
-            # A retry repeats the same answer to the same question; anything else under a used
-            # id would be acknowledged but never stored, so refuse it loudly.
-            if (prior[7] != assignment_id or prior[2] != task
-                    or not _same_answer(task, prior[9], prior[8], answer)
-                    or (prior[10], prior[11]) != (comment, flag)):
-                raise SessionError("client_id already used for a different answer")
-            return Ack(response_id=prior[0], duplicate=True,
-                       assignment_complete=prior[6] is not None,
-                       feedback=_feedback(prior[4], prior[2], prior[3], prior[5]))
-        # Checked inside the write transaction, so a close or a deactivation that commits
-        # first is never overtaken by an answer (a retry of an acknowledged answer, above,
-        # still gets its acknowledgement).
-        status = db.execute("SELECT s.status, r.deactivated_at FROM readers r "
-                            "JOIN studies s ON s.id = r.study_id WHERE r.id = ?",
-                            [reader_id]).fetchone()
-        if status is not None and status[1]:
-            raise NotAuthorised("this reader's link has been deactivated")
-        if status is not None and (status[0] or "open") != "open":
-            raise StudyClosed(f"this study is {status[0]} and takes no more answers")
-        a = db.execute(
-            "SELECT a.id, a.case_id, a.tasks, a.n_tasks, a.kind, a.expected, c.source, "
-            "a.completed_at, a.reopened_after FROM assignments a JOIN cases c ON c.id = a.case_id "
-            "WHERE a.id = ? AND a.reader_id = ?", [assignment_id, reader_id]).fetchone()
-        if a is None:
-            raise NotAuthorised("no such assignment for this reader")
-        _, case_id, tasks_json, n_tasks, kind, expected, source, completed_at, reopened_after = a
-        if task not in json.loads(tasks_json):
-            raise SessionError(f"task {task!r} is not asked for this case")
-        task_obj = _task_for(task, expected)
-        try:
-            value = task_obj.parse(answer)
-        except StudyError as exc:
-            raise SessionError(str(exc)) from None
-        answered_at = utc_now()
-        if shown is None:
-            at = _dt.datetime.fromisoformat(answered_at.replace("Z", "+00:00"))
-            shown_at_ = _iso(at - _dt.timedelta(milliseconds=duration_ms))
-        else:
-            shown_at_ = shown
-        cur = db.execute(
-            "INSERT INTO responses (client_id, reader_id, assignment_id, case_id, task, answer, "
-            "rating, duration_ms, shown_at, answered_at, duration_flagged, comment, "
-            "non_diagnostic) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
-            [client_id, reader_id, assignment_id, case_id, task, task_obj.answer_text(value),
-             value, duration_ms, shown_at_, answered_at, int(bool(duration_flagged)), comment,
-             flag])
-        complete = completed_at is not None
-        if not complete:
-            # a reopened read (go_back) is complete again once every task is re-answered
-            n_answered = db.execute(
-                "SELECT count(DISTINCT task) FROM responses WHERE assignment_id = ? AND id > ?",
-                [assignment_id, reopened_after or 0]).fetchone()[0]
-            if n_answered >= n_tasks:
-                db.execute("UPDATE assignments SET completed_at = ? WHERE id = ?",
-                           [answered_at, assignment_id])
-                complete = True
-        return Ack(response_id=cur.lastrowid, duplicate=False, assignment_complete=complete,
-                   feedback=_feedback(kind, task, value, source))
+    return writer_process.call(
+        db_path, _record_answer, reader_id, assignment_id, task, answer, duration_ms,
+        client_id, shown, duration_flagged, comment, flag,
+        idempotent=True)  # a retry under the same client_id returns the first Ack
 
-    return write(db_path, tx)
+
+def _record_answer(db, reader_id: int, assignment_id: int, task: str, answer, duration_ms: int,
+                   client_id: str, shown: str | None, duration_flagged: bool, comment: str,
+                   flag: int) -> Ack:
+    """`submit`'s write transaction (its arguments already checked): module level, so the
+    writer process can be sent it by name (`studies.writer_process`)."""
+    prior = db.execute(
+        "SELECT r.id, r.reader_id, r.task, r.rating, a.kind, c.source, a.completed_at, "
+        "r.assignment_id, r.answer, a.expected, r.comment, r.non_diagnostic "
+        "FROM responses r JOIN assignments a ON a.id = r.assignment_id "
+        "JOIN cases c ON c.id = r.case_id WHERE r.client_id = ?", [client_id]).fetchone()
+    if prior is not None:
+        if prior[1] != reader_id:
+            raise SessionError("client_id already used")
+        # A retry repeats the same answer to the same question; anything else under a used
+        # id would be acknowledged but never stored, so refuse it loudly.
+        if (prior[7] != assignment_id or prior[2] != task
+                or not _same_answer(task, prior[9], prior[8], answer)
+                or (prior[10], prior[11]) != (comment, flag)):
+            raise SessionError("client_id already used for a different answer")
+        return Ack(response_id=prior[0], duplicate=True,
+                   assignment_complete=prior[6] is not None,
+                   feedback=_feedback(prior[4], prior[2], prior[3], prior[5]))
+    # Checked inside the write transaction, so a close or a deactivation that commits
+    # first is never overtaken by an answer (a retry of an acknowledged answer, above,
+    # still gets its acknowledgement). One statement for the reader, study and slot.
+    row = db.execute(
+        "SELECT s.status, r.deactivated_at, a.id, a.case_id, a.tasks, a.n_tasks, a.kind, "
+        "a.expected, c.source, a.completed_at, a.reopened_after FROM readers r "
+        "JOIN studies s ON s.id = r.study_id "
+        "LEFT JOIN assignments a ON a.id = ? AND a.reader_id = r.id "
+        "LEFT JOIN cases c ON c.id = a.case_id WHERE r.id = ?",
+        [assignment_id, reader_id]).fetchone()
+    if row is not None and row[1]:
+        raise NotAuthorised("this reader's link has been deactivated")
+    if row is not None and (row[0] or "open") != "open":
+        raise StudyClosed(f"this study is {row[0]} and takes no more answers")
+    if row is None or row[2] is None:
+        raise NotAuthorised("no such assignment for this reader")
+    _, _, _, case_id, tasks_json, n_tasks, kind, expected, source, completed_at, reopened_after = row
+    if task not in json.loads(tasks_json):
+        raise SessionError(f"task {task!r} is not asked for this case")
+    task_obj = _task_for(task, expected)
+    try:
+        value = task_obj.parse(answer)
+    except StudyError as exc:
+        raise SessionError(str(exc)) from None
+    answered_at = utc_now()
+    if shown is None:
+        at = _dt.datetime.fromisoformat(answered_at.replace("Z", "+00:00"))
+        shown_at_ = _iso(at - _dt.timedelta(milliseconds=duration_ms))
+    else:
+        shown_at_ = shown
+    cur = db.execute(
+        "INSERT INTO responses (client_id, reader_id, assignment_id, case_id, task, answer, "
+        "rating, duration_ms, shown_at, answered_at, duration_flagged, comment, "
+        "non_diagnostic) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
+        [client_id, reader_id, assignment_id, case_id, task, task_obj.answer_text(value),
+         value, duration_ms, shown_at_, answered_at, int(bool(duration_flagged)), comment,
+         flag])
+    complete = completed_at is not None
+    if not complete:
+        # Complete once every task is answered (a reopened read, go_back: re-answered).
+        complete = db.execute(
+            "UPDATE assignments SET completed_at = ? WHERE id = ? AND (SELECT count(DISTINCT "
+            "task) FROM responses WHERE assignment_id = ? AND id > ?) >= n_tasks",
+            [answered_at, assignment_id, assignment_id, reopened_after or 0]).rowcount == 1
+    return Ack(response_id=cur.lastrowid, duplicate=False, assignment_complete=complete,
+               feedback=_feedback(kind, task, value, source))
 
 
 def clean_comment(comment: str | None) -> str:

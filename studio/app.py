@@ -257,9 +257,14 @@ class Server:
 
 def launch(db_path, *, host: str = "127.0.0.1", port: int = 7860, model: str | None = None,
            admin_auth: auth_mod.AdminAuth, base_url: str | None = None,
-           prevent_thread_lock: bool = False) -> Server:
-    """Serve the studio. Blocks until interrupted unless `prevent_thread_lock`."""
+           prevent_thread_lock: bool = False, writer_process: bool = True,
+           echo=print) -> Server:
+    """Serve the studio. Blocks until interrupted unless `prevent_thread_lock`. With
+    `writer_process`, readers' answers are committed by a process of its own
+    (`start_writer`)."""
     app = build_app(db_path, admin_auth=admin_auth, model=model, base_url=base_url)
+    if writer_process:
+        start_writer(db_path, echo=echo)
     server = Server(app, host, port).start()
     if not prevent_thread_lock:
         try:
@@ -267,7 +272,31 @@ def launch(db_path, *, host: str = "127.0.0.1", port: int = 7860, model: str | N
                 server._thread.join(0.5)
         except KeyboardInterrupt:
             server.stop()
+        finally:
+            stop_writer()
     return server
+
+
+def start_writer(db_path, *, echo=print) -> bool:
+    """Start the writer process for the study database (`studies.writer_process`): under
+    many readers it keeps answer latency low. If it cannot start, the studio still runs,
+    writing in this process (said through `echo`)."""
+    from studies import writer_process
+    from studies.errors import StudyError
+
+    try:
+        writer_process.start(db_path)
+        return True
+    except (StudyError, OSError) as exc:
+        echo(f"note: answers are written by the studio process itself (the writer process "
+             f"did not start: {exc})")
+        return False
+
+
+def stop_writer() -> None:
+    from studies import writer_process
+
+    writer_process.stop()
 
 
 # ------------------------------------------------------------------------------ start-up

@@ -23,7 +23,11 @@ from studio.cli import cli, study, model  # noqa: F401  (groups these commands a
 @click.option("--reset-admin-password", is_flag=True,
               help="Generate and print a new admin password (ignored when "
                    "MEDISYN_ADMIN_PASSWORD is set).")
-def studio_command(host, port, db_path, model, base_url, no_demo, reset_admin_password):
+@click.option("--writer-process/--no-writer-process", default=True, show_default=True,
+              help="Commit readers' answers in a process of its own, which keeps answering "
+                   "fast under many readers (docs/benchmarks.md).")
+def studio_command(host, port, db_path, model, base_url, no_demo, reset_admin_password,
+                   writer_process):
     """Start the studio: readers at http://HOST:PORT/?token=..., researchers at /admin.
 
     On first start with an empty database the demo study is seeded (embedded model) and the
@@ -50,4 +54,5 @@ def studio_command(host, port, db_path, model, base_url, no_demo, reset_admin_pa
         raise click.ClickException(str(exc)) from None
     click.echo(info.banner())
     app_mod.launch(info.db_path, host=host, port=port, model=info.model,
-                   admin_auth=info.admin_auth, base_url=info.base_url)
+                   admin_auth=info.admin_auth, base_url=info.base_url,
+                   writer_process=writer_process, echo=lambda msg: click.echo(msg, err=True))

@@ -88,17 +88,22 @@ __all__ = ["GEN_MARK", "REAL_MARK", "SYNTH_MARK", "add_loud_study", "leak_needle
 
 
 @contextlib.contextmanager
-def serve_studio(db_path, *, password: str = "pw-test", **build_kwargs):
-    """The whole studio app for `db_path` on a free port (admin `admin`/`password`):
-    yields (base url, {reader event name: fn index}) and stops the server after."""
+def serve_studio(db_path, *, password: str = "pw-test", writer_process: bool = True,
+                 **build_kwargs):
+    """The whole studio app for `db_path` on a free port (admin `admin`/`password`), with
+    its writer process as `medisyn studio` runs it: yields (base url, {reader event name:
+    fn index}) and stops the server and the writer after."""
     from studio import app as app_mod
     from studio import auth
 
     creds = auth.AdminCredentials.from_password("admin", password, "env")
     app = app_mod.build_app(db_path, admin_auth=auth.AdminAuth(creds), **build_kwargs)
     ids = {f.name: i for i, f in app.state.reader_blocks.fns.items()}
+    if writer_process:
+        assert app_mod.start_writer(db_path)
     server = app_mod.Server(app, "127.0.0.1", app_mod.free_port()).start()
     try:
         yield server.url, ids
     finally:
         server.stop()
+        app_mod.stop_writer()

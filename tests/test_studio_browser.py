@@ -80,9 +80,11 @@ def studio(tmp_path_factory):
     creds = auth.AdminCredentials.from_password("admin", ADMIN_PASSWORD, "env")
     model = _model_for_tests(tmp)
     app = app_mod.build_app(db, admin_auth=auth.AdminAuth(creds), model=model)
+    assert app_mod.start_writer(db)  # as `medisyn studio` runs (training_studio: without)
     server = app_mod.Server(app, "127.0.0.1", app_mod.free_port()).start()
     yield {"url": server.url, "db": db, "rows": rows, "tokens": tokens, "model": model}
     server.stop()
+    app_mod.stop_writer()
 
 
 @pytest.fixture(scope="module")
