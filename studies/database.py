@@ -15,7 +15,9 @@ Within one process, `write(...)` goes further and commits concurrent writes toge
 process's writer slot runs every queued function in one `BEGIN IMMEDIATE` transaction,
 each inside its own SAVEPOINT (one failing function rolls back only itself), commits once
 (`synchronous` unchanged, so one durable fsync covers the batch) and only then acknowledges
-each caller. Other processes still meet at SQLite's lock, as before. The batch runs on
+each caller. Other processes still meet at SQLite's lock, as before; the studio's answers
+go to a writer process of their own (`studies.writer_process`, which commits what reaches
+it together through `commit_together`). The batch runs on
 a connection kept open for the next batch (`MAX_KEPT_WRITERS` databases at most, LRU; it
 is re-opened when the file at the path is no longer the one it opened): opening a
 connection costs ~1 ms, and closing the last one checkpoints and deletes the WAL, which
