@@ -144,11 +144,17 @@ _CASE_JOINS = ("JOIN cases c ON c.id = a.case_id JOIN studies s ON s.id = c.stud
 def next_case(db_path: str | pathlib.Path, reader_id: int) -> CaseView | None:
     """The reader's current read — a reopened one (`go_back`) first, else the first slot
     with an unanswered task — or None when they are done."""
-    with reading(db_path) as db:
+    # One statement: no read transaction needed unless the wash-out rule asks for more.
+    with reading(db_path, snapshot=False) as db:
         row = _current_read(db, _CASE_COLUMNS, _CASE_JOINS, reader_id)
         if row is None:
             return None
-        if row[9] and row[13] is None:  # a delayed repeat, not a reopened read
+        if row[9] and row[13] is None:  # a delayed repeat, not a reopened read: read the
+            db.conn.execute("BEGIN")  # current read again in the snapshot the rule reads
+            row = _current_read(db, _CASE_COLUMNS, _CASE_JOINS, reader_id)
+            if row is None:  # finished in between
+                return None
+        if row[9] and row[13] is None:
             # A repeat read with a wash-out delay (--repeat-after): serve the first read that
             # is due (studies.washout); when none is, the reader is told when to come back.
             due = washout.next_available(db, reader_id)

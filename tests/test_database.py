@@ -396,3 +396,21 @@ def test_reading_sees_one_snapshot_per_block(tmp_path):
         t.join()
         assert db.execute("SELECT count(*) FROM studies").fetchone()[0] == before == 1
     assert _names(path) == ["first", "second"]
+
+
+def test_reading_without_snapshot_holds_no_read_transaction(tmp_path):
+    """`snapshot=False` (next_case's one statement): each statement sees the latest commit,
+    and after a single-row read nothing pins the WAL — a full checkpoint can complete."""
+    path = tmp_path / "s.db"
+    open_db(path).close()
+    write(path, _insert_study("first"))
+    with database.reading(path, snapshot=False) as db:
+        assert db.execute("SELECT name FROM studies LIMIT 1").fetchone() == ("first",)
+        write(path, _insert_study("second"))
+        assert db.execute("SELECT count(*) FROM studies").fetchone()[0] == 2
+        other = sqlite3.connect(str(path))
+        try:
+            busy, log, done = other.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
+        finally:
+            other.close()
+        assert busy == 0 and log == done
