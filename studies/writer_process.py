@@ -270,7 +270,13 @@ def _portable(exc: BaseException) -> BaseException:
 
 def _reply(conn: Connection, conns: list[Connection], message) -> None:
     try:
-        conn.send(message)
+        try:
+            conn.send(message)
+        except (OSError, EOFError):
+            raise
+        except Exception as exc:  # noqa: BLE001 - a result that cannot be pickled
+            conn.send((False, StudyError(f"the write was saved, but its result could not "
+                                         f"be sent back: {type(exc).__name__}: {exc}")))
     except (OSError, EOFError):
         if conn in conns:  # the client has gone; its write stays committed
             conns.remove(conn)

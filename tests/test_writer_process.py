@@ -48,6 +48,11 @@ def fail_oddly(db):
     raise TwoPartError("one", "two")
 
 
+def unsendable(db):
+    add_study(db, "kept")
+    return lambda: None  # a result pickle cannot carry
+
+
 def die_unless_in(db, pid: int) -> str:
     """Kills the writer mid-request; runs normally in the process `pid`."""
     if os.getpid() != pid:
@@ -145,6 +150,14 @@ def test_an_error_that_cannot_travel_arrives_in_words(db):
     with pytest.raises(StudyError, match="TwoPartError: one and two"):
         writer_process.call(db, fail_oddly)
     assert writer_process.call(db, add_study, "after") > 0  # the writer carries on
+
+
+def test_a_result_that_cannot_travel_is_reported_and_the_write_kept(db):
+    writer_process.start(db)
+    with pytest.raises(StudyError, match="saved, but its result could not be sent back"):
+        writer_process.call(db, unsendable)
+    assert "kept" in _study_names(db)
+    assert writer_process.call(db, where) != os.getpid()  # the writer carries on
 
 
 def test_writer_dying_mid_request(db):
