@@ -87,7 +87,7 @@
         e.preventDefault();
       }
     } else if (e.key === "b" || e.key === "B") {
-      if (pressFirst(["back", "back-finished"])) e.preventDefault();
+      if (pressFirst(["back", "back-finished", "back-waiting"])) e.preventDefault();
     } else if (e.key === "Enter") {
       // A focused button already handles Enter natively; don't press it twice.
       if (e.target && e.target.tagName === "BUTTON" && !e.target.closest("#stimulus")) return;

@@ -107,7 +107,8 @@ IDS = {"answer": "answer", "submit": "submit", "continue": "continue", "start": 
        "login": "login", "intro": "intro", "message": "message", "unavailable": "unavailable",
        "retry": "retry", "case": "case", "screen": "screen", "reader": "reader",
        "profile": "profile",
-       "back": "back", "back_finished": "back-finished", "back_state": "back-state",
+       "back": "back", "back_finished": "back-finished", "back_waiting": "back-waiting",
+       "back_state": "back-state",
        "remarks": "remarks", "comment": "comment", "non_diagnostic": "non-diagnostic"}
 SCREENS = ("login", "intro", "case", "feedback", "finished", "unavailable")
 
@@ -581,7 +582,7 @@ READER_CSS = SCREEN_CSS + """
 /* The key digit of each option (keyboard.js: digit n picks option n); none on touch. */
 #answer label > span::before { content: counter(opt) "\\00a0\\00a0"; font-weight: 600; }
 #submit, #continue, #start { font-size: 1.1rem; min-height: 3rem; }
-#back, #back-finished { font-size: 1.05rem; min-height: 3rem; }
+#back, #back-finished, #back-waiting { font-size: 1.05rem; min-height: 3rem; }
 #remarks { gap: 4px; }
 #remarks label { font-size: 0.95rem; }
 #prompt { border-left: 4px solid #2563eb; padding-left: 0.75rem; }
@@ -738,6 +739,16 @@ WASHOUT = ("Thank you — the rest of your cases are repeat reads that open afte
            "period: {when}. Come back then with the same link.")
 
 
+def _may_go_back(db_path, token) -> bool:
+    """Whether the reader of `token` could go back now (for the wash-out waiting screen);
+    False on any doubt."""
+    try:
+        reader = _reader(db_path, token)
+        return reader is not None and session.back_refused(db_path, reader.reader_id) is None
+    except Exception:  # noqa: BLE001 - the screen shows without the button
+        return False
+
+
 def storage_safe(handler, what: str = ""):
     """Run a page handler; a storage fault (database locked, swapped for another file or
     unreadable, read-only file system, missing folder) becomes a screen in words instead of
@@ -751,7 +762,10 @@ def storage_safe(handler, what: str = ""):
         except session.StudyClosed:
             return Screen("finished", message=STUDY_CLOSED)
         except session.NotYetAvailable as exc:
-            return Screen("unavailable", message=WASHOUT.format(when=str(exc)))
+            screen = Screen("unavailable", message=WASHOUT.format(when=str(exc)))
+            # the last first read may still be changed while the repeats wait
+            screen.can_go_back = _may_go_back(*args[:2])
+            return screen
         except (sqlite3.Error, OSError, DatabaseNotFound, NotAStudyDatabase) as exc:
             log.exception("reader page: storage fault (%s)", type(exc).__name__)
             return Screen("unavailable", message=STORAGE_FAULT.format(what=what))
@@ -836,6 +850,9 @@ def build_reader_blocks(db_path) -> gr.Blocks:
                 gr.Markdown("## Please wait")
                 fault_md = gr.Markdown()
                 retry_btn = gr.Button("Try again", variant="primary", elem_id=IDS["retry"])
+                # while repeats wait for the wash-out (shown by CSS, as on the finish screen)
+                back_wait = gr.Button("Back to the last case", elem_id=IDS["back_waiting"],
+                                      elem_classes=["back-btn"])
 
         outputs = [screen, login_msg, intro_md, progress, message, image, prompt, question,
                    answer, feedback, done_md, keys_hint, fault_md, state, profile_form,
@@ -872,7 +889,7 @@ def build_reader_blocks(db_path) -> gr.Blocks:
                 else "",
                 PAIR_KEYS_INTRO if s.pair else INTRO_KEYS,  # keyboards only (CSS)
                 # going back: a marker for SCREEN_CSS; the remarks as plain values
-                back_marker(s.can_go_back and s.kind in ("case", "finished")),
+                back_marker(s.can_go_back and s.kind in ("case", "finished", "unavailable")),
                 s.comment if is_case else "",
                 bool(s.non_diagnostic) if is_case else False,
             ]
@@ -914,6 +931,7 @@ def build_reader_blocks(db_path) -> gr.Blocks:
                      js=SHOWN_MS_JS, **common)
         back.click(on_back, None, outputs, **common)
         back_done.click(on_back, None, outputs, **common)
+        back_wait.click(on_back, None, outputs, **common)
         cont.click(on_continue, None, outputs, **common)
         retry_btn.click(on_start, None, outputs, **common)
         # The access-code form only navigates (client-side): the token then arrives like a link.

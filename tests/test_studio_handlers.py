@@ -1157,3 +1157,36 @@ def test_back_event_sends_the_marker_earlier_answer_and_remarks_as_plain_values(
     assert url.split("stimulus/")[1].split("?")[0] not in _text(back)
     row = long_table(db, "ten").iloc[0]
     assert (row["comment"], row["non_diagnostic"]) == ("=SUM(A1)", 1)
+
+
+def test_waiting_for_the_washout_offers_back_to_the_last_case(tmp_path):
+    """Every first read answered, the repeats wait for the wash-out: the waiting screen
+    offers going back to the last case (marker on), Back reopens it, and its re-answer
+    leads to the waiting screen again — through Gradio's queue, as the page sends it."""
+    import httpx
+
+    from studies.design import StudyOptions
+    from study_fixtures import make_study
+
+    db, _ = make_study(tmp_path, "wash", options=StudyOptions(repeat_fraction=0.5,
+                                                              repeat_after_s=3600))
+    token = readers.invite(db, "wash", "waiter")
+    waiting = '<span data-screen="unavailable"></span>'
+    with serve_studio(db) as (url, ids), httpx.Client(base_url=url, timeout=30) as c:
+        out = _queue_event(c, ids["on_start"], [], token, "s1")
+        for _ in range(50):
+            if waiting in out:
+                break
+            assert '<span data-screen="case"></span>' in out, _text(out)
+            out = _queue_event(c, ids["on_submit"], [None, 2, None, "", False], token, "s1")
+        assert waiting in out and "wash-out" in _text(out)
+        assert '<span data-back="1"></span>' in out  # the Back button shows
+        back = _queue_event(c, ids["on_back"], [], token, "s1")
+        assert '<span data-screen="case"></span>' in back
+        assert reader_view.BACK_DONE.split(";")[0] in _text(back)
+        again = _queue_event(c, ids["on_submit"], [None, 5, None, "", False], token, "s1")
+    # waiting again; the last case (the one just re-answered) may again be reopened, as
+    # on the finish screen
+    assert waiting in again and '<span data-back="1"></span>' in again
+    df = long_table(db, "wash")
+    assert (df.sort_values("answered_at")["rating"].iloc[-1]) == 5  # the re-answer counts
