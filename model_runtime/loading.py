@@ -254,10 +254,11 @@ def load(model: str | os.PathLike, *, device: str | None = None, dtype: str | to
             raise ModelNotFoundError(f"unet_subfolder {opts.unet_subfolder!r} not found under {path}")
         kwargs["unet"] = UNet2DConditionModel.from_pretrained(str(unet_dir), dtype=dtype, local_files_only=True)
 
-    if path.is_file():
-        pipe = _from_single_file(path, root, class_name, kwargs)
-    else:
-        pipe = _from_pretrained(path, class_name, kwargs)
+    with quiet.loading_quietly():  # no library loading bars (the studio log, the demo seed)
+        if path.is_file():
+            pipe = _from_single_file(path, root, class_name, kwargs)
+        else:
+            pipe = _from_pretrained(path, class_name, kwargs)
     try:
         lora_mod.apply(pipe, adapters)
     except lora_mod.LoraError as exc:

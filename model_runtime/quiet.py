@@ -11,7 +11,8 @@ What is dropped, and why it is safe to drop:
 - transformers' "Token indices sequence length is longer than the specified maximum", the same
   fact from the tokenizer;
 - the "Loading pipeline components" / "Loading weights" progress bars while a model loads
-  (:func:`loading_quietly`): the CLI shows its own per-image bar.
+  (:func:`loading_quietly`, around every ``loading.load``): the CLI shows its own per-image
+  bar, and in the studio they only cluttered the server log (e.g. the demo seed at first start).
 
 Every other message of both libraries still reaches the console.
 """

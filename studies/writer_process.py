@@ -294,7 +294,10 @@ def main() -> None:
     except (StudyError, OSError, database.sqlite3.Error) as exc:
         print(f"error: {exc}", flush=True)
         sys.exit(1)
-    serve(db_path, address, authkey)
+    try:
+        serve(db_path, address, authkey)
+    finally:  # the private folder goes with the writer, even when its parent was killed
+        shutil.rmtree(os.path.dirname(address), ignore_errors=True)
 
 
 if __name__ == "__main__":

@@ -289,3 +289,20 @@ def test_an_inpainting_unet_under_a_text_to_image_class_is_refused(tmp_path, tin
     (folder / "model_index.json").write_text(json.dumps(index))
     with pytest.raises(loading.UnsupportedPipelineError, match="UNet takes 9 input channels"):
         load(folder, options={"hash_weights": False})
+
+
+def test_loading_shows_no_library_progress_bars(tiny_sd1_dir):
+    """`load` anywhere (the studio's Generate tab, the demo seed on first start) prints no
+    "Loading pipeline components" / "Loading weights" bars; a fresh process, as those bars
+    and notices come once per process."""
+    import subprocess
+    import sys
+
+    code = ("import sys; from model_runtime.loading import load; load(sys.argv[1]); "
+            "from diffusers.utils import logging as dl; print(dl.is_progress_bar_enabled())")
+    env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1")
+    proc = subprocess.run([sys.executable, "-c", code, str(tiny_sd1_dir)], capture_output=True,
+                          text=True, env=env, timeout=600)
+    assert proc.returncode == 0, proc.stderr
+    assert "Loading" not in proc.stderr and "it/s" not in proc.stderr, proc.stderr
+    assert proc.stdout.strip() == "True"  # the setting is restored after loading

@@ -219,15 +219,16 @@ def test_start_refuses_what_is_not_a_study_database(tmp_path):
 
 
 def test_the_writer_ends_with_the_process_that_started_it(db):
-    code = ("import os, sys; from studies import writer_process as w; "
-            "print(w.start(sys.argv[1]).proc.pid, flush=True); os._exit(0)")
+    code = ("import os, sys; from studies import writer_process as w; wr = w.start(sys.argv[1]); "
+            "print(wr.proc.pid, wr.folder, flush=True); os._exit(0)")  # no clean-up at exit
     out = subprocess.run([sys.executable, "-c", code, str(db)], capture_output=True, text=True,
                          timeout=120, env={**os.environ, "PYTHONPATH": str(HERE.parent)})
-    pid = int(out.stdout.strip())
+    pid, folder = out.stdout.split()
     deadline = time.monotonic() + 20
-    while time.monotonic() < deadline and _alive(pid):
+    while time.monotonic() < deadline and (_alive(int(pid)) or os.path.exists(folder)):
         time.sleep(0.05)
-    assert not _alive(pid)
+    assert not _alive(int(pid))
+    assert not os.path.exists(folder)  # its socket folder went with it
 
 
 def _alive(pid: int) -> bool:
