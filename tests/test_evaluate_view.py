@@ -77,14 +77,14 @@ def test_evaluate_handlers_check_the_admin_and_are_private(study):
     for name in ("run_novelty_ev", "run_fidelity_ev"):
         intruder = types.SimpleNamespace(username="mallory", session_hash="s1")
         with pytest.raises(gr.Error, match="Not authorised"):
-            next(fns[name].fn(*args, request=intruder))
+            next(fns[name].fn(1, *args, request=intruder))
     with pytest.raises(gr.Error, match="Not authorised"):
         fns["on_cancel"].fn(request=types.SimpleNamespace(username=None, session_hash="s1"))
     # the admin gets the library's error for a bad reference folder, as one message
     admin = types.SimpleNamespace(username="admin", session_hash="s2")
     bad = ["Folder on the server", None, "/nonexistent-synthetic", None, "Folder on the server", "/", None,
            ["pixel"], "pixels", "", ""]
-    gen = fns["run_novelty_ev"].fn(*bad, request=admin)
+    gen = fns["run_novelty_ev"].fn(1, *bad, request=admin)
     assert next(gen)[0] == "Starting…"
     with pytest.raises(gr.Error, match="no such folder"):
         list(gen)
