@@ -172,23 +172,24 @@ def build_evaluate_tab(db_path, guard, *, batches_dir=None) -> EvaluateTab:
     def run(kind, ticket, syn_src, batch_, syn_folder_, upload_, ref_src, ref_folder_, study_, measures_,
             features_, weights_, by_, request: gr.Request):
         guard(request)
-        cancel = SLOTS.begin(request.session_hash, ticket, kind)
+        slots = SLOTS  # the same pool from start to end
+        cancel = slots.begin(request.session_hash, ticket, kind)
         if cancel is None:  # Cancel came while the request was on its way: never starts
             yield "Cancelled.", gr.update(), gr.update()
             return
         try:
-            if not SLOTS.try_slot():
+            if not slots.try_slot():
                 yield "Waiting for the running evaluation to finish…", gr.update(), gr.update()
-                if not SLOTS.wait_slot(cancel):
+                if not slots.wait_slot(cancel):
                     yield "Cancelled.", gr.update(), gr.update()
                     return
-            yield from _run(kind, cancel, syn_src, batch_, syn_folder_, upload_, ref_src, ref_folder_,
+            yield from _run(slots, kind, cancel, syn_src, batch_, syn_folder_, upload_, ref_src, ref_folder_,
                             study_, measures_, features_, weights_, by_)
         finally:
-            SLOTS.end(request.session_hash, cancel)
+            slots.end(request.session_hash, cancel)
 
-    def _run(kind, cancel, syn_src, batch_, syn_folder_, upload_, ref_src, ref_folder_, study_, measures_,
-             features_, weights_, by_):
+    def _run(slots, kind, cancel, syn_src, batch_, syn_folder_, upload_, ref_src, ref_folder_, study_,
+             measures_, features_, weights_, by_):
         """The evaluation itself, holding the slot (freed when its worker ends)."""
         events: queue.Queue = queue.Queue()
         box: dict = {}
@@ -210,7 +211,7 @@ def build_evaluate_tab(db_path, guard, *, batches_dir=None) -> EvaluateTab:
                 box["error"] = exc
             finally:
                 shutil.rmtree(work, ignore_errors=True)
-                SLOTS.free_slot()
+                slots.free_slot()
                 events.put(None)
 
         threading.Thread(target=work_fn, daemon=True).start()

@@ -414,27 +414,27 @@ def build_generate_tab(db_path, guard, *, model=None, batches_dir=None) -> Gener
     def on_generate(ticket, key, local, prompt_, neg_, seed_, n_, steps_, guidance_, sched_, modality_,
                     loras_, request: gr.Request):
         guard(request)
-        session = request.session_hash
-        cancel = SLOTS.begin(session, ticket, "generate")
+        session, slots = request.session_hash, SLOTS  # the same pool from start to end
+        cancel = slots.begin(session, ticket, "generate")
         if cancel is None:  # Cancel came while the request was on its way: never starts
             yield gr.update(), gr.update(), "Cancelled.", gr.update()
             return
         try:
-            yield from _generate(cancel, key, local, prompt_, neg_, seed_, n_, steps_, guidance_,
+            yield from _generate(slots, cancel, key, local, prompt_, neg_, seed_, n_, steps_, guidance_,
                                  sched_, modality_, loras_)
         finally:
-            SLOTS.end(session, cancel)
+            slots.end(session, cancel)
 
-    def _generate(cancel, key, local, prompt_, neg_, seed_, n_, steps_, guidance_, sched_, modality_,
+    def _generate(slots, cancel, key, local, prompt_, neg_, seed_, n_, steps_, guidance_, sched_, modality_,
                   loras_):
         try:
             location = model_location(key, local)
             loras_ = lora_specs(loras_)
         except (ValueError, KeyError) as exc:
             raise gr.Error(str(exc)) from None
-        if not SLOTS.try_slot():
+        if not slots.try_slot():
             yield gr.update(), gr.update(), "Waiting for a free generation slot…", gr.update()
-            if not SLOTS.wait_slot(cancel):  # cancelled while waiting: nothing started
+            if not slots.wait_slot(cancel):  # cancelled while waiting: nothing started
                 yield gr.update(), gr.update(), "Cancelled.", gr.update()
                 return
         events: queue.Queue = queue.Queue()
@@ -453,7 +453,7 @@ def build_generate_tab(db_path, guard, *, model=None, batches_dir=None) -> Gener
             except BaseException as exc:  # reported below, in the request thread
                 box["error"] = exc
             finally:
-                SLOTS.free_slot()
+                slots.free_slot()
                 events.put(None)
 
         threading.Thread(target=work, daemon=True).start()

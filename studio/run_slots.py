@@ -30,25 +30,22 @@ class RunSlots:
     _busy: int = 0
     _last_ticket: dict[str, int] = dataclasses.field(default_factory=dict)
     _cancelled_upto: dict[str, int] = dataclasses.field(default_factory=dict)
-    _pending: dict[str, set[int]] = dataclasses.field(default_factory=dict)
-    _running: dict[str, dict[threading.Event, str]] = dataclasses.field(default_factory=dict)
+    _pending: dict[str, dict[int, str]] = dataclasses.field(default_factory=dict)  # ticket: kind
+    _running: dict[str, dict[threading.Event, str]] = dataclasses.field(default_factory=dict)  # flag: kind
 
     def click(self, session: str, kind: str = "") -> int:
         """A ticket for the run this click starts (pass it to `begin`)."""
         with self._cond:
             ticket = self._last_ticket.get(session, 0) + 1
             self._last_ticket[session] = ticket
-            # While a run of this kind is going, the browser drops the click (Gradio's
-            # trigger_mode "once"): not counted, or an idle Cancel would say "Cancelled.".
-            if kind not in self._running.get(session, {}).values():
-                self._pending.setdefault(session, set()).add(ticket)
+            self._pending.setdefault(session, {})[ticket] = kind
             return ticket
 
     def begin(self, session: str, ticket, kind: str = "") -> threading.Event | None:
         """The run's cancel flag; None when Cancel came between its click and now (a run
         without a ticket, e.g. 0, is never dropped that way)."""
         with self._cond:
-            self._pending.get(session, set()).discard(ticket)
+            self._pending.get(session, {}).pop(ticket, None)
             if isinstance(ticket, int) and 0 < ticket <= self._cancelled_upto.get(session, 0):
                 return None
             flag = threading.Event()
@@ -80,14 +77,24 @@ class RunSlots:
 
     def end(self, session: str, flag: threading.Event) -> None:
         with self._cond:
-            self._running.get(session, {}).pop(flag, None)
+            runs = self._running.get(session, {})
+            kind = runs.pop(flag, None)
+            if not runs:
+                self._running.pop(session, None)
+            # The browser runs one event of a kind per tab at a time (Gradio's trigger_mode
+            # "once"): a click of this kind made before now (a double click, a click
+            # during the run) was dropped by the page and will never begin. Left pending,
+            # it would make an idle Cancel say "Cancelled.".
+            pending = self._pending.get(session, {})
+            for ticket in [t for t, k in pending.items() if k == kind]:
+                del pending[ticket]
 
     def cancel(self, session: str) -> bool:
         """Set the session's cancel flags and drop its clicks whose run has not begun;
         False when there was nothing to cancel."""
         with self._cond:
             flags = list(self._running.get(session, {}))
-            pending = self._pending.pop(session, set())
+            pending = self._pending.pop(session, {})
             self._cancelled_upto[session] = self._last_ticket.get(session, 0)
             for flag in flags:
                 flag.set()
