@@ -237,11 +237,17 @@ def build_evaluate_tab(db_path, guard, *, batches_dir=None) -> EvaluateTab:
         text, report_path, out_files = box["out"]
         yield text, report_iframe(report_path), [str(f) for f in out_files]
 
-    def run_novelty_ev(ticket, *args, request: gr.Request):
-        yield from run("novelty", ticket, *args, request=request)
+    # Every input a named parameter: Gradio passes `request` only to a positional parameter
+    # (with `*args, request` the handler got none and failed at once).
+    def run_novelty_ev(ticket, syn_src, batch_, syn_folder_, upload_, ref_src, ref_folder_, study_, measures_,
+                       features_, weights_, by_, request: gr.Request):
+        yield from run("novelty", ticket, syn_src, batch_, syn_folder_, upload_, ref_src, ref_folder_, study_,
+                       measures_, features_, weights_, by_, request=request)
 
-    def run_fidelity_ev(ticket, *args, request: gr.Request):
-        yield from run("fidelity", ticket, *args, request=request)
+    def run_fidelity_ev(ticket, syn_src, batch_, syn_folder_, upload_, ref_src, ref_folder_, study_, measures_,
+                        features_, weights_, by_, request: gr.Request):
+        yield from run("fidelity", ticket, syn_src, batch_, syn_folder_, upload_, ref_src, ref_folder_, study_,
+                       measures_, features_, weights_, by_, request=request)
 
     def click_novelty(request: gr.Request):
         guard(request)

@@ -141,3 +141,16 @@ def test_evaluate_cancel_ends_running_and_waiting_runs_without_gradios_cancel(st
     assert cancel_a() == "Cancelling…"
     assert [o[0] for o in a] == ["Cancelled."]
     assert cancel_a() == gr.update()  # nothing left: the status stays
+
+
+def test_every_admin_handler_gets_the_request(study):
+    """Gradio passes `gr.Request` only to a positional parameter: the Evaluate buttons had
+    `(*args, request)` and failed at once in the browser (missing request)."""
+    import inspect
+
+    _, db = study
+    blocks = admin_view.build_admin_blocks(db, _Auth())
+    for f in blocks.fns.values():
+        param = inspect.signature(f.fn).parameters.get("request") if f.fn else None
+        if param is not None:
+            assert param.kind is inspect.Parameter.POSITIONAL_OR_KEYWORD, f.name

@@ -640,6 +640,47 @@ def test_generate_cancel_a_run_waiting_for_a_slot(browser, studio, monkeypatch):
     ctx_a.close()
     ctx_b.close()
 
+
+def test_evaluate_cancel_during_a_slow_check_never_shows_error(browser, studio, monkeypatch):
+    """The Evaluate tab's Cancel, with a stand-in novelty job whose next cancel check comes
+    2 s after Cancel (the same `cancels=` race as Generate's): only "Cancelling…" then
+    "Cancelled.", never "Error", and no call to Gradio's /cancel."""
+    from evaluation.errors import EvaluationCancelled
+    from studio import evaluate_view
+
+    def slow_novelty(db_path, syn, ref, *, measures, on_progress, cancel):
+        on_progress(0.5, "novelty")
+        cancel.wait(60)
+        time.sleep(2.0)
+        raise EvaluationCancelled("cancelled")
+
+    monkeypatch.setattr(evaluate_view, "synthetic_input", lambda *a: [])
+    monkeypatch.setattr(evaluate_view, "reference_input", lambda *a: [])
+    monkeypatch.setattr(evaluate_view, "novelty_job", slow_novelty)
+    ctx = browser.new_context(viewport={"width": 1360, "height": 900})
+    page = ctx.new_page()
+    cancels = []
+    page.on("request", lambda r: cancels.append(r.url) if r.url.endswith("/cancel") else None)
+    _login(page, studio["url"])
+    page.get_by_role("tab", name="Evaluate").click()
+    page.wait_for_selector("#eval-novelty", state="visible", timeout=30_000)
+    page.evaluate(WATCH_STATUS.replace("#gen-status", "#eval-status"))
+    page.click("#eval-novelty")
+    page.wait_for_function("() => document.querySelector('#eval-status').innerText.trim()"
+                           " === 'novelty: 50%'", timeout=30_000)
+    page.click("#eval-cancel")
+    page.wait_for_function("() => document.querySelector('#eval-status').innerText.trim()"
+                           " === 'Cancelled.'", timeout=30_000)
+    time.sleep(1.5)
+    seen = page.evaluate("() => window.__seen")
+    assert not [t for t in seen if "Error" in t], seen
+    assert any(t.strip() == "Cancelling…" for t in seen), seen
+    assert page.inner_text("#eval-status").strip() == "Cancelled." and cancels == []
+    page.click("#eval-cancel")  # nothing running: the status stays
+    time.sleep(1.0)
+    assert page.inner_text("#eval-status").strip() == "Cancelled."
+    ctx.close()
+
 def _pick_study(page, name: str):
     page.click("#study-select input")
     page.keyboard.press("Control+A")
