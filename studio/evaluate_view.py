@@ -25,12 +25,15 @@ import gradio as gr
 
 from evaluation.errors import EvaluationCancelled, EvaluationError
 from evaluation.images import ImageRef, list_images
+from studio.run_slots import RunSlots
 
 SYNTHETIC_SOURCES = ("Generation batch", "Folder on the server", "Upload a zip")
 REFERENCE_SOURCES = ("Folder on the server", "A study's real images")
 FEATURE_CHOICES = ("pixels", "inception")
-_RUNNING: dict[str, threading.Event] = {}
-_LOCK = threading.Lock()
+# One evaluation at a time in this process; Gradio lets up to EVALUATE_ADMITTED requests
+# into the handler, where the rest wait and Cancel reaches them (studio/run_slots.py).
+SLOTS = RunSlots(limit=1)
+EVALUATE_ADMITTED = 4
 
 
 def evaluations_root(db_path) -> pathlib.Path:
@@ -166,12 +169,28 @@ def build_evaluate_tab(db_path, guard, *, batches_dir=None) -> EvaluateTab:
         return (gr.update(choices=generate_view.batch_choices(db_path, batches_dir)),
                 gr.update(choices=study_names(db_path)))
 
-    def run(kind, syn_src, batch_, syn_folder_, upload_, ref_src, ref_folder_, study_, measures_, features_,
-            weights_, by_, request: gr.Request):
+    def run(kind, ticket, syn_src, batch_, syn_folder_, upload_, ref_src, ref_folder_, study_, measures_,
+            features_, weights_, by_, request: gr.Request):
         guard(request)
-        cancel = threading.Event()
-        with _LOCK:
-            _RUNNING[request.session_hash] = cancel
+        slots = SLOTS  # the same pool from start to end
+        cancel = slots.begin(request.session_hash, ticket, kind)
+        if cancel is None:  # Cancel came while the request was on its way: never starts
+            yield "Cancelled.", gr.update(), gr.update()
+            return
+        try:
+            if not slots.try_slot():
+                yield "Waiting for the running evaluation to finish…", gr.update(), gr.update()
+                if not slots.wait_slot(cancel):
+                    yield "Cancelled.", gr.update(), gr.update()
+                    return
+            yield from _run(slots, kind, cancel, syn_src, batch_, syn_folder_, upload_, ref_src, ref_folder_,
+                            study_, measures_, features_, weights_, by_)
+        finally:
+            slots.end(request.session_hash, cancel)
+
+    def _run(slots, kind, cancel, syn_src, batch_, syn_folder_, upload_, ref_src, ref_folder_, study_,
+             measures_, features_, weights_, by_):
+        """The evaluation itself, holding the slot (freed when its worker ends)."""
         events: queue.Queue = queue.Queue()
         box: dict = {}
         work = pathlib.Path(tempfile.mkdtemp(prefix="medisyn-eval-"))
@@ -192,6 +211,7 @@ def build_evaluate_tab(db_path, guard, *, batches_dir=None) -> EvaluateTab:
                 box["error"] = exc
             finally:
                 shutil.rmtree(work, ignore_errors=True)
+                slots.free_slot()
                 events.put(None)
 
         threading.Thread(target=work_fn, daemon=True).start()
@@ -206,9 +226,6 @@ def build_evaluate_tab(db_path, guard, *, batches_dir=None) -> EvaluateTab:
         finally:
             if "out" not in box and "error" not in box:
                 cancel.set()  # the browser went away: stop the worker too
-            with _LOCK:
-                if _RUNNING.get(request.session_hash) is cancel:
-                    del _RUNNING[request.session_hash]
         if "error" in box:
             exc = box["error"]
             if isinstance(exc, EvaluationCancelled):
@@ -220,29 +237,45 @@ def build_evaluate_tab(db_path, guard, *, batches_dir=None) -> EvaluateTab:
         text, report_path, out_files = box["out"]
         yield text, report_iframe(report_path), [str(f) for f in out_files]
 
-    def run_novelty_ev(*args, request: gr.Request):
-        yield from run("novelty", *args, request=request)
+    # Every input a named parameter: Gradio passes `request` only to a positional parameter
+    # (with `*args, request` the handler got none and failed at once).
+    def run_novelty_ev(ticket, syn_src, batch_, syn_folder_, upload_, ref_src, ref_folder_, study_, measures_,
+                       features_, weights_, by_, request: gr.Request):
+        yield from run("novelty", ticket, syn_src, batch_, syn_folder_, upload_, ref_src, ref_folder_, study_,
+                       measures_, features_, weights_, by_, request=request)
 
-    def run_fidelity_ev(*args, request: gr.Request):
-        yield from run("fidelity", *args, request=request)
+    def run_fidelity_ev(ticket, syn_src, batch_, syn_folder_, upload_, ref_src, ref_folder_, study_, measures_,
+                        features_, weights_, by_, request: gr.Request):
+        yield from run("fidelity", ticket, syn_src, batch_, syn_folder_, upload_, ref_src, ref_folder_, study_,
+                       measures_, features_, weights_, by_, request=request)
+
+    def click_novelty(request: gr.Request):
+        guard(request)
+        return SLOTS.click(request.session_hash, "novelty")
+
+    def click_fidelity(request: gr.Request):
+        guard(request)
+        return SLOTS.click(request.session_hash, "fidelity")
 
     def on_cancel(request: gr.Request):
+        """Stop this session's evaluations: a running one at its next check, one waiting or
+        still on its way at once. With nothing to cancel, the status stays."""
         guard(request)
-        with _LOCK:
-            ev = _RUNNING.get(request.session_hash)
-        if ev is None:
-            return gr.update()
-        ev.set()
-        return "Cancelling…"
+        return "Cancelling…" if SLOTS.cancel(request.session_hash) else gr.update()
 
     private = dict(api_visibility="private")
     inputs = [syn_source, batch, syn_folder, syn_upload, ref_source, ref_folder, ref_study, measures, features,
               weights, by]
-    nov = run_nov.click(run_novelty_ev, inputs, [status, report, files], concurrency_limit=1,
-                        concurrency_id="evaluate", **private)
-    fid = run_fid.click(run_fidelity_ev, inputs, [status, report, files], concurrency_limit=1,
-                        concurrency_id="evaluate", **private)
-    stop.click(on_cancel, None, [status], queue=False, cancels=[nov, fid], **private)
+    # A click takes a ticket at once (no queue), so a Cancel before the run starts stops it
+    # too. No `cancels=`: Gradio's /cancel makes the page show "Error" (run_slots.py).
+    nov_ticket, fid_ticket = gr.State(0), gr.State(0)
+    run_nov.click(click_novelty, None, [nov_ticket], queue=False, **private).then(
+        run_novelty_ev, [nov_ticket, *inputs], [status, report, files],
+        concurrency_limit=EVALUATE_ADMITTED, concurrency_id="evaluate", **private)
+    run_fid.click(click_fidelity, None, [fid_ticket], queue=False, **private).then(
+        run_fidelity_ev, [fid_ticket, *inputs], [status, report, files],
+        concurrency_limit=EVALUATE_ADMITTED, concurrency_id="evaluate", **private)
+    stop.click(on_cancel, None, [status], queue=False, **private)
 
     def wire(study_dd):
         study_dd.change(refresh_choices, None, [batch, ref_study], **private)

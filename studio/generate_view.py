@@ -26,6 +26,8 @@ import time
 import gradio as gr
 import numpy as np
 
+from studio.run_slots import RunSlots
+
 
 LOCAL_PATH = "__local__"
 MAX_IMAGES = 16
@@ -33,11 +35,10 @@ MAX_STEPS = 150
 
 _MODELS: dict[str, object] = {}
 _MODELS_LOCK = threading.Lock()
-# Per browser session: the cancel flags of its running generations, and how many of its
-# requests wait in the queue (Cancel must stop those too, and say nothing when idle).
-_RUNNING: dict[str, set[threading.Event]] = {}
-_QUEUED: dict[str, int] = {}
-_SESSIONS_LOCK = threading.Lock()
+# Generations at once in this process; Gradio lets up to GENERATE_ADMITTED requests into
+# the handler, where the rest wait for a slot and Cancel reaches them (studio/run_slots.py).
+SLOTS = RunSlots(limit=2)
+GENERATE_ADMITTED = 8
 
 
 def batches_root(db_path, batches_dir=None) -> pathlib.Path:
@@ -410,19 +411,32 @@ def build_generate_tab(db_path, guard, *, model=None, batches_dir=None) -> Gener
         guard(request)
         return secrets.randbelow(2**31)
 
-    def on_generate(key, local, prompt_, neg_, seed_, n_, steps_, guidance_, sched_, modality_, loras_,
-                    request: gr.Request):
+    def on_generate(ticket, key, local, prompt_, neg_, seed_, n_, steps_, guidance_, sched_, modality_,
+                    loras_, request: gr.Request):
         guard(request)
+        session, slots = request.session_hash, SLOTS  # the same pool from start to end
+        cancel = slots.begin(session, ticket, "generate")
+        if cancel is None:  # Cancel came while the request was on its way: never starts
+            yield gr.update(), gr.update(), "Cancelled.", gr.update()
+            return
+        try:
+            yield from _generate(slots, cancel, key, local, prompt_, neg_, seed_, n_, steps_, guidance_,
+                                 sched_, modality_, loras_)
+        finally:
+            slots.end(session, cancel)
+
+    def _generate(slots, cancel, key, local, prompt_, neg_, seed_, n_, steps_, guidance_, sched_, modality_,
+                  loras_):
         try:
             location = model_location(key, local)
             loras_ = lora_specs(loras_)
         except (ValueError, KeyError) as exc:
             raise gr.Error(str(exc)) from None
-        session = request.session_hash
-        cancel = threading.Event()
-        with _SESSIONS_LOCK:
-            _QUEUED[session] = max(0, _QUEUED.get(session, 0) - 1)
-            _RUNNING.setdefault(session, set()).add(cancel)
+        if not slots.try_slot():
+            yield gr.update(), gr.update(), "Waiting for a free generation slot…", gr.update()
+            if not slots.wait_slot(cancel):  # cancelled while waiting: nothing started
+                yield gr.update(), gr.update(), "Cancelled.", gr.update()
+                return
         events: queue.Queue = queue.Queue()
         box: dict = {}
 
@@ -439,6 +453,7 @@ def build_generate_tab(db_path, guard, *, model=None, batches_dir=None) -> Gener
             except BaseException as exc:  # reported below, in the request thread
                 box["error"] = exc
             finally:
+                slots.free_slot()
                 events.put(None)
 
         threading.Thread(target=work, daemon=True).start()
@@ -452,9 +467,8 @@ def build_generate_tab(db_path, guard, *, model=None, batches_dir=None) -> Gener
                 step, total = ev
                 yield gr.update(), gr.update(), f"Step {step} / {total}", gr.update()
         finally:
-            cancel.set() if "batch" not in box and "error" not in box else None
-            with _SESSIONS_LOCK:
-                _RUNNING.get(session, set()).discard(cancel)
+            if "batch" not in box and "error" not in box:
+                cancel.set()  # the browser went away: stop the worker too
         if "error" in box:
             exc = box["error"]
             if type(exc).__name__ in ("GenerationCancelled", "Cancelled", "CancelledError"):
@@ -470,21 +484,15 @@ def build_generate_tab(db_path, guard, *, model=None, batches_dir=None) -> Gener
                   f"“{html.escape(b.prompt_seen, quote=False)}” (the batch manifest keeps that text)."),
                str(b.folder))
 
-    def on_queued(request: gr.Request):
+    def on_click(request: gr.Request):
         guard(request)
-        with _SESSIONS_LOCK:
-            _QUEUED[request.session_hash] = _QUEUED.get(request.session_hash, 0) + 1
+        return SLOTS.click(request.session_hash, "generate")
 
     def on_cancel(request: gr.Request):
-        """Stop this session's running generations at their next step; queued ones are
-        dropped by Gradio (`cancels=`). With nothing to cancel, the status is left alone."""
+        """Stop this session's generations: a running one at its next step, one waiting for
+        a slot or still on its way at once. With nothing to cancel, the status stays."""
         guard(request)
-        with _SESSIONS_LOCK:
-            running = list(_RUNNING.get(request.session_hash, ()))
-            queued = _QUEUED.pop(request.session_hash, 0)
-        for ev in running:
-            ev.set()
-        return "Cancelled." if running or queued else gr.update()
+        return "Cancelled." if SLOTS.cancel(request.session_hash) else gr.update()
 
     def on_send(batch_folder, study, request: gr.Request):
         guard(request)
@@ -507,14 +515,15 @@ def build_generate_tab(db_path, guard, *, model=None, batches_dir=None) -> Gener
     for f in fields:
         f.input(on_field, [preset_dd, *fields], [prompt], **private)
     dice.click(on_dice, None, [seed], **private)
-    # on_queued runs at once (no queue), so a Cancel clicked while the request still waits
-    # for a generation slot knows there is something to cancel.
-    run = go.click(on_queued, None, None, queue=False, **private).then(
-        on_generate, [model_dd, local_path, prompt, negative, seed, n_images, steps,
+    # The click takes a ticket at once (no queue), so a Cancel before the run starts stops
+    # it too. No `cancels=`: Gradio's /cancel makes the page show "Error" (run_slots.py).
+    ticket = gr.State(0)
+    go.click(on_click, None, [ticket], queue=False, **private).then(
+        on_generate, [ticket, model_dd, local_path, prompt, negative, seed, n_images, steps,
                       guidance, scheduler, modality, lora_dd],
-        [gallery, files, status, batch_state], concurrency_limit=2,
+        [gallery, files, status, batch_state], concurrency_limit=GENERATE_ADMITTED,
         concurrency_id="generate", **private)
-    stop.click(on_cancel, None, [status], queue=False, cancels=[run], **private)
+    stop.click(on_cancel, None, [status], queue=False, **private)
 
     def wire(study_dd):
         send_btn.click(on_send, [batch_state, study_dd], [send_msg], **private)

@@ -77,14 +77,80 @@ def test_evaluate_handlers_check_the_admin_and_are_private(study):
     for name in ("run_novelty_ev", "run_fidelity_ev"):
         intruder = types.SimpleNamespace(username="mallory", session_hash="s1")
         with pytest.raises(gr.Error, match="Not authorised"):
-            next(fns[name].fn(*args, request=intruder))
+            next(fns[name].fn(1, *args, request=intruder))
     with pytest.raises(gr.Error, match="Not authorised"):
         fns["on_cancel"].fn(request=types.SimpleNamespace(username=None, session_hash="s1"))
     # the admin gets the library's error for a bad reference folder, as one message
     admin = types.SimpleNamespace(username="admin", session_hash="s2")
     bad = ["Folder on the server", None, "/nonexistent-synthetic", None, "Folder on the server", "/", None,
            ["pixel"], "pixels", "", ""]
-    gen = fns["run_novelty_ev"].fn(*bad, request=admin)
+    gen = fns["run_novelty_ev"].fn(1, *bad, request=admin)
     assert next(gen)[0] == "Starting…"
     with pytest.raises(gr.Error, match="no such folder"):
         list(gen)
+
+
+def test_evaluate_cancel_ends_running_and_waiting_runs_without_gradios_cancel(study, monkeypatch):
+    """One evaluation at a time: b's run waits inside its handler and its Cancel ends it at
+    once, unstarted; a's Cancel stops a at its next check. Every run returns normally, and no
+    event uses Gradio's `cancels=` (whose /cancel made the page show "Error")."""
+    import threading
+
+    from evaluation.errors import EvaluationCancelled
+    from studio.run_slots import RunSlots
+
+    tmp, db = study
+    started = []
+
+    def fake_novelty(db_path, syn, ref, *, measures, on_progress, cancel):
+        started.append(1)
+        on_progress(0.5, "novelty")
+        cancel.wait(30)
+        raise EvaluationCancelled("cancelled")
+
+    monkeypatch.setattr(evaluate_view, "novelty_job", fake_novelty)
+    monkeypatch.setattr(evaluate_view, "SLOTS", RunSlots(limit=1))
+    blocks = admin_view.build_admin_blocks(db, _Auth())
+    assert not [d for d in blocks.get_config_file()["dependencies"] if d.get("cancels")]
+    fns = {f.fn.__qualname__.split(".")[0] + "." + f.name: f.fn for f in blocks.fns.values()}
+    args = ["Folder on the server", None, str(tmp / "data" / "synthetic"), None, "A study's real images", None,
+            "pilot", ["pixel"], "pixels", "", ""]
+
+    def handlers(session):
+        req = types.SimpleNamespace(username="admin", session_hash=session)
+        click = lambda: fns["build_evaluate_tab.click_novelty"](request=req)  # noqa: E731
+        run = lambda: fns["build_evaluate_tab.run_novelty_ev"](click(), *args, request=req)  # noqa: E731
+        cancel = lambda: fns["build_evaluate_tab.on_cancel"](request=req)  # noqa: E731
+        return run, cancel
+
+    run_a, cancel_a = handlers("a")
+    run_b, cancel_b = handlers("b")
+    a = run_a()
+    assert [next(a)[0], next(a)[0]] == ["Starting…", "novelty: 50%"]
+    b = run_b()
+    assert next(b)[0] == "Waiting for the running evaluation to finish…"
+    rest_b: list = []
+    waiter = threading.Thread(target=lambda: rest_b.extend(b))
+    waiter.start()
+    waiter.join(0.3)
+    assert waiter.is_alive()
+    assert cancel_b() == "Cancelling…"
+    waiter.join(5)
+    assert not waiter.is_alive() and [o[0] for o in rest_b] == ["Cancelled."]
+    assert started == [1]  # b never started
+    assert cancel_a() == "Cancelling…"
+    assert [o[0] for o in a] == ["Cancelled."]
+    assert cancel_a() == gr.update()  # nothing left: the status stays
+
+
+def test_every_admin_handler_gets_the_request(study):
+    """Gradio passes `gr.Request` only to a positional parameter: the Evaluate buttons had
+    `(*args, request)` and failed at once in the browser (missing request)."""
+    import inspect
+
+    _, db = study
+    blocks = admin_view.build_admin_blocks(db, _Auth())
+    for f in blocks.fns.values():
+        param = inspect.signature(f.fn).parameters.get("request") if f.fn else None
+        if param is not None:
+            assert param.kind is inspect.Parameter.POSITIONAL_OR_KEYWORD, f.name

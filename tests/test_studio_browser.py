@@ -552,6 +552,137 @@ def test_generate_cancel(browser, studio):
     ctx.close()
 
 
+
+# Every text #gen-status shows, even for a few milliseconds (Gradio's "Error" tracker came
+# and went within 40 ms when the page handled /cancel's reply last).
+WATCH_STATUS = """() => { const el = document.querySelector('#gen-status'); window.__seen = [];
+  const note = () => window.__seen.push(el.innerText);
+  new MutationObserver(note).observe(el, {subtree: true, childList: true, characterData: true,
+                                          attributes: true}); }"""
+
+
+def _start_long_run(page, url):
+    _open_generate(page, url)
+    page.evaluate(WATCH_STATUS)
+    page.fill("#gen-prompt textarea", "Axial CT image of the head")
+    _set_slider(page, "Images", 4)
+    _set_slider(page, "Steps", 150)
+    page.click("#gen-go")
+
+
+def _wait_status(page, pred_js: str, timeout=60_000):
+    page.wait_for_function(f"() => (t => {pred_js})(document.querySelector('#gen-status').innerText.trim())",
+                           timeout=timeout)
+
+
+def test_generate_cancel_during_a_slow_step_never_shows_error(browser, studio, monkeypatch):
+    """Cancel while the step in progress takes 2 s more: the run is still going when the
+    browser's Cancel lands. With Gradio's `cancels=` that showed "Error" every time; the
+    status must only ever say "Cancelled." (and the page never calls Gradio's /cancel)."""
+    from studio import generate_view
+
+    real = generate_view.run_generation
+
+    def slow_after_cancel(location, *, on_step, cancel, **kw):
+        def step(*a):
+            on_step(*a)
+            if cancel.is_set():
+                time.sleep(2.0)
+        return real(location, on_step=step, cancel=cancel, **kw)
+
+    monkeypatch.setattr(generate_view, "run_generation", slow_after_cancel)
+    before = _batch_folders(studio["db"])
+    ctx = browser.new_context(viewport={"width": 1360, "height": 900})
+    page = ctx.new_page()
+    cancels = []
+    page.on("request", lambda r: cancels.append(r.url) if r.url.endswith("/cancel") else None)
+    _start_long_run(page, studio["url"])
+    _wait_status(page, "t.startsWith('Step ')")
+    page.click("#gen-cancel")
+    _wait_status(page, "t === 'Cancelled.'", timeout=30_000)
+    time.sleep(3.0)  # past the slow step: the run has ended
+    seen = page.evaluate("() => window.__seen")
+    assert not [t for t in seen if "Error" in t], seen
+    assert page.inner_text("#gen-status").strip() == "Cancelled." and cancels == []
+    assert page.locator("#gen-gallery img").count() == 0
+    assert _batch_folders(studio["db"]) == before
+    ctx.close()
+
+
+def test_generate_cancel_a_run_waiting_for_a_slot(browser, studio, monkeypatch):
+    """One slot: tab B's run waits for tab A's; B's Cancel ends B at once (nothing made),
+    A goes on; then A's Cancel stops A. Neither tab ever shows "Error"."""
+    from studio import generate_view
+    from studio.run_slots import RunSlots
+
+    monkeypatch.setattr(generate_view, "SLOTS", RunSlots(limit=1))
+    before = _batch_folders(studio["db"])
+    ctx_a = browser.new_context(viewport={"width": 1360, "height": 900})
+    ctx_b = browser.new_context(viewport={"width": 1360, "height": 900})
+    a, b = ctx_a.new_page(), ctx_b.new_page()
+    _start_long_run(a, studio["url"])
+    _wait_status(a, "t.startsWith('Step ')")
+    _start_long_run(b, studio["url"])
+    _wait_status(b, "t === 'Waiting for a free generation slot…'")
+    t0 = time.monotonic()
+    b.click("#gen-cancel")
+    _wait_status(b, "t === 'Cancelled.'", timeout=10_000)
+    assert time.monotonic() - t0 < 5
+    step = int(re.match(r"Step (\d+)", a.inner_text("#gen-status")).group(1))
+    _wait_status(a, f"t.startsWith('Step ') && parseInt(t.slice(5)) > {step}")  # A goes on
+    a.click("#gen-cancel")
+    _wait_status(a, "t === 'Cancelled.'", timeout=30_000)
+    time.sleep(1.5)
+    for page in (a, b):
+        seen = page.evaluate("() => window.__seen")
+        assert not [t for t in seen if "Error" in t], seen
+        assert page.inner_text("#gen-status").strip() == "Cancelled."
+    assert not [t for t in b.evaluate("() => window.__seen") if t.startswith("Step")]  # B never ran
+    assert _batch_folders(studio["db"]) == before
+    ctx_a.close()
+    ctx_b.close()
+
+
+def test_evaluate_cancel_during_a_slow_check_never_shows_error(browser, studio, monkeypatch):
+    """The Evaluate tab's Cancel, with a stand-in novelty job whose next cancel check comes
+    2 s after Cancel (the same `cancels=` race as Generate's): only "Cancelling…" then
+    "Cancelled.", never "Error", and no call to Gradio's /cancel."""
+    from evaluation.errors import EvaluationCancelled
+    from studio import evaluate_view
+
+    def slow_novelty(db_path, syn, ref, *, measures, on_progress, cancel):
+        on_progress(0.5, "novelty")
+        cancel.wait(60)
+        time.sleep(2.0)
+        raise EvaluationCancelled("cancelled")
+
+    monkeypatch.setattr(evaluate_view, "synthetic_input", lambda *a: [])
+    monkeypatch.setattr(evaluate_view, "reference_input", lambda *a: [])
+    monkeypatch.setattr(evaluate_view, "novelty_job", slow_novelty)
+    ctx = browser.new_context(viewport={"width": 1360, "height": 900})
+    page = ctx.new_page()
+    cancels = []
+    page.on("request", lambda r: cancels.append(r.url) if r.url.endswith("/cancel") else None)
+    _login(page, studio["url"])
+    page.get_by_role("tab", name="Evaluate").click()
+    page.wait_for_selector("#eval-novelty", state="visible", timeout=30_000)
+    page.evaluate(WATCH_STATUS.replace("#gen-status", "#eval-status"))
+    page.click("#eval-novelty")
+    page.wait_for_function("() => document.querySelector('#eval-status').innerText.trim()"
+                           " === 'novelty: 50%'", timeout=30_000)
+    page.click("#eval-cancel")
+    page.wait_for_function("() => document.querySelector('#eval-status').innerText.trim()"
+                           " === 'Cancelled.'", timeout=30_000)
+    time.sleep(1.5)
+    seen = page.evaluate("() => window.__seen")
+    assert not [t for t in seen if "Error" in t], seen
+    assert any(t.strip() == "Cancelling…" for t in seen), seen
+    assert page.inner_text("#eval-status").strip() == "Cancelled." and cancels == []
+    page.click("#eval-cancel")  # nothing running: the status stays
+    time.sleep(1.0)
+    assert page.inner_text("#eval-status").strip() == "Cancelled."
+    ctx.close()
+
 def _pick_study(page, name: str):
     page.click("#study-select input")
     page.keyboard.press("Control+A")

@@ -12,6 +12,7 @@ import pathlib
 import stat
 import zipfile
 
+import gradio as gr
 import numpy as np
 import pytest
 
@@ -1089,6 +1090,130 @@ def test_generate_tab_lora_picker_lists_local_adapters_and_records_them(tmp_path
         generate_view.run_generation(tiny_model, prompt=CAPTION, steps=2, out_root=tmp_path / "b",
                                      loras=[str(tmp_path / "missing.safetensors")])
 
+
+
+# --------------------------------------------------------------- Generate tab: Cancel
+class _AdminOnly:
+    def is_admin(self, username):
+        return username == "admin"
+
+
+@pytest.fixture
+def generate_handlers(tmp_path, monkeypatch):
+    """The Generate tab's handlers with one generation slot and a stand-in generation that
+    reports step 1, then waits for Cancel (or `finish`) — no model, no timing."""
+    import threading
+    import types
+
+    from model_runtime.generation import GenerationCancelled
+    from studio import generate_view
+    from studio.run_slots import RunSlots
+
+    calls, finish = [], threading.Event()
+
+    def fake_generation(location, *, on_step, cancel, out_root, **kw):
+        calls.append(kw["prompt"])
+        on_step(1, 10)
+        while not (cancel.wait(0.01) or finish.is_set()):
+            pass
+        if cancel.is_set():
+            raise GenerationCancelled("cancelled")
+        return types.SimpleNamespace(images=[], seeds=[], files=[], seconds=0.1, batch_id="b1",
+                                     prompt_seen=None, folder=out_root / "b1")
+
+    monkeypatch.setattr(generate_view, "run_generation", fake_generation)
+    monkeypatch.setattr(generate_view, "SLOTS", RunSlots(limit=1))
+    model = tmp_path / "model"
+    model.mkdir()
+    (model / "model_index.json").write_text("{}")
+    db, _, _ = make_loud_study(tmp_path)
+    blocks = admin_view.build_admin_blocks(db, _AdminOnly())
+    fns = {f.fn.__qualname__.split(".")[0] + "." + f.name: f.fn for f in blocks.fns.values()}
+
+    def h(name):
+        return fns[f"build_generate_tab.{name}"]
+
+    def session(name):
+        req = types.SimpleNamespace(username="admin", session_hash=name)
+        return dict(
+            click=lambda: h("on_click")(request=req),
+            cancel=lambda: h("on_cancel")(request=req),
+            run=lambda ticket, prompt="x": h("on_generate")(
+                ticket, generate_view.LOCAL_PATH, str(model), prompt, "", 1, 1, 10, 7.5, None, "", [],
+                request=req))
+
+    return types.SimpleNamespace(session=session, calls=calls, finish=finish, blocks=blocks)
+
+
+def _status(outputs) -> str:
+    return outputs[2]
+
+
+def test_generate_cancel_never_goes_through_gradios_cancel(generate_handlers):
+    """Gradio's `cancels=` ends a stopped event with an empty message that the page shows as
+    "Error" over "Cancelled." (the flaky test_generate_cancel): no admin event uses it."""
+    deps = generate_handlers.blocks.get_config_file()["dependencies"]
+    assert deps and not [d for d in deps if d.get("cancels")]
+
+
+def test_generate_cancel_stops_a_running_generation_which_ends_normally(generate_handlers):
+    a = generate_handlers.session("a")
+    gen = a["run"](a["click"]())
+    assert _status(next(gen)) in ("Loading the model…", "Starting…")
+    assert _status(next(gen)) == "Step 1 / 10"
+    assert a["cancel"]() == "Cancelled."
+    assert [_status(o) for o in gen] == ["Cancelled."]  # the run returns; nothing raised
+    assert a["cancel"]() == gr.update()  # nothing left to cancel: the status stays
+
+
+def test_generate_cancel_drops_a_run_waiting_for_a_slot_at_once(generate_handlers):
+    """One slot, held by session a: b's run waits in its handler; b's Cancel ends it at
+    once without starting it, and a's run goes on."""
+    import threading
+
+    a, b = generate_handlers.session("a"), generate_handlers.session("b")
+    run_a = a["run"](a["click"](), "a")
+    next(run_a), next(run_a)  # a holds the slot, at step 1
+    run_b = b["run"](b["click"](), "b")
+    assert _status(next(run_b)) == "Waiting for a free generation slot…"
+    rest: list = []
+    waiter = threading.Thread(target=lambda: rest.extend(run_b))  # blocks until a slot or Cancel
+    waiter.start()
+    waiter.join(0.3)
+    assert waiter.is_alive() and not rest
+    assert b["cancel"]() == "Cancelled."
+    waiter.join(5)
+    assert not waiter.is_alive() and [_status(o) for o in rest] == ["Cancelled."]
+    assert generate_handlers.calls == ["a"]  # b never started
+    generate_handlers.finish.set()  # a finishes normally, untouched by b's Cancel
+    assert "image(s) in" in _status(list(run_a)[-1])
+
+
+def test_generate_cancel_between_click_and_start_drops_that_run_only(generate_handlers):
+    a = generate_handlers.session("a")
+    ticket = a["click"]()
+    assert a["cancel"]() == "Cancelled."  # the request is still on its way
+    assert [_status(o) for o in a["run"](ticket)] == ["Cancelled."]
+    assert generate_handlers.calls == []
+    assert a["cancel"]() == gr.update()
+    gen = a["run"](a["click"]())  # the next click runs
+    next(gen)
+    assert _status(next(gen)) == "Step 1 / 10"
+    generate_handlers.finish.set()
+    assert "image(s) in" in _status(list(gen)[-1])
+
+
+def test_generate_clicks_dropped_by_the_browser_are_not_left_to_cancel(generate_handlers):
+    """A double click, or a click while this tab's run goes on, is dropped by the browser
+    (Gradio's trigger_mode "once"); after the run, an idle Cancel leaves the status alone."""
+    a = generate_handlers.session("a")
+    a["click"]()  # double click: the page runs one of the two
+    gen = a["run"](a["click"]())
+    next(gen), next(gen)
+    a["click"]()  # during the run: never comes either
+    generate_handlers.finish.set()
+    assert "image(s) in" in _status(list(gen)[-1])
+    assert a["cancel"]() == gr.update()
 
 def _queue_event(client, fn_index: int, data: list, token: str, session: str) -> list:
     """One event as the browser sends it (join, then read the event stream)."""
