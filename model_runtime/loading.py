@@ -11,6 +11,8 @@ image (inpainting, ControlNet ...) are refused before any weight is read (:func:
 """
 from __future__ import annotations
 
+import atexit
+import contextlib
 import dataclasses
 import hashlib
 import json
@@ -272,7 +274,7 @@ def load(model: str | os.PathLike, *, device: str | None = None, dtype: str | to
     loaded.config_path = root
     if opts.hash_weights:
         # hashing a multi-GB checkpoint takes seconds: do it while the user types a prompt
-        threading.Thread(target=lambda: loaded.weights_hash, name="weights-hash", daemon=True).start()
+        _hash_in_background(loaded)
     log.info("loaded %r", loaded)
     return loaded
 
@@ -555,6 +557,33 @@ _file_hash_cache: dict[tuple[str, int, int], str] = {}
 _file_hash_lock = threading.Lock()
 
 
+class HashingStopped(Exception):
+    """A background weights hash stopped because the interpreter is exiting."""
+
+
+_stop_hashing = threading.Event()
+_hashers: list[threading.Thread] = []
+
+
+def _hash_in_background(loaded: LoadedModel) -> None:
+    def run():
+        with contextlib.suppress(HashingStopped):
+            loaded.weights_hash  # cached on the model; asked for again, it is computed then
+    thread = threading.Thread(target=run, name="weights-hash", daemon=True)
+    _hashers[:] = [t for t in _hashers if t.is_alive()] + [thread]
+    thread.start()
+
+
+@atexit.register
+def _stop_background_hashing() -> None:
+    """Stop and join background hashes before the interpreter exits: a daemon thread still
+    hashing then made one exit in four abort ("terminate called without an active
+    exception", exit status 134) after a script had loaded a model and finished."""
+    _stop_hashing.set()
+    for thread in list(_hashers):
+        thread.join(timeout=10)
+
+
 def file_sha256(path: pathlib.Path) -> str:
     """sha256 of a file. In the Hugging Face cache the blob's name already is its sha256."""
     if path.is_symlink():
@@ -567,8 +596,13 @@ def file_sha256(path: pathlib.Path) -> str:
         cached = _file_hash_cache.get(key)
     if cached:
         return cached
+    h = hashlib.sha256()
     with path.open("rb") as fh:
-        digest = hashlib.file_digest(fh, "sha256").hexdigest()
+        while chunk := fh.read(1 << 20):
+            if _stop_hashing.is_set():  # the interpreter is exiting (see _stop_background_hashing)
+                raise HashingStopped(str(path))
+            h.update(chunk)
+    digest = h.hexdigest()
     with _file_hash_lock:
         _file_hash_cache[key] = digest
     return digest

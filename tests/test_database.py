@@ -414,3 +414,41 @@ def test_reading_without_snapshot_holds_no_read_transaction(tmp_path):
         finally:
             other.close()
         assert busy == 0 and log == done
+
+
+def test_a_checkpoint_keeps_reading_connections_but_not_their_pages(tmp_path):
+    """A checkpoint changes the database file's size and mtime: `reading` keeps its
+    connection (reopening made every thread of a busy server open one after each
+    checkpoint) but drops its cached pages, so a file copied over the database in place is
+    read afresh, as a new connection would."""
+    path = tmp_path / "s.db"
+    open_db(path).close()
+    write(path, _insert_study("first"))
+    with database.reading(path) as a:
+        conn = a.conn
+        assert [r[0] for r in a.execute("SELECT name FROM studies")] == ["first"]
+    write(path, _insert_study("second"))
+    before = path.stat()
+    other = sqlite3.connect(str(path))
+    try:
+        assert other.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()[0] == 0
+    finally:
+        other.close()
+    assert (path.stat().st_size, path.stat().st_mtime_ns) != (before.st_size, before.st_mtime_ns)
+    with database.reading(path) as b:
+        assert b.conn is conn  # kept across the checkpoint
+        assert [r[0] for r in b.execute("SELECT name FROM studies ORDER BY id")] == ["first", "second"]
+    # another study database copied over it in place (same inode), its log empty
+    elsewhere = tmp_path / "elsewhere.db"
+    open_db(elsewhere).close()
+    write(elsewhere, _insert_study("elsewhere"))
+    database.release_writers()  # (this thread's readers too: take a fresh one to keep)
+    with database.reading(path) as c:
+        kept = c.conn
+        assert c.execute("SELECT count(*) FROM studies").fetchone()[0] == 2
+    inode = path.stat().st_ino
+    path.write_bytes(elsewhere.read_bytes())
+    assert path.stat().st_ino == inode
+    with database.reading(path) as d:
+        assert d.conn is kept
+        assert [r[0] for r in d.execute("SELECT name FROM studies")] == ["elsewhere"]

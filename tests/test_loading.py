@@ -298,7 +298,8 @@ def test_loading_shows_no_library_progress_bars(tiny_sd1_dir):
     import subprocess
     import sys
 
-    code = ("import sys; from model_runtime.loading import load; load(sys.argv[1]); "
+    code = ("import sys; from model_runtime.loading import load; "
+            "load(sys.argv[1], options={'hash_weights': False}); "
             "from diffusers.utils import logging as dl; print(dl.is_progress_bar_enabled())")
     env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1")
     proc = subprocess.run([sys.executable, "-c", code, str(tiny_sd1_dir)], capture_output=True,
@@ -306,3 +307,34 @@ def test_loading_shows_no_library_progress_bars(tiny_sd1_dir):
     assert proc.returncode == 0, proc.stderr
     assert "Loading" not in proc.stderr and "it/s" not in proc.stderr, proc.stderr
     assert proc.stdout.strip() == "True"  # the setting is restored after loading
+
+
+
+def test_background_hashing_is_stopped_and_joined_before_exit(tmp_path, monkeypatch):
+    """`load` hashes the weights in a daemon thread; at exit (atexit) it is stopped and
+    joined: a daemon thread still running when the interpreter finalised made one in four
+    scripts that loaded a model abort at exit (status 134, "terminate called without an
+    active exception"). The unfinished hash is not cached."""
+    import time
+
+    big = tmp_path / "weights.safetensors"
+    with open(big, "wb") as f:
+        f.truncate(8 << 30)  # sparse: no disk used, seconds to hash
+
+    class Model:  # what _hash_in_background asks of a LoadedModel
+        @property
+        def weights_hash(self):
+            return loading.file_sha256(big)
+
+    monkeypatch.setattr(loading, "_hashers", [])
+    loading._hash_in_background(Model())
+    time.sleep(0.3)
+    (thread,) = loading._hashers
+    assert thread.is_alive()  # still hashing
+    t0 = time.monotonic()
+    try:
+        loading._stop_background_hashing()
+        assert not thread.is_alive() and time.monotonic() - t0 < 5
+    finally:
+        loading._stop_hashing.clear()
+    assert not any(key[0] == str(big.resolve()) for key in loading._file_hash_cache)
