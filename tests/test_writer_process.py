@@ -22,7 +22,7 @@ from studies.database import commit_together, open_db
 from studies.errors import NotAuthorised, SessionError, StudyError
 from studies.readers import invite, reader_for_token
 from studies.session import next_case, submit
-from study_fixtures import copy_study, make_study
+from study_fixtures import copy_study, template  # noqa: F401
 
 HERE = pathlib.Path(__file__).resolve().parent
 
@@ -61,12 +61,6 @@ def die_unless_in(db, pid: int) -> str:
 
 
 # ---------------------------------------------------------------- fixtures
-@pytest.fixture(scope="module")
-def template(tmp_path_factory):
-    db, _ = make_study(tmp_path_factory.mktemp("writer"), "w")
-    return db
-
-
 @pytest.fixture
 def db(template, tmp_path, monkeypatch):
     monkeypatch.setenv("PYTHONPATH", str(HERE))  # so the writer finds this module's functions
@@ -100,7 +94,7 @@ def test_writes_run_in_the_writer_process_and_here_without_one(db):
 
 def test_submit_through_the_writer(db):
     writer_process.start(db)
-    ref = reader_for_token(db, invite(db, "w", "ann"))
+    ref = reader_for_token(db, invite(db, "pilot", "ann"))
     view = next_case(db, ref.reader_id)
     cid = uuid.uuid4().hex
     ack = submit(db, ref.reader_id, view.assignment_id, "turing", 5, 900, cid)
@@ -111,7 +105,7 @@ def test_submit_through_the_writer(db):
     # the library's errors arrive as themselves
     with pytest.raises(SessionError, match="different answer"):
         submit(db, ref.reader_id, view.assignment_id, "turing", 1, 900, cid)
-    other = reader_for_token(db, invite(db, "w", "bob"))
+    other = reader_for_token(db, invite(db, "pilot", "bob"))
     with pytest.raises(NotAuthorised, match="no such assignment"):
         submit(db, other.reader_id, view.assignment_id, "turing", 5, 900, uuid.uuid4().hex)
     assert writer_process.writer_for(db) is not None  # all of it went through the writer
@@ -176,7 +170,7 @@ def test_writer_dying_mid_request(db):
 
 def test_answers_are_kept_when_the_writer_is_killed_between_them(db):
     writer = writer_process.start(db)
-    ref = reader_for_token(db, invite(db, "w", "cy"))
+    ref = reader_for_token(db, invite(db, "pilot", "cy"))
     acks = []
     for i in range(4):
         if i == 2:
