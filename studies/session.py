@@ -166,11 +166,8 @@ def next_case(db_path: str | pathlib.Path, reader_id: int) -> CaseView | None:
      pair_view_id, pair_stored, modality, reopened_after, allow_back, total, answers_json,
      previous) = row
     answers = sorted(json.loads(answers_json))  # by response id: the latest last
-    previous = json.loads(previous) if previous else None
-    refusal = back_refusal(allowed=bool(allow_back), reopened_pending=reopened_after is not None,
-                           previous_kind=previous[0] if previous else None,
-                           previous_delayed=bool(previous and previous[1]),
-                           current_delayed=bool(delay) and reopened_after is None)
+    refusal = _back_refusal_given(allow_back, reopened_after is not None,
+                                  json.loads(previous) if previous else None, delay)
     since = reopened_after or 0
     answered = {task for rid, task, *_ in answers if rid > since}
     earlier = {task: rating for rid, task, rating, *_ in answers if rid <= since}
@@ -239,9 +236,16 @@ def _back_refusal_db(db, reader_id: int, allow_back, reopened_pending: bool,
     if not allow_back:  # the common forbidden case costs no query
         return BACK_FORBIDDEN
     prev = _previous_read(db, reader_id)
-    return back_refusal(allowed=True, reopened_pending=reopened_pending,
-                        previous_kind=prev[1] if prev else None,
-                        previous_delayed=bool(prev and prev[2]),
+    return _back_refusal_given(True, reopened_pending, prev[1:] if prev else None,
+                               current_delay)
+
+
+def _back_refusal_given(allow_back, reopened_pending: bool, previous, current_delay) -> str | None:
+    """`back_refusal` from stored values; `previous`: (kind, min_delay_s) of the last
+    completed read, or None."""
+    return back_refusal(allowed=bool(allow_back), reopened_pending=reopened_pending,
+                        previous_kind=previous[0] if previous else None,
+                        previous_delayed=bool(previous and previous[1]),
                         current_delayed=bool(current_delay) and not reopened_pending)
 
 
