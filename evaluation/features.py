@@ -72,17 +72,19 @@ class FeatureExtractor:
 
 def find_inception(weights=None) -> pathlib.Path:
     """The Inception TorchScript file: `weights`, $MEDISYN_INCEPTION or a cache folder; else an error."""
+    # nothing is downloaded: every way of missing the file names the offline alternative
+    offline = "or use --features pixels, which needs no weights"
     if weights:
         p = pathlib.Path(weights).expanduser()
         if not p.is_file():
-            raise EvaluationError(f"--weights: no such file: {p}")
+            raise EvaluationError(f"--weights: no such file: {p} ({offline})")
         return p
     env = os.environ.get("MEDISYN_INCEPTION")
     if env:
         p = pathlib.Path(env).expanduser()
         if p.is_file():
             return p
-        raise EvaluationError(f"MEDISYN_INCEPTION points to a missing file: {p}")
+        raise EvaluationError(f"MEDISYN_INCEPTION points to a missing file: {p} ({offline})")
     for folder in INCEPTION_CACHE:
         for name in INCEPTION_FILES:
             if (folder / name).is_file():
@@ -90,7 +92,7 @@ def find_inception(weights=None) -> pathlib.Path:
     raise EvaluationError(
         "the FID Inception weights are not on this machine and nothing is downloaded: get "
         "'inception-2015-12-05.pt' (the TorchScript file StyleGAN2-ADA and clean-fid use) and pass "
-        f"--weights FILE, set MEDISYN_INCEPTION, or put it in {INCEPTION_CACHE[0]}")
+        f"--weights FILE, set MEDISYN_INCEPTION, or put it in {INCEPTION_CACHE[0]}; {offline}")
 
 
 def load_extractor(spec: str, *, weights=None, device: str = "cpu", batch_size: int = 32) -> FeatureExtractor:
