@@ -243,7 +243,7 @@ def weighted_metrics(y_true: np.ndarray, probabilities: np.ndarray, n_classes: i
     present = np.unique(y_true)
     accuracy = weights @ correct / total
     recalls = [weights[:, y_true == c] @ correct[y_true == c] / weights[:, y_true == c].sum(axis=1) for c in present]
-    balanced = np.nanmean(np.vstack(recalls), axis=0)
+    balanced = _nanmean(np.vstack(recalls), axis=0)
     if len(present) < 2:
         auroc = np.full(len(weights), np.nan)
     elif n_classes == 2:
@@ -253,8 +253,8 @@ def weighted_metrics(y_true: np.ndarray, probabilities: np.ndarray, n_classes: i
         if len(present) == 2:
             auroc = _weighted_auc(probs[:, 1], y_true == present[1], weights)
         else:
-            auroc = np.nanmean(np.vstack([_weighted_auc(probs[:, j], y_true == c, weights)
-                                          for j, c in enumerate(present)]), axis=0)
+            auroc = _nanmean(np.vstack([_weighted_auc(probs[:, j], y_true == c, weights)
+                                        for j, c in enumerate(present)]), axis=0)
     return {"accuracy": accuracy, "balanced_accuracy": balanced, "auroc": auroc}
 
 
@@ -293,12 +293,13 @@ def holm(p_values: Sequence[float]) -> list[float]:
     return out
 
 
-def bootstrap_p(draws: np.ndarray) -> float:
+def bootstrap_p(draws: np.ndarray) -> float | None:
     """Two-sided bootstrap p-value for 'the difference is zero': twice the smaller tail share of the
-    replicates at or beyond zero, with the +1 correction that keeps it above zero."""
+    replicates at or beyond zero, with the +1 correction that keeps it above zero (Davison &
+    Hinkley 1997, ch. 4); None when no replicate is defined."""
     d = draws[np.isfinite(draws)]
     if len(d) == 0:
-        return float("nan")
+        return None
     tail = min(np.sum(d <= 0), np.sum(d >= 0))
     return float(min(1.0, 2.0 * (tail + 1) / (len(d) + 1)))
 
@@ -473,7 +474,18 @@ def run_augment(real_pool: Sequence[LabelledImage], test: Sequence[LabelledImage
     return result
 
 
-def _percentile_ci(draws: np.ndarray) -> tuple[float, float]:
+def _nanmean(x, axis=None):
+    """np.nanmean without the warning for all-missing slices (AUROC of a one-class test set)."""
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        return np.nanmean(x, axis=axis)
+
+
+def _percentile_ci(draws: np.ndarray) -> tuple[float | None, float | None]:
+    if not np.isfinite(draws).any():
+        return None, None
     lo, hi = np.nanpercentile(draws, [2.5, 97.5])
     return float(lo), float(hi)
 
@@ -513,7 +525,7 @@ def summarise(runs: list[dict], arms: list[dict], *, probabilities: dict | None 
         entry = {**arm, "repeats": len(rows)}
         for metric in METRICS:
             values = np.array([r[metric] for r in rows], dtype=float)
-            mean = float(np.nanmean(values)) if np.isfinite(values).any() else float("nan")
+            mean = float(_nanmean(values))
             if note:
                 lo = hi = None
             elif boot is not None:
@@ -541,7 +553,7 @@ def summarise(runs: list[dict], arms: list[dict], *, probabilities: dict | None 
             elif boot is not None:
                 d = boot[arm][metric] - boot[base][metric]
                 lo, hi = _percentile_ci(d)
-                row.update(difference=float(np.nanmean(a - b)), ci_low=lo, ci_high=hi, p_value=bootstrap_p(d))
+                row.update(difference=float(_nanmean(a - b)), ci_low=lo, ci_high=hi, p_value=bootstrap_p(d))
             else:
                 t = paired_comparison(a, b)
                 row.update(difference=t["difference"], ci_low=t["ci_low"], ci_high=t["ci_high"], p_value=t["p_value"])

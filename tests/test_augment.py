@@ -214,6 +214,26 @@ def test_intervals_include_test_set_sampling():
     assert augment.mean_ci(base)[1] == augment.mean_ci(base)[2]
 
 
+def test_bootstrap_interval_agrees_with_scipys_bootstrap_in_the_plain_case():
+    """Independent check: one label, every image its own cluster, repeats identical — the two-level
+    bootstrap reduces to the ordinary percentile bootstrap of the accuracy, which scipy computes."""
+    from scipy import stats
+
+    rng = np.random.default_rng(5)
+    y = np.zeros(60, dtype=int)
+    p = np.column_stack([rng.uniform(size=60), np.zeros(60)])
+    p[:, 1] = 1 - p[:, 0]  # correct (class 0) where p0 > 0.5: about half the images
+    arms = [{"arm": "real 4", "n_real": 4, "n_synthetic": 0}, {"arm": "real 8", "n_real": 8, "n_synthetic": 0}]
+    probs = {(a["arm"], r): p for a in arms for r in range(3)}
+    runs = [{**a, "repeat": r, **augment.test_metrics(y, p, 2)} for a in arms for r in range(3)]
+    summary, _ = augment.summarise(runs, arms, probabilities=probs, test_y=y, test_groups=None, n_classes=2,
+                                   replicates=20000, seed=0)
+    ref = stats.bootstrap(((p.argmax(1) == 0).astype(float),), np.mean, n_resamples=20000, method="percentile",
+                          random_state=1).confidence_interval
+    assert (summary[0]["accuracy_ci_low"], summary[0]["accuracy_ci_high"]) == pytest.approx((ref.low, ref.high),
+                                                                                             abs=0.02)
+
+
 def test_one_repeat_gives_no_interval_and_says_why(sets, tmp_path):
     res = run(sets, tmp_path / "one", repeats=1, max_epochs=1)
     for s in res.summary:
