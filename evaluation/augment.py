@@ -173,14 +173,18 @@ def stratified_order(labels: np.ndarray, rng: np.random.Generator) -> np.ndarray
 def validation_mask(labels: np.ndarray, groups: np.ndarray, n_val: int, rng: np.random.Generator) -> np.ndarray:
     """Boolean mask of ``n_val`` (or a few more) pool images for validation: whole groups, taken
     round-robin over labels so every label gets some, as balanced as the groups allow."""
-    keys = sorted(set(groups.tolist()), key=str)
-    group_label = np.array([labels[groups == g][0] for g in keys])
-    order = stratified_order(group_label, rng)
+    members: dict = {}
+    for i, g in enumerate(groups.tolist()):
+        members.setdefault(g, []).append(i)
+    keys = sorted(members, key=str)
+    order = stratified_order(np.array([labels[members[g][0]] for g in keys]), rng)
     mask = np.zeros(len(labels), dtype=bool)
+    taken = 0
     for k in order:
-        if mask.sum() >= n_val:
+        if taken >= n_val:
             break
-        mask |= groups == keys[k]
+        mask[members[keys[k]]] = True
+        taken += len(members[keys[k]])
     return mask
 
 
@@ -268,7 +272,9 @@ def cluster_bootstrap_weights(groups: np.ndarray, labels: np.ndarray, replicates
     keys = sorted(set(groups.tolist()), key=str)
     index = {g: k for k, g in enumerate(keys)}
     cluster_of = np.array([index[g] for g in groups.tolist()])
-    cluster_labels = [set(labels[cluster_of == k].tolist()) for k in range(len(keys))]
+    cluster_labels: list[set] = [set() for _ in keys]
+    for k, label in zip(cluster_of.tolist(), labels.tolist()):
+        cluster_labels[k].add(label)
     if all(len(s) == 1 for s in cluster_labels):
         strata = np.array([next(iter(s)) for s in cluster_labels])
     else:
