@@ -246,7 +246,9 @@ def weighted_metrics(y_true: np.ndarray, probabilities: np.ndarray, n_classes: i
     total = weights.sum(axis=1)
     present = np.unique(y_true)
     accuracy = weights @ correct / total
-    recalls = [weights[:, y_true == c] @ correct[y_true == c] / weights[:, y_true == c].sum(axis=1) for c in present]
+    with np.errstate(invalid="ignore", divide="ignore"):  # a class absent from a replicate: no recall
+        recalls = [weights[:, y_true == c] @ correct[y_true == c] / weights[:, y_true == c].sum(axis=1)
+                   for c in present]
     balanced = _nanmean(np.vstack(recalls), axis=0)
     if len(present) < 2:
         auroc = np.full(len(weights), np.nan)
@@ -520,10 +522,10 @@ def summarise(runs: list[dict], arms: list[dict], *, probabilities: dict | None 
         rep_w = rng.multinomial(len(repeats), np.full(len(repeats), 1.0 / len(repeats)), size=replicates)
         boot = {}
         for a in arms:
-            per_repeat = np.stack([weighted_metrics(test_y, probabilities[(a["arm"], r)], n_classes, test_w)[m]
-                                   for m in METRICS for r in repeats]).reshape(len(METRICS), len(repeats), replicates)
+            per_repeat = [weighted_metrics(test_y, probabilities[(a["arm"], r)], n_classes, test_w) for r in repeats]
             # mean over the resampled repeats: rep_w[b, r] copies of repeat r
-            boot[a["arm"]] = {m: (per_repeat[i].T * rep_w).sum(axis=1) / len(repeats) for i, m in enumerate(METRICS)}
+            boot[a["arm"]] = {m: (np.stack([pr[m] for pr in per_repeat], axis=1) * rep_w).sum(axis=1) / len(repeats)
+                              for m in METRICS}
 
     summary = []
     for arm in arms:
