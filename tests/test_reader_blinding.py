@@ -1,0 +1,112 @@
+"""Blinding on the reader's side: nothing but the pixels tells a reader real from
+synthetic — not the text shown after the real/synthetic answer (the answer is final once
+it was shown; Back revises only later answers), not training feedback that pairs text and
+truth, not page attributes only one source has, not how often a case is read, and not how
+long a handler takes (counted in SQLite virtual-machine steps, not timed)."""
+from __future__ import annotations
+
+import collections
+import json
+import uuid
+
+import pytest
+
+from studies import readers, session
+from studies.database import open_db
+from studies.design import (
+    StudyOptions, choose_subset, make_pairs, pair_unit, reader_order, seeded_order_secret,
+)
+from studies.session import CannotGoBack, go_back, next_case, submit
+from study_fixtures import make_study, study, template  # noqa: F401 (fixtures)
+
+
+def _reader(db, name="dr-a", study="pilot"):
+    return readers.reader_for_token(db, readers.invite(db, study, name)).reader_id
+
+
+def _answer(db, rid, value=None):
+    view = next_case(db, rid)
+    q = view.pending[0]
+    value = q["scale"][0]["value"] if value is None else value
+    ack = submit(db, rid, view.assignment_id, q["task"], value, 900, str(uuid.uuid4()))
+    return view, ack
+
+
+# ----------------------------------------------------------------------- read counts
+def _reads_per_source(slot_lists, source_of, kinds=("main",)):
+    reads = collections.Counter()
+    for slots in slot_lists:
+        for slot in slots:
+            if slot.kind in kinds:
+                reads[slot.case_id] += 1
+                if slot.pair_case_id is not None:
+                    reads[slot.pair_case_id] += 1
+    by_source = collections.defaultdict(list)
+    for cid, source in source_of.items():
+        by_source[source].append(reads[cid])
+    return {s: sum(v) / len(v) for s, v in by_source.items()}, reads
+
+
+@pytest.mark.parametrize("n_real,n_syn,per_reader", [(60, 20, 16), (15, 45, 10), (30, 31, 7)])
+def test_expected_reads_of_a_case_do_not_depend_on_its_source(n_real, n_syn, per_reader):
+    secret = seeded_order_secret(7)
+    source_of = {f"r{i:03d}": "real" for i in range(n_real)}
+    source_of |= {f"s{i:03d}": "synthetic" for i in range(n_syn)}
+    units = list(source_of.items())
+    opts = StudyOptions(cases_per_reader=per_reader, repeat_fraction=0.25, attention_checks=3)
+    reads: dict = {}
+    sessions = []
+    n_readers = 60
+    for r in range(n_readers):
+        chosen = choose_subset(units, reads, per_reader, secret, f"reader-{r}")
+        assert len(chosen) == per_reader
+        for cid in chosen:
+            reads[cid] = reads.get(cid, 0) + 1
+        sessions.append(reader_order(secret, f"reader-{r}", chosen, opts, reader_index=r))
+    # main reads: every case floor or ceil of R*n/M, whatever its source
+    mean, counts = _reads_per_source(sessions, source_of)
+    expected = n_readers * per_reader / len(units)
+    assert abs(mean["real"] - expected) < 0.2 and abs(mean["synthetic"] - expected) < 0.2
+    assert max(counts[c] for c in source_of) - min(counts[c] for c in source_of) <= 1
+    # repeats and attention checks are drawn from the reader's main cases alike
+    for kinds in (("repeat",), ("attention",), ("main", "repeat", "attention")):
+        m, _ = _reads_per_source(sessions, source_of, kinds)
+        assert m["real"] == pytest.approx(m["synthetic"], rel=0.25), (kinds, m)
+
+
+def test_pairs_read_one_real_and_one_synthetic_case_each():
+    secret = seeded_order_secret(3)
+    meta = [(f"r{i}", "real", "CT", "") for i in range(30)]
+    meta += [(f"s{i}", "synthetic", "CT", "") for i in range(12)]
+    pairs, unpaired = make_pairs(meta, secret)
+    assert len(pairs) == 12 and len(unpaired) == 18
+    by_unit = {pair_unit(r, s): (r, s) for r, s in pairs}
+    reads: dict = {}
+    sessions = []
+    for k in range(20):
+        units = [(u, "pair") for u in by_unit]
+        chosen = choose_subset(units, reads, 5, secret, f"p{k}")
+        for u in chosen:
+            reads[u] = reads.get(u, 0) + 1
+        sessions.append(reader_order(secret, f"p{k}", [], StudyOptions(tasks=("pair",)),
+                                     pairs=[by_unit[u] for u in chosen]))
+    paired = {c: s for c, s, _, _ in meta if any(c in p for p in pairs)}
+    mean, _ = _reads_per_source(sessions, paired)
+    assert mean["real"] == mean["synthetic"]
+
+
+def test_an_unbalanced_pool_gives_each_reader_its_proportions(tmp_path):
+    # 6 real + 18 synthetic: each reader's 8 cases are 2 real + 6 synthetic, not 4 + 4
+    db, _ = make_study(tmp_path, "pilot", synthetic_per_real=3,
+                       options=StudyOptions(cases_per_reader=8))
+    for name in ("a", "b", "c"):
+        readers.invite(db, "pilot", name)
+    with open_db(db) as conn:
+        per_reader = conn.execute(
+            "SELECT sum(c.source = 'real'), sum(c.source = 'synthetic') FROM assignments a "
+            "JOIN cases c ON c.id = a.case_id GROUP BY a.reader_id").fetchall()
+        per_case = dict(conn.execute(
+            "SELECT c.source, avg(n) FROM (SELECT c.id, c.source, count(a.id) n FROM cases c "
+            "LEFT JOIN assignments a ON a.case_id = c.id GROUP BY c.id) c GROUP BY c.source"))
+    assert per_reader == [(2, 6)] * 3
+    assert per_case["real"] == per_case["synthetic"] == 1.0
