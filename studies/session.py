@@ -50,9 +50,10 @@ class CaseView:
     # Pair (2AFC) task: the right-hand image's own per-read id (the left one is
     # stimulus_id); None for single-image tasks. Served like stimulus_id (stimulus_png).
     pair_stimulus_id: str | None = None
-    # The case's modality (the viewer offers contrast presets for it), or "" when no image
-    # of the other source has that modality: then it would tell real from synthetic (e.g.
-    # generated images imported without a modality column).
+    # The case's modality (the viewer offers contrast presets for it), or "" for every case
+    # of a study where some case has none or some modality has one source only
+    # (`modality_hint_allowed`): then it would tell real from synthetic (e.g. generated
+    # images imported without a modality column).
     modality: str = ""
     # Server side only (never sent to a browser): the stored file's opaque id, the same for
     # every reader and read of the case, so the page can check the file is there (and the
@@ -126,10 +127,10 @@ def _current_read(db, columns: str, joins: str, reader_id: int):
 _CASE_COLUMNS = (
     "a.id, a.position, a.tasks, a.kind, a.expected, a.view_id, c.prompt, "
     "s.name, c.stimulus_id, a.min_delay_s, a.pair_view_id, p.stimulus_id, "
-    # the modality, only if images of the other source have it too (see CaseView.modality)
-    "CASE WHEN EXISTS (SELECT 1 FROM cases o WHERE o.study_id = c.study_id "
-    "AND o.modality = c.modality AND o.source != c.source) "
-    "THEN c.modality ELSE '' END, a.reopened_after, s.allow_back, "
+    # the modality, and what the study-wide rule for sending it is cached under (see
+    # _modality_hint): no per-case lookup, whose cost could depend on the source
+    "c.modality, json_array(s.id, s.created_at, (SELECT max(id) FROM cases)), "
+    "a.reopened_after, s.allow_back, "
     # positions are 1..n (readers.invite): the last one is the count, from the index
     "(SELECT max(position) FROM assignments WHERE reader_id = a.reader_id), "
     "(SELECT json_group_array(json_array(id, task, rating, comment, non_diagnostic)) "
@@ -141,6 +142,39 @@ _CASE_JOINS = ("JOIN cases c ON c.id = a.case_id JOIN studies s ON s.id = c.stud
                "LEFT JOIN cases p ON p.id = a.pair_case_id ")
 
 
+# study key (id, creation time, highest case id of the database) -> whether the modality
+# may be sent; cases are never changed or deleted, so a new case changes the key
+_MODALITY_HINT: dict[tuple[str, str], bool] = {}
+
+
+def modality_hint_allowed(db, study_id: int) -> bool:
+    """Whether a study's cases may carry their modality to the reader's page (the viewer's
+    contrast presets): only when every case of the study (training included) has a
+    modality and every modality has both real and synthetic images. Otherwise a case
+    without the hint, or with one only one source has, would name its source — e.g.
+    generated images imported without a modality column next to real ones with it."""
+    bad = db.execute(
+        "SELECT count(*), (SELECT count(*) FROM cases WHERE study_id = :s) FROM "
+        "(SELECT lower(trim(coalesce(modality, ''))) AS m, count(DISTINCT source) AS n "
+        " FROM cases WHERE study_id = :s GROUP BY m) WHERE m = '' OR n < 2",
+        {"s": study_id}).fetchone()
+    return bad[0] == 0 and bad[1] > 0
+
+
+def _modality_hint(db_path, key_json: str) -> bool:
+    """`modality_hint_allowed`, computed once per study and set of cases: the same work
+    for every case, so the time of `next_case` says nothing about the source."""
+    key = (str(db_path), key_json)
+    allowed = _MODALITY_HINT.get(key)
+    if allowed is None:
+        with reading(db_path) as db:
+            allowed = modality_hint_allowed(db, json.loads(key_json)[0])
+        if len(_MODALITY_HINT) > 1000:
+            _MODALITY_HINT.clear()
+        _MODALITY_HINT[key] = allowed
+    return allowed
+
+
 def next_case(db_path: str | pathlib.Path, reader_id: int) -> CaseView | None:
     """The reader's current read — a reopened one (`go_back`) first, else the first slot
     with an unanswered task — or None when they are done."""
@@ -149,12 +183,12 @@ def next_case(db_path: str | pathlib.Path, reader_id: int) -> CaseView | None:
         row = _current_read(db, _CASE_COLUMNS, _CASE_JOINS, reader_id)
         if row is None:
             return None
-        if row[9] and row[13] is None:  # a delayed repeat, not a reopened read: read the
+        if row[9] and row[14] is None:  # a delayed repeat, not a reopened read: read the
             db.conn.execute("BEGIN")  # current read again in the snapshot the rule reads
             row = _current_read(db, _CASE_COLUMNS, _CASE_JOINS, reader_id)
             if row is None:  # finished in between
                 return None
-        if row[9] and row[13] is None:
+        if row[9] and row[14] is None:
             # A repeat read with a wash-out delay (--repeat-after): serve the first read that
             # is due (studies.washout); when none is, the reader is told when to come back.
             due = washout.next_available(db, reader_id)
@@ -163,8 +197,10 @@ def next_case(db_path: str | pathlib.Path, reader_id: int) -> CaseView | None:
             row = db.execute(f"SELECT {_CASE_COLUMNS} FROM assignments a {_CASE_JOINS}"
                              "WHERE a.id = ?", [due.assignment_id]).fetchone()
     (aid, position, tasks_json, kind, expected, view_id, prompt, study, stored, delay,
-     pair_view_id, pair_stored, modality, reopened_after, allow_back, total, answers_json,
-     previous) = row
+     pair_view_id, pair_stored, modality, hint_key, reopened_after, allow_back, total,
+     answers_json, previous) = row
+    if modality and not _modality_hint(db_path, hint_key):
+        modality = ""
     answers = sorted(json.loads(answers_json))  # by response id: the latest last
     refusal = _back_refusal_given(allow_back, reopened_after is not None,
                                   json.loads(previous) if previous else None, delay)

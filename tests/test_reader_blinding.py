@@ -110,3 +110,134 @@ def test_an_unbalanced_pool_gives_each_reader_its_proportions(tmp_path):
             "LEFT JOIN assignments a ON a.case_id = c.id GROUP BY c.id) c GROUP BY c.source"))
     assert per_reader == [(2, 6)] * 3
     assert per_case["real"] == per_case["synthetic"] == 1.0
+
+
+# ------------------------------------------------------------------- page attributes
+def _study_with_modalities(tmp_path, blank):
+    """The fixture's images with the modality of the synthetic rows `blank` (their
+    indices among the synthetic rows) left empty, as when generated images are imported
+    without a modality column."""
+    from studies.ingest import create_study
+    from study_fixtures import write_images, write_manifest
+
+    rows = write_images(tmp_path / "data")
+    synthetic = [r for r in rows if r["source"] == "synthetic"]
+    for i in blank:
+        synthetic[i]["modality"] = ""
+    db = tmp_path / "study.db"
+    create_study(db, "pilot", manifest=write_manifest(tmp_path / "data" / "cases.csv", rows),
+                 size=32, options=StudyOptions(training_cases=2, seed=1))
+    return db
+
+
+def _hints_by_source(db, rid):
+    """The modality hint and the viewer's data-presets markup of every read, by source."""
+    from studio import reader_view
+
+    with open_db(db) as conn:
+        source = dict(conn.execute("SELECT a.id, c.source FROM assignments a JOIN cases c "
+                                   "ON c.id = a.case_id WHERE a.reader_id = ?", [rid]))
+    seen = collections.defaultdict(set)
+    while (view := next_case(db, rid)) is not None:
+        html = reader_view.stimulus_html("x", reader_view.preset_family(view.modality))
+        seen[source[view.assignment_id]].add((view.modality, "data-presets" in html))
+        _answer(db, rid)
+    return seen
+
+
+def test_no_modality_hint_when_part_of_one_source_has_none(tmp_path):
+    # one of the two synthetic MRI images has no modality: the other MRI images (both
+    # sources) would still have had the hint, and a case without it was synthetic
+    db = _study_with_modalities(tmp_path, blank=[1])
+    seen = _hints_by_source(db, _reader(db))
+    assert seen["real"] == seen["synthetic"] == {("", False)}
+
+
+def test_the_modality_hint_when_every_case_has_one_with_both_sources(tmp_path):
+    db = _study_with_modalities(tmp_path, blank=[])
+    seen = _hints_by_source(db, _reader(db))
+    assert {m for m, _ in seen["real"]} == {m for m, _ in seen["synthetic"]}
+    assert ("CT", True) in seen["real"] and ("CT", True) in seen["synthetic"]
+    with open_db(db) as conn:
+        sid = conn.execute("SELECT id FROM studies").fetchone()[0]
+        assert session.modality_hint_allowed(conn, sid)
+        # a modality only one source has turns the hint off for the whole study
+        conn.execute("UPDATE cases SET modality = 'US' WHERE id = (SELECT min(id) FROM cases "
+                     "WHERE source = 'real')")
+        assert not session.modality_hint_allowed(conn, sid)
+
+
+# ---------------------------------------------------------------------------- timing
+class _Steps:
+    """Counts SQLite virtual-machine instructions run by `studies.session` on its read and
+    write connections (a progress handler called every instruction): the work a handler
+    does, without timing it."""
+
+    def __init__(self, monkeypatch):
+        import contextlib
+
+        from studies import database, writer_process
+
+        self.n = 0
+        real_reading, real_call = database.reading, writer_process.call
+
+        def tick():
+            self.n += 1
+            return 0
+
+        @contextlib.contextmanager
+        def reading(db_path, **kw):
+            with real_reading(db_path, **kw) as db:
+                db.conn.set_progress_handler(tick, 1)
+                try:
+                    yield db
+                finally:
+                    db.conn.set_progress_handler(None, 1)
+
+        def call(db_path, fn, *args, **kw):
+            def counted(db, *a, **k):
+                db.conn.set_progress_handler(tick, 1)
+                try:
+                    return fn(db, *a, **k)
+                finally:
+                    db.conn.set_progress_handler(None, 1)
+            return real_call(db_path, counted, *args, **kw)
+
+        monkeypatch.setattr(session, "reading", reading)
+        monkeypatch.setattr(session.writer_process, "call", call)
+
+    def of(self, fn, *args, **kw):
+        self.n = 0
+        result = fn(*args, **kw)
+        return self.n, result
+
+
+def test_handler_work_does_not_depend_on_the_source(tmp_path, monkeypatch):
+    # 6 real + 18 synthetic; case keys start with real/ or synthetic/ (index order)
+    db, _ = make_study(tmp_path, "pilot", synthetic_per_real=3, size=32,
+                       tasks=("turing", "quality"),
+                       options=StudyOptions(tasks=("turing", "quality"), seed=3))
+    rids = [_reader(db, f"r{i}") for i in range(12)]
+    with open_db(db) as conn:
+        source = dict(conn.execute("SELECT a.id, c.source FROM assignments a JOIN cases c "
+                                   "ON c.id = a.case_id"))
+    steps = _Steps(monkeypatch)
+    next_case(db, rids[0])  # the study-wide modality rule is worked out once
+    work = collections.defaultdict(lambda: collections.defaultdict(set))
+    for rid in rids:
+        n, view = steps.of(next_case, db, rid)
+        src = source[view.assignment_id]
+        work["next_case"][src].add(n)
+        n, _ = steps.of(session.stimulus_png, db, rid, view.stimulus_id, current_only=True)
+        work["stimulus"][src].add(n)
+        n, ack = steps.of(submit, db, rid, view.assignment_id, "turing", 2, 900,
+                          str(uuid.uuid4()))
+        work["submit"][src].add(n)
+        submit(db, rid, view.assignment_id, "quality", 3, 900, str(uuid.uuid4()))
+        _answer(db, rid)  # the next case's first question
+        n, back = steps.of(go_back, db, rid)  # back to the previous case
+        work["go_back"][source[back.assignment_id]].add(n)
+    for handler, by_source in work.items():
+        assert set(by_source) == {"real", "synthetic"}, handler  # both were measured
+        assert by_source["real"] == by_source["synthetic"], (handler, dict(by_source))
+        assert len(by_source["real"]) == 1, (handler, dict(by_source))
