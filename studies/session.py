@@ -60,11 +60,15 @@ class CaseView:
     # right-hand image's, for a pair).
     stored_id: str = dataclasses.field(default="", repr=False)
     pair_stored_id: str | None = dataclasses.field(default=None, repr=False)
-    can_go_back: bool = False  # `go_back` would reopen the previous read now
+    can_go_back: bool = False  # `go_back` would reopen the previous read (or question) now
+    back_to_question: bool = False  # Back returns to this read's previous question
     reopened: bool = False     # the reader went back to this read (go_back)
     earlier: dict = dataclasses.field(default_factory=dict)  # reopened: task -> last rating
     comment: str = ""          # the read's latest comment and flag (to show them again)
     non_diagnostic: bool = False
+    # questions of the read not asked (a training read's questions that show the text,
+    # `asked_tasks`), so that the instructions can still list every question of the study
+    skipped: list[str] = dataclasses.field(default_factory=list)
 
     @property
     def pending(self) -> list[dict]:
@@ -121,6 +125,48 @@ def _current_read(db, columns: str, joins: str, reader_id: int):
         "LIMIT 1", {"r": reader_id}).fetchone()
 
 
+# A training read's prompt-audit verdict (the stored audit report's "prompts" entry): its
+# questions that show the case's text are asked only when it is "ok" (`asked_tasks`).
+_PROMPT_VERDICT = ("CASE WHEN a.kind = 'training' AND json_valid(s.audit_report) "
+                   "THEN json_extract(s.audit_report, '$.prompts.verdict') END")
+
+
+def _shows_prompt(task: str) -> bool:
+    return task in TASKS and TASKS[task].shows_prompt
+
+
+def asked_tasks(tasks, kind: str, prompt_verdict: str | None) -> list[str]:
+    """The questions a read asks, in order. A training read skips those that show the
+    case's text unless the study's prompt audit found real and synthetic texts
+    indistinguishable (verdict "ok"): its truth is told next, and text beside truth would
+    teach readers the wording of each source. (When only such questions are asked, they
+    stay: then no real/synthetic judgement is asked at all.)"""
+    tasks = list(tasks)
+    if kind == "training" and prompt_verdict != "ok":
+        kept = [t for t in tasks if not _shows_prompt(t)]
+        return kept or tasks
+    return tasks
+
+
+def final_tasks(asked, answered_ever) -> set[str]:
+    """The questions of a read whose answers are final: those asked before the first
+    question that shows the case's text, once that text has been shown (all of them were
+    answered, so the next question, with the text, was served). An answer given after
+    seeing the text could use its wording instead of the pixels."""
+    asked = list(asked)
+    first = next((i for i, t in enumerate(asked) if _shows_prompt(t)), 0)
+    before = set(asked[:first])
+    return before if before and before <= set(answered_ever) else set()
+
+
+def _read_progress(asked, answers, since: int) -> tuple[set, set, int]:
+    """(questions answered, final questions, index of the question now asked) of a read
+    from its (response id, task, ...) answers; `since`: its reopened_after (0: none)."""
+    final = final_tasks(asked, {a[1] for a in answers})
+    answered = {a[1] for a in answers if a[0] > since} | final
+    return answered, final, next((i for i, n in enumerate(asked) if n not in answered), 0)
+
+
 # The columns `next_case` reads with the current read, in one statement: every SQLite call
 # gives up Python's interpreter lock, and under many readers each costs a wait to get it
 # back, so the count, the answers and the previous read come as subqueries.
@@ -137,7 +183,8 @@ _CASE_COLUMNS = (
     " FROM (SELECT * FROM responses WHERE assignment_id = a.id ORDER BY id)), "
     # the previous (last completed) read, for the back rule: kind and wash-out delay
     "(SELECT json_array(kind, min_delay_s) FROM assignments WHERE reader_id = a.reader_id "
-    " AND completed_at IS NOT NULL ORDER BY completed_at DESC, position DESC LIMIT 1)")
+    " AND completed_at IS NOT NULL ORDER BY completed_at DESC, position DESC LIMIT 1), "
+    + _PROMPT_VERDICT)
 _CASE_JOINS = ("JOIN cases c ON c.id = a.case_id JOIN studies s ON s.id = c.study_id "
                "LEFT JOIN cases p ON p.id = a.pair_case_id ")
 
@@ -198,17 +245,22 @@ def next_case(db_path: str | pathlib.Path, reader_id: int) -> CaseView | None:
                              "WHERE a.id = ?", [due.assignment_id]).fetchone()
     (aid, position, tasks_json, kind, expected, view_id, prompt, study, stored, delay,
      pair_view_id, pair_stored, modality, hint_key, reopened_after, allow_back, total,
-     answers_json, previous) = row
+     answers_json, previous, verdict) = row
     if modality and not _modality_hint(db_path, hint_key):
         modality = ""
     answers = sorted(json.loads(answers_json))  # by response id: the latest last
-    refusal = _back_refusal_given(allow_back, reopened_after is not None,
-                                  json.loads(previous) if previous else None, delay)
+    names = json.loads(tasks_json)
+    asked = asked_tasks(names, kind, verdict)
     since = reopened_after or 0
-    answered = {task for rid, task, *_ in answers if rid > since}
+    answered, final, current = _read_progress(asked, answers, since)
     earlier = {task: rating for rid, task, rating, *_ in answers if rid <= since}
+    if current > 0:  # Back returns to this read's previous question
+        refusal = _question_back_refusal(allow_back, kind, asked[current - 1] in final)
+    else:
+        refusal = _back_refusal_given(allow_back, reopened_after is not None,
+                                      json.loads(previous) if previous else None, delay)
     questions = []
-    for name in json.loads(tasks_json):
+    for name in asked:
         q = _task_for(name, expected).question_dict()
         q["answered"] = name in answered
         questions.append(q)
@@ -219,9 +271,11 @@ def next_case(db_path: str | pathlib.Path, reader_id: int) -> CaseView | None:
         tasks=questions, prompt=prompt if shows_prompt else None,
         training=kind == "training", study=study, stored_id=stored,
         pair_stimulus_id=pair_view_id, pair_stored_id=pair_stored, modality=modality or "",
-        can_go_back=refusal is None, reopened=reopened_after is not None,
+        can_go_back=refusal is None, back_to_question=current > 0,
+        reopened=reopened_after is not None,
         earlier=earlier if reopened_after is not None else {},
         comment=last[3] if last else "", non_diagnostic=bool(last[4]) if last else False,
+        skipped=[n for n in names if n not in asked],
     )
 
 
@@ -238,6 +292,24 @@ BACK_TRAINING = "the previous case was a training case, whose answer cannot be c
 BACK_ATTENTION = "the previous screen was a check question, whose answer cannot be changed"
 BACK_WASHOUT = ("the previous case belongs to your first reading session, which cannot be "
                 "changed after the wash-out period")
+BACK_FINAL = ("your answer to the previous question is final: it was given before this "
+              "case's text was shown")
+BACK_TRAINING_QUESTION = "this is a training case, whose answers cannot be changed"
+ANSWER_FINAL = ("this answer is final: it was given before the case's text was shown, and "
+                "cannot be changed")
+
+
+def _question_back_refusal(allow_back, kind: str, previous_final: bool) -> str | None:
+    """Why Back from a later question of a read to its previous question is refused (None:
+    allowed): the study forbids going back, a training read (its truth is told), or the
+    previous answer is final (`final_tasks`)."""
+    if not allow_back:
+        return BACK_FORBIDDEN
+    if kind == "training":
+        return BACK_TRAINING_QUESTION
+    if previous_final:
+        return BACK_FINAL
+    return None
 
 
 def back_refusal(*, allowed: bool, reopened_pending: bool, previous_kind: str | None,
@@ -294,17 +366,35 @@ def back_refused(db_path: str | pathlib.Path, reader_id: int) -> str | None:
 
 
 def _back_refusal_now(db, reader_id: int) -> str | None:
+    return _back_now(db, reader_id)[0]
+
+
+def _back_now(db, reader_id: int) -> tuple[str | None, int | None]:
+    """(why Back is refused now or None, the id of the read on screen when Back returns to
+    its previous question, else None: Back reopens the previous read)."""
     allow = db.execute("SELECT s.allow_back FROM readers r JOIN studies s ON s.id = r.study_id "
                        "WHERE r.id = ?", [reader_id]).fetchone()
     if allow is None:
         raise NotAuthorised("no such reader")
-    current = _current_read(db, "a.reopened_after, a.min_delay_s", "", reader_id)
+    current = _current_read(db, "a.reopened_after, a.min_delay_s, a.id", "", reader_id)
     reopened = current is not None and current[0] is not None
     delayed = False
+    served = current[2] if current is not None else None
     if current is not None and current[1] and not reopened:
         # in the wash-out block: it matters only once a delayed repeat is actually served
-        delayed = washout.next_available(db, reader_id).assignment_id is not None
-    return _back_refusal_db(db, reader_id, allow[0], reopened, delayed)
+        served = washout.next_available(db, reader_id).assignment_id
+        delayed = served is not None
+    if served is not None:
+        row = db.execute(
+            "SELECT a.tasks, a.kind, a.reopened_after, " + _PROMPT_VERDICT + ", "
+            "(SELECT json_group_array(json_array(id, task)) FROM responses "
+            " WHERE assignment_id = a.id) FROM assignments a JOIN cases c ON c.id = a.case_id "
+            "JOIN studies s ON s.id = c.study_id WHERE a.id = ?", [served]).fetchone()
+        asked = asked_tasks(json.loads(row[0]), row[1], row[3])
+        _, final, at = _read_progress(asked, json.loads(row[4]), row[2] or 0)
+        if at > 0:
+            return _question_back_refusal(allow[0], row[1], asked[at - 1] in final), served
+    return _back_refusal_db(db, reader_id, allow[0], reopened, delayed), None
 
 
 def go_back(db_path: str | pathlib.Path, reader_id: int) -> CaseView:
@@ -320,9 +410,17 @@ def go_back(db_path: str | pathlib.Path, reader_id: int) -> CaseView:
             raise NotAuthorised("this reader's link is not valid")
         if (status[0] or "open") != "open":
             raise StudyClosed(f"this study is {status[0]} and takes no more answers")
-        refusal = _back_refusal_now(db, reader_id)
+        refusal, question_of = _back_now(db, reader_id)
         if refusal is not None:
             raise CannotGoBack(refusal)
+        if question_of is not None:
+            # Back within the read on screen: its answers so far are asked again (the
+            # final ones excepted), under the same view id (the read stays open).
+            db.execute("UPDATE assignments SET reopened_after = (SELECT max(id) FROM "
+                       "responses WHERE assignment_id = :a) WHERE id = :a", {"a": question_of})
+            log_action(db, f"reader:{status[2]}", "go_back", status[3],
+                       assignment=question_of, question=True)
+            return
         aid = _previous_read(db, reader_id)[0]
         last = db.execute("SELECT max(id) FROM responses WHERE assignment_id = ?",
                           [aid]).fetchone()[0]
@@ -453,6 +551,11 @@ def _record_answer(db, reader_id: int, assignment_id: int, task: str, answer, du
     _, _, _, case_id, tasks_json, n_tasks, kind, expected, source, completed_at, reopened_after = row
     if task not in json.loads(tasks_json):
         raise SessionError(f"task {task!r} is not asked for this case")
+    asked, final = _asked_and_final(db, assignment_id, json.loads(tasks_json), kind)
+    if task not in asked:
+        raise SessionError(f"task {task!r} is not asked for this case")
+    if task in final:
+        raise SessionError(ANSWER_FINAL)
     task_obj = _task_for(task, expected)
     try:
         value = task_obj.parse(answer)
@@ -474,12 +577,32 @@ def _record_answer(db, reader_id: int, assignment_id: int, task: str, answer, du
     complete = completed_at is not None
     if not complete:
         # Complete once every task is answered (a reopened read, go_back: re-answered).
+        # (final answers count, as they are not asked again; see `final_tasks`)
         complete = db.execute(
             "UPDATE assignments SET completed_at = ? WHERE id = ? AND (SELECT count(DISTINCT "
-            "task) FROM responses WHERE assignment_id = ? AND id > ?) >= n_tasks",
-            [answered_at, assignment_id, assignment_id, reopened_after or 0]).rowcount == 1
+            "task) FROM responses WHERE assignment_id = ? AND (id > ? OR task IN (SELECT value "
+            "FROM json_each(?))) AND task IN (SELECT value FROM json_each(?))) >= ?",
+            [answered_at, assignment_id, assignment_id, reopened_after or 0,
+             json.dumps(sorted(final)), json.dumps(asked), len(asked)]).rowcount == 1
     return Ack(response_id=cur.lastrowid, duplicate=False, assignment_complete=complete,
                feedback=_feedback(kind, task, value, source))
+
+
+def _asked_and_final(db, assignment_id: int, tasks: list[str], kind: str
+                     ) -> tuple[list[str], set[str]]:
+    """(`asked_tasks`, `final_tasks`) of a read as `submit` checks them: no query for a
+    read without a question that shows the text (nothing is skipped or final there)."""
+    if not any(_shows_prompt(t) for t in tasks):
+        return tasks, set()
+    verdict = None
+    if kind == "training":
+        verdict = db.execute(
+            "SELECT " + _PROMPT_VERDICT + " FROM assignments a JOIN cases c ON c.id = a.case_id "
+            "JOIN studies s ON s.id = c.study_id WHERE a.id = ?", [assignment_id]).fetchone()[0]
+    asked = asked_tasks(tasks, kind, verdict)
+    ever = {t for (t,) in db.execute("SELECT DISTINCT task FROM responses "
+                                     "WHERE assignment_id = ?", [assignment_id])}
+    return asked, final_tasks(asked, ever)
 
 
 def clean_comment(comment: str | None) -> str:
