@@ -15,7 +15,16 @@ random view id (its old image URL stops working), and its re-answers are new row
 latest wins as for any change of answer. One step only (not while a reopened read is
 pending), and never into a training read (its feedback named the truth), an attention
 check (a second try would defeat the check) or back across the wash-out boundary (from a
-delayed repeat read to a first read). `back_refusal` is that rule.
+delayed repeat read to a first read). `back_refusal` is that rule. From a later question of
+the read on screen, Back returns to that read's earlier question instead (same view id).
+
+No answer after the text: the answers to a read's questions asked before the first one that
+shows the case's text (the turing question first of all) are final once that text has been
+shown (`final_tasks`): Back never reopens them (a reopened read asks only the questions
+from the text on) and `submit` refuses them — else a reader could read the wording and then
+change the real/synthetic call. A training read skips the questions that show the text
+unless the study's prompt audit found the texts indistinguishable (`asked_tasks`): its
+truth is told next, and text beside truth would teach the wording of each source.
 """
 from __future__ import annotations
 

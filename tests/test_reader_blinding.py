@@ -241,3 +241,172 @@ def test_handler_work_does_not_depend_on_the_source(tmp_path, monkeypatch):
         assert set(by_source) == {"real", "synthetic"}, handler  # both were measured
         assert by_source["real"] == by_source["synthetic"], (handler, dict(by_source))
         assert len(by_source["real"]) == 1, (handler, dict(by_source))
+
+
+# -------------------------------------------------------- no answer after the text
+def _set_prompt_verdict(db, verdict):
+    """The stored audit report's prompt entry, as the prompt audit writes it."""
+    with open_db(db) as conn:
+        conn.execute("UPDATE studies SET audit_report = json_set(coalesce(audit_report, '{}'),"
+                     " '$.prompts', json(?))", [json.dumps({"verdict": verdict})])
+        conn.conn.commit()
+
+
+@pytest.fixture(scope="module")
+def three_template(tmp_path_factory):
+    opts = StudyOptions(tasks=("turing", "quality", "alignment"), training_cases=2, seed=4)
+    db, _ = make_study(tmp_path_factory.mktemp("three"), "three", size=32,
+                       tasks=opts.tasks, options=opts)
+    return db
+
+
+@pytest.fixture()
+def three(three_template, tmp_path):
+    from study_fixtures import copy_study
+
+    return copy_study(three_template, tmp_path)
+
+
+def _to_main(db, rid):
+    while next_case(db, rid).training:
+        _answer(db, rid)
+
+
+def test_the_real_synthetic_answer_is_final_once_the_text_is_shown(three):
+    rid = _reader(three, study="three")
+    _to_main(three, rid)
+    first = next_case(three, rid)
+    assert [t["task"] for t in first.pending] == ["turing", "quality", "alignment"]
+    _answer(three, rid, 2)  # turing: no text shown yet
+    view = next_case(three, rid)
+    assert view.pending[0]["task"] == "quality" and view.can_go_back and view.back_to_question
+    # Back from the second question returns to this case's first question, not the
+    # previous case
+    back = go_back(three, rid)
+    assert back.assignment_id == first.assignment_id and back.stimulus_id == first.stimulus_id
+    assert back.pending[0]["task"] == "turing" and back.earlier == {"turing": 2}
+    _answer(three, rid, 5)
+    _answer(three, rid, 3)  # quality: the next question shows the text
+    view = next_case(three, rid)
+    assert view.pending[0]["task"] == "alignment" and view.prompt
+    assert not view.can_go_back
+    assert session.back_refused(three, rid) == session.BACK_FINAL
+    with pytest.raises(CannotGoBack, match="final"):
+        go_back(three, rid)
+    for task in ("turing", "quality"):  # not through the library either
+        with pytest.raises(session.SessionError, match="final"):
+            submit(three, rid, first.assignment_id, task, 1, 900, str(uuid.uuid4()))
+    _answer(three, rid, 4)
+    # from the next case: the previous case reopens at its question with the text only
+    assert next_case(three, rid).can_go_back
+    again = go_back(three, rid)
+    assert again.assignment_id == first.assignment_id
+    assert [t["task"] for t in again.pending] == ["alignment"]
+    assert not again.can_go_back
+    with pytest.raises(session.SessionError, match="final"):
+        submit(three, rid, first.assignment_id, "turing", 1, 900, str(uuid.uuid4()))
+    _, ack = _answer(three, rid, 1)
+    assert ack.assignment_complete
+    with open_db(three) as conn:
+        rows = conn.execute("SELECT task, rating FROM responses WHERE assignment_id = ? "
+                            "ORDER BY id", [first.assignment_id]).fetchall()
+    # the turing answer changed only before the text; after it, only alignment changed
+    assert rows == [("turing", 2), ("turing", 5), ("quality", 3), ("alignment", 4),
+                    ("alignment", 1)]
+
+
+def test_back_within_a_case_follows_the_asking_order_with_counterbalancing(tmp_path):
+    opts = StudyOptions(tasks=("turing", "alignment", "quality"), counterbalance=True, seed=2)
+    db, _ = make_study(tmp_path, "cb", size=32, tasks=opts.tasks, options=opts)
+    seen = set()
+    for name in ("a", "b"):
+        rid = _reader(db, name, study="cb")
+        order = [t["task"] for t in next_case(db, rid).pending]
+        seen.add(tuple(order))
+        _answer(db, rid, 2)  # turing
+        view = next_case(db, rid)
+        if order[1] == "alignment":  # the text is on screen: turing is final
+            assert not view.can_go_back
+            _answer(db, rid, 3)
+            view = next_case(db, rid)  # quality, after the text: alignment may change
+            assert view.can_go_back and view.back_to_question
+            back = go_back(db, rid)
+            assert [t["task"] for t in back.pending] == ["alignment", "quality"]
+        else:
+            assert view.can_go_back and view.back_to_question
+            assert go_back(db, rid).pending[0]["task"] == "turing"
+    assert len(seen) == 2
+
+
+def test_training_hides_the_text_unless_the_prompt_audit_cleared_it(three):
+    rid = _reader(three, study="three")
+    view = next_case(three, rid)
+    assert view.training
+    # no prompt verdict stored (or one that is not "ok"): the text never shows in training
+    assert [t["task"] for t in view.tasks] == ["turing", "quality"]
+    assert view.skipped == ["alignment"] and view.prompt is None
+    _answer(three, rid, 1)
+    with pytest.raises(session.SessionError, match="not asked"):
+        submit(three, rid, view.assignment_id, "alignment", 3, 900, str(uuid.uuid4()))
+    _, ack = _answer(three, rid, 2)
+    assert ack.assignment_complete and ack.feedback["truth"] in ("real", "synthetic")
+    for verdict in ("flagged", "too few", "no prompts"):
+        _set_prompt_verdict(three, verdict)
+        assert next_case(three, rid).prompt is None
+    # the audit found the texts indistinguishable: training asks as the main cases do
+    _set_prompt_verdict(three, "ok")
+    view = next_case(three, rid)
+    assert view.training and [t["task"] for t in view.tasks] == ["turing", "quality",
+                                                                   "alignment"]
+    _answer(three, rid)
+    _, ack = _answer(three, rid)
+    assert not ack.assignment_complete
+    assert next_case(three, rid).prompt
+
+
+def test_training_feedback_on_the_page_names_no_text(three):
+    from studio import reader_view
+
+    token = readers.invite(three, "three", "dr-t")
+    screen = reader_view.start(three, token)
+    texts = []
+    while screen.kind in ("case", "feedback") and len(texts) < 10:
+        if screen.kind == "feedback":
+            texts.append(screen.feedback)
+            assert screen.prompt is None
+            screen = reader_view.continue_after_feedback(three, token)
+            continue
+        if not screen.training:
+            break
+        assert screen.prompt is None  # no text in a training case
+        screen = reader_view.submit_answer(three, token, screen.state, screen.choices[0][1])
+    assert len(texts) == 2 and all("This image is" in t for t in texts)
+    with open_db(three) as conn:
+        prompts = [p for (p,) in conn.execute("SELECT prompt FROM cases")]
+    assert not any(p in t for p in prompts for t in texts)
+
+
+def test_the_reader_page_states_the_rule_and_backs_within_the_case(three):
+    from studio import reader_view
+
+    token = readers.invite(three, "three", "dr-p")
+    intro = reader_view.open_page(three, token)
+    assert intro.kind == "intro"
+    assert reader_view.TEXT_RULE in intro.intro and reader_view.TRAINING_TEXT in intro.intro
+    assert "3 questions about each" in intro.intro and "match the text" in intro.intro
+    screen = reader_view.start(three, token)
+    while screen.training or screen.kind == "feedback":
+        screen = (reader_view.continue_after_feedback(three, token) if screen.kind == "feedback"
+                  else reader_view.submit_answer(three, token, screen.state, 1))
+    position = screen.position
+    screen = reader_view.submit_answer(three, token, screen.state, 2)  # turing
+    assert screen.kind == "case" and screen.can_go_back and screen.prompt is None
+    screen = reader_view.go_back(three, token)
+    assert screen.position == position and screen.message == reader_view.BACK_DONE_QUESTION
+    assert screen.selected == 2 and "Is this image real" in screen.question
+    screen = reader_view.submit_answer(three, token, screen.state, 5)
+    screen = reader_view.submit_answer(three, token, screen.state, 3)  # quality
+    assert screen.prompt and not screen.can_go_back  # the text is on screen
+    screen = reader_view.go_back(three, token)
+    assert "not possible" in screen.message and "final" in screen.message
+    assert screen.prompt and screen.position == position
