@@ -492,9 +492,7 @@ def continue_after_feedback(db_path, token: str | None) -> Screen:
 
 BACK_DONE = ("You are back at the previous case; your earlier answer is selected. Change it "
              "if you wish and submit: the new answer replaces the earlier one.")
-BACK_DONE_QUESTION = ("You are back at the previous question; your earlier answer is "
-                      "selected. Change it if you wish and submit: the new answer replaces "
-                      "the earlier one.")
+BACK_DONE_QUESTION = "You are back at the previous question (your earlier answer is selected)."
 
 
 def go_back(db_path, token: str | None) -> Screen:
