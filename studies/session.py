@@ -157,6 +157,17 @@ def asked_tasks(tasks, kind: str, prompt_verdict: str | None) -> list[str]:
     return tasks
 
 
+def _asked_in_open_read(tasks, kind: str, prompt_verdict: str | None,
+                        answered_ever) -> list[str]:
+    """`asked_tasks` of a read not yet complete: when every question it asks is answered
+    (the verdict turned from "ok" while the read was on screen), the skipped ones are
+    asked too, so the read can be completed rather than stuck."""
+    asked = asked_tasks(tasks, kind, prompt_verdict)
+    if len(asked) < len(tasks) and set(asked) <= set(answered_ever):
+        return list(tasks)
+    return asked
+
+
 def final_tasks(asked, answered_ever) -> set[str]:
     """The questions of a read whose answers are final: those asked before the first
     question that shows the case's text, once that text has been shown (all of them were
@@ -259,7 +270,7 @@ def next_case(db_path: str | pathlib.Path, reader_id: int) -> CaseView | None:
         modality = ""
     answers = sorted(json.loads(answers_json))  # by response id: the latest last
     names = json.loads(tasks_json)
-    asked = asked_tasks(names, kind, verdict)
+    asked = _asked_in_open_read(names, kind, verdict, {task for _, task, *_ in answers})
     since = reopened_after or 0
     answered, final, current = _read_progress(asked, answers, since)
     earlier = {task: rating for rid, task, rating, *_ in answers if rid <= since}
@@ -399,8 +410,10 @@ def _back_now(db, reader_id: int) -> tuple[str | None, int | None]:
             "(SELECT json_group_array(json_array(id, task)) FROM responses "
             " WHERE assignment_id = a.id) FROM assignments a JOIN cases c ON c.id = a.case_id "
             "JOIN studies s ON s.id = c.study_id WHERE a.id = ?", [served]).fetchone()
-        asked = asked_tasks(json.loads(row[0]), row[1], row[3])
-        _, final, at = _read_progress(asked, json.loads(row[4]), row[2] or 0)
+        answers = json.loads(row[4])
+        asked = _asked_in_open_read(json.loads(row[0]), row[1], row[3],
+                                    {task for _, task in answers})
+        _, final, at = _read_progress(asked, answers, row[2] or 0)
         if at > 0:
             return _question_back_refusal(allow[0], row[1], asked[at - 1] in final), served
     return _back_refusal_db(db, reader_id, allow[0], reopened, delayed), None
@@ -560,7 +573,8 @@ def _record_answer(db, reader_id: int, assignment_id: int, task: str, answer, du
     _, _, _, case_id, tasks_json, n_tasks, kind, expected, source, completed_at, reopened_after = row
     if task not in json.loads(tasks_json):
         raise SessionError(f"task {task!r} is not asked for this case")
-    asked, final = _asked_and_final(db, assignment_id, json.loads(tasks_json), kind)
+    asked, final = _asked_and_final(db, assignment_id, json.loads(tasks_json), kind,
+                                    completed_at is None)
     if task not in asked:
         raise SessionError(f"task {task!r} is not asked for this case")
     if task in final:
@@ -597,7 +611,7 @@ def _record_answer(db, reader_id: int, assignment_id: int, task: str, answer, du
                feedback=_feedback(kind, task, value, source))
 
 
-def _asked_and_final(db, assignment_id: int, tasks: list[str], kind: str
+def _asked_and_final(db, assignment_id: int, tasks: list[str], kind: str, open_: bool
                      ) -> tuple[list[str], set[str]]:
     """(`asked_tasks`, `final_tasks`) of a read as `submit` checks them: no query for a
     read without a question that shows the text (nothing is skipped or final there)."""
@@ -608,9 +622,10 @@ def _asked_and_final(db, assignment_id: int, tasks: list[str], kind: str
         verdict = db.execute(
             "SELECT " + _PROMPT_VERDICT + " FROM assignments a JOIN cases c ON c.id = a.case_id "
             "JOIN studies s ON s.id = c.study_id WHERE a.id = ?", [assignment_id]).fetchone()[0]
-    asked = asked_tasks(tasks, kind, verdict)
     ever = {t for (t,) in db.execute("SELECT DISTINCT task FROM responses "
                                      "WHERE assignment_id = ?", [assignment_id])}
+    asked = (_asked_in_open_read(tasks, kind, verdict, ever) if open_
+             else asked_tasks(tasks, kind, verdict))
     return asked, final_tasks(asked, ever)
 
 

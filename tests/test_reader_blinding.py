@@ -235,7 +235,7 @@ def test_handler_work_does_not_depend_on_the_source(tmp_path, monkeypatch):
         work["submit"][src].add(n)
         submit(db, rid, view.assignment_id, "quality", 3, 900, str(uuid.uuid4()))
         _answer(db, rid)  # the next case's first question
-        n, back = steps.of(go_back, db, rid)  # back to the previous case
+        n, back = steps.of(go_back, db, rid)  # back to that case's first question
         work["go_back"][source[back.assignment_id]].add(n)
     for handler, by_source in work.items():
         assert set(by_source) == {"real", "synthetic"}, handler  # both were measured
@@ -410,3 +410,18 @@ def test_the_reader_page_states_the_rule_and_backs_within_the_case(three):
     screen = reader_view.go_back(three, token)
     assert "not possible" in screen.message and "final" in screen.message
     assert screen.prompt and screen.position == position
+
+
+def test_a_training_read_open_when_the_verdict_changes_can_still_be_completed(three):
+    _set_prompt_verdict(three, "ok")
+    rid = _reader(three, study="three")
+    view, _ = _answer(three, rid)
+    _answer(three, rid)  # turing and quality: the question with the text is next
+    _set_prompt_verdict(three, "flagged")  # e.g. cases added, audit recomputed
+    again = next_case(three, rid)
+    assert again.assignment_id == view.assignment_id
+    assert [t["task"] for t in again.pending] == ["alignment"]
+    _, ack = _answer(three, rid)
+    assert ack.assignment_complete
+    nxt = next_case(three, rid)
+    assert nxt.training and nxt.skipped == ["alignment"]
