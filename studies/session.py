@@ -600,13 +600,19 @@ def _record_answer(db, reader_id: int, assignment_id: int, task: str, answer, du
     complete = completed_at is not None
     if not complete:
         # Complete once every task is answered (a reopened read, go_back: re-answered).
-        # (final answers count, as they are not asked again; see `final_tasks`)
-        complete = db.execute(
-            "UPDATE assignments SET completed_at = ? WHERE id = ? AND (SELECT count(DISTINCT "
-            "task) FROM responses WHERE assignment_id = ? AND (id > ? OR task IN (SELECT value "
-            "FROM json_each(?))) AND task IN (SELECT value FROM json_each(?))) >= ?",
-            [answered_at, assignment_id, assignment_id, reopened_after or 0,
-             json.dumps(sorted(final)), json.dumps(asked), len(asked)]).rowcount == 1
+        if not final and len(asked) == n_tasks:
+            complete = db.execute(
+                "UPDATE assignments SET completed_at = ? WHERE id = ? AND (SELECT count("
+                "DISTINCT task) FROM responses WHERE assignment_id = ? AND id > ?) >= n_tasks",
+                [answered_at, assignment_id, assignment_id, reopened_after or 0]).rowcount == 1
+        else:  # final answers count (they are not asked again), skipped questions do not
+            complete = db.execute(
+                "UPDATE assignments SET completed_at = ? WHERE id = ? AND (SELECT count("
+                "DISTINCT task) FROM responses WHERE assignment_id = ? AND (id > ? OR task IN "
+                "(SELECT value FROM json_each(?))) AND task IN (SELECT value FROM "
+                "json_each(?))) >= ?",
+                [answered_at, assignment_id, assignment_id, reopened_after or 0,
+                 json.dumps(sorted(final)), json.dumps(asked), len(asked)]).rowcount == 1
     return Ack(response_id=cur.lastrowid, duplicate=False, assignment_complete=complete,
                feedback=_feedback(kind, task, value, source))
 
