@@ -493,7 +493,7 @@ def _audit_stratum(name, modality, generator, items, idx, feats, tested, alpha_s
         y = np.array([it.source == "synthetic" for it in sub], int)
         names = FEATURE_NAMES + GRID_FEATURE_NAMES
         d = _effects(X, y)
-        p = _max_t_pvalues(X, y, max(N_PERMUTATIONS, math.ceil(40 / alpha_s) - 1),
+        p = _max_t_pvalues(X, y, max(N_PERMUTATIONS, math.ceil(10 / alpha_s) - 1),
                            np.random.default_rng(seed))
         effects = {k: float(v) for k, v in zip(names, d)}
         pvals = {k: float(v) for k, v in zip(names, p)}
@@ -511,31 +511,38 @@ def _audit_stratum(name, modality, generator, items, idx, feats, tested, alpha_s
     return res
 
 
+CV_AUC_INFLATION = 1.25
+"""The cross-validated AUC of a chance split varies more than a fixed score's: measured 1.05-
+1.25x the Mann-Whitney standard deviation (300 chance splits of 10-40 per source,
+benchmarks/bench_audit.py's population); the null's spread is taken as this many times it."""
+
+
 def _auc_critical(n_real: int, n_synth: int, alpha: float) -> float:
     """The AUC a chance split of this size exceeds with probability `alpha` (normal
-    approximation to the Mann-Whitney statistic under the null)."""
-    sd = math.sqrt((n_real + n_synth + 1) / (12.0 * n_real * n_synth))
+    approximation to the Mann-Whitney statistic under the null, widened by
+    `CV_AUC_INFLATION` for cross-validation)."""
+    sd = CV_AUC_INFLATION * math.sqrt((n_real + n_synth + 1) / (12.0 * n_real * n_synth))
     return 0.5 + float(stats.norm.isf(alpha)) * sd
 
 
-def _welch_t(X, y1):
+def _welch_t(X, y1, XX=None):
     """|Welch t| of each column of X between rows where y1 (bool, shape (..., n)) is set and
     the rest; y1 may hold many labelings (one per row)."""
     y1 = np.atleast_2d(y1).astype(np.float64)
+    XX = X * X if XX is None else XX
     n1 = y1.sum(axis=1, keepdims=True)
     n0 = y1.shape[1] - n1
-    s1, s0 = y1 @ X, (1 - y1) @ X
-    q1, q0 = y1 @ (X * X), (1 - y1) @ (X * X)
+    s1, q1 = y1 @ X, y1 @ XX
+    s0, q0 = X.sum(axis=0) - s1, XX.sum(axis=0) - q1
     m1, m0 = s1 / n1, s0 / n0
     v1 = np.maximum(q1 / n1 - m1 * m1, 0) * n1 / np.maximum(n1 - 1, 1)
     v0 = np.maximum(q0 / n0 - m0 * m0, 0) * n0 / np.maximum(n0 - 1, 1)
     se = np.sqrt(v1 / n1 + v0 / n0)
     diff = np.abs(m1 - m0)
-    scale = np.abs(X).max(axis=0) + 1e-12
-    tiny = 1e-9 * scale
+    tiny = 1e-9 * (np.abs(X).max(axis=0) + 1e-12)
     with np.errstate(divide="ignore", invalid="ignore"):
-        t = np.where(se > tiny, diff / np.where(se > tiny, se, 1), np.where(diff > tiny, 1e12, 0.0))
-    return t
+        return np.where(se > tiny, diff / np.where(se > tiny, se, 1),
+                        np.where(diff > tiny, 1e12, 0.0))
 
 
 def _max_t_pvalues(X, y, n_perm: int, rng) -> np.ndarray:
@@ -545,13 +552,14 @@ def _max_t_pvalues(X, y, n_perm: int, rng) -> np.ndarray:
     correlations and distributions."""
     X = np.asarray(X, np.float64)
     X = X - X.mean(axis=0)
-    observed = _welch_t(X, y.astype(bool))[0]
+    XX = X * X
+    observed = _welch_t(X, y.astype(bool), XX)[0]
     exceed = np.zeros(X.shape[1])
     done = 0
     while done < n_perm:
-        batch = min(500, n_perm - done)
-        perms = np.array([rng.permutation(y) for _ in range(batch)], bool)
-        tmax = _welch_t(X, perms).max(axis=1)
+        batch = min(1000, n_perm - done)
+        perms = rng.permuted(np.tile(np.asarray(y, bool), (batch, 1)), axis=1)
+        tmax = _welch_t(X, perms, XX).max(axis=1)
         exceed += (tmax[:, None] >= observed[None, :] * (1 - 1e-9)).sum(axis=0)
         done += batch
     return (1 + exceed) / (n_perm + 1)
@@ -673,26 +681,53 @@ def _effects(X, y) -> np.ndarray:
 
 
 def _cross_validated_auc(X, y, seed):
-    from sklearn.linear_model import LogisticRegression
-    from sklearn.metrics import roc_auc_score
-    from sklearn.model_selection import StratifiedKFold, cross_val_predict
-    from sklearn.pipeline import make_pipeline
-    from sklearn.preprocessing import StandardScaler
+    from sklearn.model_selection import StratifiedKFold
 
     k = int(min(MAX_FOLDS, np.bincount(y).min()))
-    # newton-cholesky: exact and fast for few features (lbfgs was 10x slower here).
-    model = make_pipeline(StandardScaler(),
-                          LogisticRegression(C=1.0, solver="newton-cholesky", max_iter=200))
+    X = np.asarray(X, np.float64)
     aucs = []
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # convergence chatter on perfectly separable data
-        for rep in range(CV_REPEATS):
-            folds = StratifiedKFold(n_splits=k, shuffle=True, random_state=seed + rep)
-            proba = cross_val_predict(model, X, y, cv=folds, method="predict_proba")[:, 1]
-            aucs.append(roc_auc_score(y, proba))
+    for rep in range(CV_REPEATS):
+        folds = StratifiedKFold(n_splits=k, shuffle=True, random_state=seed + rep)
+        proba = np.empty(len(y))
+        for train, test in folds.split(X, y):
+            proba[test] = _logistic_fit_predict(X[train], y[train], X[test])
+        aucs.append(auc_of(y, proba))
     cv = (f"logistic regression on {len(FEATURE_NAMES)} standardised features, stratified "
           f"{k}-fold, pooled out-of-fold AUC, mean of {CV_REPEATS} shuffles")
     return float(np.mean(aucs)), float(np.std(aucs)), cv
+
+
+def auc_of(y, score) -> float:
+    """ROC AUC of `score` for labels `y` (1 = positive): the Mann-Whitney U / (n1 n0)."""
+    y = np.asarray(y).astype(bool)
+    ranks = stats.rankdata(score)
+    n1, n0 = int(y.sum()), int((~y).sum())
+    return float((ranks[y].sum() - n1 * (n1 + 1) / 2) / (n1 * n0))
+
+
+def _logistic_fit_predict(Xtr, ytr, Xte, C: float = 1.0, iters: int = 50) -> np.ndarray:
+    """P(y = 1) on Xte from an L2-penalised logistic regression fitted on standardised Xtr
+    (the objective of scikit-learn's LogisticRegression(C): C * log-loss + |w|^2 / 2, the
+    intercept unpenalised), by Newton's method: the audit fits it hundreds of times, and
+    the library's per-call overhead was 90% of the audit's time."""
+    mu = Xtr.mean(axis=0)
+    sd = Xtr.std(axis=0)
+    sd[sd < 1e-12] = 1.0
+    A = np.hstack([np.ones((len(Xtr), 1)), (Xtr - mu) / sd])
+    B = np.hstack([np.ones((len(Xte), 1)), (Xte - mu) / sd])
+    y = np.asarray(ytr, np.float64)
+    w = np.zeros(A.shape[1])
+    reg = np.full(A.shape[1], 1.0 / C)
+    reg[0] = 0.0
+    for _ in range(iters):
+        p = 1.0 / (1.0 + np.exp(-np.clip(A @ w, -35, 35)))
+        grad = A.T @ (p - y) + reg * w
+        H = (A * (p * (1 - p))[:, None]).T @ A + np.diag(reg + 1e-9)
+        step = np.linalg.solve(H, grad)
+        w -= step
+        if np.abs(step).max() < 1e-8:
+            break
+    return 1.0 / (1.0 + np.exp(-np.clip(B @ w, -35, 35)))
 
 
 # ------------------------------------------------------------------ the prompts' text
@@ -750,18 +785,19 @@ def audit_prompts(items: list[AuditItem], *, seed: int = 0, shown: bool = False)
     all_real = set(texts["real"])
     synth_items = [it for it in by["synthetic"] if _norm_text(it.prompt)]
     if synth_items and all_real:
-        hits = sum(_norm_text(it.prompt) in (real_by_group.get(_stratum_key(it.group))
-                                             if _stratum_key(it.group) else all_real) or set()
-                   for it in synth_items)
+        hits = sum(_norm_text(it.prompt) in (
+            real_by_group.get(_stratum_key(it.group), set()) if _stratum_key(it.group)
+            else all_real) for it in synth_items)
         out["paired"] = round(hits / len(synth_items), 4)
     if min(counts.values()) >= 2:
         tells += _word_tells(texts)
         tells += _length_tell(texts)
         y = np.array([0] * counts["real"] + [1] * counts["synthetic"])
-        auc, auc_std, cv = _prompt_auc(texts["real"] + texts["synthetic"], y, seed)
-        out.update(auc=auc, auc_std=auc_std, cv=cv,
-                   auc_threshold=max(AUC_THRESHOLD, _auc_critical(
-                       counts["real"], counts["synthetic"], FAMILY_ALPHA / 2)))
+        out["auc_threshold"] = max(AUC_THRESHOLD, _auc_critical(
+            counts["real"], counts["synthetic"], FAMILY_ALPHA / 2))
+        if len(set(texts["real"]) | set(texts["synthetic"])) > 1:
+            auc, auc_std, cv = _prompt_auc(texts["real"] + texts["synthetic"], y, seed)
+            out.update(auc=auc, auc_std=auc_std, cv=cv)
     out["tells"] = tells
     auc_flag = out["auc"] is not None and out["auc"] >= out["auc_threshold"]
     if out["paired"] == 1.0 and not tells:
@@ -849,7 +885,8 @@ def _prompt_auc(texts: list[str], y: np.ndarray, seed: int):
 
     # Fitted inside each fold: the vocabulary never sees the held-out prompts.
     model = make_pipeline(
-        make_union(TfidfVectorizer(analyzer="word", ngram_range=(1, 2), sublinear_tf=True),
+        make_union(TfidfVectorizer(analyzer="word", ngram_range=(1, 2), sublinear_tf=True,
+                                   token_pattern=r"(?u)\b\w+\b"),
                    TfidfVectorizer(analyzer="char_wb", ngram_range=(2, 4), sublinear_tf=True),
                    make_pipeline(FunctionTransformer(lengths), StandardScaler())),
         LogisticRegression(C=1.0, max_iter=1000))
