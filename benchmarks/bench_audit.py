@@ -11,8 +11,9 @@ the audit tests 10 strata (pooled, 3 modalities, 6 modality x generator).
   tint       SD-like colour cast: R +1..4 and B -1..3 levels (varying per image), all strata;
   range      intensities squeezed into [6, 249] of 255 (no true black or white), all strata;
   mark       a small bright hatched mark (10 x 4 % of the side) in the lower right corner;
-  bytes      ONE modality's (CT) synthetic images with Gaussian noise of 1 grey level: not
-             visible, but a larger PNG (the byte count the browser sees), within one stratum;
+  bytes      ONE modality's (CT) synthetic images with Gaussian noise of 3 grey levels:
+             barely visible, but a PNG 5% larger (d = +1.0 in the byte count the browser
+             sees), within one stratum;
   bright     +0.05 intensity for ONE generator in ONE modality (a stratum-only leak).
 Features of the unplanted images are cached across replicates (the labels change, the pixels
 do not); planted images are rendered per replicate.
@@ -94,7 +95,7 @@ def plant(kind: str, img: np.ndarray, rng, modality: str, generator: str) -> np.
     if kind == "bytes":
         if modality != "CT":
             return None
-        return np.clip(img + rng.normal(0, 1.0 / 255, img.shape), 0, 1)
+        return np.clip(img + rng.normal(0, 3.0 / 255, img.shape), 0, 1)
     if kind == "bright":
         if not (modality == "xray" and generator == "b"):
             return None

@@ -119,7 +119,8 @@ def study_overview(db_path, study: str) -> tuple[str, str, bool]:
           f", stimuli {info['size']}×{info['size']} px\n"
           f"- readers: {info['n_readers']}\n"
           f"- leak audit: {_audit_summary(report)}")
-    return md, text, bool(is_flagged(report))
+    # The invite gate's tick box: until the flagged audit is acknowledged (readers.invite).
+    return md, text, bool(is_flagged(report)) and not report.get("acknowledged")
 
 
 def _audit_summary(report: dict) -> str:
@@ -381,16 +382,10 @@ def summary_markdown(summary) -> str:
 # ------------------------------------------------------------------------------ readers
 def invite_reader(db_path, study: str, reader: str, base_url: str, *,
                   acknowledge_leak: bool = False, reissue: bool = False, actor="admin") -> str:
-    """Invite a reader (or reissue their link) and return their personal link."""
-    from studies.ingest import audit_study
-
-    from studies.audit import is_flagged
-
-    report, _ = audit_study(db_path, study)
-    if is_flagged(report) and not acknowledge_leak:
-        raise StudyError("the leak audit flags this study: read it, then tick the "
-                         "acknowledgement to invite readers anyway")
-    token = readers_mod.invite(db_path, study, reader, reissue=reissue, actor=actor)
+    """Invite a reader (or reissue their link) and return their personal link; a flagged
+    study needs `acknowledge_leak` (the gate is `readers.invite`'s, as for the CLI)."""
+    token = readers_mod.invite(db_path, study, reader, reissue=reissue, actor=actor,
+                               acknowledge_leak=acknowledge_leak)
     return readers_mod.reader_link(token, base_url)
 
 
@@ -399,18 +394,12 @@ def invite_from_csv(db_path, study: str, csv_upload, base_url: str, *,
     """Invite every reader of an uploaded readers CSV (`readers.invite_csv`: a `reader`
     column and optional profile columns; all or none) and return `reader,link` lines.
     The upload must be a file Gradio received (as for the zip) and is deleted after."""
-    from studies.audit import is_flagged
-    from studies.ingest import audit_study
-
     if not csv_upload:
         raise StudyError("choose a readers CSV file first")
     path = _uploaded_file(csv_upload)
     try:
-        report, _ = audit_study(db_path, study)
-        if is_flagged(report) and not acknowledge_leak:
-            raise StudyError("the leak audit flags this study: read it, then tick the "
-                             "acknowledgement to invite readers anyway")
-        invitations = readers_mod.invite_csv(db_path, study, path, actor=actor)
+        invitations = readers_mod.invite_csv(db_path, study, path, actor=actor,
+                                             acknowledge_leak=acknowledge_leak)
     finally:
         path.unlink(missing_ok=True)
     return "\n".join(f"{i.reader},{readers_mod.reader_link(i.token, base_url)}"

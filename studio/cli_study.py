@@ -162,9 +162,12 @@ def audit_cmd(db_path, study_name, recompute, as_json):
                    "`medisyn studio` stored in the database, else http://127.0.0.1:7860/].")
 @click.option("--reissue", is_flag=True,
               help="Give an existing reader a new link (the old one stops working).")
+@click.option("--acknowledge-leak", is_flag=True,
+              help="Invite even though the leak audit flags the study (after reading it: "
+                   "`medisyn study audit`). Remembered until the audit is re-run.")
 @_one_line_errors
 def invite_cmd(db_path, study_name, reader, csv_path, specialty, years_experience, base_url,
-               reissue):
+               reissue, acknowledge_leak):
     """Invite readers and print their personal links (shown once; only a hash is stored)."""
     from studies import settings
     from studies.errors import ReaderError
@@ -176,12 +179,13 @@ def invite_cmd(db_path, study_name, reader, csv_path, specialty, years_experienc
     if csv_path:
         if reissue or specialty or years_experience:
             raise ReaderError("--csv takes the profile from its columns and cannot reissue")
-        for inv in invite_csv(db_path, study_name, csv_path):
+        for inv in invite_csv(db_path, study_name, csv_path, acknowledge_leak=acknowledge_leak):
             click.echo(f"{inv.reader},{reader_link(inv.token, url)}")
         return
     profile = {k: v for k, v in (("specialty", specialty),
                                  ("years_experience", years_experience)) if v is not None}
-    token = invite(db_path, study_name, reader, reissue=reissue, profile=profile or None)
+    token = invite(db_path, study_name, reader, reissue=reissue, profile=profile or None,
+                   acknowledge_leak=acknowledge_leak)
     click.echo(reader_link(token, url))
 
 

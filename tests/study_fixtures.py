@@ -133,7 +133,16 @@ def make_study(tmp_path: pathlib.Path, name: str = "pilot", *, size: int = 64,
     db_path = tmp_path / "study.db"
     summary = create_study(db_path, name, manifest=manifest, size=size, tasks=tasks,
                            options=options)
+    # These look-alikes fail the leak audit (DICOM/NIfTI vs PNG originals): acknowledged, as
+    # a researcher must before inviting readers (tests of the gate build their own studies).
+    acknowledge_fixture_leak(db_path, name)
     return db_path, summary
+
+
+def acknowledge_fixture_leak(db_path: pathlib.Path, name: str) -> None:
+    from studies.readers import acknowledge_leak
+
+    acknowledge_leak(db_path, name, actor="test-fixture")
 
 
 def copy_study(template: pathlib.Path, folder: pathlib.Path) -> pathlib.Path:
