@@ -123,6 +123,19 @@ def study_overview(db_path, study: str) -> tuple[str, str, bool]:
     return md, text, bool(is_flagged(report)) and not report.get("acknowledged")
 
 
+def contact_sheet_frame(db_path, study: str) -> str:
+    """The study's contact sheet (`studies.contact_sheet`, the page `medisyn study audit
+    --html` writes) in a sandboxed frame: its styles stay inside and nothing in it runs."""
+    import html
+
+    from studies.contact_sheet import contact_sheet_html
+
+    page = contact_sheet_html(db_path, study)
+    return (f"<iframe sandbox title='Contact sheet of {html.escape(study, quote=True)}' "
+            f"srcdoc=\"{html.escape(page, quote=True)}\" style='width:100%;height:80vh;"
+            "border:1px solid #bbb;border-radius:6px;background:#fff'></iframe>")
+
+
 def _audit_summary(report: dict) -> str:
     """One line for the overview: the audit's verdict, with its reasons when flagged."""
     from studies.audit import is_flagged
@@ -704,6 +717,9 @@ def build_admin_blocks(db_path, admin_auth, *, model=None, base_url=None, batche
                 overview = gr.Markdown(elem_id="overview")
                 audit_box = gr.Textbox(label="Leak audit", lines=14, interactive=False,
                                        elem_id="audit", buttons=["copy"])
+                sheet_btn = gr.Button("Show the contact sheet (the stimuli as readers see "
+                                      "them)", elem_id="contact-sheet-btn")
+                sheet = gr.HTML(elem_id="contact-sheet")
             with gr.Tab("New study", id="new"):
                 with gr.Row():
                     name = gr.Textbox(label="Study name", elem_id="new-name")
@@ -835,6 +851,18 @@ def build_admin_blocks(db_path, admin_auth, *, model=None, base_url=None, batche
             md, text, leak = study_overview(db_path, study)
             return (md, text, md, gr.update(visible=leak, value=False),
                     progress_table(db_path, study), faults_markdown(db_path, study))
+
+        @friendly
+        def show_sheet(study, request: gr.Request):
+            guard(request)
+            if not study:
+                raise StudyError("choose a study first")
+            return contact_sheet_frame(db_path, study)
+
+        @friendly
+        def clear_sheet(request: gr.Request):
+            guard(request)
+            return ""
 
         @friendly
         def switch_source(choice, request: gr.Request):
@@ -971,6 +999,8 @@ def build_admin_blocks(db_path, admin_auth, *, model=None, base_url=None, batche
                         **admin_events)
         source.change(switch_source, [source], [zip_group, folder_group, batch_group],
                       **admin_events)
+        sheet_btn.click(show_sheet, [study_dd], [sheet], **admin_events)
+        study_dd.change(clear_sheet, None, [sheet], **admin_events)
         create_btn.click(create, [name, size, tasks, training, repeat, attention, counterbalance,
                                   seed, source, upload, folder, batches, real_folder],
                          [created, created_audit, study_dd, table, upload],

@@ -128,8 +128,12 @@ def add_cmd(db_path, study_name, manifest, images_dir):
 @click.option("--json", "as_json", is_flag=True,
               help='Print the report as JSON: {"flagged": bool, "reasons": [...], "verdict": ..., '
                    '"auc": ..., ...}.')
+@click.option("--html", "html_path", type=click.Path(dir_okay=False),
+              help="Also write a contact sheet: the stored stimuli as readers will see them, "
+                   "real and synthetic side by side per modality, with the audit's flags "
+                   "(one self-contained HTML file).")
 @_one_line_errors
-def audit_cmd(db_path, study_name, recompute, as_json):
+def audit_cmd(db_path, study_name, recompute, as_json, html_path):
     """Print the study's leak audit (as stored at creation, or recomputed)."""
     import json
 
@@ -137,6 +141,11 @@ def audit_cmd(db_path, study_name, recompute, as_json):
     from studies.ingest import audit_study
 
     report, text = audit_study(db_path, study_name, recompute=recompute)
+    if html_path:
+        from studies.contact_sheet import write_contact_sheet
+
+        written = write_contact_sheet(db_path, study_name, html_path)
+        click.echo(f"Contact sheet: {written}", err=as_json)
     if as_json:
         flagged = bool(is_flagged(report))
         payload = {"study": study_name, "flagged": flagged,

@@ -280,3 +280,31 @@ def test_one_leak_gate_for_the_cli_the_admin_and_the_library(tmp_path, data):
     assert [i.reader for i in invite_csv(db, "g", readers_csv, acknowledge_leak=True)] == ["csv-1"]
     report, _ = audit_study(db, "g")
     assert json.dumps(report["acknowledged"]) and report["flagged"]
+
+
+def test_audit_html_writes_a_self_contained_escaped_contact_sheet(tmp_path, data):
+    import re as re_
+
+    root, rows, _ = data
+    rows[0]["case_id"] = "<script>alert(1)</script>"
+    rows[1]["generator"] = "gen-<b>x</b>"
+    manifest = write_manifest(root / "hostile.csv", rows,
+                              ["path", "source", "modality", "prompt", "generator", "case_id"])
+    db = tmp_path / "s.db"
+    assert run("study", "create", "--db", db, "--name", "p<i>", "--manifest", manifest,
+               "--size", 32).exit_code == 0
+    out = tmp_path / "sheet.html"
+    r = run("study", "audit", "--db", db, "--study", "p<i>", "--html", out)
+    assert r.exit_code == 0, r.output
+    assert f"Contact sheet: {out}" in r.output
+    page = out.read_text(encoding="utf-8")
+    assert "<script" not in page and "<b>x" not in page and "<i>" not in page
+    assert "&lt;script&gt;alert(1)&lt;/script&gt;" in page
+    assert "default-src 'none'; img-src data:" in page
+    srcs = re_.findall(r"""src=['"]([^'"]*)""", page)
+    assert len(srcs) == 12 and all(s.startswith("data:image/png;base64,") for s in srcs)
+    assert not re_.search(r"https?://", page)
+    assert page.count("Real: ") == page.count("Synthetic: ") == 5  # 5 modalities
+    assert "LEAK" in page and "original formats are distributed differently" in page
+    assert_one_line_error(run("study", "audit", "--db", db, "--study", "p<i>", "--html",
+                              tmp_path / "no" / "x.html"), "output folder does not exist")

@@ -18,6 +18,7 @@ from studies.database import open_db, stimuli_dir
 from studies.design import TASKS, StudyOptions, pair_call
 from studies.export import long_table
 from studio import admin_view, auth, reader_view
+from study_fixtures import acknowledge_fixture_leak
 
 
 def _images_of(db, reader_id):
@@ -90,6 +91,7 @@ def _pair_repeat_study(tmp):
     manifest, rows = write_loud_manifest(tmp / "data", 8)
     create_study(db, "duo", manifest=manifest, size=64,
                  options=StudyOptions(tasks=("pair",), repeat_fraction=0.5))
+    acknowledge_fixture_leak(db, "duo")
     return db, rows, {r: readers.invite(db, "duo", r) for r in ("dr-a", "dr-b")}
 
 
