@@ -12,7 +12,9 @@ Decisions
 - Study status: a study has no draft/open flag in the database. Readers reach a study only
   through invitations, so a study with no invited reader is a *draft* and inviting the
   first reader *opens* it. The leak audit is shown on creation and above the invite form;
-  when the audit flags a leak, inviting requires ticking an explicit acknowledgement.
+  when the audit flags a leak, inviting requires ticking an explicit acknowledgement (the
+  gate is `readers.invite`'s). The Studies tab shows the contact sheet
+  (`studies.contact_sheet`) of the stored stimuli on request.
 - Zip upload: size-limited by Gradio (`max_file_size`) and again on extraction (total
   uncompressed bytes, file count, per-member compression ratio — counted while writing, not
   trusted from the zip's headers); absolute paths, `..`, drive letters and symlinks are
@@ -119,8 +121,7 @@ def study_overview(db_path, study: str) -> tuple[str, str, bool]:
           f", stimuli {info['size']}×{info['size']} px\n"
           f"- readers: {info['n_readers']}\n"
           f"- leak audit: {_audit_summary(report)}")
-    # The invite gate's tick box: until the flagged audit is acknowledged (readers.invite).
-    return md, text, bool(is_flagged(report)) and not report.get("acknowledged")
+    return md, text, bool(is_flagged(report))
 
 
 def contact_sheet_frame(db_path, study: str) -> str:
@@ -849,6 +850,9 @@ def build_admin_blocks(db_path, admin_auth, *, model=None, base_url=None, batche
                 return ("No study yet: create one in **New study**.", "", "",
                         gr.update(visible=False), pd.DataFrame(), "")
             md, text, leak = study_overview(db_path, study)
+            # The invite gate's tick box, until the flagged audit is acknowledged.
+            leak = leak and not (readers_mod.leak_acknowledgement(db_path, study) or {}).get(
+                "acknowledged")
             return (md, text, md, gr.update(visible=leak, value=False),
                     progress_table(db_path, study), faults_markdown(db_path, study))
 

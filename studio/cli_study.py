@@ -25,7 +25,7 @@ _study_option = click.option("--study", "study_name", required=True, help="Study
 @click.option("--name", required=True, help="Name of the new study (unique in the database).")
 @click.option("--manifest", type=click.Path(dir_okay=False),
               help="CSV with columns path, source, modality, prompt [generator, case_id, group, "
-                   "frame, window, slice, axis].")
+                   "frame, window, slice, axis, crop].")
 @click.option("--images", "images_dir", type=click.Path(file_okay=False),
               help="Folder with real/ and synthetic/ subfolders (instead of --manifest).")
 @click.option("--size", default="auto", show_default=True,

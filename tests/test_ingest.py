@@ -288,7 +288,7 @@ def test_list_studies(tmp_path, data):
     create_study(db_path, "one", manifest=write_manifest(root / "m.csv", rows), size=32,
                  tasks=("turing", "quality"), options=StudyOptions(training_cases=2, seed=4))
     create_study(db_path, "two", images_dir=root, size=32)
-    invite(db_path, "two", "r1")
+    invite(db_path, "two", "r1", acknowledge_leak=True)
     two, one = list_studies(db_path)  # newest first
     assert (one["name"], one["tasks"], one["n_cases"], one["n_real"], one["n_synthetic"]) == \
         ("one", ["turing", "quality"], 12, 6, 6)

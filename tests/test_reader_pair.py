@@ -213,7 +213,7 @@ def test_cli_created_pair_study_can_be_completed_by_a_reader(tmp_path):
                                  "--manifest", str(manifest), "--size", "64", "--tasks", "pair"])
     assert r.exit_code == 0, r.output
     r = CliRunner().invoke(cli, ["study", "invite", "--db", str(db), "--study", "duo",
-                                 "--reader", "dr-a"])
+                                 "--reader", "dr-a", "--acknowledge-leak"])
     assert r.exit_code == 0, r.output
     token = re.search(r"token=([A-Za-z0-9_-]+)", r.output).group(1)
     screen = reader_view.start(db, token)
