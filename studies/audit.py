@@ -865,7 +865,9 @@ def _length_tell(texts: dict[str, list[str]]) -> list[str]:
         d, p = math.copysign(99.0, diff), 0.0
     else:
         d = diff / pooled
-        p = float(stats.ttest_ind(a, b, equal_var=False).pvalue)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # near-identical lengths: precision chatter
+            p = float(stats.ttest_ind(a, b, equal_var=False).pvalue)
     if abs(d) >= EFFECT_THRESHOLD and p <= FAMILY_ALPHA / 2:
         return [f"synthetic prompts are {'longer' if d > 0 else 'shorter'} (mean "
                 f"{a.mean():.1f} vs {b.mean():.1f} words, d {d:+.1f})"]

@@ -581,3 +581,23 @@ def test_a_crop_outside_the_image_is_one_error_line(tmp_path):
     with pytest.raises(IngestError, match=r"row 1 .*crop 10,10,100,20 reaches outside the image \(48x48"):
         create_study(tmp_path / "s.db", "c", manifest=manifest, size=48)
     assert not (tmp_path / "s.db").exists()
+
+
+def test_added_synthetic_images_follow_the_stored_real_images_greyscale(tmp_path):
+    from studies.ingest import add_cases
+
+    root = tmp_path / "d"
+    manifest = _grey_study_rows(root, "CT", "CT", n=4)
+    db_path = tmp_path / "s.db"
+    create_study(db_path, "grey", manifest=manifest, size=48)
+    rng = np.random.default_rng(5)
+    extra = tmp_path / "more"
+    extra.mkdir()
+    Image.fromarray(_sd_like(_texture(rng), rng)).save(extra / "late.png")
+    add = write_manifest(extra / "add.csv", [{"path": "late.png", "source": "synthetic",
+                                              "modality": "ct", "prompt": "p", "generator": "sd"}])
+    summary = add_cases(db_path, "grey", manifest=add)
+    converted = [c["case_id"] for c in summary.audit["greyscale"]["converted"]]
+    assert len(converted) == 5 and converted[-1] == "late.png"  # 4 at creation, kept
+    for px in _stored(db_path, "synthetic"):
+        assert np.array_equal(px[..., 0], px[..., 2])
