@@ -742,7 +742,7 @@ def _norm_text(text: str) -> str:
     return " ".join(str(text or "").split()).casefold()
 
 
-def _ngrams(text: str, n_max: int = 3) -> set[str]:
+def _ngrams(text: str, n_max: int = 5) -> set[str]:
     words = _WORD.findall(_norm_text(text))
     return {" ".join(words[i:i + n]) for n in range(1, n_max + 1)
             for i in range(len(words) - n + 1)}
@@ -755,7 +755,7 @@ def audit_prompts(items: list[AuditItem], *, seed: int = 0, shown: bool = False)
     "tells": [...], "counts", "paired", "summary", "remedy", "shown"}:
     - a logistic regression on word (1-2) and character (2-4) n-gram TF-IDF and the length,
       stratified k-fold cross-validated AUC, flagged at the image rule's threshold;
-    - named tells: a word n-gram used by one source only, more often than chance allows
+    - named tells: a word n-gram (1-5 words) used by one source only, more often than chance allows
       (Fisher's exact test, Bonferroni over all n-grams, at `FAMILY_ALPHA`); the length
       (|d| >= `EFFECT_THRESHOLD`, Welch p <= `FAMILY_ALPHA`); prompts present for one source
       much more often than for the other;
