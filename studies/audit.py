@@ -87,8 +87,9 @@ GRID = 4
 ERROR_RATES = (
     "false flag in 3.8% of clean random splits (15 of 400; 10 strata of 20 real vs 20 "
     "synthetic); planted leaks found in 100% (40 of 40 each) for a 1-4 level tint, a squeezed "
-    "intensity range, a small fixed mark and +0.05 brightness in one stratum, and in 42% "
-    "for a byte-size difference of d = 1 in one stratum (benchmarks/bench_audit.py)")
+    "intensity range, a small fixed mark and +0.05 brightness in one stratum; a byte-size "
+    "difference in one stratum found in 42% at d = 1 and 100% (20 of 20) at d = 2.9 "
+    "(benchmarks/bench_audit.py)")
 """The rule's measured error rates (benchmarks/bench_audit.py; docs/benchmarks.md), printed
 with every report."""
 VERDICTS = ("leak", "too few images to certify", "ok")
@@ -229,16 +230,18 @@ class AuditReport:
         if len(self.strata) > 1 or any(not s.get("tested") for s in self.strata):
             lines.append(f"  strata (each tested alone; family-wise false-flag rate "
                          f"{self.family_alpha:.0%} over {sum(s.get('tested', False) for s in self.strata)} tested):")
+            untested = [s["name"] for s in self.strata if not s.get("tested")]
             for s in self.strata:
                 c = s["counts"]
                 if not s.get("tested"):
-                    lines.append(f"    {s['name']}: real {c['real']}, synthetic "
-                                 f"{c['synthetic']} — not tested alone ({s.get('note', '')})")
                     continue
                 auc = "n/a" if s.get("auc") is None else f"{s['auc']:.2f}"
                 state = "FLAGGED" if s["flagged"] else "ok"
                 lines.append(f"    {s['name']}: real {c['real']}, synthetic {c['synthetic']}, "
                              f"AUC {auc} (flag at >= {s['auc_threshold']:.2f}): {state}")
+            if untested:
+                lines.append(f"    not tested alone (fewer than {MIN_STRATUM} images in a "
+                             f"source): " + "; ".join(untested))
         if self.prompts:
             lines.extend("  " + ln for ln in format_prompts(self.prompts).splitlines())
         lines.append(f"  error rates of this rule: {ERROR_RATES}")
@@ -431,7 +434,7 @@ def audit_leaks(items: list[AuditItem], *, threshold: float = AUC_THRESHOLD,
     untested = [r["name"] for r in results[1:] if not r["tested"]]
     if untested:
         warns.append(f"Strata with fewer than {MIN_STRATUM} images in a source were not tested "
-                     "alone (only within the pooled test): " + ", ".join(untested) + ".")
+                     "alone (only within the pooled test): " + "; ".join(untested) + ".")
     prompt_report = audit_prompts(items, seed=seed, shown=prompts_shown)
     if prompt_report["verdict"] == "flagged" and prompts_shown:
         reasons.append("the prompts readers see tell the sources apart: "
