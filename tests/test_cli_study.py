@@ -307,3 +307,20 @@ def test_audit_html_writes_a_self_contained_escaped_contact_sheet(tmp_path, data
     assert "LEAK" in page and "original formats are distributed differently" in page
     assert_one_line_error(run("study", "audit", "--db", db, "--study", "p<i>", "--html",
                               tmp_path / "no" / "x.html"), "output folder does not exist")
+
+
+def test_the_admin_shows_the_same_contact_sheet_in_a_sandboxed_frame(tmp_path, data):
+    import html
+
+    from studies.contact_sheet import contact_sheet_html
+    from studies.ingest import create_study
+    from studio.admin_view import contact_sheet_frame
+
+    _, _, manifest = data
+    db = tmp_path / "s.db"
+    create_study(db, "f'x", manifest=manifest, size=32)
+    frame = contact_sheet_frame(db, "f'x")
+    assert frame.startswith("<iframe sandbox ") and "allow-scripts" not in frame
+    srcdoc = frame.split('srcdoc="', 1)[1].split('" style=', 1)[0]
+    assert html.unescape(srcdoc) == contact_sheet_html(db, "f'x")
+    assert "'x" not in frame.split("srcdoc")[0].replace("&#x27;x", "")  # the title is escaped
