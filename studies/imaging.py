@@ -38,9 +38,10 @@ import numpy as np
 from PIL import Image, ImageOps
 
 __all__ = [
-    "DEFAULT_PRESET", "DecodedImage", "ImageError", "MAX_PIXELS", "PERCENTILES",
-    "REDUCING_GAP", "TINY_SIDE", "TOTAL_PIXEL_FACTOR", "WINDOW_PRESETS", "degenerate_content",
-    "load_image", "reduce_factor",
+    "BURNED_IN_MODALITIES", "DEFAULT_PRESET", "DecodedImage", "ImageError", "MAX_PIXELS",
+    "NEAR_GREY_LEVELS", "PERCENTILES", "REDUCING_GAP", "TINY_SIDE", "TOTAL_PIXEL_FACTOR",
+    "WINDOW_PRESETS", "burned_in_reason", "degenerate_content", "grey_spread", "is_grey",
+    "load_image", "reduce_factor", "to_luma",
 ]
 
 MAX_PIXELS = 64_000_000
@@ -93,6 +94,8 @@ class DecodedImage:
     scaling: str = ""           # how intensities were mapped, for the record
     reduced_by: int = 1         # integer box-reduction applied (see target_size)
     degenerate: str = ""        # why the image shows (almost) nothing, e.g. "constant"; "" if fine
+    burned_in: str = ""         # DICOM: why burned-in text is likely (see burned_in_reason); "" if not
+    crop: tuple[int, int, int, int] | None = None  # (x, y, w, h) applied, in source pixels
 
 
 def load_image(
@@ -105,6 +108,7 @@ def load_image(
     slice_index: int | None = None,
     max_pixels: int = MAX_PIXELS,
     target_size: int | None = None,
+    crop: tuple[int, int, int, int] | None = None,
 ) -> DecodedImage:
     """Decode `path` (PNG, JPEG, TIFF, DICOM or NIfTI) to display-ready pixels.
 
@@ -120,6 +124,10 @@ def load_image(
     max_pixels: refuse a 2-D image larger than this (checked from the header).
     target_size: optional hint that the caller will resize to this size; large images are
       then box-reduced early to save memory (see module docstring).
+    crop: `(x, y, w, h)` in the pixels of the decoded 2-D image (DICOM Columns x Rows, the
+      file's own size for PNG/JPEG/TIFF, the displayed NIfTI slice), applied before any
+      reduction or normalisation: e.g. to cut burned-in text off an ultrasound frame.
+      `original_width`/`original_height` then give the crop's size (what is shown).
     Raises ImageError naming the file.
     """
     p = pathlib.Path(path)
@@ -137,6 +145,9 @@ def load_image(
         raise ImageError(path, "empty file")
     if window is not None:
         window = _check_window(path, window)
+    if crop is not None:
+        crop = _check_crop(path, crop)
+        target_size_hint, target_size = target_size, None  # crop in source pixels first
 
     name = p.name.lower()
     kind = ("DICOM" if head[128:132] == b"DICM" or name.endswith((".dcm", ".dicom"))
@@ -160,11 +171,92 @@ def load_image(
         raise ImageError(path, f"cannot decode {what}: corrupt, truncated or unsupported "
                                f"({type(exc).__name__}: {_short(exc)})") from None
     img.original_bytes = nbytes
+    if crop is not None:
+        _apply_crop(p, img, crop)
+        target_size = target_size_hint
     img.degenerate = degenerate_content(img)
     if target_size and img.reduced_by == 1:
         img.pixels, img.reduced_by = _reduce(img.pixels, target_size)
     img.pixels = np.ascontiguousarray(img.pixels, dtype=np.float32)
     return img
+
+
+def _check_crop(path, crop) -> tuple[int, int, int, int]:
+    try:
+        box = tuple(int(v) for v in crop)
+    except (TypeError, ValueError):
+        raise ImageError(path, f"crop must be four whole numbers x,y,w,h, not {crop!r}") from None
+    if len(box) != 4 or box[0] < 0 or box[1] < 0 or box[2] < 1 or box[3] < 1:
+        raise ImageError(path, f"crop must be x,y,w,h with x, y >= 0 and w, h >= 1, not {crop!r}")
+    return box  # type: ignore[return-value]
+
+
+def _apply_crop(p, img: DecodedImage, box: tuple[int, int, int, int]) -> None:
+    x, y, w, h = box
+    rows, cols = img.pixels.shape[:2]
+    if img.reduced_by != 1:  # a loader reduced anyway: map the box (not expected)
+        f = img.reduced_by
+        x, y, w, h = x // f, y // f, max(1, w // f), max(1, h // f)
+    if x + w > cols or y + h > rows:
+        raise ImageError(p, f"crop {box[0]},{box[1]},{box[2]},{box[3]} reaches outside the "
+                            f"image ({cols}x{rows} pixels)")
+    img.pixels = img.pixels[y:y + h, x:x + w]
+    img.original_width, img.original_height = box[2], box[3]
+    img.crop = box
+    img.scaling += f", cropped to x={box[0]} y={box[1]} w={box[2]} h={box[3]}"
+
+
+NEAR_GREY_LEVELS = 12
+"""A colour image counts as near-grey when the 99th percentile of its per-pixel channel
+spread (max - min of R, G, B) is at most this many levels of 255: the faint casts
+(1-4 levels, JPEG chroma noise) that Stable Diffusion-class models put on greyscale scans."""
+
+
+def is_grey(pixels: np.ndarray) -> bool:
+    """Exactly grey: one channel, or three identical ones."""
+    px = np.asarray(pixels)
+    return px.ndim == 2 or bool(np.array_equal(px[..., 0], px[..., 1])
+                                and np.array_equal(px[..., 1], px[..., 2]))
+
+
+def grey_spread(pixels: np.ndarray) -> float:
+    """99th percentile of the per-pixel channel spread, in levels of 255 (0 for grey)."""
+    px = np.asarray(pixels, np.float32)
+    if px.ndim == 2:
+        return 0.0
+    spread = px.max(axis=-1) - px.min(axis=-1)
+    return float(np.percentile(spread, 99)) * 255.0
+
+
+def to_luma(pixels: np.ndarray) -> np.ndarray:
+    """Rec. 601 luma (PIL's "L" weights) of HxWx3 float pixels: HxW."""
+    px = np.asarray(pixels, np.float32)
+    if px.ndim == 2:
+        return px
+    return (0.299 * px[..., 0] + 0.587 * px[..., 1] + 0.114 * px[..., 2]).astype(np.float32)
+
+
+BURNED_IN_MODALITIES = ("US", "SC", "OT")
+"""DICOM modalities that commonly carry burned-in text (ultrasound, secondary capture, other)."""
+_SECONDARY_CAPTURE = "1.2.840.10008.5.1.4.1.1.7"
+
+
+def burned_in_reason(ds) -> str:
+    """Why a DICOM dataset's pixels may carry burned-in text (institution, dates, names —
+    patient data, and an obvious "real" cue), or "": BurnedInAnnotation (0028,0301) YES, or
+    an ultrasound / secondary-capture / other image that does not say NO."""
+    value = str(ds.get("BurnedInAnnotation", "") or "").strip().upper()
+    if value == "YES":
+        return "BurnedInAnnotation (0028,0301) is YES"
+    if value:
+        return ""
+    modality = str(ds.get("Modality", "") or "").strip().upper()
+    sop = str(ds.get("SOPClassUID", "") or "")
+    if modality in BURNED_IN_MODALITIES or sop.startswith(_SECONDARY_CAPTURE):
+        what = modality or "secondary capture"
+        return (f"a {what} image without BurnedInAnnotation (0028,0301): such images "
+                "commonly carry burned-in text")
+    return ""
 
 
 TINY_SIDE = 16
@@ -484,7 +576,7 @@ def _load_dicom(p, frame, window, modality, max_pixels) -> DecodedImage:
             px = 1.0 - px  # MONOCHROME1: minimum value is white
             scaling += ", inverted (MONOCHROME1)"
     return DecodedImage(px, "DICOM", cols, rows, photometric, bits, 0,
-                        file_modality or modality, scaling)
+                        file_modality or modality, scaling, burned_in=burned_in_reason(ds))
 
 
 def _dicom_frame(p, ds, index, force, whole=False) -> np.ndarray:

@@ -69,6 +69,9 @@ class _Prepared:
     sha256: str
     original: dict  # original_format/width/height/mode/bit_depth/bytes
     degenerate: str = ""  # imaging.degenerate_content: why it shows (almost) nothing
+    greyed: float | None = None      # made exact grey: its channel spread before (levels)
+    left_colour: float | None = None  # in a greyscale stratum but too colourful to convert
+    burned_in: str = ""              # imaging.burned_in_reason
 
 
 def _check_name(name: str) -> str:
@@ -175,10 +178,12 @@ def create_study(
 
     with _staging(db_path) as stage:
         prepared, items = _prepare(rows, size, stage.incoming, progress)
-        report = audit_mod.audit_leaks(items)
+        report = audit_mod.audit_leaks(items, prompts_shown="alignment" in options.tasks)
         del items
         report_dict, report_text = _with_content_warnings(
             report.to_dict(), report.format_text(), _content_warnings(prepared))
+        report_dict, report_text = _with_ingest_checks(report_dict, report_text,
+                                                       _ingest_checks(prepared))
         report_dict, report_text = _with_scaling(report_dict, report_text,
                                                  _scaling_inputs(prepared), size)
 
@@ -273,13 +278,17 @@ def add_cases(
                                 "but this image has none")
     size = srow["size"]
     with _staging(db_path) as stage:
-        prepared, items = _prepare(rows, size, stage.incoming, progress)
+        prepared, items = _prepare(rows, size, stage.incoming, progress,
+                                   grey_strata=_stored_grey_strata(db_path, srow["id"]))
         items = _stored_audit_items(db_path, srow["id"]) + items
-        report = audit_mod.audit_leaks(items)
+        report = audit_mod.audit_leaks(items, prompts_shown="alignment" in tasks)
         del items
-        earlier = json.loads(srow["audit_report"] or "{}").get("content_warnings", [])
+        earlier_report = json.loads(srow["audit_report"] or "{}")
+        earlier = earlier_report.get("content_warnings", [])
         report_dict, report_text = _with_content_warnings(
             report.to_dict(), report.format_text(), earlier + _content_warnings(prepared))
+        report_dict, report_text = _with_ingest_checks(
+            report_dict, report_text, _ingest_checks(prepared, earlier_report))
         report_dict, report_text = _with_scaling(
             report_dict, report_text,
             _stored_scaling_inputs(db_path, srow["id"]) + _scaling_inputs(prepared), size)
@@ -403,26 +412,137 @@ def _staging(db_path: pathlib.Path):
 
 
 def _prepare(rows: list[ManifestRow], size: int, incoming: pathlib.Path,
-             progress: Callable[[int, int], None] | None):
-    """Decode and blind every row into `incoming`; returns (prepared, audit items)."""
-    prepared: list[_Prepared] = []
-    items: list[audit_mod.AuditItem] = []
-    for i, row in enumerate(rows):
+             progress: Callable[[int, int], None] | None,
+             grey_strata: dict[str, bool] | None = None):
+    """Decode and blind every row into `incoming`; returns (prepared, audit items).
+
+    Real images go first so that each modality is known to be greyscale or not before its
+    synthetic images are stored (see `_grey_decision`); `grey_strata` adds what stored real
+    images already showed (when adding cases)."""
+    prepared: list = [None] * len(rows)
+    items: list = [None] * len(rows)
+    grey = _GreyStrata(dict(grey_strata or {}))
+    order = sorted(range(len(rows)), key=lambda i: rows[i].source != "real")
+    for done, i in enumerate(order, start=1):
+        row = rows[i]
         decoded = _decode(row, size)
+        greyed = left = None
+        if row.source == "real":
+            grey.see_real(row.modality, decoded.pixels)
+        elif grey.is_grey_stratum(row.modality) and not imaging.is_grey(decoded.pixels):
+            spread = imaging.grey_spread(decoded.pixels)
+            if spread <= imaging.NEAR_GREY_LEVELS:
+                decoded.pixels, greyed = imaging.to_luma(decoded.pixels), round(spread, 2)
+            else:
+                left = round(spread, 2)
         png = stimuli.encode_png(stimuli.normalise(decoded, size))
         sid = stimuli.new_stimulus_id()
         (incoming / f"{sid}.png").write_bytes(png)
         original = {k: getattr(decoded, k) for k in _ORIGINAL_FIELDS}
         degenerate = decoded.degenerate
+        burned_in = decoded.burned_in
         del decoded  # keep only metadata, not the float image
-        prepared.append(_Prepared(row, sid, hashlib.sha256(png).hexdigest(), original,
-                                  degenerate))
-        items.append(audit_mod.AuditItem(
-            source=row.source, png=png,
-            **{k: v for k, v in original.items() if k != "original_bytes"}))
+        prepared[i] = _Prepared(row, sid, hashlib.sha256(png).hexdigest(), original,
+                                degenerate, greyed=greyed, left_colour=left,
+                                burned_in=burned_in)
+        items[i] = audit_mod.AuditItem(
+            source=row.source, png=png, modality=row.modality, generator=row.generator,
+            prompt=row.prompt, group=row.group,
+            **{k: v for k, v in original.items() if k != "original_bytes"})
         if progress:
-            progress(i + 1, len(rows))
+            progress(done, len(rows))
     return prepared, items
+
+
+@dataclasses.dataclass
+class _GreyStrata:
+    """Which modalities' real images are greyscale. A named modality is greyscale when all
+    its real images are exactly grey; the blank modality (no name to go by) when any of its
+    real images is, since a near-grey synthetic image can only pass for one of those."""
+
+    seen: dict[str, bool]  # modality key -> its real images so far are all grey (named) /
+    #                        at least one is grey (blank)
+
+    def see_real(self, modality: str, pixels) -> None:
+        key = _modality_key(modality)
+        g = imaging.is_grey(pixels)
+        if key:
+            self.seen[key] = self.seen.get(key, True) and g
+        else:
+            self.seen[key] = self.seen.get(key, False) or g
+
+    def is_grey_stratum(self, modality: str) -> bool:
+        return self.seen.get(_modality_key(modality), False)
+
+
+def _modality_key(modality: str) -> str:
+    return " ".join(str(modality or "").split()).casefold()
+
+
+def _stored_grey_strata(db_path, study_id: int) -> dict[str, bool]:
+    """`_GreyStrata.seen` from a study's stored real stimuli."""
+    with reading(db_path) as db:
+        rows = db.execute("SELECT c.modality, c.stimulus_id FROM cases c WHERE c.study_id = ? "
+                          "AND c.source = 'real'", [study_id]).fetchall()
+    grey = _GreyStrata({})
+    sdir = stimuli_dir(db_path)
+    for modality, sid in rows:
+        with contextlib.suppress(OSError, ValueError):
+            grey.see_real(modality or "", stimuli.decode_png((sdir / f"{sid}.png").read_bytes()))
+    return grey.seen
+
+
+def _ingest_checks(prepared: list[_Prepared], earlier: dict | None = None) -> dict:
+    """What ingest changed or found beyond the leak audit: synthetic images made exact grey
+    (and those left in colour), DICOMs likely to carry burned-in text. `earlier` carries a
+    stored report's lists over (adding cases, recomputing)."""
+    earlier = earlier or {}
+    old_grey = earlier.get("greyscale") or {}
+    greyscale = {
+        "near_grey_levels": imaging.NEAR_GREY_LEVELS,
+        "converted": list(old_grey.get("converted", [])) + [
+            {"row": p.row.where, "case_id": p.row.case_id, "modality": p.row.modality,
+             "spread": p.greyed} for p in prepared if p.greyed is not None],
+        "left_in_colour": list(old_grey.get("left_in_colour", [])) + [
+            {"row": p.row.where, "case_id": p.row.case_id, "modality": p.row.modality,
+             "spread": p.left_colour} for p in prepared if p.left_colour is not None],
+    }
+    burned = list(earlier.get("burned_in") or []) + [
+        {"row": p.row.where, "case_id": p.row.case_id, "path": p.row.rel_path,
+         "source": p.row.source, "reason": p.burned_in,
+         "crop": list(p.row.crop) if p.row.crop else None}
+        for p in prepared if p.burned_in]
+    return {"greyscale": greyscale, "burned_in": burned}
+
+
+def _with_ingest_checks(report: dict, text: str, checks: dict) -> tuple[dict, str]:
+    report = dict(report, **checks)
+    lines = []
+    g = checks["greyscale"]
+    if g["converted"]:
+        mods = sorted({c["modality"] or "(blank)" for c in g["converted"]})
+        lines.append(f"Greyscale: {len(g['converted'])} synthetic image(s) stored as exact grey "
+                     f"(luma) because the real images of their modality ({', '.join(mods)}) are "
+                     f"greyscale; each was near-grey (99th percentile channel spread <= "
+                     f"{g['near_grey_levels']} of 255 levels; largest "
+                     f"{max(c['spread'] for c in g['converted']):g}).")
+    if g["left_in_colour"]:
+        lines.append(f"Greyscale: {len(g['left_in_colour'])} synthetic image(s) in a greyscale "
+                     f"modality are in colour (channel spread > {g['near_grey_levels']} levels) "
+                     "and were left as they are: " + ", ".join(
+                         c["case_id"] for c in g["left_in_colour"][:5]))
+    if checks["burned_in"]:
+        lines.append(f"Burned-in text: {len(checks['burned_in'])} DICOM image(s) may show "
+                     "text in the pixels (patient data, and a 'real' cue); look at them and "
+                     "give a crop (manifest column crop = x,y,w,h) if needed:")
+        lines += [f"  {b['row']}: {b['path']}: {b['reason']}"
+                  + (f" (cropped to {','.join(map(str, b['crop']))})" if b.get("crop") else "")
+                  for b in checks["burned_in"][:20]]
+        if len(checks["burned_in"]) > 20:
+            lines.append(f"  ... {len(checks['burned_in']) - 20} more")
+    if lines:
+        text = text.rstrip("\n") + "\n" + "\n".join(lines)
+    return report, text
 
 
 def _content_warnings(prepared: list[_Prepared]) -> list[dict]:
@@ -526,10 +646,13 @@ def audit_study(db_path: str | pathlib.Path, study: str, *, recompute: bool = Fa
         if not recompute and row["audit_report"]:
             return json.loads(row["audit_report"]), row["audit_text"] or ""
     items = _stored_audit_items(db_path, row["id"])
-    report = audit_mod.audit_leaks(items)
-    # The stimuli do not change, so neither do their content warnings: carried over.
-    earlier = json.loads(row["audit_report"] or "{}").get("content_warnings", [])
+    report = audit_mod.audit_leaks(items, prompts_shown="alignment" in json.loads(row["tasks"]))
+    # The stimuli do not change, so neither do their content warnings and ingest checks.
+    earlier_report = json.loads(row["audit_report"] or "{}")
+    earlier = earlier_report.get("content_warnings", [])
     report_dict, text = _with_content_warnings(report.to_dict(), report.format_text(), earlier)
+    report_dict, text = _with_ingest_checks(report_dict, text,
+                                            _ingest_checks([], earlier_report))
     report_dict, text = _with_scaling(report_dict, text,
                                       _stored_scaling_inputs(db_path, row["id"]), row["size"])
 
@@ -546,8 +669,10 @@ def _stored_audit_items(db_path: pathlib.Path, study_id: int) -> list[audit_mod.
     """Audit items of a study's stored stimuli and their recorded original metadata."""
     with reading(db_path) as db:
         cases = list(db.query(
-            "SELECT c.source, s.* FROM cases c JOIN stimuli s ON s.id = c.stimulus_id "
-            "WHERE c.study_id = ? ORDER BY c.id", [study_id]))
+            "SELECT c.source, c.modality AS case_modality, c.generator AS case_generator, "
+            "c.prompt AS case_prompt, c.group_name AS case_group, s.* FROM cases c "
+            "JOIN stimuli s ON s.id = c.stimulus_id WHERE c.study_id = ? ORDER BY c.id",
+            [study_id]))
     sdir = stimuli_dir(db_path)
     items = []
     for c in cases:
@@ -560,5 +685,6 @@ def _stored_audit_items(db_path: pathlib.Path, study_id: int) -> list[audit_mod.
             source=c["source"], original_format=c["original_format"],
             original_width=c["original_width"], original_height=c["original_height"],
             original_mode=c["original_mode"], original_bit_depth=c["original_bit_depth"],
-            png=png))
+            png=png, modality=c["case_modality"] or "", generator=c["case_generator"] or "",
+            prompt=c["case_prompt"] or "", group=c["case_group"] or ""))
     return items

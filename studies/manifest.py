@@ -4,7 +4,7 @@ Manifest columns (header names are case-insensitive; unknown columns are an erro
 typo in an optional column is not silently ignored):
 
 required  path, source, modality, prompt
-optional  generator, case_id, group, frame, window, slice, axis
+optional  generator, case_id, group, frame, window, slice, axis, crop
 
 - `path` is relative to the manifest's folder; absolute paths, `..` escapes and symlinks
   that resolve outside that folder are refused.
@@ -13,6 +13,9 @@ optional  generator, case_id, group, frame, window, slice, axis
   `bone` ... or `centre/width` such as `40/400`; default the file's own window),
   `slice` and `axis` (NIfTI, 0-based; default middle slice of axis 2) are passed to
   `studies.imaging.load_image`.
+- `crop` (`x,y,w,h` in the source image's pixels, e.g. `0,60,640,420`) cuts the image to
+  that box before it is normalised: e.g. to remove burned-in text (institution, dates)
+  from an ultrasound or secondary-capture frame. The box must lie inside the image.
 - `case_id` defaults to the path; it must be unique.
 
 `--images DIR` shortcut: files under `DIR/real/` and `DIR/synthetic/` (recursively,
@@ -35,7 +38,7 @@ import pathlib
 from studies.errors import ManifestError
 
 REQUIRED = ("path", "source", "modality", "prompt")
-OPTIONAL = ("generator", "case_id", "group", "frame", "window", "slice", "axis")
+OPTIONAL = ("generator", "case_id", "group", "frame", "window", "slice", "axis", "crop")
 SOURCES = ("real", "synthetic")
 _SIDECAR = ".txt"
 
@@ -55,11 +58,12 @@ class ManifestRow:
     window: str | tuple[float, float] | None = None
     slice_index: int | None = None
     axis: int | None = None
+    crop: tuple[int, int, int, int] | None = None
 
     def decode_options(self) -> dict:
         """Keyword arguments for `studies.imaging.load_image` (only those set)."""
         opts = {"frame": self.frame, "window": self.window, "slice_index": self.slice_index,
-                "axis": self.axis}
+                "axis": self.axis, "crop": self.crop}
         out = {k: v for k, v in opts.items() if v is not None}
         if self.modality:
             out["modality"] = self.modality
@@ -112,6 +116,25 @@ def _window(value: str, where: str) -> str | tuple[float, float] | None:
             raise ManifestError(f"{where}, column 'window': width must be > 0")
         return (centre, width)
     return value.lower()
+
+
+def _crop(value: str, where: str) -> tuple[int, int, int, int] | None:
+    value = value.strip()
+    if not value:
+        return None
+    parts = [v.strip() for v in value.replace(";", ",").split(",")]
+    try:
+        box = tuple(int(v) for v in parts)
+    except ValueError:
+        raise ManifestError(f"{where}, column 'crop': {value!r} is not x,y,w,h (four whole "
+                            "numbers of source pixels)") from None
+    if len(box) != 4:
+        raise ManifestError(f"{where}, column 'crop': {value!r} is not x,y,w,h (four whole "
+                            "numbers of source pixels)")
+    if box[0] < 0 or box[1] < 0 or box[2] < 1 or box[3] < 1:
+        raise ManifestError(f"{where}, column 'crop': {value!r}: x and y must be >= 0, w and h "
+                            ">= 1")
+    return box  # type: ignore[return-value]
 
 
 def read_manifest(manifest: str | pathlib.Path) -> list[ManifestRow]:
@@ -179,6 +202,7 @@ def _row(record: dict[str, str], base: pathlib.Path, where: str) -> ManifestRow:
         window=_window(record.get("window", ""), where),
         slice_index=_int(record.get("slice", ""), where, "slice"),
         axis=_int(record.get("axis", ""), where, "axis", 0, 2),
+        crop=_crop(record.get("crop", ""), where),
     )
 
 

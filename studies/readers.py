@@ -39,6 +39,7 @@ import math
 import pathlib
 import secrets
 
+from studies import audit as audit_mod
 from studies import stimuli
 from studies.database import log_action, order_secret, reading, study_row, utc_now, write
 from studies.design import (
@@ -152,8 +153,59 @@ def _unit_reads(db, study_id: int) -> dict:
     return reads
 
 
+def _leak_gate(db, srow: dict, acknowledge: bool, actor: str) -> None:
+    """Refuse a new reader for a study whose leak audit is flagged, unless the researcher
+    acknowledges it (now, or earlier for the same audit report). The acknowledgement is
+    stored in the report (a re-run audit drops it) and in the audit log."""
+    report = json.loads(srow.get("audit_report") or "{}")
+    if not audit_mod.is_flagged(report) or report.get("acknowledged"):
+        return
+    if not acknowledge:
+        reasons = report.get("reasons") or []
+        first = f": {reasons[0]}" if reasons else ""
+        more = f" (+{len(reasons) - 1} more)" if len(reasons) > 1 else ""
+        raise ReaderError(
+            f"the leak audit flags study {srow['name']!r}{first}{more}. Readers could tell real "
+            "from synthetic without judging the images. Read the audit (medisyn study audit), "
+            "then invite with --acknowledge-leak (in the admin: tick the acknowledgement) to "
+            "open it anyway")
+    report["acknowledged"] = {"by": actor, "at": utc_now(),
+                              "n_reasons": len(report.get("reasons") or [])}
+    db.execute("UPDATE studies SET audit_report = ? WHERE id = ?",
+               [json.dumps(report, default=str), srow["id"]])
+    srow["audit_report"] = json.dumps(report, default=str)
+    log_action(db, actor, "acknowledge_leak", srow["id"],
+               reasons=report.get("reasons", [])[:5])
+
+
+def acknowledge_leak(db_path: str | pathlib.Path, study: str, *, actor: str = "cli") -> bool:
+    """Record that the researcher read the flagged audit and opens the study anyway (what
+    `invite(..., acknowledge_leak=True)` does first); False when the audit is not flagged."""
+    out = []
+
+    def tx(db):
+        srow = study_row(db, study)
+        flagged = bool(audit_mod.is_flagged(json.loads(srow.get("audit_report") or "{}")))
+        if flagged:
+            _leak_gate(db, srow, True, actor)
+        out.append(flagged)
+
+    write(db_path, tx)
+    return out[0]
+
+
+def leak_acknowledgement(db_path: str | pathlib.Path, study: str) -> dict | None:
+    """Whether inviting needs an acknowledgement: None when the study's audit is not
+    flagged; else {"acknowledged": who/when or None, "reasons": [...]}."""
+    with reading(db_path) as db:
+        report = json.loads(study_row(db, study).get("audit_report") or "{}")
+    if not audit_mod.is_flagged(report):
+        return None
+    return {"acknowledged": report.get("acknowledged"), "reasons": report.get("reasons", [])}
+
+
 def _invite_tx(db, srow: dict, name: str, digest: str, *, reissue: bool, profile: dict | None,
-               actor: str) -> None:
+               actor: str, acknowledge_leak: bool = False) -> None:
     existing = db.execute("SELECT id, deactivated_at FROM readers WHERE study_id = ? AND name = ?",
                           [srow["id"], name]).fetchone()
     now = utc_now()
@@ -170,6 +222,7 @@ def _invite_tx(db, srow: dict, name: str, digest: str, *, reissue: bool, profile
     if reissue:
         raise ReaderError(f"no reader {name!r} in study {srow['name']!r} to reissue a link for")
     _check_open(srow)
+    _leak_gate(db, srow, acknowledge_leak, actor)
     profile = check_profile(profile, study_profile_fields(srow))
     ordinal = db.execute("SELECT count(*) FROM readers WHERE study_id = ?",
                          [srow["id"]]).fetchone()[0]
@@ -223,20 +276,24 @@ def _invite_tx(db, srow: dict, name: str, digest: str, *, reissue: bool, profile
 
 
 def invite(db_path: str | pathlib.Path, study: str, reader: str, *, reissue: bool = False,
-           actor: str = "cli", profile: dict | None = None) -> str:
+           actor: str = "cli", profile: dict | None = None,
+           acknowledge_leak: bool = False) -> str:
     """Invite `reader` to `study` and return their raw access token (shown once).
 
     Reader names are unique per study: inviting an existing name raises ReaderError unless
     `reissue=True`, which replaces the token (the old link stops working) and keeps the
     reader's assignments and answers. `profile`: specialty, years_experience and the
     study's own profile fields (`study_texts`), exported with each answer. Closed and
-    archived studies take no new readers.
+    archived studies take no new readers. A study whose leak audit is flagged takes new
+    readers only once the researcher acknowledges it (`acknowledge_leak=True`, the CLI's
+    --acknowledge-leak, the admin's tick box; remembered until the audit is re-run).
     """
     name = _check_reader_name(reader)
     token = secrets.token_urlsafe(32)
     digest = token_hash(token)
     write(db_path, lambda db: _invite_tx(db, study_row(db, study), name, digest,
-                                        reissue=reissue, profile=profile, actor=actor))
+                                        reissue=reissue, profile=profile, actor=actor,
+                                        acknowledge_leak=acknowledge_leak))
     return token
 
 
@@ -281,9 +338,10 @@ def read_readers_csv(text: str) -> list[tuple[int, str, dict]]:
 
 
 def invite_csv(db_path: str | pathlib.Path, study: str, csv_path: str | pathlib.Path, *,
-               actor: str = "cli") -> list[Invitation]:
+               actor: str = "cli", acknowledge_leak: bool = False) -> list[Invitation]:
     """Invite every reader of a readers CSV (`read_readers_csv`) in one transaction: all
-    or none (a bad row, an unknown profile column or an already-invited name aborts it)."""
+    or none (a bad row, an unknown profile column or an already-invited name aborts it).
+    A flagged study needs `acknowledge_leak`, as in `invite`."""
     try:
         text = pathlib.Path(csv_path).read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as exc:
@@ -294,6 +352,7 @@ def invite_csv(db_path: str | pathlib.Path, study: str, csv_path: str | pathlib.
     def tx(db) -> None:
         srow = study_row(db, study)
         fields = study_profile_fields(srow)
+        _leak_gate(db, srow, acknowledge_leak, actor)
         for (n, name, profile), token in zip(rows, tokens):
             try:
                 _invite_tx(db, srow, name, token_hash(token), reissue=False,

@@ -12,7 +12,9 @@ Decisions
 - Study status: a study has no draft/open flag in the database. Readers reach a study only
   through invitations, so a study with no invited reader is a *draft* and inviting the
   first reader *opens* it. The leak audit is shown on creation and above the invite form;
-  when the audit flags a leak, inviting requires ticking an explicit acknowledgement.
+  when the audit flags a leak, inviting requires ticking an explicit acknowledgement (the
+  gate is `readers.invite`'s). The Studies tab shows the contact sheet
+  (`studies.contact_sheet`) of the stored stimuli on request.
 - Zip upload: size-limited by Gradio (`max_file_size`) and again on extraction (total
   uncompressed bytes, file count, per-member compression ratio — counted while writing, not
   trusted from the zip's headers); absolute paths, `..`, drive letters and symlinks are
@@ -131,6 +133,19 @@ def study_overview(db_path, study: str) -> tuple[str, str, bool]:
           f"- readers: {info['n_readers']}\n"
           f"- leak audit: {_audit_summary(report)}")
     return md, text, bool(is_flagged(report))
+
+
+def contact_sheet_frame(db_path, study: str) -> str:
+    """The study's contact sheet (`studies.contact_sheet`, the page `medisyn study audit
+    --html` writes) in a sandboxed frame: its styles stay inside and nothing in it runs."""
+    import html
+
+    from studies.contact_sheet import contact_sheet_html
+
+    page = contact_sheet_html(db_path, study)
+    return (f"<iframe sandbox title='Contact sheet of {html.escape(study, quote=True)}' "
+            f"srcdoc=\"{html.escape(page, quote=True)}\" style='width:100%;height:80vh;"
+            "border:1px solid #bbb;border-radius:6px;background:#fff'></iframe>")
 
 
 def _audit_summary(report: dict) -> str:
@@ -392,16 +407,10 @@ def summary_markdown(summary) -> str:
 # ------------------------------------------------------------------------------ readers
 def invite_reader(db_path, study: str, reader: str, base_url: str, *,
                   acknowledge_leak: bool = False, reissue: bool = False, actor="admin") -> str:
-    """Invite a reader (or reissue their link) and return their personal link."""
-    from studies.ingest import audit_study
-
-    from studies.audit import is_flagged
-
-    report, _ = audit_study(db_path, study)
-    if is_flagged(report) and not acknowledge_leak:
-        raise StudyError("the leak audit flags this study: read it, then tick the "
-                         "acknowledgement to invite readers anyway")
-    token = readers_mod.invite(db_path, study, reader, reissue=reissue, actor=actor)
+    """Invite a reader (or reissue their link) and return their personal link; a flagged
+    study needs `acknowledge_leak` (the gate is `readers.invite`'s, as for the CLI)."""
+    token = readers_mod.invite(db_path, study, reader, reissue=reissue, actor=actor,
+                               acknowledge_leak=acknowledge_leak)
     return readers_mod.reader_link(token, base_url)
 
 
@@ -410,18 +419,12 @@ def invite_from_csv(db_path, study: str, csv_upload, base_url: str, *,
     """Invite every reader of an uploaded readers CSV (`readers.invite_csv`: a `reader`
     column and optional profile columns; all or none) and return `reader,link` lines.
     The upload must be a file Gradio received (as for the zip) and is deleted after."""
-    from studies.audit import is_flagged
-    from studies.ingest import audit_study
-
     if not csv_upload:
         raise StudyError("choose a readers CSV file first")
     path = _uploaded_file(csv_upload)
     try:
-        report, _ = audit_study(db_path, study)
-        if is_flagged(report) and not acknowledge_leak:
-            raise StudyError("the leak audit flags this study: read it, then tick the "
-                             "acknowledgement to invite readers anyway")
-        invitations = readers_mod.invite_csv(db_path, study, path, actor=actor)
+        invitations = readers_mod.invite_csv(db_path, study, path, actor=actor,
+                                             acknowledge_leak=acknowledge_leak)
     finally:
         path.unlink(missing_ok=True)
     return "\n".join(f"{i.reader},{readers_mod.reader_link(i.token, base_url)}"
@@ -727,6 +730,9 @@ def build_admin_blocks(db_path, admin_auth, *, model=None, base_url=None, batche
                 overview = gr.Markdown(elem_id="overview")
                 audit_box = gr.Textbox(label="Leak audit", lines=14, interactive=False,
                                        elem_id="audit", buttons=["copy"])
+                sheet_btn = gr.Button("Show the contact sheet (the stimuli as readers see "
+                                      "them)", elem_id="contact-sheet-btn")
+                sheet = gr.HTML(elem_id="contact-sheet")
             with gr.Tab("New study", id="new"):
                 with gr.Row():
                     name = gr.Textbox(label="Study name", elem_id="new-name")
@@ -856,8 +862,23 @@ def build_admin_blocks(db_path, admin_auth, *, model=None, base_url=None, batche
                 return ("No study yet: create one in **New study**.", "", "",
                         gr.update(visible=False), pd.DataFrame(), "")
             md, text, leak = study_overview(db_path, study)
+            # The invite gate's tick box, until the flagged audit is acknowledged.
+            leak = leak and not (readers_mod.leak_acknowledgement(db_path, study) or {}).get(
+                "acknowledged")
             return (md, text, md, gr.update(visible=leak, value=False),
                     progress_table(db_path, study), faults_markdown(db_path, study))
+
+        @friendly
+        def show_sheet(study, request: gr.Request):
+            guard(request)
+            if not study:
+                raise StudyError("choose a study first")
+            return contact_sheet_frame(db_path, study)
+
+        @friendly
+        def clear_sheet(request: gr.Request):
+            guard(request)
+            return ""
 
         @friendly
         def switch_source(choice, request: gr.Request):
@@ -994,6 +1015,8 @@ def build_admin_blocks(db_path, admin_auth, *, model=None, base_url=None, batche
                         **admin_events)
         source.change(switch_source, [source], [zip_group, folder_group, batch_group],
                       **admin_events)
+        sheet_btn.click(show_sheet, [study_dd], [sheet], **admin_events)
+        study_dd.change(clear_sheet, None, [sheet], **admin_events)
         create_btn.click(create, [name, size, tasks, training, repeat, attention, counterbalance,
                                   seed, source, upload, folder, batches, real_folder],
                          [created, created_audit, study_dd, table, upload],

@@ -25,7 +25,7 @@ _study_option = click.option("--study", "study_name", required=True, help="Study
 @click.option("--name", required=True, help="Name of the new study (unique in the database).")
 @click.option("--manifest", type=click.Path(dir_okay=False),
               help="CSV with columns path, source, modality, prompt [generator, case_id, group, "
-                   "frame, window, slice, axis].")
+                   "frame, window, slice, axis, crop].")
 @click.option("--images", "images_dir", type=click.Path(file_okay=False),
               help="Folder with real/ and synthetic/ subfolders (instead of --manifest).")
 @click.option("--size", default="auto", show_default=True,
@@ -128,8 +128,12 @@ def add_cmd(db_path, study_name, manifest, images_dir):
 @click.option("--json", "as_json", is_flag=True,
               help='Print the report as JSON: {"flagged": bool, "reasons": [...], "verdict": ..., '
                    '"auc": ..., ...}.')
+@click.option("--html", "html_path", type=click.Path(dir_okay=False),
+              help="Also write a contact sheet: the stored stimuli as readers will see them, "
+                   "real and synthetic side by side per modality, with the audit's flags "
+                   "(one self-contained HTML file).")
 @_one_line_errors
-def audit_cmd(db_path, study_name, recompute, as_json):
+def audit_cmd(db_path, study_name, recompute, as_json, html_path):
     """Print the study's leak audit (as stored at creation, or recomputed)."""
     import json
 
@@ -137,6 +141,11 @@ def audit_cmd(db_path, study_name, recompute, as_json):
     from studies.ingest import audit_study
 
     report, text = audit_study(db_path, study_name, recompute=recompute)
+    if html_path:
+        from studies.contact_sheet import write_contact_sheet
+
+        written = write_contact_sheet(db_path, study_name, html_path)
+        click.echo(f"Contact sheet: {written}", err=as_json)
     if as_json:
         flagged = bool(is_flagged(report))
         payload = {"study": study_name, "flagged": flagged,
@@ -162,9 +171,12 @@ def audit_cmd(db_path, study_name, recompute, as_json):
                    "`medisyn studio` stored in the database, else http://127.0.0.1:7860/].")
 @click.option("--reissue", is_flag=True,
               help="Give an existing reader a new link (the old one stops working).")
+@click.option("--acknowledge-leak", is_flag=True,
+              help="Invite even though the leak audit flags the study (after reading it: "
+                   "`medisyn study audit`). Remembered until the audit is re-run.")
 @_one_line_errors
 def invite_cmd(db_path, study_name, reader, csv_path, specialty, years_experience, base_url,
-               reissue):
+               reissue, acknowledge_leak):
     """Invite readers and print their personal links (shown once; only a hash is stored)."""
     from studies import settings
     from studies.errors import ReaderError
@@ -176,12 +188,13 @@ def invite_cmd(db_path, study_name, reader, csv_path, specialty, years_experienc
     if csv_path:
         if reissue or specialty or years_experience:
             raise ReaderError("--csv takes the profile from its columns and cannot reissue")
-        for inv in invite_csv(db_path, study_name, csv_path):
+        for inv in invite_csv(db_path, study_name, csv_path, acknowledge_leak=acknowledge_leak):
             click.echo(f"{inv.reader},{reader_link(inv.token, url)}")
         return
     profile = {k: v for k, v in (("specialty", specialty),
                                  ("years_experience", years_experience)) if v is not None}
-    token = invite(db_path, study_name, reader, reissue=reissue, profile=profile or None)
+    token = invite(db_path, study_name, reader, reissue=reissue, profile=profile or None,
+                   acknowledge_leak=acknowledge_leak)
     click.echo(reader_link(token, url))
 
 

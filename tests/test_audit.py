@@ -10,7 +10,8 @@ from PIL import Image
 
 from imaging_fixtures import audit_items, native_vs_tiny_items, texture
 from studies.audit import (
-    AUC_THRESHOLD, EFFECT_THRESHOLD, FEATURE_NAMES, MIN_TO_CERTIFY, AuditItem, AuditReport,
+    AUC_THRESHOLD, EFFECT_THRESHOLD, FEATURE_NAMES, GRID_FEATURE_NAMES, MIN_TO_CERTIFY,
+    AuditItem, AuditReport,
     audit_leaks, blockiness, is_flagged, stimulus_features,
 )
 from studies.stimuli import encode_png, normalise, render_stimulus
@@ -96,7 +97,7 @@ def test_stimulus_features_measure_what_they_claim():
     rng = np.random.default_rng(2)
     img = texture(rng)
     flat = stimulus_features(render_stimulus(img, 64), 64, 64)
-    assert set(flat) == set(FEATURE_NAMES)
+    assert set(flat) == set(FEATURE_NAMES) | set(GRID_FEATURE_NAMES)
     assert flat["padding_fraction"] == 0 and flat["colourfulness"] == 0
     assert abs(flat["mean"] - img.mean()) < 0.01
     half = stimulus_features(render_stimulus(img[:32], 64), 64, 32)
@@ -203,3 +204,192 @@ def test_stored_reports_from_before_flagged_existed_still_read():
     old = {"counts": {}, "distributions": {}, "auc": None, "auc_std": None, "auc_reason": "x",
            "cv": "", "threshold": 0.75, "feature_effects": {}, "warnings": [], "leak": False}
     assert AuditReport.from_dict(old).verdict == "ok"
+
+
+# --------------------------------------------------------------------------------------
+# what a reader can see: tint, intensity range, a fixed mark, byte size within a stratum
+
+def _pop(rng, n, modality="", generator="", source="real", edit=None):
+    items = []
+    for _ in range(n):
+        img = texture(rng)
+        img = edit(img, rng) if edit and source == "synthetic" else img
+        items.append(AuditItem(source, "PNG", 64, 64, "L", 8, render_stimulus(img, 64),
+                               modality=modality, generator=generator))
+    return items
+
+
+def _sd_tint(img, rng):
+    """Stable Diffusion-like output for a greyscale prompt: R and B off by 1-4 levels."""
+    return np.stack([np.clip(img + rng.integers(1, 5) / 255, 0, 1), img,
+                     np.clip(img - rng.integers(1, 4) / 255, 0, 1)], axis=-1)
+
+
+def test_a_faint_sd_like_tint_is_flagged_and_named():
+    rng = np.random.default_rng(11)
+    items = _pop(rng, 25) + _pop(rng, 25, source="synthetic", edit=_sd_tint)
+    report = audit_leaks(items)
+    assert report.flagged
+    assert any(r.startswith("red-green tint (mean R-G) is higher in synthetic") for r in report.reasons)
+    assert report.feature_effects["tint_bg"] < -EFFECT_THRESHOLD
+
+
+def test_a_squeezed_intensity_range_is_flagged():
+    rng = np.random.default_rng(12)
+
+    def full_range(img, rng):
+        return (img - img.min()) / (img.max() - img.min())
+
+    def squeezed(img, rng):
+        return 6 / 255 + full_range(img, rng) * 243 / 255
+
+    real = [AuditItem("real", "PNG", 64, 64, "L", 8, render_stimulus(full_range(texture(rng), rng), 64))
+            for _ in range(25)]
+    synth = [AuditItem("synthetic", "PNG", 64, 64, "L", 8, render_stimulus(squeezed(texture(rng), rng), 64))
+             for _ in range(25)]
+    report = audit_leaks(real + synth)
+    assert any(r.startswith("minimum intensity is higher in synthetic") for r in report.reasons)
+    assert any(r.startswith("maximum intensity is lower in synthetic") for r in report.reasons)
+
+
+def test_a_mark_in_a_fixed_place_is_flagged_by_its_grid_cell():
+    rng = np.random.default_rng(13)
+
+    def mark(img, rng):
+        out = img.copy()
+        out[56:60, 50:60:2] = 0.95  # a small hatched stamp, lower right
+        return out
+
+    items = _pop(rng, 25) + _pop(rng, 25, source="synthetic", edit=mark)
+    report = audit_leaks(items, threshold=1.01)
+    cell = [r for r in report.reasons if "bottom right cell of a 4x4 grid" in r]
+    assert cell and report.flagged
+    assert not any("upper" in r or "top" in r for r in report.reasons)
+
+
+def test_a_leak_inside_one_modality_is_flagged_even_when_pooling_hides_it():
+    """Synthetic CT brighter, synthetic MRI darker: pooled, the two cancel."""
+    rng = np.random.default_rng(14)
+
+    def up(img, rng):
+        return np.clip(img + 0.12, 0, 1)
+
+    def down(img, rng):
+        return np.clip(img - 0.12, 0, 1)
+
+    items = (_pop(rng, 20, "CT") + _pop(rng, 20, "CT", "g", "synthetic", up)
+             + _pop(rng, 20, "MRI") + _pop(rng, 20, "MRI", "g", "synthetic", down))
+    report = audit_leaks(items)
+    pooled = report.strata[0]
+    assert pooled["name"] == "all images" and not pooled["flagged"]
+    assert report.flagged
+    assert any(r.startswith("[modality ct] ") for r in report.reasons)
+    assert any(r.startswith("[modality mri] ") for r in report.reasons)
+    assert "strata (each tested alone" in report.format_text()
+
+
+def test_png_byte_size_within_a_stratum_is_a_feature():
+    rng = np.random.default_rng(15)
+    smooth = render_stimulus(np.full((64, 64), 0.4, np.float32), 64)
+    noisy = render_stimulus(np.clip(0.4 + rng.normal(0, 0.05, (64, 64)), 0, 1).astype(np.float32), 64)
+    f_s, f_n = stimulus_features(smooth), stimulus_features(noisy)
+    assert f_n["png_bytes_per_pixel"] * 64 * 64 == len(noisy) > len(smooth)
+
+
+def test_clean_random_split_with_many_strata_is_not_flagged():
+    rng = np.random.default_rng(16)
+    items = []
+    for m in ("CT", "MRI"):
+        pool = _pop(rng, 45, m)
+        labels = ["real"] * 15 + ["synthetic"] * 30
+        for k, (it, lab) in enumerate(zip(pool, rng.permutation(labels))):
+            it.source = str(lab)
+            it.generator = "" if lab == "real" else ("a" if k % 2 else "b")
+        items += pool
+    report = audit_leaks(items)
+    assert sum(s["tested"] for s in report.strata) == 7  # pooled, 2 modalities, 4 generators
+    assert not report.flagged, report.reasons
+    assert report.verdict == "too few images to certify" or report.verdict == "ok"
+
+
+def test_strata_too_small_to_test_alone_are_listed():
+    rng = np.random.default_rng(17)
+    items = _pop(rng, 25, "CT") + _pop(rng, 25, "CT", "g", "synthetic") \
+        + _pop(rng, 4, "MRI") + _pop(rng, 4, "MRI", "g", "synthetic")
+    report = audit_leaks(items)
+    small = [s for s in report.strata if s["name"] == "modality mri"]
+    assert small and not small[0]["tested"]
+    assert any("not tested alone" in w and "modality mri" in w for w in report.warnings)
+
+
+# --------------------------------------------------------------------------------------
+# the prompts readers may see
+
+CAPTIONS = [
+    "posteroanterior chest radiograph, no acute findings", "right lower lobe consolidation",
+    "small left pleural effusion", "cardiomegaly with pulmonary venous congestion",
+    "healed fracture of the left seventh rib", "nasogastric tube tip in the stomach",
+    "hyperinflated lungs, flattened diaphragms", "left upper lobe mass, 3 cm",
+    "right pneumothorax with 2 cm rim", "bilateral hilar lymphadenopathy",
+    "normal heart size and clear lungs", "elevated right hemidiaphragm",
+    "calcified granuloma in the right mid zone", "pacemaker with two leads",
+    "widened mediastinum after trauma", "atelectasis at the left base",
+    "diffuse interstitial opacities", "dextroscoliosis of the thoracic spine",
+    "sternotomy wires and clips", "air under the right hemidiaphragm",
+    "endotracheal tube 4 cm above the carina", "bilateral perihilar airspace disease",
+    "lingular scarring", "aortic knob calcification",
+]
+
+
+def _prompt_items(real_prompts, synth_prompts, groups=True):
+    png = render_stimulus(np.zeros((8, 8), np.float32), 8)
+    items = [AuditItem("real", "PNG", 8, 8, "L", 8, png, prompt=p, group=f"g{i}" if groups else "")
+             for i, p in enumerate(real_prompts)]
+    items += [AuditItem("synthetic", "PNG", 8, 8, "L", 8, png, prompt=p,
+                        group=f"g{i}" if groups else "") for i, p in enumerate(synth_prompts)]
+    return items
+
+
+def test_prompts_with_a_quality_suffix_are_flagged_with_the_tell_and_the_remedy():
+    from studies.audit import audit_prompts
+
+    items = _prompt_items(CAPTIONS, [c + ", high quality, 4k" for c in CAPTIONS])
+    rep = audit_prompts(items)
+    assert rep["verdict"] == "flagged" and rep["auc"] >= 0.9
+    assert any('"high quality 4k"' in t or '"high quality"' in t for t in rep["tells"])
+    assert "own captions" in rep["remedy"] and "group" in rep["remedy"]
+    full = audit_leaks(items, prompts_shown=True)
+    assert full.prompts["verdict"] == "flagged" and full.flagged
+    assert any("prompts readers see" in r for r in full.reasons)
+    assert "remedy: generate the synthetic images from the real images' own captions" in full.format_text()
+    # Not shown in the main cases: reported, but it does not flag the study by itself.
+    assert audit_leaks(items, prompts_shown=False).prompts["verdict"] == "flagged"
+
+
+def test_synthetic_images_generated_from_the_real_captions_are_ok():
+    from studies.audit import audit_prompts
+
+    rep = audit_prompts(_prompt_items(CAPTIONS, CAPTIONS))
+    assert rep["verdict"] == "ok" and rep["paired"] == 1.0 and rep["tells"] == []
+    # the same captions shuffled across groups are still not a tell, but no longer paired
+    rep = audit_prompts(_prompt_items(CAPTIONS, CAPTIONS[::-1] + [], groups=False))
+    assert rep["verdict"] == "ok"
+
+
+def test_a_template_used_by_one_source_is_a_tell():
+    from studies.audit import audit_prompts
+
+    synth = [f"a chest x-ray showing {c}" for c in CAPTIONS]
+    rep = audit_prompts(_prompt_items(CAPTIONS, synth))
+    assert rep["verdict"] == "flagged"
+    assert any('"a chest x-ray showing"' in t for t in rep["tells"])
+
+
+def test_no_prompts_and_too_few_prompts():
+    from studies.audit import audit_prompts
+
+    assert audit_prompts(_prompt_items([""] * 5, [""] * 5))["verdict"] == "no prompts"
+    few = audit_prompts(_prompt_items(CAPTIONS[:6], CAPTIONS[6:12]))
+    assert few["verdict"] == "too few"
+    only_synth = audit_prompts(_prompt_items([""] * 10, CAPTIONS[:10]))
+    assert only_synth["verdict"] == "flagged" and "present for 100% of synthetic" in only_synth["tells"][0]

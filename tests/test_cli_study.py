@@ -54,7 +54,13 @@ def test_full_cli_flow(tmp_path, data):
     r = run("study", "audit", "--db", db, "--study", "pilot")
     assert r.exit_code == 0 and "Leak audit" in r.output
 
+    # The study fails the leak audit (DICOM/NIfTI vs PNG originals): the same gate as the
+    # admin's, so the invitation needs an explicit acknowledgement.
     r = run("study", "invite", "--db", db, "--study", "pilot", "--reader", "dr-a")
+    assert r.exit_code == 1 and r.output.startswith("Error: the leak audit flags study 'pilot'")
+    assert "--acknowledge-leak" in r.output and len(r.output.strip().splitlines()) == 1
+    r = run("study", "invite", "--db", db, "--study", "pilot", "--reader", "dr-a",
+            "--acknowledge-leak")
     assert r.exit_code == 0, r.output
     token = LINK.match(r.output.strip()).group(1)
     ref = reader_for_token(db, token)
@@ -131,7 +137,8 @@ def test_other_commands_bad_input(tmp_path, data):
     assert_one_line_error(run("study", "audit", "--db", db, "--study", "x"), "no study named 'x'")
     assert_one_line_error(run("study", "invite", "--db", db, "--study", "x", "--reader", "r"),
                           "no study named")
-    assert run("study", "invite", "--db", db, "--study", "a", "--reader", "r").exit_code == 0
+    assert run("study", "invite", "--db", db, "--study", "a", "--reader", "r",
+               "--acknowledge-leak").exit_code == 0
     assert_one_line_error(run("study", "invite", "--db", db, "--study", "a", "--reader", "r"),
                           "already invited")
     r = run("study", "invite", "--db", db, "--study", "a", "--reader", "r", "--reissue")
@@ -162,7 +169,8 @@ def test_no_command_prints_logs_or_exports_the_order_secret(tmp_path, data):
     assert outputs[0].exit_code == 0, outputs[0].output
     assert "seed" not in outputs[0].output.lower()  # no seed given: none shown
     for reader in ("dr-a", "dr-b"):
-        outputs.append(run("study", "invite", "--db", db, "--study", "p", "--reader", reader))
+        outputs.append(run("study", "invite", "--db", db, "--study", "p", "--reader", reader,
+                           "--acknowledge-leak"))
     token = LINK.match(outputs[1].output.strip()).group(1)
     ref = reader_for_token(db, token)
     while (view := next_case(db, ref.reader_id)) is not None:
@@ -230,3 +238,90 @@ def test_create_names_images_that_show_nothing(tmp_path, data):
     assert "WARNING: 1 image(s) show little or nothing" in r.output
     audit = run("study", "audit", "--db", tmp_path / "s.db", "--study", "p")
     assert "m.csv row 1 (line 2): real/flat.png: constant" in audit.output
+
+
+def test_one_leak_gate_for_the_cli_the_admin_and_the_library(tmp_path, data):
+    """Inviting into a flagged study needs an acknowledgement, whichever way one invites;
+    it is remembered (report and audit log) until the audit is re-run."""
+    import json
+
+    from studies.database import open_db
+    from studies.errors import ReaderError
+    from studies.ingest import audit_study, create_study
+    from studies.readers import invite, invite_csv, leak_acknowledgement
+    from studio.admin_view import invite_reader, study_overview
+
+    _, _, manifest = data
+    db = tmp_path / "s.db"
+    create_study(db, "g", manifest=manifest, size=32)
+    assert leak_acknowledgement(db, "g")["acknowledged"] is None
+    with pytest.raises(ReaderError, match="leak audit flags study 'g'"):
+        invite(db, "g", "lib")
+    readers_csv = tmp_path / "readers.csv"
+    readers_csv.write_text("reader\ncsv-1\n")
+    with pytest.raises(ReaderError, match="acknowledge-leak"):
+        invite_csv(db, "g", readers_csv)
+    with pytest.raises(Exception, match="leak audit flags"):
+        invite_reader(db, "g", "adm", "http://127.0.0.1:7860/")
+    assert study_overview(db, "g")[2] is True
+    assert invite_reader(db, "g", "adm", "http://127.0.0.1:7860/", acknowledge_leak=True,
+                         actor="admin:boss").startswith("http://127.0.0.1:7860/?token=")
+    ack = leak_acknowledgement(db, "g")["acknowledged"]
+    assert ack["by"] == "admin:boss"
+    invite(db, "g", "lib")  # acknowledged once for this audit: the CLI/library go on
+    with open_db(db) as conn:
+        actions = [r[0] for r in conn.execute(
+            "SELECT action FROM audit_log WHERE action = 'acknowledge_leak'")]
+    assert actions == ["acknowledge_leak"]
+    # A re-run audit is a new report: the acknowledgement does not carry over.
+    audit_study(db, "g", recompute=True)
+    with pytest.raises(ReaderError, match="leak audit flags"):
+        invite(db, "g", "late")
+    assert [i.reader for i in invite_csv(db, "g", readers_csv, acknowledge_leak=True)] == ["csv-1"]
+    report, _ = audit_study(db, "g")
+    assert json.dumps(report["acknowledged"]) and report["flagged"]
+
+
+def test_audit_html_writes_a_self_contained_escaped_contact_sheet(tmp_path, data):
+    import re as re_
+
+    root, rows, _ = data
+    rows[0]["case_id"] = "<script>alert(1)</script>"
+    rows[1]["generator"] = "gen-<b>x</b>"
+    manifest = write_manifest(root / "hostile.csv", rows,
+                              ["path", "source", "modality", "prompt", "generator", "case_id"])
+    db = tmp_path / "s.db"
+    assert run("study", "create", "--db", db, "--name", "p<i>", "--manifest", manifest,
+               "--size", 32).exit_code == 0
+    out = tmp_path / "sheet.html"
+    r = run("study", "audit", "--db", db, "--study", "p<i>", "--html", out)
+    assert r.exit_code == 0, r.output
+    assert f"Contact sheet: {out}" in r.output
+    page = out.read_text(encoding="utf-8")
+    assert "<script" not in page and "<b>x" not in page and "<i>" not in page
+    assert "&lt;script&gt;alert(1)&lt;/script&gt;" in page
+    assert "default-src 'none'; img-src data:" in page
+    srcs = re_.findall(r"""src=['"]([^'"]*)""", page)
+    assert len(srcs) == 12 and all(s.startswith("data:image/png;base64,") for s in srcs)
+    assert not re_.search(r"https?://", page)
+    assert page.count("Real: ") == page.count("Synthetic: ") == 5  # 5 modalities
+    assert "LEAK" in page and "original formats are distributed differently" in page
+    assert_one_line_error(run("study", "audit", "--db", db, "--study", "p<i>", "--html",
+                              tmp_path / "no" / "x.html"), "output folder does not exist")
+
+
+def test_the_admin_shows_the_same_contact_sheet_in_a_sandboxed_frame(tmp_path, data):
+    import html
+
+    from studies.contact_sheet import contact_sheet_html
+    from studies.ingest import create_study
+    from studio.admin_view import contact_sheet_frame
+
+    _, _, manifest = data
+    db = tmp_path / "s.db"
+    create_study(db, "f'x", manifest=manifest, size=32)
+    frame = contact_sheet_frame(db, "f'x")
+    assert frame.startswith("<iframe sandbox ") and "allow-scripts" not in frame
+    srcdoc = frame.split('srcdoc="', 1)[1].split('" style=', 1)[0]
+    assert html.unescape(srcdoc) == contact_sheet_html(db, "f'x")
+    assert "'x" not in frame.split("srcdoc")[0].replace("&#x27;x", "")  # the title is escaped

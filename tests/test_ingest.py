@@ -288,7 +288,7 @@ def test_list_studies(tmp_path, data):
     create_study(db_path, "one", manifest=write_manifest(root / "m.csv", rows), size=32,
                  tasks=("turing", "quality"), options=StudyOptions(training_cases=2, seed=4))
     create_study(db_path, "two", images_dir=root, size=32)
-    invite(db_path, "two", "r1")
+    invite(db_path, "two", "r1", acknowledge_leak=True)
     two, one = list_studies(db_path)  # newest first
     assert (one["name"], one["tasks"], one["n_cases"], one["n_real"], one["n_synthetic"]) == \
         ("one", ["turing", "quality"], 12, 6, 6)
@@ -434,3 +434,170 @@ def test_images_that_show_nothing_are_named_in_the_create_output_and_audit(tmp_p
     with pytest.raises(IngestError, match=r"row 5 .*nan\.nii\.gz: image has no content"):
         create_study(tmp_path / "t.db", "t", manifest=write_manifest(root / "m.csv", rows), size=32)
     _assert_nothing_created(tmp_path, tmp_path / "t.db")
+
+
+# --------------------------------------------------------------------------------------
+# greyscale strata, burned-in text, crop
+
+def _texture(rng, n=48):
+    from scipy import ndimage
+
+    f = ndimage.gaussian_filter(rng.normal(size=(n, n)), 2.0)
+    return np.clip(0.45 + 0.15 * f / f.std(), 0, 1)
+
+
+def _sd_like(grey, rng):
+    """Stable Diffusion-class output for a greyscale prompt: R, B off by 1-4 levels."""
+    g = np.rint(grey * 255)
+    return np.clip(np.stack([g + rng.integers(1, 5), g, g - rng.integers(1, 4)], -1),
+                   0, 255).astype(np.uint8)
+
+
+def _grey_study_rows(root, modality_real, modality_synth, *, n=6, colour_real=False, seed=0):
+    rng = np.random.default_rng(seed)
+    (root / "real").mkdir(parents=True)
+    (root / "synthetic").mkdir()
+    rows = []
+    for i in range(n):
+        g = _texture(rng)
+        if colour_real:
+            arr = np.stack([g, g * 0.6, g * 0.3], -1)
+            Image.fromarray(np.rint(arr * 255).astype(np.uint8)).save(root / f"real/r{i}.png")
+        else:
+            Image.fromarray(np.rint(g * 255).astype(np.uint8)).save(root / f"real/r{i}.png")
+        Image.fromarray(_sd_like(_texture(rng), rng)).save(root / f"synthetic/s{i}.png")
+        rows.append({"path": f"real/r{i}.png", "source": "real", "modality": modality_real,
+                     "prompt": "p"})
+        rows.append({"path": f"synthetic/s{i}.png", "source": "synthetic",
+                     "modality": modality_synth, "prompt": "p", "generator": "sd"})
+    return write_manifest(root / "cases.csv", rows)
+
+
+def _stored(db_path, source):
+    db = open_db(db_path)
+    try:
+        ids = [r[0] for r in db.execute("SELECT stimulus_id FROM cases WHERE source = ?", [source])]
+    finally:
+        db.close()
+    return [np.asarray(Image.open(stimuli_dir(db_path) / f"{i}.png")) for i in ids]
+
+
+@pytest.mark.parametrize("modality", ["chest X-ray", ""])
+def test_tinted_synthetic_images_of_a_greyscale_modality_are_stored_exactly_grey(tmp_path, modality):
+    manifest = _grey_study_rows(tmp_path / "d", modality, modality.upper())
+    db_path = tmp_path / "s.db"
+    summary = create_study(db_path, "grey", manifest=manifest, size=48)
+    for px in _stored(db_path, "synthetic"):
+        assert np.array_equal(px[..., 0], px[..., 1]) and np.array_equal(px[..., 1], px[..., 2])
+    g = summary.audit["greyscale"]
+    assert len(g["converted"]) == 6 and g["near_grey_levels"] == 12
+    assert all(1 <= c["spread"] <= 7 for c in g["converted"])
+    assert "stored as exact grey (luma)" in summary.audit_text
+    assert not any("tint" in r for r in summary.audit["reasons"])
+    # recomputing keeps the record of what was converted
+    report, text = audit_study(db_path, "grey", recompute=True)
+    assert len(report["greyscale"]["converted"]) == 6 and "exact grey" in text
+
+
+def test_synthetic_images_stay_in_colour_where_the_real_ones_are_colour(tmp_path):
+    manifest = _grey_study_rows(tmp_path / "d", "fundus", "fundus", colour_real=True)
+    db_path = tmp_path / "s.db"
+    summary = create_study(db_path, "colour", manifest=manifest, size=48)
+    assert summary.audit["greyscale"]["converted"] == []
+    assert any(not np.array_equal(px[..., 0], px[..., 2]) for px in _stored(db_path, "synthetic"))
+
+
+def test_a_colourful_synthetic_image_in_a_greyscale_modality_is_left_and_reported(tmp_path):
+    root = tmp_path / "d"
+    manifest = _grey_study_rows(root, "CT", "CT")
+    rng = np.random.default_rng(1)
+    g = _texture(rng)
+    Image.fromarray(np.rint(np.stack([g, g * 0.5, g * 0.2], -1) * 255).astype(np.uint8)).save(
+        root / "synthetic/s0.png")
+    summary = create_study(tmp_path / "s.db", "ct", manifest=manifest, size=48)
+    g = summary.audit["greyscale"]
+    assert len(g["converted"]) == 5
+    assert [c["case_id"] for c in g["left_in_colour"]] == ["synthetic/s0.png"]
+    assert "left as they are" in summary.audit_text
+
+
+def _dicom_variant(tmp_path, name, **attrs):
+    import pydicom
+    from pydicom.data import get_testdata_file
+
+    ds = pydicom.dcmread(get_testdata_file("CT_small.dcm"))
+    for key, value in attrs.items():
+        if value is None:
+            if key in ds:
+                delattr(ds, key)
+        else:
+            setattr(ds, key, value)
+    path = tmp_path / name
+    ds.save_as(path)
+    return path
+
+
+def test_burned_in_text_is_warned_and_a_crop_box_is_applied(tmp_path):
+    root = tmp_path / "d"
+    root.mkdir()
+    _dicom_variant(root, "us.dcm", Modality="US")
+    _dicom_variant(root, "yes.dcm", BurnedInAnnotation="YES")
+    _dicom_variant(root, "us_no.dcm", Modality="US", BurnedInAnnotation="NO")
+    _dicom_variant(root, "ct.dcm")
+    rng = np.random.default_rng(0)
+    rows = []
+    for name in ("us.dcm", "yes.dcm", "us_no.dcm", "ct.dcm"):
+        rows.append({"path": name, "source": "real", "modality": "", "prompt": "",
+                     "crop": "0,8,128,100" if name == "yes.dcm" else ""})
+    for i in range(4):
+        Image.fromarray(np.rint(_texture(rng, 64) * 255).astype(np.uint8)).save(root / f"s{i}.png")
+        rows.append({"path": f"s{i}.png", "source": "synthetic", "modality": "", "prompt": "",
+                     "crop": ""})
+    db_path = tmp_path / "s.db"
+    summary = create_study(db_path, "burn", manifest=write_manifest(root / "cases.csv", rows),
+                           size=64)
+    burned = {b["path"]: b for b in summary.audit["burned_in"]}
+    assert set(burned) == {"us.dcm", "yes.dcm"}
+    assert "without BurnedInAnnotation" in burned["us.dcm"]["reason"]
+    assert "is YES" in burned["yes.dcm"]["reason"] and burned["yes.dcm"]["crop"] == [0, 8, 128, 100]
+    assert "Burned-in text: 2 DICOM image(s)" in summary.audit_text
+    db = open_db(db_path)
+    try:
+        w, h = db.execute("SELECT s.original_width, s.original_height FROM cases c JOIN stimuli s "
+                          "ON s.id = c.stimulus_id WHERE c.original_path = 'yes.dcm'").fetchone()
+    finally:
+        db.close()
+    assert (w, h) == (128, 100)  # the crop, not the file's 128x128
+
+
+def test_a_crop_outside_the_image_is_one_error_line(tmp_path):
+    root = tmp_path / "d"
+    manifest = _grey_study_rows(root, "CT", "CT")
+    text = manifest.read_text().splitlines()
+    text[0] += ",crop"
+    text[1] += ',"10,10,100,20"'  # the images are 48x48
+    text[2:] = [t + "," for t in text[2:]]
+    manifest.write_text("\n".join(text) + "\n")
+    with pytest.raises(IngestError, match=r"row 1 .*crop 10,10,100,20 reaches outside the image \(48x48"):
+        create_study(tmp_path / "s.db", "c", manifest=manifest, size=48)
+    assert not (tmp_path / "s.db").exists()
+
+
+def test_added_synthetic_images_follow_the_stored_real_images_greyscale(tmp_path):
+    from studies.ingest import add_cases
+
+    root = tmp_path / "d"
+    manifest = _grey_study_rows(root, "CT", "CT", n=4)
+    db_path = tmp_path / "s.db"
+    create_study(db_path, "grey", manifest=manifest, size=48)
+    rng = np.random.default_rng(5)
+    extra = tmp_path / "more"
+    extra.mkdir()
+    Image.fromarray(_sd_like(_texture(rng), rng)).save(extra / "late.png")
+    add = write_manifest(extra / "add.csv", [{"path": "late.png", "source": "synthetic",
+                                              "modality": "ct", "prompt": "p", "generator": "sd"}])
+    summary = add_cases(db_path, "grey", manifest=add)
+    converted = [c["case_id"] for c in summary.audit["greyscale"]["converted"]]
+    assert len(converted) == 5 and converted[-1] == "late.png"  # 4 at creation, kept
+    for px in _stored(db_path, "synthetic"):
+        assert np.array_equal(px[..., 0], px[..., 2])

@@ -163,3 +163,16 @@ def test_images_dir_symlink_escape(data, tmp_path):
     os.symlink(outside, root / "synthetic" / "esc.png")
     with pytest.raises(ManifestError, match="synthetic/esc.png.*escapes"):
         read_images_dir(root)
+
+
+def test_crop_column_is_parsed_and_checked(data):
+    root, rows = data
+    rows = [dict(r, crop="") for r in rows]
+    rows[0]["crop"] = "2,3,40,30"
+    parsed = read_manifest(write_manifest(root / "m.csv", rows))
+    assert parsed[0].crop == (2, 3, 40, 30) and parsed[0].decode_options()["crop"] == (2, 3, 40, 30)
+    assert parsed[1].crop is None and "crop" not in parsed[1].decode_options()
+    for bad in ("1,2,3", "a,b,c,d", "-1,0,10,10", "0,0,0,10"):
+        rows[0]["crop"] = bad
+        with pytest.raises(ManifestError, match=r"row 1 .*column 'crop'"):
+            read_manifest(write_manifest(root / "m.csv", rows))

@@ -21,6 +21,7 @@ from scipy.stats import binomtest
 from studies.design import StudyOptions, reader_order, seeded_order_secret
 from studies.ingest import create_study
 from studies.readers import invite
+from study_fixtures import acknowledge_fixture_leak
 
 N_REAL = N_SYNTH = 20
 READERS = [f"dr-{i:02d}" for i in range(30)]
@@ -43,6 +44,7 @@ def _study(tmp_path, name, **opts):
     db = tmp_path / f"{name}.db"
     create_study(db, name, images_dir=_images_folder(tmp_path / f"{name}-images"), size=32,
                  options=StudyOptions(attention_checks=2, repeat_fraction=0.1, **opts))
+    acknowledge_fixture_leak(db, name)
     for reader in READERS:
         invite(db, name, reader)
     with sqlite3.connect(db) as conn:

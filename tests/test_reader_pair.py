@@ -18,6 +18,7 @@ from studies.database import open_db, stimuli_dir
 from studies.design import TASKS, StudyOptions, pair_call
 from studies.export import long_table
 from studio import admin_view, auth, reader_view
+from study_fixtures import acknowledge_fixture_leak
 
 
 def _images_of(db, reader_id):
@@ -90,6 +91,7 @@ def _pair_repeat_study(tmp):
     manifest, rows = write_loud_manifest(tmp / "data", 8)
     create_study(db, "duo", manifest=manifest, size=64,
                  options=StudyOptions(tasks=("pair",), repeat_fraction=0.5))
+    acknowledge_fixture_leak(db, "duo")
     return db, rows, {r: readers.invite(db, "duo", r) for r in ("dr-a", "dr-b")}
 
 
@@ -211,7 +213,7 @@ def test_cli_created_pair_study_can_be_completed_by_a_reader(tmp_path):
                                  "--manifest", str(manifest), "--size", "64", "--tasks", "pair"])
     assert r.exit_code == 0, r.output
     r = CliRunner().invoke(cli, ["study", "invite", "--db", str(db), "--study", "duo",
-                                 "--reader", "dr-a"])
+                                 "--reader", "dr-a", "--acknowledge-leak"])
     assert r.exit_code == 0, r.output
     token = re.search(r"token=([A-Za-z0-9_-]+)", r.output).group(1)
     screen = reader_view.start(db, token)

@@ -765,6 +765,7 @@ def repeat_studio(tmp_path_factory):
     manifest, rows = write_loud_manifest(tmp / "data", 6)
     create_study(db, "rep", manifest=manifest, size=96,
                  options=StudyOptions(repeat_fraction=0.5, attention_checks=1))
+    readers_mod.acknowledge_leak(db, "rep", actor="test")
     tokens = {r: readers_mod.invite(db, "rep", r) for r in ("dr-a", "dr-b")}
     creds = auth.AdminCredentials.from_password("admin", ADMIN_PASSWORD, "env")
     app = app_mod.build_app(db, admin_auth=auth.AdminAuth(creds))
@@ -896,7 +897,7 @@ def test_prompts_and_names_are_plain_text_no_outgoing_request(browser, tmp_path_
     db = tmp / "studio.db"
     create_study(db, name, manifest=manifest, size=64,
                  options=StudyOptions(tasks=("turing", "alignment")))
-    token = readers_mod.invite(db, name, "dr-a")
+    token = readers_mod.invite(db, name, "dr-a", acknowledge_leak=True)
     creds = auth.AdminCredentials.from_password("admin", ADMIN_PASSWORD, "env")
     app = app_mod.build_app(db, admin_auth=auth.AdminAuth(creds))
     server = app_mod.Server(app, "127.0.0.1", app_mod.free_port()).start()

@@ -392,10 +392,8 @@ def test_invite_requires_acknowledgement_when_audit_flags_a_leak(tmp_path, monke
     db, _, _ = make_loud_study(tmp_path, readers=())
     from studies import ingest
 
-    real = ingest.audit_study
-    monkeypatch.setattr(ingest, "audit_study",
-                        lambda *a, **k: ({**real(*a, **k)[0], "leak": True, "flagged": True},
-                                         "LEAK"))
+    report, _ = ingest.audit_study(db, "ten", recompute=True)  # drops the fixture's acknowledgement
+    assert report["flagged"]
     with pytest.raises(admin_view.StudyError, match="leak audit flags"):
         admin_view.invite_reader(db, "ten", "dr-q", "http://h/")
     assert admin_view.invite_reader(db, "ten", "dr-q", "http://h/", acknowledge_leak=True)
@@ -582,6 +580,7 @@ def _repeat_study(tmp):
     manifest, _ = loud(tmp / "data", 8)
     create_study(db, "rep", manifest=manifest, size=64,
                  options=StudyOptions(repeat_fraction=0.5, attention_checks=1))
+    readers_mod.acknowledge_leak(db, "rep", actor="test")
     return db, {r: readers_mod.invite(db, "rep", r) for r in ("dr-a", "dr-b")}
 
 
