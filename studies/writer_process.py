@@ -403,13 +403,16 @@ def serve(db_path: str, address: str, authkey: bytes, parent_pid: int | None = N
     arrived: list[Connection] = []
     arrived_lock = threading.Lock()
 
+    closing = threading.Event()
+
     def accept() -> None:  # its own thread: accept() blocks through the handshake
         while True:
             try:
                 conn = listener.accept()
-            except OSError:
-                return  # listener closed
             except Exception:  # noqa: BLE001 - a failed handshake: refuse that one only
+                # (an OSError too: a client that gave up waiting has closed its end)
+                if closing.is_set():
+                    return  # listener closed
                 continue
             with arrived_lock:
                 arrived.append(conn)
@@ -460,6 +463,7 @@ def serve(db_path: str, address: str, authkey: bytes, parent_pid: int | None = N
             outcomes = database.commit_together(db_path, [fn for _, fn in requests])
             for (conn, _), (result, exc) in zip(requests, outcomes):
                 _reply(conn, conns, (True, result) if exc is None else (False, _portable(exc)))
+    closing.set()
     listener.close()
     database.release_writers()
 
