@@ -200,15 +200,17 @@ def wait_up(url: str, proc: subprocess.Popen, timeout: float = 180.0) -> bool:
     return False
 
 
-def children(pid: int) -> list[int]:
-    found = []
+def parent_of(pid: int) -> int | None:
     try:
-        for task in os.listdir(f"/proc/{pid}/task"):
-            with open(f"/proc/{pid}/task/{task}/children") as fh:
-                found += [int(p) for p in fh.read().split()]
-    except OSError:
-        pass
-    return found
+        with open(f"/proc/{pid}/stat") as fh:
+            return int(fh.read().rsplit(")", 1)[1].split()[1])
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def children(pid: int, db: pathlib.Path) -> list[int]:
+    """The writer processes of `db` whose parent is `pid`."""
+    return [w for w in writer_pids(db) if parent_of(w) == pid]
 
 
 def writer_pids(db: pathlib.Path) -> list[int]:
@@ -295,7 +297,7 @@ def main() -> None:
         if time.monotonic() < next_fault:
             continue
         kind = rng.choice(list(faults))
-        writer = next(iter(children(server.pid)), None)
+        writer = next(iter(children(server.pid, db)), None)
         if kind.startswith("writer") and writer is None:
             kind = "server killed"  # no writer now (it is being replaced)
         faults[kind] += 1
@@ -320,7 +322,7 @@ def main() -> None:
     res = results.get()
     clients.join()
     # writers whose server is gone (e.g. orphaned while stopped) and still there
-    orphans = [pid for pid in writer_pids(db) if pid not in children(server.pid)]
+    orphans = [pid for pid in writer_pids(db) if parent_of(pid) != server.pid]
     for pid in writer_pids(db):
         signal_quietly(pid, signal.SIGCONT)
     time.sleep(1.0)

@@ -22,7 +22,8 @@ Guarantees:
   `database.write` in this process: the same result, only slower under load.
 - If the writer dies between a request and its reply, `call` cannot know whether it
   committed: an `idempotent=True` call (e.g. `submit`, on its client_id) is run again in
-  this process; any other raises `WriterLost`. Either way later calls run in-process.
+  this process; any other raises `WriterLost`. Either way later calls run in-process
+  until a new writer is up (below).
 - Every call has a deadline (`deadline_s`, `CALL_DEADLINE_S` by default): the writer does
   not start a request whose deadline has passed, and the caller stops waiting a little
   after it (`REPLY_GRACE_S`) and raises `WriteTimeout` — so a stopped or stalled writer
@@ -69,6 +70,7 @@ log = logging.getLogger(__name__)
 START_TIMEOUT_S = 60.0
 CALL_DEADLINE_S = 10.0  # a write not started by then is refused (WriteTimeout)
 REPLY_GRACE_S = 2.0     # the caller waits this much longer for a write started in time
+BACKLOG = 128           # connections waiting for the writer's accept
 IDLE_S = 1.0            # idle this long: the writer checks on its parent, empties the WAL
 RESTART_PAUSE_S = 5.0   # a writer that died this soon after starting is replaced after this
 
@@ -132,8 +134,15 @@ def _connect(address: str, authkey: bytes, deadline: float) -> Connection:
     handshake needs the writer to answer, and a stopped writer never would."""
     sock = socket.socket(socket.AF_UNIX)
     try:
-        sock.settimeout(max(0.001, deadline - time.monotonic()))
-        sock.connect(address)
+        sock.setblocking(False)
+        while True:  # a full backlog answers EAGAIN at once: try again until the deadline
+            try:
+                sock.connect(address)
+                break
+            except BlockingIOError:
+                if time.monotonic() >= deadline:
+                    raise TimeoutError("the writer process did not accept in time") from None
+                time.sleep(0.002)
         sock.setblocking(True)
     except BaseException:
         sock.close()
@@ -341,7 +350,10 @@ def _lose(writer: Writer) -> None:
         if writer.lost or writer.stopping:
             return
         writer.lost = True
-    status = writer.proc.poll()
+    try:  # a broken connection is usually seen a moment before the exit can be
+        status = writer.proc.wait(timeout=1.0)
+    except subprocess.TimeoutExpired:
+        status = None
     log.error("the writer process for %s stopped (%s); starting a new one, and writing "
               "in this process meanwhile", writer.db_path,
               "still running: its connection broke" if status is None
@@ -398,7 +410,8 @@ atexit.register(stop)
 def serve(db_path: str, address: str, authkey: bytes, parent_pid: int | None = None) -> None:
     """The writer's loop: wait for requests, commit all that arrived together, reply; when
     idle, check the parent is still there and empty the write-ahead log."""
-    listener = Listener(address, family="AF_UNIX", authkey=authkey)
+    # A deep backlog: every server thread opens its own connection, often at once.
+    listener = Listener(address, family="AF_UNIX", backlog=BACKLOG, authkey=authkey)
     wake_r, wake_w = os.pipe()
     arrived: list[Connection] = []
     arrived_lock = threading.Lock()
