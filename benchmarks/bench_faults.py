@@ -9,7 +9,8 @@ the frontend does. A reader whose answer gets no reply within `--patience` secon
 up on it, reloads the page (a new session) and answers the question now shown — with a
 different value, so an abandoned answer that was stored after all is told apart from the
 acknowledged one. A storage screen is followed by Try again; a refused connection by a
-retry. Meanwhile the injector, at Exp(mean `--fault-every`) intervals, does one of: kill
+retry. Meanwhile the injector, at Exp(mean `--fault-every`) intervals, does one of (each
+once per round, in random order): kill
 the server (SIGKILL; it is started again at once), kill the writer process (SIGKILL),
 stop the writer (SIGSTOP for U(2, 15) s), stop the server (SIGSTOP for U(1, 5) s), or
 stop the writer and kill the server (the orphaned writer must go by itself).
@@ -244,12 +245,12 @@ def signal_quietly(pid: int | None, sig) -> None:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--readers", type=int, default=12, help="reader tabs at a time")
-    ap.add_argument("--reader-pool", type=int, default=120, help="readers invited (10 cases each)")
+    ap.add_argument("--reader-pool", type=int, default=300, help="readers invited (10 cases each)")
     ap.add_argument("--duration", type=float, default=150.0, help="seconds of answering")
     ap.add_argument("--think", type=float, default=0.3, help="mean think time, seconds")
     ap.add_argument("--patience", type=float, default=4.0,
                     help="seconds a reader waits for a reply before reloading")
-    ap.add_argument("--fault-every", type=float, default=8.0, help="mean seconds between faults")
+    ap.add_argument("--fault-every", type=float, default=5.0, help="mean seconds between faults")
     ap.add_argument("--seed", type=int, default=1)
     args = ap.parse_args()
 
@@ -284,6 +285,7 @@ def main() -> None:
     faults = {"server killed": 0, "writer killed": 0, "writer stopped": 0, "server stopped": 0,
               "server killed while its writer was stopped": 0}
     stopped_s = {"writer": 0.0, "server": 0.0}
+    plan: list[str] = []
     wal_max = 0
     wal = pathlib.Path(f"{db}-wal")
     next_fault = time.monotonic() + rng.expovariate(1.0 / args.fault_every)
@@ -296,7 +298,9 @@ def main() -> None:
             wait_up(url, server)
         if time.monotonic() < next_fault:
             continue
-        kind = rng.choice(list(faults))
+        if not plan:  # every kind of fault once per round, in a random order
+            plan = rng.sample(list(faults), len(faults))
+        kind = plan.pop()
         writer = next(iter(children(server.pid, db)), None)
         if kind.startswith("writer") and writer is None:
             kind = "server killed"  # no writer now (it is being replaced)
