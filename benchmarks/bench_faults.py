@@ -6,8 +6,8 @@ Starts `medisyn studio` (loopback only) on a temporary study database, and runs 
 threads in a separate process that behave like people at browser tabs: Start, then answer
 case after case (think time Exp(mean `--think`)), every event posted to Gradio's queue as
 the frontend does. A reader whose answer gets no reply within `--patience` seconds gives
-up on it, reloads the page (a new session) and answers the question now shown — with a
-different value, so an abandoned answer that was stored after all is told apart from the
+up on it (half of the tabs; the others wait a minute), reloads the page (a new session)
+and answers the question now shown — with a different value, so an abandoned answer that was stored after all is told apart from the
 acknowledged one. A storage screen is followed by Try again; a refused connection by a
 retry. Meanwhile the injector, at Exp(mean `--fault-every`) intervals, does one of (each
 once per round, in random order): kill
@@ -87,8 +87,9 @@ def screen_of(msg: dict) -> tuple[str, int | None, str]:
     data = msg["output"]["data"]
     kind = SCREEN.search(str(data[0]))
     pos = POSITION.search(str(data[3]))
-    return (kind.group(1) if kind else "?", int(pos.group(1)) if pos else None,
-            str(data[4] or data[12] or ""))
+    kind = kind.group(1) if kind else "?"
+    message = data[10] if kind == "finished" else (data[4] or data[12])
+    return kind, int(pos.group(1)) if pos else None, str(message or "")
 
 
 def reader_clients(url: str, tokens: list[str], ids: dict, threads: int, think: float,
@@ -107,7 +108,10 @@ def reader_clients(url: str, tokens: list[str], ids: dict, threads: int, think: 
 
     def tab(i: int) -> None:
         rng = random.Random(seed * 1000 + i)
-        client = httpx.Client(base_url=url, timeout=httpx.Timeout(patience, connect=2.0))
+        # Half the tabs give up after `patience` seconds and reload; the others wait (for
+        # the storage screen when a write misses its deadline).
+        wait = patience if i % 2 == 0 else 60.0
+        client = httpx.Client(base_url=url, timeout=httpx.Timeout(wait, connect=2.0))
 
         def load(token):  # a page load (new session) and Start, retried until it answers
             while time.monotonic() < until:
@@ -146,7 +150,8 @@ def reader_clients(url: str, tokens: list[str], ids: dict, threads: int, think: 
                         session, (kind, pos, message) = load(token)
                         continue
                     new_kind, new_pos, new_message = screen_of(msg)
-                    moved_on = (new_kind == "finished" or (new_kind == "case" and not new_message))
+                    moved_on = ((new_kind == "finished" and new_message.startswith("All "))
+                                or (new_kind == "case" and not new_message))
                     if moved_on:
                         with lock:
                             out["acked"][f"{token} {pos}"] = value
@@ -325,7 +330,9 @@ def main() -> None:
         next_fault = time.monotonic() + rng.expovariate(1.0 / args.fault_every)
     res = results.get()
     clients.join()
-    # writers whose server is gone (e.g. orphaned while stopped) and still there
+    # writers whose server is gone (e.g. orphaned while stopped) and still there a moment
+    # later (one whose server was just killed may be finishing its batch)
+    time.sleep(5.0)
     orphans = [pid for pid in writer_pids(db) if parent_of(pid) != server.pid]
     for pid in writer_pids(db):
         signal_quietly(pid, signal.SIGCONT)
@@ -337,7 +344,7 @@ def main() -> None:
         server.kill()
         server.wait()
     time.sleep(2.0)
-    left = sorted(set(writer_pids(db)) | set(orphans))
+    left = sorted(set(writer_pids(db)) | set(orphans))  # after a clean stop: none expected
     for pid in left:
         signal_quietly(pid, signal.SIGKILL)
 

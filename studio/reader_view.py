@@ -117,7 +117,8 @@ SAVING_JS = """(() => {
 })();"""
 SAVING_CSS = """#saving { position: fixed; left: 50%; bottom: 1rem; transform: translateX(-50%);
   z-index: 1000; padding: 0.5rem 1.25rem; border-radius: 0.5rem; background: #1f2937;
-  color: #fff; font-size: 1rem; box-shadow: 0 2px 8px rgba(0,0,0,0.3); }
+  color: #fff; font-family: var(--font, sans-serif); font-size: 1rem;
+  box-shadow: 0 2px 8px rgba(0,0,0,0.3); }
 #saving[hidden] { display: none; }"""
 SAVED_JS = "() => { if (window.__medisynSaving) window.__medisynSaving.stop(); }"
 HEAD = (f"<script>{KEYBOARD_JS}</script><script>{VIEWER_JS}</script><script>{SAVING_JS}"
@@ -443,8 +444,10 @@ def submit_answer(db_path, token: str | None, state: OnScreen | None, answer,
     if reader is None:
         return _login("This link is not valid.")
     view = session.next_case(db_path, reader.reader_id)
-    if view is None:
-        return _finished_for(db_path, reader)
+    if view is None:  # all answered already (e.g. in another tab): this answer is not stored
+        screen = _finished_for(db_path, reader)
+        screen.message = f"{OUT_OF_DATE_FINISHED} {screen.message}"
+        return screen
     current = view.pending[0]["task"]
     if (state is None or state.reader_id != reader.reader_id
             or state.assignment_id != view.assignment_id or state.task != current):
@@ -496,6 +499,8 @@ def submit_answer(db_path, token: str | None, state: OnScreen | None, answer,
     return _case_screen(db_path, reader, nxt, with_image=True, token=_token(token))
 
 
+OUT_OF_DATE_FINISHED = ("This page was out of date: that question had already been answered, "
+                        "and that answer is kept.")
 ANSWERED_ELSEWHERE = ("That question had already been answered (in another tab, or before "
                       "the page was reloaded), and that answer is kept. Here is your "
                       "current case.")
