@@ -330,6 +330,7 @@ def main() -> None:
         next_fault = time.monotonic() + rng.expovariate(1.0 / args.fault_every)
     res = results.get()
     clients.join()
+    (tmp / "readers.json").write_text(json.dumps(res))  # the readers' records, to look into
     # writers whose server is gone (e.g. orphaned while stopped) and still there a moment
     # later (one whose server was just killed may be finishing its batch)
     time.sleep(5.0)
@@ -387,6 +388,7 @@ def main() -> None:
           f"{res['finished']}")
     print(f"integrity_check {integrity}; writer processes left behind {len(left)}; "
           f"largest WAL {wal_max / 1024:.0f} KiB; database {db.stat().st_size / 1024:.0f} KiB")
+    print(f"(database, server log and the readers' records: {tmp})")
     if lost or duplicated or superseded or integrity != "ok" or left:
         sys.exit(1)
 
