@@ -445,9 +445,7 @@ def submit_answer(db_path, token: str | None, state: OnScreen | None, answer,
         return _login("This link is not valid.")
     view = session.next_case(db_path, reader.reader_id)
     if view is None:  # all answered already (e.g. in another tab): this answer is not stored
-        screen = _finished_for(db_path, reader)
-        screen.message = f"{OUT_OF_DATE_FINISHED} {screen.message}"
-        return screen
+        return _finished_elsewhere(db_path, reader)
     current = view.pending[0]["task"]
     if (state is None or state.reader_id != reader.reader_id
             or state.assignment_id != view.assignment_id or state.task != current):
@@ -476,7 +474,7 @@ def submit_answer(db_path, token: str | None, state: OnScreen | None, answer,
         # Answered already from another tab, or before a reload: that answer stands.
         nxt = session.next_case(db_path, reader.reader_id)
         if nxt is None:
-            return _finished_for(db_path, reader)
+            return _finished_elsewhere(db_path, reader)
         return _case_screen(db_path, reader, nxt, with_image=True, token=_token(token),
                             message=ANSWERED_ELSEWHERE)
     except SessionError as exc:
@@ -504,6 +502,14 @@ OUT_OF_DATE_FINISHED = ("This page was out of date: that question had already be
 ANSWERED_ELSEWHERE = ("That question had already been answered (in another tab, or before "
                       "the page was reloaded), and that answer is kept. Here is your "
                       "current case.")
+
+
+def _finished_elsewhere(db_path, reader) -> Screen:
+    """The finish screen for an answer that was not stored because its question had been
+    answered already (the reader must not take it for this answer's acknowledgement)."""
+    screen = _finished_for(db_path, reader)
+    screen.message = f"{OUT_OF_DATE_FINISHED} {screen.message}"
+    return screen
 
 
 def _feedback_text(feedback: list[dict]) -> str:

@@ -143,6 +143,35 @@ def test_stall_reload_answer_exports_the_acknowledged_value(db):
     assert refused_screen.state.assignment_id == next_case(db, ref.reader_id).assignment_id
 
 
+def test_the_last_case_answered_twice_tells_the_refused_tab_so(db):
+    """At the last case the refused answer leads to the finish screen: it says the answer
+    on that page was not the one kept, so it is not taken for an acknowledgement."""
+    from studio import reader_view
+
+    token = invite(db, "pilot", "last-case")
+    ref = reader_for_token(db, token)
+    while (view := next_case(db, ref.reader_id)).position < view.total:
+        submit(db, ref.reader_id, view.assignment_id, "turing", 3, 500, uuid.uuid4().hex)
+    writer = writer_process.start(db)
+    tabs = [reader_view.start(db, token), reader_view.start(db, token)]
+    os.kill(writer.proc.pid, signal.SIGSTOP)
+    try:
+        waits = [_run(reader_view.submit_answer, db, token, t.state, v)
+                 for t, v in zip(tabs, (2, 5))]
+        time.sleep(0.3)
+    finally:
+        os.kill(writer.proc.pid, signal.SIGCONT)
+    screens = dict(zip((2, 5), (w()[0] for w in waits)))
+    assert {s.kind for s in screens.values()} == {"finished"}
+    kept = [v for v, s in screens.items() if s.message.startswith("All ")]
+    told = [v for v, s in screens.items() if s.message.startswith(reader_view.OUT_OF_DATE_FINISHED)]
+    assert len(kept) == 1 and len(told) == 1
+    assert _rows(db, ref.reader_id)[-1][2] == kept[0]
+    # and a page answered after the end gets the same words
+    late = reader_view.submit_answer(db, token, tabs[0].state, 4)
+    assert late.kind == "finished" and late.message.startswith(reader_view.OUT_OF_DATE_FINISHED)
+
+
 # ------------------------------------------------------------ bounded waits
 def _event(client, fn_index, data, token, session):
     r = client.post(f"/gradio_api/queue/join?token={token}", json={
