@@ -335,6 +335,12 @@ def main() -> None:
     # later (one whose server was just killed may be finishing its batch)
     time.sleep(5.0)
     orphans = [pid for pid in writer_pids(db) if parent_of(pid) != server.pid]
+    for pid in orphans:  # for the record: its state (T: stopped) and parent
+        try:
+            with open(f"/proc/{pid}/stat") as fh:
+                print("left behind:", pid, fh.read().rsplit(")", 1)[1].split()[:2])
+        except OSError:
+            pass
     for pid in writer_pids(db):
         signal_quietly(pid, signal.SIGCONT)
     time.sleep(1.0)
