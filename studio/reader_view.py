@@ -820,8 +820,10 @@ def storage_safe(handler, what: str = ""):
             # the last first read may still be changed while the repeats wait
             screen.can_go_back = _may_go_back(*args[:2])
             return screen
-        except (sqlite3.Error, OSError, DatabaseNotFound, NotAStudyDatabase,
-                writer_process.WriteTimeout) as exc:
+        except writer_process.WriteTimeout as exc:  # a stalled writer: one line, no trace
+            log.error("reader page: storage fault: %s", exc)
+            return Screen("unavailable", message=STORAGE_FAULT.format(what=what))
+        except (sqlite3.Error, OSError, DatabaseNotFound, NotAStudyDatabase) as exc:
             log.exception("reader page: storage fault (%s)", type(exc).__name__)
             return Screen("unavailable", message=STORAGE_FAULT.format(what=what))
         except Exception:  # a bug: still words, not a bare "Error"; details in the log
