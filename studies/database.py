@@ -48,7 +48,7 @@ from sqlite_utils import Database
 
 from studies.errors import DatabaseNotFound, NotAStudyDatabase, StudyNotFound
 
-SCHEMA_VERSION = 8
+SCHEMA_VERSION = 9
 BUSY_TIMEOUT_MS = 5_000  # for reads and schema set-up (WAL readers rarely wait at all)
 WRITE_ATTEMPTS = 12  # retry_busy: with backoff capped at 2 s plus the busy timeout
 WRITE_DEADLINE_S = 30.0  # longest wait for the write lock before giving up ("locked")
@@ -56,6 +56,9 @@ RETRY_SLEEP_S = (0.00025, 0.004)  # jittered sleep between lock attempts: first,
 MAX_BATCH = 64  # most queued writes committed together in one transaction
 MAX_KEPT_WRITERS = 8  # databases whose writer connection this process keeps open
 CHECKPOINT_EVERY = 200  # batches between the kept writer's WAL checkpoints (see write)
+# The WAL is truncated to this size when it restarts from the beginning (after a complete
+# checkpoint): without it a WAL that grew under load keeps its size on disk for good.
+JOURNAL_SIZE_LIMIT = 4 * 1024 * 1024
 
 T = TypeVar("T")
 
@@ -233,6 +236,18 @@ def _migration_8(db: Database) -> None:
     db["readers"].add_column("profile_completed_at", str)
 
 
+def _migration_9(db: Database) -> None:
+    """One current answer per read and task: `responses.read_round` is the read's
+    `reopened_after` (0 before any going back) when the answer was stored, and a unique
+    index over (assignment, task, round) lets the database itself refuse a second answer to
+    a question already answered in that round (two tabs, or an answer sent again after a
+    reload). Existing rows keep NULL (append-only: they cannot be filled in, and may
+    already hold such pairs): the index leaves them out."""
+    db.execute("ALTER TABLE responses ADD COLUMN read_round INTEGER")
+    db.execute("CREATE UNIQUE INDEX responses_one_per_round ON responses "
+               "(assignment_id, task, read_round) WHERE read_round IS NOT NULL")
+
+
 # Ordered list of (version, migration). Append new ones; never edit an applied one.
 MIGRATIONS: list[tuple[int, Callable[[Database], None]]] = [
     (1, _migration_1),
@@ -241,6 +256,7 @@ MIGRATIONS: list[tuple[int, Callable[[Database], None]]] = [
     (5, _migration_5),
     (6, _migration_6),
     (8, _migration_8),
+    (9, _migration_9),
 ]
 assert MIGRATIONS[-1][0] == SCHEMA_VERSION
 
@@ -481,6 +497,7 @@ def _writer_db(key: str, queue: _WriteQueue, db_path) -> Database:
     if queue.db is None:
         queue.db = open_db(db_path, create=False, _shared=True)
         queue.db.execute("PRAGMA wal_autocheckpoint=0")  # done by _checkpoint instead
+        queue.db.execute(f"PRAGMA journal_size_limit={JOURNAL_SIZE_LIMIT}")
         st = os.stat(db_path)
         queue.file_id = (st.st_dev, st.st_ino)
     with _queues_mutex:
@@ -553,8 +570,16 @@ def commit_together(db_path: str | pathlib.Path,
     return [(job.result, job.exc) for job in batch]
 
 
+def _wal_bytes(db_path) -> int:
+    try:
+        return os.stat(f"{os.path.realpath(db_path)}-wal").st_size
+    except OSError:
+        return 0
+
+
 def _checkpoint_if_due(db_path, queue: _WriteQueue) -> None:
-    if queue.batches >= CHECKPOINT_EVERY and queue.checkpointing.acquire(blocking=False):
+    due = queue.batches >= CHECKPOINT_EVERY or _wal_bytes(db_path) > JOURNAL_SIZE_LIMIT
+    if due and queue.checkpointing.acquire(blocking=False):
         queue.batches = 0
         threading.Thread(target=_checkpoint, args=(db_path, queue), daemon=True).start()
 
@@ -563,18 +588,49 @@ def _checkpoint(db_path, queue: _WriteQueue) -> None:
     """Copy the WAL back into the database file (PASSIVE: never waits for or blocks
     readers or writers) on a connection of its own, off the writers' path: the kept writer
     connection has automatic checkpoints turned off, because one running inside COMMIT
-    (fsyncing the database file) held up every writer queued behind it."""
+    (fsyncing the database file) held up every writer queued behind it. When the WAL has
+    grown past JOURNAL_SIZE_LIMIT anyway (readers kept it from restarting under sustained
+    load: 12 MB beside a 1 MB database was seen), it is truncated (TRUNCATE, waiting
+    at most 100 ms for readers and writers)."""
     try:
         uri = "file:" + urllib.parse.quote(os.path.realpath(db_path)) + "?mode=rw"
         conn = sqlite3.connect(uri, uri=True, isolation_level=None)  # never creates a file
         try:
             conn.execute("PRAGMA wal_checkpoint(PASSIVE)")
+            if _wal_bytes(db_path) > JOURNAL_SIZE_LIMIT:
+                conn.execute("PRAGMA busy_timeout=100")
+                conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
         finally:
             conn.close()
     except Exception:
         pass  # best effort: the next one, or closing the last connection, checkpoints
     finally:
         queue.checkpointing.release()
+
+
+def checkpoint_truncate(db_path: str | pathlib.Path) -> bool:
+    """Copy the whole WAL into the database file and truncate it to zero bytes
+    (`wal_checkpoint(TRUNCATE)`) on this process's kept writer connection, waiting at most
+    a moment for readers; True when it did. For idle moments (the writer process calls it
+    when no write has come for a while): under sustained load a PASSIVE checkpoint cannot
+    restart the WAL while readers use it, and the file kept growing."""
+    key, queue = _queue_for(db_path)
+    if not queue.slot.acquire(blocking=False):
+        return False  # a batch is being committed: not idle after all
+    try:
+        if queue.db is None:
+            return True  # nothing written through this process
+        conn = queue.db.conn
+        conn.execute("PRAGMA busy_timeout=50")
+        try:
+            busy, _, _ = conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
+        finally:
+            conn.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
+        return busy == 0
+    except sqlite3.Error:
+        return False
+    finally:
+        queue.slot.release()
 
 
 def _commit_batch(key: str, queue: _WriteQueue, db_path: str | pathlib.Path,

@@ -7,6 +7,9 @@ answered. Each call opens its own connection (safe from any thread or process).
 Responses are append-only (the database refuses UPDATE/DELETE on them): changing an answer
 adds a row and analysis uses the latest. `submit` is idempotent on the client-supplied
 `client_id`: a retry or double click returns the first acknowledgement, never a second row.
+A question takes one answer per read (and per reopening, `go_back`): a second answer under
+another client_id is refused (`AlreadyAnswered`), so the acknowledged answer is the one
+that counts.
 Each answer may carry the reader's comment and "non-diagnostic image" flag for the case.
 
 Going back (`go_back`, unless the study forbids it: `lifecycle.set_allow_back`): the
@@ -579,6 +582,16 @@ def _record_answer(db, reader_id: int, assignment_id: int, task: str, answer, du
         raise SessionError(f"task {task!r} is not asked for this case")
     if task in final:
         raise SessionError(ANSWER_FINAL)
+
+    # One current answer per read and task: a second answer under another client_id (a
+    # second tab, or the same question answered again after a reload while the first was
+    # still on its way) is refused here, in the transaction that would store it, so
+    # whichever arrives first is the one kept and acknowledged. Changing an answer takes
+    # going back (a new round: the read's reopened_after).
+    read_round = reopened_after or 0
+    if db.execute("SELECT 1 FROM responses WHERE assignment_id = ? AND task = ? AND id > ? "
+                  "LIMIT 1", [assignment_id, task, read_round]).fetchone() is not None:
+        raise AlreadyAnswered("this question has already been answered")
     task_obj = _task_for(task, expected)
     try:
         value = task_obj.parse(answer)
@@ -593,10 +606,10 @@ def _record_answer(db, reader_id: int, assignment_id: int, task: str, answer, du
     cur = db.execute(
         "INSERT INTO responses (client_id, reader_id, assignment_id, case_id, task, answer, "
         "rating, duration_ms, shown_at, answered_at, duration_flagged, comment, "
-        "non_diagnostic) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
+        "non_diagnostic, read_round) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
         [client_id, reader_id, assignment_id, case_id, task, task_obj.answer_text(value),
          value, duration_ms, shown_at_, answered_at, int(bool(duration_flagged)), comment,
-         flag])
+         flag, read_round])
     complete = completed_at is not None
     if not complete:
         # Complete once every task is answered (a reopened read, go_back: re-answered).
@@ -659,6 +672,12 @@ class NotYetAvailable(SessionError):
         when = wait_until.strftime("%Y-%m-%d %H:%M UTC") if wait_until else "later"
         super().__init__(f"your next case opens on {when}")
         self.wait_until = wait_until
+
+
+class AlreadyAnswered(SessionError):
+    """`submit` refused: the question was already answered in this read (under another
+    client_id: a second tab, or an answer sent again after a reload). Nothing was stored;
+    the reader's current state (`next_case`) says where they are."""
 
 
 class StudyClosed(SessionError):

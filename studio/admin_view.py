@@ -475,11 +475,30 @@ def progress_table(db_path, study: str) -> pd.DataFrame:
                                        "finished"])
 
 
-def faults_markdown(db_path, study: str) -> str:
-    """Stimulus faults readers met (missing or unreadable files), for the Readers tab."""
-    found = session.faults(db_path, study)
-    if not found:
+LOW_DISK_BYTES = 1024**3  # free space below this on the database's disk: warn the admin
+
+
+def disk_warning(db_path) -> str:
+    """A warning when the disk holding the study database is nearly full (answers that
+    cannot be written make readers wait at the storage screen), else ""."""
+    try:
+        free = shutil.disk_usage(pathlib.Path(db_path).resolve().parent).free
+    except OSError:
         return ""
+    if free >= LOW_DISK_BYTES:
+        return ""
+    return (f"**⚠️ Low disk space:** {free / 1024**2:,.0f} MB free where the study database "
+            "is stored. When the disk is full, readers' answers cannot be saved (they see a "
+            "storage message and wait); free some space.")
+
+
+def faults_markdown(db_path, study: str) -> str:
+    """Stimulus faults readers met (missing or unreadable files), for the Readers tab,
+    after a low-disk-space warning when there is one (`disk_warning`)."""
+    found = session.faults(db_path, study)
+    disk = disk_warning(db_path)
+    if not found:
+        return disk
     lines = ["**⚠️ Stimulus faults** — readers were told the image is unavailable and wait at "
              "that case; restore the file under the study's stimuli folder (the readers' "
              "Try again then continues):", ""]
@@ -487,7 +506,7 @@ def faults_markdown(db_path, study: str) -> str:
         case = f" (case {plain_markdown(f.case)})" if f.case else ""
         lines.append(f"- stimulus `{f.stimulus_id}`{case}: {plain_markdown(f.reason)} — "
                      f"{f.count}× for {f.readers} reader(s), last {f.last_at[:19].replace('T', ' ')}")
-    return "\n".join(lines)
+    return "\n\n".join(filter(None, [disk, "\n".join(lines)]))
 
 
 # ------------------------------------------------------------------------------ analysis

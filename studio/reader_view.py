@@ -65,7 +65,7 @@ import urllib.parse
 
 import gradio as gr
 
-from studies import lifecycle, readers, session
+from studies import lifecycle, readers, session, writer_process
 from studies.database import utc_now
 from studies.design import TASKS
 from studies.errors import (
@@ -97,12 +97,43 @@ VIEWER_JS = (pathlib.Path(__file__).with_name("viewer.js")).read_text(encoding="
 PAGE_CSS = """@media (max-width: 640px) {
   .gradio-container > .main { padding-left: 6px !important; padding-right: 6px !important; }
 }"""
-HEAD = f"<script>{KEYBOARD_JS}</script><script>{VIEWER_JS}</script><style>{PAGE_CSS}</style>"
+# "Saving…" once an answer has waited about a second for the server (SHOWN_MS_JS starts
+# the timer, SAVED_JS stops it when the event has come back, whatever its outcome).
+SAVING_JS = """(() => {
+  let timer = null;
+  function show() {
+    let el = document.getElementById('saving');
+    if (!el) {
+      el = document.createElement('div');
+      el.id = 'saving'; el.setAttribute('role', 'status'); el.textContent = 'Saving…';
+      document.body.appendChild(el);
+    }
+    el.hidden = false;
+  }
+  window.__medisynSaving = {
+    start() { clearTimeout(timer); timer = setTimeout(show, 1000); },
+    stop() {
+      clearTimeout(timer); timer = null;
+      const el = document.getElementById('saving');
+      if (el) el.hidden = true;
+    },
+  };
+})();"""
+SAVING_CSS = """#saving { position: fixed; left: 50%; bottom: 1rem; transform: translateX(-50%);
+  z-index: 1000; padding: 0.5rem 1.25rem; border-radius: 0.5rem; background: #1f2937;
+  color: #fff; font-family: var(--font, sans-serif); font-size: 1rem;
+  box-shadow: 0 2px 8px rgba(0,0,0,0.3); }
+#saving[hidden] { display: none; }"""
+SAVED_JS = "() => { if (window.__medisynSaving) window.__medisynSaving.stop(); }"
+HEAD = (f"<script>{KEYBOARD_JS}</script><script>{VIEWER_JS}</script><script>{SAVING_JS}"
+        f"</script><style>{PAGE_CSS}\n{SAVING_CSS}</style>")
 
 # Runs in the browser before the submit event: passes the answer through and adds the
 # milliseconds since keyboard.js saw the current question (or its image) appear.
-SHOWN_MS_JS = """(st, ans, ms, note, nd) => [st, ans, (typeof window.__medisynShownAt === 'number')
-    ? Math.round(performance.now() - window.__medisynShownAt) : null, note, nd]"""
+SHOWN_MS_JS = """(st, ans, ms, note, nd) => {
+  if (window.__medisynSaving) window.__medisynSaving.start();
+  return [st, ans, (typeof window.__medisynShownAt === 'number')
+    ? Math.round(performance.now() - window.__medisynShownAt) : null, note, nd]; }"""
 
 # Element ids the keyboard script and the browser tests rely on.
 IDS = {"answer": "answer", "submit": "submit", "continue": "continue", "start": "start",
@@ -115,6 +146,7 @@ IDS = {"answer": "answer", "submit": "submit", "continue": "continue", "start": 
        "back_state": "back-state",
        "remarks": "remarks", "comment": "comment", "non_diagnostic": "non-diagnostic"}
 SCREENS = ("login", "intro", "case", "feedback", "finished", "unavailable")
+ANSWER_CONCURRENCY = 32  # answers being saved at once (their own queue: see the submit event)
 
 
 @dataclasses.dataclass
@@ -430,8 +462,8 @@ def submit_answer(db_path, token: str | None, state: OnScreen | None, answer,
     if reader is None:
         return _login("This link is not valid.")
     view = session.next_case(db_path, reader.reader_id)
-    if view is None:
-        return _finished_for(db_path, reader)
+    if view is None:  # all answered already (e.g. in another tab): this answer is not stored
+        return _finished_elsewhere(db_path, reader)
     current = view.pending[0]["task"]
     if (state is None or state.reader_id != reader.reader_id
             or state.assignment_id != view.assignment_id or state.task != current):
@@ -456,6 +488,13 @@ def submit_answer(db_path, token: str | None, state: OnScreen | None, answer,
                              non_diagnostic=non_diagnostic)
     except NotAuthorised:
         return _login("This link is not valid.")
+    except session.AlreadyAnswered:
+        # Answered already from another tab, or before a reload: that answer stands.
+        nxt = session.next_case(db_path, reader.reader_id)
+        if nxt is None:
+            return _finished_elsewhere(db_path, reader)
+        return _case_screen(db_path, reader, nxt, with_image=True, token=_token(token),
+                            message=ANSWERED_ELSEWHERE)
     except SessionError as exc:
         screen = _case_screen(db_path, reader, view, with_image=False, message=str(exc))
         screen.state = state
@@ -474,6 +513,21 @@ def submit_answer(db_path, token: str | None, state: OnScreen | None, answer,
     if nxt is None:
         return _finished_for(db_path, reader)
     return _case_screen(db_path, reader, nxt, with_image=True, token=_token(token))
+
+
+OUT_OF_DATE_FINISHED = ("This page was out of date: that question had already been answered, "
+                        "and that answer is kept.")
+ANSWERED_ELSEWHERE = ("That question had already been answered (in another tab, or before "
+                      "the page was reloaded), and that answer is kept. Here is your "
+                      "current case.")
+
+
+def _finished_elsewhere(db_path, reader) -> Screen:
+    """The finish screen for an answer that was not stored because its question had been
+    answered already (the reader must not take it for this answer's acknowledgement)."""
+    screen = _finished_for(db_path, reader)
+    screen.message = f"{OUT_OF_DATE_FINISHED} {screen.message}"
+    return screen
 
 
 def _feedback_text(feedback: list[dict]) -> str:
@@ -790,6 +844,9 @@ def storage_safe(handler, what: str = ""):
             # the last first read may still be changed while the repeats wait
             screen.can_go_back = _may_go_back(*args[:2])
             return screen
+        except writer_process.WriteTimeout as exc:  # a stalled writer: one line, no trace
+            log.error("reader page: storage fault: %s", exc)
+            return Screen("unavailable", message=STORAGE_FAULT.format(what=what))
         except (sqlite3.Error, OSError, DatabaseNotFound, NotAStudyDatabase) as exc:
             log.exception("reader page: storage fault (%s)", type(exc).__name__)
             return Screen("unavailable", message=STORAGE_FAULT.format(what=what))
@@ -951,8 +1008,16 @@ def build_reader_blocks(db_path) -> gr.Blocks:
                       show_progress="hidden", postprocess=False)
         demo.load(on_load, None, outputs, **common)
         start_btn.click(on_start_profile, [profile_in], outputs, js=PROFILE_JS, **common)
+        # Answers have a queue of their own, so answers waiting on a stalled write never
+        # hold the slots other readers' page loads need. preprocess=False: the answer is
+        # checked against the scale by studies.session; Gradio's own check compares it with
+        # the choices this server sent that page, and a page from before a restart would
+        # get a bare "Error" instead of the out-of-date screen.
+        answer_opts = {**common, "concurrency_id": "reader-answer",
+                       "concurrency_limit": ANSWER_CONCURRENCY, "preprocess": False}
         submit.click(on_submit, [state, answer, client_ms, comment, non_diag], outputs,
-                     js=SHOWN_MS_JS, **common)
+                     js=SHOWN_MS_JS, **answer_opts).then(
+            None, None, None, js=SAVED_JS, api_visibility="private")
         back.click(on_back, None, outputs, **common)
         back_done.click(on_back, None, outputs, **common)
         back_wait.click(on_back, None, outputs, **common)

@@ -8,7 +8,7 @@ from studies.design import StudyOptions
 from studies.errors import StudyError, StudyNotFound
 from studies.export import IMRMC_COLUMNS, LONG_COLUMNS, imrmc_table, long_table, write_export
 from studies.readers import invite, reader_for_token
-from studies.session import next_case, submit
+from studies.session import go_back, next_case, submit
 from study_fixtures import make_study
 
 OPTS = StudyOptions(tasks=("turing", "quality"), training_cases=2, repeat_fraction=0.2,
@@ -29,9 +29,12 @@ def answered(tmp_path_factory):
             value = rating if q["task"] != "quality" else 3
             if q["task"] == "attention":
                 value = q["scale"][0]["value"]
-            if first and q["task"] == "turing" and name == "dr-a":
+            if first and q["task"] == "turing" and name == "dr-a" and not view.training:
+                # answers the read, goes back to it and changes the call to the usual one
                 submit(db, ref.reader_id, view.assignment_id, "turing", 6, 10, str(uuid.uuid4()))
-                first = False  # then changes it (below) to the reader's usual rating
+                submit(db, ref.reader_id, view.assignment_id, "quality", 3, 10, str(uuid.uuid4()))
+                assert go_back(db, ref.reader_id).assignment_id == view.assignment_id
+                first = False
             submit(db, ref.reader_id, view.assignment_id, q["task"], value, 1000, str(uuid.uuid4()))
     return db
 
@@ -75,9 +78,10 @@ def test_long_table_groups_feed_the_analysis_breakdown(answered):
 def test_long_table_with_superseded(answered):
     df = long_table(answered, "exp", include_superseded=True)
     assert list(df.columns) == LONG_COLUMNS + ["superseded"]
-    old = df[df.superseded == 1]
-    assert len(old) == 1 and old.iloc[0].rating == 6 and old.iloc[0].reader == "dr-a"
-    assert len(df) == len(long_table(answered, "exp")) + 1
+    old = df[df.superseded == 1]  # the read dr-a went back to: both of its first answers
+    assert sorted(zip(old.task, old.rating)) == [("quality", 3), ("turing", 6)]
+    assert set(old.reader) == {"dr-a"}
+    assert len(df) == len(long_table(answered, "exp")) + 2
 
 
 def test_imrmc_layout(answered):

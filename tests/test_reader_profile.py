@@ -18,7 +18,7 @@ import pytest
 from click.testing import CliRunner
 
 from studies import lifecycle, readers
-from studies.database import open_db
+from studies.database import SCHEMA_VERSION, open_db
 from studies.errors import ReaderError, StudyError
 from studies.export import long_table, read_long_csv, write_export
 from studies.session import next_case, submit
@@ -298,6 +298,6 @@ def test_migration_8_upgrades_a_schema_5_database(tmp_path, monkeypatch):
         assert db.execute("SELECT ask_profile FROM studies").fetchone() == (0,)
         assert db.execute("SELECT profile, profile_completed_at FROM readers").fetchone() == (
             '{"specialty": "x"}', None)
-        assert db.execute("SELECT max(version) FROM schema_version").fetchone()[0] == 8
+        assert db.execute("SELECT max(version) FROM schema_version").fetchone()[0] == SCHEMA_VERSION
     finally:
         db.close()
