@@ -853,7 +853,7 @@ def calibrated_novelty(synthetic: list[dict], reference: list[dict], holdout: li
         p = percentile if higher else 100.0 - percentile
         thresholds[m] = float(np.percentile(values, p))
         rules[m] = (f"{p:g}th percentile of held-out real images' nearest-reference "
-                    f"{'similarity' if higher else 'distance'} ({len(cal)} images, {len(cal_groups)} groups)")
+                    f"{'similarity' if higher else 'distance'} ({len(cal)} image(s) in {len(cal_groups)} group(s))")
     min_votes = (len(measures) + 1) // 2
     test_res = run_novelty(_refs(test), _refs(reference), thresholds=thresholds, min_votes=min_votes, **common)
     held_flagged = [r["synthetic"] for r in test_res.rows if r["flagged"]]

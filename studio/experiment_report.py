@@ -202,9 +202,9 @@ def _hist_svg(title: str, syn: list[float], held: list[float], threshold: float,
     hs = np.histogram(syn, edges)[0]
     hh = np.histogram(held, edges)[0]
     top = max(1, int(hs.max(initial=0)), int(hh.max(initial=0)))
-    w, h, pad = 300, 120, 20
+    w, h, pad = 340, 120, 20
     bw = (w - 2 * pad) / 20
-    parts = [f'<svg class="svg-hist" width="{w}" height="{h + 34}" role="img" aria-label="{html.escape(title)}">',
+    parts = [f'<svg class="svg-hist" width="{w}" height="{h + 46}" role="img" aria-label="{html.escape(title)}">',
              f'<text x="{pad}" y="12" font-size="11">{html.escape(title)}</text>']
     for i in range(20):
         x = pad + i * bw
@@ -217,8 +217,9 @@ def _hist_svg(title: str, syn: list[float], held: list[float], threshold: float,
     parts.append(f'<text x="{pad}" y="{h + 14}" font-size="10">{lo:.3g}</text>'
                  f'<text x="{w - pad}" y="{h + 14}" font-size="10" text-anchor="end">{hi:.3g}</text>')
     parts.append(f'<text x="{pad}" y="{h + 28}" font-size="10"><tspan fill="#3b6fd4">■ synthetic</tspan> '
-                 f'<tspan fill="#e08a1e">■ held-out real</tspan> <tspan fill="#a00">┆ threshold '
-                 f'({"higher" if higher else "lower"} = closer)</tspan></text></svg>')
+                 f'<tspan fill="#e08a1e">■ held-out real</tspan></text>'
+                 f'<text x="{pad}" y="{h + 42}" font-size="10" fill="#a00">┆ threshold '
+                 f'({"higher" if higher else "lower"} = closer to a reference image)</text></svg>')
     return "".join(parts)
 
 
@@ -295,9 +296,9 @@ def build(out: pathlib.Path, cfg, stamps: dict) -> tuple[Doc, str]:
     answered.add("generators")
     doc.table(["generator", "model", "weights SHA-256", "LoRA", "licence", "sampler", "steps", "guidance", "size",
                "seeds", "images"],
-              [[n, g["model_label"] or g["model"], g["weights_sha256"], g["loras"] or "none", g["licence"],
+              [[n, g["model_label"] or g["model"], (g["weights_sha256"] or "")[:16] + "…", g["loras"] or "none", g["licence"],
                 g["scheduler"], g["steps"], g["guidance_scale"], g["size"], g["seeds"], g["n"]]
-               for n, g in gens.items()], "Generators as run (from each image's generation record)")
+               for n, g in gens.items()], "Generators as run (from each image's generation record; full hashes under Provenance)")
     doc.h(3, "Prompts", "prompts")
     answered.add("prompts")
     doc.items([f"{n}: {g['prompts']}; {g['images_per_prompt']} image(s) per prompt"
@@ -478,6 +479,7 @@ def build(out: pathlib.Path, cfg, stamps: dict) -> tuple[Doc, str]:
         doc.p("Not run (no [augment] section in the config).")
 
     # ---------------- checklist
+    answered.add("provenance")  # written below, always
     doc.h(2, "Reporting checklist", "checklist")
     doc.p(f"Items of CLAIM 2024 ({CLAIM_REF}) that apply to a reader study of synthetic images, and items of "
           "synthetic-data reporting. Each points to the section of this report that answers it, or says "
@@ -486,7 +488,6 @@ def build(out: pathlib.Path, cfg, stamps: dict) -> tuple[Doc, str]:
 
     # ---------------- provenance
     doc.h(2, "Provenance", "provenance")
-    answered.add("provenance")
     doc.p("Reproduce: `" + reproduce_command(cfg) + "`")
     doc.table(["software", "version"], [[k, v] for k, v in software_versions().items()])
     hashes = []
