@@ -107,6 +107,10 @@ def _answer_all(db, study, seed=0):
                    1200, str(uuid.uuid4()))
 
 
+def read_state(run, stage) -> str:
+    return next(s.state for s in E.experiment_status(run).stages if s.stage == stage)
+
+
 def _sha(path) -> str:
     return hashlib.sha256(pathlib.Path(path).read_bytes()).hexdigest()
 
@@ -155,10 +159,56 @@ def test_small_experiment_end_to_end(tmp_path):
     out = CliRunner().invoke(cli, ["experiment", "status", str(run)])
     assert out.exit_code == 0 and "novelty   done" in out.output and "dr-a" in out.output
 
+    # the admin's Experiments tab shows the run, its readers and the report (escaped into srcdoc)
+    from studio import experiments_view as V
+
+    table = V.stage_table(run)
+    assert list(table.stage) == list(E.STAGES)
+    assert set(table.state) == {"done", "not configured"}
+    assert set(V.readers_table(run).reader) == {"dr-a", "dr-b"}
+    frame = V.report_iframe(run)
+    srcdoc = frame.split('srcdoc="', 1)[1]
+    assert frame.startswith('<iframe sandbox="allow-scripts"') and "<" not in srcdoc.rsplit('"', 1)[0]
+
     # one generator parameter changed: only the stages downstream of it are redone
     text = config.read_text(encoding="utf-8")
     config.write_text(text.replace("seed = 1", "seed = 2"), encoding="utf-8")
+    job = V.start_run(config, db)  # started from the tab and cancelled at once: stops, keeps the stamps
+    V.cancel_run(job.out)
+    job.thread.join(120)
+    assert job.finished and "cancelled" in job.log and not job.error
+    assert read_state(run, "split") == "done"
     third = E.run_experiment(config, log=logs.append)
     assert [s.stage for s in third.stages if s.action == "skipped"] == ["split"]
     assert third.ran == ["generate", "novelty", "fidelity", "study", "analyze", "report"]
     assert third.study != study  # a new design is a new study; the answered one stays as it was
+
+
+# ---------------------------------------------------------------- the admin's Experiments tab
+
+class _Auth:
+    def is_admin(self, user):
+        return user == "admin"
+
+
+def test_experiments_tab_is_admin_only_and_private(tmp_path, minimal):
+    import types
+
+    import gradio as gr
+
+    from studio import admin_view, experiments_view
+
+    db = tmp_path / "studio.db"
+    blocks = admin_view.build_admin_blocks(db, _Auth())
+    assert all(d["api_visibility"] == "private" for d in blocks.get_config_file()["dependencies"])
+    fns = {f.fn.__qualname__: f.fn for f in blocks.fns.values()}
+    start = fns["build_experiments_tab.<locals>.do_start"]
+    with pytest.raises(gr.Error, match="Not authorised"):
+        start(str(minimal / "c.toml"), request=types.SimpleNamespace(username="dr-a", session_hash="s"))
+    # the admin gets the config's one-line error, and nothing starts
+    bad = minimal / "bad.toml"
+    bad.write_text("colour = 1\n" + MINIMAL, encoding="utf-8")
+    with pytest.raises(gr.Error, match="config key 'colour'"):
+        start(str(bad), request=types.SimpleNamespace(username="admin", session_hash="s"))
+    assert experiments_view.run_choices(db) == []
+    assert "srcdoc" not in experiments_view.report_iframe(tmp_path)
