@@ -708,6 +708,8 @@ def _prompts_for(g: Generator, reference: list[dict], folder: pathlib.Path) -> p
 
 def _run_generate(ctx: _Ctx):
     from model_runtime.batch_job import PromptsFileError, run_generate_job
+    from model_runtime.devices import DeviceUnavailableError
+    from model_runtime.generation import NonFiniteOutputError
 
     reference = reference_rows(ctx.out)
     files, per_gen = [], {}
@@ -744,8 +746,12 @@ def _run_generate(ctx: _Ctx):
                     scheduler=g.sampler, width=g.size, height=g.size, batch_size=g.batch_size,
                     engine=ctx.engine, threads=g.threads, options={"loras": g.lora} if g.lora else None,
                     progress=False, warn=lambda m, n=g.name: ctx.log(f"generate {n}: {m}"), on_image=on_image)
-            except (PromptsFileError, ValueError, OSError) as exc:
-                raise ExperimentError(f"generator {g.name!r}: {exc}") from None
+            except ExperimentCancelled:
+                raise
+            except (PromptsFileError, ValueError, LookupError, OSError, DeviceUnavailableError,
+                    NonFiniteOutputError) as exc:
+                text = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc  # KeyError quotes its text
+                raise ExperimentError(f"generator {g.name!r}: {text}") from None
             ctx.log(f"generate {g.name}: {res.generated} generated, {res.skipped} already there")
             sub.write_text(json.dumps({"key": sub_key}) + "\n", encoding="utf-8")
         manifest = _read_rows(folder / "manifest.csv")
@@ -1200,7 +1206,7 @@ _RUN = {"split": _run_split, "generate": _run_generate, "novelty": _run_novelty,
 @dataclasses.dataclass
 class StageState:
     stage: str
-    state: str            # done | running | failed | stopped | cancelled | not run | not configured
+    state: str            # done | running | failed | stopped | cancelled | interrupted | not run | not configured
     finished_at: str = ""
     seconds: float | None = None
     note: str = ""
@@ -1235,6 +1241,18 @@ class Status:
         return out
 
 
+def _alive(pid) -> bool:
+    if not isinstance(pid, int) or pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 def _run_info(out: pathlib.Path) -> dict:
     try:
         return json.loads((out / "experiment.json").read_text(encoding="utf-8"))
@@ -1264,7 +1282,10 @@ def experiment_status(out) -> Status:
         if stage == "augment" and cfg is not None and cfg.augment is None:
             stages.append(StageState(stage, "not configured"))
         elif state:
-            stages.append(StageState(stage, state["state"], state.get("at", ""), None, state.get("reason", "")[:200]))
+            name = state["state"]
+            if name == "running" and not _alive(state.get("pid")):
+                name = "interrupted"  # the process that ran it is gone: a re-run redoes the stage
+            stages.append(StageState(stage, name, state.get("at", ""), None, state.get("reason", "")[:200]))
         elif stamp:
             stages.append(StageState(stage, "done", stamp.get("finished_at", ""), stamp.get("seconds")))
         else:
@@ -1348,7 +1369,8 @@ acknowledge_leak = true   # the tiny embedded model fails the leak audit (see do
 def write_demo_inputs(folder, *, name: str = "demo-experiment", modalities=("ct", "mri", "histology"),
                       per_modality: int = 3, steps: int = 4) -> pathlib.Path:
     """A small runnable experiment from the images installed packages ship: ``real/`` (training
-    crops and held-out demo images of ``modalities``, one group per source view), and
+    crops and held-out demo images of ``modalities``; one group per source file, so slices, frames
+    and regions of one file stay together), and
     ``experiment.toml`` for the embedded model. Returns the config path."""
     from studio import demo_data
 
@@ -1362,14 +1384,15 @@ def write_demo_inputs(folder, *, name: str = "demo-experiment", modalities=("ct"
     for r in _read_rows(info.out_dir / "captions.csv"):
         v = views[r["view"]]
         rows.append({"path": f"train/{r['path']}", "modality": demo_data.MODALITIES[r["modality"]].label,
-                     "prompt": r["caption"], "group": r["view"], "licence": _PACKAGE_LICENCES[v.package],
+                     "prompt": r["caption"], "group": f"{v.package}/{v.relpath}", "licence": _PACKAGE_LICENCES[v.package],
                      "origin": f"{v.package}/{v.relpath}"})
     for im in demo_data.build_demo_set(real / "demo"):
         if im.modality not in modalities:
             im.path.unlink()
             continue
         rows.append({"path": f"demo/{im.path.name}", "modality": demo_data.MODALITIES[im.modality].label,
-                     "prompt": im.prompt, "group": im.view, "licence": _PACKAGE_LICENCES[views[im.view].package],
+                     "prompt": im.prompt, "group": f"{views[im.view].package}/{views[im.view].relpath}",
+                     "licence": _PACKAGE_LICENCES[views[im.view].package],
                      "origin": im.origin})
     _write_rows(real / "manifest.csv", rows, ("path", "modality", "prompt", "group", "licence", "origin"))
     config = folder / "experiment.toml"
