@@ -5,8 +5,8 @@
 
 Real images: `studio.demo_data`'s training crops (all six modalities) and its held-out demo images,
 one group per source file (slices, frames and regions of one file stay together). Each repeat splits them by group (`split_groups`, 30 % of each
-modality's groups held out, a new seed per repeat), calibrates the thresholds on one half of the
-held-out groups and measures the false-flag rate on the other half, exactly as the pipeline does.
+modality's groups held out, a new seed per repeat) and runs the pipeline's rule: thresholds from the
+held-out images, the false-flag rate leave-one-group-out over the held-out groups.
 "Synthetic" images are planted near-copies of reference images, several of each kind:
 
   mirror+noise   mirrored, +6 grey levels, Gaussian noise sigma 2
@@ -62,7 +62,7 @@ def main() -> None:
     args = ap.parse_args()
 
     from studio import demo_data
-    from studio.experiment import calibrated_novelty, split_groups
+    from studio.experiment import calibrated_novelty, demo_group, split_groups
 
     results = []
     with tempfile.TemporaryDirectory(prefix="medisyn-bench-expnov-") as tmp:
@@ -73,8 +73,8 @@ def main() -> None:
 
         views = {v.key: v for v in demo_data.train_views() + demo_data.demo_views()}
 
-        def source(view):  # one group per source file: its slices, frames and regions stay together
-            return f"{views[view].package}/{views[view].relpath}"
+        def source(view):  # one group per acquisition: its slices, frames and regions stay together
+            return demo_group(views[view])
 
         for r in csv.DictReader(open(info.out_dir / "captions.csv", encoding="utf-8")):
             rows.append({"path": str(info.out_dir / r["path"]), "name": r["path"], "modality": r["modality"],
@@ -107,11 +107,11 @@ def main() -> None:
             flagged = {r["synthetic"] for r in res["rows"] if r["flagged"]}
             per_kind = {k: {"planted": sum(v == k for v in truth.values()),
                             "missed": sum(v == k and n not in flagged for n, v in truth.items())} for k in KINDS}
-            results.append({"repeat": rep, "reference": len(reference), "holdout_calibration": res["holdout_calibration_n"],
-                            "holdout_test": res["holdout_test_n"], "holdout_flagged": len(res["holdout_flagged"]),
+            results.append({"repeat": rep, "reference": len(reference), "holdout_groups": res["holdout_groups"],
+                            "holdout_test": res["holdout_n"], "holdout_flagged": len(res["holdout_flagged"]),
                             "per_kind": per_kind, "thresholds": res["thresholds"], "seconds": seconds})
-            print(f"repeat {rep}: {len(reference)} reference, held-out {res['holdout_calibration_n']} calibrate + "
-                  f"{res['holdout_test_n']} test; false flags {len(res['holdout_flagged'])}/{res['holdout_test_n']}; "
+            print(f"repeat {rep}: {len(reference)} reference, {res['holdout_n']} held out in {res['holdout_groups']} "
+                  f"groups; false flags {len(res['holdout_flagged'])}/{res['holdout_n']}; "
                   + "; ".join(f"{k} missed {v['missed']}/{v['planted']}" for k, v in per_kind.items())
                   + f"  ({seconds:.1f} s)")
     tot_test = sum(r["holdout_test"] for r in results)

@@ -825,14 +825,17 @@ def _refs(rows: list[dict]):
 def calibrated_novelty(synthetic: list[dict], reference: list[dict], holdout: list[dict], out_dir: pathlib.Path,
                        *, measures, percentile: float, size: int, seed: int, cancel=None) -> dict:
     """Flag synthetic images that are near-copies of reference images, with thresholds calibrated
-    on held-out real images (never judged by them) and the held-out false-flag rate measured.
+    on held-out real images and the rule's false-flag rate measured on held-out images it was not
+    calibrated on.
 
-    The held-out groups are cut in two halves: each measure's threshold is the ``percentile`` of
-    the calibration half's nearest-reference similarity, and the flag rule (a majority of
-    measures) is applied to the other half, whose flag rate is the rule's false-flag rate on real
-    images it did not see. With one held-out group both halves are the same images (in-sample;
-    said so in ``holdout_rate_note``). Built on ``evaluation.novelty.run_novelty``; the one
-    function to switch when that module calibrates on held-out images itself.
+    Every held-out image is matched against the reference images once. Each measure's threshold
+    is the ``percentile`` of the held-out images' nearest-reference similarity (for distances the
+    ``100 - percentile``th); a synthetic image is flagged when a majority of measures pass. The
+    false-flag rate is leave-one-group-out: each held-out group is judged by thresholds calibrated
+    on the other held-out groups, so no image is judged by a rule fitted to it. With a single
+    held-out group there is nothing to leave out: the rate is then in-sample, and
+    ``holdout_rate_note`` says so. Built on ``evaluation.novelty.run_novelty`` with explicit
+    thresholds; the one function to switch when that module calibrates on held-out images itself.
     """
     import numpy as np
 
@@ -840,42 +843,47 @@ def calibrated_novelty(synthetic: list[dict], reference: list[dict], holdout: li
     from evaluation.novelty import run_novelty
 
     cache = out_dir / ".cache"
-    groups = sorted({r["group"] for r in holdout})
-    rng = np.random.default_rng(seed)
-    order = [groups[i] for i in rng.permutation(len(groups))]
-    cal_groups = set(order[: max(1, len(order) // 2)])
-    cal = [r for r in holdout if r["group"] in cal_groups]
-    test = [r for r in holdout if r["group"] not in cal_groups]
-    in_sample = not test
-    if in_sample:
-        test = cal
-    common = dict(measures=tuple(measures), size=size, cache_dir=cache, seed=seed, progress=False,
-                  cancel=cancel, write=False)
-    cal_res = run_novelty(_refs(cal), _refs(reference), **common)
-    thresholds, rules = {}, {}
-    for m in measures:
-        higher = D.MEASURES[m].higher_is_closer
-        values = np.array([r[m] for r in cal_res.rows], float)
-        p = percentile if higher else 100.0 - percentile
-        thresholds[m] = float(np.percentile(values, p))
-        rules[m] = (f"{p:g}th percentile of held-out real images' nearest-reference "
-                    f"{'similarity' if higher else 'distance'} ({len(cal)} image(s) in {len(cal_groups)} group(s))")
+    measures = tuple(measures)
+    common = dict(measures=measures, size=size, cache_dir=cache, seed=seed, progress=False, cancel=cancel)
+    held = run_novelty(_refs(holdout), _refs(reference), write=False, **common)
+    values = {m: np.array([r[m] for r in held.rows], float) for m in measures}
+    higher = {m: D.MEASURES[m].higher_is_closer for m in measures}
     min_votes = (len(measures) + 1) // 2
-    test_res = run_novelty(_refs(test), _refs(reference), thresholds=thresholds, min_votes=min_votes, **common)
-    held_flagged = [r["synthetic"] for r in test_res.rows if r["flagged"]]
+
+    def fit(mask):
+        return {m: float(np.percentile(values[m][mask], percentile if higher[m] else 100.0 - percentile))
+                for m in measures}
+
+    def flags(th, mask):
+        votes = sum(((values[m] >= th[m]) if higher[m] else (values[m] <= th[m])).astype(int) for m in measures)
+        return (votes >= min_votes) & mask
+
+    groups = np.array([r["group"] for r in holdout])
+    names = np.array([r["name"] for r in holdout])
+    everything = np.ones(len(holdout), bool)
+    thresholds = fit(everything)
+    if len(set(groups)) >= 2:
+        flagged = np.zeros(len(holdout), bool)
+        for g in sorted(set(groups)):
+            flagged |= flags(fit(groups != g), groups == g)
+        note = (f"leave-one-group-out over {len(set(groups))} held-out groups: each group judged by thresholds "
+                "calibrated on the others")
+    else:
+        flagged = flags(thresholds, everything)
+        note = "in-sample: one held-out group, so the rate is measured on the images the thresholds came from"
+    rules = {m: (f"{percentile if higher[m] else 100.0 - percentile:g}th percentile of held-out real images' "
+                 f"nearest-reference {'similarity' if higher[m] else 'distance'} ({len(holdout)} image(s) in "
+                 f"{len(set(groups))} group(s))") for m in measures}
     syn_res = run_novelty(_refs(synthetic), _refs(reference), out_dir, thresholds=thresholds,
-                          min_votes=min_votes, **{k: v for k, v in common.items() if k != "write"})
+                          min_votes=min_votes, **common)
     shutil.rmtree(cache, ignore_errors=True)
     return {
         "rows": syn_res.rows, "thresholds": thresholds, "threshold_rules": rules, "min_votes": min_votes,
         "measures": list(measures), "percentile": percentile,
         "flag_rule": f"flagged when at least {min_votes} of {len(measures)} measures pass their threshold",
-        "holdout_calibration_n": len(cal), "holdout_test_n": len(test),
-        "holdout_flagged": held_flagged, "holdout_rate": len(held_flagged) / len(test) if test else None,
-        "holdout_rate_note": ("in-sample: one held-out group, so the rate is measured on the calibration images"
-                              if in_sample else "measured on held-out groups not used to set the thresholds"),
-        "holdout_values": {m: [float(r[m]) for r in cal_res.rows + (test_res.rows if not in_sample else [])]
-                           for m in measures},
+        "holdout_n": len(holdout), "holdout_groups": len(set(groups)),
+        "holdout_flagged": sorted(names[flagged].tolist()), "holdout_rate": float(flagged.mean()) if len(holdout) else None,
+        "holdout_rate_note": note, "holdout_values": {m: values[m].tolist() for m in measures},
     }
 
 
@@ -923,7 +931,7 @@ def _run_novelty(ctx: _Ctx):
         raise ExperimentError("novelty: every synthetic image was flagged as a near-copy; nothing is left for "
                               "the study (see OUT/novelty/flagged.csv)")
     ctx.log(f"novelty: {len(flagged)} of {len(syn)} synthetic images flagged; held-out real flag rate "
-            f"{len(res['holdout_flagged'])}/{res['holdout_test_n']}"
+            f"{len(res['holdout_flagged'])}/{res['holdout_n']}"
             + (f"; {len(syn) - len(kept)} kept out of the study" if c.novelty_gate else ""))
     return files, {k: summary[k] for k in ("n_synthetic", "n_flagged", "n_kept", "gate", "holdout_rate")}
 
@@ -1330,6 +1338,16 @@ def list_runs(root) -> list[pathlib.Path]:
 
 # --------------------------------------------------------------------------- example inputs
 
+# Files that are one acquisition under two encodings (assets/DATA_CARD.md): one group.
+SAME_ACQUISITION = {"pydicom/data/test_files/JPEG2000.dcm": "pydicom/data/test_files/JPGExtended.dcm"}
+
+
+def demo_group(view) -> str:
+    """The group of a ``studio.demo_data`` view: its source file (one acquisition)."""
+    source = f"{view.package}/{view.relpath}"
+    return SAME_ACQUISITION.get(source, source)
+
+
 _PACKAGE_LICENCES = {"pydicom": "MIT (pydicom test data; per-file terms in assets/DATA_CARD.md)",
                      "nibabel": "MIT (nibabel test data; see assets/DATA_CARD.md)",
                      "skimage": "BSD-3-Clause (scikit-image data; see assets/DATA_CARD.md)"}
@@ -1384,14 +1402,14 @@ def write_demo_inputs(folder, *, name: str = "demo-experiment", modalities=("ct"
     for r in _read_rows(info.out_dir / "captions.csv"):
         v = views[r["view"]]
         rows.append({"path": f"train/{r['path']}", "modality": demo_data.MODALITIES[r["modality"]].label,
-                     "prompt": r["caption"], "group": f"{v.package}/{v.relpath}", "licence": _PACKAGE_LICENCES[v.package],
+                     "prompt": r["caption"], "group": demo_group(v), "licence": _PACKAGE_LICENCES[v.package],
                      "origin": f"{v.package}/{v.relpath}"})
     for im in demo_data.build_demo_set(real / "demo"):
         if im.modality not in modalities:
             im.path.unlink()
             continue
         rows.append({"path": f"demo/{im.path.name}", "modality": demo_data.MODALITIES[im.modality].label,
-                     "prompt": im.prompt, "group": f"{views[im.view].package}/{views[im.view].relpath}",
+                     "prompt": im.prompt, "group": demo_group(views[im.view]),
                      "licence": _PACKAGE_LICENCES[views[im.view].package],
                      "origin": im.origin})
     _write_rows(real / "manifest.csv", rows, ("path", "modality", "prompt", "group", "licence", "origin"))

@@ -313,7 +313,7 @@ def build(out: pathlib.Path, cfg, stamps: dict) -> tuple[Doc, str]:
               f"(and their mirror images) under {len(nov['measures'])} measures ({', '.join(nov['measures'])}). "
               f"Thresholds were calibrated on held-out real images, which no measure judged: "
               f"{nov['flag_rule']}. False-flag rate on held-out real images: "
-              f"{len(nov['holdout_flagged'])} of {nov['holdout_test_n']} ({_pct(rate)}; {nov['holdout_rate_note']}). "
+              f"{len(nov['holdout_flagged'])} of {nov['holdout_n']} ({_pct(rate)}; {nov['holdout_rate_note']}). "
               + ("Flagged images were excluded before the study (gate on)." if nov["gate"] else
                  "The gate was off: flagged images stayed in the study."))
         doc.table(["measure", "threshold", "rule"],

@@ -117,7 +117,7 @@ def _sha(path) -> str:
 
 @pytest.mark.slow
 def test_small_experiment_end_to_end(tmp_path):
-    config = E.write_demo_inputs(tmp_path, per_modality=2, steps=2)
+    config = E.write_demo_inputs(tmp_path, per_modality=3, steps=2)
     logs: list[str] = []
     first = E.run_experiment(config, until="generate", log=logs.append)
     assert first.ran == ["split", "generate"]
@@ -125,8 +125,16 @@ def test_small_experiment_end_to_end(tmp_path):
     planted = _plant(run, 2)
     planted_bytes = {_sha(run / "generate" / p) for p in planted}
 
+    # the tiny model's study fails its leak audit: unacknowledged, the run stops there, study closed
+    text = config.read_text(encoding="utf-8")
+    config.write_text(text.replace("acknowledge_leak = true", "acknowledge_leak = false"), encoding="utf-8")
+    with pytest.raises(E.ExperimentError, match="leak audit flags"):
+        E.run_experiment(config, log=logs.append)
+    assert read_state(run, "study") == "stopped" and read_state(run, "novelty") == "done"
+    config.write_text(text, encoding="utf-8")
+
     second = E.run_experiment(config, log=logs.append)
-    assert second.ran == ["novelty", "fidelity", "study", "analyze", "report"]
+    assert second.ran == ["study", "analyze", "report"]
     assert set(second.links) == {"dr-a", "dr-b"}  # links shown once, by this run
 
     # the near-copies were flagged and kept out of the study
