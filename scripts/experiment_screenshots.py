@@ -12,7 +12,6 @@ from __future__ import annotations
 import argparse
 import pathlib
 import random
-import shutil
 import time
 import uuid
 
@@ -42,8 +41,7 @@ def main() -> None:
 
     from studio import experiment as E
 
-    shutil.rmtree(args.work, ignore_errors=True)
-    config = E.write_demo_inputs(args.work, steps=4)
+    config = E.write_demo_inputs(args.work, steps=4)  # a second call reuses the run (stages unchanged)
     result = E.run_experiment(config)
     db, study = E.study_of(result.out)
     answer_all(db, study)
@@ -79,14 +77,27 @@ def main() -> None:
                 page.fill("input[type=password]", ADMIN_PASSWORD)
                 page.keyboard.press("Enter")
                 page.wait_for_selector("#study-select", timeout=30_000)
-                page.get_by_role("tab", name="Experiments").click()
-                page.click("#exp-run")
+                tab = page.get_by_role("tab", name="Experiments")
+                if not tab.is_visible():  # on a phone the tab sits in Gradio's overflow menu
+                    page.evaluate("() => [...document.querySelectorAll('#admin-tabs button')].find(b => "
+                                  "b.offsetParent !== null && b.getBoundingClientRect().width > 0 "
+                                  "&& b.innerText.trim() === '').click()")
+                    tab = page.locator("#admin-tabs button:visible", has_text="Experiments").last
+                tab.click()
+                page.click("#exp-run input")
                 page.get_by_role("option").first.click()
                 page.wait_for_function("() => document.querySelector('#exp-stages')"
                                        " && document.querySelector('#exp-stages').innerText.includes('novelty')",
                                        timeout=30_000)
+                page.wait_for_selector("#exp-report iframe", timeout=30_000)
+                frame = next(f for f in page.frames if f.url == "about:srcdoc")
+                frame.wait_for_selector("h1", timeout=60_000)  # 5 MB of srcdoc: parsed after the page
                 time.sleep(2.0)
-                page.screenshot(path=str(args.out / name), full_page=viewport[0] < 500)
+                page.screenshot(path=str(args.out / name))
+                # Chromium leaves a sandboxed (cross-origin) iframe blank in full-page shots: scroll to it
+                page.locator("#exp-report iframe").scroll_into_view_if_needed()
+                time.sleep(2.0)
+                page.screenshot(path=str(args.out / name.replace(".png", "-report.png")))
                 page.close()
         finally:
             server.stop()

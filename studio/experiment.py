@@ -777,7 +777,8 @@ def _seed_range(seeds: list[int]) -> str:
     if not seeds:
         return ""
     s = sorted(seeds)
-    return f"{s[0]}–{s[-1]} ({len(s)} images, one seed each)" if len(s) > 1 else str(s[0])
+    return (f"one per image: generator seed + 10000 × prompt row + image index ({len(s)} images, "
+            f"{s[0]} … {s[-1]})") if len(s) > 1 else str(s[0])
 
 
 def _licence(g: Generator) -> str:

@@ -22,7 +22,7 @@ import platform
 import subprocess
 import sys
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 CLAIM_REF = ("Tejani AS, Klontzas ME, Gatti AA, et al. Checklist for Artificial Intelligence in Medical "
              "Imaging (CLAIM): 2024 Update. Radiol Artif Intell 2024;6(4):e240300")
 PACKAGES = ("numpy", "torch", "diffusers", "transformers", "scikit-learn", "scipy", "pandas", "plotly",
@@ -294,11 +294,14 @@ def build(out: pathlib.Path, cfg, stamps: dict) -> tuple[Doc, str]:
 
     doc.h(3, "Generators", "generators")
     answered.add("generators")
-    doc.table(["generator", "model", "weights SHA-256", "LoRA", "licence", "sampler", "steps", "guidance", "size",
-               "seeds", "images"],
-              [[n, g["model_label"] or g["model"], (g["weights_sha256"] or "")[:16] + "…", g["loras"] or "none", g["licence"],
-                g["scheduler"], g["steps"], g["guidance_scale"], g["size"], g["seeds"], g["n"]]
-               for n, g in gens.items()], "Generators as run (from each image's generation record; full hashes under Provenance)")
+    params = [("model", lambda g: g["model_label"] or g["model"]),
+              ("weights SHA-256", lambda g: (g["weights_sha256"] or "")[:16] + "…"),
+              ("LoRA", lambda g: g["loras"] or "none"), ("licence", lambda g: g["licence"]),
+              ("sampler", lambda g: g["scheduler"]), ("steps", lambda g: g["steps"]),
+              ("guidance", lambda g: g["guidance_scale"]), ("size", lambda g: g["size"]),
+              ("seeds", lambda g: g["seeds"]), ("images", lambda g: g["n"])]
+    doc.table(["", *gens], [[label, *[fn(g) for g in gens.values()]] for label, fn in params],
+              "Generators as run (from each image's generation record; full hashes under Provenance)")
     doc.h(3, "Prompts", "prompts")
     answered.add("prompts")
     doc.items([f"{n}: {g['prompts']}; {g['images_per_prompt']} image(s) per prompt"
