@@ -20,7 +20,6 @@ import json
 import pathlib
 import platform
 import subprocess
-import sys
 
 FORMAT_VERSION = 2
 CLAIM_REF = ("Tejani AS, Klontzas ME, Gatti AA, et al. Checklist for Artificial Intelligence in Medical "
@@ -61,6 +60,8 @@ def _s(v) -> str:
     if isinstance(v, bool):
         return "yes" if v else "no"
     if isinstance(v, float):
+        if v != v:  # NaN: a statistic that is undefined here (e.g. one repeat)
+            return "n/a"
         return f"{v:.3f}" if abs(v) >= 0.001 or v == 0 else f"{v:.2e}"
     return str(v)
 

@@ -156,7 +156,16 @@ def report_iframe(out) -> str:
 
 
 def report_files(out) -> list[str]:
-    return [str(p) for p in (pathlib.Path(out) / "report.html", pathlib.Path(out) / "report.md") if p.is_file()]
+    """Copies of the report in a fresh temporary folder: Gradio serves a returned file only from
+    its working folder, the temporary folder or allowed paths, and a run may live anywhere."""
+    import shutil
+    import tempfile
+
+    files = [p for p in (pathlib.Path(out) / "report.html", pathlib.Path(out) / "report.md") if p.is_file()]
+    if not files:
+        return []
+    folder = pathlib.Path(tempfile.mkdtemp(prefix="medisyn-report-"))
+    return [str(shutil.copy2(p, folder / p.name)) for p in files]
 
 
 def update_report(out, db_path) -> Job:
