@@ -214,12 +214,14 @@ def build_experiments_tab(db_path, guard):
     files = gr.File(label="Report (download)", file_count="multiple", interactive=False)
     timer = gr.Timer(3.0)
 
-    def _show(out):
+    def _show(out, with_report=True):
         if not out:
             return "", None, None, "", None
         try:
-            return (status_text(out), stage_table(out), readers_table(out), report_iframe(out),
-                    report_files(out) or None)
+            head = (status_text(out), stage_table(out), readers_table(out))
+            if not with_report:
+                return (*head, gr.update(), gr.update())
+            return (*head, report_iframe(out), report_files(out) or None)
         except E.ExperimentError as exc:
             return str(exc), None, None, "", None
 
@@ -235,8 +237,7 @@ def build_experiments_tab(db_path, guard):
         if job is None or job.shown_final:
             return (gr.update(),) * 5
         if not job.finished:
-            text, st, rd, _, _ = _show(out)
-            return text, st, rd, gr.update(), gr.update()
+            return _show(out, with_report=False)
         job.shown_final = True
         return _show(out)
 
