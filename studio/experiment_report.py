@@ -492,7 +492,9 @@ def build(out: pathlib.Path, cfg, stamps: dict) -> tuple[Doc, str]:
 
     # ---------------- provenance
     doc.h(2, "Provenance", "provenance")
-    doc.p("Reproduce: `" + reproduce_command(cfg) + "`")
+    info = _load(out / "experiment.json") or {}
+    doc.p("Reproduce: `" + reproduce_command(cfg, info.get("engine", "local")) + "`"
+          + (f"; study database: {info['db']}" if info.get("db") else "") + ".")
     doc.table(["software", "version"], [[k, v] for k, v in software_versions().items()])
     hashes = []
     for stage, s in stamps.items():
@@ -513,10 +515,10 @@ def build(out: pathlib.Path, cfg, stamps: dict) -> tuple[Doc, str]:
     return doc, figures
 
 
-def reproduce_command(cfg) -> str:
+def reproduce_command(cfg, engine: str = "local") -> str:
     import shlex
 
-    return f"medisyn experiment run {shlex.quote(str(cfg.path))}"
+    return f"medisyn experiment run {shlex.quote(str(cfg.path))}" + (f" --engine {engine}" if engine != "local" else "")
 
 
 def _reader_rows(study: dict) -> list[list]:
