@@ -368,7 +368,8 @@ def build(out: pathlib.Path, cfg, stamps: dict) -> tuple[Doc, str]:
     answered.add("statistics")
     from studies import report as study_report
 
-    doc.items([f"{h}: {t}" for h, t in study_report.METHODS])
+    methods = getattr(study_report, "METHODS", None) or []
+    doc.items([f"{h}: {t}" for h, t in methods] or ["See docs/statistics.md."])
 
     # ---------------- results
     doc.h(2, "Results", "results")
