@@ -3,7 +3,9 @@
 `run_alignment(images, clip)`: `images` is a manifest CSV (each image's prompt is its `prompt`
 column) or a folder whose images have `<name>.txt` prompt sidecars; `clip` is a local CLIP-like
 model folder (transformers `CLIPModel`, `SiglipModel`, BiomedCLIP converted to transformers, ...
-anything with `get_image_features` and `get_text_features` plus its tokenizer).
+anything with `get_image_features` and `get_text_features` plus its tokenizer). Images are
+normalised with the mean/std the folder's processor was saved with (`preprocessor_config.json`,
+or `processor_config.json` as transformers 5 writes it); a folder with neither is an error.
 
 - CLIP score per image: 100 x max(cos(image embedding, prompt embedding), 0), the definition of
   torchmetrics' `CLIPScore` (Hessel et al. 2021 without the 2.5 rescaling).
@@ -59,7 +61,7 @@ def load_clip(folder, device: str = "cpu"):
     if getattr(vcfg, "num_channels", 3) != 3:
         raise EvaluationError(f"--clip: the model takes {vcfg.num_channels}-channel images but evaluation "
                               "images are 3-channel RGB (mismatched channel counts)")
-    mean, std = _mean_std(folder)
+    mean, std = _mean_std(folder, required=True)
     return model, tokenizer, _image_size(folder, vcfg), mean, std
 
 

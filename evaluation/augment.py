@@ -2,27 +2,38 @@
 
     medisyn experiment augment --real POOL.csv --test TEST.csv --synthetic SYN.csv --n-real N --out DIR
 
-Design (MediSyn, claim 5: real + synthetic matches twice the real data):
+Design (MediSyn, claim 5: real + synthetic matches twice the real data). One protocol for every arm:
 
   arms        ``real N``; ``real N + synthetic M`` for each M; ``real 2N`` (the comparison the paper
               makes); optionally ``synthetic M`` alone;
-  repeats     each repeat r draws its own stratified subsample of N real images (the 2N arm adds N
-              more, so N is nested in 2N) and of the synthetic pool (nested over M), with seed
-              ``seed + r``; every arm of a repeat shares them, so arms compare *paired*;
+  validation  one fixed set of real images, stratified by label, taken *out of* the real pool before
+              any arm draws (or given with ``validation=``); it is the same for every arm and every
+              repeat and no arm trains on it. Images that share a ``group`` (slices of one volume,
+              crops of one source) go to validation together. Every arm stops early on it with the
+              same rule (``patience``, ``max_epochs``) — so ``real 2N`` trains on 2N images;
+  repeats     each repeat r draws its own stratified subsample of N real images from the rest of the
+              pool (the 2N arm adds N more, so N is nested in 2N) and of the synthetic pool (nested
+              over M), with seed ``seed + r``; every arm of a repeat shares them, so arms compare *paired*;
   classifier  the same recipe for every arm (``evaluation.classifier``): a ResNet from transformers,
-              from scratch or from a local pretrained folder; early stopping on a stratified
-              validation split of the arm's own training images — the test set is only scored,
-              after training, never used for selection;
+              from scratch or from a local pretrained folder; the test set is only scored, after
+              training, never used for selection;
   metrics     accuracy, balanced accuracy, macro one-vs-rest AUROC (scikit-learn) on the test set;
-  summary     per arm mean and 95 % t-interval across repeats (clipped to [0, 1]); each arm against ``real N``: paired
-              t-test over matched repeats (scipy ``ttest_rel``: p-value and 95 % CI of the mean
-              difference);
-  output      ``runs.csv``/``runs.json`` (every run), ``summary.csv``/``summary.json``,
-              ``comparisons.csv``, ``augment.html`` (metric vs amount of synthetic data, plotly) and
-              ``experiment.json`` (every parameter). Reproducible from ``seed``.
+  statistics  a two-level bootstrap that includes the test set: each replicate resamples the test
+              images' clusters (``group``: source image or patient; stratified by label) and the
+              repeats, both with replacement. Per arm: the mean over repeats and its 95 % percentile
+              interval. Comparisons — every arm against ``real N`` and every arm with synthetic images
+              against ``real 2N`` — are paired (the same resampled test images and repeats in both
+              arms): mean difference, 95 % interval and a two-sided bootstrap p-value, Holm-corrected
+              (statsmodels) over all comparisons of a metric. With one repeat there is no interval
+              and no p-value (the spread between training runs is unknown), and a note says so;
+  output      ``runs.csv``/``runs.json`` (every run), ``predictions.csv`` (every test probability),
+              ``summary.csv``/``summary.json``, ``comparisons.csv``, ``splits.json`` (the validation
+              images and each repeat's real draw), ``augment.html`` (metric vs amount of synthetic
+              data, plotly) and ``experiment.json`` (every parameter). Reproducible from ``seed``.
 
-Inputs are tables of labelled images (``path,label``; paths relative to the CSV). Decoding is
-pluggable (``decode=``), as in ``model_runtime.finetune``: the CLI passes the studio's reader.
+Inputs are tables of labelled images (``path,label`` and optionally ``group``; paths relative to the
+CSV). Decoding is pluggable (``decode=``), as in ``model_runtime.finetune``: the CLI passes the
+studio's reader.
 """
 from __future__ import annotations
 
@@ -38,6 +49,8 @@ import numpy as np
 from PIL import Image
 
 METRICS = ("accuracy", "balanced_accuracy", "auroc")
+ONE_REPEAT_NOTE = ("one repeat: the spread between training runs cannot be estimated, so there is no "
+                   "interval and no p-value (use --repeats 2 or more; 5-10 recommended)")
 
 
 class AugmentError(ValueError):
@@ -48,6 +61,7 @@ class AugmentError(ValueError):
 class LabelledImage:
     path: pathlib.Path
     label: str
+    group: str | None = None    # images of one source (patient, volume, source image) share a group
 
 
 @dataclass
@@ -59,7 +73,7 @@ class AugmentConfig:
     repeats: int = 5
     seed: int = 0
     size: int = 64                                # images are resized to size x size RGB
-    val_fraction: float = 0.2
+    val_fraction: float = 0.2                     # validation: this share of the real pool (see val_size)
     max_epochs: int = 40
     patience: int = 6
     batch_size: int = 32
@@ -68,6 +82,8 @@ class AugmentConfig:
     widths: tuple[int, ...] = (16, 32, 64)        # ResNet stage widths when training from scratch
     pretrained: str | None = None                 # a local transformers image-classification folder
     threads: int = 1
+    val_size: int | None = None                   # validation images held out of the pool; None: val_fraction
+    bootstrap: int = 2000                         # bootstrap replicates (test clusters x repeats)
 
 
 @dataclass
@@ -78,12 +94,18 @@ class AugmentResult:
     comparisons: list[dict]
     seconds: float
     files: dict[str, pathlib.Path] = field(default_factory=dict)
+    validation: list[LabelledImage] = field(default_factory=list)
+    draws: dict[int, list[LabelledImage]] = field(default_factory=dict)  # repeat -> real images of its 2N draw
 
 
 # --- inputs ------------------------------------------------------------------------------
 
-def read_labelled(table, *, label_column: str = "label") -> list[LabelledImage]:
-    """Rows of a CSV with ``path`` and ``label`` (or another ``label_column``, e.g. ``modality``)."""
+def read_labelled(table, *, label_column: str = "label", group_column: str | None = None) -> list[LabelledImage]:
+    """Rows of a CSV with ``path`` and ``label`` (or another ``label_column``, e.g. ``modality``).
+
+    ``group_column`` (default: ``group`` when the table has one) names the source of each image —
+    patient, volume or source image — so that validation takes whole groups and the test
+    bootstrap resamples whole groups."""
     table = pathlib.Path(table)
     if not table.is_file():
         raise AugmentError(f"{table}: no such file")
@@ -93,6 +115,9 @@ def read_labelled(table, *, label_column: str = "label") -> list[LabelledImage]:
         rows = list(reader)
     if "path" not in columns or label_column not in columns:
         raise AugmentError(f"{table}: needs columns 'path' and {label_column!r}, found {sorted(columns)}")
+    if group_column is not None and group_column not in columns:
+        raise AugmentError(f"{table}: no group column {group_column!r}, found {sorted(columns)}")
+    group_column = group_column or ("group" if "group" in columns else None)
     out = []
     for line, row in enumerate(rows, start=2):
         label = (row[label_column] or "").strip()
@@ -101,7 +126,8 @@ def read_labelled(table, *, label_column: str = "label") -> list[LabelledImage]:
         path = table.parent / (row["path"] or "").strip()
         if not path.is_file():
             raise AugmentError(f"{table} line {line}: image {row['path']!r} not found")
-        out.append(LabelledImage(path, label))
+        group = (row[group_column] or "").strip() if group_column else ""
+        out.append(LabelledImage(path, label, group or None))
     if not out:
         raise AugmentError(f"{table} lists no images")
     return out
@@ -124,6 +150,11 @@ def decode(items: Sequence[LabelledImage], size: int, decode_fn=None) -> np.ndar
     return out
 
 
+def _groups(items: Sequence[LabelledImage]) -> np.ndarray:
+    """Group ids; an image without a group is a group of its own."""
+    return np.array([x.group if x.group is not None else f"\0{i}" for i, x in enumerate(items)], dtype=object)
+
+
 # --- sampling ------------------------------------------------------------------------------
 
 def stratified_order(labels: np.ndarray, rng: np.random.Generator) -> np.ndarray:
@@ -139,6 +170,24 @@ def stratified_order(labels: np.ndarray, rng: np.random.Generator) -> np.ndarray
     return np.array(order, dtype=int)
 
 
+def validation_mask(labels: np.ndarray, groups: np.ndarray, n_val: int, rng: np.random.Generator) -> np.ndarray:
+    """Boolean mask of ``n_val`` (or a few more) pool images for validation: whole groups, taken
+    round-robin over labels so every label gets some, as balanced as the groups allow."""
+    members: dict = {}
+    for i, g in enumerate(groups.tolist()):
+        members.setdefault(g, []).append(i)
+    keys = sorted(members, key=str)
+    order = stratified_order(np.array([labels[members[g][0]] for g in keys]), rng)
+    mask = np.zeros(len(labels), dtype=bool)
+    taken = 0
+    for k in order:
+        if taken >= n_val:
+            break
+        mask[members[keys[k]]] = True
+        taken += len(members[keys[k]])
+    return mask
+
+
 def plan_arms(cfg: AugmentConfig) -> list[dict]:
     arms = [{"arm": f"real {cfg.n_real}", "n_real": cfg.n_real, "n_synthetic": 0}]
     for m in sorted(set(cfg.synthetic)):
@@ -152,7 +201,7 @@ def plan_arms(cfg: AugmentConfig) -> list[dict]:
     return arms
 
 
-# --- statistics (scipy / scikit-learn; nothing hand-rolled) ------------------------------------
+# --- metrics ---------------------------------------------------------------------------------
 
 def test_metrics(y_true: np.ndarray, probabilities: np.ndarray, n_classes: int) -> dict:
     from sklearn.metrics import accuracy_score, balanced_accuracy_score, roc_auc_score
@@ -173,8 +222,98 @@ def test_metrics(y_true: np.ndarray, probabilities: np.ndarray, n_classes: int) 
             "auroc": float(auroc)}
 
 
+def _weighted_auc(score: np.ndarray, positive: np.ndarray, weights: np.ndarray) -> np.ndarray:
+    """Mann-Whitney AUC (ties count one half) of every row of ``weights`` (B x n): the AUC of the data
+    set in which image i appears weights[b, i] times."""
+    values, inverse = np.unique(score, return_inverse=True)
+    onehot = np.zeros((len(score), len(values)))
+    onehot[np.arange(len(score)), inverse] = 1.0
+    neg = (weights * ~positive) @ onehot                     # B x distinct scores
+    below = np.cumsum(neg, axis=1) - neg
+    credit = below[:, inverse] + 0.5 * neg[:, inverse]       # B x n
+    num = (weights * positive * credit).sum(axis=1)
+    den = (weights * positive).sum(axis=1) * (weights * ~positive).sum(axis=1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(den > 0, num / np.where(den > 0, den, 1.0), np.nan)
+
+
+def weighted_metrics(y_true: np.ndarray, probabilities: np.ndarray, n_classes: int,
+                     weights: np.ndarray) -> dict[str, np.ndarray]:
+    """``test_metrics`` for every row of ``weights`` (B x n; integer counts of a bootstrap resample) at
+    once. Equal to ``test_metrics`` on the resampled set whenever it keeps the original's classes."""
+    weights = np.atleast_2d(np.asarray(weights, dtype=float))
+    correct = (probabilities.argmax(axis=1) == y_true).astype(float)
+    total = weights.sum(axis=1)
+    present = np.unique(y_true)
+    accuracy = weights @ correct / total
+    with np.errstate(invalid="ignore", divide="ignore"):  # a class absent from a replicate: no recall
+        recalls = [weights[:, y_true == c] @ correct[y_true == c] / weights[:, y_true == c].sum(axis=1)
+                   for c in present]
+    balanced = _nanmean(np.vstack(recalls), axis=0)
+    if len(present) < 2:
+        auroc = np.full(len(weights), np.nan)
+    elif n_classes == 2:
+        auroc = _weighted_auc(probabilities[:, 1], y_true == 1, weights)
+    else:
+        probs = probabilities[:, present] / probabilities[:, present].sum(axis=1, keepdims=True)
+        if len(present) == 2:
+            auroc = _weighted_auc(probs[:, 1], y_true == present[1], weights)
+        else:
+            auroc = _nanmean(np.vstack([_weighted_auc(probs[:, j], y_true == c, weights)
+                                        for j, c in enumerate(present)]), axis=0)
+    return {"accuracy": accuracy, "balanced_accuracy": balanced, "auroc": auroc}
+
+
+# --- statistics --------------------------------------------------------------------------------
+
+def cluster_bootstrap_weights(groups: np.ndarray, labels: np.ndarray, replicates: int,
+                              rng: np.random.Generator) -> np.ndarray:
+    """B x n counts: each replicate draws the test set's clusters with replacement (within each label
+    when every cluster has one label, so every class stays present), and an image counts as often
+    as its cluster was drawn."""
+    keys = sorted(set(groups.tolist()), key=str)
+    index = {g: k for k, g in enumerate(keys)}
+    cluster_of = np.array([index[g] for g in groups.tolist()])
+    cluster_labels: list[set] = [set() for _ in keys]
+    for k, label in zip(cluster_of.tolist(), labels.tolist()):
+        cluster_labels[k].add(label)
+    if all(len(s) == 1 for s in cluster_labels):
+        strata = np.array([next(iter(s)) for s in cluster_labels])
+    else:
+        strata = np.zeros(len(keys), dtype=int)
+    counts = np.zeros((replicates, len(keys)))
+    for s in np.unique(strata):
+        members = np.flatnonzero(strata == s)
+        counts[:, members] = rng.multinomial(len(members), np.full(len(members), 1.0 / len(members)), size=replicates)
+    return counts[:, cluster_of]
+
+
+def holm(p_values: Sequence[float]) -> list[float]:
+    """Holm-adjusted p-values (statsmodels' multipletests); missing p-values stay missing."""
+    from statsmodels.stats.multitest import multipletests
+
+    idx = [i for i, p in enumerate(p_values) if p is not None and np.isfinite(p)]
+    out: list[float | None] = [None] * len(p_values)
+    if idx:
+        adjusted = multipletests([p_values[i] for i in idx], alpha=0.05, method="holm")[1]
+        for i, p in zip(idx, adjusted):
+            out[i] = float(p)
+    return out
+
+
+def bootstrap_p(draws: np.ndarray) -> float | None:
+    """Two-sided bootstrap p-value for 'the difference is zero': twice the smaller tail share of the
+    replicates at or beyond zero, with the +1 correction that keeps it above zero (Davison &
+    Hinkley 1997, ch. 4); None when no replicate is defined."""
+    d = draws[np.isfinite(draws)]
+    if len(d) == 0:
+        return None
+    tail = min(np.sum(d <= 0), np.sum(d >= 0))
+    return float(min(1.0, 2.0 * (tail + 1) / (len(d) + 1)))
+
+
 def mean_ci(values: Sequence[float]) -> tuple[float, float, float]:
-    """Mean and 95 % t-interval across repeats (scipy's one-sample t CI)."""
+    """Mean and 95 % t-interval across repeats (scipy's one-sample t CI); training spread only."""
     from scipy import stats
 
     x = np.asarray([v for v in values if np.isfinite(v)], dtype=float)
@@ -187,16 +326,20 @@ def mean_ci(values: Sequence[float]) -> tuple[float, float, float]:
 
 
 def paired_comparison(arm: Sequence[float], baseline: Sequence[float]) -> dict:
-    """Paired t-test over matched repeats: mean difference (arm - baseline), its 95 % CI, p-value."""
+    """Paired t-test over matched repeats (training spread only; ``summarise`` also resamples the
+    test set): mean difference (arm - baseline), its 95 % CI, p-value; no CI below two pairs."""
     from scipy import stats
 
     a, b = np.asarray(arm, dtype=float), np.asarray(baseline, dtype=float)
     keep = np.isfinite(a) & np.isfinite(b)
     a, b = a[keep], b[keep]
     diff = a - b
-    if len(diff) < 2 or np.all(diff == diff[0]):
+    if len(diff) < 2:
         d = float(diff.mean()) if len(diff) else float("nan")
-        return {"difference": d, "ci_low": d, "ci_high": d, "p_value": float("nan"), "pairs": int(len(diff))}
+        return {"difference": d, "ci_low": None, "ci_high": None, "p_value": None, "pairs": int(len(diff))}
+    if np.all(diff == diff[0]):
+        d = float(diff.mean())
+        return {"difference": d, "ci_low": d, "ci_high": d, "p_value": None, "pairs": int(len(diff))}
     test = stats.ttest_rel(a, b)
     ci = test.confidence_interval(0.95)
     return {"difference": float(diff.mean()), "ci_low": float(ci.low), "ci_high": float(ci.high),
@@ -205,10 +348,30 @@ def paired_comparison(arm: Sequence[float], baseline: Sequence[float]) -> dict:
 
 # --- the experiment ----------------------------------------------------------------------------
 
+def _validation_size(cfg: AugmentConfig, pool: int, need_real: int, n_classes: int) -> int:
+    if cfg.val_size is not None:
+        n_val = int(cfg.val_size)
+        if pool - n_val < need_real:
+            raise AugmentError(f"the arms need {need_real} real training images (2N with N={cfg.n_real}) besides "
+                               f"the {n_val} validation images; the pool has {pool}")
+    else:
+        # the default share of the pool, less when the pool cannot spare it beside 2N
+        n_val = min(max(n_classes, int(round(cfg.val_fraction * pool))), pool - need_real)
+    if n_val < n_classes:
+        raise AugmentError(f"the arms need {need_real} real training images (2N with N={cfg.n_real}) and at least "
+                           f"one validation image per class ({n_classes}) outside them; the pool has {pool} "
+                           "(give a larger pool or a separate validation set)")
+    return n_val
+
+
 def run_augment(real_pool: Sequence[LabelledImage], test: Sequence[LabelledImage],
                 synthetic: Sequence[LabelledImage], out_dir, cfg: AugmentConfig, *,
-                decode_fn: Callable | None = None, log=print, progress: bool = True) -> AugmentResult:
-    """Run every arm ``cfg.repeats`` times and write the outputs to ``out_dir`` (module docstring)."""
+                decode_fn: Callable | None = None, log=print, progress: bool = True,
+                validation: Sequence[LabelledImage] | None = None) -> AugmentResult:
+    """Run every arm ``cfg.repeats`` times and write the outputs to ``out_dir`` (module docstring).
+
+    ``validation``: real images for early stopping, outside the pool; without it they are held out
+    of ``real_pool`` (``cfg.val_size`` or ``cfg.val_fraction`` of it, whole groups)."""
     import torch
 
     from evaluation import classifier
@@ -218,7 +381,7 @@ def run_augment(real_pool: Sequence[LabelledImage], test: Sequence[LabelledImage
     arms = plan_arms(cfg)
     labels = sorted({x.label for x in real_pool})
     index = {label: i for i, label in enumerate(labels)}
-    for name, items in (("test", test), ("synthetic", synthetic)):
+    for name, items in (("test", test), ("synthetic", synthetic), ("validation", validation or ())):
         unknown = sorted({x.label for x in items} - set(labels))
         if unknown:
             raise AugmentError(f"{name} set has label(s) {unknown} that the real training pool lacks")
@@ -226,26 +389,55 @@ def run_augment(real_pool: Sequence[LabelledImage], test: Sequence[LabelledImage
     need_syn = max(a["n_synthetic"] for a in arms)
     if cfg.n_real < len(labels):
         raise AugmentError(f"n_real={cfg.n_real} is fewer than the {len(labels)} classes")
-    if need_real > len(real_pool):
-        raise AugmentError(f"the arms need {need_real} real training images (2N with N={cfg.n_real}); "
-                           f"the pool has {len(real_pool)}")
+    if validation is not None:
+        if len(validation) == 0:
+            raise AugmentError("the validation set is empty")
+        overlap = {x.path.resolve() for x in validation} & {x.path.resolve() for x in real_pool}
+        if overlap:
+            raise AugmentError(f"{len(overlap)} validation image(s) are also in the real training pool, e.g. "
+                               f"{sorted(overlap)[0]}")
+        if need_real > len(real_pool):
+            raise AugmentError(f"the arms need {need_real} real training images (2N with N={cfg.n_real}); "
+                               f"the pool has {len(real_pool)}")
     if need_syn > len(synthetic):
         raise AugmentError(f"the arms need {need_syn} synthetic images; {len(synthetic)} given")
     if not test:
         raise AugmentError("the test set is empty")
 
+    pool_y_all = np.array([index[x.label] for x in real_pool])
+    if validation is None:
+        n_val = _validation_size(cfg, len(real_pool), need_real, len(labels))
+        # one draw for the whole experiment: the same validation images for every arm and repeat
+        val_mask = validation_mask(pool_y_all, _groups(real_pool), n_val, np.random.default_rng((cfg.seed, 1)))
+        if len(real_pool) - val_mask.sum() < need_real:
+            raise AugmentError(f"the arms need {need_real} real training images (2N with N={cfg.n_real}) outside the "
+                               f"validation groups ({int(val_mask.sum())} images); the pool has {len(real_pool)}")
+        validation = [x for x, v in zip(real_pool, val_mask) if v]
+        train_pool = [x for x, v in zip(real_pool, val_mask) if not v]
+        val_source = "held out of the real pool"
+    else:
+        validation, train_pool, val_source = list(validation), list(real_pool), "given"
+    missing = sorted(set(labels) - {x.label for x in validation})
+    if missing:
+        log(f"warning: no validation image of {missing}")
+
     size = cfg.size
-    real_x, real_y = decode(real_pool, size, decode_fn), np.array([index[x.label] for x in real_pool])
+    real_x, real_y = decode(train_pool, size, decode_fn), np.array([index[x.label] for x in train_pool])
+    val_x, val_y = decode(validation, size, decode_fn), np.array([index[x.label] for x in validation])
     test_x, test_y = decode(test, size, decode_fn), np.array([index[x.label] for x in test])
     syn_x = decode(synthetic, size, decode_fn) if synthetic else np.empty((0, size, size, 3), np.uint8)
     syn_y = np.array([index[x.label] for x in synthetic], dtype=int)
-    log(f"{len(labels)} classes; real pool {len(real_pool)}, synthetic {len(synthetic)}, test {len(test)}; "
+    test_groups = _groups(test)
+    log(f"{len(labels)} classes; real pool {len(train_pool)} + validation {len(validation)} ({val_source}), "
+        f"synthetic {len(synthetic)}, test {len(test)} in {len(set(test_groups.tolist()))} clusters; "
         f"{len(arms)} arms x {cfg.repeats} repeats")
 
     recipe = classifier.Recipe(size=size, val_fraction=cfg.val_fraction, max_epochs=cfg.max_epochs,
                                patience=cfg.patience, batch_size=cfg.batch_size, lr=cfg.lr,
                                weight_decay=cfg.weight_decay, widths=cfg.widths, pretrained=cfg.pretrained)
     runs: list[dict] = []
+    probabilities: dict[tuple[str, int], np.ndarray] = {}
+    draws: dict[int, list[LabelledImage]] = {}
     threads = torch.get_num_threads()
     torch.set_num_threads(cfg.threads)
     from tqdm.auto import tqdm
@@ -256,17 +448,18 @@ def run_augment(real_pool: Sequence[LabelledImage], test: Sequence[LabelledImage
             rng = np.random.default_rng(seed)
             real_order = stratified_order(real_y, rng)
             syn_order = stratified_order(syn_y, rng) if len(syn_y) else np.empty(0, int)
+            draws[r] = [train_pool[i] for i in real_order[:need_real]]
             for arm in arms:
                 pick_r, pick_s = real_order[:arm["n_real"]], syn_order[:arm["n_synthetic"]]
                 x = np.concatenate([real_x[pick_r], syn_x[pick_s]])
                 y = np.concatenate([real_y[pick_r], syn_y[pick_s]])
-                source = np.array([0] * len(pick_r) + [1] * len(pick_s))
                 t0 = time.perf_counter()
-                fit = classifier.train(x, y, len(labels), recipe, seed=seed, strata=source)
-                probabilities = classifier.predict_proba(fit.model, test_x, recipe)
-                row = {**arm, "repeat": r, "seed": seed, **test_metrics(test_y, probabilities, len(labels)),
+                fit = classifier.train(x, y, len(labels), recipe, seed=seed, validation=(val_x, val_y))
+                probs = classifier.predict_proba(fit.model, test_x, recipe)
+                probabilities[(arm["arm"], r)] = probs
+                row = {**arm, "repeat": r, "seed": seed, **test_metrics(test_y, probs, len(labels)),
                        "epochs": fit.epochs, "best_epoch": fit.best_epoch, "best_val_loss": round(fit.best_val_loss, 6),
-                       "train_images": int(len(y) - fit.n_val), "val_images": int(fit.n_val),
+                       "train_images": int(len(y)), "val_images": int(fit.n_val),
                        "seconds": round(time.perf_counter() - t0, 2)}
                 runs.append(row)
                 bar.update(1)
@@ -276,49 +469,137 @@ def run_augment(real_pool: Sequence[LabelledImage], test: Sequence[LabelledImage
         bar.close()
         torch.set_num_threads(threads)
 
-    summary, comparisons = summarise(runs, arms)
+    summary, comparisons = summarise(runs, arms, probabilities=probabilities, test_y=test_y, test_groups=test_groups,
+                                     n_classes=len(labels), replicates=cfg.bootstrap, seed=cfg.seed)
     result = AugmentResult(out_dir=out_dir, runs=runs, summary=summary, comparisons=comparisons,
-                           seconds=round(time.perf_counter() - started, 1))
+                           seconds=round(time.perf_counter() - started, 1), validation=validation, draws=draws)
     result.files = write_outputs(result, cfg, labels, arms,
-                                 inputs={"real_pool": len(real_pool), "test": len(test), "synthetic": len(synthetic)})
+                                 inputs={"real_pool": len(real_pool), "train_pool": len(train_pool),
+                                         "validation": len(validation), "validation_source": val_source,
+                                         "test": len(test), "test_clusters": len(set(test_groups.tolist())),
+                                         "synthetic": len(synthetic)},
+                                 test=test, test_y=test_y, labels_index=labels, probabilities=probabilities)
     return result
 
 
-def summarise(runs: list[dict], arms: list[dict]) -> tuple[list[dict], list[dict]]:
-    summary, comparisons = [], []
+def _nanmean(x, axis=None):
+    """np.nanmean without the warning for all-missing slices (AUROC of a one-class test set)."""
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        return np.nanmean(x, axis=axis)
+
+
+def _percentile_ci(draws: np.ndarray) -> tuple[float | None, float | None]:
+    if not np.isfinite(draws).any():
+        return None, None
+    lo, hi = np.nanpercentile(draws, [2.5, 97.5])
+    return float(lo), float(hi)
+
+
+def summarise(runs: list[dict], arms: list[dict], *, probabilities: dict | None = None, test_y=None,
+              test_groups=None, n_classes: int | None = None, replicates: int = 2000,
+              seed: int = 0) -> tuple[list[dict], list[dict]]:
+    """Per-arm means with 95 % intervals, and paired comparisons (module docstring).
+
+    With ``probabilities`` ((arm, repeat) -> test probabilities) the intervals and p-values come from
+    the two-level bootstrap over test clusters and repeats; without them (a table of runs alone)
+    from repeats only (t-interval, paired t-test)."""
+    repeats = sorted({r["repeat"] for r in runs})
+    by_arm = {a["arm"]: {r["repeat"]: r for r in runs if r["arm"] == a["arm"]} for a in arms}
     baseline = arms[0]["arm"]
-    by_arm = {a["arm"]: sorted((r for r in runs if r["arm"] == a["arm"]), key=lambda r: r["repeat"]) for a in arms}
+    double = next((a["arm"] for a in arms if a["n_synthetic"] == 0 and a["n_real"] == 2 * arms[0]["n_real"]), None)
+    pairs = [(a["arm"], baseline) for a in arms[1:]]
+    if double is not None:
+        pairs += [(a["arm"], double) for a in arms if a["n_synthetic"] > 0]
+    note = ONE_REPEAT_NOTE if len(repeats) < 2 else ""
+    boot = None
+    if probabilities is not None and len(repeats) >= 2:
+        rng = np.random.default_rng((seed, 2))
+        groups = test_groups if test_groups is not None else np.arange(len(test_y)).astype(object)
+        test_w = cluster_bootstrap_weights(np.asarray(groups, dtype=object), np.asarray(test_y), replicates, rng)
+        rep_w = rng.multinomial(len(repeats), np.full(len(repeats), 1.0 / len(repeats)), size=replicates)
+        boot = {}
+        for a in arms:
+            per_repeat = [weighted_metrics(test_y, probabilities[(a["arm"], r)], n_classes, test_w) for r in repeats]
+            # mean over the resampled repeats: rep_w[b, r] copies of repeat r
+            boot[a["arm"]] = {m: (np.stack([pr[m] for pr in per_repeat], axis=1) * rep_w).sum(axis=1) / len(repeats)
+                              for m in METRICS}
+
+    summary = []
     for arm in arms:
-        rows = by_arm[arm["arm"]]
+        rows = [by_arm[arm["arm"]][k] for k in sorted(by_arm[arm["arm"]])]
         entry = {**arm, "repeats": len(rows)}
         for metric in METRICS:
-            mean, lo, hi = mean_ci([r[metric] for r in rows])
-            # every metric lives in [0, 1]; a t-interval over few repeats can overshoot it
-            entry.update({metric: mean, f"{metric}_ci_low": max(0.0, lo), f"{metric}_ci_high": min(1.0, hi)})
+            values = np.array([r[metric] for r in rows], dtype=float)
+            mean = float(_nanmean(values))
+            if note:
+                lo = hi = None
+            elif boot is not None:
+                lo, hi = _percentile_ci(boot[arm["arm"]][metric])
+            else:
+                _, lo, hi = mean_ci(values)
+                lo, hi = max(0.0, lo), min(1.0, hi)  # a t-interval over few repeats can overshoot [0, 1]
+            entry.update({metric: mean, f"{metric}_ci_low": lo, f"{metric}_ci_high": hi})
+        entry["ci_method"] = ("none" if note else "bootstrap: test clusters x repeats" if boot is not None
+                              else "t-interval over repeats")
+        entry["note"] = note
         summary.append(entry)
-        if arm["arm"] == baseline:
-            continue
-        for metric in METRICS:
-            # matched by repeat: the same real subsample (and seed) in both arms
-            base = {r["repeat"]: r[metric] for r in by_arm[baseline]}
-            pairs = [(r[metric], base[r["repeat"]]) for r in rows if r["repeat"] in base]
-            comparisons.append({"arm": arm["arm"], "baseline": baseline, "metric": metric,
-                                **paired_comparison([p[0] for p in pairs], [p[1] for p in pairs])})
+
+    comparisons = []
+    for metric in METRICS:
+        found = []
+        for arm, base in pairs:
+            common = sorted(set(by_arm[arm]) & set(by_arm[base]))
+            a = np.array([by_arm[arm][k][metric] for k in common], dtype=float)
+            b = np.array([by_arm[base][k][metric] for k in common], dtype=float)
+            row = {"arm": arm, "baseline": base, "metric": metric, "pairs": len(common)}
+            if note:
+                row.update(difference=float(np.mean(a - b)) if common else float("nan"), ci_low=None, ci_high=None,
+                           p_value=None)
+            elif boot is not None:
+                d = boot[arm][metric] - boot[base][metric]
+                lo, hi = _percentile_ci(d)
+                row.update(difference=float(_nanmean(a - b)), ci_low=lo, ci_high=hi, p_value=bootstrap_p(d))
+            else:
+                t = paired_comparison(a, b)
+                row.update(difference=t["difference"], ci_low=t["ci_low"], ci_high=t["ci_high"], p_value=t["p_value"])
+            row["method"] = ("none" if note else "paired bootstrap: test clusters x repeats" if boot is not None
+                             else "paired t-test over repeats")
+            row["note"] = note
+            found.append(row)
+        for row, adjusted in zip(found, holm([r["p_value"] for r in found])):
+            row["p_holm"] = adjusted
+        comparisons += found
     return summary, comparisons
 
 
-def write_outputs(result: AugmentResult, cfg: AugmentConfig, labels, arms, inputs: dict) -> dict[str, pathlib.Path]:
+def write_outputs(result: AugmentResult, cfg: AugmentConfig, labels, arms, inputs: dict, *, test=(), test_y=None,
+                  labels_index=None, probabilities=None) -> dict[str, pathlib.Path]:
     out = result.out_dir
     out.mkdir(parents=True, exist_ok=True)
     files = {"runs_csv": out / "runs.csv", "runs_json": out / "runs.json", "summary_csv": out / "summary.csv",
              "summary_json": out / "summary.json", "comparisons_csv": out / "comparisons.csv",
-             "plot": out / "augment.html", "experiment": out / "experiment.json"}
+             "splits": out / "splits.json", "plot": out / "augment.html", "experiment": out / "experiment.json"}
     _write_csv(files["runs_csv"], result.runs)
     files["runs_json"].write_text(json.dumps(result.runs, indent=1) + "\n", encoding="utf-8")
     _write_csv(files["summary_csv"], result.summary)
     files["summary_json"].write_text(json.dumps({"summary": result.summary, "comparisons": result.comparisons},
                                                 indent=1) + "\n", encoding="utf-8")
     _write_csv(files["comparisons_csv"], result.comparisons)
+    files["splits"].write_text(json.dumps({
+        "validation": [str(x.path) for x in result.validation],
+        "real_draws": {str(r): [str(x.path) for x in items] for r, items in result.draws.items()},
+    }, indent=1) + "\n", encoding="utf-8")
+    if probabilities:
+        files["predictions"] = out / "predictions.csv"
+        rows = []
+        for (arm, r), probs in probabilities.items():
+            for i, item in enumerate(test):
+                rows.append({"arm": arm, "repeat": r, "path": str(item.path), "group": item.group or "",
+                             "label": item.label, **{f"p_{c}": round(float(p), 6) for c, p in zip(labels, probs[i])}})
+        _write_csv(files["predictions"], rows)
     files["experiment"].write_text(json.dumps({"config": dataclasses.asdict(cfg), "labels": labels, "arms": arms,
                                                "inputs": inputs, "seconds": result.seconds}, indent=1) + "\n",
                                    encoding="utf-8")
@@ -330,23 +611,30 @@ def plot(summary: list[dict], cfg: AugmentConfig, path: pathlib.Path, metric: st
     """Metric vs amount of synthetic data (real N + M), with the real N and real 2N arms as lines."""
     import plotly.graph_objects as go
 
+    def err(s, side):
+        lo, hi = s[f"{metric}_ci_low"], s[f"{metric}_ci_high"]
+        if lo is None or hi is None:
+            return 0.0
+        return hi - s[metric] if side == "high" else s[metric] - lo
+
     mixed = sorted((s for s in summary if s["n_real"] == cfg.n_real), key=lambda s: s["n_synthetic"])
     fig = go.Figure()
     fig.add_trace(go.Scatter(
         x=[s["n_synthetic"] for s in mixed], y=[s[metric] for s in mixed], mode="lines+markers",
         name=f"real {cfg.n_real} + synthetic M",
-        error_y={"type": "data", "symmetric": False,
-                 "array": [s[f"{metric}_ci_high"] - s[metric] for s in mixed],
-                 "arrayminus": [s[metric] - s[f"{metric}_ci_low"] for s in mixed]}))
+        error_y={"type": "data", "symmetric": False, "array": [err(s, "high") for s in mixed],
+                 "arrayminus": [err(s, "low") for s in mixed]}))
     for s in summary:
         if s["n_synthetic"] == 0 and s["n_real"] == 2 * cfg.n_real:
-            fig.add_hline(y=s[metric], line_dash="dash", annotation_text=f"real {2 * cfg.n_real} (95% CI "
-                          f"{s[f'{metric}_ci_low']:.2f}-{s[f'{metric}_ci_high']:.2f})")
+            ci = (f" (95% CI {s[f'{metric}_ci_low']:.2f}-{s[f'{metric}_ci_high']:.2f})"
+                  if s[f"{metric}_ci_low"] is not None else "")
+            fig.add_hline(y=s[metric], line_dash="dash", annotation_text=f"real {2 * cfg.n_real}{ci}")
         if s["n_real"] == 0:
             fig.add_trace(go.Scatter(x=[s["n_synthetic"]], y=[s[metric]], mode="markers", name=s["arm"],
                                      marker_symbol="x"))
-    fig.update_layout(title=f"{metric.replace('_', ' ')} on the real test set vs synthetic images added "
-                            f"(mean and 95% CI over {cfg.repeats} repeats)",
+    what = (f"mean and 95% bootstrap CI (test clusters x {cfg.repeats} repeats)" if cfg.repeats >= 2
+            else "one repeat: no CI")
+    fig.update_layout(title=f"{metric.replace('_', ' ')} on the real test set vs synthetic images added ({what})",
                       xaxis_title="synthetic training images (M)", yaxis_title=metric.replace("_", " "))
     fig.write_html(str(path), include_plotlyjs=True, full_html=True)
 

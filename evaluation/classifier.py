@@ -6,9 +6,11 @@ scratch, or any local image-classification checkpoint via ``AutoModelForImageCla
 choice, but PyPI's torchvision does not load beside the CPU torch build this project uses, and
 transformers is already a dependency.
 
-Recipe: inputs scaled to [-1, 1], random horizontal flips, AdamW, cross-entropy; a stratified
-validation split of the *training* images (by label and real/synthetic source) picks the epoch
-with the lowest validation loss (early stopping with ``patience``) and those weights are kept.
+Recipe: inputs scaled to [-1, 1], random horizontal flips, AdamW, cross-entropy; the epoch with the
+lowest loss on a validation set (early stopping with ``patience``) is kept. The augmentation
+experiment passes one fixed set of real images outside every arm's training images
+(``validation=``), so every arm stops by the same rule on the same images; without it a
+stratified split of the training images (by label and real/synthetic source) is used.
 Deterministic for a seed on CPU (one seeded generator; deterministic algorithms).
 """
 from __future__ import annotations
@@ -79,16 +81,23 @@ def _logits(model, x: torch.Tensor) -> torch.Tensor:
 
 
 def train(x: np.ndarray, y: np.ndarray, n_classes: int, recipe: Recipe, *, seed: int,
-          strata: np.ndarray | None = None) -> Fit:
-    """Train on uint8 images ``x`` (N x H x W x 3) with labels ``y``; early stopping on a split of them."""
+          strata: np.ndarray | None = None, validation: tuple[np.ndarray, np.ndarray] | None = None) -> Fit:
+    """Train on uint8 images ``x`` (N x H x W x 3) with labels ``y``; early stopping on
+    ``validation`` (images, labels), else on a split of the training images."""
     deterministic = torch.are_deterministic_algorithms_enabled()
     torch.use_deterministic_algorithms(True)
     try:
         rng = np.random.default_rng(seed)
-        strata = np.zeros(len(y), int) if strata is None else strata
-        val = validation_split(y, strata, recipe.val_fraction, rng)
-        xt, yt = _tensor(x[~val]), torch.from_numpy(y[~val]).long()
-        xv, yv = _tensor(x[val]), torch.from_numpy(y[val]).long()
+        if validation is not None:
+            xt, yt = _tensor(x), torch.from_numpy(y).long()
+            xv, yv = _tensor(validation[0]), torch.from_numpy(np.asarray(validation[1])).long()
+            n_val = len(yv)
+        else:
+            strata = np.zeros(len(y), int) if strata is None else strata
+            val = validation_split(y, strata, recipe.val_fraction, rng)
+            xt, yt = _tensor(x[~val]), torch.from_numpy(y[~val]).long()
+            xv, yv = _tensor(x[val]), torch.from_numpy(y[val]).long()
+            n_val = int(val.sum())
         torch.manual_seed(seed)
         model = build_model(n_classes, recipe)
         optimizer = torch.optim.AdamW(model.parameters(), lr=recipe.lr, weight_decay=recipe.weight_decay)
@@ -120,7 +129,7 @@ def train(x: np.ndarray, y: np.ndarray, n_classes: int, recipe: Recipe, *, seed:
         model.load_state_dict(best[2])
         model.eval()
         return Fit(model=model, epochs=epoch, best_epoch=best[1], best_val_loss=best[0] if len(yv) else float("nan"),
-                   n_val=int(val.sum()))
+                   n_val=n_val)
     finally:
         torch.use_deterministic_algorithms(deterministic)
 

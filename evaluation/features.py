@@ -15,8 +15,9 @@
   is used here (torchvision and timm themselves are not dependencies).
 - a Hugging Face model folder (config.json): any transformers vision model (ViT, DINOv2, ResNet,
   ConvNeXt, Swin ...) or the vision half of a CLIP-like model (`get_image_features`). Pixels are
-  resized to the config's `image_size` (bicubic) and normalised with the folder's
-  `preprocessor_config.json` mean/std (else 0.5/0.5). Embedding: `pooler_output` when the model
+  resized to the config's `image_size` (bicubic) and normalised with the mean/std of the folder's
+  `preprocessor_config.json` or (transformers 5) `processor_config.json`; a CLIP-like folder with
+  neither is an error, a plain vision model falls back to 0.5/0.5. Embedding: `pooler_output` when the model
   has one, else the mean of `last_hidden_state` over tokens or positions.
 
 Errors (`EvaluationError`, one line): missing weights (saying where to put them), a folder that
@@ -72,17 +73,19 @@ class FeatureExtractor:
 
 def find_inception(weights=None) -> pathlib.Path:
     """The Inception TorchScript file: `weights`, $MEDISYN_INCEPTION or a cache folder; else an error."""
+    # nothing is downloaded: every way of missing the file names the offline alternative
+    offline = "or use --features pixels, which needs no weights"
     if weights:
         p = pathlib.Path(weights).expanduser()
         if not p.is_file():
-            raise EvaluationError(f"--weights: no such file: {p}")
+            raise EvaluationError(f"--weights: no such file: {p} ({offline})")
         return p
     env = os.environ.get("MEDISYN_INCEPTION")
     if env:
         p = pathlib.Path(env).expanduser()
         if p.is_file():
             return p
-        raise EvaluationError(f"MEDISYN_INCEPTION points to a missing file: {p}")
+        raise EvaluationError(f"MEDISYN_INCEPTION points to a missing file: {p} ({offline})")
     for folder in INCEPTION_CACHE:
         for name in INCEPTION_FILES:
             if (folder / name).is_file():
@@ -90,7 +93,7 @@ def find_inception(weights=None) -> pathlib.Path:
     raise EvaluationError(
         "the FID Inception weights are not on this machine and nothing is downloaded: get "
         "'inception-2015-12-05.pt' (the TorchScript file StyleGAN2-ADA and clean-fid use) and pass "
-        f"--weights FILE, set MEDISYN_INCEPTION, or put it in {INCEPTION_CACHE[0]}")
+        f"--weights FILE, set MEDISYN_INCEPTION, or put it in {INCEPTION_CACHE[0]}; {offline}")
 
 
 def load_extractor(spec: str, *, weights=None, device: str = "cpu", batch_size: int = 32) -> FeatureExtractor:
@@ -206,7 +209,7 @@ def _hf_vision(folder: pathlib.Path, device: str, batch_size: int) -> FeatureExt
         raise EvaluationError(f"{folder}: {type(model).__name__} is not a vision model (it takes no "
                               "pixel_values); give an image model folder")
     size = _image_size(folder, vcfg)
-    mean, std = _mean_std(folder)
+    mean, std = _mean_std(folder, required=image_features is not None)
 
     def run(images: np.ndarray) -> np.ndarray:
         x = torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2).float().div(255.0)
@@ -258,14 +261,33 @@ def _image_size(folder: pathlib.Path, vcfg) -> int:
     return int(size or 224)
 
 
-def _mean_std(folder: pathlib.Path) -> tuple[torch.Tensor, torch.Tensor]:
-    mean, std = [0.5] * 3, [0.5] * 3
-    cfg = folder / "preprocessor_config.json"
-    if cfg.is_file():
+PROCESSOR_FILES = ("preprocessor_config.json", "processor_config.json")
+
+
+def _mean_std(folder: pathlib.Path, *, required: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """The image processor's normalisation (image_mean, image_std) saved with a model folder.
+
+    transformers writes it to ``preprocessor_config.json`` (an image processor alone) or, from
+    version 5 on, inside ``processor_config.json`` under ``image_processor`` (a processor with a
+    tokenizer, e.g. CLIPProcessor). ``required``: a folder with neither is an error (a CLIP model
+    normalised with the wrong statistics gives wrong scores without any sign); otherwise 0.5/0.5."""
+    for name in PROCESSOR_FILES:
+        cfg = folder / name
+        if not cfg.is_file():
+            continue
         try:
             data = json.loads(cfg.read_text(encoding="utf-8"))
-            mean = list(data.get("image_mean", mean))[:3]
-            std = list(data.get("image_std", std))[:3]
-        except (ValueError, TypeError):
-            pass
-    return torch.tensor(mean, dtype=torch.float32), torch.tensor(std, dtype=torch.float32)
+            data = data.get("image_processor", data) if name == "processor_config.json" else data
+            if data.get("do_normalize", True) is False:
+                mean, std = [0.0] * 3, [1.0] * 3
+            else:
+                mean, std = list(data["image_mean"])[:3], list(data["image_std"])[:3]
+            return torch.tensor(mean, dtype=torch.float32), torch.tensor(std, dtype=torch.float32)
+        except (ValueError, TypeError, KeyError, AttributeError):
+            raise EvaluationError(f"{cfg}: no readable image_mean/image_std (the image normalisation of "
+                                  "this model is unknown)") from None
+    if required:
+        raise EvaluationError(f"{folder}: neither preprocessor_config.json nor processor_config.json, so the "
+                              "model's image normalisation (mean/std) is unknown; save its processor into the "
+                              "folder (processor.save_pretrained(folder))")
+    return torch.full((3,), 0.5), torch.full((3,), 0.5)

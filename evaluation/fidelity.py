@@ -36,7 +36,7 @@ from evaluation.errors import EvaluationCancelled, EvaluationError
 from evaluation.features import FeatureExtractor, load_extractor
 from evaluation.images import ImageRef, iter_chunks, list_images, to_grey
 
-__all__ = ["FID_MIN_IMAGES", "diversity_ms_ssim", "fid_kid", "prdc", "run_fidelity"]
+__all__ = ["FID_MIN_IMAGES", "diversity_ms_ssim", "fid_kid", "prdc", "run_fidelity", "write_fidelity_outputs"]
 
 FID_MIN_IMAGES = 2000
 BY_KEYS = ("modality", "prompt", "generator")
@@ -272,6 +272,29 @@ def run_fidelity(synthetic, reference, *, features: str | FeatureExtractor = "pi
         out_groups.append(g)
     return {"features": extractor.name, "feature_dim": dim, "by": by,
             "caveats": caveats_for(len(syn), len(ref), dim), "groups": out_groups}
+
+
+def write_fidelity_outputs(result: dict, out_dir) -> dict:
+    """``fidelity.json`` (the whole result), ``fidelity.csv`` (one row per group) and ``report.html``
+    in ``out_dir`` — what ``medisyn eval fidelity --out`` writes, as ``eval novelty --out`` does."""
+    import csv
+    import json
+    import pathlib
+
+    from evaluation.report import write_fidelity_report
+
+    out = pathlib.Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    files = {"json": out / "fidelity.json", "csv": out / "fidelity.csv", "html": out / "report.html"}
+    files["json"].write_text(json.dumps(result, indent=2, allow_nan=False) + "\n", encoding="utf-8")
+    rows = [{k: ("; ".join(v) if isinstance(v, list) else v) for k, v in g.items()} for g in result["groups"]]
+    columns = list(dict.fromkeys(k for r in rows for k in r))
+    with open(files["csv"], "w", newline="", encoding="utf-8") as fh:
+        writer = csv.DictWriter(fh, fieldnames=columns)
+        writer.writeheader()
+        writer.writerows(rows)
+    write_fidelity_report(files["html"], result)
+    return files
 
 
 def format_fidelity(result: dict) -> str:

@@ -6,6 +6,9 @@ skipped; DICOM files without an extension are included) or a manifest CSV in the
 same path checks). Each image becomes an `ImageRef` carrying the manifest's modality, prompt
 and generator (used by `--by`).
 
+A folder in the study layout (`real/<modality>/...`: the folder itself is `real/`, or, for the
+reference set, holds one) gives each real image the modality of its first-level subfolder.
+
 `iter_chunks(refs, size)` decodes with `studies.imaging.load_image` and normalises with
 `studies.stimuli.normalise` — the very pixels a reader would see: letterboxed on a black
 square, 8-bit RGB — in chunks, so memory holds one chunk, not the set. Decoding runs on a few
@@ -69,6 +72,9 @@ def list_images(source: str | os.PathLike, *, what: str = "images") -> list[Imag
         raise EvaluationError(f"{what}: {p} is a file; give a folder of images or a manifest .csv")
     if not p.is_dir():
         raise EvaluationError(f"{what}: no such folder or manifest: {p}")
+    # The study folder layout (docs/studies.md): real/<modality>/... names each real image's
+    # modality, so a reference folder in that layout can be compared per modality (--by).
+    real = p if p.name == "real" else p / "real" if what == "reference" and (p / "real").is_dir() else None
     refs = []
     for f in sorted(p.rglob("*")):
         rel = f.relative_to(p)
@@ -79,7 +85,13 @@ def list_images(source: str | os.PathLike, *, what: str = "images") -> list[Imag
             continue
         if not (name.endswith(IMAGE_SUFFIXES) or "." not in name):
             continue
-        refs.append(ImageRef(f, rel.as_posix()))
+        modality = ""
+        if real is not None:
+            if real != p and not f.is_relative_to(real):
+                continue  # a study folder as reference: its real images only
+            under = f.relative_to(real).parts
+            modality = under[0] if len(under) > 1 else ""
+        refs.append(ImageRef(f, rel.as_posix(), modality))
     if not refs:
         raise EvaluationError(f"{what}: no image files in {p} (looked for "
                               f"{', '.join(IMAGE_SUFFIXES)} and extension-less DICOM)")

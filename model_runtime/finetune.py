@@ -26,8 +26,10 @@ Polyp), this adapts a large pretrained one (their FLUX/Kandinsky route):
      ``checkpoints/step-NNNNNN`` and validation images under ``validation/step-NNNNNN``;
      ``resume=True`` restarts from the newest checkpoint and continues the step count;
   8. output: LoRA -> ``pytorch_lora_weights.safetensors`` written by the pipeline class's own
-     ``save_lora_weights`` (diffusers layout: ``pipe.load_lora_weights(out)`` reads it), and for the
-     UNet families ``<out>_kohya.safetensors``, the same adapter in the kohya layout A1111/ComfyUI load;
+     ``save_lora_weights`` with the adapter's peft config as metadata (so ``lora_alpha`` survives:
+     ``pipe.load_lora_weights(out)`` reloads at alpha / rank, as the validation images were made),
+     and for the UNet families ``<out>_kohya.safetensors``, the same adapter in the kohya layout
+     A1111/ComfyUI load, with each module's ``alpha`` tensor set to the trained alpha;
      full -> a complete diffusers pipeline in ``out/pipeline``. Always ``training.json`` (every
      parameter, the base model's weights hash) and ``loss.csv`` + ``loss.png``.
 
@@ -425,26 +427,36 @@ def validation_images(pipe, denoiser, prompts, size, cfg: FinetuneConfig, folder
 
 
 def save_lora(pipe, family: str, denoiser, out_dir: pathlib.Path) -> pathlib.Path:
-    """The diffusers LoRA layout, written by the pipeline class itself."""
+    """The diffusers LoRA layout, written by the pipeline class itself, with the adapter metadata.
+
+    Without the metadata diffusers reloads every adapter at lora_alpha = rank (scale 1), which is
+    not what was trained (or validated) when alpha differs from the rank."""
     from diffusers.utils import convert_state_dict_to_diffusers
     from peft.utils import get_peft_model_state_dict
 
     layers = convert_state_dict_to_diffusers(get_peft_model_state_dict(denoiser))
-    key = "unet_lora_layers" if family in UNET_FAMILIES else "transformer_lora_layers"
-    type(pipe).save_lora_weights(str(out_dir), **{key: layers}, weight_name=LORA_FILE, safe_serialization=True)
+    key = "unet" if family in UNET_FAMILIES else "transformer"
+    config = denoiser.peft_config["default"]
+    type(pipe).save_lora_weights(str(out_dir), **{f"{key}_lora_layers": layers,
+                                                  f"{key}_lora_adapter_metadata": config.to_dict()},
+                                 weight_name=LORA_FILE, safe_serialization=True)
     if family in UNET_FAMILIES:
-        save_kohya_copy(out_dir / LORA_FILE, out_dir / f"{out_dir.resolve().name}_kohya.safetensors")
+        save_kohya_copy(out_dir / LORA_FILE, out_dir / f"{out_dir.resolve().name}_kohya.safetensors",
+                        alpha=float(config.lora_alpha))
     return out_dir / LORA_FILE
 
 
-def save_kohya_copy(lora_file: pathlib.Path, target: pathlib.Path) -> pathlib.Path:
+def save_kohya_copy(lora_file: pathlib.Path, target: pathlib.Path, *, alpha: float | None = None) -> pathlib.Path:
     """The same adapter with kohya key names (lora_unet_..., lora_down/lora_up, alpha), the layout
     AUTOMATIC1111 and ComfyUI load for SD 1.x/2.x/SDXL; converted by diffusers' own utilities
-    (as diffusers' advanced SDXL LoRA script does)."""
+    (as diffusers' advanced SDXL LoRA script does). The converter writes alpha = rank; kohya
+    loaders scale by alpha / rank, so each module's ``alpha`` is set to the trained one."""
     from diffusers.utils.state_dict_utils import convert_all_state_dict_to_peft, convert_state_dict_to_kohya
     from safetensors.torch import load_file, save_file
 
     kohya = convert_state_dict_to_kohya(convert_all_state_dict_to_peft(load_file(str(lora_file))))
+    if alpha is not None:
+        kohya = {k: (torch.tensor(alpha, dtype=torch.float32) if k.endswith(".alpha") else v) for k, v in kohya.items()}
     save_file({k: v.contiguous() for k, v in kohya.items()}, str(target))
     return target
 
@@ -510,6 +522,9 @@ def finetune(base, data, out_dir, cfg: FinetuneConfig | None = None, *, resume: 
     out_dir = pathlib.Path(out_dir)
     if not resume and checkpoint_dirs(out_dir):
         raise FinetuneError(f"{out_dir} already holds checkpoints: pass --resume to continue, or a new --out")
+    if resume and not checkpoint_dirs(out_dir):
+        raise FinetuneError(f"--resume: {out_dir} holds no checkpoint to resume from (checkpoints/step-*); "
+                            "leave out --resume to start a new run")
 
     # cheap checks before the model is read: the data and the base's pipeline class
     examples = read_examples(data)
@@ -570,7 +585,7 @@ def finetune(base, data, out_dir, cfg: FinetuneConfig | None = None, *, resume: 
                  "data": hashlib.sha256(json.dumps([[str(ex.path), ex.caption] for ex in examples]).encode()).hexdigest(),
                  "processes": accelerator.num_processes}
     start, log_rows = 0, []
-    if resume and checkpoint_dirs(out_dir):
+    if resume:
         last = checkpoint_dirs(out_dir)[-1]
         start, log_rows = load_checkpoint(last, model, optimizer, lr_scheduler, signature)
         log(f"resumed from {last} at step {start}")

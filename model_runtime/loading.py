@@ -651,9 +651,12 @@ def denoiser_sha256(path: str | os.PathLike, *, subfolder: str | None = None,
 def weights_hash(path: str | os.PathLike, *, extra=()) -> str:
     """sha256 of the sorted "relative/path:sha256" lines of every weight file under ``path``
     (plus ``extra`` files such as a LoRA). The same weights give the same hash whether they sit
-    in a local folder or in the Hub cache."""
+    in a local folder or in the Hub cache. A single-file checkpoint's hash is the file's own
+    sha256 (what ``sha256sum`` and A1111's model hash read): its name plays no part."""
     root = pathlib.Path(path)
-    lines = [f"{root.name}:{file_sha256(root)}"] if root.is_file() else []  # a single-file checkpoint
+    if root.is_file() and not extra:
+        return file_sha256(root)
+    lines = [file_sha256(root)] if root.is_file() else []  # a single-file checkpoint, with adapters
     for f in sorted(root.rglob("*")):
         if f.suffix in WEIGHT_SUFFIXES and f.is_file():
             lines.append(f"{f.relative_to(root).as_posix()}:{file_sha256(f)}")

@@ -183,7 +183,8 @@ class StudyOptions:
     attention_checks: int = 0
     counterbalance: bool = False
     # Per-reader case subsets (incomplete design): each reader reads this many main cases
-    # (pairs, for the pair task), half real half synthetic, the least-read cases first;
+    # (pairs, for the pair task), real and synthetic in the pool's proportions (so a case's
+    # expected reads do not depend on its source), the least-read cases first;
     # None = every reader reads every case (fully crossed).
     cases_per_reader: int | None = None
     # Target coverage K: how many readers should read each case (reported by
@@ -360,11 +361,16 @@ def pair_unit(real_id: Hashable, synthetic_id: Hashable) -> str:
 
 def choose_subset(units: Sequence[tuple[Hashable, str]], reads: dict[Hashable, int], n: int,
                   secret: bytes, reader_name: str) -> list[Hashable]:
-    """A reader's subset of `n` units (cases, or pairs) from (unit_id, source) tuples,
-    balanced over the sources (real and synthetic alternate; pairs are one class) and
-    taking the least-read units first (`reads`: reads so far, by unit), ties broken by a
-    keyed random order. Invited one after another, R readers with n units each out of M
-    read every unit floor(R*n/M) or ceil(R*n/M) times (per source)."""
+    """A reader's subset of `n` units (cases, or pairs) from (unit_id, source) tuples, in
+    the pool's proportions of the sources (pairs are one class), taking the least-read
+    units first (`reads`: reads so far, by unit), ties broken by a keyed random order.
+
+    Each source's share (`source_quotas`) keeps the reads per unit equal across sources,
+    so the expected number of reads of a case does not depend on whether it is real: a
+    fixed half-and-half split of an unbalanced pool would read the smaller source's cases
+    more often, and readers comparing their subsets would learn the truth from overlap.
+    Invited one after another, R readers with n units each out of M read every unit
+    floor(R*n/M) or ceil(R*n/M) times, whatever its source."""
     by_source: dict[str, list[Hashable]] = {}
     for uid, source in units:
         by_source.setdefault(source, []).append(uid)
@@ -373,16 +379,32 @@ def choose_subset(units: Sequence[tuple[Hashable, str]], reads: dict[Hashable, i
     for source in sorted(by_source):
         keyed = _keyed_sorted(key, f"subset:{source}", by_source[source])
         # stable sort: least-read first, the keyed order among equals
-        pools.append(sorted(keyed, key=lambda u: reads.get(u, 0)))
-    _keyed_rng(key, "subset-pools").shuffle(pools)
+        pools.append((source, sorted(keyed, key=lambda u: reads.get(u, 0))))
+    _keyed_rng(key, "subset-pools").shuffle(pools)  # which source wins a tie
+    quotas = source_quotas({s: len(p) for s, p in pools},
+                           {s: sum(reads.get(u, 0) for u in p) for s, p in pools}, n,
+                           [s for s, _ in pools])
     chosen: list[Hashable] = []
-    idx = [0] * len(pools)
-    while len(chosen) < n and any(i < len(p) for i, p in zip(idx, pools)):
-        for j, pool in enumerate(pools):
-            if idx[j] < len(pool) and len(chosen) < n:
-                chosen.append(pool[idx[j]])
-                idx[j] += 1
+    for source, pool in pools:
+        chosen += pool[:quotas[source]]
     return chosen
+
+
+def source_quotas(sizes: dict[str, int], reads: dict[str, int], n: int,
+                  tie_order: Sequence[str] = ()) -> dict[str, int]:
+    """How many of a reader's `n` units come from each source: one at a time to the
+    source whose units would then have the fewest reads per unit ((reads so far + taken +
+    1) / size; ties in `tie_order`), never more than a source has. From equal reads this
+    is the pool's proportions; over many readers it keeps reads per unit equal across
+    sources whatever the rounding."""
+    order = list(tie_order) or sorted(sizes)
+    taken = {s: 0 for s in order}
+    for _ in range(min(n, sum(sizes.values()))):
+        open_ = [s for s in order if taken[s] < sizes[s]]
+        best = min(open_, key=lambda s: ((reads.get(s, 0) + taken[s] + 1) / sizes[s],
+                                         order.index(s)))
+        taken[best] += 1
+    return taken
 
 
 def reader_order(

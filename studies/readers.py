@@ -10,8 +10,9 @@ per reader and per read, so a repeated case does not repeat its id and readers c
 compare ids.
 
 Incomplete designs (`StudyOptions.cases_per_reader`): each new reader gets the
-least-read cases (balanced real/synthetic; ties broken by the order secret), so coverage
-stays even; `coverage` reports reads per case and how many more readers reach the target K.
+least-read cases (real and synthetic in the pool's proportions, so a case's expected reads
+do not depend on its source; ties broken by the order secret), so coverage stays even;
+`coverage` reports reads per case and how many more readers reach the target K.
 Pair task: the pairs (`design.make_pairs`, keyed by the order secret, so every reader
 gets the same pairs) are stored as assignments with `pair_case_id` (the right image) and
 its own `pair_view_id`.

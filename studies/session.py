@@ -15,7 +15,16 @@ random view id (its old image URL stops working), and its re-answers are new row
 latest wins as for any change of answer. One step only (not while a reopened read is
 pending), and never into a training read (its feedback named the truth), an attention
 check (a second try would defeat the check) or back across the wash-out boundary (from a
-delayed repeat read to a first read). `back_refusal` is that rule.
+delayed repeat read to a first read). `back_refusal` is that rule. From a later question of
+the read on screen, Back returns to that read's earlier question instead (same view id).
+
+No answer after the text: the answers to a read's questions asked before the first one that
+shows the case's text (the turing question first of all) are final once that text has been
+shown (`final_tasks`): Back never reopens them (a reopened read asks only the questions
+from the text on) and `submit` refuses them — else a reader could read the wording and then
+change the real/synthetic call. A training read skips the questions that show the text
+unless the study's prompt audit found the texts indistinguishable (`asked_tasks`): its
+truth is told next, and text beside truth would teach the wording of each source.
 """
 from __future__ import annotations
 
@@ -50,20 +59,25 @@ class CaseView:
     # Pair (2AFC) task: the right-hand image's own per-read id (the left one is
     # stimulus_id); None for single-image tasks. Served like stimulus_id (stimulus_png).
     pair_stimulus_id: str | None = None
-    # The case's modality (the viewer offers contrast presets for it), or "" when no image
-    # of the other source has that modality: then it would tell real from synthetic (e.g.
-    # generated images imported without a modality column).
+    # The case's modality (the viewer offers contrast presets for it), or "" for every case
+    # of a study where some case has none or some modality has one source only
+    # (`modality_hint_allowed`): then it would tell real from synthetic (e.g. generated
+    # images imported without a modality column).
     modality: str = ""
     # Server side only (never sent to a browser): the stored file's opaque id, the same for
     # every reader and read of the case, so the page can check the file is there (and the
     # right-hand image's, for a pair).
     stored_id: str = dataclasses.field(default="", repr=False)
     pair_stored_id: str | None = dataclasses.field(default=None, repr=False)
-    can_go_back: bool = False  # `go_back` would reopen the previous read now
+    can_go_back: bool = False  # `go_back` would reopen the previous read (or question) now
+    back_to_question: bool = False  # Back returns to this read's previous question
     reopened: bool = False     # the reader went back to this read (go_back)
     earlier: dict = dataclasses.field(default_factory=dict)  # reopened: task -> last rating
     comment: str = ""          # the read's latest comment and flag (to show them again)
     non_diagnostic: bool = False
+    # questions of the read not asked (a training read's questions that show the text,
+    # `asked_tasks`), so that the instructions can still list every question of the study
+    skipped: list[str] = dataclasses.field(default_factory=list)
 
     @property
     def pending(self) -> list[dict]:
@@ -120,25 +134,112 @@ def _current_read(db, columns: str, joins: str, reader_id: int):
         "LIMIT 1", {"r": reader_id}).fetchone()
 
 
+# A training read's prompt-audit verdict (the stored audit report's "prompts" entry): its
+# questions that show the case's text are asked only when it is "ok" (`asked_tasks`).
+_PROMPT_VERDICT = ("CASE WHEN a.kind = 'training' AND json_valid(s.audit_report) "
+                   "THEN json_extract(s.audit_report, '$.prompts.verdict') END")
+
+
+def _shows_prompt(task: str) -> bool:
+    return task in TASKS and TASKS[task].shows_prompt
+
+
+def asked_tasks(tasks, kind: str, prompt_verdict: str | None) -> list[str]:
+    """The questions a read asks, in order. A training read skips those that show the
+    case's text unless the study's prompt audit found real and synthetic texts
+    indistinguishable (verdict "ok"): its truth is told next, and text beside truth would
+    teach readers the wording of each source. (When only such questions are asked, they
+    stay: then no real/synthetic judgement is asked at all.)"""
+    tasks = list(tasks)
+    if kind == "training" and prompt_verdict != "ok":
+        kept = [t for t in tasks if not _shows_prompt(t)]
+        return kept or tasks
+    return tasks
+
+
+def _asked_in_open_read(tasks, kind: str, prompt_verdict: str | None,
+                        answered_ever) -> list[str]:
+    """`asked_tasks` of a read not yet complete: when every question it asks is answered
+    (the verdict turned from "ok" while the read was on screen), the skipped ones are
+    asked too, so the read can be completed rather than stuck."""
+    asked = asked_tasks(tasks, kind, prompt_verdict)
+    if len(asked) < len(tasks) and set(asked) <= set(answered_ever):
+        return list(tasks)
+    return asked
+
+
+def final_tasks(asked, answered_ever) -> set[str]:
+    """The questions of a read whose answers are final: those asked before the first
+    question that shows the case's text, once that text has been shown (all of them were
+    answered, so the next question, with the text, was served). An answer given after
+    seeing the text could use its wording instead of the pixels."""
+    asked = list(asked)
+    first = next((i for i, t in enumerate(asked) if _shows_prompt(t)), 0)
+    before = set(asked[:first])
+    return before if before and before <= set(answered_ever) else set()
+
+
+def _read_progress(asked, answers, since: int) -> tuple[set, set, int]:
+    """(questions answered, final questions, index of the question now asked) of a read
+    from its (response id, task, ...) answers; `since`: its reopened_after (0: none)."""
+    final = final_tasks(asked, {a[1] for a in answers})
+    answered = {a[1] for a in answers if a[0] > since} | final
+    return answered, final, next((i for i, n in enumerate(asked) if n not in answered), 0)
+
+
 # The columns `next_case` reads with the current read, in one statement: every SQLite call
 # gives up Python's interpreter lock, and under many readers each costs a wait to get it
 # back, so the count, the answers and the previous read come as subqueries.
 _CASE_COLUMNS = (
     "a.id, a.position, a.tasks, a.kind, a.expected, a.view_id, c.prompt, "
     "s.name, c.stimulus_id, a.min_delay_s, a.pair_view_id, p.stimulus_id, "
-    # the modality, only if images of the other source have it too (see CaseView.modality)
-    "CASE WHEN EXISTS (SELECT 1 FROM cases o WHERE o.study_id = c.study_id "
-    "AND o.modality = c.modality AND o.source != c.source) "
-    "THEN c.modality ELSE '' END, a.reopened_after, s.allow_back, "
+    # the modality, and what the study-wide rule for sending it is cached under (see
+    # _modality_hint): no per-case lookup, whose cost could depend on the source
+    "c.modality, json_array(s.id, s.created_at, (SELECT max(id) FROM cases)), "
+    "a.reopened_after, s.allow_back, "
     # positions are 1..n (readers.invite): the last one is the count, from the index
     "(SELECT max(position) FROM assignments WHERE reader_id = a.reader_id), "
     "(SELECT json_group_array(json_array(id, task, rating, comment, non_diagnostic)) "
     " FROM (SELECT * FROM responses WHERE assignment_id = a.id ORDER BY id)), "
     # the previous (last completed) read, for the back rule: kind and wash-out delay
     "(SELECT json_array(kind, min_delay_s) FROM assignments WHERE reader_id = a.reader_id "
-    " AND completed_at IS NOT NULL ORDER BY completed_at DESC, position DESC LIMIT 1)")
+    " AND completed_at IS NOT NULL ORDER BY completed_at DESC, position DESC LIMIT 1), "
+    + _PROMPT_VERDICT)
 _CASE_JOINS = ("JOIN cases c ON c.id = a.case_id JOIN studies s ON s.id = c.study_id "
                "LEFT JOIN cases p ON p.id = a.pair_case_id ")
+
+
+# study key (id, creation time, highest case id of the database) -> whether the modality
+# may be sent; cases are never changed or deleted, so a new case changes the key
+_MODALITY_HINT: dict[tuple[str, str], bool] = {}
+
+
+def modality_hint_allowed(db, study_id: int) -> bool:
+    """Whether a study's cases may carry their modality to the reader's page (the viewer's
+    contrast presets): only when every case of the study (training included) has a
+    modality and every modality has both real and synthetic images. Otherwise a case
+    without the hint, or with one only one source has, would name its source — e.g.
+    generated images imported without a modality column next to real ones with it."""
+    bad = db.execute(
+        "SELECT count(*), (SELECT count(*) FROM cases WHERE study_id = :s) FROM "
+        "(SELECT lower(trim(coalesce(modality, ''))) AS m, count(DISTINCT source) AS n "
+        " FROM cases WHERE study_id = :s GROUP BY m) WHERE m = '' OR n < 2",
+        {"s": study_id}).fetchone()
+    return bad[0] == 0 and bad[1] > 0
+
+
+def _modality_hint(db_path, key_json: str) -> bool:
+    """`modality_hint_allowed`, computed once per study and set of cases: the same work
+    for every case, so the time of `next_case` says nothing about the source."""
+    key = (str(db_path), key_json)
+    allowed = _MODALITY_HINT.get(key)
+    if allowed is None:
+        with reading(db_path) as db:
+            allowed = modality_hint_allowed(db, json.loads(key_json)[0])
+        if len(_MODALITY_HINT) > 1000:
+            _MODALITY_HINT.clear()
+        _MODALITY_HINT[key] = allowed
+    return allowed
 
 
 def next_case(db_path: str | pathlib.Path, reader_id: int) -> CaseView | None:
@@ -149,12 +250,12 @@ def next_case(db_path: str | pathlib.Path, reader_id: int) -> CaseView | None:
         row = _current_read(db, _CASE_COLUMNS, _CASE_JOINS, reader_id)
         if row is None:
             return None
-        if row[9] and row[13] is None:  # a delayed repeat, not a reopened read: read the
+        if row[9] and row[14] is None:  # a delayed repeat, not a reopened read: read the
             db.conn.execute("BEGIN")  # current read again in the snapshot the rule reads
             row = _current_read(db, _CASE_COLUMNS, _CASE_JOINS, reader_id)
             if row is None:  # finished in between
                 return None
-        if row[9] and row[13] is None:
+        if row[9] and row[14] is None:
             # A repeat read with a wash-out delay (--repeat-after): serve the first read that
             # is due (studies.washout); when none is, the reader is told when to come back.
             due = washout.next_available(db, reader_id)
@@ -163,16 +264,23 @@ def next_case(db_path: str | pathlib.Path, reader_id: int) -> CaseView | None:
             row = db.execute(f"SELECT {_CASE_COLUMNS} FROM assignments a {_CASE_JOINS}"
                              "WHERE a.id = ?", [due.assignment_id]).fetchone()
     (aid, position, tasks_json, kind, expected, view_id, prompt, study, stored, delay,
-     pair_view_id, pair_stored, modality, reopened_after, allow_back, total, answers_json,
-     previous) = row
+     pair_view_id, pair_stored, modality, hint_key, reopened_after, allow_back, total,
+     answers_json, previous, verdict) = row
+    if modality and not _modality_hint(db_path, hint_key):
+        modality = ""
     answers = sorted(json.loads(answers_json))  # by response id: the latest last
-    refusal = _back_refusal_given(allow_back, reopened_after is not None,
-                                  json.loads(previous) if previous else None, delay)
+    names = json.loads(tasks_json)
+    asked = _asked_in_open_read(names, kind, verdict, {task for _, task, *_ in answers})
     since = reopened_after or 0
-    answered = {task for rid, task, *_ in answers if rid > since}
+    answered, final, current = _read_progress(asked, answers, since)
     earlier = {task: rating for rid, task, rating, *_ in answers if rid <= since}
+    if current > 0:  # Back returns to this read's previous question
+        refusal = _question_back_refusal(allow_back, kind, asked[current - 1] in final)
+    else:
+        refusal = _back_refusal_given(allow_back, reopened_after is not None,
+                                      json.loads(previous) if previous else None, delay)
     questions = []
-    for name in json.loads(tasks_json):
+    for name in asked:
         q = _task_for(name, expected).question_dict()
         q["answered"] = name in answered
         questions.append(q)
@@ -183,9 +291,11 @@ def next_case(db_path: str | pathlib.Path, reader_id: int) -> CaseView | None:
         tasks=questions, prompt=prompt if shows_prompt else None,
         training=kind == "training", study=study, stored_id=stored,
         pair_stimulus_id=pair_view_id, pair_stored_id=pair_stored, modality=modality or "",
-        can_go_back=refusal is None, reopened=reopened_after is not None,
+        can_go_back=refusal is None, back_to_question=current > 0,
+        reopened=reopened_after is not None,
         earlier=earlier if reopened_after is not None else {},
         comment=last[3] if last else "", non_diagnostic=bool(last[4]) if last else False,
+        skipped=[n for n in names if n not in asked],
     )
 
 
@@ -202,6 +312,24 @@ BACK_TRAINING = "the previous case was a training case, whose answer cannot be c
 BACK_ATTENTION = "the previous screen was a check question, whose answer cannot be changed"
 BACK_WASHOUT = ("the previous case belongs to your first reading session, which cannot be "
                 "changed after the wash-out period")
+BACK_FINAL = ("your answer to the previous question is final: it was given before this "
+              "case's text was shown")
+BACK_TRAINING_QUESTION = "this is a training case, whose answers cannot be changed"
+ANSWER_FINAL = ("this answer is final: it was given before the case's text was shown, and "
+                "cannot be changed")
+
+
+def _question_back_refusal(allow_back, kind: str, previous_final: bool) -> str | None:
+    """Why Back from a later question of a read to its previous question is refused (None:
+    allowed): the study forbids going back, a training read (its truth is told), or the
+    previous answer is final (`final_tasks`)."""
+    if not allow_back:
+        return BACK_FORBIDDEN
+    if kind == "training":
+        return BACK_TRAINING_QUESTION
+    if previous_final:
+        return BACK_FINAL
+    return None
 
 
 def back_refusal(*, allowed: bool, reopened_pending: bool, previous_kind: str | None,
@@ -258,17 +386,37 @@ def back_refused(db_path: str | pathlib.Path, reader_id: int) -> str | None:
 
 
 def _back_refusal_now(db, reader_id: int) -> str | None:
+    return _back_now(db, reader_id)[0]
+
+
+def _back_now(db, reader_id: int) -> tuple[str | None, int | None]:
+    """(why Back is refused now or None, the id of the read on screen when Back returns to
+    its previous question, else None: Back reopens the previous read)."""
     allow = db.execute("SELECT s.allow_back FROM readers r JOIN studies s ON s.id = r.study_id "
                        "WHERE r.id = ?", [reader_id]).fetchone()
     if allow is None:
         raise NotAuthorised("no such reader")
-    current = _current_read(db, "a.reopened_after, a.min_delay_s", "", reader_id)
+    current = _current_read(db, "a.reopened_after, a.min_delay_s, a.id", "", reader_id)
     reopened = current is not None and current[0] is not None
     delayed = False
+    served = current[2] if current is not None else None
     if current is not None and current[1] and not reopened:
         # in the wash-out block: it matters only once a delayed repeat is actually served
-        delayed = washout.next_available(db, reader_id).assignment_id is not None
-    return _back_refusal_db(db, reader_id, allow[0], reopened, delayed)
+        served = washout.next_available(db, reader_id).assignment_id
+        delayed = served is not None
+    if served is not None:
+        row = db.execute(
+            "SELECT a.tasks, a.kind, a.reopened_after, " + _PROMPT_VERDICT + ", "
+            "(SELECT json_group_array(json_array(id, task)) FROM responses "
+            " WHERE assignment_id = a.id) FROM assignments a JOIN cases c ON c.id = a.case_id "
+            "JOIN studies s ON s.id = c.study_id WHERE a.id = ?", [served]).fetchone()
+        answers = json.loads(row[4])
+        asked = _asked_in_open_read(json.loads(row[0]), row[1], row[3],
+                                    {task for _, task in answers})
+        _, final, at = _read_progress(asked, answers, row[2] or 0)
+        if at > 0:
+            return _question_back_refusal(allow[0], row[1], asked[at - 1] in final), served
+    return _back_refusal_db(db, reader_id, allow[0], reopened, delayed), None
 
 
 def go_back(db_path: str | pathlib.Path, reader_id: int) -> CaseView:
@@ -284,9 +432,17 @@ def go_back(db_path: str | pathlib.Path, reader_id: int) -> CaseView:
             raise NotAuthorised("this reader's link is not valid")
         if (status[0] or "open") != "open":
             raise StudyClosed(f"this study is {status[0]} and takes no more answers")
-        refusal = _back_refusal_now(db, reader_id)
+        refusal, question_of = _back_now(db, reader_id)
         if refusal is not None:
             raise CannotGoBack(refusal)
+        if question_of is not None:
+            # Back within the read on screen: its answers so far are asked again (the
+            # final ones excepted), under the same view id (the read stays open).
+            db.execute("UPDATE assignments SET reopened_after = (SELECT max(id) FROM "
+                       "responses WHERE assignment_id = :a) WHERE id = :a", {"a": question_of})
+            log_action(db, f"reader:{status[2]}", "go_back", status[3],
+                       assignment=question_of, question=True)
+            return
         aid = _previous_read(db, reader_id)[0]
         last = db.execute("SELECT max(id) FROM responses WHERE assignment_id = ?",
                           [aid]).fetchone()[0]
@@ -417,6 +573,12 @@ def _record_answer(db, reader_id: int, assignment_id: int, task: str, answer, du
     _, _, _, case_id, tasks_json, n_tasks, kind, expected, source, completed_at, reopened_after = row
     if task not in json.loads(tasks_json):
         raise SessionError(f"task {task!r} is not asked for this case")
+    asked, final = _asked_and_final(db, assignment_id, json.loads(tasks_json), kind,
+                                    completed_at is None)
+    if task not in asked:
+        raise SessionError(f"task {task!r} is not asked for this case")
+    if task in final:
+        raise SessionError(ANSWER_FINAL)
     task_obj = _task_for(task, expected)
     try:
         value = task_obj.parse(answer)
@@ -438,12 +600,39 @@ def _record_answer(db, reader_id: int, assignment_id: int, task: str, answer, du
     complete = completed_at is not None
     if not complete:
         # Complete once every task is answered (a reopened read, go_back: re-answered).
-        complete = db.execute(
-            "UPDATE assignments SET completed_at = ? WHERE id = ? AND (SELECT count(DISTINCT "
-            "task) FROM responses WHERE assignment_id = ? AND id > ?) >= n_tasks",
-            [answered_at, assignment_id, assignment_id, reopened_after or 0]).rowcount == 1
+        if not final and len(asked) == n_tasks:
+            complete = db.execute(
+                "UPDATE assignments SET completed_at = ? WHERE id = ? AND (SELECT count("
+                "DISTINCT task) FROM responses WHERE assignment_id = ? AND id > ?) >= n_tasks",
+                [answered_at, assignment_id, assignment_id, reopened_after or 0]).rowcount == 1
+        else:  # final answers count (they are not asked again), skipped questions do not
+            complete = db.execute(
+                "UPDATE assignments SET completed_at = ? WHERE id = ? AND (SELECT count("
+                "DISTINCT task) FROM responses WHERE assignment_id = ? AND (id > ? OR task IN "
+                "(SELECT value FROM json_each(?))) AND task IN (SELECT value FROM "
+                "json_each(?))) >= ?",
+                [answered_at, assignment_id, assignment_id, reopened_after or 0,
+                 json.dumps(sorted(final)), json.dumps(asked), len(asked)]).rowcount == 1
     return Ack(response_id=cur.lastrowid, duplicate=False, assignment_complete=complete,
                feedback=_feedback(kind, task, value, source))
+
+
+def _asked_and_final(db, assignment_id: int, tasks: list[str], kind: str, open_: bool
+                     ) -> tuple[list[str], set[str]]:
+    """(`asked_tasks`, `final_tasks`) of a read as `submit` checks them: no query for a
+    read without a question that shows the text (nothing is skipped or final there)."""
+    if not any(_shows_prompt(t) for t in tasks):
+        return tasks, set()
+    verdict = None
+    if kind == "training":
+        verdict = db.execute(
+            "SELECT " + _PROMPT_VERDICT + " FROM assignments a JOIN cases c ON c.id = a.case_id "
+            "JOIN studies s ON s.id = c.study_id WHERE a.id = ?", [assignment_id]).fetchone()[0]
+    ever = {t for (t,) in db.execute("SELECT DISTINCT task FROM responses "
+                                     "WHERE assignment_id = ?", [assignment_id])}
+    asked = (_asked_in_open_read(tasks, kind, verdict, ever) if open_
+             else asked_tasks(tasks, kind, verdict))
+    return asked, final_tasks(asked, ever)
 
 
 def clean_comment(comment: str | None) -> str:

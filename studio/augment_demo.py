@@ -4,8 +4,11 @@ Task: modality classification (CT, MRI, ultrasound, nuclear medicine, fundus, hi
 - real training pool: augmented crops of the *training* views (``demo_data.build_training_set``);
 - real test set: the held-out demo views (slices, frames and regions never trained on —
   ``demo_data.build_demo_set``), each as several fixed crops. Few source images: crops of one
-  held-out image are not independent, and two demo views are copies of training sources
-  (``independent=False`` in demo_data), so the test set is small and optimistic;
+  held-out image are not independent — they share a ``group``, so the bootstrap resamples source
+  images, not crops — and two demo views are copies of training sources (``independent=False``
+  in demo_data), so the test set is small and optimistic;
+- validation: real crops held out of the training pool, the same for every arm and repeat
+  (``evaluation.augment``);
 - synthetic images: the embedded model (or ``model``) prompted with each modality's canonical
   prompt, through the runtime's generate job (seeds recorded in ``synthetic/generation.csv``).
 This shows the machinery end to end on a CPU; it is not evidence about real data (docs/evaluation.md).
@@ -23,7 +26,8 @@ from studio import demo_data
 
 
 def build_test_set(out_dir, *, crops: int = 8, seed: int = 0, size: int = demo_data.NATIVE_SIZE) -> pathlib.Path:
-    """Held-out demo images, ``crops`` fixed random crops (80-100 % of the side) of each; labels.csv."""
+    """Held-out demo images, ``crops`` fixed random crops (80-100 % of the side) of each; labels.csv
+    (``group``: the source image a crop comes from)."""
     out = pathlib.Path(out_dir)
     images = demo_data.build_demo_set(out / "source", size=size)
     rng = np.random.default_rng(seed)
@@ -36,9 +40,9 @@ def build_test_set(out_dir, *, crops: int = 8, seed: int = 0, size: int = demo_d
             x, y = (int(rng.integers(0, size - side + 1)) for _ in range(2))
             name = f"{k:02d}_{c:02d}.png"
             im.crop((x, y, x + side, y + side)).resize((size, size), Image.Resampling.LANCZOS).save(out / name)
-            rows.append({"path": name, "label": item.modality, "view": item.view})
+            rows.append({"path": name, "label": item.modality, "view": item.view, "group": item.path.stem})
     with open(out / "labels.csv", "w", newline="", encoding="utf-8") as fh:
-        writer = csv.DictWriter(fh, fieldnames=["path", "label", "view"])
+        writer = csv.DictWriter(fh, fieldnames=["path", "label", "view", "group"])
         writer.writeheader()
         writer.writerows(rows)
     return out / "labels.csv"
@@ -56,7 +60,7 @@ def run_demo(out_dir, cfg, *, model: str = "embedded", pool: int = 240, test_cro
     log(f"building {pool} real training crops from the shipped training views")
     demo_data.build_training_set(out / "real", samples=pool, seed=cfg.seed)
     real = read_labelled(out / "real" / "captions.csv", label_column="modality")
-    test = read_labelled(build_test_set(out / "test", crops=test_crops, seed=cfg.seed))
+    test = read_labelled(build_test_set(out / "test", crops=test_crops, seed=cfg.seed), group_column="group")
     path, _ = resolve(model)
     guidance = None
     if (pathlib.Path(path) / DEFAULTS_FILE).is_file():

@@ -81,14 +81,18 @@ def novelty_cmd(synthetic, reference, out, measures, threshold, min_votes, featu
 @click.option("--kid-subset-size", default=1000, show_default=True, type=click.IntRange(2, 100_000))
 @click.option("--json", "as_json", is_flag=True, help="Print the full result as JSON.")
 @click.option("--html", "html_path", type=click.Path(dir_okay=False, path_type=Path), help="Write an HTML report.")
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Output folder: fidelity.csv (one row per group), fidelity.json, report.html.")
 @click.option("--quiet", is_flag=True, help="No progress bars.")
 @eval_errors
-def fidelity_cmd(synthetic, reference, features_spec, weights, by, kid_subset_size, as_json, html_path, quiet):
+def fidelity_cmd(synthetic, reference, features_spec, weights, by, kid_subset_size, as_json, html_path, out, quiet):
     """FID, KID, precision/recall/density/coverage and MS-SSIM diversity."""
-    from evaluation.fidelity import format_fidelity, run_fidelity
+    from evaluation.fidelity import format_fidelity, run_fidelity, write_fidelity_outputs
 
     result = run_fidelity(synthetic, reference, features=features_spec, weights=weights, by=by,
                           kid_subset_size=kid_subset_size, progress=not quiet)
+    if out is not None:
+        write_fidelity_outputs(result, out)
     if html_path is not None:
         from evaluation.report import write_fidelity_report
 
@@ -101,6 +105,8 @@ def fidelity_cmd(synthetic, reference, features_spec, weights, by, kid_subset_si
         click.echo(format_fidelity(result))
         if html_path is not None:
             click.echo(f"Report written to {html_path}")
+        if out is not None:
+            click.echo(f"-> {out}")
 
 
 @eval_group.command("alignment")

@@ -41,6 +41,11 @@ def _common(fn):
                      help="Local transformers image-classification folder to start from (head re-sized)."),
         click.option("--synthetic-only", is_flag=True, help="Also train on the largest synthetic set alone."),
         click.option("--threads", type=click.IntRange(1, 512), default=1, show_default=True),
+        click.option("--val-size", type=click.IntRange(1, None), default=None,
+                     help="Validation images held out of the real pool, the same for every arm and repeat "
+                          "(default: 20% of the pool, less if the pool cannot spare it beside 2N)."),
+        click.option("--bootstrap", type=click.IntRange(100, 1_000_000), default=2000, show_default=True,
+                     help="Bootstrap replicates over test clusters and repeats (intervals and p-values)."),
         click.option("--quiet", is_flag=True, help="No progress bar or per-run lines."),
     ]):
         fn = option(fn)
@@ -53,17 +58,26 @@ def _config(n_real, amounts, **kw):
     return AugmentConfig(n_real=n_real, synthetic=amounts, repeats=kw["repeats"], seed=kw["seed"], size=kw["size"],
                          max_epochs=kw["max_epochs"], patience=kw["patience"], batch_size=kw["batch_size"],
                          lr=kw["lr"], widths=kw["widths"], pretrained=kw["pretrained"],
-                         synthetic_only=kw["synthetic_only"], threads=kw["threads"])
+                         synthetic_only=kw["synthetic_only"], threads=kw["threads"], val_size=kw["val_size"],
+                         bootstrap=kw["bootstrap"])
 
 
 def _report(result) -> None:
+    def ci(lo, hi, sign=""):
+        return "" if lo is None else f" [{lo:{sign}.3f}, {hi:{sign}.3f}]"
+
     for s in result.summary:
-        click.echo(f"{s['arm']:<32} accuracy {s['accuracy']:.3f} [{s['accuracy_ci_low']:.3f}, "
-                   f"{s['accuracy_ci_high']:.3f}]  balanced {s['balanced_accuracy']:.3f}  AUROC {s['auroc']:.3f}")
+        click.echo(f"{s['arm']:<32} balanced accuracy {s['balanced_accuracy']:.3f}"
+                   f"{ci(s['balanced_accuracy_ci_low'], s['balanced_accuracy_ci_high'])}  "
+                   f"accuracy {s['accuracy']:.3f}  AUROC {s['auroc']:.3f}")
     for c in result.comparisons:
         if c["metric"] == "balanced_accuracy":
-            click.echo(f"  {c['arm']} - {c['baseline']}: balanced accuracy {c['difference']:+.3f} "
-                       f"[{c['ci_low']:+.3f}, {c['ci_high']:+.3f}], paired t p = {c['p_value']:.3g}")
+            p = "" if c["p_value"] is None or c["p_holm"] is None else \
+                f", p = {c['p_value']:.3g} (Holm {c['p_holm']:.3g})"
+            click.echo(f"  {c['arm']} - {c['baseline']}: balanced accuracy {c['difference']:+.3f}"
+                       f"{ci(c['ci_low'], c['ci_high'], '+')}{p}")
+    if result.summary and result.summary[0].get("note"):
+        click.echo(f"No intervals or p-values: {result.summary[0]['note']}")
     click.echo(f"{result.out_dir} ({result.seconds:.0f} s)")
 
 
@@ -79,16 +93,19 @@ def _report(result) -> None:
               help="... with this CSV of label,prompt rows (several prompts per label are used in turn).")
 @click.option("--lora", "loras", multiple=True, help="LoRA for --model (PATH[:SCALE]).")
 @click.option("--label-column", default="label", show_default=True, help="Label column of the CSVs.")
+@click.option("--validation", "validation_csv", type=click.Path(exists=True, dir_okay=False), default=None,
+              help="Real validation images (CSV) for early stopping, outside the pool; default: held out of it.")
 @click.option("--n-real", type=click.IntRange(1, None), required=True, help="N: real training images per arm.")
 @click.option("--synthetic-amounts", "amounts", callback=_ints, required=True,
               help="M values, comma-separated: arms real N + synthetic M.")
 @click.option("--out", required=True, type=click.Path(file_okay=False))
 @_common
-def augment_command(real_csv, test_csv, synthetic_csv, model, label_prompts, loras, label_column, n_real, amounts,
-                    out, **kw):
+def augment_command(real_csv, test_csv, synthetic_csv, model, label_prompts, loras, label_column, validation_csv,
+                    n_real, amounts, out, **kw):
     """Train the same classifier on real N, real N + synthetic M (each M), real 2N and optionally
     synthetic only, over several seeds and subsamples; report accuracy, balanced accuracy and macro
-    AUROC with 95% CIs and paired comparisons against real N (evaluation/augment.py)."""
+    AUROC with 95% bootstrap CIs (test clusters x repeats; a `group` column marks images of one
+    source) and Holm-corrected paired comparisons against real N and real 2N (evaluation/augment.py)."""
     import csv
     import pathlib
 
@@ -102,6 +119,7 @@ def augment_command(real_csv, test_csv, synthetic_csv, model, label_prompts, lor
     try:
         real = read_labelled(real_csv, label_column=label_column)
         test = read_labelled(test_csv, label_column=label_column)
+        validation = read_labelled(validation_csv, label_column=label_column) if validation_csv else None
         if synthetic_csv:
             synthetic = read_labelled(synthetic_csv, label_column=label_column)
         else:
@@ -118,7 +136,7 @@ def augment_command(real_csv, test_csv, synthetic_csv, model, label_prompts, lor
                                            seed=kw["seed"], options={"loras": list(loras)} if loras else None)
         result = run_augment(real, test, synthetic, out, _config(n_real, amounts, **kw), decode_fn=decode_rgb,
                              log=(lambda m: None) if kw["quiet"] else (lambda m: click.echo(m, err=True)),
-                             progress=not kw["quiet"])
+                             progress=not kw["quiet"], validation=validation)
     except (AugmentError, ModelNotFoundError, ValueError) as exc:
         raise click.ClickException(str(exc)) from None
     _report(result)

@@ -46,7 +46,7 @@ _study_option = click.option("--study", "study_name", required=True, help="Study
                    "which never shows the prompt, is always asked first).")
 @click.option("--cases-per-reader", type=int, default=None,
               help="Incomplete design: each reader reads this many main cases (pairs for the "
-                   "pair task), half real half synthetic, the least-read cases first "
+                   "pair task), real and synthetic in the pool's proportions, the least-read cases first "
                    "[default: every case].")
 @click.option("--readers-per-case", type=int, default=None,
               help="Coverage target K with --cases-per-reader: `study readers` reports how "

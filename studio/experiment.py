@@ -1148,7 +1148,10 @@ def _inputs_augment(ctx: _Ctx) -> dict | None:
 def _labelled(rows: list[dict], column: str, label_of=None):
     from evaluation.augment import LabelledImage
 
-    return [LabelledImage(pathlib.Path(r["path"]), label_of(r) if label_of else r[column]) for r in rows]
+    # the group (patient, volume, source) lets the augment statistics resample whole sources
+    grouped = "group" in {f.name for f in dataclasses.fields(LabelledImage)}
+    return [LabelledImage(pathlib.Path(r["path"]), label_of(r) if label_of else r[column],
+                          **({"group": r.get("group") or None} if grouped else {})) for r in rows]
 
 
 def run_augment_on(real_pool, test, synthetic, out_dir: pathlib.Path, params: dict, log):

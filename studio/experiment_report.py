@@ -177,6 +177,17 @@ def _ci(d: dict | None, key: str, ci_key: str) -> str:
     return f"{d[key]:.3f} [{ci[0]:.3f}, {ci[1]:.3f}]" if ci else f"{d[key]:.3f}"
 
 
+def _interval(d: dict, metric: str) -> str:
+    lo, hi = d.get(f"{metric}_ci_low"), d.get(f"{metric}_ci_high")
+    if d.get(metric) is None:
+        return "n/a"
+    return f"{d[metric]:.3f}" + (f" [{lo:.3f}, {hi:.3f}]" if lo is not None and hi is not None else "")
+
+
+def _signed(v) -> str:
+    return "n/a" if v is None or v != v else f"{v:+.3f}"
+
+
 def _thumb(path: str, size: int = 96) -> str:
     """A data URI of the image as a study would show it (normalised), or '' if unreadable."""
     from PIL import Image
@@ -471,14 +482,14 @@ def build(out: pathlib.Path, cfg, stamps: dict) -> tuple[Doc, str]:
     doc.h(3, "Augmentation", "augment-results")
     if aug:
         answered.add("augment-results")
-        doc.table(["arm", "accuracy [95% CI]", "balanced accuracy", "AUROC"],
-                  [[s["arm"], f"{s['accuracy']:.3f} [{s['accuracy_ci_low']:.3f}, {s['accuracy_ci_high']:.3f}]",
-                    _s(s.get("balanced_accuracy")), _s(s.get("auroc"))] for s in aug["summary"]],
-                  f"Classifier test set: {aug['test']}")
+        doc.table(["arm", "accuracy [95% CI]", "balanced accuracy [95% CI]", "AUROC"],
+                  [[s["arm"], _interval(s, "accuracy"), _interval(s, "balanced_accuracy"), _s(s.get("auroc"))]
+                   for s in aug["summary"]], f"Classifier test set: {aug['test']}")
         comps = [c for c in aug["comparisons"] if c.get("metric") == "balanced_accuracy"]
         if comps:
-            doc.items([f"{c['arm']} − {c['baseline']}: balanced accuracy {c['difference']:+.3f} "
-                       f"[{c['ci_low']:+.3f}, {c['ci_high']:+.3f}], paired t p = {_s(c.get('p_value'))}"
+            doc.items([f"{c['arm']} − {c['baseline']}: balanced accuracy {_signed(c.get('difference'))} "
+                       f"[{_signed(c.get('ci_low'))}, {_signed(c.get('ci_high'))}], p = {_s(c.get('p_value'))}"
+                       + (f" (Holm-adjusted {_s(c['p_holm'])})" if c.get("p_holm") is not None else "")
                        for c in comps])
     else:
         doc.p("Not run (no [augment] section in the config).")

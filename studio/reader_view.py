@@ -41,7 +41,10 @@ its text (`INTRO_KEYS` / `INTRO_TOUCH`), so touch screens get tap wording.
 Going back (`go_back`; button "Back" and key B, shown only when `studies.session` allows
 it: the study permits it and the previous read is a main or repeat read on this side of a
 wash-out): the previous case is shown again under a fresh view id with the reader's earlier
-answer selected; the re-answer is a new row and wins. A comment and a "non-diagnostic
+answer selected; the re-answer is a new row and wins. From a later question of a case, Back
+returns to that case's earlier question instead. Answers given before a case's text was
+shown are final once it is (`session.final_tasks`; `TEXT_RULE` tells the reader), so Back
+never reaches them after that. A comment and a "non-diagnostic
 image" flag go with each answer (inputs of the submit event), shown again for the same
 read; they are plain values in a Textbox and a Checkbox, never rendered as Markdown/HTML.
 
@@ -64,6 +67,7 @@ import gradio as gr
 
 from studies import lifecycle, readers, session
 from studies.database import utc_now
+from studies.design import TASKS
 from studies.errors import (
     DatabaseNotFound, NotAStudyDatabase, NotAuthorised, ReaderError, SessionError, StudyError,
 )
@@ -206,11 +210,20 @@ PAIR_KEYS_INTRO = ("**Keyboard:** **← / →** pick the side you think is synth
                    "answer directly, **Enter** submits, **?** lists the image viewer's keys.")
 
 
+# The reader's side of `studies.session.final_tasks`: what Back can still change.
+TEXT_RULE = ("Answers you give about an image before its text appears are final once the "
+             "text is shown: **Back** then returns only to questions asked with the text, "
+             "never to the earlier ones.")
+TRAINING_TEXT = "Training cases ask only about the image: their text is not shown."
+
+
 def intro_text(view: session.CaseView, instructions: str = "", consent: str = "") -> str:
     """The instruction screen, from the questions this study asks. It counts images (the
     screens the reader will see, as the progress bar does: `view.total`), not items
     (image x question): with two questions per image, 10 images are 20 answers."""
-    n_q = len(view.tasks)
+    # every question of the study, also those a training read skips (view.skipped)
+    questions = view.tasks + [TASKS[t].question_dict() for t in view.skipped if t in TASKS]
+    n_q = len(questions)
     per = ("one question" if n_q == 1 else f"{n_q} questions") + " about each"
     pair = view.pair_stimulus_id is not None
     what = ("pairs of images, two side by side (one real, one synthetic)," if pair
@@ -219,13 +232,18 @@ def intro_text(view: session.CaseView, instructions: str = "", consent: str = ""
              f"You will see **{view.total}** {what} and answer {per}. Answer "
              "from the image alone; there is no time limit, but go with your first impression.",
              ""]
-    for q in view.tasks:
+    for q in questions:
         # No key wording here: the same text shows on touch screens (the key hints are
         # INTRO_KEYS, shown only where there is a keyboard).
         lines.append(f"- **{q['question']}** — "
                      + ", ".join(s["label"] for s in q["scale"]))
         if q.get("shows_prompt"):
             lines.append("  (the text the image should match is shown with this question)")
+    texts = [i for i, q in enumerate(questions) if q.get("shows_prompt")]
+    if texts and texts[0] > 0:
+        lines += ["", TEXT_RULE]
+    if view.skipped:
+        lines += ["", TRAINING_TEXT]
     lines += ["",
               "Training cases, if any, come first: after each you are told the right answer. "
               "Every answer is saved at once — you can close the tab and come back with the "
@@ -474,6 +492,7 @@ def continue_after_feedback(db_path, token: str | None) -> Screen:
 
 BACK_DONE = ("You are back at the previous case; your earlier answer is selected. Change it "
              "if you wish and submit: the new answer replaces the earlier one.")
+BACK_DONE_QUESTION = "You are back at the previous question (your earlier answer is selected)."
 
 
 def go_back(db_path, token: str | None) -> Screen:
@@ -483,6 +502,10 @@ def go_back(db_path, token: str | None) -> Screen:
     reader = _reader(db_path, token)
     if reader is None:
         return _login("This link is not valid.")
+    try:  # what Back does from here: the previous question of this case, or the previous case
+        before = session.next_case(db_path, reader.reader_id)
+    except SessionError:
+        before = None
     try:
         view = session.go_back(db_path, reader.reader_id)
     except NotAuthorised:
@@ -495,8 +518,9 @@ def go_back(db_path, token: str | None) -> Screen:
             return screen
         return _case_screen(db_path, reader, view, with_image=True, token=_token(token),
                             message=f"Going back is not possible: {exc}.")
+    within = before is not None and before.back_to_question
     return _case_screen(db_path, reader, view, with_image=True, token=_token(token),
-                        message=BACK_DONE)
+                        message=BACK_DONE_QUESTION if within else BACK_DONE)
 
 
 # ----------------------------------------------------------------------------- Gradio

@@ -53,7 +53,7 @@
                 ["C", "contrast presets: "],  // + the names of this image's (help())
                 ["I", "invert"], ["0  or  R", "reset view (double-click / double-tap)"],
                 ["1–9", "choose an answer"], ["Enter", "submit"],
-                ["B", "back to the previous case (when the study allows it)"], ["?", "this help"]];
+                ["B", "back to the previous question or case (when the study allows it)"], ["?", "this help"]];
   const PAIR_HELP = [["←  /  →", "which image is synthetic: the first press picks " +
                       "\u201cpossibly\u201d that side, press again for \u201cprobably\u201d, " +
                       "again for \u201cdefinitely\u201d; the other arrow steps back"],

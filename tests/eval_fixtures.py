@@ -157,10 +157,12 @@ def tiny_bert(folder: pathlib.Path) -> pathlib.Path:
     return folder
 
 
-def tiny_clip(folder: pathlib.Path) -> pathlib.Path:
-    """A random CLIPModel with the embedded model's own (offline) CLIP tokenizer."""
+def tiny_clip(folder: pathlib.Path, *, mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5), processor: bool = True) -> pathlib.Path:
+    """A random CLIPModel with the embedded model's own (offline) CLIP tokenizer, saved with a
+    CLIPProcessor (``mean``/``std``) by transformers' own save_pretrained; ``processor=False``: the
+    tokenizer alone (no image normalisation saved)."""
     import torch
-    from transformers import CLIPConfig, CLIPModel, CLIPTokenizer
+    from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPProcessor, CLIPTokenizer
 
     root = pathlib.Path(__file__).resolve().parents[1]
     tok = CLIPTokenizer.from_pretrained(root / "assets" / "medisyn-mini" / "tokenizer")
@@ -173,7 +175,12 @@ def tiny_clip(folder: pathlib.Path) -> pathlib.Path:
                            num_attention_heads=2),
         projection_dim=8)
     CLIPModel(cfg).save_pretrained(folder)
-    tok.save_pretrained(folder)
+    if processor:
+        images = CLIPImageProcessor(image_mean=list(mean), image_std=list(std), size={"shortest_edge": 32},
+                                    crop_size={"height": 32, "width": 32})
+        CLIPProcessor(image_processor=images, tokenizer=tok).save_pretrained(folder)
+    else:
+        tok.save_pretrained(folder)
     return folder
 
 

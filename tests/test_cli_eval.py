@@ -118,3 +118,50 @@ def test_bad_input_gives_one_error_line(shipped, tmp_path):
     line = _error_line(_run("novelty", "--synthetic", syn, "--reference", ref, "--out", tmp_path / "o",
                             "--threshold", "0.5", "--quiet"))
     assert "MEASURE=VALUE" in line
+
+
+def test_fidelity_out_folder_and_by_modality_with_a_study_layout_reference(shipped, tmp_path):
+    """--out writes fidelity.csv/json and report.html (as eval novelty does); --by modality with a
+    folder reference in the study layout (real/<modality>/...) compares each modality with its own
+    real images, not with the whole reference set."""
+    import shutil
+
+    _, ref, _ = shipped
+    study = tmp_path / "study"
+    for modality, names in {"ct": ["ct.dcm", "mr.dcm", "t1.nii"], "fundus": ["retina.jpg", "ihc.png"]}.items():
+        (study / "real" / modality).mkdir(parents=True)
+        for name in names:
+            shutil.copy(ref / name, study / "real" / modality / name)
+    (study / "synthetic" / "gen").mkdir(parents=True)
+    syn = small_set(tmp_path / "syn", 6, 2)
+    with open(syn / "manifest.csv", "w", newline="") as fh:
+        w = csv.writer(fh)
+        w.writerow(["path", "source", "modality", "prompt"])
+        for i in range(6):
+            w.writerow([f"img_{i:03d}.png", "synthetic", ["ct", "fundus"][i % 2], "x"])
+    save(normalised(skimage_sample("horse.png")), study / "synthetic" / "gen" / "horse.png")  # not a reference image
+    for reference in (study, study / "real"):
+        out = tmp_path / f"out_{reference.name}"
+        r = _run("fidelity", "--synthetic", syn / "manifest.csv", "--reference", reference, "--features", "pixels",
+                 "--by", "modality", "--kid-subset-size", "2", "--out", out, "--quiet")
+        assert r.exit_code == 0, r.output
+        groups = {g["group"]: g for g in json.loads((out / "fidelity.json").read_text())["groups"]}
+        assert groups["all"]["n_reference"] == 5
+        assert (groups["ct"]["n_synthetic"], groups["ct"]["n_reference"]) == (3, 3)
+        assert (groups["fundus"]["n_synthetic"], groups["fundus"]["n_reference"]) == (3, 2)
+        rows = {row["group"]: row for row in csv.DictReader(open(out / "fidelity.csv"))}
+        assert set(rows) == {"all", "ct", "fundus"} and float(rows["ct"]["fid"]) == pytest.approx(groups["ct"]["fid"])
+        assert "Fidelity and diversity report" in (out / "report.html").read_text()
+
+
+def test_a_missing_inception_file_names_the_offline_alternative(shipped, tmp_path, monkeypatch):
+    _, ref, syn = shipped
+    line = _error_line(_run("fidelity", "--synthetic", syn, "--reference", ref, "--features", "inception",
+                            "--weights", tmp_path / "missing.pt", "--quiet"))
+    assert "--features pixels" in line
+    from evaluation import features
+
+    monkeypatch.delenv("MEDISYN_INCEPTION", raising=False)
+    monkeypatch.setattr(features, "INCEPTION_CACHE", (tmp_path / "nowhere",))
+    line = _error_line(_run("fidelity", "--synthetic", syn, "--reference", ref, "--quiet"))
+    assert "not on this machine" in line and "--features pixels" in line

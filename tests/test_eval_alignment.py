@@ -90,3 +90,40 @@ def test_alignment_errors(prompted, tmp_path):
     pd.DataFrame({"who": [1]}).to_csv(tmp_path / "bad.csv", index=False)
     with pytest.raises(EvaluationError, match="missing column"):
         alignment.run_alignment(tmp / "imgs" / "manifest.csv", clip, ratings=tmp_path / "bad.csv", progress=False)
+
+
+OPENAI_MEAN, OPENAI_STD = (0.48145466, 0.4578275, 0.40821073), (0.26862954, 0.26130258, 0.27577711)
+
+
+def test_a_clip_folder_saved_by_transformers_5_is_normalised_with_its_own_processor(prompted, tmp_path):
+    """CLIPProcessor.save_pretrained writes processor_config.json (no preprocessor_config.json);
+    its mean/std must be used, not a 0.5 default."""
+    from transformers import CLIPModel, CLIPTokenizer
+
+    tmp, _ = prompted
+    clip = tiny_clip(tmp_path / "clip5", mean=OPENAI_MEAN, std=OPENAI_STD)
+    assert (clip / "processor_config.json").is_file() and not (clip / "preprocessor_config.json").exists()
+    _, _, _, mean, std = alignment.load_clip(clip)
+    assert mean.tolist() == pytest.approx(OPENAI_MEAN) and std.tolist() == pytest.approx(OPENAI_STD)
+    res = alignment.run_alignment(tmp / "imgs" / "manifest.csv", clip, progress=False)
+    model, tok = CLIPModel.from_pretrained(clip).eval(), CLIPTokenizer.from_pretrained(clip)
+    refs = list_images(tmp / "imgs" / "manifest.csv")
+    x = torch.from_numpy(np.concatenate([c for _, c in iter_chunks(refs, 32)])).permute(0, 3, 1, 2).float() / 255.0
+    x = (x - torch.tensor(OPENAI_MEAN).view(1, 3, 1, 1)) / torch.tensor(OPENAI_STD).view(1, 3, 1, 1)
+    with torch.no_grad():
+        img = model.get_image_features(pixel_values=x)
+        img = img if isinstance(img, torch.Tensor) else img.pooler_output
+        txt = model.get_text_features(**tok([r.prompt for r in refs], padding=True, return_tensors="pt"))
+        txt = txt if isinstance(txt, torch.Tensor) else txt.pooler_output
+    expected = (100 * (F.normalize(img, dim=-1) * F.normalize(txt, dim=-1)).sum(-1).clamp(min=0)).numpy()
+    assert np.allclose([r["clip_score"] for r in res["images"]], expected, atol=1e-3)
+
+
+def test_a_clip_folder_without_a_processor_is_an_error_not_a_default(tmp_path):
+    clip = tiny_clip(tmp_path / "bare", processor=False)
+    with pytest.raises(EvaluationError, match="processor_config.json"):
+        alignment.load_clip(clip)
+    from evaluation.features import load_extractor
+
+    with pytest.raises(EvaluationError, match="processor_config.json"):
+        load_extractor(str(clip))

@@ -182,6 +182,48 @@ def test_full_method_is_refused_for_transformer_families(tiny_flux_dir, data, tm
         run(tiny_flux_dir, data, tmp_path / "x", method="full")
 
 
+def test_alpha_other_than_rank_survives_the_save(tiny_sd1_dir, data, tmp_path):
+    """rank 4, alpha 16: the validation images are made at alpha / rank = 4; plain diffusers, the
+    kohya copy and the runtime (`medisyn generate --lora`) must reload the adapter at that scale."""
+    from diffusers import DiffusionPipeline
+    from safetensors.torch import load_file
+
+    result = run(tiny_sd1_dir, data, tmp_path / "alpha", rank=4, alpha=16, steps=4, checkpoint_every=4)
+    out = result.out_dir
+    shown = np.asarray(Image.open(out / "validation" / "step-000004" / "00.png"), dtype=np.float32) / 255
+
+    def validation_like(pipe):
+        pipe.set_progress_bar_config(disable=True)
+        image = pipe(CAPTION, num_inference_steps=2, height=32, width=32,
+                     generator=torch.Generator("cpu").manual_seed(0)).images[0]
+        return np.asarray(image, dtype=np.float32) / 255
+
+    plain = DiffusionPipeline.from_pretrained(str(tiny_sd1_dir))
+    base = validation_like(plain)
+    plain.load_lora_weights(str(out))
+    assert np.abs(validation_like(plain) - shown).max() <= 2 / 255
+    assert np.abs(base - shown).max() > 10 / 255  # the adapter matters at this scale
+
+    kohya = out / f"{out.name}_kohya.safetensors"
+    alphas = {float(v) for k, v in load_file(str(kohya)).items() if k.endswith(".alpha")}
+    assert alphas == {16.0}
+    again = DiffusionPipeline.from_pretrained(str(tiny_sd1_dir))
+    again.load_lora_weights(str(out), weight_name=kohya.name)
+    assert np.abs(validation_like(again) - shown).max() <= 2 / 255
+
+    runtime = loading.load(tiny_sd1_dir, device="cpu", options={"lora": str(out)})
+    assert np.abs(validation_like(runtime.pipe) - shown).max() <= 2 / 255
+
+
+def test_resume_without_a_checkpoint_is_one_clear_error(tiny_sd1_dir, data, tmp_path):
+    with pytest.raises(ft.FinetuneError, match="no checkpoint to resume from"):
+        run(tiny_sd1_dir, data, tmp_path / "fresh", steps=1, resume=True)
+    assert not (tmp_path / "fresh" / ft.LORA_FILE).exists()
+    result = invoke(["--base", str(tiny_sd1_dir), "--data", str(data), "--out", str(tmp_path / "cli"), "--resume",
+                     "--steps", "1", "--resolution", "32", "--device", "cpu", "--quiet"])
+    one_error_line(result, "no checkpoint to resume from", "--resume")
+
+
 # --- the CLI: DICOM through the ingest reader; bad data is one Error: line ---------------
 
 def invoke(args):

@@ -94,28 +94,37 @@ def test_go_back_reopens_the_previous_case_and_the_re_answer_wins(study):
     assert actions.count("go_back") == 1
 
 
-def test_going_back_into_a_two_question_case_asks_both_again(tmp_path):
+def test_going_back_into_a_two_question_case_asks_only_the_question_with_the_text(tmp_path):
+    # Once a case's text was shown (with the alignment question) its real/synthetic answer
+    # is final: going back reopens only the questions asked with the text.
     db, _ = make_study(tmp_path, "two", tasks=("turing", "alignment"),
                        options=StudyOptions(tasks=("turing", "alignment")))
     rid = _reader(db, study="two")
     first, _ = _answer(db, rid, 2)
     _, ack = _answer(db, rid, 4)
     assert ack.assignment_complete
-    _answer(db, rid, 3)  # the next case's first question only
+    assert next_case(db, rid).can_go_back  # at the next case's first question
     back = go_back(db, rid)
     assert back.assignment_id == first.assignment_id
-    assert [t["task"] for t in back.pending] == ["turing", "alignment"]
+    assert [t["task"] for t in back.pending] == ["alignment"]
+    assert back.tasks[0]["answered"] and back.prompt  # the text is shown with the question
     assert back.earlier == {"turing": 2, "alignment": 4}
-    _, ack = _answer(db, rid, 5)
-    assert not ack.assignment_complete  # the alignment question is still to re-answer
-    view = next_case(db, rid)
-    assert view.assignment_id == first.assignment_id and view.pending[0]["task"] == "alignment"
+    assert not back.can_go_back  # the turing answer before it is final
+    with pytest.raises(SessionError, match="final"):
+        submit(db, rid, back.assignment_id, "turing", 5, 900, str(uuid.uuid4()))
     _, ack = _answer(db, rid, 1)
     assert ack.assignment_complete
-    view = next_case(db, rid)  # back where the reader was: the second question of case 2
-    assert view.pending[0]["task"] == "alignment" and view.tasks[0]["answered"]
-    rows = long_table(db, "two")
-    assert rows[rows["case"] == rows["case"].iloc[0]]["rating"].tolist() == [5, 1]
+    view = next_case(db, rid)  # back where the reader was: the first question of case 2
+    assert view.assignment_id != first.assignment_id and view.pending[0]["task"] == "turing"
+    _answer(db, rid, 3)
+    view = next_case(db, rid)  # case 2's text is on screen now
+    assert view.pending[0]["task"] == "alignment" and not view.can_go_back
+    with pytest.raises(CannotGoBack, match="final"):
+        go_back(db, rid)
+    rows = long_table(db, "two", include_superseded=True)
+    case1 = rows[rows["case"] == rows["case"].iloc[0]]
+    assert case1[case1["task"] == "turing"]["rating"].tolist() == [2]
+    assert case1[case1["task"] == "alignment"]["rating"].tolist() == [4, 1]
 
 
 def test_a_study_can_forbid_going_back(study):

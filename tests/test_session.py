@@ -76,7 +76,9 @@ def test_reader_names_unique_and_reissue(study):
     new = invite(study, "pilot", "dr-a", reissue=True)
     assert reader_for_token(study, old) is None
     assert reader_for_token(study, new).reader_id == ref.reader_id
-    assert next_case(study, ref.reader_id).tasks[0]["answered"]  # answers kept
+    # answers kept: the training read (its text question skipped: no prompt audit says
+    # the texts are indistinguishable) is complete
+    assert next_case(study, ref.reader_id).position == 2
     assert [r.name for r in list_readers(study, "pilot")] == ["dr-a"]
 
 
@@ -104,6 +106,15 @@ def test_stored_order_is_the_design_order(study):
 
 
 def test_flow_resume_and_case_view(study):
+    # training reads ask the question with the text only when the prompt audit found the
+    # texts indistinguishable (else they skip it: test_reader_blinding)
+    db = open_db(study)
+    try:
+        db.execute("UPDATE studies SET audit_report = json_set(coalesce(audit_report, '{}'), "
+                   "'$.prompts', json('{\"verdict\": \"ok\"}'))")
+        db.conn.commit()
+    finally:
+        db.close()
     ref = reader_for_token(study, invite(study, "pilot", "dr-a"))
     first = next_case(study, ref.reader_id)
     assert first.position == 1 and first.total == 16 and first.training

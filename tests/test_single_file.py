@@ -119,6 +119,17 @@ def test_single_file_with_given_config_matches_the_folder(tiny_sd1_dir, single_f
     assert loaded.weights_hash == weights_hash(single_file) != weights_hash(tiny_sd1_dir)
 
 
+def test_a_single_files_weights_hash_is_its_own_sha256(single_file, tmp_path):
+    """As documented (docs/runtime.md): sha256sum of the file; renaming it changes nothing."""
+    import hashlib
+    import shutil
+
+    own = hashlib.sha256(single_file.read_bytes()).hexdigest()
+    assert weights_hash(single_file) == own
+    renamed = shutil.copy(single_file, tmp_path / "renamed-model.safetensors")
+    assert weights_hash(renamed) == own
+
+
 def test_generate_cli_takes_a_single_file_with_config(tiny_sd1_dir, single_file, tmp_path):
     from click.testing import CliRunner
 

@@ -96,6 +96,14 @@ def training_studio(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("browser-training")
     db, rows, tokens = make_loud_study(tmp, "two-tasks", n_cases=4, size=128,
                                        tasks=("turing", "alignment"), training_cases=2)
+    # The prompt audit found the texts indistinguishable, so training cases ask the text
+    # question too (without that verdict they skip it: tests/test_back_text_browser.py).
+    from studies.database import open_db
+
+    with open_db(db) as conn:
+        conn.execute("UPDATE studies SET audit_report = json_set(coalesce(audit_report, "
+                     "'{}'), '$.prompts', json('{\"verdict\": \"ok\"}'))")
+        conn.conn.commit()
     creds = auth.AdminCredentials.from_password("admin", ADMIN_PASSWORD, "env")
     app = app_mod.build_app(db, admin_auth=auth.AdminAuth(creds))
     server = app_mod.Server(app, "127.0.0.1", app_mod.free_port()).start()

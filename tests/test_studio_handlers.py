@@ -175,19 +175,33 @@ def test_two_tasks_prompt_only_with_alignment_and_training_feedback(tmp_path):
     s = reader_view.start(db, token)
     assert s.training and s.prompt is None and len(s.choices) == 6
     s = reader_view.submit_answer(db, token, s.state, 1)
+    # No prompt audit cleared the texts: a training case asks nothing that shows its text
+    # (its truth comes next), so the feedback follows the real/synthetic answer.
+    assert s.kind == "feedback" and s.prompt is None
+    assert not any(p in s.feedback for p in prompts)
+    from studies.database import open_db
+
+    with open_db(db) as conn:  # the prompt audit found the texts indistinguishable
+        conn.execute("UPDATE studies SET audit_report = json_set(coalesce(audit_report, "
+                     "'{}'), '$.prompts', json('{\"verdict\": \"ok\"}'))")
+        conn.conn.commit()
+    s = reader_view.continue_after_feedback(db, token)
+    assert s.kind == "case" and s.training and s.position == 2
+    s = reader_view.submit_answer(db, token, s.state, 1)
     # Same image, second question: the prompt appears, the image is not re-sent.
-    assert s.kind == "case" and s.position == 1 and not s.new_image and s.image_url is None
+    assert s.kind == "case" and s.position == 2 and not s.new_image and s.image_url is None
     assert s.prompt in prompts and len(s.choices) == 5
     s = reader_view.submit_answer(db, token, s.state, 3)
     assert s.kind == "feedback" and "Training case" in s.feedback
     assert ("real" in s.feedback) or ("synthetic" in s.feedback)
     assert "correct" in s.feedback.lower() or "not quite" in s.feedback.lower()
     s = reader_view.continue_after_feedback(db, token)
-    assert s.kind == "case" and s.position == 2 and s.new_image
+    assert s.kind == "case" and s.position == 3 and s.new_image
     final = _answer_all(db, token)
     assert final.kind == "finished"
     df = long_table(db, "ten")
-    assert set(df["task"]) == {"turing", "alignment"} and len(df) == 2 * 10  # 10 cases, 2 of them training
+    # 10 cases, 2 of them training: the first asked only the real/synthetic question
+    assert set(df["task"]) == {"turing", "alignment"} and len(df) == 2 * 10 - 1
 
 
 def test_reader_blocks_config_is_blind_and_every_event_private(tmp_path):
