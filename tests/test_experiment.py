@@ -220,3 +220,14 @@ def test_experiments_tab_is_admin_only_and_private(tmp_path, minimal):
         start(str(bad), request=types.SimpleNamespace(username="admin", session_hash="s"))
     assert experiments_view.run_choices(db) == []
     assert "srcdoc" not in experiments_view.report_iframe(tmp_path)
+
+
+def test_readers_app_has_nothing_of_the_experiments(tmp_path):
+    import json
+
+    from studio import admin_view, reader_view
+
+    admin = json.dumps(admin_view.build_admin_blocks(tmp_path / "studio.db", _Auth()).get_config_file(), default=str)
+    reader = json.dumps(reader_view.build_reader_blocks(tmp_path / "studio.db").get_config_file(), default=str)
+    assert "exp-run" in admin and "Experiments" in admin
+    assert "exp-" not in reader and "xperiment" not in reader
