@@ -25,6 +25,7 @@ Only ``studio`` joins ``model_runtime``, ``evaluation`` and ``studies``; this mo
 """
 from __future__ import annotations
 
+import contextlib
 import csv
 import dataclasses
 import datetime as _dt
@@ -475,6 +476,27 @@ def run_experiment(config, *, until: str | None = None, force=(), engine: str = 
     if engine not in ENGINES:
         raise ExperimentError(f"--engine: {engine!r} (choose local or ray)")
     cfg.out.mkdir(parents=True, exist_ok=True)
+    with _run_lock(cfg.out):
+        return _run_locked(cfg, until=until, force=force, engine=engine, log=log, cancel=cancel)
+
+
+@contextlib.contextmanager
+def _run_lock(out: pathlib.Path):
+    """One run of a folder at a time (two would write the same stamps and images)."""
+    import fcntl
+
+    fh = open(out / ".lock", "a+")
+    try:
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise ExperimentError(f"{out}: another run of this experiment is in progress") from None
+        yield
+    finally:
+        fh.close()  # closing releases the lock
+
+
+def _run_locked(cfg: Config, *, until, force, engine, log, cancel) -> RunResult:
     _write_json(cfg.out / "experiment.json", {
         "name": cfg.name, "config_path": str(cfg.path), "base": str(cfg.base), "db": str(cfg.study_db),
         "config_text": cfg.text, "engine": engine, "updated_at": _now()})

@@ -231,3 +231,13 @@ def test_readers_app_has_nothing_of_the_experiments(tmp_path):
     reader = json.dumps(reader_view.build_reader_blocks(tmp_path / "studio.db").get_config_file(), default=str)
     assert "exp-run" in admin and "Experiments" in admin
     assert "exp-" not in reader and "xperiment" not in reader
+
+
+def test_two_runs_of_one_folder_do_not_interleave(minimal):
+    config = minimal / "c.toml"
+    config.write_text(MINIMAL, encoding="utf-8")
+    out = minimal / "runs" / "t"
+    out.mkdir(parents=True)
+    with E._run_lock(out):  # another run holds the folder
+        with pytest.raises(E.ExperimentError, match="another run of this experiment is in progress"):
+            E.run_experiment(config, log=lambda m: None)
