@@ -486,6 +486,7 @@ def summary_dict(result: NoveltyResult, percentile: float = PERCENTILE) -> dict:
 def write_outputs(result: NoveltyResult, syn: Sequence[ImageRef], ref: Sequence[ImageRef], *,
                   size: int = DEFAULT_SIZE, percentile: float = PERCENTILE, gallery: int = 24) -> None:
     from evaluation import report
+    from studies.export import spreadsheet_safe
 
     out = result.out_dir
     out.mkdir(parents=True, exist_ok=True)
@@ -493,8 +494,8 @@ def write_outputs(result: NoveltyResult, syn: Sequence[ImageRef], ref: Sequence[
     with open(out / "novelty.csv", "w", newline="", encoding="utf-8") as fh:
         w = csv.DictWriter(fh, fieldnames=columns, extrasaction="ignore")
         w.writeheader()
-        for r in result.rows:
-            w.writerow({**r, "flagged": int(r["flagged"])})
+        for r in result.rows:  # file names are text a spreadsheet could run as a formula
+            w.writerow({k: spreadsheet_safe(v) for k, v in {**r, "flagged": int(r["flagged"])}.items()})
     summary = summary_dict(result, percentile)
     (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
     first = result.measures[0]

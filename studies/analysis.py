@@ -647,10 +647,53 @@ def analyze(long_df: pd.DataFrame, *, study: str | None = None, alpha: float = 0
     if result["pair_reason"] is None:
         del result["pair_reason"]
     result.update(remarks.summarise(own))  # non-diagnostic flags and comments per case
+    if isinstance(result.get("reader_flags"), dict):
+        result["reader_flags"].update(fast_answers(own))
     try:  # fast path (C speed): succeeds unless some value is NaN/inf or not JSON-serialisable
         return json.loads(json.dumps(result, allow_nan=False, default=_json_default))
     except (TypeError, ValueError):
         return _finalise(result)
+
+
+# Below this, an answer cannot have come from looking at the image: a two-choice reaction
+# to a visual stimulus alone takes ~300-450 ms, and radiologists' fastest image-based calls
+# ("gist", above chance) need a 250-500 ms view before the response (docs/statistics.md).
+FAST_ANSWER_MS = 500
+
+
+def fast_answers(long_df: pd.DataFrame) -> dict:
+    """Reads answered faster than `FAST_ANSWER_MS`, per reader: the time of a read's first
+    question (from the image appearing to the answer; later questions on the same image
+    follow a look already taken). Training reads and attention checks are left out.
+    {fast_answer_ms, n_reads_timed, n_reads_fast, fast_reads_by_reader {reader: {n_fast,
+    n_reads}} for readers with any}; the counts are null with a reason for a table
+    without durations."""
+    out: dict = {"fast_answer_ms": FAST_ANSWER_MS}
+    if "duration_ms" not in long_df.columns or "reader" not in long_df.columns:
+        out.update(n_reads_timed=None, n_reads_fast=None, fast_reads_by_reader=None,
+                   n_reads_fast_reason="the table has no duration_ms column")
+        return out
+    df = long_df
+    if "training" in df.columns:
+        df = df[~_as_bool(df["training"])]
+    if "task" in df.columns:
+        df = df[df["task"].astype("string").str.strip().str.lower().ne("attention").fillna(True)]
+    df = df.assign(_ms=pd.to_numeric(df["duration_ms"], errors="coerce"))
+    if "answered_at" in df.columns:  # a read's first question is its earliest answer
+        at = pd.to_datetime(df["answered_at"], utc=True, errors="coerce", format="ISO8601")
+        df = df.assign(_at=at).sort_values("_at", kind="stable", na_position="last")
+    read = [c for c in ("reader", "case", "repeat") if c in df.columns]
+    first = df.drop_duplicates(read, keep="first")
+    first = first[first["_ms"].notna()]
+    fast = first["_ms"] < FAST_ANSWER_MS
+    readers = first["reader"].astype(str)
+    by_reader = pd.DataFrame({"reader": readers, "fast": fast}).groupby("reader")["fast"].agg(
+        ["sum", "size"])
+    out.update(n_reads_timed=int(len(first)), n_reads_fast=int(fast.sum()),
+               fast_reads_by_reader={
+                   r: {"n_fast": int(by_reader.at[r, "sum"]), "n_reads": int(by_reader.at[r, "size"])}
+                   for r in sorted(by_reader.index, key=_natural_key) if by_reader.at[r, "sum"] > 0})
+    return out
 
 
 def _json_default(obj):

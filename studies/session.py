@@ -720,10 +720,10 @@ def stimulus_png(db_path: str | pathlib.Path, reader_id: int, stimulus_id: str, 
 def current_stimulus_png(db_path: str | pathlib.Path, token: str | None,
                          view_id: str) -> tuple[int, bytes]:
     """(reader id, PNG bytes) of the image `view_id` (either image of a pair) if it belongs
-    to an unanswered read of the reader holding `token` — one query on one connection, for
-    the image route. NotAuthorised for
-    anything else (no token, another reader's read, an answered read, an unknown id: the
-    same answer); StimulusUnavailable when the stored file is missing or unreadable."""
+    to an unanswered read of the reader holding `token` in an open study — one query on one
+    connection, for the image route. NotAuthorised for anything else (no token, another
+    reader's read, an answered read, an unknown id, a closed study: the same answer);
+    StimulusUnavailable when the stored file is missing or unreadable."""
     from studies.readers import token_hash
 
     if (not isinstance(token, str) or not token or len(token) > 256
@@ -732,9 +732,10 @@ def current_stimulus_png(db_path: str | pathlib.Path, token: str | None,
     with reading(db_path) as db:
         row = db.execute(
             f"SELECT r.id, {_STORED_OF_VIEW} FROM {_READ_IMAGES} "
-            "JOIN readers r ON r.id = a.reader_id "
+            "JOIN readers r ON r.id = a.reader_id JOIN studies s ON s.id = r.study_id "
             f"WHERE r.token_hash = ? AND {_VIEW_MATCH} AND a.completed_at IS NULL "
-            "AND r.deactivated_at IS NULL",  # a deactivated link fetches nothing either
+            "AND r.deactivated_at IS NULL "  # a deactivated link fetches nothing either,
+            "AND coalesce(s.status, 'open') = 'open'",  # nor a closed or archived study's
             [view_id, token_hash(token), view_id, view_id]).fetchone()
     if row is None:
         raise NotAuthorised("unknown image")

@@ -51,6 +51,17 @@ ZIP_MAX_BYTES = 4 * 1024**3      # uncompressed total
 ZIP_MAX_FILES = 50_000
 ZIP_MAX_RATIO = 200              # per member: deflate rarely beats ~10x on images
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".tif", ".tiff", ".dcm", ".dicom", ".nii", ".gz"}
+# The Log out button POSTs (same-origin, so it passes the cross-origin check), then shows
+# the login form; paths relative to the admin page (/admin/), so a proxy's path prefix is
+# kept. A page script rather than a Gradio event: no handler, no API endpoint.
+ADMIN_HEAD = """<script>
+document.addEventListener("click", (e) => {
+  if (!e.target.closest || !e.target.closest("#logout")) return;
+  e.preventDefault();
+  fetch("logout", {method: "POST", credentials: "same-origin", redirect: "manual"})
+    .finally(() => window.location.assign("./"));
+});
+</script>"""
 
 ADMIN_CSS = """
 footer { display: none !important; }
@@ -709,7 +720,8 @@ def build_admin_blocks(db_path, admin_auth, *, model=None, base_url=None, batche
             study_dd = gr.Dropdown(label="Study", choices=[], value=None, scale=2,
                                    elem_id="study-select", allow_custom_value=False)
             refresh_btn = gr.Button("↻ Refresh", scale=0, min_width=90)
-            gr.Button("Log out", link="/admin/logout", scale=0, min_width=90)
+            # a POST (ADMIN_HEAD): a cross-site GET must not end the session
+            gr.Button("Log out", scale=0, min_width=90, elem_id="logout")
         with gr.Tabs(elem_id="admin-tabs") as tabs:
             with gr.Tab("Studies", id="studies"):
                 table = gr.Dataframe(interactive=False, elem_id="studies-table", wrap=True)

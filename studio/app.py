@@ -175,6 +175,7 @@ def build_app(db_path, *, admin_auth: auth_mod.AdminAuth, model: str | None = No
     app = fastapi.FastAPI(lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
     blocked = blocked_paths(db_path)
     app.add_middleware(ReaderRouteGuard)
+    add_admin_routes(app)
 
     @app.get(f"/{reader_view.STIMULUS_ROUTE}/{{view_id}}", include_in_schema=False)
     def stimulus(view_id: str, token: str | None = None):
@@ -186,11 +187,11 @@ def build_app(db_path, *, admin_auth: auth_mod.AdminAuth, model: str | None = No
     admin.queue(default_concurrency_limit=8)
     no_queue_analytics(admin)
     gr.mount_gradio_app(
-        app, admin, path="/admin", auth=admin_auth,
+        app, admin, path="/admin", auth=admin_auth.login,
         auth_message="MediSyn Studio — researcher login",
         allowed_paths=[], blocked_paths=blocked, max_file_size=ADMIN_MAX_UPLOAD,
         ssr_mode=False, footer_links=[], run_history=False, show_error=True, mcp_server=False,
-        css=admin_view.ADMIN_CSS, theme=gr.themes.Soft())
+        css=admin_view.ADMIN_CSS, head=admin_view.ADMIN_HEAD, theme=gr.themes.Soft())
 
     reader = reader_view.build_reader_blocks(db_path)
     reader.queue(default_concurrency_limit=READER_CONCURRENCY)
@@ -211,6 +212,63 @@ def build_app(db_path, *, admin_auth: auth_mod.AdminAuth, model: str | None = No
     return app
 
 
+def add_admin_routes(app) -> None:
+    """Routes of the outer app that come before the mounted Gradio apps (first match wins):
+    - `/admin` without the slash redirects to `/admin/` (the reader app, mounted at `/`,
+      would answer it 404);
+    - logging out is a POST (`/admin/logout`), so that a cross-site link or image cannot end
+      the admin's sessions: `studio.web_security` refuses cross-origin POSTs, and GET
+      answers 405. It ends every session of the logged-in admin, as Gradio's own did."""
+    from starlette.responses import PlainTextResponse, RedirectResponse
+
+    def admin_without_slash(request):
+        query = request.url.query
+        # relative, so that a path prefix added by a reverse proxy is kept
+        return RedirectResponse("admin/" + (f"?{query}" if query else ""), status_code=307)
+
+    def logout(request):
+        if request.method != "POST":
+            return PlainTextResponse("Log out with the studio's Log out button.",
+                                     status_code=405, headers={"Allow": "POST"})
+        return logout_response(mounted_app(app, "/admin"), request)
+
+    # Starlette routes (the endpoint gets the request), registered before the mounts
+    app.add_route("/admin", admin_without_slash, methods=["GET", "HEAD"],
+                  include_in_schema=False)
+    for path in ("/admin/logout", "/admin/logout/"):
+        app.add_route(path, logout, methods=["GET", "HEAD", "POST"], include_in_schema=False)
+
+
+def mounted_app(app, path: str):
+    """The app mounted at `path` (Gradio's `App` for /admin), or None."""
+    from starlette.routing import Mount
+
+    for route in app.routes:
+        if isinstance(route, Mount) and route.path == path:
+            return route.app
+    return None
+
+
+def logout_response(gradio_app, request):
+    """End every session of the user whose login cookie `request` carries (what Gradio's GET
+    /logout did) and send the browser back to the login form (303: a GET follows)."""
+    from starlette.responses import RedirectResponse
+
+    response = RedirectResponse("./", status_code=303)
+    if gradio_app is None:
+        return response
+    names = (f"access-token-{gradio_app.cookie_id}",
+             f"access-token-unsecure-{gradio_app.cookie_id}")
+    user = next((gradio_app.tokens.get(request.cookies.get(n)) for n in names
+                 if request.cookies.get(n) in gradio_app.tokens), None)
+    if user is not None:
+        for token in [t for t, u in list(gradio_app.tokens.items()) if u == user]:
+            gradio_app.tokens.pop(token, None)
+    for name in names:
+        response.delete_cookie(key=name, path="/")
+    return response
+
+
 def no_queue_analytics(blocks) -> None:
     """Gradio's queue rebuilds a pandas summary of its last 10,000 events after *every*
     event (for a monitoring page this app does not serve): measured at ~20% of the server
@@ -227,14 +285,22 @@ def free_port(host: str = "127.0.0.1") -> int:
 
 
 class Server:
-    """uvicorn in a background thread (tests, `prevent_thread_lock`-style embedding)."""
+    """uvicorn in a background thread (tests, `prevent_thread_lock`-style embedding).
 
-    def __init__(self, app, host: str, port: int):
+    Client addresses are the TCP peer's. uvicorn would otherwise believe `X-Forwarded-For`
+    (and `-Proto`) from 127.0.0.1 by default — any process on the host could then pick the
+    address the login lockout sees. Only with `forwarded_allow_ips` (the operator's reverse
+    proxy: addresses or networks, comma-separated, as uvicorn takes them) are those headers
+    read, and only from those peers."""
+
+    def __init__(self, app, host: str, port: int, *, forwarded_allow_ips: str | None = None):
         import uvicorn
 
         self.host, self.port = host, port
-        self._server = uvicorn.Server(uvicorn.Config(app, host=host, port=port,
-                                                     log_level="warning", lifespan="on"))
+        proxy = bool(forwarded_allow_ips and forwarded_allow_ips.strip())
+        self._server = uvicorn.Server(uvicorn.Config(
+            app, host=host, port=port, log_level="warning", lifespan="on",
+            proxy_headers=proxy, forwarded_allow_ips=forwarded_allow_ips if proxy else None))
         self._thread = threading.Thread(target=self._server.run, daemon=True)
 
     @property
@@ -258,14 +324,15 @@ class Server:
 def launch(db_path, *, host: str = "127.0.0.1", port: int = 7860, model: str | None = None,
            admin_auth: auth_mod.AdminAuth, base_url: str | None = None,
            prevent_thread_lock: bool = False, writer_process: bool = True,
-           echo=print) -> Server:
+           forwarded_allow_ips: str | None = None, echo=print) -> Server:
     """Serve the studio. Blocks until interrupted unless `prevent_thread_lock`. With
     `writer_process`, readers' answers are committed by a process of its own
-    (`start_writer`)."""
+    (`start_writer`). `forwarded_allow_ips`: the reverse proxy whose X-Forwarded-For and
+    X-Forwarded-Proto are believed (see `Server`); none by default."""
     app = build_app(db_path, admin_auth=admin_auth, model=model, base_url=base_url)
     if writer_process:
         start_writer(db_path, echo=echo)
-    server = Server(app, host, port).start()
+    server = Server(app, host, port, forwarded_allow_ips=forwarded_allow_ips).start()
     if not prevent_thread_lock:
         try:
             while server._thread.is_alive():

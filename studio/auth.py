@@ -9,22 +9,34 @@ Where they come from, in order:
 
 Checking a password is constant-time (`hmac.compare_digest` on the scrypt digests, and the
 user name is compared the same way). Gradio's built-in login has no lockout, so the checker
-has one, per client address *and* user name: after `MAX_FAILURES` failures from one address
-for one name, that pair is refused for `LOCKOUT_S`, doubling with every further failure
-(exponential back-off, capped at `MAX_LOCKOUT_S`). Another address — the real admin's —
-is not affected, so no one can lock the admin out from elsewhere. Gradio calls the checker
+has one, per client address across all user names (rotating names gains nothing): every
+attempt counts as a failure *before* its hash is computed (and is forgiven when it
+succeeds), so parallel requests cannot slip past the count; after `MAX_FAILURES` from one
+address, that address is refused without hashing for `LOCKOUT_S`, doubling with every
+further failure (exponential back-off, capped at `MAX_LOCKOUT_S`). IPv6 clients count per
+/64 network (one host usually holds a whole /64). Another address — the real admin's — is
+not affected, so no one can lock the admin out from elsewhere. Gradio calls the checker
 with (user, password) only; the address comes from `CLIENT_ADDRESS`, set per request by
-`studio.web_security`. Behind a reverse proxy every client has the proxy's address unless
-uvicorn is told to trust its X-Forwarded-For (`--forwarded-allow-ips`).
+`studio.web_security`. That is the TCP peer unless the operator names a trusted proxy
+(`medisyn studio --forwarded-allow-ips`): then uvicorn takes it from that proxy's
+X-Forwarded-For, and from no one else's.
+
+scrypt costs ~50 ms of CPU. Gradio awaits an async checker on its event loop, so the hash
+runs in a small thread pool of its own (`AdminAuth.login`, `HASH_WORKERS` threads; OpenSSL's
+scrypt releases the GIL): a login flood neither stalls other requests nor takes more than
+that many cores.
 
 Readers never log in here: they authenticate with their invitation token (`studies.readers`).
 """
 from __future__ import annotations
 
+import asyncio
+import concurrent.futures
 import contextvars
 import dataclasses
 import hashlib
 import hmac
+import ipaddress
 import json
 import os
 import pathlib
@@ -39,11 +51,41 @@ ENV_PASSWORD = "MEDISYN_ADMIN_PASSWORD"
 # scrypt cost: ~50 ms per check on one core — cheap for a login, costly for guessing.
 _SCRYPT = {"n": 2**14, "r": 8, "p": 1, "dklen": 32}
 
-MAX_FAILURES = 5          # failures per (address, user) before the brake engages
-FAILURE_WINDOW_S = 3600.0  # a pair's failures are forgotten after this long without one
+MAX_FAILURES = 5          # failed attempts per client address, any user name, before the brake
+FAILURE_WINDOW_S = 3600.0  # an address's failures are forgotten after this long without one
 LOCKOUT_S = 60.0          # first lockout; doubles with every further failure
 MAX_LOCKOUT_S = 3600.0
-MAX_TRACKED = 10_000      # (address, user) pairs remembered; the stalest are dropped
+MAX_TRACKED = 10_000      # addresses remembered; the stalest are dropped
+HASH_WORKERS = 1          # login hashes at once: one core at most, whatever the flood
+
+# Created on first use (threads start lazily; a fork before then inherits none).
+_hash_pool: concurrent.futures.ThreadPoolExecutor | None = None
+_pool_lock = threading.Lock()
+
+
+def _pool() -> concurrent.futures.ThreadPoolExecutor:
+    global _hash_pool
+    with _pool_lock:
+        if _hash_pool is None:
+            _hash_pool = concurrent.futures.ThreadPoolExecutor(
+                max_workers=HASH_WORKERS, thread_name_prefix="medisyn-login-hash")
+        return _hash_pool
+
+
+def address_key(address: str | None) -> str:
+    """The unit the lockout counts: an IPv4 address, an IPv6 /64 network, or the raw text
+    of anything else (a unix socket has none: "?")."""
+    if not address:
+        return "?"
+    try:
+        ip = ipaddress.ip_address(address)
+    except ValueError:
+        return address[:100]
+    if ip.version == 6:
+        if ip.ipv4_mapped is not None:
+            return str(ip.ipv4_mapped)
+        return str(ipaddress.ip_network(f"{ip}/64", strict=False))
+    return str(ip)
 
 # The client address of the request being served (set by studio.web_security's middleware).
 CLIENT_ADDRESS: contextvars.ContextVar[str | None] = contextvars.ContextVar(
@@ -131,55 +173,76 @@ class _Failures:
 
 
 class AdminAuth:
-    """The `auth=` callable handed to Gradio for the admin app, with a per-(address, user)
-    failure brake and exponential back-off."""
+    """The admin login's checker, with a per-address failure brake and exponential back-off.
+    Gradio gets `login` (async: the hash runs off the event loop); calling the object checks
+    in the calling thread."""
 
     def __init__(self, creds: AdminCredentials, *, clock=time.monotonic):
         self.creds = creds
         self._clock = clock
         self._lock = threading.Lock()
-        self._pairs: dict[tuple[str, str], _Failures] = {}
+        self._addresses: dict[str, _Failures] = {}
 
     @property
     def user(self) -> str:
         return self.creds.user
 
     @staticmethod
-    def _key(user: str | None, address: str | None) -> tuple[str, str]:
-        address = CLIENT_ADDRESS.get() if address is None else address
-        return (address or "?", (user or "")[:200])
+    def _key(address: str | None) -> str:
+        return address_key(CLIENT_ADDRESS.get() if address is None else address)
 
     def locked(self, user: str | None = None, address: str | None = None) -> bool:
-        """Whether logins as `user` from `address` (default: the current request's) are
-        refused right now."""
+        """Whether logins from `address` (default: the current request's) are refused right
+        now — under any user name (`user` is accepted for symmetry and does not matter)."""
         with self._lock:
-            f = self._pairs.get(self._key(user if user is not None else self.user, address))
+            f = self._addresses.get(self._key(address))
             return f is not None and self._clock() < f.locked_until
 
-    def __call__(self, user: str, password: str) -> bool:
-        key = self._key(user, None)
-        with self._lock:
-            f = self._pairs.get(key)
-            if f is not None and self._clock() < f.locked_until:
-                return False  # refused without checking: a guess in a lockout is wasted
-        ok = self.creds.matches(user or "", password or "")
+    def _begin(self, key: str) -> bool:
+        """Count an attempt from `key` as a failure before hashing (so that parallel
+        attempts cannot overtake the count); False while the address is locked."""
         with self._lock:
             now = self._clock()
-            if ok:
-                self._pairs.pop(key, None)
-                return True
-            f = self._pairs.get(key)
+            f = self._addresses.get(key)
+            if f is not None and now < f.locked_until:
+                return False  # refused without hashing: a guess in a lockout is wasted
             if f is None or now - f.last > FAILURE_WINDOW_S:
-                f = self._pairs[key] = _Failures()
+                f = self._addresses[key] = _Failures()
             f.count, f.last = f.count + 1, now
             if f.count >= MAX_FAILURES:
                 f.locked_until = now + min(MAX_LOCKOUT_S,
                                            LOCKOUT_S * 2 ** (f.count - MAX_FAILURES))
-            if len(self._pairs) > MAX_TRACKED:
-                for stale in sorted(self._pairs, key=lambda k: self._pairs[k].last)[
-                        :len(self._pairs) - MAX_TRACKED]:
-                    del self._pairs[stale]
+            if len(self._addresses) > MAX_TRACKED:
+                for stale in sorted(self._addresses, key=lambda k: self._addresses[k].last)[
+                        :len(self._addresses) - MAX_TRACKED]:
+                    if stale != key:
+                        del self._addresses[stale]
+            return True
+
+    def _succeeded(self, key: str) -> None:
+        with self._lock:
+            self._addresses.pop(key, None)
+
+    def __call__(self, user: str, password: str) -> bool:
+        key = self._key(None)
+        if not self._begin(key):
+            return False
+        if self.creds.matches(user or "", password or ""):
+            self._succeeded(key)
+            return True
         return False
+
+    async def login(self, user: str, password: str) -> bool:
+        """What Gradio calls: the bookkeeping on the event loop (microseconds), the scrypt
+        hash in the login thread pool."""
+        key = self._key(None)
+        if not self._begin(key):
+            return False
+        ok = await asyncio.get_running_loop().run_in_executor(
+            _pool(), self.creds.matches, user or "", password or "")
+        if ok:
+            self._succeeded(key)
+        return ok
 
     def is_admin(self, username: str | None) -> bool:
         """Server-side check in every admin handler: the session's user is the admin."""

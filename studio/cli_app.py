@@ -26,8 +26,12 @@ from studio.cli import cli, study, model  # noqa: F401  (groups these commands a
 @click.option("--writer-process/--no-writer-process", default=True, show_default=True,
               help="Commit readers' answers in a process of its own, which keeps answering "
                    "fast under many readers (docs/benchmarks.md).")
+@click.option("--forwarded-allow-ips", default=None, metavar="ADDRESSES",
+              help="Your reverse proxy's address(es), comma-separated (e.g. 127.0.0.1): only "
+                   "from these is X-Forwarded-For/-Proto believed, for the login lockout and "
+                   "HTTPS cookies [default: none; the client is the TCP peer].")
 def studio_command(host, port, db_path, model, base_url, no_demo, reset_admin_password,
-                   writer_process):
+                   writer_process, forwarded_allow_ips):
     """Start the studio: readers at http://HOST:PORT/?token=..., researchers at /admin.
 
     On first start with an empty database the demo study is seeded (embedded model) and the
@@ -55,4 +59,5 @@ def studio_command(host, port, db_path, model, base_url, no_demo, reset_admin_pa
     click.echo(info.banner())
     app_mod.launch(info.db_path, host=host, port=port, model=info.model,
                    admin_auth=info.admin_auth, base_url=info.base_url,
-                   writer_process=writer_process, echo=lambda msg: click.echo(msg, err=True))
+                   writer_process=writer_process, forwarded_allow_ips=forwarded_allow_ips,
+                   echo=lambda msg: click.echo(msg, err=True))

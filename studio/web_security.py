@@ -1,8 +1,11 @@
 """HTTP hardening around both Gradio apps (one ASGI middleware, outermost).
 
 - **Cross-origin writes refused.** A state-changing request (anything but GET/HEAD, and a
-  CORS preflight) whose `Origin` — or, without one, `Referer` — is not this server (the
-  request's own `Host`, or the configured base URL) gets 403 before Gradio sees it. This is
+  CORS preflight) whose `Origin` — or, without one, `Referer` — is not this server (scheme,
+  host and port of the request itself, or of the configured base URL) gets 403 before
+  Gradio sees it. The scheme counts: `http://host` is another origin than `https://host`
+  (a page served over plain HTTP, e.g. by an on-path attacker, must not write to the HTTPS
+  studio). This is
   what stops a page on a sibling subdomain (same *site*, so SameSite cookies are sent)
   from driving a logged-in admin. Requests with neither header (curl, scripts) pass: they
   carry no browser's cookies unless their author has them anyway.
@@ -53,24 +56,30 @@ EVENT_ROUTE = re.compile(r"/(?:queue/join|run/predict|api/predict)/?$")
 MAX_EVENT_BODY = 1024 * 1024
 
 
-def _netloc(url: str) -> str | None:
+def _origin(url: str) -> tuple[str, str] | None:
+    """(scheme, host[:port] without the scheme's default port) of an http(s) URL, else None."""
     try:
         parts = urllib.parse.urlsplit(url)
+        port = parts.port
     except ValueError:
         return None
-    if not parts.scheme or not parts.netloc:
+    scheme = parts.scheme.lower()
+    if scheme not in ("http", "https") or not parts.netloc:
         return None
-    host, port = parts.hostname or "", parts.port
-    default = {"http": 80, "https": 443}.get(parts.scheme)
-    return host.lower() if port in (None, default) else f"{host.lower()}:{port}"
+    host = (parts.hostname or "").lower()
+    if ":" in host:
+        host = f"[{host}]"  # IPv6, as a Host header writes it
+    default = {"http": 80, "https": 443}[scheme]
+    return scheme, host if port in (None, default) else f"{host}:{port}"
 
 
-def _host_netloc(host: str, scheme: str) -> str:
+def _host_origin(host: str, scheme: str) -> tuple[str, str]:
+    """The origin a request with this Host header and scheme was sent to."""
     host = host.strip().lower()
-    for default in ({"http": ":80", "https": ":443"}.get(scheme, ""),):
-        if default and host.endswith(default):
-            host = host[: -len(default)]
-    return host
+    default = {"http": ":80", "https": ":443"}.get(scheme, "")
+    if default and host.endswith(default):
+        host = host[: -len(default)]
+    return scheme, host
 
 
 class WebSecurity:
@@ -79,7 +88,7 @@ class WebSecurity:
     def __init__(self, app, *, base_url: str | None = None,
                  fn_ids: Callable[[bool], set[int]] | None = None):
         self.app = app
-        self.base_netloc = _netloc(base_url) if base_url else None
+        self.base_origin = _origin(base_url) if base_url else None
         self.base_https = bool(base_url and base_url.lower().startswith("https:"))
         self.fn_ids = fn_ids
 
@@ -87,13 +96,13 @@ class WebSecurity:
         source = headers.get("origin") or headers.get("referer")
         if source is None:
             return True  # not a browser's cross-origin request
-        netloc = _netloc(source)  # "null" (sandboxed frame, file://) has none: refused
-        if netloc is None:
+        origin = _origin(source)  # "null" (sandboxed frame, file://) has none: refused
+        if origin is None:
             return False
-        allowed = {_host_netloc(headers.get("host", ""), scheme)}
-        if self.base_netloc:
-            allowed.add(self.base_netloc)
-        return netloc in allowed
+        allowed = {_host_origin(headers.get("host", ""), scheme)}
+        if self.base_origin:
+            allowed.add(self.base_origin)
+        return origin in allowed
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":

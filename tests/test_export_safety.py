@@ -109,7 +109,7 @@ def test_read_long_csv_undoes_the_escape(hostile):
 
 @pytest.mark.parametrize("value, safe", [
     ("=1+1", "'=1+1"), ("+1", "+1"), ("+1+1", "'+1+1"), ("-1", "-1"), ("-1.5e3", "-1.5e3"),
-    ("-x", "'-x"), ("@a", "'@a"), ("\t=1", "'\t=1"), ("\r=1", "'\r=1"), ("a=1", "a=1"),
+    ("-x", "'-x"), ("@a", "'@a"), ("\t=1", "'\t'=1"), ("\r=1", "'\r'=1"), ("a=1", "a=1"),
     ("", ""), ("'=1", "''=1"), ("'x", "'x"), ("'-1", "'-1"), (None, None), (3, 3), (-3, -3),
 ])
 def test_spreadsheet_safe_cells(value, safe):
