@@ -1150,7 +1150,10 @@ def _run_analyze(ctx: _Ctx):
     path = d / "analysis.json"
     _write_json(path, {"result": json.loads(json.dumps(result, default=analysis._json_default))
                        if result else None, "reason": reason, "progress": progress})
-    table.to_csv(d / "answers.csv", index=False)
+    from studies.export import spreadsheet_safe
+
+    # for people to open, never read back: prompts and names must not run as spreadsheet formulas
+    table.map(spreadsheet_safe).to_csv(d / "answers.csv", index=False)
     return [path, d / "answers.csv"], {"n_answers": int(len(main)), "reason": reason}
 
 
