@@ -3,7 +3,8 @@
 Tabs: Studies (overview, leak audit), New study (from an uploaded zip, a folder on the
 server, or generation batches), Readers (invite, links, live progress), Analysis
 (statistics tables, plotly figures, exports and the HTML report), Generate
-(`studio.generate_view`) and Evaluate (`studio.evaluate_view`).
+(`studio.generate_view`), Evaluate (`studio.evaluate_view`) and Experiments
+(`studio.experiments_view`).
 
 Everything a tab does is a plain function here (tested without a browser) over the
 `studies` API; the Gradio wrappers only check the admin session and render.
@@ -862,6 +863,10 @@ def build_admin_blocks(db_path, admin_auth, *, model=None, base_url=None, batche
                 from studio import evaluate_view
 
                 evaluate = evaluate_view.build_evaluate_tab(db_path, guard, batches_dir=batches_dir)
+            with gr.Tab("Experiments", id="experiments"):
+                from studio import experiments_view
+
+                experiments_view.build_experiments_tab(db_path, guard)
 
         admin_events = dict(api_visibility="private")
 

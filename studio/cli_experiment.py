@@ -1,5 +1,5 @@
-"""medisyn CLI commands: experiment (`medisyn experiment augment | augment-demo`), thin wrappers over
-evaluation.augment and studio.augment_demo."""
+"""medisyn CLI commands: experiment (`medisyn experiment augment | augment-demo | run | status | report`),
+thin wrappers over evaluation.augment, studio.augment_demo and studio.experiment."""
 from __future__ import annotations
 
 import click
@@ -165,3 +165,60 @@ def augment_demo_command(out, model, n_real, amounts, pool, **kw):
     except (AugmentError, ModelNotFoundError, ValueError) as exc:
         raise click.ClickException(str(exc)) from None
     _report(result)
+
+
+# --- the validation-study pipeline (studio.experiment) ---------------------------------------
+
+def _stages():
+    from studio.experiment import STAGES
+
+    return click.Choice(STAGES)
+
+
+@experiment.command("run")
+@click.argument("config", type=click.Path(dir_okay=False))
+@click.option("--until", "until", type=_stages(), default=None, help="Stop after this stage.")
+@click.option("--force", "force", type=_stages(), multiple=True,
+              help="Redo this stage even if its inputs are unchanged (repeatable).")
+@click.option("--engine", type=click.Choice(["local", "ray"]), default="local", show_default=True,
+              help="Where images are generated (same bytes either way).")
+def experiment_run(config, until, force, engine) -> None:
+    """Run an experiment config (TOML): split → generate → novelty → fidelity → study → analyze →
+    augment → report. Unchanged stages are skipped; see docs/experiments.md."""
+    from studio.experiment import ExperimentError, run_experiment
+
+    try:
+        result = run_experiment(config, until=until, force=force, engine=engine, log=click.echo)
+    except ExperimentError as exc:
+        raise click.ClickException(str(exc)) from None
+    ran = result.ran
+    click.echo(f"{result.out}: ran {', '.join(ran) if ran else 'nothing (all stages unchanged)'}")
+    if result.report:
+        click.echo(f"report: {result.report}")
+
+
+@experiment.command("status")
+@click.argument("out", type=click.Path(file_okay=False))
+def experiment_status_cmd(out) -> None:
+    """Each stage's state and the readers' progress."""
+    from studio.experiment import ExperimentError, experiment_status
+
+    try:
+        status = experiment_status(out)
+    except ExperimentError as exc:
+        raise click.ClickException(str(exc)) from None
+    for line in status.lines():
+        click.echo(line)
+
+
+@experiment.command("report")
+@click.argument("out", type=click.Path(file_okay=False))
+def experiment_report_cmd(out) -> None:
+    """Redo the analysis and the report with the readers' answers so far."""
+    from studio.experiment import ExperimentError, experiment_report
+
+    try:
+        result = experiment_report(out, log=click.echo)
+    except ExperimentError as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo(f"report: {result.report}")
