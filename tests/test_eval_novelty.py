@@ -41,14 +41,21 @@ def test_planted_copies_are_flagged_and_unrelated_images_are_not(planted):
         assert by_name[p]["nearest_reference"] == f"{source}.png", p
 
 
-def test_thresholds_are_the_95th_percentile_of_reference_nearest_neighbours(planted):
+def test_thresholds_are_split_conformal_quantiles_of_held_out_values(planted):
     _, result, _, _ = planted
+    level = result.alpha * result.min_votes / len(result.measures)
     for m in result.measures:
         higher = D.MEASURES[m].higher_is_closer
-        expected = np.percentile(result.calibration[m], 95 if higher else 5)
-        assert result.thresholds[m] == pytest.approx(expected)
-        assert "percentile of reference-to-reference" in result.threshold_rules[m]
+        cal = np.sort(result.calibration[m])[::-1] if higher else np.sort(result.calibration[m])
+        r = int(np.floor(level * (len(cal) + 1)))
+        # strictly closer than the r-th closest held-out value: at most r of n held-out pass
+        assert result.thresholds[m] == pytest.approx(cal[r - 1], abs=1e-6)
+        passing = np.sum([novelty._passes(v, result.thresholds[m], higher) for v in result.calibration[m]])
+        assert passing <= r - 1
+        assert "split-conformal" in result.threshold_rules[m]
+    # no --holdout: every reference image is calibrated against the other groups' images
     assert len(result.calibration["pixel"]) == result.n_reference
+    assert result.holdout["source"] == "reference (leave-one-group-out)"
 
 
 def test_outputs_csv_summary_and_self_contained_report(planted):
@@ -64,7 +71,7 @@ def test_outputs_csv_summary_and_self_contained_report(planted):
     assert summary["n_flagged"] == sum(r["flagged"] == "1" for r in rows)
     assert summary["fraction_flagged"] == pytest.approx(summary["n_flagged"] / len(rows))
     for m, t in summary["threshold"].items():
-        assert t["value"] == pytest.approx(result.thresholds[m]) and "percentile" in t["rule"]
+        assert t["value"] == pytest.approx(result.thresholds[m]) and "split-conformal" in t["rule"]
         h = summary["histogram"][m]
         assert sum(h["synthetic_to_reference"]) == len(rows)
         assert sum(h["reference_to_reference"]) == 40
