@@ -347,25 +347,60 @@ def transform_ncc(kernels: dict[float, torch.Tensor], grids: torch.Tensor, pq: n
 # patch-level search: a region of a reference inside a query
 
 PATCH_GRID = 64
-PATCH = 24          # window side on the 64 grid (37.5 % of the image side)
-PATCH_DIM = 12      # each window pooled to 12 x 12
-REF_STRIDE = 8
+PATCH = 20          # window side on the 64 grid (31 % of the image side)
+PATCH_DIM = 20      # windows searched at full 64-grid resolution (20 x 20)
+REF_STRIDE = 4
 QUERY_STRIDE = 4
 PATCH_MIN_STD = 0.35
 """Windows whose standardised values vary less than this (background, flat regions) are skipped."""
+FINE_SHIFT = 8
+"""Refinement: the query window is matched at 128 px within ±8 px of the reference window found."""
 
 
 def patch_vectors(struct: np.ndarray, stride: int) -> tuple[np.ndarray, np.ndarray]:
     """Unit vectors of the PATCH x PATCH windows of each image (64 grid, `stride`) and a mask of
-    the windows with enough structure: (N x W x 144 float32, N x W bool)."""
+    the windows with enough structure: (N x W x 100 float32, N x W bool)."""
     with torch.no_grad():
         x = _pool(_struct_float(struct), PATCH_GRID)
         z = (x - 0.5) / _STD_SPREAD
         win = F.unfold(z, PATCH, stride=stride)                         # N x P^2 x W
         n, _, nw = win.shape
         win = win.transpose(1, 2).reshape(n * nw, 1, PATCH, PATCH)
-        small = F.avg_pool2d(win, PATCH // PATCH_DIM).flatten(1)        # (N W) x 144
+        small = F.avg_pool2d(win, PATCH // PATCH_DIM).flatten(1)
         std = win.flatten(1).std(dim=1)
         v = small - small.mean(dim=1, keepdim=True)
         v = v / (v.norm(dim=1, keepdim=True) + 1e-6)
     return v.numpy().reshape(n, nw, -1).astype(np.float32), (std.numpy() >= PATCH_MIN_STD).reshape(n, nw)
+
+
+def window_origin(index: np.ndarray, stride: int) -> tuple[np.ndarray, np.ndarray]:
+    """Top-left corner (64 grid) of window `index` of `patch_vectors(..., stride)`."""
+    per_side = (PATCH_GRID - PATCH) // stride + 1
+    index = np.asarray(index)
+    return (index // per_side) * stride, (index % per_side) * stride
+
+
+def refine_patches(q_struct: np.ndarray, q_win: np.ndarray, r_struct: np.ndarray, r_win: np.ndarray) -> np.ndarray:
+    """Pearson correlation, at 128 px, of query window q_win[i] of q_struct[i] with the best-placed
+    window (±FINE_SHIFT px) around reference window r_win[i] of r_struct[i]: a pasted region
+    matches at near 1, a merely similar-looking one does not."""
+    scale = STRUCT_SIZE // PATCH_GRID
+    side = PATCH * scale
+    qy, qx = window_origin(q_win, QUERY_STRIDE)
+    ry, rx = window_origin(r_win, REF_STRIDE)
+    out = np.full(len(q_win), -1.0, np.float32)
+    with torch.no_grad():
+        q = _struct_float(q_struct)
+        r = F.pad(_struct_float(r_struct), (FINE_SHIFT,) * 4, mode="replicate")
+        for i in range(len(q_win)):
+            y, x = int(qy[i]) * scale, int(qx[i]) * scale
+            k = _zero_mean_unit(q[i:i + 1, :, y:y + side, x:x + side])
+            y, x = int(ry[i]) * scale, int(rx[i]) * scale  # padded: the window starts FINE_SHIFT earlier
+            region = r[i:i + 1, :, y:y + side + 2 * FINE_SHIFT, x:x + side + 2 * FINE_SHIFT]
+            corr = F.conv2d(region, k)
+            mu = F.avg_pool2d(region, side, stride=1)
+            sq = F.avg_pool2d(region * region, side, stride=1)
+            norm = ((sq - mu * mu).clamp_min(0) * side * side).sqrt()
+            ncc = torch.where(norm > 0.05 * side, corr / (norm + 1e-3), torch.full_like(corr, -1.0))
+            out[i] = float(ncc.max())
+    return out

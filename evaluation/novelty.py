@@ -279,8 +279,10 @@ def _prepare_reference(ref: dict, measures) -> None:
             mask.append(m)
         vec, mask = np.concatenate(vec), np.concatenate(mask)
         owner = np.repeat(np.arange(len(vec)), vec.shape[1]).reshape(mask.shape)
+        window = np.tile(np.arange(vec.shape[1]), len(vec)).reshape(mask.shape)
         ref["patch_vec"] = np.ascontiguousarray(vec[mask])
         ref["patch_owner"] = owner[mask]
+        ref["patch_window"] = window[mask]
 
 
 # ---------------------------------------------------------------------------------------
@@ -370,28 +372,53 @@ def _best_k(results, k, largest: bool) -> np.ndarray:
     return out
 
 
+PATCH_CANDIDATES = 12
+"""Window pairs per query refined at full resolution by the patch search."""
+
+
 def patch_search(query_struct: np.ndarray, ref: dict, query_groups=None, ref_groups=None):
-    """Best window-to-window cosine of each query against every reference window (and the
-    reference it belongs to); references of the query's own group are skipped."""
-    qv, qm = D.patch_vectors(np.asarray(query_struct), D.QUERY_STRIDE)
-    base, owner = ref["patch_vec"], ref["patch_owner"]
+    """Partial copies: every structured window of each query against every reference window
+    (10 x 10 cosine, exact search), then the PATCH_CANDIDATES best window pairs re-matched at
+    128 px with a ±8 px shift search (`descriptors.refine_patches`). Returns the best refined
+    correlation per query and the reference it came from; the query's own group is skipped."""
+    query_struct = np.asarray(query_struct)
+    qv, qm = D.patch_vectors(query_struct, D.QUERY_STRIDE)
+    base, owner, where = ref["patch_vec"], ref["patch_owner"], ref["patch_window"]
     best = np.full(len(qv), -1.0, np.float32)
     arg = np.full(len(qv), -1, np.int64)
     if not len(base):
         return best, arg
+    T = PATCH_CANDIDATES
     for i in range(len(qv)):
-        w = qv[i][qm[i]]
-        if not len(w):
+        wins = np.flatnonzero(qm[i])
+        if not len(wins):
             continue
+        w = qv[i][wins]
+        top_s = np.full((0,), -np.inf, np.float32)
+        top_q = top_b = np.zeros(0, np.int64)
         for start in range(0, len(base), 32768):
             sims = w @ base[start:start + 32768].T
             if query_groups is not None:
                 own = np.asarray(ref_groups)[owner[start:start + 32768]] == query_groups[i]
                 sims[:, own] = -np.inf
-            j = int(np.argmax(sims.max(axis=0)))
-            value = float(sims[:, j].max())
-            if value > best[i]:
-                best[i], arg[i] = value, int(owner[start + j])
+            flat = sims.ravel()
+            kk = min(T, flat.size)
+            pick = np.argpartition(-flat, kk - 1)[:kk]
+            top_s = np.concatenate([top_s, flat[pick]])
+            top_q = np.concatenate([top_q, wins[pick // sims.shape[1]]])
+            top_b = np.concatenate([top_b, start + pick % sims.shape[1]])
+            keep = np.argsort(-top_s)[:T]
+            top_s, top_q, top_b = top_s[keep], top_q[keep], top_b[keep]
+        ok = np.isfinite(top_s)
+        if not ok.any():
+            continue
+        top_q, top_b = top_q[ok], top_b[ok]
+        owners = owner[top_b]
+        fine = D.refine_patches(np.repeat(query_struct[i:i + 1], len(top_q), 0), top_q,
+                                np.asarray(ref["struct"][np.sort(np.unique(owners))])[
+                                    np.searchsorted(np.sort(np.unique(owners)), owners)], where[top_b])
+        j = int(np.argmax(fine))
+        best[i], arg[i] = fine[j], int(owners[j])
     return best, arg
 
 
