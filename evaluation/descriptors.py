@@ -351,7 +351,7 @@ PATCH = 20          # window side on the 64 grid (31 % of the image side)
 PATCH_DIM = 20      # windows searched at full 64-grid resolution (20 x 20)
 REF_STRIDE = 4
 QUERY_STRIDE = 4
-PATCH_MIN_STD = 0.2
+PATCH_MIN_STD = 0.35
 """Windows whose standardised values vary less than this (background, flat regions) are skipped."""
 FINE_SHIFT = 8
 """Refinement: the query window is matched at 128 px within ±8 px of the reference window found."""
@@ -392,11 +392,8 @@ def refine_patches(q_struct: np.ndarray, q_win: np.ndarray, r_struct: np.ndarray
     if not n:
         return np.zeros(0, np.float32)
     with torch.no_grad():
-        # a 3 x 3 blur: a region copied at an odd pixel offset sits half a pixel off this grid,
-        # which would cost speckle-textured regions (ultrasound) a few points of correlation
-        q = F.avg_pool2d(_struct_float(q_struct), 3, stride=1, padding=1, count_include_pad=False)
-        r = F.avg_pool2d(_struct_float(r_struct), 3, stride=1, padding=1, count_include_pad=False)
-        r = F.pad(r, (FINE_SHIFT,) * 4, mode="replicate")
+        q = _struct_float(q_struct)
+        r = F.pad(_struct_float(r_struct), (FINE_SHIFT,) * 4, mode="replicate")
         ys = torch.arange(side)
         span = torch.arange(side + 2 * FINE_SHIFT)
         idx = torch.arange(n)[:, None, None]

@@ -372,7 +372,7 @@ def _best_k(results, k, largest: bool) -> np.ndarray:
     return out
 
 
-PATCH_CANDIDATES = 256
+PATCH_CANDIDATES = 64
 """Window pairs per query refined at full resolution by the patch search."""
 
 
