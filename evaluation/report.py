@@ -1,7 +1,7 @@
 """Self-contained HTML reports (no scripts, no external files: images inline as data: URIs).
 
 `write_novelty_report` shows, per measure, the histogram of synthetic-to-reference nearest
-distances over the reference-to-reference ones with the threshold marked, then a gallery of the
+distances over the held-out-to-reference ones with the threshold marked, then a gallery of the
 closest pairs side by side, most similar first. `write_fidelity_report` tabulates the fidelity
 and diversity figures with their caveats. Every text is HTML-escaped (file names are user input).
 """
