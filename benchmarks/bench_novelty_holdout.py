@@ -261,8 +261,10 @@ def main() -> None:
     report = {"measures": res.measures, "thresholds": res.thresholds, "reference": res.n_reference,
               "holdout": res.holdout["n"], "holdout_flag_rate": format_rate(res.holdout_rate),
               "synthetic_flag_rate": format_rate(res.synthetic_rate), "warnings": res.warnings,
-              "missed": [r["synthetic"] for r in res.rows if not r["flagged"] and not kinds[r["synthetic"]].startswith("novel")],
-              "false_flags": [r["synthetic"] for r in res.rows if r["flagged"] and kinds[r["synthetic"]].startswith("novel")],
+              "missed": [r["synthetic"] for r in res.rows
+                         if not r["flagged"] and not kinds[r["synthetic"]].startswith("novel")],
+              "false_flags": [r["synthetic"] for r in res.rows
+                              if r["flagged"] and kinds[r["synthetic"]].startswith("novel")],
               "prepare_seconds": round(prep, 1), "run_seconds": round(total, 1),
               "stages": {k: round(v, 1) for k, v in res.timings.items()}, "threads": args.threads,
               "cpus": os.cpu_count(), "load_average": os.getloadavg()[0]}

@@ -202,7 +202,8 @@ def describe_set(refs: Sequence[ImageRef], size: int, cache_dir: pathlib.Path, *
     """
     key = _cache_key(refs, size, features) + ("f" if flips else "")
     folder = cache_dir / key
-    names = ["vec", "struct", "hash", "digest"] + (["hash_h", "hash_v"] if flips else []) + (["feat"] if features else [])
+    names = (["vec", "struct", "hash", "digest"] + (["hash_h", "hash_v"] if flips else [])
+             + (["feat"] if features else []))
     if (folder / "done").is_file():
         return {n: np.load(folder / f"{n}.npy", mmap_mode="r") for n in names}
     shutil.rmtree(folder, ignore_errors=True)
@@ -488,7 +489,9 @@ def match(query: dict, qidx: np.ndarray, ref: dict, measures: Sequence[str], k: 
         higher = D.MEASURES[m].higher_is_closer
         if m == "patch":
             qg = None if exclude is None else exclude
-            rg = base_groups if base_groups is not None else (np.arange(len(ref["vec"])) if exclude is not None else None)
+            rg = base_groups
+            if rg is None and exclude is not None:  # exclude_self: each reference is its own group
+                rg = np.arange(len(ref["vec"]))
             best[m], arg = patch_search(q_struct_all, ref, qg, rg)
             if m == measures[0]:
                 nearest = arg
