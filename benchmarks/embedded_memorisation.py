@@ -5,16 +5,15 @@
 
 1. Generates `--samples` images with the embedded model (its default steps and guidance),
    spread evenly over the six modality prompts (seeds 90000 + ...), into OUT/samples.
-2. Rebuilds the exact training set (`studio.demo_data.build_training_set`, seed 0, 3,000 crops:
-   deterministic, the crops the model was trained on) into OUT/train and the held-out demo
-   images (`build_demo_set`) into OUT/held_out.
-3. Runs `evaluation.novelty.run_novelty` (the `medisyn eval novelty` defaults) of the samples
-   against the training crops — thresholds calibrated on the crops' own nearest neighbours —
-   and then against the held-out images with those same thresholds (a handful of held-out
-   images cannot calibrate a threshold of their own). Reports in OUT/vs_train and OUT/vs_held_out.
-4. Against the 84 distinct training images (each slice/frame/region once, centred square at
-   64 px, OUT/train_sources), calibrated on those distinct images (OUT/vs_train_sources); and, for
-   context, the held-out real images against the training crops (OUT/held_out_vs_train).
+2. (The 3,000 training crops are overlapping augmented crops of the 84 images below; the
+   comparison uses the distinct images, grouped by source file.)
+3. Writes the 84 distinct training images (each slice/frame/region once, centred square at 64 px)
+   to OUT/train_sources with a manifest whose `group` is the source file (one volume, one cine,
+   one scan = one patient), and the held-out demo images with the same grouping (the JPEG 2000
+   bone scan is the same scan as the training one: one group).
+4. Runs `evaluation.novelty.run_novelty` (the `medisyn eval novelty` defaults) of the samples
+   against the distinct training images, calibrated on the held-out demo images (`--holdout`):
+   each held-out image is compared only with training images of *other* source files.
 Prints a JSON summary (also OUT/memorisation.json) for assets/MODEL_CARD.md.
 """
 from __future__ import annotations
@@ -61,46 +60,56 @@ def main() -> None:
             for j, g in enumerate(generate(loaded, req, batch_size=n)):
                 g.image.save(samples / f"p{i}_{j:03d}.png")
     gen_s = time.perf_counter() - t0
-    if not (out / "train" / "captions.csv").is_file():
-        demo_data.build_training_set(out / "train", samples=3000, seed=0)
-    if not any((out / "held_out").glob("*.png")):
-        demo_data.build_demo_set(out / "held_out")
     sources = out / "train_sources"
-    if not any(sources.glob("*.png")):
+    if not (sources / "manifest.csv").is_file():
         write_sources(sources)
     t1 = time.perf_counter()
-    vs_train = run_novelty(samples, out / "train" / "images", out / "vs_train", size=args.size, progress=False)
-    vs_held = run_novelty(samples, out / "held_out", out / "vs_held_out", size=args.size, progress=False,
-                          thresholds=vs_train.thresholds, calibration_sample=50)
-    # the 84 distinct training images themselves, calibrated on each other (Dar et al.'s rule on
-    # distinct images rather than on overlapping crops)
-    vs_sources = run_novelty(samples, sources, out / "vs_train_sources", size=args.size, progress=False)
-    # context: how close are real held-out images to the training crops?
-    held_vs_train = run_novelty(out / "held_out", out / "train" / "images", out / "held_out_vs_train",
-                                size=args.size, progress=False, thresholds=vs_train.thresholds)
+    held = demo_data.build_demo_set(out / "held_out_grouped")
+    _manifest(out / "held_out_grouped" / "manifest.csv",
+              [(h.path.name, h.modality, _group_of(h.origin)) for h in held])
+    res = run_novelty(samples, sources / "manifest.csv", out / "vs_train_sources_holdout", size=args.size,
+                      holdout=out / "held_out_grouped" / "manifest.csv", progress=False)
     eval_s = time.perf_counter() - t1
 
-    def med(res, m):
-        return float(np.median([r[m] for r in res.rows]))
+    def med(values):
+        return float(np.median(values))
 
+    by_prompt = {}
+    for r in res.rows:
+        by_prompt.setdefault(r["synthetic"].split("_")[0], []).append(r)
     summary = {
-        "samples": len(vs_train.rows), "training_crops": vs_train.n_reference, "held_out": vs_held.n_reference,
-        "thresholds": vs_train.thresholds, "threshold_rules": vs_train.threshold_rules,
-        "flag_rule": f"at least {vs_train.min_votes} of {len(vs_train.measures)} measures",
-        "flagged_vs_train": vs_train.n_flagged, "fraction_vs_train": vs_train.fraction_flagged,
-        "flagged_vs_held_out": vs_held.n_flagged, "fraction_vs_held_out": vs_held.fraction_flagged,
-        "median_nn_vs_train": {m: med(vs_train, m) for m in vs_train.measures},
-        "median_nn_vs_held_out": {m: med(vs_held, m) for m in vs_held.measures},
-        "median_nn_train_to_train": {m: float(np.median(vs_train.calibration[m])) for m in vs_train.measures},
-        "train_sources": vs_sources.n_reference, "thresholds_sources": vs_sources.thresholds,
-        "flagged_vs_train_sources": vs_sources.n_flagged, "fraction_vs_train_sources": vs_sources.fraction_flagged,
-        "median_nn_vs_train_sources": {m: med(vs_sources, m) for m in vs_sources.measures},
-        "median_nn_held_out_vs_train": {m: med(held_vs_train, m) for m in held_vs_train.measures},
+        "samples": len(res.rows), "training_images": res.n_reference, "held_out": res.holdout["n"],
+        "thresholds": res.thresholds, "threshold_rules": res.threshold_rules, "warnings": res.warnings,
+        "synthetic_flag_rate": res.synthetic_rate, "holdout_flag_rate": res.holdout_rate,
+        "memorisation": [m for m in res.memorisation if m["modality"] == "all"],
+        "median_nn_samples": {m: med([r[m] for r in res.rows]) for m in res.measures},
+        "median_nn_held_out": {m: med(res.calibration[m]) for m in res.measures},
+        "flagged_by_prompt": {p: f"{sum(r['flagged'] for r in rows)}/{len(rows)}" for p, rows in by_prompt.items()},
+        "duplicates": {k: len(v) for k, v in res.duplicates.items()},
         "generation_seconds": round(gen_s, 1), "evaluation_seconds": round(eval_s, 1),
         "size": args.size, "threads": args.threads,
     }
     (out / "memorisation.json").write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
     print(json.dumps(summary, indent=2))
+
+
+# the demo's JPEG 2000 bone scan is another file of the training scan: the same patient
+_SAME_PATIENT = {"data/test_files/JPEG2000.dcm": "data/test_files/JPGExtended.dcm"}
+
+
+def _group_of(origin: str) -> str:
+    path = origin.split(" (")[0].split("/", 1)[1]
+    return _SAME_PATIENT.get(path, path)
+
+
+def _manifest(path, rows) -> None:
+    import csv
+
+    with open(path, "w", newline="", encoding="utf-8") as fh:
+        w = csv.writer(fh)
+        w.writerow(["path", "source", "modality", "prompt", "group"])
+        for name, modality, group in rows:
+            w.writerow([name, "real", modality, "", group])
 
 
 def write_sources(folder) -> None:
@@ -111,6 +120,7 @@ def write_sources(folder) -> None:
 
     folder.mkdir(parents=True, exist_ok=True)
     n = 0
+    rows = []
     for view in demo_data.train_views():
         for image in demo_data.decode_view(view):
             x0, y0, x1, y1 = demo_data._box_pixels(image, view.box)
@@ -119,7 +129,9 @@ def write_sources(folder) -> None:
             px = demo_data._square(image, (cx - side / 2, cy - side / 2, cx + side / 2, cy + side / 2),
                                    demo_data.NATIVE_SIZE)
             Image.fromarray(px).save(folder / f"{view.key}_{n:03d}.png")
+            rows.append((f"{view.key}_{n:03d}.png", view.modality, _SAME_PATIENT.get(view.relpath, view.relpath)))
             n += 1
+    _manifest(folder / "manifest.csv", rows)
 
 
 if __name__ == "__main__":

@@ -16,6 +16,14 @@ copy still matches (the usual copy artefact "intensity change"). Then:
 - `phash`: Hamming distance between 64-bit perceptual hashes (imagehash.phash of the grey image).
   Lower = closer, 0 = same hash.
 - `features`: cosine similarity of a local model's image embeddings (evaluation.features).
+- `patch`: the best cosine similarity between any window (37.5 % of the side, 12 x 12 grid) of
+  the synthetic image and any window of a reference image: a reference region pasted into an
+  otherwise new image. Windows without structure (background) are skipped. Higher = closer.
+
+The `pixel` measure of a candidate pair is the best Pearson correlation over a transform
+search (`transform_ncc`): rotations up to ±10°, mirror images, the query matched to an 80-100 %
+window of the reference (crops, zoom) and shifts up to ±12.5 % (the reference padded with its
+border), on 32 x 32 grids.
 
 Flips: the synthetic image is compared as is and mirrored left-right and up-down; each pair
 uses the orientation with the highest `pixel` similarity (pHash takes its own best).
@@ -56,6 +64,8 @@ MEASURES: dict[str, Measure] = {m.name: m for m in (
     Measure("ms_ssim", True, "MS-SSIM of standardised 128x128 grey images (pytorch-msssim, window 7)"),
     Measure("phash", False, "Hamming distance of 64-bit perceptual hashes (imagehash.phash), bits"),
     Measure("features", True, "cosine similarity of a local model's image embeddings"),
+    Measure("patch", True, "best cosine similarity between a 37.5 % window of the image and a window of "
+                           "a reference (a region copied into another image)"),
 )}
 
 
@@ -107,7 +117,7 @@ def flip_variants(images: np.ndarray) -> list[np.ndarray]:
 
 
 def _struct_float(struct: np.ndarray) -> torch.Tensor:
-    return torch.from_numpy(np.ascontiguousarray(struct)).float().div(255.0)[:, None]
+    return torch.from_numpy(np.array(struct, dtype=np.uint8)).float().div(255.0)[:, None]
 
 
 def tiled_l2(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -249,3 +259,153 @@ def pair_measures(a_struct: np.ndarray, b_struct: np.ndarray, measures, *, group
 def hamming(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """Bitwise Hamming distances of row pairs of packed hashes (N x 8 each)."""
     return np.unpackbits(np.bitwise_xor(a, b), axis=1).sum(axis=1)
+
+
+# ---------------------------------------------------------------------------------------
+# transform search: rotations, shifts with padding, crops
+
+NCC_GRID = 32
+"""Transform search runs on 32 x 32 versions of the standardised images."""
+ANGLES = (-10.0, -6.5, -3.25, 0.0, 3.25, 6.5, 10.0)
+"""Rotations tried (degrees): a copy rotated by up to ±10° is at most 1.6° from one of them."""
+SCALES = (1.0, 0.93, 0.86, 0.8)
+"""The query matched to a window of this fraction of the reference (crops down to 80 %)."""
+SHIFT = 4
+"""Shifts of up to ±4 px of 32 (±12.5 %) are searched; the reference is padded with its border."""
+
+
+def _rotations(x: torch.Tensor, angles) -> torch.Tensor:
+    """N x 1 x H x W -> N x len(angles) x H x W, each rotated about the centre (border padding)."""
+    n = len(x)
+    th = torch.tensor(angles, dtype=torch.float32) * (np.pi / 180)
+    cos, sin = torch.cos(th), torch.sin(th)
+    zero = torch.zeros_like(cos)
+    mats = torch.stack([torch.stack([cos, -sin, zero], 1), torch.stack([sin, cos, zero], 1)], 1)  # A x 2 x 3
+    grid = F.affine_grid(mats, (len(angles), 1, *x.shape[-2:]), align_corners=False)
+    out = F.grid_sample(x.repeat_interleave(len(angles), 0), grid.repeat(n, 1, 1, 1), mode="bilinear",
+                        padding_mode="border", align_corners=False)
+    return out.view(n, len(angles), *x.shape[-2:])
+
+
+def _zero_mean_unit(k: torch.Tensor) -> torch.Tensor:
+    k = k - k.mean(dim=(-2, -1), keepdim=True)
+    return k / (k.flatten(-2).norm(dim=-1)[..., None, None] + 1e-6)
+
+
+def query_kernels(struct: np.ndarray) -> dict[float, torch.Tensor]:
+    """Per scale, N x V x w x w zero-mean unit-norm kernels of every rotation (and, at angle 0,
+    both mirror images) of each query image (w = round(32 * scale))."""
+    x = _pool(_struct_float(struct), 64)
+    rot = _rotations(x, ANGLES)                                         # N x A x 64 x 64
+    variants = torch.cat([rot, x.flip(-1), x.flip(-2)], 1)             # + mirrored
+    out = {}
+    for s in SCALES:
+        w = int(round(NCC_GRID * s))
+        v = F.interpolate(variants, size=(w, w), mode="bilinear", align_corners=False, antialias=True)
+        out[s] = _zero_mean_unit(v)
+    return out
+
+
+def reference_grids(struct: np.ndarray) -> torch.Tensor:
+    """N x 1 x (32 + 2 SHIFT)^2 reference grids, border-padded for the shift search."""
+    x = _pool(_pool(_struct_float(struct), 64), NCC_GRID)
+    return F.pad(x, (SHIFT,) * 4, mode="replicate")
+
+
+def transform_ncc(kernels: dict[float, torch.Tensor], grids: torch.Tensor, pq: np.ndarray,
+                  pr: np.ndarray) -> np.ndarray:
+    """Best normalised cross-correlation of each pair (query pq[i] vs reference pr[i]) over the
+    rotations, mirror images, crop scales and shifts searched (`query_kernels`, `reference_grids`).
+
+    The kernel is the whole query (rotated, shrunk to the scale); it slides over the padded
+    reference, and each window is normalised by its own mean and norm (Pearson correlation)."""
+    pq, pr = np.asarray(pq), np.asarray(pr)
+    best = np.full(len(pq), -1.0, np.float32)
+    with torch.no_grad():
+        for s0 in range(0, len(pq), 512):
+            q, r = pq[s0:s0 + 512], pr[s0:s0 + 512]
+            g = grids[torch.from_numpy(r)]                              # P x 1 x G x G
+            p = len(q)
+            inp = g.transpose(0, 1)                                     # 1 x P x G x G
+            out = torch.full((p,), -1.0)
+            for s, k in kernels.items():
+                kk = k[torch.from_numpy(q)]                             # P x V x w x w
+                v, w = kk.shape[1], kk.shape[-1]
+                corr = F.conv2d(inp, kk.reshape(p * v, 1, w, w), groups=p)[0]   # (P V) x o x o
+                mu = F.avg_pool2d(g, w, stride=1)                       # P x 1 x o x o
+                sq = F.avg_pool2d(g * g, w, stride=1)
+                norm = ((sq - mu * mu).clamp_min(0) * (w * w)).sqrt()
+                ncc = corr.view(p, v, *corr.shape[-2:]) / (norm + 1e-3)
+                # windows with (almost) no structure are not evidence of a copy
+                ncc = torch.where(norm.expand_as(ncc) > 0.05 * w, ncc, torch.full_like(ncc, -1.0))
+                out = torch.maximum(out, ncc.flatten(1).max(1).values)
+            best[s0:s0 + p] = out.numpy()
+    return np.clip(best, -1.0, 1.0)
+
+
+# ---------------------------------------------------------------------------------------
+# patch-level search: a region of a reference inside a query
+
+PATCH_GRID = 64
+PATCH = 20          # window side on the 64 grid (31 % of the image side)
+PATCH_DIM = 20      # windows searched at full 64-grid resolution (20 x 20)
+REF_STRIDE = 4
+QUERY_STRIDE = 4
+PATCH_MIN_STD = 0.35
+"""Windows whose standardised values vary less than this (background, flat regions) are skipped."""
+FINE_SHIFT = 8
+"""Refinement: the query window is matched at 128 px within ±8 px of the reference window found."""
+
+
+def patch_vectors(struct: np.ndarray, stride: int) -> tuple[np.ndarray, np.ndarray]:
+    """Unit vectors of the PATCH x PATCH windows of each image (64 grid, `stride`) and a mask of
+    the windows with enough structure: (N x W x 100 float32, N x W bool)."""
+    with torch.no_grad():
+        x = _pool(_struct_float(struct), PATCH_GRID)
+        z = (x - 0.5) / _STD_SPREAD
+        win = F.unfold(z, PATCH, stride=stride)                         # N x P^2 x W
+        n, _, nw = win.shape
+        win = win.transpose(1, 2).reshape(n * nw, 1, PATCH, PATCH)
+        small = F.avg_pool2d(win, PATCH // PATCH_DIM).flatten(1)
+        std = win.flatten(1).std(dim=1)
+        v = small - small.mean(dim=1, keepdim=True)
+        v = v / (v.norm(dim=1, keepdim=True) + 1e-6)
+    return v.numpy().reshape(n, nw, -1).astype(np.float32), (std.numpy() >= PATCH_MIN_STD).reshape(n, nw)
+
+
+def window_origin(index: np.ndarray, stride: int) -> tuple[np.ndarray, np.ndarray]:
+    """Top-left corner (64 grid) of window `index` of `patch_vectors(..., stride)`."""
+    per_side = (PATCH_GRID - PATCH) // stride + 1
+    index = np.asarray(index)
+    return (index // per_side) * stride, (index % per_side) * stride
+
+
+def refine_patches(q_struct: np.ndarray, q_win: np.ndarray, r_struct: np.ndarray, r_win: np.ndarray) -> np.ndarray:
+    """Pearson correlation, at 128 px, of query window q_win[i] of q_struct[i] with the best-placed
+    window (±FINE_SHIFT px) around reference window r_win[i] of r_struct[i]: a pasted region
+    matches at near 1, a merely similar-looking one does not."""
+    scale = STRUCT_SIZE // PATCH_GRID
+    side = PATCH * scale
+    qy, qx = window_origin(q_win, QUERY_STRIDE)
+    ry, rx = window_origin(r_win, REF_STRIDE)
+    n = len(q_win)
+    if not n:
+        return np.zeros(0, np.float32)
+    with torch.no_grad():
+        q = _struct_float(q_struct)
+        r = F.pad(_struct_float(r_struct), (FINE_SHIFT,) * 4, mode="replicate")
+        ys = torch.arange(side)
+        span = torch.arange(side + 2 * FINE_SHIFT)
+        idx = torch.arange(n)[:, None, None]
+        qy_, qx_ = torch.from_numpy(qy * scale), torch.from_numpy(qx * scale)
+        ry_, rx_ = torch.from_numpy(ry * scale), torch.from_numpy(rx * scale)
+        kernels = q[:, 0][idx, (qy_[:, None] + ys)[:, :, None], (qx_[:, None] + ys)[:, None, :]]      # n x s x s
+        regions = r[:, 0][idx, (ry_[:, None] + span)[:, :, None], (rx_[:, None] + span)[:, None, :]]  # n x s+2f
+        k = _zero_mean_unit(kernels)[:, None]
+        reg = regions[:, None]
+        corr = F.conv2d(reg.transpose(0, 1), k, groups=n)[0]                  # n x o x o
+        mu = F.avg_pool2d(reg, side, stride=1)[:, 0]
+        sq = F.avg_pool2d(reg * reg, side, stride=1)[:, 0]
+        norm = ((sq - mu * mu).clamp_min(0) * side * side).sqrt()
+        ncc = torch.where(norm > 0.05 * side, corr / (norm + 1e-3), torch.full_like(corr, -1.0))
+        return ncc.flatten(1).max(1).values.numpy().astype(np.float32)

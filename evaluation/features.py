@@ -9,10 +9,17 @@
   `pt_inception-2015-12-05-6726825d.pt`). Taken from `weights`, else `$MEDISYN_INCEPTION`, else
   the first of `INCEPTION_CACHE` that exists. It receives uint8 N x 3 x 299 x 299 images and is
   called with `return_features=True` (2,048 pool features).
-- a TorchScript file (`.pt`, `.pth`, `.torchscript`): called like the Inception file (uint8
-  N x 3 x 299 x 299, `return_features=True` when it accepts that keyword); 4-D outputs are
-  average-pooled. This is how a torchvision/timm network exported with `torch.jit.script`/`trace`
-  is used here (torchvision and timm themselves are not dependencies).
+- a TorchScript file (`.pt`, `.pth`, `.torchscript`). Two calling conventions, told apart by the
+  signature of its `forward`:
+  * it takes `return_features` (the FID Inception file and exports made like it): uint8
+    N x 3 x 299 x 299, called with `return_features=True`;
+  * it takes only the image (any plain `torch.jit.trace`/`script` export of a torchvision or
+    timm network, or a copy-detection descriptor network such as SSCD's
+    `sscd_disc_mixup.torchscript.pt`): float N x 3 x 224 x 224 in [0, 1], normalised with the
+    ImageNet mean/std — the convention those networks were trained with.
+  A sidecar `<file>.json` overrides the input: `{"input_size": 288, "mean": [...], "std": [...],
+  "dtype": "float" | "uint8"}` (SSCD recommends 288). 4-D outputs are average-pooled; a tuple's
+  first element is used. torchvision and timm themselves are not dependencies.
 - a Hugging Face model folder (config.json): any transformers vision model (ViT, DINOv2, ResNet,
   ConvNeXt, Swin ...) or the vision half of a CLIP-like model (`get_image_features`). Pixels are
   resized to the config's `image_size` (bicubic) and normalised with the mean/std of the folder's
@@ -126,22 +133,76 @@ def _channel_error(exc: Exception, what: str) -> EvaluationError | None:
     return None
 
 
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+PLAIN_SIZE = 224
+
+
+def _takes_return_features(model) -> bool | None:
+    """Whether a TorchScript module's forward has a `return_features` argument (None: unknown)."""
+    try:
+        return any(a.name == "return_features" for a in model.forward.schema.arguments)
+    except (AttributeError, RuntimeError):
+        return None
+
+
+def _sidecar(path: pathlib.Path) -> dict:
+    """Input settings from `<file>.json` next to a TorchScript file ({} when absent)."""
+    side = path.with_name(path.name + ".json")
+    if not side.is_file():
+        return {}
+    try:
+        data = json.loads(side.read_text(encoding="utf-8"))
+        if not isinstance(data, dict):
+            raise ValueError("not an object")
+        out = {}
+        if "input_size" in data:
+            out["input_size"] = int(data["input_size"])
+            if not 16 <= out["input_size"] <= 2048:
+                raise ValueError("input_size out of range")
+        for key in ("mean", "std"):
+            if key in data:
+                values = [float(v) for v in data[key]]
+                if len(values) != 3 or (key == "std" and min(values) <= 0):
+                    raise ValueError(f"{key} needs 3 values")
+                out[key] = values
+        if "dtype" in data:
+            if data["dtype"] not in ("float", "uint8"):
+                raise ValueError("dtype is 'float' or 'uint8'")
+            out["dtype"] = data["dtype"]
+        return out
+    except (ValueError, TypeError) as exc:
+        raise EvaluationError(f"{side}: bad input settings ({exc})") from None
+
+
 def _torchscript(path: pathlib.Path, name: str, device: str, batch_size: int) -> FeatureExtractor:
     try:
         model = torch.jit.load(str(path), map_location=device).eval()
     except Exception as exc:  # not TorchScript: a state dict, a pickle, anything else
         raise EvaluationError(f"{path}: not a TorchScript model file ({type(exc).__name__}); export the "
                               "network with torch.jit.script or torch.jit.trace") from None
-    state = {"kw": True}
+    takes_kw = _takes_return_features(model)
+    settings = _sidecar(path)
+    # Inception-style files take uint8 at 299 px; plain vision exports take ImageNet-normalised floats
+    inception_style = takes_kw is not False
+    dtype = settings.get("dtype", "uint8" if inception_style else "float")
+    size = settings.get("input_size", INCEPTION_SIZE if inception_style else PLAIN_SIZE)
+    mean = torch.tensor(settings.get("mean", IMAGENET_MEAN), dtype=torch.float32).view(1, 3, 1, 1)
+    std = torch.tensor(settings.get("std", IMAGENET_STD), dtype=torch.float32).view(1, 3, 1, 1)
+    state = {"kw": takes_kw is not False}
 
     def run(images: np.ndarray) -> np.ndarray:
-        x = torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2).contiguous().to(device)
+        x = torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2).contiguous()
+        if dtype == "float":
+            x = (x.float().div(255.0) - mean) / std
+        x = x.to(device)
         with torch.no_grad():
             if state["kw"]:
                 try:
                     out = model(x, return_features=True)
                 except RuntimeError as exc:
-                    if "return_features" not in str(exc):
+                    # schema unknown and the keyword refused: call with the image only
+                    if takes_kw is not None or "argument" not in str(exc):
                         raise
                     state["kw"] = False
             if not state["kw"]:
@@ -152,14 +213,15 @@ def _torchscript(path: pathlib.Path, name: str, device: str, batch_size: int) ->
             out = out.mean(dim=(2, 3))
         return out.reshape(len(images), -1).float().cpu().numpy()
 
-    probe = np.zeros((2, INCEPTION_SIZE, INCEPTION_SIZE, 3), np.uint8)
+    probe = np.zeros((2, size, size, 3), np.uint8)
     try:
         dim = run(probe).shape[1]
     except Exception as exc:
+        kind = "uint8" if dtype == "uint8" else "float"
         raise _channel_error(exc, str(path)) or EvaluationError(
-            f"{path}: the model fails on uint8 N x 3 x {INCEPTION_SIZE} x {INCEPTION_SIZE} images "
+            f"{path}: the model fails on {kind} N x 3 x {size} x {size} images "
             f"({type(exc).__name__}: {str(exc).splitlines()[0][:160] if str(exc) else ''})") from None
-    return FeatureExtractor(name, dim, INCEPTION_SIZE, run, batch_size)
+    return FeatureExtractor(name, dim, size, run, batch_size)
 
 
 @contextlib.contextmanager

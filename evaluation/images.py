@@ -44,6 +44,7 @@ class ImageRef:
     prompt: str = ""
     generator: str = ""
     options: tuple = ()     # load_image keyword arguments (frame, window, slice ...) as items
+    patient_group: str = ""  # the manifest's `group` (patient / volume), '' when not given
 
     def group(self, by: str | None) -> str:
         """This image's value of a `--by` key ('' when unknown)."""
@@ -66,7 +67,7 @@ def list_images(source: str | os.PathLike, *, what: str = "images") -> list[Imag
             raise EvaluationError(f"{what}: {exc}") from None
         # decode_options includes the modality: it picks the default window (CT), as at ingest
         return [ImageRef(r.path, r.rel_path, r.modality, r.prompt, r.generator,
-                         tuple(sorted(r.decode_options().items())))
+                         tuple(sorted(r.decode_options().items())), r.group)
                 for r in rows]
     if p.is_file():
         raise EvaluationError(f"{what}: {p} is a file; give a folder of images or a manifest .csv")

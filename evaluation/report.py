@@ -1,7 +1,7 @@
 """Self-contained HTML reports (no scripts, no external files: images inline as data: URIs).
 
 `write_novelty_report` shows, per measure, the histogram of synthetic-to-reference nearest
-distances over the reference-to-reference ones with the threshold marked, then a gallery of the
+distances over the held-out-to-reference ones with the threshold marked, then a gallery of the
 closest pairs side by side, most similar first. `write_fidelity_report` tabulates the fidelity
 and diversity figures with their caveats. Every text is HTML-escaped (file names are user input).
 """
@@ -79,8 +79,20 @@ def write_novelty_report(path, summary: dict, closest: list[dict], syn, ref, *, 
            f"<style>{_CSS}</style></head><body><h1>Novelty / memorisation report</h1>",
            f"<p>{summary['n_synthetic']} synthetic images against {summary['n_reference']} reference images: "
            f"<b>{summary['n_flagged']} flagged ({summary['fraction_flagged']:.1%})</b>. "
-           f"{_esc(summary['flag_rule'])}.</p>",
-           "<table><tr><th>measure</th><th>meaning</th><th>threshold</th><th>how chosen</th><th>passing</th></tr>"]
+           f"{_esc(summary['flag_rule'])}.</p>"]
+    for key, label in (("synthetic_flag_rate", "Synthetic images flagged"),
+                       ("holdout_flag_rate", "Held-out real images flagged (each group left out of its calibration)")):
+        rate = summary.get(key) or {}
+        if rate.get("value") is not None:
+            lo, hi = rate["ci_wilson"]
+            out.append(f"<p>{_esc(label)}: {rate['x']} of {rate['n']} ({rate['value']:.1%}, 95% CI "
+                       f"{lo:.1%}-{hi:.1%}).</p>")
+    if summary.get("memorisation_answer"):
+        out.append("<p>Closer to the training set than held-out real images (one-sided Mann-Whitney): "
+                   f"{_esc(summary['memorisation_answer'])}.</p>")
+    for w in summary.get("warnings", []):
+        out.append(f"<p class='caveat'>{_esc(w)}</p>")
+    out.append("<table><tr><th>measure</th><th>meaning</th><th>threshold</th><th>how chosen</th><th>passing</th></tr>")
     for m, info in summary["measures"].items():
         t = summary["threshold"][m]
         out.append(f"<tr><td>{_esc(m)}</td><td>{_esc(info['description'])} "
@@ -88,8 +100,9 @@ def write_novelty_report(path, summary: dict, closest: list[dict], syn, ref, *, 
                    f"<td>{t['value']:.4g}</td><td>{_esc(t['rule'])}</td><td>{info['n_passing']}</td></tr>")
     out.append("</table><h2>Nearest-neighbour distributions</h2>")
     for m, h in summary["histogram"].items():
-        out.append(f"<h3>{_esc(m)}</h3>" + histogram_svg(h["edges"], h["synthetic_to_reference"],
-                                                          h["reference_to_reference"], summary["threshold"][m]["value"]))
+        out.append(f"<h3>{_esc(m)}</h3>" + histogram_svg(
+            h["edges"], h["synthetic_to_reference"], h.get("holdout_to_reference", h["reference_to_reference"]),
+            summary["threshold"][m]["value"], labels=("synthetic → reference", "held-out real → reference")))
     out.append("<h2>Closest pairs (most similar first)</h2><div class='pairs'>")
     measures = list(summary["measures"])
     for r in closest:

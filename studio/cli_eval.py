@@ -36,38 +36,56 @@ _INPUT = click.Path(exists=False, path_type=Path)
 @eval_group.command("novelty")
 @click.option("--synthetic", required=True, type=_INPUT, help="Folder of generated images or a manifest.csv.")
 @click.option("--reference", required=True, type=_INPUT, help="Folder or manifest.csv of real (training) images.")
+@click.option("--holdout", type=_INPUT, default=None,
+              help="Folder or manifest.csv of real images NOT used for training (other patients): calibrates the "
+                   "thresholds. Default: each reference group against the other groups.")
 @click.option("--out", required=True, type=click.Path(file_okay=False, path_type=Path),
-              help="Output folder: novelty.csv, summary.json, report.html.")
-@click.option("--measures", default="pixel,tiled_l2,ssim,phash", show_default=True,
-              help="Comma-separated: pixel, tiled_l2, ssim, ms_ssim, phash, features.")
+              help="Output folder: novelty.csv, holdout.csv, summary.json, report.html.")
+@click.option("--measures", default="pixel,patch", show_default=True,
+              help="Comma-separated: pixel, patch, tiled_l2, ssim, ms_ssim, phash, features.")
 @click.option("--threshold", default="auto", show_default=True,
               help="auto (calibrated), or MEASURE=VALUE[,MEASURE=VALUE] overrides (a bare number with one measure).")
+@click.option("--alpha", default=0.05, show_default=True, type=click.FloatRange(0.001, 0.5),
+              help="Target rate of held-out real images flagged.")
 @click.option("--min-votes", type=click.IntRange(min=1), default=None,
-              help="Measures that must pass for a flag (default: a majority).")
+              help="Measures that must pass for a flag (default: 1).")
 @click.option("--features", "features_spec", default=None,
-              help="Also compare deep features: 'inception', a TorchScript file or a local HF vision model folder.")
+              help="Also compare deep features: 'inception', a TorchScript file (a vision network or a copy "
+                   "detection descriptor such as SSCD) or a local HF vision model folder.")
 @click.option("--weights", type=click.Path(dir_okay=False, path_type=Path), help="Inception TorchScript file.")
 @click.option("--size", default=256, show_default=True, type=click.IntRange(64, 1024),
               help="Images are normalised to size x size first, as a study does.")
 @click.option("--k", default=5, show_default=True, type=click.IntRange(1, 50), help="Candidates per search.")
 @click.option("--quiet", is_flag=True, help="No progress bars.")
 @eval_errors
-def novelty_cmd(synthetic, reference, out, measures, threshold, min_votes, features_spec, weights, size, k, quiet):
-    """Nearest real image of every synthetic one under several measures; flags near-copies."""
+def novelty_cmd(synthetic, reference, holdout, out, measures, threshold, alpha, min_votes, features_spec, weights,
+                size, k, quiet):
+    """Nearest real image of every synthetic one; flags near-copies at a rate calibrated on held-out real images."""
     from evaluation.features import load_extractor
-    from evaluation.novelty import parse_thresholds, run_novelty
+    from evaluation.novelty import format_rate, memorisation_answer, parse_thresholds, run_novelty
 
     names = [m.strip() for m in measures.split(",") if m.strip()]
     extractor = load_extractor(features_spec, weights=weights) if features_spec else None
     if extractor is not None and "features" not in names:
         names.append("features")
-    result = run_novelty(synthetic, reference, out, measures=names, thresholds=parse_thresholds(threshold, names),
-                         min_votes=min_votes, size=size, k=k, features=extractor, progress=not quiet)
+    result = run_novelty(synthetic, reference, out, holdout=holdout, measures=names,
+                         thresholds=parse_thresholds(threshold, names), alpha=alpha, min_votes=min_votes,
+                         size=size, k=k, features=extractor, progress=not quiet)
     for m in result.measures:
         click.echo(f"threshold {m} = {result.thresholds[m]:.4g} ({result.threshold_rules[m]})")
     click.echo(f"flag rule: at least {result.min_votes} of {len(result.measures)} measures pass")
-    click.echo(f"{result.n_flagged} of {len(result.rows)} synthetic images flagged "
-               f"({result.fraction_flagged:.1%}) against {result.n_reference} reference images -> {out}")
+    click.echo(f"held-out real images flagged: {format_rate(result.holdout_rate)} "
+               f"(each held-out group left out of its own calibration)")
+    click.echo(f"synthetic images flagged: {format_rate(result.synthetic_rate)} "
+               f"against {result.n_reference} reference images -> {out}")
+    first = [r for r in result.memorisation if r["measure"] == result.measures[0]]
+    click.echo(f"closer to the training set than held-out real images? {memorisation_answer(first)}")
+    dup = result.duplicates
+    if dup.get("exact") or dup.get("near"):
+        click.echo(f"reference duplicates: {len(dup.get('exact', []))} exact groups, {len(dup.get('near', []))} "
+                   "near-duplicate pairs across groups (summary.json)")
+    for w in result.warnings:
+        click.echo(f"Warning: {w}", err=True)
 
 
 @eval_group.command("fidelity")

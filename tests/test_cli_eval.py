@@ -44,7 +44,9 @@ def test_novelty_command_writes_the_three_outputs_and_prints_the_rule(shipped):
     out = tmp / "out"
     r = _run("novelty", "--synthetic", syn, "--reference", ref, "--out", out, "--quiet")
     assert r.exit_code == 0, r.output
-    assert "95th percentile of reference-to-reference" in r.output and "flag rule" in r.output
+    assert "split-conformal" in r.output and "flag rule" in r.output
+    assert "held-out real images flagged:" in r.output and "95% CI" in r.output
+    assert "closer to the training set than held-out real images?" in r.output
     rows = {row["synthetic"]: row for row in csv.DictReader(open(out / "novelty.csv"))}
     assert rows["copy_ct.png"]["flagged"] == "1" and rows["copy_ct.png"]["nearest_reference"] == "ct.dcm"
     assert rows["copy_retina.jpg"]["flagged"] == "1" and rows["copy_retina.jpg"]["nearest_reference"] == "retina.jpg"

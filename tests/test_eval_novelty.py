@@ -41,14 +41,21 @@ def test_planted_copies_are_flagged_and_unrelated_images_are_not(planted):
         assert by_name[p]["nearest_reference"] == f"{source}.png", p
 
 
-def test_thresholds_are_the_95th_percentile_of_reference_nearest_neighbours(planted):
+def test_thresholds_are_split_conformal_quantiles_of_held_out_values(planted):
     _, result, _, _ = planted
+    level = result.alpha * result.min_votes / len(result.measures)
     for m in result.measures:
         higher = D.MEASURES[m].higher_is_closer
-        expected = np.percentile(result.calibration[m], 95 if higher else 5)
-        assert result.thresholds[m] == pytest.approx(expected)
-        assert "percentile of reference-to-reference" in result.threshold_rules[m]
+        cal = np.sort(result.calibration[m])[::-1] if higher else np.sort(result.calibration[m])
+        r = int(np.floor(level * (len(cal) + 1)))
+        # strictly closer than the r-th closest held-out value: at most r of n held-out pass
+        assert result.thresholds[m] == pytest.approx(cal[r - 1], abs=1e-6)
+        passing = np.sum([novelty._passes(v, result.thresholds[m], higher) for v in result.calibration[m]])
+        assert passing <= r - 1
+        assert "split-conformal" in result.threshold_rules[m]
+    # no --holdout: every reference image is calibrated against the other groups' images
     assert len(result.calibration["pixel"]) == result.n_reference
+    assert result.holdout["source"] == "reference (leave-one-group-out)"
 
 
 def test_outputs_csv_summary_and_self_contained_report(planted):
@@ -58,13 +65,13 @@ def test_outputs_csv_summary_and_self_contained_report(planted):
         rows = list(csv.DictReader(fh))
     assert len(rows) == len(result.rows)
     assert list(rows[0])[:2] == ["synthetic", "nearest_reference"]
-    assert {"pixel", "tiled_l2", "ssim", "phash", "flagged"} <= set(rows[0])
+    assert {"pixel", "patch", "votes", "flagged"} <= set(rows[0])
     summary = json.loads((out / "summary.json").read_text())
     assert summary["n_synthetic"] == len(rows) and summary["n_reference"] == 40
     assert summary["n_flagged"] == sum(r["flagged"] == "1" for r in rows)
     assert summary["fraction_flagged"] == pytest.approx(summary["n_flagged"] / len(rows))
     for m, t in summary["threshold"].items():
-        assert t["value"] == pytest.approx(result.thresholds[m]) and "percentile" in t["rule"]
+        assert t["value"] == pytest.approx(result.thresholds[m]) and "split-conformal" in t["rule"]
         h = summary["histogram"][m]
         assert sum(h["synthetic_to_reference"]) == len(rows)
         assert sum(h["reference_to_reference"]) == 40
@@ -80,7 +87,7 @@ def test_threshold_override_and_vote_rule(planted):
     tmp, _, plants, _ = planted
     strict = {"pixel": 1.01, "tiled_l2": -1.0, "ssim": 1.01, "phash": -1.0}  # nothing can pass
     res = novelty.run_novelty(tmp / "synthetic", tmp / "reference", tmp / "out_strict", thresholds=strict,
-                              progress=False, write=False)
+                              measures=list(strict), progress=False, write=False)
     assert res.n_flagged == 0 and all(v == "given (--threshold)" for v in res.threshold_rules.values())
     assert novelty.parse_thresholds("pixel=0.9, phash=6", ["pixel", "phash"]) == {"pixel": 0.9, "phash": 6.0}
     assert novelty.parse_thresholds("auto", ["pixel"]) == {}
@@ -197,3 +204,215 @@ def test_manifest_inputs_decode_like_ingest(tmp_path):
     assert (load_normalised(refs[1], 64) == expected).all()
     plain = normalise(load_image(tmp_path / "ct.dcm", target_size=64), 64)
     assert not (plain == expected).all()  # the manifest's window made a difference
+
+
+# ---------------------------------------------------------------------------------------
+# held-out calibration, groups, robust matching
+
+def _rotate(px, angle):
+    return np.asarray(Image.fromarray(px).rotate(angle, resample=Image.Resampling.BILINEAR, fillcolor=(0, 0, 0)))
+
+
+def _shift(px, dx, dy):
+    out = np.zeros_like(px)
+    h, w = px.shape[:2]
+    out[dy:, dx:] = px[:h - dy, :w - dx]
+    return out
+
+
+def _crop(px, frac, top, left):
+    h, w = px.shape[:2]
+    c = int(h * frac)
+    return np.asarray(Image.fromarray(px[top:top + c, left:left + c]).resize((w, h), Image.Resampling.LANCZOS))
+
+
+@pytest.fixture(scope="module")
+def grouped(tmp_path_factory):
+    """Reference manifest: every other axial slice of a T1 volume (one group) and single images;
+    held-out manifest: coronal slices, other files, and one T1 slice of the reference's own group;
+    synthetic: near-copies (adjacent slice, 7° rotation, 10 % shift with padding, 82 % crop) and
+    novel images."""
+    from eval_fixtures import normalised
+    from imaging_fixtures import dicom_sample, nifti_sample, skimage_sample
+
+    tmp = tmp_path_factory.mktemp("grouped")
+    t1 = nifti_sample("anatomical.nii")
+    rows = {"reference": [], "holdout": [], "synthetic": []}
+
+    def add(kind, name, px, group="", modality="mri"):
+        save(px, tmp / kind / f"{name}.png")
+        rows[kind].append(f"{kind}/{name}.png,{'synthetic' if kind == 'synthetic' else 'real'},{modality},,{group}")
+        return px
+
+    ref_px = {}
+    for s in range(6, 19, 2):
+        ref_px[f"t1_{s}"] = add("reference", f"t1_{s}", normalised(t1, slice_index=s, axis=2), "t1")
+    for name, path in [("ct", dicom_sample("CT_small.dcm")), ("mr", dicom_sample("MR_small.dcm")),
+                       ("liver", dicom_sample("examples_overlay.dcm")), ("retina", skimage_sample("retina.jpg")),
+                       ("ihc", skimage_sample("ihc.png")), ("bone", dicom_sample("JPGExtended.dcm"))]:
+        ref_px[name] = add("reference", name, normalised(path), name)
+    add("holdout", "t1_own_group", normalised(t1, slice_index=13, axis=2), "t1")  # same patient as the reference
+    for s in range(8, 36, 3):
+        add("holdout", f"t1_cor_{s}", normalised(t1, slice_index=s, axis=1), "t1_cor")
+    for name in ("camera.png", "coins.png", "moon.png", "astronaut.png", "coffee.png", "brick.png", "page.png",
+                 "grass.png", "gravel.png", "chelsea.png"):
+        add("holdout", name.split(".")[0], normalised(skimage_sample(name)), name, "photo")
+    add("holdout", "ct_other", normalised(dicom_sample("J2K_pixelrep_mismatch.dcm")), "ct_other", "ct")
+    copies = {"adjacent": normalised(t1, slice_index=11, axis=2), "rotate": _rotate(ref_px["liver"], 7),
+              "shift": _shift(ref_px["ct"], 24, 20), "crop": _crop(ref_px["retina"], 0.82, 20, 30),
+              "rotate_t1": _rotate(ref_px["t1_14"], -5), "shift_bone": _shift(ref_px["bone"], 20, 0)}
+    for name, px in copies.items():
+        add("synthetic", f"copy_{name}", px)
+    novel = [("sagittal", normalised(t1, slice_index=16, axis=0)), ("horse", normalised(skimage_sample("horse.png"))),
+             ("rocket", normalised(skimage_sample("rocket.jpg"))), ("us", normalised(dicom_sample("examples_palette.dcm")))]
+    for name, px in novel:
+        add("synthetic", f"novel_{name}", px)
+    for kind, lines in rows.items():
+        (tmp / f"{kind}.csv").write_text("path,source,modality,prompt,group\n" + "\n".join(lines) + "\n")
+    res = novelty.run_novelty(tmp / "synthetic.csv", tmp / "reference.csv", tmp / "out", holdout=tmp / "holdout.csv",
+                              size=128, progress=False)
+    return tmp, res
+
+
+def test_holdout_calibrates_and_near_copies_are_flagged(grouped):
+    _, res = grouped
+    assert res.holdout["source"] == "holdout" and res.holdout["n"] == 22
+    by_name = {r["synthetic"]: r for r in res.rows}
+    copies = [n for n in by_name if "copy_" in n]
+    novel = [n for n in by_name if "novel_" in n]
+    missed = [n for n in copies if not by_name[n]["flagged"]]
+    assert not missed, [(n, by_name[n]["pixel"], by_name[n]["patch"], res.thresholds) for n in missed]
+    # the rule targets 5 % of novel real images: at most one false flag among these four
+    false_flags = [n for n in novel if by_name[n]["flagged"]]
+    assert len(false_flags) <= 1, false_flags
+    assert sorted(res.flagged) == sorted(copies + false_flags)
+    assert by_name["synthetic/copy_rotate.png"]["nearest_reference"] == "reference/liver.png"
+    assert by_name["synthetic/copy_shift.png"]["nearest_reference"] == "reference/ct.png"
+    assert by_name["synthetic/copy_crop.png"]["nearest_reference"] == "reference/retina.png"
+    # both rates are reported with Wilson intervals
+    assert res.synthetic_rate["x"] == len(res.flagged) and res.synthetic_rate["n"] == len(copies) + len(novel)
+    lo, hi = res.synthetic_rate["ci_wilson"]
+    assert lo < res.synthetic_rate["value"] < hi
+    assert res.holdout_rate["n"] == 22 and res.holdout_rate["ci_wilson"][0] <= res.holdout_rate["value"]
+
+
+def test_calibration_never_compares_an_image_with_its_own_group(grouped):
+    tmp, res = grouped
+    own = next(r for r in res.holdout["rows"] if r["holdout"] == "holdout/t1_own_group.png")
+    # slice 13 lies between training slices 12 and 14 of the same volume: excluded, so its
+    # nearest reference is another group's image, not a near-identical neighbour slice
+    assert not own["nearest_reference"].startswith("reference/t1_")
+    assert own["pixel"] < 0.95
+    with open(tmp / "out" / "holdout.csv", newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    assert len(rows) == 22 and {"holdout", "group", "nearest_reference", "pixel", "patch", "flagged"} <= set(rows[0])
+
+
+def test_memorisation_question_is_answered_per_modality(grouped):
+    tmp, res = grouped
+    strata = {(r["modality"], r["measure"]): r for r in res.memorisation}
+    assert ("all", "pixel") in strata and ("mri", "pixel") in strata
+    mri = strata[("mri", "pixel")]
+    # the MRI "synthetic" images are mostly copies: much closer than held-out MRI, one-sided p small
+    assert mri["median_synthetic"] > mri["median_holdout"] and mri["p_one_sided"] < 0.05
+    from scipy.stats import mannwhitneyu
+
+    syn = [r["pixel"] for r in res.rows]
+    expected = mannwhitneyu(syn, res.calibration["pixel"], alternative="greater").pvalue
+    assert strata[("all", "pixel")]["p_one_sided"] == pytest.approx(expected)
+    summary = json.loads((tmp / "out" / "summary.json").read_text())
+    assert summary["holdout_flag_rate"]["n"] == 22 and "ci_wilson" in summary["synthetic_flag_rate"]
+    assert "mri: yes" in summary["memorisation_answer"]
+
+
+def test_conformal_threshold_and_wilson_interval():
+    values = np.arange(1, 40, dtype=float) / 40  # 39 values, higher = closer
+    t, ok = novelty.conformal_threshold(values, 0.05, higher=True)
+    # r = floor(0.05 * 40) = 2: strictly above the 2nd closest value, so 1 of 39 passes
+    assert ok and values[-2] < t < values[-1]
+    t, ok = novelty.conformal_threshold(values[:10], 0.05, higher=True)
+    assert not ok and t > values[9]  # too few: only "closer than every held-out image"
+    t, ok = novelty.conformal_threshold(np.array([3.0, 5, 7, 9] * 10), 0.05, higher=False)
+    assert t == 2.0  # integer pHash distances: one bit closer than the 2nd closest (3)
+    # Newcombe (1998) Stat Med 17:857, Table I, method 3 (Wilson): 81/263 -> 0.2553 to 0.3662
+    w = novelty.wilson(81, 263)
+    assert w["ci_wilson"] == pytest.approx([0.2553, 0.3662], abs=1e-4)
+
+
+def test_exact_and_near_duplicate_reference_files_are_reported(tmp_path):
+    rng = np.random.default_rng(5)
+    ref = tmp_path / "ref"
+    base = texture_rgb(rng, 128)
+    save(base, ref / "a.png")
+    save(base, ref / "a_copy.png")                    # exact duplicate file
+    noisy = np.clip(base.astype(int) + rng.integers(-2, 3, base.shape), 0, 255).astype(np.uint8)
+    save(noisy, ref / "b.png")                        # near-duplicate
+    for n in range(6):
+        save(texture_rgb(rng, 128), ref / f"other_{n}.png")
+    res = novelty.run_novelty(ref, ref, tmp_path / "o", size=128, progress=False, measures=["pixel"])
+    assert sorted(res.duplicates["exact"][0]) == ["a.png", "a_copy.png"]
+    pairs = {tuple(p[:2]) for p in res.duplicates["near"]}
+    assert ("a.png", "b.png") in pairs or ("a_copy.png", "b.png") in pairs, pairs
+    assert any("near-duplicate" in w for w in res.warnings)
+
+
+def test_patch_search_finds_a_region_pasted_into_another_image(tmp_path):
+    from eval_fixtures import normalised
+    from imaging_fixtures import skimage_sample
+
+    ref_px = [normalised(skimage_sample(n), ) for n in ("retina.jpg", "ihc.png", "camera.png", "coins.png")]
+    rng = np.random.default_rng(6)
+    base = texture_rgb(rng)
+    pasted = base.copy()
+    pasted[120:240, 20:140] = ref_px[1][40:160, 100:220]   # a 47 % region of the histology image
+    d_ref = D.describe(np.stack(ref_px))
+    d_q = D.describe(np.stack([pasted, base]))
+    ref = {k: v for k, v in d_ref.items()}
+    ref["vec"] = d_ref["vec"]
+    novelty._prepare_reference(ref, ["patch"])
+    best, owner = novelty.patch_search(d_q["struct"], ref)
+    assert owner[0] == 1 and best[0] > 0.97, best
+    assert best[1] < best[0] - 0.1
+
+
+def test_plain_torchscript_exports_and_copy_descriptors_are_accepted(tmp_path):
+    """A torch.jit.trace / script export that takes only the image (no return_features) works,
+    gets ImageNet-normalised float input, and serves as the novelty 'features' measure."""
+    from evaluation.features import load_extractor
+
+    class MeanPerChannel(torch.nn.Module):
+        def forward(self, x):
+            return x.mean(dim=(2, 3))
+
+    traced = tmp_path / "plain.pt"
+    torch.jit.trace(MeanPerChannel(), torch.rand(1, 3, 32, 32)).save(str(traced))
+    scripted = tmp_path / "scripted.pt"
+    torch.jit.script(MeanPerChannel()).save(str(scripted))
+    grey = np.full((1, 224, 224, 3), 128, np.uint8)
+    for path in (traced, scripted):
+        ex = load_extractor(str(path))
+        assert ex.input_size == 224 and ex.dim == 3
+        expected = (128 / 255 - np.array([0.485, 0.456, 0.406])) / np.array([0.229, 0.224, 0.225])
+        assert np.allclose(ex.from_normalised(grey)[0], expected, atol=1e-5)
+    (tmp_path / "plain.pt.json").write_text('{"input_size": 288}')
+    assert load_extractor(str(traced)).input_size == 288
+
+    class Descriptor(torch.nn.Module):  # SSCD-style: conv trunk, pooled, L2-normalised 32-d descriptor
+        def __init__(self):
+            super().__init__()
+            self.conv = torch.nn.Conv2d(3, 32, 7, stride=4)
+
+        def forward(self, x):
+            return torch.nn.functional.normalize(self.conv(x).relu().mean(dim=(2, 3)), dim=1)
+
+    torch.manual_seed(0)
+    sscd = tmp_path / "sscd_tiny.torchscript.pt"
+    torch.jit.script(Descriptor()).save(str(sscd))
+    rng = np.random.default_rng(7)
+    ref = tmp_path / "ref"
+    for n in range(8):
+        save(texture_rgb(rng, 96), ref / f"r{n}.png")
+    res = novelty.run_novelty(ref, ref, tmp_path / "o", size=96, progress=False, measures=["pixel"],
+                              features=load_extractor(str(sscd)))
+    assert res.measures == ["pixel", "features"]
+    assert all(r["features"] == pytest.approx(1.0, abs=1e-5) for r in res.rows)

@@ -37,7 +37,7 @@ def test_a_studys_real_images_are_the_reference_and_novelty_writes_a_report(stud
     seen = []
     text, report, files = evaluate_view.novelty_job(db, syn, refs, measures=["pixel", "ssim"],
                                                     on_progress=lambda f, t: seen.append(f))
-    assert "synthetic images flagged" in text and "percentile" in text
+    assert "synthetic images flagged" in text and "split-conformal" in text
     assert report.is_file() and all(f.is_file() for f in files)
     assert not (report.parent / ".cache").exists()
     assert report.parent.parent == evaluate_view.evaluations_root(db)
