@@ -33,7 +33,9 @@ from studies import imaging, sizing, stimuli
 from studies.database import (
     log_action, open_db, reading, stimuli_dir, study_row, transaction, utc_now, write,
 )
-from studies.design import StudyOptions, new_order_secret, seeded_order_secret, select_training
+from studies.design import (
+    StudyOptions, make_pairs, new_order_secret, seeded_order_secret, select_training,
+)
 from studies.errors import IngestError, ManifestError, StudyError, StudyExists
 from studies.manifest import ManifestRow, read_images_dir, read_manifest
 
@@ -60,6 +62,7 @@ class StudySummary:
     stimuli_dir: pathlib.Path
     seconds: float
     content_warnings: list[dict] = dataclasses.field(default_factory=list)  # see audit
+    pairing: str = ""  # pair task: how many pairs, and which images were left unpaired
 
 
 @dataclasses.dataclass
@@ -220,7 +223,25 @@ def create_study(
         generators=generators, audit=report_dict, audit_text=report_text,
         stimuli_dir=stimuli_dir(db_path), seconds=time.perf_counter() - t0,
         content_warnings=report_dict["content_warnings"],
+        pairing=(pairing_note(rows, make_pairs(
+            [(r.case_id, r.source, r.modality, r.group) for r in rows], secret)[1])
+            if "pair" in options.tasks else ""),
     )
+
+
+def pairing_note(rows: list[ManifestRow], unpaired: list) -> str:
+    """One line on the 2AFC pairing: pairs made, and the images no pair could use (pairs
+    match modality and group, so unequal counts leave some out; readers never see them)."""
+    left = set(unpaired)
+    n_pairs = (len(rows) - len(left)) // 2
+    if not left:
+        return f"Pairs: {n_pairs} (every image is in a pair)."
+    by_source = {src: sum(r.source == src for r in rows if r.case_id in left)
+                 for src in ("real", "synthetic")}
+    listed = ", ".join(sorted(map(str, left))[:10]) + (" ..." if len(left) > 10 else "")
+    return (f"Pairs: {n_pairs}; {len(left)} image(s) left unpaired ({by_source['real']} real, "
+            f"{by_source['synthetic']} synthetic; pairs need a real and a synthetic image of "
+            f"the same modality and group) and never shown to readers: {listed}")
 
 
 @dataclasses.dataclass

@@ -10,7 +10,9 @@ from pathlib import Path
 
 import plotly.graph_objects as go
 
+from studies.design import TASKS
 from studies.likert import MWU_TEST
+from studies.numbers import fmt_num, fmt_p, is_p_key, p_text
 
 # (heading, text): each test named with its reference; tests/test_report.py checks the pairs
 METHODS = [
@@ -56,9 +58,7 @@ def _fmt(v, digits: int = 3) -> str:
     if isinstance(v, int):
         return str(v)
     if isinstance(v, float):
-        if v != 0 and (abs(v) < 10 ** -digits):
-            return f"{v:.2e}"
-        return f"{v:.{digits}f}"
+        return fmt_num(v, digits)
     if isinstance(v, list) and len(v) == 2 and all(isinstance(x, (int, float)) for x in v):
         return f"{_fmt(v[0], digits)} – {_fmt(v[1], digits)}"
     return str(v)
@@ -77,9 +77,10 @@ def _cell(d: dict | None, key: str, digits: int = 3) -> str:
         reason = d.get(f"{key}_reason") or "undefined"
         return f'<td class=na>n/a<small>{html.escape(reason)}</small></td>'
     note = d.get(f"{key}_note")
+    text = fmt_p(v) if is_p_key(key) and isinstance(v, (int, float)) else _fmt(v, digits)
     if note:
-        return (f'<td>{html.escape(_fmt(v, digits))}*<small>{html.escape(note)}</small></td>')
-    return f"<td>{html.escape(_fmt(v, digits))}</td>"
+        return (f'<td>{html.escape(text)}*<small>{html.escape(note)}</small></td>')
+    return f"<td>{html.escape(text)}</td>"
 
 
 def _table(rows: list[tuple[str, dict | None]], columns: list[tuple[str, str]], caption: str) -> str:
@@ -114,7 +115,7 @@ def forest_figure(turing: dict) -> go.Figure:
         marker={"symbol": ["diamond" if n == "pooled" else "circle" for n in names],
                 "size": [13 if n == "pooled" else 8 for n in names]}))
     fig.add_vline(x=0.5, line_dash="dash", annotation_text="chance")
-    fig.update_layout(title="Accuracy per reader (95% Wilson CI)", xaxis_title="accuracy",
+    fig.update_layout(title=figure_title("forest"), xaxis_title="accuracy",
                       xaxis_range=[0, 1], yaxis_autorange="reversed", height=max(300, 22 * len(names) + 120))
     return fig
 
@@ -124,7 +125,7 @@ def confusion_figure(turing: dict) -> go.Figure:
     z = [[c["real"]["real"], c["real"]["synthetic"]], [c["synthetic"]["real"], c["synthetic"]["synthetic"]]]
     fig = go.Figure(go.Heatmap(z=z, x=["called real", "called synthetic"], y=["real", "synthetic"],
                                text=z, texttemplate="%{text}", colorscale="Blues", showscale=False))
-    fig.update_layout(title="Confusion matrix (all readers)", yaxis_title="truth", yaxis_autorange="reversed",
+    fig.update_layout(title=figure_title("confusion"), yaxis_title="truth", yaxis_autorange="reversed",
                       height=360)
     return fig
 
@@ -143,7 +144,7 @@ def roc_figure(turing: dict) -> go.Figure:
         fig.add_trace(go.Scatter(x=pooled["fpr"], y=pooled["tpr"], mode="lines", name=label,
                                  line={"width": 4, "color": "black"}))
     fig.add_trace(go.Scatter(x=[0, 1], y=[0, 1], mode="lines", name="chance", line={"dash": "dash", "color": "grey"}))
-    fig.update_layout(title="ROC curves (positive = synthetic)",
+    fig.update_layout(title=figure_title("roc"),
                       xaxis_title="false-positive rate (real called synthetic)",
                       yaxis_title="true-positive rate (synthetic called synthetic)", height=520)
     return fig
@@ -155,12 +156,18 @@ def likert_figure(section: dict, task: str) -> go.Figure:
     groups += [(f"generator: {k}", v) for k, v in section["by_generator"].items()]
     groups = [(n, v) for n, v in groups if v.get("n")]
     levels = sorted({lvl for _, v in groups for lvl in v["distribution"]}, key=float)
+    words = dict(TASKS[task].scale) if task in TASKS else {}
     fig = go.Figure()
     for lvl in levels:
+        word = words.get(int(float(lvl)))
         fig.add_trace(go.Bar(y=[n for n, _ in groups], x=[v["proportions"].get(lvl, 0.0) for _, v in groups],
-                             name=lvl, orientation="h"))
-    fig.update_layout(barmode="stack", title=f"{task}: rating distribution", xaxis_title="share of ratings",
-                      xaxis_range=[0, 1], height=max(280, 40 * len(groups) + 140), legend_title="rating")
+                             name=f"{lvl} {word}" if word else lvl, orientation="h"))
+    # The legend goes under the plot, in rows: at the side it is cut off in a narrow pane.
+    fig.update_layout(barmode="stack", title=figure_title(f"likert_{task}"), xaxis_title="share of ratings",
+                      xaxis_range=[0, 1], height=max(320, 40 * len(groups) + 220),
+                      legend={"title": {"text": "rating"}, "orientation": "h", "x": 0, "y": -0.25,
+                              "yanchor": "top", "traceorder": "normal"},
+                      margin={"b": 120})
     return fig
 
 
@@ -182,6 +189,46 @@ def agreement_figure(pairwise: dict, title: str) -> go.Figure:
     return fig
 
 
+FIGURE_TITLES = {
+    "forest": "Accuracy per reader (95% Wilson CI)",
+    "confusion": "Confusion matrix (all readers)",
+    "roc": "ROC curves (positive = synthetic)",
+    "agreement": "Pairwise Cohen's κ (real/synthetic call)",
+    "pair_forest": "Which image is synthetic? Proportion correct per reader (95% CI)",
+    "likert_alignment": "Image–text alignment: rating distribution",
+    "likert_quality": "Realism (quality): rating distribution",
+    "agreement_alignment": "Pairwise weighted Cohen's κ (image–text alignment)",
+    "agreement_quality": "Pairwise weighted Cohen's κ (realism)",
+}
+
+
+def figure_title(key: str) -> str:
+    """The human title of a figure of `figures()` (never its internal key)."""
+    return FIGURE_TITLES.get(key) or key.replace("_", " ").capitalize()
+
+
+def pair_forest_figure(pair: dict) -> go.Figure:
+    """Per-reader proportion correct in the 2AFC task with Clopper–Pearson CIs, pooled last."""
+    names, val, lo, hi = [], [], [], []
+    for name, d in list(pair["per_reader"].items()) + [("pooled", pair["pooled"])]:
+        if d.get("proportion") is None:
+            continue
+        names.append(name)
+        val.append(d["proportion"])
+        lo.append(d["proportion"] - d["ci"][0])
+        hi.append(d["ci"][1] - d["proportion"])
+    fig = go.Figure(go.Scatter(
+        x=val, y=names, mode="markers",
+        error_x={"type": "data", "symmetric": False, "array": hi, "arrayminus": lo},
+        marker={"symbol": ["diamond" if n == "pooled" else "circle" for n in names],
+                "size": [13 if n == "pooled" else 8 for n in names]}))
+    fig.add_vline(x=0.5, line_dash="dash", annotation_text="chance")
+    fig.update_layout(title=figure_title("pair_forest"), xaxis_title="proportion correct",
+                      xaxis_range=[0, 1], yaxis_autorange="reversed",
+                      height=max(300, 22 * len(names) + 120))
+    return fig
+
+
 def figures(result: dict) -> dict[str, go.Figure]:
     """Every figure the result supports, keyed by name."""
     out: dict[str, go.Figure] = {}
@@ -191,14 +238,16 @@ def figures(result: dict) -> dict[str, go.Figure]:
         out["confusion"] = confusion_figure(t)
         out["roc"] = roc_figure(t)
         if t["cohen_kappa"]["pairs"]:
-            out["agreement"] = agreement_figure(t["cohen_kappa"], "Pairwise Cohen's κ (Turing call)")
+            out["agreement"] = agreement_figure(t["cohen_kappa"], figure_title("agreement"))
+    if result.get("pair"):
+        out["pair_forest"] = pair_forest_figure(result["pair"])
     for task in ("alignment", "quality"):
         sec = result.get(task)
         if sec:
             out[f"likert_{task}"] = likert_figure(sec, task)
             if sec["cohen_kappa_weighted"]["pairs"]:
                 out[f"agreement_{task}"] = agreement_figure(sec["cohen_kappa_weighted"],
-                                                            f"Pairwise weighted Cohen's κ ({task})")
+                                                            figure_title(f"agreement_{task}"))
     return out
 
 
@@ -244,12 +293,12 @@ def _turing_html(t: dict) -> list[str]:
         parts.append(_table(diffs,
                             [("difference", "difference"), ("F", "f"), ("ddf", "ddf"), ("p", "p"), ("95% CI", "ci")],
                             f"Generator differences in AUC (overall F = {_fmt(comp.get('f'))}, "
-                            f"p = {_fmt(comp.get('p'))})"))
+                            f"{p_text(comp.get('p'))})"))
         fixed = comp.get("fixed_readers") or {}
         parts.append(_table([(name, _fixed_readers(d, "difference")) for name, d in diffs],
                             [("difference", "difference"), ("SE", "se"), ("z", "z"), ("p", "p"), ("95% CI", "ci")],
                             f"Generator differences in AUC, fixed readers (overall χ² = {_fmt(fixed.get('chi2'))}, "
-                            f"df = {_fmt(fixed.get('df'))}, p = {_fmt(fixed.get('p'))})"))
+                            f"df = {_fmt(fixed.get('df'))}, {p_text(fixed.get('p'))})"))
     parts.append(_agreement_table([
         ("Fleiss' κ (all readers)", t["fleiss_kappa"], "kappa"),
         ("Krippendorff's α (nominal)", t["krippendorff_alpha"], "alpha"),
@@ -380,18 +429,23 @@ def render_html(result: dict, *, title: str | None = None) -> str:
         first[0] = False
         return out
 
+    # a pair study has no single-image tasks: no "no responses yet" sections for them
+    pair_only = bool(result.get("pair")) and not inp.get("rows_analysed")
     if result.get("turing"):
         parts += _turing_html(result["turing"])
         parts += [fig_html(n) for n in ("forest", "confusion", "roc", "agreement")]
+    elif pair_only:
+        pass
     else:
         parts.append(f"<h2>Visual Turing test</h2><p>{html.escape(result.get('turing_reason', ''))}</p>")
     if result.get("pair"):
         parts += _pair_html(result["pair"])
+        parts.append(fig_html("pair_forest"))
     for task in ("alignment", "quality"):
         if result.get(task):
             parts += _likert_html(task, result[task])
             parts += [fig_html(f"likert_{task}"), fig_html(f"agreement_{task}")]
-        else:
+        elif not pair_only:
             parts.append(f"<h2>{task.capitalize()} ratings</h2><p>{html.escape(result.get(f'{task}_reason', ''))}</p>")
     parts += remarks_html(result)
     parts.append("<h2>Methods</h2>")

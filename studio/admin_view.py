@@ -43,6 +43,7 @@ from studies import readers as readers_mod
 from studies import session
 from studies.design import TASKS, StudyOptions
 from studies.errors import StudyError
+from studies.numbers import fmt_num, fmt_p, is_p_key, p_text
 from studio.plain_text import plain_markdown
 from studio.progress_format import ATTENTION_HEADER, attention_cell
 
@@ -375,7 +376,8 @@ def summary_markdown(summary) -> str:
             f"{summary.n_synthetic} synthetic; {summary.n_training} training), tasks "
             f"{', '.join(summary.tasks)}, {summary.size}×{summary.size} px, generators {gens}, "
             f"in {summary.seconds:.1f} s. Status: **draft** — review the leak audit, then "
-            "invite readers to open it.")
+            "invite readers to open it."
+            + (f"  \n{plain_markdown(summary.pairing)}" if getattr(summary, "pairing", "") else ""))
 
 
 # ------------------------------------------------------------------------------ readers
@@ -486,19 +488,46 @@ def _reasoned(d: dict, key: str):
     v = d.get(key)
     if v is None:
         return f"n/a ({d.get(f'{key}_reason') or 'not computed'})"
+    text = fmt_p(v) if is_p_key(key) and isinstance(v, (int, float)) else _fmt(v)
     if d.get(f"{key}_note"):
-        return f"{_fmt(v)} ({d[f'{key}_note']})"
-    return _fmt(v)
+        return f"{text} ({d[f'{key}_note']})"
+    return text
 
 
 def _fmt(v):
+    """The studies.numbers format (as in the CLI and the HTML report), as table text."""
     if isinstance(v, float):
-        return round(v, 3)
+        return fmt_num(v)
     if isinstance(v, (list, tuple)) and all(isinstance(x, (int, float)) or x is None for x in v):
-        return "[" + ", ".join("—" if x is None else f"{x:.3f}" for x in v) + "]"
+        return "[" + ", ".join("—" if x is None else fmt_num(float(x)) for x in v) + "]"
     if v is None:
         return "—"
     return v
+
+
+_PAIR_COLS = ("n", "correct", "proportion", "ci", "p_binomial")
+
+
+def pair_tables(result: dict) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(pooled, per-reader) tables of the paired 2AFC section: proportion correct with its
+    Clopper–Pearson CI and binomial p; empty frames when the study has no pair reads."""
+    p = result.get("pair") or {}
+    if not p:
+        return pd.DataFrame(), pd.DataFrame()
+    pooled = p["pooled"]
+    rr = p.get("random_readers") or {}
+    prow = {"readers": f"all {p['n_readers']} (pooled, {p['n_pairs']} pairs)",
+            **{c: _reasoned(pooled, c) for c in _PAIR_COLS},
+            "random-readers mean": _reasoned(rr, "mean"), "random-readers p": _reasoned(rr, "p")}
+    rrows = [{"reader": name, **{c: _reasoned(v, c) for c in _PAIR_COLS}}
+             for name, v in p["per_reader"].items()]
+    return pd.DataFrame([prow]), pd.DataFrame(rrows, columns=["reader", *_PAIR_COLS])
+
+
+def _reason_frame(text: str) -> pd.DataFrame:
+    """A one-cell table that says why there is nothing to show (an empty frame renders as
+    columns headed 1 2 3)."""
+    return pd.DataFrame({"result": [text]})
 
 
 def turing_tables(result: dict) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -534,6 +563,12 @@ def _value_note(stat, reason) -> dict:
     return {"value": _fmt(stat), "note": reason or ""}
 
 
+def _p_note(d: dict, key: str) -> str:
+    """"p = 0.043" / "p < 0.001", or "p n/a (reason)"."""
+    v = d.get(key)
+    return p_text(v) if v is not None else f"p {_reasoned(d, key)}"
+
+
 def agreement_table(result: dict) -> pd.DataFrame:
     rows = []
     t = result.get("turing") or {}
@@ -544,12 +579,12 @@ def agreement_table(result: dict) -> pd.DataFrame:
     mr = t.get("mrmc") or {}
     if isinstance(mr, dict) and mr:
         if mr.get("p") is not None:
-            note = f"p = {_fmt(mr.get('p'))}, CI {_reasoned(mr, 'ci')}"
+            note = f"{p_text(mr.get('p'))}, CI {_reasoned(mr, 'ci')}"
         else:
             note = f"random-readers test: n/a ({mr.get('p_reason') or 'not computed'})"
             fr = mr.get("fixed_readers")
             if isinstance(fr, dict) and fr.get("p") is not None:
-                note += f"; fixed readers: p = {_fmt(fr['p'])}, CI {_reasoned(fr, 'ci')}"
+                note += f"; fixed readers: {p_text(fr['p'])}, CI {_reasoned(fr, 'ci')}"
         if mr.get("block"):
             note = f"{mr['block']}. {note}"
         rows.append({"statistic": "turing: MRMC AUC (Obuchowski–Rockette)",
@@ -560,11 +595,11 @@ def agreement_table(result: dict) -> pd.DataFrame:
         rows.append({"statistic": "pair (2AFC): proportion correct, pooled (estimates the AUC)",
                      "value": _reasoned(pooled, "proportion"),
                      "note": f"CI {_reasoned(pooled, 'ci')} (Clopper–Pearson), "
-                             f"p = {_reasoned(pooled, 'p_binomial')}"})
+                             f"{_p_note(pooled, 'p_binomial')}"})
         rr = pair["random_readers"]
         rows.append({"statistic": "pair (2AFC): mean reader proportion (random readers)",
                      "value": _reasoned(rr, "mean"),
-                     "note": f"p = {_reasoned(rr, 'p')}, CI {_reasoned(rr, 'ci')}"})
+                     "note": f"{_p_note(rr, 'p')}, CI {_reasoned(rr, 'ci')}"})
         rows.append({"statistic": "pair (2AFC): Fleiss' κ on right/wrong",
                      **_value_note(pair["fleiss_kappa"], None)})
     for task in ("alignment", "quality"):
@@ -619,6 +654,8 @@ class Dashboard:
     agreement: pd.DataFrame
     figures: list            # plotly figures (title, figure)
     note: str
+    pooled_label: str = "Real vs synthetic (turing), pooled"
+    per_reader_label: str = "Per reader"
 
 
 def dashboard(db_path, study: str) -> Dashboard:
@@ -629,18 +666,26 @@ def dashboard(db_path, study: str) -> Dashboard:
     long_df = long_table(db_path, study)
     result = analysis.analyze(long_df)
     pooled, per_reader = turing_tables(result)
+    labels = {}
+    if result.get("pair") and not result.get("turing"):
+        pooled, per_reader = pair_tables(result)
+        labels = {"pooled_label": "Which image is synthetic? (pair, 2AFC): proportion correct, "
+                                  "pooled (estimates the AUC; 0.5 = cannot tell)",
+                  "per_reader_label": "Per reader (pair, 2AFC): proportion correct"}
+    if pooled.empty:
+        pooled = _reason_frame(result.get("turing_reason") or "no turing responses yet")
+    if per_reader.empty:
+        per_reader = _reason_frame(result.get("turing_reason") or "no turing responses yet")
     from studies import report
 
-    titles = {"forest": "Accuracy per reader (95% CI)", "confusion": "Confusion matrix",
-              "roc": "ROC curves", "agreement": "Pairwise agreement"}
-    figures = [(titles.get(k, k.replace("_", " ")), fig)
-               for k, fig in report.figures(result).items()]
+    figures = [(report.figure_title(k), fig) for k, fig in report.figures(result).items()]
     n = int(len(long_df))
     note = (f"{n} responses from {long_df['reader'].nunique() if n else 0} readers "
             "(training rows excluded from the statistics; latest answer wins).")
     if result.get("reader_flags"):
         note += "  \n" + remarks_markdown(result["reader_flags"])
-    return Dashboard(result, pooled, per_reader, agreement_table(result), figures, note)
+    return Dashboard(result, pooled, per_reader, agreement_table(result), figures, note,
+                     **labels)
 
 
 def export_files(db_path, study: str, out_dir, *, actor="admin") -> list[pathlib.Path]:
@@ -965,7 +1010,9 @@ def build_admin_blocks(db_path, admin_auth, *, model=None, base_url=None, batche
                     plot_updates.append(gr.update(value=fig, visible=True, label=title))
                 else:
                     plot_updates.append(gr.update(value=None, visible=False))
-            return [d.note, d.pooled, d.per_reader, d.agreement, *plot_updates, d.result]
+            return [d.note, gr.update(value=d.pooled, label=d.pooled_label),
+                    gr.update(value=d.per_reader, label=d.per_reader_label), d.agreement,
+                    *plot_updates, d.result]
 
         @friendly
         def do_export(study, request: gr.Request):

@@ -95,6 +95,8 @@ def create_cmd(db_path, name, manifest, images_dir, size, tasks, training, repea
         click.echo(f"WARNING: reader orders derive from the given seed {summary.seed}: anyone who "
                    "knows it can predict them. Use --seed for testing only.", err=True)
     click.echo(f"Stimuli: {summary.stimuli_dir}")
+    if summary.pairing:
+        click.echo(summary.pairing)
     click.echo(summary.audit_text)
     if summary.audit.get("leak"):
         click.echo("WARNING: the leak audit flags this study; see above.", err=True)
@@ -205,11 +207,14 @@ def readers_cmd(db_path, study_name):
             click.echo(f"{r.reader[:24]:<24} {r.link:<12} {r.completed:>5}/{r.total:<5}  "
                        f"{'yes' if r.consented_at else 'no':<10} {form:<17} {profile}")
     cov = coverage(db_path, study_name)
-    line = f"Coverage: each of {cov.n_units} main cases read {cov.min_reads}-{cov.max_reads} times"
+    line = (f"Coverage: each of {cov.n_units} main cases read {cov.min_reads}-{cov.max_reads} "
+            f"times so far ({cov.min_assigned}-{cov.max_assigned} once every invited reader "
+            "finishes)")
     if cov.target:
         line += (f"; target {cov.target}: " +
                  (f"invite {cov.readers_needed} more reader(s)" if cov.readers_needed
-                  else "reached"))
+                  else "reached" if cov.min_reads >= cov.target
+                  else "reached once every invited reader finishes"))
     click.echo(line + ".")
 
 

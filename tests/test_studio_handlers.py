@@ -432,7 +432,7 @@ def test_dashboard_and_exports_show_each_readers_results(tmp_path):
     d = admin_view.dashboard(db, "ten")
     assert set(d.per_reader["reader"]) == {"dr-a", "dr-b"}
     acc = dict(zip(d.per_reader["reader"], d.per_reader["accuracy"]))
-    assert acc == {"dr-a": 0.5, "dr-b": 0.5}  # all-real / all-synthetic on a 5/5 split
+    assert acc == {"dr-a": "0.500", "dr-b": "0.500"}  # all-real / all-synthetic, 5/5 split
     assert d.pooled.loc[0, "n"] == 20
     assert d.figures and all(hasattr(f, "to_plotly_json") for _, f in d.figures)
     paths = admin_view.export_files(db, "ten", tmp_path / "out")
