@@ -63,6 +63,8 @@ class StudySummary:
     seconds: float
     content_warnings: list[dict] = dataclasses.field(default_factory=list)  # see audit
     pairing: str = ""  # pair task: how many pairs, and which images were left unpaired
+    skipped: list[dict] = dataclasses.field(default_factory=list)  # skip_unreadable: row, path, error
+    duplicates: list[dict] = dataclasses.field(default_factory=list)  # same pixels: row, path, same_as
 
 
 @dataclasses.dataclass
@@ -144,6 +146,7 @@ def create_study(
     options: StudyOptions | None = None,
     actor: str = "cli",
     progress: Callable[[int, int], None] | None = None,
+    skip_unreadable: bool = False,
 ) -> StudySummary:
     """Create study `name` in `db_path` from a manifest CSV or an images folder.
 
@@ -151,7 +154,9 @@ def create_study(
     largest multiple of 64 in [256, 1024] that does not enlarge most of the images).
     The audit report gains `scaling` (`audit.scaling_check`: images enlarged or reduced
     more than 2x, worst first). One transaction: on any error nothing is left behind
-    (no rows, no stimulus files).
+    (no rows, no stimulus files). An unreadable image fails the whole study unless
+    `skip_unreadable`: then it is left out and listed in the summary's `skipped`. Images
+    with exactly the same pixels after blinding are listed in `duplicates` (a warning).
     Raises StudyError subclasses (ManifestError, IngestError, StudyExists) with one-line
     messages naming the offending row or file.
     """
@@ -173,11 +178,18 @@ def create_study(
                 raise StudyExists(f"a study named {name!r} already exists in {db_path.name}")
 
     rows = read_manifest(manifest) if manifest is not None else read_images_dir(images_dir)
-    training = set(_check_design(rows, options, secret))
+    if not skip_unreadable:  # fail fast, before decoding anything
+        training = set(_check_design(rows, options, secret))
     size = _resolve_size(rows, size)
 
     with _staging(db_path) as stage:
-        prepared, items = _prepare(rows, size, stage.incoming, progress)
+        prepared, items, skipped = _prepare(rows, size, stage.incoming, progress,
+                                            skip_unreadable=skip_unreadable)
+        if skip_unreadable:
+            if not prepared:
+                raise IngestError(f"none of the {len(rows)} images could be read")
+            rows = [p.row for p in prepared]
+            training = set(_check_design(rows, options, secret))
         report = audit_mod.audit_leaks(items)
         del items
         report_dict, report_text = _with_content_warnings(
@@ -223,6 +235,7 @@ def create_study(
         generators=generators, audit=report_dict, audit_text=report_text,
         stimuli_dir=stimuli_dir(db_path), seconds=time.perf_counter() - t0,
         content_warnings=report_dict["content_warnings"],
+        skipped=skipped, duplicates=duplicate_pixels(prepared),
         pairing=(pairing_note(rows, make_pairs(
             [(r.case_id, r.source, r.modality, r.group) for r in rows], secret)[1])
             if "pair" in options.tasks else ""),
@@ -254,6 +267,28 @@ class AddSummary:
     audit: dict
     audit_text: str
     seconds: float
+    skipped: list[dict] = dataclasses.field(default_factory=list)  # skip_unreadable: row, path, error
+    duplicates: list[dict] = dataclasses.field(default_factory=list)  # allowed: row, path, same_as
+
+
+def duplicate_pixels(prepared: list[_Prepared], existing: dict[str, str] | None = None) -> list[dict]:
+    """Images whose blinded stimulus has exactly the same pixels as an earlier one (in the
+    study already, `existing` {sha256: case id}, or earlier in this batch): a case read
+    twice is a repeat no one planned, and a reader can tell by recognising it."""
+    seen = dict(existing or {})
+    out = []
+    for p in prepared:
+        if p.sha256 in seen:
+            out.append({"row": p.row.where, "case_id": p.row.case_id, "path": p.row.rel_path,
+                        "same_as": seen[p.sha256]})
+        else:
+            seen[p.sha256] = p.row.case_id
+    return out
+
+
+def _duplicates_text(dups: list[dict]) -> str:
+    shown = "; ".join(f"{d['row']}: {d['path']} = case {d['same_as']}" for d in dups[:5])
+    return shown + (f"; and {len(dups) - 5} more" if len(dups) > 5 else "")
 
 
 def add_cases(
@@ -264,6 +299,8 @@ def add_cases(
     images_dir: str | pathlib.Path | None = None,
     actor: str = "cli",
     progress: Callable[[int, int], None] | None = None,
+    allow_duplicates: bool = False,
+    skip_unreadable: bool = False,
 ) -> AddSummary:
     """Add images (e.g. a generation batch's manifest.csv) to a draft study as main cases.
 
@@ -271,6 +308,9 @@ def add_cases(
     invited, so adding cases later would give readers different case sets. The images are
     blinded exactly like at creation (the study's size), the leak audit is re-run over all
     cases and stored, and it is all one transaction, as in `create_study`.
+    Images with exactly the same pixels as a case already in the study (or as another new
+    image) are refused, all of them named, unless `allow_duplicates` (then listed in the
+    summary's `duplicates`). `skip_unreadable`: as in `create_study`.
     """
     t0 = time.perf_counter()
     if (manifest is None) == (images_dir is None):
@@ -281,6 +321,9 @@ def add_cases(
         _check_draft(db, srow)
         existing = {k for (k,) in db.execute(
             "SELECT case_key FROM cases WHERE study_id = ?", [srow["id"]])}
+        stored_pixels = {sha: key for key, sha in db.execute(
+            "SELECT c.case_key, s.sha256 FROM cases c JOIN stimuli s ON s.id = c.stimulus_id "
+            "WHERE c.study_id = ? ORDER BY c.id DESC", [srow["id"]])}
         first_row = db.execute("SELECT coalesce(max(manifest_row), 0) + 1 FROM cases "
                                "WHERE study_id = ?", [srow["id"]]).fetchone()[0]
     tasks = json.loads(srow["tasks"])
@@ -294,7 +337,16 @@ def add_cases(
                                 "but this image has none")
     size = srow["size"]
     with _staging(db_path) as stage:
-        prepared, items = _prepare(rows, size, stage.incoming, progress)
+        prepared, items, skipped = _prepare(rows, size, stage.incoming, progress,
+                                            skip_unreadable=skip_unreadable)
+        if not prepared:
+            raise IngestError(f"none of the {len(rows)} images could be read")
+        duplicates = duplicate_pixels(prepared, stored_pixels)
+        if duplicates and not allow_duplicates:
+            raise StudyError(f"{len(duplicates)} of {len(prepared)} image(s) have exactly the "
+                             f"same pixels as a case already in {study!r} or earlier in this "
+                             f"batch ({_duplicates_text(duplicates)}); nothing was added. Remove "
+                             "them, or allow duplicates (--allow-duplicates) to add them anyway")
         items = _stored_audit_items(db_path, srow["id"]) + items
         report = audit_mod.audit_leaks(items)
         del items
@@ -320,7 +372,7 @@ def add_cases(
         n_real=sum(p.row.source == "real" for p in prepared),
         n_synthetic=sum(p.row.source == "synthetic" for p in prepared),
         n_cases=n_cases, audit=report_dict, audit_text=report_text,
-        seconds=time.perf_counter() - t0)
+        seconds=time.perf_counter() - t0, skipped=skipped, duplicates=duplicates)
 
 
 def _check_size(size) -> None:
@@ -424,12 +476,23 @@ def _staging(db_path: pathlib.Path):
 
 
 def _prepare(rows: list[ManifestRow], size: int, incoming: pathlib.Path,
-             progress: Callable[[int, int], None] | None):
-    """Decode and blind every row into `incoming`; returns (prepared, audit items)."""
+             progress: Callable[[int, int], None] | None, *, skip_unreadable: bool = False):
+    """Decode and blind every row into `incoming`; returns (prepared, audit items, skipped).
+    An unreadable image raises IngestError, or with `skip_unreadable` is listed in skipped."""
     prepared: list[_Prepared] = []
     items: list[audit_mod.AuditItem] = []
+    skipped: list[dict] = []
     for i, row in enumerate(rows):
-        decoded = _decode(row, size)
+        try:
+            decoded = _decode(row, size)
+        except IngestError as exc:
+            if not skip_unreadable:
+                raise
+            skipped.append({"row": row.where, "case_id": row.case_id, "path": row.rel_path,
+                            "error": str(exc)})
+            if progress:
+                progress(i + 1, len(rows))
+            continue
         png = stimuli.encode_png(stimuli.normalise(decoded, size))
         sid = stimuli.new_stimulus_id()
         (incoming / f"{sid}.png").write_bytes(png)
@@ -443,7 +506,7 @@ def _prepare(rows: list[ManifestRow], size: int, incoming: pathlib.Path,
             **{k: v for k, v in original.items() if k != "original_bytes"}))
         if progress:
             progress(i + 1, len(rows))
-    return prepared, items
+    return prepared, items, skipped
 
 
 def _content_warnings(prepared: list[_Prepared]) -> list[dict]:

@@ -20,6 +20,29 @@ _db_option = click.option("--db", "db_path", required=True, type=click.Path(dir_
 _study_option = click.option("--study", "study_name", required=True, help="Study name.")
 
 
+_skip_option = click.option(
+    "--skip-unreadable", is_flag=True,
+    help="Leave out images that cannot be decoded (listed as SKIPPED) instead of failing the "
+         "whole input [default: all or nothing].")
+
+
+def _report_skipped(skipped: list[dict]) -> None:
+    for s in skipped:
+        click.echo(f"SKIPPED {s['row']}: {s['path']}: {s['error']}", err=True)
+    if skipped:
+        click.echo(f"WARNING: {len(skipped)} unreadable image(s) left out (listed above).",
+                   err=True)
+
+
+def _report_duplicates(dups: list[dict]) -> None:
+    for d in dups:
+        click.echo(f"DUPLICATE {d['row']}: {d['path']} has the same pixels as case "
+                   f"{d['same_as']}", err=True)
+    if dups:
+        click.echo(f"WARNING: {len(dups)} image(s) duplicate the pixels of another case: "
+                   "readers see them twice and may recognise them.", err=True)
+
+
 @study.command("create")
 @_db_option
 @click.option("--name", required=True, help="Name of the new study (unique in the database).")
@@ -55,6 +78,7 @@ _study_option = click.option("--study", "study_name", required=True, help="Study
               help="Wash-out delay for repeat reads, e.g. 7d, 36h, 90m: repeats come after "
                    "all main reads and only this long after the first read of the case "
                    "[default: repeats within the session].")
+@_skip_option
 @click.option("--seed", type=int, default=None,
               help="Make the reader orders reproducible, for testing only: anyone who knows "
                    "the seed can predict every reader's order, which breaks blinding. "
@@ -62,7 +86,7 @@ _study_option = click.option("--study", "study_name", required=True, help="Study
 @_one_line_errors
 def create_cmd(db_path, name, manifest, images_dir, size, tasks, training, repeat_fraction,
                attention_checks, counterbalance, cases_per_reader, readers_per_case,
-               repeat_after, seed):
+               repeat_after, skip_unreadable, seed):
     """Create a blinded study from a manifest or an images folder, and audit it for leaks."""
     from studies.design import StudyOptions, parse_duration
     from studies.ingest import create_study
@@ -86,7 +110,8 @@ def create_cmd(db_path, name, manifest, images_dir, size, tasks, training, repea
             bar.update(done - bar.pos)
 
         summary = create_study(db_path, name, manifest=manifest, images_dir=images_dir,
-                               size=size, tasks=tasks, options=options, progress=progress)
+                               size=size, tasks=tasks, options=options, progress=progress,
+                               skip_unreadable=skip_unreadable)
     click.echo(f"Created study {summary.name!r}: {summary.n_cases} images "
                f"({summary.n_real} real, {summary.n_synthetic} synthetic; "
                f"{summary.n_training} held aside for training), tasks {','.join(summary.tasks)}, "
@@ -97,6 +122,8 @@ def create_cmd(db_path, name, manifest, images_dir, size, tasks, training, repea
     click.echo(f"Stimuli: {summary.stimuli_dir}")
     if summary.pairing:
         click.echo(summary.pairing)
+    _report_skipped(summary.skipped)
+    _report_duplicates(summary.duplicates)
     click.echo(summary.audit_text)
     if summary.audit.get("leak"):
         click.echo("WARNING: the leak audit flags this study; see above.", err=True)
@@ -112,14 +139,21 @@ def create_cmd(db_path, name, manifest, images_dir, size, tasks, training, repea
               help="CSV in the create --manifest format (e.g. a generation batch's manifest.csv).")
 @click.option("--images", "images_dir", type=click.Path(file_okay=False),
               help="Folder with real/ and/or synthetic/ subfolders (instead of --manifest).")
+@click.option("--allow-duplicates", is_flag=True,
+              help="Add images whose pixels equal a case already in the study (or another new "
+                   "image) anyway, with a warning [default: refuse them all].")
+@_skip_option
 @_one_line_errors
-def add_cmd(db_path, study_name, manifest, images_dir):
+def add_cmd(db_path, study_name, manifest, images_dir, allow_duplicates, skip_unreadable):
     """Add images to a draft study (before the first reader is invited); re-runs the audit."""
     from studies.ingest import add_cases
 
-    summary = add_cases(db_path, study_name, manifest=manifest, images_dir=images_dir)
+    summary = add_cases(db_path, study_name, manifest=manifest, images_dir=images_dir,
+                        allow_duplicates=allow_duplicates, skip_unreadable=skip_unreadable)
     click.echo(f"Added {summary.n_added} cases ({summary.n_real} real, {summary.n_synthetic} "
                f"synthetic) to {summary.study!r}: {summary.n_cases} cases now.")
+    _report_skipped(summary.skipped)
+    _report_duplicates(summary.duplicates)
     click.echo(summary.audit_text)
 
 
