@@ -704,9 +704,12 @@ def export_files(db_path, study: str, out_dir, *, actor="admin") -> list[pathlib
         except (StudyError, ValueError, KeyError):
             continue  # e.g. no turing responses yet for iMRMC: offer what exists
         paths.append(p)
+    from studies.methods import study_design
+
     result = analysis.analyze(long_table(db_path, study))
     paths.append(report.write_html(result, out_dir / f"{safe}-report.html",
-                                   title=f"Reader study {study}"))
+                                   title=f"Reader study {study}",
+                                   design=study_design(db_path, study)))
     return paths
 
 

@@ -148,7 +148,12 @@ def analyze_cmd(db_path, study_name, responses, as_json, html_path, alpha):
     if html_path is not None:
         from studies.report import write_html
 
-        write_html(result, html_path)
+        design = None
+        if responses is None:  # a database knows the design, the audit and the readers
+            from studies.methods import study_design
+
+            design = study_design(db_path, study_name)
+        write_html(result, html_path, design=design)
     if as_json:
         click.echo(json.dumps(result, indent=2, allow_nan=False, ensure_ascii=False))
     else:

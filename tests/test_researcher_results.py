@@ -185,3 +185,29 @@ def test_unreachable_power_states_its_assumptions():
             "--reader-sd", 0.08)
     assert "SD 0.08 of the reader AUCs" in r.output
     assert "Assumptions: AUC 0.6 vs 0.5; reader AUCs differ with SD 0.08" in r.output
+
+
+# ------------------------------------------------------------------- the HTML report
+def test_html_report_has_date_design_audit_readers_methods_and_versions(tmp_path):
+    db, _ = make_study(tmp_path, "pilot", options=StudyOptions(seed=3, repeat_fraction=0.25,
+                                                               attention_checks=1))
+    for name, spec, years in (("dr-a", "radiology", "12"), ("dr-b", "nuclear medicine", "4")):
+        token = readers.invite(db, "pilot", name, profile={"specialty": spec,
+                                                           "years_experience": years})
+        _answer(db, readers.reader_for_token(db, token).reader_id, lambda k, q: 1 + k % 6)
+    out = tmp_path / "report.html"
+    r = run("study", "analyze", "--db", db, "--study", "pilot", "--html", out)
+    assert r.exit_code == 0, r.output
+    html = out.read_text(encoding="utf-8")
+    assert re.search(r"Report generated 20\d\d-\d\d-\d\d \d\d:\d\d UTC; study created 20", html)
+    for heading in ("Study design", "Readers", "Leak audit", "Results", "Methods", "References",
+                    "Software"):
+        assert f"<h2>{heading}</h2>" in html, heading
+    assert "Main cases per modality" in html and "25% of cases" in html
+    assert "<td style='text-align:left'>nuclear medicine</td>" in html and "Verdict: <b>" in html
+    para = html.split("id=methods-paragraph>")[1].split("</p>")[0]
+    assert para.startswith("2 readers (nuclear medicine, radiology; median 8.0 years of "
+                           "experience, range 4–12) read 12 images (6 real, 6 synthetic")
+    assert "DeLong" in para and "Obuchowski" in para and "Paired 2AFC" not in para
+    assert "Analyses were run with python 3." in para and "numpy" in para
+    assert "Wilson EB. Probable inference" in html
