@@ -93,12 +93,12 @@ def create_cmd(db_path, name, manifest, images_dir, size, tasks, training, repea
 
     from studies.errors import StudyError
 
-    if str(size).strip().lower() == "auto":
-        size = "auto"
-    elif str(size).strip().isdigit():
-        size = int(size)
-    else:
-        raise StudyError(f"--size must be auto or a whole number of pixels, not {size!r}")
+    from studies.sizing import parse_size
+
+    try:
+        size = parse_size(size)
+    except StudyError as exc:
+        raise StudyError(f"--{exc}") from None
     options = StudyOptions(training_cases=training, repeat_fraction=repeat_fraction,
                            attention_checks=attention_checks, counterbalance=counterbalance,
                            cases_per_reader=cases_per_reader, readers_per_case=readers_per_case,
