@@ -563,7 +563,10 @@ def pair_tables(result: dict) -> tuple[pd.DataFrame, pd.DataFrame]:
             "random-readers mean": _reasoned(rr, "mean"), "random-readers p": _reasoned(rr, "p")}
     rrows = [{"reader": name, **{c: _reasoned(v, c) for c in _PAIR_COLS}}
              for name, v in p["per_reader"].items()]
-    return pd.DataFrame([prow]), pd.DataFrame(rrows, columns=["reader", *_PAIR_COLS])
+    names = {"proportion": "proportion correct", "ci": "95% CI (Clopper–Pearson)",
+             "p_binomial": "p (binomial vs 0.5)"}
+    return (pd.DataFrame([prow]).rename(columns=names),
+            pd.DataFrame(rrows, columns=["reader", *_PAIR_COLS]).rename(columns=names))
 
 
 def _reason_frame(text: str) -> pd.DataFrame:
@@ -821,7 +824,8 @@ def build_admin_blocks(db_path, admin_auth, *, model=None, base_url=None, batche
                 with gr.Row():
                     training = gr.Number(label="Training cases", value=0, precision=0, minimum=0)
                     repeat = gr.Slider(0, 0.5, value=0.0, step=0.05,
-                                       label="Repeated fraction (intra-reader)")
+                                       label="Repeated fraction (intra-reader)",
+                                       elem_id="new-repeat")
                     attention = gr.Number(label="Attention checks", value=0, precision=0,
                                           minimum=0)
                     counterbalance = gr.Checkbox(label="Counterbalance the tasks after turing (turing is always first)")

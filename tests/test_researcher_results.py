@@ -76,7 +76,8 @@ def test_imrmc_export_with_no_ratings_refuses(tmp_path):
 def test_admin_dashboard_shows_pair_tables_per_reader_and_human_titles(pair_db):
     d = admin_view.dashboard(pair_db, "duo")
     assert list(d.per_reader["reader"]) == ["r0", "r1", "r2"]
-    assert set(d.per_reader.columns) >= {"correct", "proportion", "ci", "p_binomial"}
+    assert set(d.per_reader.columns) >= {"correct", "proportion correct",
+                                         "95% CI (Clopper–Pearson)", "p (binomial vs 0.5)"}
     assert d.pooled.loc[0, "n"] == 18 and "2AFC" in d.pooled_label
     assert "2AFC" in d.per_reader_label
     for frame in (d.pooled, d.per_reader, d.agreement):  # no columns headed 0 1 2
