@@ -92,6 +92,13 @@ VIEWER_JS = (pathlib.Path(__file__).with_name("viewer.js")).read_text(encoding="
 # the container's own `.main` (32 px a side, a sixth of a phone's width) is set here.
 PAGE_CSS = """@media (max-width: 640px) {
   .gradio-container > .main { padding-left: 6px !important; padding-right: 6px !important; }
+}
+/* A pair (2AFC) uses the whole window width: the two images are width-bound. */
+@media (min-width: 900px) {
+  .gradio-container:has(#stimulus .pair-view),
+  .gradio-container:has(#stimulus .pair-view) .main,
+  .gradio-container:has(#stimulus .pair-view) .contain,
+  .gradio-container:has(#stimulus .pair-view) .fillable { max-width: 100% !important; }
 }"""
 HEAD = f"<script>{KEYBOARD_JS}</script><script>{VIEWER_JS}</script><style>{PAGE_CSS}</style>"
 
@@ -554,10 +561,12 @@ READER_CSS = SCREEN_CSS + """
 #stimulus:has(.pair-view) { height: auto; aspect-ratio: 20 / 11; max-height: 78vh; }
 #stimulus:has(.pair-view) .html-container { padding: 4px !important; }
 #stimulus:fullscreen:has(.pair-view) { height: 100vh; max-height: 100vh; aspect-ratio: auto; }
-#reader:has(#stimulus .pair-view) .column:has(> #stimulus) { flex-grow: 5 !important; }
+#reader:has(#stimulus .pair-view) .column:has(> #stimulus) { flex-grow: 8 !important; }
+#reader:has(#stimulus .pair-view) .column:has(#answer):not(:has(#stimulus)) { flex-grow: 2 !important; }
 #stimulus .viewer-tools { position: absolute; top: 6px; right: 6px; display: flex; gap: 4px;
                           opacity: 0.55; z-index: 5; }
 #stimulus .viewer-tools:hover { opacity: 0.85; }
+#stimulus .viewer-tools .tools-toggle { display: none; }
 #stimulus .viewer-tools button { min-width: 32px; min-height: 32px; padding: 0 6px;
                                  border: 1px solid #4b5563; border-radius: 6px;
                                  background: #111827; color: #f9fafb; font-size: 0.9rem; }
@@ -623,6 +632,36 @@ footer { display: none !important; }
   /* column-major: the real half of the scale on the left, the synthetic half on the right */
   #answer .wrap { display: grid; grid-template-columns: 1fr 1fr; grid-auto-flow: column;
                   grid-template-rows: repeat(3, auto); gap: 4px; }
+  /* a 5-point scale (alignment, quality) has no halves: one column, in scale order, and a
+     smaller image so that Submit still fits */
+  #answer:not(:has(label:nth-of-type(6))) .wrap { grid-template-columns: 1fr;
+                  grid-auto-flow: row; grid-template-rows: none; gap: 3px; }
+  #reader:has(#answer label:nth-of-type(5)):not(:has(#answer label:nth-of-type(6))) #stimulus {
+    height: 26vh; }
+  #reader:has(#answer label:nth-of-type(5)):not(:has(#answer label:nth-of-type(6))) #stimulus img {
+    max-height: 26vh; }
+  #case .column, #case .form, #case .row { gap: 6px !important; }
+  #message p { margin: 0; font-size: 0.85rem; }
+  #progress .bar { height: 6px; }
+  #question p { margin: 0; font-size: 0.8rem; }
+  #answer label { padding: 2px 8px; }
+  #prompt { padding-top: 0; padding-bottom: 0; }
+  #prompt .prompt-text { font-size: 0.9rem; }
+  /* The viewer's tools fold into one button: eight over a phone's image hide its top. */
+  #stimulus .viewer-tools .tools-toggle { display: inline-block; }
+  #stimulus .viewer-tools:not(.open) button:not(.tools-toggle) { display: none; }
+  #stimulus .viewer-tools.open { flex-wrap: wrap; background: rgba(17,24,39,0.85);
+                                 border-radius: 8px; padding: 2px; }
+}
+/* Small phones (360×640): smaller images, so that the scale and Submit still fit. */
+@media (max-width: 640px) and (max-height: 720px) {
+  #stimulus { height: 32vh; }
+  #stimulus img { max-height: 32vh; }
+  #reader:has(#answer label:nth-of-type(5)):not(:has(#answer label:nth-of-type(6))) #stimulus {
+    height: 18vh; }
+  #reader:has(#answer label:nth-of-type(5)):not(:has(#answer label:nth-of-type(6))) #stimulus img {
+    max-height: 18vh; }
+  #question h3 { font-size: 0.95rem; }
   #answer label { font-size: 0.95rem; padding: 4px 8px; }
   #answer > span, #answer .block-title, #answer [data-testid="block-info"] { display: none; }
   #submit, #continue, #start, #back { min-height: 48px; }
