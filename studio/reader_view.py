@@ -67,7 +67,7 @@ from studies.database import utc_now
 from studies.errors import (
     DatabaseNotFound, NotAStudyDatabase, NotAuthorised, ReaderError, SessionError, StudyError,
 )
-from studio.plain_text import plain_markdown
+from studio.plain_text import plain_markdown, study_markdown
 
 log = logging.getLogger(__name__)
 
@@ -200,11 +200,6 @@ def _choices(question: dict) -> list[tuple[str, int]]:
     return [(s["label"], int(s["value"])) for s in question["scale"]]
 
 
-def _paragraphs(text: str) -> str:
-    """A study team's text as plain-text Markdown paragraphs (no formatting, links or images)."""
-    return "\n\n".join(plain_markdown(p) for p in text.replace("\r", "").split("\n\n") if p.strip())
-
-
 # The pair (2AFC) keys, in keyboard.js: an arrow moves the answer one step along the scale
 # towards its side, so one press is "possibly", two "probably", three "definitely".
 PAIR_KEYS_INTRO = ("**Keyboard:** **← / →** pick the side you think is synthetic: the first "
@@ -237,10 +232,10 @@ def intro_text(view: session.CaseView, instructions: str = "", consent: str = ""
               "Training cases, if any, come first: after each you are told the right answer. "
               "Every answer is saved at once — you can close the tab and come back with the "
               "same link to continue where you stopped."]
-    if instructions.strip():  # the study team's text, shown as typed (no Markdown)
-        lines[2:2] = ["**Instructions from the study team**", "", _paragraphs(instructions), ""]
+    if instructions.strip():  # the study team's text: its emphasis and lists, no links
+        lines[2:2] = ["**Instructions from the study team**", "", study_markdown(instructions), ""]
     if consent.strip():
-        lines += ["", "**Consent**", "", _paragraphs(consent), "",
+        lines += ["", "**Consent**", "", study_markdown(consent), "",
                   "Pressing **Start** records that you agree to the text above."]
     return "\n".join(lines)
 

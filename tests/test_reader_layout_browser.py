@@ -25,6 +25,9 @@ def three_tasks(tmp_path_factory):
     db, rows, tokens = make_loud_study(tmp, "layout", n_cases=4, size=256,
                                        tasks=("turing", "alignment", "quality"),
                                        readers=("phone-a", "phone-b", "desk"))
+    from studies import lifecycle
+
+    lifecycle.set_texts(db, "layout", instructions=INSTRUCTIONS)
     with serve_studio(db, password=ADMIN_PASSWORD) as (url, _):
         yield {"url": url, "db": db, "tokens": tokens}
 
@@ -36,6 +39,27 @@ def pairs(tmp_path_factory):
                                        readers=("desk",))
     with serve_studio(db, password=ADMIN_PASSWORD) as (url, _):
         yield {"url": url, "tokens": tokens}
+
+
+INSTRUCTIONS = ("**Do not** compare with other readers.\n\n- one image at a time\n- _no_ time limit\n\n"
+                "[a link](http://127.0.0.1:9/x) ![img](http://127.0.0.1:9/t.png) <b>raw</b>")
+
+
+def test_instructions_markdown_is_rendered_and_sanitised(browser, three_tasks):
+    page = browser.new_page(viewport={"width": 1440, "height": 900})
+    requests = []
+    page.on("request", lambda r: requests.append(r.url))
+    page.goto(f"{three_tasks['url']}/?token={three_tasks['tokens']['desk']}")
+    page.wait_for_selector("#start", state="visible", timeout=30_000)
+    intro = page.locator("#intro")
+    assert intro.locator("strong", has_text="Do not").count() == 1
+    assert intro.locator("li", has_text="one image at a time").count() == 1
+    assert intro.locator("em", has_text="no").count() >= 1
+    text = intro.inner_text()
+    assert "**" not in text and "[a link](http" in text and "<b>raw</b>" in text
+    assert intro.locator("a").count() == 0 and intro.locator("img").count() == 0
+    assert not [u for u in requests if ":9/" in u]
+    page.close()
 
 
 def _question(page) -> str:

@@ -381,8 +381,8 @@ def test_reader_page_shows_instructions_and_consent_and_start_records_it(study):
     ref = readers.reader_for_token(study, token)
     screen = reader_view.open_page(study, token)
     assert screen.kind == "intro"
-    assert "Read each image at full size\\." in screen.intro and "Take breaks\\." in screen.intro
-    assert "full size\\.\n\nTake breaks" in screen.intro  # paragraphs kept
+    assert "Read each image at full size." in screen.intro and "Take breaks." in screen.intro
+    assert "full size.\n\nTake breaks" in screen.intro  # paragraphs kept
     assert "Pressing **Start** records that you agree" in screen.intro
     assert "![x]" not in screen.intro and "\\!\\[x\\]" in screen.intro  # shown as typed
     assert readers.consent_pending(study, ref.reader_id)
