@@ -440,6 +440,20 @@ def record_consent(db_path: str | pathlib.Path, reader_id: int) -> str:
     return write(db_path, tx)
 
 
+def record_consent_declined(db_path: str | pathlib.Path, reader_id: int) -> str:
+    """Record (in the audit log) that the reader declined the study's consent text; returns
+    the time. Nothing else changes: the reader sees no case, and may still agree later."""
+    def tx(db) -> str:
+        row = db.execute("SELECT study_id FROM readers WHERE id = ?", [reader_id]).fetchone()
+        if row is None:
+            raise ReaderError("unknown reader")
+        now = utc_now()
+        log_action(db, "reader", "consent_declined", row[0], reader_id=reader_id, at=now)
+        return now
+
+    return write(db_path, tx)
+
+
 def profile_label(field: str) -> str:
     """What the reader's profile form calls a field (`site_name` -> "Site name")."""
     return PROFILE_LABELS.get(field) or field.replace("_", " ").capitalize()

@@ -157,6 +157,8 @@ class Screen:
     selected: int | None = None     # answer pre-selected: the earlier one of a reopened read
     comment: str = ""               # the read's comment and flag as last sent (or typed)
     non_diagnostic: bool = False
+    consent: bool = False           # intro: consent pending (the I agree / I do not agree controls)
+    agreed: bool = False            # intro: the I agree box stays ticked (e.g. a profile error)
 
 
 def _token(token: str | None) -> str | None:
@@ -236,7 +238,8 @@ def intro_text(view: session.CaseView, instructions: str = "", consent: str = ""
         lines[2:2] = ["**Instructions from the study team**", "", study_markdown(instructions), ""]
     if consent.strip():
         lines += ["", "**Consent**", "", study_markdown(consent), "",
-                  "Pressing **Start** records that you agree to the text above."]
+                  "Tick **I agree** below and press **Start** to begin; **I do not agree** "
+                  "records that you declined and shows no image."]
     return "\n".join(lines)
 
 
@@ -314,9 +317,11 @@ def open_page(db_path, token: str | None) -> Screen:
 
 def _intro_screen(db_path, reader, view, consent: str, form, message: str = "") -> Screen:
     texts = lifecycle.study_texts(db_path, reader.study)
-    return Screen("intro", intro=intro_text(view, texts.instructions, consent),
-                  total=view.total, profile=form, message=message,
-                  pair=view.pair_stimulus_id is not None)
+    intro = intro_text(view, texts.instructions, consent)
+    if message and form is None:  # with a form, the form shows the message itself
+        intro += f"\n\n**{plain_markdown(message)}**"
+    return Screen("intro", intro=intro, total=view.total, profile=form, message=message,
+                  pair=view.pair_stimulus_id is not None, consent=bool(consent))
 
 
 def profile_values(profile_json, form: readers.ProfileForm) -> dict:
@@ -344,11 +349,36 @@ def _total(db_path, reader) -> int:
     return 0
 
 
-def start(db_path, token: str | None, profile_json: str | None = None) -> Screen:
+CONSENT_NEEDED = "To start, tick “I agree” under the consent text, or press “I do not agree”."
+CONSENT_DECLINED = ("You did not agree: that is recorded, nothing else, and no image is shown. "
+                    "You can close this page. If you change your mind, tick “I agree” and "
+                    "press Start.")
+
+
+def decline_consent(db_path, token: str | None) -> Screen:
+    """'I do not agree' under the consent text: recorded, and the intro stays."""
+    reader = _reader(db_path, token)
+    if reader is None:
+        return _login("This link is not valid.")
+    view = session.next_case(db_path, reader.reader_id)
+    if view is None:
+        return _finished_for(db_path, reader)
+    consent = readers.consent_pending(db_path, reader.reader_id)
+    if consent:
+        readers.record_consent_declined(db_path, reader.reader_id)
+    return _intro_screen(db_path, reader, view, consent,
+                         readers.profile_form(db_path, reader.reader_id),
+                         message=CONSENT_DECLINED if consent else "")
+
+
+def start(db_path, token: str | None, profile_json: str | None = None, *,
+          agreed: bool | None = None) -> Screen:
     """'Start' on the instruction screen (or any time the current case must be shown).
     When the study asks for the reader's profile and it is not filled in yet, `profile_json`
     (the form's values) must fill in every field: otherwise the intro comes back with the
-    reason and the typed values, and nothing (neither profile nor consent) is recorded."""
+    reason and the typed values, and nothing (neither profile nor consent) is recorded.
+    `agreed`: the page's "I agree" box; False while consent is pending brings the intro
+    back and records nothing (None: Start itself counts as agreeing)."""
     reader = _reader(db_path, token)
     if reader is None:
         return _login("This link is not valid.")
@@ -356,6 +386,12 @@ def start(db_path, token: str | None, profile_json: str | None = None) -> Screen
     if view is None:
         return _finished_for(db_path, reader)
     form = readers.profile_form(db_path, reader.reader_id)
+    if agreed is False and readers.consent_pending(db_path, reader.reader_id):
+        typed = form if form is None else dataclasses.replace(
+            form, values={k: str(v) for k, v in profile_values(profile_json, form).items()})
+        return _intro_screen(db_path, reader, view,
+                             readers.consent_pending(db_path, reader.reader_id), typed,
+                             message=CONSENT_NEEDED)
     if form is not None:
         values = profile_values(profile_json, form)
         try:
@@ -528,6 +564,8 @@ SCREEN_CSS = """
 #back-state,
 #prompt:not(:has(.prompt-text)) { display: none !important; }
 #profile:not(:has(.profile-form)) { display: none !important; }
+#reader:not(:has(#screen [data-consent])) #consent-agree,
+#reader:not(:has(#screen [data-consent])) #consent-decline { display: none !important; }
 """
 READER_CSS = SCREEN_CSS + """
 #stimulus { background: #000; height: 78vh; display: flex; align-items: center;
@@ -664,11 +702,13 @@ footer { display: none !important; }
 """
 
 
-def screen_html(kind: str) -> str:
-    """The marker SCREEN_CSS reads to show one screen (a fixed word, nothing else)."""
+def screen_html(kind: str, *, consent: bool = False) -> str:
+    """The marker SCREEN_CSS reads to show one screen (a fixed word, nothing else; on the
+    intro, `data-consent` while consent is pending shows the agree/decline controls)."""
     if kind not in SCREENS:
         raise ValueError(f"unknown screen {kind!r}")
-    return f'<span data-screen="{kind}"></span>'
+    mark = " data-consent" if consent and kind == "intro" else ""
+    return f'<span data-screen="{kind}"{mark}></span>'
 
 
 def back_marker(can_go_back: bool) -> str:
@@ -743,10 +783,10 @@ INTRO_TOUCH = ("**Touch:** tap an answer, then **Submit**. Pinch to zoom the ima
                "move it.")
 # Runs in the browser before Start: the profile form's values as one JSON object (an empty
 # object when the intro has no form). The server keeps only the form's own fields.
-PROFILE_JS = """(p) => { const v = {};
+PROFILE_JS = """(p, agreed) => { const v = {};
   document.querySelectorAll('#profile [data-field]').forEach(
       (el) => { v[el.dataset.field] = el.value; });
-  return [JSON.stringify(v)]; }"""
+  return [JSON.stringify(v), agreed]; }"""
 
 
 def profile_form_html(form: readers.ProfileForm, message: str = "") -> str:
@@ -839,6 +879,12 @@ def build_reader_blocks(db_path) -> gr.Blocks:
                 # read by PROFILE_JS on Start.
                 profile_form = gr.HTML("", elem_id=IDS["profile"], js_on_load=None)
                 profile_in = gr.Textbox(visible=False)
+                # Shown while consent is pending: agreeing and declining are both explicit.
+                with gr.Row():
+                    consent_agree = gr.Checkbox(label="I agree to the consent text above",
+                                                elem_id="consent-agree")
+                    decline_btn = gr.Button("I do not agree", elem_id="consent-decline",
+                                            scale=0, min_width=160)
                 start_btn = gr.Button("Start", variant="primary", elem_id=IDS["start"])
             with gr.Column(elem_id=IDS["case"]):
                 progress = gr.HTML(elem_id=IDS["progress"])
@@ -890,7 +936,7 @@ def build_reader_blocks(db_path) -> gr.Blocks:
 
         outputs = [screen, login_msg, intro_md, progress, message, image, prompt, question,
                    answer, feedback, done_md, keys_hint, fault_md, state, profile_form,
-                   intro_keys, back_state, comment, non_diag]
+                   intro_keys, back_state, comment, non_diag, consent_agree]
 
         def render(s: Screen) -> list:
             """The outputs for a screen: plain values (cheap for Gradio) except the answer
@@ -904,7 +950,7 @@ def build_reader_blocks(db_path) -> gr.Blocks:
             else:
                 img = stimulus_html(s.image_url, s.presets) if is_case and s.image_url else ""
             return [
-                screen_html(s.kind),
+                screen_html(s.kind, consent=s.consent),
                 s.message if s.kind == "login" else "",
                 s.intro if s.kind == "intro" else "",
                 progress_html(s.position, s.total, s.training) if case_like else "",
@@ -926,6 +972,7 @@ def build_reader_blocks(db_path) -> gr.Blocks:
                 back_marker(s.can_go_back and s.kind in ("case", "finished", "unavailable")),
                 s.comment if is_case else "",
                 bool(s.non_diagnostic) if is_case else False,
+                bool(s.agreed) if s.kind == "intro" else False,
             ]
 
         safe_open, safe_start = storage_safe(open_page), storage_safe(start)
@@ -938,8 +985,16 @@ def build_reader_blocks(db_path) -> gr.Blocks:
         def on_start(request: gr.Request):
             return render(safe_start(db_path, token_of(request)))
 
-        def on_start_profile(profile, request: gr.Request):  # Start under the intro
-            return render(safe_start(db_path, token_of(request), profile))
+        def on_start_profile(profile, agreed, request: gr.Request):  # Start under the intro
+            s = safe_start(db_path, token_of(request), profile, agreed=bool(agreed))
+            if s.kind == "intro":  # e.g. a profile error: the I agree box stays as it was
+                s = dataclasses.replace(s, agreed=bool(agreed))
+            return render(s)
+
+        safe_decline = storage_safe(decline_consent)
+
+        def on_decline(request: gr.Request):
+            return render(safe_decline(db_path, token_of(request)))
 
         def on_submit(st, ans, ms, note, nd, request: gr.Request):
             return render(safe_submit(db_path, token_of(request), st, ans, ms, note, nd))
@@ -960,7 +1015,9 @@ def build_reader_blocks(db_path) -> gr.Blocks:
         common = dict(api_visibility="private", concurrency_id="reader", trigger_mode="once",
                       show_progress="hidden", postprocess=False)
         demo.load(on_load, None, outputs, **common)
-        start_btn.click(on_start_profile, [profile_in], outputs, js=PROFILE_JS, **common)
+        start_btn.click(on_start_profile, [profile_in, consent_agree], outputs, js=PROFILE_JS,
+                        **common)
+        decline_btn.click(on_decline, None, outputs, **common)
         submit.click(on_submit, [state, answer, client_ms, comment, non_diag], outputs,
                      js=SHOWN_MS_JS, **common)
         back.click(on_back, None, outputs, **common)

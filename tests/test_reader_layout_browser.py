@@ -143,3 +143,40 @@ def test_pair_panes_use_the_desktop_window(browser, pairs, shots):
     sub = page.locator("#submit").bounding_box()
     assert sub["y"] + sub["height"] <= 900
     page.close()
+
+
+def test_consent_is_an_explicit_agree_or_decline_both_recorded(browser, tmp_path):
+    import sqlite3
+
+    from studies import lifecycle
+    from studio.reader_view import CONSENT_DECLINED, CONSENT_NEEDED
+
+    db, _, tokens = make_loud_study(tmp_path, "consent", n_cases=4, size=128, readers=("dr-c",))
+    lifecycle.set_texts(db, "consent", consent="My answers may be **published** in aggregate.")
+
+    def consented():
+        with sqlite3.connect(db) as con:
+            at = con.execute("SELECT consented_at FROM readers").fetchone()[0]
+            declined = con.execute("SELECT count(*) FROM audit_log WHERE action = "
+                                   "'consent_declined'").fetchone()[0]
+        return at, declined
+
+    with serve_studio(db, password=ADMIN_PASSWORD) as (url, _):
+        page = browser.new_page(viewport={"width": 1440, "height": 900})
+        page.goto(f"{url}/?token={tokens['dr-c']}")
+        page.wait_for_selector("#consent-agree", state="visible", timeout=30_000)
+        assert page.locator("#intro strong", has_text="published").count() == 1
+        page.click("#start")  # not ticked: nothing recorded, the intro says what to do
+        page.wait_for_function("t => document.querySelector('#intro').innerText.includes(t)",
+                               arg=CONSENT_NEEDED[:30], timeout=30_000)
+        assert consented() == (None, 0) and not page.is_visible("#case")
+        page.click("#consent-decline")
+        page.wait_for_function("t => document.querySelector('#intro').innerText.includes(t)",
+                               arg=CONSENT_DECLINED[:30], timeout=30_000)
+        assert consented() == (None, 1) and not page.is_visible("#stimulus img")
+        page.check("#consent-agree input")
+        page.click("#start")
+        _wait_case(page, 1, 4)
+        at, declined = consented()
+        assert at and declined == 1
+        page.close()

@@ -383,7 +383,7 @@ def test_reader_page_shows_instructions_and_consent_and_start_records_it(study):
     assert screen.kind == "intro"
     assert "Read each image at full size." in screen.intro and "Take breaks." in screen.intro
     assert "full size.\n\nTake breaks" in screen.intro  # paragraphs kept
-    assert "Pressing **Start** records that you agree" in screen.intro
+    assert "Tick **I agree** below and press **Start**" in screen.intro
     assert "![x]" not in screen.intro and "\\!\\[x\\]" in screen.intro  # shown as typed
     assert readers.consent_pending(study, ref.reader_id)
     assert readers.reader_info(study, ref.reader_id).consented_at is None
