@@ -585,7 +585,10 @@ def turing_tables(result: dict) -> tuple[pd.DataFrame, pd.DataFrame]:
     rrows = [{"reader": name, **{c: _reasoned(v, c) for c in _BINARY_COLS
                                  if c in v or f"{c}_reason" in v}}
              for name, v in per.items()]
-    return pd.DataFrame([prow]) if pooled else pd.DataFrame(), pd.DataFrame(rrows)
+    names = {"fool_rate": "fool rate", "ci_wilson": "95% CI (Wilson)",
+             "p_binomial": "p (binomial vs 0.5)", "auc_ci": "AUC 95% CI (DeLong)"}
+    return ((pd.DataFrame([prow]) if pooled else pd.DataFrame()).rename(columns=names),
+            pd.DataFrame(rrows).rename(columns=names))
 
 
 def _scalar(v):

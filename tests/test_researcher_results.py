@@ -156,7 +156,7 @@ def test_p_values_read_the_same_in_cli_report_and_dashboard(tmp_path):
     assert "p < 0.001 vs 0.5" in r.output and "e-" not in r.output
     result = analyze(_strong_result())
     pooled, _ = admin_view.turing_tables(result)
-    assert pooled.loc[0, "p_binomial"] == "< 0.001"
+    assert pooled.loc[0, "p (binomial vs 0.5)"] == "< 0.001"  # words, not result keys
     cells = [str(v) for v in pooled.to_numpy().ravel()] + \
         [str(v) for v in admin_view.agreement_table(result).to_numpy().ravel()]
     assert "0" not in cells and not any(re.search(r"\de-\d", c) for c in cells)
