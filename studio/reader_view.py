@@ -936,7 +936,7 @@ def build_reader_blocks(db_path) -> gr.Blocks:
 
         outputs = [screen, login_msg, intro_md, progress, message, image, prompt, question,
                    answer, feedback, done_md, keys_hint, fault_md, state, profile_form,
-                   intro_keys, back_state, comment, non_diag, consent_agree]
+                   intro_keys, consent_agree, back_state, comment, non_diag]
 
         def render(s: Screen) -> list:
             """The outputs for a screen: plain values (cheap for Gradio) except the answer
@@ -968,11 +968,11 @@ def build_reader_blocks(db_path) -> gr.Blocks:
                 profile_form_html(s.profile, s.message) if s.kind == "intro" and s.profile
                 else "",
                 PAIR_KEYS_INTRO if s.pair else INTRO_KEYS,  # keyboards only (CSS)
+                bool(s.agreed) if s.kind == "intro" else False,  # the I agree box
                 # going back: a marker for SCREEN_CSS; the remarks as plain values
                 back_marker(s.can_go_back and s.kind in ("case", "finished", "unavailable")),
                 s.comment if is_case else "",
                 bool(s.non_diagnostic) if is_case else False,
-                bool(s.agreed) if s.kind == "intro" else False,
             ]
 
         safe_open, safe_start = storage_safe(open_page), storage_safe(start)

@@ -1248,7 +1248,7 @@ def test_reader_events_are_cheap_for_gradio(tmp_path, monkeypatch):
     token = readers.invite(db, "ten", "cheap")
     with serve_studio(db) as (url, ids), httpx.Client(base_url=url, timeout=30) as c:
         _queue_event(c, ids["on_load"], [], token, "s1")
-        first = _queue_event(c, ids["on_start_profile"], ["{}"], token, "s1")  # Start
+        first = _queue_event(c, ids["on_start_profile"], ["{}", False], token, "s1")  # Start
         nxt = _queue_event(c, ids["on_submit"], [None, 2, None, "", False], token, "s1")
     for out in (first, nxt):
         updates = [o for o in out if isinstance(o, dict) and o.get("__type__") == "update"]
