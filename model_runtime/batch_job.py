@@ -602,6 +602,22 @@ def _worker_error(exc: BaseException) -> BaseException:
     return exc
 
 
+def write_batch(out: str | os.PathLike, spec: JobSpec, tasks: list[ImageTask],
+                pngs: list[bytes]) -> tuple[pathlib.Path, pathlib.Path]:
+    """Write finished images (PNG bytes, one per task) and their manifest.csv and
+    generation.csv into ``out`` exactly as a job does, so a batch made elsewhere (the
+    studio's Generate tab) reads, resumes and becomes a study like a CLI batch. Returns
+    (manifest, generation.csv)."""
+    out = pathlib.Path(out)
+    (out / "images").mkdir(parents=True, exist_ok=True)
+    produced = {}
+    for task, data in zip(tasks, pngs):
+        provenance.atomic_write(out / task.rel_path, lambda fh, data=data: fh.write(data))
+        produced[(task.row, task.k)] = _produced(data)
+    writer = _ManifestWriter(out, spec, tasks, produced)
+    return writer.manifest, writer.details
+
+
 class _ManifestWriter:
     """Keeps manifest.csv and generation.csv in step with the PNGs on disk (atomic rewrites,
     at most every few seconds, sorted by row and image)."""

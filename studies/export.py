@@ -230,6 +230,8 @@ def write_export(db_path: str | pathlib.Path, study: str, fmt: str, out: str | p
         df = long_table(db_path, study, include_superseded=include_superseded)
     else:
         df = imrmc_table(db_path, study)
+        if df.empty:  # an empty file and exit 0 reads as success; say why instead
+            raise StudyError(_no_imrmc_reason(db_path, study))
     fd, tmp = tempfile.mkstemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "w", newline="", encoding="utf-8") as fh:
@@ -245,6 +247,18 @@ def write_export(db_path: str | pathlib.Path, study: str, fmt: str, out: str | p
 
     write_if_writable(db_path, log)  # a read-only database is exported, just not logged
     return len(df)
+
+
+def _no_imrmc_reason(db_path, study: str) -> str:
+    """Why a study has no iMRMC table (pair reads have no one-rating-per-image form)."""
+    long = long_table(db_path, study)
+    if (long["task"] == "pair").any():
+        return ("the pair (2AFC) task has no iMRMC layout: iMRMC takes one rating per image, "
+                "a 2AFC read is one call per pair of images; use --format long (one row per "
+                "pair read: reader, case, pair_case, truth, response) or `medisyn study "
+                "analyze` for proportion correct")
+    return ("no turing ratings to export yet: the iMRMC layout holds the turing task's "
+            "6-point ratings of main reads (training, repeat and attention reads excluded)")
 
 
 def case_images(db_path: str | pathlib.Path, study: str, *, source: str | None = None) -> list[dict]:

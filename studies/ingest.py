@@ -33,7 +33,9 @@ from studies import imaging, sizing, stimuli
 from studies.database import (
     log_action, open_db, reading, stimuli_dir, study_row, transaction, utc_now, write,
 )
-from studies.design import StudyOptions, new_order_secret, seeded_order_secret, select_training
+from studies.design import (
+    StudyOptions, make_pairs, new_order_secret, seeded_order_secret, select_training,
+)
 from studies.errors import IngestError, ManifestError, StudyError, StudyExists
 from studies.manifest import ManifestRow, read_images_dir, read_manifest
 
@@ -60,6 +62,9 @@ class StudySummary:
     stimuli_dir: pathlib.Path
     seconds: float
     content_warnings: list[dict] = dataclasses.field(default_factory=list)  # see audit
+    pairing: str = ""  # pair task: how many pairs, and which images were left unpaired
+    skipped: list[dict] = dataclasses.field(default_factory=list)  # skip_unreadable: row, path, error
+    duplicates: list[dict] = dataclasses.field(default_factory=list)  # same pixels: row, path, same_as
 
 
 @dataclasses.dataclass
@@ -144,6 +149,7 @@ def create_study(
     options: StudyOptions | None = None,
     actor: str = "cli",
     progress: Callable[[int, int], None] | None = None,
+    skip_unreadable: bool = False,
 ) -> StudySummary:
     """Create study `name` in `db_path` from a manifest CSV or an images folder.
 
@@ -151,7 +157,9 @@ def create_study(
     largest multiple of 64 in [256, 1024] that does not enlarge most of the images).
     The audit report gains `scaling` (`audit.scaling_check`: images enlarged or reduced
     more than 2x, worst first). One transaction: on any error nothing is left behind
-    (no rows, no stimulus files).
+    (no rows, no stimulus files). An unreadable image fails the whole study unless
+    `skip_unreadable`: then it is left out and listed in the summary's `skipped`. Images
+    with exactly the same pixels after blinding are listed in `duplicates` (a warning).
     Raises StudyError subclasses (ManifestError, IngestError, StudyExists) with one-line
     messages naming the offending row or file.
     """
@@ -173,11 +181,18 @@ def create_study(
                 raise StudyExists(f"a study named {name!r} already exists in {db_path.name}")
 
     rows = read_manifest(manifest) if manifest is not None else read_images_dir(images_dir)
-    training = set(_check_design(rows, options, secret))
+    if not skip_unreadable:  # fail fast, before decoding anything
+        training = set(_check_design(rows, options, secret))
     size = _resolve_size(rows, size)
 
     with _staging(db_path) as stage:
-        prepared, items = _prepare(rows, size, stage.incoming, progress)
+        prepared, items, skipped = _prepare(rows, size, stage.incoming, progress,
+                                            skip_unreadable=skip_unreadable)
+        if skip_unreadable:
+            if not prepared:
+                raise IngestError(f"none of the {len(rows)} images could be read")
+            rows = [p.row for p in prepared]
+            training = set(_check_design(rows, options, secret))
         report = audit_mod.audit_leaks(items, prompts_shown="alignment" in options.tasks)
         del items
         report_dict, report_text = _with_content_warnings(
@@ -225,7 +240,26 @@ def create_study(
         generators=generators, audit=report_dict, audit_text=report_text,
         stimuli_dir=stimuli_dir(db_path), seconds=time.perf_counter() - t0,
         content_warnings=report_dict["content_warnings"],
+        skipped=skipped, duplicates=duplicate_pixels(prepared),
+        pairing=(pairing_note(rows, make_pairs(
+            [(r.case_id, r.source, r.modality, r.group) for r in rows], secret)[1])
+            if "pair" in options.tasks else ""),
     )
+
+
+def pairing_note(rows: list[ManifestRow], unpaired: list) -> str:
+    """One line on the 2AFC pairing: pairs made, and the images no pair could use (pairs
+    match modality and group, so unequal counts leave some out; readers never see them)."""
+    left = set(unpaired)
+    n_pairs = (len(rows) - len(left)) // 2
+    if not left:
+        return f"Pairs: {n_pairs} (every image is in a pair)."
+    by_source = {src: sum(r.source == src for r in rows if r.case_id in left)
+                 for src in ("real", "synthetic")}
+    listed = ", ".join(sorted(map(str, left))[:10]) + (" ..." if len(left) > 10 else "")
+    return (f"Pairs: {n_pairs}; {len(left)} image(s) left unpaired ({by_source['real']} real, "
+            f"{by_source['synthetic']} synthetic; pairs need a real and a synthetic image of "
+            f"the same modality and group) and never shown to readers: {listed}")
 
 
 @dataclasses.dataclass
@@ -238,6 +272,28 @@ class AddSummary:
     audit: dict
     audit_text: str
     seconds: float
+    skipped: list[dict] = dataclasses.field(default_factory=list)  # skip_unreadable: row, path, error
+    duplicates: list[dict] = dataclasses.field(default_factory=list)  # allowed: row, path, same_as
+
+
+def duplicate_pixels(prepared: list[_Prepared], existing: dict[str, str] | None = None) -> list[dict]:
+    """Images whose blinded stimulus has exactly the same pixels as an earlier one (in the
+    study already, `existing` {sha256: case id}, or earlier in this batch): a case read
+    twice is a repeat no one planned, and a reader can tell by recognising it."""
+    seen = dict(existing or {})
+    out = []
+    for p in prepared:
+        if p.sha256 in seen:
+            out.append({"row": p.row.where, "case_id": p.row.case_id, "path": p.row.rel_path,
+                        "same_as": seen[p.sha256]})
+        else:
+            seen[p.sha256] = p.row.case_id
+    return out
+
+
+def _duplicates_text(dups: list[dict]) -> str:
+    shown = "; ".join(f"{d['row']}: {d['path']} = case {d['same_as']}" for d in dups[:5])
+    return shown + (f"; and {len(dups) - 5} more" if len(dups) > 5 else "")
 
 
 def add_cases(
@@ -248,6 +304,8 @@ def add_cases(
     images_dir: str | pathlib.Path | None = None,
     actor: str = "cli",
     progress: Callable[[int, int], None] | None = None,
+    allow_duplicates: bool = False,
+    skip_unreadable: bool = False,
 ) -> AddSummary:
     """Add images (e.g. a generation batch's manifest.csv) to a draft study as main cases.
 
@@ -255,6 +313,9 @@ def add_cases(
     invited, so adding cases later would give readers different case sets. The images are
     blinded exactly like at creation (the study's size), the leak audit is re-run over all
     cases and stored, and it is all one transaction, as in `create_study`.
+    Images with exactly the same pixels as a case already in the study (or as another new
+    image) are refused, all of them named, unless `allow_duplicates` (then listed in the
+    summary's `duplicates`). `skip_unreadable`: as in `create_study`.
     """
     t0 = time.perf_counter()
     if (manifest is None) == (images_dir is None):
@@ -265,6 +326,9 @@ def add_cases(
         _check_draft(db, srow)
         existing = {k for (k,) in db.execute(
             "SELECT case_key FROM cases WHERE study_id = ?", [srow["id"]])}
+        stored_pixels = {sha: key for key, sha in db.execute(
+            "SELECT c.case_key, s.sha256 FROM cases c JOIN stimuli s ON s.id = c.stimulus_id "
+            "WHERE c.study_id = ? ORDER BY c.id DESC", [srow["id"]])}
         first_row = db.execute("SELECT coalesce(max(manifest_row), 0) + 1 FROM cases "
                                "WHERE study_id = ?", [srow["id"]]).fetchone()[0]
     tasks = json.loads(srow["tasks"])
@@ -278,8 +342,17 @@ def add_cases(
                                 "but this image has none")
     size = srow["size"]
     with _staging(db_path) as stage:
-        prepared, items = _prepare(rows, size, stage.incoming, progress,
-                                   grey_strata=_stored_grey_strata(db_path, srow["id"]))
+        prepared, items, skipped = _prepare(rows, size, stage.incoming, progress,
+                                            grey_strata=_stored_grey_strata(db_path, srow["id"]),
+                                            skip_unreadable=skip_unreadable)
+        if not prepared:
+            raise IngestError(f"none of the {len(rows)} images could be read")
+        duplicates = duplicate_pixels(prepared, stored_pixels)
+        if duplicates and not allow_duplicates:
+            raise StudyError(f"{len(duplicates)} of {len(prepared)} image(s) have exactly the "
+                             f"same pixels as a case already in {study!r} or earlier in this "
+                             f"batch ({_duplicates_text(duplicates)}); nothing was added. Remove "
+                             "them, or allow duplicates (--allow-duplicates) to add them anyway")
         items = _stored_audit_items(db_path, srow["id"]) + items
         report = audit_mod.audit_leaks(items, prompts_shown="alignment" in tasks)
         del items
@@ -308,7 +381,7 @@ def add_cases(
         n_real=sum(p.row.source == "real" for p in prepared),
         n_synthetic=sum(p.row.source == "synthetic" for p in prepared),
         n_cases=n_cases, audit=report_dict, audit_text=report_text,
-        seconds=time.perf_counter() - t0)
+        seconds=time.perf_counter() - t0, skipped=skipped, duplicates=duplicates)
 
 
 def _check_size(size) -> None:
@@ -413,19 +486,30 @@ def _staging(db_path: pathlib.Path):
 
 def _prepare(rows: list[ManifestRow], size: int, incoming: pathlib.Path,
              progress: Callable[[int, int], None] | None,
-             grey_strata: dict[str, bool] | None = None):
-    """Decode and blind every row into `incoming`; returns (prepared, audit items).
+             grey_strata: dict[str, bool] | None = None, *, skip_unreadable: bool = False):
+    """Decode and blind every row into `incoming`; returns (prepared, audit items, skipped).
 
+    An unreadable image raises IngestError, or with `skip_unreadable` is listed in skipped.
     Real images go first so that each modality is known to be greyscale or not before its
     synthetic images are stored (see `_grey_decision`); `grey_strata` adds what stored real
     images already showed (when adding cases)."""
     prepared: list = [None] * len(rows)
     items: list = [None] * len(rows)
+    skipped: list[tuple[int, dict]] = []
     grey = _GreyStrata(dict(grey_strata or {}))
     order = sorted(range(len(rows)), key=lambda i: rows[i].source != "real")
     for done, i in enumerate(order, start=1):
         row = rows[i]
-        decoded = _decode(row, size)
+        try:
+            decoded = _decode(row, size)
+        except IngestError as exc:
+            if not skip_unreadable:
+                raise
+            skipped.append((i, {"row": row.where, "case_id": row.case_id, "path": row.rel_path,
+                                "error": str(exc)}))
+            if progress:
+                progress(done, len(rows))
+            continue
         greyed = left = None
         if row.source == "real":
             grey.see_real(row.modality, decoded.pixels)
@@ -451,7 +535,8 @@ def _prepare(rows: list[ManifestRow], size: int, incoming: pathlib.Path,
             **{k: v for k, v in original.items() if k != "original_bytes"})
         if progress:
             progress(done, len(rows))
-    return prepared, items
+    return ([p for p in prepared if p is not None], [it for it in items if it is not None],
+            [entry for _, entry in sorted(skipped, key=lambda pair: pair[0])])
 
 
 @dataclasses.dataclass

@@ -180,7 +180,10 @@ def accuracy_sample_size(accuracy: float, *, power: float = 0.8, readers: int | 
         limit = pw(readers, 1e12)
         if limit < power:
             return _null(out, ("cases",), f"not reachable with {readers} readers: between-reader variability "
-                                          f"caps the power at {limit:.3f} however many cases")
+                                          f"(SD {reader_sd:g} on the logit scale, ≈ "
+                                          f"{np.sqrt(model['var_between']):.3f} in accuracy) caps the power "
+                                          f"at {limit:.3f} however many cases; add readers, or give a smaller "
+                                          f"reader SD if a pilot supports one")
         n = _solve(lambda k: pw(readers, k), power, 1, MAX_CASES)
         if n is None:
             return _null(out, ("cases",), f"more than {MAX_CASES} cases needed")
@@ -310,9 +313,14 @@ def auc_sample_size(auc: float, *, power: float = 0.8, readers: int | None = Non
     if pilot is not None and pilot.get("reader_var") is not None:
         reader_sd = float(np.sqrt(pilot["reader_var"]))
     out: dict = {"target": "auc" if auc2 is None else "auc_difference", "auc": auc, "power_target": power,
-                 "readers": readers, "cases": cases, "alpha": alpha, "reader_sd": reader_sd}
+                 "readers": readers, "cases": cases, "alpha": alpha, "reader_sd": reader_sd,
+                 "prevalence": prevalence, "variance_source": "pilot" if pilot else "Hanley-McNeil"}
     if auc2 is not None:
         out["auc2"] = auc2
+    else:
+        out["null_auc"] = null_auc
+    if pilot is None:
+        out["r1"], out["r2"], out["r3"] = r
 
     def pw(j, k):
         return _auc_power_value(j, k, auc, auc2, null_auc, prevalence, reader_sd, r, pilot, alpha)[0]
@@ -327,9 +335,36 @@ def auc_sample_size(auc: float, *, power: float = 0.8, readers: int | None = Non
             return _null(out, ("cases",), "a random-readers analysis needs at least two readers")
         limit = pw(readers, MAX_CASES)
         if limit < power:
-            return _null(out, ("cases",), f"not reachable with {readers} readers: reader variability caps "
-                                          f"the power at {limit:.3f} however many cases")
+            return _null(out, ("cases",), f"not reachable with {readers} readers: reader variability "
+                                          f"(SD {reader_sd:g} of the reader AUCs) caps the power at "
+                                          f"{limit:.3f} however many cases; add readers, or give a smaller "
+                                          f"reader SD (or a --pilot) if a pilot supports one")
         n = _solve(lambda k: pw(readers, k), power, 4, MAX_CASES)
         out["cases"] = n
     out["power"] = pw(out["readers"], out["cases"])
     return out
+
+
+def assumptions(res: dict) -> str:
+    """The assumptions behind a power or sample-size result, in one paragraph (printed with
+    every answer, so "not reachable" is never given without the numbers that cause it)."""
+    alpha = res.get("alpha", 0.05)
+    if res.get("target") == "accuracy":
+        sd = res.get("reader_sd_logit", DEFAULT_READER_SD)
+        model = reader_accuracy_model(res["accuracy"], sd)
+        return (f"Assumptions: mean reader accuracy {res['accuracy']:g}; readers differ with SD "
+                f"{sd:g} on the logit scale (≈ {np.sqrt(model['var_between']):.3f} in accuracy; "
+                f"{'default' if sd == DEFAULT_READER_SD else 'given'}, --reader-sd); every reader "
+                f"reads every case, half real and half synthetic; two-sided one-sample t-test of "
+                f"the per-reader accuracies against 0.5 at alpha {alpha:g} (random readers).")
+    sd = res.get("reader_sd", DEFAULT_AUC_READER_SD)
+    what = (f"AUC {res['auc']:g} vs {res.get('null_auc', 0.5):g}" if res.get("auc2") is None
+            else f"AUC {res['auc']:g} vs {res['auc2']:g}")
+    source = res.get("variance_source") or "Hanley-McNeil"
+    corr = (f"error correlations r1 {res['r1']:g}, r2 {res['r2']:g}, r3 {res['r3']:g} (Rockette "
+            f"et al. 1999)" if "r1" in res else "error correlations from the pilot")
+    return (f"Assumptions: {what}; reader AUCs differ with SD {sd:g} "
+            f"({'default' if sd == DEFAULT_AUC_READER_SD else 'given or from the pilot'}, "
+            f"--reader-sd); synthetic share {res.get('prevalence', 0.5):g} of the cases; case "
+            f"variance from {source}; {corr}; Obuchowski–Rockette test with Hillis ddf at alpha "
+            f"{alpha:g} (random readers and cases).")

@@ -500,6 +500,20 @@ def record_consent(db_path: str | pathlib.Path, reader_id: int) -> str:
     return write(db_path, tx)
 
 
+def record_consent_declined(db_path: str | pathlib.Path, reader_id: int) -> str:
+    """Record (in the audit log) that the reader declined the study's consent text; returns
+    the time. Nothing else changes: the reader sees no case, and may still agree later."""
+    def tx(db) -> str:
+        row = db.execute("SELECT study_id FROM readers WHERE id = ?", [reader_id]).fetchone()
+        if row is None:
+            raise ReaderError("unknown reader")
+        now = utc_now()
+        log_action(db, "reader", "consent_declined", row[0], reader_id=reader_id, at=now)
+        return now
+
+    return write(db_path, tx)
+
+
 def profile_label(field: str) -> str:
     """What the reader's profile form calls a field (`site_name` -> "Site name")."""
     return PROFILE_LABELS.get(field) or field.replace("_", " ").capitalize()
@@ -572,18 +586,23 @@ def update_profile(db_path: str | pathlib.Path, reader_id: int, profile: dict, *
 @dataclasses.dataclass(frozen=True)
 class Coverage:
     n_units: int            # main cases (pairs, for the pair task)
-    min_reads: int          # fewest main reads of any case
+    min_reads: int          # fewest finished main reads of any case (every task answered)
     max_reads: int
     target: int | None      # readers_per_case K, if set
     readers_needed: int     # more readers to invite so every case reaches K (0 if reached)
+    min_assigned: int = 0   # fewest main reads of any case assigned to invited readers
+    max_assigned: int = 0
 
 
 def coverage(db_path: str | pathlib.Path, study: str) -> Coverage:
-    """How evenly the main cases are covered by the invited readers' assignments."""
+    """How often each main case has been read (every task answered) and how often it will
+    be once the invited readers finish (their assignments); readers_needed counts from the
+    assignments, since an invited reader's cases are already fixed."""
     with reading(db_path) as db:
         srow = study_row(db, study)
         options = StudyOptions.from_dict(json.loads(srow["options"]))
         reads = _unit_reads(db, srow["id"])
+        done = _unit_reads_done(db, srow["id"], len(options.tasks))
         keys = [k for (k,) in db.execute(
             "SELECT case_key FROM cases WHERE study_id = ? AND role = 'main'", [srow["id"]])]
         if "pair" in options.tasks:
@@ -592,11 +611,28 @@ def coverage(db_path: str | pathlib.Path, study: str) -> Coverage:
             pairs, _ = make_pairs([tuple(m) for m in meta], order_secret(db, srow["id"]))
             keys = [r for r, _ in pairs]
     counts = [reads.get(k, 0) for k in keys] or [0]
+    finished = [done.get(k, 0) for k in keys] or [0]
     k = options.readers_per_case
     needed = 0
     if k and min(counts) < k:
         per_reader = options.cases_per_reader or len(keys)
         deficit = sum(max(0, k - c) for c in counts)
         needed = math.ceil(deficit / max(1, min(per_reader, len(keys))))
-    return Coverage(n_units=len(keys), min_reads=min(counts), max_reads=max(counts), target=k,
-                    readers_needed=needed)
+    return Coverage(n_units=len(keys), min_reads=min(finished), max_reads=max(finished),
+                    target=k, readers_needed=needed, min_assigned=min(counts),
+                    max_assigned=max(counts))
+
+
+def _unit_reads_done(db, study_id: int, n_tasks: int) -> dict:
+    """Finished main reads (all `n_tasks` tasks answered) per case key (or pair unit)."""
+    reads: dict = {}
+    for key, pkey in db.execute(
+            "SELECT c.case_key, p.case_key FROM assignments a JOIN readers r ON r.id = a.reader_id "
+            "JOIN cases c ON c.id = a.case_id LEFT JOIN cases p ON p.id = a.pair_case_id "
+            "WHERE r.study_id = ? AND a.kind = 'main' AND "
+            "(SELECT count(DISTINCT x.task) FROM responses x WHERE x.assignment_id = a.id) >= ?",
+            [study_id, n_tasks]):
+        reads[key] = reads.get(key, 0) + 1
+        if pkey is not None:
+            reads[pkey] = reads.get(pkey, 0) + 1
+    return reads

@@ -6,11 +6,14 @@ Everything here reads the JSON-ready result only, so a report can be rebuilt fro
 from __future__ import annotations
 
 import html
+import statistics
 from pathlib import Path
 
 import plotly.graph_objects as go
 
+from studies.design import TASKS
 from studies.likert import MWU_TEST
+from studies.numbers import fmt_num, fmt_p, is_p_key, p_text
 
 # (heading, text): each test named with its reference; tests/test_report.py checks the pairs
 METHODS = [
@@ -56,9 +59,7 @@ def _fmt(v, digits: int = 3) -> str:
     if isinstance(v, int):
         return str(v)
     if isinstance(v, float):
-        if v != 0 and (abs(v) < 10 ** -digits):
-            return f"{v:.2e}"
-        return f"{v:.{digits}f}"
+        return fmt_num(v, digits)
     if isinstance(v, list) and len(v) == 2 and all(isinstance(x, (int, float)) for x in v):
         return f"{_fmt(v[0], digits)} – {_fmt(v[1], digits)}"
     return str(v)
@@ -77,9 +78,10 @@ def _cell(d: dict | None, key: str, digits: int = 3) -> str:
         reason = d.get(f"{key}_reason") or "undefined"
         return f'<td class=na>n/a<small>{html.escape(reason)}</small></td>'
     note = d.get(f"{key}_note")
+    text = fmt_p(v) if is_p_key(key) and isinstance(v, (int, float)) else _fmt(v, digits)
     if note:
-        return (f'<td>{html.escape(_fmt(v, digits))}*<small>{html.escape(note)}</small></td>')
-    return f"<td>{html.escape(_fmt(v, digits))}</td>"
+        return (f'<td>{html.escape(text)}*<small>{html.escape(note)}</small></td>')
+    return f"<td>{html.escape(text)}</td>"
 
 
 def _table(rows: list[tuple[str, dict | None]], columns: list[tuple[str, str]], caption: str) -> str:
@@ -114,7 +116,7 @@ def forest_figure(turing: dict) -> go.Figure:
         marker={"symbol": ["diamond" if n == "pooled" else "circle" for n in names],
                 "size": [13 if n == "pooled" else 8 for n in names]}))
     fig.add_vline(x=0.5, line_dash="dash", annotation_text="chance")
-    fig.update_layout(title="Accuracy per reader (95% Wilson CI)", xaxis_title="accuracy",
+    fig.update_layout(title=figure_title("forest"), xaxis_title="accuracy",
                       xaxis_range=[0, 1], yaxis_autorange="reversed", height=max(300, 22 * len(names) + 120))
     return fig
 
@@ -124,7 +126,7 @@ def confusion_figure(turing: dict) -> go.Figure:
     z = [[c["real"]["real"], c["real"]["synthetic"]], [c["synthetic"]["real"], c["synthetic"]["synthetic"]]]
     fig = go.Figure(go.Heatmap(z=z, x=["called real", "called synthetic"], y=["real", "synthetic"],
                                text=z, texttemplate="%{text}", colorscale="Blues", showscale=False))
-    fig.update_layout(title="Confusion matrix (all readers)", yaxis_title="truth", yaxis_autorange="reversed",
+    fig.update_layout(title=figure_title("confusion"), yaxis_title="truth", yaxis_autorange="reversed",
                       height=360)
     return fig
 
@@ -143,7 +145,7 @@ def roc_figure(turing: dict) -> go.Figure:
         fig.add_trace(go.Scatter(x=pooled["fpr"], y=pooled["tpr"], mode="lines", name=label,
                                  line={"width": 4, "color": "black"}))
     fig.add_trace(go.Scatter(x=[0, 1], y=[0, 1], mode="lines", name="chance", line={"dash": "dash", "color": "grey"}))
-    fig.update_layout(title="ROC curves (positive = synthetic)",
+    fig.update_layout(title=figure_title("roc"),
                       xaxis_title="false-positive rate (real called synthetic)",
                       yaxis_title="true-positive rate (synthetic called synthetic)", height=520)
     return fig
@@ -155,12 +157,18 @@ def likert_figure(section: dict, task: str) -> go.Figure:
     groups += [(f"generator: {k}", v) for k, v in section["by_generator"].items()]
     groups = [(n, v) for n, v in groups if v.get("n")]
     levels = sorted({lvl for _, v in groups for lvl in v["distribution"]}, key=float)
+    words = dict(TASKS[task].scale) if task in TASKS else {}
     fig = go.Figure()
     for lvl in levels:
+        word = words.get(int(float(lvl)))
         fig.add_trace(go.Bar(y=[n for n, _ in groups], x=[v["proportions"].get(lvl, 0.0) for _, v in groups],
-                             name=lvl, orientation="h"))
-    fig.update_layout(barmode="stack", title=f"{task}: rating distribution", xaxis_title="share of ratings",
-                      xaxis_range=[0, 1], height=max(280, 40 * len(groups) + 140), legend_title="rating")
+                             name=f"{lvl} {word}" if word else lvl, orientation="h"))
+    # The legend goes under the plot, in rows: at the side it is cut off in a narrow pane.
+    fig.update_layout(barmode="stack", title=figure_title(f"likert_{task}"), xaxis_title="share of ratings",
+                      xaxis_range=[0, 1], height=max(320, 40 * len(groups) + 220),
+                      legend={"title": {"text": "rating"}, "orientation": "h", "x": 0, "y": -0.25,
+                              "yanchor": "top", "traceorder": "normal"},
+                      margin={"b": 120})
     return fig
 
 
@@ -182,6 +190,46 @@ def agreement_figure(pairwise: dict, title: str) -> go.Figure:
     return fig
 
 
+FIGURE_TITLES = {
+    "forest": "Accuracy per reader (95% Wilson CI)",
+    "confusion": "Confusion matrix (all readers)",
+    "roc": "ROC curves (positive = synthetic)",
+    "agreement": "Pairwise Cohen's κ (real/synthetic call)",
+    "pair_forest": "Which image is synthetic? Proportion correct per reader (95% CI)",
+    "likert_alignment": "Image–text alignment: rating distribution",
+    "likert_quality": "Realism (quality): rating distribution",
+    "agreement_alignment": "Pairwise weighted Cohen's κ (image–text alignment)",
+    "agreement_quality": "Pairwise weighted Cohen's κ (realism)",
+}
+
+
+def figure_title(key: str) -> str:
+    """The human title of a figure of `figures()` (never its internal key)."""
+    return FIGURE_TITLES.get(key) or key.replace("_", " ").capitalize()
+
+
+def pair_forest_figure(pair: dict) -> go.Figure:
+    """Per-reader proportion correct in the 2AFC task with Clopper–Pearson CIs, pooled last."""
+    names, val, lo, hi = [], [], [], []
+    for name, d in list(pair["per_reader"].items()) + [("pooled", pair["pooled"])]:
+        if d.get("proportion") is None:
+            continue
+        names.append(name)
+        val.append(d["proportion"])
+        lo.append(d["proportion"] - d["ci"][0])
+        hi.append(d["ci"][1] - d["proportion"])
+    fig = go.Figure(go.Scatter(
+        x=val, y=names, mode="markers",
+        error_x={"type": "data", "symmetric": False, "array": hi, "arrayminus": lo},
+        marker={"symbol": ["diamond" if n == "pooled" else "circle" for n in names],
+                "size": [13 if n == "pooled" else 8 for n in names]}))
+    fig.add_vline(x=0.5, line_dash="dash", annotation_text="chance")
+    fig.update_layout(title=figure_title("pair_forest"), xaxis_title="proportion correct",
+                      xaxis_range=[0, 1], yaxis_autorange="reversed",
+                      height=max(300, 22 * len(names) + 120))
+    return fig
+
+
 def figures(result: dict) -> dict[str, go.Figure]:
     """Every figure the result supports, keyed by name."""
     out: dict[str, go.Figure] = {}
@@ -191,14 +239,16 @@ def figures(result: dict) -> dict[str, go.Figure]:
         out["confusion"] = confusion_figure(t)
         out["roc"] = roc_figure(t)
         if t["cohen_kappa"]["pairs"]:
-            out["agreement"] = agreement_figure(t["cohen_kappa"], "Pairwise Cohen's κ (Turing call)")
+            out["agreement"] = agreement_figure(t["cohen_kappa"], figure_title("agreement"))
+    if result.get("pair"):
+        out["pair_forest"] = pair_forest_figure(result["pair"])
     for task in ("alignment", "quality"):
         sec = result.get(task)
         if sec:
             out[f"likert_{task}"] = likert_figure(sec, task)
             if sec["cohen_kappa_weighted"]["pairs"]:
                 out[f"agreement_{task}"] = agreement_figure(sec["cohen_kappa_weighted"],
-                                                            f"Pairwise weighted Cohen's κ ({task})")
+                                                            figure_title(f"agreement_{task}"))
     return out
 
 
@@ -244,12 +294,12 @@ def _turing_html(t: dict) -> list[str]:
         parts.append(_table(diffs,
                             [("difference", "difference"), ("F", "f"), ("ddf", "ddf"), ("p", "p"), ("95% CI", "ci")],
                             f"Generator differences in AUC (overall F = {_fmt(comp.get('f'))}, "
-                            f"p = {_fmt(comp.get('p'))})"))
+                            f"{p_text(comp.get('p'))})"))
         fixed = comp.get("fixed_readers") or {}
         parts.append(_table([(name, _fixed_readers(d, "difference")) for name, d in diffs],
                             [("difference", "difference"), ("SE", "se"), ("z", "z"), ("p", "p"), ("95% CI", "ci")],
                             f"Generator differences in AUC, fixed readers (overall χ² = {_fmt(fixed.get('chi2'))}, "
-                            f"df = {_fmt(fixed.get('df'))}, p = {_fmt(fixed.get('p'))})"))
+                            f"df = {_fmt(fixed.get('df'))}, {p_text(fixed.get('p'))})"))
     parts.append(_agreement_table([
         ("Fleiss' κ (all readers)", t["fleiss_kappa"], "kappa"),
         ("Krippendorff's α (nominal)", t["krippendorff_alpha"], "alpha"),
@@ -359,13 +409,210 @@ def remarks_html(result: dict) -> list[str]:
     return out
 
 
-def render_html(result: dict, *, title: str | None = None) -> str:
-    """One self-contained HTML document (plotly.js inline, once)."""
+REFERENCES = [
+    "Clopper CJ, Pearson ES. The use of confidence or fiducial limits illustrated in the case of "
+    "the binomial. Biometrika 1934;26:404–413.",
+    "Cohen J. A coefficient of agreement for nominal scales. Educ Psychol Meas 1960;20:37–46.",
+    "DeLong ER, DeLong DM, Clarke-Pearson DL. Comparing the areas under two or more correlated "
+    "receiver operating characteristic curves: a nonparametric approach. Biometrics "
+    "1988;44:837–845.",
+    "Fleiss JL. Measuring nominal scale agreement among many raters. Psychol Bull "
+    "1971;76:378–382.",
+    "Green DM, Swets JA. Signal Detection Theory and Psychophysics. New York: Wiley; 1966.",
+    "Hayes AF, Krippendorff K. Answering the call for a standard reliability measure for coding "
+    "data. Commun Methods Meas 2007;1:77–89.",
+    "Hillis SL. A comparison of denominator degrees of freedom methods for multiple observer ROC "
+    "analysis. Stat Med 2007;26:596–619.",
+    "Mann HB, Whitney DR. On a test of whether one of two random variables is stochastically "
+    "larger than the other. Ann Math Stat 1947;18:50–60.",
+    "McGraw KO, Wong SP. Forming inferences about some intraclass correlation coefficients. "
+    "Psychol Methods 1996;1:30–46.",
+    "Newcombe RG. Two-sided confidence intervals for the single proportion: comparison of seven "
+    "methods. Stat Med 1998;17:857–872.",
+    "Obuchowski NA, Rockette HE. Hypothesis testing of diagnostic accuracy for multiple readers "
+    "and multiple tests: an ANOVA approach with dependent observations. Commun Stat Simul Comput "
+    "1995;24:285–308.",
+    "Shrout PE, Fleiss JL. Intraclass correlations: uses in assessing rater reliability. Psychol "
+    "Bull 1979;86:420–428.",
+    "Wilson EB. Probable inference, the law of succession, and statistical inference. J Am Stat "
+    "Assoc 1927;22:209–212.",
+]
+
+_TASK_WORDS = {
+    "turing": "whether each image was real or synthetic, on a 6-point scale from “definitely "
+              "real” to “definitely synthetic”",
+    "alignment": "how well each image matched its text, on a 5-point scale",
+    "quality": "how realistic each image looked, on a 5-point scale",
+    "pair": "which of two images shown side by side (one real, one synthetic of the same "
+            "modality) was synthetic, on a 6-point scale from “definitely left” to "
+            "“definitely right”",
+}
+
+
+def _counts_text(counts: dict) -> str:
+    return ", ".join(f"{n} {html.escape(str(k))}" for k, n in counts.items()) or "none"
+
+
+def _years(readers: list[dict]) -> list[float]:
+    out = []
+    for r in readers:
+        try:
+            out.append(float(str(r.get("years_experience", "")).strip()))
+        except ValueError:
+            continue
+    return out
+
+
+def _design_html(d: dict) -> list[str]:
+    """Design, readers and leak-audit sections from `studies.methods.study_design`."""
+    o, c = d["options"], d["cases"]
+    tasks = ", ".join(html.escape(t) for t in d["tasks"])
+    rows = [("Tasks (in this order; turing is always first)", tasks),
+            ("Stimuli", f"{d.get('size')}×{d.get('size')} px PNG, letterboxed, metadata "
+                        "removed, served under random ids"),
+            ("Main cases", f"{c['main']} ({_counts_text(c['by_source'])})"),
+            ("Synthetic images per generator", _counts_text(c["by_generator"])),
+            ("Training cases (with feedback, not analysed)", str(c["training"])),
+            ("Cases per reader", "all (fully crossed)" if not o.get("cases_per_reader")
+             else f"{o['cases_per_reader']} (incomplete design, balanced real/synthetic)"),
+            ("Target readers per case", str(o.get("readers_per_case") or "—")),
+            ("Repeated reads (intra-reader agreement)",
+             f"{fmt_num(float(o.get('repeat_fraction') or 0) * 100, 0)}% of cases"
+             + (f", at least {o['repeat_after_s'] // 3600} h after the first read"
+                if o.get("repeat_after_s") else "")),
+            ("Attention checks per reader", str(o.get("attention_checks", 0))),
+            ("Task order counterbalanced", "yes" if o.get("counterbalance") else "no"),
+            ("Readers may go back and change an answer", "yes" if o.get("allow_back") else "no"),
+            ("Reader order", "reproducible from a seed (testing only)"
+             if o.get("reproducible_seed") else "random per reader, from a secret never shown")]
+    body = "".join(f"<tr><th>{html.escape(k)}</th><td style='text-align:left'>{v}</td></tr>"
+                   for k, v in rows)
+    parts = ["<h2>Study design</h2>", f"<table><tbody>{body}</tbody></table>"]
+    mods = c.get("by_modality") or {}
+    if mods:
+        mrows = "".join(f"<tr><th>{html.escape(m)}</th><td>{v.get('real', 0)}</td>"
+                        f"<td>{v.get('synthetic', 0)}</td></tr>" for m, v in mods.items())
+        parts.append("<table><caption>Main cases per modality</caption><thead><tr><th></th>"
+                     f"<th>real</th><th>synthetic</th></tr></thead><tbody>{mrows}</tbody></table>")
+    readers = d.get("readers") or []
+    parts.append("<h2>Readers</h2>")
+    if readers:
+        rrows = "".join(
+            f"<tr><th>{html.escape(r['reader'])}</th>"
+            f"<td style='text-align:left'>{html.escape(str(r.get('specialty') or '—'))}</td>"
+            f"<td>{html.escape(str(r.get('years_experience') or '—'))}</td>"
+            f"<td>{r['completed']}/{r['total']}</td><td>{'yes' if r.get('consented') else 'no'}</td>"
+            "</tr>" for r in readers)
+        parts.append("<table><caption>Reader profiles and progress</caption><thead><tr><th>reader"
+                     "</th><th>specialty</th><th>years of experience</th><th>reads done</th>"
+                     f"<th>consent recorded</th></tr></thead><tbody>{rrows}</tbody></table>")
+    else:
+        parts.append("<p>No readers invited.</p>")
+    a = d.get("audit") or {}
+    parts.append("<h2>Leak audit</h2>")
+    if a.get("verdict") is None and a.get("flagged") is None:
+        parts.append("<p>No audit stored.</p>")
+    else:
+        auc = (f"cross-validated AUC {fmt_num(a['auc'])} of a classifier of image statistics "
+               f"(flag at ≥ {fmt_num(a.get('threshold'))}; {html.escape(str(a.get('cv') or ''))})"
+               if a.get("auc") is not None else
+               f"classifier AUC not computed ({html.escape(str(a.get('auc_reason') or ''))})")
+        parts.append(f"<p>Verdict: <b>{html.escape(str(a.get('verdict') or ('leak' if a.get('flagged') else 'ok')))}"
+                     f"</b>; {auc}. Audited images: {_counts_text(a.get('counts') or {})}."
+                     + (f" Images scaled more than 2×: {a.get('n_enlarged_over_2x') or 0} enlarged, "
+                        f"{a.get('n_reduced_over_2x') or 0} reduced." if a.get("n_enlarged_over_2x")
+                        is not None else "") + "</p>")
+        if a.get("reasons"):
+            parts.append("<ul>" + "".join(f"<li>{html.escape(str(x))}</li>" for x in a["reasons"])
+                         + "</ul>")
+    return parts
+
+
+def methods_paragraph(result: dict, design: dict | None, versions: dict | None) -> str:
+    """The methods section as prose a manuscript can start from (plain text)."""
+    out = []
+    if design:
+        c, o = design["cases"], design["options"]
+        readers = design.get("readers") or []
+        specs = sorted({str(r.get("specialty")).strip() for r in readers
+                        if str(r.get("specialty") or "").strip()})
+        yrs = _years(readers)
+        who = f"{len(readers)} reader{'s' if len(readers) != 1 else ''}"
+        if specs:
+            who += f" ({', '.join(specs)}"
+            who += (f"; median {fmt_num(statistics.median(yrs), 1)} years of experience, "
+                    f"range {fmt_num(min(yrs), 0)}–{fmt_num(max(yrs), 0)})" if yrs else ")")
+        gens = ", ".join(c["by_generator"]) or "unnamed generators"
+        tasks = "; ".join(_TASK_WORDS.get(t, t) for t in design["tasks"])
+        n_pairs = (result.get("pair") or {}).get("n_pairs")
+        out.append(
+            f"{who} read "
+            + (f"{n_pairs} pairs made from " if "pair" in design["tasks"] and n_pairs else "")
+            + f"{c['main']} images ({c['by_source'].get('real', 0)} real, "
+            f"{c['by_source'].get('synthetic', 0)} synthetic from {gens}) "
+            + ("each" if not o.get("cases_per_reader") else
+               f"{o['cases_per_reader']} per reader, balanced between real and synthetic,")
+            + f" in a random order per reader. Every image was re-encoded to the same "
+            f"{design.get('size')}×{design.get('size')} px PNG without metadata and served under a "
+            f"random identifier, so that only its pixels could tell its source. Readers judged "
+            f"{tasks}.")
+        if c["training"]:
+            out.append(f"{c['training']} training images with feedback came first and were not "
+                       "analysed.")
+        if o.get("repeat_fraction"):
+            out.append(f"{fmt_num(float(o['repeat_fraction']) * 100, 0)}% of the images were shown "
+                       "a second time to measure intra-reader agreement.")
+        if o.get("attention_checks"):
+            out.append(f"Each reader answered {o['attention_checks']} instructed-response "
+                       "attention checks.")
+        a = design.get("audit") or {}
+        if a.get("auc") is not None:
+            out.append(f"Before reading, a leak audit compared the stimuli's image statistics "
+                       f"between sources (cross-validated classifier AUC {fmt_num(a['auc'])}; "
+                       f"verdict: {a.get('verdict') or ('leak' if a.get('flagged') else 'ok')}).")
+    used = set()
+    if result.get("turing"):
+        used |= {"Accuracy, sensitivity, specificity, fool rate", "Random-readers accuracy test",
+                 "ROC", "MRMC", "Agreement"}
+    if result.get("pair"):
+        used.add("Paired 2AFC")
+    if result.get("alignment") or result.get("quality"):
+        used |= {"Likert", "Agreement"}
+    out.append("Statistical analysis. " + " ".join(
+        f"{k}: {v}" for k, v in METHODS if k in used or not used))
+    if versions:
+        out.append("Analyses were run with " + ", ".join(
+            f"{k} {v}" for k, v in versions.items()) + ".")
+    return " ".join(out)
+
+
+def render_html(result: dict, *, title: str | None = None, design: dict | None = None,
+                generated_at: str | None = None, versions: dict | None = None) -> str:
+    """One self-contained HTML document (plotly.js inline, once).
+
+    design: `studies.methods.study_design` (adds the design, readers and leak-audit
+    sections and a methods paragraph); generated_at: the date line (default: now, UTC);
+    versions: `studies.methods.software_versions()` (the default)."""
+    import datetime as _dt
+
+    from studies.methods import software_versions
+
     study = result.get("input", {}).get("study")
     title = title or (f"Reader study report — {study}" if study else "Reader study report")
-    parts = [f"<h1>{html.escape(str(title))}</h1>"]
+    generated_at = generated_at or _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    versions = software_versions() if versions is None else versions
+    parts = [f"<h1>{html.escape(str(title))}</h1>",
+             f"<p class=note>Report generated {html.escape(generated_at)}"
+             + (f"; study created {html.escape(str(design.get('created_at') or '')[:16].replace('T', ' '))}"
+                f" UTC, status {html.escape(str(design.get('status')))}" if design else "")
+             + ".</p>"]
+    if design:
+        parts += _design_html(design)
     inp = result.get("input", {})
-    parts.append(f"<p class=note>{inp.get('rows_analysed', 0)} responses analysed "
+    n_pair = (result.get("pair") or {}).get("n", 0)
+    parts.append("<h2>Results</h2>")
+    parts.append(f"<p class=note>{inp.get('rows_analysed', 0)} responses"
+                 + (f" and {n_pair} pair (2AFC) reads" if n_pair else "") + " analysed "
                  f"({inp.get('rows_training_excluded', 0)} training rows excluded, {inp.get('rows_repeat', 0)} "
                  f"repeat reads used for intra-reader agreement only, {inp.get('rows_superseded', 0)} superseded "
                  f"answers). Each “n/a” says why the value is undefined; * marks an interval clipped to the "
@@ -380,29 +627,42 @@ def render_html(result: dict, *, title: str | None = None) -> str:
         first[0] = False
         return out
 
+    # a pair study has no single-image tasks: no "no responses yet" sections for them
+    pair_only = bool(result.get("pair")) and not inp.get("rows_analysed")
     if result.get("turing"):
         parts += _turing_html(result["turing"])
         parts += [fig_html(n) for n in ("forest", "confusion", "roc", "agreement")]
+    elif pair_only:
+        pass
     else:
         parts.append(f"<h2>Visual Turing test</h2><p>{html.escape(result.get('turing_reason', ''))}</p>")
     if result.get("pair"):
         parts += _pair_html(result["pair"])
+        parts.append(fig_html("pair_forest"))
     for task in ("alignment", "quality"):
         if result.get(task):
             parts += _likert_html(task, result[task])
             parts += [fig_html(f"likert_{task}"), fig_html(f"agreement_{task}")]
-        else:
+        elif not pair_only:
             parts.append(f"<h2>{task.capitalize()} ratings</h2><p>{html.escape(result.get(f'{task}_reason', ''))}</p>")
     parts += remarks_html(result)
     parts.append("<h2>Methods</h2>")
     parts.append("<p>" + " ".join(f"<b>{html.escape(k)}.</b> {html.escape(v)}" for k, v in METHODS) + "</p>")
     parts.append("<p class=note>Training reads are excluded, the latest answer per reader, case and task is used, "
                  "and repeated reads serve only intra-reader agreement.</p>")
+    parts.append("<h3>Methods paragraph (for a manuscript)</h3>")
+    parts.append(f"<p id=methods-paragraph>{html.escape(methods_paragraph(result, design, versions))}</p>")
+    parts.append("<h2>References</h2><ol>" + "".join(f"<li>{html.escape(r)}</li>" for r in REFERENCES)
+                 + "</ol>")
+    parts.append("<h2>Software</h2><table><tbody>" + "".join(
+        f"<tr><th>{html.escape(k)}</th><td>{html.escape(v)}</td></tr>" for k, v in versions.items())
+                 + "</tbody></table>")
     return (f"<!DOCTYPE html><html lang=en><head><meta charset=utf-8><title>{html.escape(str(title))}</title>"
             f"<style>{_CSS}</style></head><body>{''.join(parts)}</body></html>")
 
 
-def write_html(result: dict, path, *, title: str | None = None) -> Path:
+def write_html(result: dict, path, *, title: str | None = None, design: dict | None = None) -> Path:
+    """render_html to `path`; design: `studies.methods.study_design` of the study, if known."""
     path = Path(path)
-    path.write_text(render_html(result, title=title), encoding="utf-8")
+    path.write_text(render_html(result, title=title, design=design), encoding="utf-8")
     return path

@@ -20,6 +20,19 @@ AUTO_MIN, AUTO_MAX, AUTO_STEP = 256, 1024, 64
 FALLBACK = 512  # when no header could be read
 
 
+def parse_size(value) -> int | str:
+    """A stimulus size as typed (CLI --size, the admin's form): "auto" or a whole number of
+    pixels; the range is checked by ingest."""
+    from studies.errors import StudyError
+
+    text = str(value if value is not None else "").strip().lower()
+    if text in ("", AUTO):
+        return AUTO
+    if text.isdigit():
+        return int(text)
+    raise StudyError(f"size must be auto or a whole number of pixels, not {value!r}")
+
+
 def auto_size(sides: Sequence[int | None], *, lo: int = AUTO_MIN, hi: int = AUTO_MAX,
               step: int = AUTO_STEP) -> int:
     """The stimulus side for images whose longest sides are `sides` (None: unknown)."""

@@ -46,6 +46,7 @@ from studies import readers as readers_mod
 from studies import session
 from studies.design import TASKS, StudyOptions
 from studies.errors import StudyError
+from studies.numbers import fmt_num, fmt_p, is_p_key, p_text
 from studio.plain_text import plain_markdown
 from studio.progress_format import ATTENTION_HEADER, attention_cell
 
@@ -98,6 +99,19 @@ def studies_table(db_path) -> pd.DataFrame:
         "created": r["created_at"][:19].replace("T", " "),
     } for r in rows]
     return pd.DataFrame(out, columns=cols)
+
+
+def _study_status(db_path, study: str, stored: str | None) -> str:
+    """The status the Studies table shows: the stored one, except that an open study with
+    no reader invited is a draft."""
+    from studies.database import reading, study_row
+
+    if stored not in (None, "open"):
+        return stored
+    with reading(db_path) as db:
+        sid = study_row(db, study)["id"]
+        invited = db.execute("SELECT 1 FROM readers WHERE study_id = ? LIMIT 1", [sid]).fetchone()
+    return "open" if invited else "draft"
 
 
 def _study_statuses(db_path) -> dict[str, str]:
@@ -256,7 +270,11 @@ def find_study_input(root) -> dict:
 
 # ------------------------------------------------------------------------------- create
 def study_options(tasks, *, training_cases=0, repeat_fraction=0.0, attention_checks=0,
-                  counterbalance=False, seed=None) -> StudyOptions:
+                  counterbalance=False, seed=None, cases_per_reader=None, readers_per_case=None,
+                  repeat_after="") -> StudyOptions:
+    """The CLI's study options from the admin form (0 or empty: the CLI's default)."""
+    from studies.design import parse_duration
+
     tasks = tuple(tasks or ())
     if not tasks:
         raise StudyError("choose at least one task")
@@ -264,7 +282,22 @@ def study_options(tasks, *, training_cases=0, repeat_fraction=0.0, attention_che
     return StudyOptions(tasks=tasks, training_cases=int(training_cases or 0),
                         repeat_fraction=float(repeat_fraction or 0.0),
                         attention_checks=int(attention_checks or 0),
-                        counterbalance=bool(counterbalance), seed=seed)
+                        counterbalance=bool(counterbalance), seed=seed,
+                        cases_per_reader=int(cases_per_reader) if cases_per_reader else None,
+                        readers_per_case=int(readers_per_case) if readers_per_case else None,
+                        repeat_after_s=parse_duration(str(repeat_after or "").strip()))
+
+
+def _size(value) -> int | str:
+    """A stimulus size from the form or a caller: "auto" (as the CLI) or whole pixels."""
+    from studies.sizing import parse_size
+
+    return value if isinstance(value, int) and not isinstance(value, bool) else parse_size(value)
+
+
+def error_markdown(exc) -> str:
+    """A refused action's message, for the message box beside the control that refused."""
+    return f"❌ **Error:** {plain_markdown(str(exc))}"
 
 
 def upload_folder() -> pathlib.Path:
@@ -290,8 +323,8 @@ def _uploaded_file(path) -> pathlib.Path:
     return resolved
 
 
-def create_from_zip(db_path, name, zip_path, *, size=512, options: StudyOptions, actor="admin",
-                    max_bytes: int = ZIP_MAX_BYTES):
+def create_from_zip(db_path, name, zip_path, *, size="auto", options: StudyOptions, actor="admin",
+                    max_bytes: int = ZIP_MAX_BYTES, skip_unreadable: bool = False):
     """A study from a zip uploaded through the admin form (a file in Gradio's upload
     folder); the upload is deleted afterwards."""
     from studies.ingest import create_study
@@ -303,7 +336,8 @@ def create_from_zip(db_path, name, zip_path, *, size=512, options: StudyOptions,
     try:
         safe_extract_zip(upload, tmp / "x", max_bytes=max_bytes)
         where = find_study_input(tmp / "x")
-        return create_study(db_path, name, size=int(size), options=options, actor=actor, **where)
+        return create_study(db_path, name, size=_size(size), options=options, actor=actor,
+                            skip_unreadable=skip_unreadable, **where)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
         # The upload sits in Gradio's cache; it held the original file names: remove it.
@@ -311,17 +345,18 @@ def create_from_zip(db_path, name, zip_path, *, size=512, options: StudyOptions,
             upload.unlink()
 
 
-def create_from_folder(db_path, name, folder, *, size=512, options: StudyOptions, actor="admin"):
+def create_from_folder(db_path, name, folder, *, size="auto", options: StudyOptions, actor="admin",
+                       skip_unreadable: bool = False):
     from studies.ingest import create_study
 
     folder = pathlib.Path(str(folder or "").strip()).expanduser()
     if not str(folder) or not folder.exists():
         raise UploadError(f"no such file or folder on the server: {folder}")
     if folder.is_file():
-        return create_study(db_path, name, manifest=folder, size=int(size), options=options,
-                            actor=actor)
-    return create_study(db_path, name, size=int(size), options=options, actor=actor,
-                        **find_study_input(folder))
+        return create_study(db_path, name, manifest=folder, size=_size(size), options=options,
+                            actor=actor, skip_unreadable=skip_unreadable)
+    return create_study(db_path, name, size=_size(size), options=options, actor=actor,
+                        skip_unreadable=skip_unreadable, **find_study_input(folder))
 
 
 def _image_files(folder: pathlib.Path) -> list[pathlib.Path]:
@@ -329,8 +364,8 @@ def _image_files(folder: pathlib.Path) -> list[pathlib.Path]:
                   and p.suffix.lower() in IMAGE_SUFFIXES)
 
 
-def create_from_batches(db_path, name, batch_dirs, *, real_folder=None, size=512,
-                        options: StudyOptions, actor="admin"):
+def create_from_batches(db_path, name, batch_dirs, *, real_folder=None, size="auto",
+                        options: StudyOptions, actor="admin", skip_unreadable: bool = False):
     """A study from generation batches (their manifest.csv rows, synthetic) plus, for the
     turing task, real images from a server folder (a sidecar `<name>.txt` holds a real
     image's caption, as for `--images` folders). Files are linked or copied into one
@@ -374,8 +409,8 @@ def create_from_batches(db_path, name, batch_dirs, *, real_folder=None, size=512
             w = csv.DictWriter(fh, fieldnames=["path", "source", "modality", "prompt", "generator"])
             w.writeheader()
             w.writerows(rows)
-        return create_study(db_path, name, manifest=man, size=int(size), options=options,
-                            actor=actor)
+        return create_study(db_path, name, manifest=man, size=_size(size), options=options,
+                            actor=actor, skip_unreadable=skip_unreadable)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 
@@ -402,7 +437,13 @@ def summary_markdown(summary) -> str:
             f"{summary.n_synthetic} synthetic; {summary.n_training} training), tasks "
             f"{', '.join(summary.tasks)}, {summary.size}×{summary.size} px, generators {gens}, "
             f"in {summary.seconds:.1f} s. Status: **draft** — review the leak audit, then "
-            "invite readers to open it.")
+            "invite readers to open it."
+            + (f"  \n{plain_markdown(summary.pairing)}" if getattr(summary, "pairing", "") else "")
+            + "".join(f"  \n⚠️ skipped unreadable {plain_markdown(x['row'])}: "
+                      f"{plain_markdown(x['path'])} ({plain_markdown(x['error'])})"
+                      for x in getattr(summary, "skipped", []))
+            + (f"  \n⚠️ {len(summary.duplicates)} image(s) have the same pixels as another case"
+               if getattr(summary, "duplicates", []) else ""))
 
 
 # ------------------------------------------------------------------------------ readers
@@ -452,8 +493,11 @@ def study_settings(db_path, study: str) -> tuple[str, str, str, str, bool]:
     from studies.lifecycle import study_texts
 
     t = study_texts(db_path, study)
-    return (f"Status: **{t.status}**" + (f" since {t.status_at[:19].replace('T', ' ')}"
-                                          if t.status_at else ""),
+    status = _study_status(db_path, study, t.status)
+    return (f"Status: **{status}**" + (f" since {t.status_at[:19].replace('T', ' ')}"
+                                        if t.status_at and status != "draft" else
+                                        " — no reader invited yet; inviting the first reader "
+                                        "opens it" if status == "draft" else ""),
             t.instructions, t.consent, ", ".join(t.profile_fields), t.ask_profile)
 
 
@@ -520,19 +564,49 @@ def _reasoned(d: dict, key: str):
     v = d.get(key)
     if v is None:
         return f"n/a ({d.get(f'{key}_reason') or 'not computed'})"
+    text = fmt_p(v) if is_p_key(key) and isinstance(v, (int, float)) else _fmt(v)
     if d.get(f"{key}_note"):
-        return f"{_fmt(v)} ({d[f'{key}_note']})"
-    return _fmt(v)
+        return f"{text} ({d[f'{key}_note']})"
+    return text
 
 
 def _fmt(v):
+    """The studies.numbers format (as in the CLI and the HTML report), as table text."""
     if isinstance(v, float):
-        return round(v, 3)
+        return fmt_num(v)
     if isinstance(v, (list, tuple)) and all(isinstance(x, (int, float)) or x is None for x in v):
-        return "[" + ", ".join("—" if x is None else f"{x:.3f}" for x in v) + "]"
+        return "[" + ", ".join("—" if x is None else fmt_num(float(x)) for x in v) + "]"
     if v is None:
         return "—"
     return v
+
+
+_PAIR_COLS = ("n", "correct", "proportion", "ci", "p_binomial")
+
+
+def pair_tables(result: dict) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(pooled, per-reader) tables of the paired 2AFC section: proportion correct with its
+    Clopper–Pearson CI and binomial p; empty frames when the study has no pair reads."""
+    p = result.get("pair") or {}
+    if not p:
+        return pd.DataFrame(), pd.DataFrame()
+    pooled = p["pooled"]
+    rr = p.get("random_readers") or {}
+    prow = {"readers": f"all {p['n_readers']} (pooled, {p['n_pairs']} pairs)",
+            **{c: _reasoned(pooled, c) for c in _PAIR_COLS},
+            "random-readers mean": _reasoned(rr, "mean"), "random-readers p": _reasoned(rr, "p")}
+    rrows = [{"reader": name, **{c: _reasoned(v, c) for c in _PAIR_COLS}}
+             for name, v in p["per_reader"].items()]
+    names = {"proportion": "proportion correct", "ci": "95% CI (Clopper–Pearson)",
+             "p_binomial": "p (binomial vs 0.5)"}
+    return (pd.DataFrame([prow]).rename(columns=names),
+            pd.DataFrame(rrows, columns=["reader", *_PAIR_COLS]).rename(columns=names))
+
+
+def _reason_frame(text: str) -> pd.DataFrame:
+    """A one-cell table that says why there is nothing to show (an empty frame renders as
+    columns headed 1 2 3)."""
+    return pd.DataFrame({"result": [text]})
 
 
 def turing_tables(result: dict) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -545,7 +619,10 @@ def turing_tables(result: dict) -> tuple[pd.DataFrame, pd.DataFrame]:
     rrows = [{"reader": name, **{c: _reasoned(v, c) for c in _BINARY_COLS
                                  if c in v or f"{c}_reason" in v}}
              for name, v in per.items()]
-    return pd.DataFrame([prow]) if pooled else pd.DataFrame(), pd.DataFrame(rrows)
+    names = {"fool_rate": "fool rate", "ci_wilson": "95% CI (Wilson)",
+             "p_binomial": "p (binomial vs 0.5)", "auc_ci": "AUC 95% CI (DeLong)"}
+    return ((pd.DataFrame([prow]) if pooled else pd.DataFrame()).rename(columns=names),
+            pd.DataFrame(rrows).rename(columns=names))
 
 
 def _scalar(v):
@@ -568,6 +645,12 @@ def _value_note(stat, reason) -> dict:
     return {"value": _fmt(stat), "note": reason or ""}
 
 
+def _p_note(d: dict, key: str) -> str:
+    """"p = 0.043" / "p < 0.001", or "p n/a (reason)"."""
+    v = d.get(key)
+    return p_text(v) if v is not None else f"p {_reasoned(d, key)}"
+
+
 def agreement_table(result: dict) -> pd.DataFrame:
     rows = []
     t = result.get("turing") or {}
@@ -578,12 +661,12 @@ def agreement_table(result: dict) -> pd.DataFrame:
     mr = t.get("mrmc") or {}
     if isinstance(mr, dict) and mr:
         if mr.get("p") is not None:
-            note = f"p = {_fmt(mr.get('p'))}, CI {_reasoned(mr, 'ci')}"
+            note = f"{p_text(mr.get('p'))}, CI {_reasoned(mr, 'ci')}"
         else:
             note = f"random-readers test: n/a ({mr.get('p_reason') or 'not computed'})"
             fr = mr.get("fixed_readers")
             if isinstance(fr, dict) and fr.get("p") is not None:
-                note += f"; fixed readers: p = {_fmt(fr['p'])}, CI {_reasoned(fr, 'ci')}"
+                note += f"; fixed readers: {p_text(fr['p'])}, CI {_reasoned(fr, 'ci')}"
         if mr.get("block"):
             note = f"{mr['block']}. {note}"
         rows.append({"statistic": "turing: MRMC AUC (Obuchowski–Rockette)",
@@ -594,11 +677,11 @@ def agreement_table(result: dict) -> pd.DataFrame:
         rows.append({"statistic": "pair (2AFC): proportion correct, pooled (estimates the AUC)",
                      "value": _reasoned(pooled, "proportion"),
                      "note": f"CI {_reasoned(pooled, 'ci')} (Clopper–Pearson), "
-                             f"p = {_reasoned(pooled, 'p_binomial')}"})
+                             f"{_p_note(pooled, 'p_binomial')}"})
         rr = pair["random_readers"]
         rows.append({"statistic": "pair (2AFC): mean reader proportion (random readers)",
                      "value": _reasoned(rr, "mean"),
-                     "note": f"p = {_reasoned(rr, 'p')}, CI {_reasoned(rr, 'ci')}"})
+                     "note": f"{_p_note(rr, 'p')}, CI {_reasoned(rr, 'ci')}"})
         rows.append({"statistic": "pair (2AFC): Fleiss' κ on right/wrong",
                      **_value_note(pair["fleiss_kappa"], None)})
     for task in ("alignment", "quality"):
@@ -653,6 +736,8 @@ class Dashboard:
     agreement: pd.DataFrame
     figures: list            # plotly figures (title, figure)
     note: str
+    pooled_label: str = "Real vs synthetic (turing), pooled"
+    per_reader_label: str = "Per reader"
 
 
 def dashboard(db_path, study: str) -> Dashboard:
@@ -663,18 +748,32 @@ def dashboard(db_path, study: str) -> Dashboard:
     long_df = long_table(db_path, study)
     result = analysis.analyze(long_df)
     pooled, per_reader = turing_tables(result)
+    labels = {}
+    if result.get("pair") and not result.get("turing"):
+        pooled, per_reader = pair_tables(result)
+        labels = {"pooled_label": "Which image is synthetic? (pair, 2AFC): proportion correct, "
+                                  "pooled (estimates the AUC; 0.5 = cannot tell)",
+                  "per_reader_label": "Per reader (pair, 2AFC): proportion correct"}
+    if pooled.empty:
+        pooled = _reason_frame(result.get("turing_reason") or "no turing responses yet")
+    if per_reader.empty:
+        per_reader = _reason_frame(result.get("turing_reason") or "no turing responses yet")
     from studies import report
 
-    titles = {"forest": "Accuracy per reader (95% CI)", "confusion": "Confusion matrix",
-              "roc": "ROC curves", "agreement": "Pairwise agreement"}
-    figures = [(titles.get(k, k.replace("_", " ")), fig)
-               for k, fig in report.figures(result).items()]
+    figures = [(report.figure_title(k), fig) for k, fig in report.figures(result).items()]
     n = int(len(long_df))
     note = (f"{n} responses from {long_df['reader'].nunique() if n else 0} readers "
             "(training rows excluded from the statistics; latest answer wins).")
     if result.get("reader_flags"):
         note += "  \n" + remarks_markdown(result["reader_flags"])
-    return Dashboard(result, pooled, per_reader, agreement_table(result), figures, note)
+    return Dashboard(result, pooled, per_reader, agreement_table(result), figures, note,
+                     **labels)
+
+
+def _imrmc_refusal(db_path, study: str) -> str:
+    from studies.export import _no_imrmc_reason
+
+    return _no_imrmc_reason(db_path, study)
 
 
 def export_files(db_path, study: str, out_dir, *, actor="admin") -> list[pathlib.Path]:
@@ -693,9 +792,12 @@ def export_files(db_path, study: str, out_dir, *, actor="admin") -> list[pathlib
         except (StudyError, ValueError, KeyError):
             continue  # e.g. no turing responses yet for iMRMC: offer what exists
         paths.append(p)
+    from studies.methods import study_design
+
     result = analysis.analyze(long_table(db_path, study))
     paths.append(report.write_html(result, out_dir / f"{safe}-report.html",
-                                   title=f"Reader study {study}"))
+                                   title=f"Reader study {study}",
+                                   design=study_design(db_path, study)))
     return paths
 
 
@@ -756,18 +858,33 @@ def build_admin_blocks(db_path, admin_auth, *, model=None, base_url=None, batche
             with gr.Tab("New study", id="new"):
                 with gr.Row():
                     name = gr.Textbox(label="Study name", elem_id="new-name")
-                    size = gr.Number(label="Stimulus size (px)", value=512, precision=0,
-                                     minimum=32, maximum=4096)
+                    size = gr.Textbox(label="Stimulus size: auto, or pixels (auto: the largest "
+                                      "multiple of 64 in 256-1024 that enlarges at most half "
+                                      "of the images)", value="auto", elem_id="new-size")
                 tasks = gr.CheckboxGroup(task_choices, value=["turing"], label="Tasks")
                 with gr.Row():
                     training = gr.Number(label="Training cases", value=0, precision=0, minimum=0)
                     repeat = gr.Slider(0, 0.5, value=0.0, step=0.05,
-                                       label="Repeated fraction (intra-reader)")
+                                       label="Repeated fraction (intra-reader)",
+                                       elem_id="new-repeat")
                     attention = gr.Number(label="Attention checks", value=0, precision=0,
                                           minimum=0)
                     counterbalance = gr.Checkbox(label="Counterbalance the tasks after turing (turing is always first)")
                     seed = gr.Number(label="Seed (0: random secret; any other value makes the "
                                      "order predictable — testing only)", value=0, precision=0)
+                with gr.Row():
+                    cases_per_reader = gr.Number(
+                        label="Cases per reader (0: every case; pairs for the pair task)",
+                        value=0, precision=0, minimum=0, elem_id="new-cases-per-reader")
+                    readers_per_case = gr.Number(
+                        label="Target readers per case (0: none)", value=0, precision=0,
+                        minimum=0, elem_id="new-readers-per-case")
+                    repeat_after = gr.Textbox(
+                        label="Repeat after (wash-out, e.g. 7d, 36h; empty: same session)",
+                        value="", elem_id="new-repeat-after")
+                    skip_unreadable = gr.Checkbox(
+                        label="Skip unreadable images and list them (default: all or nothing)",
+                        elem_id="new-skip-unreadable")
                 source = gr.Radio(["Upload a zip", "Folder on the server", "Generation batches"],
                                   value="Upload a zip", label="Images from")
                 with gr.Group(visible=True) as zip_group:
@@ -794,6 +911,7 @@ def build_admin_blocks(db_path, admin_auth, *, model=None, base_url=None, batche
                                       visible=False)
                     reissue = gr.Checkbox(label="Reissue link (old link stops working)")
                 invite_btn = gr.Button("Invite", variant="primary", elem_id="invite")
+                invite_msg = gr.Markdown(elem_id="invite-msg")
                 link = gr.Textbox(label="Personal link (copy and send; shown once)",
                                   interactive=False, buttons=["copy"], elem_id="reader-link")
                 progress = gr.Dataframe(label="Progress (refreshes every 5 s)",
@@ -805,7 +923,10 @@ def build_admin_blocks(db_path, admin_auth, *, model=None, base_url=None, batche
                                           "specialty, years_experience and the study's own "
                                           "profile fields", file_types=[".csv"],
                                           type="filepath", elem_id="readers-csv")
+                    csv_ack = gr.Checkbox(label="I have read the leak audit; open the study "
+                                          "anyway", visible=False, elem_id="csv-ack")
                     csv_btn = gr.Button("Invite everyone in the CSV", elem_id="invite-csv")
+                    csv_msg = gr.Markdown(elem_id="csv-msg")
                     csv_links = gr.Textbox(label="reader,link (copy and send; shown once)",
                                            lines=6, interactive=False, buttons=["copy"],
                                            elem_id="csv-links")
@@ -817,12 +938,14 @@ def build_admin_blocks(db_path, admin_auth, *, model=None, base_url=None, batche
                         deactivate_btn = gr.Button("Deactivate (link stops working)",
                                                    elem_id="deactivate")
                         reactivate_btn = gr.Button("Reactivate", elem_id="reactivate")
+                    manage_msg = gr.Markdown(elem_id="manage-msg")
             with gr.Tab("Study settings", id="settings"):
                 status_md = gr.Markdown(elem_id="study-status")
                 with gr.Row():
                     close_btn = gr.Button("Close (readers see a closed page)", elem_id="close-study")
                     reopen_btn = gr.Button("Reopen", elem_id="reopen-study")
                     archive_btn = gr.Button("Archive", elem_id="archive-study")
+                status_msg = gr.Markdown(elem_id="status-msg")
                 instructions_box = gr.Textbox(label="Instructions shown before the first case",
                                               lines=6, elem_id="instructions")
                 consent_box = gr.Textbox(label="Consent text (empty: no consent step)", lines=4,
@@ -834,6 +957,7 @@ def build_admin_blocks(db_path, admin_auth, *, model=None, base_url=None, batche
                           "years of experience and the extra fields; all required)",
                     elem_id="ask-profile")
                 save_texts_btn = gr.Button("Save texts", elem_id="save-texts")
+                save_texts_msg = gr.Markdown(elem_id="save-texts-msg")
                 # Going back (studies.session.go_back): saved as soon as it is ticked.
                 allow_back_box = gr.Checkbox(label="Readers may go back to the previous case "
                                              "and change their answer", elem_id="allow-back")
@@ -854,6 +978,7 @@ def build_admin_blocks(db_path, admin_auth, *, model=None, base_url=None, batche
                     result_json = gr.JSON()
                 export_btn = gr.Button("Prepare downloads (long, iMRMC, HTML report)",
                                        elem_id="export")
+                export_msg = gr.Markdown(elem_id="export-msg")
                 downloads = gr.File(label="Downloads", file_count="multiple",
                                     interactive=False, elem_id="downloads")
             with gr.Tab("Generate", id="generate"):
@@ -870,6 +995,29 @@ def build_admin_blocks(db_path, admin_auth, *, model=None, base_url=None, batche
 
         admin_events = dict(api_visibility="private")
 
+        def reported(n_outputs: int, at: int = 0, clear: tuple[int, ...] = ()):
+            """Like `friendly`, but a refused action's message goes to its own message box
+            (output `at`) and the outputs in `clear` are emptied (a stale link or success
+            message must not stand beside an error); the rest stay as they were. Gradio
+            marks every output of a failed event with an "Error" pill, unrelated ones too."""
+            import functools
+
+            def deco(fn):
+                @functools.wraps(fn)
+                def wrapper(*args, **kwargs):
+                    try:
+                        return fn(*args, **kwargs)
+                    except Forbidden as exc:
+                        raise gr.Error(str(exc)) from None
+                    except StudyError as exc:
+                        out = [gr.update() for _ in range(n_outputs)]
+                        for i in clear:
+                            out[i] = gr.update(value=None)
+                        out[at] = error_markdown(exc)
+                        return out[0] if n_outputs == 1 else tuple(out)
+                return wrapper
+            return deco
+
         @friendly
         def refresh(current, request: gr.Request):
             guard(request)
@@ -884,13 +1032,14 @@ def build_admin_blocks(db_path, admin_auth, *, model=None, base_url=None, batche
             guard(request)
             if not study:
                 return ("No study yet: create one in **New study**.", "", "",
-                        gr.update(visible=False), pd.DataFrame(), "")
+                        gr.update(visible=False), pd.DataFrame(), "", gr.update(visible=False))
             md, text, leak = study_overview(db_path, study)
             # The invite gate's tick box, until the flagged audit is acknowledged.
             leak = leak and not (readers_mod.leak_acknowledgement(db_path, study) or {}).get(
                 "acknowledged")
             return (md, text, md, gr.update(visible=leak, value=False),
-                    progress_table(db_path, study), faults_markdown(db_path, study))
+                    progress_table(db_path, study), faults_markdown(db_path, study),
+                    gr.update(visible=leak, value=False))
 
         @friendly
         def show_sheet(study, request: gr.Request):
@@ -911,13 +1060,17 @@ def build_admin_blocks(db_path, admin_auth, *, model=None, base_url=None, batche
                     gr.update(visible=choice == "Folder on the server"),
                     gr.update(visible=choice == "Generation batches"))
 
-        @friendly
-        def create(name_, size_, tasks_, training_, repeat_, attention_, cb_, seed_, source_,
-                   upload_, folder_, batches_, real_folder_, request: gr.Request):
+        @reported(5, at=0, clear=(1,))
+        def create(name_, size_, tasks_, training_, repeat_, attention_, cb_, seed_, cpr_, rpc_,
+                   repeat_after_, skip_, source_, upload_, folder_, batches_, real_folder_,
+                   request: gr.Request):
             user = guard(request)
             opts = study_options(tasks_, training_cases=training_, repeat_fraction=repeat_,
-                                 attention_checks=attention_, counterbalance=cb_, seed=seed_)
-            kw = dict(size=int(size_ or 512), options=opts, actor=f"admin:{user}")
+                                 attention_checks=attention_, counterbalance=cb_, seed=seed_,
+                                 cases_per_reader=cpr_, readers_per_case=rpc_,
+                                 repeat_after=repeat_after_)
+            kw = dict(size=_size(size_), options=opts, actor=f"admin:{user}",
+                      skip_unreadable=bool(skip_))
             if source_ == "Upload a zip":
                 summary = create_from_zip(db_path, name_, upload_, **kw)
             elif source_ == "Folder on the server":
@@ -928,7 +1081,7 @@ def build_admin_blocks(db_path, admin_auth, *, model=None, base_url=None, batche
             return (summary_markdown(summary), summary.audit_text,
                     gr.update(choices=names, value=summary.name), studies_table(db_path), None)
 
-        @friendly
+        @reported(5, at=4, clear=(0,))
         def do_invite(study, reader, ack_, reissue_, request: gr.Request):
             user = guard(request)
             if not study:
@@ -936,30 +1089,36 @@ def build_admin_blocks(db_path, admin_auth, *, model=None, base_url=None, batche
             url = invite_reader(db_path, study, reader, base_url_of(request, base_url),
                                 acknowledge_leak=ack_, reissue=reissue_, actor=f"admin:{user}")
             md, _, _ = study_overview(db_path, study)
-            return url, progress_table(db_path, study), md, studies_table(db_path)
+            return (url, progress_table(db_path, study), md, studies_table(db_path),
+                    f"✅ Invited **{plain_markdown(reader.strip())}**: copy the link below.")
 
-        @friendly
+        @reported(5, at=4, clear=(0,))
         def do_invite_csv(study, upload_, ack_, request: gr.Request):
             user = guard(request)
             if not study:
                 raise StudyError("choose a study first")
             lines = invite_from_csv(db_path, study, upload_, base_url_of(request, base_url),
                                     acknowledge_leak=ack_, actor=f"admin:{user}")
-            return lines, readers_table(db_path, study), progress_table(db_path, study), None
+            n = len([ln for ln in str(lines).splitlines() if ln.strip()])
+            return (lines, readers_table(db_path, study), progress_table(db_path, study), None,
+                    f"✅ Invited {n} reader(s): copy their links below.")
 
         def _switch_reader(active):
-            @friendly
+            @reported(2, at=1)
             def handler(study, reader, request: gr.Request):
                 user = guard(request)
                 if not study:
                     raise StudyError("choose a study first")
                 readers_mod.set_reader_active(db_path, study, reader, active,
                                               actor=f"admin:{user}")
-                return readers_table(db_path, study)
+                return (readers_table(db_path, study),
+                        f"✅ {plain_markdown(reader.strip())} "
+                        + ("reactivated: their link works again." if active else
+                           "deactivated: their link no longer works (answers kept)."))
             return handler
 
         def _set_status(status):
-            @friendly
+            @reported(3, at=2)
             def handler(study, request: gr.Request):
                 from studies.lifecycle import set_status
 
@@ -967,7 +1126,7 @@ def build_admin_blocks(db_path, admin_auth, *, model=None, base_url=None, batche
                 if not study:
                     raise StudyError("choose a study first")
                 set_status(db_path, study, status, actor=f"admin:{user}")
-                return study_settings(db_path, study)[0], studies_table(db_path)
+                return study_settings(db_path, study)[0], studies_table(db_path), ""
             return handler
 
         @friendly
@@ -977,25 +1136,32 @@ def build_admin_blocks(db_path, admin_auth, *, model=None, base_url=None, batche
                 return "", "", "", "", False, pd.DataFrame()
             return (*study_settings(db_path, study), readers_table(db_path, study))
 
-        @friendly
+        @reported(6, at=5)
         def save_texts(study, instructions_, consent_, fields_, ask_profile_,
                        request: gr.Request):
+            import datetime as _dt
+
             from studies.lifecycle import set_texts
 
             user = guard(request)
             if not study:
                 raise StudyError("choose a study first")
-            set_texts(db_path, study, instructions=instructions_ or "", consent=consent_ or "",
-                      profile_fields=fields_ or "", ask_profile=bool(ask_profile_),
-                      actor=f"admin:{user}")
-            return study_settings(db_path, study)
+            texts = set_texts(db_path, study, instructions=instructions_ or "",
+                              consent=consent_ or "", profile_fields=fields_ or "",
+                              ask_profile=bool(ask_profile_), actor=f"admin:{user}")
+            at = _dt.datetime.now(_dt.timezone.utc).strftime("%H:%M:%S UTC")
+            return (*study_settings(db_path, study),
+                    f"✅ Saved at {at}: instructions {len(texts.instructions)} characters, "
+                    f"consent {len(texts.consent) or 'none'}"
+                    f"{' characters' if texts.consent else ''}, profile form "
+                    f"{'on' if texts.ask_profile else 'off'}.")
 
         @friendly
         def show_back(study, request: gr.Request):
             guard(request)
             return back_setting(db_path, study) if study else False, ""
 
-        @friendly
+        @reported(1)
         def save_back(study, allowed, request: gr.Request):
             user = guard(request)
             return save_back_setting(db_path, study, allowed, actor=f"admin:{user}")
@@ -1009,7 +1175,7 @@ def build_admin_blocks(db_path, admin_auth, *, model=None, base_url=None, batche
             except StudyError:
                 return gr.update(), gr.update()
 
-        @friendly
+        @reported(5 + len(plots), at=0)
         def run_analysis(study, request: gr.Request):
             guard(request)
             if not study:
@@ -1022,49 +1188,56 @@ def build_admin_blocks(db_path, admin_auth, *, model=None, base_url=None, batche
                     plot_updates.append(gr.update(value=fig, visible=True, label=title))
                 else:
                     plot_updates.append(gr.update(value=None, visible=False))
-            return [d.note, d.pooled, d.per_reader, d.agreement, *plot_updates, d.result]
+            return [d.note, gr.update(value=d.pooled, label=d.pooled_label),
+                    gr.update(value=d.per_reader, label=d.per_reader_label), d.agreement,
+                    *plot_updates, d.result]
 
-        @friendly
+        @reported(2, at=1, clear=(0,))
         def do_export(study, request: gr.Request):
             guard(request)
             if not study:
                 raise StudyError("choose a study first")
             out = pathlib.Path(tempfile.mkdtemp(prefix="medisyn-export-"))
-            return [str(p) for p in export_files(db_path, study, out)]
+            paths = export_files(db_path, study, out)
+            note = ("" if any(p.name.endswith("-imrmc.csv") for p in paths) else
+                    "No iMRMC file: " + plain_markdown(_imrmc_refusal(db_path, study)) + ".")
+            return [str(p) for p in paths], note
 
         demo.load(refresh, [study_dd], [study_dd, table, batches], **admin_events)
         refresh_btn.click(refresh, [study_dd], [study_dd, table, batches], **admin_events)
         study_dd.change(show_study, [study_dd],
-                        [overview, audit_box, invite_overview, ack, progress, faults],
+                        [overview, audit_box, invite_overview, ack, progress, faults, csv_ack],
                         **admin_events)
         source.change(switch_source, [source], [zip_group, folder_group, batch_group],
                       **admin_events)
         sheet_btn.click(show_sheet, [study_dd], [sheet], **admin_events)
         study_dd.change(clear_sheet, None, [sheet], **admin_events)
         create_btn.click(create, [name, size, tasks, training, repeat, attention, counterbalance,
-                                  seed, source, upload, folder, batches, real_folder],
+                                  seed, cases_per_reader, readers_per_case, repeat_after,
+                                  skip_unreadable, source, upload, folder, batches, real_folder],
                          [created, created_audit, study_dd, table, upload],
                          concurrency_limit=1, concurrency_id="create", **admin_events)
         invite_btn.click(do_invite, [study_dd, reader_name, ack, reissue],
-                         [link, progress, invite_overview, table], **admin_events)
+                         [link, progress, invite_overview, table, invite_msg], **admin_events)
         timer.tick(tick, [study_dd], [progress, faults], show_progress="hidden", **admin_events)
         study_dd.change(show_settings, [study_dd],
                         [status_md, instructions_box, consent_box, fields_box, ask_profile_box,
                          readers_df],
                         **admin_events)
-        csv_btn.click(do_invite_csv, [study_dd, readers_csv, ack],
-                      [csv_links, readers_df, progress, readers_csv], **admin_events)
-        deactivate_btn.click(_switch_reader(False), [study_dd, manage_name], [readers_df],
-                             **admin_events)
-        reactivate_btn.click(_switch_reader(True), [study_dd, manage_name], [readers_df],
-                             **admin_events)
+        csv_btn.click(do_invite_csv, [study_dd, readers_csv, csv_ack],
+                      [csv_links, readers_df, progress, readers_csv, csv_msg], **admin_events)
+        deactivate_btn.click(_switch_reader(False), [study_dd, manage_name],
+                             [readers_df, manage_msg], **admin_events)
+        reactivate_btn.click(_switch_reader(True), [study_dd, manage_name],
+                             [readers_df, manage_msg], **admin_events)
         for btn, status in ((close_btn, "closed"), (reopen_btn, "open"),
                             (archive_btn, "archived")):
-            btn.click(_set_status(status), [study_dd], [status_md, table], **admin_events)
+            btn.click(_set_status(status), [study_dd], [status_md, table, status_msg],
+                      **admin_events)
         save_texts_btn.click(save_texts, [study_dd, instructions_box, consent_box, fields_box,
                                           ask_profile_box],
                              [status_md, instructions_box, consent_box, fields_box,
-                              ask_profile_box],
+                              ask_profile_box, save_texts_msg],
                              **admin_events)
         study_dd.change(show_back, [study_dd], [allow_back_box, allow_back_md], **admin_events)
         allow_back_box.input(save_back, [study_dd, allow_back_box], [allow_back_md],
@@ -1072,7 +1245,7 @@ def build_admin_blocks(db_path, admin_auth, *, model=None, base_url=None, batche
         analyze_btn.click(run_analysis, [study_dd],
                           [note, pooled, per_reader, agreement, *plots, result_json],
                           concurrency_limit=2, concurrency_id="analysis", **admin_events)
-        export_btn.click(do_export, [study_dd], [downloads], concurrency_id="analysis",
+        export_btn.click(do_export, [study_dd], [downloads, export_msg], concurrency_id="analysis",
                          **admin_events)
         gen.wire(study_dd)
         evaluate.wire(study_dd)

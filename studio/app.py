@@ -457,7 +457,12 @@ def prepare(db_path, *, model=None, seed_demo=True, host="127.0.0.1", port=7860,
             info.notes.append("no demo study: studio.demo is not available")
         else:
             if not studies_now:
-                echo("Seeding the demo study (first start: generating its synthetic images)...")
+                # The addresses first: seeding takes from ~25 s to minutes on a busy machine.
+                echo(f"Studio address: {base_url} (readers, with their link), "
+                     f"{base_url}admin/ (researchers); it starts serving once the demo study "
+                     "is seeded.")
+                echo("Seeding the demo study (first start: generating its synthetic images; "
+                     "progress and the time left follow)...")
             try:
                 # Reuses an existing demo study and prints the demo reader's kept link, so an
                 # open demo tab survives the restart (studio.demo.token_path).

@@ -12,45 +12,82 @@ import click
 
 from studio.cli import cli, study, model  # noqa: F401  (groups these commands attach to)
 from studio.cli import one_line_errors
+from studies.numbers import fmt_ci, fmt_num, p_text
 
 _PROB = click.FloatRange(0, 1, min_open=True, max_open=True)  # a probability strictly inside (0, 1)
 
 
 def _f(v, digits: int = 3) -> str:
-    if v is None:
-        return "n/a"
-    if isinstance(v, float):
-        return f"{v:.2e}" if v != 0 and abs(v) < 10 ** -digits else f"{v:.{digits}f}"
-    return str(v)
+    return fmt_num(v, digits)
+
+
+def _p(v) -> str:
+    """A p-value in running text ("p = 0.043", "p < 0.001"), as in the report and dashboard."""
+    return p_text(v)
 
 
 def _ci(d: dict, key: str) -> str:
     v = d.get(key)
-    return f"{_f(v[0])} to {_f(v[1])}" if v else f"n/a ({d.get(f'{key}_reason', 'undefined')})"
+    return fmt_ci(v) if v else f"n/a ({d.get(f'{key}_reason', 'undefined')})"
+
+
+def _pair_lines(p: dict) -> list[str]:
+    """The paired 2AFC section: pooled and per-reader proportion correct, random readers,
+    agreement."""
+    pooled, rr = p["pooled"], p["random_readers"]
+    lines = [f"Pair (2AFC, {p['n_readers']} readers, {p['n_pairs']} pairs, {p['n']} reads): "
+             f"proportion correct {_f(pooled.get('proportion'))} (95% CI {_ci(pooled, 'ci')} "
+             f"Clopper–Pearson), {_p(pooled.get('p_binomial'))} vs 0.5 (binomial)",
+             f"  {p['interpretation']}",
+             f"  per-reader proportion (random readers): mean {_f(rr.get('mean'))} "
+             f"(95% CI {_ci(rr, 'ci')}), t-test {_p(rr.get('p'))}"]
+    for reader, d in p["per_reader"].items():
+        lines.append(f"  {reader}: {d['correct']}/{d['n']} correct, {_f(d.get('proportion'))} "
+                     f"(95% CI {_ci(d, 'ci')}), {_p(d.get('p_binomial'))}")
+    for key, label in (("by_generator", "generator"), ("by_modality", "modality")):
+        groups = p.get(key) or {}
+        if len(groups) > 1:
+            for name, d in groups.items():
+                lines.append(f"  {label} {name}: {d['correct']}/{d['n']} correct, "
+                             f"{_f(d.get('proportion'))} (95% CI {_ci(d, 'ci')})")
+    fk = p["fleiss_kappa"]
+    lines.append(f"  Fleiss' κ on right/wrong {_f(fk.get('kappa'))} ({fk.get('n_pairs', 0)} pairs "
+                 f"read by every reader), mean pairwise Cohen's κ "
+                 f"{_f(p['cohen_kappa'].get('mean_kappa'))}")
+    return lines
 
 
 def format_summary(result: dict) -> str:
     """A short human-readable summary of an analysis result."""
     inp = result["input"]
-    lines = [f"Study: {inp.get('study')} — {inp['rows_analysed']} responses analysed "
+    pair = result.get("pair")
+    analysed = f"{inp['rows_analysed']} responses analysed"
+    if pair:  # pair reads are analysed by their own section, not counted in rows_analysed
+        analysed = (f"{pair['n']} pair (2AFC) reads analysed" if not inp["rows_analysed"]
+                    else f"{analysed} and {pair['n']} pair (2AFC) reads")
+    lines = [f"Study: {inp.get('study')} — {analysed} "
              f"({inp['rows_training_excluded']} training rows excluded, {inp['rows_repeat']} repeat reads, "
              f"{inp['rows_superseded']} superseded)"]
+    if pair:
+        lines += _pair_lines(pair)
     t = result.get("turing")
-    if t:
+    if pair and not t and not inp["rows_analysed"]:
+        pass  # a pair study has no single-image sections: no "no responses" lines for them
+    elif t:
         p = t["pooled"]
         lines.append(f"Turing ({t['n_readers']} readers, {t['n_cases']} cases): accuracy {_f(p.get('accuracy'))} "
-                     f"(95% CI {_ci(p, 'ci_wilson')} Wilson), p = {_f(p.get('p_binomial'))} vs 0.5; "
+                     f"(95% CI {_ci(p, 'ci_wilson')} Wilson), {_p(p.get('p_binomial'))} vs 0.5; "
                      f"sensitivity {_f(p.get('sensitivity'))}, specificity {_f(p.get('specificity'))}, "
                      f"fool rate {_f(p.get('fool_rate'))}")
         rr = t["accuracy_random_readers"]
         lines.append(f"  per-reader accuracy (random readers): mean {_f(rr.get('mean'))} (95% CI {_ci(rr, 'ci')}), "
-                     f"t-test p = {_f(rr.get('p'))}")
+                     f"t-test {_p(rr.get('p'))}")
         m = t["mrmc"]
         lines.append(f"  MRMC AUC {_f(m.get('auc'))} (95% CI {_ci(m, 'ci')}), F = {_f(m.get('f'))}, "
-                     f"ddf = {_f(m.get('ddf'), 2)}, p = {_f(m.get('p'))}"
+                     f"ddf = {_f(m.get('ddf'), 2)}, {_p(m.get('p'))}"
                      + (f" — {m['auc_reason']}" if m.get("auc_reason") else ""))
         for name, d in (m.get("comparison") or {}).get("differences", {}).items():
-            lines.append(f"  AUC {name}: {_f(d['difference'])} (95% CI {_ci(d, 'ci')}), p = {_f(d.get('p'))}")
+            lines.append(f"  AUC {name}: {_f(d['difference'])} (95% CI {_ci(d, 'ci')}), {_p(d.get('p'))}")
         lines.append(f"  Fleiss' κ {_f(t['fleiss_kappa'].get('kappa'))}, Krippendorff's α "
                      f"{_f(t['krippendorff_alpha'].get('alpha'))}, mean pairwise Cohen's κ "
                      f"{_f(t['cohen_kappa'].get('mean_kappa'))}")
@@ -58,13 +95,15 @@ def format_summary(result: dict) -> str:
         lines.append(f"Turing: {result.get('turing_reason')}")
     for task in ("alignment", "quality"):
         s = result.get(task)
+        if not s and pair and not inp["rows_analysed"]:
+            continue
         if not s:
             lines.append(f"{task.capitalize()}: {result.get(f'{task}_reason')}")
             continue
         src = s["by_source"]
         lines.append(f"{task.capitalize()} ({s['n_readers']} readers, {s['n_cases']} cases): mean "
                      f"{_f(s['summary'].get('mean'), 2)} (real {_f(src['real'].get('mean'), 2)}, synthetic "
-                     f"{_f(src['synthetic'].get('mean'), 2)}), Mann–Whitney p = {_f(s['mann_whitney'].get('p'))}; "
+                     f"{_f(src['synthetic'].get('mean'), 2)}), Mann–Whitney {_p(s['mann_whitney'].get('p'))}; "
                      f"ICC2 {_f(s['icc']['ICC2'].get('icc'))}, Krippendorff's α ordinal "
                      f"{_f(s['krippendorff_alpha_ordinal'].get('alpha'))}")
     flags = result.get("reader_flags")
@@ -109,7 +148,12 @@ def analyze_cmd(db_path, study_name, responses, as_json, html_path, alpha):
     if html_path is not None:
         from studies.report import write_html
 
-        write_html(result, html_path)
+        design = None
+        if responses is None:  # a database knows the design, the audit and the readers
+            from studies.methods import study_design
+
+            design = study_design(db_path, study_name)
+        write_html(result, html_path, design=design)
     if as_json:
         click.echo(json.dumps(result, indent=2, allow_nan=False, ensure_ascii=False))
     else:
@@ -180,3 +224,4 @@ def power_cmd(readers, cases, accuracy, auc, auc2, reader_sd, prevalence, target
                + (f" ({res['power_reason']})" if res.get("power_reason") else ""))
     if res.get("power_pooled_binomial") is not None:
         click.echo(f"(pooled binomial test, ignoring reader variability: power {_f(res['power_pooled_binomial'])})")
+    click.echo(power.assumptions(res))

@@ -20,6 +20,29 @@ _db_option = click.option("--db", "db_path", required=True, type=click.Path(dir_
 _study_option = click.option("--study", "study_name", required=True, help="Study name.")
 
 
+_skip_option = click.option(
+    "--skip-unreadable", is_flag=True,
+    help="Leave out images that cannot be decoded (listed as SKIPPED) instead of failing the "
+         "whole input [default: all or nothing].")
+
+
+def _report_skipped(skipped: list[dict]) -> None:
+    for s in skipped:
+        click.echo(f"SKIPPED {s['row']}: {s['path']}: {s['error']}", err=True)
+    if skipped:
+        click.echo(f"WARNING: {len(skipped)} unreadable image(s) left out (listed above).",
+                   err=True)
+
+
+def _report_duplicates(dups: list[dict]) -> None:
+    for d in dups:
+        click.echo(f"DUPLICATE {d['row']}: {d['path']} has the same pixels as case "
+                   f"{d['same_as']}", err=True)
+    if dups:
+        click.echo(f"WARNING: {len(dups)} image(s) duplicate the pixels of another case: "
+                   "readers see them twice and may recognise them.", err=True)
+
+
 @study.command("create")
 @_db_option
 @click.option("--name", required=True, help="Name of the new study (unique in the database).")
@@ -55,6 +78,7 @@ _study_option = click.option("--study", "study_name", required=True, help="Study
               help="Wash-out delay for repeat reads, e.g. 7d, 36h, 90m: repeats come after "
                    "all main reads and only this long after the first read of the case "
                    "[default: repeats within the session].")
+@_skip_option
 @click.option("--seed", type=int, default=None,
               help="Make the reader orders reproducible, for testing only: anyone who knows "
                    "the seed can predict every reader's order, which breaks blinding. "
@@ -62,19 +86,19 @@ _study_option = click.option("--study", "study_name", required=True, help="Study
 @_one_line_errors
 def create_cmd(db_path, name, manifest, images_dir, size, tasks, training, repeat_fraction,
                attention_checks, counterbalance, cases_per_reader, readers_per_case,
-               repeat_after, seed):
+               repeat_after, skip_unreadable, seed):
     """Create a blinded study from a manifest or an images folder, and audit it for leaks."""
     from studies.design import StudyOptions, parse_duration
     from studies.ingest import create_study
 
     from studies.errors import StudyError
 
-    if str(size).strip().lower() == "auto":
-        size = "auto"
-    elif str(size).strip().isdigit():
-        size = int(size)
-    else:
-        raise StudyError(f"--size must be auto or a whole number of pixels, not {size!r}")
+    from studies.sizing import parse_size
+
+    try:
+        size = parse_size(size)
+    except StudyError as exc:
+        raise StudyError(f"--{exc}") from None
     options = StudyOptions(training_cases=training, repeat_fraction=repeat_fraction,
                            attention_checks=attention_checks, counterbalance=counterbalance,
                            cases_per_reader=cases_per_reader, readers_per_case=readers_per_case,
@@ -86,7 +110,8 @@ def create_cmd(db_path, name, manifest, images_dir, size, tasks, training, repea
             bar.update(done - bar.pos)
 
         summary = create_study(db_path, name, manifest=manifest, images_dir=images_dir,
-                               size=size, tasks=tasks, options=options, progress=progress)
+                               size=size, tasks=tasks, options=options, progress=progress,
+                               skip_unreadable=skip_unreadable)
     click.echo(f"Created study {summary.name!r}: {summary.n_cases} images "
                f"({summary.n_real} real, {summary.n_synthetic} synthetic; "
                f"{summary.n_training} held aside for training), tasks {','.join(summary.tasks)}, "
@@ -95,6 +120,10 @@ def create_cmd(db_path, name, manifest, images_dir, size, tasks, training, repea
         click.echo(f"WARNING: reader orders derive from the given seed {summary.seed}: anyone who "
                    "knows it can predict them. Use --seed for testing only.", err=True)
     click.echo(f"Stimuli: {summary.stimuli_dir}")
+    if summary.pairing:
+        click.echo(summary.pairing)
+    _report_skipped(summary.skipped)
+    _report_duplicates(summary.duplicates)
     click.echo(summary.audit_text)
     if summary.audit.get("leak"):
         click.echo("WARNING: the leak audit flags this study; see above.", err=True)
@@ -110,14 +139,21 @@ def create_cmd(db_path, name, manifest, images_dir, size, tasks, training, repea
               help="CSV in the create --manifest format (e.g. a generation batch's manifest.csv).")
 @click.option("--images", "images_dir", type=click.Path(file_okay=False),
               help="Folder with real/ and/or synthetic/ subfolders (instead of --manifest).")
+@click.option("--allow-duplicates", is_flag=True,
+              help="Add images whose pixels equal a case already in the study (or another new "
+                   "image) anyway, with a warning [default: refuse them all].")
+@_skip_option
 @_one_line_errors
-def add_cmd(db_path, study_name, manifest, images_dir):
+def add_cmd(db_path, study_name, manifest, images_dir, allow_duplicates, skip_unreadable):
     """Add images to a draft study (before the first reader is invited); re-runs the audit."""
     from studies.ingest import add_cases
 
-    summary = add_cases(db_path, study_name, manifest=manifest, images_dir=images_dir)
+    summary = add_cases(db_path, study_name, manifest=manifest, images_dir=images_dir,
+                        allow_duplicates=allow_duplicates, skip_unreadable=skip_unreadable)
     click.echo(f"Added {summary.n_added} cases ({summary.n_real} real, {summary.n_synthetic} "
                f"synthetic) to {summary.study!r}: {summary.n_cases} cases now.")
+    _report_skipped(summary.skipped)
+    _report_duplicates(summary.duplicates)
     click.echo(summary.audit_text)
 
 
@@ -218,11 +254,14 @@ def readers_cmd(db_path, study_name):
             click.echo(f"{r.reader[:24]:<24} {r.link:<12} {r.completed:>5}/{r.total:<5}  "
                        f"{'yes' if r.consented_at else 'no':<10} {form:<17} {profile}")
     cov = coverage(db_path, study_name)
-    line = f"Coverage: each of {cov.n_units} main cases read {cov.min_reads}-{cov.max_reads} times"
+    line = (f"Coverage: each of {cov.n_units} main cases read {cov.min_reads}-{cov.max_reads} "
+            f"times so far ({cov.min_assigned}-{cov.max_assigned} once every invited reader "
+            "finishes)")
     if cov.target:
         line += (f"; target {cov.target}: " +
                  (f"invite {cov.readers_needed} more reader(s)" if cov.readers_needed
-                  else "reached"))
+                  else "reached" if cov.min_reads >= cov.target
+                  else "reached once every invited reader finishes"))
     click.echo(line + ".")
 
 

@@ -119,6 +119,7 @@ def _generate(model, out_dir: pathlib.Path, counts: dict[str, int], prompts: dic
     loaded = load(model)
     defaults = read_defaults(loaded.path)
     rows = []
+    total, t0 = sum(counts.values()), time.perf_counter()
     for i, (modality, n) in enumerate(counts.items()):
         request = GenerationRequest(prompt=prompts[modality], num_images=n, seed=seed + 100 * i,
                                     steps=defaults.steps, guidance_scale=defaults.guidance_scale)
@@ -127,7 +128,10 @@ def _generate(model, out_dir: pathlib.Path, counts: dict[str, int], prompts: dic
             image.image.save(path)
             rows.append({"path": path.name, "source": "synthetic", "modality": _label(modality),
                          "prompt": image.prompt, "generator": GENERATOR})
-        log(f"generated {n} {modality} image(s)")
+        done = len(rows)
+        left = (time.perf_counter() - t0) / done * (total - done)
+        log(f"generated {n} {modality} image(s) ({done} of {total}"
+            + (f", about {left:.0f} s left)" if done < total else ")"))
     return rows
 
 

@@ -127,6 +127,19 @@ def report_iframe(path) -> str:
             f'srcdoc="{html.escape(doc, quote=True)}"></iframe>')
 
 
+# (label, value): the blank value has a label, or the dropdown shows a bare tick
+BREAKDOWN_CHOICES = [("no breakdown (all images together)", ""), ("modality", "modality"),
+                     ("prompt", "prompt"), ("generator", "generator")]
+
+
+def source_visibility(syn_source: str, ref_source: str) -> tuple[bool, bool, bool, bool, bool]:
+    """Which inputs show: (batch, synthetic folder, synthetic zip, reference folder, study)
+    — only the one of each chosen source."""
+    syn = [s == syn_source for s in SYNTHETIC_SOURCES]
+    ref = [s == ref_source for s in REFERENCE_SOURCES]
+    return (*syn, *ref)
+
+
 @dataclasses.dataclass
 class EvaluateTab:
     wire: object
@@ -142,18 +155,26 @@ def build_evaluate_tab(db_path, guard, *, batches_dir=None) -> EvaluateTab:
         ref_source = gr.Radio(list(REFERENCE_SOURCES), value=REFERENCE_SOURCES[0], label="Reference (real) images")
     with gr.Row():
         with gr.Column():
-            batch = gr.Dropdown(choices=generate_view.batch_choices(db_path, batches_dir), label="Generation batch")
-            syn_folder = gr.Textbox(label="Synthetic folder or manifest.csv on the server")
-            syn_upload = gr.File(label="Zip of synthetic images", file_types=[".zip"], type="filepath")
+            # only the input of the chosen source shows (see show_sources)
+            shown = source_visibility(SYNTHETIC_SOURCES[0], REFERENCE_SOURCES[0])
+            batch = gr.Dropdown(choices=generate_view.batch_choices(db_path, batches_dir), label="Generation batch",
+                                visible=shown[0], elem_id="eval-batch")
+            syn_folder = gr.Textbox(label="Synthetic folder or manifest.csv on the server",
+                                    visible=shown[1], elem_id="eval-syn-folder")
+            syn_upload = gr.File(label="Zip of synthetic images", file_types=[".zip"], type="filepath",
+                                 visible=shown[2], elem_id="eval-syn-upload")
         with gr.Column():
-            ref_folder = gr.Textbox(label="Reference folder or manifest.csv on the server")
-            ref_study = gr.Dropdown(choices=[], label="Study (its real images)")
+            ref_folder = gr.Textbox(label="Reference folder or manifest.csv on the server",
+                                    visible=shown[3], elem_id="eval-ref-folder")
+            ref_study = gr.Dropdown(choices=[], label="Study (its real images)", visible=shown[4],
+                                    elem_id="eval-ref-study")
     with gr.Row():
         measures = gr.CheckboxGroup(["pixel", "tiled_l2", "ssim", "ms_ssim", "phash"],
                                     value=["pixel", "tiled_l2", "ssim", "phash"], label="Novelty measures")
         features = gr.Textbox(value="pixels", label="Fidelity features: pixels, inception, or a model path")
         weights = gr.Textbox(label="Inception weights file (for 'inception')")
-        by = gr.Dropdown(choices=["", "modality", "prompt", "generator"], value="", label="Break down by")
+        by = gr.Dropdown(choices=BREAKDOWN_CHOICES, value="", label="Break down by",
+                         elem_id="eval-by")
     with gr.Row():
         run_nov = gr.Button("Run novelty", variant="primary", elem_id="eval-novelty")
         run_fid = gr.Button("Run fidelity", elem_id="eval-fidelity")
@@ -276,6 +297,14 @@ def build_evaluate_tab(db_path, guard, *, batches_dir=None) -> EvaluateTab:
         run_fidelity_ev, [fid_ticket, *inputs], [status, report, files],
         concurrency_limit=EVALUATE_ADMITTED, concurrency_id="evaluate", **private)
     stop.click(on_cancel, None, [status], queue=False, **private)
+
+    def show_sources(syn_src, ref_src, request: gr.Request):
+        guard(request)
+        return [gr.update(visible=v) for v in source_visibility(syn_src, ref_src)]
+
+    for radio in (syn_source, ref_source):
+        radio.change(show_sources, [syn_source, ref_source],
+                     [batch, syn_folder, syn_upload, ref_folder, ref_study], **private)
 
     def wire(study_dd):
         study_dd.change(refresh_choices, None, [batch, ref_study], **private)

@@ -219,6 +219,36 @@ def preset_prompt(key: str, values: dict | None = None) -> tuple[str, str]:
     return p.render(**{k: v for k, v in (values or {}).items() if k in names}), p.modality
 
 
+def model_own_prompt(key: str | None, local_path: str | None, preset_key: str) -> str | None:
+    """The chosen model's own caption for the preset's modality (its medisyn.json `prompts`,
+    the captions it was trained on), or None. A small model knows only its captions: the
+    pathology preset's default "H&E-stained ... colon tissue" gives the embedded model's
+    brown immunohistochemistry texture, its own caption says so."""
+    import json
+
+    from model_runtime import modalities, presets, registry
+
+    try:
+        if key == LOCAL_PATH:
+            folder = pathlib.Path(str(local_path or "").strip()) if local_path else None
+        else:
+            entry = registry.get(key) if key else None
+            folder = entry.local_path if entry is not None and entry.path else None
+        if folder is None:
+            return None
+        data = json.loads((pathlib.Path(folder) / modalities.MODEL_FILE).read_text(encoding="utf-8"))
+    except (OSError, ValueError, KeyError):
+        return None
+    prompts = data.get("prompts") if isinstance(data, dict) else None
+    if not isinstance(prompts, dict):
+        return None
+    wanted = presets.get_preset(preset_key).modality
+    for text in prompts.values():
+        if wanted in modalities.mentioned(str(text)):
+            return str(text)
+    return None
+
+
 @dataclasses.dataclass
 class Batch:
     batch_id: str
@@ -236,7 +266,10 @@ def run_generation(location: str, *, prompt: str, negative_prompt: str = "", see
                    modality: str = "", out_root, on_step=None, cancel: threading.Event | None = None,
                    loras=()) -> Batch:
     """Generate `n_images` (seeds seed, seed+1, ...), write them with provenance to a new
-    batch folder with a manifest.csv, and return the batch."""
+    batch folder in the CLI batch job's layout (`model_runtime.batch_job.write_batch`:
+    images/r00000_000.png..., manifest.csv, generation.csv; row 0 of a job with this seed)
+    and return the batch."""
+    from model_runtime import batch_job
     from model_runtime.generation import GenerationRequest, generate
 
     if not str(prompt or "").strip():
@@ -259,26 +292,94 @@ def run_generation(location: str, *, prompt: str, negative_prompt: str = "", see
     batch_id = f"{stamp}-{secrets.token_hex(3)}"
     folder = pathlib.Path(out_root) / batch_id
     folder.mkdir(parents=True, exist_ok=True)
-    from model_runtime.provenance import generator_label
-
-    images, seeds, files, rows = [], [], [], []
-    for item in results:
+    tasks = batch_job.plan_tasks([batch_job.PromptRow(
+        row=0, where="Generate tab", prompt=prompt.strip(), modality=modality,
+        negative_prompt=negative_prompt or "", n=n_images)], seed=int(seed))
+    images, seeds, pngs = [], [], []
+    for item, task in zip(results, tasks):
+        if item.seed != task.seed:  # the job's seed rule and the request's must agree
+            raise RuntimeError(f"image {item.index} has seed {item.seed}, expected {task.seed}")
         # The admin's download keeps the provenance chunks (A1111 `parameters` + JSON).
-        path = item.save_png(folder / f"{item.index:03d}_seed{item.seed}.png")
+        tmp = folder / f".{item.index:03d}.png"
+        item.save_png(tmp)
+        pngs.append(tmp.read_bytes())
+        tmp.unlink()
         images.append(np.asarray(item.image.convert("RGB")))
         seeds.append(item.seed)
-        files.append(pathlib.Path(path))
-        # a study shows this prompt beside the image: only the text the model read
-        seen = item.prompt if item.prompt_seen is None else item.prompt_seen
-        rows.append({"path": pathlib.Path(path).name, "source": "synthetic",
-                     "modality": modality, "prompt": seen,
-                     "generator": generator_label(loaded.model_id, loaded.entry)})
-    with (folder / "manifest.csv").open("w", newline="", encoding="utf-8") as fh:
-        w = csv.DictWriter(fh, fieldnames=["path", "source", "modality", "prompt", "generator"])
-        w.writeheader()
-        w.writerows(rows)
+    batch_job.write_batch(folder, _job_spec(loaded, request, results), tasks, pngs)
+    files = [folder / t.rel_path for t in tasks]
     return Batch(batch_id, folder, images, seeds, files, seconds,
                  prompt_seen=results[0].prompt_seen if results else None)
+
+
+def _job_spec(loaded, request, results):
+    """The batch job's description of this run (generation.csv's columns)."""
+    import json
+
+    import torch
+
+    from model_runtime import batch_job, schedulers
+    from model_runtime.provenance import generator_label
+
+    width, height = (results[0].image.size if results else (request.width or 0, request.height or 0))
+    dtype = {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16"}.get(loaded.dtype)
+    try:
+        scheduler = schedulers.canonical_name(request.scheduler, loaded.pipe.scheduler)
+    except Exception:  # a name the registry does not know: record it as given
+        scheduler = request.scheduler or type(loaded.pipe.scheduler).__name__
+    adapters = loaded.loras
+    return batch_job.JobSpec(
+        model=str(loaded.model_id), model_label=generator_label(loaded.model_id, loaded.entry),
+        weights_sha256=loaded.weights_hash, steps=request.steps,
+        guidance_scale=request.guidance_scale, scheduler=scheduler, width=int(width),
+        height=int(height), extra_json="{}", device=str(loaded.device), dtype=dtype,
+        options_json="{}", threads=torch.get_num_threads(), loras_json=json.dumps(adapters))
+
+
+RANDOM_SEED = -1  # the seed field's "a new random seed each run"
+
+
+def resolve_seed(value) -> int:
+    """The seed a run uses: the one given, or a fresh random one for RANDOM_SEED (or none)."""
+    if value is None or value == "" or int(value) < 0:
+        return secrets.randbelow(2**31)
+    return int(value)
+
+
+def time_left(first: tuple[int, float], step: int, total: int, now: float) -> str:
+    """" — about 12 s left" from the pace since the first step seen ("" before a pace)."""
+    step0, t0 = first
+    if step <= step0 or now <= t0:
+        return ""
+    left = (now - t0) / (step - step0) * (total - step)
+    return f" — about {left:.0f} s left"
+
+
+def batch_seed(batch_folder) -> int | None:
+    """The base seed of a batch (its first image's seed in generation.csv)."""
+    if not batch_folder:
+        return None
+    details = pathlib.Path(batch_folder) / "generation.csv"
+    if not details.is_file():
+        return None
+    with details.open(newline="", encoding="utf-8") as fh:
+        first = next(csv.DictReader(fh), None)
+    return int(first["seed"]) - int(first.get("k") or 0) if first else None
+
+
+def batch_zip(batch_folder) -> pathlib.Path:
+    """One zip of a batch (images, manifest.csv, generation.csv) for download-all."""
+    import zipfile
+
+    folder = pathlib.Path(batch_folder)
+    out = folder / f"{folder.name}.zip"
+    tmp = out.with_suffix(".zip.tmp")
+    with zipfile.ZipFile(tmp, "w", zipfile.ZIP_STORED) as zf:  # PNGs do not compress
+        for path in sorted(folder.rglob("*")):
+            if path.is_file() and path.suffix != ".tmp" and path != out:
+                zf.write(path, f"{folder.name}/{path.relative_to(folder).as_posix()}")
+    tmp.replace(out)
+    return out
 
 
 def batch_choices(db_path, batches_dir=None) -> list[tuple[str, str]]:
@@ -339,34 +440,44 @@ def build_generate_tab(db_path, guard, *, model=None, batches_dir=None) -> Gener
                           for i in range(MAX_FIELDS)]
             prompt = gr.Textbox(label="Prompt", lines=2, elem_id="gen-prompt")
             negative = gr.Textbox(label="Negative prompt", lines=1)
+            # Generate and its status sit under the prompt, where the eye is.
             with gr.Row():
-                seed = gr.Number(label="Seed", value=1234, precision=0, elem_id="gen-seed")
+                go = gr.Button("Generate", variant="primary", elem_id="gen-go")
+                stop = gr.Button("Cancel", variant="stop", elem_id="gen-cancel")
+            status = gr.Markdown(elem_id="gen-status")
+            with gr.Row():
+                seed = gr.Number(label=f"Seed ({RANDOM_SEED}: a new random one each run; the "
+                                 "seed used is shown)", value=RANDOM_SEED, precision=0,
+                                 elem_id="gen-seed", min_width=200)
                 dice = gr.Button("Random seed", scale=0, min_width=110, elem_id="gen-dice")
-                n_images = gr.Slider(1, MAX_IMAGES, value=4, step=1, label="Images")
+                n_images = gr.Slider(1, MAX_IMAGES, value=4, step=1, label="Images",
+                                     min_width=200)
             with gr.Row():
-                steps = gr.Slider(1, MAX_STEPS, value=default_steps, step=1, label="Steps")
+                steps = gr.Slider(1, MAX_STEPS, value=default_steps, step=1, label="Steps",
+                                  min_width=200)
                 guidance = gr.Slider(0.0, 20.0, value=default_guidance, step=0.5,
-                                     label="Guidance")
+                                     label="Guidance", min_width=200)
                 scheduler = gr.Dropdown(_scheduler_names(), value=None, allow_custom_value=True,
                                         label="Scheduler (blank: the model's own)")
             lora_dd = gr.Dropdown(lora_choices(), value=[], multiselect=True, allow_custom_value=True,
                                   label="LoRA adapters (PATH or PATH:SCALE; recorded in provenance)",
                                   elem_id="gen-lora")
             modality = gr.Textbox(label="Modality (recorded in the batch manifest)", value="")
-            with gr.Row():
-                go = gr.Button("Generate", variant="primary", elem_id="gen-go")
-                stop = gr.Button("Cancel", variant="stop", elem_id="gen-cancel")
-            status = gr.Markdown(elem_id="gen-status")
         with gr.Column(scale=3):
             gallery = gr.Gallery(label="Images (caption: seed)", columns=4, height="auto",
                                  format="png", elem_id="gen-gallery", buttons=["fullscreen"],
                                  object_fit="contain")
-            files = gr.File(label="PNG with provenance metadata", file_count="multiple",
-                            interactive=False, elem_id="gen-files")
-            batch_state = gr.State(None)
+            files = gr.File(label="Downloads: all as one zip, and each PNG with its provenance "
+                            "metadata", file_count="multiple", interactive=False,
+                            elem_id="gen-files")
+            # Batches are listed from disk: a batch made before a new login is still there.
+            batch_state = gr.Dropdown(batch_choices(db_path, batches_dir), label="Batch",
+                                      elem_id="gen-batch", allow_custom_value=False,
+                                      value=(batch_choices(db_path, batches_dir) or [(None, None)])[0][1])
             with gr.Row():
                 send_btn = gr.Button("Send batch to the selected study (draft studies only)", elem_id="gen-send")
-            send_msg = gr.Markdown()
+                reuse_btn = gr.Button("Reuse this batch's seed", elem_id="gen-reuse-seed")
+            send_msg = gr.Markdown(elem_id="gen-send-msg")
 
     def on_model(key, local, request: gr.Request):
         guard(request)
@@ -377,7 +488,7 @@ def build_generate_tab(db_path, guard, *, model=None, batches_dir=None) -> Gener
         presets_ = gr.update(choices=preset_choices(model_modalities(key, local)))
         return gr.update(visible=key == LOCAL_PATH), model_info(key), st, gd, presets_
 
-    def on_preset(key, request: gr.Request):
+    def on_preset(key, model_key, local, request: gr.Request):
         guard(request)
         if not key:
             return [gr.update(visible=False) for _ in fields] + [gr.update(), gr.update()]
@@ -393,7 +504,8 @@ def build_generate_tab(db_path, guard, *, model=None, batches_dir=None) -> Gener
             else:
                 updates.append(gr.update(choices=[], value=None, visible=False))
         text, modality_ = preset_prompt(key)
-        return updates + [text, modality_]
+        own = model_own_prompt(model_key, local, key)  # what this model was trained on
+        return updates + [own or text, modality_]
 
     def on_field(key, f1, f2, f3, f4, f5, f6, request: gr.Request):
         guard(request)
@@ -410,6 +522,13 @@ def build_generate_tab(db_path, guard, *, model=None, batches_dir=None) -> Gener
     def on_dice(request: gr.Request):
         guard(request)
         return secrets.randbelow(2**31)
+
+    def on_reuse(batch_folder, request: gr.Request):
+        guard(request)
+        seed_ = batch_seed(batch_folder)
+        if seed_ is None:
+            raise gr.Error("choose a batch first")
+        return seed_
 
     def on_generate(ticket, key, local, prompt_, neg_, seed_, n_, steps_, guidance_, sched_, modality_,
                     loras_, request: gr.Request):
@@ -439,6 +558,7 @@ def build_generate_tab(db_path, guard, *, model=None, batches_dir=None) -> Gener
                 return
         events: queue.Queue = queue.Queue()
         box: dict = {}
+        used_seed = resolve_seed(seed_)
 
         def on_step(step, total, *_):
             events.put((step, total))
@@ -446,7 +566,7 @@ def build_generate_tab(db_path, guard, *, model=None, batches_dir=None) -> Gener
         def work():
             try:
                 box["batch"] = run_generation(
-                    location, prompt=prompt_, negative_prompt=neg_, seed=int(seed_ or 0),
+                    location, prompt=prompt_, negative_prompt=neg_, seed=used_seed,
                     steps=int(steps_), guidance=float(guidance_), scheduler=sched_ or None,
                     n_images=int(n_), modality=modality_ or "", out_root=out_root,
                     on_step=on_step, cancel=cancel, loras=loras_)
@@ -460,12 +580,17 @@ def build_generate_tab(db_path, guard, *, model=None, batches_dir=None) -> Gener
         yield (gr.update(), gr.update(), "Loading the model…" if (location, loras_) not in _MODELS and location not in _MODELS
                else "Starting…", gr.update())
         try:
+            first = None
             while True:
                 ev = events.get()
                 if ev is None:
                     break
                 step, total = ev
-                yield gr.update(), gr.update(), f"Step {step} / {total}", gr.update()
+                now = time.perf_counter()
+                first = first or (step, now)
+                yield (gr.update(), gr.update(),
+                       f"Step {step} / {total}{time_left(first, step, total, now)} "
+                       f"(seed {used_seed})", gr.update())
         finally:
             if "batch" not in box and "error" not in box:
                 cancel.set()  # the browser went away: stop the worker too
@@ -477,12 +602,14 @@ def build_generate_tab(db_path, guard, *, model=None, batches_dir=None) -> Gener
             raise gr.Error(f"{type(exc).__name__}: {exc}") from None
         b = box["batch"]
         gal = [(img, f"seed {s}") for img, s in zip(b.images, b.seeds)]
-        yield (gal, [str(f) for f in b.files],
-               f"{len(b.images)} image(s) in {b.seconds:.1f} s — batch `{b.batch_id}`"
+        zipped = [str(batch_zip(b.folder))] if pathlib.Path(b.folder).is_dir() else []
+        yield (gal, zipped + [str(f) for f in b.files],
+               f"{len(b.images)} image(s) in {b.seconds:.1f} s, seed {used_seed} — batch "
+               f"`{b.batch_id}`"
                + ("" if b.prompt_seen is None else
                   f"  \n⚠️ The prompt is longer than the model reads: it used only "
                   f"“{html.escape(b.prompt_seen, quote=False)}” (the batch manifest keeps that text)."),
-               str(b.folder))
+               gr.update(choices=batch_choices(db_path, batches_dir), value=str(b.folder)))
 
     def on_click(request: gr.Request):
         guard(request)
@@ -511,10 +638,12 @@ def build_generate_tab(db_path, guard, *, model=None, batches_dir=None) -> Gener
     private = dict(api_visibility="private")
     model_dd.change(on_model, [model_dd, local_path], [local_path, info, steps, guidance, preset_dd],
                     **private)
-    preset_dd.change(on_preset, [preset_dd], [*fields, prompt, modality], **private)
+    preset_dd.change(on_preset, [preset_dd, model_dd, local_path], [*fields, prompt, modality],
+                     **private)
     for f in fields:
         f.input(on_field, [preset_dd, *fields], [prompt], **private)
     dice.click(on_dice, None, [seed], **private)
+    reuse_btn.click(on_reuse, [batch_state], [seed], **private)
     # The click takes a ticket at once (no queue), so a Cancel before the run starts stops
     # it too. No `cancels=`: Gradio's /cancel makes the page show "Error" (run_slots.py).
     ticket = gr.State(0)
@@ -525,8 +654,16 @@ def build_generate_tab(db_path, guard, *, model=None, batches_dir=None) -> Gener
         concurrency_id="generate", **private)
     stop.click(on_cancel, None, [status], queue=False, **private)
 
+    def refresh_batches(current, request: gr.Request):
+        guard(request)
+        choices = batch_choices(db_path, batches_dir)
+        folders = [c[1] for c in choices]
+        return gr.update(choices=choices,
+                         value=current if current in folders else (folders[0] if folders else None))
+
     def wire(study_dd):
         send_btn.click(on_send, [batch_state, study_dd], [send_msg], **private)
+        study_dd.change(refresh_batches, [batch_state], [batch_state], **private)
 
     return GenerateTab(wire)
 

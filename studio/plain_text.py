@@ -14,3 +14,17 @@ def plain_markdown(text: object) -> str:
     """`text` as Markdown that renders as exactly that text (one line)."""
     s = " ".join(str(text).split())
     return "".join(f"\\{c}" if c in _MD_SPECIAL else c for c in s)
+
+
+# What a study team's instructions may use: emphasis, headings, lists and paragraphs. Links,
+# images, raw HTML, code and tables are shown as typed (a link or image in the reader's
+# page would load or lead somewhere the study did not vet).
+_STUDY_MD_ESCAPE = frozenset("\\`[]()<>!&|~:=\"'{}")
+
+
+def study_markdown(text: object) -> str:
+    """A study team's text (instructions, consent) as Markdown that renders its emphasis,
+    headings, lists and paragraphs, and shows everything else as typed."""
+    lines = str(text).replace("\r\n", "\n").replace("\r", "\n").split("\n")
+    return "\n".join("".join(f"\\{c}" if c in _STUDY_MD_ESCAPE else c for c in line.rstrip())
+                     for line in lines).strip("\n")

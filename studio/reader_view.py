@@ -71,7 +71,7 @@ from studies.design import TASKS
 from studies.errors import (
     DatabaseNotFound, NotAStudyDatabase, NotAuthorised, ReaderError, SessionError, StudyError,
 )
-from studio.plain_text import plain_markdown
+from studio.plain_text import plain_markdown, study_markdown
 
 log = logging.getLogger(__name__)
 
@@ -96,6 +96,13 @@ VIEWER_JS = (pathlib.Path(__file__).with_name("viewer.js")).read_text(encoding="
 # the container's own `.main` (32 px a side, a sixth of a phone's width) is set here.
 PAGE_CSS = """@media (max-width: 640px) {
   .gradio-container > .main { padding-left: 6px !important; padding-right: 6px !important; }
+}
+/* A pair (2AFC) uses the whole window width: the two images are width-bound. */
+@media (min-width: 900px) {
+  .gradio-container:has(#stimulus .pair-view),
+  .gradio-container:has(#stimulus .pair-view) .main,
+  .gradio-container:has(#stimulus .pair-view) .contain,
+  .gradio-container:has(#stimulus .pair-view) .fillable { max-width: 100% !important; }
 }"""
 # "Saving…" once an answer has waited about a second for the server (SHOWN_MS_JS starts
 # the timer, SAVED_JS stops it when the event has come back, whatever its outcome).
@@ -186,6 +193,8 @@ class Screen:
     selected: int | None = None     # answer pre-selected: the earlier one of a reopened read
     comment: str = ""               # the read's comment and flag as last sent (or typed)
     non_diagnostic: bool = False
+    consent: bool = False           # intro: consent pending (the I agree / I do not agree controls)
+    agreed: bool = False            # intro: the I agree box stays ticked (e.g. a profile error)
 
 
 def _token(token: str | None) -> str | None:
@@ -227,11 +236,6 @@ def _choices(question: dict) -> list[tuple[str, int]]:
     # The key digit in front of each label is drawn by CSS (a counter), so touch screens,
     # which have no digit keys, show the label alone.
     return [(s["label"], int(s["value"])) for s in question["scale"]]
-
-
-def _paragraphs(text: str) -> str:
-    """A study team's text as plain-text Markdown paragraphs (no formatting, links or images)."""
-    return "\n\n".join(plain_markdown(p) for p in text.replace("\r", "").split("\n\n") if p.strip())
 
 
 # The pair (2AFC) keys, in keyboard.js: an arrow moves the answer one step along the scale
@@ -280,11 +284,12 @@ def intro_text(view: session.CaseView, instructions: str = "", consent: str = ""
               "Training cases, if any, come first: after each you are told the right answer. "
               "Every answer is saved at once — you can close the tab and come back with the "
               "same link to continue where you stopped."]
-    if instructions.strip():  # the study team's text, shown as typed (no Markdown)
-        lines[2:2] = ["**Instructions from the study team**", "", _paragraphs(instructions), ""]
+    if instructions.strip():  # the study team's text: its emphasis and lists, no links
+        lines[2:2] = ["**Instructions from the study team**", "", study_markdown(instructions), ""]
     if consent.strip():
-        lines += ["", "**Consent**", "", _paragraphs(consent), "",
-                  "Pressing **Start** records that you agree to the text above."]
+        lines += ["", "**Consent**", "", study_markdown(consent), "",
+                  "Tick **I agree** below and press **Start** to begin; **I do not agree** "
+                  "records that you declined and shows no image."]
     return "\n".join(lines)
 
 
@@ -362,9 +367,11 @@ def open_page(db_path, token: str | None) -> Screen:
 
 def _intro_screen(db_path, reader, view, consent: str, form, message: str = "") -> Screen:
     texts = lifecycle.study_texts(db_path, reader.study)
-    return Screen("intro", intro=intro_text(view, texts.instructions, consent),
-                  total=view.total, profile=form, message=message,
-                  pair=view.pair_stimulus_id is not None)
+    intro = intro_text(view, texts.instructions, consent)
+    if message and form is None:  # with a form, the form shows the message itself
+        intro += f"\n\n**{plain_markdown(message)}**"
+    return Screen("intro", intro=intro, total=view.total, profile=form, message=message,
+                  pair=view.pair_stimulus_id is not None, consent=bool(consent))
 
 
 def profile_values(profile_json, form: readers.ProfileForm) -> dict:
@@ -392,11 +399,36 @@ def _total(db_path, reader) -> int:
     return 0
 
 
-def start(db_path, token: str | None, profile_json: str | None = None) -> Screen:
+CONSENT_NEEDED = "To start, tick “I agree” under the consent text, or press “I do not agree”."
+CONSENT_DECLINED = ("You did not agree: that is recorded, nothing else, and no image is shown. "
+                    "You can close this page. If you change your mind, tick “I agree” and "
+                    "press Start.")
+
+
+def decline_consent(db_path, token: str | None) -> Screen:
+    """'I do not agree' under the consent text: recorded, and the intro stays."""
+    reader = _reader(db_path, token)
+    if reader is None:
+        return _login("This link is not valid.")
+    view = session.next_case(db_path, reader.reader_id)
+    if view is None:
+        return _finished_for(db_path, reader)
+    consent = readers.consent_pending(db_path, reader.reader_id)
+    if consent:
+        readers.record_consent_declined(db_path, reader.reader_id)
+    return _intro_screen(db_path, reader, view, consent,
+                         readers.profile_form(db_path, reader.reader_id),
+                         message=CONSENT_DECLINED if consent else "")
+
+
+def start(db_path, token: str | None, profile_json: str | None = None, *,
+          agreed: bool | None = None) -> Screen:
     """'Start' on the instruction screen (or any time the current case must be shown).
     When the study asks for the reader's profile and it is not filled in yet, `profile_json`
     (the form's values) must fill in every field: otherwise the intro comes back with the
-    reason and the typed values, and nothing (neither profile nor consent) is recorded."""
+    reason and the typed values, and nothing (neither profile nor consent) is recorded.
+    `agreed`: the page's "I agree" box; False while consent is pending brings the intro
+    back and records nothing (None: Start itself counts as agreeing)."""
     reader = _reader(db_path, token)
     if reader is None:
         return _login("This link is not valid.")
@@ -404,6 +436,12 @@ def start(db_path, token: str | None, profile_json: str | None = None) -> Screen
     if view is None:
         return _finished_for(db_path, reader)
     form = readers.profile_form(db_path, reader.reader_id)
+    if agreed is False and readers.consent_pending(db_path, reader.reader_id):
+        typed = form if form is None else dataclasses.replace(
+            form, values={k: str(v) for k, v in profile_values(profile_json, form).items()})
+        return _intro_screen(db_path, reader, view,
+                             readers.consent_pending(db_path, reader.reader_id), typed,
+                             message=CONSENT_NEEDED)
     if form is not None:
         values = profile_values(profile_json, form)
         try:
@@ -604,6 +642,8 @@ SCREEN_CSS = """
 #back-state,
 #prompt:not(:has(.prompt-text)) { display: none !important; }
 #profile:not(:has(.profile-form)) { display: none !important; }
+#reader:not(:has(#screen [data-consent])) #consent-agree,
+#reader:not(:has(#screen [data-consent])) #consent-decline { display: none !important; }
 """
 READER_CSS = SCREEN_CSS + """
 #stimulus { background: #000; height: 78vh; display: flex; align-items: center;
@@ -632,10 +672,12 @@ READER_CSS = SCREEN_CSS + """
 #stimulus:has(.pair-view) { height: auto; aspect-ratio: 20 / 11; max-height: 78vh; }
 #stimulus:has(.pair-view) .html-container { padding: 4px !important; }
 #stimulus:fullscreen:has(.pair-view) { height: 100vh; max-height: 100vh; aspect-ratio: auto; }
-#reader:has(#stimulus .pair-view) .column:has(> #stimulus) { flex-grow: 5 !important; }
+#reader:has(#stimulus .pair-view) .column:has(> #stimulus) { flex-grow: 8 !important; }
+#reader:has(#stimulus .pair-view) .column:has(#answer):not(:has(#stimulus)) { flex-grow: 2 !important; }
 #stimulus .viewer-tools { position: absolute; top: 6px; right: 6px; display: flex; gap: 4px;
                           opacity: 0.55; z-index: 5; }
 #stimulus .viewer-tools:hover { opacity: 0.85; }
+#stimulus .viewer-tools .tools-toggle { display: none; }
 #stimulus .viewer-tools button { min-width: 32px; min-height: 32px; padding: 0 6px;
                                  border: 1px solid #4b5563; border-radius: 6px;
                                  background: #111827; color: #f9fafb; font-size: 0.9rem; }
@@ -701,6 +743,36 @@ footer { display: none !important; }
   /* column-major: the real half of the scale on the left, the synthetic half on the right */
   #answer .wrap { display: grid; grid-template-columns: 1fr 1fr; grid-auto-flow: column;
                   grid-template-rows: repeat(3, auto); gap: 4px; }
+  /* a 5-point scale (alignment, quality) has no halves: one column, in scale order, and a
+     smaller image so that Submit still fits */
+  #answer:not(:has(label:nth-of-type(6))) .wrap { grid-template-columns: 1fr;
+                  grid-auto-flow: row; grid-template-rows: none; gap: 3px; }
+  #reader:has(#answer label:nth-of-type(5)):not(:has(#answer label:nth-of-type(6))) #stimulus {
+    height: 26vh; }
+  #reader:has(#answer label:nth-of-type(5)):not(:has(#answer label:nth-of-type(6))) #stimulus img {
+    max-height: 26vh; }
+  #case .column, #case .form, #case .row { gap: 6px !important; }
+  #message p { margin: 0; font-size: 0.85rem; }
+  #progress .bar { height: 6px; }
+  #question p { margin: 0; font-size: 0.8rem; }
+  #answer label { padding: 2px 8px; }
+  #prompt { padding-top: 0; padding-bottom: 0; }
+  #prompt .prompt-text { font-size: 0.9rem; }
+  /* The viewer's tools fold into one button: eight over a phone's image hide its top. */
+  #stimulus .viewer-tools .tools-toggle { display: inline-block; }
+  #stimulus .viewer-tools:not(.open) button:not(.tools-toggle) { display: none; }
+  #stimulus .viewer-tools.open { flex-wrap: wrap; background: rgba(17,24,39,0.85);
+                                 border-radius: 8px; padding: 2px; }
+}
+/* Small phones (360×640): smaller images, so that the scale and Submit still fit. */
+@media (max-width: 640px) and (max-height: 720px) {
+  #stimulus { height: 32vh; }
+  #stimulus img { max-height: 32vh; }
+  #reader:has(#answer label:nth-of-type(5)):not(:has(#answer label:nth-of-type(6))) #stimulus {
+    height: 18vh; }
+  #reader:has(#answer label:nth-of-type(5)):not(:has(#answer label:nth-of-type(6))) #stimulus img {
+    max-height: 18vh; }
+  #question h3 { font-size: 0.95rem; }
   #answer label { font-size: 0.95rem; padding: 4px 8px; }
   #answer > span, #answer .block-title, #answer [data-testid="block-info"] { display: none; }
   #submit, #continue, #start, #back { min-height: 48px; }
@@ -708,11 +780,13 @@ footer { display: none !important; }
 """
 
 
-def screen_html(kind: str) -> str:
-    """The marker SCREEN_CSS reads to show one screen (a fixed word, nothing else)."""
+def screen_html(kind: str, *, consent: bool = False) -> str:
+    """The marker SCREEN_CSS reads to show one screen (a fixed word, nothing else; on the
+    intro, `data-consent` while consent is pending shows the agree/decline controls)."""
     if kind not in SCREENS:
         raise ValueError(f"unknown screen {kind!r}")
-    return f'<span data-screen="{kind}"></span>'
+    mark = " data-consent" if consent and kind == "intro" else ""
+    return f'<span data-screen="{kind}"{mark}></span>'
 
 
 def back_marker(can_go_back: bool) -> str:
@@ -787,10 +861,10 @@ INTRO_TOUCH = ("**Touch:** tap an answer, then **Submit**. Pinch to zoom the ima
                "move it.")
 # Runs in the browser before Start: the profile form's values as one JSON object (an empty
 # object when the intro has no form). The server keeps only the form's own fields.
-PROFILE_JS = """(p) => { const v = {};
+PROFILE_JS = """(p, agreed) => { const v = {};
   document.querySelectorAll('#profile [data-field]').forEach(
       (el) => { v[el.dataset.field] = el.value; });
-  return [JSON.stringify(v)]; }"""
+  return [JSON.stringify(v), agreed]; }"""
 
 
 def profile_form_html(form: readers.ProfileForm, message: str = "") -> str:
@@ -886,6 +960,12 @@ def build_reader_blocks(db_path) -> gr.Blocks:
                 # read by PROFILE_JS on Start.
                 profile_form = gr.HTML("", elem_id=IDS["profile"], js_on_load=None)
                 profile_in = gr.Textbox(visible=False)
+                # Shown while consent is pending: agreeing and declining are both explicit.
+                with gr.Row():
+                    consent_agree = gr.Checkbox(label="I agree to the consent text above",
+                                                elem_id="consent-agree")
+                    decline_btn = gr.Button("I do not agree", elem_id="consent-decline",
+                                            scale=0, min_width=160)
                 start_btn = gr.Button("Start", variant="primary", elem_id=IDS["start"])
             with gr.Column(elem_id=IDS["case"]):
                 progress = gr.HTML(elem_id=IDS["progress"])
@@ -937,7 +1017,7 @@ def build_reader_blocks(db_path) -> gr.Blocks:
 
         outputs = [screen, login_msg, intro_md, progress, message, image, prompt, question,
                    answer, feedback, done_md, keys_hint, fault_md, state, profile_form,
-                   intro_keys, back_state, comment, non_diag]
+                   intro_keys, consent_agree, back_state, comment, non_diag]
 
         def render(s: Screen) -> list:
             """The outputs for a screen: plain values (cheap for Gradio) except the answer
@@ -951,7 +1031,7 @@ def build_reader_blocks(db_path) -> gr.Blocks:
             else:
                 img = stimulus_html(s.image_url, s.presets) if is_case and s.image_url else ""
             return [
-                screen_html(s.kind),
+                screen_html(s.kind, consent=s.consent),
                 s.message if s.kind == "login" else "",
                 s.intro if s.kind == "intro" else "",
                 progress_html(s.position, s.total, s.training) if case_like else "",
@@ -969,6 +1049,7 @@ def build_reader_blocks(db_path) -> gr.Blocks:
                 profile_form_html(s.profile, s.message) if s.kind == "intro" and s.profile
                 else "",
                 PAIR_KEYS_INTRO if s.pair else INTRO_KEYS,  # keyboards only (CSS)
+                bool(s.agreed) if s.kind == "intro" else False,  # the I agree box
                 # going back: a marker for SCREEN_CSS; the remarks as plain values
                 back_marker(s.can_go_back and s.kind in ("case", "finished", "unavailable")),
                 s.comment if is_case else "",
@@ -985,8 +1066,16 @@ def build_reader_blocks(db_path) -> gr.Blocks:
         def on_start(request: gr.Request):
             return render(safe_start(db_path, token_of(request)))
 
-        def on_start_profile(profile, request: gr.Request):  # Start under the intro
-            return render(safe_start(db_path, token_of(request), profile))
+        def on_start_profile(profile, agreed, request: gr.Request):  # Start under the intro
+            s = safe_start(db_path, token_of(request), profile, agreed=bool(agreed))
+            if s.kind == "intro":  # e.g. a profile error: the I agree box stays as it was
+                s = dataclasses.replace(s, agreed=bool(agreed))
+            return render(s)
+
+        safe_decline = storage_safe(decline_consent)
+
+        def on_decline(request: gr.Request):
+            return render(safe_decline(db_path, token_of(request)))
 
         def on_submit(st, ans, ms, note, nd, request: gr.Request):
             return render(safe_submit(db_path, token_of(request), st, ans, ms, note, nd))
@@ -1007,7 +1096,9 @@ def build_reader_blocks(db_path) -> gr.Blocks:
         common = dict(api_visibility="private", concurrency_id="reader", trigger_mode="once",
                       show_progress="hidden", postprocess=False)
         demo.load(on_load, None, outputs, **common)
-        start_btn.click(on_start_profile, [profile_in], outputs, js=PROFILE_JS, **common)
+        start_btn.click(on_start_profile, [profile_in, consent_agree], outputs, js=PROFILE_JS,
+                        **common)
+        decline_btn.click(on_decline, None, outputs, **common)
         # Answers have a queue of their own, so answers waiting on a stalled write never
         # hold the slots other readers' page loads need. preprocess=False: the answer is
         # checked against the scale by studies.session; Gradio's own check compares it with

@@ -198,6 +198,18 @@
     if (box.querySelector(".viewer-tools")) return;
     const bar = document.createElement("div");
     bar.className = "viewer-tools";
+    // On small screens CSS shows only this toggle until it is tapped (the tools fold away).
+    const toggle = document.createElement("button");
+    toggle.type = "button"; toggle.textContent = "⋯"; toggle.className = "tools-toggle";
+    toggle.title = "Image tools"; toggle.setAttribute("aria-label", "Image tools");
+    toggle.setAttribute("aria-expanded", "false"); toggle.tabIndex = -1;
+    toggle.addEventListener("click", function (e) {
+      e.stopPropagation();
+      const open = bar.classList.toggle("open");
+      toggle.setAttribute("aria-expanded", open ? "true" : "false");
+      toggle.blur();
+    });
+    bar.appendChild(toggle);
     TOOLS.forEach(function (t) {
       const b = document.createElement("button");
       b.type = "button"; b.textContent = t[0]; b.title = t[1];

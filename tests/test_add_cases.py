@@ -24,8 +24,9 @@ def draft(tmp_path):
     return db_path, summary
 
 
-def _batch(tmp_path, generator="gen-new"):
-    rows = [r for r in write_images(tmp_path / "batch", generators=(generator,))
+def _batch(tmp_path, generator="gen-new", seed=1):
+    # seed 1: pixels unlike the draft's own synthetic images (seed 0), which add refuses
+    rows = [r for r in write_images(tmp_path / "batch", generators=(generator,), seed=seed)
             if r["source"] == "synthetic"]
     for r in rows:
         r["case_id"] = "new-" + r["path"]
@@ -98,3 +99,70 @@ def test_studio_send_to_study_adds_a_batch(tmp_path, draft):
     manifest = _batch(tmp_path)
     added = send_to_study(db_path, manifest.parent, "pilot", actor="admin:test")
     assert added.n_added > 0 and len(_cases(db_path)) == before + added.n_added
+
+
+# ------------------------------------------------------------ duplicates, unreadable files
+def _run(*args):
+    from studio.cli import cli
+
+    return CliRunner().invoke(cli, [str(a) for a in args])
+
+
+def test_adding_the_same_pixels_again_is_refused_unless_allowed(tmp_path, draft):
+    db_path, _ = draft
+    before = len(_cases(db_path))
+    again = _batch(tmp_path, seed=0)  # the draft's own synthetic pixels under new case ids
+    r = _run("study", "add", "--db", db_path, "--study", "pilot", "--manifest", again)
+    assert r.exit_code == 1 and len(_cases(db_path)) == before
+    errors = [ln for ln in r.output.splitlines() if ln.startswith("Error:")]
+    assert len(errors) == 1 and "6 of 6 image(s) have exactly the same pixels" in errors[0]
+    assert "--allow-duplicates" in errors[0]
+    r = _run("study", "add", "--db", db_path, "--study", "pilot", "--manifest", again,
+             "--allow-duplicates")
+    assert r.exit_code == 0, r.output
+    assert len(_cases(db_path)) == before + 6
+    assert r.output.count("DUPLICATE ") == 6 and "WARNING: 6 image(s) duplicate" in r.output
+
+
+def test_duplicates_within_one_batch_are_refused_too(tmp_path, draft):
+    db_path, _ = draft
+    manifest = _batch(tmp_path)
+    rows = manifest.read_text().splitlines()
+    path_col = rows[0].split(",").index("path")
+    first = rows[1].split(",")
+    copy = list(first)
+    copy[rows[0].split(",").index("case_id")] = "copy-of-first"
+    manifest.write_text("\n".join(rows + [",".join(copy)]) + "\n")
+    assert first[path_col]
+    with pytest.raises(StudyError, match="1 of 7 image"):
+        add_cases(db_path, "pilot", manifest=manifest)
+
+
+def test_skip_unreadable_leaves_out_and_lists_the_bad_files(tmp_path, draft):
+    db_path, _ = draft
+    before, files = len(_cases(db_path)), stimulus_files(db_path)
+    manifest = _batch(tmp_path)
+    (tmp_path / "batch" / "synthetic" / "gen-new" / "s03_0.png").write_bytes(b"not a png")
+    r = _run("study", "add", "--db", db_path, "--study", "pilot", "--manifest", manifest)
+    assert r.exit_code == 1 and "s03_0.png" in r.output  # default: all or nothing
+    assert len(_cases(db_path)) == before and stimulus_files(db_path) == files
+    r = _run("study", "add", "--db", db_path, "--study", "pilot", "--manifest", manifest,
+             "--skip-unreadable")
+    assert r.exit_code == 0, r.output
+    assert len(_cases(db_path)) == before + 5
+    skipped = [ln for ln in r.output.splitlines() if ln.startswith("SKIPPED ")]
+    assert len(skipped) == 1 and "s03_0.png" in skipped[0]
+    assert "WARNING: 1 unreadable image(s) left out" in r.output
+
+
+def test_create_with_skip_unreadable(tmp_path):
+    rows = write_images(tmp_path / "data")
+    (tmp_path / "data" / rows[1]["path"]).write_bytes(b"\x00" * 300)
+    manifest = write_manifest(tmp_path / "data" / "cases.csv", rows)
+    r = _run("study", "create", "--db", tmp_path / "a.db", "--name", "p", "--manifest", manifest,
+             "--size", 32)
+    assert r.exit_code == 1 and not (tmp_path / "a.db").exists()
+    r = _run("study", "create", "--db", tmp_path / "b.db", "--name", "p", "--manifest", manifest,
+             "--size", 32, "--skip-unreadable")
+    assert r.exit_code == 0, r.output
+    assert "11 images" in r.output and "SKIPPED " in r.output and rows[1]["path"] in r.output

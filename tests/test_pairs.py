@@ -100,7 +100,7 @@ def test_incomplete_pair_design_gives_each_reader_a_subset_of_pairs(tmp_path):
            for i in range(2)]
     units = [{tuple(sorted((l, r))) for _, l, _, r, *_ in _pairs_of(db, rid)} for rid in ids]
     assert [len(u) for u in units] == [3, 3] and not units[0] & units[1]
-    assert readers.coverage(db, "duo").min_reads == 1
+    assert readers.coverage(db, "duo").min_assigned == 1
 
 
 # ---------------------------------------------------------------- statistics, verified

@@ -58,6 +58,7 @@ def test_fill_in_the_profile_then_start_shows_the_first_case(browser, profile_st
     assert page.input_value('[data-field="specialty"]') == "radiology"  # pre-filled
     assert page.is_visible(".intro-keys") and not page.is_visible(".intro-touch")
     assert "Enter" in page.inner_text(".intro-keys")
+    page.check("#consent-agree input")  # consent is explicit: ticked, then Start
     shots = os.environ.get("MEDISYN_SCREENSHOTS")
     if shots:  # docs/img/reader-profile.png comes from here
         page.fill('[data-field="years_experience"]', "12")
@@ -105,6 +106,7 @@ def test_touch_intro_shows_tap_wording_and_the_form(browser, profile_studio):
         assert box.bounding_box()["height"] >= 44
         box.tap()
         page.keyboard.type(value)
+    page.tap("#consent-agree input")
     page.tap("#start")
     _wait_case(page, 1, 4)
     assert _profile(profile_studio["db"], "dr-b")[0] == {

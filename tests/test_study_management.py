@@ -141,7 +141,7 @@ def test_cases_per_reader_is_balanced_and_covers_every_case_evenly(tmp_path):
     opts = StudyOptions(cases_per_reader=6, readers_per_case=2)
     db, _ = make_study(tmp_path, "pilot", options=opts)  # 6 real + 6 synthetic
     cov = readers.coverage(db, "pilot")
-    assert (cov.n_units, cov.min_reads, cov.readers_needed) == (12, 0, 4)
+    assert (cov.n_units, cov.min_assigned, cov.readers_needed) == (12, 0, 4)
     for name in ("a", "b", "c", "d"):
         readers.invite(db, "pilot", name)
     with open_db(db) as conn:
@@ -154,7 +154,8 @@ def test_cases_per_reader_is_balanced_and_covers_every_case_evenly(tmp_path):
     assert all(r == s == 3 for _, r, s in per_reader)
     assert per_case == [2] * 12
     cov = readers.coverage(db, "pilot")
-    assert (cov.min_reads, cov.max_reads, cov.readers_needed) == (2, 2, 0)
+    assert (cov.min_assigned, cov.max_assigned, cov.readers_needed) == (2, 2, 0)
+    assert (cov.min_reads, cov.max_reads) == (0, 0)  # invited, nothing read yet
 
 
 def test_analysis_handles_the_incomplete_design(tmp_path):
@@ -380,9 +381,9 @@ def test_reader_page_shows_instructions_and_consent_and_start_records_it(study):
     ref = readers.reader_for_token(study, token)
     screen = reader_view.open_page(study, token)
     assert screen.kind == "intro"
-    assert "Read each image at full size\\." in screen.intro and "Take breaks\\." in screen.intro
-    assert "full size\\.\n\nTake breaks" in screen.intro  # paragraphs kept
-    assert "Pressing **Start** records that you agree" in screen.intro
+    assert "Read each image at full size." in screen.intro and "Take breaks." in screen.intro
+    assert "full size.\n\nTake breaks" in screen.intro  # paragraphs kept
+    assert "Tick **I agree** below and press **Start**" in screen.intro
     assert "![x]" not in screen.intro and "\\!\\[x\\]" in screen.intro  # shown as typed
     assert readers.consent_pending(study, ref.reader_id)
     assert readers.reader_info(study, ref.reader_id).consented_at is None
