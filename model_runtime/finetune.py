@@ -7,7 +7,9 @@ Where ``model_runtime.train`` builds a compact model from nothing (the MSDM rout
 Polyp), this adapts a large pretrained one (their FLUX/Kandinsky route):
 
   1. data: ``DIR/captions.csv`` (``path,caption``, as ``train`` reads) or a manifest CSV with
-     ``path`` and ``prompt`` (a study or ``generate`` manifest); paths relative to the CSV. Images are
+     ``path`` and ``prompt`` (a study or ``generate`` manifest); paths relative to the CSV; or a
+     mixture file (``model_runtime.mixture``: weighted sources, balanced by modality, streamed from
+     tables, WebDataset shards or datasets folders and encoded per step). Images are
      centre-cropped and resized to ``resolution``. Decoding is pluggable (``decode=``): the CLI
      passes the studio's reader so DICOM and NIfTI decode exactly as they do at ingest;
   2. base: anything ``load()`` opens (registry key, folder, cached Hub id). Families: SD 1.x/2.x and
@@ -55,7 +57,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from model_runtime import loading
+from model_runtime import loading, mixture
 
 LORA_FILE = "pytorch_lora_weights.safetensors"   # diffusers' default name: load_lora_weights(folder) finds it
 TRAINING_FILE = "training.json"
@@ -90,6 +92,7 @@ class FinetuneConfig:
     validation_steps: int = 20           # denoising steps of the validation images
     validation_guidance: float | None = None   # None: the pipeline's default
     mixed_precision: str = "no"          # "no" | "fp16" | "bf16" (GPU)
+    text_encoder: str | None = None      # a local HF text model folder replacing the base's (SD 1.x/2.x)
 
     def check(self) -> None:
         if self.method not in ("lora", "full"):
@@ -234,6 +237,28 @@ def add_lora(denoiser, cfg: FinetuneConfig) -> None:
     denoiser.requires_grad_(False)
     denoiser.add_adapter(LoraConfig(r=cfg.rank, lora_alpha=cfg.alpha or cfg.rank, init_lora_weights="gaussian",
                                     target_modules=list(cfg.target_modules)))
+
+
+def swap_text_encoder(pipe, folder, seed: int, device, dtype, log) -> None:
+    """Put a local Hugging Face text model (BERT-style or CLIP) and its tokenizer in place of the
+    pipeline's, frozen. Where its width differs from the UNet's cross-attention, the UNet gets
+    diffusers' own ``encoder_hid_proj`` (``encoder_hid_dim_type="text_proj"``: a Linear applied to
+    the text states inside the UNet), so the saved pipeline loads in plain diffusers."""
+    from model_runtime.train import load_text_encoder
+
+    try:
+        tokenizer, encoder = load_text_encoder(folder)
+    except (OSError, ValueError) as exc:
+        raise FinetuneError(f"--text-encoder {folder}: cannot load it ({exc})") from None
+    encoder.requires_grad_(False).eval().to(device, dtype)
+    pipe.register_modules(text_encoder=encoder, tokenizer=tokenizer)
+    unet, width = pipe.unet, int(encoder.config.hidden_size)
+    if width != unet.config.cross_attention_dim:
+        torch.manual_seed(seed)
+        unet.encoder_hid_proj = torch.nn.Linear(width, unet.config.cross_attention_dim).to(unet.device)
+        unet.register_to_config(encoder_hid_dim=width, encoder_hid_dim_type="text_proj")
+        log(f"text encoder {type(encoder).__name__} ({width} wide) -> learnt projection to "
+            f"{unet.config.cross_attention_dim}")
 
 
 def trainable(denoiser) -> dict[str, torch.nn.Parameter]:
@@ -526,17 +551,33 @@ def finetune(base, data, out_dir, cfg: FinetuneConfig | None = None, *, resume: 
         raise FinetuneError(f"--resume: {out_dir} holds no checkpoint to resume from (checkpoints/step-*); "
                             "leave out --resume to start a new run")
 
-    # cheap checks before the model is read: the data and the base's pipeline class
-    examples = read_examples(data)
+    # cheap checks before the model is read: the data and the base's pipeline class.
+    # A mixture file streams (images decoded and encoded per step); a folder or CSV is encoded once.
+    sampler = None
+    if mixture.is_mixture_file(data):
+        try:
+            sampler = mixture.MixtureSampler(mixture.read_mixture(data), seed=cfg.seed, decode=decode)
+        except mixture.MixtureError as exc:
+            raise FinetuneError(str(exc)) from None
+        examples, captions = [], sampler.captions(64)
+    else:
+        examples = read_examples(data)
+        captions = [ex.caption for ex in examples]
     path, entry = loading.resolve(base)
     pipeline_class = loading.pipeline_class_name(path)
     family = loading.family_of(pipeline_class)
     check_family(family, pipeline_class, cfg.method)
+    if cfg.text_encoder and family != "sd":
+        raise FinetuneError(f"--text-encoder replaces the single text encoder of SD 1.x/2.x; {pipeline_class} "
+                            "has pooled or several text encoders")
     size = int(cfg.resolution or loading.default_size(path)[0])
-    pixels = decode_all(examples, size, decode)
-    captions = [ex.caption for ex in examples]
-    log(f"{len(examples)} images ({len(set(captions))} distinct captions) at {size}x{size}; "
-        f"base {pipeline_class} ({family}), method {cfg.method}")
+    if sampler is None:
+        pixels = decode_all(examples, size, decode)
+        log(f"{len(examples)} images ({len(set(captions))} distinct captions) at {size}x{size}; "
+            f"base {pipeline_class} ({family}), method {cfg.method}")
+    else:
+        log(f"mixture of {len(sampler.readers)} sources ({len(set(sampler.modality_names))} "
+            f"modalities, balance {sampler.mixture.balance}) at {size}x{size}; base {pipeline_class} ({family})")
 
     accelerator = Accelerator(mixed_precision=cfg.mixed_precision, cpu=(device == "cpu"))
     weight_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(cfg.mixed_precision, torch.float32)
@@ -545,6 +586,8 @@ def finetune(base, data, out_dir, cfg: FinetuneConfig | None = None, *, resume: 
     pipe = loaded.pipe
     base_hash = loading.weights_hash(path)
     denoiser = denoiser_of(pipe)
+    if cfg.text_encoder:
+        swap_text_encoder(pipe, cfg.text_encoder, cfg.seed, accelerator.device, weight_dtype, log)
     for name in ("vae", "text_encoder", "text_encoder_2", "text_encoder_3"):
         module = getattr(pipe, name, None)
         if module is not None:
@@ -552,11 +595,14 @@ def finetune(base, data, out_dir, cfg: FinetuneConfig | None = None, *, resume: 
 
     # frozen encoders once ---------------------------------------------------------------------
     vae = pipe.vae
-    latent_mean, latent_std = encode_images(vae, pixels, accelerator.device, vae.dtype)
     scaling = float(vae.config.scaling_factor)
     shift = float(getattr(vae.config, "shift_factor", None) or 0.0)
-    conditions = encode_captions(pipe, family, captions + [""], accelerator.device)
-    del pixels
+    if sampler is None:
+        latent_mean, latent_std = encode_images(vae, pixels, accelerator.device, vae.dtype)
+        conditions = encode_captions(pipe, family, captions + [""], accelerator.device)
+        del pixels
+    else:
+        conditions = encode_captions(pipe, family, [""], accelerator.device)
 
     # trainable weights -------------------------------------------------------------------------
     if cfg.method == "lora":
@@ -564,6 +610,8 @@ def finetune(base, data, out_dir, cfg: FinetuneConfig | None = None, *, resume: 
         add_lora(denoiser, cfg)
     else:
         denoiser.requires_grad_(True)
+    if getattr(denoiser, "encoder_hid_proj", None) is not None and cfg.text_encoder:
+        denoiser.encoder_hid_proj.requires_grad_(True)  # the learnt projection trains with either method
     if weight_dtype != torch.float32:
         if cfg.method == "full":
             denoiser.to(torch.float32)
@@ -581,8 +629,9 @@ def finetune(base, data, out_dir, cfg: FinetuneConfig | None = None, *, resume: 
 
     signature = {"base_weights_sha256": base_hash, "method": cfg.method, "rank": cfg.rank, "alpha": cfg.alpha,
                  "target_modules": list(cfg.target_modules), "resolution": size, "batch_size": cfg.batch_size,
-                 "lr": cfg.lr, "lr_scheduler": cfg.lr_scheduler, "seed": cfg.seed,
-                 "data": hashlib.sha256(json.dumps([[str(ex.path), ex.caption] for ex in examples]).encode()).hexdigest(),
+                 "lr": cfg.lr, "lr_scheduler": cfg.lr_scheduler, "seed": cfg.seed, "text_encoder": cfg.text_encoder,
+                 "data": sampler.signature() if sampler else
+                 hashlib.sha256(json.dumps([[str(ex.path), ex.caption] for ex in examples]).encode()).hexdigest(),
                  "processes": accelerator.num_processes}
     start, log_rows = 0, []
     if resume:
@@ -603,11 +652,22 @@ def finetune(base, data, out_dir, cfg: FinetuneConfig | None = None, *, resume: 
     for step in range(start + 1, cfg.steps + 1):
         # batch order and noise depend only on (seed, step): a resumed run repeats them exactly
         g = torch.Generator().manual_seed(cfg.seed * 1_000_003 + step)
-        batch = torch.randint(0, n, (global_batch,), generator=g)[rank * cfg.batch_size:(rank + 1) * cfg.batch_size]
-        latents = (latent_mean[batch] + latent_std[batch] * torch.randn(latent_mean[batch].shape, generator=g))
+        if sampler is None:
+            batch = torch.randint(0, n, (global_batch,), generator=g)[rank * cfg.batch_size:(rank + 1) * cfg.batch_size]
+            mean, std, texts = latent_mean[batch], latent_std[batch], [captions[i] for i in batch.tolist()]
+        else:  # this process's share of the step's draws, decoded and encoded now
+            records = sampler.batch(step, global_batch)[rank * cfg.batch_size:(rank + 1) * cfg.batch_size]
+            mean, std = encode_images(vae, np.stack([square(r.image, size) for r in records]),
+                                      accelerator.device, vae.dtype)
+            texts = [r.caption for r in records]
+            if len(conditions) > 4096:  # bounded: a stream can hold any number of distinct captions
+                conditions = {"": conditions[""]}
+            conditions.update(encode_captions(pipe, family, [t for t in texts if t not in conditions],
+                                              accelerator.device))
+        latents = (mean + std * torch.randn(mean.shape, generator=g))
         latents = ((latents - shift) * scaling).to(accelerator.device, weight_dtype)
-        drop = torch.rand(len(batch), generator=g) < cfg.caption_dropout
-        cond = stack_conditions([conditions["" if d else captions[i]] for i, d in zip(batch.tolist(), drop.tolist())])
+        drop = torch.rand(len(texts), generator=g) < cfg.caption_dropout
+        cond = stack_conditions([conditions["" if d else t] for t, d in zip(texts, drop.tolist())])
         with accelerator.autocast():
             loss = step_loss(pipe, denoiser, noise_scheduler, latents, cond, g, cfg, family)
         accelerator.backward(loss)
@@ -632,7 +692,14 @@ def finetune(base, data, out_dir, cfg: FinetuneConfig | None = None, *, resume: 
     # outputs ------------------------------------------------------------------------------------
     if accelerator.is_main_process:
         model.eval()
-        if cfg.method == "lora":
+        if cfg.text_encoder:
+            # the new text encoder and its projection are part of the model: save a whole pipeline
+            if cfg.method == "lora":
+                model.fuse_lora()
+                model.unload_lora()
+            weights = out_dir / "pipeline"
+            pipe.save_pretrained(str(weights), safe_serialization=True)
+        elif cfg.method == "lora":
             weights = save_lora(pipe, family, model, out_dir)
         else:
             weights = out_dir / "pipeline"
@@ -643,6 +710,8 @@ def finetune(base, data, out_dir, cfg: FinetuneConfig | None = None, *, resume: 
             "base": {"model": os.fspath(base), "path": str(path), "registry_key": entry.key if entry else None,
                      "pipeline": pipeline_class, "family": family, "weights_sha256": base_hash},
             "data": {"source": os.fspath(data), "images": len(examples), "captions": sorted(set(captions)),
+                     "sha256": signature["data"]} if sampler is None else
+                    {"source": os.fspath(data), "mixture": sampler.mixture.describe(), "sampled": sampler.counts(),
                      "sha256": signature["data"]},
             "result": {"steps": cfg.steps, "resumed_from": start, "seconds_this_run": round(seconds, 1),
                        "final_loss": log_rows[-1]["loss"], "trainable_parameters": n_trainable,
@@ -680,7 +749,8 @@ def main(argv=None) -> None:
         if f.name in ("target_modules", "validation_prompts"):
             continue
         kind = type(getattr(defaults, f.name)) if getattr(defaults, f.name) is not None else float
-        p.add_argument("--" + f.name.replace("_", "-"), type=int if f.name == "resolution" else kind,
+        kind = str if f.name == "text_encoder" else int if f.name == "resolution" else kind
+        p.add_argument("--" + f.name.replace("_", "-"), type=kind,
                        default=getattr(defaults, f.name))
     args = vars(p.parse_args(argv))
     base, data, out, resume, device = (args.pop(k) for k in ("base", "data", "out", "resume", "device"))
