@@ -285,11 +285,14 @@ def encode_images(vae, pixels: np.ndarray, device, dtype, chunk: int = 8) -> tup
 def encode_captions(pipe, family: str, captions: Sequence[str], device) -> dict[str, dict]:
     """Text conditioning per distinct caption, via each pipeline's own ``encode_prompt``."""
     out = {}
+    if family == "sd":  # one batched call per 64 captions: a stream meets new captions every step
+        distinct = sorted(set(captions))
+        for i in range(0, len(distinct), 64):
+            embeds, _ = pipe.encode_prompt(distinct[i:i + 64], device, 1, False)
+            out.update({c: {"encoder_hidden_states": e} for c, e in zip(distinct[i:i + 64], embeds)})
+        return out
     for caption in sorted(set(captions)):
-        if family == "sd":
-            embeds, _ = pipe.encode_prompt(caption, device, 1, False)
-            out[caption] = {"encoder_hidden_states": embeds[0]}
-        elif family == "sdxl":
+        if family == "sdxl":
             embeds, _, pooled, _ = pipe.encode_prompt(prompt=caption, device=device, num_images_per_prompt=1,
                                                       do_classifier_free_guidance=False)
             out[caption] = {"encoder_hidden_states": embeds[0], "text_embeds": pooled[0]}
