@@ -525,6 +525,8 @@ def main(argv=None) -> None:
     if args.unet_steps:
         cfg.unet_steps = args.unet_steps
     from model_runtime.mixture import MixtureError
+    if not pathlib.Path(args.data).exists():
+        raise SystemExit(f"Error: --data {args.data}: no such folder or mixture file")
     try:
         train(args.data, args.out, cfg, minutes=args.minutes, log=lambda m: print(m, flush=True))
     except (MixtureError, ValueError, FileNotFoundError) as exc:
