@@ -13,7 +13,8 @@ Polyp), this adapts a large pretrained one (their FLUX/Kandinsky route):
      centre-cropped and resized to ``resolution``. Decoding is pluggable (``decode=``): the CLI
      passes the studio's reader so DICOM and NIfTI decode exactly as they do at ingest;
   2. base: anything ``load()`` opens (registry key, folder, cached Hub id). Families: SD 1.x/2.x and
-     SDXL (a UNet), SD3 and Flux (a transformer);
+     SDXL (a UNet), SD3 and Flux (a transformer), Kandinsky 2.2 (its decoder UNet, conditioned on the
+     frozen prior's image embedding of each caption; saved as a whole pipeline with the LoRA fused);
   3. frozen parts run once: every image through the VAE (latent mean/std kept), every distinct
      caption through the text encoder(s);
   4. method ``lora`` (default): peft ``LoraConfig`` on the denoiser's attention projections
@@ -63,6 +64,7 @@ LORA_FILE = "pytorch_lora_weights.safetensors"   # diffusers' default name: load
 TRAINING_FILE = "training.json"
 UNET_FAMILIES = ("sd", "sdxl")
 TRANSFORMER_FAMILIES = ("sd3", "flux")
+KANDINSKY = "kandinsky22"  # the decoder UNet, conditioned on the prior's image embedding
 DEFAULT_TARGETS = ("to_q", "to_k", "to_v", "to_out.0")
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".webp"}
 
@@ -212,7 +214,7 @@ def denoiser_of(pipe):
 
 
 def check_family(family: str, pipeline_class: str, method: str) -> None:
-    if family not in UNET_FAMILIES + TRANSFORMER_FAMILIES:
+    if family not in UNET_FAMILIES + TRANSFORMER_FAMILIES + (KANDINSKY,):
         import inspect
 
         import diffusers
@@ -220,8 +222,8 @@ def check_family(family: str, pipeline_class: str, method: str) -> None:
         if cls is None or "prompt" not in inspect.signature(cls.__call__).parameters:
             raise FinetuneError(f"{pipeline_class or 'the base'} is not a text-to-image pipeline (its call takes no prompt)")
         raise FinetuneError(f"{pipeline_class} is not a pipeline this trainer fine-tunes "
-                            "(supported: Stable Diffusion 1.x/2.x, SDXL, SD3, Flux)")
-    if method == "full" and family not in UNET_FAMILIES:
+                            "(supported: Stable Diffusion 1.x/2.x, SDXL, SD3, Flux, Kandinsky 2.2)")
+    if method == "full" and family not in UNET_FAMILIES + (KANDINSKY,):
         raise FinetuneError(f"--method full covers the UNet families (SD 1.x/2.x, SDXL); use LoRA for {pipeline_class}")
 
 
@@ -275,7 +277,12 @@ def encode_images(vae, pixels: np.ndarray, device, dtype, chunk: int = 8) -> tup
     means, stds = [], []
     for i in range(0, len(pixels), chunk):
         x = torch.from_numpy(pixels[i:i + chunk]).permute(0, 3, 1, 2).float() / 127.5 - 1.0
-        dist = vae.encode(x.to(device, dtype)).latent_dist
+        encoded = vae.encode(x.to(device, dtype))
+        dist = getattr(encoded, "latent_dist", None)
+        if dist is None:  # a VQ autoencoder (Kandinsky's MoVQ): deterministic latents
+            means.append(encoded.latents.float().cpu())
+            stds.append(torch.zeros_like(means[-1]))
+            continue
         means.append(dist.mean.float().cpu())
         stds.append(dist.std.float().cpu())
     return torch.cat(means), torch.cat(stds)
@@ -285,6 +292,19 @@ def encode_images(vae, pixels: np.ndarray, device, dtype, chunk: int = 8) -> tup
 def encode_captions(pipe, family: str, captions: Sequence[str], device) -> dict[str, dict]:
     """Text conditioning per distinct caption, via each pipeline's own ``encode_prompt``."""
     out = {}
+    if family == KANDINSKY:
+        # The decoder sees the prior's image embedding of the caption, as at inference (25 prior
+        # steps, a fixed seed per caption); the empty caption gets the prior pipeline's zero
+        # embedding, what classifier-free guidance pairs with a prompt.
+        for caption in sorted(set(captions) - {""}):
+            prior = pipe.prior_pipe(prompt=caption, num_inference_steps=25, output_type="pt",
+                                    generator=torch.Generator().manual_seed(0))
+            out[caption] = {"image_embeds": prior.image_embeds[0]}
+            out.setdefault("", {"image_embeds": prior.negative_image_embeds[0]})
+        if "" in captions and "" not in out:
+            prior = pipe.prior_pipe(prompt="x", num_inference_steps=1, output_type="pt")
+            out[""] = {"image_embeds": prior.negative_image_embeds[0]}
+        return out
     if family == "sd":  # one batched call per 64 captions: a stream meets new captions every step
         distinct = sorted(set(captions))
         for i in range(0, len(distinct), 64):
@@ -334,7 +354,11 @@ def unet_loss(pipe, denoiser, noise_scheduler, latents, cond, generator, cfg: Fi
         # (original size, crop top-left, target size): un-cropped images at the training size
         time_ids = torch.tensor([size, size, 0, 0, size, size], dtype=latents.dtype, device=latents.device)
         kwargs["added_cond_kwargs"] = {"text_embeds": cond["text_embeds"], "time_ids": time_ids.repeat(len(latents), 1)}
-    prediction = denoiser(noisy, t, encoder_hidden_states=cond["encoder_hidden_states"], **kwargs).sample
+    if family == KANDINSKY:  # image-embedding conditioning; the output's second half is the learnt variance
+        prediction = denoiser(noisy, t, encoder_hidden_states=None,
+                              added_cond_kwargs={"image_embeds": cond["image_embeds"]}).sample[:, :latents.shape[1]]
+    else:
+        prediction = denoiser(noisy, t, encoder_hidden_states=cond["encoder_hidden_states"], **kwargs).sample
     loss = F.mse_loss(prediction.float(), target.float(), reduction="none").mean(dim=(1, 2, 3))
     if cfg.snr_gamma:
         # min-SNR-gamma (Hang et al. 2023), as in diffusers' train_text_to_image scripts
@@ -591,14 +615,15 @@ def finetune(base, data, out_dir, cfg: FinetuneConfig | None = None, *, resume: 
     denoiser = denoiser_of(pipe)
     if cfg.text_encoder:
         swap_text_encoder(pipe, cfg.text_encoder, cfg.seed, accelerator.device, weight_dtype, log)
-    for name in ("vae", "text_encoder", "text_encoder_2", "text_encoder_3"):
+    for name in ("vae", "text_encoder", "text_encoder_2", "text_encoder_3", "movq", "prior_prior", "prior_text_encoder", "prior_image_encoder"):
         module = getattr(pipe, name, None)
         if module is not None:
             module.requires_grad_(False).eval()
 
     # frozen encoders once ---------------------------------------------------------------------
-    vae = pipe.vae
-    scaling = float(vae.config.scaling_factor)
+    vae = pipe.movq if family == KANDINSKY else pipe.vae
+    # Kandinsky's decoder pipeline feeds MoVQ latents unscaled, whatever its config says
+    scaling = 1.0 if family == KANDINSKY else float(vae.config.scaling_factor)
     shift = float(getattr(vae.config, "shift_factor", None) or 0.0)
     if sampler is None:
         latent_mean, latent_std = encode_images(vae, pixels, accelerator.device, vae.dtype)
@@ -628,7 +653,7 @@ def finetune(base, data, out_dir, cfg: FinetuneConfig | None = None, *, resume: 
     denoiser, optimizer = accelerator.prepare(denoiser, optimizer)
     model = accelerator.unwrap_model(denoiser)
     noise_scheduler = noise_scheduler_for(pipe, family)
-    step_loss = unet_loss if family in UNET_FAMILIES else flow_loss
+    step_loss = unet_loss if family in UNET_FAMILIES + (KANDINSKY,) else flow_loss
 
     signature = {"base_weights_sha256": base_hash, "method": cfg.method, "rank": cfg.rank, "alpha": cfg.alpha,
                  "target_modules": list(cfg.target_modules), "resolution": size, "batch_size": cfg.batch_size,
@@ -695,8 +720,9 @@ def finetune(base, data, out_dir, cfg: FinetuneConfig | None = None, *, resume: 
     # outputs ------------------------------------------------------------------------------------
     if accelerator.is_main_process:
         model.eval()
-        if cfg.text_encoder:
-            # the new text encoder and its projection are part of the model: save a whole pipeline
+        if cfg.text_encoder or family == KANDINSKY:
+            # a new text encoder and its projection are part of the model, and Kandinsky's
+            # pipelines load no LoRA files: save a whole pipeline
             if cfg.method == "lora":
                 model.fuse_lora()
                 model.unload_lora()
