@@ -7,11 +7,14 @@ Where ``model_runtime.train`` builds a compact model from nothing (the MSDM rout
 Polyp), this adapts a large pretrained one (their FLUX/Kandinsky route):
 
   1. data: ``DIR/captions.csv`` (``path,caption``, as ``train`` reads) or a manifest CSV with
-     ``path`` and ``prompt`` (a study or ``generate`` manifest); paths relative to the CSV. Images are
+     ``path`` and ``prompt`` (a study or ``generate`` manifest); paths relative to the CSV; or a
+     mixture file (``model_runtime.mixture``: weighted sources, balanced by modality, streamed from
+     tables, WebDataset shards or datasets folders and encoded per step). Images are
      centre-cropped and resized to ``resolution``. Decoding is pluggable (``decode=``): the CLI
      passes the studio's reader so DICOM and NIfTI decode exactly as they do at ingest;
   2. base: anything ``load()`` opens (registry key, folder, cached Hub id). Families: SD 1.x/2.x and
-     SDXL (a UNet), SD3 and Flux (a transformer);
+     SDXL (a UNet), SD3 and Flux (a transformer), Kandinsky 2.2 (its decoder UNet, conditioned on the
+     frozen prior's image embedding of each caption; saved as a whole pipeline with the LoRA fused);
   3. frozen parts run once: every image through the VAE (latent mean/std kept), every distinct
      caption through the text encoder(s);
   4. method ``lora`` (default): peft ``LoraConfig`` on the denoiser's attention projections
@@ -55,12 +58,13 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from model_runtime import loading
+from model_runtime import loading, mixture
 
 LORA_FILE = "pytorch_lora_weights.safetensors"   # diffusers' default name: load_lora_weights(folder) finds it
 TRAINING_FILE = "training.json"
 UNET_FAMILIES = ("sd", "sdxl")
 TRANSFORMER_FAMILIES = ("sd3", "flux")
+KANDINSKY = "kandinsky22"  # the decoder UNet, conditioned on the prior's image embedding
 DEFAULT_TARGETS = ("to_q", "to_k", "to_v", "to_out.0")
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".webp"}
 
@@ -90,6 +94,7 @@ class FinetuneConfig:
     validation_steps: int = 20           # denoising steps of the validation images
     validation_guidance: float | None = None   # None: the pipeline's default
     mixed_precision: str = "no"          # "no" | "fp16" | "bf16" (GPU)
+    text_encoder: str | None = None      # a local HF text model folder replacing the base's (SD 1.x/2.x)
 
     def check(self) -> None:
         if self.method not in ("lora", "full"):
@@ -209,7 +214,7 @@ def denoiser_of(pipe):
 
 
 def check_family(family: str, pipeline_class: str, method: str) -> None:
-    if family not in UNET_FAMILIES + TRANSFORMER_FAMILIES:
+    if family not in UNET_FAMILIES + TRANSFORMER_FAMILIES + (KANDINSKY,):
         import inspect
 
         import diffusers
@@ -217,8 +222,8 @@ def check_family(family: str, pipeline_class: str, method: str) -> None:
         if cls is None or "prompt" not in inspect.signature(cls.__call__).parameters:
             raise FinetuneError(f"{pipeline_class or 'the base'} is not a text-to-image pipeline (its call takes no prompt)")
         raise FinetuneError(f"{pipeline_class} is not a pipeline this trainer fine-tunes "
-                            "(supported: Stable Diffusion 1.x/2.x, SDXL, SD3, Flux)")
-    if method == "full" and family not in UNET_FAMILIES:
+                            "(supported: Stable Diffusion 1.x/2.x, SDXL, SD3, Flux, Kandinsky 2.2)")
+    if method == "full" and family not in UNET_FAMILIES + (KANDINSKY,):
         raise FinetuneError(f"--method full covers the UNet families (SD 1.x/2.x, SDXL); use LoRA for {pipeline_class}")
 
 
@@ -236,6 +241,28 @@ def add_lora(denoiser, cfg: FinetuneConfig) -> None:
                                     target_modules=list(cfg.target_modules)))
 
 
+def swap_text_encoder(pipe, folder, seed: int, device, dtype, log) -> None:
+    """Put a local Hugging Face text model (BERT-style or CLIP) and its tokenizer in place of the
+    pipeline's, frozen. Where its width differs from the UNet's cross-attention, the UNet gets
+    diffusers' own ``encoder_hid_proj`` (``encoder_hid_dim_type="text_proj"``: a Linear applied to
+    the text states inside the UNet), so the saved pipeline loads in plain diffusers."""
+    from model_runtime.train import load_text_encoder
+
+    try:
+        tokenizer, encoder = load_text_encoder(folder)
+    except (OSError, ValueError) as exc:
+        raise FinetuneError(f"--text-encoder {folder}: cannot load it ({exc})") from None
+    encoder.requires_grad_(False).eval().to(device, dtype)
+    pipe.register_modules(text_encoder=encoder, tokenizer=tokenizer)
+    unet, width = pipe.unet, int(encoder.config.hidden_size)
+    if width != unet.config.cross_attention_dim:
+        torch.manual_seed(seed)
+        unet.encoder_hid_proj = torch.nn.Linear(width, unet.config.cross_attention_dim).to(unet.device)
+        unet.register_to_config(encoder_hid_dim=width, encoder_hid_dim_type="text_proj")
+        log(f"text encoder {type(encoder).__name__} ({width} wide) -> learnt projection to "
+            f"{unet.config.cross_attention_dim}")
+
+
 def trainable(denoiser) -> dict[str, torch.nn.Parameter]:
     return {n: p for n, p in denoiser.named_parameters() if p.requires_grad}
 
@@ -250,7 +277,12 @@ def encode_images(vae, pixels: np.ndarray, device, dtype, chunk: int = 8) -> tup
     means, stds = [], []
     for i in range(0, len(pixels), chunk):
         x = torch.from_numpy(pixels[i:i + chunk]).permute(0, 3, 1, 2).float() / 127.5 - 1.0
-        dist = vae.encode(x.to(device, dtype)).latent_dist
+        encoded = vae.encode(x.to(device, dtype))
+        dist = getattr(encoded, "latent_dist", None)
+        if dist is None:  # a VQ autoencoder (Kandinsky's MoVQ): deterministic latents
+            means.append(encoded.latents.float().cpu())
+            stds.append(torch.zeros_like(means[-1]))
+            continue
         means.append(dist.mean.float().cpu())
         stds.append(dist.std.float().cpu())
     return torch.cat(means), torch.cat(stds)
@@ -260,11 +292,27 @@ def encode_images(vae, pixels: np.ndarray, device, dtype, chunk: int = 8) -> tup
 def encode_captions(pipe, family: str, captions: Sequence[str], device) -> dict[str, dict]:
     """Text conditioning per distinct caption, via each pipeline's own ``encode_prompt``."""
     out = {}
+    if family == KANDINSKY:
+        # The decoder sees the prior's image embedding of the caption, as at inference (25 prior
+        # steps, a fixed seed per caption); the empty caption gets the prior pipeline's zero
+        # embedding, what classifier-free guidance pairs with a prompt.
+        for caption in sorted(set(captions) - {""}):
+            prior = pipe.prior_pipe(prompt=caption, num_inference_steps=25, output_type="pt",
+                                    generator=torch.Generator().manual_seed(0))
+            out[caption] = {"image_embeds": prior.image_embeds[0]}
+            out.setdefault("", {"image_embeds": prior.negative_image_embeds[0]})
+        if "" in captions and "" not in out:
+            prior = pipe.prior_pipe(prompt="x", num_inference_steps=1, output_type="pt")
+            out[""] = {"image_embeds": prior.negative_image_embeds[0]}
+        return out
+    if family == "sd":  # one batched call per 64 captions: a stream meets new captions every step
+        distinct = sorted(set(captions))
+        for i in range(0, len(distinct), 64):
+            embeds, _ = pipe.encode_prompt(distinct[i:i + 64], device, 1, False)
+            out.update({c: {"encoder_hidden_states": e} for c, e in zip(distinct[i:i + 64], embeds)})
+        return out
     for caption in sorted(set(captions)):
-        if family == "sd":
-            embeds, _ = pipe.encode_prompt(caption, device, 1, False)
-            out[caption] = {"encoder_hidden_states": embeds[0]}
-        elif family == "sdxl":
+        if family == "sdxl":
             embeds, _, pooled, _ = pipe.encode_prompt(prompt=caption, device=device, num_images_per_prompt=1,
                                                       do_classifier_free_guidance=False)
             out[caption] = {"encoder_hidden_states": embeds[0], "text_embeds": pooled[0]}
@@ -306,7 +354,11 @@ def unet_loss(pipe, denoiser, noise_scheduler, latents, cond, generator, cfg: Fi
         # (original size, crop top-left, target size): un-cropped images at the training size
         time_ids = torch.tensor([size, size, 0, 0, size, size], dtype=latents.dtype, device=latents.device)
         kwargs["added_cond_kwargs"] = {"text_embeds": cond["text_embeds"], "time_ids": time_ids.repeat(len(latents), 1)}
-    prediction = denoiser(noisy, t, encoder_hidden_states=cond["encoder_hidden_states"], **kwargs).sample
+    if family == KANDINSKY:  # image-embedding conditioning; the output's second half is the learnt variance
+        prediction = denoiser(noisy, t, encoder_hidden_states=None,
+                              added_cond_kwargs={"image_embeds": cond["image_embeds"]}).sample[:, :latents.shape[1]]
+    else:
+        prediction = denoiser(noisy, t, encoder_hidden_states=cond["encoder_hidden_states"], **kwargs).sample
     loss = F.mse_loss(prediction.float(), target.float(), reduction="none").mean(dim=(1, 2, 3))
     if cfg.snr_gamma:
         # min-SNR-gamma (Hang et al. 2023), as in diffusers' train_text_to_image scripts
@@ -526,17 +578,33 @@ def finetune(base, data, out_dir, cfg: FinetuneConfig | None = None, *, resume: 
         raise FinetuneError(f"--resume: {out_dir} holds no checkpoint to resume from (checkpoints/step-*); "
                             "leave out --resume to start a new run")
 
-    # cheap checks before the model is read: the data and the base's pipeline class
-    examples = read_examples(data)
+    # cheap checks before the model is read: the data and the base's pipeline class.
+    # A mixture file streams (images decoded and encoded per step); a folder or CSV is encoded once.
+    sampler = None
+    if mixture.is_mixture_file(data):
+        try:
+            sampler = mixture.MixtureSampler(mixture.read_mixture(data), seed=cfg.seed, decode=decode)
+        except mixture.MixtureError as exc:
+            raise FinetuneError(str(exc)) from None
+        examples, captions = [], sampler.captions(64)
+    else:
+        examples = read_examples(data)
+        captions = [ex.caption for ex in examples]
     path, entry = loading.resolve(base)
     pipeline_class = loading.pipeline_class_name(path)
     family = loading.family_of(pipeline_class)
     check_family(family, pipeline_class, cfg.method)
+    if cfg.text_encoder and family != "sd":
+        raise FinetuneError(f"--text-encoder replaces the single text encoder of SD 1.x/2.x; {pipeline_class} "
+                            "has pooled or several text encoders")
     size = int(cfg.resolution or loading.default_size(path)[0])
-    pixels = decode_all(examples, size, decode)
-    captions = [ex.caption for ex in examples]
-    log(f"{len(examples)} images ({len(set(captions))} distinct captions) at {size}x{size}; "
-        f"base {pipeline_class} ({family}), method {cfg.method}")
+    if sampler is None:
+        pixels = decode_all(examples, size, decode)
+        log(f"{len(examples)} images ({len(set(captions))} distinct captions) at {size}x{size}; "
+            f"base {pipeline_class} ({family}), method {cfg.method}")
+    else:
+        log(f"mixture of {len(sampler.readers)} sources ({len(set(sampler.modality_names))} "
+            f"modalities, balance {sampler.mixture.balance}) at {size}x{size}; base {pipeline_class} ({family})")
 
     accelerator = Accelerator(mixed_precision=cfg.mixed_precision, cpu=(device == "cpu"))
     weight_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(cfg.mixed_precision, torch.float32)
@@ -545,18 +613,24 @@ def finetune(base, data, out_dir, cfg: FinetuneConfig | None = None, *, resume: 
     pipe = loaded.pipe
     base_hash = loading.weights_hash(path)
     denoiser = denoiser_of(pipe)
-    for name in ("vae", "text_encoder", "text_encoder_2", "text_encoder_3"):
+    if cfg.text_encoder:
+        swap_text_encoder(pipe, cfg.text_encoder, cfg.seed, accelerator.device, weight_dtype, log)
+    for name in ("vae", "text_encoder", "text_encoder_2", "text_encoder_3", "movq", "prior_prior", "prior_text_encoder", "prior_image_encoder"):
         module = getattr(pipe, name, None)
         if module is not None:
             module.requires_grad_(False).eval()
 
     # frozen encoders once ---------------------------------------------------------------------
-    vae = pipe.vae
-    latent_mean, latent_std = encode_images(vae, pixels, accelerator.device, vae.dtype)
-    scaling = float(vae.config.scaling_factor)
+    vae = pipe.movq if family == KANDINSKY else pipe.vae
+    # Kandinsky's decoder pipeline feeds MoVQ latents unscaled, whatever its config says
+    scaling = 1.0 if family == KANDINSKY else float(vae.config.scaling_factor)
     shift = float(getattr(vae.config, "shift_factor", None) or 0.0)
-    conditions = encode_captions(pipe, family, captions + [""], accelerator.device)
-    del pixels
+    if sampler is None:
+        latent_mean, latent_std = encode_images(vae, pixels, accelerator.device, vae.dtype)
+        conditions = encode_captions(pipe, family, captions + [""], accelerator.device)
+        del pixels
+    else:
+        conditions = encode_captions(pipe, family, [""], accelerator.device)
 
     # trainable weights -------------------------------------------------------------------------
     if cfg.method == "lora":
@@ -564,6 +638,8 @@ def finetune(base, data, out_dir, cfg: FinetuneConfig | None = None, *, resume: 
         add_lora(denoiser, cfg)
     else:
         denoiser.requires_grad_(True)
+    if getattr(denoiser, "encoder_hid_proj", None) is not None and cfg.text_encoder:
+        denoiser.encoder_hid_proj.requires_grad_(True)  # the learnt projection trains with either method
     if weight_dtype != torch.float32:
         if cfg.method == "full":
             denoiser.to(torch.float32)
@@ -577,12 +653,13 @@ def finetune(base, data, out_dir, cfg: FinetuneConfig | None = None, *, resume: 
     denoiser, optimizer = accelerator.prepare(denoiser, optimizer)
     model = accelerator.unwrap_model(denoiser)
     noise_scheduler = noise_scheduler_for(pipe, family)
-    step_loss = unet_loss if family in UNET_FAMILIES else flow_loss
+    step_loss = unet_loss if family in UNET_FAMILIES + (KANDINSKY,) else flow_loss
 
     signature = {"base_weights_sha256": base_hash, "method": cfg.method, "rank": cfg.rank, "alpha": cfg.alpha,
                  "target_modules": list(cfg.target_modules), "resolution": size, "batch_size": cfg.batch_size,
-                 "lr": cfg.lr, "lr_scheduler": cfg.lr_scheduler, "seed": cfg.seed,
-                 "data": hashlib.sha256(json.dumps([[str(ex.path), ex.caption] for ex in examples]).encode()).hexdigest(),
+                 "lr": cfg.lr, "lr_scheduler": cfg.lr_scheduler, "seed": cfg.seed, "text_encoder": cfg.text_encoder,
+                 "data": sampler.signature() if sampler else
+                 hashlib.sha256(json.dumps([[str(ex.path), ex.caption] for ex in examples]).encode()).hexdigest(),
                  "processes": accelerator.num_processes}
     start, log_rows = 0, []
     if resume:
@@ -603,11 +680,22 @@ def finetune(base, data, out_dir, cfg: FinetuneConfig | None = None, *, resume: 
     for step in range(start + 1, cfg.steps + 1):
         # batch order and noise depend only on (seed, step): a resumed run repeats them exactly
         g = torch.Generator().manual_seed(cfg.seed * 1_000_003 + step)
-        batch = torch.randint(0, n, (global_batch,), generator=g)[rank * cfg.batch_size:(rank + 1) * cfg.batch_size]
-        latents = (latent_mean[batch] + latent_std[batch] * torch.randn(latent_mean[batch].shape, generator=g))
+        if sampler is None:
+            batch = torch.randint(0, n, (global_batch,), generator=g)[rank * cfg.batch_size:(rank + 1) * cfg.batch_size]
+            mean, std, texts = latent_mean[batch], latent_std[batch], [captions[i] for i in batch.tolist()]
+        else:  # this process's share of the step's draws, decoded and encoded now
+            records = sampler.batch(step, global_batch)[rank * cfg.batch_size:(rank + 1) * cfg.batch_size]
+            mean, std = encode_images(vae, np.stack([square(r.image, size) for r in records]),
+                                      accelerator.device, vae.dtype)
+            texts = [r.caption for r in records]
+            if len(conditions) > 4096:  # bounded: a stream can hold any number of distinct captions
+                conditions = {"": conditions[""]}
+            conditions.update(encode_captions(pipe, family, [t for t in texts if t not in conditions],
+                                              accelerator.device))
+        latents = (mean + std * torch.randn(mean.shape, generator=g))
         latents = ((latents - shift) * scaling).to(accelerator.device, weight_dtype)
-        drop = torch.rand(len(batch), generator=g) < cfg.caption_dropout
-        cond = stack_conditions([conditions["" if d else captions[i]] for i, d in zip(batch.tolist(), drop.tolist())])
+        drop = torch.rand(len(texts), generator=g) < cfg.caption_dropout
+        cond = stack_conditions([conditions["" if d else t] for t, d in zip(texts, drop.tolist())])
         with accelerator.autocast():
             loss = step_loss(pipe, denoiser, noise_scheduler, latents, cond, g, cfg, family)
         accelerator.backward(loss)
@@ -632,7 +720,15 @@ def finetune(base, data, out_dir, cfg: FinetuneConfig | None = None, *, resume: 
     # outputs ------------------------------------------------------------------------------------
     if accelerator.is_main_process:
         model.eval()
-        if cfg.method == "lora":
+        if cfg.text_encoder or family == KANDINSKY:
+            # a new text encoder and its projection are part of the model, and Kandinsky's
+            # pipelines load no LoRA files: save a whole pipeline
+            if cfg.method == "lora":
+                model.fuse_lora()
+                model.unload_lora()
+            weights = out_dir / "pipeline"
+            pipe.save_pretrained(str(weights), safe_serialization=True)
+        elif cfg.method == "lora":
             weights = save_lora(pipe, family, model, out_dir)
         else:
             weights = out_dir / "pipeline"
@@ -643,6 +739,8 @@ def finetune(base, data, out_dir, cfg: FinetuneConfig | None = None, *, resume: 
             "base": {"model": os.fspath(base), "path": str(path), "registry_key": entry.key if entry else None,
                      "pipeline": pipeline_class, "family": family, "weights_sha256": base_hash},
             "data": {"source": os.fspath(data), "images": len(examples), "captions": sorted(set(captions)),
+                     "sha256": signature["data"]} if sampler is None else
+                    {"source": os.fspath(data), "mixture": sampler.mixture.describe(), "sampled": sampler.counts(),
                      "sha256": signature["data"]},
             "result": {"steps": cfg.steps, "resumed_from": start, "seconds_this_run": round(seconds, 1),
                        "final_loss": log_rows[-1]["loss"], "trainable_parameters": n_trainable,
@@ -680,7 +778,8 @@ def main(argv=None) -> None:
         if f.name in ("target_modules", "validation_prompts"):
             continue
         kind = type(getattr(defaults, f.name)) if getattr(defaults, f.name) is not None else float
-        p.add_argument("--" + f.name.replace("_", "-"), type=int if f.name == "resolution" else kind,
+        kind = str if f.name == "text_encoder" else int if f.name == "resolution" else kind
+        p.add_argument("--" + f.name.replace("_", "-"), type=kind,
                        default=getattr(defaults, f.name))
     args = vars(p.parse_args(argv))
     base, data, out, resume, device = (args.pop(k) for k in ("base", "data", "out", "resume", "device"))

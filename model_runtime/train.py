@@ -1,19 +1,27 @@
 """Train a small text-to-image latent diffusion model from scratch on CPU. Read it top to bottom.
 
-    python -m model_runtime.train --data DIR --out DIR [--seed 0] [--vae-steps N] [--unet-steps N] [--minutes M]
+    python -m model_runtime.train --data DIR|MIXTURE --out DIR [--text-encoder PATH] [--seed 0]
+                                  [--vae-steps N] [--unet-steps N] [--minutes M]
 
 Input: ``DIR/captions.csv`` with columns ``path`` (relative to DIR) and ``caption``; images of any size
-(resized to ``--size``). Output: a standard diffusers ``StableDiffusionPipeline`` directory with
+(resized to ``--size``), all held in memory. Or a mixture file (``model_runtime.mixture``: weighted
+sources balanced by modality, streamed from tables, WebDataset shards or datasets folders; images
+are decoded, and for the denoiser VAE-encoded, per step, so memory does not grow with the data;
+what was sampled is written to ``training.json``). Output: a standard diffusers ``StableDiffusionPipeline`` directory with
 safetensors weights, loadable with ``diffusers.DiffusionPipeline.from_pretrained(out)`` exactly like
 any other checkpoint, plus ``training_log.csv`` (loss curve) and ``training.json`` (the full recipe).
 
 Recipe (the MediSyn idea in miniature: one text-guided latent diffusion model for every modality):
   1. tokenizer: byte-pair encoding learnt from the captions (HF ``tokenizers``), saved as a CLIP
-     tokenizer (vocab.json + merges.txt, model_max_length 77);
+     tokenizer (vocab.json + merges.txt, model_max_length 77); or, with ``--text-encoder PATH``, a
+     pretrained local Hugging Face text model and its tokenizer (a BERT-style clinical encoder such
+     as BiomedBERT, or a CLIP text model), frozen, the UNet's cross-attention as wide as its hidden
+     states (the MSDM route: a compact denoiser from scratch under a clinical text encoder);
   2. VAE: ``AutoencoderKL`` with 4x downsampling to 8 latent channels, L1 reconstruction + L1 on
      image gradients (against blur) + a small KL;
   3. latents of every training image, scaled to unit variance (``scaling_factor``);
-  4. denoiser: ``UNet2DConditionModel`` and a small ``CLIPTextModel`` trained jointly from scratch,
+  4. denoiser: ``UNet2DConditionModel`` and a small ``CLIPTextModel`` trained jointly from scratch
+     (or the UNet alone under the pretrained encoder),
      v-prediction on a cosine noise schedule, min-SNR loss weighting, 10% empty captions (so
      classifier-free guidance works), an exponential moving average of the weights;
   5. save with a ``DPMSolverMultistepScheduler`` (few-step sampling on CPU).
@@ -78,6 +86,8 @@ class TrainConfig:
     beta_schedule: str = "squaredcos_cap_v2"
     prediction_type: str = "v_prediction"
     log_every: int = 25
+    text_encoder: str | None = None  # a local Hugging Face text model folder; None: learn a small CLIP one
+    train_text_encoder: bool | None = None  # None: train the learnt one, freeze a pretrained one
 
 
 @dataclass
@@ -92,6 +102,7 @@ class TrainResult:
     final_unet_loss: float
     samples: int
     captions: list[str] = field(default_factory=list)
+    sampled: dict | None = None  # a mixture's per-source and per-modality draws
 
 
 # ---------------------------------------------------------------------------------------------
@@ -149,6 +160,27 @@ def tokenize(tokenizer, texts: list[str]) -> torch.Tensor:
                      truncation=True, return_tensors="pt").input_ids
 
 
+def load_text_encoder(path, max_length: int = 77):
+    """A local Hugging Face text model folder and its tokenizer: BERT-style (AutoModel) or CLIP (the
+    text tower of a full CLIP checkpoint too). Prompts are cut at ``max_length`` tokens, as SD's are."""
+    from transformers import AutoConfig, AutoModel, AutoTokenizer, CLIPTextModel
+
+    path = pathlib.Path(path)
+    if not (path / "config.json").is_file():
+        raise ValueError(f"--text-encoder {path}: not a Hugging Face model folder (no config.json)")
+    config = AutoConfig.from_pretrained(path, local_files_only=True)
+    tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
+    if config.model_type in ("clip", "clip_text_model"):
+        model = CLIPTextModel.from_pretrained(path, local_files_only=True)
+    else:
+        model = AutoModel.from_pretrained(path, local_files_only=True)
+    if not hasattr(model.config, "hidden_size"):
+        raise ValueError(f"--text-encoder {path}: {type(model).__name__} has no hidden_size (not a text encoder)")
+    limit = getattr(model.config, "max_position_embeddings", max_length) or max_length
+    tokenizer.model_max_length = min(max_length, int(limit))
+    return tokenizer, model
+
+
 # ---------------------------------------------------------------------------------------------
 # models
 # ---------------------------------------------------------------------------------------------
@@ -174,7 +206,7 @@ def make_text_encoder(cfg: TrainConfig, vocab_size: int):
     ))
 
 
-def make_unet(cfg: TrainConfig):
+def make_unet(cfg: TrainConfig, cross_attention_dim: int | None = None):
     from diffusers import UNet2DConditionModel
 
     latent = cfg.size // 2 ** (len(cfg.vae_channels) - 1)
@@ -184,7 +216,7 @@ def make_unet(cfg: TrainConfig):
         block_out_channels=cfg.unet_channels, layers_per_block=cfg.unet_layers_per_block,
         down_block_types=("DownBlock2D",) + ("CrossAttnDownBlock2D",) * (n - 1),
         up_block_types=("CrossAttnUpBlock2D",) * (n - 1) + ("UpBlock2D",),
-        cross_attention_dim=cfg.text_width, attention_head_dim=cfg.unet_heads, norm_num_groups=16,
+        cross_attention_dim=cross_attention_dim or cfg.text_width, attention_head_dim=cfg.unet_heads, norm_num_groups=16,
     )
 
 
@@ -244,7 +276,7 @@ def _lr_lambda(warmup: int, total: int, floor: float = 0.1):
     return factor
 
 
-def _choose_steps(cfg, minutes, pixels, ids, vocab, log) -> tuple[int, int]:
+def _choose_steps(cfg, minutes, pixels, ids, new_text_encoder, cross_dim, log) -> tuple[int, int]:
     """Pick step counts that fill ``minutes``: time a few steps on throwaway models (separate RNG)."""
     g = torch.Generator().manual_seed(12345)
     vae = make_vae(cfg)
@@ -257,8 +289,8 @@ def _choose_steps(cfg, minutes, pixels, ids, vocab, log) -> tuple[int, int]:
         loss.backward()
         opt.step()
         vae_t.append(time.perf_counter() - t0)
-    unet, te, sch = make_unet(cfg), make_text_encoder(cfg, vocab), make_noise_scheduler(cfg)
-    opt = torch.optim.AdamW(list(unet.parameters()) + list(te.parameters()), lr=cfg.unet_lr)
+    unet, te, sch = make_unet(cfg, cross_dim), new_text_encoder(), make_noise_scheduler(cfg)
+    opt = torch.optim.AdamW(list(unet.parameters()) + [q for q in te.parameters() if q.requires_grad], lr=cfg.unet_lr)
     latent = cfg.size // 2 ** (len(cfg.vae_channels) - 1)
     unet_t = []
     for _ in range(4):
@@ -294,6 +326,8 @@ def _train(data_dir, out_dir, cfg: TrainConfig, minutes: float | None, log) -> T
     from diffusers import DPMSolverMultistepScheduler, StableDiffusionPipeline
     from diffusers.training_utils import EMAModel
 
+    from model_runtime import mixture
+
     out_dir = pathlib.Path(out_dir)
     started = time.perf_counter()
     torch.set_num_threads(cfg.threads)
@@ -301,19 +335,53 @@ def _train(data_dir, out_dir, cfg: TrainConfig, minutes: float | None, log) -> T
     torch.manual_seed(cfg.seed)
     generator = torch.Generator().manual_seed(cfg.seed)  # every random draw of the run comes from here
 
-    pixels, captions = read_dataset(data_dir, cfg.size)
-    log(f"{len(captions)} images, {len(set(captions))} distinct captions")
+    # A folder is read into memory once; a mixture is streamed: its sampler numbers the draws of
+    # both phases consecutively (VAE steps, then UNet steps) so every draw is a function of the seed.
+    sampler = None
+    if mixture.is_mixture_file(data_dir):
+        sampler = mixture.MixtureSampler(mixture.read_mixture(data_dir), seed=cfg.seed)
+        captions = sampler.captions()
+        log(f"mixture of {len(sampler.readers)} sources, modalities {sorted(set(sampler.modality_names))}")
+    else:
+        pixels, captions = read_dataset(data_dir, cfg.size)
+        log(f"{len(captions)} images, {len(set(captions))} distinct captions")
 
-    # 1. tokenizer ------------------------------------------------------------------------------
+    def draw_pixels(step: int, batch: int, order) -> tuple[torch.Tensor, list[str]]:
+        if sampler is None:
+            idx = next(order)
+            return pixels[idx], [captions[i] for i in idx.tolist()]
+        records = sampler.batch(step, batch)
+        images = np.stack([np.asarray(r.image.resize((cfg.size, cfg.size), Image.Resampling.LANCZOS)
+                                      if r.image.size != (cfg.size, cfg.size) else r.image) for r in records])
+        return torch.from_numpy(images).permute(0, 3, 1, 2).float() / 127.5 - 1.0, [r.caption for r in records]
+
+    # 1. tokenizer (and, for a pretrained one, its text encoder) ----------------------------------
     tokenizer_files = pathlib.Path(tempfile.mkdtemp(prefix="medisyn-bpe-"))
-    tokenizer = build_tokenizer(captions, tokenizer_files, cfg.vocab_size)
-    vocab = len(tokenizer)
-    caption_ids = tokenize(tokenizer, captions)
+    if cfg.text_encoder:
+        tokenizer, pretrained = load_text_encoder(cfg.text_encoder)
+        cross_dim = int(pretrained.config.hidden_size)
+        train_text = bool(cfg.train_text_encoder)
+        pretrained.requires_grad_(train_text).train(train_text)
+        new_text_encoder = lambda: copy.deepcopy(pretrained)  # noqa: E731 - calibration's throwaway copy
+        log(f"text encoder {type(pretrained).__name__} from {cfg.text_encoder} ({cross_dim} wide, "
+            f"{'trained' if train_text else 'frozen'})")
+    else:
+        tokenizer = build_tokenizer(captions, tokenizer_files, cfg.vocab_size)
+        cross_dim, train_text, pretrained = cfg.text_width, cfg.train_text_encoder is not False, None
+        new_text_encoder = lambda: make_text_encoder(cfg, len(tokenizer))  # noqa: E731
     empty_ids = tokenize(tokenizer, [""])[0]
+    caption_ids = tokenize(tokenizer, captions) if sampler is None else None
 
     if minutes is not None:
-        cfg.vae_steps, cfg.unet_steps = _choose_steps(cfg, minutes, pixels, caption_ids, vocab, log)
+        if sampler is None:
+            probe, probe_ids = pixels, caption_ids
+        else:
+            probe, probe_captions = draw_pixels(0, cfg.unet_batch, None)
+            probe_ids = tokenize(tokenizer, probe_captions)
+        cfg.vae_steps, cfg.unet_steps = _choose_steps(cfg, minutes, probe, probe_ids, new_text_encoder, cross_dim, log)
         torch.manual_seed(cfg.seed)
+        if sampler is not None:
+            sampler.replay(0, 1)
 
     log_rows: list[dict] = []
 
@@ -328,14 +396,17 @@ def _train(data_dir, out_dir, cfg: TrainConfig, minutes: float | None, log) -> T
             for i in range(0, n_items - batch + 1, batch):
                 yield order[i : i + batch]
 
+    n_items = len(captions) if sampler is None else 1 << 30
+
     # 2. VAE ------------------------------------------------------------------------------------
     vae = make_vae(cfg)
     opt = torch.optim.AdamW(vae.parameters(), lr=cfg.vae_lr, weight_decay=0.0)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, _lr_lambda(cfg.warmup_steps, cfg.vae_steps))
     t0, window = time.perf_counter(), []
-    draw = batches(len(pixels), min(cfg.vae_batch, len(pixels)))
+    vae_batch = min(cfg.vae_batch, n_items)
+    draw = batches(n_items, vae_batch) if sampler is None else None
     for step in range(1, cfg.vae_steps + 1):
-        loss = vae_step(vae, pixels[next(draw)], generator, cfg.kl_weight, cfg.edge_weight)
+        loss = vae_step(vae, draw_pixels(step, vae_batch, draw)[0], generator, cfg.kl_weight, cfg.edge_weight)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -348,29 +419,40 @@ def _train(data_dir, out_dir, cfg: TrainConfig, minutes: float | None, log) -> T
     final_vae_loss = log_rows[-1]["loss"] if log_rows else float("nan")
     vae.eval().requires_grad_(False)
 
-    # 3. latents ---------------------------------------------------------------------------------
-    with torch.no_grad():
-        dists = [vae.encode(pixels[i : i + 256]).latent_dist for i in range(0, len(pixels), 256)]
-        mean = torch.cat([d.mean for d in dists])
-        std = torch.cat([d.std for d in dists])
+    # 3. latents: all of them in memory for a folder; a mixture encodes each batch as it is drawn ---
+    @torch.no_grad()
+    def encode(batch_pixels):
+        dists = [vae.encode(batch_pixels[i : i + 256]).latent_dist for i in range(0, len(batch_pixels), 256)]
+        return torch.cat([d.mean for d in dists]), torch.cat([d.std for d in dists])
+
+    if sampler is None:
+        mean, std = encode(pixels)
+    else:  # the scale from a probe of up to 256 drawn images (numbered after the VAE's draws)
+        mean, std = encode(draw_pixels(cfg.vae_steps + 1, 256, None)[0])
     sample = mean + std * torch.randn(mean.shape, generator=generator)
     scaling = float(1.0 / sample.std())
     vae.register_to_config(scaling_factor=scaling)
     log(f"latents {tuple(mean.shape[1:])}, scaling_factor {scaling:.4f}")
 
     # 4. text encoder + UNet ---------------------------------------------------------------------
-    text_encoder, unet, noise_scheduler = make_text_encoder(cfg, vocab), make_unet(cfg), make_noise_scheduler(cfg)
-    params = list(unet.parameters()) + list(text_encoder.parameters())
+    text_encoder, unet, noise_scheduler = pretrained or new_text_encoder(), make_unet(cfg, cross_dim), make_noise_scheduler(cfg)
+    params = list(unet.parameters()) + (list(text_encoder.parameters()) if train_text else [])
     opt = torch.optim.AdamW(params, lr=cfg.unet_lr, weight_decay=1e-2)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, _lr_lambda(cfg.warmup_steps, cfg.unet_steps))
     ema = EMAModel(params, decay=cfg.ema_decay, use_ema_warmup=True, power=0.75)
     t0, window = time.perf_counter(), []
-    draw = batches(len(pixels), min(cfg.unet_batch, len(pixels)))
+    unet_batch = min(cfg.unet_batch, n_items)
+    draw = batches(n_items, unet_batch) if sampler is None else None
     for step in range(1, cfg.unet_steps + 1):
-        idx = next(draw)
-        latents = (mean[idx] + std[idx] * torch.randn(mean[idx].shape, generator=generator)) * scaling
-        ids = caption_ids[idx].clone()
-        drop = torch.rand(len(idx), generator=generator) < cfg.caption_dropout
+        if sampler is None:
+            idx = next(draw)
+            m, s, texts = mean[idx], std[idx], [captions[i] for i in idx.tolist()]
+        else:
+            batch_pixels, texts = draw_pixels(cfg.vae_steps + 1 + step, unet_batch, None)
+            m, s = encode(batch_pixels)
+        latents = (m + s * torch.randn(m.shape, generator=generator)) * scaling
+        ids = caption_ids[idx].clone() if sampler is None else tokenize(tokenizer, texts)
+        drop = torch.rand(len(texts), generator=generator) < cfg.caption_dropout
         ids[drop] = empty_ids
         loss = unet_step(unet, text_encoder, noise_scheduler, latents, ids, generator, cfg.snr_gamma)
         opt.zero_grad(set_to_none=True)
@@ -397,9 +479,10 @@ def _train(data_dir, out_dir, cfg: TrainConfig, minutes: float | None, log) -> T
     )
     out_dir.mkdir(parents=True, exist_ok=True)
     pipe.save_pretrained(out_dir, safe_serialization=True)
-    # Keep the plain CLIP files too (vocab.json, merges.txt), for readers and older transformers.
-    for name in ("vocab.json", "merges.txt"):
-        shutil.move(tokenizer_files / name, out_dir / "tokenizer" / name)
+    if pretrained is None:
+        # Keep the plain CLIP files too (vocab.json, merges.txt), for readers and older transformers.
+        for name in ("vocab.json", "merges.txt"):
+            shutil.move(tokenizer_files / name, out_dir / "tokenizer" / name)
     shutil.rmtree(tokenizer_files, ignore_errors=True)
     with open(out_dir / "training_log.csv", "w", newline="", encoding="utf-8") as fh:
         writer = csv.DictWriter(fh, fieldnames=["phase", "step", "loss", "seconds"])
@@ -409,11 +492,15 @@ def _train(data_dir, out_dir, cfg: TrainConfig, minutes: float | None, log) -> T
     result = TrainResult(
         out_dir=out_dir, vae_steps=cfg.vae_steps, unet_steps=cfg.unet_steps, seconds=round(seconds, 1),
         vae_seconds=round(vae_seconds, 1), unet_seconds=round(unet_seconds, 1),
-        final_vae_loss=final_vae_loss, final_unet_loss=final_unet_loss, samples=len(captions),
-        captions=sorted(set(captions)),
+        final_vae_loss=final_vae_loss, final_unet_loss=final_unet_loss,
+        samples=len(captions) if sampler is None else sum(sampler.drawn),
+        captions=sorted(set(captions))[:1000], sampled=sampler.counts() if sampler else None,
     )
     result_dict = {k: v for k, v in dataclasses.asdict(result).items() if k != "out_dir"}
     summary = {"config": dataclasses.asdict(cfg), "result": result_dict, "torch": torch.__version__}
+    if sampler is not None:
+        summary["data"] = {"source": str(data_dir), "mixture": sampler.mixture.describe(),
+                           "sha256": sampler.signature()}
     (out_dir / "training.json").write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
     log(f"saved {out_dir} in {seconds / 60:.1f} min")
     return result
@@ -421,20 +508,29 @@ def _train(data_dir, out_dir, cfg: TrainConfig, minutes: float | None, log) -> T
 
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--data", required=True, help="folder with captions.csv (path, caption)")
+    p.add_argument("--data", required=True, help="folder with captions.csv (path, caption), or a mixture file")
     p.add_argument("--out", required=True, help="output pipeline directory")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--vae-steps", type=int)
     p.add_argument("--unet-steps", type=int)
     p.add_argument("--minutes", type=float, help="choose step counts to fill this wall time")
+    p.add_argument("--text-encoder", help="local Hugging Face text model folder (BERT-style or CLIP), frozen")
+    p.add_argument("--train-text-encoder", action="store_true", help="train the --text-encoder too")
     args = p.parse_args(argv)
-    cfg = TrainConfig(seed=args.seed, threads=args.threads)
+    cfg = TrainConfig(seed=args.seed, threads=args.threads, text_encoder=args.text_encoder,
+                      train_text_encoder=True if args.train_text_encoder else None)
     if args.vae_steps:
         cfg.vae_steps = args.vae_steps
     if args.unet_steps:
         cfg.unet_steps = args.unet_steps
-    train(args.data, args.out, cfg, minutes=args.minutes, log=lambda m: print(m, flush=True))
+    from model_runtime.mixture import MixtureError
+    if not pathlib.Path(args.data).exists():
+        raise SystemExit(f"Error: --data {args.data}: no such folder or mixture file")
+    try:
+        train(args.data, args.out, cfg, minutes=args.minutes, log=lambda m: print(m, flush=True))
+    except (MixtureError, ValueError, FileNotFoundError) as exc:
+        raise SystemExit(f"Error: {exc}") from None
 
 
 if __name__ == "__main__":

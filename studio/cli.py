@@ -58,6 +58,7 @@ _COMMAND_MODULES = (
     "studio.cli_demo",
     "studio.cli_eval",
     "studio.cli_experiment",
+    "studio.cli_generalist",
 )
 
 

@@ -77,7 +77,8 @@ def decode_rgb(path):
 @model.command("finetune")
 @click.option("--base", required=True, help="Model to start from: anything `medisyn generate --model` accepts.")
 @click.option("--data", required=True, type=click.Path(exists=True),
-              help="Folder with captions.csv (path,caption), or a manifest CSV with path and prompt columns.")
+              help="Folder with captions.csv (path,caption), a manifest CSV with path and prompt columns, "
+                   "or a mixture file (.toml, or CSV source,weight[,caption,modality]) of weighted sources.")
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="Output folder.")
 @click.option("--method", type=click.Choice(["lora", "full"]), default="lora", show_default=True,
               help="LoRA on the attention projections, or every UNet weight (SD 1.x/2.x, SDXL).")
@@ -103,11 +104,14 @@ def decode_rgb(path):
 @click.option("--mixed-precision", type=click.Choice(["no", "fp16", "bf16"]), default="no", show_default=True)
 @click.option("--device", default=None, help="cpu to force the CPU [default: what accelerate picks].")
 @click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--text-encoder", type=click.Path(exists=True, file_okay=False), default=None,
+              help="Local Hugging Face text model folder (BERT-style clinical encoder or CLIP text) replacing "
+                   "the base's (SD 1.x/2.x; frozen; a learnt projection where widths differ). Writes OUT/pipeline.")
 @click.option("--resume", is_flag=True, help="Continue from the newest checkpoint in --out.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 def finetune_command(base, data, out, method, rank, alpha, resolution, steps, batch_size, lr, lr_scheduler,
                      lr_warmup_steps, snr_gamma, caption_dropout, checkpoint_every, validation_prompts,
-                     validation_steps, mixed_precision, device, seed, resume, quiet):
+                     validation_steps, mixed_precision, device, seed, text_encoder, resume, quiet):
     """Fine-tune a pretrained pipeline on your captioned images (LoRA or full), see model_runtime/finetune.py.
 
     Writes pytorch_lora_weights.safetensors (use it with `medisyn generate --lora OUT`) or, with
@@ -127,7 +131,8 @@ def finetune_command(base, data, out, method, rank, alpha, resolution, steps, ba
                          batch_size=batch_size, lr=lr, lr_scheduler=lr_scheduler, lr_warmup_steps=lr_warmup_steps,
                          snr_gamma=snr_gamma, caption_dropout=caption_dropout, seed=seed,
                          checkpoint_every=checkpoint_every, validation_prompts=prompts,
-                         validation_steps=validation_steps, mixed_precision=mixed_precision)
+                         validation_steps=validation_steps, mixed_precision=mixed_precision,
+                         text_encoder=text_encoder)
     try:
         result = finetune(base, data, out, cfg, resume=resume, decode=decode_rgb, device=device,
                           progress=not quiet, log=lambda msg: click.echo(msg, err=True))
