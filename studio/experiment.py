@@ -868,13 +868,18 @@ def calibrated_novelty(synthetic: list[dict], reference: list[dict], holdout: li
     finally:
         shutil.rmtree(cache, ignore_errors=True)
     hold_rows = res.holdout.get("rows", [])
+    n_groups = res.holdout.get("n_groups")
+    # run_novelty words its calibration set for the CLI; here it is the split's held-out part
+    where = f"{res.holdout.get('n', len(hold_rows))} held-out real images of the split ({n_groups} groups)"
+    rules = {m: r.replace(f"held-out real images ({len(holdout)} given with --holdout)", "held-out real images "
+                          "of the split") for m, r in res.threshold_rules.items()}
     first = [r for r in res.memorisation if r["measure"] == measures[0]]
     return {
-        "rows": res.rows, "thresholds": res.thresholds, "threshold_rules": res.threshold_rules,
+        "rows": res.rows, "thresholds": res.thresholds, "threshold_rules": rules,
         "min_votes": res.min_votes, "measures": list(measures), "alpha": alpha,
         "flag_rule": f"flagged when at least {res.min_votes} of {len(measures)} measures pass their threshold",
-        "holdout_n": res.holdout.get("n", len(hold_rows)), "holdout_groups": res.holdout.get("n_groups"),
-        "holdout_description": res.holdout.get("description", ""),
+        "holdout_n": res.holdout.get("n", len(hold_rows)), "holdout_groups": n_groups,
+        "holdout_description": where,
         "holdout_flagged": sorted(r["holdout"] for r in hold_rows if r["flagged"]),
         "holdout_rate": res.holdout_rate, "holdout_rate_text": format_rate(res.holdout_rate),
         "synthetic_rate": res.synthetic_rate, "synthetic_rate_text": format_rate(res.synthetic_rate),
