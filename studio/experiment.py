@@ -929,13 +929,16 @@ def _run_novelty(ctx: _Ctx):
                     "flagged": sorted(flagged), "closest": closest,
                     "synthetic_values": {m: [float(r[m]) for r in rows] for m in res["measures"]}})
     _write_json(d / "novelty.json", summary)
-    files += [d / "novelty.json"] + [p for p in (d / "novelty.csv", d / "summary.json") if p.is_file()]
+    files += [d / "novelty.json"] + [p for p in (d / "novelty.csv", d / "holdout.csv", d / "summary.json")
+                                     if p.is_file()]
     if not kept:
         raise ExperimentError("novelty: every synthetic image was flagged as a near-copy; nothing is left for "
                               "the study (see OUT/novelty/flagged.csv)")
     ctx.log(f"novelty: {len(flagged)} of {len(syn)} synthetic images flagged; held-out real images flagged "
-            f"{res['holdout_rate_text']}" + (f"; {len(syn) - len(kept)} kept out of the study" if c.novelty_gate else ""))
-    ctx.log(f"novelty: synthetic images closer to the reference than held-out real images? {res['memorisation_answer']}")
+            f"{res['holdout_rate_text']}"
+            + (f"; {len(syn) - len(kept)} kept out of the study" if c.novelty_gate else ""))
+    ctx.log("novelty: synthetic images closer to the reference than held-out real images? "
+            + res["memorisation_answer"])
     for w in res["warnings"]:
         ctx.log(f"novelty: warning: {w}")
     return files, {k: summary[k] for k in ("n_synthetic", "n_flagged", "n_kept", "gate", "holdout_rate",
