@@ -5,8 +5,10 @@
 
 Real images: `studio.demo_data`'s training crops (all six modalities) and its held-out demo images,
 one group per source file (slices, frames and regions of one file stay together). Each repeat splits them by group (`split_groups`, 30 % of each
-modality's groups held out, a new seed per repeat) and runs the pipeline's rule: thresholds from the
-held-out images, the false-flag rate leave-one-group-out over the held-out groups.
+modality's groups held out, a new seed per repeat) and runs the pipeline's rule: one call of
+`evaluation.novelty.run_novelty` with the held-out part as `holdout` (split-conformal thresholds at
+alpha 0.05, the pipeline's default measures; the held-out flag rate leaves each held-out group out of
+its own calibration).
 "Synthetic" images are planted near-copies of reference images, several of each kind:
 
   mirror+noise   mirrored, +6 grey levels, Gaussian noise sigma 2
@@ -58,10 +60,12 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--per-kind", type=int, default=8)
     ap.add_argument("--size", type=int, default=128, help="novelty size (the pipeline's default)")
+    ap.add_argument("--alpha", type=float, default=0.05, help="target held-out flag rate (the pipeline's default)")
     ap.add_argument("--json", type=pathlib.Path, default=None)
     args = ap.parse_args()
 
     from studio import demo_data
+    from evaluation.novelty import DEFAULT_MEASURES, wilson
     from studio.experiment import calibrated_novelty, demo_group, split_groups
 
     results = []
@@ -101,7 +105,7 @@ def main() -> None:
                     truth[name] = kind
             t0 = time.perf_counter()
             res = calibrated_novelty(synthetic, reference, holdout, tmp / f"out{rep}",
-                                     measures=("pixel", "tiled_l2", "ssim", "phash"), percentile=95.0,
+                                     measures=DEFAULT_MEASURES, alpha=args.alpha,
                                      size=args.size, seed=rep)
             seconds = time.perf_counter() - t0
             flagged = {r["synthetic"] for r in res["rows"] if r["flagged"]}
@@ -116,11 +120,15 @@ def main() -> None:
                   + f"  ({seconds:.1f} s)")
     tot_test = sum(r["holdout_test"] for r in results)
     tot_ff = sum(r["holdout_flagged"] for r in results)
-    print(f"held-out false-flag rate: {tot_ff}/{tot_test} = {tot_ff / max(1, tot_test):.1%}")
+    def ci(x, n):
+        lo, hi = wilson(x, n)["ci_wilson"]
+        return f"{x}/{n} = {x / n:.1%} (95% CI {lo:.1%}-{hi:.1%})"
+
+    print(f"held-out false-flag rate: {ci(tot_ff, tot_test)}")
     for k in KINDS:
         planted = sum(r["per_kind"][k]["planted"] for r in results)
         missed = sum(r["per_kind"][k]["missed"] for r in results)
-        print(f"miss rate {k:<13} {missed}/{planted} = {missed / planted:.1%}")
+        print(f"miss rate {k:<13} {ci(missed, planted)}")
     if args.json:
         args.json.write_text(json.dumps(results, indent=1) + "\n", encoding="utf-8")
 

@@ -43,7 +43,7 @@ from collections.abc import Callable
 
 STAGES = ("split", "generate", "novelty", "fidelity", "study", "analyze", "augment", "report")
 ENGINES = ("local", "ray")
-NOVELTY_PERCENTILE = 95.0
+NOVELTY_ALPHA = 0.05  # target rate of held-out real images flagged (evaluation.novelty.ALPHA)
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 REAL_COLUMNS = ("path", "modality", "prompt", "group", "licence", "origin", "label")
 
@@ -89,7 +89,7 @@ class Config:
     generators: tuple[Generator, ...]
     novelty_gate: bool
     novelty_measures: tuple[str, ...]
-    novelty_percentile: float
+    novelty_alpha: float
     novelty_size: int
     fidelity_features: str
     fidelity_weights: pathlib.Path | None
@@ -268,7 +268,7 @@ def parse_config(text: str, path: pathlib.Path, *, base: pathlib.Path | None = N
 
     nov = _take(top["novelty"], "novelty", {
         "gate": (_bool, True), "measures": (_str_list, tuple(descriptors_default())),
-        "percentile": (_float(50.0, 100.0, open_hi=True), NOVELTY_PERCENTILE), "size": (_int(16, 1024), 128),
+        "alpha": (_float(0.0, 1.0, open_lo=True, open_hi=True), NOVELTY_ALPHA), "size": (_int(16, 1024), 128),
     })
     bad = [m for m in nov["measures"] if m not in descriptors.MEASURES or m == "features"]
     if bad:
@@ -312,7 +312,7 @@ def parse_config(text: str, path: pathlib.Path, *, base: pathlib.Path | None = N
         name=top["name"], path=path, base=base, out=out, seed=top["seed"], real_manifest=manifest,
         holdout=holdout, real_licence=real["licence"], real_source=real["source"], generators=tuple(gens),
         novelty_gate=nov["gate"], novelty_measures=tuple(nov["measures"]),
-        novelty_percentile=nov["percentile"], novelty_size=nov["size"],
+        novelty_alpha=nov["alpha"], novelty_size=nov["size"],
         fidelity_features=fid["features"], fidelity_weights=weights, study_db=db_path,
         study_name=st["name"] or top["name"], tasks=tuple(st["tasks"]), readers=readers,
         study_size=st["size"], training_cases=st["training_cases"], repeat_fraction=st["repeat_fraction"],
@@ -834,79 +834,59 @@ def synthetic_rows(out, generators) -> list[dict]:
 def _inputs_novelty(ctx: _Ctx) -> dict:
     c = ctx.cfg
     return {"split": ctx.outputs("split"), "generate": ctx.outputs("generate"), "gate": c.novelty_gate,
-            "measures": list(c.novelty_measures), "percentile": c.novelty_percentile, "size": c.novelty_size,
+            "measures": list(c.novelty_measures), "alpha": c.novelty_alpha, "size": c.novelty_size,
             "seed": c.seed}
 
 
 def _refs(rows: list[dict]):
     from evaluation.images import ImageRef
 
+    # the group travels with each image so the novelty check never compares an image with its own
+    # patient / volume and leaves whole held-out groups out of their own calibration
     return [ImageRef(pathlib.Path(r["path"]), r["name"], r.get("modality", ""), r.get("prompt", ""),
-                     r.get("generator", "")) for r in rows]
+                     r.get("generator", ""), patient_group=r.get("group", "") or "") for r in rows]
 
 
 def calibrated_novelty(synthetic: list[dict], reference: list[dict], holdout: list[dict], out_dir: pathlib.Path,
-                       *, measures, percentile: float, size: int, seed: int, cancel=None) -> dict:
-    """Flag synthetic images that are near-copies of reference images, with thresholds calibrated
-    on held-out real images and the rule's false-flag rate measured on held-out images it was not
-    calibrated on.
+                       *, measures, alpha: float, size: int, seed: int, cancel=None) -> dict:
+    """Flag synthetic images that are near-copies of reference images: one call of
+    ``evaluation.novelty.run_novelty`` with the held-out part as its held-out real images.
 
-    Every held-out image is matched against the reference images once. Each measure's threshold
-    is the ``percentile`` of the held-out images' nearest-reference similarity (for distances the
-    ``100 - percentile``th); a synthetic image is flagged when a majority of measures pass. The
-    false-flag rate is leave-one-group-out: each held-out group is judged by thresholds calibrated
-    on the other held-out groups, so no image is judged by a rule fitted to it. With a single
-    held-out group there is nothing to leave out: the rate is then in-sample, and
-    ``holdout_rate_note`` says so. Built on ``evaluation.novelty.run_novelty`` with explicit
-    thresholds; the one function to switch when that module calibrates on held-out images itself.
+    That function calibrates each measure's threshold on the held-out images (split-conformal, so a
+    real image unrelated to the reference part is flagged with probability at most ``alpha``),
+    measures the held-out flag rate leaving each held-out group out of its own calibration (Wilson
+    95 % CI), and asks whether the synthetic images are closer to the reference than the held-out
+    ones are (one-sided Mann-Whitney U per modality). Returns the rows and a JSON-able summary.
     """
-    import numpy as np
-
-    from evaluation import descriptors as D
-    from evaluation.novelty import run_novelty
+    from evaluation.novelty import format_rate, memorisation_answer, run_novelty
 
     cache = out_dir / ".cache"
     measures = tuple(measures)
-    common = dict(measures=measures, size=size, cache_dir=cache, seed=seed, progress=False, cancel=cancel)
-    held = run_novelty(_refs(holdout), _refs(reference), write=False, **common)
-    values = {m: np.array([r[m] for r in held.rows], float) for m in measures}
-    higher = {m: D.MEASURES[m].higher_is_closer for m in measures}
-    min_votes = (len(measures) + 1) // 2
-
-    def fit(mask):
-        return {m: float(np.percentile(values[m][mask], percentile if higher[m] else 100.0 - percentile))
-                for m in measures}
-
-    def flags(th, mask):
-        votes = sum(((values[m] >= th[m]) if higher[m] else (values[m] <= th[m])).astype(int) for m in measures)
-        return (votes >= min_votes) & mask
-
-    groups = np.array([r["group"] for r in holdout])
-    names = np.array([r["name"] for r in holdout])
-    everything = np.ones(len(holdout), bool)
-    thresholds = fit(everything)
-    if len(set(groups)) >= 2:
-        flagged = np.zeros(len(holdout), bool)
-        for g in sorted(set(groups)):
-            flagged |= flags(fit(groups != g), groups == g)
-        note = (f"leave-one-group-out over {len(set(groups))} held-out groups: each group judged by thresholds "
-                "calibrated on the others")
-    else:
-        flagged = flags(thresholds, everything)
-        note = "in-sample: one held-out group, so the rate is measured on the images the thresholds came from"
-    rules = {m: (f"{percentile if higher[m] else 100.0 - percentile:g}th percentile of held-out real images' "
-                 f"nearest-reference {'similarity' if higher[m] else 'distance'} ({len(holdout)} image(s) in "
-                 f"{len(set(groups))} group(s))") for m in measures}
-    syn_res = run_novelty(_refs(synthetic), _refs(reference), out_dir, thresholds=thresholds,
-                          min_votes=min_votes, **common)
-    shutil.rmtree(cache, ignore_errors=True)
+    try:
+        res = run_novelty(_refs(synthetic), _refs(reference), out_dir, holdout=_refs(holdout), measures=measures,
+                          alpha=alpha, size=size, cache_dir=cache, seed=seed, progress=False, cancel=cancel)
+    finally:
+        shutil.rmtree(cache, ignore_errors=True)
+    hold_rows = res.holdout.get("rows", [])
+    n_groups = res.holdout.get("n_groups")
+    # run_novelty words its calibration set for the CLI; here it is the split's held-out part
+    where = f"{res.holdout.get('n', len(hold_rows))} held-out real images of the split ({n_groups} groups)"
+    rules = {m: r.replace(f"held-out real images ({len(holdout)} given with --holdout)", "held-out real images "
+                          "of the split") for m, r in res.threshold_rules.items()}
+    first = [r for r in res.memorisation if r["measure"] == measures[0]]
     return {
-        "rows": syn_res.rows, "thresholds": thresholds, "threshold_rules": rules, "min_votes": min_votes,
-        "measures": list(measures), "percentile": percentile,
-        "flag_rule": f"flagged when at least {min_votes} of {len(measures)} measures pass their threshold",
-        "holdout_n": len(holdout), "holdout_groups": len(set(groups)),
-        "holdout_flagged": sorted(names[flagged].tolist()), "holdout_rate": float(flagged.mean()) if len(holdout) else None,
-        "holdout_rate_note": note, "holdout_values": {m: values[m].tolist() for m in measures},
+        "rows": res.rows, "thresholds": res.thresholds, "threshold_rules": rules,
+        "min_votes": res.min_votes, "measures": list(measures), "alpha": alpha,
+        "flag_rule": f"flagged when at least {res.min_votes} of {len(measures)} measures pass their threshold",
+        "holdout_n": res.holdout.get("n", len(hold_rows)), "holdout_groups": n_groups,
+        "holdout_description": where,
+        "holdout_flagged": sorted(r["holdout"] for r in hold_rows if r["flagged"]),
+        "holdout_rate": res.holdout_rate, "holdout_rate_text": format_rate(res.holdout_rate),
+        "synthetic_rate": res.synthetic_rate, "synthetic_rate_text": format_rate(res.synthetic_rate),
+        "memorisation": res.memorisation, "memorisation_answer": memorisation_answer(first),
+        "warnings": list(res.warnings),
+        "duplicates": {"exact": len(res.duplicates.get("exact", [])), "near": len(res.duplicates.get("near", []))},
+        "holdout_values": {m: [float(v) for v in res.calibration[m]] for m in measures},
     }
 
 
@@ -918,7 +898,7 @@ def _run_novelty(ctx: _Ctx):
 
     try:
         res = calibrated_novelty(syn, reference_rows(ctx.out), holdout_rows(ctx.out), d,
-                                 measures=c.novelty_measures, percentile=c.novelty_percentile,
+                                 measures=c.novelty_measures, alpha=c.novelty_alpha,
                                  size=c.novelty_size, seed=c.seed, cancel=ctx.cancel)
     except EvaluationCancelled:
         raise ExperimentCancelled("cancelled") from None
@@ -949,14 +929,20 @@ def _run_novelty(ctx: _Ctx):
                     "flagged": sorted(flagged), "closest": closest,
                     "synthetic_values": {m: [float(r[m]) for r in rows] for m in res["measures"]}})
     _write_json(d / "novelty.json", summary)
-    files += [d / "novelty.json"] + [p for p in (d / "novelty.csv", d / "summary.json") if p.is_file()]
+    files += [d / "novelty.json"] + [p for p in (d / "novelty.csv", d / "holdout.csv", d / "summary.json")
+                                     if p.is_file()]
     if not kept:
         raise ExperimentError("novelty: every synthetic image was flagged as a near-copy; nothing is left for "
                               "the study (see OUT/novelty/flagged.csv)")
-    ctx.log(f"novelty: {len(flagged)} of {len(syn)} synthetic images flagged; held-out real flag rate "
-            f"{len(res['holdout_flagged'])}/{res['holdout_n']}"
+    ctx.log(f"novelty: {len(flagged)} of {len(syn)} synthetic images flagged; held-out real images flagged "
+            f"{res['holdout_rate_text']}"
             + (f"; {len(syn) - len(kept)} kept out of the study" if c.novelty_gate else ""))
-    return files, {k: summary[k] for k in ("n_synthetic", "n_flagged", "n_kept", "gate", "holdout_rate")}
+    ctx.log("novelty: synthetic images closer to the reference than held-out real images? "
+            + res["memorisation_answer"])
+    for w in res["warnings"]:
+        ctx.log(f"novelty: warning: {w}")
+    return files, {k: summary[k] for k in ("n_synthetic", "n_flagged", "n_kept", "gate", "holdout_rate",
+                                           "memorisation_answer", "warnings")}
 
 
 def novelty_summary(out) -> dict:
@@ -1083,15 +1069,17 @@ def _run_study(ctx: _Ctx):
                 "content. The study is closed. Fix the images, or set study.acknowledge_leak = true to go on")
         if status == "closed":
             lifecycle.set_status(c.study_db, name, "open", actor="experiment")
+        ack = flagged and c.acknowledge_leak  # the config's acknowledgement, recorded with the invites
         invited = {r.name for r in readers_mod.list_readers(c.study_db, name)}
         if isinstance(c.readers, pathlib.Path):
             if not invited:
-                for inv in readers_mod.invite_csv(c.study_db, name, c.readers, actor="experiment"):
+                for inv in readers_mod.invite_csv(c.study_db, name, c.readers, actor="experiment",
+                                                  acknowledge_leak=ack):
                     ctx.links[inv.reader] = readers_mod.reader_link(inv.token, c.base_url)
         else:
             for reader in c.readers:
                 if reader not in invited:
-                    token = readers_mod.invite(c.study_db, name, reader, actor="experiment")
+                    token = readers_mod.invite(c.study_db, name, reader, actor="experiment", acknowledge_leak=ack)
                     ctx.links[reader] = readers_mod.reader_link(token, c.base_url)
     except StudyError as exc:
         raise ExperimentError(f"study: {exc}") from None

@@ -184,6 +184,14 @@ def _interval(d: dict, metric: str) -> str:
     return f"{d[metric]:.3f}" + (f" [{lo:.3f}, {hi:.3f}]" if lo is not None and hi is not None else "")
 
 
+def _rate(rate) -> str:
+    """A flag rate {x, n, value, ci_wilson} as 'x of n (v%, 95% CI lo-hi)'."""
+    if not isinstance(rate, dict) or rate.get("value") is None:
+        return "n/a" + (f" ({rate['value_reason']})" if isinstance(rate, dict) and rate.get("value_reason") else "")
+    lo, hi = rate["ci_wilson"]
+    return f"{rate['x']} of {rate['n']} ({_pct(rate['value'])}, 95% CI {_pct(lo)}–{_pct(hi)})"
+
+
 def _signed(v) -> str:
     return "n/a" if v is None or v != v else f"{v:+.3f}"
 
@@ -270,6 +278,44 @@ def write_report(out, cfg, stamps: dict) -> list[pathlib.Path]:
     return [md_path, html_path]
 
 
+_CI_METHOD = {"bootstrap: test clusters x repeats": "two-level bootstrap over test clusters (patients) and "
+                                                     "training repeats, percentile intervals",
+              "t-interval over repeats": "t-interval over training repeats"}
+_P_METHOD = {"paired bootstrap: test clusters x repeats": "paired two-level bootstrap over test clusters (patients) "
+                                                          "and training repeats",
+             "paired t-test over repeats": "paired t-test over training repeats"}
+
+
+def augment_section(doc: Doc, aug: dict) -> None:
+    """The augmentation results: per-arm means with intervals and the comparisons' differences with
+    raw and Holm-adjusted p-values, or, where ``evaluation.augment.summarise`` gave none (one
+    repeat), the reason it gave."""
+    summary, comps = aug.get("summary") or [], aug.get("comparisons") or []
+    doc.table(["arm", "accuracy [95% CI]", "balanced accuracy [95% CI]", "AUROC"],
+              [[s["arm"], _interval(s, "accuracy"), _interval(s, "balanced_accuracy"), _s(s.get("auroc"))]
+               for s in summary], f"Classifier test set: {aug.get('test', NOT_REPORTED)}")
+    notes = sorted({s["note"] for s in summary + comps if s.get("note")})
+    methods = sorted({s["ci_method"] for s in summary if s.get("ci_method") and s["ci_method"] != "none"})
+    if methods:
+        doc.p("Intervals: " + "; ".join(_CI_METHOD.get(m, m) for m in methods) + ".")
+    for note in notes:
+        doc.p(f"No interval or p-value: {note}.")
+    comps = [c for c in comps if c.get("metric") == "balanced_accuracy"]
+    if comps:
+        p_methods = sorted({c["method"] for c in comps if c.get("method") and c["method"] != "none"})
+        if p_methods:
+            doc.p("Comparisons: " + "; ".join(_P_METHOD.get(m, m) for m in p_methods) + "; p-values Holm-adjusted "
+                  "over the comparisons of each metric.")
+
+        def line(c):
+            text = f"{c['arm']} − {c['baseline']}: balanced accuracy {_signed(c.get('difference'))}"
+            if c.get("ci_low") is None or c.get("ci_high") is None or c.get("p_value") is None:
+                return text + f" (no interval or p-value: {c.get('note') or 'not computed'})"
+            return (text + f" [{_signed(c['ci_low'])}, {_signed(c['ci_high'])}], p = {_s(c['p_value'])}"
+                    + (f", Holm-adjusted p = {_s(c['p_holm'])}" if c.get("p_holm") is not None else ""))
+        doc.items([line(c) for c in comps])
+
+
 def build(out: pathlib.Path, cfg, stamps: dict) -> tuple[Doc, str]:
     doc = Doc()
     split = stamps["split"]["summary"]
@@ -323,14 +369,19 @@ def build(out: pathlib.Path, cfg, stamps: dict) -> tuple[Doc, str]:
     doc.h(3, "Novelty (memorisation) rule", "novelty-rule")
     if nov:
         answered.add("novelty-rule")
-        rate = nov.get("holdout_rate")
         doc.p(f"Every synthetic image was matched against the {split['n_reference']} reference real images "
               f"(and their mirror images) under {len(nov['measures'])} measures ({', '.join(nov['measures'])}). "
-              f"Thresholds were calibrated on held-out real images, which no measure judged: "
-              f"{nov['flag_rule']}. False-flag rate on held-out real images: "
-              f"{len(nov['holdout_flagged'])} of {nov['holdout_n']} ({_pct(rate)}; {nov['holdout_rate_note']}). "
+              f"Thresholds were calibrated on {nov['holdout_description'] or 'held-out real images'}: per measure "
+              f"the split-conformal quantile of their nearest-reference values, so that a real image unrelated to "
+              f"the reference part is flagged with probability at most {_pct(nov['alpha'])}; "
+              f"{nov['flag_rule']}. False-flag rate on held-out real images (each held-out group judged by "
+              f"thresholds calibrated without it; Wilson 95% CI): {_rate(nov.get('holdout_rate'))}. "
               + ("Flagged images were excluded before the study (gate on)." if nov["gate"] else
                  "The gate was off: flagged images stayed in the study."))
+        doc.p("Are the synthetic images closer to the reference images than held-out real images are "
+              f"(one-sided Mann-Whitney U, per modality)? {nov.get('memorisation_answer') or NOT_REPORTED}.")
+        if nov.get("warnings"):
+            doc.items([f"Warning: {w}" for w in nov["warnings"]])
         doc.table(["measure", "threshold", "rule"],
                   [[m, nov["thresholds"][m], nov["threshold_rules"][m]] for m in nov["measures"]])
         if nov["gate"]:
@@ -482,15 +533,7 @@ def build(out: pathlib.Path, cfg, stamps: dict) -> tuple[Doc, str]:
     doc.h(3, "Augmentation", "augment-results")
     if aug:
         answered.add("augment-results")
-        doc.table(["arm", "accuracy [95% CI]", "balanced accuracy [95% CI]", "AUROC"],
-                  [[s["arm"], _interval(s, "accuracy"), _interval(s, "balanced_accuracy"), _s(s.get("auroc"))]
-                   for s in aug["summary"]], f"Classifier test set: {aug['test']}")
-        comps = [c for c in aug["comparisons"] if c.get("metric") == "balanced_accuracy"]
-        if comps:
-            doc.items([f"{c['arm']} − {c['baseline']}: balanced accuracy {_signed(c.get('difference'))} "
-                       f"[{_signed(c.get('ci_low'))}, {_signed(c.get('ci_high'))}], p = {_s(c.get('p_value'))}"
-                       + (f" (Holm-adjusted {_s(c['p_holm'])})" if c.get("p_holm") is not None else "")
-                       for c in comps])
+        augment_section(doc, aug)
     else:
         doc.p("Not run (no [augment] section in the config).")
 

@@ -60,6 +60,8 @@ def _error(tmp_path, text) -> str:
     (('name = "t"', ''), "'name'"),                                             # required key missing
     (('', '[novelty]\ngate = "yes"\n'), "'novelty.gate'"),
     (('', '[novelty]\nmeasures = ["pixel", "vibes"]\n'), "'novelty.measures'"),
+    (('', '[novelty]\nalpha = 1.5\n'), "'novelty.alpha'"),
+    (('', '[novelty]\npercentile = 95.0\n'), "'novelty.percentile'"),             # the old rule's key
     (('', '[augment]\nn_real = 2\n'), "'augment.amounts'"),
 ])
 def test_every_config_key_is_validated_with_one_error_line_naming_it(minimal, change, key):
@@ -149,7 +151,10 @@ def test_small_experiment_end_to_end(tmp_path):
     md = (run / "report.md").read_text(encoding="utf-8")
     for name in planted:
         assert name in md.split("## Results")[0]
-    assert "False-flag rate on held-out real images" in md
+    assert "False-flag rate on held-out real images" in md and "Wilson 95% CI): " in md
+    assert "closer to the reference images than held-out real images" in md and "Mann-Whitney p = " in md
+    nov = E.novelty_summary(run)
+    assert set(planted) <= set(nov["flagged"]) and nov["holdout_rate"]["ci_wilson"] is not None
     assert "not reported" in md  # the checklist marks what the run does not know
     page = (run / "report.html").read_text(encoding="utf-8")
     assert 'src="http' not in page and "<script src" not in page and 'rel="stylesheet"' not in page  # offline
