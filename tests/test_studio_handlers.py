@@ -1328,3 +1328,24 @@ def test_waiting_for_the_washout_offers_back_to_the_last_case(tmp_path):
     assert waiting in again and '<span data-back="1"></span>' in again
     df = long_table(db, "wash")
     assert (df.sort_values("answered_at")["rating"].iloc[-1]) == 5  # the re-answer counts
+
+
+def test_reader_page_title_is_the_reader_title_never_the_internal_name(tmp_path):
+    """Readers see the study team's reader-facing title (plain text, escaped), or a neutral
+    "Reader study" when none is set: never the internal study name, which may describe
+    the design."""
+    from studies import lifecycle
+
+    db, _, tokens = make_loud_study(tmp_path, "ct-sdxl-vs-real-siteB")
+    token = tokens["dr-a"]
+    first = reader_view.open_page(db, token)
+    assert first.kind == "intro" and "Reader study" in first.intro
+    assert "siteB" not in _text(first) and "sdxl" not in _text(first)
+
+    lifecycle.set_texts(db, "ct-sdxl-vs-real-siteB", title="Chest CT  **reading** <b>study</b>")
+    shown = reader_view.open_page(db, token)
+    assert shown.intro.splitlines()[0] == r"### Chest CT \*\*reading\*\* \<b\>study\</b\>"
+    assert "siteB" not in _text(shown) and "Reader study" not in shown.intro.splitlines()[0]
+    # the admin's Study settings show and save the same title (the library call the CLI uses)
+    assert admin_view.reader_title_setting(db, "ct-sdxl-vs-real-siteB") == \
+        "Chest CT **reading** <b>study</b>"
