@@ -48,7 +48,7 @@ from sqlite_utils import Database
 
 from studies.errors import DatabaseNotFound, NotAStudyDatabase, StudyNotFound
 
-SCHEMA_VERSION = 9
+SCHEMA_VERSION = 10
 BUSY_TIMEOUT_MS = 5_000  # for reads and schema set-up (WAL readers rarely wait at all)
 WRITE_ATTEMPTS = 12  # retry_busy: with backoff capped at 2 s plus the busy timeout
 WRITE_DEADLINE_S = 30.0  # longest wait for the write lock before giving up ("locked")
@@ -248,6 +248,13 @@ def _migration_9(db: Database) -> None:
                "(assignment_id, task, read_round) WHERE read_round IS NOT NULL")
 
 
+def _migration_10(db: Database) -> None:
+    """`studies.reader_title`: the title readers see on the reader page, set by the study
+    team (NULL: a neutral "Reader study"), so that the internal study name, which may
+    describe the design, never reaches a reader."""
+    db["studies"].add_column("reader_title", str)
+
+
 # Ordered list of (version, migration). Append new ones; never edit an applied one.
 MIGRATIONS: list[tuple[int, Callable[[Database], None]]] = [
     (1, _migration_1),
@@ -257,6 +264,7 @@ MIGRATIONS: list[tuple[int, Callable[[Database], None]]] = [
     (6, _migration_6),
     (8, _migration_8),
     (9, _migration_9),
+    (10, _migration_10),
 ]
 assert MIGRATIONS[-1][0] == SCHEMA_VERSION
 

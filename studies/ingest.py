@@ -37,6 +37,7 @@ from studies.design import (
     StudyOptions, make_pairs, new_order_secret, seeded_order_secret, select_training,
 )
 from studies.errors import IngestError, ManifestError, StudyError, StudyExists
+from studies.lifecycle import check_reader_title
 from studies.manifest import ManifestRow, read_images_dir, read_manifest
 
 MIN_SIZE, MAX_SIZE = 32, 4096
@@ -150,9 +151,12 @@ def create_study(
     actor: str = "cli",
     progress: Callable[[int, int], None] | None = None,
     skip_unreadable: bool = False,
+    reader_title: str | None = None,
 ) -> StudySummary:
     """Create study `name` in `db_path` from a manifest CSV or an images folder.
 
+    `reader_title`: the title readers see (`lifecycle.check_reader_title`; none: a neutral
+    "Reader study"; the name itself is never shown to readers).
     `size`: the stimulus side in pixels, or "auto" (`studies.sizing.auto_size`: the
     largest multiple of 64 in [256, 1024] that does not enlarge most of the images).
     The audit report gains `scaling` (`audit.scaling_check`: images enlarged or reduced
@@ -165,6 +169,7 @@ def create_study(
     """
     t0 = time.perf_counter()
     name = _check_name(name)
+    reader_title = check_reader_title(reader_title) or None
     if (manifest is None) == (images_dir is None):
         raise StudyError("give exactly one of a manifest or an images folder")
     _check_size(size)
@@ -215,6 +220,7 @@ def create_study(
                     "order_secret": secret,
                     "audit_report": json.dumps(report_dict, default=str),
                     "audit_text": report_text,
+                    "reader_title": reader_title,
                 }).last_pk
                 _insert_cases(db, study_id, prepared, size, training, first_row=1)
                 log_action(db, actor, "create_study", study_id,

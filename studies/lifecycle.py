@@ -41,6 +41,7 @@ class StudyTexts:
     profile_fields: list[str]
     ask_profile: bool = False  # the reader fills in their profile before the first case
     allow_back: bool = True  # readers may go back to the previous case (session.go_back)
+    reader_title: str = ""   # the title readers see (empty: READER_TITLE_DEFAULT)
 
 
 def set_status(db_path: str | pathlib.Path, study: str, status: str, *,
@@ -85,6 +86,24 @@ def _check_text(text: str | None, what: str) -> str | None:
     return text
 
 
+MAX_TITLE = 120
+# What readers see as the title when the study team set none: never the internal name.
+READER_TITLE_DEFAULT = "Reader study"
+
+
+def check_reader_title(title: str | None) -> str | None:
+    """The reader-facing title, one line of at most MAX_TITLE printable characters (None:
+    leave as is; "" clears, so readers see READER_TITLE_DEFAULT)."""
+    if title is None:
+        return None
+    if not isinstance(title, str):
+        raise StudyError("title must be text")
+    title = " ".join(title.split())  # one line: a title has no layout of its own
+    if len(title) > MAX_TITLE or any(not c.isprintable() for c in title):
+        raise StudyError(f"title must be one line of at most {MAX_TITLE} printable characters")
+    return title
+
+
 def check_profile_fields(fields) -> list[str]:
     """Study-defined profile fields: lower-case identifiers (letters, digits, _), not
     clashing with the built-in profile fields or the long export's columns."""
@@ -109,9 +128,10 @@ def check_profile_fields(fields) -> list[str]:
 
 def set_texts(db_path: str | pathlib.Path, study: str, *, instructions: str | None = None,
               consent: str | None = None, profile_fields=None, ask_profile: bool | None = None,
-              allow_back: bool | None = None, actor: str = "cli") -> StudyTexts:
+              allow_back: bool | None = None, title: str | None = None,
+              actor: str = "cli") -> StudyTexts:
     """Set the instructions and/or consent text shown before the first case (None: leave
-    as is; "" clears), the study's own reader profile fields (e.g. `site,country`),
+    as is; "" clears), the reader-facing title (`check_reader_title`), the study's own reader profile fields (e.g. `site,country`),
     whether readers fill in their profile themselves before the first case (`ask_profile`)
     and/or whether readers may go back (`set_allow_back`), in one transaction."""
     if ask_profile is not None and not isinstance(ask_profile, bool):
@@ -120,6 +140,7 @@ def set_texts(db_path: str | pathlib.Path, study: str, *, instructions: str | No
         raise StudyError("allow_back must be true or false")
     instructions = _check_text(instructions, "instructions")
     consent = _check_text(consent, "consent text")
+    title = check_reader_title(title)
     fields = check_profile_fields(profile_fields) if profile_fields is not None else None
 
     def tx(db) -> None:
@@ -130,7 +151,8 @@ def set_texts(db_path: str | pathlib.Path, study: str, *, instructions: str | No
                                      ("ask_profile", None if ask_profile is None
                                       else int(ask_profile)),
                                      ("allow_back", None if allow_back is None
-                                      else int(allow_back))) if v is not None}
+                                      else int(allow_back)),
+                                     ("reader_title", title)) if v is not None}
         if not changes:
             return
         db["studies"].update(srow["id"], changes)
@@ -141,7 +163,8 @@ def set_texts(db_path: str | pathlib.Path, study: str, *, instructions: str | No
 
 
 def study_texts(db_path: str | pathlib.Path, study: str) -> StudyTexts:
-    """Status, instructions, consent text, profile fields and going-back rule of `study`."""
+    """Status, instructions, consent text, profile fields, going-back rule and
+    reader-facing title of `study`."""
     with reading(db_path) as db:
         srow = study_row(db, study)
     return StudyTexts(status=srow.get("status") or "open", status_at=srow.get("status_at"),
@@ -149,4 +172,5 @@ def study_texts(db_path: str | pathlib.Path, study: str) -> StudyTexts:
                       consent=srow.get("consent_text") or "",
                       profile_fields=json.loads(srow.get("profile_fields") or "[]"),
                       ask_profile=bool(srow.get("ask_profile")),
-                      allow_back=bool(srow.get("allow_back", 1)))
+                      allow_back=bool(srow.get("allow_back", 1)),
+                      reader_title=srow.get("reader_title") or "")

@@ -486,6 +486,21 @@ def _feedback(kind: str, task: str, value: int, source: str) -> dict | None:
     return {"truth": source, "correct": None, "message": f"This image is {source}."}
 
 
+def _read_feedback(db, assignment_id: int, kind: str, task: str, value: int,
+                   source: str) -> dict | None:
+    """`_feedback` for an answer to a training read, graded on the reader's real/synthetic
+    call: for a later question of the read it is the call stored in the database, so the
+    verdict survives a page reload between the two questions (the page's own memory of
+    the earlier answer is gone then). Training reads only: they alone show the truth."""
+    if kind == "training" and task != "turing":
+        call = db.execute("SELECT rating FROM responses WHERE assignment_id = ? AND "
+                          "task = 'turing' ORDER BY id DESC LIMIT 1",
+                          [assignment_id]).fetchone()
+        if call is not None:
+            return _feedback(kind, "turing", call[0], source)
+    return _feedback(kind, task, value, source)
+
+
 def _same_answer(task: str, expected, stored: str, answer) -> bool:
     try:
         obj = _task_for(task, expected)
@@ -556,7 +571,8 @@ def _record_answer(db, reader_id: int, assignment_id: int, task: str, answer, du
             raise SessionError("client_id already used for a different answer")
         return Ack(response_id=prior[0], duplicate=True,
                    assignment_complete=prior[6] is not None,
-                   feedback=_feedback(prior[4], prior[2], prior[3], prior[5]))
+                   feedback=_read_feedback(db, prior[7], prior[4], prior[2], prior[3],
+                                           prior[5]))
     # Checked inside the write transaction, so a close or a deactivation that commits
     # first is never overtaken by an answer (a retry of an acknowledged answer, above,
     # still gets its acknowledgement). One statement for the reader, study and slot.
@@ -627,7 +643,7 @@ def _record_answer(db, reader_id: int, assignment_id: int, task: str, answer, du
                 [answered_at, assignment_id, assignment_id, reopened_after or 0,
                  json.dumps(sorted(final)), json.dumps(asked), len(asked)]).rowcount == 1
     return Ack(response_id=cur.lastrowid, duplicate=False, assignment_complete=complete,
-               feedback=_feedback(kind, task, value, source))
+               feedback=_read_feedback(db, assignment_id, kind, task, value, source))
 
 
 def _asked_and_final(db, assignment_id: int, tasks: list[str], kind: str, open_: bool

@@ -710,6 +710,13 @@ def remarks_markdown(flags: dict) -> str:
             "`comment` column).")
 
 
+def reader_title_setting(db_path, study: str) -> str:
+    """The title readers of `study` see ("" : the neutral default)."""
+    from studies.lifecycle import study_texts
+
+    return study_texts(db_path, study).reader_title
+
+
 def back_setting(db_path, study: str) -> bool:
     """Whether readers of `study` may go back to the previous case."""
     from studies.lifecycle import study_texts
@@ -946,6 +953,9 @@ def build_admin_blocks(db_path, admin_auth, *, model=None, base_url=None, batche
                     reopen_btn = gr.Button("Reopen", elem_id="reopen-study")
                     archive_btn = gr.Button("Archive", elem_id="archive-study")
                 status_msg = gr.Markdown(elem_id="status-msg")
+                reader_title_box = gr.Textbox(
+                    label="Title readers see (empty: \"Reader study\"; the study's name is "
+                          "never shown to readers)", max_lines=1, elem_id="reader-title")
                 instructions_box = gr.Textbox(label="Instructions shown before the first case",
                                               lines=6, elem_id="instructions")
                 consent_box = gr.Textbox(label="Consent text (empty: no consent step)", lines=4,
@@ -1137,7 +1147,7 @@ def build_admin_blocks(db_path, admin_auth, *, model=None, base_url=None, batche
             return (*study_settings(db_path, study), readers_table(db_path, study))
 
         @reported(6, at=5)
-        def save_texts(study, instructions_, consent_, fields_, ask_profile_,
+        def save_texts(study, instructions_, consent_, fields_, ask_profile_, title_,
                        request: gr.Request):
             import datetime as _dt
 
@@ -1148,13 +1158,20 @@ def build_admin_blocks(db_path, admin_auth, *, model=None, base_url=None, batche
                 raise StudyError("choose a study first")
             texts = set_texts(db_path, study, instructions=instructions_ or "",
                               consent=consent_ or "", profile_fields=fields_ or "",
-                              ask_profile=bool(ask_profile_), actor=f"admin:{user}")
+                              ask_profile=bool(ask_profile_), title=title_ or "",
+                              actor=f"admin:{user}")
             at = _dt.datetime.now(_dt.timezone.utc).strftime("%H:%M:%S UTC")
             return (*study_settings(db_path, study),
                     f"✅ Saved at {at}: instructions {len(texts.instructions)} characters, "
                     f"consent {len(texts.consent) or 'none'}"
                     f"{' characters' if texts.consent else ''}, profile form "
-                    f"{'on' if texts.ask_profile else 'off'}.")
+                    f"{'on' if texts.ask_profile else 'off'}, reader title "
+                    f"{plain_markdown(texts.reader_title) if texts.reader_title else 'none'}.")
+
+        @friendly
+        def show_reader_title(study, request: gr.Request):
+            guard(request)
+            return reader_title_setting(db_path, study) if study else ""
 
         @friendly
         def show_back(study, request: gr.Request):
@@ -1235,11 +1252,12 @@ def build_admin_blocks(db_path, admin_auth, *, model=None, base_url=None, batche
             btn.click(_set_status(status), [study_dd], [status_md, table, status_msg],
                       **admin_events)
         save_texts_btn.click(save_texts, [study_dd, instructions_box, consent_box, fields_box,
-                                          ask_profile_box],
+                                          ask_profile_box, reader_title_box],
                              [status_md, instructions_box, consent_box, fields_box,
                               ask_profile_box, save_texts_msg],
                              **admin_events)
         study_dd.change(show_back, [study_dd], [allow_back_box, allow_back_md], **admin_events)
+        study_dd.change(show_reader_title, [study_dd], [reader_title_box], **admin_events)
         allow_back_box.input(save_back, [study_dd, allow_back_box], [allow_back_md],
                              **admin_events)
         analyze_btn.click(run_analysis, [study_dd],

@@ -79,6 +79,9 @@ def _report_duplicates(dups: list[dict]) -> None:
                    "all main reads and only this long after the first read of the case "
                    "[default: repeats within the session].")
 @_skip_option
+@click.option("--title", "reader_title", default=None,
+              help="Title readers see on the reader page [default: \"Reader study\"; the "
+                   "study's name is never shown to readers].")
 @click.option("--seed", type=int, default=None,
               help="Make the reader orders reproducible, for testing only: anyone who knows "
                    "the seed can predict every reader's order, which breaks blinding. "
@@ -86,7 +89,7 @@ def _report_duplicates(dups: list[dict]) -> None:
 @_one_line_errors
 def create_cmd(db_path, name, manifest, images_dir, size, tasks, training, repeat_fraction,
                attention_checks, counterbalance, cases_per_reader, readers_per_case,
-               repeat_after, skip_unreadable, seed):
+               repeat_after, skip_unreadable, reader_title, seed):
     """Create a blinded study from a manifest or an images folder, and audit it for leaks."""
     from studies.design import StudyOptions, parse_duration
     from studies.ingest import create_study
@@ -111,7 +114,7 @@ def create_cmd(db_path, name, manifest, images_dir, size, tasks, training, repea
 
         summary = create_study(db_path, name, manifest=manifest, images_dir=images_dir,
                                size=size, tasks=tasks, options=options, progress=progress,
-                               skip_unreadable=skip_unreadable)
+                               skip_unreadable=skip_unreadable, reader_title=reader_title)
     click.echo(f"Created study {summary.name!r}: {summary.n_cases} images "
                f"({summary.n_real} real, {summary.n_synthetic} synthetic; "
                f"{summary.n_training} held aside for training), tasks {','.join(summary.tasks)}, "
@@ -319,11 +322,14 @@ study.command("archive", help="Archive a study: closed, and listed apart in the 
 @click.option("--allow-back/--no-back", "allow_back", default=None,
               help="Whether readers may go back to the previous case and change their "
                    "answer (new studies: allowed).")
+@click.option("--title", default=None,
+              help="Title readers see on the reader page (\"\" clears it: readers then see "
+                   "\"Reader study\"; the study's name is never shown to readers).")
 @_one_line_errors
 def configure_cmd(db_path, study_name, instructions_file, consent_file, profile_fields,
-                  ask_profile, allow_back):
-    """Set the instructions, consent text, profile fields, profile form and going-back rule
-    of a study."""
+                  ask_profile, allow_back, title):
+    """Set the reader-facing title, instructions, consent text, profile fields, profile form
+    and going-back rule of a study."""
     import pathlib
 
     from studies.lifecycle import set_texts
@@ -338,8 +344,10 @@ def configure_cmd(db_path, study_name, instructions_file, consent_file, profile_
 
     texts = set_texts(db_path, study_name, instructions=read(instructions_file),
                       consent=read(consent_file), profile_fields=profile_fields,
-                      ask_profile=ask_profile, allow_back=allow_back)
-    click.echo(f"Study {study_name!r}: {texts.status}; instructions "
+                      ask_profile=ask_profile, allow_back=allow_back, title=title)
+    title_line = (f"reader title {texts.reader_title!r}" if texts.reader_title else
+                  "no reader title (readers see \"Reader study\")")
+    click.echo(f"Study {study_name!r}: {texts.status}; {title_line}; instructions "
                f"{len(texts.instructions)} characters; consent "
                f"{len(texts.consent) or 'none'}{' characters' if texts.consent else ''}; "
                f"profile fields specialty, years_experience"

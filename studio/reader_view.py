@@ -253,10 +253,13 @@ TEXT_RULE = ("Answers you give about an image before its text appears are final 
 TRAINING_TEXT = "Training cases ask only about the image: their text is not shown."
 
 
-def intro_text(view: session.CaseView, instructions: str = "", consent: str = "") -> str:
+def intro_text(view: session.CaseView, instructions: str = "", consent: str = "",
+               title: str = "") -> str:
     """The instruction screen, from the questions this study asks. It counts images (the
     screens the reader will see, as the progress bar does: `view.total`), not items
-    (image x question): with two questions per image, 10 images are 20 answers."""
+    (image x question): with two questions per image, 10 images are 20 answers. Headed by
+    the study team's reader-facing `title`, else a neutral one: the study's internal name
+    may describe its design (sources, generators), so readers never see it."""
     # every question of the study, also those a training read skips (view.skipped)
     questions = view.tasks + [TASKS[t].question_dict() for t in view.skipped if t in TASKS]
     n_q = len(questions)
@@ -264,7 +267,7 @@ def intro_text(view: session.CaseView, instructions: str = "", consent: str = ""
     pair = view.pair_stimulus_id is not None
     what = ("pairs of images, two side by side (one real, one synthetic)," if pair
             else "images, one at a time,")
-    lines = [f"### {plain_markdown(view.study)}", "",
+    lines = [f"### {plain_markdown(title or lifecycle.READER_TITLE_DEFAULT)}", "",
              f"You will see **{view.total}** {what} and answer {per}. Answer "
              "from the image alone; there is no time limit, but go with your first impression.",
              ""]
@@ -367,7 +370,7 @@ def open_page(db_path, token: str | None) -> Screen:
 
 def _intro_screen(db_path, reader, view, consent: str, form, message: str = "") -> Screen:
     texts = lifecycle.study_texts(db_path, reader.study)
-    intro = intro_text(view, texts.instructions, consent)
+    intro = intro_text(view, texts.instructions, consent, texts.reader_title)
     if message and form is None:  # with a form, the form shows the message itself
         intro += f"\n\n**{plain_markdown(message)}**"
     return Screen("intro", intro=intro, total=view.total, profile=form, message=message,

@@ -36,6 +36,9 @@ def admin_studio(tmp_path_factory):
     db = tmp / "studio.db"
     create_study(db, "duo", manifest=make_manifest(tmp / "pair-data"), size=96,
                  options=StudyOptions(tasks=("pair",), seed=5))
+    from study_fixtures import acknowledge_fixture_leak
+
+    acknowledge_fixture_leak(db, "duo")  # small fixture images fail the leak audit
     for i in range(3):
         ref = readers.reader_for_token(db, readers.invite(db, "duo", f"reader-{i + 1}"))
         k = 0
@@ -160,4 +163,25 @@ def test_pair_study_analysis_shows_2afc_tables(browser, admin_studio, shots):  #
     page.wait_for_selector(".js-plotly-plot", timeout=30_000)
     time.sleep(1.0)
     page.screenshot(path=str(shots / "admin-analysis-pair.png"), full_page=True)
+    page.close()
+
+
+def test_settings_reader_title_is_saved_and_shown(browser, admin_studio, shots):  # noqa: F811
+    """Study settings: the reader-facing title loads with the study and Save texts stores it
+    (the library call `study configure --title` makes)."""
+    from studies.lifecycle import study_texts
+
+    page = browser.new_page(viewport={"width": 1440, "height": 900})
+    _login(page, admin_studio["url"])
+    _pick_study(page, "draft")
+    page.get_by_role("tab", name="Study settings").click()
+    page.wait_for_function("() => document.querySelector('#study-status').innerText"
+                           ".includes('Status:')", timeout=20_000)
+    page.fill("#reader-title input, #reader-title textarea", "Chest CT <b>reading</b> study")
+    page.click("#save-texts")
+    page.wait_for_function("() => document.querySelector('#save-texts-msg').innerText"
+                           ".includes('reader title Chest CT')", timeout=20_000)
+    assert study_texts(admin_studio["db"], "draft").reader_title == "Chest CT <b>reading</b> study"
+    if shots:
+        page.screenshot(path=str(shots / "admin-settings-title.png"))
     page.close()

@@ -325,3 +325,29 @@ def test_the_admin_shows_the_same_contact_sheet_in_a_sandboxed_frame(tmp_path, d
     srcdoc = frame.split('srcdoc="', 1)[1].split('" style=', 1)[0]
     assert html.unescape(srcdoc) == contact_sheet_html(db, "f'x")
     assert "'x" not in frame.split("srcdoc")[0].replace("&#x27;x", "")  # the title is escaped
+
+
+def test_reader_title_set_at_create_and_by_configure(tmp_path, data):
+    """`study create --title` and `study configure --title` set the title readers see (the
+    library's set_texts / study_texts); "" clears it; a title that is not one printable
+    line is one Error: line and changes nothing."""
+    from studies.lifecycle import study_texts
+
+    root, rows, manifest = data
+    db = tmp_path / "s.db"
+    r = run("study", "create", "--db", db, "--name", "pilot-sdxl", "--manifest", manifest,
+            "--size", 64, "--title", "  Chest   imaging study ")
+    assert r.exit_code == 0, r.output
+    assert study_texts(db, "pilot-sdxl").reader_title == "Chest imaging study"
+    r = run("study", "configure", "--db", db, "--study", "pilot-sdxl", "--title", "Retina study")
+    assert r.exit_code == 0 and "reader title 'Retina study'" in r.output, r.output
+    assert study_texts(db, "pilot-sdxl").reader_title == "Retina study"
+    assert_one_line_error(run("study", "configure", "--db", db, "--study", "pilot-sdxl",
+                              "--title", "x" * 121), "title must be one line")
+    assert study_texts(db, "pilot-sdxl").reader_title == "Retina study"
+    r = run("study", "configure", "--db", db, "--study", "pilot-sdxl", "--title", "")
+    assert r.exit_code == 0 and 'no reader title (readers see "Reader study")' in r.output
+    assert study_texts(db, "pilot-sdxl").reader_title == ""
+    assert_one_line_error(run("study", "create", "--db", db, "--name", "other", "--manifest",
+                              manifest, "--size", 64, "--title", "a\x07b"),
+                          "title must be one line")

@@ -452,3 +452,21 @@ def test_a_checkpoint_keeps_reading_connections_but_not_their_pages(tmp_path):
     with database.reading(path) as d:
         assert d.conn is kept
         assert [r[0] for r in d.execute("SELECT name FROM studies")] == ["elsewhere"]
+
+
+def test_reader_title_column_is_added_to_an_existing_database(tmp_path, monkeypatch):
+    """A database made before the reader-facing title gains `studies.reader_title` (NULL:
+    readers see the neutral default) when it is next opened."""
+    path = tmp_path / "s.db"
+    with monkeypatch.context() as m:
+        m.setattr(database, "MIGRATIONS", [mg for mg in MIGRATIONS if mg[0] < 10])
+        m.setattr(database, "SCHEMA_VERSION", 9)
+        db = open_db(path)
+        assert "reader_title" not in db["studies"].columns_dict
+        db.close()
+    db = open_db(path)
+    try:
+        assert "reader_title" in db["studies"].columns_dict
+        assert db.execute("SELECT max(version) FROM schema_version").fetchone()[0] == 10
+    finally:
+        db.close()

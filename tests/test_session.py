@@ -132,8 +132,18 @@ def test_flow_resume_and_case_view(study):
     again = next_case(study, ref.reader_id)
     assert again.assignment_id == first.assignment_id
     assert [q["answered"] for q in again.tasks] == [True, False]
-    ack = submit(study, ref.reader_id, first.assignment_id, "alignment", 4, 2000, _cid())
+    cid = _cid()
+    ack = submit(study, ref.reader_id, first.assignment_id, "alignment", 4, 2000, cid)
     assert ack.assignment_complete
+    # The read's last answer is graded on the stored real/synthetic call, so the verdict
+    # does not depend on the page remembering the first answer (lost on a reload); a
+    # retry of that answer gets the same verdict.
+    truth = ack.feedback["truth"]
+    assert ack.feedback["correct"] == (truth == "real")
+    assert ack.feedback["message"] == (f"This image is {truth}. You answered real: "
+                                       f"{'correct' if truth == 'real' else 'incorrect'}.")
+    assert submit(study, ref.reader_id, first.assignment_id, "alignment", 4, 2000,
+                  cid).feedback == ack.feedback
     assert next_case(study, ref.reader_id).position == 2
     assert _answer_all(study, ref.reader_id) > 0
     assert next_case(study, ref.reader_id) is None

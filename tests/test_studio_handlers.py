@@ -172,6 +172,12 @@ def test_two_tasks_prompt_only_with_alignment_and_training_feedback(tmp_path):
                                        training_cases=2)
     token = tokens["dr-a"]
     prompts = {r["prompt"] for r in rows}
+    from studies.database import open_db
+
+    with open_db(db) as conn:  # the prompt audit did not clear the texts
+        conn.execute("UPDATE studies SET audit_report = json_set(coalesce(audit_report, "
+                     "'{}'), '$.prompts', json('{\"verdict\": \"leak\"}'))")
+        conn.conn.commit()
     s = reader_view.start(db, token)
     assert s.training and s.prompt is None and len(s.choices) == 6
     s = reader_view.submit_answer(db, token, s.state, 1)
@@ -179,8 +185,6 @@ def test_two_tasks_prompt_only_with_alignment_and_training_feedback(tmp_path):
     # (its truth comes next), so the feedback follows the real/synthetic answer.
     assert s.kind == "feedback" and s.prompt is None
     assert not any(p in s.feedback for p in prompts)
-    from studies.database import open_db
-
     with open_db(db) as conn:  # the prompt audit found the texts indistinguishable
         conn.execute("UPDATE studies SET audit_report = json_set(coalesce(audit_report, "
                      "'{}'), '$.prompts', json('{\"verdict\": \"ok\"}'))")
@@ -1328,3 +1332,50 @@ def test_waiting_for_the_washout_offers_back_to_the_last_case(tmp_path):
     assert waiting in again and '<span data-back="1"></span>' in again
     df = long_table(db, "wash")
     assert (df.sort_values("answered_at")["rating"].iloc[-1]) == 5  # the re-answer counts
+
+
+def test_reader_page_title_is_the_reader_title_never_the_internal_name(tmp_path):
+    """Readers see the study team's reader-facing title (plain text, escaped), or a neutral
+    "Reader study" when none is set: never the internal study name, which may describe
+    the design."""
+    from studies import lifecycle
+
+    db, _, tokens = make_loud_study(tmp_path, "ct-sdxl-vs-real-siteB")
+    token = tokens["dr-a"]
+    first = reader_view.open_page(db, token)
+    assert first.kind == "intro" and "Reader study" in first.intro
+    assert "siteB" not in _text(first) and "sdxl" not in _text(first)
+
+    lifecycle.set_texts(db, "ct-sdxl-vs-real-siteB", title="Chest CT  **reading** <b>study</b>")
+    shown = reader_view.open_page(db, token)
+    assert shown.intro.splitlines()[0] == r"### Chest CT \*\*reading\*\* \<b\>study\</b\>"
+    assert "siteB" not in _text(shown) and "Reader study" not in shown.intro.splitlines()[0]
+    # the admin's Study settings show and save the same title (the library call the CLI uses)
+    assert admin_view.reader_title_setting(db, "ct-sdxl-vs-real-siteB") == \
+        "Chest CT **reading** <b>study</b>"
+
+
+def test_training_feedback_after_a_reload_between_questions_grades_the_stored_call(tmp_path):
+    """A reload between a training case's two questions loses the page's memory of the
+    real/synthetic answer; the feedback still says whether that stored answer was right."""
+    from studies.database import open_db
+
+    db, rows, tokens = make_loud_study(tmp_path, tasks=("turing", "alignment"),
+                                       training_cases=2)
+    with open_db(db) as conn:  # the prompt audit cleared the texts: training asks both
+        conn.execute("UPDATE studies SET audit_report = json_set(coalesce(audit_report, "
+                     "'{}'), '$.prompts', json('{\"verdict\": \"ok\"}'))")
+        conn.conn.commit()
+    token = tokens["dr-a"]
+    s = reader_view.start(db, token)
+    assert s.training and len(s.choices) == 6
+    s = reader_view.submit_answer(db, token, s.state, 1)  # definitely real
+    assert s.kind == "case" and s.position == 1 and len(s.choices) == 5
+    s = reader_view.open_page(db, token)  # the reload
+    assert s.kind == "case" and s.position == 1 and len(s.choices) == 5 and not s.state.feedback
+    s = reader_view.submit_answer(db, token, s.state, 3)
+    assert s.kind == "feedback"
+    truth = "real" if "This image is real." in s.feedback else "synthetic"
+    assert f"This image is {truth}." in s.feedback and "You answered real" in s.feedback
+    assert s.feedback.startswith("**Training case.** "
+                                 + ("Correct." if truth == "real" else "Not quite."))
