@@ -592,22 +592,22 @@ def _record_answer(db, reader_id: int, assignment_id: int, task: str, answer, du
     _, _, _, case_id, tasks_json, n_tasks, kind, expected, source, completed_at, reopened_after = row
     if task not in json.loads(tasks_json):
         raise SessionError(f"task {task!r} is not asked for this case")
-    asked, final = _asked_and_final(db, assignment_id, json.loads(tasks_json), kind,
-                                    completed_at is None)
-    if task not in asked:
-        raise SessionError(f"task {task!r} is not asked for this case")
-    if task in final:
-        raise SessionError(ANSWER_FINAL)
-
     # One current answer per read and task: a second answer under another client_id (a
     # second tab, or the same question answered again after a reload while the first was
     # still on its way) is refused here, in the transaction that would store it, so
     # whichever arrives first is the one kept and acknowledged. Changing an answer takes
     # going back (a new round: the read's reopened_after).
     read_round = reopened_after or 0
+    asked, final = _asked_and_final(db, assignment_id, json.loads(tasks_json), kind,
+                                    completed_at is None)
+    if task not in asked:
+        raise SessionError(f"task {task!r} is not asked for this case")
     if db.execute("SELECT 1 FROM responses WHERE assignment_id = ? AND task = ? AND id > ? "
                   "LIMIT 1", [assignment_id, task, read_round]).fetchone() is not None:
-        raise AlreadyAnswered("this question has already been answered")
+        raise AlreadyAnswered(ANSWER_FINAL if task in final
+                              else "this question has already been answered")
+    if task in final:
+        raise SessionError(ANSWER_FINAL)
     task_obj = _task_for(task, expected)
     try:
         value = task_obj.parse(answer)

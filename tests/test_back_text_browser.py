@@ -18,8 +18,21 @@ def text_studio(tmp_path):
     db, rows, tokens = make_loud_study(tmp_path, "text", n_cases=6, size=128,
                                        tasks=("turing", "quality", "alignment"),
                                        training_cases=2, readers=("dr-a", "dr-b"))
+    _texts_not_cleared(db)
     with serve_studio(db, password=ADMIN_PASSWORD) as (url, _):
         yield {"url": url, "db": db, "tokens": tokens, "prompts": {r["prompt"] for r in rows}}
+
+
+def _texts_not_cleared(db) -> None:
+    """A prompt verdict other than "ok" (the fixture's synthetic prompts are the real
+    captions, which the prompt audit clears): training then skips the text question."""
+    import contextlib
+    import json
+    import sqlite3
+
+    with contextlib.closing(sqlite3.connect(db)) as conn, conn:
+        conn.execute("UPDATE studies SET audit_report = json_set(coalesce(audit_report, '{}'),"
+                     " '$.prompts', json(?))", [json.dumps({"verdict": "too few"})])
 
 
 def _question(page) -> str:

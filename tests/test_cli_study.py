@@ -80,8 +80,9 @@ def test_full_cli_flow(tmp_path, data):
     r = run("study", "export", "--db", db, "--study", "pilot", "--format", "long", "--out", out)
     assert r.exit_code == 0, r.output
     long = pd.read_csv(out)
-    # 2 repeats, 1 attention check; the 2 training cases skip the question with the text
-    assert list(long.columns) == LONG_COLUMNS and len(long) == (12 + 2) * 3 + 1 - 2
+    # 2 repeats, 1 attention check; the fixture's prompts are the real captions, so the
+    # prompt audit says "ok" and training asks the question with the text too
+    assert list(long.columns) == LONG_COLUMNS and len(long) == (12 + 2) * 3 + 1
     assert f"Wrote {len(long)} rows" in r.output
     out = tmp_path / "imrmc.csv"
     r = run("study", "export", "--db", db, "--study", "pilot", "--format", "imrmc", "--out", out)

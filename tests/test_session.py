@@ -76,9 +76,10 @@ def test_reader_names_unique_and_reissue(study):
     new = invite(study, "pilot", "dr-a", reissue=True)
     assert reader_for_token(study, old) is None
     assert reader_for_token(study, new).reader_id == ref.reader_id
-    # answers kept: the training read (its text question skipped: no prompt audit says
-    # the texts are indistinguishable) is complete
-    assert next_case(study, ref.reader_id).position == 2
+    # answers kept: the training read's real/synthetic answer stands (the fixture's prompt
+    # audit says "ok", so its text question comes next)
+    view = next_case(study, ref.reader_id)
+    assert view.position == 1 and "turing" not in [t["task"] for t in view.pending]
     assert [r.name for r in list_readers(study, "pilot")] == ["dr-a"]
 
 

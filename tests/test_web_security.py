@@ -358,7 +358,7 @@ def test_export_split_on_semicolons_has_no_formula(tmp_path):
                               ["path", "source", "modality", "prompt"])
     db = tmp_path / "s.db"
     create_study(db, "s", manifest=manifest, size=32, options=StudyOptions(tasks=("turing",)))
-    ref = reader_for_token(db, invite(db, "s", "dr-x"))
+    ref = reader_for_token(db, invite(db, "s", "dr-x", acknowledge_leak=True))
     view = next_case(db, ref.reader_id)
     submit(db, ref.reader_id, view.assignment_id, "turing", 2, 900, "k1")
     out = tmp_path / "long.csv"
