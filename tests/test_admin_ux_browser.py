@@ -47,6 +47,13 @@ def admin_studio(tmp_path_factory):
                    str(uuid.uuid4()))
             k += 1
     add_loud_study(db, tmp / "draft-data", "draft", n_cases=10, size=96)
+    # add_loud_study acknowledges a flagged audit; this study tests the refused invite
+    import contextlib
+    import sqlite3
+
+    with contextlib.closing(sqlite3.connect(db)) as conn, conn:
+        conn.execute("UPDATE studies SET audit_report = json_remove(audit_report, "
+                     "'$.acknowledged') WHERE name = 'draft'")
     flagged = bool(is_flagged(audit_study(db, "draft")[0]))
     creds = auth.AdminCredentials.from_password("admin", ADMIN_PASSWORD, "env")
     app = app_mod.build_app(db, admin_auth=auth.AdminAuth(creds))
