@@ -394,6 +394,9 @@ def test_generate_an_image(browser, studio, shots):
     status = page.inner_text("#gen-status")
     assert "image(s) in" in status
     assert re.search(r"seed \d+", page.inner_text("#gen-gallery"))  # a fresh random seed
+    # thumbnails show the whole image (letterboxed in their tile), never a centre crop
+    fits = page.eval_on_selector_all("#gen-gallery img", "els => els.map(e => getComputedStyle(e).objectFit)")
+    assert fits and set(fits) == {"contain"}, fits
     assert page.locator("#gen-files a").count() >= 1
     page.evaluate("window.scrollTo(0, 0)")
     page.screenshot(path=str(shots / "generate.png"), full_page=True)
@@ -895,7 +898,9 @@ def test_prompts_and_names_are_plain_text_no_outgoing_request(browser, tmp_path_
         w.writerows({**r, "prompt": prompt} for r in data)
     name = f"md ![s]({remote}/name.png)"
     db = tmp / "studio.db"
-    create_study(db, name, manifest=manifest, size=64,
+    # the reader sees the researcher's reader-facing title (here the same text), never the
+    # internal name
+    create_study(db, name, manifest=manifest, size=64, reader_title=name,
                  options=StudyOptions(tasks=("turing", "alignment")))
     token = readers_mod.invite(db, name, "dr-a", acknowledge_leak=True)
     creds = auth.AdminCredentials.from_password("admin", ADMIN_PASSWORD, "env")
