@@ -218,11 +218,12 @@ def _sweep_orphaned_folders() -> None:
                     parent = int(fh.read().strip())
             except (OSError, ValueError):
                 continue
-            if parent != os.getpid() and not _pid_alive(parent):
+            if parent != os.getpid() and not pid_alive(parent):
                 shutil.rmtree(entry.path, ignore_errors=True)
 
 
-def _pid_alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
+    """Whether process `pid` exists (it may belong to another user)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
