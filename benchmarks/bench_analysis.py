@@ -31,9 +31,9 @@ def main() -> None:
     ap.add_argument("--repeat", type=int, default=5)
     args = ap.parse_args()
 
-    from studies import mrmc
-    from studies.analysis import analyze
-    from studies.simulate import simulate_long
+    from studies.stats import mrmc
+    from studies.stats.analysis import analyze
+    from studies.stats.simulate import simulate_long
 
     print(f"machine: {os.cpu_count()} CPUs, {platform.processor() or platform.machine()}, "
           f"Python {platform.python_version()}, numpy {np.__version__}")

@@ -2,7 +2,7 @@
 
 A population of synthetic-looking greyscale "scans" in three modalities (textured bodies on a
 dark background, each modality with its own brightness, contrast, noise and structure) goes
-through the real stimulus pipeline (`studies.stimuli.render_stimulus`, 128 px). Each
+through the real stimulus pipeline (`studies.imaging.stimuli.render_stimulus`, 128 px). Each
 replicate labels it at random: per modality 20 real and 2 x 20 synthetic (two generators), so
 the audit tests 10 strata (pooled, 3 modalities, 6 modality x generator).
 
@@ -38,7 +38,7 @@ sys.path.insert(0, str(ROOT))
 
 from studies import audit  # noqa: E402
 from studies.audit import AuditItem, audit_leaks  # noqa: E402
-from studies.stimuli import render_stimulus  # noqa: E402
+from studies.imaging.stimuli import render_stimulus  # noqa: E402
 
 SIZE = 128
 MODALITIES = {  # (background, body brightness, contrast, smoothing, noise)

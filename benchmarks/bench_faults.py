@@ -234,7 +234,7 @@ def writer_pids(db: pathlib.Path) -> list[int]:
                     continue
         except OSError:
             continue
-        if b"studies.writer_process" in args and key.encode() in args:
+        if b"studies.storage.writer_process" in args and key.encode() in args:
             pids.append(int(entry))
     return pids
 

@@ -40,7 +40,7 @@ SIZE = 256
 
 def _normalised(path, **options):
     from studies.imaging import load_image
-    from studies.stimuli import normalise
+    from studies.imaging.stimuli import normalise
 
     return normalise(load_image(path, target_size=SIZE, **options), SIZE)
 

@@ -16,7 +16,7 @@ Two modes:
   figure is answer → next image *fully received* (the event, then the PNG download from
   the stimulus route, checked complete), plus the count of failed image downloads.
 
-Answers are committed by the studio's writer process (`studies.writer_process`), as
+Answers are committed by the studio's writer process (`studies.storage.writer_process`), as
 `medisyn studio` runs; `--no-writer-process` commits them in the server process.
 
     .venv/bin/python benchmarks/bench_studio.py --readers 50 --answers 10
@@ -42,7 +42,7 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))  # the shipped-image study fixtures
 sys.path.insert(0, str(ROOT))
 
-from studies import writer_process  # noqa: E402
+from studies.storage import writer_process  # noqa: E402
 
 
 def fn_indices(blocks) -> dict[str, int]:
@@ -78,7 +78,7 @@ def image_url(out: list) -> str | None:
 
 def png_complete(body: bytes) -> bool:
     """The whole PNG arrived: signature, chunks with valid CRCs, IEND last."""
-    from studies import stimuli
+    from studies.imaging import stimuli
 
     try:
         return stimuli.png_chunk_types(body)[-1:] == ["IEND"]

@@ -8,7 +8,7 @@
    `readers.invite`, half of every reader's session pre-answered), measured from one
    client and from 8 and 32 concurrent client threads (p50/p95/p99 of `submit`, which
    is the write), twice: with the answers committed by the writer process
-   (`studies.writer_process`, as `medisyn studio` runs) and by the client threads
+   (`studies.storage.writer_process`, as `medisyn studio` runs) and by the client threads
    themselves (group commit in one process).
 
 Run: .venv/bin/python benchmarks/bench_study.py [--quick] [--latency-only] [--think-ms 100]
@@ -35,13 +35,13 @@ from PIL import Image
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from studies import stimuli  # noqa: E402
-from studies.database import open_db, stimuli_dir, transaction, utc_now  # noqa: E402
+from studies.imaging import stimuli  # noqa: E402
+from studies.storage.database import open_db, stimuli_dir, transaction, utc_now  # noqa: E402
 from studies.design import StudyOptions  # noqa: E402
 from studies.ingest import create_study  # noqa: E402
 from studies.readers import invite, reader_for_token  # noqa: E402
 from studies.session import next_case, submit  # noqa: E402
-from studies import writer_process  # noqa: E402
+from studies.storage import writer_process  # noqa: E402
 from bench_studio import process_cpu_s  # noqa: E402
 
 

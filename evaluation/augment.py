@@ -640,7 +640,7 @@ def plot(summary: list[dict], cfg: AugmentConfig, path: pathlib.Path, metric: st
 
 
 def _write_csv(path: pathlib.Path, rows: list[dict]) -> None:
-    from studies.export import spreadsheet_safe  # arm and file names are text
+    from studies.cells import spreadsheet_safe  # arm and file names are text
 
     with open(path, "w", newline="", encoding="utf-8") as fh:
         writer = csv.DictWriter(fh, fieldnames=list(rows[0]) if rows else ["arm"])

@@ -2,7 +2,7 @@
 
 `list_images(source)` takes a folder (every image file below it, recursively, hidden files
 skipped; DICOM files without an extension are included) or a manifest CSV in the study format
-(`studies.manifest.read_manifest`: path, source, modality, prompt, optional generator ...; the
+(`studies.imaging.manifest.read_manifest`: path, source, modality, prompt, optional generator ...; the
 same path checks). Each image becomes an `ImageRef` carrying the manifest's modality, prompt
 and generator (used by `--by`).
 
@@ -10,7 +10,7 @@ A folder in the study layout (`real/<modality>/...`: the folder itself is `real/
 reference set, holds one) gives each real image the modality of its first-level subfolder.
 
 `iter_chunks(refs, size)` decodes with `studies.imaging.load_image` and normalises with
-`studies.stimuli.normalise` — the very pixels a reader would see: letterboxed on a black
+`studies.imaging.stimuli.normalise` — the very pixels a reader would see: letterboxed on a black
 square, 8-bit RGB — in chunks, so memory holds one chunk, not the set. Decoding runs on a few
 threads (PIL and the DICOM decoders release the GIL). An unreadable file stops the run with one
 `EvaluationError` naming it: a silently skipped image would change every figure.
@@ -28,7 +28,7 @@ import numpy as np
 
 from evaluation.errors import EvaluationCancelled, EvaluationError
 from studies.imaging import ImageError, load_image
-from studies.stimuli import normalise
+from studies.imaging.stimuli import normalise
 
 __all__ = ["IMAGE_SUFFIXES", "ImageRef", "iter_chunks", "list_images", "load_normalised", "to_grey"]
 
@@ -59,7 +59,7 @@ def list_images(source: str | os.PathLike, *, what: str = "images") -> list[Imag
     p = pathlib.Path(source)
     if p.is_file() and p.suffix.lower() == ".csv":
         from studies.errors import StudyError
-        from studies.manifest import read_manifest
+        from studies.imaging.manifest import read_manifest
 
         try:
             rows = read_manifest(p)

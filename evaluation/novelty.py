@@ -897,7 +897,7 @@ def format_rate(rate: dict) -> str:
 def write_outputs(result: NoveltyResult, syn: Sequence[ImageRef], ref: Sequence[ImageRef], *,
                   size: int = DEFAULT_SIZE, gallery: int = 24) -> None:
     from evaluation import report
-    from studies.export import spreadsheet_safe
+    from studies.cells import spreadsheet_safe
 
     out = result.out_dir
     out.mkdir(parents=True, exist_ok=True)

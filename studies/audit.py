@@ -54,7 +54,7 @@ import warnings
 import numpy as np
 from scipy import ndimage, stats
 
-from studies.stimuli import decode_png, letterbox_geometry
+from studies.imaging.stimuli import decode_png, letterbox_geometry
 
 __all__ = [
     "AUC_THRESHOLD", "AuditItem", "AuditReport", "CV_REPEATS", "EFFECT_THRESHOLD",

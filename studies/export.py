@@ -1,4 +1,4 @@
-"""Export a study's responses: the long table (input of studies.analysis) and iMRMC.
+"""Export a study's responses: the long table (input of studies.stats.analysis) and iMRMC.
 
 `long_table`: one row per effective response, columns `LONG_COLUMNS`. Responses are
 append-only; when a reader changed an answer, the latest one for that (read, task) wins and
@@ -28,85 +28,26 @@ cases are listed under every generator so each modality is a full real-vs-that-g
 ROC task (paired on the real cases). With a single (or no named) generator, modalityID
 is the study name.
 
-Spreadsheet safety (`write_export`): a CSV cell is opened by Excel/LibreOffice/Sheets as a
-formula when it starts with `=`, `+`, `-` or `@` (and tab/CR can smuggle one in), so a
-prompt such as `=HYPERLINK(...)` would become live. Following OWASP's CSV-injection advice,
-every text cell starting with one of those characters is written with a leading `'`
-(which spreadsheets show as text, not as part of the value); a cell that is a plain
-number, such as `-3` or `+2.5`, is left alone, and numeric columns are never touched.
-So that the escape is reversible, a text cell that already starts with `'` followed by
-one of those characters gets one more `'`. `read_long_csv` undoes it. The in-memory
-tables (`long_table`, `imrmc_table`) are never escaped.
-The same rule applies after every separator a spreadsheet may split on (`,` `;` `|` tab,
-CR, LF): opened with `;` as the separator, an unquoted cell `Berlin;=HYPERLINK(...)` is two
-cells, the second a formula. So each piece after a separator is escaped as if it began a
-cell: `Berlin;'=HYPERLINK(...)` (pieces that are plain numbers are left alone).
+Spreadsheet safety (`write_export`): every text cell goes through `studies.cells.spreadsheet_safe`
+(see that module); `read_long_csv` undoes it. The in-memory tables (`long_table`,
+`imrmc_table`) are never escaped.
 """
 from __future__ import annotations
 
 import json
 import os
 import pathlib
-import re
 import tempfile
 
 import pandas as pd
 
-from studies.database import log_action, reading, study_row, write_if_writable
+from studies.storage.database import log_action, reading, study_row, write_if_writable
 from studies.design import ATTENTION
+from studies.cells import spreadsheet_safe, spreadsheet_unsafe
 from studies.errors import StudyError
+from studies.stats.columns import IMRMC_COLUMNS, LONG_COLUMNS
 
-LONG_COLUMNS = ["study", "reader", "case", "task", "source", "generator", "modality", "prompt",
-                "truth", "response", "rating", "duration_ms", "answered_at", "training",
-                "repeat", "group", "duration_flagged", "pair_case", "specialty",
-                "years_experience", "comment", "non_diagnostic"]
-IMRMC_COLUMNS = ["readerID", "caseID", "modalityID", "score"]
 FORMATS = ("long", "imrmc")
-FORMULA_PREFIXES = ("=", "+", "-", "@", "\t", "\r")
-_PLAIN_NUMBER = re.compile(r"[+-]?(\d+(\.\d*)?|\.\d+)([eE][+-]?\d+)?")
-# What spreadsheets split cells on (import dialogs offer these); the piece after each one
-# is a cell of its own there. Splitting keeps them (capturing group).
-_SEPARATORS = re.compile(r"([,;|\t\r\n])")
-
-
-def _safe_start(value: str) -> str:
-    if value.startswith(FORMULA_PREFIXES) and not _PLAIN_NUMBER.fullmatch(value):
-        return "'" + value
-    if value.startswith("'") and _safe_start(value.lstrip("'")) != value.lstrip("'"):
-        return "'" + value  # keeps the escape reversible for text typed with a leading '
-    return value
-
-
-def _unsafe_start(value: str) -> str:
-    if value.startswith("'") and _safe_start(value[1:]) == value:
-        return value[1:]
-    return value
-
-
-def spreadsheet_safe(value):
-    """A CSV cell value that no spreadsheet opens as a formula, whatever it splits cells on
-    (see the module doc)."""
-    if not isinstance(value, str) or not value:
-        return value
-    value = _safe_start(value)
-    if not _SEPARATORS.search(value):
-        return value
-    parts = _SEPARATORS.split(value)  # text, separator, text, ...: odd indexes separate
-    return "".join(part if i % 2 or i == 0 else _safe_start(part)
-                   for i, part in enumerate(parts))
-
-
-def spreadsheet_unsafe(value):
-    """Inverse of `spreadsheet_safe` (for reading an exported CSV back)."""
-    if not isinstance(value, str) or not value:
-        return value
-    if _SEPARATORS.search(value):
-        parts = _SEPARATORS.split(value)
-        value = "".join(part if i % 2 or i == 0 else _unsafe_start(part)
-                        for i, part in enumerate(parts))
-    return _unsafe_start(value)
-
-
 def _escape_frame(df: pd.DataFrame) -> pd.DataFrame:
     out = df.copy()
     for col in out.columns:
@@ -265,7 +206,7 @@ def case_images(db_path: str | pathlib.Path, study: str, *, source: str | None =
     """A study's stored stimulus PNGs (for evaluation against its real images): one dict per
     case with `case`, `source`, `modality`, `prompt`, `generator` and `path` (the stimulus file
     under `stimuli_dir`). `source` ('real' or 'synthetic') filters; cases in case order."""
-    from studies.database import stimuli_dir
+    from studies.storage.database import stimuli_dir
 
     with reading(db_path) as db:
         srow = study_row(db, study)
@@ -276,3 +217,14 @@ def case_images(db_path: str | pathlib.Path, study: str, *, source: str | None =
     folder = stimuli_dir(db_path)
     return [{"case": c, "source": s, "modality": m or "", "prompt": p or "", "generator": g or "",
              "path": folder / f"{sid}.png"} for c, s, m, p, g, sid in rows]
+
+
+def analyze_db(db_path, study: str, **kwargs) -> dict:
+    """`studies.stats.analysis.analyze` on `long_table(db_path, study)`.
+
+    The study name is passed on (the export's `study` column holds it, so the filter keeps
+    every row) so that `input.study` names the study even before anyone has answered.
+    """
+    from studies.stats.analysis import analyze  # lazy: scipy/statsmodels load only when analysing
+
+    return analyze(long_table(db_path, study), study=study, **kwargs)

@@ -2,7 +2,7 @@
 
 `create_study` reads a manifest (or an --images folder), decodes each file
 (`studies.imaging.load_image`), re-encodes it to the study's single form
-(`studies.stimuli.normalise` + `encode_png`: letterboxed square RGB PNG, no metadata)
+(`studies.imaging.stimuli.normalise` + `encode_png`: letterboxed square RGB PNG, no metadata)
 under a random opaque id, runs the leak audit (`studies.audit.audit_leaks`) and writes
 study, stimuli and cases in one transaction.
 
@@ -29,8 +29,9 @@ import time
 from collections.abc import Callable, Sequence
 
 from studies import audit as audit_mod
-from studies import imaging, sizing, stimuli
-from studies.database import (
+from studies import imaging
+from studies.imaging import sizing, stimuli
+from studies.storage.database import (
     log_action, open_db, reading, stimuli_dir, study_row, transaction, utc_now, write,
 )
 from studies.design import (
@@ -38,7 +39,7 @@ from studies.design import (
 )
 from studies.errors import IngestError, ManifestError, StudyError, StudyExists
 from studies.lifecycle import check_reader_title
-from studies.manifest import ManifestRow, read_images_dir, read_manifest
+from studies.imaging.manifest import ManifestRow, read_images_dir, read_manifest
 
 MIN_SIZE, MAX_SIZE = 32, 4096
 MAX_NAME = 200
@@ -157,7 +158,7 @@ def create_study(
 
     `reader_title`: the title readers see (`lifecycle.check_reader_title`; none: a neutral
     "Reader study"; the name itself is never shown to readers).
-    `size`: the stimulus side in pixels, or "auto" (`studies.sizing.auto_size`: the
+    `size`: the stimulus side in pixels, or "auto" (`studies.imaging.sizing.auto_size`: the
     largest multiple of 64 in [256, 1024] that does not enlarge most of the images).
     The audit report gains `scaling` (`audit.scaling_check`: images enlarged or reduced
     more than 2x, worst first). One transaction: on any error nothing is left behind

@@ -20,7 +20,7 @@ import json
 import pathlib
 import re
 
-from studies.database import log_action, reading, study_row, utc_now, write
+from studies.storage.database import log_action, reading, study_row, utc_now, write
 from studies.errors import StudyError
 
 STATUSES = ("open", "closed", "archived")

@@ -2,34 +2,16 @@
 
 `study_design(db_path, study)` gathers the design (tasks, stimulus size, options), the
 cases per source, generator and modality, the readers' profiles and progress, and the
-leak-audit verdict. `studies.report.render_html(result, design=...)` turns it into the
-report's design, audit, reader and methods sections; `software_versions()` lists the
-packages whose code computed the numbers.
+leak-audit verdict. `studies.stats.report.render_html(result, design=...)` turns it into the
+report's design, audit, reader and methods sections.
 """
 from __future__ import annotations
 
 import json
-import platform
-from importlib import metadata
 
 from studies.audit import is_flagged
-from studies.database import reading, study_row
+from studies.storage.database import reading, study_row
 from studies.design import StudyOptions
-
-PACKAGES = ("medisyn-studio", "numpy", "scipy", "pandas", "statsmodels", "plotly", "pydicom",
-            "nibabel", "Pillow")
-
-
-def software_versions() -> dict[str, str]:
-    """Python and the installed version of each package in PACKAGES (missing ones left out)."""
-    out = {"python": platform.python_version()}
-    for name in PACKAGES:
-        try:
-            out[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            continue
-    return out
-
 
 def study_design(db_path, study: str) -> dict:
     """{study, created_at, status, tasks, size, options, cases, readers, audit} of `study`."""

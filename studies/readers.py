@@ -40,8 +40,8 @@ import pathlib
 import secrets
 
 from studies import audit as audit_mod
-from studies import stimuli
-from studies.database import log_action, order_secret, reading, study_row, utc_now, write
+from studies.imaging import stimuli
+from studies.storage.database import log_action, order_secret, reading, study_row, utc_now, write
 from studies.design import (
     StudyOptions, choose_subset, make_pairs, pair_unit, reader_order,
 )

@@ -37,9 +37,14 @@ import json
 import pathlib
 import statistics
 
-from studies import stimuli, washout, writer_process
-from studies.database import log_action, reading, stimuli_dir, study_row, utc_now, write
-from studies.design import ATTENTION, TASKS, Task, attention_task
+from studies.imaging import stimuli
+
+from studies import washout
+
+from studies.storage import writer_process
+from studies.storage.database import log_action, reading, stimuli_dir, study_row, utc_now, write
+from studies.design import ATTENTION, attention_task
+from studies.stats.columns import TASKS, Task
 from studies.errors import NotAuthorised, SessionError, StudyError
 
 MAX_CLIENT_ID = 200
@@ -554,7 +559,7 @@ def _record_answer(db, reader_id: int, assignment_id: int, task: str, answer, du
                    client_id: str, shown: str | None, duration_flagged: bool, comment: str,
                    flag: int) -> Ack:
     """`submit`'s write transaction (its arguments already checked): module level, so the
-    writer process can be sent it by name (`studies.writer_process`)."""
+    writer process can be sent it by name (`studies.storage.writer_process`)."""
     prior = db.execute(
         "SELECT r.id, r.reader_id, r.task, r.rating, a.kind, c.source, a.completed_at, "
         "r.assignment_id, r.answer, a.expected, r.comment, r.non_diagnostic "

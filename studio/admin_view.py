@@ -46,7 +46,7 @@ from studies import readers as readers_mod
 from studies import session
 from studies.design import TASKS, StudyOptions
 from studies.errors import StudyError
-from studies.numbers import fmt_num, fmt_p, is_p_key, p_text
+from studies.stats.numbers import fmt_num, fmt_p, is_p_key, p_text
 from studio.plain_text import plain_markdown
 from studio.progress_format import ATTENTION_HEADER, attention_cell
 
@@ -104,7 +104,7 @@ def studies_table(db_path) -> pd.DataFrame:
 def _study_status(db_path, study: str, stored: str | None) -> str:
     """The status the Studies table shows: the stored one, except that an open study with
     no reader invited is a draft."""
-    from studies.database import reading, study_row
+    from studies.storage.database import reading, study_row
 
     if stored not in (None, "open"):
         return stored
@@ -115,7 +115,7 @@ def _study_status(db_path, study: str, stored: str | None) -> str:
 
 
 def _study_statuses(db_path) -> dict[str, str]:
-    from studies.database import reading
+    from studies.storage.database import reading
 
     with reading(db_path) as db:
         return {n: st for n, st in db.execute("SELECT name, status FROM studies")}
@@ -290,7 +290,7 @@ def study_options(tasks, *, training_cases=0, repeat_fraction=0.0, attention_che
 
 def _size(value) -> int | str:
     """A stimulus size from the form or a caller: "auto" (as the CLI) or whole pixels."""
-    from studies.sizing import parse_size
+    from studies.imaging.sizing import parse_size
 
     return value if isinstance(value, int) and not isinstance(value, bool) else parse_size(value)
 
@@ -571,7 +571,7 @@ def _reasoned(d: dict, key: str):
 
 
 def _fmt(v):
-    """The studies.numbers format (as in the CLI and the HTML report), as table text."""
+    """The studies.stats.numbers format (as in the CLI and the HTML report), as table text."""
     if isinstance(v, float):
         return fmt_num(v)
     if isinstance(v, (list, tuple)) and all(isinstance(x, (int, float)) or x is None for x in v):
@@ -610,7 +610,7 @@ def _reason_frame(text: str) -> pd.DataFrame:
 
 
 def turing_tables(result: dict) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """(pooled, per-reader) turing tables from `studies.analysis.analyze`'s result."""
+    """(pooled, per-reader) turing tables from `studies.stats.analysis.analyze`'s result."""
     t = result.get("turing") or {}
     pooled = t.get("pooled") or {}
     prow = {"readers": "all (pooled)", **{c: _reasoned(pooled, c) for c in _BINARY_COLS
@@ -700,7 +700,7 @@ def agreement_table(result: dict) -> pd.DataFrame:
 
 
 def remarks_markdown(flags: dict) -> str:
-    """The readers' non-diagnostic flags and comments (studies.remarks) in one line; case
+    """The readers' non-diagnostic flags and comments (studies.stats.remarks) in one line; case
     ids are the study's own text, escaped (plain_markdown)."""
     cases = flags.get("non_diagnostic_cases") or {}
     listed = ", ".join(f"{plain_markdown(c)} ({n})" for c, n in cases.items())
@@ -749,7 +749,7 @@ class Dashboard:
 
 def dashboard(db_path, study: str) -> Dashboard:
     """The statistics module's result, tables and figures for one study."""
-    from studies import analysis
+    from studies.stats import analysis
     from studies.export import long_table
 
     long_df = long_table(db_path, study)
@@ -765,7 +765,7 @@ def dashboard(db_path, study: str) -> Dashboard:
         pooled = _reason_frame(result.get("turing_reason") or "no turing responses yet")
     if per_reader.empty:
         per_reader = _reason_frame(result.get("turing_reason") or "no turing responses yet")
-    from studies import report
+    from studies.stats import report
 
     figures = [(report.figure_title(k), fig) for k, fig in report.figures(result).items()]
     n = int(len(long_df))
@@ -785,7 +785,7 @@ def _imrmc_refusal(db_path, study: str) -> str:
 
 def export_files(db_path, study: str, out_dir, *, actor="admin") -> list[pathlib.Path]:
     """The long and iMRMC exports and the self-contained HTML report, in `out_dir`."""
-    from studies import analysis, report
+    from studies.stats import analysis, report
     from studies.export import long_table, write_export
 
     out_dir = pathlib.Path(out_dir)

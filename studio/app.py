@@ -48,7 +48,7 @@ ADMIN_MAX_UPLOAD = 512 * 1024 * 1024  # a study zip
 
 
 def blocked_paths(db_path) -> list[str]:
-    from studies.database import stimuli_dir
+    from studies.storage.database import stimuli_dir
 
     db = pathlib.Path(db_path).resolve()
     return [str(stimuli_dir(db)), str(db), f"{db}-wal", f"{db}-shm",
@@ -119,7 +119,7 @@ def stimulus_response(db_path: str, view_id: str, token: str | None):
     reader whose token this is (a repeat or attention check has its own id; another
     reader's id, an answered read or no token: 404, the same answer as an unknown id). The
     stored bytes are sent as they are — already normalised and metadata-free
-    (`studies.stimuli`) — with no re-encoding and no file written. A missing or unreadable
+    (`studies.imaging.stimuli`) — with no re-encoding and no file written. A missing or unreadable
     file is logged for the admin and answered 503 in words."""
     from starlette.responses import PlainTextResponse, Response
 
@@ -161,7 +161,7 @@ def build_app(db_path, *, admin_auth: auth_mod.AdminAuth, model: str | None = No
         # own, and when the *last* connection to a WAL database closes, SQLite checkpoints
         # and removes the WAL — on every request. Keeping one open halves an answer's cost.
         try:
-            from studies.database import open_db
+            from studies.storage.database import open_db
 
             keeper = open_db(db_path, create=False)
         except Exception:  # no database yet, or unreadable: requests will say so
@@ -345,10 +345,10 @@ def launch(db_path, *, host: str = "127.0.0.1", port: int = 7860, model: str | N
 
 
 def start_writer(db_path, *, echo=print) -> bool:
-    """Start the writer process for the study database (`studies.writer_process`): under
+    """Start the writer process for the study database (`studies.storage.writer_process`): under
     many readers it keeps answer latency low. If it cannot start, the studio still runs,
     writing in this process (said through `echo`)."""
-    from studies import writer_process
+    from studies.storage import writer_process
     from studies.errors import StudyError
 
     try:
@@ -361,7 +361,7 @@ def start_writer(db_path, *, echo=print) -> bool:
 
 
 def stop_writer() -> None:
-    from studies import writer_process
+    from studies.storage import writer_process
 
     writer_process.stop()
 
@@ -421,7 +421,7 @@ def prepare(db_path, *, model=None, seed_demo=True, host="127.0.0.1", port=7860,
     the demo study on first start (seeded with `studio.demo.seed_demo`), a demo reader link."""
     import sqlite3
 
-    from studies.database import check_database_file
+    from studies.storage.database import check_database_file
     from studies.errors import StudyError
     from studies.ingest import list_studies
 

@@ -1,7 +1,7 @@
 """medisyn CLI commands: analysis (`study analyze`, `study power`).
 
-Thin wrappers over studies.analysis.analyze / analyze_db, studies.report.write_html and
-studies.power.
+Thin wrappers over studies.stats.analysis.analyze / studies.export.analyze_db, studies.stats.report.write_html and
+studies.stats.power.
 """
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import click
 
 from studio.cli import cli, study, model  # noqa: F401  (groups these commands attach to)
 from studio.cli import one_line_errors
-from studies.numbers import fmt_ci, fmt_num, p_text
+from studies.stats.numbers import fmt_ci, fmt_num, p_text
 
 _PROB = click.FloatRange(0, 1, min_open=True, max_open=True)  # a probability strictly inside (0, 1)
 
@@ -128,7 +128,8 @@ def format_summary(result: dict) -> str:
 @one_line_errors
 def analyze_cmd(db_path, study_name, responses, as_json, html_path, alpha):
     """Statistics of a reader study: accuracy, ROC/MRMC, agreement, Likert, ICC."""
-    from studies.analysis import analyze, analyze_db
+    from studies.export import analyze_db
+    from studies.stats.analysis import analyze
 
     if responses is not None and (db_path or study_name):
         raise click.UsageError("give either --responses or --db with --study, not both")
@@ -146,7 +147,7 @@ def analyze_cmd(db_path, study_name, responses, as_json, html_path, alpha):
     except (ValueError, KeyError) as exc:  # bad table or unknown study: one clear line
         raise click.ClickException(str(exc)) from exc
     if html_path is not None:
-        from studies.report import write_html
+        from studies.stats.report import write_html
 
         design = None
         if responses is None:  # a database knows the design, the audit and the readers
@@ -181,7 +182,7 @@ def analyze_cmd(db_path, study_name, responses, as_json, html_path, alpha):
 def power_cmd(readers, cases, accuracy, auc, auc2, reader_sd, prevalence, target_power, pilot, simulate,
               alpha, as_json):
     """Power (or readers × cases needed) for a visual Turing test, with between-reader variability."""
-    from studies import power
+    from studies.stats import power
 
     if (accuracy is None) == (auc is None):
         raise click.UsageError("give exactly one of --accuracy or --auc")

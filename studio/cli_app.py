@@ -49,7 +49,7 @@ def studio_command(host, port, db_path, model, base_url, no_demo, reset_admin_pa
                                echo=lambda msg: click.echo(msg, err=True))
     except app_mod.StartError as exc:
         raise click.ClickException(str(exc)) from None
-    from studies import settings
+    from studies.storage import settings
     from studies.errors import StudyError
 
     try:  # so that `medisyn study invite` later prints links to this studio

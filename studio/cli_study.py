@@ -96,7 +96,7 @@ def create_cmd(db_path, name, manifest, images_dir, size, tasks, training, repea
 
     from studies.errors import StudyError
 
-    from studies.sizing import parse_size
+    from studies.imaging.sizing import parse_size
 
     try:
         size = parse_size(size)
@@ -217,7 +217,7 @@ def audit_cmd(db_path, study_name, recompute, as_json, html_path):
 def invite_cmd(db_path, study_name, reader, csv_path, specialty, years_experience, base_url,
                reissue, acknowledge_leak):
     """Invite readers and print their personal links (shown once; only a hash is stored)."""
-    from studies import settings
+    from studies.storage import settings
     from studies.errors import ReaderError
     from studies.readers import invite, invite_csv, reader_link
 

@@ -11,7 +11,7 @@ runs. Stages, in order (docs/experiments.md):
     fidelity  per generator, overall and per modality (``evaluation.fidelity``)
     study     ``studies.ingest.create_study`` with the kept synthetic and the reference real
               images; its leak audit stops the run unless acknowledged; readers invited
-    analyze   ``studies.analysis.analyze_db`` on the answers so far
+    analyze   ``studies.export.analyze_db`` on the answers so far
     augment   (optional) ``evaluation.augment.run_augment`` on the same images
     report    OUT/report.md and OUT/report.html (``studio.experiment_report``)
 
@@ -1118,7 +1118,8 @@ def _inputs_analyze(ctx: _Ctx) -> dict:
 
 
 def _run_analyze(ctx: _Ctx):
-    from studies import analysis, session
+    from studies.stats import analysis
+    from studies import session
     from studies.errors import StudyError
 
     db, study = pathlib.Path(ctx.summary("study")["db"]), ctx.summary("study")["study"]
@@ -1138,7 +1139,7 @@ def _run_analyze(ctx: _Ctx):
     path = d / "analysis.json"
     _write_json(path, {"result": json.loads(json.dumps(result, default=analysis._json_default))
                        if result else None, "reason": reason, "progress": progress})
-    from studies.export import spreadsheet_safe
+    from studies.cells import spreadsheet_safe
 
     # for people to open, never read back: prompts and names must not run as spreadsheet formulas
     table.map(spreadsheet_safe).to_csv(d / "answers.csv", index=False)
@@ -1267,7 +1268,7 @@ class Status:
 
 
 def _alive(pid) -> bool:
-    from studies.writer_process import pid_alive
+    from studies.storage.writer_process import pid_alive
 
     return isinstance(pid, int) and pid > 0 and pid_alive(pid)
 

@@ -428,7 +428,7 @@ def build(out: pathlib.Path, cfg, stamps: dict) -> tuple[Doc, str]:
 
     doc.h(3, "Statistical methods", "statistics")
     answered.add("statistics")
-    from studies import report as study_report
+    from studies.stats import report as study_report
 
     methods = getattr(study_report, "METHODS", None) or []
     doc.items([f"{h}: {t}" for h, t in methods] or ["See docs/statistics.md."])
@@ -588,9 +588,9 @@ def _reader_rows(study: dict) -> list[list]:
 
 
 def _figures(result: dict) -> str:
-    """The study report's figures (studies.report.figures), plotly.js inline once."""
+    """The study report's figures (studies.stats.report.figures), plotly.js inline once."""
     try:
-        from studies import report as study_report
+        from studies.stats import report as study_report
 
         figs = study_report.figures(result)
     except Exception:  # noqa: BLE001 - too few answers for a figure: the tables stand

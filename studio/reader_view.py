@@ -65,8 +65,10 @@ import urllib.parse
 
 import gradio as gr
 
-from studies import lifecycle, readers, session, writer_process
-from studies.database import utc_now
+from studies import lifecycle, readers, session
+
+from studies.storage import writer_process
+from studies.storage.database import utc_now
 from studies.design import TASKS
 from studies.errors import (
     DatabaseNotFound, NotAStudyDatabase, NotAuthorised, ReaderError, SessionError, StudyError,

@@ -13,7 +13,7 @@ from PIL import Image
 
 from imaging_fixtures import dicom_sample, nifti_sample, skimage_sample, texture
 from studies.imaging import load_image
-from studies.stimuli import normalise
+from studies.imaging.stimuli import normalise
 
 SIZE = 256
 

@@ -16,7 +16,7 @@ from scipy import ndimage
 
 from studies.audit import AuditItem
 from studies.imaging import load_image
-from studies.stimuli import render_stimulus
+from studies.imaging.stimuli import render_stimulus
 
 
 def dicom_sample(name: str) -> str:

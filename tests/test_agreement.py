@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 from statsmodels.stats.inter_rater import cohens_kappa
 
-from studies import agreement
+from studies.stats import agreement
 from analysis_fixtures import null_without_reason, oracle_csv
 
 
@@ -175,7 +175,7 @@ def test_one_answer_reader_gets_null_se_consistently_in_both_paths(table, weight
     are exactly 0; floating-point noise used to make SE/z/p a number, 0 or null depending
     on its sign, differently in the scalar and vectorised paths."""
     from analysis_fixtures import null_without_reason
-    from studies.agreement import ONE_ANSWER, cohen_kappa, kappa_entries
+    from studies.stats.agreement import ONE_ANSWER, cohen_kappa, kappa_entries
 
     table = np.asarray(table, float)
     scalar = cohen_kappa(table, weights=weights)
@@ -190,7 +190,7 @@ def test_one_answer_reader_gets_null_se_consistently_in_both_paths(table, weight
 def test_variance_rounding_noise_is_zero_in_both_paths():
     """Perfect agreement: the asymptotic variance is exactly 0 in theory; both paths give
     an SE of exactly 0 (not 1e-9 from rounding), and the null SE stays positive."""
-    from studies.agreement import cohen_kappa, kappa_entries
+    from studies.stats.agreement import cohen_kappa, kappa_entries
 
     table = np.array([[5.0, 0.0, 0.0], [0.0, 6.0, 0.0], [0.0, 0.0, 3.0]])
     for weights in (None, "linear", "quadratic"):

@@ -5,9 +5,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from studies import agreement, mrmc
-from studies.analysis import analyze, analyze_db
-from studies.simulate import simulate_long
+from studies.stats import agreement, mrmc
+from studies.export import analyze_db
+from studies.stats.analysis import analyze
+from studies.stats.simulate import simulate_long
 from analysis_fixtures import assert_json_clean
 
 BINARY_KEYS = ("n", "accuracy", "sensitivity", "specificity", "fool_rate", "ci_wilson", "ci_clopper_pearson",
@@ -249,13 +250,10 @@ def test_unspecified_generator_is_its_own_treatment():
 
 
 def test_analyze_db_reads_the_long_table(monkeypatch):
-    import sys
-    import types
+    from studies import export
 
     df = simulate_long(2, 12, seed=14)
-    fake = types.ModuleType("studies.export")
-    fake.long_table = lambda db, name: df[df.study == name]
-    monkeypatch.setitem(sys.modules, "studies.export", fake)
+    monkeypatch.setattr(export, "long_table", lambda db, name: df[df.study == name])
     assert analyze_db("x.db", "sim")["turing"]["pooled"] == analyze(df)["turing"]["pooled"]
 
 
@@ -292,7 +290,7 @@ def test_analyze_db_end_to_end(tmp_path):
 
 
 def test_finalise_replaces_non_finite_values_with_reasons():
-    from studies.analysis import _finalise
+    from studies.stats.analysis import _finalise
 
     out = _finalise({"a": float("nan"), "b": np.int64(3), "c": [np.float64(1.5)], "d": np.inf,
                      "d_reason": "given", "e": (1, 2)})

@@ -1,5 +1,5 @@
 """One answer per question whatever the tabs, stalls and restarts; bounded waits on a
-stalled writer; a writer that heals (studies.session, studies.writer_process,
+stalled writer; a writer that heals (studies.session, studies.storage.writer_process,
 studio.reader_view)."""
 from __future__ import annotations
 
@@ -17,8 +17,8 @@ import uuid
 
 import pytest
 
-from studies import writer_process
-from studies.database import commit_together, open_db, study_row
+from studies.storage import writer_process
+from studies.storage.database import commit_together, open_db, study_row
 from studies.export import long_table
 from studies.readers import invite, reader_for_token
 from studies.session import AlreadyAnswered, _record_answer, next_case, submit
@@ -297,7 +297,7 @@ def test_a_page_from_before_a_restart_gets_the_out_of_date_screen(template, tmp_
 def test_a_killed_writer_is_logged_and_replaced(db, monkeypatch, caplog):
     monkeypatch.setattr(writer_process, "RESTART_PAUSE_S", 0.0)
     writer = writer_process.start(db)
-    caplog.set_level(logging.WARNING, logger="studies.writer_process")
+    caplog.set_level(logging.WARNING, logger="studies.storage.writer_process")
     writer.proc.send_signal(signal.SIGKILL)
     deadline = time.monotonic() + GUARD_S
     while time.monotonic() < deadline:
@@ -318,7 +318,7 @@ def test_a_killed_writer_is_logged_and_replaced(db, monkeypatch, caplog):
 
 def test_a_stopped_writer_exits_when_its_parent_dies(db):
     """A writer stopped (SIGSTOP) when its parent is killed does not stay behind."""
-    code = ("import sys, time; from studies import writer_process as w; "
+    code = ("import sys, time; from studies.storage import writer_process as w; "
             "wr = w.start(sys.argv[1]); print(wr.proc.pid, wr.folder, flush=True); "
             "time.sleep(600)")
     parent = subprocess.Popen([sys.executable, "-c", code, str(db)], stdout=subprocess.PIPE,

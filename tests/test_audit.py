@@ -14,7 +14,7 @@ from studies.audit import (
     AuditItem, AuditReport,
     audit_leaks, blockiness, is_flagged, stimulus_features,
 )
-from studies.stimuli import encode_png, normalise, render_stimulus
+from studies.imaging.stimuli import encode_png, normalise, render_stimulus
 
 
 @pytest.fixture(scope="module")

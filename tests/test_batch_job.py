@@ -91,7 +91,7 @@ def test_local_job_writes_pngs_and_a_manifest_the_study_ingest_accepts(tmp_path,
     assert {m["source"] for m in manifest} == {"synthetic"}
     assert manifest[3]["modality"] == "fundus photograph" and manifest[0]["group"] == "A"
 
-    from studies.manifest import read_manifest
+    from studies.imaging.manifest import read_manifest
     rows = read_manifest(result.manifest)
     assert [r.source for r in rows] == ["synthetic"] * 6
     assert rows[0].prompt == "AP Frontal Chest X-ray (CXR) of a male patient" and rows[0].case_id == "cxr_0"

@@ -7,7 +7,7 @@ import pytest
 from click.testing import CliRunner
 
 from studio.cli import cli
-from studies.simulate import simulate_long
+from studies.stats.simulate import simulate_long
 from analysis_fixtures import assert_json_clean
 
 

@@ -1,6 +1,6 @@
 """Many readers at once: threads and several processes writing to one database file, with
 the answers committed by the threads themselves or by each process's writer process
-(`studies.writer_process`). Every acknowledged response must be stored exactly once;
+(`studies.storage.writer_process`). Every acknowledged response must be stored exactly once;
 nothing acknowledged is lost."""
 import multiprocessing
 import threading
@@ -8,10 +8,10 @@ import uuid
 
 import pytest
 
-from studies.database import open_db
+from studies.storage.database import open_db
 from studies.design import StudyOptions
 from studies.readers import invite, reader_for_token
-from studies import writer_process
+from studies.storage import writer_process
 from studies.session import next_case, submit
 from study_fixtures import make_study
 

@@ -1,11 +1,11 @@
-"""studies.database: schema, pragmas, migrations, append-only responses, write retries."""
+"""studies.storage.database: schema, pragmas, migrations, append-only responses, write retries."""
 import sqlite3
 import threading
 
 import pytest
 
-from studies import database
-from studies.database import MIGRATIONS, SCHEMA_VERSION, open_db, transaction, write
+from studies.storage import database
+from studies.storage.database import MIGRATIONS, SCHEMA_VERSION, open_db, transaction, write
 
 TABLES = {"studies", "stimuli", "cases", "readers", "assignments", "responses", "audit_log",
           "schema_version"}

@@ -53,7 +53,7 @@ def test_reader_sees_both_tasks_and_the_prompt(seeded):
 def test_every_modality_has_real_and_synthetic_cases(seeded):
     db, _ = seeded
     # the long table lists answered slots only, so read the cases through the database instead
-    from studies.database import reading
+    from studies.storage.database import reading
 
     with reading(db) as conn:
         rows = conn.execute("SELECT modality, source FROM cases").fetchall()

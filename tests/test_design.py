@@ -7,9 +7,10 @@ import pytest
 
 from studies.design import (
     TASKS, StudyOptions, new_order_secret, reader_order, seeded_order_secret, select_training,
-    task_order, turing_call,
+    task_order,
 )
 from studies.errors import StudyError
+from studies.stats.columns import turing_call
 
 CASES = [f"c{i:03d}" for i in range(40)]
 S1, S2, S3, S5, S6 = (seeded_order_secret(k) for k in (1, 2, 3, 5, 6))

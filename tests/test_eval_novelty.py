@@ -187,7 +187,7 @@ def test_manifest_inputs_decode_like_ingest(tmp_path):
     from imaging_fixtures import dicom_sample
     from evaluation.images import list_images, load_normalised
     from studies.imaging import load_image
-    from studies.stimuli import normalise
+    from studies.imaging.stimuli import normalise
 
     from imaging_fixtures import rewrite_dicom
 

@@ -6,7 +6,8 @@ import pytest
 
 from studies.design import StudyOptions
 from studies.errors import StudyError, StudyNotFound
-from studies.export import IMRMC_COLUMNS, LONG_COLUMNS, imrmc_table, long_table, write_export
+from studies.export import imrmc_table, long_table, write_export
+from studies.stats.columns import IMRMC_COLUMNS, LONG_COLUMNS
 from studies.readers import invite, reader_for_token
 from studies.session import go_back, next_case, submit
 from study_fixtures import make_study
@@ -67,7 +68,7 @@ def test_long_table_columns_and_latest_wins(answered):
 
 
 def test_long_table_groups_feed_the_analysis_breakdown(answered):
-    from studies.analysis import analyze
+    from studies.stats.analysis import analyze
 
     result = analyze(long_table(answered, "exp"))
     by_group = result["turing"]["by_group"]

@@ -10,9 +10,9 @@ import uuid
 import pytest
 
 from studies.design import StudyOptions
+from studies.cells import FORMULA_PREFIXES, spreadsheet_safe, spreadsheet_unsafe
 from studies.export import (
-    FORMULA_PREFIXES, imrmc_table, long_table, read_long_csv, spreadsheet_safe,
-    spreadsheet_unsafe, write_export,
+    imrmc_table, long_table, read_long_csv, write_export,
 )
 from studies.ingest import create_study
 from studies.readers import invite, reader_for_token

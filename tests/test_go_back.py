@@ -12,9 +12,13 @@ import pandas as pd
 import pytest
 from click.testing import CliRunner
 
-from studies import database, lifecycle, readers, remarks, report, session
-from studies.analysis import analyze
-from studies.database import open_db
+from studies.storage import database
+
+from studies import lifecycle, readers, session
+
+from studies.stats import remarks, report
+from studies.stats.analysis import analyze
+from studies.storage.database import open_db
 from studies.design import StudyOptions
 from studies.errors import NotAuthorised, SessionError
 from studies.export import long_table, read_long_csv, write_export

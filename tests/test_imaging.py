@@ -238,7 +238,7 @@ def test_alpha_is_composited_on_black_and_exif_rotation_applied(tmp_path):
 
 
 def test_target_size_hint_reduces_early_without_changing_the_stimulus(tmp_path):
-    from studies.stimuli import normalise
+    from studies.imaging.stimuli import normalise
 
     rng = np.random.default_rng(1)
     big = (rng.random((1500, 1200, 3)) * 255).astype(np.uint8)

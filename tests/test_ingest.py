@@ -12,11 +12,11 @@ import pytest
 from PIL import Image
 
 from studies import ingest
-from studies.database import open_db, stimuli_dir
+from studies.storage.database import open_db, stimuli_dir
 from studies.design import StudyOptions
 from studies.errors import IngestError, ManifestError, StudyError, StudyExists
 from studies.ingest import audit_study, create_study
-from studies.stimuli import png_chunk_types
+from studies.imaging.stimuli import png_chunk_types
 from study_fixtures import files_under, make_manifest, write_images, write_manifest
 
 

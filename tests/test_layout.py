@@ -1,5 +1,7 @@
-"""The package boundaries of DEVELOPERS.md: studies and model_runtime never import
-studio or each other; studies imports neither gradio nor torch."""
+"""The layout is the dependency graph: import-linter's contracts (pyproject.toml) hold, no
+two modules import each other (directly or round a loop), no module reaches into another's
+`_private` names, and studio holds no SQL and writes no CSV (those belong to the library it
+wraps). See docs/architecture.md."""
 import ast
 import pathlib
 
@@ -9,7 +11,7 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 FORBIDDEN = {
     "studies": {"studio", "model_runtime", "gradio", "torch", "diffusers", "transformers"},
-    "model_runtime": {"studio", "studies", "gradio", "sqlite_utils", "sqlite3"},
+    "model_runtime": {"studio", "gradio", "sqlite_utils", "sqlite3"},
     "evaluation": {"studio", "gradio", "sqlite_utils", "sqlite3", "model_runtime"},
 }
 
@@ -85,3 +87,118 @@ def test_nothing_reads_a_shared_folder_beside_the_repository():
     oracles = ROOT / "tests" / "data" / "oracles"
     csvs = sorted(p.name for p in oracles.glob("*.csv"))
     assert csvs and all(name in (oracles / "README.md").read_text(encoding="utf-8") for name in csvs)
+
+
+PACKAGES = ("studio", "studies", "model_runtime", "evaluation")
+
+
+def test_import_contracts_hold():
+    """`lint-imports` (import-linter) on pyproject.toml's contracts; its report on failure."""
+    import subprocess
+    import sys
+
+    exe = pathlib.Path(sys.executable).with_name("lint-imports")
+    run = subprocess.run([str(exe), "--no-cache"], cwd=ROOT, capture_output=True, text=True)
+    assert run.returncode == 0, run.stdout[-4000:] + run.stderr[-2000:]
+
+
+def _module_name(path: pathlib.Path) -> str:
+    parts = path.relative_to(ROOT).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def _project_modules() -> dict[str, pathlib.Path]:
+    return {_module_name(f): f for pkg in PACKAGES for f in sorted((ROOT / pkg).rglob("*.py"))}
+
+
+def _imports(path: pathlib.Path, modules: dict) -> set[str]:
+    """Project modules `path` imports anywhere in its body (lazy imports count: a loop broken
+    by a function-level import is still a loop)."""
+    out = set()
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.Import):
+            names = [a.name for a in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            names = [node.module] + [f"{node.module}.{a.name}" for a in node.names]
+        else:
+            continue
+        for name in names:
+            if name in modules:
+                out.add(name)
+    return out
+
+
+def _cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """Strongly connected components with more than one module (Tarjan)."""
+    index, low, stack, on, out, counter = {}, {}, [], set(), [], [0]
+
+    def visit(v):
+        index[v] = low[v] = counter[0]
+        counter[0] += 1
+        stack.append(v)
+        on.add(v)
+        for w in sorted(graph.get(v, ())):
+            if w not in index:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in on:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            comp = []
+            while True:
+                w = stack.pop()
+                on.discard(w)
+                comp.append(w)
+                if w == v:
+                    break
+            if len(comp) > 1:
+                out.append(sorted(comp))
+
+    for v in sorted(graph):
+        visit(v) if v not in index else None
+    return out
+
+
+def test_cycle_finder_finds_a_loop():
+    assert _cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]
+    assert _cycles({"a": {"b"}, "b": set()}) == []
+
+
+def test_no_import_cycles_between_modules():
+    modules = _project_modules()
+    graph = {}
+    for name, path in modules.items():
+        # a package's __init__ importing its own children is how a package states its API
+        graph[name] = {m for m in _imports(path, modules)
+                       if m != name and not m.startswith(name + ".")}
+    assert _cycles(graph) == []
+
+
+def test_no_module_uses_another_modules_private_names():
+    modules = _project_modules()
+    bad = []
+    for name, path in modules.items():
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.ImportFrom) and node.module in modules and node.module != name:
+                bad += [f"{name}: {node.module}.{a.name}" for a in node.names
+                        if a.name.startswith("_") and not a.name.startswith("__")]
+    assert bad == []
+
+
+SQL = ("SELECT ", "INSERT INTO", "UPDATE ", "DELETE FROM", "CREATE TABLE", "PRAGMA ")
+
+
+def test_studio_holds_no_sql_and_writes_no_csv():
+    """The studio and the CLI call the same library function, so the SQL and the CSV
+    writers live in the library; studio only presents."""
+    bad = []
+    for path in sorted((ROOT / "studio").rglob("*.py")):
+        rel = str(path.relative_to(ROOT))
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.Constant) and isinstance(node.value, str):
+                text = node.value.upper()
+                if any(text.lstrip().startswith(k) for k in SQL) and (" FROM " in text or "INTO" in text or "SET" in text or "PRAGMA" in text):
+                    bad.append(f"{rel}:{node.lineno} SQL")
+            elif isinstance(node, ast.Attribute) and node.attr in {"to_csv", "writer", "DictWriter", "execute", "executemany"}:
+                bad.append(f"{rel}:{node.lineno} .{node.attr}")
+    assert bad == []

@@ -4,7 +4,7 @@ import pandas as pd
 import pytest
 from scipy.stats import mannwhitneyu
 
-from studies import likert
+from studies.stats import likert
 from analysis_fixtures import null_without_reason
 
 

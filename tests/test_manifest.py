@@ -1,10 +1,10 @@
-"""studies.manifest: columns, sources, path containment, --images folders."""
+"""studies.imaging.manifest: columns, sources, path containment, --images folders."""
 import os
 
 import pytest
 
 from studies.errors import ManifestError
-from studies.manifest import read_images_dir, read_manifest
+from studies.imaging.manifest import read_images_dir, read_manifest
 from study_fixtures import write_images, write_manifest
 
 

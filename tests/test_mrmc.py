@@ -2,7 +2,7 @@
 import numpy as np
 import pytest
 
-from studies import mrmc
+from studies.stats import mrmc
 from analysis_fixtures import null_without_reason, oracle_csv
 
 

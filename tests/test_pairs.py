@@ -9,13 +9,16 @@ from scipy import stats
 from statsmodels.stats.inter_rater import cohens_kappa, fleiss_kappa
 from statsmodels.stats.proportion import proportion_confint
 
-from studies import pairs, readers
-from studies.analysis import analyze, analyze_db
-from studies.database import open_db
+from studies.stats import pairs
+
+from studies import readers
+from studies.export import analyze_db
+from studies.stats.analysis import analyze
+from studies.storage.database import open_db
 from studies.design import StudyOptions, make_pairs, seeded_order_secret
 from studies.errors import StudyError
 from studies.export import long_table
-from studies.report import render_html
+from studies.stats.report import render_html
 from studies.session import next_case, submit
 from study_fixtures import make_study
 

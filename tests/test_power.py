@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from studies import power
+from studies.stats import power
 
 
 @pytest.mark.parametrize("readers,cases,acc,sd", [(5, 100, 0.6, 0.3), (10, 50, 0.58, 0.5), (20, 30, 0.55, 0.3)])

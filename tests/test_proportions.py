@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 from scipy.stats import binomtest
 
-from studies.proportions import (binary_summaries, binary_summary, binomial_p, clopper_pearson_ci,
+from studies.stats.proportions import (binary_summaries, binary_summary, binomial_p, clopper_pearson_ci,
                                  proportion, wilson_ci)
 from analysis_fixtures import null_without_reason
 

@@ -12,7 +12,7 @@ import uuid
 import pytest
 
 from studies import readers, session
-from studies.database import open_db
+from studies.storage.database import open_db
 from studies.design import (
     StudyOptions, choose_subset, make_pairs, pair_unit, reader_order, seeded_order_secret,
 )
@@ -177,7 +177,7 @@ class _Steps:
     def __init__(self, monkeypatch):
         import contextlib
 
-        from studies import database, writer_process
+        from studies.storage import database, writer_process
 
         self.n = 0
         real_reading, real_call = database.reading, writer_process.call

@@ -1,7 +1,7 @@
 """The paired (2AFC) task on the reader page (issue 13 item 3), without a browser: the
 handlers show both images of a read, each under its own per-read URL that works only with
 the reader's own token and only until the pair is answered; the stored answer is the side
-(`design.pair_call`); a CLI-created pair study can be completed; an event still sends
+(`columns.pair_call`); a CLI-created pair study can be completed; an event still sends
 one `gr.update`. The browser side is in test_reader_pair_browser.py."""
 from __future__ import annotations
 
@@ -13,9 +13,12 @@ from click.testing import CliRunner
 from studio_fixtures import leak_needles, make_loud_study, serve_studio, write_loud_manifest
 from test_studio_handlers import _queue_event, _text
 
-from studies import readers, session, stimuli
-from studies.database import open_db, stimuli_dir
-from studies.design import TASKS, StudyOptions, pair_call
+from studies import readers, session
+
+from studies.imaging import stimuli
+from studies.storage.database import open_db, stimuli_dir
+from studies.design import StudyOptions
+from studies.stats.columns import TASKS, pair_call
 from studies.export import long_table
 from studio import admin_view, auth, reader_view
 from study_fixtures import acknowledge_fixture_leak

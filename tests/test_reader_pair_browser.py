@@ -55,9 +55,9 @@ def _srcs(page) -> list[str]:
 
 
 def test_pair_answered_with_arrow_keys_and_nothing_leaks(browser, pair_studio, shots):
-    from studies import stimuli
-    from studies.database import open_db, stimuli_dir
-    from studies.design import TASKS, pair_call
+    from studies.imaging import stimuli
+    from studies.storage.database import open_db, stimuli_dir
+    from studies.stats.columns import TASKS, pair_call
     from studies.export import long_table
     from studio import reader_view
 

@@ -16,8 +16,8 @@ import sqlite3
 import pytest
 from click.testing import CliRunner
 
-from studies import database
-from studies.database import open_db, reading
+from studies.storage import database
+from studies.storage.database import open_db, reading
 from studies.design import StudyOptions
 from studies.errors import NotAStudyDatabase
 from studies.readers import invite, reader_for_token

@@ -4,9 +4,9 @@ import re
 
 import pytest
 
-from studies.analysis import analyze
-from studies.report import figures, render_html, write_html
-from studies.simulate import simulate_long
+from studies.stats.analysis import analyze
+from studies.stats.report import figures, render_html, write_html
+from studies.stats.simulate import simulate_long
 
 
 @pytest.fixture(scope="module")
@@ -139,7 +139,7 @@ def test_likert_group_breakdown_is_in_the_html():
 
 
 def test_agreement_heatmap_labels_undefined_kappa():
-    from studies.report import agreement_figure
+    from studies.stats.report import agreement_figure
 
     pairwise = {"pairs": [{"reader_a": "a", "reader_b": "b", "kappa": None},
                           {"reader_a": "a", "reader_b": "c", "kappa": 0.25},

@@ -8,10 +8,12 @@ import pandas as pd
 import pytest
 from click.testing import CliRunner
 
-from studies import numbers, readers
-from studies.analysis import analyze
+from studies.stats import numbers
+
+from studies import readers
+from studies.stats.analysis import analyze
 from studies.design import StudyOptions
-from studies.report import FIGURE_TITLES, figures, render_html
+from studies.stats.report import FIGURE_TITLES, figures, render_html
 from studies.session import next_case, submit
 from studio import admin_view
 from studio.cli import cli

@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 from sklearn.metrics import roc_auc_score, roc_curve
 
-from studies.roc import auc, delong, placements, placements_batch, roc_points
+from studies.stats.roc import auc, delong, placements, placements_batch, roc_points
 from analysis_fixtures import null_without_reason, oracle_csv
 
 

@@ -8,7 +8,7 @@ import signal
 
 import pytest
 
-from studies import writer_process
+from studies.storage import writer_process
 from studio_fixtures import make_loud_study, serve_studio
 from test_studio_browser import CHROMIUM_ARGS, _chromium
 

@@ -6,7 +6,7 @@ import uuid
 
 import pytest
 
-from studies.database import open_db, stimuli_dir
+from studies.storage.database import open_db, stimuli_dir
 from studies.design import StudyOptions, reader_order, seeded_order_secret
 from studies.errors import NotAuthorised, ReaderError, SessionError, StudyNotFound
 from studies.readers import invite, list_readers, reader_for_token, reader_link, token_hash

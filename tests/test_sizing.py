@@ -5,7 +5,9 @@ import pytest
 from click.testing import CliRunner
 from PIL import Image
 
-from studies import audit, sizing
+from studies import audit
+
+from studies.imaging import sizing
 from studies.ingest import audit_study, create_study
 from studio.cli import cli
 from study_fixtures import _pydicom_file

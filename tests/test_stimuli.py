@@ -10,7 +10,7 @@ from PIL import Image, PngImagePlugin
 
 from imaging_fixtures import dicom_sample, nifti_sample, skimage_sample
 from studies.imaging import load_image
-from studies.stimuli import (
+from studies.imaging.stimuli import (
     decode_png, encode_png, letterbox_geometry, new_stimulus_id, normalise, png_chunk_types,
     render_stimulus,
 )

@@ -18,8 +18,10 @@ import pytest
 
 from studio_fixtures import leak_needles, make_loud_study, serve_studio, write_loud_manifest
 
-from studies import readers, session, stimuli
-from studies.database import stimuli_dir
+from studies import readers, session
+
+from studies.imaging import stimuli
+from studies.storage.database import stimuli_dir
 from studies.export import long_table
 from studio import admin_view, auth, reader_view
 
@@ -156,7 +158,7 @@ def test_duration_uses_the_browsers_display_time_only_when_shorter(tmp_path, mon
     # A browser figure under 50 ms (0 included) is replaced by the server's and flagged.
     assert df["duration_flagged"].tolist() == [0, 0, 0, 0, 0, 0, 1, 1, 0]
     # shown_at follows the figure used: 1.8 s before the answer, not the server's send time
-    from studies.database import open_db
+    from studies.storage.database import open_db
     conn = open_db(db)
     try:
         first = conn.execute("SELECT shown_at, answered_at FROM responses ORDER BY id LIMIT 1").fetchone()
@@ -172,7 +174,7 @@ def test_two_tasks_prompt_only_with_alignment_and_training_feedback(tmp_path):
                                        training_cases=2)
     token = tokens["dr-a"]
     prompts = {r["prompt"] for r in rows}
-    from studies.database import open_db
+    from studies.storage.database import open_db
 
     with open_db(db) as conn:  # the prompt audit did not clear the texts
         conn.execute("UPDATE studies SET audit_report = json_set(coalesce(audit_report, "
@@ -601,7 +603,7 @@ def test_stimulus_route_per_read_per_reader_token_only(served_repeats):
     bytes are the stored PNG's, unchanged, no-store."""
     import httpx
 
-    from studies.database import open_db
+    from studies.storage.database import open_db
 
     url, db, tokens = served_repeats
     a, b = tokens["dr-a"], tokens["dr-b"]
@@ -700,7 +702,7 @@ def test_missing_stimulus_message_in_words_and_admin_sees_the_fault(served_repea
 
 
 def open_db_(db):
-    from studies.database import open_db
+    from studies.storage.database import open_db
     return open_db(db)
 
 
@@ -1358,7 +1360,7 @@ def test_reader_page_title_is_the_reader_title_never_the_internal_name(tmp_path)
 def test_training_feedback_after_a_reload_between_questions_grades_the_stored_call(tmp_path):
     """A reload between a training case's two questions loses the page's memory of the
     real/synthetic answer; the feedback still says whether that stored answer was right."""
-    from studies.database import open_db
+    from studies.storage.database import open_db
 
     db, rows, tokens = make_loud_study(tmp_path, tasks=("turing", "alignment"),
                                        training_cases=2)

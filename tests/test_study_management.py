@@ -10,12 +10,15 @@ import uuid
 import pytest
 from click.testing import CliRunner
 
-from studies import database, lifecycle, readers, settings, washout
-from studies.database import open_db
+from studies.storage import database, settings
+
+from studies import lifecycle, readers, washout
+from studies.storage.database import open_db
 from studies.design import StudyOptions, parse_duration, reader_order, seeded_order_secret
 from studies.errors import ReaderError, StudyError
-from studies.export import LONG_COLUMNS, long_table
-from studies.manifest import read_images_dir
+from studies.export import long_table
+from studies.stats.columns import LONG_COLUMNS
+from studies.imaging.manifest import read_images_dir
 from studies.session import next_case, submit
 from studio.cli import cli
 from study_fixtures import database_at_version, make_study, study, template  # noqa: F401 (fixtures)
@@ -159,7 +162,7 @@ def test_cases_per_reader_is_balanced_and_covers_every_case_evenly(tmp_path):
 
 
 def test_analysis_handles_the_incomplete_design(tmp_path):
-    from studies.analysis import analyze_db
+    from studies.export import analyze_db
 
     db, _ = make_study(tmp_path, "pilot", options=StudyOptions(cases_per_reader=6))
     for name in ("a", "b", "c", "d"):

@@ -197,7 +197,7 @@ def test_cli_passes_forwarded_allow_ips_to_the_server(monkeypatch, tmp_path):
 
     monkeypatch.setattr(app_mod, "prepare", fake_prepare)
     monkeypatch.setattr(app_mod, "launch", lambda *a, **kw: seen.update(kw))
-    monkeypatch.setattr("studies.settings.set_base_url", lambda *a, **kw: None)
+    monkeypatch.setattr("studies.storage.settings.set_base_url", lambda *a, **kw: None)
     res = CliRunner().invoke(cli, ["studio", "--db", str(tmp_path / "s.db"),
                                    "--forwarded-allow-ips", "10.0.0.2"])
     assert res.exit_code == 0, res.output
@@ -334,7 +334,7 @@ def _live_pieces(cell: str) -> list[str]:
     "=a;=b", "ok; fine", "'lead;=x",
 ])
 def test_formula_after_a_separator_is_neutralised_and_reversible(value):
-    from studies.export import spreadsheet_safe, spreadsheet_unsafe
+    from studies.cells import spreadsheet_safe, spreadsheet_unsafe
 
     safe = spreadsheet_safe(value)
     assert _live_pieces(safe) == []
@@ -381,7 +381,7 @@ def test_augment_csv_writer_is_spreadsheet_safe(tmp_path):
 
 # ------------------------------------------------------------------------------ fast answers
 def test_fast_answers_are_counted_per_reader():
-    from studies.analysis import FAST_ANSWER_MS, analyze
+    from studies.stats.analysis import FAST_ANSWER_MS, analyze
 
     rows = []
     for reader, durations in (("fast", [120, 300, 4000, 200]), ("slow", [2500, 3100, 1800, 5000])):

@@ -1,4 +1,4 @@
-"""The writer process (studies.writer_process): writes sent to a process of its own, its
+"""The writer process (studies.storage.writer_process): writes sent to a process of its own, its
 failures, its lifetime and who may talk to it. The functions it runs are this module's,
 found by name through PYTHONPATH, as the library's own are."""
 from __future__ import annotations
@@ -17,8 +17,8 @@ import pytest
 from multiprocessing import AuthenticationError
 from multiprocessing.connection import Client
 
-from studies import writer_process
-from studies.database import commit_together, open_db
+from studies.storage import writer_process
+from studies.storage.database import commit_together, open_db
 from studies.errors import NotAuthorised, SessionError, StudyError
 from studies.readers import invite, reader_for_token
 from studies.session import next_case, submit
@@ -213,7 +213,7 @@ def test_start_refuses_what_is_not_a_study_database(tmp_path):
 
 
 def test_the_writer_ends_with_the_process_that_started_it(db):
-    code = ("import os, sys; from studies import writer_process as w; wr = w.start(sys.argv[1]); "
+    code = ("import os, sys; from studies.storage import writer_process as w; wr = w.start(sys.argv[1]); "
             "print(wr.proc.pid, wr.folder, flush=True); os._exit(0)")  # no clean-up at exit
     out = subprocess.run([sys.executable, "-c", code, str(db)], capture_output=True, text=True,
                          timeout=120, env={**os.environ, "PYTHONPATH": str(HERE.parent)})

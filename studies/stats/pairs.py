@@ -24,9 +24,9 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from studies import agreement
-from studies.proportions import binomial_p, clopper_pearson_ci, readers_t_test
-from studies.proportions import null_fields as _null
+from studies.stats import agreement
+from studies.stats.proportions import binomial_p, clopper_pearson_ci, readers_t_test
+from studies.stats.proportions import null_fields as _null
 
 TASK = "pair"
 INTERPRETATION = ("In a two-alternative forced choice the proportion correct estimates the "

@@ -7,7 +7,7 @@ readers an answer took ~1 ms inside its batch instead of 0.15 ms, and `submit` w
 ~30 ms (docs/benchmarks.md). A separate process has its own interpreter lock, so the
 batch runs at full speed on the other core while this process serves reads.
 
-How: `start(db_path)` launches `python -m studies.writer_process`, which listens on a Unix
+How: `start(db_path)` launches `python -m studies.storage.writer_process`, which listens on a Unix
 socket in a private (0700) temporary folder; a random key from `secrets`, sent on its
 standard input (never on the command line), authenticates every connection
 (multiprocessing's HMAC handshake). `call(db_path, fn, *args)` sends `(fn, args)` — `fn`
@@ -62,7 +62,7 @@ from collections.abc import Callable
 from multiprocessing.connection import (Connection, Listener, answer_challenge,
                                         deliver_challenge, wait)
 
-from studies import database
+from studies.storage import database
 from studies.errors import StudyError
 
 log = logging.getLogger(__name__)
@@ -180,7 +180,7 @@ def start(db_path: str | pathlib.Path) -> Writer:
         env = dict(os.environ)
         root = str(pathlib.Path(__file__).resolve().parents[1])  # where `studies` lives
         env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH")) if p)
-        proc = _spawn([sys.executable, "-m", "studies.writer_process", key, address,
+        proc = _spawn([sys.executable, "-m", "studies.storage.writer_process", key, address,
                        str(os.getpid())], env)
         try:
             proc.stdin.write(authkey.hex().encode() + b"\n")

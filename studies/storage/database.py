@@ -16,7 +16,7 @@ process's writer slot runs every queued function in one `BEGIN IMMEDIATE` transa
 each inside its own SAVEPOINT (one failing function rolls back only itself), commits once
 (`synchronous` unchanged, so one durable fsync covers the batch) and only then acknowledges
 each caller. Other processes still meet at SQLite's lock, as before; the studio's answers
-go to a writer process of their own (`studies.writer_process`, which commits what reaches
+go to a writer process of their own (`studies.storage.writer_process`, which commits what reaches
 it together through `commit_together`). The batch runs on
 a connection kept open for the next batch (`MAX_KEPT_WRITERS` databases at most, LRU; it
 is re-opened when the file at the path is no longer the one it opened): opening a
@@ -568,7 +568,7 @@ def commit_together(db_path: str | pathlib.Path,
     SAVEPOINT (a failing one rolls back only itself), commit once, and return each one's
     `(result, None)` or `(None, exception)`, in order — after the commit. The same rules
     as for `write` apply to each function. This is how the writer process
-    (`studies.writer_process`) commits the requests that reached it together."""
+    (`studies.storage.writer_process`) commits the requests that reached it together."""
     key, queue = _queue_for(db_path)
     batch = [_Job(fn) for fn in fns]
     with queue.slot:

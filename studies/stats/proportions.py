@@ -139,7 +139,7 @@ def null_fields(out: dict, keys, reason: str) -> dict:
 def readers_t_test(values, *, alpha: float = 0.05, measure: str = "accuracy") -> dict:
     """Two-sided one-sample t-test of per-reader `measure` (a proportion) against 0.5,
     readers as the sample: the random-readers test that generalises to new readers, unlike
-    the pooled binomial test (`studies.power.accuracy_power` plans for it). The t interval
+    the pooled binomial test (`studies.stats.power.accuracy_power` plans for it). The t interval
     is clipped to [0, 1] (`clip_ci`), as it can pass 1 with few readers."""
     from scipy import stats
 

@@ -23,7 +23,7 @@ Large inputs: a pixel limit is checked from the headers before any pixel data is
 or volumes, `TOTAL_PIXEL_FACTOR` times that). Only the requested DICOM frame and NIfTI
 slice are decoded. `target_size` lets a caller that will shrink the image anyway box-reduce
 it by an integer factor right after decoding; this is the same reduction
-`studies.stimuli.normalise` applies (PIL's `reducing_gap`), so the stimulus is unchanged.
+`studies.imaging.stimuli.normalise` applies (PIL's `reducing_gap`), so the stimulus is unchanged.
 """
 from __future__ import annotations
 

@@ -33,10 +33,10 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
-from studies import agreement, likert, mrmc, pairs, remarks, roc
-from studies.proportions import binary_summaries, binary_summary
-from studies.proportions import null_fields as _null
-from studies.proportions import readers_t_test
+from studies.stats import agreement, likert, mrmc, pairs, remarks, roc
+from studies.stats.proportions import binary_summaries, binary_summary
+from studies.stats.proportions import null_fields as _null
+from studies.stats.proportions import readers_t_test
 
 SCHEMA_VERSION = 1
 COLUMNS = ("study", "reader", "case", "task", "source", "generator", "modality", "prompt",
@@ -206,7 +206,7 @@ def _check_scales(df: pd.DataFrame) -> None:
     """Refuse a rating off its task's scale (turing 1–6, Likert 1–5; whole numbers), naming
     the first such row: the studio never records one, so it is an edited or foreign file,
     and dropping it silently in some statistics but not others would be worse."""
-    from studies.design import TASKS
+    from studies.stats.columns import TASKS
 
     for task in TASK_NAMES:
         values = TASKS[task].values
@@ -706,14 +706,3 @@ def _json_default(obj):
     if isinstance(obj, np.ndarray):
         return obj.tolist()
     raise TypeError(type(obj).__name__)
-
-
-def analyze_db(db_path, study: str, **kwargs) -> dict:
-    """analyze() on `studies.export.long_table(db_path, study)`.
-
-    The study name is passed on (the export's `study` column holds it, so the filter keeps
-    every row) so that `input.study` names the study even before anyone has answered.
-    """
-    from studies.export import long_table  # lazy: the export module is optional for analyze()
-
-    return analyze(long_table(db_path, study), study=study, **kwargs)

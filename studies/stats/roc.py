@@ -4,7 +4,7 @@ Placement values (DeLong, DeLong & Clarke-Pearson 1988, Biometrics 44:837; Hanle
 Hajian-Tilaki 1997): for a positive case i, V10_i is the fraction of negatives it
 out-scores (ties count 1/2); for a negative j, V01_j is the fraction of positives that
 out-score it. AUC = mean(V10) = mean(V01). They give the DeLong variance and, in
-`studies.mrmc`, every jackknife AUC in O(1). Computed with sorted search, O(n log n).
+`studies.stats.mrmc`, every jackknife AUC in O(1). Computed with sorted search, O(n log n).
 
 Scores are oriented so that higher = more likely positive (synthetic for the Turing task).
 """

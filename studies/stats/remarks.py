@@ -16,7 +16,7 @@ import re
 
 import pandas as pd
 
-from studies.proportions import null_fields
+from studies.stats.proportions import null_fields
 
 NO_COLUMNS = "the table has no non_diagnostic column (exported before comments and flags existed)"
 

@@ -6,14 +6,16 @@ Everything here reads the JSON-ready result only, so a report can be rebuilt fro
 from __future__ import annotations
 
 import html
+import platform
 import statistics
+from importlib import metadata
 from pathlib import Path
 
 import plotly.graph_objects as go
 
-from studies.design import TASKS
-from studies.likert import MWU_TEST
-from studies.numbers import fmt_num, fmt_p, is_p_key, p_text
+from studies.stats.columns import TASKS
+from studies.stats.likert import MWU_TEST
+from studies.stats.numbers import fmt_num, fmt_p, is_p_key, p_text
 
 # (heading, text): each test named with its reference; tests/test_report.py checks the pairs
 METHODS = [
@@ -391,7 +393,7 @@ def _likert_html(task: str, s: dict) -> list[str]:
 
 
 def remarks_html(result: dict) -> list[str]:
-    """Readers' non-diagnostic flags and comments (studies.remarks): counts and the flagged
+    """Readers' non-diagnostic flags and comments (studies.stats.remarks): counts and the flagged
     case ids for the researcher to check; comment texts stay in the export."""
     flags = result.get("reader_flags")
     if not isinstance(flags, dict):
@@ -586,16 +588,30 @@ def methods_paragraph(result: dict, design: dict | None, versions: dict | None) 
     return " ".join(out)
 
 
+PACKAGES = ("medisyn-studio", "numpy", "scipy", "pandas", "statsmodels", "plotly", "pydicom",
+            "nibabel", "Pillow")
+
+
+def software_versions() -> dict[str, str]:
+    """Python and the installed version of each package in PACKAGES (missing ones left out)."""
+    out = {"python": platform.python_version()}
+    for name in PACKAGES:
+        try:
+            out[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            continue
+    return out
+
+
 def render_html(result: dict, *, title: str | None = None, design: dict | None = None,
                 generated_at: str | None = None, versions: dict | None = None) -> str:
     """One self-contained HTML document (plotly.js inline, once).
 
     design: `studies.methods.study_design` (adds the design, readers and leak-audit
     sections and a methods paragraph); generated_at: the date line (default: now, UTC);
-    versions: `studies.methods.software_versions()` (the default)."""
+    versions: `software_versions()` (the default)."""
     import datetime as _dt
 
-    from studies.methods import software_versions
 
     study = result.get("input", {}).get("study")
     title = title or (f"Reader study report — {study}" if study else "Reader study report")

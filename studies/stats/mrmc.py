@@ -33,8 +33,8 @@ import itertools
 import numpy as np
 from scipy import stats
 
-from studies.proportions import clip_ci
-from studies.roc import placements_batch
+from studies.stats.proportions import clip_ci
+from studies.stats.roc import placements_batch
 
 METHOD = ("Obuchowski–Rockette ANOVA of empirical (Wilcoxon) AUCs, jackknife covariances "
           "(via placement values), Hillis (2007) denominator degrees of freedom")

@@ -27,7 +27,7 @@ import numpy as np
 from scipy import stats
 from statsmodels.stats.inter_rater import cohens_kappa, fleiss_kappa as _sm_fleiss_kappa
 
-from studies.proportions import null_fields as _null
+from studies.stats.proportions import null_fields as _null
 
 ICC_FORMS = ("ICC1", "ICC2", "ICC3", "ICC1k", "ICC2k", "ICC3k")
 VAR_RTOL = 1e-9

@@ -1,0 +1,16 @@
+"""Reader-study statistics: pure functions of the long table (no SQLite, no web).
+
+    columns      the tasks, their scales and the long/iMRMC table columns (once)
+    analysis     data rules and the assembled result (`analyze`)
+    proportions  binary summaries, Wilson/Newcombe intervals, reader-level t-tests
+    roc, mrmc    AUC and Obuchowski-Rockette MRMC (checked against iMRMC's published outputs)
+    agreement    Fleiss/Cohen kappa, Krippendorff alpha, ICC
+    likert       ordinal summaries and Mann-Whitney tests
+    pairs        paired two-alternative forced choice
+    remarks      comments and non-diagnostic flags
+    power        sample-size planning; simulate: synthetic long tables for tests and planning
+    numbers      one way to print a statistic
+    report       the self-contained HTML report
+
+Imports nothing else of the project except `studies.errors`.
+"""
