@@ -25,8 +25,8 @@ def main() -> None:
 
     from model_runtime.generation import GenerationRequest, generate
     from model_runtime.loading import load
-    from studio.demo_data import MODALITIES
-    from studio.embedded_model import read_defaults
+    from studio.demo.data import MODALITIES
+    from studio.demo.embedded_model import read_defaults
 
     torch.set_num_threads(args.threads)
     t0 = time.perf_counter()

@@ -1,9 +1,9 @@
-"""Error rates of the experiment's novelty gate (`studio.experiment.calibrated_novelty`) on planted cases.
+"""Error rates of the experiment's novelty gate (`studio.experiment.pipeline.calibrated_novelty`) on planted cases.
 
     PYTHONPATH=$PWD OMP_NUM_THREADS=1 .venv/bin/python benchmarks/bench_experiment_novelty.py \
         [--samples 180] [--repeats 3] [--size 128]
 
-Real images: `studio.demo_data`'s training crops (all six modalities) and its held-out demo images,
+Real images: `studio.demo.data`'s training crops (all six modalities) and its held-out demo images,
 one group per source file (slices, frames and regions of one file stay together). Each repeat splits them by group (`split_groups`, 30 % of each
 modality's groups held out, a new seed per repeat) and runs the pipeline's rule: one call of
 `evaluation.novelty.run_novelty` with the held-out part as `holdout` (split-conformal thresholds at
@@ -64,9 +64,9 @@ def main() -> None:
     ap.add_argument("--json", type=pathlib.Path, default=None)
     args = ap.parse_args()
 
-    from studio import demo_data
+    from studio.demo import data as demo_data
     from evaluation.novelty import DEFAULT_MEASURES, wilson
-    from studio.experiment import calibrated_novelty, demo_group, split_groups
+    from studio.experiment.pipeline import calibrated_novelty, demo_group, split_groups
 
     results = []
     with tempfile.TemporaryDirectory(prefix="medisyn-bench-expnov-") as tmp:

@@ -263,8 +263,8 @@ def main() -> None:
 
     from studies import readers as readers_mod
     from studies.export import long_table
-    from studio import app as app_mod
-    from studio import auth
+    from studio.web import app as app_mod
+    from studio.web import auth
 
     rng = random.Random(args.seed)
     tmp = pathlib.Path(tempfile.mkdtemp(prefix="bench-faults-"))

@@ -27,7 +27,7 @@ def lora(args) -> None:
     import torch
 
     from model_runtime.finetune import FinetuneConfig, finetune
-    from studio import demo_data
+    from studio.demo import data as demo_data
 
     torch.set_num_threads(1)
     work = pathlib.Path(args.work or tempfile.mkdtemp(prefix="bench-finetune-"))
@@ -48,7 +48,7 @@ def lora(args) -> None:
 
 def augment(args) -> None:
     from evaluation.augment import AugmentConfig
-    from studio.augment_demo import run_demo
+    from studio.experiment.augment_demo import run_demo
 
     work = pathlib.Path(args.work or tempfile.mkdtemp(prefix="bench-augment-"))
     cfg = AugmentConfig(n_real=args.n_real, synthetic=tuple(int(v) for v in args.amounts.split(",")),

@@ -108,8 +108,8 @@ def main() -> None:
     from studio_fixtures import make_loud_study
 
     from studies import readers, session
-    from studio import app as app_mod
-    from studio import auth
+    from studio.web import app as app_mod
+    from studio.web import auth
 
     tmp = pathlib.Path(tempfile.mkdtemp(prefix="bench-login-"))
     db, _, tokens = make_loud_study(tmp, n_cases=4, size=256, readers=("dr-a",))

@@ -172,8 +172,8 @@ def main() -> None:
 
     from studies import readers as readers_mod
     from studies.export import long_table
-    from studio import app as app_mod
-    from studio import auth
+    from studio.web import app as app_mod
+    from studio.web import auth
 
     tmp = pathlib.Path(tempfile.mkdtemp(prefix="bench-studio-"))
     db, _, _ = make_loud_study(tmp, n_cases=max(10, args.answers), size=args.size, readers=())

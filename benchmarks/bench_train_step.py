@@ -108,7 +108,7 @@ def main(argv=None) -> None:
     import torch
 
     from model_runtime import loading
-    from studio import demo_data
+    from studio.demo import data as demo_data
 
     torch.set_num_threads(1)
     work = pathlib.Path(tempfile.mkdtemp(prefix="bench-train-step-"))

@@ -38,8 +38,8 @@ def main() -> None:
     from evaluation.novelty import run_novelty
     from model_runtime.generation import GenerationRequest, generate
     from model_runtime.loading import load
-    from studio import demo_data
-    from studio.embedded_model import read_defaults
+    from studio.demo import data as demo_data
+    from studio.demo.embedded_model import read_defaults
 
     torch.set_num_threads(args.threads)
     out = args.out
@@ -116,7 +116,7 @@ def write_sources(folder) -> None:
     """Every distinct decoded training image (slice/frame/region) at the native size, centred square."""
     from PIL import Image
 
-    from studio import demo_data
+    from studio.demo import data as demo_data
 
     folder.mkdir(parents=True, exist_ok=True)
     n = 0

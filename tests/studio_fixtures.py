@@ -97,8 +97,8 @@ def serve_studio(db_path, *, password: str = "pw-test", writer_process: bool = T
     """The whole studio app for `db_path` on a free port (admin `admin`/`password`), with
     its writer process as `medisyn studio` runs it: yields (base url, {reader event name:
     fn index}) and stops the server and the writer after."""
-    from studio import app as app_mod
-    from studio import auth
+    from studio.web import app as app_mod
+    from studio.web import auth
 
     creds = auth.AdminCredentials.from_password("admin", password, "env")
     app = app_mod.build_app(db_path, admin_auth=auth.AdminAuth(creds), **build_kwargs)

@@ -92,7 +92,7 @@ def test_cli_add(tmp_path, draft):
 
 
 def test_studio_send_to_study_adds_a_batch(tmp_path, draft):
-    from studio.generate_view import send_to_study
+    from studio.admin.generate import send_to_study
 
     db_path, _ = draft
     before = len(_cases(db_path))

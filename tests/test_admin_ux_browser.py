@@ -29,8 +29,8 @@ def admin_studio(tmp_path_factory):
     from studies.design import StudyOptions
     from studies.ingest import audit_study, create_study
     from studies.session import next_case, submit
-    from studio import app as app_mod
-    from studio import auth
+    from studio.web import app as app_mod
+    from studio.web import auth
 
     tmp = tmp_path_factory.mktemp("admin-ux")
     db = tmp / "studio.db"

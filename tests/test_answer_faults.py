@@ -1,6 +1,6 @@
 """One answer per question whatever the tabs, stalls and restarts; bounded waits on a
 stalled writer; a writer that heals (studies.session, studies.storage.writer_process,
-studio.reader_view)."""
+studio.reader.view)."""
 from __future__ import annotations
 
 import json
@@ -109,7 +109,7 @@ def test_stall_reload_answer_exports_the_acknowledged_value(db):
     """Submit hangs (the writer is stopped), the reader reloads and answers the same
     question again with another value: one of the two is acknowledged, the other refused
     with the current case shown, and the export holds the acknowledged value."""
-    from studio import reader_view
+    from studio.reader import view as reader_view
 
     token = invite(db, "pilot", "reloader")
     writer = writer_process.start(db)
@@ -146,7 +146,7 @@ def test_stall_reload_answer_exports_the_acknowledged_value(db):
 def test_the_last_case_answered_twice_tells_the_refused_tab_so(db):
     """At the last case the refused answer leads to the finish screen: it says the answer
     on that page was not the one kept, so it is not taken for an acknowledgement."""
-    from studio import reader_view
+    from studio.reader import view as reader_view
 
     token = invite(db, "pilot", "last-case")
     ref = reader_for_token(db, token)
@@ -195,8 +195,8 @@ def test_a_stalled_writer_reaches_its_deadline_and_other_readers_pages_load(
     even with every reader slot of old taken by waiting answers."""
     import httpx
 
-    from studio import app as app_mod
-    from studio import reader_view
+    from studio.web import app as app_mod
+    from studio.reader import view as reader_view
     from studio_fixtures import serve_studio
 
     db = copy_study(template, tmp_path)
@@ -368,7 +368,7 @@ def test_the_wal_is_emptied_when_the_writer_is_idle(db):
 def test_the_admin_is_warned_when_disk_space_runs_low(db, monkeypatch):
     import shutil
 
-    from studio import admin_view
+    from studio.admin import view as admin_view
 
     assert admin_view.disk_warning(db) == "" or shutil.disk_usage(db.parent).free < 1024**3
     usage = shutil.disk_usage(db.parent)

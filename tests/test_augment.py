@@ -327,7 +327,7 @@ def test_demo_on_shipped_images_runs_end_to_end(tmp_path):
     """Tiny scale: real crops from the training views, held-out test crops, synthetic images from the
     embedded model; held-out test images come from other files/slices than the real pool."""
     from model_runtime import registry
-    from studio.augment_demo import run_demo
+    from studio.experiment.augment_demo import run_demo
 
     if not registry.get("embedded").available():
         pytest.skip("embedded model not built")

@@ -8,7 +8,7 @@ from click.testing import CliRunner
 from studies import readers
 from studies.design import StudyOptions
 from studies.session import next_case, submit
-from studio import admin_view
+from studio.admin import view as admin_view
 from studio.cli import cli
 from study_fixtures import make_study
 

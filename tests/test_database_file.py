@@ -40,7 +40,7 @@ def _snapshot(tmp_path):
 
 
 def test_studio_refuses_a_file_that_is_not_a_study_database(tmp_path, monkeypatch):
-    from studio import app as app_mod
+    from studio.web import app as app_mod
 
     launched = []
     monkeypatch.setattr(app_mod, "launch", lambda *a, **k: launched.append(a))

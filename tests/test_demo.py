@@ -9,7 +9,7 @@ pytest.importorskip("torch")
 from studies import readers, session  # noqa: E402
 from studies.export import long_table  # noqa: E402
 from studies.ingest import list_studies  # noqa: E402
-from studio import demo  # noqa: E402
+from studio.demo import study as demo  # noqa: E402
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 MODEL = ROOT / "assets" / "medisyn-mini"

@@ -1,4 +1,4 @@
-"""studio.demo_data: the embedded model's training set and the demo study's held-out real images."""
+"""studio.demo.data: the embedded model's training set and the demo study's held-out real images."""
 import csv
 import hashlib
 import pathlib
@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from studio import demo_data
+from studio.demo import data as demo_data
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 

@@ -11,8 +11,10 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from studio import demo_data, model_quality  # noqa: E402
-from studio.embedded_model import read_defaults  # noqa: E402
+from studio.demo import data as demo_data  # noqa: E402
+
+from studio.demo import model_quality
+from studio.demo.embedded_model import read_defaults  # noqa: E402
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 MODEL = ROOT / "assets" / "medisyn-mini"
@@ -88,7 +90,7 @@ def test_declared_modalities_agree_across_registry_model_folder_and_card():
     import pathlib
 
     from model_runtime import modalities, registry
-    from studio.embedded_model import GenerationDefaults, read_defaults
+    from studio.demo.embedded_model import GenerationDefaults, read_defaults
 
     entry = registry.get("embedded")
     in_folder = modalities.declared(path=entry.local_path)

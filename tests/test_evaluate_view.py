@@ -11,7 +11,8 @@ import pytest
 from study_fixtures import make_study
 
 from evaluation.errors import EvaluationError
-from studio import admin_view, evaluate_view
+from studio.admin import view as admin_view
+from studio.admin import evaluate as evaluate_view
 
 
 class _Auth:
@@ -97,7 +98,7 @@ def test_evaluate_cancel_ends_running_and_waiting_runs_without_gradios_cancel(st
     import threading
 
     from evaluation.errors import EvaluationCancelled
-    from studio.run_slots import RunSlots
+    from studio.admin.run_slots import RunSlots
 
     tmp, db = study
     started = []

@@ -1,4 +1,4 @@
-"""The experiment pipeline (studio.experiment): config validation, and one small run end to end on
+"""The experiment pipeline (studio.experiment.pipeline): config validation, and one small run end to end on
 the images installed packages ship, with the embedded model and answers given through the study
 library."""
 import csv
@@ -15,7 +15,7 @@ from PIL import Image
 from studies import readers
 from studies.ingest import list_studies
 from studies.session import next_case, submit
-from studio import experiment as E
+from studio.experiment import pipeline as E
 from studio.cli import cli
 
 MINIMAL = """
@@ -173,7 +173,7 @@ def test_small_experiment_end_to_end(tmp_path):
     assert out.exit_code == 0 and "novelty   done" in out.output and "dr-a" in out.output
 
     # the admin's Experiments tab shows the run, its readers and the report (escaped into srcdoc)
-    from studio import experiments_view as V
+    from studio.admin import experiments as V
 
     table = V.stage_table(run)
     assert list(table.stage) == list(E.STAGES)
@@ -209,7 +209,9 @@ def test_experiments_tab_is_admin_only_and_private(tmp_path, minimal):
 
     import gradio as gr
 
-    from studio import admin_view, experiments_view
+    from studio.admin import view as admin_view
+
+    from studio.admin import experiments as experiments_view
 
     db = tmp_path / "studio.db"
     blocks = admin_view.build_admin_blocks(db, _Auth())
@@ -230,7 +232,9 @@ def test_experiments_tab_is_admin_only_and_private(tmp_path, minimal):
 def test_readers_app_has_nothing_of_the_experiments(tmp_path):
     import json
 
-    from studio import admin_view, reader_view
+    from studio.admin import view as admin_view
+
+    from studio.reader import view as reader_view
 
     admin = json.dumps(admin_view.build_admin_blocks(tmp_path / "studio.db", _Auth()).get_config_file(), default=str)
     reader = json.dumps(reader_view.build_reader_blocks(tmp_path / "studio.db").get_config_file(), default=str)

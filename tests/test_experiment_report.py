@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 
 from evaluation.augment import ONE_REPEAT_NOTE, summarise
-from studio.experiment_report import Doc, augment_section, to_markdown
+from studio.experiment.report import Doc, augment_section, to_markdown
 
 ARMS = [{"arm": "real 4", "n_real": 4, "n_synthetic": 0},
         {"arm": "real 4 + synthetic 4", "n_real": 4, "n_synthetic": 4},

@@ -10,7 +10,7 @@ from runtime_fixtures import single_torch_thread  # noqa: E402,F401
 from test_mixture import disc, stripes, table_source, write_toml, CT, FUNDUS  # noqa: E402
 
 from model_runtime import train as train_mod  # noqa: E402
-from studio import generalist  # noqa: E402
+from studio.experiment import generalist  # noqa: E402
 
 
 def test_generalist_and_specialists_get_equal_compute_and_are_compared_per_modality(tmp_path):

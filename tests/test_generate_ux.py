@@ -25,7 +25,7 @@ def _rows(path):
 
 
 def test_a_tab_batch_is_written_by_the_batch_jobs_writer(tmp_path, tiny_model):
-    from studio import generate_view
+    from studio.admin import generate as generate_view
 
     batch = generate_view.run_generation(tiny_model, prompt="Axial CT image of the head", seed=77,
                                          steps=2, n_images=2, modality="CT",
@@ -50,7 +50,7 @@ def test_a_tab_batch_is_written_by_the_batch_jobs_writer(tmp_path, tiny_model):
 
 
 def test_default_seed_is_fresh_and_the_used_one_is_reusable():
-    from studio import generate_view
+    from studio.admin import generate as generate_view
 
     seeds = {generate_view.resolve_seed(generate_view.RANDOM_SEED) for _ in range(5)}
     assert len(seeds) == 5 and all(0 <= s < 2**31 for s in seeds)
@@ -61,7 +61,7 @@ def test_default_seed_is_fresh_and_the_used_one_is_reusable():
 
 def test_presets_match_what_the_embedded_model_learnt():
     from model_runtime import presets
-    from studio import generate_view
+    from studio.admin import generate as generate_view
 
     nm = presets.get_preset("nuclear-medicine")
     assert nm.modality == "nuclear medicine"
@@ -76,7 +76,7 @@ def test_presets_match_what_the_embedded_model_learnt():
 
 
 def test_evaluate_tab_shows_only_the_chosen_sources_inputs_and_names_the_blank_choice():
-    from studio import evaluate_view as ev
+    from studio.admin import evaluate as ev
 
     assert ev.source_visibility("Generation batch", "Folder on the server") == \
         (True, False, False, True, False)
@@ -87,8 +87,8 @@ def test_evaluate_tab_shows_only_the_chosen_sources_inputs_and_names_the_blank_c
 
 
 def test_first_start_prints_the_addresses_before_seeding(tmp_path, monkeypatch):
-    from studio import app as app_mod
-    from studio import demo
+    from studio.web import app as app_mod
+    from studio.demo import study as demo
 
     said = []
 

@@ -299,7 +299,7 @@ def test_remarks_are_counted_per_case_with_the_flagged_ids(study):
     for case in flagged_cases:
         assert case in html
     # the CLI's summary says it too
-    from studio.cli_analysis import format_summary
+    from studio.cli.analysis import format_summary
 
     line = [x for x in format_summary(analyze(df)).splitlines() if x.startswith("Non-diagnostic")]
     assert line == [f"Non-diagnostic: {len(flagged_cases)} of 12 images flagged by ≥1 reader "
@@ -373,7 +373,7 @@ def test_migration_6_upgrades_a_schema_5_database(tmp_path, monkeypatch):
 
 # ----------------------------------------------------------------------- reader page
 def test_reader_page_back_comment_and_flag(tmp_path):
-    from studio import reader_view
+    from studio.reader import view as reader_view
     from studio_fixtures import leak_needles, make_loud_study
 
     db, rows, tokens = make_loud_study(tmp_path)
@@ -423,7 +423,7 @@ def test_reader_page_back_comment_and_flag(tmp_path):
 
 
 def test_back_marker_and_css_hide_back_unless_allowed():
-    from studio import reader_view
+    from studio.reader import view as reader_view
 
     assert reader_view.back_marker(True) == '<span data-back="1"></span>'
     assert reader_view.back_marker(False) == ""
@@ -433,7 +433,7 @@ def test_back_marker_and_css_hide_back_unless_allowed():
 
 
 def test_admin_back_setting_and_dashboard_remarks(study, tmp_path):
-    from studio import admin_view
+    from studio.admin import view as admin_view
 
     assert admin_view.back_setting(study, "pilot") is True
     assert "cannot go back" in admin_view.save_back_setting(study, "pilot", False)

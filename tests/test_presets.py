@@ -86,7 +86,7 @@ def test_every_preset_example_names_its_own_modality():
 def test_the_embedded_model_declares_five_of_the_preset_modalities():
     """It was trained on CT, MRI, ultrasound, fundus, histology (and bone scans): the other seven
     presets would be answered with one of those, so the Generate tab marks them."""
-    from studio import generate_view
+    from studio.admin import generate as generate_view
 
     declared = generate_view.model_modalities("embedded")
     marked = {key for label, key in generate_view.preset_choices(declared)
@@ -100,7 +100,7 @@ def test_the_embedded_model_declares_five_of_the_preset_modalities():
 
 
 def test_a_local_folder_declares_its_modalities_in_medisyn_json(tmp_path):
-    from studio import generate_view
+    from studio.admin import generate as generate_view
 
     (tmp_path / "medisyn.json").write_text(json.dumps({"modalities": ["brain MRI", "OCT"]}))
     declared = generate_view.model_modalities(generate_view.LOCAL_PATH, str(tmp_path))

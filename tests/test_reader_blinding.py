@@ -133,7 +133,7 @@ def _study_with_modalities(tmp_path, blank):
 
 def _hints_by_source(db, rid):
     """The modality hint and the viewer's data-presets markup of every read, by source."""
-    from studio import reader_view
+    from studio.reader import view as reader_view
 
     with open_db(db) as conn:
         source = dict(conn.execute("SELECT a.id, c.source FROM assignments a JOIN cases c "
@@ -369,7 +369,7 @@ def test_training_hides_the_text_unless_the_prompt_audit_cleared_it(three):
 
 
 def test_training_feedback_on_the_page_names_no_text(three):
-    from studio import reader_view
+    from studio.reader import view as reader_view
 
     token = readers.invite(three, "three", "dr-t")
     screen = reader_view.start(three, token)
@@ -391,7 +391,7 @@ def test_training_feedback_on_the_page_names_no_text(three):
 
 
 def test_the_reader_page_states_the_rule_and_backs_within_the_case(three):
-    from studio import reader_view
+    from studio.reader import view as reader_view
 
     token = readers.invite(three, "three", "dr-p")
     intro = reader_view.open_page(three, token)

@@ -20,7 +20,9 @@ from studies.storage.database import open_db, stimuli_dir
 from studies.design import StudyOptions
 from studies.stats.columns import TASKS, pair_call
 from studies.export import long_table
-from studio import admin_view, auth, reader_view
+from studio.admin import view as admin_view
+from studio.web import auth
+from studio.reader import view as reader_view
 from study_fixtures import acknowledge_fixture_leak
 
 

@@ -59,7 +59,7 @@ def test_pair_answered_with_arrow_keys_and_nothing_leaks(browser, pair_studio, s
     from studies.storage.database import open_db, stimuli_dir
     from studies.stats.columns import TASKS, pair_call
     from studies.export import long_table
-    from studio import reader_view
+    from studio.reader import view as reader_view
 
     ctx = browser.new_context(viewport={"width": 1280, "height": 900})
     page = ctx.new_page()

@@ -22,7 +22,7 @@ from studies.storage.database import SCHEMA_VERSION, open_db
 from studies.errors import ReaderError, StudyError
 from studies.export import long_table, read_long_csv, write_export
 from studies.session import next_case, submit
-from studio import reader_view
+from studio.reader import view as reader_view
 from studio.cli import cli
 from study_fixtures import database_at_version, study, template  # noqa: F401 (fixtures)
 
@@ -271,7 +271,7 @@ def test_cli_configure_ask_profile_and_readers_list(study):
 
 
 def test_admin_settings_mirror_the_option(study):
-    from studio import admin_view
+    from studio.admin import view as admin_view
 
     lifecycle.set_texts(study, "pilot", ask_profile=True)
     assert admin_view.study_settings(study, "pilot")[4] is True

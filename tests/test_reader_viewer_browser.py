@@ -1,6 +1,6 @@
 """The reader page's image viewer, phone layout and connection loss, in headless Chromium.
 
-- Viewer (studio/viewer.js): zoom, pan, window/level, invert, 1:1 and reset change only the
+- Viewer (studio/reader/viewer.js): zoom, pan, window/level, invert, 1:1 and reset change only the
   served <img>'s CSS transform and filter, make no network request, and start afresh on the
   next case; answering with the keys still works.
 - Phone (390×844, touch): the image, the whole answer scale and Submit fit without
@@ -24,8 +24,8 @@ pytestmark = pytest.mark.browser
 
 
 def _build(db):
-    from studio import app as app_mod
-    from studio import auth
+    from studio.web import app as app_mod
+    from studio.web import auth
 
     creds = auth.AdminCredentials.from_password("admin", ADMIN_PASSWORD, "env")
     return app_mod.build_app(db, admin_auth=auth.AdminAuth(creds))
@@ -33,7 +33,7 @@ def _build(db):
 
 @pytest.fixture()
 def viewer_studio(tmp_path):
-    from studio import app as app_mod
+    from studio.web import app as app_mod
 
     db, rows, tokens = make_loud_study(tmp_path, "view", n_cases=4, size=128,
                                        readers=("dr-a", "dr-b", "dr-c"))
@@ -44,7 +44,7 @@ def viewer_studio(tmp_path):
     state["server"].stop()
 
 
-# A preset name only each modality family's set has (studio/viewer.js PRESET_SETS).
+# A preset name only each modality family's set has (studio/reader/viewer.js PRESET_SETS).
 PRESET_WORD = {"ct": "soft tissue", "mri": "dark regions", "colour": "colour off",
                "xray": "lung periphery", "ultrasound": "Bright, High contrast, Dark"}
 
@@ -221,7 +221,7 @@ def test_phone_layout_fits_without_scrolling(browser, viewer_studio):
 def test_answer_while_server_down_is_reported_not_saved(browser, viewer_studio):
     from playwright.sync_api import Error as PlaywrightError
 
-    from studio import app as app_mod
+    from studio.web import app as app_mod
 
     ctx = browser.new_context(viewport={"width": 1280, "height": 900})
     page = ctx.new_page()

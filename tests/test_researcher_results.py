@@ -15,7 +15,7 @@ from studies.stats.analysis import analyze
 from studies.design import StudyOptions
 from studies.stats.report import FIGURE_TITLES, figures, render_html
 from studies.session import next_case, submit
-from studio import admin_view
+from studio.admin import view as admin_view
 from studio.cli import cli
 from study_fixtures import make_study, write_images, write_manifest
 

@@ -69,8 +69,8 @@ def browser():
 
 @pytest.fixture(scope="module")
 def studio(tmp_path_factory):
-    from studio import app as app_mod
-    from studio import auth
+    from studio.web import app as app_mod
+    from studio.web import auth
 
     tmp = tmp_path_factory.mktemp("browser")
     # A draft study (no reader invited) for "send batch to study", created first so that
@@ -90,8 +90,8 @@ def studio(tmp_path_factory):
 @pytest.fixture(scope="module")
 def training_studio(tmp_path_factory):
     """A second studio: 2 training + 2 main cases, each asked turing then alignment."""
-    from studio import app as app_mod
-    from studio import auth
+    from studio.web import app as app_mod
+    from studio.web import auth
 
     tmp = tmp_path_factory.mktemp("browser-training")
     db, rows, tokens = make_loud_study(tmp, "two-tasks", n_cases=4, size=128,
@@ -113,7 +113,7 @@ def training_studio(tmp_path_factory):
 
 def _model_for_tests(tmp: pathlib.Path) -> str:
     """The embedded model when it is shipped, else a tiny random SD pipeline."""
-    from studio.app import default_model
+    from studio.web.app import default_model
 
     emb = default_model()
     if emb and (pathlib.Path(emb) / "model_index.json").is_file():
@@ -337,7 +337,7 @@ def _login(page, url):
 
 def test_admin_sees_the_readers_results(browser, studio, shots):
     from studies import readers as readers_mod
-    from studio import reader_view
+    from studio.reader import view as reader_view
 
     # Another reader answers through the same handlers the page uses.
     db = studio["db"]
@@ -520,7 +520,7 @@ def _set_slider(page, label: str, value: int):
 
 
 def _batch_folders(db) -> set[str]:
-    from studio.generate_view import batches_root
+    from studio.admin.generate import batches_root
 
     root = batches_root(db)
     return {p.name for p in root.iterdir()} if root.is_dir() else set()
@@ -528,7 +528,7 @@ def _batch_folders(db) -> set[str]:
 
 def test_generate_cancel(browser, studio):
     """Cancel during a long request: the run stops at the next step, nothing is kept."""
-    from studio.generate_view import MAX_IMAGES, MAX_STEPS
+    from studio.admin.generate import MAX_IMAGES, MAX_STEPS
 
     before = _batch_folders(studio["db"])
     ctx = browser.new_context(viewport={"width": 1360, "height": 900})
@@ -590,7 +590,7 @@ def test_generate_cancel_during_a_slow_step_never_shows_error(browser, studio, m
     """Cancel while the step in progress takes 2 s more: the run is still going when the
     browser's Cancel lands. With Gradio's `cancels=` that showed "Error" every time; the
     status must only ever say "Cancelled." (and the page never calls Gradio's /cancel)."""
-    from studio import generate_view
+    from studio.admin import generate as generate_view
 
     real = generate_view.run_generation
 
@@ -623,8 +623,8 @@ def test_generate_cancel_during_a_slow_step_never_shows_error(browser, studio, m
 def test_generate_cancel_a_run_waiting_for_a_slot(browser, studio, monkeypatch):
     """One slot: tab B's run waits for tab A's; B's Cancel ends B at once (nothing made),
     A goes on; then A's Cancel stops A. Neither tab ever shows "Error"."""
-    from studio import generate_view
-    from studio.run_slots import RunSlots
+    from studio.admin import generate as generate_view
+    from studio.admin.run_slots import RunSlots
 
     monkeypatch.setattr(generate_view, "SLOTS", RunSlots(limit=1))
     before = _batch_folders(studio["db"])
@@ -659,7 +659,7 @@ def test_evaluate_cancel_during_a_slow_check_never_shows_error(browser, studio, 
     2 s after Cancel (the same `cancels=` race as Generate's): only "Cancelling…" then
     "Cancelled.", never "Error", and no call to Gradio's /cancel."""
     from evaluation.errors import EvaluationCancelled
-    from studio import evaluate_view
+    from studio.admin import evaluate as evaluate_view
 
     def slow_novelty(db_path, syn, ref, *, measures, on_progress, cancel):
         on_progress(0.5, "novelty")
@@ -759,8 +759,8 @@ def repeat_studio(tmp_path_factory):
     from studies import readers as readers_mod
     from studies.design import StudyOptions
     from studies.ingest import create_study
-    from studio import app as app_mod
-    from studio import auth
+    from studio.web import app as app_mod
+    from studio.web import auth
     from studio_fixtures import write_loud_manifest
 
     tmp = tmp_path_factory.mktemp("browser-repeats")
@@ -852,7 +852,7 @@ def tracker():
     import http.server
     import threading
 
-    from studio.app import free_port
+    from studio.web.app import free_port
 
     hits: list[str] = []
 
@@ -882,8 +882,8 @@ def test_prompts_and_names_are_plain_text_no_outgoing_request(browser, tmp_path_
     from studies import readers as readers_mod
     from studies.design import StudyOptions
     from studies.ingest import create_study
-    from studio import app as app_mod
-    from studio import auth
+    from studio.web import app as app_mod
+    from studio.web import auth
     from studio_fixtures import write_loud_manifest
 
     remote, hits = tracker

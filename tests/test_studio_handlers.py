@@ -23,7 +23,9 @@ from studies import readers, session
 from studies.imaging import stimuli
 from studies.storage.database import stimuli_dir
 from studies.export import long_table
-from studio import admin_view, auth, reader_view
+from studio.admin import view as admin_view
+from studio.web import auth
+from studio.reader import view as reader_view
 
 
 def _text(obj) -> str:
@@ -831,7 +833,7 @@ def test_bad_fn_index_is_a_4xx_without_traceback(served):
 def test_cookies_secure_behind_https_base_url(tmp_path):
     from starlette.testclient import TestClient
 
-    from studio import app as app_mod
+    from studio.web import app as app_mod
 
     db, _, _ = make_loud_study(tmp_path)
     creds = auth.AdminCredentials.from_password("admin", "pw-test", "env")
@@ -877,7 +879,7 @@ def test_generation_batch_has_provenance_and_becomes_a_study(tmp_path, tiny_mode
     import threading
 
     from model_runtime import provenance
-    from studio import generate_view
+    from studio.admin import generate as generate_view
 
     steps = []
     batch = generate_view.run_generation(
@@ -920,7 +922,7 @@ def test_generation_batch_has_provenance_and_becomes_a_study(tmp_path, tiny_mode
 def test_a_batch_manifest_carries_only_the_text_the_model_read(tmp_path, tiny_model):
     import csv
 
-    from studio import generate_view
+    from studio.admin import generate as generate_view
 
     long = " ".join(["chest image patient normal"] * 30)  # 120 one-token words; CLIP reads 75
     batch = generate_view.run_generation(tiny_model, prompt=long, seed=1, steps=1, n_images=1,
@@ -931,7 +933,7 @@ def test_a_batch_manifest_carries_only_the_text_the_model_read(tmp_path, tiny_mo
 
 
 def test_generation_input_checks(tmp_path, tiny_model):
-    from studio import generate_view
+    from studio.admin import generate as generate_view
 
     with pytest.raises(ValueError, match="prompt"):
         generate_view.run_generation(tiny_model, prompt="  ", out_root=tmp_path)
@@ -953,9 +955,9 @@ def test_generation_input_checks(tmp_path, tiny_model):
 
 # ------------------------------------------------------------------------------ start-up
 def _fake_demo(tmp_path, monkeypatch):
-    """studio.demo with its image building (embedded model, tested by its own suite)
+    """studio.demo.study with its image building (embedded model, tested by its own suite)
     replaced by a small real study; returns the list of models it was asked for."""
-    from studio import demo
+    from studio.demo import study as demo
 
     calls = []
 
@@ -972,8 +974,8 @@ def _fake_demo(tmp_path, monkeypatch):
 
 def test_prepare_prints_credentials_once_and_a_working_demo_link(tmp_path, monkeypatch):
     from studies import readers
-    from studio import app as app_mod
-    from studio import demo
+    from studio.web import app as app_mod
+    from studio.demo import study as demo
 
     db = tmp_path / "data" / "studio.db"
     calls = _fake_demo(tmp_path, monkeypatch)
@@ -984,7 +986,7 @@ def test_prepare_prints_credentials_once_and_a_working_demo_link(tmp_path, monke
     token = first.demo_link.split("token=")[1]
     assert readers.reader_for_token(db, token).name == demo.DEMO_READER
     kept = demo.token_path(db)
-    assert kept == db.parent / "studio.demo-reader"
+    assert kept == db.parent / "studio.demo.study-reader"
     assert kept.read_text().strip() == token and stat.S_IMODE(kept.stat().st_mode) == 0o600
     # A restart prints the same link, and it still opens the demo: an open tab keeps working.
     second = app_mod.prepare(db, model="m", port=7999, env={}, echo=lambda m: None)
@@ -1017,8 +1019,8 @@ def test_prepare_prints_credentials_once_and_a_working_demo_link(tmp_path, monke
 
 @pytest.mark.parametrize("leak", [True, False])
 def test_banner_says_when_the_demo_fails_its_leak_audit(tmp_path, monkeypatch, leak):
-    from studio import app as app_mod
-    from studio import demo
+    from studio.web import app as app_mod
+    from studio.demo import study as demo
 
     _fake_demo(tmp_path, monkeypatch)
     real = demo.audit_study
@@ -1085,7 +1087,7 @@ def test_generate_tab_lora_picker_lists_local_adapters_and_records_them(tmp_path
 
     from model_runtime import finetune as ft
     from model_runtime import provenance
-    from studio import generate_view
+    from studio.admin import generate as generate_view
     from test_finetune import CAPTION, make_data
 
     data = make_data(tmp_path / "data")
@@ -1125,8 +1127,8 @@ def generate_handlers(tmp_path, monkeypatch):
     import types
 
     from model_runtime.generation import GenerationCancelled
-    from studio import generate_view
-    from studio.run_slots import RunSlots
+    from studio.admin import generate as generate_view
+    from studio.admin.run_slots import RunSlots
 
     calls, finish = [], threading.Event()
 

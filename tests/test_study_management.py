@@ -301,7 +301,7 @@ def test_migration_5_upgrades_a_schema_2_database(tmp_path, monkeypatch):
 
 
 def test_medisyn_studio_stores_its_address_for_later_cli_invites(study, monkeypatch):
-    from studio import app as app_mod
+    from studio.web import app as app_mod
 
     monkeypatch.setattr(app_mod, "launch", lambda *a, **k: None)
     monkeypatch.setenv("MEDISYN_ADMIN_USER", "admin")
@@ -341,7 +341,7 @@ def test_closed_study_and_deactivated_reader_take_no_answers(study):
 
 
 def test_reader_page_shows_a_closed_page_and_the_washout_wait(tmp_path):
-    from studio import reader_view
+    from studio.reader import view as reader_view
 
     opts = StudyOptions(repeat_fraction=0.5, repeat_after_s=3600)
     db, _ = make_study(tmp_path, "pilot", options=opts)
@@ -376,7 +376,7 @@ def test_reader_page_shows_a_closed_page_and_the_washout_wait(tmp_path):
 
 
 def test_reader_page_shows_instructions_and_consent_and_start_records_it(study):
-    from studio import reader_view
+    from studio.reader import view as reader_view
 
     lifecycle.set_texts(study, "pilot", instructions="Read each image at full size.\n\nTake breaks.",
                         consent="I agree that my answers are used ![x](http://127.0.0.1:9/t.png).")

@@ -4,7 +4,7 @@ from studio_fixtures import make_loud_study
 
 from studies import readers, session
 from studies.storage.database import open_db, transaction
-from studio import reader_view
+from studio.reader import view as reader_view
 
 
 def test_preset_family_from_the_modality_words_manifests_use():

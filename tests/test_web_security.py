@@ -18,8 +18,8 @@ import pytest
 
 from studio_fixtures import make_loud_study, serve_studio
 
-from studio import app as app_mod
-from studio import auth
+from studio.web import app as app_mod
+from studio.web import auth
 
 
 def _from(address, fn, *args):
@@ -185,7 +185,7 @@ def test_forwarded_headers_only_from_the_named_proxy(allow, expected):
 def test_cli_passes_forwarded_allow_ips_to_the_server(monkeypatch, tmp_path):
     from click.testing import CliRunner
 
-    from studio import cli_app  # noqa: F401  (registers `medisyn studio`)
+    from studio.cli import app as cli_app  # noqa: F401  (registers `medisyn studio`)
     from studio.cli import cli
 
     seen = {}
@@ -246,7 +246,7 @@ def test_logout_needs_a_same_origin_post(served):
 
 
 def test_logout_button_posts():
-    from studio import admin_view
+    from studio.admin import view as admin_view
 
     assert 'fetch("logout", {method: "POST"' in admin_view.ADMIN_HEAD
 
@@ -290,7 +290,7 @@ def test_a_closed_study_serves_no_image(tmp_path):
     ("http", None, "ftp://studio.test", False),
 ])
 def test_origin_check_compares_the_scheme(scheme, base_url, origin, allowed):
-    from studio.web_security import WebSecurity
+    from studio.web.security import WebSecurity
 
     reached = []
 

@@ -22,8 +22,8 @@ def page_and_url(tmp_path_factory):
         pytest.skip("the playwright package is not installed")
     if not os.path.exists(exe):
         pytest.skip(f"no chromium at {exe}")
-    from studio import app as app_mod
-    from studio import auth
+    from studio.web import app as app_mod
+    from studio.web import auth
 
     db, _, _ = make_loud_study(tmp_path_factory.mktemp("logout"), readers=())
     app = app_mod.build_app(db, admin_auth=auth.AdminAuth(

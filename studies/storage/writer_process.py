@@ -178,7 +178,7 @@ def start(db_path: str | pathlib.Path) -> Writer:
             fh.write(str(os.getpid()))
         authkey = secrets.token_bytes(32)
         env = dict(os.environ)
-        root = str(pathlib.Path(__file__).resolve().parents[1])  # where `studies` lives
+        root = str(pathlib.Path(__file__).resolve().parent.parent.parent)  # where the `studies` package lives
         env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH")) if p)
         proc = _spawn([sys.executable, "-m", "studies.storage.writer_process", key, address,
                        str(os.getpid())], env)

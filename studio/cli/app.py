@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import click
 
-from studio.cli import cli, study, model  # noqa: F401  (groups these commands attach to)
+from studio.cli.groups import cli, model, study  # noqa: F401  (groups these commands attach to)
 
 
 @cli.command("studio")
@@ -40,7 +40,7 @@ def studio_command(host, port, db_path, model, base_url, no_demo, reset_admin_pa
     MEDISYN_ADMIN_USER / MEDISYN_ADMIN_PASSWORD, else from <db>.admin.json next to the
     database (generated on first start; only a hash is stored).
     """
-    from studio import app as app_mod
+    from studio.web import app as app_mod
 
     try:
         info = app_mod.prepare(db_path, model=model, seed_demo=not no_demo, host=host,

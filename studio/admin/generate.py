@@ -26,7 +26,7 @@ import time
 import gradio as gr
 import numpy as np
 
-from studio.run_slots import RunSlots
+from studio.admin.run_slots import RunSlots
 
 
 LOCAL_PATH = "__local__"
@@ -36,7 +36,7 @@ MAX_STEPS = 150
 _MODELS: dict[str, object] = {}
 _MODELS_LOCK = threading.Lock()
 # Generations at once in this process; Gradio lets up to GENERATE_ADMITTED requests into
-# the handler, where the rest wait for a slot and Cancel reaches them (studio/run_slots.py).
+# the handler, where the rest wait for a slot and Cancel reaches them (studio/admin/run_slots.py).
 SLOTS = RunSlots(limit=2)
 GENERATE_ADMITTED = 8
 
@@ -103,7 +103,7 @@ def model_defaults(location: str | None) -> tuple[int, float]:
     """(steps, guidance) the model folder recommends (`medisyn.json`), else 20 / 7.5."""
     if location:
         try:
-            from studio.embedded_model import read_defaults
+            from studio.demo.embedded_model import read_defaults
 
             if (pathlib.Path(location) / "medisyn.json").is_file():
                 d = read_defaults(location)

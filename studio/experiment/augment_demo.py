@@ -22,7 +22,7 @@ import pathlib
 import numpy as np
 from PIL import Image
 
-from studio import demo_data
+from studio.demo import data as demo_data
 
 
 def build_test_set(out_dir, *, crops: int = 8, seed: int = 0, size: int = demo_data.NATIVE_SIZE) -> pathlib.Path:
@@ -52,9 +52,9 @@ def run_demo(out_dir, cfg, *, model: str = "embedded", pool: int = 240, test_cro
              steps: int | None = None, log=print, progress: bool = True):
     """Build the three sets under ``out_dir`` and run evaluation.augment on them (results in out_dir/results)."""
     from evaluation.augment import read_labelled, run_augment
-    from studio.augment_generate import generate_synthetic
+    from studio.experiment.augment_generate import generate_synthetic
     from model_runtime.loading import resolve
-    from studio.embedded_model import DEFAULTS_FILE, read_defaults
+    from studio.demo.embedded_model import DEFAULTS_FILE, read_defaults
 
     out = pathlib.Path(out_dir)
     log(f"building {pool} real training crops from the shipped training views")

@@ -1,13 +1,11 @@
-"""The `medisyn` command line: thin wrappers over documented library calls.
+"""The `medisyn` command groups every command module attaches to, and the one error rule.
 
-Each command group lives in its own module (cli_study, cli_analysis, cli_generate,
-cli_model, cli_app) and registers itself on the groups defined here. Heavy imports
-(torch, diffusers, gradio) happen inside command bodies so `medisyn --help` is instant.
+Kept apart from `studio.cli`'s `__init__` so that the modules `studio.cli.study` and
+`studio.cli.model` do not shadow the groups of the same name.
 """
 from __future__ import annotations
 
 import functools
-import importlib
 import sqlite3
 
 import click
@@ -47,32 +45,3 @@ def study() -> None:
 @cli.group()
 def model() -> None:
     """Train and inspect diffusion models."""
-
-
-_COMMAND_MODULES = (
-    "studio.cli_study",
-    "studio.cli_analysis",
-    "studio.cli_generate",
-    "studio.cli_model",
-    "studio.cli_app",
-    "studio.cli_demo",
-    "studio.cli_eval",
-    "studio.cli_experiment",
-    "studio.cli_generalist",
-)
-
-
-def _register() -> None:
-    for name in _COMMAND_MODULES:
-        importlib.import_module(name)
-
-
-_register()
-
-
-def main() -> None:
-    cli()
-
-
-if __name__ == "__main__":
-    main()

@@ -17,7 +17,7 @@ further failure (exponential back-off, capped at `MAX_LOCKOUT_S`). IPv6 clients 
 /64 network (one host usually holds a whole /64). Another address — the real admin's — is
 not affected, so no one can lock the admin out from elsewhere. Gradio calls the checker
 with (user, password) only; the address comes from `CLIENT_ADDRESS`, set per request by
-`studio.web_security`. That is the TCP peer unless the operator names a trusted proxy
+`studio.web.security`. That is the TCP peer unless the operator names a trusted proxy
 (`medisyn studio --forwarded-allow-ips`): then uvicorn takes it from that proxy's
 X-Forwarded-For, and from no one else's.
 
@@ -87,7 +87,7 @@ def address_key(address: str | None) -> str:
         return str(ipaddress.ip_network(f"{ip}/64", strict=False))
     return str(ip)
 
-# The client address of the request being served (set by studio.web_security's middleware).
+# The client address of the request being served (set by studio.web.security's middleware).
 CLIENT_ADDRESS: contextvars.ContextVar[str | None] = contextvars.ContextVar(
     "medisyn_client_address", default=None)
 

@@ -1,4 +1,4 @@
-"""The admin's Experiments tab: experiment runs (``studio.experiment``), their stages and readers'
+"""The admin's Experiments tab: experiment runs (``studio.experiment.pipeline``), their stages and readers'
 progress, start and cancel of the automatic stages, and the report inline and for download.
 
 Runs listed: those under ``<db dir>/runs/`` and those started from this tab (remembered in
@@ -23,7 +23,7 @@ import threading
 import gradio as gr
 import pandas as pd
 
-from studio import experiment as E
+from studio.experiment import pipeline as E
 
 
 @dataclasses.dataclass

@@ -74,7 +74,7 @@ def run_generalist(data, out_dir, budget: int, *, config=None, per_modality: int
     from model_runtime import mixture as mx
     from model_runtime import train as train_mod
     from model_runtime.generation import GenerationRequest, generate
-    from studio import model_quality
+    from studio.demo import model_quality
 
     if budget < 2:
         raise ValueError("--budget must be at least 2 steps")
@@ -162,7 +162,7 @@ def build_demo_mixture(folder, *, samples: int = 240, size: int = 32, seed: int 
     """A mixture of the shipped public images (``demo_data``): one manifest per modality."""
     import csv
 
-    from studio import demo_data
+    from studio.demo import data as demo_data
 
     folder = pathlib.Path(folder)
     demo_data.build_training_set(folder / "data", size=size, samples=samples, seed=seed)

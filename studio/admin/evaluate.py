@@ -1,6 +1,6 @@
 """The admin's Evaluate tab: novelty and fidelity of a generation batch against a reference set.
 
-Synthetic images: a saved generation batch (`studio.generate_view`), a folder on the server,
+Synthetic images: a saved generation batch (`studio.admin.generate`), a folder on the server,
 or an uploaded zip (extracted with the same guards as a study upload). Reference: a folder or
 manifest on the server, or a study's real images (its stored stimuli, via
 `studies.export.case_images`). Runs `evaluation.novelty.run_novelty` /
@@ -25,13 +25,13 @@ import gradio as gr
 
 from evaluation.errors import EvaluationCancelled, EvaluationError
 from evaluation.images import ImageRef, list_images
-from studio.run_slots import RunSlots
+from studio.admin.run_slots import RunSlots
 
 SYNTHETIC_SOURCES = ("Generation batch", "Folder on the server", "Upload a zip")
 REFERENCE_SOURCES = ("Folder on the server", "A study's real images")
 FEATURE_CHOICES = ("pixels", "inception")
 # One evaluation at a time in this process; Gradio lets up to EVALUATE_ADMITTED requests
-# into the handler, where the rest wait and Cancel reaches them (studio/run_slots.py).
+# into the handler, where the rest wait and Cancel reaches them (studio/admin/run_slots.py).
 SLOTS = RunSlots(limit=1)
 EVALUATE_ADMITTED = 4
 
@@ -61,7 +61,7 @@ def synthetic_input(source: str, batch: str | None, folder: str | None, upload, 
         return p
     if not upload:
         raise EvaluationError("upload a zip of images first")
-    from studio import admin_view
+    from studio.admin import view as admin_view
 
     zpath = admin_view._uploaded_file(upload)
     dest = work / "uploaded"
@@ -148,7 +148,7 @@ class EvaluateTab:
 def build_evaluate_tab(db_path, guard, *, batches_dir=None) -> EvaluateTab:
     """Components of the tab (inside the current Blocks); `wire(study_dd)` is a no-op hook
     kept for symmetry with the Generate tab."""
-    from studio import generate_view
+    from studio.admin import generate as generate_view
 
     with gr.Row():
         syn_source = gr.Radio(list(SYNTHETIC_SOURCES), value=SYNTHETIC_SOURCES[0], label="Synthetic images")
@@ -185,7 +185,7 @@ def build_evaluate_tab(db_path, guard, *, batches_dir=None) -> EvaluateTab:
 
     def refresh_choices(request: gr.Request):
         guard(request)
-        from studio.admin_view import study_names
+        from studio.admin.view import study_names
 
         return (gr.update(choices=generate_view.batch_choices(db_path, batches_dir)),
                 gr.update(choices=study_names(db_path)))

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import click
 
-from studio.cli import cli, study, model  # noqa: F401  (groups these commands attach to)
+from studio.cli.groups import cli, model, study  # noqa: F401  (groups these commands attach to)
 
 
 def _multiple_of_8(ctx, param, value):
@@ -95,7 +95,7 @@ def _model_defaults(model_name: str, config: str | None = None) -> tuple[int, fl
     import pathlib
 
     from model_runtime.loading import resolve
-    from studio.embedded_model import DEFAULTS_FILE, read_defaults
+    from studio.demo.embedded_model import DEFAULTS_FILE, read_defaults
 
     from model_runtime.loading import config_root
 

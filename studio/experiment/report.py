@@ -251,7 +251,7 @@ def software_versions() -> dict[str, str]:
         except importlib.metadata.PackageNotFoundError:
             continue
     try:
-        root = pathlib.Path(__file__).resolve().parent.parent
+        root = pathlib.Path(__file__).resolve().parent.parent.parent
         commit = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True,
                                 timeout=5).stdout.strip()
         dirty = subprocess.run(["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"],

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import click
 
-from studio.cli import cli, study, model  # noqa: F401  (groups these commands attach to)
-from studio.cli import one_line_errors
+from studio.cli.groups import cli, model, study  # noqa: F401  (groups these commands attach to)
+from studio.cli.groups import one_line_errors
 from studies.stats.numbers import fmt_ci, fmt_num, p_text
 
 _PROB = click.FloatRange(0, 1, min_open=True, max_open=True)  # a probability strictly inside (0, 1)

@@ -11,7 +11,7 @@ database (`studies.session.next_case`), so refresh, tab close and server restart
 the first unanswered question.
 
 Blinding: the image is an `<img>` pointing at the app's own stimulus route
-(`STIMULUS_ROUTE`, served by `studio.app`): `stimulus/<view id>?token=<token>`, where the
+(`STIMULUS_ROUTE`, served by `studio.web.app`): `stimulus/<view id>?token=<token>`, where the
 view id is the read's random id (`studies.readers`: one per read, so a repeat or an
 attention check gets a new one and two readers never share one) and the route answers
 only with the reader's own token and only while that read is unanswered. It returns the
@@ -73,11 +73,11 @@ from studies.design import TASKS
 from studies.errors import (
     DatabaseNotFound, NotAStudyDatabase, NotAuthorised, ReaderError, SessionError, StudyError,
 )
-from studio.plain_text import plain_markdown, study_markdown
+from studio.format.plain_text import plain_markdown, study_markdown
 
 log = logging.getLogger(__name__)
 
-STIMULUS_ROUTE = "stimulus"   # GET /stimulus/<view id>?token=<token> (studio.app)
+STIMULUS_ROUTE = "stimulus"   # GET /stimulus/<view id>?token=<token> (studio.web.app)
 MIN_CLIENT_MS = 50            # a browser figure below this is not a real viewing time
 UNAVAILABLE_IMAGE = ("This image is unavailable; the study team has been notified. Your "
                      "answers so far are saved. Press Try again in a few minutes: the study "

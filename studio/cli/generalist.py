@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import click
 
-from studio.cli_experiment import experiment
+from studio.cli.experiment import experiment
 
 
 @experiment.command("generalist")
@@ -19,12 +19,12 @@ from studio.cli_experiment import experiment
 @click.option("--seed", type=int, default=0, show_default=True)
 def generalist_command(data, demo, budget, out, size, per_modality, seed):
     """Train one generalist and one specialist per modality at equal total compute, then compare
-    them per modality (FID/KID, precision/recall, modality classifier, cost); see studio/generalist.py."""
+    them per modality (FID/KID, precision/recall, modality classifier, cost); see studio/experiment/generalist.py."""
     import pathlib
 
     from model_runtime.mixture import MixtureError
     from model_runtime.train import TrainConfig
-    from studio.generalist import build_demo_mixture, format_result, run_generalist
+    from studio.experiment.generalist import build_demo_mixture, format_result, run_generalist
 
     if bool(data) == bool(demo):
         raise click.ClickException("give either --data MIXTURE or --demo")

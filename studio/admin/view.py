@@ -3,8 +3,8 @@
 Tabs: Studies (overview, leak audit), New study (from an uploaded zip, a folder on the
 server, or generation batches), Readers (invite, links, live progress), Analysis
 (statistics tables, plotly figures, exports and the HTML report), Generate
-(`studio.generate_view`), Evaluate (`studio.evaluate_view`) and Experiments
-(`studio.experiments_view`).
+(`studio.admin.generate`), Evaluate (`studio.admin.evaluate`) and Experiments
+(`studio.admin.experiments`).
 
 Everything a tab does is a plain function here (tested without a browser) over the
 `studies` API; the Gradio wrappers only check the admin session and render.
@@ -47,8 +47,8 @@ from studies import session
 from studies.design import TASKS, StudyOptions
 from studies.errors import StudyError
 from studies.stats.numbers import fmt_num, fmt_p, is_p_key, p_text
-from studio.plain_text import plain_markdown
-from studio.progress_format import ATTENTION_HEADER, attention_cell
+from studio.format.plain_text import plain_markdown
+from studio.format.progress import ATTENTION_HEADER, attention_cell
 
 ZIP_MAX_BYTES = 4 * 1024**3      # uncompressed total
 ZIP_MAX_FILES = 50_000
@@ -820,7 +820,7 @@ def base_url_of(request, configured: str | None) -> str:
 
 
 def build_admin_blocks(db_path, admin_auth, *, model=None, base_url=None, batches_dir=None):
-    from studio import generate_view
+    from studio.admin import generate as generate_view
 
     db_path = str(db_path)
 
@@ -995,11 +995,11 @@ def build_admin_blocks(db_path, admin_auth, *, model=None, base_url=None, batche
                 gen = generate_view.build_generate_tab(db_path, guard, model=model,
                                                        batches_dir=batches_dir)
             with gr.Tab("Evaluate", id="evaluate"):
-                from studio import evaluate_view
+                from studio.admin import evaluate as evaluate_view
 
                 evaluate = evaluate_view.build_evaluate_tab(db_path, guard, batches_dir=batches_dir)
             with gr.Tab("Experiments", id="experiments"):
-                from studio import experiments_view
+                from studio.admin import experiments as experiments_view
 
                 experiments_view.build_experiments_tab(db_path, guard)
 

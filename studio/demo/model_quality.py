@@ -1,6 +1,6 @@
 """Quality checks and figures for the embedded demo model (``assets/medisyn-mini``).
 
-Two proxies, both measured against the real training images (``studio.demo_data``):
+Two proxies, both measured against the real training images (``studio.demo.data``):
 
 - *text alignment*: a simple modality classifier (scikit-learn logistic regression on an 8x8
   thumbnail, colour histograms and a histogram of local gradients) trained on the real images; for
@@ -41,7 +41,7 @@ def features(images: np.ndarray) -> np.ndarray:
 
 
 def read_images(data_dir, rows: list[dict] | None = None) -> tuple[np.ndarray, list[dict]]:
-    """Images and rows of a training set written by ``studio.demo_data.build_training_set``."""
+    """Images and rows of a training set written by ``studio.demo.data.build_training_set``."""
     data_dir = pathlib.Path(data_dir)
     if rows is None:
         with open(data_dir / "captions.csv", newline="", encoding="utf-8") as fh:

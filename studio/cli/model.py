@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import click
 
-from studio.cli import cli, study, model  # noqa: F401  (groups these commands attach to)
+from studio.cli.groups import cli, model, study  # noqa: F401  (groups these commands attach to)
 
 
 @model.command("train")
@@ -24,10 +24,10 @@ from studio.cli import cli, study, model  # noqa: F401  (groups these commands a
 def train_command(out, minutes, seed, samples, vae_steps, unet_steps, threads, data_dir):
     """Train the embedded demo model from scratch on public images shipped by installed packages.
 
-    Builds the training set (studio.demo_data) and trains a small Stable Diffusion pipeline
+    Builds the training set (studio.demo.data) and trains a small Stable Diffusion pipeline
     (model_runtime.train) on the CPU; see assets/MODEL_CARD.md for the recipe.
     """
-    from studio.embedded_model import train_embedded_model
+    from studio.demo.embedded_model import train_embedded_model
 
     result = train_embedded_model(out, minutes=minutes, seed=seed, samples=samples, data_dir=data_dir,
                                   vae_steps=vae_steps, unet_steps=unet_steps, threads=threads,
@@ -47,10 +47,10 @@ def train_command(out, minutes, seed, samples, vae_steps, unet_steps, threads, d
 def evaluate_command(model_name, per_modality, figures, as_json):
     """Score a model on the embedded model's modality prompts: a modality classifier fitted on the
     real training images must recognise the requested modality, and intensities must lie in the
-    real images' range (see studio/model_quality.py)."""
+    real images' range (see studio/demo/model_quality.py)."""
     import json
 
-    from studio.embedded_model import evaluate_model
+    from studio.demo.embedded_model import evaluate_model
 
     report = evaluate_model(model_name, per_modality=per_modality, figures_dir=figures,
                             log=lambda msg: click.echo(msg, err=True))

@@ -1,7 +1,7 @@
 """Build the embedded demo model ``assets/medisyn-mini``: data set, training, defaults, figures.
 
 ``train_embedded_model(out_dir)`` is what ``medisyn model train`` runs: it writes the training set
-from the public images of installed packages (``studio.demo_data``), trains the pipeline from
+from the public images of installed packages (``studio.demo.data``), trains the pipeline from
 scratch (``model_runtime.train``) and records the default generation settings next to the weights
 (``medisyn.json``), which the demo study, the quality test and the benchmark read.
 """
@@ -13,7 +13,7 @@ import pathlib
 import shutil
 import tempfile
 
-from studio import demo_data
+from studio.demo import data as demo_data
 
 DEFAULTS_FILE = "medisyn.json"
 # Default sampling: DPM-Solver++ (the pipeline's own scheduler), few steps, moderate guidance.
@@ -51,7 +51,7 @@ def read_defaults(model_dir) -> GenerationDefaults:
 def write_defaults(model_dir, defaults: GenerationDefaults | None = None) -> pathlib.Path:
     path = pathlib.Path(model_dir) / DEFAULTS_FILE
     data = dataclasses.asdict(defaults or GenerationDefaults())
-    data["note"] = ("Default generation settings of this model (read by studio.demo, the quality test "
+    data["note"] = ("Default generation settings of this model (read by studio.demo.study, the quality test "
                     "and benchmarks/bench_embedded.py) and the modalities it declares "
                     "(model_runtime.modalities); diffusers ignores this file.")
     path.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
@@ -101,7 +101,7 @@ def train_embedded_model(out_dir, *, minutes: float | None = None, seed: int = 0
 
 def evaluate_model(model=None, *, per_modality: int = 8, seed: int = 5000, reference_samples: int = 600,
                    figures_dir=None, log=print) -> dict:
-    """Quality of a model on the embedded model's prompts (see ``studio.model_quality``).
+    """Quality of a model on the embedded model's prompts (see ``studio.demo.model_quality``).
 
     Generates ``per_modality`` images per modality prompt with the model's defaults, scores them
     against real training images, and optionally writes the figures of the model card to
@@ -115,7 +115,7 @@ def evaluate_model(model=None, *, per_modality: int = 8, seed: int = 5000, refer
     from model_runtime import registry
     from model_runtime.generation import GenerationRequest, generate
     from model_runtime.loading import load
-    from studio import model_quality
+    from studio.demo import model_quality
 
     model = model or str(registry.embedded_model_path())
     loaded = load(model, options={"hash_weights": False})

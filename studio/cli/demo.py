@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import click
 
-from studio.cli import cli, study, model  # noqa: F401  (groups these commands attach to)
+from studio.cli.groups import cli, model, study  # noqa: F401  (groups these commands attach to)
 
 
 @cli.command("demo")
@@ -19,8 +19,8 @@ def demo_command(db_path, model, base_url):
     prints the same link (kept in <db stem>.demo-reader next to the database)."""
     import pathlib
 
-    from studio import auth
-    from studio.demo import seed_demo
+    from studio.web import auth
+    from studio.demo.study import seed_demo
 
     pathlib.Path(db_path).parent.mkdir(parents=True, exist_ok=True)
     info = seed_demo(db_path, model, base_url=base_url, log=lambda msg: click.echo(msg, err=True))

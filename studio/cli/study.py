@@ -11,8 +11,8 @@ import sys
 
 import click
 
-from studio.cli import cli, study, model  # noqa: F401  (groups these commands attach to)
-from studio.cli import one_line_errors as _one_line_errors
+from studio.cli.groups import cli, model, study  # noqa: F401  (groups these commands attach to)
+from studio.cli.groups import one_line_errors as _one_line_errors
 
 
 _db_option = click.option("--db", "db_path", required=True, type=click.Path(dir_okay=False),
@@ -380,7 +380,7 @@ def export_cmd(db_path, study_name, fmt, out, all_responses):
 def progress_cmd(db_path, study_name):
     """Per-reader progress (completed reads, training, attention checks)."""
     from studies.session import progress
-    from studio.progress_format import ATTENTION_HEADER, attention_cell
+    from studio.format.progress import ATTENTION_HEADER, attention_cell
 
     rows = progress(db_path, study_name)
     if not rows:

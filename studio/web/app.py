@@ -1,10 +1,10 @@
 """The studio web app: two Gradio apps on one FastAPI server.
 
-- `/`       the reader app (`studio.reader_view`). No login: a reader's personal link
+- `/`       the reader app (`studio.reader.view`). No login: a reader's personal link
             `/?token=...` is the credential, checked in every event.
-- `/admin`  the researcher app (`studio.admin_view`, with the Generate tab from
-            `studio.generate_view`), behind Gradio's login (`auth=`; credentials from
-            `studio.auth`). Every admin handler also checks `request.username` itself.
+- `/admin`  the researcher app (`studio.admin.view`, with the Generate tab from
+            `studio.admin.generate`), behind Gradio's login (`auth=`; credentials from
+            `studio.web.auth`). Every admin handler also checks `request.username` itself.
 
 Two separate Blocks rather than one app with hidden admin tabs: the reader app's config,
 API and file routes contain nothing of the admin side, and Gradio's auth on `/admin`
@@ -17,7 +17,7 @@ images from the app's own route, `GET /stimulus/<view id>?token=<token>`
 (`stimulus_response`): the stored PNG bytes of that reader's current read, `no-store`.
 `ReaderRouteGuard` refuses every Gradio file route (`file=`, `file/`) and every upload on
 the reader side; Gradio's login guards the admin side's file and upload routes.
-`studio.web_security` wraps everything: cross-origin writes refused, no CORS, SameSite=Lax
+`studio.web.security` wraps everything: cross-origin writes refused, no CORS, SameSite=Lax
 cookies, CSP and friends on every response, no API descriptions, bad `fn_index` → 422.
 
 Concurrency: reader events are short SQLite calls on a fresh connection each; they share
@@ -36,8 +36,8 @@ import sqlite3
 import threading
 import time
 
-from studio import auth as auth_mod
-from studio import web_security
+from studio.web import auth as auth_mod
+from studio.web import security as web_security
 
 log = logging.getLogger(__name__)
 
@@ -56,7 +56,7 @@ def blocked_paths(db_path) -> list[str]:
 
 
 def _demo_token_path(db: pathlib.Path) -> pathlib.Path:
-    from studio.demo import token_path
+    from studio.demo.study import token_path
 
     return token_path(db)
 
@@ -126,7 +126,7 @@ def stimulus_response(db_path: str, view_id: str, token: str | None):
     from studies import session
     from studies.errors import NotAuthorised
 
-    from studio import reader_view
+    from studio.reader import view as reader_view
 
     try:
         _, data = session.current_stimulus_png(db_path, (token or "").strip() or None, view_id)
@@ -150,7 +150,9 @@ def build_app(db_path, *, admin_auth: auth_mod.AdminAuth, model: str | None = No
     import fastapi
     import gradio as gr
 
-    from studio import admin_view, reader_view
+    from studio.admin import view as admin_view
+
+    from studio.reader import view as reader_view
 
     db_path = str(pathlib.Path(db_path).resolve())
 
@@ -217,7 +219,7 @@ def add_admin_routes(app) -> None:
     - `/admin` without the slash redirects to `/admin/` (the reader app, mounted at `/`,
       would answer it 404);
     - logging out is a POST (`/admin/logout`), so that a cross-site link or image cannot end
-      the admin's sessions: `studio.web_security` refuses cross-origin POSTs, and GET
+      the admin's sessions: `studio.web.security` refuses cross-origin POSTs, and GET
       answers 405. It ends every session of the logged-in admin, as Gradio's own did."""
     from starlette.responses import PlainTextResponse, RedirectResponse
 
@@ -418,7 +420,7 @@ def default_model() -> str | None:
 def prepare(db_path, *, model=None, seed_demo=True, host="127.0.0.1", port=7860,
             base_url=None, reset_admin_password=False, echo=print, env=None) -> StartInfo:
     """Everything `medisyn studio` does before serving: database folder, admin credentials,
-    the demo study on first start (seeded with `studio.demo.seed_demo`), a demo reader link."""
+    the demo study on first start (seeded with `studio.demo.study.seed_demo`), a demo reader link."""
     import sqlite3
 
     from studies.storage.database import check_database_file
@@ -452,9 +454,9 @@ def prepare(db_path, *, model=None, seed_demo=True, host="127.0.0.1", port=7860,
     has_demo = any(st["name"] == _demo_study_name() for st in studies_now)
     if seed_demo and (not studies_now or has_demo):
         try:
-            from studio.demo import seed_demo as _seed
+            from studio.demo.study import seed_demo as _seed
         except ImportError:
-            info.notes.append("no demo study: studio.demo is not available")
+            info.notes.append("no demo study: studio.demo.study is not available")
         else:
             if not studies_now:
                 # The addresses first: seeding takes from ~25 s to minutes on a busy machine.
@@ -465,7 +467,7 @@ def prepare(db_path, *, model=None, seed_demo=True, host="127.0.0.1", port=7860,
                      "progress and the time left follow)...")
             try:
                 # Reuses an existing demo study and prints the demo reader's kept link, so an
-                # open demo tab survives the restart (studio.demo.token_path).
+                # open demo tab survives the restart (studio.demo.study.token_path).
                 demo = _seed(db_path, model, base_url=base_url, log=echo)
             except Exception as exc:  # a broken model must not stop the studio serving studies
                 info.notes.append(f"demo study not available: {type(exc).__name__}: {exc}")
@@ -477,7 +479,7 @@ def prepare(db_path, *, model=None, seed_demo=True, host="127.0.0.1", port=7860,
 
 def _demo_study_name() -> str:
     try:
-        from studio import demo
+        from studio.demo import study as demo
 
         return getattr(demo, "DEMO_STUDY", "demo")
     except ImportError:

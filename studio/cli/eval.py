@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from studio.cli import cli, one_line_errors
+from studio.cli.groups import cli, one_line_errors
 
 
 @cli.group("eval")

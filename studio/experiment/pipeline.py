@@ -13,7 +13,7 @@ runs. Stages, in order (docs/experiments.md):
               images; its leak audit stops the run unless acknowledged; readers invited
     analyze   ``studies.export.analyze_db`` on the answers so far
     augment   (optional) ``evaluation.augment.run_augment`` on the same images
-    report    OUT/report.md and OUT/report.html (``studio.experiment_report``)
+    report    OUT/report.md and OUT/report.html (``studio.experiment.report``)
 
 Each stage writes ``OUT/<stage>/`` and ``OUT/<stage>/stamp.json``: the hash of its inputs (its
 parameters and the recorded output hashes of the stages it reads) and of its outputs. A stage
@@ -704,7 +704,7 @@ def _inputs_generate(ctx: _Ctx) -> dict:
 
 def _model_defaults(model: str) -> tuple[int, float]:
     from model_runtime import loading
-    from studio.embedded_model import DEFAULTS_FILE, read_defaults
+    from studio.demo.embedded_model import DEFAULTS_FILE, read_defaults
 
     try:
         path, _ = loading.resolve(model)
@@ -1171,7 +1171,7 @@ def _labelled(rows: list[dict], column: str, label_of=None):
 def run_augment_on(real_pool, test, synthetic, out_dir: pathlib.Path, params: dict, log):
     """The utility experiment on the run's images (``evaluation.augment``'s public entry point)."""
     from evaluation.augment import AugmentConfig, run_augment
-    from studio.cli_model import decode_rgb
+    from studio.cli.model import decode_rgb
 
     cfg = AugmentConfig(n_real=params["n_real"], synthetic=tuple(params["amounts"]), repeats=params["repeats"],
                         seed=params["seed"], size=params["size"], max_epochs=params["max_epochs"],
@@ -1207,14 +1207,14 @@ def _run_augment(ctx: _Ctx):
 # --------------------------------------------------------------------------- report
 
 def _inputs_report(ctx: _Ctx) -> dict:
-    from studio import experiment_report
+    from studio.experiment import report as experiment_report
 
     ups = {s: ctx.outputs(s) for s in STAGES[:-1] if s in ctx.stamps and (s != "augment" or ctx.cfg.augment)}
     return {"upstream": ups, "config": _sha_json(ctx.cfg.text), "format": experiment_report.FORMAT_VERSION}
 
 
 def _run_report(ctx: _Ctx):
-    from studio import experiment_report
+    from studio.experiment import report as experiment_report
 
     paths = experiment_report.write_report(ctx.out, ctx.cfg, ctx.stamps)
     return paths, {"files": [p.name for p in paths]}
@@ -1355,7 +1355,7 @@ SAME_ACQUISITION = {"pydicom/data/test_files/JPEG2000.dcm": "pydicom/data/test_f
 
 
 def demo_group(view) -> str:
-    """The group of a ``studio.demo_data`` view: its source file (one acquisition)."""
+    """The group of a ``studio.demo.data`` view: its source file (one acquisition)."""
     source = f"{view.package}/{view.relpath}"
     return SAME_ACQUISITION.get(source, source)
 
@@ -1371,7 +1371,7 @@ out = "runs/{name}"
 [real]
 manifest = "real/manifest.csv"
 holdout = 0.3
-source = "public test images shipped with pydicom, nibabel and scikit-image (studio.demo_data)"
+source = "public test images shipped with pydicom, nibabel and scikit-image (studio.demo.data)"
 
 [[generator]]
 name = "mini"
@@ -1402,7 +1402,7 @@ def write_demo_inputs(folder, *, name: str = "demo-experiment", modalities=("ct"
     crops and held-out demo images of ``modalities``; one group per source file, so slices, frames
     and regions of one file stay together), and
     ``experiment.toml`` for the embedded model. Returns the config path."""
-    from studio import demo_data
+    from studio.demo import data as demo_data
 
     folder = pathlib.Path(folder)
     real = folder / "real"

@@ -22,7 +22,7 @@
   apps (the outer FastAPI has its docs off).
 - **Bad `fn_index`** in an event post → 422 in words, not a 500 from a KeyError.
 - The client address of each request is put in `CLIENT_ADDRESS` (a contextvar) so the
-  admin login's lockout (`studio.auth.AdminAuth`, called by Gradio with only user and
+  admin login's lockout (`studio.web.auth.AdminAuth`, called by Gradio with only user and
   password) can count failures per address and user name.
 """
 from __future__ import annotations
@@ -32,7 +32,7 @@ import re
 import urllib.parse
 from collections.abc import Callable
 
-from studio.auth import CLIENT_ADDRESS
+from studio.web.auth import CLIENT_ADDRESS
 
 # Gradio's pages need inline scripts and styles, and 'unsafe-eval' for the `js=` snippets
 # of events (compiled with `new Function` in the browser; without it the pages do not load).

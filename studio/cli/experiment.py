@@ -1,10 +1,10 @@
 """medisyn CLI commands: experiment (`medisyn experiment augment | augment-demo | run | status | report`),
-thin wrappers over evaluation.augment, studio.augment_demo and studio.experiment."""
+thin wrappers over evaluation.augment, studio.experiment.augment_demo and studio.experiment.pipeline."""
 from __future__ import annotations
 
 import click
 
-from studio.cli import cli
+from studio.cli.groups import cli
 
 
 @cli.group()
@@ -110,9 +110,9 @@ def augment_command(real_csv, test_csv, synthetic_csv, model, label_prompts, lor
     import pathlib
 
     from evaluation.augment import AugmentError, read_labelled, run_augment
-    from studio.augment_generate import generate_synthetic
+    from studio.experiment.augment_generate import generate_synthetic
     from model_runtime.loading import ModelNotFoundError
-    from studio.cli_model import decode_rgb
+    from studio.cli.model import decode_rgb
 
     if (synthetic_csv is None) == (model is None):
         raise click.UsageError("give exactly one of --synthetic or --model (with --label-prompts)")
@@ -156,7 +156,7 @@ def augment_demo_command(out, model, n_real, amounts, pool, **kw):
     images from held-out slices/frames/regions, synthetic images from the embedded model."""
     from evaluation.augment import AugmentError
     from model_runtime.loading import ModelNotFoundError
-    from studio.augment_demo import run_demo
+    from studio.experiment.augment_demo import run_demo
 
     try:
         result = run_demo(out, _config(n_real, amounts, **kw), model=model, pool=pool,
@@ -167,10 +167,10 @@ def augment_demo_command(out, model, n_real, amounts, pool, **kw):
     _report(result)
 
 
-# --- the validation-study pipeline (studio.experiment) ---------------------------------------
+# --- the validation-study pipeline (studio.experiment.pipeline) ---------------------------------------
 
 def _stages():
-    from studio.experiment import STAGES
+    from studio.experiment.pipeline import STAGES
 
     return click.Choice(STAGES)
 
@@ -185,7 +185,7 @@ def _stages():
 def experiment_run(config, until, force, engine) -> None:
     """Run an experiment config (TOML): split → generate → novelty → fidelity → study → analyze →
     augment → report. Unchanged stages are skipped; see docs/experiments.md."""
-    from studio.experiment import ExperimentError, run_experiment
+    from studio.experiment.pipeline import ExperimentError, run_experiment
 
     try:
         result = run_experiment(config, until=until, force=force, engine=engine, log=click.echo)
@@ -201,7 +201,7 @@ def experiment_run(config, until, force, engine) -> None:
 @click.argument("out", type=click.Path(file_okay=False))
 def experiment_status_cmd(out) -> None:
     """Each stage's state and the readers' progress."""
-    from studio.experiment import ExperimentError, experiment_status
+    from studio.experiment.pipeline import ExperimentError, experiment_status
 
     try:
         status = experiment_status(out)
@@ -215,7 +215,7 @@ def experiment_status_cmd(out) -> None:
 @click.argument("out", type=click.Path(file_okay=False))
 def experiment_report_cmd(out) -> None:
     """Redo the analysis and the report with the readers' answers so far."""
-    from studio.experiment import ExperimentError, experiment_report
+    from studio.experiment.pipeline import ExperimentError, experiment_report
 
     try:
         result = experiment_report(out, log=click.echo)
