@@ -16,7 +16,11 @@ cell: `Berlin;'=HYPERLINK(...)` (pieces that are plain numbers are left alone).
 """
 from __future__ import annotations
 
+import csv
+import os
+import pathlib
 import re
+import tempfile
 
 FORMULA_PREFIXES = ("=", "+", "-", "@", "\t", "\r")
 _PLAIN_NUMBER = re.compile(r"[+-]?(\d+(\.\d*)?|\.\d+)([eE][+-]?\d+)?")
@@ -61,3 +65,21 @@ def spreadsheet_unsafe(value):
         value = "".join(part if i % 2 or i == 0 else _unsafe_start(part)
                         for i, part in enumerate(parts))
     return _unsafe_start(value)
+
+
+def write_csv(path: str | pathlib.Path, rows: list[dict], columns) -> pathlib.Path:
+    """A table for people (results, summaries) as CSV, every text cell through
+    `spreadsheet_safe`; written to a temporary file and renamed, so a crash never leaves half
+    a table. Missing columns are empty; keys not in `columns` are ignored."""
+    path = pathlib.Path(path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".table-", suffix=".csv")
+    try:
+        with os.fdopen(fd, "w", newline="", encoding="utf-8") as fh:
+            writer = csv.DictWriter(fh, fieldnames=list(columns), extrasaction="ignore", restval="")
+            writer.writeheader()
+            writer.writerows({k: spreadsheet_safe(v) for k, v in row.items()} for row in rows)
+        os.replace(tmp, path)
+    except BaseException:
+        pathlib.Path(tmp).unlink(missing_ok=True)
+        raise
+    return path

@@ -13,6 +13,7 @@ them from here.
 from studies.imaging.decode import (
     BURNED_IN_MODALITIES,
     DEFAULT_PRESET,
+    IMAGE_SUFFIXES,
     MAX_PIXELS,
     NEAR_GREY_LEVELS,
     PERCENTILES,
@@ -25,6 +26,7 @@ from studies.imaging.decode import (
     burned_in_reason,
     degenerate_content,
     grey_spread,
+    is_image_file,
     is_grey,
     load_image,
     reduce_factor,
@@ -32,8 +34,8 @@ from studies.imaging.decode import (
 )
 
 __all__ = [
-    "BURNED_IN_MODALITIES", "DEFAULT_PRESET", "MAX_PIXELS", "NEAR_GREY_LEVELS", "PERCENTILES",
+    "BURNED_IN_MODALITIES", "DEFAULT_PRESET", "IMAGE_SUFFIXES", "MAX_PIXELS", "NEAR_GREY_LEVELS", "PERCENTILES",
     "REDUCING_GAP", "TINY_SIDE", "TOTAL_PIXEL_FACTOR", "WINDOW_PRESETS", "DecodedImage",
-    "ImageError", "burned_in_reason", "degenerate_content", "grey_spread", "is_grey",
+    "ImageError", "burned_in_reason", "degenerate_content", "grey_spread", "is_image_file", "is_grey",
     "load_image", "reduce_factor", "to_luma",
 ]

@@ -44,6 +44,16 @@ __all__ = [
     "load_image", "reduce_factor", "to_luma",
 ]
 
+# Every file suffix the project treats as an image (folders, uploads, fine-tuning data).
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".webp", ".dcm", ".dicom",
+                  ".nii", ".nii.gz")
+
+
+def is_image_file(path) -> bool:
+    """Whether `path`'s name ends in one of IMAGE_SUFFIXES (case-insensitive; `.nii.gz` whole)."""
+    return pathlib.Path(path).name.lower().endswith(IMAGE_SUFFIXES)
+
+
 MAX_PIXELS = 64_000_000
 """Default limit on the pixels of the decoded 2-D image (decompression-bomb guard)."""
 TOTAL_PIXEL_FACTOR = 16

@@ -34,12 +34,15 @@ import csv
 import dataclasses
 import os
 import pathlib
+import tempfile
 
 from studies.errors import ManifestError
 
 REQUIRED = ("path", "source", "modality", "prompt")
 OPTIONAL = ("generator", "case_id", "group", "frame", "window", "slice", "axis", "crop")
 SOURCES = ("real", "synthetic")
+# The columns a manifest is written with, in this order, by every writer in the project.
+COLUMNS = REQUIRED + ("generator", "case_id", "group")
 _SIDECAR = ".txt"
 
 
@@ -264,3 +267,22 @@ def _check_unique(rows: list[ManifestRow]) -> None:
             raise ManifestError(f"{row.where}: duplicate case_id {row.case_id!r} "
                                 f"(first used at {seen[row.case_id]})")
         seen[row.case_id] = row.where
+
+
+def write_manifest(path: str | pathlib.Path, rows: list[dict],
+                   columns: tuple[str, ...] = COLUMNS) -> pathlib.Path:
+    """Write `rows` (dicts; missing columns empty, extra keys ignored) as a manifest that
+    `read_manifest` reads back unchanged. Written to a temporary file and renamed, so a crash
+    never leaves half a manifest."""
+    path = pathlib.Path(path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".manifest-", suffix=".csv")
+    try:
+        with os.fdopen(fd, "w", newline="", encoding="utf-8") as fh:
+            writer = csv.DictWriter(fh, fieldnames=list(columns), extrasaction="ignore", restval="")
+            writer.writeheader()
+            writer.writerows(rows)
+        os.replace(tmp, path)
+    except BaseException:
+        pathlib.Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
