@@ -1,7 +1,5 @@
 """`medisyn study analyze` and `medisyn study power`."""
 import json
-import sys
-import types
 
 import pytest
 from click.testing import CliRunner
@@ -35,9 +33,9 @@ def test_analyze_text_and_html(tmp_path):
 
 def test_analyze_db_path(tmp_path, monkeypatch):
     df = simulate_long(3, 20, seed=5)
-    fake = types.ModuleType("studies.export")
-    fake.long_table = lambda db, name: df
-    monkeypatch.setitem(sys.modules, "studies.export", fake)
+    from studies import export
+
+    monkeypatch.setattr(export, "long_table", lambda db, name: df)
     db = tmp_path / "s.db"
     db.write_bytes(b"")
     res = CliRunner().invoke(cli, ["study", "analyze", "--db", str(db), "--study", "sim", "--json"])
