@@ -72,6 +72,12 @@ def test_every_relative_link_resolves(doc):
     assert broken == [], "\n".join(broken)
 
 
+def test_docs_index_lists_every_document():
+    index = {t.partition("#")[0] for t in links((ROOT / "docs" / "README.md").read_text(encoding="utf-8"))}
+    documents = {p.name for p in (ROOT / "docs").glob("*.md")} - {"README.md"}
+    assert sorted(documents - index) == []
+
+
 def test_readme_is_a_front_door():
     lines = (ROOT / "README.md").read_text(encoding="utf-8").splitlines()
     assert len(lines) < 200, f"README has {len(lines)} lines; reference material belongs in docs/"
