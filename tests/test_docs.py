@@ -6,6 +6,7 @@ import fnmatch
 import io
 import pathlib
 import re
+import subprocess
 import tokenize
 
 import pytest
@@ -92,11 +93,25 @@ def ignored_names() -> list[str]:
     return patterns
 
 
-def folders_that_exist() -> set[str]:
+def top_level_folders() -> set[str]:
+    """Folders holding files under version control; outside a git checkout, the folders
+    .gitignore does not exclude (so outputs of a local run, such as data/, do not count)."""
+    try:
+        run = subprocess.run(["git", "ls-files"], cwd=ROOT, capture_output=True, text=True, timeout=60)
+        tracked = run.stdout.splitlines() if run.returncode == 0 else []
+    except (OSError, subprocess.SubprocessError):
+        tracked = []
+    if tracked:
+        return {f.split("/", 1)[0] + "/" for f in tracked
+                if "/" in f and not f.startswith(".") and (ROOT / f.split("/", 1)[0]).is_dir()}
     ignored = ignored_names()
-    top = {p.name + "/" for p in ROOT.iterdir()
-           if p.is_dir() and not p.name.startswith(".")
-           and not any(fnmatch.fnmatch(p.name, pat) for pat in ignored)}
+    return {p.name + "/" for p in ROOT.iterdir()
+            if p.is_dir() and not p.name.startswith(".")
+            and not any(fnmatch.fnmatch(p.name, pat) for pat in ignored)}
+
+
+def folders_that_exist() -> set[str]:
+    top = top_level_folders()
     subs = {f"{pkg}/{p.name}/" for pkg in PACKAGES_WITH_SUBPACKAGES
             for p in (ROOT / pkg).iterdir() if (p / "__init__.py").is_file()}
     return top | subs
