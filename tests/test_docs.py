@@ -176,3 +176,17 @@ def test_no_comment_cites_the_tracker_or_a_document_outside_the_repository():
             for line, text in comments_and_docstrings(path):
                 offenders += [f"{path.relative_to(ROOT)}:{line}: {ref}" for ref in stale_references(text)]
     assert offenders == [], "\n".join(offenders)
+
+
+DOC_TRACKER = re.compile(r"\bissues?\s*#?\d+|\bGUIDE(?:\s*§|\.md)", re.I)
+
+
+@pytest.mark.xfail(strict=False, reason="docs/benchmarks.md (edited elsewhere) still cites the tracker and "
+                   "an outside guide; the failure lists the lines")
+def test_no_document_cites_the_tracker_or_a_document_outside_the_repository():
+    offenders = []
+    for doc in DOCS:
+        for n, line in enumerate(doc.read_text(encoding="utf-8").splitlines(), 1):
+            refs = [m.group(0) for m in DOC_TRACKER.finditer(line)] + [m.group(0) for m in OUTSIDE.finditer(line)]
+            offenders += [f"{doc.relative_to(ROOT)}:{n}: {ref}" for ref in refs]
+    assert offenders == [], "\n".join(offenders)
