@@ -22,7 +22,7 @@ torch_args() {
         fi
         spec=$DEFAULT_TORCH_SPEC
         if command -v nvidia-smi >/dev/null 2>&1; then
-            echo "note: an NVIDIA GPU is visible; for CUDA torch see the README (TORCH_SPEC)" >&2
+            echo "note: an NVIDIA GPU is visible; for CUDA torch see docs/install.md (TORCH_SPEC)" >&2
         fi
     fi
     echo "$spec"

@@ -121,7 +121,7 @@ def format_summary(result: dict) -> str:
 @click.option("--study", "study_name", help="Study name (with --db).")
 @click.option("--responses", type=click.Path(exists=True, dir_okay=False, path_type=Path),
               help="A `long` export CSV instead of a database.")
-@click.option("--json", "as_json", is_flag=True, help="Print the full result as JSON (keys: README).")
+@click.option("--json", "as_json", is_flag=True, help="Print the full result as JSON (keys: docs/statistics.md).")
 @click.option("--html", "html_path", type=click.Path(dir_okay=False, path_type=Path),
               help="Write a self-contained HTML report here.")
 @click.option("--alpha", default=0.05, show_default=True, type=_PROB, help="Test level; CIs are 1 − alpha.")
