@@ -986,7 +986,7 @@ def test_prepare_prints_credentials_once_and_a_working_demo_link(tmp_path, monke
     token = first.demo_link.split("token=")[1]
     assert readers.reader_for_token(db, token).name == demo.DEMO_READER
     kept = demo.token_path(db)
-    assert kept == db.parent / "studio.demo.study-reader"
+    assert kept == db.parent / "studio.demo-reader"
     assert kept.read_text().strip() == token and stat.S_IMODE(kept.stat().st_mode) == 0o600
     # A restart prints the same link, and it still opens the demo: an open tab keeps working.
     second = app_mod.prepare(db, model="m", port=7999, env={}, echo=lambda m: None)
