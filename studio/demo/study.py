@@ -18,7 +18,6 @@ low-level statistics (noise, sharpness): the study fails its own leak audit, and
 from __future__ import annotations
 
 import collections
-import csv
 import dataclasses
 import pathlib
 import secrets
@@ -29,6 +28,7 @@ from studies import readers
 from studies.audit import is_flagged
 from studies.design import StudyOptions
 from studies.errors import StudyExists
+from studies.imaging.manifest import write_manifest
 from studies.ingest import audit_study, create_study, list_studies
 from studio.demo import data as demo_data
 from studio.web.auth import write_private
@@ -163,10 +163,7 @@ def _create(db_path, model, *, synthetic_per_modality: int, seed: int, log) -> d
         prompts = {m: demo_data.MODALITIES[m].prompt for m in counts}
         rows += _generate(model, folder, counts, prompts, seed, log)
         manifest = folder / "manifest.csv"
-        with open(manifest, "w", newline="", encoding="utf-8") as fh:
-            writer = csv.DictWriter(fh, fieldnames=["path", "source", "modality", "prompt", "generator"])
-            writer.writeheader()
-            writer.writerows(rows)
+        write_manifest(manifest, rows, columns=("path", "source", "modality", "prompt", "generator"))
         # No study seed: each reader's order comes from the study's random secret (a fixed
         # seed would let anyone who read this code predict every position's truth).
         options = StudyOptions(tasks=TASKS, training_cases=2)
