@@ -20,6 +20,7 @@ from studio.experiment import pipeline
 from studio.experiment.records import novelty_summary
 from studio.experiment.split import split_groups
 from studio.cli import cli
+from studio.format.plain_text import plain_markdown
 
 MINIMAL = """
 name = "t"
@@ -153,7 +154,7 @@ def test_small_experiment_end_to_end(tmp_path):
     # ... and named in the report, in Methods, with the held-out flag rate
     md = (run / "report.md").read_text(encoding="utf-8")
     for name in planted:
-        assert name in md.split("## Results")[0]
+        assert plain_markdown(name) in md.split("## Results")[0]  # table cells, escaped
     assert "False-flag rate on held-out real images" in md and "Wilson 95% CI): " in md
     assert "closer to the reference images than held-out real images" in md and "Mann-Whitney p = " in md
     nov = novelty_summary(run)
