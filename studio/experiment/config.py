@@ -236,7 +236,7 @@ def parse_config(text: str, path: pathlib.Path, *, base: pathlib.Path | None = N
         gens.append(Generator(**d))
 
     nov = _take(top["novelty"], "novelty", {
-        "gate": (_bool, True), "measures": (_str_list, tuple(descriptors_default())),
+        "gate": (_bool, True), "measures": (_str_list, tuple(_default_measures())),
         "alpha": (_float(0.0, 1.0, open_lo=True, open_hi=True), NOVELTY_ALPHA), "size": (_int(16, 1024), 128),
     })
     bad = [m for m in nov["measures"] if m not in descriptors.MEASURES or m == "features"]
@@ -290,7 +290,7 @@ def parse_config(text: str, path: pathlib.Path, *, base: pathlib.Path | None = N
     )
 
 
-def descriptors_default():
+def _default_measures():
     from evaluation.novelty import DEFAULT_MEASURES
 
     return DEFAULT_MEASURES

@@ -160,7 +160,6 @@ def _mark_running(out: pathlib.Path, stage: str) -> None:
     write_json(out / stage / "state.json", {"state": "running", "pid": os.getpid(), "at": now()})
 
 
-
 def report_inputs(ctx: Context) -> dict:
     ups = {s: ctx.outputs(s) for s in STAGES[:-1] if s in ctx.stamps and (s != "augment" or ctx.cfg.augment)}
     return {"upstream": ups, "config": sha_json(ctx.cfg.text), "format": experiment_report.FORMAT_VERSION}
