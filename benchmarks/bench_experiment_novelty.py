@@ -1,4 +1,4 @@
-"""Error rates of the experiment's novelty gate (`studio.experiment.pipeline.calibrated_novelty`) on planted cases.
+"""Error rates of the experiment's novelty gate (`studio.experiment.screen.calibrated_novelty`) on planted cases.
 
     PYTHONPATH=$PWD OMP_NUM_THREADS=1 .venv/bin/python benchmarks/bench_experiment_novelty.py \
         [--samples 180] [--repeats 3] [--size 128]
@@ -66,7 +66,9 @@ def main() -> None:
 
     from studio.demo import data as demo_data
     from evaluation.novelty import DEFAULT_MEASURES, wilson
-    from studio.experiment.pipeline import calibrated_novelty, demo_group, split_groups
+    from studio.experiment.example import demo_group
+    from studio.experiment.screen import calibrated_novelty
+    from studio.experiment.split import split_groups
 
     results = []
     with tempfile.TemporaryDirectory(prefix="medisyn-bench-expnov-") as tmp:

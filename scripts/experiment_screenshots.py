@@ -3,7 +3,7 @@
     PYTHONPATH=$PWD OMP_NUM_THREADS=1 HF_HUB_OFFLINE=1 .venv/bin/python scripts/experiment_screenshots.py \
         [--out docs/img] [--work /tmp/medisyn-exp-shots]
 
-Runs `studio.experiment.pipeline.write_demo_inputs` end to end (embedded model, CPU), answers the study as
+Runs `studio.experiment.write_demo_inputs` end to end (embedded model, CPU), answers the study as
 two simulated readers through the study library, rewrites the report, then opens it and the admin
 tab in headless Chromium (Debian's /usr/bin/chromium) at 1440x900 and 390x844.
 """
@@ -39,7 +39,7 @@ def main() -> None:
     ap.add_argument("--chromium", default="/usr/bin/chromium")
     args = ap.parse_args()
 
-    from studio.experiment import pipeline as E
+    import studio.experiment as E
 
     config = E.write_demo_inputs(args.work, steps=4)  # a second call reuses the run (stages unchanged)
     result = E.run_experiment(config)

@@ -1,4 +1,5 @@
-"""CSV cells that no spreadsheet opens as a formula: `spreadsheet_safe` and its inverse.
+"""CSV cells that no spreadsheet opens as a formula: `spreadsheet_safe` and its inverse, and
+the table writer and reader built on them (`write_csv`, `read_csv`).
 
 One rule for every CSV the project writes for people (study exports, evaluation tables).
 A CSV cell is opened by Excel/LibreOffice/Sheets as a
@@ -83,3 +84,11 @@ def write_csv(path: str | pathlib.Path, rows: list[dict], columns) -> pathlib.Pa
         pathlib.Path(tmp).unlink(missing_ok=True)
         raise
     return path
+
+
+def read_csv(path: str | pathlib.Path) -> list[dict]:
+    """The rows of a table written by `write_csv`, every cell as written before
+    `spreadsheet_safe` (so what a program writes with `write_csv` it reads back unchanged;
+    empty cells, like missing ones, come back as '')."""
+    with open(path, newline="", encoding="utf-8") as fh:
+        return [{k: spreadsheet_unsafe(v) for k, v in row.items()} for row in csv.DictReader(fh)]

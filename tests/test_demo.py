@@ -10,6 +10,7 @@ from studies import readers, session  # noqa: E402
 from studies.export import long_table  # noqa: E402
 from studies.ingest import list_studies  # noqa: E402
 from studio.demo import study as demo  # noqa: E402
+from studio.web.auth import write_private  # noqa: E402
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 MODEL = ROOT / "assets" / "medisyn-mini"
@@ -20,7 +21,7 @@ pytestmark = pytest.mark.skipif(not (MODEL / "model_index.json").is_file(), reas
 @pytest.fixture(scope="module")
 def seeded(tmp_path_factory):
     db = tmp_path_factory.mktemp("demo") / "studio.db"
-    info = demo.seed_demo(db, synthetic_per_modality=1)
+    info = demo.seed_demo(db, keep_token=write_private, synthetic_per_modality=1)
     return db, info
 
 
@@ -67,7 +68,7 @@ def test_every_modality_has_real_and_synthetic_cases(seeded):
 
 def test_second_start_reuses_the_study_and_prints_the_same_link(seeded):
     db, first = seeded
-    again = demo.seed_demo(db)
+    again = demo.seed_demo(db, keep_token=write_private)
     assert not again.created and again.study == "demo"
     assert len(list_studies(db)) == 1
     # Same link as the first start, still valid: a demo tab left open survives a restart.

@@ -1,4 +1,4 @@
-"""The experiment pipeline (studio.experiment.pipeline): config validation, and one small run end to end on
+"""The experiment pipeline (studio.experiment): config validation, and one small run end to end on
 the images installed packages ship, with the embedded model and answers given through the study
 library."""
 import csv
@@ -15,8 +15,12 @@ from PIL import Image
 from studies import readers
 from studies.ingest import list_studies
 from studies.session import next_case, submit
-from studio.experiment import pipeline as E
+import studio.experiment as E
+from studio.experiment import pipeline
+from studio.experiment.records import novelty_summary
+from studio.experiment.split import split_groups
 from studio.cli import cli
+from studio.format.plain_text import plain_markdown
 
 MINIMAL = """
 name = "t"
@@ -78,12 +82,12 @@ def test_a_config_that_is_not_toml_is_one_error_line(minimal):
 
 def test_split_keeps_each_group_on_one_side_and_a_reference_group_per_modality():
     rows = [{"modality": m, "group": f"{m}{g}"} for m in ("CT", "MR") for g in range(5) for _ in range(3)]
-    held = E.split_groups(rows, 0.4, seed=3)
-    assert held == E.split_groups(rows, 0.4, seed=3)
+    held = split_groups(rows, 0.4, seed=3)
+    assert held == split_groups(rows, 0.4, seed=3)
     for m in ("CT", "MR"):
         groups = {r["group"] for r in rows if r["modality"] == m}
         assert len(groups & held) == 2 and groups - held
-    assert E.split_groups([{"modality": "CT", "group": "only"}], 0.9, seed=0) == set()
+    assert split_groups([{"modality": "CT", "group": "only"}], 0.9, seed=0) == set()
 
 
 def _plant(run: pathlib.Path, n: int) -> list[str]:
@@ -150,10 +154,10 @@ def test_small_experiment_end_to_end(tmp_path):
     # ... and named in the report, in Methods, with the held-out flag rate
     md = (run / "report.md").read_text(encoding="utf-8")
     for name in planted:
-        assert name in md.split("## Results")[0]
+        assert plain_markdown(name) in md.split("## Results")[0]  # table cells, escaped
     assert "False-flag rate on held-out real images" in md and "Wilson 95% CI): " in md
     assert "closer to the reference images than held-out real images" in md and "Mann-Whitney p = " in md
-    nov = E.novelty_summary(run)
+    nov = novelty_summary(run)
     assert set(planted) <= set(nov["flagged"]) and nov["holdout_rate"]["ci_wilson"] is not None
     assert "not reported" in md  # the checklist marks what the run does not know
     page = (run / "report.html").read_text(encoding="utf-8")
@@ -247,6 +251,6 @@ def test_two_runs_of_one_folder_do_not_interleave(minimal):
     config.write_text(MINIMAL, encoding="utf-8")
     out = minimal / "runs" / "t"
     out.mkdir(parents=True)
-    with E._run_lock(out):  # another run holds the folder
+    with pipeline._run_lock(out):  # another run holds the folder
         with pytest.raises(E.ExperimentError, match="another run of this experiment is in progress"):
             E.run_experiment(config, log=lambda m: None)

@@ -44,3 +44,17 @@ def test_repeats_name_the_method_and_holm():
     assert "bootstrap over test clusters (patients) and training repeats" in md
     assert "Holm-adjusted p =" in md and "Holm-adjusted over the comparisons" in md
     assert "t-test" not in md and ONE_REPEAT_NOTE not in md
+
+
+def test_markdown_table_cells_show_user_text_as_typed_and_keep_section_links():
+    from studio.experiment.report_doc import to_html
+
+    doc = Doc()
+    doc.h(2, "Provenance", "provenance")
+    doc.table(["name", "where"], [["![x](http://tracker.example/p.png) a|b\nc", "[Provenance](#provenance)"]])
+    md = to_markdown(doc)
+    assert "](http://tracker.example" not in md  # no remote image in a rendered report.md
+    assert "\\!\\[x\\]\\(http\\:" in md and "a\\|b c" in md  # the text, one line, the table intact
+    assert "| [Provenance](#provenance) |" in md  # a link to a section stays a link
+    page = to_html(doc, "t")
+    assert '<a href="#provenance">Provenance</a>' in page and "<img" not in page

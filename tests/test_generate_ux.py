@@ -92,7 +92,7 @@ def test_first_start_prints_the_addresses_before_seeding(tmp_path, monkeypatch):
 
     said = []
 
-    def fake_seed(db_path, model, *, base_url, log):
+    def fake_seed(db_path, model, *, keep_token, base_url, log):
         said.append("<seeding>")
         raise RuntimeError("no model here")
 

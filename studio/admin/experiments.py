@@ -23,7 +23,7 @@ import threading
 import gradio as gr
 import pandas as pd
 
-from studio.experiment import pipeline as E
+import studio.experiment as E
 
 
 @dataclasses.dataclass

@@ -23,7 +23,8 @@ def demo_command(db_path, model, base_url):
     from studio.demo.study import seed_demo
 
     pathlib.Path(db_path).parent.mkdir(parents=True, exist_ok=True)
-    info = seed_demo(db_path, model, base_url=base_url, log=lambda msg: click.echo(msg, err=True))
+    info = seed_demo(db_path, model, keep_token=auth.write_private, base_url=base_url,
+                     log=lambda msg: click.echo(msg, err=True))
     creds, password = auth.load_or_create(db_path)
     if info.created:
         click.echo(f"created study {info.study!r}: {info.n_real} real + {info.n_synthetic} synthetic images "

@@ -1,5 +1,5 @@
 """medisyn CLI commands: experiment (`medisyn experiment augment | augment-demo | run | status | report`),
-thin wrappers over evaluation.augment, studio.experiment.augment_demo and studio.experiment.pipeline."""
+thin wrappers over evaluation.augment, studio.experiment.augment_demo and studio.experiment (the pipeline)."""
 from __future__ import annotations
 
 import click
@@ -170,7 +170,7 @@ def augment_demo_command(out, model, n_real, amounts, pool, **kw):
 # --- the validation-study pipeline (studio.experiment.pipeline) ---------------------------------------
 
 def _stages():
-    from studio.experiment.pipeline import STAGES
+    from studio.experiment import STAGES
 
     return click.Choice(STAGES)
 
@@ -185,7 +185,7 @@ def _stages():
 def experiment_run(config, until, force, engine) -> None:
     """Run an experiment config (TOML): split → generate → novelty → fidelity → study → analyze →
     augment → report. Unchanged stages are skipped; see docs/experiments.md."""
-    from studio.experiment.pipeline import ExperimentError, run_experiment
+    from studio.experiment import ExperimentError, run_experiment
 
     try:
         result = run_experiment(config, until=until, force=force, engine=engine, log=click.echo)
@@ -201,7 +201,7 @@ def experiment_run(config, until, force, engine) -> None:
 @click.argument("out", type=click.Path(file_okay=False))
 def experiment_status_cmd(out) -> None:
     """Each stage's state and the readers' progress."""
-    from studio.experiment.pipeline import ExperimentError, experiment_status
+    from studio.experiment import ExperimentError, experiment_status
 
     try:
         status = experiment_status(out)
@@ -215,7 +215,7 @@ def experiment_status_cmd(out) -> None:
 @click.argument("out", type=click.Path(file_okay=False))
 def experiment_report_cmd(out) -> None:
     """Redo the analysis and the report with the readers' answers so far."""
-    from studio.experiment.pipeline import ExperimentError, experiment_report
+    from studio.experiment import ExperimentError, experiment_report
 
     try:
         result = experiment_report(out, log=click.echo)

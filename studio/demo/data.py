@@ -15,7 +15,6 @@ training or the demo. Train and demo views never share a slice, frame or region 
 """
 from __future__ import annotations
 
-import csv
 import dataclasses
 import importlib.util
 import pathlib
@@ -25,6 +24,7 @@ import numpy as np
 from PIL import Image
 
 from studies.imaging import load_image
+from studies.imaging.manifest import write_manifest
 
 NATIVE_SIZE = 64
 
@@ -248,10 +248,7 @@ def build_training_set(out_dir, *, size: int = NATIVE_SIZE, samples: int = 3000,
             name = f"images/{len(rows):05d}.png"
             Image.fromarray(np.ascontiguousarray(pixels)).save(out / name)
             rows.append({"path": name, "caption": caption, "modality": view.modality, "view": view.key})
-    with open(out / "captions.csv", "w", newline="", encoding="utf-8") as fh:
-        writer = csv.DictWriter(fh, fieldnames=["path", "caption", "modality", "view"])
-        writer.writeheader()
-        writer.writerows(rows)
+    write_manifest(out / "captions.csv", rows, columns=("path", "caption", "modality", "view"))
     return DatasetInfo(
         out_dir=out, size=size, samples=len(rows), per_modality=per_modality, per_view=per_view,
         source_images={k: len(v) for k, v in decoded.items()},

@@ -15,13 +15,13 @@ This shows the machinery end to end on a CPU; it is not evidence about real data
 """
 from __future__ import annotations
 
-import csv
 import math
 import pathlib
 
 import numpy as np
 from PIL import Image
 
+from studies.imaging.manifest import write_manifest
 from studio.demo import data as demo_data
 
 
@@ -41,11 +41,7 @@ def build_test_set(out_dir, *, crops: int = 8, seed: int = 0, size: int = demo_d
             name = f"{k:02d}_{c:02d}.png"
             im.crop((x, y, x + side, y + side)).resize((size, size), Image.Resampling.LANCZOS).save(out / name)
             rows.append({"path": name, "label": item.modality, "view": item.view, "group": item.path.stem})
-    with open(out / "labels.csv", "w", newline="", encoding="utf-8") as fh:
-        writer = csv.DictWriter(fh, fieldnames=["path", "label", "view", "group"])
-        writer.writeheader()
-        writer.writerows(rows)
-    return out / "labels.csv"
+    return write_manifest(out / "labels.csv", rows, columns=("path", "label", "view", "group"))
 
 
 def run_demo(out_dir, cfg, *, model: str = "embedded", pool: int = 240, test_crops: int = 8,

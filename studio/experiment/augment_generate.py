@@ -5,11 +5,12 @@ lives in studio because only studio joins the lower packages.
 """
 from __future__ import annotations
 
-import csv
 import pathlib
 from collections.abc import Sequence
 
 from evaluation.augment import LabelledImage, read_labelled
+from studies.imaging.manifest import write_manifest
+
 
 def generate_synthetic(model: str, label_prompts: dict[str, Sequence[str]], per_label: int, out_dir, *,
                        seed: int = 0, steps: int | None = None, guidance: float | None = None,
@@ -26,10 +27,7 @@ def generate_synthetic(model: str, label_prompts: dict[str, Sequence[str]], per_
         counts = [per_label // len(prompts) + (1 if i < per_label % len(prompts) else 0) for i in range(len(prompts))]
         rows += [{"prompt": p, "modality": label, "n": n} for p, n in zip(prompts, counts) if n]
     table = out_dir / "prompts.csv"
-    with open(table, "w", newline="", encoding="utf-8") as fh:
-        writer = csv.DictWriter(fh, fieldnames=["prompt", "modality", "n"])
-        writer.writeheader()
-        writer.writerows(rows)
+    write_manifest(table, rows, columns=("prompt", "modality", "n"))
     kwargs = {k: v for k, v in (("steps", steps), ("guidance_scale", guidance)) if v is not None}
     result = run_generate_job(model, out_dir, prompts_csv=table, seed=seed, options=options, progress=False, **kwargs)
     return read_labelled(result.manifest, label_column="modality")

@@ -162,6 +162,7 @@ def build_demo_mixture(folder, *, samples: int = 240, size: int = 32, seed: int 
     """A mixture of the shipped public images (``demo_data``): one manifest per modality."""
     import csv
 
+    from studies.imaging.manifest import write_manifest
     from studio.demo import data as demo_data
 
     folder = pathlib.Path(folder)
@@ -171,10 +172,8 @@ def build_demo_mixture(folder, *, samples: int = 240, size: int = 32, seed: int 
     lines = []
     for modality in sorted({r["modality"] for r in rows}):
         name = f"{modality.replace(' ', '_')}.csv"
-        with open(folder / "data" / name, "w", newline="", encoding="utf-8") as fh:
-            w = csv.DictWriter(fh, fieldnames=["path", "caption"])
-            w.writeheader()
-            w.writerows({"path": r["path"], "caption": r["caption"]} for r in rows if r["modality"] == modality)
+        write_manifest(folder / "data" / name, [r for r in rows if r["modality"] == modality],
+                       columns=("path", "caption"))
         lines += ["[[source]]", f'path = "data/{name}"', f"modality = {json.dumps(modality)}"]
     (folder / "mixture.toml").write_text("\n".join(lines) + "\n", encoding="utf-8")
     return folder / "mixture.toml"

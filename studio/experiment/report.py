@@ -12,7 +12,6 @@ says "not reported" when the run has nothing that answers it.
 from __future__ import annotations
 
 import base64
-import dataclasses
 import html
 import importlib.metadata
 import io
@@ -21,140 +20,13 @@ import pathlib
 import platform
 import subprocess
 
+from studio.experiment.report_doc import NOT_REPORTED, Doc, cell, to_html, to_markdown
+
 FORMAT_VERSION = 2
 CLAIM_REF = ("Tejani AS, Klontzas ME, Gatti AA, et al. Checklist for Artificial Intelligence in Medical "
              "Imaging (CLAIM): 2024 Update. Radiol Artif Intell 2024;6(4):e240300")
-PACKAGES = ("numpy", "torch", "diffusers", "transformers", "scikit-learn", "scipy", "pandas", "plotly",
-            "faiss-cpu", "torchmetrics", "pydicom", "gradio", "ray")
-
-
-# ------------------------------------------------------------------ a tiny document model
-
-@dataclasses.dataclass
-class Doc:
-    blocks: list = dataclasses.field(default_factory=list)
-
-    def h(self, level: int, text: str, anchor: str = "") -> None:
-        self.blocks.append(("h", level, text, anchor))
-
-    def p(self, text: str) -> None:
-        self.blocks.append(("p", text))
-
-    def items(self, items: list[str]) -> None:
-        self.blocks.append(("ul", items))
-
-    def table(self, header: list[str], rows: list[list], caption: str = "") -> None:
-        self.blocks.append(("table", header, [[_s(c) for c in r] for r in rows], caption))
-
-    def pre(self, text: str) -> None:
-        self.blocks.append(("pre", text))
-
-    def raw_html(self, markup: str) -> None:
-        """Markup built here from escaped parts (figures, thumbnails); left out of the Markdown."""
-        self.blocks.append(("html", markup))
-
-
-def _s(v) -> str:
-    if v is None:
-        return "—"
-    if isinstance(v, bool):
-        return "yes" if v else "no"
-    if isinstance(v, float):
-        if v != v:  # NaN: a statistic that is undefined here (e.g. one repeat)
-            return "n/a"
-        return f"{v:.3f}" if abs(v) >= 0.001 or v == 0 else f"{v:.2e}"
-    return str(v)
-
-
-def _md_cell(text: str) -> str:
-    return text.replace("\\", "\\\\").replace("|", "\\|").replace("\n", " ")
-
-
-def to_markdown(doc: Doc) -> str:
-    out = []
-    for b in doc.blocks:
-        kind = b[0]
-        if kind == "h":
-            out.append("#" * b[1] + " " + b[2])
-        elif kind == "p":
-            out.append(b[1])
-        elif kind == "ul":
-            out.append("\n".join(f"- {i}" for i in b[1]))
-        elif kind == "table":
-            _, header, rows, caption = b
-            lines = ([f"*{caption}*", ""] if caption else [])
-            lines.append("| " + " | ".join(_md_cell(h) for h in header) + " |")
-            lines.append("|" + "---|" * len(header))
-            lines += ["| " + " | ".join(_md_cell(c) for c in r) + " |" for r in rows]
-            out.append("\n".join(lines))
-        elif kind == "pre":
-            fence = "~~~~" if "```" in b[1] else "```"
-            out.append(f"{fence}\n{b[1]}\n{fence}")
-    return "\n\n".join(out) + "\n"
-
-
-CSS = """
-body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;max-width:1100px;margin:0 auto;padding:1rem 1.5rem;
-color:#1b1b1b;line-height:1.45}
-h1{font-size:1.7rem}h2{border-bottom:1px solid #ccd;padding-bottom:.2rem;margin-top:2rem}
-table{border-collapse:collapse;margin:.6rem 0;font-size:.9rem;display:block;overflow-x:auto}
-th,td{border:1px solid #ccd;padding:.25rem .5rem;text-align:left;vertical-align:top}th{background:#eef}
-caption{caption-side:top;text-align:left;font-style:italic;padding:.2rem 0}
-pre{background:#f6f6f8;padding:.6rem;overflow-x:auto;font-size:.82rem;white-space:pre-wrap;word-break:break-all}
-.pairs{display:flex;flex-wrap:wrap;gap:.8rem}.pair{border:1px solid #ccd;padding:.4rem;font-size:.78rem;max-width:220px}
-.pair img{width:96px;height:96px;image-rendering:pixelated;margin-right:2px}.flag{color:#a00;font-weight:600}
-.nr{color:#a00}.svg-hist{margin:.3rem 1rem .3rem 0}.hists{display:flex;flex-wrap:wrap}
-@media (max-width:600px){body{padding:.5rem}.pair{max-width:100%}}
-"""
-
-
-def to_html(doc: Doc, title: str) -> str:
-    e = html.escape
-    out = ["<!DOCTYPE html>", '<html lang="en"><head><meta charset="utf-8">',
-           '<meta name="viewport" content="width=device-width,initial-scale=1">',
-           # offline and inert: nothing is fetched, no forms; plotly's inline script is the only script
-           "<meta http-equiv=\"Content-Security-Policy\" content=\"default-src 'none'; img-src data:; "
-           "style-src 'unsafe-inline'; script-src 'unsafe-inline' 'unsafe-eval'\">",
-           f"<title>{e(title)}</title><style>{CSS}</style></head><body>"]
-    for b in doc.blocks:
-        kind = b[0]
-        if kind == "h":
-            anchor = f' id="{e(b[3])}"' if b[3] else ""
-            out.append(f"<h{b[1]}{anchor}>{e(b[2])}</h{b[1]}>")
-        elif kind == "p":
-            out.append(f"<p>{_inline(b[1])}</p>")
-        elif kind == "ul":
-            out.append("<ul>" + "".join(f"<li>{_inline(i)}</li>" for i in b[1]) + "</ul>")
-        elif kind == "table":
-            _, header, rows, caption = b
-            cap = f"<caption>{e(caption)}</caption>" if caption else ""
-            head = "".join(f"<th>{e(h)}</th>" for h in header)
-            body = "".join("<tr>" + "".join(f"<td{' class=nr' if c == NOT_REPORTED else ''}>{_inline(c)}</td>"
-                                            for c in r) + "</tr>" for r in rows)
-            out.append(f"<table>{cap}<thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>")
-        elif kind == "pre":
-            out.append(f"<pre>{e(b[1])}</pre>")
-        elif kind == "html":
-            out.append(b[1])
-    out.append("</body></html>")
-    return "\n".join(out)
-
-
-def _inline(text: str) -> str:
-    """Escaped text; a Markdown link to a section of this report, [text](#anchor), becomes a link."""
-    import re
-
-    parts = re.split(r"\[([^\]]+)\]\(#([a-z0-9-]+)\)", text)
-    out = []
-    for i, part in enumerate(parts):
-        if i % 3 == 0:
-            out.append(html.escape(part))
-        elif i % 3 == 1:
-            out.append(f'<a href="#{html.escape(parts[i + 1])}">{html.escape(part)}</a>')
-    return "".join(out)
-
-
-NOT_REPORTED = "not reported"
+# what generation and evaluation add to the study report's packages (studies.stats.report.PACKAGES)
+PACKAGES = ("torch", "diffusers", "transformers", "scikit-learn", "faiss-cpu", "torchmetrics", "gradio", "ray")
 
 
 # ------------------------------------------------------------------ helpers
@@ -244,8 +116,13 @@ def _hist_svg(title: str, syn: list[float], held: list[float], threshold: float,
 
 
 def software_versions() -> dict[str, str]:
-    out = {"python": platform.python_version(), "platform": platform.platform()}
-    for name in ("medisyn-studio", *PACKAGES):
+    """The study report's versions, the platform, the packages generation and evaluation use,
+    and the source commit."""
+    from studies.stats import report as study_report
+
+    study = study_report.software_versions()
+    out = {"python": study.pop("python"), "platform": platform.platform(), **study}
+    for name in PACKAGES:
         try:
             out[name] = importlib.metadata.version(name)
         except importlib.metadata.PackageNotFoundError:
@@ -292,7 +169,7 @@ def augment_section(doc: Doc, aug: dict) -> None:
     repeat), the reason it gave."""
     summary, comps = aug.get("summary") or [], aug.get("comparisons") or []
     doc.table(["arm", "accuracy [95% CI]", "balanced accuracy [95% CI]", "AUROC"],
-              [[s["arm"], _interval(s, "accuracy"), _interval(s, "balanced_accuracy"), _s(s.get("auroc"))]
+              [[s["arm"], _interval(s, "accuracy"), _interval(s, "balanced_accuracy"), cell(s.get("auroc"))]
                for s in summary], f"Classifier test set: {aug.get('test', NOT_REPORTED)}")
     notes = sorted({s["note"] for s in summary + comps if s.get("note")})
     methods = sorted({s["ci_method"] for s in summary if s.get("ci_method") and s["ci_method"] != "none"})
@@ -311,8 +188,8 @@ def augment_section(doc: Doc, aug: dict) -> None:
             text = f"{c['arm']} − {c['baseline']}: balanced accuracy {_signed(c.get('difference'))}"
             if c.get("ci_low") is None or c.get("ci_high") is None or c.get("p_value") is None:
                 return text + f" (no interval or p-value: {c.get('note') or 'not computed'})"
-            return (text + f" [{_signed(c['ci_low'])}, {_signed(c['ci_high'])}], p = {_s(c['p_value'])}"
-                    + (f", Holm-adjusted p = {_s(c['p_holm'])}" if c.get("p_holm") is not None else ""))
+            return (text + f" [{_signed(c['ci_low'])}, {_signed(c['ci_high'])}], p = {cell(c['p_value'])}"
+                    + (f", Holm-adjusted p = {cell(c['p_holm'])}" if c.get("p_holm") is not None else ""))
         doc.items([line(c) for c in comps])
 
 
@@ -430,8 +307,7 @@ def build(out: pathlib.Path, cfg, stamps: dict) -> tuple[Doc, str]:
     answered.add("statistics")
     from studies.stats import report as study_report
 
-    methods = getattr(study_report, "METHODS", None) or []
-    doc.items([f"{h}: {t}" for h, t in methods] or ["See docs/statistics.md."])
+    doc.items([f"{h}: {t}" for h, t in study_report.METHODS])
 
     # ---------------- results
     doc.h(2, "Results", "results")
@@ -451,19 +327,19 @@ def build(out: pathlib.Path, cfg, stamps: dict) -> tuple[Doc, str]:
                   "Real-or-synthetic calls (Wilson intervals)")
         rr = t.get("accuracy_random_readers") or {}
         if rr.get("mean") is not None:
-            doc.p(f"Random-readers test: mean reader accuracy {_ci(rr, 'mean', 'ci')}, t = {_s(rr.get('t'))}, "
-                  f"p = {_s(rr.get('p'))} (df {rr.get('df')}).")
+            doc.p(f"Random-readers test: mean reader accuracy {_ci(rr, 'mean', 'ci')}, t = {cell(rr.get('t'))}, "
+                  f"p = {cell(rr.get('p'))} (df {rr.get('df')}).")
         roc = t.get("roc_pooled") or {}
         mrmc = t.get("mrmc") or {}
         doc.table(["statistic", "value", "note"], [
-            ["pooled ROC AUC (6-point rating)", _s(roc.get("auc")), roc.get("auc_reason", "")],
+            ["pooled ROC AUC (6-point rating)", cell(roc.get("auc")), roc.get("auc_reason", "")],
             ["MRMC AUC [95% CI]", _ci(mrmc, "auc", "ci"), mrmc.get("block") or mrmc.get("auc_reason", "")],
-            ["MRMC p (AUC = 0.5)", _s(mrmc.get("p")), ""],
-            ["Fleiss' κ", _s((t.get("fleiss_kappa") or {}).get("kappa")),
+            ["MRMC p (AUC = 0.5)", cell(mrmc.get("p")), ""],
+            ["Fleiss' κ", cell((t.get("fleiss_kappa") or {}).get("kappa")),
              (t.get("fleiss_kappa") or {}).get("kappa_reason") or t.get("fleiss_kappa_reason", "")],
-            ["Krippendorff's α", _s((t.get("krippendorff_alpha") or {}).get("alpha")),
+            ["Krippendorff's α", cell((t.get("krippendorff_alpha") or {}).get("alpha")),
              t.get("krippendorff_alpha_reason", "")],
-            ["mean Cohen's κ (reader pairs)", _s((t.get("cohen_kappa") or {}).get("mean_kappa")),
+            ["mean Cohen's κ (reader pairs)", cell((t.get("cohen_kappa") or {}).get("mean_kappa")),
              (t.get("cohen_kappa") or {}).get("mean_kappa_reason", "")],
         ], "ROC, MRMC and agreement")
         by_gen = t.get("by_generator") or {}
@@ -484,14 +360,14 @@ def build(out: pathlib.Path, cfg, stamps: dict) -> tuple[Doc, str]:
         s = (result or {}).get(task)
         if s:
             answered.add("reader-results")
-            rows = [[k, v.get("n"), _s(v.get("mean")), _s(v.get("median")), _s(v.get("sd"))]
+            rows = [[k, v.get("n"), cell(v.get("mean")), cell(v.get("median")), cell(v.get("sd"))]
                     for k, v in (s.get("by_source") or {}).items() if v]
-            rows += [[f"generator {k}", v.get("n"), _s(v.get("mean")), _s(v.get("median")), _s(v.get("sd"))]
+            rows += [[f"generator {k}", v.get("n"), cell(v.get("mean")), cell(v.get("median")), cell(v.get("sd"))]
                      for k, v in (s.get("by_generator") or {}).items() if v]
             doc.table(["images", "ratings", "mean", "median", "SD"], rows, f"{task.capitalize()} ratings (1–5)")
             mw = s.get("mann_whitney") or {}
             if mw.get("p") is not None:
-                doc.p(f"{mw.get('test', 'Mann–Whitney U')}: p = {_s(mw.get('p'))}.")
+                doc.p(f"{mw.get('test', 'Mann–Whitney U')}: p = {cell(mw.get('p'))}.")
 
     doc.h(3, "Fidelity per generator and modality", "fidelity-results")
     rows = []
@@ -589,9 +465,9 @@ def _reader_rows(study: dict) -> list[list]:
 
 def _figures(result: dict) -> str:
     """The study report's figures (studies.stats.report.figures), plotly.js inline once."""
-    try:
-        from studies.stats import report as study_report
+    from studies.stats import report as study_report
 
+    try:
         figs = study_report.figures(result)
     except Exception:  # noqa: BLE001 - too few answers for a figure: the tables stand
         return ""

@@ -468,7 +468,7 @@ def prepare(db_path, *, model=None, seed_demo=True, host="127.0.0.1", port=7860,
             try:
                 # Reuses an existing demo study and prints the demo reader's kept link, so an
                 # open demo tab survives the restart (studio.demo.study.token_path).
-                demo = _seed(db_path, model, base_url=base_url, log=echo)
+                demo = _seed(db_path, model, keep_token=auth_mod.write_private, base_url=base_url, log=echo)
             except Exception as exc:  # a broken model must not stop the studio serving studies
                 info.notes.append(f"demo study not available: {type(exc).__name__}: {exc}")
             else:
