@@ -48,12 +48,14 @@ from dataclasses import dataclass, field
 import numpy as np
 from PIL import Image
 
+from evaluation.errors import EvaluationError
+
 METRICS = ("accuracy", "balanced_accuracy", "auroc")
 ONE_REPEAT_NOTE = ("one repeat: the spread between training runs cannot be estimated, so there is no "
                    "interval and no p-value (use --repeats 2 or more; 5-10 recommended)")
 
 
-class AugmentError(ValueError):
+class AugmentError(EvaluationError):
     """Bad inputs (missing labels, too few images for the arms asked); the message says which."""
 
 

@@ -49,6 +49,7 @@ import warnings
 from collections.abc import Callable
 
 from model_runtime import devices, loading, modalities, provenance, quiet
+from model_runtime.errors import ModelRuntimeError
 
 log = logging.getLogger(__name__)
 
@@ -63,7 +64,7 @@ CSV_COLUMNS = ("prompt", "modality", "negative_prompt", "n", "seed", "case_id", 
 ROW_SEED_STRIDE = 10_000
 
 
-class PromptsFileError(ValueError):
+class PromptsFileError(ModelRuntimeError, ValueError):
     """A malformed prompts.csv; the message names the line and column."""
 
 

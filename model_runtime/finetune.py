@@ -59,6 +59,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from model_runtime import loading, mixture
+from model_runtime.errors import ModelRuntimeError
 
 LORA_FILE = "pytorch_lora_weights.safetensors"   # diffusers' default name: load_lora_weights(folder) finds it
 TRAINING_FILE = "training.json"
@@ -69,7 +70,7 @@ DEFAULT_TARGETS = ("to_q", "to_k", "to_v", "to_out.0")
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".webp"}
 
 
-class FinetuneError(ValueError):
+class FinetuneError(ModelRuntimeError, ValueError):
     """Bad data, an unsupported base model or an inconsistent resume; the message says which."""
 
 

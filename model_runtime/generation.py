@@ -35,6 +35,7 @@ import torch
 from diffusers import DiffusionPipeline, SchedulerMixin
 
 from model_runtime import devices, quiet, schedulers
+from model_runtime.errors import ModelRuntimeError
 from model_runtime.loading import LoadedModel, denoiser_sha256
 
 log = logging.getLogger(__name__)
@@ -46,11 +47,11 @@ MAX_SEED = 2**63 - 1
 _NEGATIVE_SEED_OFFSET = 0x5EED_0000_0000
 
 
-class GenerationCancelled(RuntimeError):
+class GenerationCancelled(ModelRuntimeError, RuntimeError):
     """Raised by generate() when its cancel event was set during the run."""
 
 
-class NonFiniteOutputError(RuntimeError):
+class NonFiniteOutputError(ModelRuntimeError, RuntimeError):
     """The model produced NaN or infinite values: corrupted weights, or fp16 overflow."""
 
 

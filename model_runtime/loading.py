@@ -25,6 +25,7 @@ import threading
 import torch
 
 from model_runtime import devices, lora as lora_mod, registry
+from model_runtime.errors import ModelRuntimeError
 
 log = logging.getLogger(__name__)
 
@@ -34,11 +35,11 @@ _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 
 
-class ModelNotFoundError(LookupError):
+class ModelNotFoundError(ModelRuntimeError, LookupError):
     """Neither a local diffusers directory nor a Hub id present in the local cache."""
 
 
-class UnsupportedPipelineError(ValueError):
+class UnsupportedPipelineError(ModelRuntimeError, ValueError):
     """A checkpoint for a task the runtime does not run (inpainting, ControlNet ...)."""
 
 
@@ -557,7 +558,7 @@ _file_hash_cache: dict[tuple[str, int, int], str] = {}
 _file_hash_lock = threading.Lock()
 
 
-class HashingStopped(Exception):
+class HashingStopped(ModelRuntimeError):
     """A background weights hash stopped because the interpreter is exiting."""
 
 

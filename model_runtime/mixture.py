@@ -40,13 +40,14 @@ import numpy as np
 from PIL import Image
 
 from model_runtime import modalities
+from model_runtime.errors import ModelRuntimeError
 
 IMAGE_EXTS = ("png", "jpg", "jpeg", "webp", "tif", "tiff", "bmp")
 TEXT_KEYS = ("caption", "prompt", "text", "txt")
 BALANCES = ("modality", "weight")
 
 
-class MixtureError(ValueError):
+class MixtureError(ModelRuntimeError, ValueError):
     """A mixture file or source that cannot be read; the message names which and why."""
 
 

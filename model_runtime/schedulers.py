@@ -13,6 +13,8 @@ import importlib.util
 import diffusers
 from diffusers import SchedulerMixin
 
+from model_runtime.errors import ModelRuntimeError
+
 DEFAULT = "default"  # the checkpoint's own scheduler, as saved
 
 
@@ -65,8 +67,8 @@ FLOW_SAMPLERS: dict[str, SamplerSpec] = {s.name: s for s in [
 ]}
 
 
-class UnknownSchedulerError(ValueError):
-    pass
+class UnknownSchedulerError(ModelRuntimeError, ValueError):
+    """A sampler name the runtime does not know; the message lists the known ones."""
 
 
 def is_flow_matching(scheduler: SchedulerMixin) -> bool:

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import click
 
-from studio.cli.groups import cli, model, study  # noqa: F401  (groups these commands attach to)
+from studio.cli.groups import cli, model, one_line_errors, study  # noqa: F401  (groups these commands attach to)
 
 
 @model.command("train")
@@ -109,6 +109,7 @@ def decode_rgb(path):
                    "the base's (SD 1.x/2.x; frozen; a learnt projection where widths differ). Writes OUT/pipeline.")
 @click.option("--resume", is_flag=True, help="Continue from the newest checkpoint in --out.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
+@one_line_errors
 def finetune_command(base, data, out, method, rank, alpha, resolution, steps, batch_size, lr, lr_scheduler,
                      lr_warmup_steps, snr_gamma, caption_dropout, checkpoint_every, validation_prompts,
                      validation_steps, mixed_precision, device, seed, text_encoder, resume, quiet):
@@ -120,8 +121,7 @@ def finetune_command(base, data, out, method, rank, alpha, resolution, steps, ba
     """
     import pathlib
 
-    from model_runtime.finetune import FinetuneConfig, FinetuneError, finetune
-    from model_runtime.loading import ModelNotFoundError
+    from model_runtime.finetune import FinetuneConfig, finetune
 
     prompts = ()
     if validation_prompts:
@@ -136,7 +136,7 @@ def finetune_command(base, data, out, method, rank, alpha, resolution, steps, ba
     try:
         result = finetune(base, data, out, cfg, resume=resume, decode=decode_rgb, device=device,
                           progress=not quiet, log=lambda msg: click.echo(msg, err=True))
-    except (FinetuneError, ModelNotFoundError, ValueError) as exc:  # ValueError: e.g. an unknown --lr-scheduler
+    except ValueError as exc:  # e.g. an unknown --lr-scheduler, which diffusers reports
         raise click.ClickException(str(exc)) from None
     click.echo(f"{result.weights}: {result.steps} steps (from {result.resumed_from}) in {result.seconds:.1f} s, "
                f"final loss {result.final_loss:.4f}")
