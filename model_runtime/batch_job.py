@@ -48,7 +48,7 @@ import time
 import warnings
 from collections.abc import Callable
 
-from model_runtime import devices, loading, modalities, provenance, quiet
+from model_runtime import defaults, devices, loading, modalities, provenance, quiet
 from model_runtime.errors import ModelRuntimeError
 
 log = logging.getLogger(__name__)
@@ -294,8 +294,8 @@ class RayChunkWorker:
 
 def run_generate_job(model: str, out: str | os.PathLike, *, prompt: str | None = None,
                      prompts_csv: str | os.PathLike | None = None, n: int = 1, seed: int = 0,
-                     negative_prompt: str = "", modality: str = "", steps: int = 25,
-                     guidance_scale: float = 7.0, scheduler: str | None = None, width: int | None = None,
+                     negative_prompt: str = "", modality: str = "", steps: int = defaults.STEPS,
+                     guidance_scale: float = defaults.GUIDANCE, scheduler: str | None = None, width: int | None = None,
                      height: int | None = None, batch_size: int = 1, engine: str = "local",
                      address: str | None = None, device: str | None = None, dtype: str | None = None,
                      threads: int | None = None, workers: int | None = None, extra: dict | None = None,

@@ -34,7 +34,7 @@ from collections.abc import Callable, Sequence
 import torch
 from diffusers import DiffusionPipeline, SchedulerMixin
 
-from model_runtime import devices, quiet, schedulers
+from model_runtime import defaults, devices, quiet, schedulers
 from model_runtime.errors import ModelRuntimeError
 from model_runtime.loading import LoadedModel, denoiser_sha256
 
@@ -61,8 +61,8 @@ class GenerationRequest:
     negative_prompt: str = ""
     num_images: int = 1
     seed: int | None = None            # None: a random seed, recorded in the output
-    steps: int = 25
-    guidance_scale: float = 7.0
+    steps: int = defaults.STEPS
+    guidance_scale: float = defaults.GUIDANCE
     scheduler: str | None = None       # a name from model_runtime.schedulers; None: the checkpoint's own
     width: int | None = None           # None: the checkpoint's native size
     height: int | None = None

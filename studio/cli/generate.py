@@ -64,6 +64,7 @@ def generate(model_name, prompt, prompts_csv, out, n, seed, steps, guidance, sch
              negative_prompt, modality, batch_size, engine, address, device, dtype, threads, loras, config, dicom):
     """Generate synthetic images and a manifest.csv that `medisyn study create` accepts as is."""
     from model_runtime.batch_job import resolve_device, run_generate_job
+    from model_runtime.defaults import recommended_settings
 
     if (prompt is None) == (prompts_csv is None):
         raise click.UsageError("give exactly one of --prompt or --prompts")
@@ -71,7 +72,7 @@ def generate(model_name, prompt, prompts_csv, out, n, seed, steps, guidance, sch
         # cheap checks first: a missing GPU must not surface after the model was read
         resolve_device(device, dtype, address=address if engine == "ray" else None)
         if steps is None or guidance is None:
-            recommended_steps, recommended_guidance = _model_defaults(model_name, config)
+            recommended_steps, recommended_guidance = recommended_settings(model_name, config)
             steps = recommended_steps if steps is None else steps
             guidance = recommended_guidance if guidance is None else guidance
         result = run_generate_job(
@@ -86,18 +87,3 @@ def generate(model_name, prompt, prompts_csv, out, n, seed, steps, guidance, sch
     click.echo(f"{result.generated} generated, {result.skipped} already done, {result.total} images "
                f"in {result.seconds:.1f} s -> {result.manifest}")
 
-
-def _model_defaults(model_name: str, config: str | None = None) -> tuple[int, float]:
-    """(steps, guidance) a model folder recommends in medisyn.json (the embedded model does), else 25 / 7."""
-    import pathlib
-
-    from model_runtime.loading import resolve
-    from studio.demo.embedded_model import DEFAULTS_FILE, read_defaults
-
-    from model_runtime.loading import config_root
-
-    path = config_root(resolve(model_name)[0], config)
-    if (pathlib.Path(path) / DEFAULTS_FILE).is_file():
-        defaults = read_defaults(path)
-        return int(defaults.steps), float(defaults.guidance_scale)
-    return 25, 7.0
