@@ -338,7 +338,7 @@ def run_generate_job(model: str, out: str | os.PathLike, *, prompt: str | None =
     # an inpainting/ControlNet folder fails here, not in every worker
     loading.check_supported(loading.config_root(path, opts.config, cache_dir=opts.cache_dir))
     loras = loading.adapters_for(entry, opts)
-    adapters = [{"name": a.name, "scale": a.scale, "sha256": loading.file_sha256(a.file)} for a in loras]
+    adapters = [{"name": a.name, "scale": a.scale, "sha256": provenance.file_sha256(a.file)} for a in loras]
     local = pathlib.Path(str(model)).expanduser()
     # workers resolve the model themselves: an absolute folder, or the key / Hub id (their
     # Hugging Face cache may live elsewhere than the driver's)
@@ -349,7 +349,7 @@ def run_generate_job(model: str, out: str | os.PathLike, *, prompt: str | None =
     default_h, default_w = loading.default_size(path, opts.config)
     spec = JobSpec(
         model=worker_model, model_label=provenance.generator_label(model, entry),
-        weights_sha256=loading.weights_hash(path, extra=[a.file for a in loras]),
+        weights_sha256=provenance.weights_hash(path, extra=[a.file for a in loras]),
         steps=int(steps), guidance_scale=float(guidance_scale),
         scheduler=schedulers.canonical_name(scheduler, loading.saved_scheduler(path, opts.config)),
         width=int(width or default_w), height=int(height or default_h),

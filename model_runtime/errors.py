@@ -8,3 +8,7 @@ from __future__ import annotations
 
 class ModelRuntimeError(Exception):
     """Bad input or an unusable model, device or output; the message says which and why."""
+
+
+class ModelNotFoundError(ModelRuntimeError, LookupError):
+    """Neither a local diffusers directory nor a Hub id present in the local cache."""

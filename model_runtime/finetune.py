@@ -58,7 +58,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from model_runtime import loading, mixture
+from model_runtime import loading, mixture, provenance
 from model_runtime.errors import ModelRuntimeError
 
 LORA_FILE = "pytorch_lora_weights.safetensors"   # diffusers' default name: load_lora_weights(folder) finds it
@@ -550,11 +550,6 @@ def write_loss_curve(out_dir: pathlib.Path, rows: list[dict]) -> None:
     img.save(out_dir / "loss.png", optimize=True)
 
 
-def file_sha256(path: pathlib.Path) -> str:
-    with open(path, "rb") as fh:
-        return hashlib.file_digest(fh, "sha256").hexdigest()
-
-
 # ---------------------------------------------------------------------------------------------
 # 6. the run
 # ---------------------------------------------------------------------------------------------
@@ -612,7 +607,7 @@ def finetune(base, data, out_dir, cfg: FinetuneConfig | None = None, *, resume: 
     # frozen weights in the mixed-precision dtype; trained weights stay float32 (full: all of the UNet)
     loaded = loading.load(base, device=str(accelerator.device), dtype=weight_dtype, options={"hash_weights": False})
     pipe = loaded.pipe
-    base_hash = loading.weights_hash(path)
+    base_hash = provenance.weights_hash(path)
     denoiser = denoiser_of(pipe)
     if cfg.text_encoder:
         swap_text_encoder(pipe, cfg.text_encoder, cfg.seed, accelerator.device, weight_dtype, log)
@@ -746,7 +741,7 @@ def finetune(base, data, out_dir, cfg: FinetuneConfig | None = None, *, resume: 
             "result": {"steps": cfg.steps, "resumed_from": start, "seconds_this_run": round(seconds, 1),
                        "final_loss": log_rows[-1]["loss"], "trainable_parameters": n_trainable,
                        "peak_memory_mb": round(peak, 1), "processes": world, "device": str(accelerator.device),
-                       "weights": weights.name, "weights_sha256": file_sha256(weights) if weights.is_file() else None},
+                       "weights": weights.name, "weights_sha256": provenance.file_sha256(weights) if weights.is_file() else None},
             "validation_prompts": prompts,
             "versions": {"torch": torch.__version__, "diffusers": diffusers.__version__, "peft": peft.__version__},
         }

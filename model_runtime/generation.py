@@ -36,7 +36,8 @@ from diffusers import DiffusionPipeline, SchedulerMixin
 
 from model_runtime import defaults, devices, quiet, schedulers
 from model_runtime.errors import ModelRuntimeError
-from model_runtime.loading import LoadedModel, denoiser_sha256
+from model_runtime.loading import LoadedModel
+from model_runtime.provenance import denoiser_sha256
 
 log = logging.getLogger(__name__)
 quiet.install()  # diffusers' per-call "input was truncated" dump: we say it once, in words

@@ -18,7 +18,7 @@ pytest.importorskip("peft")
 from runtime_fixtures import single_torch_thread, tiny_flux_dir, tiny_sd1_dir, tiny_sd3_dir, tiny_sdxl_dir  # noqa: E402,F401
 
 from model_runtime import finetune as ft  # noqa: E402
-from model_runtime import loading  # noqa: E402
+from model_runtime import loading, provenance  # noqa: E402
 from model_runtime.generation import GenerationRequest, generate  # noqa: E402
 
 CAPTION = "fundus image of the left retina"
@@ -86,9 +86,9 @@ def test_outputs_are_complete(tiny_sd1_dir, lora_run):
     out = lora_run.out_dir
     assert lora_run.weights == out / ft.LORA_FILE and lora_run.weights.is_file()
     record = json.loads((out / "training.json").read_text())
-    assert record["base"]["weights_sha256"] == loading.weights_hash(tiny_sd1_dir)
+    assert record["base"]["weights_sha256"] == provenance.weights_hash(tiny_sd1_dir)
     assert record["config"]["rank"] == 4 and record["config"]["steps"] == 6 and record["config"]["lr"] == 2e-2
-    assert record["result"]["weights_sha256"] == ft.file_sha256(lora_run.weights)
+    assert record["result"]["weights_sha256"] == provenance.file_sha256(lora_run.weights)
     with open(out / "loss.csv", newline="") as fh:
         rows = list(csv.DictReader(fh))
     assert [int(r["step"]) for r in rows] == [1, 2, 3, 4, 5, 6]
