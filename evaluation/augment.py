@@ -32,8 +32,8 @@ Design (MediSyn, claim 5: real + synthetic matches twice the real data). One pro
               data, plotly) and ``experiment.json`` (every parameter). Reproducible from ``seed``.
 
 Inputs are tables of labelled images (``path,label`` and optionally ``group``; paths relative to the
-CSV). Decoding is pluggable (``decode=``), as in ``model_runtime.finetune``: the CLI passes the
-studio's reader.
+CSV). Images decode through ``studies.imaging.decode_rgb`` (DICOM and NIfTI as at study ingest), as
+fine-tuning's do; ``decode_fn=`` replaces it.
 """
 from __future__ import annotations
 
@@ -49,6 +49,7 @@ import numpy as np
 from PIL import Image
 
 from evaluation.errors import EvaluationError
+from studies.imaging import decode_rgb
 
 METRICS = ("accuracy", "balanced_accuracy", "auroc")
 ONE_REPEAT_NOTE = ("one repeat: the spread between training runs cannot be estimated, so there is no "
@@ -135,14 +136,9 @@ def read_labelled(table, *, label_column: str = "label", group_column: str | Non
     return out
 
 
-def _open_rgb(path: pathlib.Path) -> Image.Image:
-    with Image.open(path) as im:
-        return im.convert("RGB")
-
-
 def decode(items: Sequence[LabelledImage], size: int, decode_fn=None) -> np.ndarray:
     """uint8 N x size x size x 3; an unreadable image is an AugmentError naming it."""
-    decode_fn = decode_fn or _open_rgb
+    decode_fn = decode_fn or decode_rgb
     out = np.empty((len(items), size, size, 3), dtype=np.uint8)
     for i, item in enumerate(items):
         try:

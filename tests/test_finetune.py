@@ -261,6 +261,21 @@ def test_cli_decodes_dicom_through_the_ingest_reader(tiny_sd1_dir, tmp_path):
     assert record["data"]["captions"] == ["Axial CT image of the head"]
 
 
+def test_python_callers_decode_dicom_as_the_cli_does(tiny_sd1_dir, tmp_path):
+    """finetune() without a decoder reads DICOM through studies.imaging, as the command does."""
+    import shutil
+
+    from pydicom.data import get_testdata_file
+
+    folder = tmp_path / "dicom"
+    folder.mkdir()
+    shutil.copy(get_testdata_file("CT_small.dcm"), folder / "ct.dcm")
+    write_csv(folder / "captions.csv", [{"path": "ct.dcm", "caption": "Axial CT image of the head"}], ("path", "caption"))
+    cfg = ft.FinetuneConfig(steps=1, rank=2, resolution=32, checkpoint_every=1, validation_steps=1)
+    result = ft.finetune(tiny_sd1_dir, folder, tmp_path / "out", cfg, device="cpu", progress=False, log=lambda m: None)
+    assert result.steps == 1 and result.weights.is_file()
+
+
 def test_cli_bad_data_is_one_error_line(tiny_sd1_dir, data, tmp_path):
     common = ["--steps", "1", "--resolution", "32", "--device", "cpu", "--quiet"]
     # no captions.csv

@@ -61,19 +61,6 @@ def evaluate_command(model_name, per_modality, figures, as_json):
                    f"{report['mean_plausible']:.0%} (mean over modalities)")
 
 
-def decode_rgb(path):
-    """Training images decode through the same reader as study ingest (DICOM, NIfTI, TIFF, PNG, JPEG)."""
-    import numpy as np
-    from PIL import Image
-
-    from studies.imaging import load_image
-
-    pixels = load_image(path).pixels
-    if pixels.ndim == 2:
-        pixels = np.repeat(pixels[..., None], 3, axis=2)
-    return Image.fromarray((np.clip(pixels[..., :3], 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8))
-
-
 @model.command("finetune")
 @click.option("--base", required=True, help="Model to start from: anything `medisyn generate --model` accepts.")
 @click.option("--data", required=True, type=click.Path(exists=True),
@@ -134,7 +121,7 @@ def finetune_command(base, data, out, method, rank, alpha, resolution, steps, ba
                          validation_steps=validation_steps, mixed_precision=mixed_precision,
                          text_encoder=text_encoder)
     try:
-        result = finetune(base, data, out, cfg, resume=resume, decode=decode_rgb, device=device,
+        result = finetune(base, data, out, cfg, resume=resume, device=device,
                           progress=not quiet, log=lambda msg: click.echo(msg, err=True))
     except ValueError as exc:  # e.g. an unknown --lr-scheduler, which diffusers reports
         raise click.ClickException(str(exc)) from None
