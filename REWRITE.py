@@ -31,6 +31,17 @@ MOVED = {
     ("model_runtime.loading", "HashingStopped"): ("model_runtime.provenance", "HashingStopped"),
     ("model_runtime.loading", "WEIGHT_SUFFIXES"): ("model_runtime.provenance", "WEIGHT_SUFFIXES"),
     ("model_runtime.loading", "_hash_in_background"): ("model_runtime.provenance", "hash_in_background"),
+    ("studies.imaging.decode", "MAX_PIXELS"): ("studies.imaging", "MAX_PIXELS"),
+    ("studies.imaging.decode", "TOTAL_PIXEL_FACTOR"): ("studies.imaging", "TOTAL_PIXEL_FACTOR"),
+    ("studies.imaging.decode", "PERCENTILES"): ("studies.imaging", "PERCENTILES"),
+    ("studies.imaging.decode", "REDUCING_GAP"): ("studies.imaging", "REDUCING_GAP"),
+    ("studies.imaging.decode", "WINDOW_PRESETS"): ("studies.imaging", "WINDOW_PRESETS"),
+    ("studies.imaging.decode", "DEFAULT_PRESET"): ("studies.imaging", "DEFAULT_PRESET"),
+    ("studies.imaging.decode", "ImageError"): ("studies.imaging", "ImageError"),
+    ("studies.imaging.decode", "DecodedImage"): ("studies.imaging", "DecodedImage"),
+    ("studies.imaging.decode", "reduce_factor"): ("studies.imaging", "reduce_factor"),
+    ("studies.imaging.decode", "BURNED_IN_MODALITIES"): ("studies.imaging", "BURNED_IN_MODALITIES"),
+    ("studies.imaging.decode", "burned_in_reason"): ("studies.imaging", "burned_in_reason"),
     ("evaluation.images", "IMAGE_SUFFIXES"): ("studies.imaging", "IMAGE_SUFFIXES"),
 }
 SKIP_DIRS = {".git", ".venv", "venv", "node_modules", "__pycache__"}
