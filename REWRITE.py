@@ -42,6 +42,14 @@ MOVED = {
     ("studies.imaging.decode", "reduce_factor"): ("studies.imaging", "reduce_factor"),
     ("studies.imaging.decode", "BURNED_IN_MODALITIES"): ("studies.imaging", "BURNED_IN_MODALITIES"),
     ("studies.imaging.decode", "burned_in_reason"): ("studies.imaging", "burned_in_reason"),
+    ("model_runtime.batch_job", "PromptsFileError"): ("model_runtime.prompts_file", "PromptsFileError"),
+    ("model_runtime.batch_job", "PromptRow"): ("model_runtime.prompts_file", "PromptRow"),
+    ("model_runtime.batch_job", "ImageTask"): ("model_runtime.prompts_file", "ImageTask"),
+    ("model_runtime.batch_job", "read_prompts_csv"): ("model_runtime.prompts_file", "read_prompts_csv"),
+    ("model_runtime.batch_job", "plan_tasks"): ("model_runtime.prompts_file", "plan_tasks"),
+    ("model_runtime.batch_job", "plan_chunks"): ("model_runtime.prompts_file", "plan_chunks"),
+    ("model_runtime.batch_job", "CSV_COLUMNS"): ("model_runtime.prompts_file", "CSV_COLUMNS"),
+    ("model_runtime.batch_job", "ROW_SEED_STRIDE"): ("model_runtime.prompts_file", "ROW_SEED_STRIDE"),
     ("evaluation.images", "IMAGE_SUFFIXES"): ("studies.imaging", "IMAGE_SUFFIXES"),
 }
 SKIP_DIRS = {".git", ".venv", "venv", "node_modules", "__pycache__"}

@@ -1,5 +1,8 @@
 """Fine-tune a pretrained text-to-image pipeline on your own captioned images. Read it top to bottom.
 
+Over 600 lines on purpose: one recipe in the order it runs, meant to be read in one piece (its
+data reading is ``model_runtime.training_data``).
+
     medisyn model finetune --base MODEL --data DIR|manifest.csv --out DIR [--method lora|full] ...
     accelerate launch -m model_runtime.finetune --base MODEL --data DIR --out DIR ...   (several GPUs)
 
