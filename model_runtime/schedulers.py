@@ -1,7 +1,7 @@
 """Sampler names (as AUTOMATIC1111 / Civitai spell them) -> diffusers scheduler classes.
 
 A diffusers scheduler holds per-run state (timesteps, step index, solver history), so a
-scheduler shared by two concurrent calls corrupts both (diffusers #1606, #5749). Every call
+scheduler shared by two concurrent calls corrupts both. Every call
 therefore gets a *new* scheduler built with ``from_config`` from the checkpoint's own config;
 the checkpoint's scheduler object is never mutated.
 """
