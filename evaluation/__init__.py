@@ -4,5 +4,6 @@ A library the `medisyn eval` commands and the studio's Evaluate tab wrap. It imp
 the image decoding of `studies` (so inputs are read exactly as a study ingests them), never
 studio, gradio or sqlite. Modules: `images` (inputs), `features` (local feature extractors),
 `novelty`, `fidelity`, `alignment`, `report` (self-contained HTML), `distributed` (Ray Data);
-`augment` and `classifier` (does synthetic data help a classifier? MediSyn's experiment).
+`augment`, `augment_stats` and `classifier` (does synthetic data help a classifier? MediSyn's
+experiment); `errors` (`EvaluationError`, the one base of its errors).
 """

@@ -36,7 +36,7 @@ def load_clip(folder, device: str = "cpu"):
     """(model, tokenizer, image_size, mean, std) of a local CLIP-like folder; EvaluationError otherwise."""
     import transformers
 
-    from evaluation.features import _image_size, _mean_std, _vision_config, quiet_transformers
+    from evaluation.features import image_size, mean_std, quiet_transformers, vision_config
 
     folder = pathlib.Path(folder).expanduser()
     if not (folder / "config.json").is_file():
@@ -57,12 +57,12 @@ def load_clip(folder, device: str = "cpu"):
         tokenizer = transformers.AutoTokenizer.from_pretrained(folder, local_files_only=True)
     except Exception as exc:
         raise fail(exc, "tokenizer") from None
-    vcfg = _vision_config(model.config)
+    vcfg = vision_config(model.config)
     if getattr(vcfg, "num_channels", 3) != 3:
         raise EvaluationError(f"--clip: the model takes {vcfg.num_channels}-channel images but evaluation "
                               "images are 3-channel RGB (mismatched channel counts)")
-    mean, std = _mean_std(folder, required=True)
-    return model, tokenizer, _image_size(folder, vcfg), mean, std
+    mean, std = mean_std(folder, required=True)
+    return model, tokenizer, image_size(vcfg), mean, std
 
 
 def _as_tensor(out) -> torch.Tensor:

@@ -45,7 +45,8 @@ import torch.nn.functional as F
 
 from evaluation.errors import EvaluationError
 
-__all__ = ["FeatureExtractor", "INCEPTION_CACHE", "INCEPTION_FILES", "find_inception", "load_extractor"]
+__all__ = ["FeatureExtractor", "INCEPTION_CACHE", "INCEPTION_FILES", "find_inception", "image_size", "load_extractor",
+           "mean_std", "vision_config"]
 
 INCEPTION_FILES = ("inception-2015-12-05.pt", "pt_inception-2015-12-05-6726825d.pt")
 INCEPTION_CACHE = (
@@ -238,7 +239,8 @@ def quiet_transformers():
             tlog.enable_progress_bar()
 
 
-def _vision_config(config):
+def vision_config(config):
+    """The vision part of a model config (a CLIP config's ``vision_config``), else the config itself."""
     return getattr(config, "vision_config", None) or config
 
 
@@ -252,7 +254,7 @@ def _hf_vision(folder: pathlib.Path, device: str, batch_size: int) -> FeatureExt
         config = transformers.AutoConfig.from_pretrained(folder, local_files_only=True)
     except Exception as exc:
         raise EvaluationError(f"{folder}: unreadable model config ({type(exc).__name__})") from None
-    vcfg = _vision_config(config)
+    vcfg = vision_config(config)
     channels = getattr(vcfg, "num_channels", 3)
     if channels != 3:
         raise EvaluationError(f"{folder}: the model takes {channels}-channel images but evaluation images "
@@ -270,8 +272,8 @@ def _hf_vision(folder: pathlib.Path, device: str, batch_size: int) -> FeatureExt
     if image_features is None and not takes_pixels:
         raise EvaluationError(f"{folder}: {type(model).__name__} is not a vision model (it takes no "
                               "pixel_values); give an image model folder")
-    size = _image_size(folder, vcfg)
-    mean, std = _mean_std(folder, required=image_features is not None)
+    size = image_size(vcfg)
+    mean, std = mean_std(folder, required=image_features is not None)
 
     def run(images: np.ndarray) -> np.ndarray:
         x = torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2).float().div(255.0)
@@ -314,7 +316,8 @@ def _embedding(out) -> torch.Tensor:
     return t
 
 
-def _image_size(folder: pathlib.Path, vcfg) -> int:
+def image_size(vcfg) -> int:
+    """The square input side a vision config declares (224 when it declares none)."""
     size = getattr(vcfg, "image_size", None)
     if isinstance(size, (list, tuple)):
         size = size[0]
@@ -326,7 +329,7 @@ def _image_size(folder: pathlib.Path, vcfg) -> int:
 PROCESSOR_FILES = ("preprocessor_config.json", "processor_config.json")
 
 
-def _mean_std(folder: pathlib.Path, *, required: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+def mean_std(folder: pathlib.Path, *, required: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     """The image processor's normalisation (image_mean, image_std) saved with a model folder.
 
     transformers writes it to ``preprocessor_config.json`` (an image processor alone) or, from

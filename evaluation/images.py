@@ -27,12 +27,11 @@ from collections.abc import Iterator, Sequence
 import numpy as np
 
 from evaluation.errors import EvaluationCancelled, EvaluationError
-from studies.imaging import ImageError, load_image
+from studies.imaging import IMAGE_SUFFIXES, ImageError, is_image_file, load_image
 from studies.imaging.stimuli import normalise
 
-__all__ = ["IMAGE_SUFFIXES", "ImageRef", "iter_chunks", "list_images", "load_normalised", "to_grey"]
+__all__ = ["ImageRef", "iter_chunks", "list_images", "load_normalised", "to_grey"]
 
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".dcm", ".dicom", ".nii", ".nii.gz")
 _SKIP_SUFFIXES = (".csv", ".json", ".txt", ".html", ".md", ".log", ".py", ".db", ".sqlite")
 
 
@@ -84,7 +83,7 @@ def list_images(source: str | os.PathLike, *, what: str = "images") -> list[Imag
         name = f.name.lower()
         if name.endswith(_SKIP_SUFFIXES):
             continue
-        if not (name.endswith(IMAGE_SUFFIXES) or "." not in name):
+        if not (is_image_file(f) or "." not in name):
             continue
         modality = ""
         if real is not None:

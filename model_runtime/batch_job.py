@@ -48,56 +48,26 @@ import time
 import warnings
 from collections.abc import Callable
 
-from model_runtime import devices, loading, modalities, provenance, quiet
+from model_runtime import defaults, devices, loading, modalities, provenance, quiet
+from model_runtime.prompts_file import (
+    ROW_SEED_STRIDE,
+    ImageTask,
+    PromptRow,
+    plan_chunks,
+    plan_tasks,
+    read_prompts_csv,
+)
+from studies.imaging import manifest as study_manifest
 
 log = logging.getLogger(__name__)
 
 SOURCE = "synthetic"
-MANIFEST_COLUMNS = ("path", "source", "modality", "prompt", "generator", "case_id", "group")
+MANIFEST_COLUMNS = study_manifest.COLUMNS  # the study's header: `medisyn study create` reads the file as is
 DETAIL_COLUMNS = ("path", "row", "k", "prompt", "negative_prompt", "seed", "steps", "guidance_scale",
                   "scheduler", "width", "height", "dtype", "model", "weights_sha256", "loras", "lora_sha256",
                   "prompt_truncated", "prompt_seen", "threads")
 # LoadOptions that only say where to find the weights (the weights hash covers what was found)
 _LOCATION_OPTIONS = ("cache_dir", "revision", "hash_weights")
-CSV_COLUMNS = ("prompt", "modality", "negative_prompt", "n", "seed", "case_id", "group")
-ROW_SEED_STRIDE = 10_000
-
-
-class PromptsFileError(ValueError):
-    """A malformed prompts.csv; the message names the line and column."""
-
-
-@dataclasses.dataclass(frozen=True)
-class PromptRow:
-    row: int                 # 0-based data row
-    where: str               # "prompts.csv line 3" for messages
-    prompt: str
-    modality: str = ""
-    negative_prompt: str = ""
-    n: int = 1
-    seed: int | None = None
-    case_id: str = ""
-    group: str = ""
-
-
-@dataclasses.dataclass(frozen=True)
-class ImageTask:
-    row: int
-    k: int
-    prompt: str
-    negative_prompt: str
-    seed: int
-    modality: str
-    case_id: str
-    group: str
-
-    @property
-    def rel_path(self) -> str:
-        return f"images/r{self.row:05d}_{self.k:03d}.png"
-
-    @property
-    def dicom_path(self) -> str:
-        return self.rel_path[:-len(".png")] + ".dcm"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -146,94 +116,6 @@ class JobResult:
     skipped: int
     seconds: float
     workers: int = 0         # processes that generated images (Ray actors; 1 for local, 0 if none ran)
-
-
-# --- input -----------------------------------------------------------------------------
-
-def read_prompts_csv(path: str | os.PathLike, *, default_n: int = 1, default_modality: str = "",
-                     default_negative: str = "") -> list[PromptRow]:
-    """Validated rows of a prompts CSV (see module docstring); PromptsFileError names the line."""
-    path = pathlib.Path(path)
-    name = path.name
-    if not path.is_file():
-        raise PromptsFileError(f"prompts file not found: {path}")
-    rows: list[PromptRow] = []
-    try:
-        with path.open(newline="", encoding="utf-8-sig") as fh:
-            reader = csv.reader(fh)
-            try:
-                header = [h.strip().lower() for h in next(reader)]
-            except StopIteration:
-                raise PromptsFileError(f"{name}: the file is empty") from None
-            if "prompt" not in header:
-                raise PromptsFileError(f"{name}: no 'prompt' column (columns: {', '.join(CSV_COLUMNS)})")
-            unknown = [h for h in header if h not in CSV_COLUMNS]
-            if unknown:
-                raise PromptsFileError(f"{name}: unknown column {unknown[0]!r} (allowed: {', '.join(CSV_COLUMNS)})")
-            dupes = sorted({h for h in header if header.count(h) > 1})
-            if dupes:
-                raise PromptsFileError(f"{name}: column {dupes[0]!r} appears twice")
-            for values in reader:
-                if not any(v.strip() for v in values):
-                    continue
-                where = f"{name} line {reader.line_num}"
-                if len(values) != len(header):
-                    raise PromptsFileError(f"{where}: expected {len(header)} fields, found {len(values)}")
-                rec = dict(zip(header, (v.strip() for v in values)))
-                rows.append(_prompt_row(rec, len(rows), where, default_n, default_modality, default_negative))
-    except UnicodeDecodeError:
-        raise PromptsFileError(f"{name}: not a UTF-8 text file") from None
-    except csv.Error as exc:
-        raise PromptsFileError(f"{name}: malformed CSV ({exc})") from None
-    if not rows:
-        raise PromptsFileError(f"{name}: no prompts")
-    return rows
-
-
-def _whole(value: str, where: str, column: str, lo: int, hi: int) -> int:
-    try:
-        n = int(value)
-    except ValueError:
-        raise PromptsFileError(f"{where}, column {column!r}: {value!r} is not a whole number") from None
-    if not lo <= n <= hi:
-        raise PromptsFileError(f"{where}, column {column!r}: {n} is out of range {lo}..{hi}")
-    return n
-
-
-def _prompt_row(rec: dict, index: int, where: str, default_n: int, default_modality: str,
-                default_negative: str) -> PromptRow:
-    if not rec.get("prompt"):
-        raise PromptsFileError(f"{where}, column 'prompt': empty prompt")
-    n = _whole(rec["n"], where, "n", 1, ROW_SEED_STRIDE) if rec.get("n") else default_n
-    seed = _whole(rec["seed"], where, "seed", 0, 2**62) if rec.get("seed") else None
-    return PromptRow(row=index, where=where, prompt=rec["prompt"], modality=rec.get("modality") or default_modality,
-                     negative_prompt=rec.get("negative_prompt") or default_negative, n=n, seed=seed,
-                     case_id=rec.get("case_id", ""), group=rec.get("group", ""))
-
-
-def plan_tasks(rows: list[PromptRow], *, seed: int = 0) -> list[ImageTask]:
-    """One task per image; seeds from (row, k) only."""
-    tasks = []
-    for r in rows:
-        base = r.seed if r.seed is not None else seed + ROW_SEED_STRIDE * r.row
-        for k in range(r.n):
-            case_id = r.case_id if (r.n == 1 or not r.case_id) else f"{r.case_id}_{k}"
-            tasks.append(ImageTask(row=r.row, k=k, prompt=r.prompt, negative_prompt=r.negative_prompt,
-                                   seed=base + k, modality=r.modality, case_id=case_id, group=r.group))
-    return tasks
-
-
-def plan_chunks(tasks: list[ImageTask], batch_size: int) -> list[list[ImageTask]]:
-    """Consecutive tasks in groups of ``batch_size``, split where negative-prompt presence changes."""
-    chunks: list[list[ImageTask]] = []
-    for task in tasks:
-        last = chunks[-1] if chunks else None
-        if (last is not None and len(last) < batch_size
-                and bool(last[0].negative_prompt.strip()) == bool(task.negative_prompt.strip())):
-            last.append(task)
-        else:
-            chunks.append([task])
-    return chunks
 
 
 # --- the worker side (same code for the local and the Ray engine) -----------------------
@@ -293,8 +175,8 @@ class RayChunkWorker:
 
 def run_generate_job(model: str, out: str | os.PathLike, *, prompt: str | None = None,
                      prompts_csv: str | os.PathLike | None = None, n: int = 1, seed: int = 0,
-                     negative_prompt: str = "", modality: str = "", steps: int = 25,
-                     guidance_scale: float = 7.0, scheduler: str | None = None, width: int | None = None,
+                     negative_prompt: str = "", modality: str = "", steps: int = defaults.STEPS,
+                     guidance_scale: float = defaults.GUIDANCE, scheduler: str | None = None, width: int | None = None,
                      height: int | None = None, batch_size: int = 1, engine: str = "local",
                      address: str | None = None, device: str | None = None, dtype: str | None = None,
                      threads: int | None = None, workers: int | None = None, extra: dict | None = None,
@@ -337,7 +219,7 @@ def run_generate_job(model: str, out: str | os.PathLike, *, prompt: str | None =
     # an inpainting/ControlNet folder fails here, not in every worker
     loading.check_supported(loading.config_root(path, opts.config, cache_dir=opts.cache_dir))
     loras = loading.adapters_for(entry, opts)
-    adapters = [{"name": a.name, "scale": a.scale, "sha256": loading.file_sha256(a.file)} for a in loras]
+    adapters = [{"name": a.name, "scale": a.scale, "sha256": provenance.file_sha256(a.file)} for a in loras]
     local = pathlib.Path(str(model)).expanduser()
     # workers resolve the model themselves: an absolute folder, or the key / Hub id (their
     # Hugging Face cache may live elsewhere than the driver's)
@@ -348,7 +230,7 @@ def run_generate_job(model: str, out: str | os.PathLike, *, prompt: str | None =
     default_h, default_w = loading.default_size(path, opts.config)
     spec = JobSpec(
         model=worker_model, model_label=provenance.generator_label(model, entry),
-        weights_sha256=loading.weights_hash(path, extra=[a.file for a in loras]),
+        weights_sha256=provenance.weights_hash(path, extra=[a.file for a in loras]),
         steps=int(steps), guidance_scale=float(guidance_scale),
         scheduler=schedulers.canonical_name(scheduler, loading.saved_scheduler(path, opts.config)),
         width=int(width or default_w), height=int(height or default_h),

@@ -11,6 +11,8 @@ import os
 
 import torch
 
+from model_runtime.errors import ModelRuntimeError
+
 _DTYPE_NAMES = {
     "fp32": torch.float32, "float32": torch.float32, "float": torch.float32, "32": torch.float32,
     "fp16": torch.float16, "float16": torch.float16, "half": torch.float16, "16": torch.float16,
@@ -39,7 +41,7 @@ def mps_available() -> bool:
     return bool(backend and backend.is_available())
 
 
-class DeviceUnavailableError(RuntimeError):
+class DeviceUnavailableError(ModelRuntimeError, RuntimeError):
     """The requested device exists in torch's vocabulary but not on this machine."""
 
 

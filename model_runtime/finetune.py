@@ -1,5 +1,8 @@
 """Fine-tune a pretrained text-to-image pipeline on your own captioned images. Read it top to bottom.
 
+Over 600 lines on purpose: one recipe in the order it runs, meant to be read in one piece (its
+data reading is ``model_runtime.training_data``).
+
     medisyn model finetune --base MODEL --data DIR|manifest.csv --out DIR [--method lora|full] ...
     accelerate launch -m model_runtime.finetune --base MODEL --data DIR --out DIR ...   (several GPUs)
 
@@ -10,8 +13,9 @@ Polyp), this adapts a large pretrained one (their FLUX/Kandinsky route):
      ``path`` and ``prompt`` (a study or ``generate`` manifest); paths relative to the CSV; or a
      mixture file (``model_runtime.mixture``: weighted sources, balanced by modality, streamed from
      tables, WebDataset shards or datasets folders and encoded per step). Images are
-     centre-cropped and resized to ``resolution``. Decoding is pluggable (``decode=``): the CLI
-     passes the studio's reader so DICOM and NIfTI decode exactly as they do at ingest;
+     centre-cropped and resized to ``resolution`` (``model_runtime.training_data``). Images decode
+     through ``studies.imaging.decode_rgb``, so DICOM and NIfTI look as they do at ingest;
+     ``decode=`` replaces it;
   2. base: anything ``load()`` opens (registry key, folder, cached Hub id). Families: SD 1.x/2.x and
      SDXL (a UNet), SD3 and Flux (a transformer), Kandinsky 2.2 (its decoder UNet, conditioned on the
      frozen prior's image embedding of each caption; saved as a whole pipeline with the LoRA fused);
@@ -58,7 +62,8 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from model_runtime import loading, mixture
+from model_runtime import loading, mixture, provenance
+from model_runtime.training_data import FinetuneError, decode_all, read_examples, square
 
 LORA_FILE = "pytorch_lora_weights.safetensors"   # diffusers' default name: load_lora_weights(folder) finds it
 TRAINING_FILE = "training.json"
@@ -66,11 +71,6 @@ UNET_FAMILIES = ("sd", "sdxl")
 TRANSFORMER_FAMILIES = ("sd3", "flux")
 KANDINSKY = "kandinsky22"  # the decoder UNet, conditioned on the prior's image embedding
 DEFAULT_TARGETS = ("to_q", "to_k", "to_v", "to_out.0")
-IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".webp"}
-
-
-class FinetuneError(ValueError):
-    """Bad data, an unsupported base model or an inconsistent resume; the message says which."""
 
 
 @dataclass
@@ -125,88 +125,7 @@ class FinetuneResult:
 
 
 # ---------------------------------------------------------------------------------------------
-# 1. data
-# ---------------------------------------------------------------------------------------------
-
-@dataclass(frozen=True)
-class Example:
-    path: pathlib.Path
-    caption: str
-
-
-def read_examples(data) -> list[Example]:
-    """(image path, caption) pairs from a folder's captions.csv or a manifest CSV."""
-    data = pathlib.Path(data)
-    if data.is_dir():
-        table = data / "captions.csv"
-        if not table.is_file():
-            raise FinetuneError(f"{data}: no captions.csv (columns path,caption) in the folder")
-    elif data.is_file():
-        table = data
-    else:
-        raise FinetuneError(f"{data}: no such folder or file")
-    try:
-        with open(table, newline="", encoding="utf-8") as fh:
-            reader = csv.DictReader(fh)
-            columns = set(reader.fieldnames or ())
-            rows = list(reader)
-    except (UnicodeDecodeError, csv.Error) as exc:
-        raise FinetuneError(f"{table}: not a readable CSV ({exc})") from None
-    text_column = "caption" if "caption" in columns else "prompt" if "prompt" in columns else None
-    if "path" not in columns or text_column is None:
-        raise FinetuneError(f"{table}: needs a 'path' column and a 'caption' (or 'prompt') column, "
-                            f"found {sorted(columns)}")
-    examples = []
-    for line, row in enumerate(rows, start=2):
-        caption = (row.get(text_column) or "").strip()
-        if not caption:
-            raise FinetuneError(f"{table} line {line}: empty {text_column}")
-        if not (row.get("path") or "").strip():
-            raise FinetuneError(f"{table} line {line}: empty path")
-        path = (table.parent / row["path"].strip())
-        if not path.is_file():
-            raise FinetuneError(f"{table} line {line}: image {row['path']!r} not found")
-        examples.append(Example(path, caption))
-    if not examples:
-        raise FinetuneError(f"{table} lists no images")
-    return examples
-
-
-def open_rgb(path: pathlib.Path) -> Image.Image:
-    """Default decoder: anything PIL opens (the CLI passes the studio's DICOM/NIfTI-aware one)."""
-    with Image.open(path) as im:
-        return im.convert("RGB")
-
-
-def square(image: Image.Image, size: int) -> np.ndarray:
-    """Centre crop to a square, resize to size x size, uint8 RGB."""
-    image = image.convert("RGB")
-    w, h = image.size
-    side = min(w, h)
-    left, top = (w - side) // 2, (h - side) // 2
-    image = image.crop((left, top, left + side, top + side))
-    if image.size != (size, size):
-        image = image.resize((size, size), Image.Resampling.LANCZOS)
-    return np.asarray(image, dtype=np.uint8)
-
-
-def decode_all(examples: Sequence[Example], size: int,
-               decode: Callable[[pathlib.Path], Image.Image] | None = None) -> np.ndarray:
-    """Every image as uint8 N x size x size x 3; an unreadable one is a FinetuneError naming it."""
-    decode = decode or open_rgb
-    out = np.empty((len(examples), size, size, 3), dtype=np.uint8)
-    for i, ex in enumerate(examples):
-        try:
-            out[i] = square(decode(ex.path), size)
-        except FinetuneError:
-            raise
-        except Exception as exc:  # PIL, pydicom, nibabel all raise their own types
-            raise FinetuneError(f"{ex.path}: cannot read the image ({type(exc).__name__}: {exc})") from None
-    return out
-
-
-# ---------------------------------------------------------------------------------------------
-# 2. base model
+# 1. base model
 # ---------------------------------------------------------------------------------------------
 
 def denoiser_of(pipe):
@@ -268,7 +187,7 @@ def trainable(denoiser) -> dict[str, torch.nn.Parameter]:
 
 
 # ---------------------------------------------------------------------------------------------
-# 3. frozen encoders, once
+# 2. frozen encoders, once
 # ---------------------------------------------------------------------------------------------
 
 @torch.no_grad()
@@ -335,7 +254,7 @@ def stack_conditions(conds: list[dict]) -> dict:
 
 
 # ---------------------------------------------------------------------------------------------
-# 4. one training step's loss, per family
+# 3. one training step's loss, per family
 # ---------------------------------------------------------------------------------------------
 
 def unet_loss(pipe, denoiser, noise_scheduler, latents, cond, generator, cfg: FinetuneConfig, family: str):
@@ -408,7 +327,7 @@ def noise_scheduler_for(pipe, family: str):
 
 
 # ---------------------------------------------------------------------------------------------
-# 5. checkpoints, validation images, outputs
+# 4. checkpoints, validation images, outputs
 # ---------------------------------------------------------------------------------------------
 
 def checkpoint_dirs(out_dir: pathlib.Path) -> list[pathlib.Path]:
@@ -549,13 +468,8 @@ def write_loss_curve(out_dir: pathlib.Path, rows: list[dict]) -> None:
     img.save(out_dir / "loss.png", optimize=True)
 
 
-def file_sha256(path: pathlib.Path) -> str:
-    with open(path, "rb") as fh:
-        return hashlib.file_digest(fh, "sha256").hexdigest()
-
-
 # ---------------------------------------------------------------------------------------------
-# 6. the run
+# 5. the run
 # ---------------------------------------------------------------------------------------------
 
 def finetune(base, data, out_dir, cfg: FinetuneConfig | None = None, *, resume: bool = False,
@@ -611,7 +525,7 @@ def finetune(base, data, out_dir, cfg: FinetuneConfig | None = None, *, resume: 
     # frozen weights in the mixed-precision dtype; trained weights stay float32 (full: all of the UNet)
     loaded = loading.load(base, device=str(accelerator.device), dtype=weight_dtype, options={"hash_weights": False})
     pipe = loaded.pipe
-    base_hash = loading.weights_hash(path)
+    base_hash = provenance.weights_hash(path)
     denoiser = denoiser_of(pipe)
     if cfg.text_encoder:
         swap_text_encoder(pipe, cfg.text_encoder, cfg.seed, accelerator.device, weight_dtype, log)
@@ -745,7 +659,7 @@ def finetune(base, data, out_dir, cfg: FinetuneConfig | None = None, *, resume: 
             "result": {"steps": cfg.steps, "resumed_from": start, "seconds_this_run": round(seconds, 1),
                        "final_loss": log_rows[-1]["loss"], "trainable_parameters": n_trainable,
                        "peak_memory_mb": round(peak, 1), "processes": world, "device": str(accelerator.device),
-                       "weights": weights.name, "weights_sha256": file_sha256(weights) if weights.is_file() else None},
+                       "weights": weights.name, "weights_sha256": provenance.file_sha256(weights) if weights.is_file() else None},
             "validation_prompts": prompts,
             "versions": {"torch": torch.__version__, "diffusers": diffusers.__version__, "peft": peft.__version__},
         }
@@ -765,8 +679,7 @@ def _rss_peak_mb() -> float:
 
 
 def main(argv=None) -> None:
-    """Entry point for ``accelerate launch -m model_runtime.finetune`` (PIL-readable images only;
-    the ``medisyn model finetune`` command also decodes DICOM/NIfTI)."""
+    """Entry point for ``accelerate launch -m model_runtime.finetune``."""
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--base", required=True)
     p.add_argument("--data", required=True)

@@ -34,8 +34,10 @@ from collections.abc import Callable, Sequence
 import torch
 from diffusers import DiffusionPipeline, SchedulerMixin
 
-from model_runtime import devices, quiet, schedulers
-from model_runtime.loading import LoadedModel, denoiser_sha256
+from model_runtime import defaults, devices, quiet, schedulers
+from model_runtime.errors import ModelRuntimeError
+from model_runtime.loading import LoadedModel
+from model_runtime.provenance import denoiser_sha256
 
 log = logging.getLogger(__name__)
 quiet.install()  # diffusers' per-call "input was truncated" dump: we say it once, in words
@@ -46,11 +48,11 @@ MAX_SEED = 2**63 - 1
 _NEGATIVE_SEED_OFFSET = 0x5EED_0000_0000
 
 
-class GenerationCancelled(RuntimeError):
+class GenerationCancelled(ModelRuntimeError, RuntimeError):
     """Raised by generate() when its cancel event was set during the run."""
 
 
-class NonFiniteOutputError(RuntimeError):
+class NonFiniteOutputError(ModelRuntimeError, RuntimeError):
     """The model produced NaN or infinite values: corrupted weights, or fp16 overflow."""
 
 
@@ -60,8 +62,8 @@ class GenerationRequest:
     negative_prompt: str = ""
     num_images: int = 1
     seed: int | None = None            # None: a random seed, recorded in the output
-    steps: int = 25
-    guidance_scale: float = 7.0
+    steps: int = defaults.STEPS
+    guidance_scale: float = defaults.GUIDANCE
     scheduler: str | None = None       # a name from model_runtime.schedulers; None: the checkpoint's own
     width: int | None = None           # None: the checkpoint's native size
     height: int | None = None

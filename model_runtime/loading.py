@@ -11,10 +11,7 @@ image (inpainting, ControlNet ...) are refused before any weight is read (:func:
 """
 from __future__ import annotations
 
-import atexit
-import contextlib
 import dataclasses
-import hashlib
 import json
 import logging
 import os
@@ -24,21 +21,16 @@ import threading
 
 import torch
 
-from model_runtime import devices, lora as lora_mod, registry
+from model_runtime import devices, lora as lora_mod, provenance, registry
+from model_runtime.errors import ModelNotFoundError, ModelRuntimeError
 
 log = logging.getLogger(__name__)
 
-WEIGHT_SUFFIXES = (".safetensors", ".bin", ".ckpt", ".pt", ".pth", ".gguf")
 SINGLE_FILE_SUFFIXES = (".safetensors", ".ckpt")   # A1111/ComfyUI checkpoints (from_single_file)
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
-_SHA256 = re.compile(r"^[0-9a-f]{64}$")
 
 
-class ModelNotFoundError(LookupError):
-    """Neither a local diffusers directory nor a Hub id present in the local cache."""
-
-
-class UnsupportedPipelineError(ValueError):
+class UnsupportedPipelineError(ModelRuntimeError, ValueError):
     """A checkpoint for a task the runtime does not run (inpainting, ControlNet ...)."""
 
 
@@ -109,7 +101,7 @@ class LoadedModel:
     @property
     def loras(self) -> list[dict]:
         """The fused LoRA adapters: name (A1111's), scale and sha256 of the weights file."""
-        return [{"name": a.name, "scale": a.scale, "sha256": file_sha256(a.file)} for a in self.adapters]
+        return [{"name": a.name, "scale": a.scale, "sha256": provenance.file_sha256(a.file)} for a in self.adapters]
 
     @property
     def name(self) -> str:
@@ -130,10 +122,11 @@ class LoadedModel:
 
     @property
     def weights_hash(self) -> str:
-        """sha256 over the weight files (see :func:`weights_hash`); computed once, then cached."""
+        """sha256 over the weight files (see :func:`model_runtime.provenance.weights_hash`);
+        computed once, then cached."""
         with self._hash_lock:
             if self._hash is None:
-                self._hash = weights_hash(self.path, extra=self._extra_weights)
+                self._hash = provenance.weights_hash(self.path, extra=self._extra_weights)
             return self._hash
 
     def default_size(self) -> tuple[int, int]:
@@ -274,7 +267,7 @@ def load(model: str | os.PathLike, *, device: str | None = None, dtype: str | to
     loaded.config_path = root
     if opts.hash_weights:
         # hashing a multi-GB checkpoint takes seconds: do it while the user types a prompt
-        _hash_in_background(loaded)
+        provenance.hash_in_background(loaded)
     log.info("loaded %r", loaded)
     return loaded
 
@@ -444,7 +437,7 @@ def _cuda_total_memory(device: str) -> int:
 def _weights_bytes(path: pathlib.Path) -> int:
     if path.is_file():
         return path.stat().st_size
-    return sum(f.stat().st_size for f in path.rglob("*") if f.suffix in WEIGHT_SUFFIXES and f.is_file())
+    return sum(f.stat().st_size for f in path.rglob("*") if f.suffix in provenance.WEIGHT_SUFFIXES and f.is_file())
 
 
 def _place(pipe, device: str, opts: LoadOptions) -> None:
@@ -549,121 +542,3 @@ def family_of(pipeline_class: str) -> str:
         if pipeline_class.startswith(prefix):
             return family
     return "other"
-
-
-# --- provenance: which weights made an image -------------------------------------------
-
-_file_hash_cache: dict[tuple[str, int, int], str] = {}
-_file_hash_lock = threading.Lock()
-
-
-class HashingStopped(Exception):
-    """A background weights hash stopped because the interpreter is exiting."""
-
-
-_stop_hashing = threading.Event()
-_hashers: list[threading.Thread] = []
-
-
-def _hash_in_background(loaded: LoadedModel) -> None:
-    def run():
-        with contextlib.suppress(HashingStopped):
-            loaded.weights_hash  # cached on the model; asked for again, it is computed then
-    thread = threading.Thread(target=run, name="weights-hash", daemon=True)
-    _hashers[:] = [t for t in _hashers if t.is_alive()] + [thread]
-    thread.start()
-
-
-@atexit.register
-def _stop_background_hashing() -> None:
-    """Stop and join background hashes before the interpreter exits: a daemon thread still
-    hashing then made one exit in four abort ("terminate called without an active
-    exception", exit status 134) after a script had loaded a model and finished."""
-    _stop_hashing.set()
-    for thread in list(_hashers):
-        thread.join(timeout=10)
-
-
-def file_sha256(path: pathlib.Path) -> str:
-    """sha256 of a file. In the Hugging Face cache the blob's name already is its sha256."""
-    if path.is_symlink():
-        target = path.resolve()
-        if target.parent.name == "blobs" and _SHA256.match(target.name):
-            return target.name
-    stat = path.stat()
-    key = (str(path.resolve()), stat.st_size, stat.st_mtime_ns)
-    with _file_hash_lock:
-        cached = _file_hash_cache.get(key)
-    if cached:
-        return cached
-    h = hashlib.sha256()
-    with path.open("rb") as fh:
-        while chunk := fh.read(1 << 20):
-            if _stop_hashing.is_set():  # the interpreter is exiting (see _stop_background_hashing)
-                raise HashingStopped(str(path))
-            h.update(chunk)
-    digest = h.hexdigest()
-    with _file_hash_lock:
-        _file_hash_cache[key] = digest
-    return digest
-
-
-def denoiser_weights_files(path: str | os.PathLike, *, subfolder: str | None = None,
-                           variant: str | None = None) -> list[pathlib.Path]:
-    """The denoiser's weight file(s) — UNet or transformer — of a diffusers folder.
-
-    This is "the weights file" of A1111's ``Model hash`` for a diffusers checkpoint: the part a
-    fine-tune changes (text encoders and VAE are usually the base model's). safetensors are
-    preferred over .bin, the ``variant`` file over the plain one; a sharded denoiser gives its
-    shards in order. Empty when there is none (e.g. a combined pipeline with other names).
-    """
-    root = pathlib.Path(path)
-    folders = [subfolder] if subfolder else ["unet", "transformer"]
-    for sub in folders:
-        folder = root / sub
-        if not folder.is_dir():
-            continue
-        for suffix in (".safetensors", ".bin"):
-            stems = [f"diffusion_pytorch_model.{variant}", "diffusion_pytorch_model"] if variant \
-                else ["diffusion_pytorch_model"]
-            for stem in stems:
-                single = folder / f"{stem}{suffix}"
-                if single.is_file():
-                    return [single]
-                shards = sorted(folder.glob(f"{stem}-*-of-*{suffix}"))
-                if shards:
-                    return shards
-    return []
-
-
-def denoiser_sha256(path: str | os.PathLike, *, subfolder: str | None = None,
-                    variant: str | None = None) -> str:
-    """sha256 of the denoiser's weight file (A1111's ``Model hash`` is its first 10 hex digits);
-    for a sharded denoiser, the sha256 of its "name:sha256" lines; "" when there is none."""
-    files = denoiser_weights_files(path, subfolder=subfolder, variant=variant)
-    if not files:
-        return ""
-    if len(files) == 1:
-        return file_sha256(files[0])
-    return hashlib.sha256("\n".join(f"{f.name}:{file_sha256(f)}" for f in files).encode()).hexdigest()
-
-
-def weights_hash(path: str | os.PathLike, *, extra=()) -> str:
-    """sha256 of the sorted "relative/path:sha256" lines of every weight file under ``path``
-    (plus ``extra`` files such as a LoRA). The same weights give the same hash whether they sit
-    in a local folder or in the Hub cache. A single-file checkpoint's hash is the file's own
-    sha256 (what ``sha256sum`` and A1111's model hash read): its name plays no part."""
-    root = pathlib.Path(path)
-    if root.is_file() and not extra:
-        return file_sha256(root)
-    lines = [file_sha256(root)] if root.is_file() else []  # a single-file checkpoint, with adapters
-    for f in sorted(root.rglob("*")):
-        if f.suffix in WEIGHT_SUFFIXES and f.is_file():
-            lines.append(f"{f.relative_to(root).as_posix()}:{file_sha256(f)}")
-    for f in extra:
-        f = pathlib.Path(f)
-        files = sorted(p for p in f.rglob("*") if p.suffix in WEIGHT_SUFFIXES) if f.is_dir() else [f]
-        lines.extend(f"+{p.name}:{file_sha256(p)}" for p in files)
-    if not lines:
-        raise ModelNotFoundError(f"no weight files ({', '.join(WEIGHT_SUFFIXES)}) under {root}")
-    return hashlib.sha256("\n".join(lines).encode()).hexdigest()

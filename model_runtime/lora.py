@@ -17,11 +17,13 @@ import os
 import pathlib
 import re
 
+from model_runtime.errors import ModelRuntimeError
+
 LORA_SUFFIXES = (".safetensors", ".bin", ".pt", ".ckpt")
 DEFAULT_FILE = "pytorch_lora_weights.safetensors"
 
 
-class LoraError(LookupError):
+class LoraError(ModelRuntimeError, LookupError):
     """A LoRA path that holds no adapter weights, or a pipeline that cannot take one."""
 
 

@@ -40,13 +40,16 @@ import numpy as np
 from PIL import Image
 
 from model_runtime import modalities
+from model_runtime.errors import ModelRuntimeError
+from model_runtime.training_data import FinetuneError, read_examples
+from studies.imaging import decode_rgb
 
 IMAGE_EXTS = ("png", "jpg", "jpeg", "webp", "tif", "tiff", "bmp")
 TEXT_KEYS = ("caption", "prompt", "text", "txt")
 BALANCES = ("modality", "weight")
 
 
-class MixtureError(ValueError):
+class MixtureError(ModelRuntimeError, ValueError):
     """A mixture file or source that cannot be read; the message names which and why."""
 
 
@@ -147,7 +150,6 @@ class TableReader:
     """A folder's captions.csv or a manifest CSV (path + caption/prompt): paths and captions only."""
 
     def __init__(self, path: pathlib.Path, decode: Callable):
-        from model_runtime.finetune import FinetuneError, read_examples
         try:
             self.examples = read_examples(path)
         except FinetuneError as exc:
@@ -377,8 +379,7 @@ class MixtureSampler:
     last_step: int = 0
 
     def __post_init__(self):
-        from model_runtime.finetune import open_rgb
-        decode = self.decode or open_rgb
+        decode = self.decode or decode_rgb
         for i, s in enumerate(self.mixture.sources):
             reader = open_reader(s, decode, self.seed, i)
             if not len(reader):

@@ -22,6 +22,7 @@ import pathlib
 import re
 
 from model_runtime import registry
+from model_runtime.defaults import MODEL_FILE
 
 # Canonical names: the presets' "modality" values, plus nuclear medicine (the embedded model's).
 _PATTERNS: dict[str, str] = {
@@ -41,7 +42,6 @@ _PATTERNS: dict[str, str] = {
 }
 _COMPILED = {name: re.compile(pattern, re.IGNORECASE) for name, pattern in _PATTERNS.items()}
 CANONICAL = tuple(_PATTERNS)
-MODEL_FILE = "medisyn.json"
 
 
 def mentioned(text: str) -> set[str]:

@@ -15,10 +15,12 @@ import json
 import os
 import pathlib
 
+from model_runtime.errors import ModelRuntimeError
+
 EMBEDDED = "embedded"
 
 
-class UnknownModelError(KeyError):
+class UnknownModelError(ModelRuntimeError, KeyError):
     """A registry key that is not in assets/models.json."""
 
     def __str__(self) -> str:  # KeyError would repr() the message

@@ -1,7 +1,7 @@
 """Sampler names (as AUTOMATIC1111 / Civitai spell them) -> diffusers scheduler classes.
 
 A diffusers scheduler holds per-run state (timesteps, step index, solver history), so a
-scheduler shared by two concurrent calls corrupts both (diffusers #1606, #5749). Every call
+scheduler shared by two concurrent calls corrupts both. Every call
 therefore gets a *new* scheduler built with ``from_config`` from the checkpoint's own config;
 the checkpoint's scheduler object is never mutated.
 """
@@ -12,6 +12,8 @@ import importlib.util
 
 import diffusers
 from diffusers import SchedulerMixin
+
+from model_runtime.errors import ModelRuntimeError
 
 DEFAULT = "default"  # the checkpoint's own scheduler, as saved
 
@@ -65,8 +67,8 @@ FLOW_SAMPLERS: dict[str, SamplerSpec] = {s.name: s for s in [
 ]}
 
 
-class UnknownSchedulerError(ValueError):
-    pass
+class UnknownSchedulerError(ModelRuntimeError, ValueError):
+    """A sampler name the runtime does not know; the message lists the known ones."""
 
 
 def is_flow_matching(scheduler: SchedulerMixin) -> bool:

@@ -8,8 +8,8 @@ import pytest
 import torch
 
 from model_runtime import provenance
-from model_runtime.batch_job import (MANIFEST_COLUMNS, ImageTask, JobSpec, PromptsFileError, plan_chunks,
-                                     plan_tasks, read_prompts_csv, resolve_device, run_generate_job)
+from model_runtime.batch_job import MANIFEST_COLUMNS, JobSpec, resolve_device, run_generate_job
+from model_runtime.prompts_file import ImageTask, PromptsFileError, plan_chunks, plan_tasks, read_prompts_csv
 from model_runtime.devices import DeviceUnavailableError
 from model_runtime.generation import GenerationRequest, generate
 from model_runtime.loading import ModelNotFoundError, load

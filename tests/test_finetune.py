@@ -18,7 +18,7 @@ pytest.importorskip("peft")
 from runtime_fixtures import single_torch_thread, tiny_flux_dir, tiny_sd1_dir, tiny_sd3_dir, tiny_sdxl_dir  # noqa: E402,F401
 
 from model_runtime import finetune as ft  # noqa: E402
-from model_runtime import loading  # noqa: E402
+from model_runtime import loading, provenance  # noqa: E402
 from model_runtime.generation import GenerationRequest, generate  # noqa: E402
 
 CAPTION = "fundus image of the left retina"
@@ -86,9 +86,9 @@ def test_outputs_are_complete(tiny_sd1_dir, lora_run):
     out = lora_run.out_dir
     assert lora_run.weights == out / ft.LORA_FILE and lora_run.weights.is_file()
     record = json.loads((out / "training.json").read_text())
-    assert record["base"]["weights_sha256"] == loading.weights_hash(tiny_sd1_dir)
+    assert record["base"]["weights_sha256"] == provenance.weights_hash(tiny_sd1_dir)
     assert record["config"]["rank"] == 4 and record["config"]["steps"] == 6 and record["config"]["lr"] == 2e-2
-    assert record["result"]["weights_sha256"] == ft.file_sha256(lora_run.weights)
+    assert record["result"]["weights_sha256"] == provenance.file_sha256(lora_run.weights)
     with open(out / "loss.csv", newline="") as fh:
         rows = list(csv.DictReader(fh))
     assert [int(r["step"]) for r in rows] == [1, 2, 3, 4, 5, 6]
@@ -259,6 +259,21 @@ def test_cli_decodes_dicom_through_the_ingest_reader(tiny_sd1_dir, tmp_path):
     assert (out / ft.LORA_FILE).is_file()
     record = json.loads((out / "training.json").read_text())
     assert record["data"]["captions"] == ["Axial CT image of the head"]
+
+
+def test_python_callers_decode_dicom_as_the_cli_does(tiny_sd1_dir, tmp_path):
+    """finetune() without a decoder reads DICOM through studies.imaging, as the command does."""
+    import shutil
+
+    from pydicom.data import get_testdata_file
+
+    folder = tmp_path / "dicom"
+    folder.mkdir()
+    shutil.copy(get_testdata_file("CT_small.dcm"), folder / "ct.dcm")
+    write_csv(folder / "captions.csv", [{"path": "ct.dcm", "caption": "Axial CT image of the head"}], ("path", "caption"))
+    cfg = ft.FinetuneConfig(steps=1, rank=2, resolution=32, checkpoint_every=1, validation_steps=1)
+    result = ft.finetune(tiny_sd1_dir, folder, tmp_path / "out", cfg, device="cpu", progress=False, log=lambda m: None)
+    assert result.steps == 1 and result.weights.is_file()
 
 
 def test_cli_bad_data_is_one_error_line(tiny_sd1_dir, data, tmp_path):

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from model_runtime import devices, loading, registry
+from model_runtime import devices, loading, provenance, registry
 from model_runtime.generation import GenerationRequest, generate
 from model_runtime.loading import LoadOptions, ModelNotFoundError, load
 from runtime_fixtures import (FAMILY_EXTRA, single_torch_thread, tiny_flux_dir,  # noqa: F401
@@ -160,7 +160,7 @@ def test_hub_id_resolves_offline_from_the_local_cache(tmp_path, tiny_sd1_dir):
     assert loaded.model_id == "medisyn-test/tiny-sd"
     assert "snapshots" in str(loaded.path)
     # same weights, same hash, whether read from blob names or by hashing the files
-    assert loaded.weights_hash == loading.weights_hash(tiny_sd1_dir)
+    assert loaded.weights_hash == provenance.weights_hash(tiny_sd1_dir)
     image = generate(loaded, GenerationRequest("chest", seed=1, steps=1, width=32, height=32))[0]
     local = generate(load(tiny_sd1_dir), GenerationRequest("chest", seed=1, steps=1, width=32, height=32))[0]
     assert image.image.tobytes() == local.image.tobytes()
@@ -181,12 +181,12 @@ def test_non_text_to_image_checkpoints_load_as_their_text_to_image_twin(tmp_path
 def test_weights_hash_changes_with_the_weights(tmp_path, tiny_sd1_dir):
     copy = tmp_path / "copy"
     shutil.copytree(tiny_sd1_dir, copy)
-    assert loading.weights_hash(copy) == loading.weights_hash(tiny_sd1_dir)
+    assert provenance.weights_hash(copy) == provenance.weights_hash(tiny_sd1_dir)
     weights = next((copy / "unet").glob("*.safetensors"))
     data = bytearray(weights.read_bytes())
     data[-1] ^= 1
     weights.write_bytes(bytes(data))
-    assert loading.weights_hash(copy) != loading.weights_hash(tiny_sd1_dir)
+    assert provenance.weights_hash(copy) != provenance.weights_hash(tiny_sd1_dir)
 
 
 def test_unet_subfolder_swaps_the_denoiser(tmp_path, tiny_sd1_dir):
@@ -321,20 +321,20 @@ def test_background_hashing_is_stopped_and_joined_before_exit(tmp_path, monkeypa
     with open(big, "wb") as f:
         f.truncate(8 << 30)  # sparse: no disk used, seconds to hash
 
-    class Model:  # what _hash_in_background asks of a LoadedModel
+    class Model:  # what hash_in_background asks of a LoadedModel
         @property
         def weights_hash(self):
-            return loading.file_sha256(big)
+            return provenance.file_sha256(big)
 
-    monkeypatch.setattr(loading, "_hashers", [])
-    loading._hash_in_background(Model())
+    monkeypatch.setattr(provenance, "_hashers", [])
+    provenance.hash_in_background(Model())
     time.sleep(0.3)
-    (thread,) = loading._hashers
+    (thread,) = provenance._hashers
     assert thread.is_alive()  # still hashing
     t0 = time.monotonic()
     try:
-        loading._stop_background_hashing()
+        provenance._stop_background_hashing()
         assert not thread.is_alive() and time.monotonic() - t0 < 5
     finally:
-        loading._stop_hashing.clear()
-    assert not any(key[0] == str(big.resolve()) for key in loading._file_hash_cache)
+        provenance._stop_hashing.clear()
+    assert not any(key[0] == str(big.resolve()) for key in provenance._file_hash_cache)

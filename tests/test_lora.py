@@ -89,11 +89,11 @@ def test_generate_cli_records_loras_in_png_and_generation_csv(tiny_sd1_dir, sd1_
     result = CliRunner().invoke(cli, ["generate", "--model", str(tiny_sd1_dir), "--prompt", CAPTION, "--out", str(out),
                                       "--steps", "2", "--n", "2", "--lora", f"{sd1_lora.out_dir}:0.5"])
     assert result.exit_code == 0, result.output
-    short = ft.file_sha256(sd1_lora.weights)[:12]
+    short = provenance.file_sha256(sd1_lora.weights)[:12]
     text, rec = provenance.read_png(out / "images" / "r00000_000.png")
     assert text.splitlines()[0] == f"{CAPTION} <lora:retina-lora:0.5>"
     assert f'Lora hashes: "retina-lora: {short}"' in text.splitlines()[-1]
-    assert rec["loras"] == [{"name": "retina-lora", "scale": 0.5, "sha256": ft.file_sha256(sd1_lora.weights)}]
+    assert rec["loras"] == [{"name": "retina-lora", "scale": 0.5, "sha256": provenance.file_sha256(sd1_lora.weights)}]
     assert rec["parameters"]["prompt"] == CAPTION  # the JSON keeps the prompt itself
     with open(out / "generation.csv", newline="") as fh:
         rows = list(csv.DictReader(fh))

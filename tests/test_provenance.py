@@ -8,7 +8,7 @@ import pytest
 from PIL import Image
 
 from infotext_readers import a1111_parse, comfyui_import
-from model_runtime import loading, provenance
+from model_runtime import provenance
 from model_runtime.generation import GeneratedImage, GenerationRequest, generate
 from model_runtime.loading import load
 from runtime_fixtures import single_torch_thread, tiny_sd1_dir  # noqa: F401
@@ -169,9 +169,9 @@ def test_written_files_follow_the_umask(tmp_path, mask, mode):
 def test_model_hash_file_of_a_diffusers_folder(tmp_path, tiny_sd1_dir):
     import hashlib
 
-    files = loading.denoiser_weights_files(tiny_sd1_dir)
+    files = provenance.denoiser_weights_files(tiny_sd1_dir)
     assert [f.relative_to(tiny_sd1_dir).as_posix() for f in files] == ["unet/diffusion_pytorch_model.safetensors"]
-    assert loading.denoiser_sha256(tiny_sd1_dir) == hashlib.sha256(files[0].read_bytes()).hexdigest()
+    assert provenance.denoiser_sha256(tiny_sd1_dir) == hashlib.sha256(files[0].read_bytes()).hexdigest()
     # a sharded transformer: a hash over its shards, in order
     shards = tmp_path / "transformer"
     shards.mkdir()
@@ -179,8 +179,8 @@ def test_model_hash_file_of_a_diffusers_folder(tmp_path, tiny_sd1_dir):
         (shards / f"diffusion_pytorch_model-0000{i}-of-00002.safetensors").write_bytes(bytes([i]) * 10)
     lines = "\n".join(f"diffusion_pytorch_model-0000{i}-of-00002.safetensors:{hashlib.sha256(bytes([i]) * 10).hexdigest()}"
                       for i in (1, 2))
-    assert loading.denoiser_sha256(tmp_path) == hashlib.sha256(lines.encode()).hexdigest()
-    assert loading.denoiser_sha256(tmp_path / "nothing") == ""
+    assert provenance.denoiser_sha256(tmp_path) == hashlib.sha256(lines.encode()).hexdigest()
+    assert provenance.denoiser_sha256(tmp_path / "nothing") == ""
 
 
 def test_generated_image_round_trip(tmp_path, tiny_sd1_dir):

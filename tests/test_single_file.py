@@ -12,7 +12,8 @@ torch = pytest.importorskip("torch")
 from runtime_fixtures import single_torch_thread, tiny_sd1_dir  # noqa: E402,F401
 
 from model_runtime.generation import GenerationRequest, generate  # noqa: E402
-from model_runtime.loading import ModelNotFoundError, load, weights_hash  # noqa: E402
+from model_runtime.loading import ModelNotFoundError, load  # noqa: E402
+from model_runtime.provenance import weights_hash  # noqa: E402
 
 _RESNET = {"norm1": "in_layers.0", "conv1": "in_layers.2", "time_emb_proj": "emb_layers.1",
            "norm2": "out_layers.0", "conv2": "out_layers.3", "conv_shortcut": "skip_connection"}

@@ -1,7 +1,9 @@
 """Any image file to pixels: the seam through which the other packages read images.
 
-    decode     any file (PNG/JPEG/TIFF, DICOM incl. compressed and multi-frame, NIfTI) →
-               `DecodedImage`: windowing, percentiles, size limits, burned-in-text checks
+    decode     any file (PNG/JPEG/TIFF, NIfTI; DICOM through `dicom`) → `DecodedImage`;
+               `decode_rgb`, the same as an 8-bit RGB image (training, evaluation)
+    dicom      DICOM incl. compressed and multi-frame: frames, VOI/windows, burned-in-text checks
+    scaling    `DecodedImage`, `ImageError`, windows, presets, percentiles, size limits
     stimuli    the stimulus form a reader sees (size, grey/RGB, PNG bytes)
     manifest   CSV manifests and `--images` folders → case rows
     sizing     the stimulus size rule (`auto` or pixels)
@@ -11,31 +13,33 @@ names below are the public interface; `evaluation`, `model_runtime` and `studio`
 them from here.
 """
 from studies.imaging.decode import (
-    BURNED_IN_MODALITIES,
-    DEFAULT_PRESET,
     IMAGE_SUFFIXES,
-    MAX_PIXELS,
     NEAR_GREY_LEVELS,
+    TINY_SIDE,
+    decode_rgb,
+    degenerate_content,
+    grey_spread,
+    is_grey,
+    is_image_file,
+    load_image,
+    to_luma,
+)
+from studies.imaging.dicom import BURNED_IN_MODALITIES, burned_in_reason
+from studies.imaging.scaling import (
+    DEFAULT_PRESET,
+    MAX_PIXELS,
     PERCENTILES,
     REDUCING_GAP,
-    TINY_SIDE,
     TOTAL_PIXEL_FACTOR,
     WINDOW_PRESETS,
     DecodedImage,
     ImageError,
-    burned_in_reason,
-    degenerate_content,
-    grey_spread,
-    is_image_file,
-    is_grey,
-    load_image,
     reduce_factor,
-    to_luma,
 )
 
 __all__ = [
     "BURNED_IN_MODALITIES", "DEFAULT_PRESET", "IMAGE_SUFFIXES", "MAX_PIXELS", "NEAR_GREY_LEVELS", "PERCENTILES",
     "REDUCING_GAP", "TINY_SIDE", "TOTAL_PIXEL_FACTOR", "WINDOW_PRESETS", "DecodedImage",
-    "ImageError", "burned_in_reason", "degenerate_content", "grey_spread", "is_image_file", "is_grey",
+    "ImageError", "burned_in_reason", "decode_rgb", "degenerate_content", "grey_spread", "is_image_file", "is_grey",
     "load_image", "reduce_factor", "to_luma",
 ]

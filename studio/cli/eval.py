@@ -1,7 +1,6 @@
 """medisyn eval: novelty, fidelity, alignment — thin wrappers over `evaluation.*`."""
 from __future__ import annotations
 
-import functools
 import json
 from pathlib import Path
 
@@ -13,21 +12,6 @@ from studio.cli.groups import cli, one_line_errors
 @cli.group("eval")
 def eval_group() -> None:
     """Evaluate synthetic images: memorisation, fidelity/diversity, prompt alignment."""
-
-
-def eval_errors(fn):
-    """EvaluationError (bad input) -> one `Error:` line and exit 1, like the library's other errors."""
-
-    @functools.wraps(fn)
-    def wrapper(*args, **kwargs):
-        from evaluation.errors import EvaluationError
-
-        try:
-            return fn(*args, **kwargs)
-        except EvaluationError as exc:
-            raise click.ClickException(str(exc)) from None
-
-    return one_line_errors(wrapper)
 
 
 _INPUT = click.Path(exists=False, path_type=Path)
@@ -57,7 +41,7 @@ _INPUT = click.Path(exists=False, path_type=Path)
               help="Images are normalised to size x size first, as a study does.")
 @click.option("--k", default=5, show_default=True, type=click.IntRange(1, 50), help="Candidates per search.")
 @click.option("--quiet", is_flag=True, help="No progress bars.")
-@eval_errors
+@one_line_errors
 def novelty_cmd(synthetic, reference, holdout, out, measures, threshold, alpha, min_votes, features_spec, weights,
                 size, k, quiet):
     """Nearest real image of every synthetic one; flags near-copies at a rate calibrated on held-out real images."""
@@ -102,7 +86,7 @@ def novelty_cmd(synthetic, reference, holdout, out, measures, threshold, alpha, 
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Output folder: fidelity.csv (one row per group), fidelity.json, report.html.")
 @click.option("--quiet", is_flag=True, help="No progress bars.")
-@eval_errors
+@one_line_errors
 def fidelity_cmd(synthetic, reference, features_spec, weights, by, kid_subset_size, as_json, html_path, out, quiet):
     """FID, KID, precision/recall/density/coverage and MS-SSIM diversity."""
     from evaluation.fidelity import format_fidelity, run_fidelity, write_fidelity_outputs
@@ -139,7 +123,7 @@ def fidelity_cmd(synthetic, reference, features_spec, weights, by, kid_subset_si
 @click.option("--study", "study_name", help="Study name (with --db).")
 @click.option("--json", "as_json", is_flag=True, help="Print the full result as JSON.")
 @click.option("--quiet", is_flag=True, help="No progress bars.")
-@eval_errors
+@one_line_errors
 def alignment_cmd(images, clip_path, ratings, db_path, study_name, as_json, quiet):
     """CLIP score, prompt retrieval accuracy, and Spearman vs readers' alignment ratings."""
     from evaluation.alignment import format_alignment, run_alignment

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import click
 
-from studio.cli.groups import cli, model, study  # noqa: F401  (groups these commands attach to)
+from studio.cli.groups import cli, model, one_line_errors, study  # noqa: F401  (groups these commands attach to)
 
 
 def _multiple_of_8(ctx, param, value):
@@ -14,11 +14,12 @@ def _multiple_of_8(ctx, param, value):
 
 
 def _lora_specs(ctx, param, values):
-    from model_runtime.lora import LoraError, parse_spec
+    from model_runtime.errors import ModelRuntimeError
+    from model_runtime.lora import parse_spec
 
     try:
         return tuple(parse_spec(v) for v in values)
-    except LoraError as exc:
+    except ModelRuntimeError as exc:
         raise click.BadParameter(str(exc)) from None
 
 
@@ -58,14 +59,12 @@ def _lora_specs(ctx, param, values):
                    "of the same architecture whose configs build it [default: inferred, from the local cache].")
 @click.option("--dicom", is_flag=True, default=False,
               help="Also write a DICOM Secondary Capture (.dcm) beside each PNG.")
+@one_line_errors
 def generate(model_name, prompt, prompts_csv, out, n, seed, steps, guidance, scheduler, width, height,
              negative_prompt, modality, batch_size, engine, address, device, dtype, threads, loras, config, dicom):
     """Generate synthetic images and a manifest.csv that `medisyn study create` accepts as is."""
-    from model_runtime.batch_job import PromptsFileError, resolve_device, run_generate_job
-    from model_runtime.devices import DeviceUnavailableError
-    from model_runtime.generation import NonFiniteOutputError
-    from model_runtime.loading import ModelNotFoundError
-    from model_runtime.schedulers import UnknownSchedulerError
+    from model_runtime.batch_job import resolve_device, run_generate_job
+    from model_runtime.defaults import recommended_settings
 
     if (prompt is None) == (prompts_csv is None):
         raise click.UsageError("give exactly one of --prompt or --prompts")
@@ -73,7 +72,7 @@ def generate(model_name, prompt, prompts_csv, out, n, seed, steps, guidance, sch
         # cheap checks first: a missing GPU must not surface after the model was read
         resolve_device(device, dtype, address=address if engine == "ray" else None)
         if steps is None or guidance is None:
-            recommended_steps, recommended_guidance = _model_defaults(model_name, config)
+            recommended_steps, recommended_guidance = recommended_settings(model_name, config)
             steps = recommended_steps if steps is None else steps
             guidance = recommended_guidance if guidance is None else guidance
         result = run_generate_job(
@@ -83,24 +82,8 @@ def generate(model_name, prompt, prompts_csv, out, n, seed, steps, guidance, sch
             address=address, device=device, dtype=dtype, threads=threads, dicom=dicom,
             warn=lambda message: click.echo(f"Warning: {message}", err=True),
             options={k: v for k, v in (("loras", loras), ("config", config)) if v} or None)
-    except (ModelNotFoundError, PromptsFileError, UnknownSchedulerError, DeviceUnavailableError, ValueError,
-            NonFiniteOutputError) as exc:
+    except ValueError as exc:  # request checks outside the runtime's own errors (e.g. a guidance below 0)
         raise click.ClickException(str(exc)) from None
     click.echo(f"{result.generated} generated, {result.skipped} already done, {result.total} images "
                f"in {result.seconds:.1f} s -> {result.manifest}")
 
-
-def _model_defaults(model_name: str, config: str | None = None) -> tuple[int, float]:
-    """(steps, guidance) a model folder recommends in medisyn.json (the embedded model does), else 25 / 7."""
-    import pathlib
-
-    from model_runtime.loading import resolve
-    from studio.demo.embedded_model import DEFAULTS_FILE, read_defaults
-
-    from model_runtime.loading import config_root
-
-    path = config_root(resolve(model_name)[0], config)
-    if (pathlib.Path(path) / DEFAULTS_FILE).is_file():
-        defaults = read_defaults(path)
-        return int(defaults.steps), float(defaults.guidance_scale)
-    return 25, 7.0

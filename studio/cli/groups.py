@@ -12,16 +12,19 @@ import click
 
 
 def one_line_errors(fn):
-    """Turn the library's expected failures into click's one-line error + exit 1."""
+    """Turn the library's expected failures (each package's one error base) into click's
+    one-line error + exit 1."""
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
+        from evaluation.errors import EvaluationError
+        from model_runtime.errors import ModelRuntimeError
         from studies.errors import StudyError
         from studies.imaging import ImageError
 
         try:
             return fn(*args, **kwargs)
-        except (StudyError, ImageError, FileNotFoundError) as exc:
+        except (StudyError, ImageError, ModelRuntimeError, EvaluationError, FileNotFoundError) as exc:
             raise click.ClickException(str(exc)) from None
         except sqlite3.DatabaseError as exc:
             raise click.ClickException(f"database error: {exc}") from None

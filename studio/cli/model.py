@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import click
 
-from studio.cli.groups import cli, model, study  # noqa: F401  (groups these commands attach to)
+from studio.cli.groups import cli, model, one_line_errors, study  # noqa: F401  (groups these commands attach to)
 
 
 @model.command("train")
@@ -61,19 +61,6 @@ def evaluate_command(model_name, per_modality, figures, as_json):
                    f"{report['mean_plausible']:.0%} (mean over modalities)")
 
 
-def decode_rgb(path):
-    """Training images decode through the same reader as study ingest (DICOM, NIfTI, TIFF, PNG, JPEG)."""
-    import numpy as np
-    from PIL import Image
-
-    from studies.imaging import load_image
-
-    pixels = load_image(path).pixels
-    if pixels.ndim == 2:
-        pixels = np.repeat(pixels[..., None], 3, axis=2)
-    return Image.fromarray((np.clip(pixels[..., :3], 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8))
-
-
 @model.command("finetune")
 @click.option("--base", required=True, help="Model to start from: anything `medisyn generate --model` accepts.")
 @click.option("--data", required=True, type=click.Path(exists=True),
@@ -109,6 +96,7 @@ def decode_rgb(path):
                    "the base's (SD 1.x/2.x; frozen; a learnt projection where widths differ). Writes OUT/pipeline.")
 @click.option("--resume", is_flag=True, help="Continue from the newest checkpoint in --out.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
+@one_line_errors
 def finetune_command(base, data, out, method, rank, alpha, resolution, steps, batch_size, lr, lr_scheduler,
                      lr_warmup_steps, snr_gamma, caption_dropout, checkpoint_every, validation_prompts,
                      validation_steps, mixed_precision, device, seed, text_encoder, resume, quiet):
@@ -120,8 +108,7 @@ def finetune_command(base, data, out, method, rank, alpha, resolution, steps, ba
     """
     import pathlib
 
-    from model_runtime.finetune import FinetuneConfig, FinetuneError, finetune
-    from model_runtime.loading import ModelNotFoundError
+    from model_runtime.finetune import FinetuneConfig, finetune
 
     prompts = ()
     if validation_prompts:
@@ -134,9 +121,9 @@ def finetune_command(base, data, out, method, rank, alpha, resolution, steps, ba
                          validation_steps=validation_steps, mixed_precision=mixed_precision,
                          text_encoder=text_encoder)
     try:
-        result = finetune(base, data, out, cfg, resume=resume, decode=decode_rgb, device=device,
+        result = finetune(base, data, out, cfg, resume=resume, device=device,
                           progress=not quiet, log=lambda msg: click.echo(msg, err=True))
-    except (FinetuneError, ModelNotFoundError, ValueError) as exc:  # ValueError: e.g. an unknown --lr-scheduler
+    except ValueError as exc:  # e.g. an unknown --lr-scheduler, which diffusers reports
         raise click.ClickException(str(exc)) from None
     click.echo(f"{result.weights}: {result.steps} steps (from {result.resumed_from}) in {result.seconds:.1f} s, "
                f"final loss {result.final_loss:.4f}")
