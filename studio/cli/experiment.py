@@ -112,7 +112,7 @@ def augment_command(real_csv, test_csv, synthetic_csv, model, label_prompts, lor
     from evaluation.augment import AugmentError, read_labelled, run_augment
     from studio.experiment.augment_generate import generate_synthetic
     from model_runtime.loading import ModelNotFoundError
-    from studio.cli.model import decode_rgb
+    from studies.imaging import decode_rgb
 
     if (synthetic_csv is None) == (model is None):
         raise click.UsageError("give exactly one of --synthetic or --model (with --label-prompts)")

@@ -27,7 +27,7 @@ def _labelled(rows: list[dict], column: str, label_of=None):
 def run_augment_on(real_pool, test, synthetic, out_dir: pathlib.Path, params: dict, log):
     """The utility experiment on the run's images (``evaluation.augment``'s public entry point)."""
     from evaluation.augment import AugmentConfig, run_augment
-    from studio.cli.model import decode_rgb
+    from studies.imaging import decode_rgb
 
     cfg = AugmentConfig(n_real=params["n_real"], synthetic=tuple(params["amounts"]), repeats=params["repeats"],
                         seed=params["seed"], size=params["size"], max_epochs=params["max_epochs"],

@@ -35,17 +35,13 @@ def generate_inputs(ctx: Context) -> dict:
 
 
 def _model_defaults(model: str) -> tuple[int, float]:
-    from model_runtime import loading
-    from studio.demo.embedded_model import DEFAULTS_FILE, read_defaults
+    from model_runtime.defaults import GUIDANCE, STEPS, recommended_settings
+    from model_runtime.errors import ModelRuntimeError
 
     try:
-        path, _ = loading.resolve(model)
-    except Exception:  # noqa: BLE001 - the job itself reports an unknown model with its own message
-        return 25, 7.0
-    if (pathlib.Path(path) / DEFAULTS_FILE).is_file():
-        d = read_defaults(path)
-        return d.steps, d.guidance_scale
-    return 25, 7.0
+        return recommended_settings(model)
+    except ModelRuntimeError:  # the job itself reports an unknown model with its own message
+        return STEPS, GUIDANCE
 
 
 def _prompts_for(g: Generator, reference: list[dict], folder: pathlib.Path) -> pathlib.Path:
@@ -61,7 +57,8 @@ def _prompts_for(g: Generator, reference: list[dict], folder: pathlib.Path) -> p
 
 
 def generate_stage(ctx: Context):
-    from model_runtime.batch_job import PromptsFileError, run_generate_job
+    from model_runtime.batch_job import run_generate_job
+    from model_runtime.prompts_file import PromptsFileError
     from model_runtime.devices import DeviceUnavailableError
     from model_runtime.generation import NonFiniteOutputError
 
