@@ -1,7 +1,7 @@
 """Study statistics speed: full analysis of a large simulated study, and MRMC alone.
 
 Run: .venv/bin/python benchmarks/bench_analysis.py [--repeat 5]
-Figures go in docs/benchmarks.md (## Study statistics). Targets (issue 3): full analysis of
+Figures go in docs/benchmarks.md (## Study statistics). Targets: full analysis of
 100 readers × 2,000 cases × two tasks (≈ 400k responses) < 2 s; MRMC of 20 readers ×
 1,000 cases × 2 generators < 1 s, on 2 cores.
 """

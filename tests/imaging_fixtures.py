@@ -126,7 +126,7 @@ def audit_items(tmp_path: pathlib.Path, kind: str, *, n: int = 30, seed: int = 0
     return items
 
 
-# The leak of issue 10 item 9: real = shipped sample images at their native sizes (64 to
+# A planted size leak: real = shipped sample images at their native sizes (64 to
 # 1411 px, sharp); synthetic = 64 px blurry images, like the embedded model's output.
 NATIVE_REAL = [
     ("pydicom", "CT_small.dcm"), ("pydicom", "MR_small.dcm"), ("pydicom", "JPEG2000.dcm"),

@@ -128,7 +128,7 @@ def native_vs_tiny(tmp_path_factory):
 
 
 def test_native_real_samples_vs_tiny_blurry_synthetic_is_flagged(native_vs_tiny):
-    """Issue 10 item 9: real = shipped pydicom/skimage/nibabel samples at native sizes (up
+    """A planted size leak: real = shipped pydicom/skimage/nibabel samples at native sizes (up
     to 1411 px, sharp), synthetic = 7 blurry 64 px images. The old audit listed the size
     difference and a -1.59 SD sharpness effect but said AUC 0.588 "ok"."""
     report = audit_leaks(native_vs_tiny)

@@ -1,4 +1,4 @@
-"""Going back, comment and non-diagnostic flag on the reader page (issue 13 item 6), in
+"""Going back, comment and non-diagnostic flag on the reader page, in
 headless Chromium: the B key reopens the previous case under a new image URL with the
 earlier answer, comment and flag shown; keys typed into the comment stay there; the
 changed answer is stored as a new row and wins; on a 390×844 phone the Back button fits

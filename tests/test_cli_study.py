@@ -204,7 +204,7 @@ def test_no_command_prints_logs_or_exports_the_order_secret(tmp_path, data):
 
 
 def test_audit_json_flags_native_real_vs_tiny_synthetic(tmp_path):
-    """Issue 10 item 9 through the CLI: real = shipped samples at native sizes, synthetic =
+    """A planted size leak through the CLI: real = shipped samples at native sizes, synthetic =
     7 blurry 64 px images. `audit --json` says flagged, with reasons."""
     root = tmp_path / "native"
     rows = write_native_vs_tiny(root)

@@ -1,4 +1,4 @@
-"""Dashboard truthfulness (issue 13 item 8) on the admin side: every undefined value says
+"""Dashboard truthfulness on the admin side: every undefined value says
 why, the MRMC block is named, and the attention column means the same in admin and CLI."""
 import re
 import uuid

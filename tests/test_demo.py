@@ -109,8 +109,8 @@ def test_cli_prints_link_and_admin_login(seeded, monkeypatch):
 
 
 def test_the_demo_uses_no_fixed_seed_for_the_reader_order(seeded):
-    """Issue 10 item 1: the demo used study seed 0, so anyone who read the code predicted
-    the demo reader's 21/21 positions. Now its order secret is random."""
+    """The demo's order secret is random: a fixed study seed would let anyone who read the
+    code predict the demo reader's every position."""
     import sqlite3
 
     from studies.design import seeded_order_secret

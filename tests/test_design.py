@@ -141,8 +141,8 @@ def test_attention_checks_spread_and_instructed():
 
 
 def test_attention_checks_never_use_training_images():
-    """Issue 10 item 10: an attention check reused a training image whose answer had just
-    been revealed. Many readers, many checks, few main cases: still never a training image."""
+    """An attention check never shows a training image (its answer was just revealed), even
+    with many readers, many checks and few main cases."""
     training = [f"t{i}" for i in range(6)]
     main = CASES[:3]  # fewer main cases than checks: main images are reused, not training
     opts = StudyOptions(attention_checks=5, training_cases=6)
@@ -155,8 +155,8 @@ def test_attention_checks_never_use_training_images():
 
 
 def test_counterbalancing_never_asks_for_the_prompt_before_the_turing_call():
-    """Issue 10 item 4: with --counterbalance every second reader got alignment (prompt
-    visible) first. Now turing is first for every reader; only the other tasks rotate."""
+    """With --counterbalance turing stays first for every reader (no prompt is seen before the
+    real/synthetic call); only the other tasks rotate."""
     tasks = ("turing", "alignment", "quality")
     opts = StudyOptions(tasks=tasks, counterbalance=True).validated()
     orders = [task_order(tasks, i, True) for i in range(6)]

@@ -1,4 +1,4 @@
-"""Issue 10 item 7: CSV formula injection. Prompts, case ids, reader and generator names
+"""CSV formula injection. Prompts, case ids, reader and generator names
 starting with `=`, `+`, `-`, `@` were written verbatim into the long and iMRMC exports, so
 `=HYPERLINK(...)` opened in a spreadsheet as a live formula. Now every such text cell is
 prefixed with `'` (OWASP), numbers stay numbers, and `read_long_csv` undoes the escape."""

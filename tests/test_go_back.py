@@ -1,4 +1,4 @@
-"""Issue 13 item 6: going back to the previous case (a re-answer is a new row and wins),
+"""Going back to the previous case (a re-answer is a new row and wins),
 refused where the study forbids it, into training / attention checks and across the
 wash-out; a comment and a "non-diagnostic image" flag per case, exported (formula-safe)
 and counted in the analysis, report and dashboard; migration 6."""

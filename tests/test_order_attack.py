@@ -1,4 +1,4 @@
-"""Issue 10 item 1, replayed: a reader who has read the source code, knows the study's public
+"""A reader who has read the source code, knows the study's public
 options (the README's example seed 42, the demo's old seed 0) and their own name tried to
 predict the truth at every position of their session. Before the fix this scored 29/29 on an
 `--images` study (real/ sorts before synthetic/) and 21/21 on the demo.

@@ -1,4 +1,4 @@
-"""Paired 2AFC task (issue 13 item 3), library side: pairing, stored left/right, export,
+"""Paired 2AFC task, library side: pairing, stored left/right, export,
 analysis verified against scipy/statsmodels and published values, report section."""
 import uuid
 

@@ -1,4 +1,4 @@
-"""The paired (2AFC) task on the reader page (issue 13 item 3), without a browser: the
+"""The paired (2AFC) task on the reader page, without a browser: the
 handlers show both images of a read, each under its own per-read URL that works only with
 the reader's own token and only until the pair is answered; the stored answer is the side
 (`columns.pair_call`); a CLI-created pair study can be completed; an event still sends

@@ -1,4 +1,4 @@
-"""The paired (2AFC) reader screen in headless Chromium (issue 13 item 3).
+"""The paired (2AFC) reader screen in headless Chromium.
 
 A reader answers every pair with the arrow keys only (← / → step along the 6-point scale),
 zooms one image with the wheel and both with the keys; every URL, DOM snapshot and

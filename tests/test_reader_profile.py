@@ -1,4 +1,4 @@
-"""The reader's own profile form (issue 13 item 7) and the intro's touch wording (item 4).
+"""The reader's own profile form and the intro's touch wording.
 
 Library: `readers.profile_form` (asked only when the study asks, not again once filled in,
 the coordinator's values pre-filled), `readers.update_profile(complete=True)` (every field

@@ -1,4 +1,4 @@
-"""Stimulus size from the data (issue 13 item 2): `--size auto` and the scaling audit."""
+"""Stimulus size from the data: `--size auto` and the scaling audit."""
 import json
 
 import pytest

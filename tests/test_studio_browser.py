@@ -187,7 +187,7 @@ def _wait_case(page, n: int, total: int = 10, *, answer_kept: bool = False):
 
 
 def phone_context(browser, scale: int = 3):
-    """A 390×844 touch phone, the layout target of the reader page (issue 13)."""
+    """A 390×844 touch phone, the layout target of the reader page."""
     return browser.new_context(viewport={"width": 390, "height": 844}, has_touch=True,
                                is_mobile=True, device_scale_factor=scale)
 

@@ -1,4 +1,4 @@
-"""Study management (issue 13 item 7): CSV invites with profiles, reader list without
+"""Study management: CSV invites with profiles, reader list without
 tokens, deactivation, close/archive, instructions/consent, per-reader subsets, wash-out
 repeats, the studio's stored address, modality from the folder layout, migration 5."""
 import datetime as dt
