@@ -368,11 +368,11 @@ def test_the_wal_is_emptied_when_the_writer_is_idle(db):
 def test_the_admin_is_warned_when_disk_space_runs_low(db, monkeypatch):
     import shutil
 
-    from studio.admin import view as admin_view
+    from studio.admin import readers_tab
 
-    assert admin_view.disk_warning(db) == "" or shutil.disk_usage(db.parent).free < 1024**3
+    assert readers_tab.disk_warning(db) == "" or shutil.disk_usage(db.parent).free < 1024**3
     usage = shutil.disk_usage(db.parent)
     monkeypatch.setattr(shutil, "disk_usage",
                         lambda p: usage._replace(free=200 * 1024**2))
-    text = admin_view.faults_markdown(db, "pilot")
+    text = readers_tab.faults_markdown(db, "pilot")
     assert "Low disk space" in text and "200 MB free" in text

@@ -433,19 +433,20 @@ def test_back_marker_and_css_hide_back_unless_allowed():
 
 
 def test_admin_back_setting_and_dashboard_remarks(study, tmp_path):
-    from studio.admin import view as admin_view
+    from studio.admin import analysis_tab, settings_tab
+    from studio.format.plain_text import plain_markdown
 
-    assert admin_view.back_setting(study, "pilot") is True
-    assert "cannot go back" in admin_view.save_back_setting(study, "pilot", False)
-    assert admin_view.back_setting(study, "pilot") is False
+    assert settings_tab.back_setting(study, "pilot") is True
+    assert "cannot go back" in settings_tab.save_back_setting(study, "pilot", False)
+    assert settings_tab.back_setting(study, "pilot") is False
     with pytest.raises(Exception, match="choose a study"):
-        admin_view.save_back_setting(study, "", True)
+        settings_tab.save_back_setting(study, "", True)
     rid = _reader(study)
     view, _ = _answer(study, rid, 2, non_diagnostic=True, comment="noise")
-    d = admin_view.dashboard(study, "pilot")
+    d = analysis_tab.dashboard(study, "pilot")
     case = long_table(study, "pilot").iloc[0]["case"]
     assert "1 of 1 images flagged non-diagnostic by ≥1 reader" in d.note
-    assert admin_view.plain_markdown(case) in d.note and "noise" not in d.note
-    paths = admin_view.export_files(study, "pilot", tmp_path / "out")
+    assert plain_markdown(case) in d.note and "noise" not in d.note
+    paths = analysis_tab.export_files(study, "pilot", tmp_path / "out")
     long_csv = [p for p in paths if p.name.endswith("-long.csv")][0]
     assert read_long_csv(long_csv)["comment"].tolist() == ["noise"]

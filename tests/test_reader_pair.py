@@ -20,7 +20,7 @@ from studies.storage.database import open_db, stimuli_dir
 from studies.design import StudyOptions
 from studies.stats.columns import TASKS, pair_call
 from studies.export import long_table
-from studio.admin import view as admin_view
+from studio.admin import readers_tab
 from studio.web import auth
 from studio.reader import view as reader_view
 from study_fixtures import acknowledge_fixture_leak
@@ -171,7 +171,7 @@ def test_a_missing_right_hand_image_is_reported_and_the_reader_waits(tmp_path):
     assert screen.kind == "unavailable" and screen.message == reader_view.UNAVAILABLE_IMAGE
     assert screen.pair_image_url is None and screen.image_url is None
     assert [f.stimulus_id for f in session.faults(db, "duo")] == [view.pair_stored_id]
-    assert view.pair_stored_id in admin_view.faults_markdown(db, "duo")
+    assert view.pair_stored_id in readers_tab.faults_markdown(db, "duo")
     path.write_bytes(kept)
     back = reader_view.start(db, token)
     assert back.kind == "case" and back.state.assignment_id == first.state.assignment_id

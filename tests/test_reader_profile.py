@@ -271,14 +271,14 @@ def test_cli_configure_ask_profile_and_readers_list(study):
 
 
 def test_admin_settings_mirror_the_option(study):
-    from studio.admin import view as admin_view
+    from studio.admin import readers_tab, settings_tab
 
     lifecycle.set_texts(study, "pilot", ask_profile=True)
-    assert admin_view.study_settings(study, "pilot")[4] is True
+    assert settings_tab.study_settings(study, "pilot")[4] is True
     token = readers.invite(study, "pilot", "dr-a")
-    assert admin_view.readers_table(study, "pilot").loc[0, "profile form"] == "no"
+    assert readers_tab.readers_table(study, "pilot").loc[0, "profile form"] == "no"
     assert reader_view.start(study, token, json.dumps(GOOD)).kind == "case"
-    done = admin_view.readers_table(study, "pilot").loc[0, "profile form"]
+    done = readers_tab.readers_table(study, "pilot").loc[0, "profile form"]
     assert done != "no" and done == readers.reader_table(study, "pilot")[0] \
         .profile_completed_at[:19].replace("T", " ")
     with pytest.raises(StudyError, match="true or false"):

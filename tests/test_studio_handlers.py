@@ -19,11 +19,14 @@ import pytest
 from studio_fixtures import leak_needles, make_loud_study, serve_studio, write_loud_manifest
 
 from studies import readers, session
+from studies.errors import StudyError
 
 from studies.imaging import stimuli
 from studies.storage.database import stimuli_dir
 from studies.export import long_table
 from studio.admin import view as admin_view
+from studio.admin import analysis_tab, new_study_tab, readers_tab, settings_tab, studies_tab
+from studio.admin.uploads import UploadError, safe_extract_zip
 from studio.web import auth
 from studio.reader import view as reader_view
 
@@ -307,16 +310,16 @@ def _zip(entries: dict[str, bytes], *, symlink: str | None = None) -> bytes:
 def test_safe_extract_refuses_slip_links_and_bombs(tmp_path, entries, symlink, message):
     z = tmp_path / "in.zip"
     z.write_bytes(_zip(entries, symlink=symlink))
-    with pytest.raises(admin_view.UploadError, match=message):
-        admin_view.safe_extract_zip(z, tmp_path / "out", max_ratio=50)
+    with pytest.raises(UploadError, match=message):
+        safe_extract_zip(z, tmp_path / "out", max_ratio=50)
     assert not (tmp_path / "evil.txt").exists() and not pathlib.Path("/abs/evil.txt").exists()
 
 
 def test_safe_extract_total_size_limit(tmp_path):
     z = tmp_path / "in.zip"
     z.write_bytes(_zip({"a.bin": os.urandom(3000), "b.bin": os.urandom(3000)}))
-    with pytest.raises(admin_view.UploadError, match="expands"):
-        admin_view.safe_extract_zip(z, tmp_path / "out", max_bytes=5000)
+    with pytest.raises(UploadError, match="expands"):
+        safe_extract_zip(z, tmp_path / "out", max_bytes=5000)
 
 
 @pytest.fixture
@@ -336,38 +339,38 @@ def test_create_study_from_uploaded_zip_then_invite_and_progress(tmp_path, uploa
         for r in rows:
             zf.write(manifest.parent / r["path"], f"study/{r['path']}")
     db = tmp_path / "studio.db"
-    opts = admin_view.study_options(["turing"], training_cases=0, seed=3)
-    summary = admin_view.create_from_zip(db, "zipped", str(z), size=64, options=opts)
+    opts = new_study_tab.study_options(["turing"], training_cases=0, seed=3)
+    summary = new_study_tab.create_from_zip(db, "zipped", str(z), size=64, options=opts)
     assert summary.n_cases == 10 and summary.n_real == 5
     assert not z.exists()  # the upload (original file names) is removed after ingest
-    table = admin_view.studies_table(db)
+    table = studies_tab.studies_table(db)
     assert table.loc[0, "study"] == "zipped" and table.loc[0, "status"] == "draft"
-    md, audit_text, leak = admin_view.study_overview(db, "zipped")
+    md, audit_text, leak = studies_tab.study_overview(db, "zipped")
     assert "draft" in md and "Leak audit" in audit_text
-    link = admin_view.invite_reader(db, "zipped", "dr-z", "http://h:1/", acknowledge_leak=leak)
+    link = readers_tab.invite_reader(db, "zipped", "dr-z", "http://h:1/", acknowledge_leak=leak)
     assert link.startswith("http://h:1/?token=")
-    assert admin_view.studies_table(db).loc[0, "status"] == "open"
+    assert studies_tab.studies_table(db).loc[0, "status"] == "open"
     token = link.split("token=", 1)[1]
     s = reader_view.start(db, token)
     reader_view.submit_answer(db, token, s.state, 6)
-    prog = admin_view.progress_table(db, "zipped")
+    prog = readers_tab.progress_table(db, "zipped")
     assert prog.loc[0, "reader"] == "dr-z" and prog.loc[0, "answered"] == "1 / 10"
 
 
 def test_create_from_folder_and_bad_inputs(tmp_path, uploads):
     manifest, _ = write_loud_manifest(tmp_path / "src", 10)
     db = tmp_path / "studio.db"
-    opts = admin_view.study_options(["turing"])
-    s = admin_view.create_from_folder(db, "fromfolder", str(manifest), size=64, options=opts)
+    opts = new_study_tab.study_options(["turing"])
+    s = new_study_tab.create_from_folder(db, "fromfolder", str(manifest), size=64, options=opts)
     assert s.n_cases == 10
-    with pytest.raises(admin_view.UploadError, match="no such file"):
-        admin_view.create_from_folder(db, "x", str(tmp_path / "missing"), options=opts)
-    with pytest.raises(admin_view.StudyError, match="at least one task"):
-        admin_view.study_options([])
+    with pytest.raises(UploadError, match="no such file"):
+        new_study_tab.create_from_folder(db, "x", str(tmp_path / "missing"), options=opts)
+    with pytest.raises(StudyError, match="at least one task"):
+        new_study_tab.study_options([])
     notzip = uploads / "n.zip"
     notzip.write_text("hello")
-    with pytest.raises(admin_view.UploadError, match="not a readable zip"):
-        admin_view.create_from_zip(db, "y", str(notzip), options=opts)
+    with pytest.raises(UploadError, match="not a readable zip"):
+        new_study_tab.create_from_zip(db, "y", str(notzip), options=opts)
     assert not notzip.exists()
 
 
@@ -375,8 +378,8 @@ def test_zip_path_outside_the_upload_folder_is_neither_read_nor_deleted(tmp_path
     """A forged FileData path: the admin form may only name a file Gradio received."""
     manifest, rows = write_loud_manifest(tmp_path / "src", 4)
     db = tmp_path / "studio.db"
-    admin_view.create_from_folder(db, "existing", str(manifest), size=32,
-                                  options=admin_view.study_options(["turing"]))
+    new_study_tab.create_from_folder(db, "existing", str(manifest), size=32,
+                                  options=new_study_tab.study_options(["turing"]))
     good_zip = tmp_path / "study.zip"  # a valid study zip, but not an upload
     with zipfile.ZipFile(good_zip, "w") as zf:
         zf.write(manifest, "cases.csv")
@@ -385,15 +388,15 @@ def test_zip_path_outside_the_upload_folder_is_neither_read_nor_deleted(tmp_path
     link = uploads / "link.zip"
     link.symlink_to(good_zip)
     escape = uploads / ".." / ".." / "study.zip"
-    opts = admin_view.study_options(["turing"])
+    opts = new_study_tab.study_options(["turing"])
     for forged in (db, good_zip, link, escape):
         before = pathlib.Path(forged).resolve().read_bytes()
-        with pytest.raises(admin_view.UploadError, match="uploaded with this form.*Folder on the server"):
-            admin_view.create_from_zip(db, "forged", str(forged), options=opts)
+        with pytest.raises(UploadError, match="uploaded with this form.*Folder on the server"):
+            new_study_tab.create_from_zip(db, "forged", str(forged), options=opts)
         assert pathlib.Path(forged).resolve().read_bytes() == before
-    assert admin_view.study_names(db) == ["existing"]
-    with pytest.raises(admin_view.UploadError, match="gone"):
-        admin_view.create_from_zip(db, "forged", str(uploads / "missing.zip"), options=opts)
+    assert studies_tab.study_names(db) == ["existing"]
+    with pytest.raises(UploadError, match="gone"):
+        new_study_tab.create_from_zip(db, "forged", str(uploads / "missing.zip"), options=opts)
 
 
 def test_invite_requires_acknowledgement_when_audit_flags_a_leak(tmp_path, monkeypatch):
@@ -402,9 +405,9 @@ def test_invite_requires_acknowledgement_when_audit_flags_a_leak(tmp_path, monke
 
     report, _ = ingest.audit_study(db, "ten", recompute=True)  # drops the fixture's acknowledgement
     assert report["flagged"]
-    with pytest.raises(admin_view.StudyError, match="leak audit flags"):
-        admin_view.invite_reader(db, "ten", "dr-q", "http://h/")
-    assert admin_view.invite_reader(db, "ten", "dr-q", "http://h/", acknowledge_leak=True)
+    with pytest.raises(StudyError, match="leak audit flags"):
+        readers_tab.invite_reader(db, "ten", "dr-q", "http://h/")
+    assert readers_tab.invite_reader(db, "ten", "dr-q", "http://h/", acknowledge_leak=True)
 
 
 def test_overview_uses_the_audits_verdict_and_reasons(tmp_path, monkeypatch):
@@ -412,7 +415,7 @@ def test_overview_uses_the_audits_verdict_and_reasons(tmp_path, monkeypatch):
     overview now shows the verdict: the reasons when flagged, "too few images to certify"
     below the documented count, and "no leak flagged" only for an unflagged, certified one."""
     db, _, _ = make_loud_study(tmp_path, readers=())
-    md, _, flagged = admin_view.study_overview(db, "ten")  # 10 images: never "ok"
+    md, _, flagged = studies_tab.study_overview(db, "ten")  # 10 images: never "ok"
     assert "no leak flagged" not in md
     assert ("possible leak" in md) == flagged or "too few images to certify" in md
     from studies import ingest
@@ -433,7 +436,7 @@ def test_overview_uses_the_audits_verdict_and_reasons(tmp_path, monkeypatch):
         if name == "old":
             monkeypatch.setattr(ingest, "audit_study",
                                 lambda *a, **k: ({"leak": True}, "text"))
-        md, _, flagged = admin_view.study_overview(db, "ten")
+        md, _, flagged = studies_tab.study_overview(db, "ten")
         assert flagged is want, name
         if name == "flagged":
             assert "possible leak" in md and "sharpness" in md and "sizes" in md
@@ -449,13 +452,13 @@ def test_dashboard_and_exports_show_each_readers_results(tmp_path):
     db, _, tokens = make_loud_study(tmp_path, readers=("dr-a", "dr-b"))
     _answer_all(db, tokens["dr-a"], rating=1)
     _answer_all(db, tokens["dr-b"], rating=6)
-    d = admin_view.dashboard(db, "ten")
+    d = analysis_tab.dashboard(db, "ten")
     assert set(d.per_reader["reader"]) == {"dr-a", "dr-b"}
     acc = dict(zip(d.per_reader["reader"], d.per_reader["accuracy"]))
     assert acc == {"dr-a": "0.500", "dr-b": "0.500"}  # all-real / all-synthetic, 5/5 split
     assert d.pooled.loc[0, "n"] == 20
     assert d.figures and all(hasattr(f, "to_plotly_json") for _, f in d.figures)
-    paths = admin_view.export_files(db, "ten", tmp_path / "out")
+    paths = analysis_tab.export_files(db, "ten", tmp_path / "out")
     names = sorted(p.name for p in paths)
     assert names == ["ten-imrmc.csv", "ten-long.csv", "ten-report.html"]
     assert "dr-b" in (tmp_path / "out" / "ten-long.csv").read_text()
@@ -676,9 +679,9 @@ def test_missing_stimulus_message_in_words_and_admin_sees_the_fault(served_repea
     found = session.faults(db, "rep")
     assert [f.stimulus_id for f in found] == [sid] and found[0].count == 2
     assert found[0].readers == 1 and found[0].reason
-    md = admin_view.faults_markdown(db, "rep")
+    md = readers_tab.faults_markdown(db, "rep")
     assert sid in md and "Stimulus faults" in md
-    assert admin_view.faults_markdown(db, "rep") and not len(long_table(db, "rep"))
+    assert readers_tab.faults_markdown(db, "rep") and not len(long_table(db, "rep"))
     # The stimulus route of a served studio: 503 in words, and it is logged too.
     url, sdb, stokens = served_repeats
     s = reader_view.start(sdb, stokens["dr-b"])
@@ -911,9 +914,9 @@ def test_generation_batch_has_provenance_and_becomes_a_study(tmp_path, tiny_mode
             dst.write_bytes((manifest.parent / r["path"]).read_bytes())
             dst.with_name(dst.name.split(".")[0] + ".txt").write_text(r["prompt"])
     db = tmp_path / "studio.db"
-    summary = admin_view.create_from_batches(
+    summary = new_study_tab.create_from_batches(
         db, "from-batch", [str(batch.folder)], real_folder=str(real), size=64,
-        options=admin_view.study_options(["turing", "alignment"]))
+        options=new_study_tab.study_options(["turing", "alignment"]))
     assert (summary.n_real, summary.n_synthetic) == (2, 2)
     for png in stimuli_dir(db).glob("*.png"):
         assert set(stimuli.png_chunk_types(png.read_bytes())) <= {"IHDR", "IDAT", "IEND"}
@@ -1002,7 +1005,7 @@ def test_prepare_prints_credentials_once_and_a_working_demo_link(tmp_path, monke
     new_token = third.demo_link.split("token=")[1]
     assert new_token != token and readers.reader_for_token(db, token) is None
     assert kept.read_text().strip() == new_token
-    admin_view.invite_reader(db, demo.DEMO_STUDY, demo.DEMO_READER, "http://h/",
+    readers_tab.invite_reader(db, demo.DEMO_STUDY, demo.DEMO_READER, "http://h/",
                              acknowledge_leak=True, reissue=True)
     fourth = app_mod.prepare(db, model="m", port=7999, env={}, echo=lambda m: None)
     assert fourth.demo_link != third.demo_link
@@ -1055,27 +1058,27 @@ def test_admin_csv_invite_readers_table_deactivation_and_study_status(tmp_path, 
     up = uploads / "readers.csv"
     up.write_text("reader,specialty,years_experience\ndr-a,radiology,3\ndr-b,,\n",
                   encoding="utf-8")
-    _, _, leak = admin_view.study_overview(db, study)
-    lines = admin_view.invite_from_csv(db, study, str(up), "https://h.example/",
+    _, _, leak = studies_tab.study_overview(db, study)
+    lines = readers_tab.invite_from_csv(db, study, str(up), "https://h.example/",
                                        acknowledge_leak=leak).splitlines()
     assert [ln.split(",")[0] for ln in lines] == ["dr-a", "dr-b"]
     assert all(",https://h.example/?token=" in ln for ln in lines)
     assert not up.exists()  # the upload is removed
     outside = tmp_path / "elsewhere.csv"
     outside.write_text("reader\ndr-c\n", encoding="utf-8")
-    with pytest.raises(admin_view.UploadError):
-        admin_view.invite_from_csv(db, study, str(outside), "https://h.example/",
+    with pytest.raises(UploadError):
+        readers_tab.invite_from_csv(db, study, str(outside), "https://h.example/",
                                    acknowledge_leak=True)
     assert outside.exists()
-    table = admin_view.readers_table(db, study)
+    table = readers_tab.readers_table(db, study)
     assert list(table.reader) == ["dr-a", "dr-b"] and "token" not in table.to_csv()
     assert table.loc[0, "profile"] == "specialty=radiology, years_experience=3"
-    admin_view.readers_mod.set_reader_active(db, study, "dr-b", False)
-    assert list(admin_view.readers_table(db, study).link) == ["active", "deactivated"]
+    readers.set_reader_active(db, study, "dr-b", False)
+    assert list(readers_tab.readers_table(db, study).link) == ["active", "deactivated"]
     lifecycle.set_status(db, study, "closed")
-    assert admin_view.studies_table(db).loc[0, "status"] == "closed"
+    assert studies_tab.studies_table(db).loc[0, "status"] == "closed"
     lifecycle.set_texts(db, study, instructions="Look.", consent="I agree.", profile_fields="site")
-    status, instructions, consent, fields, ask = admin_view.study_settings(db, study)
+    status, instructions, consent, fields, ask = settings_tab.study_settings(db, study)
     assert "closed" in status and (instructions, consent, fields) == ("Look.", "I agree.", "site")
     assert ask is False  # the reader profile form is off unless the study asks for it
 
@@ -1355,7 +1358,7 @@ def test_reader_page_title_is_the_reader_title_never_the_internal_name(tmp_path)
     assert shown.intro.splitlines()[0] == r"### Chest CT \*\*reading\*\* \<b\>study\</b\>"
     assert "siteB" not in _text(shown) and "Reader study" not in shown.intro.splitlines()[0]
     # the admin's Study settings show and save the same title (the library call the CLI uses)
-    assert admin_view.reader_title_setting(db, "ct-sdxl-vs-real-siteB") == \
+    assert settings_tab.reader_title_setting(db, "ct-sdxl-vs-real-siteB") == \
         "Chest CT **reading** <b>study</b>"
 
 
