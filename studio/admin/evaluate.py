@@ -24,7 +24,7 @@ import threading
 import gradio as gr
 
 from evaluation.errors import EvaluationCancelled, EvaluationError
-from evaluation.images import ImageRef, list_images
+from evaluation.images import ImageRef
 from studio.admin.run_slots import RunSlots
 
 SYNTHETIC_SOURCES = ("Generation batch", "Folder on the server", "Upload a zip")

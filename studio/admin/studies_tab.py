@@ -100,15 +100,10 @@ def _audit_summary(report: dict) -> str:
     if is_flagged(report):
         reasons = report.get("reasons") or ["see the audit below"]
         more = f" (+{len(reasons) - 3} more)" if len(reasons) > 3 else ""
-        return ("⚠️ **possible leak** — " + "; ".join(_plain(r) for r in reasons[:3]) + more
+        return ("⚠️ **possible leak** — " + "; ".join(plain_markdown(r) for r in reasons[:3]) + more
                 + " — read the audit below")
     if report.get("verdict") == "too few images to certify":
         return ("too few images to certify — nothing flagged, but fewer than "
                 f"{report.get('min_to_certify', 20)} images in a source cannot show that "
                 "nothing leaks")
     return "no leak flagged"
-
-
-def _plain(text: str) -> str:
-    """Audit text is ours, but escape Markdown anyway so it shows as written."""
-    return "".join("\\" + c if c in "\\`*_[]<>|~" else c for c in text)

@@ -52,6 +52,7 @@ def base_url_of(request, configured: str | None) -> str:
 
 def build_admin_blocks(db_path, admin_auth, *, model=None, base_url=None, batches_dir=None):
     from studio.admin import generate as generate_view
+    from studio.admin.generate_blocks import build_generate_tab
 
     db_path = str(db_path)
 
@@ -223,8 +224,7 @@ def build_admin_blocks(db_path, admin_auth, *, model=None, base_url=None, batche
                 downloads = gr.File(label="Downloads", file_count="multiple",
                                     interactive=False, elem_id="downloads")
             with gr.Tab("Generate", id="generate"):
-                gen = generate_view.build_generate_tab(db_path, guard, model=model,
-                                                       batches_dir=batches_dir)
+                gen = build_generate_tab(db_path, guard, model=model, batches_dir=batches_dir)
             with gr.Tab("Evaluate", id="evaluate"):
                 from studio.admin import evaluate as evaluate_view
 
