@@ -15,7 +15,7 @@ from studio_fixtures import make_loud_study, write_loud_manifest
 
 from studies import readers
 from studies.errors import StudyError
-
+from studies.stats import report
 from studio.admin import view as admin_view
 from studio.admin import analysis_tab, new_study_tab, readers_tab, settings_tab, studies_tab
 from studio.admin.uploads import UploadError, safe_extract_zip
@@ -192,7 +192,9 @@ def test_dashboard_and_exports_show_each_readers_results(tmp_path):
     acc = dict(zip(d.per_reader["reader"], d.per_reader["accuracy"]))
     assert acc == {"dr-a": "0.500", "dr-b": "0.500"}  # all-real / all-synthetic, 5/5 split
     assert d.pooled.loc[0, "n"] == 20
-    assert d.figures and all(hasattr(f, "to_plotly_json") for _, f in d.figures)
+    # two readers of the turing task: forest, confusion, ROC and their pairwise agreement
+    assert [title for title, _ in d.figures] == [
+        report.figure_title(k) for k in ("forest", "confusion", "roc", "agreement")]
     paths = analysis_tab.export_files(db, "ten", tmp_path / "out")
     names = sorted(p.name for p in paths)
     assert names == ["ten-imrmc.csv", "ten-long.csv", "ten-report.html"]
