@@ -82,9 +82,11 @@ def test_create_study_from_uploaded_zip_then_invite_and_progress(tmp_path, uploa
     assert table.loc[0, "study"] == "zipped" and table.loc[0, "status"] == "draft"
     md, audit_text, leak = studies_tab.study_overview(db, "zipped")
     assert "draft" in md and "Leak audit" in audit_text
+    assert settings_tab.study_settings(db, "zipped")[0].startswith("Status: **draft** — no reader")
     link = readers_tab.invite_reader(db, "zipped", "dr-z", "http://h:1/", acknowledge_leak=leak)
     assert link.startswith("http://h:1/?token=")
     assert studies_tab.studies_table(db).loc[0, "status"] == "open"
+    assert settings_tab.study_settings(db, "zipped")[0] == "Status: **open**"
     token = link.split("token=", 1)[1]
     s = reader_handlers.start(db, token)
     reader_handlers.submit_answer(db, token, s.state, 6)
