@@ -85,7 +85,7 @@ def build_admin_blocks(db_path, admin_auth, *, model=None, base_url=None, batche
             refresh_btn = gr.Button("↻ Refresh", scale=0, min_width=90)
             # a POST (ADMIN_HEAD): a cross-site GET must not end the session
             gr.Button("Log out", scale=0, min_width=90, elem_id="logout")
-        with gr.Tabs(elem_id="admin-tabs") as tabs:
+        with gr.Tabs(elem_id="admin-tabs"):
             with gr.Tab("Studies", id="studies"):
                 table = gr.Dataframe(interactive=False, elem_id="studies-table", wrap=True)
                 overview = gr.Markdown(elem_id="overview")

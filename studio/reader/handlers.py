@@ -34,20 +34,21 @@ download time (a few ms on a LAN). The browser's own figure (from when the image
 screen) replaces it only when it is plausible: see `answer_duration_ms`.
 
 Before the first case: the instructions, the consent text until agreed, and — when the
-study asks for it — the reader's profile form (`profile_form_html`); Start sends the form's
-values (`PROFILE_JS`) and `start` stores them, or keeps the reader on that screen with the
-reason when a field is missing (nothing recorded). The key hints of that screen sit beside
-its text (`INTRO_KEYS` / `INTRO_TOUCH`), so touch screens get tap wording.
+study asks for it — the reader's profile form (`page.profile_form_html`); Start sends the
+form's values (`profile.js`) and `start` stores them, or keeps the reader on that screen
+with the reason when a field is missing (nothing recorded). The key hints of that screen
+sit beside its text (`texts.INTRO_KEYS` / `texts.INTRO_TOUCH`), so touch screens get tap
+wording.
 
 Going back (`go_back`; button "Back" and key B, shown only when `studies.session` allows
 it: the study permits it and the previous read is a main or repeat read on this side of a
 wash-out): the previous case is shown again under a fresh view id with the reader's earlier
 answer selected; the re-answer is a new row and wins. From a later question of a case, Back
 returns to that case's earlier question instead. Answers given before a case's text was
-shown are final once it is (`session.final_tasks`; `TEXT_RULE` tells the reader), so Back
-never reaches them after that. A comment and a "non-diagnostic
-image" flag go with each answer (inputs of the submit event), shown again for the same
-read; they are plain values in a Textbox and a Checkbox, never rendered as Markdown/HTML.
+shown are final once it is (`session.final_tasks`; `texts.TEXT_RULE` tells the reader), so
+Back never reaches them after that. A comment and a "non-diagnostic image" flag go with each
+answer (inputs of the submit event), shown again for the same read; they are plain values
+in a Textbox and a Checkbox, never rendered as Markdown/HTML.
 
 The handlers (`open_page`, `start`, `submit_answer`, `continue_after_feedback`, `go_back`) are
 plain functions of (db_path, token, state, ...) returning a `Screen`, so they are tested
@@ -267,7 +268,7 @@ def _intro_screen(db_path, reader, view, consent: str, form, message: str = "") 
 
 
 def profile_values(profile_json, form: readers.ProfileForm) -> dict:
-    """The form's fields from what the browser sent (a JSON object, see PROFILE_JS); other
+    """The form's fields from what the browser sent (a JSON object, see profile.js); other
     keys, non-text values and anything that is not such an object are dropped, so a
     forged request can only fill in this reader's own form, and is checked like any other
     (`readers.update_profile`)."""
