@@ -172,7 +172,7 @@ def write_export(db_path: str | pathlib.Path, study: str, fmt: str, out: str | p
     else:
         df = imrmc_table(db_path, study)
         if df.empty:  # an empty file and exit 0 reads as success; say why instead
-            raise StudyError(_no_imrmc_reason(db_path, study))
+            raise StudyError(no_imrmc_reason(db_path, study))
     fd, tmp = tempfile.mkstemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "w", newline="", encoding="utf-8") as fh:
@@ -190,7 +190,7 @@ def write_export(db_path: str | pathlib.Path, study: str, fmt: str, out: str | p
     return len(df)
 
 
-def _no_imrmc_reason(db_path, study: str) -> str:
+def no_imrmc_reason(db_path, study: str) -> str:
     """Why a study has no iMRMC table (pair reads have no one-rating-per-image form)."""
     long = long_table(db_path, study)
     if (long["task"] == "pair").any():

@@ -174,3 +174,17 @@ def study_texts(db_path: str | pathlib.Path, study: str) -> StudyTexts:
                       ask_profile=bool(srow.get("ask_profile")),
                       allow_back=bool(srow.get("allow_back", 1)),
                       reader_title=srow.get("reader_title") or "")
+
+
+def has_readers(db_path: str | pathlib.Path, study: str) -> bool:
+    """Whether any reader was ever invited to `study` (a study with none is a draft)."""
+    with reading(db_path) as db:
+        sid = study_row(db, study)["id"]
+        return db.execute("SELECT 1 FROM readers WHERE study_id = ? LIMIT 1",
+                          [sid]).fetchone() is not None
+
+
+def study_statuses(db_path: str | pathlib.Path) -> dict[str, str]:
+    """The stored status of every study, by name."""
+    with reading(db_path) as db:
+        return {n: st for n, st in db.execute("SELECT name, status FROM studies")}

@@ -1,6 +1,6 @@
 """One answer per question whatever the tabs, stalls and restarts; bounded waits on a
 stalled writer; a writer that heals (studies.session, studies.storage.writer_process,
-studio.reader.view)."""
+studio.reader.handlers)."""
 from __future__ import annotations
 
 import json
@@ -109,19 +109,19 @@ def test_stall_reload_answer_exports_the_acknowledged_value(db):
     """Submit hangs (the writer is stopped), the reader reloads and answers the same
     question again with another value: one of the two is acknowledged, the other refused
     with the current case shown, and the export holds the acknowledged value."""
-    from studio.reader import view as reader_view
+    from studio.reader import handlers as reader_handlers
 
     token = invite(db, "pilot", "reloader")
     writer = writer_process.start(db)
-    first = reader_view.start(db, token)
+    first = reader_handlers.start(db, token)
     assert first.kind == "case"
     os.kill(writer.proc.pid, signal.SIGSTOP)
     try:
-        stalled = _run(reader_view.submit_answer, db, token, first.state, 2)
+        stalled = _run(reader_handlers.submit_answer, db, token, first.state, 2)
         time.sleep(0.3)  # the first answer is on its way; the reader gives up and reloads
-        again = reader_view.start(db, token)  # reload: the intro, then Start
+        again = reader_handlers.start(db, token)  # reload: the intro, then Start
         assert again.kind == "case" and again.state.assignment_id == first.state.assignment_id
-        second = _run(reader_view.submit_answer, db, token, again.state, 5)
+        second = _run(reader_handlers.submit_answer, db, token, again.state, 5)
         time.sleep(0.3)
     finally:
         os.kill(writer.proc.pid, signal.SIGCONT)
@@ -129,9 +129,9 @@ def test_stall_reload_answer_exports_the_acknowledged_value(db):
     for value, (screen, exc) in screens.items():
         assert exc is None, exc
     acked = [v for v, (s, _) in screens.items()
-             if s.message != reader_view.ANSWERED_ELSEWHERE]
+             if s.message != reader_handlers.ANSWERED_ELSEWHERE]
     refused = [v for v, (s, _) in screens.items()
-               if s.message == reader_view.ANSWERED_ELSEWHERE]
+               if s.message == reader_handlers.ANSWERED_ELSEWHERE]
     assert len(acked) == 1 and len(refused) == 1
     ref = reader_for_token(db, token)
     assert [r[2] for r in _rows(db, ref.reader_id)] == acked  # one row: the acknowledged one
@@ -146,17 +146,17 @@ def test_stall_reload_answer_exports_the_acknowledged_value(db):
 def test_the_last_case_answered_twice_tells_the_refused_tab_so(db):
     """At the last case the refused answer leads to the finish screen: it says the answer
     on that page was not the one kept, so it is not taken for an acknowledgement."""
-    from studio.reader import view as reader_view
+    from studio.reader import handlers as reader_handlers
 
     token = invite(db, "pilot", "last-case")
     ref = reader_for_token(db, token)
     while (view := next_case(db, ref.reader_id)).position < view.total:
         submit(db, ref.reader_id, view.assignment_id, "turing", 3, 500, uuid.uuid4().hex)
     writer = writer_process.start(db)
-    tabs = [reader_view.start(db, token), reader_view.start(db, token)]
+    tabs = [reader_handlers.start(db, token), reader_handlers.start(db, token)]
     os.kill(writer.proc.pid, signal.SIGSTOP)
     try:
-        waits = [_run(reader_view.submit_answer, db, token, t.state, v)
+        waits = [_run(reader_handlers.submit_answer, db, token, t.state, v)
                  for t, v in zip(tabs, (2, 5))]
         time.sleep(0.3)
     finally:
@@ -164,12 +164,12 @@ def test_the_last_case_answered_twice_tells_the_refused_tab_so(db):
     screens = dict(zip((2, 5), (w()[0] for w in waits)))
     assert {s.kind for s in screens.values()} == {"finished"}
     kept = [v for v, s in screens.items() if s.message.startswith("All ")]
-    told = [v for v, s in screens.items() if s.message.startswith(reader_view.OUT_OF_DATE_FINISHED)]
+    told = [v for v, s in screens.items() if s.message.startswith(reader_handlers.OUT_OF_DATE_FINISHED)]
     assert len(kept) == 1 and len(told) == 1
     assert _rows(db, ref.reader_id)[-1][2] == kept[0]
     # and a page answered after the end gets the same words
-    late = reader_view.submit_answer(db, token, tabs[0].state, 4)
-    assert late.kind == "finished" and late.message.startswith(reader_view.OUT_OF_DATE_FINISHED)
+    late = reader_handlers.submit_answer(db, token, tabs[0].state, 4)
+    assert late.kind == "finished" and late.message.startswith(reader_handlers.OUT_OF_DATE_FINISHED)
 
 
 # ------------------------------------------------------------ bounded waits
@@ -196,12 +196,12 @@ def test_a_stalled_writer_reaches_its_deadline_and_other_readers_pages_load(
     import httpx
 
     from studio.web import app as app_mod
-    from studio.reader import view as reader_view
+    from studio.reader import page as reader_page
     from studio_fixtures import serve_studio
 
     db = copy_study(template, tmp_path)
     monkeypatch.setattr(app_mod, "READER_CONCURRENCY", 2)
-    monkeypatch.setattr(reader_view, "ANSWER_CONCURRENCY", 2)
+    monkeypatch.setattr(reader_page, "ANSWER_CONCURRENCY", 2)
     monkeypatch.setattr(writer_process, "CALL_DEADLINE_S", 2.0)
     monkeypatch.setattr(writer_process, "REPLY_GRACE_S", 1.0)
     tokens = {n: invite(db, "pilot", n) for n in ("slow-a", "slow-b", "other")}
@@ -368,11 +368,11 @@ def test_the_wal_is_emptied_when_the_writer_is_idle(db):
 def test_the_admin_is_warned_when_disk_space_runs_low(db, monkeypatch):
     import shutil
 
-    from studio.admin import view as admin_view
+    from studio.admin import readers_tab
 
-    assert admin_view.disk_warning(db) == "" or shutil.disk_usage(db.parent).free < 1024**3
+    assert readers_tab.disk_warning(db) == "" or shutil.disk_usage(db.parent).free < 1024**3
     usage = shutil.disk_usage(db.parent)
     monkeypatch.setattr(shutil, "disk_usage",
                         lambda p: usage._replace(free=200 * 1024**2))
-    text = admin_view.faults_markdown(db, "pilot")
+    text = readers_tab.faults_markdown(db, "pilot")
     assert "Low disk space" in text and "200 MB free" in text

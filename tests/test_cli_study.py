@@ -250,7 +250,8 @@ def test_one_leak_gate_for_the_cli_the_admin_and_the_library(tmp_path, data):
     from studies.errors import ReaderError
     from studies.ingest import audit_study, create_study
     from studies.readers import invite, invite_csv, leak_acknowledgement
-    from studio.admin.view import invite_reader, study_overview
+    from studio.admin.readers_tab import invite_reader
+    from studio.admin.studies_tab import study_overview
 
     _, _, manifest = data
     db = tmp_path / "s.db"
@@ -316,7 +317,7 @@ def test_the_admin_shows_the_same_contact_sheet_in_a_sandboxed_frame(tmp_path, d
 
     from studies.contact_sheet import contact_sheet_html
     from studies.ingest import create_study
-    from studio.admin.view import contact_sheet_frame
+    from studio.admin.studies_tab import contact_sheet_frame
 
     _, _, manifest = data
     db = tmp_path / "s.db"

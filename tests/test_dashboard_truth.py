@@ -8,7 +8,7 @@ from click.testing import CliRunner
 from studies import readers
 from studies.design import StudyOptions
 from studies.session import next_case, submit
-from studio.admin import view as admin_view
+from studio.admin import analysis_tab, readers_tab
 from studio.cli import cli
 from study_fixtures import make_study
 
@@ -26,7 +26,7 @@ def _cells(frame):
 def test_one_reader_dashboard_names_the_block_and_every_gap_has_a_reason(tmp_path):
     db, _ = make_study(tmp_path, "pilot")
     _answer_all(db, readers.reader_for_token(db, readers.invite(db, "pilot", "dr-a")).reader_id)
-    dash = admin_view.dashboard(db, "pilot")
+    dash = analysis_tab.dashboard(db, "pilot")
     cells = _cells(dash.pooled) + _cells(dash.per_reader) + _cells(dash.agreement)
     assert cells and not any(c.strip() in ("—", "None", "nan") for c in cells)
     mrmc = dash.agreement[dash.agreement.statistic.str.contains("MRMC")].iloc[0]
@@ -42,7 +42,7 @@ def test_attention_column_means_the_same_in_admin_and_cli(tmp_path):
     readers.invite(db, "pilot", "dr-b")
     # dr-a answers everything with the top of the scale: some checks pass, some may fail
     _answer_all(db, ref.reader_id)
-    table = admin_view.progress_table(db, "pilot").set_index("reader")
+    table = readers_tab.progress_table(db, "pilot").set_index("reader")
     out = CliRunner().invoke(cli, ["study", "progress", "--db", str(db), "--study", "pilot"])
     assert out.exit_code == 0, out.output
     assert "attention passed" in out.output.splitlines()[0]
@@ -59,7 +59,7 @@ def test_pair_study_dashboard_shows_the_2afc_results(tmp_path):
     db, _ = make_study(tmp_path, "duo", tasks=("pair",))
     for name in ("a", "b"):
         _answer_all(db, readers.reader_for_token(db, readers.invite(db, "duo", name)).reader_id)
-    agreement = admin_view.dashboard(db, "duo").agreement.set_index("statistic")
+    agreement = analysis_tab.dashboard(db, "duo").agreement.set_index("statistic")
     row = agreement.loc["pair (2AFC): proportion correct, pooled (estimates the AUC)"]
     assert re.fullmatch(r"0\.\d+|1\.0|0", str(row.value)) or row.value in (0.0, 1.0)
     assert "Clopper–Pearson" in row.note

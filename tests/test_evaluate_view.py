@@ -11,8 +11,9 @@ import pytest
 from study_fixtures import make_study
 
 from evaluation.errors import EvaluationError
-from studio.admin import view as admin_view
 from studio.admin import evaluate as evaluate_view
+from studio.admin import uploads
+from studio.admin import view as admin_view
 
 
 class _Auth:
@@ -62,7 +63,7 @@ def test_bad_inputs(study, tmp_path):
     outside = tmp_path / "x.zip"
     with zipfile.ZipFile(outside, "w") as z:
         z.writestr("a.png", b"x")
-    with pytest.raises(admin_view.UploadError):  # a forged upload path is neither read nor deleted
+    with pytest.raises(uploads.UploadError):  # a forged upload path is neither read nor deleted
         evaluate_view.synthetic_input("Upload a zip", None, None, str(outside), tmp_path)
     assert outside.exists()
 

@@ -238,10 +238,10 @@ def test_readers_app_has_nothing_of_the_experiments(tmp_path):
 
     from studio.admin import view as admin_view
 
-    from studio.reader import view as reader_view
+    from studio.reader import page as reader_page
 
     admin = json.dumps(admin_view.build_admin_blocks(tmp_path / "studio.db", _Auth()).get_config_file(), default=str)
-    reader = json.dumps(reader_view.build_reader_blocks(tmp_path / "studio.db").get_config_file(), default=str)
+    reader = json.dumps(reader_page.build_reader_blocks(tmp_path / "studio.db").get_config_file(), default=str)
     assert "exp-run" in admin and "Experiments" in admin
     assert "exp-" not in reader and "xperiment" not in reader
 

@@ -373,79 +373,82 @@ def test_migration_6_upgrades_a_schema_5_database(tmp_path, monkeypatch):
 
 # ----------------------------------------------------------------------- reader page
 def test_reader_page_back_comment_and_flag(tmp_path):
-    from studio.reader import view as reader_view
+    from studio.reader import handlers as reader_handlers
+    from studio.reader import page as reader_page
     from studio_fixtures import leak_needles, make_loud_study
 
     db, rows, tokens = make_loud_study(tmp_path)
     token = tokens["dr-a"]
     needles = [n.lower() for n in leak_needles(rows)]
-    screen = reader_view.start(db, token)
+    screen = reader_handlers.start(db, token)
     assert screen.kind == "case" and not screen.can_go_back and screen.comment == ""
     # "choose an answer first" keeps what the reader typed
-    again = reader_view.submit_answer(db, token, screen.state, None, None, "typed", True)
+    again = reader_handlers.submit_answer(db, token, screen.state, None, None, "typed", True)
     assert again.message == "Choose an answer first." and (again.comment, again.non_diagnostic) == ("typed", True)
     first_url = screen.image_url
-    nxt = reader_view.submit_answer(db, token, screen.state, 2, None, "first look", False)
+    nxt = reader_handlers.submit_answer(db, token, screen.state, 2, None, "first look", False)
     assert nxt.position == 2 and nxt.can_go_back and nxt.comment == "" and not nxt.selected
 
-    back = reader_view.go_back(db, token)
-    assert back.kind == "case" and back.position == 1 and back.message == reader_view.BACK_DONE
+    back = reader_handlers.go_back(db, token)
+    assert back.kind == "case" and back.position == 1 and back.message == reader_handlers.BACK_DONE
     assert back.new_image and back.image_url != first_url and back.image_url.endswith(token)
     assert back.selected == 2 and back.comment == "first look" and not back.can_go_back
     text = json.dumps(dataclasses.asdict(back), default=str).lower()
     assert not [n for n in needles if n in text]
-    twice = reader_view.go_back(db, token)  # a second press: same case, says why
+    twice = reader_handlers.go_back(db, token)  # a second press: same case, says why
     assert twice.position == 1 and "already back" in twice.message
 
-    done = reader_view.submit_answer(db, token, back.state, 5, None, "=cmd|' /C calc'!A0", True)
+    done = reader_handlers.submit_answer(db, token, back.state, 5, None, "=cmd|' /C calc'!A0", True)
     assert done.position == 2 and done.comment == "" and done.can_go_back
     row = long_table(db, "ten").iloc[0]
     assert (row["rating"], row["comment"], row["non_diagnostic"]) == (5, "=cmd|' /C calc'!A0", 1)
     assert len(long_table(db, "ten", include_superseded=True)) == 2
 
     lifecycle.set_allow_back(db, "ten", False)
-    assert not reader_view.start(db, token).can_go_back
-    refused = reader_view.go_back(db, token)
+    assert not reader_handlers.start(db, token).can_go_back
+    refused = reader_handlers.go_back(db, token)
     assert refused.position == 2 and "not allowed in this study" in refused.message
     lifecycle.set_allow_back(db, "ten", True)
 
-    screen = reader_view.start(db, token)
+    screen = reader_handlers.start(db, token)
     while screen.kind == "case":
-        screen = reader_view.submit_answer(db, token, screen.state, 3)
+        screen = reader_handlers.submit_answer(db, token, screen.state, 3)
     assert screen.kind == "finished" and screen.can_go_back  # the last case may be changed
-    last = reader_view.go_back(db, token)
+    last = reader_handlers.go_back(db, token)
     assert last.kind == "case" and last.position == 10 and last.selected == 3
     # a refresh on the reopened case shows it again (not the instructions)
-    assert reader_view.open_page(db, token).position == 10
-    assert reader_view.submit_answer(db, token, last.state, 4).kind == "finished"
+    assert reader_handlers.open_page(db, token).position == 10
+    assert reader_handlers.submit_answer(db, token, last.state, 4).kind == "finished"
     lifecycle.set_status(db, "ten", "closed")
-    assert "closed" in reader_view.storage_safe(reader_view.go_back)(db, token).message
+    assert "closed" in reader_handlers.storage_safe(reader_handlers.go_back)(db, token).message
 
 
 def test_back_marker_and_css_hide_back_unless_allowed():
-    from studio.reader import view as reader_view
+    from studio.reader import handlers as reader_handlers
+    from studio.reader import page as reader_page
 
-    assert reader_view.back_marker(True) == '<span data-back="1"></span>'
-    assert reader_view.back_marker(False) == ""
-    css = reader_view.SCREEN_CSS
+    assert reader_page.back_marker(True) == '<span data-back="1"></span>'
+    assert reader_page.back_marker(False) == ""
+    css = reader_page.SCREEN_CSS
     assert '#reader:not(:has(#back-state [data-back])) .back-btn' in css
     assert '#reader:has(#screen [data-screen="feedback"]) #remarks' in css
 
 
 def test_admin_back_setting_and_dashboard_remarks(study, tmp_path):
-    from studio.admin import view as admin_view
+    from studio.admin import analysis_tab, settings_tab
+    from studio.format.plain_text import plain_markdown
 
-    assert admin_view.back_setting(study, "pilot") is True
-    assert "cannot go back" in admin_view.save_back_setting(study, "pilot", False)
-    assert admin_view.back_setting(study, "pilot") is False
+    assert settings_tab.back_setting(study, "pilot") is True
+    assert "cannot go back" in settings_tab.save_back_setting(study, "pilot", False)
+    assert settings_tab.back_setting(study, "pilot") is False
     with pytest.raises(Exception, match="choose a study"):
-        admin_view.save_back_setting(study, "", True)
+        settings_tab.save_back_setting(study, "", True)
     rid = _reader(study)
     view, _ = _answer(study, rid, 2, non_diagnostic=True, comment="noise")
-    d = admin_view.dashboard(study, "pilot")
+    d = analysis_tab.dashboard(study, "pilot")
     case = long_table(study, "pilot").iloc[0]["case"]
     assert "1 of 1 images flagged non-diagnostic by ≥1 reader" in d.note
-    assert admin_view.plain_markdown(case) in d.note and "noise" not in d.note
-    paths = admin_view.export_files(study, "pilot", tmp_path / "out")
+    assert plain_markdown(case) in d.note and "noise" not in d.note
+    paths = analysis_tab.export_files(study, "pilot", tmp_path / "out")
     long_csv = [p for p in paths if p.name.endswith("-long.csv")][0]
     assert read_long_csv(long_csv)["comment"].tolist() == ["noise"]

@@ -133,14 +133,16 @@ def _study_with_modalities(tmp_path, blank):
 
 def _hints_by_source(db, rid):
     """The modality hint and the viewer's data-presets markup of every read, by source."""
-    from studio.reader import view as reader_view
+    from studio.reader import handlers as reader_handlers
+    from studio.reader import page as reader_page
+    from studio.reader import texts as reader_texts
 
     with open_db(db) as conn:
         source = dict(conn.execute("SELECT a.id, c.source FROM assignments a JOIN cases c "
                                    "ON c.id = a.case_id WHERE a.reader_id = ?", [rid]))
     seen = collections.defaultdict(set)
     while (view := next_case(db, rid)) is not None:
-        html = reader_view.stimulus_html("x", reader_view.preset_family(view.modality))
+        html = reader_page.stimulus_html("x", reader_handlers.preset_family(view.modality))
         seen[source[view.assignment_id]].add((view.modality, "data-presets" in html))
         _answer(db, rid)
     return seen
@@ -369,21 +371,23 @@ def test_training_hides_the_text_unless_the_prompt_audit_cleared_it(three):
 
 
 def test_training_feedback_on_the_page_names_no_text(three):
-    from studio.reader import view as reader_view
+    from studio.reader import handlers as reader_handlers
+    from studio.reader import page as reader_page
+    from studio.reader import texts as reader_texts
 
     token = readers.invite(three, "three", "dr-t")
-    screen = reader_view.start(three, token)
+    screen = reader_handlers.start(three, token)
     texts = []
     while screen.kind in ("case", "feedback") and len(texts) < 10:
         if screen.kind == "feedback":
             texts.append(screen.feedback)
             assert screen.prompt is None
-            screen = reader_view.continue_after_feedback(three, token)
+            screen = reader_handlers.continue_after_feedback(three, token)
             continue
         if not screen.training:
             break
         assert screen.prompt is None  # no text in a training case
-        screen = reader_view.submit_answer(three, token, screen.state, screen.choices[0][1])
+        screen = reader_handlers.submit_answer(three, token, screen.state, screen.choices[0][1])
     assert len(texts) == 2 and all("This image is" in t for t in texts)
     with open_db(three) as conn:
         prompts = [p for (p,) in conn.execute("SELECT prompt FROM cases")]
@@ -391,27 +395,29 @@ def test_training_feedback_on_the_page_names_no_text(three):
 
 
 def test_the_reader_page_states_the_rule_and_backs_within_the_case(three):
-    from studio.reader import view as reader_view
+    from studio.reader import handlers as reader_handlers
+    from studio.reader import page as reader_page
+    from studio.reader import texts as reader_texts
 
     token = readers.invite(three, "three", "dr-p")
-    intro = reader_view.open_page(three, token)
+    intro = reader_handlers.open_page(three, token)
     assert intro.kind == "intro"
-    assert reader_view.TEXT_RULE in intro.intro and reader_view.TRAINING_TEXT in intro.intro
+    assert reader_texts.TEXT_RULE in intro.intro and reader_texts.TRAINING_TEXT in intro.intro
     assert "3 questions about each" in intro.intro and "match the text" in intro.intro
-    screen = reader_view.start(three, token)
+    screen = reader_handlers.start(three, token)
     while screen.training or screen.kind == "feedback":
-        screen = (reader_view.continue_after_feedback(three, token) if screen.kind == "feedback"
-                  else reader_view.submit_answer(three, token, screen.state, 1))
+        screen = (reader_handlers.continue_after_feedback(three, token) if screen.kind == "feedback"
+                  else reader_handlers.submit_answer(three, token, screen.state, 1))
     position = screen.position
-    screen = reader_view.submit_answer(three, token, screen.state, 2)  # turing
+    screen = reader_handlers.submit_answer(three, token, screen.state, 2)  # turing
     assert screen.kind == "case" and screen.can_go_back and screen.prompt is None
-    screen = reader_view.go_back(three, token)
-    assert screen.position == position and screen.message == reader_view.BACK_DONE_QUESTION
+    screen = reader_handlers.go_back(three, token)
+    assert screen.position == position and screen.message == reader_handlers.BACK_DONE_QUESTION
     assert screen.selected == 2 and "Is this image real" in screen.question
-    screen = reader_view.submit_answer(three, token, screen.state, 5)
-    screen = reader_view.submit_answer(three, token, screen.state, 3)  # quality
+    screen = reader_handlers.submit_answer(three, token, screen.state, 5)
+    screen = reader_handlers.submit_answer(three, token, screen.state, 3)  # quality
     assert screen.prompt and not screen.can_go_back  # the text is on screen
-    screen = reader_view.go_back(three, token)
+    screen = reader_handlers.go_back(three, token)
     assert "not possible" in screen.message and "final" in screen.message
     assert screen.prompt and screen.position == position
 

@@ -149,7 +149,7 @@ def test_consent_is_an_explicit_agree_or_decline_both_recorded(browser, tmp_path
     import sqlite3
 
     from studies import lifecycle
-    from studio.reader.view import CONSENT_DECLINED, CONSENT_NEEDED
+    from studio.reader.handlers import CONSENT_DECLINED, CONSENT_NEEDED
 
     db, _, tokens = make_loud_study(tmp_path, "consent", n_cases=4, size=128, readers=("dr-c",))
     lifecycle.set_texts(db, "consent", consent="My answers may be **published** in aggregate.")

@@ -11,7 +11,7 @@ import pytest
 from click.testing import CliRunner
 
 from studio_fixtures import leak_needles, make_loud_study, serve_studio, write_loud_manifest
-from test_studio_handlers import _queue_event, _text
+from reader_fixtures import queue_event, screen_text
 
 from studies import readers, session
 
@@ -20,9 +20,11 @@ from studies.storage.database import open_db, stimuli_dir
 from studies.design import StudyOptions
 from studies.stats.columns import TASKS, pair_call
 from studies.export import long_table
-from studio.admin import view as admin_view
+from studio.admin import readers_tab
 from studio.web import auth
-from studio.reader import view as reader_view
+from studio.reader import handlers as reader_handlers
+from studio.reader import page as reader_page
+from studio.reader import texts as reader_texts
 from study_fixtures import acknowledge_fixture_leak
 
 
@@ -46,13 +48,13 @@ def test_pair_study_answered_end_to_end_through_the_handlers(tmp_path):
     token = tokens["dr-a"]
     needles = [n.lower() for n in leak_needles(rows) + [r["prompt"] for r in rows]]
 
-    intro = reader_view.open_page(db, token)
+    intro = reader_handlers.open_page(db, token)
     assert intro.kind == "intro" and "**4** pairs of images" in intro.intro
     # The arrow keys are explained in the intro's keyboard hint (shown only where there is
     # a keyboard; touch screens get INTRO_TOUCH), not in the text itself.
-    assert intro.pair and "← / →" in reader_view.PAIR_KEYS_INTRO
+    assert intro.pair and "← / →" in reader_texts.PAIR_KEYS_INTRO
     assert "← / →" not in intro.intro and "Enter" not in intro.intro
-    screen = reader_view.start(db, token)
+    screen = reader_handlers.start(db, token)
     reader_id = screen.state.reader_id
     reads = _images_of(db, reader_id)
     ratings = [1, 6, 3, 4]  # both sides, strong and weak
@@ -60,7 +62,7 @@ def test_pair_study_answered_end_to_end_through_the_handlers(tmp_path):
     while screen.kind == "case":
         assert screen.pair and screen.new_image and screen.question == TASKS["pair"].question
         assert [v for _, v in screen.choices] == [1, 2, 3, 4, 5, 6]
-        text = _text(screen).lower()
+        text = screen_text(screen).lower()
         assert not [n for n in needles if n in text]
         # Left is the read's own image, right its pair's, each under its own random id.
         view_id, lsrc, lfile, pview, rsrc, rfile = reads[screen.state.assignment_id]
@@ -74,7 +76,7 @@ def test_pair_study_answered_end_to_end_through_the_handlers(tmp_path):
             assert got == (stimuli_dir(db) / f"{stored}.png").read_bytes()
         rating = ratings[len(answered)]
         answered.append((screen.state.assignment_id, rating, lsrc))
-        screen = reader_view.submit_answer(db, token, screen.state, rating)
+        screen = reader_handlers.submit_answer(db, token, screen.state, rating)
         for vid in (view_id, pview):
             with pytest.raises(session.NotAuthorised):
                 session.stimulus_png(db, reader_id, vid, current_only=True)
@@ -86,7 +88,7 @@ def test_pair_study_answered_end_to_end_through_the_handlers(tmp_path):
     assert df["response"].tolist() == ["left", "right", "left", "right"]
     truth = ["left" if lsrc == "synthetic" else "right" for _, _, lsrc in answered]
     assert df["truth"].tolist() == truth
-    assert reader_view.open_page(db, token).kind == "finished"
+    assert reader_handlers.open_page(db, token).kind == "finished"
 
 
 def _pair_repeat_study(tmp):
@@ -115,11 +117,11 @@ def test_both_pair_urls_per_read_own_token_only_until_answered(served_pairs):
 
     url, db, _, tokens = served_pairs
     a, b = tokens["dr-a"], tokens["dr-b"]
-    s_b = reader_view.start(db, b)
+    s_b = reader_handlers.start(db, b)
     ids_b = _ids(s_b)
     seen_a, dead = [], []
     with httpx.Client(base_url=url, timeout=20) as c:
-        s = reader_view.start(db, a)
+        s = reader_handlers.start(db, a)
         reads = _images_of(db, s.state.reader_id)
         while s.kind == "case":
             ids = _ids(s)
@@ -137,7 +139,7 @@ def test_both_pair_urls_per_read_own_token_only_until_answered(served_pairs):
             for vid in dead:  # every image of an answered pair is gone
                 assert c.get(f"/stimulus/{vid}?token={a}").status_code == 404
             seen_a.append((s.state.assignment_id, ids))
-            s = reader_view.submit_answer(db, a, s.state, 2)
+            s = reader_handlers.submit_answer(db, a, s.state, 2)
             dead += ids
         # B's pair still works with B's token (A answering changed nothing for B).
         assert all(c.get(f"/stimulus/{vid}?token={b}").status_code == 200 for vid in ids_b)
@@ -162,18 +164,18 @@ def test_both_pair_urls_per_read_own_token_only_until_answered(served_pairs):
 def test_a_missing_right_hand_image_is_reported_and_the_reader_waits(tmp_path):
     db, _, tokens = make_loud_study(tmp_path, "duo", n_cases=8, tasks=("pair",))
     token = tokens["dr-a"]
-    first = reader_view.start(db, token)
+    first = reader_handlers.start(db, token)
     view = session.next_case(db, first.state.reader_id)
     path = stimuli_dir(db) / f"{view.pair_stored_id}.png"
     kept = path.read_bytes()
     path.unlink()
-    screen = reader_view.start(db, token)
-    assert screen.kind == "unavailable" and screen.message == reader_view.UNAVAILABLE_IMAGE
+    screen = reader_handlers.start(db, token)
+    assert screen.kind == "unavailable" and screen.message == reader_handlers.UNAVAILABLE_IMAGE
     assert screen.pair_image_url is None and screen.image_url is None
     assert [f.stimulus_id for f in session.faults(db, "duo")] == [view.pair_stored_id]
-    assert view.pair_stored_id in admin_view.faults_markdown(db, "duo")
+    assert view.pair_stored_id in readers_tab.faults_markdown(db, "duo")
     path.write_bytes(kept)
-    back = reader_view.start(db, token)
+    back = reader_handlers.start(db, token)
     assert back.kind == "case" and back.state.assignment_id == first.state.assignment_id
 
 
@@ -185,22 +187,22 @@ def test_a_pair_event_sends_plain_values_and_one_update(tmp_path):
     db, _, tokens = make_loud_study(tmp_path, "duo", n_cases=8, tasks=("pair",))
     token = tokens["dr-a"]
     with serve_studio(db) as (url, ids), httpx.Client(base_url=url, timeout=30) as c:
-        _queue_event(c, ids["on_load"], [], token, "s1")
-        first = _queue_event(c, ids["on_start"], [], token, "s1")
-        nxt = _queue_event(c, ids["on_submit"], [None, 5, None, "", False], token, "s1")
+        queue_event(c, ids["on_load"], [], token, "s1")
+        first = queue_event(c, ids["on_start"], [], token, "s1")
+        nxt = queue_event(c, ids["on_submit"], [None, 5, None, "", False], token, "s1")
     for out in (first, nxt):
         updates = [o for o in out if isinstance(o, dict) and o.get("__type__") == "update"]
         assert len(updates) == 1 and "choices" in updates[0], out
         html = next(o for o in out if isinstance(o, str) and "pair-view" in o)
         assert len(re.findall(r'<img src="stimulus/[A-Za-z0-9_-]{22}\?token=', html)) == 2
         assert html.index('data-side="left"') < html.index('data-side="right"')
-        assert reader_view.PAIR_KEYS_HINT in out
-    assert _text(first) != _text(nxt)
+        assert reader_texts.PAIR_KEYS_HINT in out
+    assert screen_text(first) != screen_text(nxt)
     assert long_table(db, "duo")["rating"].tolist() == [5]
 
 
 def test_pair_markup_differs_only_in_side_and_url():
-    html = reader_view.pair_html("stimulus/AAA?token=t", "stimulus/BBB?token=t")
+    html = reader_page.pair_html("stimulus/AAA?token=t", "stimulus/BBB?token=t")
     assert html.startswith('<div class="pair-view">') and html.endswith("</div>")
     left, right = html[len('<div class="pair-view">'):-len("</div>")].split("</div></div>")[:2]
     norm = [p.replace("AAA", "X").replace("BBB", "X").replace("Left", "S").replace("left", "s")
@@ -221,11 +223,11 @@ def test_cli_created_pair_study_can_be_completed_by_a_reader(tmp_path):
                                  "--reader", "dr-a", "--acknowledge-leak"])
     assert r.exit_code == 0, r.output
     token = re.search(r"token=([A-Za-z0-9_-]+)", r.output).group(1)
-    screen = reader_view.start(db, token)
+    screen = reader_handlers.start(db, token)
     n = 0
     while screen.kind == "case":
         assert screen.pair and screen.pair_image_url
-        screen = reader_view.submit_answer(db, token, screen.state, 4)
+        screen = reader_handlers.submit_answer(db, token, screen.state, 4)
         n += 1
     assert screen.kind == "finished" and n == 4
     assert set(long_table(db, "duo")["response"]) == {"right"}

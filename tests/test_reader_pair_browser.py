@@ -59,7 +59,7 @@ def test_pair_answered_with_arrow_keys_and_nothing_leaks(browser, pair_studio, s
     from studies.storage.database import open_db, stimuli_dir
     from studies.stats.columns import TASKS, pair_call
     from studies.export import long_table
-    from studio.reader import view as reader_view
+    from studio.reader import texts as reader_texts
 
     ctx = browser.new_context(viewport={"width": 1280, "height": 900})
     page = ctx.new_page()
@@ -81,7 +81,7 @@ def test_pair_answered_with_arrow_keys_and_nothing_leaks(browser, pair_studio, s
         assert [s.split()[0] for s in srcs] == ["left", "right"]
         shown_srcs.append([s.split()[1] for s in srcs])
         assert _zooms(page) == [1, 1]  # every pair starts from the reset view
-        assert reader_view.PAIR_KEYS_HINT.split(" (")[0] in page.inner_text("#case")
+        assert reader_texts.PAIR_KEYS_HINT.split(" (")[0] in page.inner_text("#case")
         if n == 1:
             # Keys act on both images, the wheel on the one under the pointer.
             page.keyboard.press("+")
@@ -133,7 +133,7 @@ def test_pair_answered_with_arrow_keys_and_nothing_leaks(browser, pair_studio, s
     needles += [r["prompt"].lower() for r in pair_studio["rows"]]
     needles += [str(pair_studio["db"]).lower(), "stimuli"]
     ui_words = [lab for _, lab in TASKS["pair"].scale] + [
-        TASKS["pair"].question, TASKS["pair"].help, reader_view.PAIR_KEYS_HINT,
+        TASKS["pair"].question, TASKS["pair"].help, reader_texts.PAIR_KEYS_HINT,
         "one real, one synthetic", "the side you think is synthetic"]
     images = []
     for url, ctype, body in rec.items:

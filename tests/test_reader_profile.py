@@ -22,7 +22,9 @@ from studies.storage.database import SCHEMA_VERSION, open_db
 from studies.errors import ReaderError, StudyError
 from studies.export import long_table, read_long_csv, write_export
 from studies.session import next_case, submit
-from studio.reader import view as reader_view
+from studio.reader import handlers as reader_handlers
+from studio.reader import page as reader_page
+from studio.reader import texts as reader_texts
 from studio.cli import cli
 from study_fixtures import database_at_version, study, template  # noqa: F401 (fixtures)
 
@@ -146,28 +148,28 @@ def test_form_before_the_first_case_start_refuses_missing_fields_records_nothing
     _asking(study, consent="I agree.")
     token = readers.invite(study, "pilot", "dr-a", profile={"specialty": "neuro"})
     ref = readers.reader_for_token(study, token)
-    screen = reader_view.open_page(study, token)
+    screen = reader_handlers.open_page(study, token)
     assert screen.kind == "intro" and screen.profile.values == {"specialty": "neuro"}
     assert "Consent" in screen.intro
-    html_form = reader_view.profile_form_html(screen.profile)
+    html_form = reader_page.profile_form_html(screen.profile)
     assert 'data-field="years_experience"' in html_form and 'value="neuro"' in html_form
-    refused = reader_view.start(study, token, json.dumps({"specialty": "radiology",
+    refused = reader_handlers.start(study, token, json.dumps({"specialty": "radiology",
                                                           "years_experience": "12"}))
     assert refused.kind == "intro" and refused.state is None and refused.image_url is None
     assert refused.message == "Please fill in: Site."
     assert refused.profile.values == {"specialty": "radiology", "years_experience": "12"}
-    assert 'value="radiology"' in reader_view.profile_form_html(refused.profile)
-    bad_years = reader_view.start(study, token, json.dumps(GOOD | {"years_experience": "lots"}))
+    assert 'value="radiology"' in reader_page.profile_form_html(refused.profile)
+    bad_years = reader_handlers.start(study, token, json.dumps(GOOD | {"years_experience": "lots"}))
     assert bad_years.kind == "intro"
     assert bad_years.message == "Years of experience 'lots' is not a whole number 0-70."
     for junk in (None, "", "not json", "[1, 2]", '{"specialty": ["x"]}'):
-        assert reader_view.start(study, token, junk).kind == "intro"
+        assert reader_handlers.start(study, token, junk).kind == "intro"
     # nothing recorded: no profile change, no consent, no answer
     assert _stored(study, ref.reader_id) == ({"specialty": "neuro"}, None)
     assert readers.reader_info(study, ref.reader_id).consented_at is None
     assert next_case(study, ref.reader_id).position == 1
     # every field filled in: the first case, and profile and consent recorded
-    started = reader_view.start(study, token, json.dumps(GOOD))
+    started = reader_handlers.start(study, token, json.dumps(GOOD))
     assert started.kind == "case" and started.image_url
     assert _stored(study, ref.reader_id)[0] == {"specialty": "radiology",
                                                 "years_experience": 12, "site": "Leiden"}
@@ -178,29 +180,29 @@ def test_not_asked_again_on_resume_and_later_values_are_ignored(study):
     _asking(study)
     token = readers.invite(study, "pilot", "dr-a")
     ref = readers.reader_for_token(study, token)
-    assert reader_view.start(study, token, json.dumps(GOOD)).kind == "case"
+    assert reader_handlers.start(study, token, json.dumps(GOOD)).kind == "case"
     # reload before answering: the intro again (first case), but no form
-    again = reader_view.open_page(study, token)
+    again = reader_handlers.open_page(study, token)
     assert again.kind == "intro" and again.profile is None
-    assert reader_view.start(study, token, json.dumps(GOOD | {"site": "Oslo"})).kind == "case"
+    assert reader_handlers.start(study, token, json.dumps(GOOD | {"site": "Oslo"})).kind == "case"
     assert _stored(study, ref.reader_id)[0]["site"] == "Leiden"  # a later Start writes nothing
     _answer(study, ref.reader_id)
-    resumed = reader_view.open_page(study, token)
+    resumed = reader_handlers.open_page(study, token)
     assert resumed.kind == "case" and resumed.profile is None
     # Continue/Try again (no form values) simply serve the case
-    assert reader_view.start(study, token).kind == "case"
+    assert reader_handlers.start(study, token).kind == "case"
 
 
 def test_asked_on_resume_when_the_study_starts_asking_mid_session(study):
     token = readers.invite(study, "pilot", "dr-a")
     ref = readers.reader_for_token(study, token)
     _answer(study, ref.reader_id)
-    assert reader_view.open_page(study, token).kind == "case"
+    assert reader_handlers.open_page(study, token).kind == "case"
     _asking(study)
-    screen = reader_view.open_page(study, token)
+    screen = reader_handlers.open_page(study, token)
     assert screen.kind == "intro" and screen.profile is not None
-    assert reader_view.continue_after_feedback(study, token).kind == "intro"  # no bypass
-    assert reader_view.start(study, token, json.dumps(GOOD)).kind == "case"
+    assert reader_handlers.continue_after_feedback(study, token).kind == "intro"  # no bypass
+    assert reader_handlers.start(study, token, json.dumps(GOOD)).kind == "case"
 
 
 def test_a_forged_foreign_or_deactivated_token_writes_no_profile(study):
@@ -212,18 +214,18 @@ def test_a_forged_foreign_or_deactivated_token_writes_no_profile(study):
     # the browser's JSON cannot name a reader: extra keys are dropped
     forged_json = json.dumps(GOOD | {"reader_id": a.reader_id, "reader": "dr-a"})
     for bad in ("forged-token", token_a + "x", "", None):
-        assert reader_view.start(study, bad, forged_json).kind == "login"
+        assert reader_handlers.start(study, bad, forged_json).kind == "login"
     assert _stored(study, a.reader_id) == ({}, None)
     # dr-b's link fills in dr-b's profile only
-    assert reader_view.start(study, token_b, forged_json).kind == "case"
+    assert reader_handlers.start(study, token_b, forged_json).kind == "case"
     assert _stored(study, b.reader_id)[0] == {"specialty": "radiology", "years_experience": 12,
                                               "site": "Leiden"}
     assert _stored(study, a.reader_id) == ({}, None)
     readers.set_reader_active(study, "pilot", "dr-a", False)
-    assert reader_view.start(study, token_a, json.dumps(GOOD)).kind == "login"
+    assert reader_handlers.start(study, token_a, json.dumps(GOOD)).kind == "login"
     readers.set_reader_active(study, "pilot", "dr-a", True)
     lifecycle.set_status(study, "pilot", "closed")
-    closed = reader_view.storage_safe(reader_view.start)(study, token_a, json.dumps(GOOD))
+    closed = reader_handlers.storage_safe(reader_handlers.start)(study, token_a, json.dumps(GOOD))
     assert closed.kind == "finished" and "closed" in closed.message
     assert _stored(study, a.reader_id) == ({}, None)
 
@@ -231,19 +233,19 @@ def test_a_forged_foreign_or_deactivated_token_writes_no_profile(study):
 def test_form_html_escapes_values_and_labels(study):
     form = readers.ProfileForm(fields=("specialty", "site"), labels=("Specialty", "<b>Site</b>"),
                                values={"specialty": '"><img src=x onerror=alert(1)>'})
-    out = reader_view.profile_form_html(form, message="<script>x</script>")
+    out = reader_page.profile_form_html(form, message="<script>x</script>")
     assert "<img" not in out and "<script>" not in out and "<b>" not in out
     assert 'value="&quot;&gt;&lt;img src=x onerror=alert(1)&gt;"' in out
 
 
 def test_intro_text_has_no_key_wording_and_the_hints_are_separate(study):
     token = readers.invite(study, "pilot", "dr-a")
-    intro = reader_view.open_page(study, token).intro
+    intro = reader_handlers.open_page(study, token).intro
     for word in ("Enter", "Keyboard", "keys", "digit"):
         assert word not in intro, word
-    assert "Enter" in reader_view.INTRO_KEYS and "digits" in reader_view.INTRO_KEYS
-    assert "tap" in reader_view.INTRO_TOUCH and "Enter" not in reader_view.INTRO_TOUCH
-    css = reader_view.READER_CSS
+    assert "Enter" in reader_texts.INTRO_KEYS and "digits" in reader_texts.INTRO_KEYS
+    assert "tap" in reader_texts.INTRO_TOUCH and "Enter" not in reader_texts.INTRO_TOUCH
+    css = reader_page.READER_CSS
     coarse = css[css.index("@media (pointer: coarse)"):]
     assert ".intro-keys { display: none; }" in coarse[:coarse.index("}\n}")]
     assert ".intro-touch { display: none; }" in css[:css.index("@media (pointer: coarse)")]
@@ -258,7 +260,7 @@ def test_cli_configure_ask_profile_and_readers_list(study):
     assert "site (readers fill them in)" in res.output
     assert lifecycle.study_texts(study, "pilot").ask_profile
     token = readers.invite(study, "pilot", "dr-a")
-    reader_view.start(study, token, json.dumps(GOOD))
+    reader_handlers.start(study, token, json.dumps(GOOD))
     out = run(cli, ["study", "readers", "--db", str(study), "--study", "pilot"]).output
     assert "profile form" in out and "site=Leiden" in out
     assert readers.reader_table(study, "pilot")[0].profile_completed_at[:16].replace(
@@ -271,14 +273,14 @@ def test_cli_configure_ask_profile_and_readers_list(study):
 
 
 def test_admin_settings_mirror_the_option(study):
-    from studio.admin import view as admin_view
+    from studio.admin import readers_tab, settings_tab
 
     lifecycle.set_texts(study, "pilot", ask_profile=True)
-    assert admin_view.study_settings(study, "pilot")[4] is True
+    assert settings_tab.study_settings(study, "pilot")[4] is True
     token = readers.invite(study, "pilot", "dr-a")
-    assert admin_view.readers_table(study, "pilot").loc[0, "profile form"] == "no"
-    assert reader_view.start(study, token, json.dumps(GOOD)).kind == "case"
-    done = admin_view.readers_table(study, "pilot").loc[0, "profile form"]
+    assert readers_tab.readers_table(study, "pilot").loc[0, "profile form"] == "no"
+    assert reader_handlers.start(study, token, json.dumps(GOOD)).kind == "case"
+    done = readers_tab.readers_table(study, "pilot").loc[0, "profile form"]
     assert done != "no" and done == readers.reader_table(study, "pilot")[0] \
         .profile_completed_at[:19].replace("T", " ")
     with pytest.raises(StudyError, match="true or false"):

@@ -15,7 +15,7 @@ from studies.stats.analysis import analyze
 from studies.design import StudyOptions
 from studies.stats.report import FIGURE_TITLES, figures, render_html
 from studies.session import next_case, submit
-from studio.admin import view as admin_view
+from studio.admin import analysis_tab
 from studio.cli import cli
 from study_fixtures import make_study, write_images, write_manifest
 
@@ -76,7 +76,7 @@ def test_imrmc_export_with_no_ratings_refuses(tmp_path):
 
 
 def test_admin_dashboard_shows_pair_tables_per_reader_and_human_titles(pair_db):
-    d = admin_view.dashboard(pair_db, "duo")
+    d = analysis_tab.dashboard(pair_db, "duo")
     assert list(d.per_reader["reader"]) == ["r0", "r1", "r2"]
     assert set(d.per_reader.columns) >= {"correct", "proportion correct",
                                          "95% CI (Clopper–Pearson)", "p (binomial vs 0.5)"}
@@ -89,7 +89,7 @@ def test_admin_dashboard_shows_pair_tables_per_reader_and_human_titles(pair_db):
 
 def test_dashboard_of_an_unanswered_study_says_why_instead_of_empty_tables(tmp_path):
     db, _ = make_study(tmp_path, "quiet", options=StudyOptions(seed=1))
-    d = admin_view.dashboard(db, "quiet")
+    d = analysis_tab.dashboard(db, "quiet")
     assert list(d.pooled.columns) == ["result"] and "no responses" in d.pooled.iloc[0, 0]
 
 
@@ -157,10 +157,10 @@ def test_p_values_read_the_same_in_cli_report_and_dashboard(tmp_path):
     assert r.exit_code == 0, r.output
     assert "p < 0.001 vs 0.5" in r.output and "e-" not in r.output
     result = analyze(_strong_result())
-    pooled, _ = admin_view.turing_tables(result)
+    pooled, _ = analysis_tab.turing_tables(result)
     assert pooled.loc[0, "p (binomial vs 0.5)"] == "< 0.001"  # words, not result keys
     cells = [str(v) for v in pooled.to_numpy().ravel()] + \
-        [str(v) for v in admin_view.agreement_table(result).to_numpy().ravel()]
+        [str(v) for v in analysis_tab.agreement_table(result).to_numpy().ravel()]
     assert "0" not in cells and not any(re.search(r"\de-\d", c) for c in cells)
     html = render_html(result)
     assert "<td>&lt; 0.001</td>" in html and not re.search(r"\d\.\d\de-\d\d", html)

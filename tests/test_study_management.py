@@ -341,18 +341,18 @@ def test_closed_study_and_deactivated_reader_take_no_answers(study):
 
 
 def test_reader_page_shows_a_closed_page_and_the_washout_wait(tmp_path):
-    from studio.reader import view as reader_view
+    from studio.reader import handlers as reader_handlers
 
     opts = StudyOptions(repeat_fraction=0.5, repeat_after_s=3600)
     db, _ = make_study(tmp_path, "pilot", options=opts)
     token = readers.invite(db, "pilot", "dr-a")
     ref = readers.reader_for_token(db, token)
     lifecycle.set_status(db, "pilot", "closed")
-    for handler in (reader_view.open_page, reader_view.start, reader_view.continue_after_feedback):
-        screen = reader_view.storage_safe(handler)(db, token)
+    for handler in (reader_handlers.open_page, reader_handlers.start, reader_handlers.continue_after_feedback):
+        screen = reader_handlers.storage_safe(handler)(db, token)
         assert screen.kind == "finished" and "closed" in screen.message
     lifecycle.set_status(db, "pilot", "open")
-    assert reader_view.storage_safe(reader_view.open_page)(db, token).kind == "intro"
+    assert reader_handlers.storage_safe(reader_handlers.open_page)(db, token).kind == "intro"
     with open_db(db) as conn:
         n_main = conn.execute("SELECT count(*) FROM assignments WHERE reader_id = ? AND kind = "
                               "'main'", [ref.reader_id]).fetchone()[0]
@@ -360,7 +360,7 @@ def test_reader_page_shows_a_closed_page_and_the_washout_wait(tmp_path):
         view = next_case(db, ref.reader_id)
         submit(db, ref.reader_id, view.assignment_id, "turing", 2, 900, str(uuid.uuid4()))
     # only delayed repeats are left: the page says when to come back, nothing is served
-    screen = reader_view.storage_safe(reader_view.start)(db, token)
+    screen = reader_handlers.storage_safe(reader_handlers.start)(db, token)
     assert screen.kind == "unavailable" and "wash-out" in screen.message
     assert re.search(r"opens on \d{4}-\d\d-\d\d \d\d:\d\d UTC", screen.message)
     # two hours later (first reads moved back in time) the repeats are served
@@ -372,17 +372,17 @@ def test_reader_page_shows_a_closed_page_and_the_washout_wait(tmp_path):
         kind = conn.execute("SELECT kind FROM assignments WHERE id = ?",
                             [view.assignment_id]).fetchone()[0]
     assert kind == "repeat"
-    assert reader_view.storage_safe(reader_view.start)(db, token).kind == "case"
+    assert reader_handlers.storage_safe(reader_handlers.start)(db, token).kind == "case"
 
 
 def test_reader_page_shows_instructions_and_consent_and_start_records_it(study):
-    from studio.reader import view as reader_view
+    from studio.reader import handlers as reader_handlers
 
     lifecycle.set_texts(study, "pilot", instructions="Read each image at full size.\n\nTake breaks.",
                         consent="I agree that my answers are used ![x](http://127.0.0.1:9/t.png).")
     token = readers.invite(study, "pilot", "dr-a")
     ref = readers.reader_for_token(study, token)
-    screen = reader_view.open_page(study, token)
+    screen = reader_handlers.open_page(study, token)
     assert screen.kind == "intro"
     assert "Read each image at full size." in screen.intro and "Take breaks." in screen.intro
     assert "full size.\n\nTake breaks" in screen.intro  # paragraphs kept
@@ -390,17 +390,17 @@ def test_reader_page_shows_instructions_and_consent_and_start_records_it(study):
     assert "![x]" not in screen.intro and "\\!\\[x\\]" in screen.intro  # shown as typed
     assert readers.consent_pending(study, ref.reader_id)
     assert readers.reader_info(study, ref.reader_id).consented_at is None
-    assert reader_view.start(study, token).kind == "case"
+    assert reader_handlers.start(study, token).kind == "case"
     assert readers.reader_info(study, ref.reader_id).consented_at is not None
     assert readers.consent_pending(study, ref.reader_id) == ""
     # resumed after consent: straight back to the case, no intro
     view = next_case(study, ref.reader_id)
     submit(study, ref.reader_id, view.assignment_id, "turing", 2, 900, str(uuid.uuid4()))
-    assert reader_view.open_page(study, token).kind == "case"
+    assert reader_handlers.open_page(study, token).kind == "case"
     # a study without consent text asks for nothing
     other = readers.invite(study, "pilot", "dr-b")
     lifecycle.set_texts(study, "pilot", consent="")
-    assert "Consent" not in reader_view.open_page(study, other).intro
+    assert "Consent" not in reader_handlers.open_page(study, other).intro
 
 
 def test_a_deactivated_link_fetches_no_image(study):

@@ -4,11 +4,12 @@ from studio_fixtures import make_loud_study
 
 from studies import readers, session
 from studies.storage.database import open_db, transaction
-from studio.reader import view as reader_view
+from studio.reader import handlers as reader_handlers
+from studio.reader import page as reader_page
 
 
 def test_preset_family_from_the_modality_words_manifests_use():
-    f = reader_view.preset_family
+    f = reader_handlers.preset_family
     assert f("CT") == f("computed  tomography") == "ct"
     assert f("MRI") == f("MR") == "mri"
     assert f("chest x-ray") == f("CR") == f("DX") == "xray"
@@ -26,9 +27,9 @@ def _modality_per_case(db, token):
                                [view.assignment_id]).fetchone()[0]
         conn.close()
         seen[case_id] = view.modality
-        screen = reader_view._case_screen(db, ref, view, with_image=True, token=token)
-        html = reader_view.stimulus_html(screen.image_url, screen.presets)
-        family = reader_view.preset_family(view.modality)
+        screen = reader_handlers._case_screen(db, ref, view, with_image=True, token=token)
+        html = reader_page.stimulus_html(screen.image_url, screen.presets)
+        family = reader_handlers.preset_family(view.modality)
         assert (f'data-presets="{family}"' in html) == bool(family)
         session.submit(db, ref.reader_id, view.assignment_id, "turing", 2, 900,
                        f"c{view.assignment_id}")

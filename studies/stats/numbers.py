@@ -61,3 +61,8 @@ def fmt_ci(ci, digits: int = 3, sep: str = " to ") -> str:
     if not isinstance(ci, (list, tuple)) or len(ci) != 2 or any(x is None for x in ci):
         return NA
     return f"{fmt_num(ci[0], digits)}{sep}{fmt_num(ci[1], digits)}"
+
+
+def fmt_time(iso, *, minutes: bool = False) -> str:
+    """An ISO timestamp as "YYYY-MM-DD HH:MM:SS" (or to the minute); None → ""."""
+    return str(iso or "")[:16 if minutes else 19].replace("T", " ")

@@ -15,7 +15,7 @@ import plotly.graph_objects as go
 
 from studies.stats.columns import TASKS
 from studies.stats.likert import MWU_TEST
-from studies.stats.numbers import fmt_num, fmt_p, is_p_key, p_text
+from studies.stats.numbers import fmt_num, fmt_p, fmt_time, is_p_key, p_text
 
 # (heading, text): each test named with its reference; tests/test_report.py checks the pairs
 METHODS = [
@@ -619,7 +619,7 @@ def render_html(result: dict, *, title: str | None = None, design: dict | None =
     versions = software_versions() if versions is None else versions
     parts = [f"<h1>{html.escape(str(title))}</h1>",
              f"<p class=note>Report generated {html.escape(generated_at)}"
-             + (f"; study created {html.escape(str(design.get('created_at') or '')[:16].replace('T', ' '))}"
+             + (f"; study created {html.escape(fmt_time(design.get('created_at'), minutes=True))}"
                 f" UTC, status {html.escape(str(design.get('status')))}" if design else "")
              + ".</p>"]
     if design:

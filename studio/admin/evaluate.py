@@ -24,7 +24,7 @@ import threading
 import gradio as gr
 
 from evaluation.errors import EvaluationCancelled, EvaluationError
-from evaluation.images import ImageRef, list_images
+from evaluation.images import ImageRef
 from studio.admin.run_slots import RunSlots
 
 SYNTHETIC_SOURCES = ("Generation batch", "Folder on the server", "Upload a zip")
@@ -61,12 +61,12 @@ def synthetic_input(source: str, batch: str | None, folder: str | None, upload, 
         return p
     if not upload:
         raise EvaluationError("upload a zip of images first")
-    from studio.admin import view as admin_view
+    from studio.admin.uploads import safe_extract_zip, uploaded_file
 
-    zpath = admin_view._uploaded_file(upload)
+    zpath = uploaded_file(upload)
     dest = work / "uploaded"
     try:
-        admin_view.safe_extract_zip(zpath, dest)
+        safe_extract_zip(zpath, dest)
     finally:
         zpath.unlink(missing_ok=True)
     return dest
@@ -185,7 +185,7 @@ def build_evaluate_tab(db_path, guard, *, batches_dir=None) -> EvaluateTab:
 
     def refresh_choices(request: gr.Request):
         guard(request)
-        from studio.admin.view import study_names
+        from studio.admin.studies_tab import study_names
 
         return (gr.update(choices=generate_view.batch_choices(db_path, batches_dir)),
                 gr.update(choices=study_names(db_path)))

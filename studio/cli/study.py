@@ -244,6 +244,7 @@ def invite_cmd(db_path, study_name, reader, csv_path, specialty, years_experienc
 def readers_cmd(db_path, study_name):
     """List readers: link status (never the link itself), consent, profile, progress."""
     from studies.readers import coverage, reader_table
+    from studies.stats.numbers import fmt_time
 
     rows = reader_table(db_path, study_name)
     if not rows:
@@ -253,7 +254,7 @@ def readers_cmd(db_path, study_name):
                    f"{'profile form':<17} profile")
         for r in rows:
             profile = ", ".join(f"{k}={v}" for k, v in r.profile.items()) or "-"
-            form = (r.profile_completed_at or "")[:16].replace("T", " ") or "-"
+            form = fmt_time(r.profile_completed_at, minutes=True) or "-"
             click.echo(f"{r.reader[:24]:<24} {r.link:<12} {r.completed:>5}/{r.total:<5}  "
                        f"{'yes' if r.consented_at else 'no':<10} {form:<17} {profile}")
     cov = coverage(db_path, study_name)

@@ -26,9 +26,10 @@
   window.__medisynViewer = true;
   const MIN_ZOOM = 0.05, MAX_ZOOM = 16, STEP = 1.25;
   // Contrast presets per modality family, [name, brightness, contrast, saturation]. The
-  // image's data-presets names the family (reader_view.preset_family; the session gives it
-  // only when real and synthetic images share the modality). The stimulus is an 8-bit
-  // image already windowed at import, so these are display adjustments, not HU windows.
+  // image's data-presets names the family (studio.reader.handlers.preset_family; the
+  // session gives it only when real and synthetic images share the modality). The stimulus
+  // is an 8-bit image already windowed at import, so these are display adjustments, not HU
+  // windows.
   const PRESET_SETS = {
     "": [["Normal", 1, 1], ["High contrast", 1, 1.8], ["Bright", 1.5, 1.2], ["Dark", 0.7, 1.4]],
     xray: [["Normal", 1, 1], ["High contrast (bone, lines)", 1, 1.9],

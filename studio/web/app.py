@@ -1,6 +1,6 @@
 """The studio web app: two Gradio apps on one FastAPI server.
 
-- `/`       the reader app (`studio.reader.view`). No login: a reader's personal link
+- `/`       the reader app (`studio.reader.page`). No login: a reader's personal link
             `/?token=...` is the credential, checked in every event.
 - `/admin`  the researcher app (`studio.admin.view`, with the Generate tab from
             `studio.admin.generate`), behind Gradio's login (`auth=`; credentials from
@@ -126,14 +126,14 @@ def stimulus_response(db_path: str, view_id: str, token: str | None):
     from studies import session
     from studies.errors import NotAuthorised
 
-    from studio.reader import view as reader_view
+    from studio.reader import handlers as reader_handlers
 
     try:
         _, data = session.current_stimulus_png(db_path, (token or "").strip() or None, view_id)
     except NotAuthorised:
         return _not_found()
     except session.StimulusUnavailable as exc:
-        reader_view.report_fault(db_path, exc.reader_id, exc)
+        reader_handlers.report_fault(db_path, exc.reader_id, exc)
         return PlainTextResponse("This image is unavailable; the study team has been notified.",
                                  status_code=503, headers=STIMULUS_HEADERS)
     except (sqlite3.Error, OSError) as exc:  # database locked/swapped: say so, in words
@@ -152,7 +152,8 @@ def build_app(db_path, *, admin_auth: auth_mod.AdminAuth, model: str | None = No
 
     from studio.admin import view as admin_view
 
-    from studio.reader import view as reader_view
+    from studio.reader import handlers as reader_handlers
+    from studio.reader import page as reader_page
 
     db_path = str(pathlib.Path(db_path).resolve())
 
@@ -179,7 +180,7 @@ def build_app(db_path, *, admin_auth: auth_mod.AdminAuth, model: str | None = No
     app.add_middleware(ReaderRouteGuard)
     add_admin_routes(app)
 
-    @app.get(f"/{reader_view.STIMULUS_ROUTE}/{{view_id}}", include_in_schema=False)
+    @app.get(f"/{reader_handlers.STIMULUS_ROUTE}/{{view_id}}", include_in_schema=False)
     def stimulus(view_id: str, token: str | None = None):
         # sync: runs in the thread pool, next to the reader events' SQLite calls
         return stimulus_response(db_path, view_id, token)
@@ -195,14 +196,14 @@ def build_app(db_path, *, admin_auth: auth_mod.AdminAuth, model: str | None = No
         ssr_mode=False, footer_links=[], run_history=False, show_error=True, mcp_server=False,
         css=admin_view.ADMIN_CSS, head=admin_view.ADMIN_HEAD, theme=gr.themes.Soft())
 
-    reader = reader_view.build_reader_blocks(db_path)
+    reader = reader_page.build_reader_blocks(db_path)
     reader.queue(default_concurrency_limit=READER_CONCURRENCY)
     no_queue_analytics(reader)
     gr.mount_gradio_app(
         app, reader, path="/",
         allowed_paths=[], blocked_paths=blocked, max_file_size=READER_MAX_UPLOAD,
         ssr_mode=False, footer_links=[], run_history=False, show_error=False, mcp_server=False,
-        head=reader_view.HEAD, css=reader_view.READER_CSS,
+        head=reader_page.HEAD, css=reader_page.READER_CSS,
         theme=gr.themes.Soft())
     app.state.reader_blocks, app.state.admin_blocks = reader, admin  # for tests/benchmarks
 

@@ -1,0 +1,1 @@
+() => { if (window.__medisynSaving) window.__medisynSaving.stop(); }
