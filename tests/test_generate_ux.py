@@ -9,7 +9,7 @@ import zipfile
 
 import pytest
 
-from model_runtime import batch_job
+from model_runtime import batch_job, prompts_file
 
 
 @pytest.fixture(scope="module")
@@ -38,7 +38,7 @@ def test_a_tab_batch_is_written_by_the_batch_jobs_writer(tmp_path, tiny_model):
     assert list(details[0]) == list(batch_job.DETAIL_COLUMNS)
     assert [r["path"] for r in manifest] == rel and [r["modality"] for r in manifest] == ["CT"] * 2
     # the job's seed rule (row seed + k; row 0 of a job with this seed)
-    planned = batch_job.plan_tasks([batch_job.PromptRow(0, "x", "p", n=2)], seed=77)
+    planned = prompts_file.plan_tasks([prompts_file.PromptRow(0, "x", "p", n=2)], seed=77)
     assert [int(r["seed"]) for r in details] == [t.seed for t in planned] == batch.seeds
     assert {r["steps"] for r in details} == {"2"} and details[0]["weights_sha256"]
     assert generate_view.batch_seed(batch.folder) == 77

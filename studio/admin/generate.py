@@ -98,17 +98,17 @@ def model_location(key: str, local_path: str | None) -> str:
 
 
 def model_defaults(location: str | None) -> tuple[int, float]:
-    """(steps, guidance) the model folder recommends (`medisyn.json`), else 20 / 7.5."""
+    """(steps, guidance) the model recommends (`model_runtime.defaults.recommended_settings`),
+    else the runtime's own; a folder that cannot be read keeps the tab usable."""
+    from model_runtime.defaults import GUIDANCE, STEPS, recommended_settings
+    from model_runtime.errors import ModelRuntimeError
+
     if location:
         try:
-            from studio.demo.embedded_model import read_defaults
-
-            if (pathlib.Path(location) / "medisyn.json").is_file():
-                d = read_defaults(location)
-                return int(d.steps), float(d.guidance_scale)
-        except (ImportError, OSError, ValueError, TypeError):
+            return recommended_settings(location)
+        except ModelRuntimeError:
             pass
-    return 20, 7.5
+    return STEPS, GUIDANCE
 
 
 def get_model(location: str, loras: tuple[str, ...] = ()):
@@ -264,7 +264,7 @@ class Batch:
 
 
 def run_generation(location: str, *, prompt: str, negative_prompt: str = "", seed: int = 0,
-                   steps: int = 20, guidance: float = 7.5, scheduler: str | None = None,
+                   steps: int = 25, guidance: float = 7.0, scheduler: str | None = None,
                    n_images: int = 1, width: int | None = None, height: int | None = None,
                    modality: str = "", out_root, on_step=None, cancel: threading.Event | None = None,
                    loras=()) -> Batch:
@@ -272,7 +272,7 @@ def run_generation(location: str, *, prompt: str, negative_prompt: str = "", see
     batch folder in the CLI batch job's layout (`model_runtime.batch_job.write_batch`:
     images/r00000_000.png..., manifest.csv, generation.csv; row 0 of a job with this seed)
     and return the batch."""
-    from model_runtime import batch_job
+    from model_runtime import batch_job, prompts_file
     from model_runtime.generation import GenerationRequest, generate
 
     if not str(prompt or "").strip():
@@ -295,7 +295,7 @@ def run_generation(location: str, *, prompt: str, negative_prompt: str = "", see
     batch_id = f"{stamp}-{secrets.token_hex(3)}"
     folder = pathlib.Path(out_root) / batch_id
     folder.mkdir(parents=True, exist_ok=True)
-    tasks = batch_job.plan_tasks([batch_job.PromptRow(
+    tasks = prompts_file.plan_tasks([prompts_file.PromptRow(
         row=0, where="Generate tab", prompt=prompt.strip(), modality=modality,
         negative_prompt=negative_prompt or "", n=n_images)], seed=int(seed))
     images, seeds, pngs = [], [], []
