@@ -24,7 +24,8 @@ import pathlib
 from PIL import Image
 
 from studies.audit import format_prompts, is_flagged
-from studies.storage.database import reading, stimuli_dir, study_row
+from studies.storage.connections import reading, stimuli_dir
+from studies.records import study_row
 
 __all__ = ["PER_SOURCE", "THUMB", "contact_sheet_html", "write_contact_sheet"]
 

@@ -31,9 +31,10 @@ from collections.abc import Callable, Sequence
 from studies import audit as audit_mod
 from studies import imaging
 from studies.imaging import sizing, stimuli
-from studies.storage.database import (
-    log_action, open_db, reading, stimuli_dir, study_row, transaction, utc_now, write,
-)
+from studies.records import log_action, study_row
+from studies.storage.connections import open_db, reading, stimuli_dir, transaction
+from studies.storage.schema import utc_now
+from studies.storage.group_commit import write
 from studies.design import (
     StudyOptions, make_pairs, new_order_secret, seeded_order_secret, select_training,
 )

@@ -20,7 +20,10 @@ import json
 import pathlib
 import re
 
-from studies.storage.database import log_action, reading, study_row, utc_now, write
+from studies.records import log_action, study_row
+from studies.storage.connections import reading
+from studies.storage.schema import utc_now
+from studies.storage.group_commit import write
 from studies.errors import StudyError
 
 STATUSES = ("open", "closed", "archived")

@@ -41,7 +41,10 @@ import secrets
 
 from studies import audit as audit_mod
 from studies.imaging import stimuli
-from studies.storage.database import log_action, order_secret, reading, study_row, utc_now, write
+from studies.records import log_action, order_secret, study_row
+from studies.storage.connections import reading
+from studies.storage.schema import utc_now
+from studies.storage.group_commit import write
 from studies.design import (
     StudyOptions, choose_subset, make_pairs, pair_unit, reader_order,
 )

@@ -1,4 +1,7 @@
-"""The reader flow: what to show next, recording answers, serving images, progress.
+"""The reader flow: what to show next, going back, and recording answers.
+
+Over 600 lines because the three share one rule, which questions of a read are asked and
+final, and the queries that apply it.
 
 All state lives in SQLite, so a refresh, crash or restart resumes at the same place:
 `next_case` is the first assignment (in the reader's stored order) whose tasks are not all
@@ -35,22 +38,21 @@ import dataclasses
 import datetime as _dt
 import json
 import pathlib
-import statistics
-
-from studies.imaging import stimuli
 
 from studies import washout
-
-from studies.storage import writer_process
-from studies.storage.database import log_action, reading, stimuli_dir, study_row, utc_now, write
 from studies.design import ATTENTION, attention_task
-from studies.stats.columns import TASKS, Task
 from studies.errors import NotAuthorised, SessionError, StudyError
+from studies.imaging import stimuli
+from studies.records import log_action
+from studies.stats.columns import TASKS, Task
+from studies.storage import writer_process
+from studies.storage.connections import reading
+from studies.storage.group_commit import write
+from studies.storage.schema import utc_now
 
 MAX_CLIENT_ID = 200
 MAX_COMMENT = 1000  # characters of a reader's comment on a case
 MAX_DURATION_MS = 7 * 24 * 3600 * 1000
-_MAX_ID = 200
 
 
 @dataclasses.dataclass
@@ -98,25 +100,6 @@ class Ack:
     duplicate: bool           # True when client_id had already been recorded
     assignment_complete: bool
     feedback: dict | None     # training slots only: the truth and whether the call was right
-
-
-@dataclasses.dataclass
-class ReaderProgress:
-    reader_id: int
-    reader: str
-    completed: int            # slots with every task answered (training included)
-    total: int
-    training_completed: int
-    training_total: int
-    attention_total: int
-    attention_answered: int
-    attention_passed: int
-    last_answered_at: str | None
-    median_duration_ms: float | None
-
-    @property
-    def finished(self) -> bool:
-        return self.completed == self.total
 
 
 def _task_for(name: str, expected_json: str | None) -> Task:
@@ -703,184 +686,3 @@ class AlreadyAnswered(SessionError):
 
 class StudyClosed(SessionError):
     """The study is closed or archived (studies.lifecycle): it takes no more answers."""
-
-
-class StimulusUnavailable(StudyError):
-    """The stored stimulus file of a read is missing or unreadable (a storage fault, not the
-    reader's doing): `stimulus_id` names it for the study team."""
-
-    def __init__(self, stimulus_id: str, reason: str, reader_id: int | None = None):
-        super().__init__(f"stimulus {stimulus_id} is unavailable: {reason}")
-        self.stimulus_id, self.reason, self.reader_id = stimulus_id, reason, reader_id
-
-
-_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
-
-
-# A read's images: its own (view_id, the left one of a pair) and, for the pair task, the
-# right-hand one (pair_view_id). Either id finds the read, under the same conditions, and
-# names its own stored file; each is unique over all reads (unique indexes).
-_READ_IMAGES = ("assignments a JOIN cases c ON c.id = a.case_id "
-                "LEFT JOIN cases p ON p.id = a.pair_case_id")
-_STORED_OF_VIEW = "CASE WHEN a.view_id = ? THEN c.stimulus_id ELSE p.stimulus_id END"
-_VIEW_MATCH = "(a.view_id = ? OR a.pair_view_id = ?)"
-
-
-def _stimulus_of_read(db_path, reader_id: int, view_id: str, current_only: bool) -> str:
-    if not isinstance(view_id, str) or not view_id or len(view_id) > _MAX_ID:
-        raise NotAuthorised("unknown image")
-    pending = "AND a.completed_at IS NULL " if current_only else ""
-    with reading(db_path) as db:
-        row = db.execute(
-            f"SELECT {_STORED_OF_VIEW} FROM {_READ_IMAGES} "
-            f"WHERE {_VIEW_MATCH} AND a.reader_id = ? {pending}",
-            [view_id, view_id, view_id, reader_id]).fetchone()
-    if row is None:
-        raise NotAuthorised("unknown image")
-    return row[0]
-
-
-def stimulus_png(db_path: str | pathlib.Path, reader_id: int, stimulus_id: str, *,
-                 current_only: bool = False) -> bytes:
-    """PNG bytes of a stimulus, only if `stimulus_id` (a CaseView.stimulus_id or
-    pair_stimulus_id: the random view id of one image of a read) belongs to one of this
-    reader's assignments — with `current_only`, one not yet completed (the read on screen)
-    — NotAuthorised otherwise; StimulusUnavailable when the stored file is missing or
-    unreadable."""
-    sid = _stimulus_of_read(db_path, reader_id, stimulus_id, current_only)
-    try:
-        data = (stimuli_dir(db_path) / f"{sid}.png").read_bytes()
-    except OSError as exc:
-        raise StimulusUnavailable(sid, exc.strerror or type(exc).__name__) from None
-    if not data.startswith(_PNG_SIGNATURE):
-        raise StimulusUnavailable(sid, "not a PNG")
-    return data
-
-
-def current_stimulus_png(db_path: str | pathlib.Path, token: str | None,
-                         view_id: str) -> tuple[int, bytes]:
-    """(reader id, PNG bytes) of the image `view_id` (either image of a pair) if it belongs
-    to an unanswered read of the reader holding `token` in an open study — one query on one
-    connection, for the image route. NotAuthorised for anything else (no token, another
-    reader's read, an answered read, an unknown id, a closed study: the same answer);
-    StimulusUnavailable when the stored file is missing or unreadable."""
-    from studies.readers import token_hash
-
-    if (not isinstance(token, str) or not token or len(token) > 256
-            or not isinstance(view_id, str) or not view_id or len(view_id) > _MAX_ID):
-        raise NotAuthorised("unknown image")
-    with reading(db_path) as db:
-        row = db.execute(
-            f"SELECT r.id, {_STORED_OF_VIEW} FROM {_READ_IMAGES} "
-            "JOIN readers r ON r.id = a.reader_id JOIN studies s ON s.id = r.study_id "
-            f"WHERE r.token_hash = ? AND {_VIEW_MATCH} AND a.completed_at IS NULL "
-            "AND r.deactivated_at IS NULL "  # a deactivated link fetches nothing either,
-            "AND coalesce(s.status, 'open') = 'open'",  # nor a closed or archived study's
-            [view_id, token_hash(token), view_id, view_id]).fetchone()
-    if row is None:
-        raise NotAuthorised("unknown image")
-    reader_id, sid = row
-    try:
-        data = (stimuli_dir(db_path) / f"{sid}.png").read_bytes()
-    except OSError as exc:
-        raise StimulusUnavailable(sid, exc.strerror or type(exc).__name__, reader_id) from None
-    if not data.startswith(_PNG_SIGNATURE):
-        raise StimulusUnavailable(sid, "not a PNG", reader_id)
-    return reader_id, data
-
-
-def check_stimulus(db_path: str | pathlib.Path, view: CaseView) -> None:
-    """Cheap availability check of a read's stored PNG (opens it and reads its signature)
-    before the page points the browser at it — both images of a pair; StimulusUnavailable
-    for the first that is not there."""
-    for sid in (view.stored_id, view.pair_stored_id):
-        if sid is None:
-            continue
-        try:
-            with open(stimuli_dir(db_path) / f"{sid}.png", "rb") as fh:
-                head = fh.read(len(_PNG_SIGNATURE))
-        except OSError as exc:
-            raise StimulusUnavailable(sid, exc.strerror or type(exc).__name__) from None
-        if head != _PNG_SIGNATURE:
-            raise StimulusUnavailable(sid, "not a PNG")
-
-
-FAULT_ACTION = "stimulus_unavailable"
-
-
-def record_fault(db_path: str | pathlib.Path, reader_id: int, stimulus_id: str,
-                 reason: str) -> None:
-    """Log a stimulus fault in audit_log (actor `reader:<name>`) for the admin's progress
-    view (`faults`)."""
-    def tx(db) -> None:
-        row = db.execute("SELECT study_id, name FROM readers WHERE id = ?",
-                         [reader_id]).fetchone()
-        if row is not None:
-            log_action(db, f"reader:{row[1]}", FAULT_ACTION, row[0],
-                       stimulus=stimulus_id, reason=reason)
-
-    write(db_path, tx)
-
-
-@dataclasses.dataclass
-class Fault:
-    stimulus_id: str
-    case: str | None
-    reason: str
-    readers: int          # distinct readers who met it
-    count: int
-    first_at: str
-    last_at: str
-
-
-def faults(db_path: str | pathlib.Path, study: str) -> list[Fault]:
-    """Stimulus faults readers met in `study`, one entry per stimulus, latest first."""
-    with reading(db_path) as db:
-        srow = study_row(db, study)
-        rows = db.execute("SELECT at, actor, detail FROM audit_log WHERE study_id = ? "
-                          "AND action = ? ORDER BY id", [srow["id"], FAULT_ACTION]).fetchall()
-        keys = dict(db.execute("SELECT stimulus_id, case_key FROM cases WHERE study_id = ?",
-                               [srow["id"]]).fetchall())
-    out: dict[str, Fault] = {}
-    who: dict[str, set] = {}
-    for at, actor, detail in rows:
-        d = json.loads(detail or "{}")
-        sid = str(d.get("stimulus", "?"))
-        f = out.get(sid) or Fault(sid, keys.get(sid), "", 0, 0, at, at)
-        f.reason, f.count, f.last_at = str(d.get("reason", "")), f.count + 1, at
-        who.setdefault(sid, set()).add(actor)
-        f.readers = len(who[sid])
-        out[sid] = f
-    return sorted(out.values(), key=lambda f: f.last_at, reverse=True)
-
-
-def progress(db_path: str | pathlib.Path, study: str) -> list[ReaderProgress]:
-    """Per-reader progress for the admin view, in invitation order."""
-    with reading(db_path) as db:
-        srow = study_row(db, study)
-        readers = db.execute("SELECT id, name FROM readers WHERE study_id = ? ORDER BY ordinal",
-                             [srow["id"]]).fetchall()
-        out = []
-        for rid, name in readers:
-            counts = db.execute(
-                "SELECT count(*), sum(completed_at IS NOT NULL), sum(kind = 'training'), "
-                "sum(kind = 'training' AND completed_at IS NOT NULL), sum(kind = 'attention') "
-                "FROM assignments WHERE reader_id = ?", [rid]).fetchone()
-            attention = db.execute(
-                # latest answer per attention slot vs the value the reader was told to pick
-                "SELECT a.expected, (SELECT r.rating FROM responses r WHERE r.assignment_id = a.id "
-                " ORDER BY r.id DESC LIMIT 1) FROM assignments a "
-                "WHERE a.reader_id = ? AND a.kind = 'attention'", [rid]).fetchall()
-            answered = [(json.loads(e)["value"], v) for e, v in attention if v is not None]
-            durations = [r[0] for r in db.execute(
-                "SELECT duration_ms FROM responses WHERE reader_id = ?", [rid])]
-            last = db.execute("SELECT max(answered_at) FROM responses WHERE reader_id = ?",
-                              [rid]).fetchone()[0]
-            out.append(ReaderProgress(
-                reader_id=rid, reader=name, completed=counts[1] or 0, total=counts[0],
-                training_completed=counts[3] or 0, training_total=counts[2] or 0,
-                attention_total=counts[4] or 0, attention_answered=len(answered),
-                attention_passed=sum(e == v for e, v in answered), last_answered_at=last,
-                median_duration_ms=statistics.median(durations) if durations else None,
-            ))
-    return out

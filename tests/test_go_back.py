@@ -12,17 +12,18 @@ import pandas as pd
 import pytest
 from click.testing import CliRunner
 
-from studies.storage import database
+from studies.storage import schema
 
 from studies import lifecycle, readers, session
 
 from studies.stats import remarks, report
 from studies.stats.analysis import analyze
-from studies.storage.database import open_db
+from studies.storage.connections import open_db
 from studies.design import StudyOptions
 from studies.errors import NotAuthorised, SessionError
 from studies.export import long_table, read_long_csv, write_export
-from studies.session import CannotGoBack, go_back, next_case, stimulus_png, submit
+from studies.session import CannotGoBack, go_back, next_case, submit
+from studies.serving import stimulus_png
 from studio.cli import cli
 from study_fixtures import database_at_version, make_study, study, template  # noqa: F401 (fixtures)
 
@@ -357,7 +358,7 @@ def test_migration_6_upgrades_a_schema_5_database(tmp_path, monkeypatch):
                                 "rating": 1, "duration_ms": 5, "answered_at": "y"})
     db = open_db(path)
     try:
-        assert db.execute("SELECT max(version) FROM schema_version").fetchone()[0] == database.SCHEMA_VERSION
+        assert db.execute("SELECT max(version) FROM schema_version").fetchone()[0] == schema.SCHEMA_VERSION
         assert db.execute("SELECT comment, non_diagnostic FROM responses").fetchone() == ("", 0)
         assert db.execute("SELECT reopened_after FROM assignments").fetchone() == (None,)
         # a study under way keeps its protocol (no going back); a new one allows it

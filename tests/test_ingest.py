@@ -12,7 +12,7 @@ import pytest
 from PIL import Image
 
 from studies import ingest
-from studies.storage.database import open_db, stimuli_dir
+from studies.storage.connections import open_db, stimuli_dir
 from studies.design import StudyOptions
 from studies.errors import IngestError, ManifestError, StudyError, StudyExists
 from studies.ingest import audit_study, create_study

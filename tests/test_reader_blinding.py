@@ -11,8 +11,8 @@ import uuid
 
 import pytest
 
-from studies import readers, session
-from studies.storage.database import open_db
+from studies import readers, serving, session
+from studies.storage.connections import open_db
 from studies.design import (
     StudyOptions, choose_subset, make_pairs, pair_unit, reader_order, seeded_order_secret,
 )
@@ -177,10 +177,10 @@ class _Steps:
     def __init__(self, monkeypatch):
         import contextlib
 
-        from studies.storage import database, writer_process
+        from studies.storage import connections, writer_process
 
         self.n = 0
-        real_reading, real_call = database.reading, writer_process.call
+        real_reading, real_call = connections.reading, writer_process.call
 
         def tick():
             self.n += 1
@@ -205,6 +205,7 @@ class _Steps:
             return real_call(db_path, counted, *args, **kw)
 
         monkeypatch.setattr(session, "reading", reading)
+        monkeypatch.setattr(serving, "reading", reading)  # the image route reads there
         monkeypatch.setattr(session.writer_process, "call", call)
 
     def of(self, fn, *args, **kw):
@@ -229,7 +230,7 @@ def test_handler_work_does_not_depend_on_the_source(tmp_path, monkeypatch):
         n, view = steps.of(next_case, db, rid)
         src = source[view.assignment_id]
         work["next_case"][src].add(n)
-        n, _ = steps.of(session.stimulus_png, db, rid, view.stimulus_id, current_only=True)
+        n, _ = steps.of(serving.stimulus_png, db, rid, view.stimulus_id, current_only=True)
         work["stimulus"][src].add(n)
         n, ack = steps.of(submit, db, rid, view.assignment_id, "turing", 2, 900,
                           str(uuid.uuid4()))

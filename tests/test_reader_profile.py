@@ -18,7 +18,8 @@ import pytest
 from click.testing import CliRunner
 
 from studies import lifecycle, readers
-from studies.storage.database import SCHEMA_VERSION, open_db
+from studies.storage.schema import SCHEMA_VERSION
+from studies.storage.connections import open_db
 from studies.errors import ReaderError, StudyError
 from studies.export import long_table, read_long_csv, write_export
 from studies.session import next_case, submit

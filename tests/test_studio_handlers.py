@@ -19,9 +19,10 @@ import pytest
 from studio_fixtures import leak_needles, make_loud_study, serve_studio, write_loud_manifest
 
 from studies import readers, session
+from studies import monitoring, serving
 
 from studies.imaging import stimuli
-from studies.storage.database import stimuli_dir
+from studies.storage.connections import stimuli_dir
 from studies.export import long_table
 from studio.admin import view as admin_view
 from studio.web import auth
@@ -71,7 +72,7 @@ def test_reader_flow_blinded_pixels_and_finish(tmp_path):
         assert screen.new_image and screen.image_url == (
             f"{reader_view.STIMULUS_ROUTE}/{view.stimulus_id}?token={token}")
         # ... whose bytes are exactly the stored normalised stimulus.
-        stored = session.stimulus_png(db, screen.state.reader_id, view.stimulus_id,
+        stored = serving.stimulus_png(db, screen.state.reader_id, view.stimulus_id,
                                       current_only=True)
         assert stimuli.decode_png(stored).shape == (96, 96, 3)
         seen.append(view.assignment_id)
@@ -160,7 +161,7 @@ def test_duration_uses_the_browsers_display_time_only_when_shorter(tmp_path, mon
     # A browser figure under 50 ms (0 included) is replaced by the server's and flagged.
     assert df["duration_flagged"].tolist() == [0, 0, 0, 0, 0, 0, 1, 1, 0]
     # shown_at follows the figure used: 1.8 s before the answer, not the server's send time
-    from studies.storage.database import open_db
+    from studies.storage.connections import open_db
     conn = open_db(db)
     try:
         first = conn.execute("SELECT shown_at, answered_at FROM responses ORDER BY id LIMIT 1").fetchone()
@@ -176,7 +177,7 @@ def test_two_tasks_prompt_only_with_alignment_and_training_feedback(tmp_path):
                                        training_cases=2)
     token = tokens["dr-a"]
     prompts = {r["prompt"] for r in rows}
-    from studies.storage.database import open_db
+    from studies.storage.connections import open_db
 
     with open_db(db) as conn:  # the prompt audit did not clear the texts
         conn.execute("UPDATE studies SET audit_report = json_set(coalesce(audit_report, "
@@ -605,7 +606,7 @@ def test_stimulus_route_per_read_per_reader_token_only(served_repeats):
     bytes are the stored PNG's, unchanged, no-store."""
     import httpx
 
-    from studies.storage.database import open_db
+    from studies.storage.connections import open_db
 
     url, db, tokens = served_repeats
     a, b = tokens["dr-a"], tokens["dr-b"]
@@ -673,7 +674,7 @@ def test_missing_stimulus_message_in_words_and_admin_sees_the_fault(served_repea
     for screen in (reader_view.start(db, token), reader_view.submit_answer(db, token, None, 3)):
         assert screen.kind == "unavailable" and screen.message == reader_view.UNAVAILABLE_IMAGE
         assert "Error" not in screen.message and screen.image_url is None
-    found = session.faults(db, "rep")
+    found = monitoring.faults(db, "rep")
     assert [f.stimulus_id for f in found] == [sid] and found[0].count == 2
     assert found[0].readers == 1 and found[0].reason
     md = admin_view.faults_markdown(db, "rep")
@@ -694,7 +695,7 @@ def test_missing_stimulus_message_in_words_and_admin_sees_the_fault(served_repea
             with httpx.Client(base_url=url, timeout=20) as c:
                 r = c.get(f"/{s.image_url}")
             assert r.status_code == 503 and "unavailable" in r.text
-            assert ssid in [f.stimulus_id for f in session.faults(sdb, "rep")]
+            assert ssid in [f.stimulus_id for f in monitoring.faults(sdb, "rep")]
         finally:
             spath.write_bytes(saved)
     # Restored: Try again continues at the same case.
@@ -704,7 +705,7 @@ def test_missing_stimulus_message_in_words_and_admin_sees_the_fault(served_repea
 
 
 def open_db_(db):
-    from studies.storage.database import open_db
+    from studies.storage.connections import open_db
     return open_db(db)
 
 
@@ -1362,7 +1363,7 @@ def test_reader_page_title_is_the_reader_title_never_the_internal_name(tmp_path)
 def test_training_feedback_after_a_reload_between_questions_grades_the_stored_call(tmp_path):
     """A reload between a training case's two questions loses the page's memory of the
     real/synthetic answer; the feedback still says whether that stored answer was right."""
-    from studies.storage.database import open_db
+    from studies.storage.connections import open_db
 
     db, rows, tokens = make_loud_study(tmp_path, tasks=("turing", "alignment"),
                                        training_cases=2)

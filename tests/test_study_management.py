@@ -10,10 +10,11 @@ import uuid
 import pytest
 from click.testing import CliRunner
 
-from studies.storage import database, settings
+from studies.storage import settings
+from studies.storage import schema
 
 from studies import lifecycle, readers, washout
-from studies.storage.database import open_db
+from studies.storage.connections import open_db
 from studies.design import StudyOptions, parse_duration, reader_order, seeded_order_secret
 from studies.errors import ReaderError, StudyError
 from studies.export import long_table
@@ -295,7 +296,7 @@ def test_migration_5_upgrades_a_schema_2_database(tmp_path, monkeypatch):
         assert db.execute("SELECT status, profile_fields FROM studies").fetchone() == ("open", "[]")
         assert db.execute("SELECT profile, deactivated_at FROM readers").fetchone() == ("{}", None)
         assert db.execute("SELECT max(version) FROM schema_version").fetchone()[0] == \
-            database.SCHEMA_VERSION
+            schema.SCHEMA_VERSION
     finally:
         db.close()
 
@@ -405,7 +406,7 @@ def test_reader_page_shows_instructions_and_consent_and_start_records_it(study):
 
 def test_a_deactivated_link_fetches_no_image(study):
     from studies.errors import NotAuthorised
-    from studies.session import current_stimulus_png
+    from studies.serving import current_stimulus_png
 
     token = readers.invite(study, "pilot", "dr-a")
     view = next_case(study, readers.reader_for_token(study, token).reader_id)
