@@ -1,5 +1,8 @@
 """Create a study: validate the input, blind every image, audit, store — all or nothing.
 
+Over 600 lines because creating a study and adding cases share one all-or-nothing pipeline
+whose steps read best in order, in one place.
+
 `create_study` reads a manifest (or an --images folder), decodes each file
 (`studies.imaging.load_image`), re-encodes it to the study's single form
 (`studies.imaging.stimuli.normalise` + `encode_png`: letterboxed square RGB PNG, no metadata)

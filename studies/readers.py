@@ -1,5 +1,8 @@
 """Readers: invitations, access tokens, assignments, profiles, consent and deactivation.
 
+Over 600 lines because every part acts on the readers table and its assignments, and its
+rules (who may read what, when) are clearer kept together.
+
 `invite` creates the reader, stores their whole session (the slots of
 `design.reader_order`) as assignment rows, and returns a fresh access token. The token
 (`secrets.token_urlsafe(32)`, 256 bits) is shown once; only its SHA-256 is stored, so a

@@ -1,8 +1,11 @@
 """Study analysis: the long export table in, one JSON-ready dict out.
 
+Over 600 lines because it assembles every section of the result in one place, so the
+result's shape reads top to bottom (the statistics themselves live in their own modules).
+
 `analyze(long_df)` runs every statistic of docs/statistics.md on a `long` table
-(columns of `studies.export.long_table`); `analyze_db(db_path, study)` reads that table
-from a study database first. The result's keys are documented in the README
+(columns of `studies.export.long_table`; `studies.export.analyze_db` reads that table from a
+study database first). The result's keys are documented in the README
 (## Study statistics).
 
 Data rules

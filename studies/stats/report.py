@@ -1,5 +1,8 @@
 """The study report: plotly figures and one self-contained HTML file, built from analyze()'s result.
 
+Over 600 lines because it holds one figure per section of the result beside the page that
+places them.
+
 Everything here reads the JSON-ready result only, so a report can be rebuilt from a saved
 `--json` file. The HTML embeds plotly.js once (inline, no CDN) and opens offline.
 """
