@@ -1,5 +1,8 @@
 """Leak audit: what could still tell real from synthetic stimuli, apart from the content.
 
+Over 600 lines because its three parts share one verdict rule (thresholds, strata, the
+family-wise alpha) and one report; the prompt audit calls back into it, so a split would loop.
+
 Parts:
 1. The originals: per source, the distributions of format, size, colour mode and bit depth.
    Normalisation removes all of them from what readers see, but they leave traces in the
