@@ -60,6 +60,8 @@ _add("studies.session", "studies.monitoring", "ReaderProgress progress Fault fau
 
 # Modules that no longer exist (every name of theirs is in MOVES).
 REMOVED = {_DB}
+# Files that became packages whose __init__ keeps the public names (paths in prose only).
+PATHS = {"studies/audit.py": "studies/audit/"}
 
 PY_DIRS = ("studio", "studies", "tests", "benchmarks", "scripts")
 DOC_DIRS = ("docs",)
@@ -301,6 +303,8 @@ def rewrite_py(text: str) -> str:
 def rewrite_doc(text: str) -> str:
     for old_mod, moves in MOVES.items():
         text = rewrite_dotted(text, old_mod, moves)
+    for old, new in PATHS.items():
+        text = re.sub(rf"(?<![\w/]){re.escape(old)}", new, text)
     return text
 
 

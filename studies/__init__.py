@@ -2,11 +2,14 @@
 
 Layers (each imports only the ones below it; checked by import-linter, see pyproject.toml):
 
-    the study flow   design, ingest, audit, contact_sheet, readers, lifecycle, washout,
-                     session (the reader's next case, going back, answers), serving (a
-                     reader's images), monitoring (progress and faults for the team),
-                     records (a study's row, its order secret, the audit log), export, methods
-    storage/         SQLite schema, connections, the group-commit writer
+    the study flow   design (orders, subsets, pairs), ingest (create a study), audit/ (the
+                     leak audit), contact_sheet, readers (invitations, tokens, profiles),
+                     lifecycle (status, texts), washout, session (the reader's next case,
+                     going back, answers), serving (a reader's images), monitoring (progress
+                     and faults for the team), records (a study's row, its order secret,
+                     the audit log), export (long and iMRMC tables, analyze_db), methods
+    storage/         SQLite schema, connections and read snapshots, group-commit writes,
+                     the writer process, settings
     stats/           pure functions of the long table
     imaging/         any image file to pixels (the seam other packages read images through)
     errors, cells    leaves: the one error base; spreadsheet-safe CSV cells
