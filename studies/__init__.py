@@ -2,7 +2,8 @@
 
 Layers (each imports only the ones below it; checked by import-linter, see pyproject.toml):
 
-    the study flow   design (orders, subsets, pairs), ingest (create a study), audit/ (the
+    the study flow   design (orders, subsets, pairs), ingest (create a study; staging puts
+                     its files in place, ingest_checks adds its findings), audit/ (the
                      leak audit), contact_sheet, readers (invitations, tokens, profiles),
                      lifecycle (status, texts), washout, session (the reader's next case,
                      going back, answers), serving (a reader's images), monitoring (progress
