@@ -57,6 +57,10 @@ _add("studies.session", "studies.serving",
      "record_fault _PNG_SIGNATURE _READ_IMAGES _STORED_OF_VIEW _VIEW_MATCH _stimulus_of_read",
      {"_MAX_ID": "MAX_ID"})
 _add("studies.session", "studies.monitoring", "ReaderProgress progress Fault faults")
+_add("studies.readers", "studies.profiles",
+     "PROFILE_FIELDS PROFILE_LABELS MAX_PROFILE_VALUE _HIDDEN_CHARS check_profile "
+     "study_profile_fields consent_pending record_consent record_consent_declined "
+     "profile_label ProfileForm profile_form update_profile")
 
 # Modules that no longer exist (every name of theirs is in MOVES).
 REMOVED = {_DB}
@@ -244,6 +248,10 @@ def rewrite_module_imports(text: str, old_mod: str, moves: dict) -> str:
         drop = removed or (not still and not bare and bool(used))
         kept = [f"{n} as {a}" if a else n for n, a in names if not (n == leaf and drop)]
         used -= {f"{parent}.{n}" for n, a in names if a is None}
+        if kept:  # a sibling module joins the line that stays
+            same = {m for m in used if _split(m)[0] == parent}
+            kept = sorted(kept + [_split(m)[1] for m in same], key=str.lower)
+            used -= same
         lines = [_fmt(indent, parent, kept, comment)] if kept else []
         noqa = comment if "noqa" in comment else ""
         lines += _module_import_lines(indent, used, noqa if lines else comment)

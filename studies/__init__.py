@@ -4,7 +4,8 @@ Layers (each imports only the ones below it; checked by import-linter, see pypro
 
     the study flow   design (orders, subsets, pairs), ingest (create a study; staging puts
                      its files in place, ingest_checks adds its findings), audit/ (the
-                     leak audit), contact_sheet, readers (invitations, tokens, profiles),
+                     leak audit), contact_sheet, readers (invitations, tokens,
+                     access, coverage), profiles (profile fields, the form, consent),
                      lifecycle (status, texts), washout, session (the reader's next case,
                      going back, answers), serving (a reader's images), monitoring (progress
                      and faults for the team), records (a study's row, its order secret,

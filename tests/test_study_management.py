@@ -13,7 +13,7 @@ from click.testing import CliRunner
 from studies.storage import settings
 from studies.storage import schema
 
-from studies import lifecycle, readers, washout
+from studies import lifecycle, profiles, readers, washout
 from studies.storage.connections import open_db
 from studies.design import StudyOptions, parse_duration, reader_order, seeded_order_secret
 from studies.errors import ReaderError, StudyError
@@ -83,13 +83,13 @@ def test_csv_invite_is_all_or_nothing_when_a_name_exists(study, tmp_path):
 
 def test_profile_update_and_consent_are_recorded_once(study):
     ref = readers.reader_for_token(study, readers.invite(study, "pilot", "dr-a"))
-    assert readers.update_profile(study, ref.reader_id, {"specialty": "radiology"}) == {
+    assert profiles.update_profile(study, ref.reader_id, {"specialty": "radiology"}) == {
         "specialty": "radiology"}
     with pytest.raises(ReaderError, match="unknown profile field"):
-        readers.update_profile(study, ref.reader_id, {"<script>": "x"})
+        profiles.update_profile(study, ref.reader_id, {"<script>": "x"})
     assert readers.reader_info(study, ref.reader_id).consented_at is None
-    first = readers.record_consent(study, ref.reader_id)
-    assert readers.record_consent(study, ref.reader_id) == first
+    first = profiles.record_consent(study, ref.reader_id)
+    assert profiles.record_consent(study, ref.reader_id) == first
     assert readers.reader_info(study, ref.reader_id).consented_at == first
     assert readers.reader_table(study, "pilot")[0].consented_at == first
 
@@ -389,11 +389,11 @@ def test_reader_page_shows_instructions_and_consent_and_start_records_it(study):
     assert "full size.\n\nTake breaks" in screen.intro  # paragraphs kept
     assert "Tick **I agree** below and press **Start**" in screen.intro
     assert "![x]" not in screen.intro and "\\!\\[x\\]" in screen.intro  # shown as typed
-    assert readers.consent_pending(study, ref.reader_id)
+    assert profiles.consent_pending(study, ref.reader_id)
     assert readers.reader_info(study, ref.reader_id).consented_at is None
     assert reader_view.start(study, token).kind == "case"
     assert readers.reader_info(study, ref.reader_id).consented_at is not None
-    assert readers.consent_pending(study, ref.reader_id) == ""
+    assert profiles.consent_pending(study, ref.reader_id) == ""
     # resumed after consent: straight back to the case, no intro
     view = next_case(study, ref.reader_id)
     submit(study, ref.reader_id, view.assignment_id, "turing", 2, 900, str(uuid.uuid4()))
