@@ -62,6 +62,12 @@ _add("studies.readers", "studies.profiles",
      "study_profile_fields consent_pending record_consent record_consent_declined "
      "profile_label ProfileForm profile_form update_profile")
 
+_add("studies.stats.report", "studies.stats.charts",
+     "forest_figure confusion_figure roc_figure likert_figure agreement_figure FIGURE_TITLES "
+     "figure_title pair_forest_figure figures")
+_add("studies.stats.analysis", "studies.stats.values", "", {"_natural_key": "natural_key", "_as_bool": "as_bool"})
+_add("studies.stats.remarks", "studies.stats.values", "", {"_natural_key": "natural_key", "_flag": "as_bool"})
+
 # Modules that no longer exist (every name of theirs is in MOVES).
 REMOVED = {_DB}
 # Files that became packages whose __init__ keeps the public names (paths in prose only).

@@ -11,6 +11,7 @@
     remarks      comments and non-diagnostic flags
     power        sample-size planning; simulate: synthetic long tables for tests and planning
     numbers      one way to print a statistic
+    charts       the report's plotly figures
     report       the self-contained HTML report
 
 Imports nothing else of the project except `studies.errors`.
