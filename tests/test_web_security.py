@@ -324,7 +324,7 @@ def _live_pieces(cell: str) -> list[str]:
     """Formula cells a spreadsheet that splits on `;`, `,`, `|` or tab would make of it."""
     import re
 
-    from studies.export import _PLAIN_NUMBER
+    from studies.cells import _PLAIN_NUMBER
 
     return [p for p in re.split(r"[,;|\t\r\n]", cell)
             if p.startswith(("=", "+", "-", "@")) and not _PLAIN_NUMBER.fullmatch(p)]
