@@ -11,6 +11,7 @@ import contextlib
 import dataclasses
 
 from studies import imaging
+from studies.audit import loose_key
 from studies.imaging import stimuli
 from studies.storage.connections import reading, stimuli_dir
 
@@ -25,7 +26,7 @@ class GreyStrata:
     #                        at least one is grey (blank)
 
     def see_real(self, modality: str, pixels) -> None:
-        key = modality_key(modality)
+        key = loose_key(modality)
         g = imaging.is_grey(pixels)
         if key:
             self.seen[key] = self.seen.get(key, True) and g
@@ -33,11 +34,7 @@ class GreyStrata:
             self.seen[key] = self.seen.get(key, False) or g
 
     def is_grey_stratum(self, modality: str) -> bool:
-        return self.seen.get(modality_key(modality), False)
-
-
-def modality_key(modality: str) -> str:
-    return " ".join(str(modality or "").split()).casefold()
+        return self.seen.get(loose_key(modality), False)
 
 
 def stored_grey_strata(db_path, study_id: int) -> dict[str, bool]:

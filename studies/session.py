@@ -48,7 +48,7 @@ from studies.stats.columns import TASKS, Task
 from studies.storage import writer_process
 from studies.storage.connections import reading
 from studies.storage.group_commit import write
-from studies.storage.schema import utc_now
+from studies.storage.schema import utc_now, utc_text
 
 MAX_CLIENT_ID = 200
 MAX_COMMENT = 1000  # characters of a reader's comment on a case
@@ -452,12 +452,8 @@ def go_back(db_path: str | pathlib.Path, reader_id: int) -> CaseView:
 def _iso(value: str | _dt.datetime | None) -> str | None:
     if value is None:
         return None
-    if isinstance(value, _dt.datetime):
-        if value.tzinfo is None:
-            value = value.replace(tzinfo=_dt.timezone.utc)
-        return value.astimezone(_dt.timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
     try:
-        return _iso(_dt.datetime.fromisoformat(str(value).replace("Z", "+00:00")))
+        return utc_text(washout.parse_time(value))
     except ValueError:
         raise SessionError(f"shown_at {value!r} is not an ISO-8601 timestamp") from None
 
@@ -603,7 +599,7 @@ def _record_answer(db, reader_id: int, assignment_id: int, task: str, answer, du
         raise SessionError(str(exc)) from None
     answered_at = utc_now()
     if shown is None:
-        at = _dt.datetime.fromisoformat(answered_at.replace("Z", "+00:00"))
+        at = washout.parse_time(answered_at)
         shown_at_ = _iso(at - _dt.timedelta(milliseconds=duration_ms))
     else:
         shown_at_ = shown

@@ -23,6 +23,7 @@ from studies.audit.rules import (
     MIN_TO_CERTIFY,
     PROPERTY_THRESHOLD,
     AuditItem,
+    loose_key,
 )
 from studies.audit.scaling import format_scaling, scaling_check
 
@@ -30,5 +31,5 @@ __all__ = [
     "AUC_THRESHOLD", "CV_REPEATS", "EFFECT_THRESHOLD", "FAMILY_ALPHA", "FEATURE_NAMES",
     "GRID", "GRID_FEATURE_NAMES", "MIN_STRATUM", "MIN_TO_CERTIFY", "PROPERTY_THRESHOLD",
     "AuditItem", "AuditReport", "audit_leaks", "audit_prompts", "blockiness",
-    "format_prompts", "format_scaling", "is_flagged", "scaling_check", "stimulus_features",
+    "format_prompts", "format_scaling", "is_flagged", "loose_key", "scaling_check", "stimulus_features",
 ]

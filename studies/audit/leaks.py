@@ -57,7 +57,7 @@ from studies.audit.prompts import audit_prompts, format_prompts
 from studies.audit.rules import (
     AUC_THRESHOLD, CV_REPEATS, EFFECT_THRESHOLD, FAMILY_ALPHA, MAX_FOLDS, MIN_STRATUM,
     MIN_TO_CERTIFY, N_PERMUTATIONS, PROPERTY_THRESHOLD, SMALL_CLASS, SOURCES, VERDICTS,
-    ERROR_RATES, AuditItem, auc_critical, stratum_key,
+    ERROR_RATES, AuditItem, auc_critical, loose_key,
 )
 
 _ATTRIBUTES = {"format": "formats", "size": "sizes", "mode": "colour modes",
@@ -239,20 +239,20 @@ def _strata(items) -> list[tuple[str, str | None, str | None, bool, np.ndarray]]
     """(name, modality, generator, tested alone, item indices); the pooled one first."""
     all_idx = np.arange(len(items))
     out = [("all images", None, None, True, all_idx)]
-    mods = sorted({stratum_key(it.modality) for it in items})
+    mods = sorted({loose_key(it.modality) for it in items})
     for m in mods:
         real = [i for i, it in enumerate(items) if it.source == "real"
-                and stratum_key(it.modality) == m]
+                and loose_key(it.modality) == m]
         synth = [i for i, it in enumerate(items) if it.source == "synthetic"
-                 and stratum_key(it.modality) == m]
+                 and loose_key(it.modality) == m]
         label = f"modality {m or '(blank)'}"
         if len(mods) > 1:
             out.append((label, m, None, _big_enough(real, synth),
                         np.array(sorted(real + synth), int)))
-        gens = sorted({stratum_key(items[i].generator) for i in synth})
+        gens = sorted({loose_key(items[i].generator) for i in synth})
         if len(gens) > 1:
             for g in gens:
-                sg = [i for i in synth if stratum_key(items[i].generator) == g]
+                sg = [i for i in synth if loose_key(items[i].generator) == g]
                 out.append((f"{label}, generator {g or '(blank)'}", m, g,
                             _big_enough(real, sg), np.array(sorted(real + sg), int)))
     return out

@@ -12,7 +12,7 @@ from scipy import stats
 
 from studies.audit.rules import (
     AUC_THRESHOLD, CV_REPEATS, EFFECT_THRESHOLD, FAMILY_ALPHA, MAX_FOLDS, MIN_TO_CERTIFY,
-    SOURCES, AuditItem, auc_critical, stratum_key,
+    SOURCES, AuditItem, auc_critical, loose_key,
 )
 
 PROMPT_REMEDY = ("generate the synthetic images from the real images' own captions (pair "
@@ -22,12 +22,8 @@ PRESENCE_THRESHOLD = 0.5
 _WORD = re.compile(r"[a-z0-9]+(?:[-'][a-z0-9]+)*")
 
 
-def _norm_text(text: str) -> str:
-    return " ".join(str(text or "").split()).casefold()
-
-
 def _ngrams(text: str, n_max: int = 5) -> set[str]:
-    words = _WORD.findall(_norm_text(text))
+    words = _WORD.findall(loose_key(text))
     return {" ".join(words[i:i + n]) for n in range(1, n_max + 1)
             for i in range(len(words) - n + 1)}
 
@@ -47,7 +43,7 @@ def audit_prompts(items: list[AuditItem], *, seed: int = 0, shown: bool = False)
       (of the same `group` where groups are given): the wording cannot differ.
     """
     by = {s: [it for it in items if it.source == s] for s in SOURCES}
-    texts = {s: [_norm_text(it.prompt) for it in by[s] if _norm_text(it.prompt)]
+    texts = {s: [loose_key(it.prompt) for it in by[s] if loose_key(it.prompt)]
              for s in SOURCES}
     counts = {s: len(texts[s]) for s in SOURCES}
     out = {"verdict": "no prompts", "auc": None, "auc_threshold": AUC_THRESHOLD, "tells": [],
@@ -64,13 +60,13 @@ def audit_prompts(items: list[AuditItem], *, seed: int = 0, shown: bool = False)
     # Paired: the synthetic prompts are the real captions themselves.
     real_by_group = collections.defaultdict(set)
     for it in by["real"]:
-        if _norm_text(it.prompt):
-            real_by_group[stratum_key(it.group)].add(_norm_text(it.prompt))
+        if loose_key(it.prompt):
+            real_by_group[loose_key(it.group)].add(loose_key(it.prompt))
     all_real = set(texts["real"])
-    synth_items = [it for it in by["synthetic"] if _norm_text(it.prompt)]
+    synth_items = [it for it in by["synthetic"] if loose_key(it.prompt)]
     if synth_items and all_real:
-        hits = sum(_norm_text(it.prompt) in (
-            real_by_group.get(stratum_key(it.group), set()) if stratum_key(it.group)
+        hits = sum(loose_key(it.prompt) in (
+            real_by_group.get(loose_key(it.group), set()) if loose_key(it.group)
             else all_real) for it in synth_items)
         out["paired"] = round(hits / len(synth_items), 4)
     if min(counts.values()) >= 2:

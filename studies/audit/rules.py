@@ -64,7 +64,9 @@ class AuditItem:
                    decoded.original_bit_depth, png, **extra)
 
 
-def stratum_key(value: str) -> str:
+def loose_key(value: str) -> str:
+    """A label or text as compared: whitespace collapsed, case folded ("CT " and "ct" are one
+    modality; two prompts that differ only so are one text)."""
     return " ".join(str(value or "").split()).casefold()
 
 

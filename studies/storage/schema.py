@@ -17,9 +17,17 @@ from sqlite_utils import Database
 SCHEMA_VERSION = 10
 
 
+def utc_text(t: _dt.datetime) -> str:
+    """How a time is stored: ISO-8601 UTC with milliseconds and a Z (sorts lexically =
+    chronologically); a time without a zone is taken as UTC."""
+    if t.tzinfo is None:
+        t = t.replace(tzinfo=_dt.timezone.utc)
+    return t.astimezone(_dt.timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
 def utc_now() -> str:
-    """ISO-8601 UTC timestamp with milliseconds (sorts lexically = chronologically)."""
-    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    """The current time as stored (`utc_text`)."""
+    return utc_text(_dt.datetime.now(_dt.timezone.utc))
 
 
 def _migration_1(db: Database) -> None:
