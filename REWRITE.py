@@ -12,7 +12,8 @@ It walks studio/, studies/, tests/, benchmarks/, scripts/ (.py) and docs/ plus t
   `A.name` and `setattr(A, "name", ...)` (monkeypatch) rewritten to the new module, whose
   import is added right after the old one (the old one goes once nothing else uses it);
 - dotted paths `OLD.name` anywhere (mock/monkeypatch target strings, comments, docs prose),
-  and a bare `OLD` module path of a module that no longer exists to its package.
+  and a bare `OLD` module path of a module that no longer exists to its package;
+- in docs (.md), a code span that starts with the old module's short name (`` `leaf.name` ``).
 `--check` only lists the files it would change (exit 1 if any). A use it cannot rewrite
 (a removed module used as an object, or a name not in MOVES) is printed as `WARNING`.
 """
@@ -314,9 +315,22 @@ def rewrite_py(text: str) -> str:
     return text
 
 
+def _short_in_code(text: str, old_mod: str, moves: dict) -> str:
+    """`leaf.name` at the start of a code span (docs prose) for a moved name."""
+    leaf = _split(old_mod)[1]
+
+    def sub(m: re.Match) -> str:
+        new_mod, new_name = moves[m.group(1)]
+        return f"`{_split(new_mod)[1]}.{new_name}"
+
+    names = "|".join(sorted(map(re.escape, moves), key=len, reverse=True))
+    return re.sub(rf"`{re.escape(leaf)}\.({names})\b", sub, text)
+
+
 def rewrite_doc(text: str) -> str:
     for old_mod, moves in MOVES.items():
         text = rewrite_dotted(text, old_mod, moves)
+        text = _short_in_code(text, old_mod, moves)
     for old, new in PATHS.items():
         text = re.sub(rf"(?<![\w/]){re.escape(old)}", new, text)
     return text

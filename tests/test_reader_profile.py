@@ -1,7 +1,7 @@
 """The reader's own profile form (issue 13 item 7) and the intro's touch wording (item 4).
 
-Library: `readers.profile_form` (asked only when the study asks, not again once filled in,
-the coordinator's values pre-filled), `readers.update_profile(complete=True)` (every field
+Library: `profiles.profile_form` (asked only when the study asks, not again once filled in,
+the coordinator's values pre-filled), `profiles.update_profile(complete=True)` (every field
 required, years 0-70, plain one-line text, nothing stored on refusal, completion time
 recorded, corrections logged with the previous value), the values exported with each
 answer and spreadsheet-safe. Reader page handlers: the form before the first case, Start
