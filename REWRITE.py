@@ -103,6 +103,8 @@ def _parse_names(body: str) -> list[tuple[str, str | None]]:
 
 
 def _fmt(indent: str, mod: str, names: list[str], comment: str = "") -> str:
+    if comment.strip():
+        comment = "  " + comment.strip()
     line = f"{indent}from {mod} import {', '.join(names)}{comment}"
     if len(line) <= 100 or len(names) == 1:
         return line
