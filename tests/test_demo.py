@@ -6,8 +6,7 @@ import pytest
 
 pytest.importorskip("torch")
 
-from studies import readers, session# noqa: E402
-from studies import serving# noqa: E402
+from studies import readers, serving, session  # noqa: E402
 from studies.export import long_table  # noqa: E402
 from studies.ingest import list_studies  # noqa: E402
 from studio.demo import study as demo  # noqa: E402
