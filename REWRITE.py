@@ -58,6 +58,10 @@ _add("studies.session", "studies.serving",
      "record_fault _PNG_SIGNATURE _READ_IMAGES _STORED_OF_VIEW _VIEW_MATCH _stimulus_of_read",
      {"_MAX_ID": "MAX_ID"})
 _add("studies.session", "studies.monitoring", "ReaderProgress progress Fault faults")
+_add("studies.session", "studies.back_rule",
+     "CannotGoBack BACK_FORBIDDEN BACK_NOTHING BACK_ONE_STEP BACK_TRAINING BACK_ATTENTION "
+     "BACK_WASHOUT BACK_FINAL BACK_TRAINING_QUESTION back_refusal",
+     {"_question_back_refusal": "question_back_refusal", "_back_refusal_given": "back_refusal_given"})
 _add("studies.readers", "studies.profiles",
      "PROFILE_FIELDS PROFILE_LABELS MAX_PROFILE_VALUE _HIDDEN_CHARS check_profile "
      "study_profile_fields consent_pending record_consent record_consent_declined "

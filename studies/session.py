@@ -1,7 +1,7 @@
 """The reader flow: what to show next, going back, and recording answers.
 
-Over 600 lines because the three share one rule, which questions of a read are asked and
-final, and the queries that apply it.
+A little over 600 lines: the three share one rule (which questions of a read are asked and
+final) and the queries that apply it.
 
 All state lives in SQLite, so a refresh, crash or restart resumes at the same place:
 `next_case` is the first assignment (in the reader's stored order) whose tasks are not all
@@ -18,11 +18,9 @@ Each answer may carry the reader's comment and "non-diagnostic image" flag for t
 Going back (`go_back`, unless the study forbids it: `lifecycle.set_allow_back`): the
 reader's last completed read is reopened — it becomes the current read again with a fresh
 random view id (its old image URL stops working), and its re-answers are new rows, so the
-latest wins as for any change of answer. One step only (not while a reopened read is
-pending), and never into a training read (its feedback named the truth), an attention
-check (a second try would defeat the check) or back across the wash-out boundary (from a
-delayed repeat read to a first read). `back_refusal` is that rule. From a later question of
-the read on screen, Back returns to that read's earlier question instead (same view id).
+latest wins as for any change of answer. When that is allowed is `studies.back_rule`. From
+a later question of the read on screen, Back returns to that read's earlier question
+instead (same view id).
 
 No answer after the text: the answers to a read's questions asked before the first one that
 shows the case's text (the turing question first of all) are final once that text has been
@@ -40,6 +38,9 @@ import json
 import pathlib
 
 from studies import washout
+from studies.back_rule import (
+    BACK_FORBIDDEN, CannotGoBack, back_refusal_given, question_back_refusal,
+)
 from studies.design import ATTENTION, attention_task
 from studies.errors import NotAuthorised, SessionError, StudyError
 from studies.imaging import stimuli
@@ -266,9 +267,9 @@ def next_case(db_path: str | pathlib.Path, reader_id: int) -> CaseView | None:
     answered, final, current = _read_progress(asked, answers, since)
     earlier = {task: rating for rid, task, rating, *_ in answers if rid <= since}
     if current > 0:  # Back returns to this read's previous question
-        refusal = _question_back_refusal(allow_back, kind, asked[current - 1] in final)
+        refusal = question_back_refusal(allow_back, kind, asked[current - 1] in final)
     else:
-        refusal = _back_refusal_given(allow_back, reopened_after is not None,
+        refusal = back_refusal_given(allow_back, reopened_after is not None,
                                       json.loads(previous) if previous else None, delay)
     questions = []
     for name in asked:
@@ -291,56 +292,8 @@ def next_case(db_path: str | pathlib.Path, reader_id: int) -> CaseView | None:
 
 
 # --------------------------------------------------------------------------- going back
-class CannotGoBack(SessionError):
-    """`go_back` refused: the study forbids it, there is no previous read, or the previous
-    read may not be changed (see `back_refusal`); the message says which, in words."""
-
-
-BACK_FORBIDDEN = "going back is not allowed in this study"
-BACK_NOTHING = "there is no previous case to go back to"
-BACK_ONE_STEP = "you are already back at the previous case (one case at a time)"
-BACK_TRAINING = "the previous case was a training case, whose answer cannot be changed"
-BACK_ATTENTION = "the previous screen was a check question, whose answer cannot be changed"
-BACK_WASHOUT = ("the previous case belongs to your first reading session, which cannot be "
-                "changed after the wash-out period")
-BACK_FINAL = ("your answer to the previous question is final: it was given before this "
-              "case's text was shown")
-BACK_TRAINING_QUESTION = "this is a training case, whose answers cannot be changed"
 ANSWER_FINAL = ("this answer is final: it was given before the case's text was shown, and "
                 "cannot be changed")
-
-
-def _question_back_refusal(allow_back, kind: str, previous_final: bool) -> str | None:
-    """Why Back from a later question of a read to its previous question is refused (None:
-    allowed): the study forbids going back, a training read (its truth is told), or the
-    previous answer is final (`final_tasks`)."""
-    if not allow_back:
-        return BACK_FORBIDDEN
-    if kind == "training":
-        return BACK_TRAINING_QUESTION
-    if previous_final:
-        return BACK_FINAL
-    return None
-
-
-def back_refusal(*, allowed: bool, reopened_pending: bool, previous_kind: str | None,
-                 previous_delayed: bool, current_delayed: bool) -> str | None:
-    """Why going back is refused (None: it is allowed). `previous_*`: the reader's last
-    completed read (None: none), `current_delayed`: the read now served is a repeat with a
-    wash-out delay."""
-    if not allowed:
-        return BACK_FORBIDDEN
-    if reopened_pending:
-        return BACK_ONE_STEP
-    if previous_kind is None:
-        return BACK_NOTHING
-    if previous_kind == "training":
-        return BACK_TRAINING
-    if previous_kind == "attention":
-        return BACK_ATTENTION
-    if current_delayed and not previous_delayed:
-        return BACK_WASHOUT
-    return None
 
 
 def _previous_read(db, reader_id: int):
@@ -355,17 +308,8 @@ def _back_refusal_db(db, reader_id: int, allow_back, reopened_pending: bool,
     if not allow_back:  # the common forbidden case costs no query
         return BACK_FORBIDDEN
     prev = _previous_read(db, reader_id)
-    return _back_refusal_given(True, reopened_pending, prev[1:] if prev else None,
+    return back_refusal_given(True, reopened_pending, prev[1:] if prev else None,
                                current_delay)
-
-
-def _back_refusal_given(allow_back, reopened_pending: bool, previous, current_delay) -> str | None:
-    """`back_refusal` from stored values; `previous`: (kind, min_delay_s) of the last
-    completed read, or None."""
-    return back_refusal(allowed=bool(allow_back), reopened_pending=reopened_pending,
-                        previous_kind=previous[0] if previous else None,
-                        previous_delayed=bool(previous and previous[1]),
-                        current_delayed=bool(current_delay) and not reopened_pending)
 
 
 def back_refused(db_path: str | pathlib.Path, reader_id: int) -> str | None:
@@ -406,7 +350,7 @@ def _back_now(db, reader_id: int) -> tuple[str | None, int | None]:
                                     {task for _, task in answers})
         _, final, at = _read_progress(asked, answers, row[2] or 0)
         if at > 0:
-            return _question_back_refusal(allow[0], row[1], asked[at - 1] in final), served
+            return question_back_refusal(allow[0], row[1], asked[at - 1] in final), served
     return _back_refusal_db(db, reader_id, allow[0], reopened, delayed), None
 
 

@@ -11,12 +11,13 @@ import uuid
 
 import pytest
 
-from studies import readers, serving, session
+from studies import back_rule, readers, serving, session
 from studies.storage.connections import open_db
 from studies.design import (
     StudyOptions, choose_subset, make_pairs, pair_unit, reader_order, seeded_order_secret,
 )
-from studies.session import CannotGoBack, go_back, next_case, submit
+from studies.session import go_back, next_case, submit
+from studies.back_rule import CannotGoBack
 from study_fixtures import make_study, study, template  # noqa: F401 (fixtures)
 
 
@@ -295,7 +296,7 @@ def test_the_real_synthetic_answer_is_final_once_the_text_is_shown(three):
     view = next_case(three, rid)
     assert view.pending[0]["task"] == "alignment" and view.prompt
     assert not view.can_go_back
-    assert session.back_refused(three, rid) == session.BACK_FINAL
+    assert session.back_refused(three, rid) == back_rule.BACK_FINAL
     with pytest.raises(CannotGoBack, match="final"):
         go_back(three, rid)
     for task in ("turing", "quality"):  # not through the library either
