@@ -36,7 +36,8 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from studies.imaging import stimuli  # noqa: E402
-from studies.storage.database import open_db, stimuli_dir, transaction, utc_now  # noqa: E402
+from studies.storage.connections import open_db, stimuli_dir, transaction  # noqa: E402
+from studies.storage.schema import utc_now  # noqa: E402
 from studies.design import StudyOptions  # noqa: E402
 from studies.ingest import create_study  # noqa: E402
 from studies.readers import invite, reader_for_token  # noqa: E402

@@ -23,8 +23,9 @@ import pathlib
 
 from PIL import Image
 
-from studies.audit import format_prompts, is_flagged
-from studies.storage.database import reading, stimuli_dir, study_row
+from studies.audit import format_prompts, is_flagged, loose_key
+from studies.storage.connections import reading, stimuli_dir
+from studies.records import study_row
 
 __all__ = ["PER_SOURCE", "THUMB", "contact_sheet_html", "write_contact_sheet"]
 
@@ -114,9 +115,9 @@ def contact_sheet_html(db_path: str | pathlib.Path, study: str, *,
         out.append("<pre>" + _e("\n".join(extras)) + "</pre>")
 
     strata = report.get("strata") or []
-    modalities = sorted({_key(c["modality"]) for c in cases})
+    modalities = sorted({loose_key(c["modality"]) for c in cases})
     for m in modalities:
-        in_m = [c for c in cases if _key(c["modality"]) == m]
+        in_m = [c for c in cases if loose_key(c["modality"]) == m]
         real = [c for c in in_m if c["source"] == "real"]
         synth = [c for c in in_m if c["source"] == "synthetic"]
         out.append(f"<h2>Modality: {_e(m or '(blank)')}</h2>")
@@ -159,10 +160,6 @@ def contact_sheet_html(db_path: str | pathlib.Path, study: str, *,
         out.append("</div>")
     out.append("</body></html>")
     return "\n".join(out)
-
-
-def _key(value) -> str:
-    return " ".join(str(value or "").split()).casefold()
 
 
 def write_contact_sheet(db_path: str | pathlib.Path, study: str, path: str | pathlib.Path,

@@ -92,7 +92,7 @@ class StudyOptions:
     # readers.coverage together with the readers still needed); None = no target.
     readers_per_case: int | None = None
     # Wash-out: repeat reads come after all main reads and only once this many seconds
-    # have passed since the first read of the same case (0: within the session, as before).
+    # have passed since the first read of the same case (0: within the same session).
     repeat_after_s: int = 0
     # None (the default): the order secret is random. An int derives it from the seed, so the
     # study is reproducible -- and predictable by anyone who knows the seed (testing only).

@@ -41,7 +41,9 @@ import tempfile
 
 import pandas as pd
 
-from studies.storage.database import log_action, reading, study_row, write_if_writable
+from studies.records import log_action, study_row
+from studies.storage.connections import reading, stimuli_dir
+from studies.storage.group_commit import write_if_writable
 from studies.design import ATTENTION
 from studies.cells import spreadsheet_safe, spreadsheet_unsafe
 from studies.errors import StudyError
@@ -206,8 +208,6 @@ def case_images(db_path: str | pathlib.Path, study: str, *, source: str | None =
     """A study's stored stimulus PNGs (for evaluation against its real images): one dict per
     case with `case`, `source`, `modality`, `prompt`, `generator` and `path` (the stimulus file
     under `stimuli_dir`). `source` ('real' or 'synthetic') filters; cases in case order."""
-    from studies.storage.database import stimuli_dir
-
     with reading(db_path) as db:
         srow = study_row(db, study)
         rows = db.execute(

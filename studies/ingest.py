@@ -12,34 +12,37 @@ place only inside the open transaction, and removed again if the commit does not
 A new database is built under a private temporary name and hard-linked into place only
 once its study is committed (`os.link` fails if the path exists, so it never replaces a
 database another `create` made meanwhile; ours then joins that one). A failing create
-therefore only ever deletes files it made itself, never a database at the path.
+therefore only ever deletes files it made itself, never a database at the path
+(`studies.staging`). What ingest finds beyond the leak audit: `studies.ingest_checks`.
 """
 from __future__ import annotations
 
 import contextlib
 import dataclasses
-import glob
 import hashlib
 import json
-import os
 import pathlib
-import secrets
-import shutil
 import time
 from collections.abc import Callable, Sequence
 
 from studies import audit as audit_mod
 from studies import imaging
-from studies.imaging import sizing, stimuli
-from studies.storage.database import (
-    log_action, open_db, reading, stimuli_dir, study_row, transaction, utc_now, write,
-)
 from studies.design import (
     StudyOptions, make_pairs, new_order_secret, seeded_order_secret, select_training,
 )
 from studies.errors import IngestError, ManifestError, StudyError, StudyExists
-from studies.lifecycle import check_reader_title
+from studies.imaging import sizing, stimuli
 from studies.imaging.manifest import ManifestRow, read_images_dir, read_manifest
+from studies.ingest_checks import (
+    GreyStrata, content_warnings, ingest_checks, stored_grey_strata, with_content_warnings,
+    with_ingest_checks,
+)
+from studies.lifecycle import check_reader_title
+from studies.records import log_action, study_row
+from studies.staging import create_new_db, move_in, staging
+from studies.storage.connections import open_db, reading, stimuli_dir, transaction
+from studies.storage.group_commit import write
+from studies.storage.schema import utc_now
 
 MIN_SIZE, MAX_SIZE = 32, 4096
 MAX_NAME = 200
@@ -191,7 +194,7 @@ def create_study(
         training = set(_check_design(rows, options, secret))
     size = _resolve_size(rows, size)
 
-    with _staging(db_path) as stage:
+    with staging(db_path) as stage:
         prepared, items, skipped = _prepare(rows, size, stage.incoming, progress,
                                             skip_unreadable=skip_unreadable)
         if skip_unreadable:
@@ -201,10 +204,10 @@ def create_study(
             training = set(_check_design(rows, options, secret))
         report = audit_mod.audit_leaks(items, prompts_shown="alignment" in options.tasks)
         del items
-        report_dict, report_text = _with_content_warnings(
-            report.to_dict(), report.format_text(), _content_warnings(prepared))
-        report_dict, report_text = _with_ingest_checks(report_dict, report_text,
-                                                       _ingest_checks(prepared))
+        report_dict, report_text = with_content_warnings(
+            report.to_dict(), report.format_text(), content_warnings(prepared))
+        report_dict, report_text = with_ingest_checks(report_dict, report_text,
+                                                       ingest_checks(prepared))
         report_dict, report_text = _with_scaling(report_dict, report_text,
                                                  _scaling_inputs(prepared), size)
 
@@ -228,12 +231,12 @@ def create_study(
                            source=str(manifest or images_dir), n_cases=len(prepared),
                            size=size, options=options.to_dict(), leak=report_dict.get("leak"))
                 # Move the stimuli in while the transaction is still open; undone on failure.
-                _move_in(stage, prepared)
+                move_in(stage, prepared)
             return study_id
 
         study_id = None
         if not db_path.exists():
-            study_id = _create_new_db(db_path, store)
+            study_id = create_new_db(db_path, store)
         if study_id is None:  # the database existed, or another create made it meanwhile
             study_id = store(db_path)
         stage.committed = True
@@ -348,9 +351,9 @@ def add_cases(
             raise ManifestError(f"{row.where}: the alignment task shows the prompt, "
                                 "but this image has none")
     size = srow["size"]
-    with _staging(db_path) as stage:
+    with staging(db_path) as stage:
         prepared, items, skipped = _prepare(rows, size, stage.incoming, progress,
-                                            grey_strata=_stored_grey_strata(db_path, srow["id"]),
+                                            grey_strata=stored_grey_strata(db_path, srow["id"]),
                                             skip_unreadable=skip_unreadable)
         if not prepared:
             raise IngestError(f"none of the {len(rows)} images could be read")
@@ -365,10 +368,10 @@ def add_cases(
         del items
         earlier_report = json.loads(srow["audit_report"] or "{}")
         earlier = earlier_report.get("content_warnings", [])
-        report_dict, report_text = _with_content_warnings(
-            report.to_dict(), report.format_text(), earlier + _content_warnings(prepared))
-        report_dict, report_text = _with_ingest_checks(
-            report_dict, report_text, _ingest_checks(prepared, earlier_report))
+        report_dict, report_text = with_content_warnings(
+            report.to_dict(), report.format_text(), earlier + content_warnings(prepared))
+        report_dict, report_text = with_ingest_checks(
+            report_dict, report_text, ingest_checks(prepared, earlier_report))
         report_dict, report_text = _with_scaling(
             report_dict, report_text,
             _stored_scaling_inputs(db_path, srow["id"]) + _scaling_inputs(prepared), size)
@@ -381,7 +384,7 @@ def add_cases(
                        n_cases=len(prepared), leak=report_dict.get("leak"))
             n_cases = db.execute("SELECT count(*) FROM cases WHERE study_id = ?",
                                  [srow["id"]]).fetchone()[0]
-            _move_in(stage, prepared)
+            move_in(stage, prepared)
         stage.committed = True
     return AddSummary(
         study=srow["name"], n_added=len(prepared),
@@ -436,61 +439,6 @@ def _check_draft(db, srow) -> None:
                          "be added before the first invitation (create a new study instead)")
 
 
-@dataclasses.dataclass
-class _Stage:
-    sdir: pathlib.Path
-    incoming: pathlib.Path
-    moved: list[pathlib.Path]
-    committed: bool = False
-
-
-def _create_new_db(db_path: pathlib.Path, store: Callable[[pathlib.Path], int]) -> int | None:
-    """Build a new database with `store` under a private name and link it into place at
-    `db_path`; the study id, or None if a database appeared at `db_path` meanwhile (the
-    caller then stores into that one). Our temporary files are removed in every case."""
-    tmp = db_path.with_name(f".{db_path.name}.new-{secrets.token_hex(8)}")
-    try:
-        study_id = store(tmp)
-        # The connection is closed: SQLite folded the WAL into the file and removed it, so
-        # the one file is the whole database.
-        if pathlib.Path(f"{tmp}-wal").exists():
-            raise StudyError(f"could not finish writing the new database {tmp}")
-        try:
-            os.link(tmp, db_path)  # atomic, and refuses to replace an existing file
-        except FileExistsError:
-            return None
-        except OSError:  # a file system without hard links: best effort, checked first
-            if db_path.exists():
-                return None
-            os.rename(tmp, db_path)
-        return study_id
-    finally:
-        for suffix in ("", "-wal", "-shm", "-journal"):
-            pathlib.Path(f"{tmp}{suffix}").unlink(missing_ok=True)
-
-
-@contextlib.contextmanager
-def _staging(db_path: pathlib.Path):
-    """A private folder for new stimulus PNGs; unless `stage.committed` is set, everything
-    it put in place (moved files, a new stimuli folder) is undone."""
-    sdir = stimuli_dir(db_path)
-    sdir_existed = sdir.exists()
-    sdir.mkdir(exist_ok=True)
-    _sweep_stale_incoming(sdir, db_path)
-    stage = _Stage(sdir, sdir / f".incoming-{secrets.token_hex(8)}", [])
-    stage.incoming.mkdir()
-    try:
-        yield stage
-    finally:
-        shutil.rmtree(stage.incoming, ignore_errors=True)
-        if not stage.committed:
-            for path in stage.moved:
-                path.unlink(missing_ok=True)
-            if not sdir_existed:
-                with contextlib.suppress(OSError):
-                    sdir.rmdir()  # only if empty
-
-
 def _prepare(rows: list[ManifestRow], size: int, incoming: pathlib.Path,
              progress: Callable[[int, int], None] | None,
              grey_strata: dict[str, bool] | None = None, *, skip_unreadable: bool = False):
@@ -503,7 +451,7 @@ def _prepare(rows: list[ManifestRow], size: int, incoming: pathlib.Path,
     prepared: list = [None] * len(rows)
     items: list = [None] * len(rows)
     skipped: list[tuple[int, dict]] = []
-    grey = _GreyStrata(dict(grey_strata or {}))
+    grey = GreyStrata(dict(grey_strata or {}))
     order = sorted(range(len(rows)), key=lambda i: rows[i].source != "real")
     for done, i in enumerate(order, start=1):
         row = rows[i]
@@ -546,115 +494,6 @@ def _prepare(rows: list[ManifestRow], size: int, incoming: pathlib.Path,
             [entry for _, entry in sorted(skipped, key=lambda pair: pair[0])])
 
 
-@dataclasses.dataclass
-class _GreyStrata:
-    """Which modalities' real images are greyscale. A named modality is greyscale when all
-    its real images are exactly grey; the blank modality (no name to go by) when any of its
-    real images is, since a near-grey synthetic image can only pass for one of those."""
-
-    seen: dict[str, bool]  # modality key -> its real images so far are all grey (named) /
-    #                        at least one is grey (blank)
-
-    def see_real(self, modality: str, pixels) -> None:
-        key = _modality_key(modality)
-        g = imaging.is_grey(pixels)
-        if key:
-            self.seen[key] = self.seen.get(key, True) and g
-        else:
-            self.seen[key] = self.seen.get(key, False) or g
-
-    def is_grey_stratum(self, modality: str) -> bool:
-        return self.seen.get(_modality_key(modality), False)
-
-
-def _modality_key(modality: str) -> str:
-    return " ".join(str(modality or "").split()).casefold()
-
-
-def _stored_grey_strata(db_path, study_id: int) -> dict[str, bool]:
-    """`_GreyStrata.seen` from a study's stored real stimuli."""
-    with reading(db_path) as db:
-        rows = db.execute("SELECT c.modality, c.stimulus_id FROM cases c WHERE c.study_id = ? "
-                          "AND c.source = 'real'", [study_id]).fetchall()
-    grey = _GreyStrata({})
-    sdir = stimuli_dir(db_path)
-    for modality, sid in rows:
-        with contextlib.suppress(OSError, ValueError):
-            grey.see_real(modality or "", stimuli.decode_png((sdir / f"{sid}.png").read_bytes()))
-    return grey.seen
-
-
-def _ingest_checks(prepared: list[_Prepared], earlier: dict | None = None) -> dict:
-    """What ingest changed or found beyond the leak audit: synthetic images made exact grey
-    (and those left in colour), DICOMs likely to carry burned-in text. `earlier` carries a
-    stored report's lists over (adding cases, recomputing)."""
-    earlier = earlier or {}
-    old_grey = earlier.get("greyscale") or {}
-    greyscale = {
-        "near_grey_levels": imaging.NEAR_GREY_LEVELS,
-        "converted": list(old_grey.get("converted", [])) + [
-            {"row": p.row.where, "case_id": p.row.case_id, "modality": p.row.modality,
-             "spread": p.greyed} for p in prepared if p.greyed is not None],
-        "left_in_colour": list(old_grey.get("left_in_colour", [])) + [
-            {"row": p.row.where, "case_id": p.row.case_id, "modality": p.row.modality,
-             "spread": p.left_colour} for p in prepared if p.left_colour is not None],
-    }
-    burned = list(earlier.get("burned_in") or []) + [
-        {"row": p.row.where, "case_id": p.row.case_id, "path": p.row.rel_path,
-         "source": p.row.source, "reason": p.burned_in,
-         "crop": list(p.row.crop) if p.row.crop else None}
-        for p in prepared if p.burned_in]
-    return {"greyscale": greyscale, "burned_in": burned}
-
-
-def _with_ingest_checks(report: dict, text: str, checks: dict) -> tuple[dict, str]:
-    report = dict(report, **checks)
-    lines = []
-    g = checks["greyscale"]
-    if g["converted"]:
-        mods = sorted({c["modality"] or "(blank)" for c in g["converted"]})
-        lines.append(f"Greyscale: {len(g['converted'])} synthetic image(s) stored as exact grey "
-                     f"(luma) because the real images of their modality ({', '.join(mods)}) are "
-                     f"greyscale; each was near-grey (99th percentile channel spread <= "
-                     f"{g['near_grey_levels']} of 255 levels; largest "
-                     f"{max(c['spread'] for c in g['converted']):g}).")
-    if g["left_in_colour"]:
-        lines.append(f"Greyscale: {len(g['left_in_colour'])} synthetic image(s) in a greyscale "
-                     f"modality are in colour (channel spread > {g['near_grey_levels']} levels) "
-                     "and were left as they are: " + ", ".join(
-                         c["case_id"] for c in g["left_in_colour"][:5]))
-    if checks["burned_in"]:
-        lines.append(f"Burned-in text: {len(checks['burned_in'])} DICOM image(s) may show "
-                     "text in the pixels (patient data, and a 'real' cue); look at them and "
-                     "give a crop (manifest column crop = x,y,w,h) if needed:")
-        lines += [f"  {b['row']}: {b['path']}: {b['reason']}"
-                  + (f" (cropped to {','.join(map(str, b['crop']))})" if b.get("crop") else "")
-                  for b in checks["burned_in"][:20]]
-        if len(checks["burned_in"]) > 20:
-            lines.append(f"  ... {len(checks['burned_in']) - 20} more")
-    if lines:
-        text = text.rstrip("\n") + "\n" + "\n".join(lines)
-    return report, text
-
-
-def _content_warnings(prepared: list[_Prepared]) -> list[dict]:
-    return [{"row": p.row.where, "case_id": p.row.case_id, "path": p.row.rel_path,
-             "problem": p.degenerate} for p in prepared if p.degenerate]
-
-
-def _with_content_warnings(report: dict, text: str, warnings: list[dict]) -> tuple[dict, str]:
-    """The audit report (dict, text) with the images that show (almost) nothing named by
-    manifest row: not a blinding leak, but a reader cannot judge them (kept apart from the
-    leak audit's own fields)."""
-    report = dict(report, content_warnings=warnings)
-    if warnings:
-        lines = [f"Content warnings: {len(warnings)} image(s) show little or nothing "
-                 "(check them; readers will see them as they are)"]
-        lines += [f"  {w['row']}: {w['path']}: {w['problem']}" for w in warnings]
-        text = text.rstrip("\n") + "\n" + "\n".join(lines)
-    return report, text
-
-
 def _insert_cases(db, study_id: int, prepared: list[_Prepared], size: int,
                   training: set[str], *, first_row: int) -> None:
     db["stimuli"].insert_all(({
@@ -671,32 +510,6 @@ def _insert_cases(db, study_id: int, prepared: list[_Prepared], size: int,
         "role": "training" if p.row.case_id in training else "main",
         "manifest_row": first_row + i,
     } for i, p in enumerate(prepared)), batch_size=500)
-
-
-def _move_in(stage: _Stage, prepared: list[_Prepared]) -> None:
-    done = set(stage.moved)  # a second attempt (see _create_new_db) skips what is in place
-    for p in prepared:
-        final = stage.sdir / f"{p.stimulus_id}.png"
-        if final in done:
-            continue
-        os.replace(stage.incoming / f"{p.stimulus_id}.png", final)
-        stage.moved.append(final)
-
-
-def _sweep_stale_incoming(sdir: pathlib.Path, db_path: pathlib.Path,
-                          max_age_s: float = 24 * 3600) -> None:
-    """Remove temporary folders left by a create that was killed (older than a day, so a
-    concurrent create's folder is never touched)."""
-    now = time.time()
-    for path in sdir.glob(".incoming-*"):
-        with contextlib.suppress(OSError):
-            if now - path.stat().st_mtime > max_age_s:
-                shutil.rmtree(path, ignore_errors=True)
-    # ... and new databases a killed create was still building (see _create_new_db).
-    for path in db_path.parent.glob(f".{glob.escape(db_path.name)}.new-*"):
-        with contextlib.suppress(OSError):
-            if now - path.stat().st_mtime > max_age_s:
-                path.unlink()
 
 
 def list_studies(db_path: str | pathlib.Path) -> list[dict]:
@@ -742,9 +555,9 @@ def audit_study(db_path: str | pathlib.Path, study: str, *, recompute: bool = Fa
     # The stimuli do not change, so neither do their content warnings and ingest checks.
     earlier_report = json.loads(row["audit_report"] or "{}")
     earlier = earlier_report.get("content_warnings", [])
-    report_dict, text = _with_content_warnings(report.to_dict(), report.format_text(), earlier)
-    report_dict, text = _with_ingest_checks(report_dict, text,
-                                            _ingest_checks([], earlier_report))
+    report_dict, text = with_content_warnings(report.to_dict(), report.format_text(), earlier)
+    report_dict, text = with_ingest_checks(report_dict, text,
+                                            ingest_checks([], earlier_report))
     report_dict, text = _with_scaling(report_dict, text,
                                       _stored_scaling_inputs(db_path, row["id"]), row["size"])
 

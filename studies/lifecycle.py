@@ -1,7 +1,7 @@
 """A study's life after creation: status (open, closed, archived) and the texts readers
 see before the first case (instructions, consent) plus the reader profile: the study's own
 profile fields and whether the reader page asks the reader to fill in their profile
-(`ask_profile`; the form, its required fields and validation: `readers.profile_form`).
+(`ask_profile`; the form, its required fields and validation: `profiles.profile_form`).
 
 - open: readers may answer; new readers may be invited.
 - closed: readers can no longer answer (the reader page shows a polite closed page; see
@@ -20,7 +20,10 @@ import json
 import pathlib
 import re
 
-from studies.storage.database import log_action, reading, study_row, utc_now, write
+from studies.records import log_action, study_row
+from studies.storage.connections import reading
+from studies.storage.schema import utc_now
+from studies.storage.group_commit import write
 from studies.errors import StudyError
 
 STATUSES = ("open", "closed", "archived")

@@ -10,7 +10,8 @@ from __future__ import annotations
 import json
 
 from studies.audit import is_flagged
-from studies.storage.database import reading, study_row
+from studies.storage.connections import reading
+from studies.records import study_row
 from studies.design import StudyOptions
 
 def study_design(db_path, study: str) -> dict:

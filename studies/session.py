@@ -1,4 +1,7 @@
-"""The reader flow: what to show next, recording answers, serving images, progress.
+"""The reader flow: what to show next, going back, and recording answers.
+
+A little over 600 lines: the three share one rule (which questions of a read are asked and
+final) and the queries that apply it.
 
 All state lives in SQLite, so a refresh, crash or restart resumes at the same place:
 `next_case` is the first assignment (in the reader's stored order) whose tasks are not all
@@ -15,11 +18,9 @@ Each answer may carry the reader's comment and "non-diagnostic image" flag for t
 Going back (`go_back`, unless the study forbids it: `lifecycle.set_allow_back`): the
 reader's last completed read is reopened — it becomes the current read again with a fresh
 random view id (its old image URL stops working), and its re-answers are new rows, so the
-latest wins as for any change of answer. One step only (not while a reopened read is
-pending), and never into a training read (its feedback named the truth), an attention
-check (a second try would defeat the check) or back across the wash-out boundary (from a
-delayed repeat read to a first read). `back_refusal` is that rule. From a later question of
-the read on screen, Back returns to that read's earlier question instead (same view id).
+latest wins as for any change of answer. When that is allowed is `studies.back_rule`. From
+a later question of the read on screen, Back returns to that read's earlier question
+instead (same view id).
 
 No answer after the text: the answers to a read's questions asked before the first one that
 shows the case's text (the turing question first of all) are final once that text has been
@@ -35,22 +36,24 @@ import dataclasses
 import datetime as _dt
 import json
 import pathlib
-import statistics
-
-from studies.imaging import stimuli
 
 from studies import washout
-
-from studies.storage import writer_process
-from studies.storage.database import log_action, reading, stimuli_dir, study_row, utc_now, write
+from studies.back_rule import (
+    BACK_FORBIDDEN, CannotGoBack, back_refusal_given, question_back_refusal,
+)
 from studies.design import ATTENTION, attention_task
-from studies.stats.columns import TASKS, Task
 from studies.errors import NotAuthorised, SessionError, StudyError
+from studies.imaging import stimuli
+from studies.records import log_action
+from studies.stats.columns import TASKS, Task
+from studies.storage import writer_process
+from studies.storage.connections import reading
+from studies.storage.group_commit import write
+from studies.storage.schema import utc_now, utc_text
 
 MAX_CLIENT_ID = 200
 MAX_COMMENT = 1000  # characters of a reader's comment on a case
 MAX_DURATION_MS = 7 * 24 * 3600 * 1000
-_MAX_ID = 200
 
 
 @dataclasses.dataclass
@@ -98,25 +101,6 @@ class Ack:
     duplicate: bool           # True when client_id had already been recorded
     assignment_complete: bool
     feedback: dict | None     # training slots only: the truth and whether the call was right
-
-
-@dataclasses.dataclass
-class ReaderProgress:
-    reader_id: int
-    reader: str
-    completed: int            # slots with every task answered (training included)
-    total: int
-    training_completed: int
-    training_total: int
-    attention_total: int
-    attention_answered: int
-    attention_passed: int
-    last_answered_at: str | None
-    median_duration_ms: float | None
-
-    @property
-    def finished(self) -> bool:
-        return self.completed == self.total
 
 
 def _task_for(name: str, expected_json: str | None) -> Task:
@@ -283,9 +267,9 @@ def next_case(db_path: str | pathlib.Path, reader_id: int) -> CaseView | None:
     answered, final, current = _read_progress(asked, answers, since)
     earlier = {task: rating for rid, task, rating, *_ in answers if rid <= since}
     if current > 0:  # Back returns to this read's previous question
-        refusal = _question_back_refusal(allow_back, kind, asked[current - 1] in final)
+        refusal = question_back_refusal(allow_back, kind, asked[current - 1] in final)
     else:
-        refusal = _back_refusal_given(allow_back, reopened_after is not None,
+        refusal = back_refusal_given(allow_back, reopened_after is not None,
                                       json.loads(previous) if previous else None, delay)
     questions = []
     for name in asked:
@@ -308,56 +292,8 @@ def next_case(db_path: str | pathlib.Path, reader_id: int) -> CaseView | None:
 
 
 # --------------------------------------------------------------------------- going back
-class CannotGoBack(SessionError):
-    """`go_back` refused: the study forbids it, there is no previous read, or the previous
-    read may not be changed (see `back_refusal`); the message says which, in words."""
-
-
-BACK_FORBIDDEN = "going back is not allowed in this study"
-BACK_NOTHING = "there is no previous case to go back to"
-BACK_ONE_STEP = "you are already back at the previous case (one case at a time)"
-BACK_TRAINING = "the previous case was a training case, whose answer cannot be changed"
-BACK_ATTENTION = "the previous screen was a check question, whose answer cannot be changed"
-BACK_WASHOUT = ("the previous case belongs to your first reading session, which cannot be "
-                "changed after the wash-out period")
-BACK_FINAL = ("your answer to the previous question is final: it was given before this "
-              "case's text was shown")
-BACK_TRAINING_QUESTION = "this is a training case, whose answers cannot be changed"
 ANSWER_FINAL = ("this answer is final: it was given before the case's text was shown, and "
                 "cannot be changed")
-
-
-def _question_back_refusal(allow_back, kind: str, previous_final: bool) -> str | None:
-    """Why Back from a later question of a read to its previous question is refused (None:
-    allowed): the study forbids going back, a training read (its truth is told), or the
-    previous answer is final (`final_tasks`)."""
-    if not allow_back:
-        return BACK_FORBIDDEN
-    if kind == "training":
-        return BACK_TRAINING_QUESTION
-    if previous_final:
-        return BACK_FINAL
-    return None
-
-
-def back_refusal(*, allowed: bool, reopened_pending: bool, previous_kind: str | None,
-                 previous_delayed: bool, current_delayed: bool) -> str | None:
-    """Why going back is refused (None: it is allowed). `previous_*`: the reader's last
-    completed read (None: none), `current_delayed`: the read now served is a repeat with a
-    wash-out delay."""
-    if not allowed:
-        return BACK_FORBIDDEN
-    if reopened_pending:
-        return BACK_ONE_STEP
-    if previous_kind is None:
-        return BACK_NOTHING
-    if previous_kind == "training":
-        return BACK_TRAINING
-    if previous_kind == "attention":
-        return BACK_ATTENTION
-    if current_delayed and not previous_delayed:
-        return BACK_WASHOUT
-    return None
 
 
 def _previous_read(db, reader_id: int):
@@ -372,17 +308,8 @@ def _back_refusal_db(db, reader_id: int, allow_back, reopened_pending: bool,
     if not allow_back:  # the common forbidden case costs no query
         return BACK_FORBIDDEN
     prev = _previous_read(db, reader_id)
-    return _back_refusal_given(True, reopened_pending, prev[1:] if prev else None,
+    return back_refusal_given(True, reopened_pending, prev[1:] if prev else None,
                                current_delay)
-
-
-def _back_refusal_given(allow_back, reopened_pending: bool, previous, current_delay) -> str | None:
-    """`back_refusal` from stored values; `previous`: (kind, min_delay_s) of the last
-    completed read, or None."""
-    return back_refusal(allowed=bool(allow_back), reopened_pending=reopened_pending,
-                        previous_kind=previous[0] if previous else None,
-                        previous_delayed=bool(previous and previous[1]),
-                        current_delayed=bool(current_delay) and not reopened_pending)
 
 
 def back_refused(db_path: str | pathlib.Path, reader_id: int) -> str | None:
@@ -423,7 +350,7 @@ def _back_now(db, reader_id: int) -> tuple[str | None, int | None]:
                                     {task for _, task in answers})
         _, final, at = _read_progress(asked, answers, row[2] or 0)
         if at > 0:
-            return _question_back_refusal(allow[0], row[1], asked[at - 1] in final), served
+            return question_back_refusal(allow[0], row[1], asked[at - 1] in final), served
     return _back_refusal_db(db, reader_id, allow[0], reopened, delayed), None
 
 
@@ -469,12 +396,8 @@ def go_back(db_path: str | pathlib.Path, reader_id: int) -> CaseView:
 def _iso(value: str | _dt.datetime | None) -> str | None:
     if value is None:
         return None
-    if isinstance(value, _dt.datetime):
-        if value.tzinfo is None:
-            value = value.replace(tzinfo=_dt.timezone.utc)
-        return value.astimezone(_dt.timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
     try:
-        return _iso(_dt.datetime.fromisoformat(str(value).replace("Z", "+00:00")))
+        return utc_text(washout.parse_time(value))
     except ValueError:
         raise SessionError(f"shown_at {value!r} is not an ISO-8601 timestamp") from None
 
@@ -620,7 +543,7 @@ def _record_answer(db, reader_id: int, assignment_id: int, task: str, answer, du
         raise SessionError(str(exc)) from None
     answered_at = utc_now()
     if shown is None:
-        at = _dt.datetime.fromisoformat(answered_at.replace("Z", "+00:00"))
+        at = washout.parse_time(answered_at)
         shown_at_ = _iso(at - _dt.timedelta(milliseconds=duration_ms))
     else:
         shown_at_ = shown
@@ -703,184 +626,3 @@ class AlreadyAnswered(SessionError):
 
 class StudyClosed(SessionError):
     """The study is closed or archived (studies.lifecycle): it takes no more answers."""
-
-
-class StimulusUnavailable(StudyError):
-    """The stored stimulus file of a read is missing or unreadable (a storage fault, not the
-    reader's doing): `stimulus_id` names it for the study team."""
-
-    def __init__(self, stimulus_id: str, reason: str, reader_id: int | None = None):
-        super().__init__(f"stimulus {stimulus_id} is unavailable: {reason}")
-        self.stimulus_id, self.reason, self.reader_id = stimulus_id, reason, reader_id
-
-
-_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
-
-
-# A read's images: its own (view_id, the left one of a pair) and, for the pair task, the
-# right-hand one (pair_view_id). Either id finds the read, under the same conditions, and
-# names its own stored file; each is unique over all reads (unique indexes).
-_READ_IMAGES = ("assignments a JOIN cases c ON c.id = a.case_id "
-                "LEFT JOIN cases p ON p.id = a.pair_case_id")
-_STORED_OF_VIEW = "CASE WHEN a.view_id = ? THEN c.stimulus_id ELSE p.stimulus_id END"
-_VIEW_MATCH = "(a.view_id = ? OR a.pair_view_id = ?)"
-
-
-def _stimulus_of_read(db_path, reader_id: int, view_id: str, current_only: bool) -> str:
-    if not isinstance(view_id, str) or not view_id or len(view_id) > _MAX_ID:
-        raise NotAuthorised("unknown image")
-    pending = "AND a.completed_at IS NULL " if current_only else ""
-    with reading(db_path) as db:
-        row = db.execute(
-            f"SELECT {_STORED_OF_VIEW} FROM {_READ_IMAGES} "
-            f"WHERE {_VIEW_MATCH} AND a.reader_id = ? {pending}",
-            [view_id, view_id, view_id, reader_id]).fetchone()
-    if row is None:
-        raise NotAuthorised("unknown image")
-    return row[0]
-
-
-def stimulus_png(db_path: str | pathlib.Path, reader_id: int, stimulus_id: str, *,
-                 current_only: bool = False) -> bytes:
-    """PNG bytes of a stimulus, only if `stimulus_id` (a CaseView.stimulus_id or
-    pair_stimulus_id: the random view id of one image of a read) belongs to one of this
-    reader's assignments — with `current_only`, one not yet completed (the read on screen)
-    — NotAuthorised otherwise; StimulusUnavailable when the stored file is missing or
-    unreadable."""
-    sid = _stimulus_of_read(db_path, reader_id, stimulus_id, current_only)
-    try:
-        data = (stimuli_dir(db_path) / f"{sid}.png").read_bytes()
-    except OSError as exc:
-        raise StimulusUnavailable(sid, exc.strerror or type(exc).__name__) from None
-    if not data.startswith(_PNG_SIGNATURE):
-        raise StimulusUnavailable(sid, "not a PNG")
-    return data
-
-
-def current_stimulus_png(db_path: str | pathlib.Path, token: str | None,
-                         view_id: str) -> tuple[int, bytes]:
-    """(reader id, PNG bytes) of the image `view_id` (either image of a pair) if it belongs
-    to an unanswered read of the reader holding `token` in an open study — one query on one
-    connection, for the image route. NotAuthorised for anything else (no token, another
-    reader's read, an answered read, an unknown id, a closed study: the same answer);
-    StimulusUnavailable when the stored file is missing or unreadable."""
-    from studies.readers import token_hash
-
-    if (not isinstance(token, str) or not token or len(token) > 256
-            or not isinstance(view_id, str) or not view_id or len(view_id) > _MAX_ID):
-        raise NotAuthorised("unknown image")
-    with reading(db_path) as db:
-        row = db.execute(
-            f"SELECT r.id, {_STORED_OF_VIEW} FROM {_READ_IMAGES} "
-            "JOIN readers r ON r.id = a.reader_id JOIN studies s ON s.id = r.study_id "
-            f"WHERE r.token_hash = ? AND {_VIEW_MATCH} AND a.completed_at IS NULL "
-            "AND r.deactivated_at IS NULL "  # a deactivated link fetches nothing either,
-            "AND coalesce(s.status, 'open') = 'open'",  # nor a closed or archived study's
-            [view_id, token_hash(token), view_id, view_id]).fetchone()
-    if row is None:
-        raise NotAuthorised("unknown image")
-    reader_id, sid = row
-    try:
-        data = (stimuli_dir(db_path) / f"{sid}.png").read_bytes()
-    except OSError as exc:
-        raise StimulusUnavailable(sid, exc.strerror or type(exc).__name__, reader_id) from None
-    if not data.startswith(_PNG_SIGNATURE):
-        raise StimulusUnavailable(sid, "not a PNG", reader_id)
-    return reader_id, data
-
-
-def check_stimulus(db_path: str | pathlib.Path, view: CaseView) -> None:
-    """Cheap availability check of a read's stored PNG (opens it and reads its signature)
-    before the page points the browser at it — both images of a pair; StimulusUnavailable
-    for the first that is not there."""
-    for sid in (view.stored_id, view.pair_stored_id):
-        if sid is None:
-            continue
-        try:
-            with open(stimuli_dir(db_path) / f"{sid}.png", "rb") as fh:
-                head = fh.read(len(_PNG_SIGNATURE))
-        except OSError as exc:
-            raise StimulusUnavailable(sid, exc.strerror or type(exc).__name__) from None
-        if head != _PNG_SIGNATURE:
-            raise StimulusUnavailable(sid, "not a PNG")
-
-
-FAULT_ACTION = "stimulus_unavailable"
-
-
-def record_fault(db_path: str | pathlib.Path, reader_id: int, stimulus_id: str,
-                 reason: str) -> None:
-    """Log a stimulus fault in audit_log (actor `reader:<name>`) for the admin's progress
-    view (`faults`)."""
-    def tx(db) -> None:
-        row = db.execute("SELECT study_id, name FROM readers WHERE id = ?",
-                         [reader_id]).fetchone()
-        if row is not None:
-            log_action(db, f"reader:{row[1]}", FAULT_ACTION, row[0],
-                       stimulus=stimulus_id, reason=reason)
-
-    write(db_path, tx)
-
-
-@dataclasses.dataclass
-class Fault:
-    stimulus_id: str
-    case: str | None
-    reason: str
-    readers: int          # distinct readers who met it
-    count: int
-    first_at: str
-    last_at: str
-
-
-def faults(db_path: str | pathlib.Path, study: str) -> list[Fault]:
-    """Stimulus faults readers met in `study`, one entry per stimulus, latest first."""
-    with reading(db_path) as db:
-        srow = study_row(db, study)
-        rows = db.execute("SELECT at, actor, detail FROM audit_log WHERE study_id = ? "
-                          "AND action = ? ORDER BY id", [srow["id"], FAULT_ACTION]).fetchall()
-        keys = dict(db.execute("SELECT stimulus_id, case_key FROM cases WHERE study_id = ?",
-                               [srow["id"]]).fetchall())
-    out: dict[str, Fault] = {}
-    who: dict[str, set] = {}
-    for at, actor, detail in rows:
-        d = json.loads(detail or "{}")
-        sid = str(d.get("stimulus", "?"))
-        f = out.get(sid) or Fault(sid, keys.get(sid), "", 0, 0, at, at)
-        f.reason, f.count, f.last_at = str(d.get("reason", "")), f.count + 1, at
-        who.setdefault(sid, set()).add(actor)
-        f.readers = len(who[sid])
-        out[sid] = f
-    return sorted(out.values(), key=lambda f: f.last_at, reverse=True)
-
-
-def progress(db_path: str | pathlib.Path, study: str) -> list[ReaderProgress]:
-    """Per-reader progress for the admin view, in invitation order."""
-    with reading(db_path) as db:
-        srow = study_row(db, study)
-        readers = db.execute("SELECT id, name FROM readers WHERE study_id = ? ORDER BY ordinal",
-                             [srow["id"]]).fetchall()
-        out = []
-        for rid, name in readers:
-            counts = db.execute(
-                "SELECT count(*), sum(completed_at IS NOT NULL), sum(kind = 'training'), "
-                "sum(kind = 'training' AND completed_at IS NOT NULL), sum(kind = 'attention') "
-                "FROM assignments WHERE reader_id = ?", [rid]).fetchone()
-            attention = db.execute(
-                # latest answer per attention slot vs the value the reader was told to pick
-                "SELECT a.expected, (SELECT r.rating FROM responses r WHERE r.assignment_id = a.id "
-                " ORDER BY r.id DESC LIMIT 1) FROM assignments a "
-                "WHERE a.reader_id = ? AND a.kind = 'attention'", [rid]).fetchall()
-            answered = [(json.loads(e)["value"], v) for e, v in attention if v is not None]
-            durations = [r[0] for r in db.execute(
-                "SELECT duration_ms FROM responses WHERE reader_id = ?", [rid])]
-            last = db.execute("SELECT max(answered_at) FROM responses WHERE reader_id = ?",
-                              [rid]).fetchone()[0]
-            out.append(ReaderProgress(
-                reader_id=rid, reader=name, completed=counts[1] or 0, total=counts[0],
-                training_completed=counts[3] or 0, training_total=counts[2] or 0,
-                attention_total=counts[4] or 0, attention_answered=len(answered),
-                attention_passed=sum(e == v for e, v in answered), last_answered_at=last,
-                median_duration_ms=statistics.median(durations) if durations else None,
-            ))
-    return out

@@ -142,7 +142,8 @@ def make_study(tmp_path: pathlib.Path, name: str = "pilot", *, size: int = 64,
 def acknowledge_fixture_leak(db_path: pathlib.Path, name: str) -> None:
     """`readers.acknowledge_leak` on a connection of its own that is closed at once, so the
     database stays one file (`copy_study` copies only that file, not a WAL)."""
-    from studies.storage.database import open_db, study_row, transaction
+    from studies.storage.connections import open_db, transaction
+    from studies.records import study_row
     from studies.readers import _leak_gate
     from studies.audit import is_flagged
     import json
@@ -158,7 +159,7 @@ def copy_study(template: pathlib.Path, folder: pathlib.Path) -> pathlib.Path:
     template per module instead of ingesting per test)."""
     import shutil
 
-    from studies.storage.database import stimuli_dir
+    from studies.storage.connections import stimuli_dir
 
     db_path = folder / "study.db"
     shutil.copyfile(template, db_path)
@@ -184,12 +185,12 @@ def study(template, tmp_path):
 def database_at_version(path: pathlib.Path, version: int, monkeypatch):
     """A database created at `path` by the migrations up to `version` only, open for the
     test to fill (closed after), so that the next `open_db` upgrades it."""
-    from studies.storage import database
+    from studies.storage import connections, schema
 
     with monkeypatch.context() as m:
-        m.setattr(database, "MIGRATIONS", [x for x in database.MIGRATIONS if x[0] <= version])
-        m.setattr(database, "SCHEMA_VERSION", version)
-        db = database.open_db(path)
+        m.setattr(schema, "MIGRATIONS", [x for x in schema.MIGRATIONS if x[0] <= version])
+        m.setattr(schema, "SCHEMA_VERSION", version)
+        db = connections.open_db(path)
         try:
             yield db
         finally:
@@ -204,7 +205,7 @@ def files_under(path: pathlib.Path) -> list[str]:
 
 
 def stimulus_files(db_path: pathlib.Path) -> list[str]:
-    from studies.storage.database import stimuli_dir
+    from studies.storage.connections import stimuli_dir
 
     return files_under(stimuli_dir(db_path))
 

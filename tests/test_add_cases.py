@@ -4,7 +4,7 @@ import json
 import pytest
 from click.testing import CliRunner
 
-from studies.storage.database import open_db
+from studies.storage.connections import open_db
 from studies.errors import ManifestError, StudyError
 from studies.ingest import add_cases
 from studies.readers import invite

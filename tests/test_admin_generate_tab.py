@@ -13,7 +13,7 @@ import pytest
 from studio_fixtures import make_loud_study, write_loud_manifest
 
 from studies.imaging import stimuli
-from studies.storage.database import stimuli_dir
+from studies.storage.connections import stimuli_dir
 from studio.admin import view as admin_view
 from studio.admin import new_study_tab
 

@@ -15,7 +15,7 @@ from studio_fixtures import make_loud_study, write_loud_manifest
 
 from studies import readers
 from studies.errors import StudyError
-from studies.stats import report
+from studies.stats import charts, report
 from studio.admin import view as admin_view
 from studio.admin import analysis_tab, new_study_tab, readers_tab, settings_tab, studies_tab
 from studio.admin.uploads import UploadError, safe_extract_zip
@@ -148,9 +148,9 @@ def test_invite_requires_acknowledgement_when_audit_flags_a_leak(tmp_path, monke
 
 
 def test_overview_uses_the_audits_verdict_and_reasons(tmp_path, monkeypatch):
-    """Issue 10 item 9: the Readers tab said "no leak flagged" for an obvious leak. The
-    overview now shows the verdict: the reasons when flagged, "too few images to certify"
-    below the documented count, and "no leak flagged" only for an unflagged, certified one."""
+    """The overview shows the leak verdict: the reasons when flagged, "too few images to
+    certify" below the documented count, and "no leak flagged" only for an unflagged,
+    certified one (never for an obvious planted leak)."""
     db, _, _ = make_loud_study(tmp_path, readers=())
     md, _, flagged = studies_tab.study_overview(db, "ten")  # 10 images: never "ok"
     assert "no leak flagged" not in md
@@ -196,7 +196,7 @@ def test_dashboard_and_exports_show_each_readers_results(tmp_path):
     assert d.pooled.loc[0, "n"] == 20
     # two readers of the turing task: forest, confusion, ROC and their pairwise agreement
     assert [title for title, _ in d.figures] == [
-        report.figure_title(k) for k in ("forest", "confusion", "roc", "agreement")]
+        charts.figure_title(k) for k in ("forest", "confusion", "roc", "agreement")]
     paths = analysis_tab.export_files(db, "ten", tmp_path / "out")
     names = sorted(p.name for p in paths)
     assert names == ["ten-imrmc.csv", "ten-long.csv", "ten-report.html"]

@@ -95,7 +95,7 @@ def test_new_study_form_matches_the_cli(browser, admin_studio):
                            " || document.body.innerText.includes('Error:')", timeout=120_000)
     body = page.inner_text("body")
     assert "Created from-form" in body, body[body.find("Error:") - 200:body.find("Error:") + 300]
-    from studies.storage.database import open_db
+    from studies.storage.connections import open_db
 
     with open_db(admin_studio["db"]) as conn:
         size, options = conn.execute("SELECT size, options FROM studies WHERE name = ?",

@@ -18,7 +18,9 @@ import uuid
 import pytest
 
 from studies.storage import writer_process
-from studies.storage.database import commit_together, open_db, study_row
+from studies.storage.group_commit import commit_together
+from studies.storage.connections import open_db
+from studies.records import study_row
 from studies.export import long_table
 from studies.readers import invite, reader_for_token
 from studies.session import AlreadyAnswered, _record_answer, next_case, submit

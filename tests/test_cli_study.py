@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 from click.testing import CliRunner
 
-from studies.storage.database import stimuli_dir
+from studies.storage.connections import stimuli_dir
 from studies.stats.columns import IMRMC_COLUMNS, LONG_COLUMNS
 from studies.readers import reader_for_token
 from studies.session import next_case, submit
@@ -246,7 +246,7 @@ def test_one_leak_gate_for_the_cli_the_admin_and_the_library(tmp_path, data):
     it is remembered (report and audit log) until the audit is re-run."""
     import json
 
-    from studies.storage.database import open_db
+    from studies.storage.connections import open_db
     from studies.errors import ReaderError
     from studies.ingest import audit_study, create_study
     from studies.readers import invite, invite_csv, leak_acknowledgement

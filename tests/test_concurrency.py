@@ -8,7 +8,7 @@ import uuid
 
 import pytest
 
-from studies.storage.database import open_db
+from studies.storage.connections import open_db
 from studies.design import StudyOptions
 from studies.readers import invite, reader_for_token
 from studies.storage import writer_process

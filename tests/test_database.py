@@ -1,11 +1,14 @@
-"""studies.storage.database: schema, pragmas, migrations, append-only responses, write retries."""
+"""studies.storage: schema, pragmas, migrations, append-only responses, write retries."""
 import sqlite3
 import threading
 
 import pytest
 
-from studies.storage import database
-from studies.storage.database import MIGRATIONS, SCHEMA_VERSION, open_db, transaction, write
+from studies import records
+from studies.storage import connections, group_commit, schema
+from studies.storage.schema import MIGRATIONS, SCHEMA_VERSION
+from studies.storage.connections import open_db, transaction
+from studies.storage.group_commit import write
 
 TABLES = {"studies", "stimuli", "cases", "readers", "assignments", "responses", "audit_log",
           "schema_version"}
@@ -17,7 +20,7 @@ def test_open_db_creates_schema_with_wal_and_foreign_keys(tmp_path):
         assert TABLES <= set(db.table_names())
         assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
         assert db.execute("PRAGMA foreign_keys").fetchone()[0] == 1
-        assert db.execute("PRAGMA busy_timeout").fetchone()[0] == database.BUSY_TIMEOUT_MS
+        assert db.execute("PRAGMA busy_timeout").fetchone()[0] == connections.BUSY_TIMEOUT_MS
         versions = [r["version"] for r in db.query("SELECT version FROM schema_version")]
         assert versions == [v for v, _ in MIGRATIONS] and versions[-1] == SCHEMA_VERSION
     finally:
@@ -41,8 +44,8 @@ def test_new_migration_is_applied_once(tmp_path, monkeypatch):
     def add_note(db):
         db["studies"].add_column("note", str)
 
-    monkeypatch.setattr(database, "MIGRATIONS", MIGRATIONS + [(SCHEMA_VERSION + 1, add_note)])
-    monkeypatch.setattr(database, "SCHEMA_VERSION", SCHEMA_VERSION + 1)
+    monkeypatch.setattr(schema, "MIGRATIONS", MIGRATIONS + [(SCHEMA_VERSION + 1, add_note)])
+    monkeypatch.setattr(schema, "SCHEMA_VERSION", SCHEMA_VERSION + 1)
     for _ in range(2):
         db = open_db(path)
         try:
@@ -117,7 +120,7 @@ def test_write_waits_for_a_held_lock_and_retries(tmp_path, monkeypatch):
     failing: the lock is held longer than the (shortened) timeout, and the write lands."""
     path = tmp_path / "s.db"
     open_db(path).close()
-    monkeypatch.setattr(database, "BUSY_TIMEOUT_MS", 50)
+    monkeypatch.setattr(connections, "BUSY_TIMEOUT_MS", 50)
     locked, done = threading.Event(), threading.Event()
 
     def hold_lock():  # sqlite3 connections belong to their thread: lock and release here
@@ -157,7 +160,7 @@ def test_missing_folder_is_a_clear_error(tmp_path):
 
 
 def test_stimuli_dir_is_next_to_db(tmp_path):
-    assert database.stimuli_dir(tmp_path / "a" / "x.db") == tmp_path / "a" / "x.stimuli"
+    assert connections.stimuli_dir(tmp_path / "a" / "x.db") == tmp_path / "a" / "x.stimuli"
 
 
 def test_migration_2_gives_existing_studies_a_fresh_random_order_secret(tmp_path):
@@ -174,7 +177,7 @@ def test_migration_2_gives_existing_studies_a_fresh_random_order_secret(tmp_path
     conn = sqlite3.connect(path)
     db = Database(conn)
     db["schema_version"].create({"version": int, "applied_at": str}, pk="version")
-    database._migration_1(db)
+    schema._migration_1(db)
     db["schema_version"].insert({"version": 1, "applied_at": "2026-01-01T00:00:00.000Z"})
     for name in ("a", "b"):
         sid = db["studies"].insert({
@@ -191,8 +194,8 @@ def test_migration_2_gives_existing_studies_a_fresh_random_order_secret(tmp_path
     db = open_db(path)
     try:
         rows = db.execute("SELECT name, order_secret, options FROM studies ORDER BY id").fetchall()
-        assert db.execute("SELECT max(version) FROM schema_version").fetchone()[0] == database.SCHEMA_VERSION
-        study = database.study_row(db, "a")
+        assert db.execute("SELECT max(version) FROM schema_version").fetchone()[0] == schema.SCHEMA_VERSION
+        study = records.study_row(db, "a")
     finally:
         db.close()
     secrets_ = [r[1] for r in rows]
@@ -218,10 +221,10 @@ def test_concurrent_writes_in_one_process_are_committed_together(tmp_path, monke
     itself. Made deterministic by marking a batch as running while they queue."""
     path = tmp_path / "s.db"
     open_db(path).close()
-    key, queue = database._queue_for(path)
+    key, queue = group_commit._queue_for(path)
     begins = []
-    real_begin = database._begin_immediate
-    monkeypatch.setattr(database, "_begin_immediate",
+    real_begin = connections.begin_immediate
+    monkeypatch.setattr(connections, "begin_immediate",
                         lambda conn, deadline: (begins.append(1), real_begin(conn, deadline)))
     names = [f"r{i}" for i in range(8)] + ["bad"]
     results, errors = {}, {}
@@ -260,7 +263,7 @@ def test_write_gives_up_after_the_deadline_without_the_default_busy_handler(tmp_
     deadline; nothing is stored."""
     path = tmp_path / "s.db"
     open_db(path).close()
-    monkeypatch.setattr(database, "WRITE_DEADLINE_S", 0.3)
+    monkeypatch.setattr(connections, "WRITE_DEADLINE_S", 0.3)
     holder = sqlite3.connect(str(path), isolation_level=None, check_same_thread=False)
     holder.execute("BEGIN IMMEDIATE")
     seen_timeouts = []
@@ -276,7 +279,7 @@ def test_write_gives_up_after_the_deadline_without_the_default_busy_handler(tmp_
         holder.execute("ROLLBACK")
         holder.close()
     assert write(path, spy) == 1
-    assert seen_timeouts == [database.BUSY_TIMEOUT_MS]  # restored for reads after BEGIN
+    assert seen_timeouts == [connections.BUSY_TIMEOUT_MS]  # restored for reads after BEGIN
     db = open_db(path)
     try:
         assert db.execute("SELECT count(*) FROM studies").fetchone()[0] == 0
@@ -325,7 +328,7 @@ def test_kept_writer_checkpoints_off_the_commit_path(tmp_path, monkeypatch):
     (seen by reading the file alone, `immutable=1`, which ignores the WAL)."""
     path = tmp_path / "s.db"
     open_db(path).close()
-    monkeypatch.setattr(database, "CHECKPOINT_EVERY", 4)
+    monkeypatch.setattr(group_commit, "CHECKPOINT_EVERY", 4)
 
     def in_file_alone():
         conn = sqlite3.connect(f"file:{path}?immutable=1", uri=True)
@@ -338,14 +341,14 @@ def test_kept_writer_checkpoints_off_the_commit_path(tmp_path, monkeypatch):
         write(path, _insert_study(f"s{i}"))
     assert in_file_alone() == 0  # all three still only in the WAL
     write(path, _insert_study("s3"))  # the 4th batch starts a checkpoint
-    _, queue = database._queue_for(path)
+    _, queue = group_commit._queue_for(path)
     with queue.checkpointing:  # wait for it to finish
         pass
     assert in_file_alone() == 4
 
 
 def _names(path):
-    with database.reading(path) as db:
+    with connections.reading(path) as db:
         return [r[0] for r in db.execute("SELECT name FROM studies ORDER BY id")]
 
 
@@ -359,18 +362,18 @@ def test_reading_reuses_its_connection_but_follows_the_file_at_the_path(tmp_path
     path = tmp_path / "s.db"
     open_db(path).close()
     write(path, _insert_study("first"))
-    with database.reading(path) as a:
+    with connections.reading(path) as a:
         conn = a.conn
-    with database.reading(path) as b:
+    with connections.reading(path) as b:
         assert b.conn is conn  # kept
-        with database.reading(path) as nested:  # the kept one is busy: its own connection
+        with connections.reading(path) as nested:  # the kept one is busy: its own connection
             assert nested.conn is not conn
     write(path, _insert_study("second"))
     assert _names(path) == ["first", "second"]  # a kept connection sees new commits
     other = tmp_path / "other.db"
     open_db(other).close()
     write(other, _insert_study("elsewhere"))
-    database.release_writers()
+    group_commit.release_writers()
     for suffix in ("-wal", "-shm"):
         (tmp_path / f"s.db{suffix}").unlink(missing_ok=True)
     os.replace(other, path)
@@ -389,7 +392,7 @@ def test_reading_sees_one_snapshot_per_block(tmp_path):
     path = tmp_path / "s.db"
     open_db(path).close()
     write(path, _insert_study("first"))
-    with database.reading(path) as db:
+    with connections.reading(path) as db:
         before = db.execute("SELECT count(*) FROM studies").fetchone()[0]
         t = threading.Thread(target=write, args=(path, _insert_study("second")))
         t.start()
@@ -404,7 +407,7 @@ def test_reading_without_snapshot_holds_no_read_transaction(tmp_path):
     path = tmp_path / "s.db"
     open_db(path).close()
     write(path, _insert_study("first"))
-    with database.reading(path, snapshot=False) as db:
+    with connections.reading(path, snapshot=False) as db:
         assert db.execute("SELECT name FROM studies LIMIT 1").fetchone() == ("first",)
         write(path, _insert_study("second"))
         assert db.execute("SELECT count(*) FROM studies").fetchone()[0] == 2
@@ -424,7 +427,7 @@ def test_a_checkpoint_keeps_reading_connections_but_not_their_pages(tmp_path):
     path = tmp_path / "s.db"
     open_db(path).close()
     write(path, _insert_study("first"))
-    with database.reading(path) as a:
+    with connections.reading(path) as a:
         conn = a.conn
         assert [r[0] for r in a.execute("SELECT name FROM studies")] == ["first"]
     write(path, _insert_study("second"))
@@ -435,21 +438,21 @@ def test_a_checkpoint_keeps_reading_connections_but_not_their_pages(tmp_path):
     finally:
         other.close()
     assert (path.stat().st_size, path.stat().st_mtime_ns) != (before.st_size, before.st_mtime_ns)
-    with database.reading(path) as b:
+    with connections.reading(path) as b:
         assert b.conn is conn  # kept across the checkpoint
         assert [r[0] for r in b.execute("SELECT name FROM studies ORDER BY id")] == ["first", "second"]
     # another study database copied over it in place (same inode), its log empty
     elsewhere = tmp_path / "elsewhere.db"
     open_db(elsewhere).close()
     write(elsewhere, _insert_study("elsewhere"))
-    database.release_writers()  # (this thread's readers too: take a fresh one to keep)
-    with database.reading(path) as c:
+    group_commit.release_writers()  # (this thread's readers too: take a fresh one to keep)
+    with connections.reading(path) as c:
         kept = c.conn
         assert c.execute("SELECT count(*) FROM studies").fetchone()[0] == 2
     inode = path.stat().st_ino
     path.write_bytes(elsewhere.read_bytes())
     assert path.stat().st_ino == inode
-    with database.reading(path) as d:
+    with connections.reading(path) as d:
         assert d.conn is kept
         assert [r[0] for r in d.execute("SELECT name FROM studies")] == ["elsewhere"]
 
@@ -459,8 +462,8 @@ def test_reader_title_column_is_added_to_an_existing_database(tmp_path, monkeypa
     readers see the neutral default) when it is next opened."""
     path = tmp_path / "s.db"
     with monkeypatch.context() as m:
-        m.setattr(database, "MIGRATIONS", [mg for mg in MIGRATIONS if mg[0] < 10])
-        m.setattr(database, "SCHEMA_VERSION", 9)
+        m.setattr(schema, "MIGRATIONS", [mg for mg in MIGRATIONS if mg[0] < 10])
+        m.setattr(schema, "SCHEMA_VERSION", 9)
         db = open_db(path)
         assert "reader_title" not in db["studies"].columns_dict
         db.close()

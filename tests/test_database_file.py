@@ -6,7 +6,7 @@ import sqlite3
 import pytest
 from click.testing import CliRunner
 
-from studies.storage.database import open_db
+from studies.storage.connections import open_db
 from studies.errors import NotAStudyDatabase
 from studio.cli import cli
 

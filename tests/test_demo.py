@@ -6,7 +6,7 @@ import pytest
 
 pytest.importorskip("torch")
 
-from studies import readers, session  # noqa: E402
+from studies import readers, serving, session  # noqa: E402
 from studies.export import long_table  # noqa: E402
 from studies.ingest import list_studies  # noqa: E402
 from studio.demo import study as demo  # noqa: E402
@@ -47,14 +47,14 @@ def test_reader_sees_both_tasks_and_the_prompt(seeded):
     assert {t["task"] for t in view.tasks} | set(view.skipped) == {"turing", "alignment"}
     if "alignment" in {t["task"] for t in view.tasks}:
         assert view.prompt  # the alignment task shows the prompt
-    png = session.stimulus_png(db, ref.reader_id, view.stimulus_id)
+    png = serving.stimulus_png(db, ref.reader_id, view.stimulus_id)
     assert png.startswith(b"\x89PNG")
 
 
 def test_every_modality_has_real_and_synthetic_cases(seeded):
     db, _ = seeded
     # the long table lists answered slots only, so read the cases through the database instead
-    from studies.storage.database import reading
+    from studies.storage.connections import reading
 
     with reading(db) as conn:
         rows = conn.execute("SELECT modality, source FROM cases").fetchall()

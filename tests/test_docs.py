@@ -167,8 +167,6 @@ def test_reference_finder():
     assert stale_references("colour #fff; 3 issues remain; C# 12") == []
 
 
-@pytest.mark.xfail(strict=False, reason="comments and docstrings citing the tracker remain in code "
-                   "this change may not edit; the failure lists them")
 def test_no_comment_cites_the_tracker_or_a_document_outside_the_repository():
     offenders = []
     for folder in CODE_FOLDERS:
@@ -181,8 +179,6 @@ def test_no_comment_cites_the_tracker_or_a_document_outside_the_repository():
 DOC_TRACKER = re.compile(r"\bissues?\s*#?\d+|\bGUIDE(?:\s*§|\.md)", re.I)
 
 
-@pytest.mark.xfail(strict=False, reason="docs/benchmarks.md (edited elsewhere) still cites the tracker and "
-                   "an outside guide; the failure lists the lines")
 def test_no_document_cites_the_tracker_or_a_document_outside_the_repository():
     offenders = []
     for doc in DOCS:

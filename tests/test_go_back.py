@@ -12,17 +12,19 @@ import pandas as pd
 import pytest
 from click.testing import CliRunner
 
-from studies.storage import database
+from studies.storage import schema
 
-from studies import lifecycle, readers, session
+from studies import back_rule, lifecycle, readers, session
 
 from studies.stats import remarks, report
 from studies.stats.analysis import analyze
-from studies.storage.database import open_db
+from studies.storage.connections import open_db
 from studies.design import StudyOptions
 from studies.errors import NotAuthorised, SessionError
 from studies.export import long_table, read_long_csv, write_export
-from studies.session import CannotGoBack, go_back, next_case, stimulus_png, submit
+from studies.session import go_back, next_case, submit
+from studies.back_rule import CannotGoBack
+from studies.serving import stimulus_png
 from studio.cli import cli
 from study_fixtures import database_at_version, make_study, study, template  # noqa: F401 (fixtures)
 
@@ -176,11 +178,11 @@ def test_going_back_into_training_and_attention_checks_is_refused(tmp_path):
         assert view.can_go_back is (refusal is None)
         seen.setdefault(refusal, 0)
         seen[refusal] += 1
-        if refusal is not None and refusal != session.BACK_NOTHING:
+        if refusal is not None and refusal != back_rule.BACK_NOTHING:
             with pytest.raises(CannotGoBack):
                 go_back(db, rid)
         _answer(db, rid, view.pending[0]["scale"][0]["value"])
-    assert session.BACK_TRAINING in seen and session.BACK_ATTENTION in seen
+    assert back_rule.BACK_TRAINING in seen and back_rule.BACK_ATTENTION in seen
     assert seen[None] >= 1  # after an ordinary case going back works
     # after the last case (finished) the previous one may still be reopened
     last_kind = kinds[-1]
@@ -357,7 +359,7 @@ def test_migration_6_upgrades_a_schema_5_database(tmp_path, monkeypatch):
                                 "rating": 1, "duration_ms": 5, "answered_at": "y"})
     db = open_db(path)
     try:
-        assert db.execute("SELECT max(version) FROM schema_version").fetchone()[0] == database.SCHEMA_VERSION
+        assert db.execute("SELECT max(version) FROM schema_version").fetchone()[0] == schema.SCHEMA_VERSION
         assert db.execute("SELECT comment, non_diagnostic FROM responses").fetchone() == ("", 0)
         assert db.execute("SELECT reopened_after FROM assignments").fetchone() == (None,)
         # a study under way keeps its protocol (no going back); a new one allows it

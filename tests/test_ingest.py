@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from studies import ingest
-from studies.storage.database import open_db, stimuli_dir
+from studies import ingest, staging
+from studies.storage.connections import open_db, stimuli_dir
 from studies.design import StudyOptions
 from studies.errors import IngestError, ManifestError, StudyError, StudyExists
 from studies.ingest import audit_study, create_study
@@ -242,7 +242,7 @@ def test_failure_while_moving_stimuli_in_rolls_everything_back(tmp_path, data, m
             raise OSError("disk full")
         return real_replace(src, dst)
 
-    monkeypatch.setattr(ingest.os, "replace", flaky_replace)
+    monkeypatch.setattr(staging.os, "replace", flaky_replace)  # moving stimuli in
     with pytest.raises(OSError, match="disk full"):
         create_study(db_path, "x", manifest=write_manifest(root / "m.csv", rows), size=32)
     assert len(calls) == 5

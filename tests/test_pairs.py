@@ -14,7 +14,7 @@ from studies.stats import pairs
 from studies import readers
 from studies.export import analyze_db
 from studies.stats.analysis import analyze
-from studies.storage.database import open_db
+from studies.storage.connections import open_db
 from studies.design import StudyOptions, make_pairs, seeded_order_secret
 from studies.errors import StudyError
 from studies.export import long_table

@@ -11,12 +11,13 @@ import uuid
 
 import pytest
 
-from studies import readers, session
-from studies.storage.database import open_db
+from studies import back_rule, readers, serving, session
+from studies.storage.connections import open_db
 from studies.design import (
     StudyOptions, choose_subset, make_pairs, pair_unit, reader_order, seeded_order_secret,
 )
-from studies.session import CannotGoBack, go_back, next_case, submit
+from studies.session import go_back, next_case, submit
+from studies.back_rule import CannotGoBack
 from study_fixtures import make_study, study, template  # noqa: F401 (fixtures)
 
 
@@ -179,10 +180,10 @@ class _Steps:
     def __init__(self, monkeypatch):
         import contextlib
 
-        from studies.storage import database, writer_process
+        from studies.storage import connections, writer_process
 
         self.n = 0
-        real_reading, real_call = database.reading, writer_process.call
+        real_reading, real_call = connections.reading, writer_process.call
 
         def tick():
             self.n += 1
@@ -207,6 +208,7 @@ class _Steps:
             return real_call(db_path, counted, *args, **kw)
 
         monkeypatch.setattr(session, "reading", reading)
+        monkeypatch.setattr(serving, "reading", reading)  # the image route reads there
         monkeypatch.setattr(session.writer_process, "call", call)
 
     def of(self, fn, *args, **kw):
@@ -231,7 +233,7 @@ def test_handler_work_does_not_depend_on_the_source(tmp_path, monkeypatch):
         n, view = steps.of(next_case, db, rid)
         src = source[view.assignment_id]
         work["next_case"][src].add(n)
-        n, _ = steps.of(session.stimulus_png, db, rid, view.stimulus_id, current_only=True)
+        n, _ = steps.of(serving.stimulus_png, db, rid, view.stimulus_id, current_only=True)
         work["stimulus"][src].add(n)
         n, ack = steps.of(submit, db, rid, view.assignment_id, "turing", 2, 900,
                           str(uuid.uuid4()))
@@ -296,7 +298,7 @@ def test_the_real_synthetic_answer_is_final_once_the_text_is_shown(three):
     view = next_case(three, rid)
     assert view.pending[0]["task"] == "alignment" and view.prompt
     assert not view.can_go_back
-    assert session.back_refused(three, rid) == session.BACK_FINAL
+    assert session.back_refused(three, rid) == back_rule.BACK_FINAL
     with pytest.raises(CannotGoBack, match="final"):
         go_back(three, rid)
     for task in ("turing", "quality"):  # not through the library either

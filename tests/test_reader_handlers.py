@@ -10,10 +10,10 @@ import pytest
 from reader_fixtures import answer_all, queue_event, repeat_study, screen_text
 from studio_fixtures import leak_needles, make_loud_study, serve_studio
 
-from studies import readers, session
+from studies import readers, serving, session
 
 from studies.imaging import stimuli
-from studies.storage.database import stimuli_dir
+from studies.storage.connections import stimuli_dir
 from studies.export import long_table
 from studio.admin import settings_tab
 from studio.reader import handlers as reader_handlers
@@ -40,7 +40,7 @@ def test_reader_flow_blinded_pixels_and_finish(tmp_path):
         assert screen.new_image and screen.image_url == (
             f"{reader_handlers.STIMULUS_ROUTE}/{view.stimulus_id}?token={token}")
         # ... whose bytes are exactly the stored normalised stimulus.
-        stored = session.stimulus_png(db, screen.state.reader_id, view.stimulus_id,
+        stored = serving.stimulus_png(db, screen.state.reader_id, view.stimulus_id,
                                       current_only=True)
         assert stimuli.decode_png(stored).shape == (96, 96, 3)
         seen.append(view.assignment_id)
@@ -129,7 +129,7 @@ def test_duration_uses_the_browsers_display_time_only_when_shorter(tmp_path, mon
     # A browser figure under 50 ms (0 included) is replaced by the server's and flagged.
     assert df["duration_flagged"].tolist() == [0, 0, 0, 0, 0, 0, 1, 1, 0]
     # shown_at follows the figure used: 1.8 s before the answer, not the server's send time
-    from studies.storage.database import open_db
+    from studies.storage.connections import open_db
     conn = open_db(db)
     try:
         first = conn.execute("SELECT shown_at, answered_at FROM responses ORDER BY id LIMIT 1").fetchone()
@@ -145,7 +145,7 @@ def test_two_tasks_prompt_only_with_alignment_and_training_feedback(tmp_path):
                                        training_cases=2)
     token = tokens["dr-a"]
     prompts = {r["prompt"] for r in rows}
-    from studies.storage.database import open_db
+    from studies.storage.connections import open_db
 
     with open_db(db) as conn:  # the prompt audit did not clear the texts
         conn.execute("UPDATE studies SET audit_report = json_set(coalesce(audit_report, "
@@ -286,7 +286,7 @@ def test_reader_events_are_cheap_for_gradio(tmp_path, monkeypatch):
 
 
 def test_back_event_sends_the_marker_earlier_answer_and_remarks_as_plain_values(tmp_path):
-    """Issue 13 item 6 through Gradio's queue: after an answer the Back marker is on; Back
+    """Through Gradio's queue: after an answer the Back marker is on; Back
     shows the previous case with the earlier answer selected (still the only update dict)
     and the comment and flag sent with it as plain values."""
     import httpx
@@ -368,7 +368,7 @@ def test_reader_page_title_is_the_reader_title_never_the_internal_name(tmp_path)
 def test_training_feedback_after_a_reload_between_questions_grades_the_stored_call(tmp_path):
     """A reload between a training case's two questions loses the page's memory of the
     real/synthetic answer; the feedback still says whether that stored answer was right."""
-    from studies.storage.database import open_db
+    from studies.storage.connections import open_db
 
     db, rows, tokens = make_loud_study(tmp_path, tasks=("turing", "alignment"),
                                        training_cases=2)

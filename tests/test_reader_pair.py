@@ -13,10 +13,10 @@ from click.testing import CliRunner
 from studio_fixtures import leak_needles, make_loud_study, serve_studio, write_loud_manifest
 from reader_fixtures import queue_event, screen_text
 
-from studies import readers, session
+from studies import monitoring, readers, serving, session
 
 from studies.imaging import stimuli
-from studies.storage.database import open_db, stimuli_dir
+from studies.storage.connections import open_db, stimuli_dir
 from studies.design import StudyOptions
 from studies.stats.columns import TASKS, pair_call
 from studies.export import long_table
@@ -72,14 +72,14 @@ def test_pair_study_answered_end_to_end_through_the_handlers(tmp_path):
         assert screen.pair_image_url.endswith(f"?token={token}")
         # Both are served as the stored bytes, and only while the pair is on screen.
         for vid, stored in ((view_id, lfile), (pview, rfile)):
-            got = session.stimulus_png(db, reader_id, vid, current_only=True)
+            got = serving.stimulus_png(db, reader_id, vid, current_only=True)
             assert got == (stimuli_dir(db) / f"{stored}.png").read_bytes()
         rating = ratings[len(answered)]
         answered.append((screen.state.assignment_id, rating, lsrc))
         screen = reader_handlers.submit_answer(db, token, screen.state, rating)
         for vid in (view_id, pview):
             with pytest.raises(session.NotAuthorised):
-                session.stimulus_png(db, reader_id, vid, current_only=True)
+                serving.stimulus_png(db, reader_id, vid, current_only=True)
     assert screen.kind == "finished" and len(answered) == 4
     # Each stored answer is the side the rating calls synthetic; truth is the real side.
     df = long_table(db, "duo").sort_values("answered_at")
@@ -172,7 +172,7 @@ def test_a_missing_right_hand_image_is_reported_and_the_reader_waits(tmp_path):
     screen = reader_handlers.start(db, token)
     assert screen.kind == "unavailable" and screen.message == reader_handlers.UNAVAILABLE_IMAGE
     assert screen.pair_image_url is None and screen.image_url is None
-    assert [f.stimulus_id for f in session.faults(db, "duo")] == [view.pair_stored_id]
+    assert [f.stimulus_id for f in monitoring.faults(db, "duo")] == [view.pair_stored_id]
     assert view.pair_stored_id in readers_tab.faults_markdown(db, "duo")
     path.write_bytes(kept)
     back = reader_handlers.start(db, token)

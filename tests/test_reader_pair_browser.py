@@ -56,7 +56,7 @@ def _srcs(page) -> list[str]:
 
 def test_pair_answered_with_arrow_keys_and_nothing_leaks(browser, pair_studio, shots):
     from studies.imaging import stimuli
-    from studies.storage.database import open_db, stimuli_dir
+    from studies.storage.connections import open_db, stimuli_dir
     from studies.stats.columns import TASKS, pair_call
     from studies.export import long_table
     from studio.reader import texts as reader_texts

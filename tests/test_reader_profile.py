@@ -1,7 +1,7 @@
 """The reader's own profile form and the intro's touch wording.
 
-Library: `readers.profile_form` (asked only when the study asks, not again once filled in,
-the coordinator's values pre-filled), `readers.update_profile(complete=True)` (every field
+Library: `profiles.profile_form` (asked only when the study asks, not again once filled in,
+the coordinator's values pre-filled), `profiles.update_profile(complete=True)` (every field
 required, years 0-70, plain one-line text, nothing stored on refusal, completion time
 recorded, corrections logged with the previous value), the values exported with each
 answer and spreadsheet-safe. Reader page handlers: the form before the first case, Start
@@ -17,8 +17,9 @@ import uuid
 import pytest
 from click.testing import CliRunner
 
-from studies import lifecycle, readers
-from studies.storage.database import SCHEMA_VERSION, open_db
+from studies import lifecycle, profiles, readers
+from studies.storage.schema import SCHEMA_VERSION
+from studies.storage.connections import open_db
 from studies.errors import ReaderError, StudyError
 from studies.export import long_table, read_long_csv, write_export
 from studies.session import next_case, submit
@@ -56,16 +57,16 @@ GOOD = {"specialty": "radiology", "years_experience": "12", "site": "Leiden"}
 def test_form_only_when_the_study_asks_with_the_coordinators_values_prefilled(study):
     token = readers.invite(study, "pilot", "dr-a", profile={"specialty": "radiology"})
     ref = readers.reader_for_token(study, token)
-    assert readers.profile_form(study, ref.reader_id) is None  # the default: not asked
+    assert profiles.profile_form(study, ref.reader_id) is None  # the default: not asked
     assert not lifecycle.study_texts(study, "pilot").ask_profile
     _asking(study, "site,home_country")
     assert lifecycle.study_texts(study, "pilot").ask_profile
-    form = readers.profile_form(study, ref.reader_id)
+    form = profiles.profile_form(study, ref.reader_id)
     assert form.fields == ("specialty", "years_experience", "site", "home_country")
     assert form.labels == ("Specialty", "Years of experience", "Site", "Home country")
     assert form.values == {"specialty": "radiology"}
     lifecycle.set_texts(study, "pilot", ask_profile=False)
-    assert readers.profile_form(study, ref.reader_id) is None
+    assert profiles.profile_form(study, ref.reader_id) is None
 
 
 @pytest.mark.parametrize("field, value, message", [
@@ -86,16 +87,16 @@ def test_bad_values_are_refused_and_nothing_is_stored(study, field, value, messa
     ref = readers.reader_for_token(study, readers.invite(study, "pilot", "dr-a",
                                                          profile={"specialty": "neuro"}))
     with pytest.raises(ReaderError, match=message):
-        readers.update_profile(study, ref.reader_id, GOOD | {field: value}, complete=True)
+        profiles.update_profile(study, ref.reader_id, GOOD | {field: value}, complete=True)
     assert _stored(study, ref.reader_id) == ({"specialty": "neuro"}, None)
-    assert readers.profile_form(study, ref.reader_id) is not None  # still asked
+    assert profiles.profile_form(study, ref.reader_id) is not None  # still asked
 
 
 @pytest.mark.parametrize("years, stored", [("0", 0), ("70", 70), (" 7 ", 7), ("7.0", 7)])
 def test_years_bounds_are_inclusive_whole_numbers(study, years, stored):
     _asking(study)
     ref = readers.reader_for_token(study, readers.invite(study, "pilot", "dr-a"))
-    out = readers.update_profile(study, ref.reader_id, GOOD | {"years_experience": years},
+    out = profiles.update_profile(study, ref.reader_id, GOOD | {"years_experience": years},
                                  complete=True)
     assert out["years_experience"] == stored
 
@@ -104,26 +105,26 @@ def test_completion_is_recorded_once_and_a_correction_keeps_the_invitation_value
     _asking(study)
     ref = readers.reader_for_token(study, readers.invite(
         study, "pilot", "dr-a", profile={"specialty": "radiology", "site": "Bergen"}))
-    stored = readers.update_profile(study, ref.reader_id, GOOD, complete=True, actor="reader")
+    stored = profiles.update_profile(study, ref.reader_id, GOOD, complete=True, actor="reader")
     assert stored == {"specialty": "radiology", "years_experience": 12, "site": "Leiden"}
     profile, done = _stored(study, ref.reader_id)
     assert profile == stored and done
     assert readers.reader_info(study, ref.reader_id).profile_completed_at == done
-    assert readers.profile_form(study, ref.reader_id) is None  # not asked again
+    assert profiles.profile_form(study, ref.reader_id) is None  # not asked again
     with open_db(study) as conn:
         actor, detail = conn.execute("SELECT actor, detail FROM audit_log WHERE action = "
                                      "'update_profile'").fetchone()
     assert actor == "reader"
     assert json.loads(detail)["changed"] == {"site": ["Bergen", "Leiden"],
                                              "years_experience": [None, 12]}
-    readers.update_profile(study, ref.reader_id, GOOD | {"site": "Oslo"}, complete=True)
+    profiles.update_profile(study, ref.reader_id, GOOD | {"site": "Oslo"}, complete=True)
     assert _stored(study, ref.reader_id)[1] == done  # the first completion time stays
 
 
 def test_profile_values_are_exported_with_each_answer_and_spreadsheet_safe(study, tmp_path):
     _asking(study)
     ref = readers.reader_for_token(study, readers.invite(study, "pilot", "dr-a"))
-    readers.update_profile(study, ref.reader_id,
+    profiles.update_profile(study, ref.reader_id,
                            {"specialty": "@radiology", "years_experience": "3", "site": LINK},
                            complete=True)
     for _ in range(3):
@@ -231,7 +232,7 @@ def test_a_forged_foreign_or_deactivated_token_writes_no_profile(study):
 
 
 def test_form_html_escapes_values_and_labels(study):
-    form = readers.ProfileForm(fields=("specialty", "site"), labels=("Specialty", "<b>Site</b>"),
+    form = profiles.ProfileForm(fields=("specialty", "site"), labels=("Specialty", "<b>Site</b>"),
                                values={"specialty": '"><img src=x onerror=alert(1)>'})
     out = reader_page.profile_form_html(form, message="<script>x</script>")
     assert "<img" not in out and "<script>" not in out and "<b>" not in out

@@ -31,9 +31,9 @@ def profile_studio(tmp_path):
     lifecycle.set_texts(db, "pilot", instructions="Read each image at full size.",
                         consent="I agree that my answers are used for this study.",
                         profile_fields="site", ask_profile=True)
-    from studies import readers
+    from studies import profiles, readers
 
-    readers.update_profile(db, readers.reader_for_token(db, tokens["dr-a"]).reader_id,
+    profiles.update_profile(db, readers.reader_for_token(db, tokens["dr-a"]).reader_id,
                            {"specialty": "radiology"})  # as from the coordinator's CSV
     with serve_studio(db, password=ADMIN_PASSWORD) as (url, _):
         yield {"url": url, "db": db, "tokens": tokens}

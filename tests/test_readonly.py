@@ -16,8 +16,8 @@ import sqlite3
 import pytest
 from click.testing import CliRunner
 
-from studies.storage import database
-from studies.storage.database import open_db, reading
+from studies.storage import connections, group_commit, schema
+from studies.storage.connections import open_db, reading
 from studies.design import StudyOptions
 from studies.errors import NotAStudyDatabase
 from studies.readers import invite, reader_for_token
@@ -40,7 +40,7 @@ def answered(tmp_path):
     for i in range(3):
         view = next_case(db, ref.reader_id)
         submit(db, ref.reader_id, view.assignment_id, "turing", 2 + i % 3, 900, f"c{i}")
-    database.release_writers()  # the last connection closes: WAL folded in, -wal/-shm gone
+    group_commit.release_writers()  # the last connection closes: WAL folded in, -wal/-shm gone
     assert not os.path.exists(f"{db}-wal") and not os.path.exists(f"{db}-shm")
     return db
 
@@ -109,8 +109,8 @@ def test_changes_in_the_write_ahead_log_are_read_or_refused_never_ignored(answer
     (copy / "study.db-shm").mkdir()
     with reading(copy / "study.db") as db:
         assert db.execute("SELECT count(*) FROM audit_log WHERE action = 'late'").fetchone()[0] == 1
-    real_connect = database._connect_ro
-    database.release_readers()  # what follows is about opening afresh, not a kept connection
+    real_connect = connections._connect_ro
+    connections.release_readers()  # what follows is about opening afresh, not a kept connection
 
     def no_ro(uri):  # as if even a read-only open could not get at the WAL
         if "immutable=1" not in uri:
@@ -119,7 +119,7 @@ def test_changes_in_the_write_ahead_log_are_read_or_refused_never_ignored(answer
             raise exc
         return real_connect(uri)
 
-    monkeypatch.setattr(database, "_connect_ro", no_ro)
+    monkeypatch.setattr(connections, "_connect_ro", no_ro)
     with pytest.raises(NotAStudyDatabase, match="write-ahead log"):
         with reading(copy / "study.db"):
             pass
@@ -133,10 +133,10 @@ def test_reading_an_older_schema_upgrades_it_when_writable(answered, monkeypatch
     """Reads never migrate on their own connection, but a database from an older version
     is upgraded first (as before) rather than refused, when it can be written."""
     applied = []
-    new_version = database.SCHEMA_VERSION + 1
-    monkeypatch.setattr(database, "MIGRATIONS", database.MIGRATIONS + [
+    new_version = schema.SCHEMA_VERSION + 1
+    monkeypatch.setattr(schema, "MIGRATIONS", schema.MIGRATIONS + [
         (new_version, lambda db: applied.append(1))])
-    monkeypatch.setattr(database, "SCHEMA_VERSION", new_version)
+    monkeypatch.setattr(schema, "SCHEMA_VERSION", new_version)
     with reading(answered) as db:
         assert db.execute("SELECT max(version) FROM schema_version").fetchone()[0] == new_version
     assert applied == [1]

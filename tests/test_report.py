@@ -5,7 +5,8 @@ import re
 import pytest
 
 from studies.stats.analysis import analyze
-from studies.stats.report import figures, render_html, write_html
+from studies.stats.report import render_html, write_html
+from studies.stats.charts import figures
 from studies.stats.simulate import simulate_long
 
 
@@ -139,7 +140,7 @@ def test_likert_group_breakdown_is_in_the_html():
 
 
 def test_agreement_heatmap_labels_undefined_kappa():
-    from studies.stats.report import agreement_figure
+    from studies.stats.charts import agreement_figure
 
     pairwise = {"pairs": [{"reader_a": "a", "reader_b": "b", "kappa": None},
                           {"reader_a": "a", "reader_b": "c", "kappa": 0.25},

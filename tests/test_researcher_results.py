@@ -13,7 +13,8 @@ from studies.stats import numbers
 from studies import readers
 from studies.stats.analysis import analyze
 from studies.design import StudyOptions
-from studies.stats.report import FIGURE_TITLES, figures, render_html
+from studies.stats.report import render_html
+from studies.stats.charts import FIGURE_TITLES, figures
 from studies.session import next_case, submit
 from studio.admin import analysis_tab
 from studio.cli import cli

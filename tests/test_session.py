@@ -6,11 +6,13 @@ import uuid
 
 import pytest
 
-from studies.storage.database import open_db, stimuli_dir
+from studies.storage.connections import open_db, stimuli_dir
 from studies.design import StudyOptions, reader_order, seeded_order_secret
 from studies.errors import NotAuthorised, ReaderError, SessionError, StudyNotFound
 from studies.readers import invite, list_readers, reader_for_token, reader_link, token_hash
-from studies.session import AlreadyAnswered, next_case, progress, stimulus_png, submit
+from studies.session import AlreadyAnswered, next_case, submit
+from studies.monitoring import progress
+from studies.serving import stimulus_png
 from study_fixtures import copy_study, make_study
 
 

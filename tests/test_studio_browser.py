@@ -98,7 +98,7 @@ def training_studio(tmp_path_factory):
                                        tasks=("turing", "alignment"), training_cases=2)
     # The prompt audit found the texts indistinguishable, so training cases ask the text
     # question too (without that verdict they skip it: tests/test_back_text_browser.py).
-    from studies.storage.database import open_db
+    from studies.storage.connections import open_db
 
     with open_db(db) as conn:
         conn.execute("UPDATE studies SET audit_report = json_set(coalesce(audit_report, "
@@ -300,7 +300,7 @@ def test_reader_keyboard_only_with_refresh_and_nothing_leaks(browser, studio, sh
         low = html.lower()
         assert not [n for n in needles if n in low]
     # Served pixels are exactly the study's normalised stimuli.
-    from studies.storage.database import stimuli_dir
+    from studies.storage.connections import stimuli_dir
     stored = {stimuli.decode_png(p.read_bytes()).tobytes()
               for p in stimuli_dir(studio["db"]).glob("*.png")}
     assert images and all(im.tobytes() in stored for im in images)
@@ -786,7 +786,7 @@ def test_repeated_case_new_url_bound_to_reader_and_token(browser, repeat_studio)
     """A repeat and an attention check show the same stimulus under a new URL; a URL works
     only with its own reader's token and only while its case is on screen; no file or
     source name anywhere; the page runs under the CSP without a violation."""
-    from studies.storage.database import open_db
+    from studies.storage.connections import open_db
     from studio_fixtures import leak_needles
 
     url, db, tokens = repeat_studio["url"], repeat_studio["db"], repeat_studio["tokens"]

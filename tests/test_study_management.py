@@ -10,10 +10,11 @@ import uuid
 import pytest
 from click.testing import CliRunner
 
-from studies.storage import database, settings
+from studies.storage import settings
+from studies.storage import schema
 
-from studies import lifecycle, readers, washout
-from studies.storage.database import open_db
+from studies import lifecycle, profiles, readers, washout
+from studies.storage.connections import open_db
 from studies.design import StudyOptions, parse_duration, reader_order, seeded_order_secret
 from studies.errors import ReaderError, StudyError
 from studies.export import long_table
@@ -82,13 +83,13 @@ def test_csv_invite_is_all_or_nothing_when_a_name_exists(study, tmp_path):
 
 def test_profile_update_and_consent_are_recorded_once(study):
     ref = readers.reader_for_token(study, readers.invite(study, "pilot", "dr-a"))
-    assert readers.update_profile(study, ref.reader_id, {"specialty": "radiology"}) == {
+    assert profiles.update_profile(study, ref.reader_id, {"specialty": "radiology"}) == {
         "specialty": "radiology"}
     with pytest.raises(ReaderError, match="unknown profile field"):
-        readers.update_profile(study, ref.reader_id, {"<script>": "x"})
+        profiles.update_profile(study, ref.reader_id, {"<script>": "x"})
     assert readers.reader_info(study, ref.reader_id).consented_at is None
-    first = readers.record_consent(study, ref.reader_id)
-    assert readers.record_consent(study, ref.reader_id) == first
+    first = profiles.record_consent(study, ref.reader_id)
+    assert profiles.record_consent(study, ref.reader_id) == first
     assert readers.reader_info(study, ref.reader_id).consented_at == first
     assert readers.reader_table(study, "pilot")[0].consented_at == first
 
@@ -295,7 +296,7 @@ def test_migration_5_upgrades_a_schema_2_database(tmp_path, monkeypatch):
         assert db.execute("SELECT status, profile_fields FROM studies").fetchone() == ("open", "[]")
         assert db.execute("SELECT profile, deactivated_at FROM readers").fetchone() == ("{}", None)
         assert db.execute("SELECT max(version) FROM schema_version").fetchone()[0] == \
-            database.SCHEMA_VERSION
+            schema.SCHEMA_VERSION
     finally:
         db.close()
 
@@ -388,11 +389,11 @@ def test_reader_page_shows_instructions_and_consent_and_start_records_it(study):
     assert "full size.\n\nTake breaks" in screen.intro  # paragraphs kept
     assert "Tick **I agree** below and press **Start**" in screen.intro
     assert "![x]" not in screen.intro and "\\!\\[x\\]" in screen.intro  # shown as typed
-    assert readers.consent_pending(study, ref.reader_id)
+    assert profiles.consent_pending(study, ref.reader_id)
     assert readers.reader_info(study, ref.reader_id).consented_at is None
     assert reader_handlers.start(study, token).kind == "case"
     assert readers.reader_info(study, ref.reader_id).consented_at is not None
-    assert readers.consent_pending(study, ref.reader_id) == ""
+    assert profiles.consent_pending(study, ref.reader_id) == ""
     # resumed after consent: straight back to the case, no intro
     view = next_case(study, ref.reader_id)
     submit(study, ref.reader_id, view.assignment_id, "turing", 2, 900, str(uuid.uuid4()))
@@ -405,7 +406,7 @@ def test_reader_page_shows_instructions_and_consent_and_start_records_it(study):
 
 def test_a_deactivated_link_fetches_no_image(study):
     from studies.errors import NotAuthorised
-    from studies.session import current_stimulus_png
+    from studies.serving import current_stimulus_png
 
     token = readers.invite(study, "pilot", "dr-a")
     view = next_case(study, readers.reader_for_token(study, token).reader_id)

@@ -3,7 +3,7 @@ and synthetic images of the study share that modality, so it never tells the sou
 from studio_fixtures import make_loud_study
 
 from studies import readers, session
-from studies.storage.database import open_db, transaction
+from studies.storage.connections import open_db, transaction
 from studio.reader import handlers as reader_handlers
 from studio.reader import page as reader_page
 

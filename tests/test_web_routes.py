@@ -11,10 +11,10 @@ import pytest
 from reader_fixtures import repeat_study
 from studio_fixtures import make_loud_study, serve_studio
 
-from studies import session
+from studies import monitoring, session
 
 from studies.imaging import stimuli
-from studies.storage.database import stimuli_dir
+from studies.storage.connections import stimuli_dir
 from studies.export import long_table
 from studio.admin import readers_tab
 from studio.web import auth
@@ -138,7 +138,7 @@ def test_stimulus_route_per_read_per_reader_token_only(served_repeats):
     bytes are the stored PNG's, unchanged, no-store."""
     import httpx
 
-    from studies.storage.database import open_db
+    from studies.storage.connections import open_db
 
     url, db, tokens = served_repeats
     a, b = tokens["dr-a"], tokens["dr-b"]
@@ -206,7 +206,7 @@ def test_missing_stimulus_message_in_words_and_admin_sees_the_fault(served_repea
     for screen in (reader_handlers.start(db, token), reader_handlers.submit_answer(db, token, None, 3)):
         assert screen.kind == "unavailable" and screen.message == reader_handlers.UNAVAILABLE_IMAGE
         assert "Error" not in screen.message and screen.image_url is None
-    found = session.faults(db, "rep")
+    found = monitoring.faults(db, "rep")
     assert [f.stimulus_id for f in found] == [sid] and found[0].count == 2
     assert found[0].readers == 1 and found[0].reason
     md = readers_tab.faults_markdown(db, "rep")
@@ -227,7 +227,7 @@ def test_missing_stimulus_message_in_words_and_admin_sees_the_fault(served_repea
             with httpx.Client(base_url=url, timeout=20) as c:
                 r = c.get(f"/{s.image_url}")
             assert r.status_code == 503 and "unavailable" in r.text
-            assert ssid in [f.stimulus_id for f in session.faults(sdb, "rep")]
+            assert ssid in [f.stimulus_id for f in monitoring.faults(sdb, "rep")]
         finally:
             spath.write_bytes(saved)
     # Restored: Try again continues at the same case.
@@ -237,7 +237,7 @@ def test_missing_stimulus_message_in_words_and_admin_sees_the_fault(served_repea
 
 
 def open_db_(db):
-    from studies.storage.database import open_db
+    from studies.storage.connections import open_db
     return open_db(db)
 
 def test_cross_origin_writes_refused_no_cors_and_security_headers(served):

@@ -254,12 +254,13 @@ def test_logout_button_posts():
 # ------------------------------------------------------------------------------ closed study
 def test_a_closed_study_serves_no_image(tmp_path):
     from studies import lifecycle, readers, session
+    from studies import serving
     from studies.errors import NotAuthorised
 
     db, _, tokens = make_loud_study(tmp_path, readers=("dr-a",))
     ref = readers.reader_for_token(db, tokens["dr-a"])
     view = session.next_case(db, ref.reader_id)
-    assert session.current_stimulus_png(db, tokens["dr-a"], view.stimulus_id)[1]
+    assert serving.current_stimulus_png(db, tokens["dr-a"], view.stimulus_id)[1]
     app = app_mod.build_app(db, admin_auth=auth.AdminAuth(
         auth.AdminCredentials.from_password("admin", "pw", "env")))
     from starlette.testclient import TestClient
@@ -270,7 +271,7 @@ def test_a_closed_study_serves_no_image(tmp_path):
         for status in ("closed", "archived"):
             lifecycle.set_status(db, "ten", status)
             with pytest.raises(NotAuthorised):
-                session.current_stimulus_png(db, tokens["dr-a"], view.stimulus_id)
+                serving.current_stimulus_png(db, tokens["dr-a"], view.stimulus_id)
             assert c.get(route).status_code == 404
         lifecycle.set_status(db, "ten", "open")
         assert c.get(route).status_code == 200

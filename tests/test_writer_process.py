@@ -18,7 +18,8 @@ from multiprocessing import AuthenticationError
 from multiprocessing.connection import Client
 
 from studies.storage import writer_process
-from studies.storage.database import commit_together, open_db
+from studies.storage.group_commit import commit_together
+from studies.storage.connections import open_db
 from studies.errors import NotAuthorised, SessionError, StudyError
 from studies.readers import invite, reader_for_token
 from studies.session import next_case, submit

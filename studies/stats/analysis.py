@@ -1,8 +1,11 @@
 """Study analysis: the long export table in, one JSON-ready dict out.
 
+Over 600 lines because it assembles every section of the result in one place, so the
+result's shape reads top to bottom (the statistics themselves live in their own modules).
+
 `analyze(long_df)` runs every statistic of docs/statistics.md on a `long` table
-(columns of `studies.export.long_table`); `analyze_db(db_path, study)` reads that table
-from a study database first. The result's keys are documented in the README
+(columns of `studies.export.long_table`; `studies.export.analyze_db` reads that table from a
+study database first). The result's keys are documented in the README
 (## Study statistics).
 
 Data rules
@@ -27,7 +30,6 @@ from __future__ import annotations
 
 import json
 import math
-import re
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -37,6 +39,7 @@ from studies.stats import agreement, likert, mrmc, pairs, remarks, roc
 from studies.stats.proportions import binary_summaries, binary_summary
 from studies.stats.proportions import null_fields as _null
 from studies.stats.proportions import readers_t_test
+from studies.stats.values import as_bool, natural_key
 
 SCHEMA_VERSION = 1
 COLUMNS = ("study", "reader", "case", "task", "source", "generator", "modality", "prompt",
@@ -56,19 +59,6 @@ MRMC_DESIGN = (
     "treatments, positives nested within them. The pooled test uses all synthetic images as "
     "positives; per-generator tests use that generator's images plus all real images."
 )
-
-
-def _natural_key(s: str):
-    return [int(p) if p.isdigit() else p for p in re.split(r"(\d+)", str(s))]
-
-
-def _as_bool(s: pd.Series) -> pd.Series:
-    if s.dtype == bool:
-        return s
-    if pd.api.types.is_numeric_dtype(s):
-        return s.fillna(0).astype(float) != 0
-    text = s.astype("string").str.strip().str.lower()
-    return text.isin(["true", "1", "yes", "t", "y", "1.0"]).fillna(False).astype(bool)
 
 
 CLASSES = ["real", "synthetic"]
@@ -141,8 +131,8 @@ def prepare(long_df: pd.DataFrame, *, study: str | None = None) -> Prepared:
     df["task"] = _categorical(df["task"], _lower)
     _check_scales(df)
     df["response"] = _categorical(df["response"], _lower)
-    df["training"] = _as_bool(df["training"])
-    df["repeat"] = _as_bool(df["repeat"])
+    df["training"] = as_bool(df["training"])
+    df["repeat"] = as_bool(df["repeat"])
     # truth falls back to source and vice versa (the Likert tasks carry only source)
     truth = _class_codes(df["truth"])
     source = _class_codes(df["source"])
@@ -159,9 +149,9 @@ def prepare(long_df: pd.DataFrame, *, study: str | None = None) -> Prepared:
     else:
         df["group"] = pd.Categorical.from_codes(np.full(len(df), -1), categories=[])
     levels = {
-        "modality": sorted(df["modality"].dropna().unique(), key=_natural_key),
-        "generator": sorted(df["generator"].dropna().unique(), key=_natural_key),
-        "group": sorted(df["group"].dropna().unique(), key=_natural_key) if has_group else [],
+        "modality": sorted(df["modality"].dropna().unique(), key=natural_key),
+        "generator": sorted(df["generator"].dropna().unique(), key=natural_key),
+        "group": sorted(df["group"].dropna().unique(), key=natural_key) if has_group else [],
     }
     n_training = int(df["training"].sum())
     df = df[~df["training"]]
@@ -191,7 +181,7 @@ def prepare(long_df: pd.DataFrame, *, study: str | None = None) -> Prepared:
         "rows_superseded": n_superseded,
         "rows_repeat": int(len(repeats)),
         "rows_analysed": int(len(main)),
-        "readers": sorted(main["reader"].unique(), key=_natural_key),
+        "readers": sorted(main["reader"].unique(), key=natural_key),
         "tasks": {t: int((main["task"] == t).sum()) for t in TASK_NAMES},
         "has_group_column": has_group,
     }
@@ -405,7 +395,7 @@ def _turing_mrmc(rows: pd.DataFrame, readers, cases: pd.DataFrame, *, min_covera
                 out[f"{key}_reason"] = (f"MRMC on {len(used_readers)} fully crossed reader: "
                                         "random-readers test not computable with only one reader")
     sub_gen = sub["generator"].astype(object).fillna("").astype(str).to_numpy()
-    gens = sorted(set(sub_gen[truth]), key=_natural_key)
+    gens = sorted(set(sub_gen[truth]), key=natural_key)
     n_pos = {g: int((truth & (sub_gen == g)).sum()) for g in gens}
     usable = [g for g in gens if n_pos[g] >= 2]
     res = None
@@ -452,9 +442,9 @@ def _turing(rows: pd.DataFrame, repeats: pd.DataFrame, prep: Prepared, *, alpha:
     if rows.empty:
         return (f"none of the {n_with_truth} turing answers with a known truth has a call: "
                 "neither a response (real or synthetic) nor a rating")
-    readers = sorted(rows["reader"].unique(), key=_natural_key)
+    readers = sorted(rows["reader"].unique(), key=natural_key)
     cases = rows.drop_duplicates("case").set_index("case")[["truth", "generator", "modality", "group"]]
-    cases = cases.loc[sorted(cases.index, key=_natural_key)]
+    cases = cases.loc[sorted(cases.index, key=natural_key)]
     out: dict = {"n": int(len(rows)), "n_readers": len(readers), "n_cases": int(len(cases)),
                  "n_real_cases": int((cases["truth"] == "real").sum()),
                  "n_synthetic_cases": int((cases["truth"] == "synthetic").sum())}
@@ -539,8 +529,8 @@ def _likert(rows: pd.DataFrame, repeats: pd.DataFrame, prep: Prepared, *, alpha:
     rows = rows[rows["rating"].notna()]
     if rows.empty:
         return f"none of the {n_answers} {task} answers has a rating"
-    readers = sorted(rows["reader"].unique(), key=_natural_key)
-    case_ids = sorted(rows["case"].unique(), key=_natural_key)
+    readers = sorted(rows["reader"].unique(), key=natural_key)
+    case_ids = sorted(rows["case"].unique(), key=natural_key)
     out: dict = {"n": int(len(rows)), "n_readers": len(readers), "n_cases": len(case_ids)}
     out["summary"] = likert.summarise(rows["rating"])
     out["by_source"] = likert.summarise_by(rows, "source", ["real", "synthetic"])
@@ -675,7 +665,7 @@ def fast_answers(long_df: pd.DataFrame) -> dict:
         return out
     df = long_df
     if "training" in df.columns:
-        df = df[~_as_bool(df["training"])]
+        df = df[~as_bool(df["training"])]
     if "task" in df.columns:
         df = df[df["task"].astype("string").str.strip().str.lower().ne("attention").fillna(True)]
     df = df.assign(_ms=pd.to_numeric(df["duration_ms"], errors="coerce"))
@@ -692,7 +682,7 @@ def fast_answers(long_df: pd.DataFrame) -> dict:
     out.update(n_reads_timed=int(len(first)), n_reads_fast=int(fast.sum()),
                fast_reads_by_reader={
                    r: {"n_fast": int(by_reader.at[r, "sum"]), "n_reads": int(by_reader.at[r, "size"])}
-                   for r in sorted(by_reader.index, key=_natural_key) if by_reader.at[r, "sum"] > 0})
+                   for r in sorted(by_reader.index, key=natural_key) if by_reader.at[r, "sum"] > 0})
     return out
 
 

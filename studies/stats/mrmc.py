@@ -34,6 +34,7 @@ import numpy as np
 from scipy import stats
 
 from studies.stats.proportions import clip_ci
+from studies.stats.proportions import null_fields as _null
 from studies.stats.roc import placements_batch
 
 METHOD = ("Obuchowski–Rockette ANOVA of empirical (Wilcoxon) AUCs, jackknife covariances "
@@ -130,12 +131,6 @@ def covariance_components(cov: np.ndarray, T: int, R: int) -> dict:
             out[key] = None
             out[f"{key}_reason"] = "only one reader" if key == "cov2" or (key == "cov3" and T > 1) else \
                 "only one treatment"
-    return out
-
-
-def _null(out: dict, keys, reason: str) -> dict:
-    for key in keys:
-        out[key], out[f"{key}_reason"] = None, reason
     return out
 
 

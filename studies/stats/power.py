@@ -33,6 +33,8 @@ from __future__ import annotations
 import numpy as np
 from scipy import optimize, special, stats
 
+from studies.stats.proportions import null_fields as _null
+
 DEFAULT_READER_SD = 0.3        # logit scale: ≈ ±0.07 accuracy around 60 %
 DEFAULT_R = (0.47, 0.35, 0.30)  # r1, r2, r3 (Rockette et al. 1999)
 DEFAULT_AUC_READER_SD = 0.05    # between-reader SD of the AUC (σ_R or σ_TR)
@@ -41,12 +43,6 @@ MAX_CASES = 1_000_000
 
 _GH_X, _GH_W = np.polynomial.hermite_e.hermegauss(64)
 _GH_W = _GH_W / _GH_W.sum()
-
-
-def _null(out: dict, keys, reason: str) -> dict:
-    for key in keys:
-        out[key], out[f"{key}_reason"] = None, reason
-    return out
 
 
 # --- accuracy -------------------------------------------------------------------------

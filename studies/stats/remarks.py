@@ -12,23 +12,12 @@ rendered).
 """
 from __future__ import annotations
 
-import re
-
 import pandas as pd
 
 from studies.stats.proportions import null_fields
+from studies.stats.values import as_bool, natural_key
 
 NO_COLUMNS = "the table has no non_diagnostic column (exported before comments and flags existed)"
-
-
-def _natural_key(s: str):
-    return [int(p) if p.isdigit() else p for p in re.split(r"(\d+)", str(s))]
-
-
-def _flag(s: pd.Series) -> pd.Series:
-    if pd.api.types.is_numeric_dtype(s):
-        return s.fillna(0).astype(float) != 0
-    return s.astype("string").str.strip().str.lower().isin(["1", "true", "yes", "1.0"]).fillna(False)
 
 
 def summarise(long_df: pd.DataFrame) -> dict:
@@ -41,8 +30,8 @@ def summarise(long_df: pd.DataFrame) -> dict:
         return null_fields({}, ["reader_flags"], NO_COLUMNS)
     df = long_df
     if "training" in df.columns:
-        df = df[~_flag(df["training"])]
-    flag = _flag(df["non_diagnostic"])
+        df = df[~as_bool(df["training"])]
+    flag = as_bool(df["non_diagnostic"])
     comment = (df["comment"].astype("string").fillna("").str.strip() if "comment" in df.columns
                else pd.Series("", index=df.index))
     reader = df["reader"].astype(str) if "reader" in df.columns else pd.Series("", index=df.index)
@@ -57,7 +46,7 @@ def summarise(long_df: pd.DataFrame) -> dict:
         flag=("flag", "any"), commented=("commented", "any")).reset_index()
     flagged = per_read[per_read["flag"]]
     counts = flagged.groupby("case").size()
-    ordered = sorted(counts.index, key=_natural_key)
+    ordered = sorted(counts.index, key=natural_key)
     return {"reader_flags": {
         "n_cases": int(per_read["case"].nunique()),
         "n_cases_non_diagnostic": int(len(counts)),

@@ -11,7 +11,8 @@ import pathlib
 import sqlite3
 from urllib.parse import urlsplit
 
-from studies.storage.database import reading, write
+from studies.storage.connections import reading
+from studies.storage.group_commit import write
 from studies.errors import DatabaseNotFound, StudyError
 
 DEFAULT_BASE_URL = "http://127.0.0.1:7860/"

@@ -1,7 +1,7 @@
 """The writer process: a process of its own that commits a study database's answers.
 
 Why: in one process, the thread committing a batch of answers (group commit,
-`database.write`) gives up Python's interpreter lock at every SQLite call — a dozen per
+`group_commit.write`) gives up Python's interpreter lock at every SQLite call — a dozen per
 answer — and waits to get it back from the threads preparing the next reads. With 32 busy
 readers an answer took ~1 ms inside its batch instead of 0.15 ms, and `submit` waited
 ~30 ms (docs/benchmarks.md). A separate process has its own interpreter lock, so the
@@ -13,13 +13,13 @@ standard input (never on the command line), authenticates every connection
 (multiprocessing's HMAC handshake). `call(db_path, fn, *args)` sends `(fn, args)` — `fn`
 a module-level function, pickled by name — over the calling thread's own connection and
 waits. The writer commits every request that reached it together in one transaction
-(`database.commit_together`, each in its own SAVEPOINT) and only then replies to each.
+(`group_commit.commit_together`, each in its own SAVEPOINT) and only then replies to each.
 
 Guarantees:
 - An acknowledged write is committed (the reply comes after COMMIT; `synchronous` as for
-  any write), and the write lock is SQLite's, so other processes are safe as before.
+  any write), and the write lock is SQLite's, so other processes are safe.
 - Without a writer — none started, in a forked child, or after it stopped — `call` runs
-  `database.write` in this process: the same result, only slower under load.
+  `group_commit.write` in this process: the same result, only slower under load.
 - If the writer dies between a request and its reply, `call` cannot know whether it
   committed: an `idempotent=True` call (e.g. `submit`, on its client_id) is run again in
   this process; any other raises `WriterLost`. Either way later calls run in-process
@@ -34,7 +34,7 @@ Guarantees:
 - The writer exits when the process that started it ends (end of its standard input), also
   when it was stopped (SIGSTOP) at that moment: on Linux the kernel sends it SIGCONT when
   its parent dies (`PR_SET_PDEATHSIG`), and it checks `getppid()` while idle.
-- While idle, the writer empties the write-ahead log (`database.checkpoint_truncate`), so
+- While idle, the writer empties the write-ahead log (`group_commit.checkpoint_truncate`), so
   it stays small under sustained load.
 """
 from __future__ import annotations
@@ -53,6 +53,7 @@ import select
 import shutil
 import signal
 import socket
+import sqlite3
 import subprocess
 import sys
 import tempfile
@@ -62,7 +63,7 @@ from collections.abc import Callable
 from multiprocessing.connection import (Connection, Listener, answer_challenge,
                                         deliver_challenge, wait)
 
-from studies.storage import database
+from studies.storage import connections, group_commit
 from studies.errors import StudyError
 
 log = logging.getLogger(__name__)
@@ -305,7 +306,7 @@ def writer_for(db_path: str | pathlib.Path) -> Writer | None:
 def call(db_path: str | pathlib.Path, fn: Callable, /, *args, idempotent: bool = False,
          deadline_s: float | None = None, **kwargs):
     """`fn(db, *args, **kwargs)` in a write transaction, committed, and its result — by
-    the writer process when one runs for this database (`start`), else `database.write`
+    the writer process when one runs for this database (`start`), else `group_commit.write`
     here. `fn` must be a module-level function and its arguments and result picklable;
     `idempotent` says running it twice does no harm (see the module docstring).
     WriteTimeout when the writer has not done it within `deadline_s` (default
@@ -313,7 +314,7 @@ def call(db_path: str | pathlib.Path, fn: Callable, /, *args, idempotent: bool =
     here = lambda db: fn(db, *args, **kwargs)  # noqa: E731
     writer = writer_for(db_path)
     if writer is None:
-        return database.write(db_path, here)
+        return group_commit.write(db_path, here)
     deadline = time.monotonic() + (CALL_DEADLINE_S if deadline_s is None else deadline_s)
     try:
         conn = writer.connection(deadline)
@@ -325,7 +326,7 @@ def call(db_path: str | pathlib.Path, fn: Callable, /, *args, idempotent: bool =
     except (OSError, EOFError):
         writer.drop_connection()
         _lose(writer)  # nothing reached the writer whole: it ran nothing
-        return database.write(db_path, here)
+        return group_commit.write(db_path, here)
     try:
         if not conn.poll(max(0.0, deadline + REPLY_GRACE_S - time.monotonic())):
             # Stopped or stalled: the reply (if any) would come on this connection later.
@@ -337,7 +338,7 @@ def call(db_path: str | pathlib.Path, fn: Callable, /, *args, idempotent: bool =
         writer.drop_connection()
         _lose(writer)
         if idempotent:
-            return database.write(db_path, here)
+            return group_commit.write(db_path, here)
         raise WriterLost("the writer process stopped before confirming the write; it may "
                          "or may not have been saved") from None
     if ok:
@@ -443,7 +444,7 @@ def serve(db_path: str, address: str, authkey: bytes, parent_pid: int | None = N
             if parent_pid is not None and os.getppid() != parent_pid:
                 break  # the parent is gone (its end of the pipe may live on elsewhere)
             if wal_dirty:
-                wal_dirty = not database.checkpoint_truncate(db_path)
+                wal_dirty = not group_commit.checkpoint_truncate(db_path)
             continue
         if stdin in ready and not os.read(stdin, 4096):
             break  # the parent has ended or called stop()
@@ -474,12 +475,12 @@ def serve(db_path: str, address: str, authkey: bytes, parent_pid: int | None = N
             requests.append((conn, _bind(fn, args, kwargs)))
         if requests:
             wal_dirty = True
-            outcomes = database.commit_together(db_path, [fn for _, fn in requests])
+            outcomes = group_commit.commit_together(db_path, [fn for _, fn in requests])
             for (conn, _), (result, exc) in zip(requests, outcomes):
                 _reply(conn, conns, (True, result) if exc is None else (False, _portable(exc)))
     closing.set()
     listener.close()
-    database.release_writers()
+    group_commit.release_writers()
 
 
 def _bind(fn, args, kwargs):
@@ -533,8 +534,8 @@ def main() -> None:
         _follow_parent(parent_pid)
     authkey = bytes.fromhex(sys.stdin.buffer.readline().decode().strip())
     try:
-        database.open_db(db_path, create=False).close()  # refuse a missing or foreign file
-    except (StudyError, OSError, database.sqlite3.Error) as exc:
+        connections.open_db(db_path, create=False).close()  # refuse a missing or foreign file
+    except (StudyError, OSError, sqlite3.Error) as exc:
         print(f"error: {exc}", flush=True)
         sys.exit(1)
     try:

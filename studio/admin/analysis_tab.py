@@ -197,9 +197,9 @@ def dashboard(db_path, study: str) -> Dashboard:
         pooled = _reason_frame(result.get("turing_reason") or "no turing responses yet")
     if per_reader.empty:
         per_reader = _reason_frame(result.get("turing_reason") or "no turing responses yet")
-    from studies.stats import report
+    from studies.stats import charts
 
-    figures = [(report.figure_title(k), fig) for k, fig in report.figures(result).items()]
+    figures = [(charts.figure_title(k), fig) for k, fig in charts.figures(result).items()]
     n = int(len(long_df))
     note = (f"{n} responses from {long_df['reader'].nunique() if n else 0} readers "
             "(training rows excluded from the statistics; latest answer wins).")

@@ -8,7 +8,7 @@ import shutil
 import pandas as pd
 
 from studies import readers as readers_mod
-from studies import session
+from studies import monitoring
 from studies.errors import StudyError
 from studies.stats.numbers import fmt_time
 from studio.admin.uploads import uploaded_file
@@ -58,7 +58,7 @@ def readers_table(db_path, study: str) -> pd.DataFrame:
 
 def progress_table(db_path, study: str) -> pd.DataFrame:
     rows = []
-    for p in session.progress(db_path, study):
+    for p in monitoring.progress(db_path, study):
         rows.append({
             "reader": p.reader, "answered": f"{p.completed} / {p.total}",
             "done %": round(100 * p.completed / p.total) if p.total else 0,
@@ -95,7 +95,7 @@ def disk_warning(db_path) -> str:
 def faults_markdown(db_path, study: str) -> str:
     """Stimulus faults readers met (missing or unreadable files), for the Readers tab,
     after a low-disk-space warning when there is one (`disk_warning`)."""
-    found = session.faults(db_path, study)
+    found = monitoring.faults(db_path, study)
     disk = disk_warning(db_path)
     if not found:
         return disk

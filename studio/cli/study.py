@@ -380,7 +380,7 @@ def export_cmd(db_path, study_name, fmt, out, all_responses):
 @_one_line_errors
 def progress_cmd(db_path, study_name):
     """Per-reader progress (completed reads, training, attention checks)."""
-    from studies.session import progress
+    from studies.monitoring import progress
     from studio.format.progress import ATTENTION_HEADER, attention_cell
 
     rows = progress(db_path, study_name)

@@ -464,11 +464,11 @@ def _reader_rows(study: dict) -> list[list]:
 
 
 def _figures(result: dict) -> str:
-    """The study report's figures (studies.stats.report.figures), plotly.js inline once."""
-    from studies.stats import report as study_report
+    """The study report's figures (studies.stats.charts.figures), plotly.js inline once."""
+    from studies.stats import charts
 
     try:
-        figs = study_report.figures(result)
+        figs = charts.figures(result)
     except Exception:  # noqa: BLE001 - too few answers for a figure: the tables stand
         return ""
     parts, first = [], True

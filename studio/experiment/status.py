@@ -67,7 +67,7 @@ def _run_info(out: pathlib.Path) -> dict:
 
 def experiment_status(out) -> Status:
     """Each stage's state (from its stamp and state file) and the readers' progress."""
-    from studies import session
+    from studies import monitoring
 
     out = pathlib.Path(out).resolve()
     info = _run_info(out)
@@ -101,7 +101,7 @@ def experiment_status(out) -> Status:
         db, study = where
         try:
             readers = [{"reader": p.reader, "completed": p.completed, "total": p.total, "finished": p.finished}
-                       for p in session.progress(db, study)]
+                       for p in monitoring.progress(db, study)]
             stamp = read_stamp(out, "analyze")
             if stamp:
                 new = answers_digest(answers(db, study)) != stamp["inputs"]["answers"]

@@ -144,7 +144,7 @@ def analyze_inputs(ctx: Context) -> dict:
 
 def analyze_stage(ctx: Context):
     from studies.stats import analysis
-    from studies import session
+    from studies import monitoring
     from studies.errors import StudyError
 
     db, study = pathlib.Path(ctx.summary("study")["db"]), ctx.summary("study")["study"]
@@ -160,7 +160,7 @@ def analyze_stage(ctx: Context):
             reason = str(exc)
     else:
         reason = "no answers yet"
-    progress = [dataclasses.asdict(p) for p in session.progress(db, study)]
+    progress = [dataclasses.asdict(p) for p in monitoring.progress(db, study)]
     path = d / "analysis.json"
     write_json(path, {"result": json.loads(json.dumps(result, default=analysis._json_default))
                        if result else None, "reason": reason, "progress": progress})

@@ -24,7 +24,7 @@ is shown, as plain text, only while a question that needs it is on screen.
 Faults: a missing or unreadable stimulus file shows "This image is unavailable; the
 study team has been notified" with a Try again button (the reader waits at that case: it
 is not skipped, so every reader still reads every case in their order), and is logged for
-the admin's progress view (`studies.session.record_fault`). Any other storage fault
+the admin's progress view (`studies.serving.record_fault`). Any other storage fault
 (database locked, swapped or on a read-only file system) shows a message in words too,
 never Gradio's bare "Error".
 
@@ -63,12 +63,12 @@ import sqlite3
 import time
 import urllib.parse
 
-from studies import lifecycle, readers, session
+from studies import back_rule, lifecycle, monitoring, profiles, readers, serving, session
 from studies.errors import (
     DatabaseNotFound, NotAStudyDatabase, NotAuthorised, ReaderError, SessionError, StudyError,
 )
 from studies.storage import writer_process
-from studies.storage.database import utc_now
+from studies.storage.schema import utc_now
 from studio.format.plain_text import plain_markdown
 from studio.reader.texts import intro_text
 
@@ -125,7 +125,7 @@ class Screen:
     state: OnScreen | None = None
     pair_image_url: str | None = None  # pair (2AFC): the right-hand image (image_url: left)
     pair: bool = False                 # a pair question (or a pair study's intro): keys hint
-    profile: "readers.ProfileForm | None" = None  # intro: the profile form to fill in
+    profile: "profiles.ProfileForm | None" = None  # intro: the profile form to fill in
     presets: str = ""                  # the viewer's contrast presets (preset_family)
     can_go_back: bool = False       # the Back button shows (session.go_back would work)
     selected: int | None = None     # answer pre-selected: the earlier one of a reopened read
@@ -206,8 +206,8 @@ def _case_screen(db_path, reader, view: session.CaseView, *, with_image: bool,
     image_url = pair_url = None
     if with_image:
         try:
-            session.check_stimulus(db_path, view)  # both images of a pair
-        except session.StimulusUnavailable as exc:
+            serving.check_stimulus(db_path, view)  # both images of a pair
+        except serving.StimulusUnavailable as exc:
             report_fault(db_path, reader.reader_id, exc)
             return _unavailable(view, UNAVAILABLE_IMAGE)
         image_url = stimulus_url(view.stimulus_id, token)
@@ -230,11 +230,11 @@ def _case_screen(db_path, reader, view: session.CaseView, *, with_image: bool,
                   non_diagnostic=view.non_diagnostic)
 
 
-def report_fault(db_path, reader_id: int, exc: session.StimulusUnavailable) -> None:
+def report_fault(db_path, reader_id: int, exc: serving.StimulusUnavailable) -> None:
     """Log a missing/unreadable stimulus for the server log and the admin's progress view."""
     log.error("reader %s: %s", reader_id, exc)
     try:
-        session.record_fault(db_path, reader_id, exc.stimulus_id, exc.reason)
+        serving.record_fault(db_path, reader_id, exc.stimulus_id, exc.reason)
     except (sqlite3.Error, OSError, StudyError):  # the log line above still says it
         log.exception("could not record the stimulus fault in the database")
 
@@ -246,8 +246,8 @@ def open_page(db_path, token: str | None) -> Screen:
         "This link is not valid. Check it, or ask the study organiser for a new one."))
     if other is not None:
         return other
-    consent = readers.consent_pending(db_path, reader.reader_id)
-    form = readers.profile_form(db_path, reader.reader_id)
+    consent = profiles.consent_pending(db_path, reader.reader_id)
+    form = profiles.profile_form(db_path, reader.reader_id)
     if consent or form or (view.position == 1 and not view.reopened
                            and not any(t["answered"] for t in view.tasks)):
         # The study's own instructions, and its consent text until the reader agrees
@@ -267,11 +267,11 @@ def _intro_screen(db_path, reader, view, consent: str, form, message: str = "") 
                   pair=view.pair_stimulus_id is not None, consent=bool(consent))
 
 
-def profile_values(profile_json, form: readers.ProfileForm) -> dict:
+def profile_values(profile_json, form: profiles.ProfileForm) -> dict:
     """The form's fields from what the browser sent (a JSON object, see profile.js); other
     keys, non-text values and anything that is not such an object are dropped, so a
     forged request can only fill in this reader's own form, and is checked like any other
-    (`readers.update_profile`)."""
+    (`profiles.update_profile`)."""
     import json
 
     if not isinstance(profile_json, str) or len(profile_json) > 50_000:
@@ -286,7 +286,7 @@ def profile_values(profile_json, form: readers.ProfileForm) -> dict:
 
 
 def _total(db_path, reader) -> int:
-    for p in session.progress(db_path, reader.study):
+    for p in monitoring.progress(db_path, reader.study):
         if p.reader_id == reader.reader_id:
             return p.total
     return 0
@@ -303,11 +303,11 @@ def decline_consent(db_path, token: str | None) -> Screen:
     reader, view, other = _on_case(db_path, token)
     if other is not None:
         return other
-    consent = readers.consent_pending(db_path, reader.reader_id)
+    consent = profiles.consent_pending(db_path, reader.reader_id)
     if consent:
-        readers.record_consent_declined(db_path, reader.reader_id)
+        profiles.record_consent_declined(db_path, reader.reader_id)
     return _intro_screen(db_path, reader, view, consent,
-                         readers.profile_form(db_path, reader.reader_id),
+                         profiles.profile_form(db_path, reader.reader_id),
                          message=CONSENT_DECLINED if consent else "")
 
 
@@ -322,25 +322,25 @@ def start(db_path, token: str | None, profile_json: str | None = None, *,
     reader, view, other = _on_case(db_path, token)
     if other is not None:
         return other
-    form = readers.profile_form(db_path, reader.reader_id)
-    if agreed is False and readers.consent_pending(db_path, reader.reader_id):
+    form = profiles.profile_form(db_path, reader.reader_id)
+    if agreed is False and profiles.consent_pending(db_path, reader.reader_id):
         typed = form if form is None else dataclasses.replace(
             form, values={k: str(v) for k, v in profile_values(profile_json, form).items()})
         return _intro_screen(db_path, reader, view,
-                             readers.consent_pending(db_path, reader.reader_id), typed,
+                             profiles.consent_pending(db_path, reader.reader_id), typed,
                              message=CONSENT_NEEDED)
     if form is not None:
         values = profile_values(profile_json, form)
         try:
-            readers.update_profile(db_path, reader.reader_id, values, complete=True,
+            profiles.update_profile(db_path, reader.reader_id, values, complete=True,
                                    actor="reader")
         except ReaderError as exc:
             typed = dataclasses.replace(form, values={k: str(v) for k, v in values.items()})
             return _intro_screen(db_path, reader, view,
-                                 readers.consent_pending(db_path, reader.reader_id), typed,
+                                 profiles.consent_pending(db_path, reader.reader_id), typed,
                                  message=_reader_words(str(exc)))
-    if readers.consent_pending(db_path, reader.reader_id):
-        readers.record_consent(db_path, reader.reader_id)  # Start under the consent text
+    if profiles.consent_pending(db_path, reader.reader_id):
+        profiles.record_consent(db_path, reader.reader_id)  # Start under the consent text
     return _case_screen(db_path, reader, view, with_image=True, token=_token(token))
 
 
@@ -348,9 +348,9 @@ def _reader_words(message: str) -> str:
     """A profile check's message for the reader (the field labels, not the column names)."""
     import re
 
-    message = re.sub(r"profile field '(\w+)'", lambda m: readers.profile_label(m.group(1)),
+    message = re.sub(r"profile field '(\w+)'", lambda m: profiles.profile_label(m.group(1)),
                      message)
-    message = message.replace("years_experience", readers.profile_label("years_experience"))
+    message = message.replace("years_experience", profiles.profile_label("years_experience"))
     return message.rstrip(".") + "."
 
 
@@ -487,7 +487,7 @@ def go_back(db_path, token: str | None) -> Screen:
         view = session.go_back(db_path, reader.reader_id)
     except NotAuthorised:
         return _login(INVALID_LINK)
-    except session.CannotGoBack as exc:
+    except back_rule.CannotGoBack as exc:
         view = session.next_case(db_path, reader.reader_id)
         if view is None:
             screen = _finished_for(db_path, reader)

@@ -11,7 +11,7 @@ import pathlib
 
 import gradio as gr
 
-from studies import readers, session
+from studies import profiles, session
 from studio.reader.handlers import (
     Screen, continue_after_feedback, decline_consent, go_back, open_page, start, storage_safe,
     submit_answer,
@@ -118,7 +118,7 @@ def prompt_html(prompt: str) -> str:
 
 
 
-def profile_form_html(form: readers.ProfileForm, message: str = "") -> str:
+def profile_form_html(form: profiles.ProfileForm, message: str = "") -> str:
     """The profile form (every value and label HTML-escaped; inputs, not a <form>, so Enter
     never navigates). Values stored at invitation are pre-filled for the reader to check."""
     rows = []
@@ -126,7 +126,7 @@ def profile_form_html(form: readers.ProfileForm, message: str = "") -> str:
         value = html.escape(str(form.values.get(field, "")), quote=True)
         kind = ('type="number" inputmode="numeric" min="0" max="70" step="1"'
                 if field == "years_experience" else
-                f'type="text" maxlength="{readers.MAX_PROFILE_VALUE}"')
+                f'type="text" maxlength="{profiles.MAX_PROFILE_VALUE}"')
         rows.append(f'<label><span>{html.escape(label)}</span>'
                     f'<input {kind} data-field="{html.escape(field, quote=True)}" '
                     f'value="{value}" required autocomplete="off"></label>')

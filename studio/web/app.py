@@ -48,7 +48,7 @@ ADMIN_MAX_UPLOAD = 512 * 1024 * 1024  # a study zip
 
 
 def blocked_paths(db_path) -> list[str]:
-    from studies.storage.database import stimuli_dir
+    from studies.storage.connections import stimuli_dir
 
     db = pathlib.Path(db_path).resolve()
     return [str(stimuli_dir(db)), str(db), f"{db}-wal", f"{db}-shm",
@@ -123,16 +123,16 @@ def stimulus_response(db_path: str, view_id: str, token: str | None):
     file is logged for the admin and answered 503 in words."""
     from starlette.responses import PlainTextResponse, Response
 
-    from studies import session
+    from studies import serving
     from studies.errors import NotAuthorised
 
     from studio.reader import handlers as reader_handlers
 
     try:
-        _, data = session.current_stimulus_png(db_path, (token or "").strip() or None, view_id)
+        _, data = serving.current_stimulus_png(db_path, (token or "").strip() or None, view_id)
     except NotAuthorised:
         return _not_found()
-    except session.StimulusUnavailable as exc:
+    except serving.StimulusUnavailable as exc:
         reader_handlers.report_fault(db_path, exc.reader_id, exc)
         return PlainTextResponse("This image is unavailable; the study team has been notified.",
                                  status_code=503, headers=STIMULUS_HEADERS)
@@ -164,7 +164,7 @@ def build_app(db_path, *, admin_auth: auth_mod.AdminAuth, model: str | None = No
         # own, and when the *last* connection to a WAL database closes, SQLite checkpoints
         # and removes the WAL — on every request. Keeping one open halves an answer's cost.
         try:
-            from studies.storage.database import open_db
+            from studies.storage.connections import open_db
 
             keeper = open_db(db_path, create=False)
         except Exception:  # no database yet, or unreadable: requests will say so
@@ -424,7 +424,7 @@ def prepare(db_path, *, model=None, seed_demo=True, host="127.0.0.1", port=7860,
     the demo study on first start (seeded with `studio.demo.study.seed_demo`), a demo reader link."""
     import sqlite3
 
-    from studies.storage.database import check_database_file
+    from studies.storage.connections import check_database_file
     from studies.errors import StudyError
     from studies.ingest import list_studies
 
