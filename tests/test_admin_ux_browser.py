@@ -145,7 +145,7 @@ def test_settings_draft_status_save_confirmation_and_errors_in_place(browser, ad
     page.get_by_text("Invite from a CSV, links, deactivation").click()
     if admin_studio["flagged"]:
         ack = page.locator("#csv-ack")
-        assert ack.is_visible()
+        ack.wait_for(state="visible", timeout=20_000)  # the section opens client-side
         box = ack.bounding_box()
         button = page.locator("#invite-csv").bounding_box()
         assert box["y"] < button["y"]  # above its own button, not in the single-invite row
