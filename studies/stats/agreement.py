@@ -7,7 +7,7 @@
   weighted with linear or quadratic weights — Fleiss, Cohen & Everitt 1969).
   For all reader pairs at once `kappa_from_tables` evaluates the same formulas on a
   stack of tables with numpy: statsmodels takes ~1 ms a table and a 100-reader study has
-  4,950 pairs per task. tests/test_agreement.py checks both agree.
+  4,950 pairs per task. tests/studies/stats/test_agreement.py checks both agree.
 - Krippendorff's α: the `krippendorff` package (missing ratings allowed).
 - ICC: the six Shrout & Fleiss (1979) forms from two-way ANOVA mean squares, with the
   F-tests and the confidence intervals of Shrout & Fleiss (1979) and McGraw & Wong

@@ -5,7 +5,7 @@ References
 - Hillis (2007) Stat Med 26:596 — the denominator degrees of freedom (ddf_H) and the
   single-treatment analysis; Hillis, Berbaum & Metz (2008) Acad Radiol 15:647.
 - RJafroc (Chakraborty) — the published Van Dyke results we reproduce
-  (tests/test_mrmc.py, oracle in tests/data/oracles).
+  (tests/studies/stats/test_mrmc.py, oracle in tests/data/oracles).
 
 Figure of merit: the empirical (Wilcoxon) AUC. Its jackknife covariances are computed
 from placement values, exactly and in O(K) per reader × treatment: leaving out positive

@@ -3,7 +3,7 @@
 Intervals come from statsmodels (`proportion_confint`: 'wilson' = Wilson score without
 continuity correction, 'beta' = Clopper–Pearson exact), the test from scipy
 (`binomtest`, two-sided exact, Clopper–Pearson-consistent p-value). Reference values:
-Newcombe (1998) Stat Med 17:857, Table I (tests/test_proportions.py).
+Newcombe (1998) Stat Med 17:857, Table I (tests/studies/stats/test_proportions.py).
 
 Undefined values follow the package convention (docs/statistics.md): the value is None
 and a sibling key `<key>_reason` says why.

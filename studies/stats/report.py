@@ -16,7 +16,7 @@ from studies.stats.charts import figures
 from studies.stats.likert import MWU_TEST
 from studies.stats.numbers import fmt_num, fmt_p, fmt_time, is_p_key, p_text
 
-# (heading, text): each test named with its reference; tests/test_report.py checks the pairs
+# (heading, text): each test named with its reference; tests/studies/stats/test_report.py checks the pairs
 METHODS = [
     ("Accuracy, sensitivity, specificity, fool rate",
      "95% intervals by Wilson's score method (Wilson 1927, J Am Stat Assoc 22:209) and the "

@@ -8,7 +8,7 @@ Two proxies, both measured against the real training images (``studio.demo.data`
 - *neither blank nor noise*: each generated image's intensity mean and standard deviation lie
   within the range spanned by the real images of that modality (with a small margin).
 
-Used by ``tests/test_embedded_model.py`` and for the figures in ``assets/MODEL_CARD.md``.
+Used by ``tests/studio/test_embedded_model.py`` and for the figures in ``assets/MODEL_CARD.md``.
 """
 from __future__ import annotations
 

@@ -9,7 +9,7 @@ from PIL import Image
 
 from studio.demo import data as demo_data
 
-ROOT = pathlib.Path(__file__).resolve().parents[1]
+from paths import ROOT  # noqa: E402
 
 
 def test_every_source_file_is_installed():

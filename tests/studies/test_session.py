@@ -166,7 +166,7 @@ def test_submit_is_idempotent_and_append_only(study):
     # answer per read and task, the acknowledged one.
     with pytest.raises(AlreadyAnswered):
         submit(study, ref.reader_id, view.assignment_id, "turing", 6, 900, _cid())
-    # (Changing an answer takes going back: tests/test_export.py, test_go_back.py.)
+    # (Changing an answer takes going back: tests/studies/test_export.py, test_go_back.py.)
     db = open_db(study)
     try:
         rows = list(db.query("SELECT rating, answer, duration_ms, shown_at, answered_at "

@@ -97,7 +97,7 @@ def training_studio(tmp_path_factory):
     db, rows, tokens = make_loud_study(tmp, "two-tasks", n_cases=4, size=128,
                                        tasks=("turing", "alignment"), training_cases=2)
     # The prompt audit found the texts indistinguishable, so training cases ask the text
-    # question too (without that verdict they skip it: tests/test_back_text_browser.py).
+    # question too (without that verdict they skip it: tests/browser/test_back_text_browser.py).
     from studies.storage.connections import open_db
 
     with open_db(db) as conn:

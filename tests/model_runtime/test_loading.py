@@ -124,7 +124,7 @@ def test_missing_models_fail_with_a_clear_error(tmp_path, tiny_sd1_dir):
     with pytest.raises(ModelNotFoundError, match="model_index.json"):
         load(no_index)
     single = tmp_path / "model.safetensors"
-    single.write_bytes(b"0")  # single files load through from_single_file (tests/test_single_file.py): not this one
+    single.write_bytes(b"0")  # single files load through from_single_file (tests/model_runtime/test_single_file.py): not this one
     with pytest.raises(ModelNotFoundError, match="single-file checkpoint.*--config"):
         load(single)
     with pytest.raises(ModelNotFoundError, match="not in the local Hugging Face cache"):

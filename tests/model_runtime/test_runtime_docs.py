@@ -9,8 +9,9 @@ import pathlib
 import re
 
 import pytest
+from paths import ROOT
 
-DOC = pathlib.Path(__file__).resolve().parents[1] / "docs" / "runtime.md"
+DOC = ROOT / "docs" / "runtime.md"
 
 
 def _api_block() -> str:

@@ -12,7 +12,7 @@ from studies.ingest import list_studies  # noqa: E402
 from studio.demo import study as demo  # noqa: E402
 from studio.web.auth import write_private  # noqa: E402
 
-ROOT = pathlib.Path(__file__).resolve().parents[1]
+from paths import ROOT  # noqa: E402
 MODEL = ROOT / "assets" / "medisyn-mini"
 
 pytestmark = pytest.mark.skipif(not (MODEL / "model_index.json").is_file(), reason="embedded model not built")

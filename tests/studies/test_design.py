@@ -11,6 +11,7 @@ from studies.design import (
 )
 from studies.errors import StudyError
 from studies.stats.columns import turing_call
+from paths import ROOT
 
 CASES = [f"c{i:03d}" for i in range(40)]
 S1, S2, S3, S5, S6 = (seeded_order_secret(k) for k in (1, 2, 3, 5, 6))
@@ -51,7 +52,7 @@ def test_order_is_not_pythons_salted_hash():
             "[f'c{i}' for i in range(30)], StudyOptions())])")
     outs = {subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                            env={"PYTHONHASHSEED": str(s), "PATH": ""}, check=True,
-                           cwd=str(__import__("pathlib").Path(__file__).parents[1])).stdout
+                           cwd=str(ROOT)).stdout
             for s in (1, 2)}
     assert len(outs) == 1
 

@@ -24,6 +24,7 @@ from studies.errors import NotAuthorised, SessionError, StudyError
 from studies.readers import invite, reader_for_token
 from studies.session import next_case, submit
 from study_fixtures import copy_study, template  # noqa: F401
+from paths import ROOT, TESTS
 
 HERE = pathlib.Path(__file__).resolve().parent
 
@@ -64,7 +65,7 @@ def die_unless_in(db, pid: int) -> str:
 # ---------------------------------------------------------------- fixtures
 @pytest.fixture
 def db(template, tmp_path, monkeypatch):
-    monkeypatch.setenv("PYTHONPATH", str(HERE))  # so the writer finds this module's functions
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(HERE), str(TESTS)]))  # so the writer finds this module's functions
     path = copy_study(template, tmp_path)
     yield path
     writer_process.stop()
@@ -217,7 +218,7 @@ def test_the_writer_ends_with_the_process_that_started_it(db):
     code = ("import os, sys; from studies.storage import writer_process as w; wr = w.start(sys.argv[1]); "
             "print(wr.proc.pid, wr.folder, flush=True); os._exit(0)")  # no clean-up at exit
     out = subprocess.run([sys.executable, "-c", code, str(db)], capture_output=True, text=True,
-                         timeout=120, env={**os.environ, "PYTHONPATH": str(HERE.parent)})
+                         timeout=120, env={**os.environ, "PYTHONPATH": str(ROOT)})
     pid, folder = out.stdout.split()
     deadline = time.monotonic() + 20
     while time.monotonic() < deadline and (_alive(int(pid)) or os.path.exists(folder)):

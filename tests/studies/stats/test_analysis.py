@@ -10,6 +10,7 @@ from studies.export import analyze_db
 from studies.stats.analysis import analyze
 from studies.stats.simulate import simulate_long
 from analysis_fixtures import assert_json_clean
+from paths import ROOT
 
 BINARY_KEYS = ("n", "accuracy", "sensitivity", "specificity", "fool_rate", "ci_wilson", "ci_clopper_pearson",
                "p_binomial")
@@ -323,7 +324,7 @@ def _static_keys(obj, parent=None, out=None):
 def test_every_result_key_is_documented(result):
     from pathlib import Path
 
-    doc = (Path(__file__).resolve().parents[1] / "docs" / "statistics.md").read_text(encoding="utf-8")
+    doc = (ROOT / "docs" / "statistics.md").read_text(encoding="utf-8")
     section = doc.split("## The analysis JSON", 1)[1].split("\n## ", 1)[0]
     undocumented = sorted(k for k in _static_keys(result) if f"`{k}`" not in section and f"`{k}." not in section)
     assert undocumented == []

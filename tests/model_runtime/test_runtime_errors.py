@@ -8,7 +8,7 @@ import click
 import pytest
 from click.testing import CliRunner
 
-ROOT = pathlib.Path(__file__).resolve().parents[1]
+from paths import ROOT  # noqa: E402
 
 
 def _runtime_exceptions():

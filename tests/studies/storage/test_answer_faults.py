@@ -25,6 +25,7 @@ from studies.export import long_table
 from studies.readers import invite, reader_for_token
 from studies.session import AlreadyAnswered, _record_answer, next_case, submit
 from study_fixtures import copy_study, template  # noqa: F401
+from paths import ROOT
 
 HERE = pathlib.Path(__file__).resolve().parent
 GUARD_S = 90  # only a hang guard: a wait that old code never ends
@@ -324,7 +325,7 @@ def test_a_stopped_writer_exits_when_its_parent_dies(db):
             "wr = w.start(sys.argv[1]); print(wr.proc.pid, wr.folder, flush=True); "
             "time.sleep(600)")
     parent = subprocess.Popen([sys.executable, "-c", code, str(db)], stdout=subprocess.PIPE,
-                              text=True, env={**os.environ, "PYTHONPATH": str(HERE.parent)})
+                              text=True, env={**os.environ, "PYTHONPATH": str(ROOT)})
     pid = None
     try:
         pid, folder = parent.stdout.readline().split()

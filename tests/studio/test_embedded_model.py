@@ -16,7 +16,7 @@ from studio.demo import data as demo_data  # noqa: E402
 from studio.demo import model_quality
 from studio.demo.embedded_model import read_defaults  # noqa: E402
 
-ROOT = pathlib.Path(__file__).resolve().parents[1]
+from paths import ROOT  # noqa: E402
 MODEL = ROOT / "assets" / "medisyn-mini"
 PER_MODALITY = 8
 
