@@ -55,6 +55,40 @@ def test_required_keys(result):
     assert len(t["cohen_kappa"]["pairs"]) == 15
 
 
+def test_headline_values_match_independent_computations(study, result):
+    """The values behind those keys, recomputed from the long table with pandas, scikit-learn,
+    statsmodels and krippendorff (main reads only: training and repeat reads excluded)."""
+    import krippendorff
+    from sklearn.metrics import roc_auc_score
+    from statsmodels.stats.inter_rater import aggregate_raters, fleiss_kappa
+
+    main = study[~study["training"].astype(bool) & ~study["repeat"].astype(bool)]
+    tur = main[main["task"] == "turing"]
+    truth = tur["truth"] == "synthetic"
+    call = tur["response"] == "synthetic"
+    t = result["turing"]
+    assert t["pooled"]["n"] == len(tur)
+    assert t["pooled"]["accuracy"] == pytest.approx((call == truth).mean(), abs=1e-12)
+    assert t["pooled"]["sensitivity"] == pytest.approx(call[truth].mean(), abs=1e-12)
+    assert t["pooled"]["specificity"] == pytest.approx((~call[~truth]).mean(), abs=1e-12)
+    for reader, rows in tur.groupby("reader"):
+        entry = t["per_reader"][reader]
+        r_truth = rows["truth"] == "synthetic"
+        assert entry["accuracy"] == pytest.approx(((rows["response"] == "synthetic") == r_truth).mean(), abs=1e-12)
+        assert entry["auc"] == pytest.approx(roc_auc_score(r_truth, rows["rating"]), abs=1e-12)
+    calls = tur.assign(v=call.astype(int)).pivot(index="case", columns="reader", values="v")
+    assert not calls.isna().any().any()  # every reader read every main case: no block trimming
+    table, _ = aggregate_raters(calls.to_numpy())
+    assert t["fleiss_kappa"]["kappa"] == pytest.approx(fleiss_kappa(table, method="fleiss"), abs=1e-9)
+    assert t["krippendorff_alpha"]["alpha"] == pytest.approx(
+        krippendorff.alpha(reliability_data=calls.T.to_numpy(float), level_of_measurement="nominal"), abs=1e-9)
+    for task in ("alignment", "quality"):
+        ratings = main[main["task"] == task].pivot(index="case", columns="reader", values="rating")
+        for level in ("ordinal", "interval"):
+            assert result[task][f"krippendorff_alpha_{level}"]["alpha"] == pytest.approx(krippendorff.alpha(
+                reliability_data=ratings.T.to_numpy(float), level_of_measurement=level), abs=1e-9)
+
+
 def test_json_is_clean(result):
     assert_json_clean(result)
     assert json.loads(json.dumps(result)) == result
