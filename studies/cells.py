@@ -68,17 +68,19 @@ def spreadsheet_unsafe(value):
     return _unsafe_start(value)
 
 
-def write_csv(path: str | pathlib.Path, rows: list[dict], columns) -> pathlib.Path:
-    """A table for people (results, summaries) as CSV, every text cell through
-    `spreadsheet_safe`; written to a temporary file and renamed, so a crash never leaves half
-    a table. Missing columns are empty; keys not in `columns` are ignored."""
+def write_csv(path: str | pathlib.Path, rows: list[dict], columns, *, safe: bool = True) -> pathlib.Path:
+    """A table as CSV, written to a temporary file and renamed, so a crash never leaves half a
+    table. Missing columns are empty; keys not in `columns` are ignored. `safe` (tables for
+    people: results, summaries) sends every text cell through `spreadsheet_safe`; files the
+    project reads back as they are (manifests) pass `safe=False`."""
     path = pathlib.Path(path)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".table-", suffix=".csv")
     try:
         with os.fdopen(fd, "w", newline="", encoding="utf-8") as fh:
             writer = csv.DictWriter(fh, fieldnames=list(columns), extrasaction="ignore", restval="")
             writer.writeheader()
-            writer.writerows({k: spreadsheet_safe(v) for k, v in row.items()} for row in rows)
+            writer.writerows({k: spreadsheet_safe(v) for k, v in row.items()} if safe else row
+                             for row in rows)
         os.replace(tmp, path)
     except BaseException:
         pathlib.Path(tmp).unlink(missing_ok=True)

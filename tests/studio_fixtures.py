@@ -111,3 +111,14 @@ def serve_studio(db_path, *, password: str = "pw-test", writer_process: bool = T
     finally:
         server.stop()
         app_mod.stop_writer()
+
+
+def from_address(address, fn, *args):
+    """Call `fn(*args)` as if the request came from client `address` (the login lockout keys on it)."""
+    from studio.web import auth
+
+    token = auth.CLIENT_ADDRESS.set(address)
+    try:
+        return fn(*args)
+    finally:
+        auth.CLIENT_ADDRESS.reset(token)

@@ -34,8 +34,8 @@ import csv
 import dataclasses
 import os
 import pathlib
-import tempfile
 
+from studies.cells import write_csv
 from studies.errors import ManifestError
 
 REQUIRED = ("path", "source", "modality", "prompt")
@@ -272,17 +272,6 @@ def _check_unique(rows: list[ManifestRow]) -> None:
 def write_manifest(path: str | pathlib.Path, rows: list[dict],
                    columns: tuple[str, ...] = COLUMNS) -> pathlib.Path:
     """Write `rows` (dicts; missing columns empty, extra keys ignored) as a manifest that
-    `read_manifest` reads back unchanged. Written to a temporary file and renamed, so a crash
-    never leaves half a manifest."""
-    path = pathlib.Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".manifest-", suffix=".csv")
-    try:
-        with os.fdopen(fd, "w", newline="", encoding="utf-8") as fh:
-            writer = csv.DictWriter(fh, fieldnames=list(columns), extrasaction="ignore", restval="")
-            writer.writeheader()
-            writer.writerows(rows)
-        os.replace(tmp, path)
-    except BaseException:
-        pathlib.Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    `read_manifest` reads back unchanged (cells as they are: a manifest is read by the project,
+    not opened as a spreadsheet), atomically."""
+    return write_csv(path, rows, columns, safe=False)

@@ -4,6 +4,7 @@ from __future__ import annotations
 import stat
 
 from studio.web import auth
+from studio_fixtures import from_address
 
 
 def test_admin_credentials_generated_hashed_and_reused(tmp_path):
@@ -23,12 +24,6 @@ def test_admin_credentials_generated_hashed_and_reused(tmp_path):
     assert pw4 is None and env_creds.source == "env" and env_creds.matches("chief", "s3cret")
 
 
-def _from(address, fn, *args):
-    token = auth.CLIENT_ADDRESS.set(address)
-    try:
-        return fn(*args)
-    finally:
-        auth.CLIENT_ADDRESS.reset(token)
 
 
 def test_admin_auth_brake_per_address_and_user_with_backoff():
@@ -36,13 +31,13 @@ def test_admin_auth_brake_per_address_and_user_with_backoff():
     a = auth.AdminAuth(auth.AdminCredentials.from_password("admin", "right", "env"),
                        clock=lambda: now[0])
     attacker, admin = "203.0.113.9", "198.51.100.7"
-    assert _from(admin, a, "admin", "right")
+    assert from_address(admin, a, "admin", "right")
     for _ in range(auth.MAX_FAILURES):
-        assert not _from(attacker, a, "admin", "wrong")
+        assert not from_address(attacker, a, "admin", "wrong")
     # The attacker's address is locked for that user name, even with the right password ...
-    assert a.locked("admin", attacker) and not _from(attacker, a, "admin", "right")
+    assert a.locked("admin", attacker) and not from_address(attacker, a, "admin", "right")
     # ... and the real admin, from another address, is not locked out.
-    assert not a.locked("admin", admin) and _from(admin, a, "admin", "right")
+    assert not a.locked("admin", admin) and from_address(admin, a, "admin", "right")
     # Exponential back-off: every further failure doubles the wait.
     waits = []
     for _ in range(3):
@@ -50,11 +45,11 @@ def test_admin_auth_brake_per_address_and_user_with_backoff():
         while a.locked("admin", attacker):
             now[0] += 1
         waits.append(now[0] - start)
-        assert not _from(attacker, a, "admin", "wrong")
+        assert not from_address(attacker, a, "admin", "wrong")
     assert waits[0] >= auth.LOCKOUT_S and waits[1] >= 2 * auth.LOCKOUT_S - 1
     assert waits[2] >= 4 * auth.LOCKOUT_S - 1
     # The lock holds for every user name from that address; success resets.
     assert a.locked("root", attacker)
     now[0] += auth.MAX_LOCKOUT_S + 1
-    assert _from(attacker, a, "admin", "right") and not a.locked("admin", attacker)
+    assert from_address(attacker, a, "admin", "right") and not a.locked("admin", attacker)
     assert a.is_admin("admin") and not a.is_admin(None) and not a.is_admin("Admin")

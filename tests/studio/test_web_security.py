@@ -20,14 +20,9 @@ from studio_fixtures import make_loud_study, serve_studio
 
 from studio.web import app as app_mod
 from studio.web import auth
+from studio_fixtures import from_address
 
 
-def _from(address, fn, *args):
-    token = auth.CLIENT_ADDRESS.set(address)
-    try:
-        return fn(*args)
-    finally:
-        auth.CLIENT_ADDRESS.reset(token)
 
 
 class CountingCreds(auth.AdminCredentials):
@@ -56,17 +51,17 @@ def test_rotating_user_names_does_not_dodge_the_lockout():
     creds = _counting()
     a = auth.AdminAuth(creds)
     attacker, admin = "203.0.113.9", "198.51.100.7"
-    results = [_from(attacker, a, f"user{i}", "guess") for i in range(120)]
+    results = [from_address(attacker, a, f"user{i}", "guess") for i in range(120)]
     assert not any(results)
     assert creds.hashes == auth.MAX_FAILURES
-    assert a.locked(address=attacker) and not _from(attacker, a, "admin", "right")
-    assert not a.locked(address=admin) and _from(admin, a, "admin", "right")
+    assert a.locked(address=attacker) and not from_address(attacker, a, "admin", "right")
+    assert not a.locked(address=admin) and from_address(admin, a, "admin", "right")
 
 
 def test_ipv6_clients_count_per_64_network():
     a = auth.AdminAuth(_counting())
     for i in range(auth.MAX_FAILURES):
-        assert not _from(f"2001:db8:1:2::{i + 1:x}", a, "admin", "guess")
+        assert not from_address(f"2001:db8:1:2::{i + 1:x}", a, "admin", "guess")
     assert a.locked(address="2001:db8:1:2:ffff::1")      # same /64: same brake
     assert not a.locked(address="2001:db8:1:3::1")        # another network: not
     assert auth.address_key("::ffff:192.0.2.1") == "192.0.2.1"
