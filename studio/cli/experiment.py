@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from studio.cli.groups import cli
+from studio.cli.groups import cli, one_line_errors
 
 
 @cli.group()
@@ -100,6 +100,7 @@ def _report(result) -> None:
               help="M values, comma-separated: arms real N + synthetic M.")
 @click.option("--out", required=True, type=click.Path(file_okay=False))
 @_common
+@one_line_errors
 def augment_command(real_csv, test_csv, synthetic_csv, model, label_prompts, loras, label_column, validation_csv,
                     n_real, amounts, out, **kw):
     """Train the same classifier on real N, real N + synthetic M (each M), real 2N and optionally
@@ -110,9 +111,8 @@ def augment_command(real_csv, test_csv, synthetic_csv, model, label_prompts, lor
     import pathlib
 
     from evaluation.augment import AugmentError, read_labelled, run_augment
-    from studio.experiment.augment_generate import generate_synthetic
-    from model_runtime.loading import ModelNotFoundError
     from studies.imaging import decode_rgb
+    from studio.experiment.augment_generate import generate_synthetic
 
     if (synthetic_csv is None) == (model is None):
         raise click.UsageError("give exactly one of --synthetic or --model (with --label-prompts)")
@@ -137,7 +137,7 @@ def augment_command(real_csv, test_csv, synthetic_csv, model, label_prompts, lor
         result = run_augment(real, test, synthetic, out, _config(n_real, amounts, **kw), decode_fn=decode_rgb,
                              log=(lambda m: None) if kw["quiet"] else (lambda m: click.echo(m, err=True)),
                              progress=not kw["quiet"], validation=validation)
-    except (AugmentError, ModelNotFoundError, ValueError) as exc:
+    except ValueError as exc:  # checks that raise plain ValueError; the library's errors: one_line_errors
         raise click.ClickException(str(exc)) from None
     _report(result)
 
@@ -150,19 +150,18 @@ def augment_command(real_csv, test_csv, synthetic_csv, model, label_prompts, lor
 @click.option("--pool", type=click.IntRange(12, None), default=240, show_default=True,
               help="Real training crops built from the shipped training views.")
 @_common
+@one_line_errors
 def augment_demo_command(out, model, n_real, amounts, pool, **kw):
     """The augmentation experiment at CPU scale on the public images shipped with pydicom, nibabel and
     scikit-image: modality classification (6 classes), real images from the training views, test
     images from held-out slices/frames/regions, synthetic images from the embedded model."""
-    from evaluation.augment import AugmentError
-    from model_runtime.loading import ModelNotFoundError
     from studio.experiment.augment_demo import run_demo
 
     try:
         result = run_demo(out, _config(n_real, amounts, **kw), model=model, pool=pool,
                           log=(lambda m: None) if kw["quiet"] else (lambda m: click.echo(m, err=True)),
                           progress=not kw["quiet"])
-    except (AugmentError, ModelNotFoundError, ValueError) as exc:
+    except ValueError as exc:  # checks that raise plain ValueError; the library's errors: one_line_errors
         raise click.ClickException(str(exc)) from None
     _report(result)
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 import click
 
 from studio.cli.experiment import experiment
+from studio.cli.groups import one_line_errors
 
 
 @experiment.command("generalist")
@@ -17,12 +18,12 @@ from studio.cli.experiment import experiment
 @click.option("--per-modality", type=click.IntRange(6, None), default=24, show_default=True,
               help="Generated (and real reference) images per modality.")
 @click.option("--seed", type=int, default=0, show_default=True)
+@one_line_errors
 def generalist_command(data, demo, budget, out, size, per_modality, seed):
     """Train one generalist and one specialist per modality at equal total compute, then compare
     them per modality (FID/KID, precision/recall, modality classifier, cost); see studio/experiment/generalist.py."""
     import pathlib
 
-    from model_runtime.mixture import MixtureError
     from model_runtime.train import TrainConfig
     from studio.experiment.generalist import build_demo_mixture, format_result, run_generalist
 
@@ -35,7 +36,7 @@ def generalist_command(data, demo, budget, out, size, per_modality, seed):
                           vae_batch=8, unet_batch=16, warmup_steps=min(100, budget // 10 + 1), log_every=50)
         result = run_generalist(data, out, budget, config=cfg, per_modality=per_modality, seed=seed,
                                 log=lambda m: click.echo(m, err=True))
-    except (MixtureError, ValueError) as exc:
+    except ValueError as exc:  # checks that raise plain ValueError; the library's errors: one_line_errors
         raise click.ClickException(str(exc)) from None
     click.echo(format_result(result))
     click.echo(f"\n{result.out_dir / 'generalist.json'}")

@@ -7,7 +7,7 @@ import pytest
 torch = pytest.importorskip("torch")
 
 from runtime_fixtures import single_torch_thread  # noqa: E402,F401
-from test_mixture import disc, stripes, table_source, write_toml, CT, FUNDUS  # noqa: E402
+from mixture_fixtures import CT, FUNDUS, disc, stripes, table_source, write_toml  # noqa: E402
 
 from model_runtime import train as train_mod  # noqa: E402
 from studio.experiment import generalist  # noqa: E402
