@@ -12,7 +12,7 @@ from PIL import Image
 
 from eval_fixtures import PLANTS, planted_sets, save, texture_rgb
 from evaluation import descriptors as D
-from evaluation import novelty
+from evaluation import novelty, novelty_search
 from evaluation.errors import EvaluationError
 
 
@@ -126,7 +126,7 @@ def test_tiled_l2_is_the_worst_tile_and_phash_matches_imagehash():
 
 
 def test_streamed_knn_equals_brute_force(monkeypatch):
-    monkeypatch.setattr(novelty, "_BLOCK", 7)  # many blocks: the running top-k merge is exercised
+    monkeypatch.setattr(novelty_search, "_BLOCK", 7)  # many blocks: the running top-k merge is exercised
     rng = np.random.default_rng(2)
     base = rng.normal(size=(40, 16)).astype(np.float32)
     q = base[:10] + 0.01
@@ -369,7 +369,7 @@ def test_patch_search_finds_a_region_pasted_into_another_image(tmp_path):
     d_q = D.describe(np.stack([pasted, base]))
     ref = {k: v for k, v in d_ref.items()}
     ref["vec"] = d_ref["vec"]
-    novelty._prepare_reference(ref, ["patch"])
+    novelty_search._prepare_reference(ref, ["patch"])
     best, owner = novelty.patch_search(d_q["struct"], ref)
     assert owner[0] == 1 and best[0] > 0.97, best
     assert best[1] < best[0] - 0.1
