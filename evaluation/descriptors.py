@@ -16,9 +16,10 @@ copy still matches (the usual copy artefact "intensity change"). Then:
 - `phash`: Hamming distance between 64-bit perceptual hashes (imagehash.phash of the grey image).
   Lower = closer, 0 = same hash.
 - `features`: cosine similarity of a local model's image embeddings (evaluation.features).
-- `patch`: the best cosine similarity between any window (37.5 % of the side, 12 x 12 grid) of
-  the synthetic image and any window of a reference image: a reference region pasted into an
-  otherwise new image. Windows without structure (background) are skipped. Higher = closer.
+- `patch`: the best correlation between any window (37.5 % of the side) of the synthetic grey
+  image and any window of a reference image, searched at 128 px (`evaluation.novelty_patch`): a
+  reference region pasted into an otherwise new image. Windows without structure (background)
+  are skipped. Higher = closer.
 
 The `pixel` measure of a candidate pair is the best Pearson correlation over a transform
 search (`transform_ncc`): rotations up to ±10°, mirror images, the query matched to an 80-100 %
@@ -64,8 +65,8 @@ MEASURES: dict[str, Measure] = {m.name: m for m in (
     Measure("ms_ssim", True, "MS-SSIM of standardised 128x128 grey images (pytorch-msssim, window 7)"),
     Measure("phash", False, "Hamming distance of 64-bit perceptual hashes (imagehash.phash), bits"),
     Measure("features", True, "cosine similarity of a local model's image embeddings"),
-    Measure("patch", True, "best cosine similarity between a 37.5 % window of the image and a window of "
-                           "a reference (a region copied into another image)"),
+    Measure("patch", True, "best correlation between a 37.5 % window of the grey image and a window of "
+                           "a reference, searched at 128 px (a region copied into another image)"),
 )}
 
 
@@ -99,7 +100,8 @@ def phash_bits(grey_u8: np.ndarray) -> np.ndarray:
 
 def describe(images: np.ndarray) -> dict[str, np.ndarray]:
     """Descriptors of uint8 N x S x S x 3 images: 'vec' (N x 1024 unit vectors), 'struct'
-    (N x 128 x 128 uint8 standardised grey) and 'hash' (N x 8 packed pHash bits)."""
+    (N x 128 x 128 uint8 standardised grey), 'grey' (N x 128 x 128 uint8 grey as decoded, for
+    the patch search) and 'hash' (N x 8 packed pHash bits)."""
     grey = to_grey(images)
     z = standardise(grey)
     z128 = _pool(z, STRUCT_SIZE)
@@ -108,7 +110,9 @@ def describe(images: np.ndarray) -> dict[str, np.ndarray]:
     vec = vec / (vec.norm(dim=1, keepdim=True) + 1e-6)
     struct = torch.clamp(0.5 + _STD_SPREAD * z128[:, 0], 0, 1).mul(255).round().to(torch.uint8)
     grey_u8 = np.rint(grey * 255).astype(np.uint8)
-    return {"vec": vec.numpy().astype(np.float32), "struct": struct.numpy(), "hash": phash_bits(grey_u8)}
+    g128 = _pool(torch.from_numpy(np.ascontiguousarray(grey, dtype=np.float32))[:, None], STRUCT_SIZE)[:, 0]
+    return {"vec": vec.numpy().astype(np.float32), "struct": struct.numpy(), "hash": phash_bits(grey_u8),
+            "grey": g128.mul(255).round().clamp(0, 255).to(torch.uint8).numpy()}
 
 
 def flip_variants(images: np.ndarray) -> list[np.ndarray]:

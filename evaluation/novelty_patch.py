@@ -1,7 +1,23 @@
 """Partial copies: a region of a reference (training) image inside a synthetic image.
 
-The `patch` measure of `evaluation.novelty`: every structured window of the query against every
-window of every reference (exact search), the best window pairs re-matched at 128 px.
+The `patch` measure of `evaluation.novelty`. Windows of 37.5 % of the image side are compared
+on the grey image as decoded (not the globally standardised one: a region pasted into another
+image keeps its own pixel values, while its standardised values depend on the image around it,
+and bright speckle is clipped differently). Two stages:
+
+1. Candidates: every structured window of the query (64 x 64 grid, stride 2) against every
+   window of every reference (stride 4), as 12 x 12 zero-mean unit vectors (exact search, in
+   blocks). Each query window keeps its PER_WINDOW best reference windows; the pairs are
+   reduced to one per (reference, displacement) — so that many overlapping windows of one
+   merely similar image cannot crowd out the true source — and the PATCH_CANDIDATES best kept.
+2. Refinement: each candidate pair is re-matched at 128 px as the Pearson correlation of the
+   48-px query window with the best-placed window within ±FINE_SHIFT px of the reference
+   window, both images smoothed by a Gaussian of BLUR_SIGMA px first: a region copied at an odd
+   pixel offset lands half a pixel off the 128-px grid, which decorrelates speckle
+   (ultrasound) unless the finest detail is smoothed away.
+
+The measure is the best refined correlation (higher = closer); its threshold is calibrated on
+held-out real images like every other measure.
 """
 from __future__ import annotations
 
@@ -13,70 +29,97 @@ from evaluation import descriptors as D
 
 __all__ = ["patch_search", "prepare_reference"]
 
-
 PATCH_GRID = 64
-PATCH = 20          # window side on the 64 grid (31 % of the image side)
-PATCH_DIM = 20      # windows searched at full 64-grid resolution (20 x 20)
+PATCH = 24           # window side on the 64 grid (37.5 % of the image side; 48 px at 128)
+PATCH_POOL = 2       # candidate vectors: windows pooled to 12 x 12
 REF_STRIDE = 4
-QUERY_STRIDE = 4
-PATCH_MIN_STD = 0.35
-"""Windows whose standardised values vary less than this (background, flat regions) are skipped."""
+QUERY_STRIDE = 2     # with REF_STRIDE 4: some query window lies within 1 px of a reference window
+PATCH_MIN_STD = 0.03
+"""Windows whose grey values (0-1) vary less than this (background, flat regions) are skipped."""
+PER_WINDOW = 8
+"""Reference windows kept per query window at the candidate stage."""
+PATCH_CANDIDATES = 128
+"""Candidate pairs per query (distinct reference and displacement) refined at 128 px."""
 FINE_SHIFT = 8
 """Refinement: the query window is matched at 128 px within ±8 px of the reference window found."""
+BLUR_SIGMA = 0.7
+"""Gaussian smoothing (px at 128) before the refined correlation."""
+_BLOCK = 32768       # reference windows per search block
 
 
-def patch_vectors(struct: np.ndarray, stride: int) -> tuple[np.ndarray, np.ndarray]:
-    """Unit vectors of the PATCH x PATCH windows of each image (64 grid, `stride`) and a mask of
-    the windows with enough structure: (N x W x 100 float32, N x W bool)."""
+def grey_float(grey: np.ndarray) -> torch.Tensor:
+    """N x 128 x 128 uint8 grey -> N x 1 x 128 x 128 float in [0, 1]."""
+    return torch.from_numpy(np.array(grey, dtype=np.uint8)).float().div(255.0)[:, None]
+
+
+def window_vectors(grey: np.ndarray, stride: int) -> tuple[np.ndarray, np.ndarray]:
+    """Unit vectors (N x W x 144 float32) of the PATCH x PATCH windows of each image (64 grid,
+    `stride`), and a mask (N x W) of the windows with structure (grey SD >= PATCH_MIN_STD)."""
     with torch.no_grad():
-        x = D._pool(D._struct_float(struct), PATCH_GRID)
-        z = (x - 0.5) / D._STD_SPREAD
-        win = F.unfold(z, PATCH, stride=stride)                         # N x P^2 x W
+        x = D._pool(grey_float(grey), PATCH_GRID)
+        win = F.unfold(x, PATCH, stride=stride)                          # N x P^2 x W
         n, _, nw = win.shape
         win = win.transpose(1, 2).reshape(n * nw, 1, PATCH, PATCH)
-        small = F.avg_pool2d(win, PATCH // PATCH_DIM).flatten(1)
         std = win.flatten(1).std(dim=1)
-        v = small - small.mean(dim=1, keepdim=True)
+        v = F.avg_pool2d(win, PATCH_POOL).flatten(1)
+        v = v - v.mean(dim=1, keepdim=True)
         v = v / (v.norm(dim=1, keepdim=True) + 1e-6)
     return v.numpy().reshape(n, nw, -1).astype(np.float32), (std.numpy() >= PATCH_MIN_STD).reshape(n, nw)
 
 
 def window_origin(index: np.ndarray, stride: int) -> tuple[np.ndarray, np.ndarray]:
-    """Top-left corner (64 grid) of window `index` of `patch_vectors(..., stride)`."""
+    """Top-left corner (64 grid) of window `index` of `window_vectors(..., stride)`."""
     per_side = (PATCH_GRID - PATCH) // stride + 1
     index = np.asarray(index)
     return (index // per_side) * stride, (index % per_side) * stride
 
 
-def refine_patches(q_struct: np.ndarray, q_win: np.ndarray, r_struct: np.ndarray, r_win: np.ndarray) -> np.ndarray:
-    """Pearson correlation, at 128 px, of query window q_win[i] of q_struct[i] with the best-placed
-    window (±FINE_SHIFT px) around reference window r_win[i] of r_struct[i]: a pasted region
-    matches at near 1, a merely similar-looking one does not."""
+def _gaussian(x: torch.Tensor, sigma: float) -> torch.Tensor:
+    if sigma <= 0:
+        return x
+    r = max(1, int(3 * sigma + 0.5))
+    t = torch.arange(-r, r + 1, dtype=torch.float32)
+    k = torch.exp(-t * t / (2 * sigma * sigma))
+    k = k / k.sum()
+    x = F.pad(x, (r, r, r, r), mode="replicate")
+    return F.conv2d(F.conv2d(x, k.view(1, 1, 1, -1)), k.view(1, 1, -1, 1))
+
+
+def smoothed(grey: np.ndarray) -> torch.Tensor:
+    """The images the refinement correlates: N x 1 x 128 x 128, Gaussian-smoothed."""
+    with torch.no_grad():
+        return _gaussian(grey_float(grey), BLUR_SIGMA)
+
+
+def refine_patches(q_img: torch.Tensor, q_win: np.ndarray, r_img: torch.Tensor, r_win: np.ndarray) -> np.ndarray:
+    """Pearson correlation, at 128 px, of query window q_win[i] of q_img[i] with the best-placed
+    window (±FINE_SHIFT px) around reference window r_win[i] of r_img[i] (`smoothed` images, one
+    row per pair): a copied region matches at near 1, a merely similar-looking one does not."""
     scale = D.STRUCT_SIZE // PATCH_GRID
     side = PATCH * scale
-    qy, qx = window_origin(q_win, QUERY_STRIDE)
-    ry, rx = window_origin(r_win, REF_STRIDE)
     n = len(q_win)
     if not n:
         return np.zeros(0, np.float32)
+    qy, qx = window_origin(q_win, QUERY_STRIDE)
+    ry, rx = window_origin(r_win, REF_STRIDE)
     with torch.no_grad():
-        q = D._struct_float(q_struct)
-        r = F.pad(D._struct_float(r_struct), (FINE_SHIFT,) * 4, mode="replicate")
+        r = F.pad(r_img, (FINE_SHIFT,) * 4, mode="replicate")
         ys = torch.arange(side)
         span = torch.arange(side + 2 * FINE_SHIFT)
         idx = torch.arange(n)[:, None, None]
         qy_, qx_ = torch.from_numpy(qy * scale), torch.from_numpy(qx * scale)
         ry_, rx_ = torch.from_numpy(ry * scale), torch.from_numpy(rx * scale)
-        kernels = q[:, 0][idx, (qy_[:, None] + ys)[:, :, None], (qx_[:, None] + ys)[:, None, :]]      # n x s x s
-        regions = r[:, 0][idx, (ry_[:, None] + span)[:, :, None], (rx_[:, None] + span)[:, None, :]]  # n x s+2f
+        kernels = q_img[:, 0][idx, (qy_[:, None] + ys)[:, :, None], (qx_[:, None] + ys)[:, None, :]]    # n x s x s
+        regions = r[:, 0][idx, (ry_[:, None] + span)[:, :, None], (rx_[:, None] + span)[:, None, :]]   # n x s+2f
         k = D._zero_mean_unit(kernels)[:, None]
         reg = regions[:, None]
         corr = F.conv2d(reg.transpose(0, 1), k, groups=n)[0]                  # n x o x o
         mu = F.avg_pool2d(reg, side, stride=1)[:, 0]
         sq = F.avg_pool2d(reg * reg, side, stride=1)[:, 0]
         norm = ((sq - mu * mu).clamp_min(0) * side * side).sqrt()
-        ncc = torch.where(norm > 0.05 * side, corr / (norm + 1e-3), torch.full_like(corr, -1.0))
-        return ncc.flatten(1).max(1).values.numpy().astype(np.float32)
+        # a (nearly) flat reference window is no evidence of a copy
+        ncc = torch.where(norm > 1e-3 * side, corr / (norm + 1e-6), torch.full_like(corr, -1.0))
+        return ncc.flatten(1).max(1).values.clamp(-1, 1).numpy().astype(np.float32)
 
 
 def prepare_reference(ref: dict) -> None:
@@ -84,9 +127,9 @@ def prepare_reference(ref: dict) -> None:
     if "patch_vec" in ref:
         return
     vec, mask = [], []
-    struct = ref["struct"]
-    for s in range(0, len(struct), 512):
-        v, m = patch_vectors(np.asarray(struct[s:s + 512]), REF_STRIDE)
+    grey = ref["grey"]
+    for s in range(0, len(grey), 512):
+        v, m = window_vectors(np.asarray(grey[s:s + 512]), REF_STRIDE)
         vec.append(v)
         mask.append(m)
     vec, mask = np.concatenate(vec), np.concatenate(mask)
@@ -97,51 +140,66 @@ def prepare_reference(ref: dict) -> None:
     ref["patch_window"] = window[mask]
 
 
-PATCH_CANDIDATES = 64
-"""Window pairs per query refined at full resolution by the patch search."""
+def _candidates(w: torch.Tensor, base: np.ndarray, skip) -> tuple[np.ndarray, np.ndarray]:
+    """Per query window (rows of w), its PER_WINDOW best base rows: (similarities, rows), exact,
+    streamed over blocks of the base; `skip(start, stop)` masks base rows a query must not match."""
+    best_s = best_i = None
+    for start in range(0, len(base), _BLOCK):
+        block = torch.from_numpy(np.ascontiguousarray(base[start:start + _BLOCK]))
+        sims = w @ block.T
+        mask = skip(start, start + len(block))
+        if mask is not None:
+            sims[:, torch.from_numpy(mask)] = -np.inf
+        s, i = sims.topk(min(PER_WINDOW, sims.shape[1]), dim=1)
+        i = i + start
+        if best_s is not None:
+            s, i = torch.cat([best_s, s], 1), torch.cat([best_i, i], 1)
+            s, order = s.topk(min(PER_WINDOW, s.shape[1]), dim=1)
+            i = torch.gather(i, 1, order)
+        best_s, best_i = s, i
+    return best_s.numpy(), best_i.numpy()
 
 
-def patch_search(query_struct: np.ndarray, ref: dict, query_groups=None, ref_groups=None):
-    """Partial copies: every structured window of each query against every reference window
-    (10 x 10 cosine, exact search), then the PATCH_CANDIDATES best window pairs re-matched at
-    128 px with a ±8 px shift search (`descriptors.refine_patches`). Returns the best refined
-    correlation per query and the reference it came from; the query's own group is skipped."""
-    query_struct = np.asarray(query_struct)
-    qv, qm = patch_vectors(query_struct, QUERY_STRIDE)
+def patch_search(query_grey: np.ndarray, ref: dict, query_groups=None, ref_groups=None):
+    """Best refined window correlation per query (N x 128 x 128 uint8 grey images) against the
+    reference set (`prepare_reference` done), and the reference it came from (-1: none). A query
+    is never matched with a reference of its own group (query_groups with ref_groups)."""
+    query_grey = np.asarray(query_grey)
+    qv, qm = window_vectors(query_grey, QUERY_STRIDE)
     base, owner, where = ref["patch_vec"], ref["patch_owner"], ref["patch_window"]
     best = np.full(len(qv), -1.0, np.float32)
     arg = np.full(len(qv), -1, np.int64)
     if not len(base):
         return best, arg
-    T = PATCH_CANDIDATES
+    owner_groups = None if query_groups is None else np.asarray(ref_groups)[owner]
+    q_img = smoothed(query_grey)
     for i in range(len(qv)):
         wins = np.flatnonzero(qm[i])
         if not len(wins):
             continue
-        w = qv[i][wins]
-        top_s = np.full((0,), -np.inf, np.float32)
-        top_q = top_b = np.zeros(0, np.int64)
-        for start in range(0, len(base), 32768):
-            sims = w @ base[start:start + 32768].T
-            if query_groups is not None:
-                own = np.asarray(ref_groups)[owner[start:start + 32768]] == query_groups[i]
-                sims[:, own] = -np.inf
-            flat = sims.ravel()
-            kk = min(T, flat.size)
-            pick = np.argpartition(-flat, kk - 1)[:kk]
-            top_s = np.concatenate([top_s, flat[pick]])
-            top_q = np.concatenate([top_q, wins[pick // sims.shape[1]]])
-            top_b = np.concatenate([top_b, start + pick % sims.shape[1]])
-            keep = np.argsort(-top_s)[:T]
-            top_s, top_q, top_b = top_s[keep], top_q[keep], top_b[keep]
-        ok = np.isfinite(top_s)
+
+        def skip(start, stop, i=i):
+            return None if owner_groups is None else owner_groups[start:stop] == query_groups[i]
+
+        s, b = _candidates(torch.from_numpy(qv[i][wins]), base, skip)
+        qi = np.repeat(wins, s.shape[1])
+        s, b = s.ravel(), b.ravel()
+        ok = np.isfinite(s)
         if not ok.any():
             continue
-        top_q, top_b = top_q[ok], top_b[ok]
-        owners = owner[top_b]
-        fine = refine_patches(np.repeat(query_struct[i:i + 1], len(top_q), 0), top_q,
-                                np.asarray(ref["struct"][np.sort(np.unique(owners))])[
-                                    np.searchsorted(np.sort(np.unique(owners)), owners)], where[top_b])
+        s, b, qi = s[ok], b[ok], qi[ok]
+        # one pair per (reference image, displacement rounded to the reference stride)
+        qy, qx = window_origin(qi, QUERY_STRIDE)
+        ry, rx = window_origin(where[b], REF_STRIDE)
+        span = 2 * PATCH_GRID // REF_STRIDE + 2
+        key = (owner[b] * span + (ry - qy + PATCH_GRID) // REF_STRIDE) * span + (rx - qx + PATCH_GRID) // REF_STRIDE
+        order = np.argsort(-s, kind="stable")
+        _, first = np.unique(key[order], return_index=True)
+        keep = order[np.sort(first)][:PATCH_CANDIDATES]
+        owners = owner[b[keep]]
+        uniq, at = np.unique(owners, return_inverse=True)
+        r_img = smoothed(np.asarray(ref["grey"][uniq]))[torch.from_numpy(at)]
+        fine = refine_patches(q_img[[i] * len(keep)], qi[keep], r_img, where[b[keep]])
         j = int(np.argmax(fine))
         best[i], arg[i] = fine[j], int(owners[j])
     return best, arg

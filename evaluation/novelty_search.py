@@ -19,7 +19,7 @@ from evaluation.images import ImageRef, iter_chunks
 
 __all__ = ["describe_set", "knn_hamming", "knn_inner_product", "match"]
 
-_CACHE_VERSION = 2
+_CACHE_VERSION = 3
 _BLOCK = 8192  # reference vectors per search block
 
 
@@ -46,7 +46,7 @@ def describe_set(refs: Sequence[ImageRef], size: int, cache_dir: pathlib.Path, *
     """
     key = _cache_key(refs, size, features) + ("f" if flips else "")
     folder = cache_dir / key
-    names = (["vec", "struct", "hash", "digest"] + (["hash_h", "hash_v"] if flips else [])
+    names = (["vec", "struct", "grey", "hash", "digest"] + (["hash_h", "hash_v"] if flips else [])
              + (["feat"] if features else []))
     if (folder / "done").is_file():
         return {n: np.load(folder / f"{n}.npy", mmap_mode="r") for n in names}
@@ -54,6 +54,7 @@ def describe_set(refs: Sequence[ImageRef], size: int, cache_dir: pathlib.Path, *
     folder.mkdir(parents=True)
     n = len(refs)
     shapes = {"vec": ((n, D.SEARCH_SIZE ** 2), np.float32), "struct": ((n, D.STRUCT_SIZE, D.STRUCT_SIZE), np.uint8),
+              "grey": ((n, D.STRUCT_SIZE, D.STRUCT_SIZE), np.uint8),
               "hash": ((n, 8), np.uint8), "hash_h": ((n, 8), np.uint8), "hash_v": ((n, 8), np.uint8),
               "digest": ((n, 16), np.uint8)}
     if features is not None:
@@ -63,7 +64,7 @@ def describe_set(refs: Sequence[ImageRef], size: int, cache_dir: pathlib.Path, *
     for start, images in iter_chunks(refs, size, chunk=chunk, cancel=cancel):
         d = D.describe(images)
         end = start + len(images)
-        for name in ("vec", "struct", "hash"):
+        for name in ("vec", "struct", "grey", "hash"):
             arrays[name][start:end] = d[name]
         for j, im in enumerate(images):
             arrays["digest"][start + j] = np.frombuffer(hashlib.blake2b(im.tobytes(), digest_size=16).digest(),
@@ -275,7 +276,7 @@ def match(query: dict, qidx: np.ndarray, ref: dict, measures: Sequence[str], k: 
             rg = base_groups
             if rg is None and exclude is not None:  # exclude_self: each reference is its own group
                 rg = np.arange(len(ref["vec"]))
-            best[m], arg = P.patch_search(q_struct_all, ref, qg, rg)
+            best[m], arg = P.patch_search(np.asarray(query["grey"][qidx]), ref, qg, rg)
             if m == measures[0]:
                 nearest = arg
             continue
