@@ -12,9 +12,12 @@ and bright speckle is clipped differently). Two stages:
    merely similar image cannot crowd out the true source — and the PATCH_CANDIDATES best kept.
 2. Refinement: each candidate pair is re-matched at 128 px as the Pearson correlation of the
    48-px query window with the best-placed window within ±FINE_SHIFT px of the reference
-   window, both images smoothed by a Gaussian of BLUR_SIGMA px first: a region copied at an odd
-   pixel offset lands half a pixel off the 128-px grid, which decorrelates speckle
-   (ultrasound) unless the finest detail is smoothed away.
+   window, on band-passed images (difference of Gaussians of BLUR_SIGMA and SURROUND_SIGMA px).
+   The fine blur: a region copied at an odd pixel offset lands half a pixel off the 128-px
+   grid, which decorrelates speckle (ultrasound) unless the finest detail is smoothed away.
+   The coarse one removed: smooth shading and single edges make windows of unrelated smooth
+   images (a CT head, a brain MR slice) correlate almost as well as a copy; what a copy keeps
+   and a look-alike does not is the detail in between.
 
 The measure is the best refined correlation (higher = closer); its threshold is calibrated on
 held-out real images like every other measure.
@@ -43,7 +46,10 @@ PATCH_CANDIDATES = 128
 FINE_SHIFT = 8
 """Refinement: the query window is matched at 128 px within ±8 px of the reference window found."""
 BLUR_SIGMA = 0.7
-"""Gaussian smoothing (px at 128) before the refined correlation."""
+SURROUND_SIGMA = 1.5
+"""Refinement on the difference of Gaussians of these widths (px at 128): a band-pass."""
+MIN_DETAIL = 0.008
+"""Windows whose band-passed grey values (0-1) vary less than this are not compared."""
 _BLOCK = 32768       # reference windows per search block
 
 
@@ -85,15 +91,16 @@ def _gaussian(x: torch.Tensor, sigma: float) -> torch.Tensor:
     return F.conv2d(F.conv2d(x, k.view(1, 1, 1, -1)), k.view(1, 1, -1, 1))
 
 
-def smoothed(grey: np.ndarray) -> torch.Tensor:
-    """The images the refinement correlates: N x 1 x 128 x 128, Gaussian-smoothed."""
+def band_pass(grey: np.ndarray) -> torch.Tensor:
+    """The images the refinement correlates: N x 1 x 128 x 128 differences of Gaussians."""
     with torch.no_grad():
-        return _gaussian(grey_float(grey), BLUR_SIGMA)
+        x = grey_float(grey)
+        return _gaussian(x, BLUR_SIGMA) - _gaussian(x, SURROUND_SIGMA)
 
 
 def refine_patches(q_img: torch.Tensor, q_win: np.ndarray, r_img: torch.Tensor, r_win: np.ndarray) -> np.ndarray:
     """Pearson correlation, at 128 px, of query window q_win[i] of q_img[i] with the best-placed
-    window (±FINE_SHIFT px) around reference window r_win[i] of r_img[i] (`smoothed` images, one
+    window (±FINE_SHIFT px) around reference window r_win[i] of r_img[i] (`band_pass` images, one
     row per pair): a copied region matches at near 1, a merely similar-looking one does not."""
     scale = D.STRUCT_SIZE // PATCH_GRID
     side = PATCH * scale
@@ -111,14 +118,18 @@ def refine_patches(q_img: torch.Tensor, q_win: np.ndarray, r_img: torch.Tensor, 
         ry_, rx_ = torch.from_numpy(ry * scale), torch.from_numpy(rx * scale)
         kernels = q_img[:, 0][idx, (qy_[:, None] + ys)[:, :, None], (qx_[:, None] + ys)[:, None, :]]    # n x s x s
         regions = r[:, 0][idx, (ry_[:, None] + span)[:, :, None], (rx_[:, None] + span)[:, None, :]]   # n x s+2f
-        k = D._zero_mean_unit(kernels)[:, None]
+        centred = kernels - kernels.mean(dim=(1, 2), keepdim=True)
+        k_norm = centred.flatten(1).norm(dim=1)
+        k = (centred / (k_norm[:, None, None] + 1e-6))[:, None]
         reg = regions[:, None]
         corr = F.conv2d(reg.transpose(0, 1), k, groups=n)[0]                  # n x o x o
         mu = F.avg_pool2d(reg, side, stride=1)[:, 0]
         sq = F.avg_pool2d(reg * reg, side, stride=1)[:, 0]
         norm = ((sq - mu * mu).clamp_min(0) * side * side).sqrt()
-        # a (nearly) flat reference window is no evidence of a copy
-        ncc = torch.where(norm > 1e-3 * side, corr / (norm + 1e-6), torch.full_like(corr, -1.0))
+        # windows without fine detail (smooth, or upscaled from a small image) are no evidence
+        # of a copy: what little band-pass they have is resampling ripple, alike in any image
+        ok = (norm > MIN_DETAIL * side) & (k_norm[:, None, None] > MIN_DETAIL * side)
+        ncc = torch.where(ok, corr / (norm + 1e-6), torch.full_like(corr, -1.0))
         return ncc.flatten(1).max(1).values.clamp(-1, 1).numpy().astype(np.float32)
 
 
@@ -172,7 +183,7 @@ def patch_search(query_grey: np.ndarray, ref: dict, query_groups=None, ref_group
     if not len(base):
         return best, arg
     owner_groups = None if query_groups is None else np.asarray(ref_groups)[owner]
-    q_img = smoothed(query_grey)
+    q_img = band_pass(query_grey)
     for i in range(len(qv)):
         wins = np.flatnonzero(qm[i])
         if not len(wins):
@@ -198,7 +209,7 @@ def patch_search(query_grey: np.ndarray, ref: dict, query_groups=None, ref_group
         keep = order[np.sort(first)][:PATCH_CANDIDATES]
         owners = owner[b[keep]]
         uniq, at = np.unique(owners, return_inverse=True)
-        r_img = smoothed(np.asarray(ref["grey"][uniq]))[torch.from_numpy(at)]
+        r_img = band_pass(np.asarray(ref["grey"][uniq]))[torch.from_numpy(at)]
         fine = refine_patches(q_img[[i] * len(keep)], qi[keep], r_img, where[b[keep]])
         j = int(np.argmax(fine))
         best[i], arg[i] = fine[j], int(owners[j])

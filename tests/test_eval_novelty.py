@@ -401,8 +401,8 @@ def test_a_speckled_ultrasound_region_pasted_at_an_odd_offset_is_found():
     queries = [_paste(bases[j % 3], frames[f], t, l, side, T, L) for j, (f, t, l, side, T, L) in enumerate(cases)]
     best, owner = novelty.patch_search(D.describe(np.stack(queries + bases))["grey"], ref)
     assert list(owner[:3]) == [f for f, *_ in cases], (owner, best)
-    assert (best[:3] > 0.98).all(), best
-    assert best[3:].max() < best[:3].min() - 0.05, best  # the photographs alone match nothing that well
+    assert (best[:3] > 0.85).all(), best
+    assert best[3:].max() < best[:3].min() - 0.3, best  # the photographs alone match nothing that well
 
 
 def test_a_region_of_a_smooth_upscaled_image_is_found_among_similar_references():
@@ -419,7 +419,7 @@ def test_a_region_of_a_smooth_upscaled_image_is_found_among_similar_references()
     ref = _patch_reference(slices + [mr])
     query = _paste(normalised(skimage_sample("rocket.jpg")), mr, 142, 120, 113, 90, 20)
     best, owner = novelty.patch_search(D.describe(query[None])["grey"], ref)
-    assert owner[0] == len(slices) and best[0] > 0.99, (owner, best)
+    assert owner[0] == len(slices) and best[0] > 0.95, (owner, best)
 
 
 def test_plain_torchscript_exports_and_copy_descriptors_are_accepted(tmp_path):
