@@ -98,10 +98,20 @@ def band_pass(grey: np.ndarray) -> torch.Tensor:
         return _gaussian(x, BLUR_SIGMA) - _gaussian(x, SURROUND_SIGMA)
 
 
-def refine_patches(q_img: torch.Tensor, q_win: np.ndarray, r_img: torch.Tensor, r_win: np.ndarray) -> np.ndarray:
-    """Pearson correlation, at 128 px, of query window q_win[i] of q_img[i] with the best-placed
-    window (±FINE_SHIFT px) around reference window r_win[i] of r_img[i] (`band_pass` images, one
-    row per pair): a copied region matches at near 1, a merely similar-looking one does not."""
+def _box_mean(x: torch.Tensor, side: int) -> torch.Tensor:
+    """Means of every side x side window of n x H x W (summed-area table: far faster on CPU
+    than average pooling with a large kernel)."""
+    c = F.pad(x.double().cumsum(1).cumsum(2), (1, 0, 1, 0))
+    s = c[:, side:, side:] - c[:, :-side, side:] - c[:, side:, :-side] + c[:, :-side, :-side]
+    return (s / (side * side)).float()
+
+
+def refine_patches(q_img: torch.Tensor, q_rows: np.ndarray, q_win: np.ndarray, r_pad: torch.Tensor,
+                   r_rows: np.ndarray, r_win: np.ndarray) -> np.ndarray:
+    """Pearson correlation, at 128 px, of query window q_win[i] of image q_img[q_rows[i]] with the
+    best-placed window (±FINE_SHIFT px) around reference window r_win[i] of r_pad[r_rows[i]]
+    (`band_pass` images; the references padded by FINE_SHIFT, `padded`): a copied region matches
+    at near 1, a merely similar-looking one does not."""
     scale = D.STRUCT_SIZE // PATCH_GRID
     side = PATCH * scale
     n = len(q_win)
@@ -110,21 +120,19 @@ def refine_patches(q_img: torch.Tensor, q_win: np.ndarray, r_img: torch.Tensor, 
     qy, qx = window_origin(q_win, QUERY_STRIDE)
     ry, rx = window_origin(r_win, REF_STRIDE)
     with torch.no_grad():
-        r = F.pad(r_img, (FINE_SHIFT,) * 4, mode="replicate")
         ys = torch.arange(side)
         span = torch.arange(side + 2 * FINE_SHIFT)
-        idx = torch.arange(n)[:, None, None]
+        qi, ri = torch.from_numpy(np.asarray(q_rows))[:, None, None], torch.from_numpy(np.asarray(r_rows))[:, None, None]
         qy_, qx_ = torch.from_numpy(qy * scale), torch.from_numpy(qx * scale)
         ry_, rx_ = torch.from_numpy(ry * scale), torch.from_numpy(rx * scale)
-        kernels = q_img[:, 0][idx, (qy_[:, None] + ys)[:, :, None], (qx_[:, None] + ys)[:, None, :]]    # n x s x s
-        regions = r[:, 0][idx, (ry_[:, None] + span)[:, :, None], (rx_[:, None] + span)[:, None, :]]   # n x s+2f
+        kernels = q_img[:, 0][qi, (qy_[:, None] + ys)[:, :, None], (qx_[:, None] + ys)[:, None, :]]     # n x s x s
+        regions = r_pad[:, 0][ri, (ry_[:, None] + span)[:, :, None], (rx_[:, None] + span)[:, None, :]].float()
         centred = kernels - kernels.mean(dim=(1, 2), keepdim=True)
         k_norm = centred.flatten(1).norm(dim=1)
         k = (centred / (k_norm[:, None, None] + 1e-6))[:, None]
-        reg = regions[:, None]
-        corr = F.conv2d(reg.transpose(0, 1), k, groups=n)[0]                  # n x o x o
-        mu = F.avg_pool2d(reg, side, stride=1)[:, 0]
-        sq = F.avg_pool2d(reg * reg, side, stride=1)[:, 0]
+        corr = F.conv2d(regions[None], k, groups=n)[0]                         # n x o x o
+        mu = _box_mean(regions, side)
+        sq = _box_mean(regions * regions, side)
         norm = ((sq - mu * mu).clamp_min(0) * side * side).sqrt()
         # windows without fine detail (smooth, or upscaled from a small image) are no evidence
         # of a copy: what little band-pass they have is resampling ripple, alike in any image
@@ -133,8 +141,14 @@ def refine_patches(q_img: torch.Tensor, q_win: np.ndarray, r_img: torch.Tensor, 
         return ncc.flatten(1).max(1).values.clamp(-1, 1).numpy().astype(np.float32)
 
 
+def padded(img: torch.Tensor) -> torch.Tensor:
+    """Band-passed images padded by FINE_SHIFT (border values) for the shift search."""
+    return F.pad(img, (FINE_SHIFT,) * 4, mode="replicate")
+
+
 def prepare_reference(ref: dict) -> None:
-    """The reference windows of the patch search ('patch_vec', 'patch_owner', 'patch_window'), once per run."""
+    """The reference windows of the patch search ('patch_vec', 'patch_owner', 'patch_window') and the
+    band-passed reference images ('patch_band'), once per run."""
     if "patch_vec" in ref:
         return
     vec, mask = [], []
@@ -146,6 +160,9 @@ def prepare_reference(ref: dict) -> None:
     vec, mask = np.concatenate(vec), np.concatenate(mask)
     owner = np.repeat(np.arange(len(vec)), vec.shape[1]).reshape(mask.shape)
     window = np.tile(np.arange(vec.shape[1]), len(vec)).reshape(mask.shape)
+    # band-passed references for the refinement, computed once (half precision: 41 kB per image)
+    ref["patch_band"] = torch.cat([padded(band_pass(np.asarray(grey[s:s + 512]))).half()
+                                   for s in range(0, len(grey), 512)])
     ref["patch_vec"] = np.ascontiguousarray(vec[mask])
     ref["patch_owner"] = owner[mask]
     ref["patch_window"] = window[mask]
@@ -208,9 +225,7 @@ def patch_search(query_grey: np.ndarray, ref: dict, query_groups=None, ref_group
         _, first = np.unique(key[order], return_index=True)
         keep = order[np.sort(first)][:PATCH_CANDIDATES]
         owners = owner[b[keep]]
-        uniq, at = np.unique(owners, return_inverse=True)
-        r_img = band_pass(np.asarray(ref["grey"][uniq]))[torch.from_numpy(at)]
-        fine = refine_patches(q_img[[i] * len(keep)], qi[keep], r_img, where[b[keep]])
+        fine = refine_patches(q_img, np.full(len(keep), i), qi[keep], ref["patch_band"], owners, where[b[keep]])
         j = int(np.argmax(fine))
         best[i], arg[i] = fine[j], int(owners[j])
     return best, arg
