@@ -3,28 +3,32 @@
     PYTHONPATH=$PWD OMP_NUM_THREADS=2 .venv/bin/python benchmarks/bench_novelty_holdout.py \
         --data /tmp/medisyn-bench-novelty-holdout [--seed 0] [--measures pixel,patch]
 
-Every image comes from files installed with pydicom, nibabel and scikit-image (nothing is
-downloaded), decoded and normalised to 256 px as a study does, written as PNG with three
-manifests (the `group` column names the patient / volume each image belongs to):
+Every image comes from files installed with pydicom, nibabel, scikit-image, scikit-learn and
+PyWavelets (nothing is downloaded), decoded and normalised to 256 px as a study does, written as
+PNG with three manifests (the `group` column names the patient / volume each image belongs to):
 
 - reference.csv — the "training set": axial slices (every other one) of two brain volumes
   (nibabel anatomical.nii T1, example4d.nii.gz EPI), every third frame of the echocardiography
   cine (pydicom examples_ybr_color.dcm), and single DICOM / photograph images (CT chest, CT
   head, MR, liver MR, bone scan, colour Doppler ultrasound, fundus, histology).
-- holdout.csv — real images of other groups for calibration (`--holdout`): coronal slices of
-  the two volumes, other CT / ultrasound / secondary-capture DICOMs, photographs.
+- holdout.csv — real images for calibration (`--holdout`), only from groups that share no
+  patient, volume or file with the training set (checked): another CT head, a palette
+  ultrasound, a secondary capture, an MR angiography projection (nibabel's DICOM test data),
+  photographs (scikit-image, scikit-learn, PyWavelets) and faces of Labeled Faces in the Wild.
 - synthetic.csv — what is judged. Near-copies of reference images, one kind per row group:
   `adjacent_slice` (the skipped slice between two training slices), `neighbour_frame` (the
   frame after a training frame), `rotate` (2-8 degrees), `shift` (5-10 % with black padding),
   `crop` (80-95 % of the image, resized back), `blend` (average of two references of one
   modality), `paste` (a 40-50 % region of a reference pasted into a novel image), `gamma`
-  (0.6 or 1.7), `rescale` (down to 30-50 % and back up); and novel real images:
-  `novel_orientation` (sagittal slices of the volumes), `novel_series` (other DICOM files and
-  modalities), `novel_other` (other photographs and microscopy).
+  (0.6 or 1.7), `rescale` (down to 30-50 % and back up); novel real images: `novel_series`
+  (other DICOM files and modalities), `novel_other` (other photographs and microscopy); and,
+  reported apart, `same_volume`: coronal and sagittal slices of the training volumes (the same
+  patients: neither copies nor independent images).
 
 Runs `evaluation.novelty.run_novelty` with the holdout (the default measures unless
 `--measures`) and prints the flagged fraction per kind with Wilson 95 % CIs as a Markdown table
-(docs/evaluation.md), the held-out real flag rate (leave-one-group-out) and the timings.
+(docs/evaluation.md), the held-out real flag rate (each held-out group left out of its own
+calibration) and the timings.
 """
 from __future__ import annotations
 
