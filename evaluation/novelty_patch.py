@@ -227,5 +227,7 @@ def patch_search(query_grey: np.ndarray, ref: dict, query_groups=None, ref_group
         owners = owner[b[keep]]
         fine = refine_patches(q_img, np.full(len(keep), i), qi[keep], ref["patch_band"], owners, where[b[keep]])
         j = int(np.argmax(fine))
-        best[i], arg[i] = fine[j], int(owners[j])
+        best[i] = fine[j]
+        if fine[j] > -1:  # -1: no candidate window had detail enough to compare
+            arg[i] = int(owners[j])
     return best, arg
