@@ -422,6 +422,22 @@ def test_a_region_of_a_smooth_upscaled_image_is_found_among_similar_references()
     assert owner[0] == len(slices) and best[0] > 0.95, (owner, best)
 
 
+def test_an_unrelated_smooth_scan_is_far_from_a_pasted_region():
+    """Windows of unrelated smooth images (a CT head against brain MR slices) correlate almost
+    as well as a copy on plain grey values; on band-passed values only the copy stays high."""
+    from eval_fixtures import normalised
+    from imaging_fixtures import dicom_sample, nifti_sample, skimage_sample
+
+    epi = nifti_sample("example4d.nii.gz")
+    slices = [normalised(epi, slice_index=s, axis=2) for s in range(4, 21, 2)]
+    ref = _patch_reference(slices)
+    ct_head = normalised(dicom_sample("J2K_pixelrep_mismatch.dcm"))
+    pasted = _paste(normalised(skimage_sample("rocket.jpg")), slices[5], 132, 40, 107, 13, 78)
+    best, owner = novelty.patch_search(D.describe(np.stack([pasted, ct_head]))["grey"], ref)
+    assert owner[0] == 5
+    assert best[0] - best[1] > 0.2, best
+
+
 def test_plain_torchscript_exports_and_copy_descriptors_are_accepted(tmp_path):
     """A torch.jit.trace / script export that takes only the image (no return_features) works,
     gets ImageNet-normalised float input, and serves as the novelty 'features' measure."""
