@@ -220,6 +220,14 @@ def run_novelty(synthetic, reference, out_dir=None, *, holdout=None, measures: S
     if hold is None and len(set(ref_g.tolist())) < 2:
         raise EvaluationError("reference: all images are one group (one patient / volume), so no held-out "
                               "comparison is possible; give --holdout real images of other patients")
+    if hold is not None:
+        shared = sum(k in set(ref_keys) for k in hold_keys)
+        if shared:
+            # they are matched only with other groups, but they are not images of other patients:
+            # the thresholds promise a rate for real images unrelated to the training set
+            warnings.append(f"{shared} held-out images share a group (patient / volume / file) with the "
+                            "reference; they are compared only with other groups, but they are the same "
+                            "patients — hold out images of other patients")
     n_cal = min(len(hold) if hold is not None else len(ref), calibration_sample)
     total = len(syn) + len(ref) + (len(hold) if hold is not None else 0) + len(syn) + n_cal
     bar = _Progress(total, progress, on_progress, cancel)

@@ -303,6 +303,8 @@ def test_calibration_never_compares_an_image_with_its_own_group(grouped):
     # nearest reference is another group's image, not a near-identical neighbour slice
     assert not own["nearest_reference"].startswith("reference/t1_")
     assert own["pixel"] < 0.95
+    # ... and the run says that a held-out image of a training patient is not an independent one
+    assert any("1 held-out images share a group" in w for w in res.warnings), res.warnings
     with open(tmp / "out" / "holdout.csv", newline="") as fh:
         rows = list(csv.DictReader(fh))
     assert len(rows) == 22 and {"holdout", "group", "nearest_reference", "pixel", "patch", "flagged"} <= set(rows[0])
