@@ -3,28 +3,32 @@
     PYTHONPATH=$PWD OMP_NUM_THREADS=2 .venv/bin/python benchmarks/bench_novelty_holdout.py \
         --data /tmp/medisyn-bench-novelty-holdout [--seed 0] [--measures pixel,patch]
 
-Every image comes from files installed with pydicom, nibabel and scikit-image (nothing is
-downloaded), decoded and normalised to 256 px as a study does, written as PNG with three
-manifests (the `group` column names the patient / volume each image belongs to):
+Every image comes from files installed with pydicom, nibabel, scikit-image, scikit-learn and
+PyWavelets (nothing is downloaded), decoded and normalised to 256 px as a study does, written as
+PNG with three manifests (the `group` column names the patient / volume each image belongs to):
 
 - reference.csv — the "training set": axial slices (every other one) of two brain volumes
   (nibabel anatomical.nii T1, example4d.nii.gz EPI), every third frame of the echocardiography
   cine (pydicom examples_ybr_color.dcm), and single DICOM / photograph images (CT chest, CT
   head, MR, liver MR, bone scan, colour Doppler ultrasound, fundus, histology).
-- holdout.csv — real images of other groups for calibration (`--holdout`): coronal slices of
-  the two volumes, other CT / ultrasound / secondary-capture DICOMs, photographs.
+- holdout.csv — real images for calibration (`--holdout`), only from groups that share no
+  patient, volume or file with the training set (checked): another CT head, a palette
+  ultrasound, a secondary capture, an MR angiography projection (nibabel's DICOM test data),
+  photographs (scikit-image, scikit-learn, PyWavelets) and faces of Labeled Faces in the Wild.
 - synthetic.csv — what is judged. Near-copies of reference images, one kind per row group:
   `adjacent_slice` (the skipped slice between two training slices), `neighbour_frame` (the
   frame after a training frame), `rotate` (2-8 degrees), `shift` (5-10 % with black padding),
   `crop` (80-95 % of the image, resized back), `blend` (average of two references of one
   modality), `paste` (a 40-50 % region of a reference pasted into a novel image), `gamma`
-  (0.6 or 1.7), `rescale` (down to 30-50 % and back up); and novel real images:
-  `novel_orientation` (sagittal slices of the volumes), `novel_series` (other DICOM files and
-  modalities), `novel_other` (other photographs and microscopy).
+  (0.6 or 1.7), `rescale` (down to 30-50 % and back up); novel real images: `novel_series`
+  (other DICOM files and modalities), `novel_other` (other photographs and microscopy); and,
+  reported apart, `same_volume`: coronal and sagittal slices of the training volumes (the same
+  patients: neither copies nor independent images).
 
 Runs `evaluation.novelty.run_novelty` with the holdout (the default measures unless
 `--measures`) and prints the flagged fraction per kind with Wilson 95 % CIs as a Markdown table
-(docs/evaluation.md), the held-out real flag rate (leave-one-group-out) and the timings.
+(docs/evaluation.md), the held-out real flag rate (each held-out group left out of its own
+calibration) and the timings.
 """
 from __future__ import annotations
 
@@ -36,6 +40,7 @@ import pathlib
 import time
 
 SIZE = 256
+HELD_OUT_FACES = 30
 
 
 def _normalised(path, **options):
@@ -55,6 +60,39 @@ def _nifti(name):
     from nibabel.testing import data_path
 
     return os.path.join(data_path, name)
+
+
+def _nicom(name):
+    import nibabel
+
+    return os.path.join(os.path.dirname(nibabel.__file__), "nicom", "tests", "data", name)
+
+
+def _sklearn(name):
+    import sklearn
+
+    return os.path.join(os.path.dirname(sklearn.__file__), "datasets", "images", name)
+
+
+def _pywt(name):
+    import numpy as np
+    import pywt
+
+    with np.load(os.path.join(os.path.dirname(pywt.__file__), "data", f"{name}.npz")) as z:
+        return z["data"]
+
+
+def _array_png(data, name, array):
+    """A shipped array (not an image file) written as a 16-bit PNG, then decoded as a study would."""
+    import numpy as np
+    from PIL import Image
+
+    a = np.asarray(array, np.float64)
+    a = np.rint((a - a.min()) / (np.ptp(a) or 1.0) * 65535).astype(np.uint16)
+    path = data / "sources" / f"{name}.png"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(a).save(path)
+    return path
 
 
 def _skimage(name):
@@ -98,27 +136,42 @@ def build(data: pathlib.Path, seed: int) -> dict[str, list[dict]]:
     for name, path, modality in singles:
         add("reference", name, _normalised(path), modality, name)
 
-    # --- held-out real images for calibration (other groups)
-    for s in range(4, 37, 2):
-        add("holdout", f"t1_cor_{s:02d}", _normalised(t1, slice_index=s, axis=1), "mri", "t1_coronal")
-    for s in range(20, 80, 4):
-        add("holdout", f"epi_cor_{s:02d}", _normalised(epi, slice_index=s, axis=1), "mri", "epi_coronal")
+    # --- held-out real images for calibration: groups independent of every training image
+    # (no slice, frame or file of a training volume or patient)
     for name, path, modality in [("ct_head_b", _dicom("J2K_pixelrep_mismatch.dcm"), "ct"),
                                  ("us_palette", _dicom("examples_palette.dcm"), "ultrasound"),
-                                 ("sc_dfl", _dicom("image_dfl.dcm"), "other")]:
+                                 ("sc_dfl", _dicom("image_dfl.dcm"), "other"),
+                                 ("mr_angio_mip", _nicom("slicethickness_empty_string.dcm"), "mri")]:
         add("holdout", name, _normalised(path), modality, name)
     for name in ("camera.png", "coins.png", "moon.png", "astronaut.png", "coffee.png", "chelsea.png",
                  "brick.png", "page.png", "grass.png", "gravel.png"):
         add("holdout", name.split(".")[0], _normalised(_skimage(name)), "photo", name)
+    for name in ("china.jpg", "flower.jpg"):
+        add("holdout", name.split(".")[0], _normalised(_sklearn(name)), "photo", name)
+    for name in ("ascent", "aero"):
+        add("holdout", name, _normalised(_array_png(data, name, _pywt(name))), "photo", name)
+    faces = np.load(_skimage("lfw_subset.npy"))[:HELD_OUT_FACES]  # Labeled Faces in the Wild: other people
+    for i, face in enumerate(faces):
+        add("holdout", f"lfw_face_{i:02d}", _normalised(_array_png(data, f"lfw_face_{i:02d}", face)), "photo",
+            f"lfw_face_{i:02d}")
+
+    # --- judged, reported on their own: other orientations of the training volumes (the same
+    # patients: neither a copy nor an independent image)
+    for s in range(4, 37, 2):
+        add("synthetic", f"same_volume_t1_cor_{s:02d}", _normalised(t1, slice_index=s, axis=1), "mri", "",
+            "same_volume")
+    for s in range(20, 80, 4):
+        add("synthetic", f"same_volume_epi_cor_{s:02d}", _normalised(epi, slice_index=s, axis=1), "mri", "",
+            "same_volume")
+    for s in range(8, 26, 2):
+        add("synthetic", f"same_volume_t1_sag_{s:02d}", _normalised(t1, slice_index=s, axis=0), "mri", "",
+            "same_volume")
+    for s in range(40, 90, 6):
+        add("synthetic", f"same_volume_epi_sag_{s:02d}", _normalised(epi, slice_index=s, axis=0), "mri", "",
+            "same_volume")
 
     # --- judged: novel real images
     novel_bases = []
-    for s in range(8, 26, 2):
-        add("synthetic", f"novel_orientation_t1_sag_{s:02d}", _normalised(t1, slice_index=s, axis=0), "mri", "",
-            "novel_orientation")
-    for s in range(40, 90, 6):
-        add("synthetic", f"novel_orientation_epi_sag_{s:02d}", _normalised(epi, slice_index=s, axis=0), "mri", "",
-            "novel_orientation")
     for name, path, modality in [("us_jpeg2k", _dicom("examples_jpeg2k.dcm"), "ultrasound"),
                                  ("us_small", _dicom("ExplVR_BigEnd.dcm"), "ultrasound"),
                                  ("sc_text", _dicom("GDCMJ2K_TextGBR.dcm"), "other"),
@@ -156,6 +209,17 @@ def build(data: pathlib.Path, seed: int) -> dict[str, list[dict]]:
             w.writerows(rows)
     (data / "kinds.json").write_text(json.dumps({r["path"]: r["kind"] for r in sets["synthetic"]}, indent=1))
     return sets
+
+
+def check_independent(data: pathlib.Path) -> None:
+    """The held-out set must share no group (patient / volume / file) with the training set."""
+    groups = {}
+    for key in ("reference", "holdout"):
+        with open(data / f"{key}.csv", newline="", encoding="utf-8") as fh:
+            groups[key] = {r["group"] for r in csv.DictReader(fh)}
+    shared = groups["reference"] & groups["holdout"]
+    if shared:
+        raise SystemExit(f"held-out groups that are training groups: {sorted(shared)}")
 
 
 def _near_copy(kind, px, rng, pixels, names, modality_of, name, bases):
@@ -227,6 +291,7 @@ def main() -> None:
         build(data, args.seed)
     prep = time.perf_counter() - t
     kinds = json.loads((data / "kinds.json").read_text())
+    check_independent(data)
     measures = args.measures.split(",") if args.measures else list(DEFAULT_MEASURES)
     out = data / "out"
     shutil.rmtree(out, ignore_errors=True)
@@ -237,32 +302,28 @@ def main() -> None:
     by_kind: dict[str, list[bool]] = {}
     for r in res.rows:
         by_kind.setdefault(kinds[r["synthetic"]], []).append(r["flagged"])
-    order = ["adjacent_slice", "neighbour_frame", "rotate", "shift", "crop", "blend", "paste", "gamma", "rescale",
-             "novel_orientation", "novel_series", "novel_other"]
-    lines = ["| kind | judged | flagged | 95 % CI (Wilson) |", "|---|---|---|---|"]
-    copies = novel = 0
-    n_copies = n_novel = 0
-    for kind in order:
-        flags = by_kind.get(kind, [])
+    copy_kinds = ["adjacent_slice", "neighbour_frame", "rotate", "shift", "crop", "blend", "paste", "gamma",
+                  "rescale"]
+    novel_kinds = ["novel_series", "novel_other"]
+
+    def row(label, flags):
         rate = wilson(sum(flags), len(flags))
         lo, hi = rate["ci_wilson"]
-        lines.append(f"| {kind.replace('_', ' ')} | {len(flags)} | {sum(flags)} ({rate['value']:.0%}) | "
-                     f"{lo:.0%}-{hi:.0%} |")
-        if kind.startswith("novel"):
-            novel += sum(flags)
-            n_novel += len(flags)
-        else:
-            copies += sum(flags)
-            n_copies += len(flags)
-    lines.append(f"| all near-copies | {n_copies} | {copies} ({copies / n_copies:.0%}) | "
-                 f"{wilson(copies, n_copies)['ci_wilson'][0]:.0%}-{wilson(copies, n_copies)['ci_wilson'][1]:.0%} |")
-    lines.append(f"| all novel real images | {n_novel} | {novel} ({novel / n_novel:.0%}) | "
-                 f"{wilson(novel, n_novel)['ci_wilson'][0]:.0%}-{wilson(novel, n_novel)['ci_wilson'][1]:.0%} |")
+        return f"| {label} | {len(flags)} | {sum(flags)} ({rate['value']:.0%}) | {lo:.0%}-{hi:.0%} |"
+
+    lines = ["| kind | judged | flagged | 95 % CI (Wilson) |", "|---|---|---|---|"]
+    lines += [row(kind.replace("_", " "), by_kind.get(kind, [])) for kind in copy_kinds + novel_kinds]
+    lines.append(row("all near-copies", [f for k in copy_kinds for f in by_kind.get(k, [])]))
+    lines.append(row("all novel real images", [f for k in novel_kinds for f in by_kind.get(k, [])]))
+    lines.append(row("held-out real images (each group left out of its own calibration)",
+                     [h["flagged"] for h in res.holdout["rows"]]))
+    lines.append(row("same volume, other orientation (reported apart)", by_kind.get("same_volume", [])))
     report = {"measures": res.measures, "thresholds": res.thresholds, "reference": res.n_reference,
-              "holdout": res.holdout["n"], "holdout_flag_rate": format_rate(res.holdout_rate),
+              "holdout": res.holdout["n"], "holdout_groups": res.holdout["n_groups"],
+              "holdout_flag_rate": format_rate(res.holdout_rate),
+              "holdout_flagged": [h["holdout"] for h in res.holdout["rows"] if h["flagged"]],
               "synthetic_flag_rate": format_rate(res.synthetic_rate), "warnings": res.warnings,
-              "missed": [r["synthetic"] for r in res.rows
-                         if not r["flagged"] and not kinds[r["synthetic"]].startswith("novel")],
+              "missed": [r["synthetic"] for r in res.rows if not r["flagged"] and kinds[r["synthetic"]] in copy_kinds],
               "false_flags": [r["synthetic"] for r in res.rows
                               if r["flagged"] and kinds[r["synthetic"]].startswith("novel")],
               "prepare_seconds": round(prep, 1), "run_seconds": round(total, 1),

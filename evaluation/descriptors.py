@@ -16,9 +16,10 @@ copy still matches (the usual copy artefact "intensity change"). Then:
 - `phash`: Hamming distance between 64-bit perceptual hashes (imagehash.phash of the grey image).
   Lower = closer, 0 = same hash.
 - `features`: cosine similarity of a local model's image embeddings (evaluation.features).
-- `patch`: the best cosine similarity between any window (37.5 % of the side, 12 x 12 grid) of
-  the synthetic image and any window of a reference image: a reference region pasted into an
-  otherwise new image. Windows without structure (background) are skipped. Higher = closer.
+- `patch`: the best correlation between any window (37.5 % of the side) of the synthetic grey
+  image and any window of a reference image, searched at 128 px (`evaluation.novelty_patch`): a
+  reference region pasted into an otherwise new image. Windows without structure (background)
+  are skipped. Higher = closer.
 
 The `pixel` measure of a candidate pair is the best Pearson correlation over a transform
 search (`transform_ncc`): rotations up to ±10°, mirror images, the query matched to an 80-100 %
@@ -64,8 +65,8 @@ MEASURES: dict[str, Measure] = {m.name: m for m in (
     Measure("ms_ssim", True, "MS-SSIM of standardised 128x128 grey images (pytorch-msssim, window 7)"),
     Measure("phash", False, "Hamming distance of 64-bit perceptual hashes (imagehash.phash), bits"),
     Measure("features", True, "cosine similarity of a local model's image embeddings"),
-    Measure("patch", True, "best cosine similarity between a 37.5 % window of the image and a window of "
-                           "a reference (a region copied into another image)"),
+    Measure("patch", True, "best correlation between a 37.5 % window of the grey image and a window of "
+                           "a reference, searched at 128 px (a region copied into another image)"),
 )}
 
 
@@ -99,7 +100,8 @@ def phash_bits(grey_u8: np.ndarray) -> np.ndarray:
 
 def describe(images: np.ndarray) -> dict[str, np.ndarray]:
     """Descriptors of uint8 N x S x S x 3 images: 'vec' (N x 1024 unit vectors), 'struct'
-    (N x 128 x 128 uint8 standardised grey) and 'hash' (N x 8 packed pHash bits)."""
+    (N x 128 x 128 uint8 standardised grey), 'grey' (N x 128 x 128 uint8 grey as decoded, for
+    the patch search) and 'hash' (N x 8 packed pHash bits)."""
     grey = to_grey(images)
     z = standardise(grey)
     z128 = _pool(z, STRUCT_SIZE)
@@ -108,7 +110,9 @@ def describe(images: np.ndarray) -> dict[str, np.ndarray]:
     vec = vec / (vec.norm(dim=1, keepdim=True) + 1e-6)
     struct = torch.clamp(0.5 + _STD_SPREAD * z128[:, 0], 0, 1).mul(255).round().to(torch.uint8)
     grey_u8 = np.rint(grey * 255).astype(np.uint8)
-    return {"vec": vec.numpy().astype(np.float32), "struct": struct.numpy(), "hash": phash_bits(grey_u8)}
+    g128 = _pool(torch.from_numpy(np.ascontiguousarray(grey, dtype=np.float32))[:, None], STRUCT_SIZE)[:, 0]
+    return {"vec": vec.numpy().astype(np.float32), "struct": struct.numpy(), "hash": phash_bits(grey_u8),
+            "grey": g128.mul(255).round().clamp(0, 255).to(torch.uint8).numpy()}
 
 
 def flip_variants(images: np.ndarray) -> list[np.ndarray]:
@@ -341,71 +345,3 @@ def transform_ncc(kernels: dict[float, torch.Tensor], grids: torch.Tensor, pq: n
                 out = torch.maximum(out, ncc.flatten(1).max(1).values)
             best[s0:s0 + p] = out.numpy()
     return np.clip(best, -1.0, 1.0)
-
-
-# ---------------------------------------------------------------------------------------
-# patch-level search: a region of a reference inside a query
-
-PATCH_GRID = 64
-PATCH = 20          # window side on the 64 grid (31 % of the image side)
-PATCH_DIM = 20      # windows searched at full 64-grid resolution (20 x 20)
-REF_STRIDE = 4
-QUERY_STRIDE = 4
-PATCH_MIN_STD = 0.35
-"""Windows whose standardised values vary less than this (background, flat regions) are skipped."""
-FINE_SHIFT = 8
-"""Refinement: the query window is matched at 128 px within ±8 px of the reference window found."""
-
-
-def patch_vectors(struct: np.ndarray, stride: int) -> tuple[np.ndarray, np.ndarray]:
-    """Unit vectors of the PATCH x PATCH windows of each image (64 grid, `stride`) and a mask of
-    the windows with enough structure: (N x W x 100 float32, N x W bool)."""
-    with torch.no_grad():
-        x = _pool(_struct_float(struct), PATCH_GRID)
-        z = (x - 0.5) / _STD_SPREAD
-        win = F.unfold(z, PATCH, stride=stride)                         # N x P^2 x W
-        n, _, nw = win.shape
-        win = win.transpose(1, 2).reshape(n * nw, 1, PATCH, PATCH)
-        small = F.avg_pool2d(win, PATCH // PATCH_DIM).flatten(1)
-        std = win.flatten(1).std(dim=1)
-        v = small - small.mean(dim=1, keepdim=True)
-        v = v / (v.norm(dim=1, keepdim=True) + 1e-6)
-    return v.numpy().reshape(n, nw, -1).astype(np.float32), (std.numpy() >= PATCH_MIN_STD).reshape(n, nw)
-
-
-def window_origin(index: np.ndarray, stride: int) -> tuple[np.ndarray, np.ndarray]:
-    """Top-left corner (64 grid) of window `index` of `patch_vectors(..., stride)`."""
-    per_side = (PATCH_GRID - PATCH) // stride + 1
-    index = np.asarray(index)
-    return (index // per_side) * stride, (index % per_side) * stride
-
-
-def refine_patches(q_struct: np.ndarray, q_win: np.ndarray, r_struct: np.ndarray, r_win: np.ndarray) -> np.ndarray:
-    """Pearson correlation, at 128 px, of query window q_win[i] of q_struct[i] with the best-placed
-    window (±FINE_SHIFT px) around reference window r_win[i] of r_struct[i]: a pasted region
-    matches at near 1, a merely similar-looking one does not."""
-    scale = STRUCT_SIZE // PATCH_GRID
-    side = PATCH * scale
-    qy, qx = window_origin(q_win, QUERY_STRIDE)
-    ry, rx = window_origin(r_win, REF_STRIDE)
-    n = len(q_win)
-    if not n:
-        return np.zeros(0, np.float32)
-    with torch.no_grad():
-        q = _struct_float(q_struct)
-        r = F.pad(_struct_float(r_struct), (FINE_SHIFT,) * 4, mode="replicate")
-        ys = torch.arange(side)
-        span = torch.arange(side + 2 * FINE_SHIFT)
-        idx = torch.arange(n)[:, None, None]
-        qy_, qx_ = torch.from_numpy(qy * scale), torch.from_numpy(qx * scale)
-        ry_, rx_ = torch.from_numpy(ry * scale), torch.from_numpy(rx * scale)
-        kernels = q[:, 0][idx, (qy_[:, None] + ys)[:, :, None], (qx_[:, None] + ys)[:, None, :]]      # n x s x s
-        regions = r[:, 0][idx, (ry_[:, None] + span)[:, :, None], (rx_[:, None] + span)[:, None, :]]  # n x s+2f
-        k = _zero_mean_unit(kernels)[:, None]
-        reg = regions[:, None]
-        corr = F.conv2d(reg.transpose(0, 1), k, groups=n)[0]                  # n x o x o
-        mu = F.avg_pool2d(reg, side, stride=1)[:, 0]
-        sq = F.avg_pool2d(reg * reg, side, stride=1)[:, 0]
-        norm = ((sq - mu * mu).clamp_min(0) * side * side).sqrt()
-        ncc = torch.where(norm > 0.05 * side, corr / (norm + 1e-3), torch.full_like(corr, -1.0))
-        return ncc.flatten(1).max(1).values.numpy().astype(np.float32)

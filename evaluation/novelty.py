@@ -34,11 +34,9 @@ from __future__ import annotations
 
 import csv
 import dataclasses
-import hashlib
 import json
 import math
 import pathlib
-import shutil
 import sys
 import threading
 from collections.abc import Callable, Sequence
@@ -47,9 +45,32 @@ import numpy as np
 
 from evaluation import descriptors as D
 from evaluation.errors import EvaluationCancelled, EvaluationError
-from evaluation.images import ImageRef, iter_chunks, list_images
+from evaluation.images import ImageRef, list_images
 
-__all__ = ["ALPHA", "DEFAULT_MEASURES", "NoveltyResult", "group_keys", "parse_thresholds", "run_novelty"]
+# the public names of the sibling modules stay importable from here (the CLI, studio and
+# benchmarks import them from evaluation.novelty)
+from evaluation.novelty_calibration import (
+    _flags,
+    _group_ids,
+    _passes,
+    conformal_threshold,
+    format_rate,
+    group_keys,
+    memorisation_answer,
+    memorisation_tests,
+    wilson,
+)
+from evaluation.novelty_patch import patch_search
+from evaluation.novelty_search import (
+    describe_set,
+    knn_hamming,
+    knn_inner_product,
+    match,
+)
+
+__all__ = ["ALPHA", "DEFAULT_MEASURES", "NoveltyResult", "conformal_threshold", "describe_set", "format_rate",
+           "group_keys", "knn_hamming", "knn_inner_product", "match", "memorisation_answer", "parse_thresholds",
+           "patch_search", "run_novelty", "wilson"]
 
 DEFAULT_MEASURES = ("pixel", "patch")
 ALPHA = 0.05
@@ -60,9 +81,6 @@ NEAR_DUPLICATE = 0.995
 """Reference pairs of different groups at least this `pixel`-close are reported as near-duplicates."""
 DEFAULT_SIZE = 256
 DEFAULT_K = 5
-_CACHE_VERSION = 2
-_BLOCK = 8192  # reference vectors per search block
-
 
 @dataclasses.dataclass
 class NoveltyResult:
@@ -141,463 +159,6 @@ def check_measures(measures: Sequence[str], features) -> list[str]:
 
 
 # ---------------------------------------------------------------------------------------
-# groups
-
-def group_keys(refs: Sequence[ImageRef]) -> list[str]:
-    """One key per image: images with the same key come from one patient / volume.
-
-    The manifest's `group`, else the DICOM StudyInstanceUID (else SeriesInstanceUID), else the
-    file itself (all slices of one NIfTI file, all frames of one multi-frame file)."""
-    keys, dicom_cache = [], {}
-    for r in refs:
-        if r.patient_group:
-            keys.append("group:" + r.patient_group)
-            continue
-        path = pathlib.Path(r.path)
-        key = dicom_cache.get(path)
-        if key is None:
-            key = "file:" + str(path.resolve())
-            name = path.name.lower()
-            if name.endswith((".dcm", ".dicom")) or "." not in name:
-                try:
-                    import pydicom
-
-                    ds = pydicom.dcmread(path, stop_before_pixels=True,
-                                         specific_tags=["StudyInstanceUID", "SeriesInstanceUID"])
-                    uid = str(ds.get("StudyInstanceUID", "") or ds.get("SeriesInstanceUID", "") or "")
-                    if uid:
-                        key = "dicom:" + uid
-                except Exception:  # not DICOM after all, or no header: the file is the group
-                    pass
-            dicom_cache[path] = key
-        keys.append(key)
-    return keys
-
-
-def _group_ids(*key_lists: Sequence[str]) -> list[np.ndarray]:
-    table: dict[str, int] = {}
-    return [np.array([table.setdefault(k, len(table)) for k in keys], np.int64) for keys in key_lists]
-
-
-# ---------------------------------------------------------------------------------------
-# descriptors, cached as memory-mapped arrays
-
-def _cache_key(refs: Sequence[ImageRef], size: int, features) -> str:
-    h = hashlib.sha256(f"v{_CACHE_VERSION} size={size} features={getattr(features, 'name', None)}".encode())
-    for r in refs:
-        try:
-            st = r.path.stat()
-            h.update(f"{r.path}|{st.st_size}|{st.st_mtime_ns}|{r.options}\n".encode())
-        except OSError:
-            h.update(f"{r.path}|missing\n".encode())
-    return h.hexdigest()[:24]
-
-
-def describe_set(refs: Sequence[ImageRef], size: int, cache_dir: pathlib.Path, *, flips: bool,
-                 features=None, chunk: int = 256, progress=None, cancel=None) -> dict[str, np.ndarray]:
-    """Memory-mapped descriptors of a set (cached under cache_dir/<key>; reused when unchanged).
-
-    flips=True also stores the pHashes of the two mirrored versions ('hash_h', 'hash_v').
-    'digest' is a 16-byte hash of the normalised pixels (exact duplicates).
-    """
-    key = _cache_key(refs, size, features) + ("f" if flips else "")
-    folder = cache_dir / key
-    names = (["vec", "struct", "hash", "digest"] + (["hash_h", "hash_v"] if flips else [])
-             + (["feat"] if features else []))
-    if (folder / "done").is_file():
-        return {n: np.load(folder / f"{n}.npy", mmap_mode="r") for n in names}
-    shutil.rmtree(folder, ignore_errors=True)
-    folder.mkdir(parents=True)
-    n = len(refs)
-    shapes = {"vec": ((n, D.SEARCH_SIZE ** 2), np.float32), "struct": ((n, D.STRUCT_SIZE, D.STRUCT_SIZE), np.uint8),
-              "hash": ((n, 8), np.uint8), "hash_h": ((n, 8), np.uint8), "hash_v": ((n, 8), np.uint8),
-              "digest": ((n, 16), np.uint8)}
-    if features is not None:
-        shapes["feat"] = ((n, features.dim), np.float32)
-    arrays = {name: np.lib.format.open_memmap(folder / f"{name}.npy", mode="w+", dtype=shapes[name][1],
-                                              shape=shapes[name][0]) for name in names}
-    for start, images in iter_chunks(refs, size, chunk=chunk, cancel=cancel):
-        d = D.describe(images)
-        end = start + len(images)
-        for name in ("vec", "struct", "hash"):
-            arrays[name][start:end] = d[name]
-        for j, im in enumerate(images):
-            arrays["digest"][start + j] = np.frombuffer(hashlib.blake2b(im.tobytes(), digest_size=16).digest(),
-                                                        np.uint8)
-        if flips:
-            grey = np.rint(D.to_grey(images) * 255).astype(np.uint8)
-            arrays["hash_h"][start:end] = D.phash_bits(grey[:, :, ::-1])
-            arrays["hash_v"][start:end] = D.phash_bits(grey[:, ::-1])
-        if features is not None:
-            arrays["feat"][start:end] = _unit(features.from_normalised(images))
-        if progress is not None:
-            progress(len(images))
-    for a in arrays.values():
-        a.flush()
-    (folder / "done").write_text("ok\n")
-    return {n: np.load(folder / f"{n}.npy", mmap_mode="r") for n in names}
-
-
-def _unit(x: np.ndarray) -> np.ndarray:
-    x = np.asarray(x, np.float32)
-    return x / (np.linalg.norm(x, axis=1, keepdims=True) + 1e-12)
-
-
-def _vec_variants(vec: np.ndarray) -> list[np.ndarray]:
-    g = np.asarray(vec).reshape(-1, D.SEARCH_SIZE, D.SEARCH_SIZE)
-    return [np.ascontiguousarray(g.reshape(len(g), -1)),
-            np.ascontiguousarray(g[:, :, ::-1].reshape(len(g), -1)),
-            np.ascontiguousarray(g[:, ::-1].reshape(len(g), -1))]
-
-
-def _coarse(vec: np.ndarray) -> np.ndarray:
-    """8 x 8 zero-mean unit vectors from the 32 x 32 search grids: blurred enough that a few
-    degrees of rotation, a 10 % shift or a 90 % crop barely change them (candidate search)."""
-    g = np.asarray(vec, np.float32).reshape(-1, 8, 4, 8, 4).mean(axis=(2, 4)).reshape(-1, 64)
-    g = g - g.mean(axis=1, keepdims=True)
-    return np.ascontiguousarray(g / (np.linalg.norm(g, axis=1, keepdims=True) + 1e-6), np.float32)
-
-
-def _struct_variant(struct: np.ndarray, variant: np.ndarray) -> np.ndarray:
-    out = np.array(struct)
-    out[variant == 1] = out[variant == 1][:, :, ::-1]
-    out[variant == 2] = out[variant == 2][:, ::-1]
-    return out
-
-
-def _prepare_reference(ref: dict, measures) -> None:
-    """In-memory search structures of the reference set, built once per run."""
-    if "grid" not in ref:
-        struct = np.asarray(ref["struct"])
-        ref["grid"] = D.reference_grids(struct)
-        ref["coarse"] = _coarse(ref["vec"])
-    if "patch" in measures and "patch_vec" not in ref:
-        vec, mask = [], []
-        struct = ref["struct"]
-        for s in range(0, len(struct), 512):
-            v, m = D.patch_vectors(np.asarray(struct[s:s + 512]), D.REF_STRIDE)
-            vec.append(v)
-            mask.append(m)
-        vec, mask = np.concatenate(vec), np.concatenate(mask)
-        owner = np.repeat(np.arange(len(vec)), vec.shape[1]).reshape(mask.shape)
-        window = np.tile(np.arange(vec.shape[1]), len(vec)).reshape(mask.shape)
-        ref["patch_vec"] = np.ascontiguousarray(vec[mask])
-        ref["patch_owner"] = owner[mask]
-        ref["patch_window"] = window[mask]
-
-
-# ---------------------------------------------------------------------------------------
-# streamed exact k-NN search
-
-def _merge_topk(best_d, best_i, d, i, k, largest: bool):
-    if best_d is None:
-        dd, ii = d, i
-    else:
-        dd, ii = np.concatenate([best_d, d], 1), np.concatenate([best_i, i], 1)
-    order = np.argsort(-dd if largest else dd, axis=1, kind="stable")[:, :k]
-    return np.take_along_axis(dd, order, 1), np.take_along_axis(ii, order, 1)
-
-
-def _excluded(exclude, base_groups, start, stop):
-    """query x block mask of base rows a query must not match (its own group, or itself)."""
-    bg = np.arange(start, stop) if base_groups is None else np.asarray(base_groups[start:stop])
-    return np.asarray(exclude)[:, None] == bg[None, :]
-
-
-def knn_inner_product(queries: np.ndarray, base: np.ndarray, k: int, exclude=None, base_groups=None):
-    """Exact top-k by inner product, streamed over blocks of `base` (memory: one block).
-
-    exclude: optional array, one value per query: the base row (or, with `base_groups`, the group
-    id) the query must never be matched with — itself, or its own patient / volume.
-    """
-    import faiss
-
-    q = np.ascontiguousarray(queries, np.float32)
-    best_d = best_i = None
-    for start in range(0, len(base), _BLOCK):
-        block = np.ascontiguousarray(base[start:start + _BLOCK], dtype=np.float32)
-        kk = min(k, len(block))
-        if exclude is None:
-            d, i = faiss.knn(q, block, kk, metric=faiss.METRIC_INNER_PRODUCT)
-        else:
-            sims = q @ block.T
-            sims[_excluded(exclude, base_groups, start, start + len(block))] = -np.inf
-            i = np.argpartition(-sims, kk - 1, axis=1)[:, :kk]
-            d = np.take_along_axis(sims, i, 1)
-        best_d, best_i = _merge_topk(best_d, best_i, d, i + start, k, largest=True)
-    best_i = np.where(np.isfinite(best_d), best_i, -1)
-    return best_d, best_i
-
-
-_POPCOUNT = np.array([bin(i).count("1") for i in range(256)], np.uint8)
-
-
-def knn_hamming(queries: np.ndarray, base: np.ndarray, k: int, exclude=None, base_groups=None):
-    """Exact top-k by Hamming distance of packed 64-bit codes, streamed over blocks."""
-    import faiss
-
-    q = np.ascontiguousarray(queries, np.uint8)
-    best_d = best_i = None
-    for start in range(0, len(base), _BLOCK):
-        block = np.ascontiguousarray(base[start:start + _BLOCK], dtype=np.uint8)
-        kk = min(k, len(block))
-        if exclude is None:
-            index = faiss.IndexBinaryFlat(64)
-            index.add(block)
-            d, i = index.search(q, kk)
-            d = d.astype(np.float32)
-        else:
-            d = np.empty((len(q), len(block)), np.float32)
-            for s in range(0, len(q), 256):
-                d[s:s + 256] = _POPCOUNT[q[s:s + 256, None, :] ^ block[None]].sum(axis=2)
-            d[_excluded(exclude, base_groups, start, start + len(block))] = np.inf
-            i = np.argpartition(d, kk - 1, axis=1)[:, :kk]
-            d = np.take_along_axis(d, i, 1)
-        best_d, best_i = _merge_topk(best_d, best_i, d, i + start, k, largest=False)
-    best_i = np.where(np.isfinite(best_d), best_i, -1)
-    return best_d, best_i
-
-
-def _best_k(results, k, largest: bool) -> np.ndarray:
-    """Indices of the k best distinct references over several (distances, indices) results."""
-    d = np.concatenate([r[0] for r in results], 1)
-    i = np.concatenate([r[1] for r in results], 1)
-    order = np.argsort(-d if largest else d, axis=1, kind="stable")
-    d, i = np.take_along_axis(d, order, 1), np.take_along_axis(i, order, 1)
-    out = np.full((len(i), k), -1, np.int64)
-    for row in range(len(i)):
-        valid = i[row][i[row] >= 0]
-        _, first = np.unique(valid, return_index=True)
-        keep = valid[np.sort(first)][:k]
-        out[row, :len(keep)] = keep
-    return out
-
-
-PATCH_CANDIDATES = 64
-"""Window pairs per query refined at full resolution by the patch search."""
-
-
-def patch_search(query_struct: np.ndarray, ref: dict, query_groups=None, ref_groups=None):
-    """Partial copies: every structured window of each query against every reference window
-    (10 x 10 cosine, exact search), then the PATCH_CANDIDATES best window pairs re-matched at
-    128 px with a ±8 px shift search (`descriptors.refine_patches`). Returns the best refined
-    correlation per query and the reference it came from; the query's own group is skipped."""
-    query_struct = np.asarray(query_struct)
-    qv, qm = D.patch_vectors(query_struct, D.QUERY_STRIDE)
-    base, owner, where = ref["patch_vec"], ref["patch_owner"], ref["patch_window"]
-    best = np.full(len(qv), -1.0, np.float32)
-    arg = np.full(len(qv), -1, np.int64)
-    if not len(base):
-        return best, arg
-    T = PATCH_CANDIDATES
-    for i in range(len(qv)):
-        wins = np.flatnonzero(qm[i])
-        if not len(wins):
-            continue
-        w = qv[i][wins]
-        top_s = np.full((0,), -np.inf, np.float32)
-        top_q = top_b = np.zeros(0, np.int64)
-        for start in range(0, len(base), 32768):
-            sims = w @ base[start:start + 32768].T
-            if query_groups is not None:
-                own = np.asarray(ref_groups)[owner[start:start + 32768]] == query_groups[i]
-                sims[:, own] = -np.inf
-            flat = sims.ravel()
-            kk = min(T, flat.size)
-            pick = np.argpartition(-flat, kk - 1)[:kk]
-            top_s = np.concatenate([top_s, flat[pick]])
-            top_q = np.concatenate([top_q, wins[pick // sims.shape[1]]])
-            top_b = np.concatenate([top_b, start + pick % sims.shape[1]])
-            keep = np.argsort(-top_s)[:T]
-            top_s, top_q, top_b = top_s[keep], top_q[keep], top_b[keep]
-        ok = np.isfinite(top_s)
-        if not ok.any():
-            continue
-        top_q, top_b = top_q[ok], top_b[ok]
-        owners = owner[top_b]
-        fine = D.refine_patches(np.repeat(query_struct[i:i + 1], len(top_q), 0), top_q,
-                                np.asarray(ref["struct"][np.sort(np.unique(owners))])[
-                                    np.searchsorted(np.sort(np.unique(owners)), owners)], where[top_b])
-        j = int(np.argmax(fine))
-        best[i], arg[i] = fine[j], int(owners[j])
-    return best, arg
-
-
-# ---------------------------------------------------------------------------------------
-# matching one block of queries against the reference set
-
-def match(query: dict, qidx: np.ndarray, ref: dict, measures: Sequence[str], k: int,
-          exclude_self: bool = False, k_struct: int = 1, query_groups=None,
-          ref_groups=None) -> tuple[dict[str, np.ndarray], np.ndarray]:
-    """Best value per measure and the nearest reference (by measures[0]) for query rows qidx.
-
-    query/ref: descriptor dicts; query needs 'hash_h'/'hash_v'. exclude_self: qidx indexes the
-    reference set itself and a query never matches its own row. query_groups (one group id per
-    row of qidx) with ref_groups (one per reference): a query never matches its own group.
-    """
-    _prepare_reference(ref, measures)
-    if query_groups is not None:
-        exclude, base_groups = np.asarray(query_groups), np.asarray(ref_groups)
-    elif exclude_self:
-        exclude, base_groups = np.asarray(qidx), None
-    else:
-        exclude = base_groups = None
-    vec = np.asarray(query["vec"][qidx])
-    variants = _vec_variants(vec)
-    coarse = [_coarse(v) for v in variants]
-    # k candidates per measure, each the best over the three orientations
-    cand = [_best_k([knn_inner_product(v, ref["vec"], k, exclude, base_groups) for v in variants], k, largest=True),
-            _best_k([knn_inner_product(c, ref["coarse"], k, exclude, base_groups) for c in coarse], k, largest=True)]
-    hashes = [np.asarray(query[h][qidx]) for h in ("hash", "hash_h", "hash_v")]
-    if "phash" in measures:
-        cand.append(_best_k([knn_hamming(h, ref["hash"], k, exclude, base_groups) for h in hashes], k, largest=False))
-    if "features" in measures:
-        cand.append(knn_inner_product(np.asarray(query["feat"][qidx]), ref["feat"], k, exclude, base_groups)[1])
-    cand = np.concatenate(cand, 1)
-    nq = len(qidx)
-    # unique candidate pairs
-    pairs_q = np.repeat(np.arange(nq), cand.shape[1])
-    pairs_r = cand.reshape(-1)
-    keep = pairs_r >= 0
-    pq, pr = np.unique(np.stack([pairs_q[keep], pairs_r[keep]], 1), axis=0).T if keep.any() else \
-        (np.zeros(0, np.int64), np.zeros(0, np.int64))
-    q_struct_all = np.asarray(query["struct"][qidx])
-    values: dict[str, np.ndarray] = {}
-    if len(pq):
-        uniq = np.sort(np.unique(pr))
-        lookup = {r: j for j, r in enumerate(uniq)}
-        at = np.array([lookup[r] for r in pr])
-        rv = np.asarray(ref["vec"][uniq])[at]
-        sims = np.stack([np.einsum("ij,ij->i", v[pq], rv) for v in variants], 1)
-        variant = sims.argmax(1)
-        values["pixel"] = D.transform_ncc(D.query_kernels(q_struct_all), ref["grid"], pq, pr)
-        if any(m in measures for m in ("tiled_l2", "ssim", "ms_ssim")):
-            ref_struct = np.asarray(ref["struct"][uniq])[at]
-            q_struct = _struct_variant(q_struct_all[pq], variant)
-            framed = D.pair_measures(q_struct, ref_struct, measures, groups=pq, top=k_struct)
-            values["pixel"] = np.maximum(values["pixel"], framed["pixel"])
-            values.update({m: framed[m] for m in ("tiled_l2", "ssim", "ms_ssim") if m in framed})
-        if "phash" in measures:
-            rh = np.asarray(ref["hash"][uniq])[at]
-            values["phash"] = np.min(np.stack([D.hamming(h[pq], rh) for h in hashes], 1), 1).astype(np.float32)
-        if "features" in measures:
-            rf = np.asarray(ref["feat"][uniq])[at]
-            values["features"] = np.einsum("ij,ij->i", np.asarray(query["feat"][qidx])[pq], rf)
-    best = {}
-    nearest = np.full(nq, -1)
-    for m in measures:
-        higher = D.MEASURES[m].higher_is_closer
-        if m == "patch":
-            qg = None if exclude is None else exclude
-            rg = base_groups
-            if rg is None and exclude is not None:  # exclude_self: each reference is its own group
-                rg = np.arange(len(ref["vec"]))
-            best[m], arg = patch_search(q_struct_all, ref, qg, rg)
-            if m == measures[0]:
-                nearest = arg
-            continue
-        if not len(pq):
-            best[m] = np.full(nq, -np.inf if higher else np.inf)
-            continue
-        v = np.nan_to_num(values[m] if higher else -values[m], nan=-np.inf)
-        out = np.full(nq, -np.inf)
-        arg = np.full(nq, -1)
-        order = np.lexsort((-v, pq))  # by query, best first
-        first = np.ones(len(order), bool)
-        first[1:] = pq[order][1:] != pq[order][:-1]
-        out[pq[order][first]] = v[order][first]
-        arg[pq[order][first]] = pr[order][first]
-        best[m] = out if higher else -out
-        if m == measures[0]:
-            nearest = arg
-    return best, nearest
-
-
-def _passes(value, threshold, higher):
-    # as Python floats: a float32 value against a float64 threshold would round the threshold
-    value, threshold = float(value), float(threshold)
-    return value >= threshold if higher else value <= threshold
-
-
-# ---------------------------------------------------------------------------------------
-# calibration
-
-def conformal_threshold(values: np.ndarray, level: float, higher: bool) -> tuple[float, bool]:
-    """Threshold that a value must reach to be flagged so that a new value exchangeable with the
-    calibration `values` passes with probability at most `level` (split-conformal quantile):
-    strictly closer than the r-th closest calibration value, r = floor(level (n + 1)).
-
-    Returns (threshold, attainable); attainable is False when n + 1 < 1 / level: then the
-    threshold is "closer than every calibration value" and the guarantee is only 1 / (n + 1).
-    """
-    v = np.asarray(values, float)
-    v = v[np.isfinite(v)] if v.size else v
-    n = len(v)
-    if n == 0:
-        return (math.inf if higher else -math.inf), False
-    closeness = np.sort(v)[::-1] if higher else np.sort(v)
-    r = int(math.floor(level * (n + 1) + 1e-9))
-    attainable = r >= 1
-    c = float(closeness[max(r, 1) - 1])
-    integer = bool(np.all(v == np.round(v)))
-    if integer:  # pHash bits: "strictly closer" is one bit closer
-        return (c + 1 if higher else c - 1), attainable
-    return float(np.nextafter(c, math.inf if higher else -math.inf)), attainable
-
-
-def wilson(x: int, n: int, alpha: float = 0.05) -> dict:
-    """{x, n, value, ci_wilson} (Wilson score interval without continuity correction)."""
-    if n <= 0:
-        return {"x": int(x), "n": 0, "value": None, "ci_wilson": None, "value_reason": "no images"}
-    from statsmodels.stats.proportion import proportion_confint
-
-    lo, hi = proportion_confint(int(x), int(n), alpha=alpha, method="wilson")
-    return {"x": int(x), "n": int(n), "value": x / n, "ci_wilson": [float(lo), float(hi)]}
-
-
-def _flags(values: dict[str, np.ndarray], thresholds: dict[str, float], measures, min_votes):
-    passed = {m: np.array([_passes(v, thresholds[m], D.MEASURES[m].higher_is_closer) for v in values[m]], bool)
-              for m in measures}
-    votes = np.sum([passed[m] for m in measures], axis=0) if measures else np.zeros(0)
-    return passed, votes >= min_votes
-
-
-def memorisation_tests(syn_values: dict, syn_modality: Sequence[str], hold_values: dict,
-                       hold_modality: Sequence[str], measures) -> list[dict]:
-    """Per modality (and all together): one-sided Mann-Whitney U of synthetic vs held-out
-    nearest-neighbour values — are synthetic images closer to the reference than real images
-    of other patients are?"""
-    from scipy.stats import mannwhitneyu
-
-    syn_modality, hold_modality = np.asarray(syn_modality, object), np.asarray(hold_modality, object)
-    strata = [("all", np.ones(len(syn_modality), bool), np.ones(len(hold_modality), bool))]
-    for mod in sorted(set(syn_modality) & set(hold_modality) - {""}):
-        strata.append((mod, syn_modality == mod, hold_modality == mod))
-    out = []
-    for name, sm, hm in strata:
-        for m in measures:
-            higher = D.MEASURES[m].higher_is_closer
-            a = np.asarray(syn_values[m], float)[sm]
-            b = np.asarray(hold_values[m], float)[hm]
-            a, b = a[np.isfinite(a)], b[np.isfinite(b)]
-            row = {"modality": name, "measure": m, "n_synthetic": int(len(a)), "n_holdout": int(len(b)),
-                   "median_synthetic": float(np.median(a)) if len(a) else None,
-                   "median_holdout": float(np.median(b)) if len(b) else None}
-            if len(a) and len(b):
-                res = mannwhitneyu(a, b, alternative="greater" if higher else "less")
-                row["u"] = float(res.statistic)
-                row["p_one_sided"] = float(res.pvalue)
-                # probability that a synthetic image is closer than a held-out one (ties half)
-                row["p_synthetic_closer"] = float(res.statistic / (len(a) * len(b))) if higher else \
-                    float(1 - res.statistic / (len(a) * len(b)))
-            else:
-                row["u"] = row["p_one_sided"] = row["p_synthetic_closer"] = None
-                row["p_one_sided_reason"] = "no images in one of the two sets"
-            out.append(row)
-    return out
-
-
-# ---------------------------------------------------------------------------------------
 # the whole run
 
 def run_novelty(synthetic, reference, out_dir=None, *, holdout=None, measures: Sequence[str] = DEFAULT_MEASURES,
@@ -659,6 +220,14 @@ def run_novelty(synthetic, reference, out_dir=None, *, holdout=None, measures: S
     if hold is None and len(set(ref_g.tolist())) < 2:
         raise EvaluationError("reference: all images are one group (one patient / volume), so no held-out "
                               "comparison is possible; give --holdout real images of other patients")
+    if hold is not None:
+        shared = sum(k in set(ref_keys) for k in hold_keys)
+        if shared:
+            # they are matched only with other groups, but they are not images of other patients:
+            # the thresholds promise a rate for real images unrelated to the training set
+            warnings.append(f"{shared} held-out images share a group (patient / volume / file) with the "
+                            "reference; they are compared only with other groups, but they are the same "
+                            "patients — hold out images of other patients")
     n_cal = min(len(hold) if hold is not None else len(ref), calibration_sample)
     total = len(syn) + len(ref) + (len(hold) if hold is not None else 0) + len(syn) + n_cal
     bar = _Progress(total, progress, on_progress, cancel)
@@ -873,25 +442,6 @@ def summary_dict(result: NoveltyResult) -> dict:
     }
 
 
-def memorisation_answer(rows: Sequence[dict], alpha: float = 0.05) -> str:
-    """One sentence per stratum: are synthetic images closer to the reference than held-out ones?"""
-    parts = []
-    for r in rows:
-        if r.get("p_one_sided") is None:
-            parts.append(f"{r['modality']}: not testable ({r.get('p_one_sided_reason', 'no data')})")
-            continue
-        verdict = "yes" if r["p_one_sided"] < alpha else "no evidence"
-        parts.append(f"{r['modality']}: {verdict} (median {r['measure']} {r['median_synthetic']:.3g} synthetic vs "
-                     f"{r['median_holdout']:.3g} held-out, one-sided Mann-Whitney p = {r['p_one_sided']:.3g}, "
-                     f"n = {r['n_synthetic']} / {r['n_holdout']})")
-    return "; ".join(parts)
-
-
-def format_rate(rate: dict) -> str:
-    if rate.get("value") is None:
-        return "n/a (no images)"
-    lo, hi = rate["ci_wilson"]
-    return f"{rate['x']} of {rate['n']} ({rate['value']:.1%}, 95% CI {lo:.1%}-{hi:.1%})"
 
 
 def write_outputs(result: NoveltyResult, syn: Sequence[ImageRef], ref: Sequence[ImageRef], *,

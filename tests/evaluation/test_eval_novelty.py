@@ -12,7 +12,7 @@ from PIL import Image
 
 from eval_fixtures import PLANTS, planted_sets, save, texture_rgb
 from evaluation import descriptors as D
-from evaluation import novelty
+from evaluation import novelty, novelty_search
 from evaluation.errors import EvaluationError
 
 
@@ -126,7 +126,7 @@ def test_tiled_l2_is_the_worst_tile_and_phash_matches_imagehash():
 
 
 def test_streamed_knn_equals_brute_force(monkeypatch):
-    monkeypatch.setattr(novelty, "_BLOCK", 7)  # many blocks: the running top-k merge is exercised
+    monkeypatch.setattr(novelty_search, "_BLOCK", 7)  # many blocks: the running top-k merge is exercised
     rng = np.random.default_rng(2)
     base = rng.normal(size=(40, 16)).astype(np.float32)
     q = base[:10] + 0.01
@@ -303,6 +303,8 @@ def test_calibration_never_compares_an_image_with_its_own_group(grouped):
     # nearest reference is another group's image, not a near-identical neighbour slice
     assert not own["nearest_reference"].startswith("reference/t1_")
     assert own["pixel"] < 0.95
+    # ... and the run says that a held-out image of a training patient is not an independent one
+    assert any("1 held-out images share a group" in w for w in res.warnings), res.warnings
     with open(tmp / "out" / "holdout.csv", newline="") as fh:
         rows = list(csv.DictReader(fh))
     assert len(rows) == 22 and {"holdout", "group", "nearest_reference", "pixel", "patch", "flagged"} <= set(rows[0])
@@ -356,6 +358,12 @@ def test_exact_and_near_duplicate_reference_files_are_reported(tmp_path):
     assert any("near-duplicate" in w for w in res.warnings)
 
 
+def _patch_reference(images):
+    ref = dict(D.describe(np.stack(images)))
+    novelty_search._prepare_reference(ref, ["patch"])
+    return ref
+
+
 def test_patch_search_finds_a_region_pasted_into_another_image(tmp_path):
     from eval_fixtures import normalised
     from imaging_fixtures import skimage_sample
@@ -365,14 +373,71 @@ def test_patch_search_finds_a_region_pasted_into_another_image(tmp_path):
     base = texture_rgb(rng)
     pasted = base.copy()
     pasted[120:240, 20:140] = ref_px[1][40:160, 100:220]   # a 47 % region of the histology image
-    d_ref = D.describe(np.stack(ref_px))
     d_q = D.describe(np.stack([pasted, base]))
-    ref = {k: v for k, v in d_ref.items()}
-    ref["vec"] = d_ref["vec"]
-    novelty._prepare_reference(ref, ["patch"])
-    best, owner = novelty.patch_search(d_q["struct"], ref)
+    best, owner = novelty.patch_search(d_q["grey"], _patch_reference(ref_px))
     assert owner[0] == 1 and best[0] > 0.97, best
     assert best[1] < best[0] - 0.1
+
+
+def _paste(base, source, top, left, side, at_top, at_left):
+    out = base.copy()
+    out[at_top:at_top + side, at_left:at_left + side] = source[top:top + side, left:left + side]
+    return out
+
+
+def test_a_speckled_ultrasound_region_pasted_at_an_odd_offset_is_found():
+    """Echocardiography frames (speckle on a dark background) pasted into bright photographs at
+    odd pixel offsets: the region's own grey values are compared (not values standardised over
+    the photograph, which clip its speckle), and the window pair is found among ten frames of
+    the same cine that all look alike."""
+    from eval_fixtures import normalised
+    from imaging_fixtures import dicom_sample, skimage_sample
+
+    echo = dicom_sample("examples_ybr_color.dcm")
+    frames = [normalised(echo, frame=f) for f in range(0, 30, 3)]
+    others = [normalised(skimage_sample(n)) for n in ("retina.jpg", "ihc.png")]
+    ref = _patch_reference(frames + others)
+    bases = [normalised(skimage_sample(n)) for n in ("astronaut.png", "coffee.png", "chelsea.png")]
+    # frame index in `frames`, source corner, side, target corner (odd offsets)
+    cases = [(5, 97, 102, 127, 47, 84), (8, 113, 104, 115, 24, 27), (6, 112, 55, 117, 83, 78)]
+    queries = [_paste(bases[j % 3], frames[f], t, l, side, T, L) for j, (f, t, l, side, T, L) in enumerate(cases)]
+    best, owner = novelty.patch_search(D.describe(np.stack(queries + bases))["grey"], ref)
+    assert list(owner[:3]) == [f for f, *_ in cases], (owner, best)
+    assert (best[:3] > 0.85).all(), best
+    assert best[3:].max() < best[:3].min() - 0.3, best  # the photographs alone match nothing that well
+
+
+def test_a_region_of_a_smooth_upscaled_image_is_found_among_similar_references():
+    """A 64-px MR upscaled (smooth everywhere) pasted into a photograph, with brain slices of
+    another volume in the reference: many windows of smooth images look alike, and the true
+    source must still be among the pairs refined at full resolution."""
+    from eval_fixtures import normalised
+    from imaging_fixtures import dicom_sample, nifti_sample, skimage_sample
+
+    t1, epi = nifti_sample("anatomical.nii"), nifti_sample("example4d.nii.gz")
+    slices = [normalised(t1, slice_index=s, axis=2) for s in range(6, 19, 2)]
+    slices += [normalised(epi, slice_index=s, axis=2) for s in range(4, 21, 2)]
+    mr = normalised(dicom_sample("MR_small.dcm"))
+    ref = _patch_reference(slices + [mr])
+    query = _paste(normalised(skimage_sample("rocket.jpg")), mr, 142, 120, 113, 90, 20)
+    best, owner = novelty.patch_search(D.describe(query[None])["grey"], ref)
+    assert owner[0] == len(slices) and best[0] > 0.95, (owner, best)
+
+
+def test_an_unrelated_smooth_scan_is_far_from_a_pasted_region():
+    """Windows of unrelated smooth images (a CT head against brain MR slices) correlate almost
+    as well as a copy on plain grey values; on band-passed values only the copy stays high."""
+    from eval_fixtures import normalised
+    from imaging_fixtures import dicom_sample, nifti_sample, skimage_sample
+
+    epi = nifti_sample("example4d.nii.gz")
+    slices = [normalised(epi, slice_index=s, axis=2) for s in range(4, 21, 2)]
+    ref = _patch_reference(slices)
+    ct_head = normalised(dicom_sample("J2K_pixelrep_mismatch.dcm"))
+    pasted = _paste(normalised(skimage_sample("rocket.jpg")), slices[5], 132, 40, 107, 13, 78)
+    best, owner = novelty.patch_search(D.describe(np.stack([pasted, ct_head]))["grey"], ref)
+    assert owner[0] == 5
+    assert best[0] - best[1] > 0.2, best
 
 
 def test_plain_torchscript_exports_and_copy_descriptors_are_accepted(tmp_path):
