@@ -494,9 +494,6 @@ def plot(summary: list[dict], cfg: AugmentConfig, path: pathlib.Path, metric: st
 
 
 def _write_csv(path: pathlib.Path, rows: list[dict]) -> None:
-    from studies.cells import spreadsheet_safe  # arm and file names are text
+    from studies.cells import write_csv  # arm and file names are text
 
-    with open(path, "w", newline="", encoding="utf-8") as fh:
-        writer = csv.DictWriter(fh, fieldnames=list(rows[0]) if rows else ["arm"])
-        writer.writeheader()
-        writer.writerows({k: spreadsheet_safe(v) for k, v in row.items()} for row in rows)
+    write_csv(path, rows, list(rows[0]) if rows else ["arm"])

@@ -32,7 +32,6 @@ Outputs in `out_dir`: `novelty.csv`, `holdout.csv`, `summary.json`, `report.html
 """
 from __future__ import annotations
 
-import csv
 import dataclasses
 import json
 import math
@@ -50,14 +49,14 @@ from evaluation.images import ImageRef, list_images
 # the public names of the sibling modules stay importable from here (the CLI, studio and
 # benchmarks import them from evaluation.novelty)
 from evaluation.novelty_calibration import (
-    _flags,
-    _group_ids,
-    _passes,
     conformal_threshold,
     format_rate,
+    group_ids,
     group_keys,
     memorisation_answer,
     memorisation_tests,
+    passes,
+    vote_flags,
     wilson,
 )
 from evaluation.novelty_patch import patch_search
@@ -215,7 +214,7 @@ def run_novelty(synthetic, reference, out_dir=None, *, holdout=None, measures: S
     cache_dir = pathlib.Path(cache_dir)
     ref_keys = group_keys(ref)
     hold_keys = group_keys(hold) if hold is not None else []
-    ref_g, hold_g = _group_ids(ref_keys, hold_keys)
+    ref_g, hold_g = group_ids(ref_keys, hold_keys)
     warnings: list[str] = []
     if hold is None and len(set(ref_g.tolist())) < 2:
         raise EvaluationError("reference: all images are one group (one patient / volume), so no held-out "
@@ -287,7 +286,7 @@ def run_novelty(synthetic, reference, out_dir=None, *, holdout=None, measures: S
             for m in measures:
                 if m not in thresholds:
                     t[m] = conformal_threshold(calibration[m][~inside], level, D.MEASURES[m].higher_is_closer)[0]
-            passed, flags = _flags({m: calibration[m][inside] for m in measures}, t, measures, min_votes)
+            passed, flags = vote_flags({m: calibration[m][inside] for m in measures}, t, measures, min_votes)
             hold_flag[inside] = flags
             hold_votes[inside] = np.sum([passed[m] for m in measures], axis=0)
         bar.stage("matching synthetic images")
@@ -297,7 +296,7 @@ def run_novelty(synthetic, reference, out_dir=None, *, holdout=None, measures: S
             best, nearest = match(sd, q, rd, measures, k)
             for j, i in enumerate(q):
                 passed = [m for m in measures
-                          if _passes(best[m][j], used[m], D.MEASURES[m].higher_is_closer)]
+                          if passes(best[m][j], used[m], D.MEASURES[m].higher_is_closer)]
                 row = {"synthetic": syn[i].name, "nearest_reference": ref[nearest[j]].name if nearest[j] >= 0 else ""}
                 row.update({m: float(best[m][j]) for m in measures})
                 row["votes"] = len(passed)
@@ -447,22 +446,14 @@ def summary_dict(result: NoveltyResult) -> dict:
 def write_outputs(result: NoveltyResult, syn: Sequence[ImageRef], ref: Sequence[ImageRef], *,
                   size: int = DEFAULT_SIZE, gallery: int = 24) -> None:
     from evaluation import report
-    from studies.cells import spreadsheet_safe
+    from studies.cells import write_csv  # file names are text a spreadsheet could run as a formula
 
     out = result.out_dir
     out.mkdir(parents=True, exist_ok=True)
     columns = ["synthetic", "nearest_reference", *result.measures, "votes", "flagged_by", "flagged"]
-    with open(out / "novelty.csv", "w", newline="", encoding="utf-8") as fh:
-        w = csv.DictWriter(fh, fieldnames=columns, extrasaction="ignore")
-        w.writeheader()
-        for r in result.rows:  # file names are text a spreadsheet could run as a formula
-            w.writerow({k: spreadsheet_safe(v) for k, v in {**r, "flagged": int(r["flagged"])}.items()})
-    with open(out / "holdout.csv", "w", newline="", encoding="utf-8") as fh:
-        w = csv.DictWriter(fh, fieldnames=["holdout", "group", "nearest_reference", *result.measures, "votes",
-                                           "flagged"], extrasaction="ignore")
-        w.writeheader()
-        for r in result.holdout.get("rows", []):
-            w.writerow({k: spreadsheet_safe(v) for k, v in {**r, "flagged": int(r["flagged"])}.items()})
+    write_csv(out / "novelty.csv", [{**r, "flagged": int(r["flagged"])} for r in result.rows], columns)
+    write_csv(out / "holdout.csv", [{**r, "flagged": int(r["flagged"])} for r in result.holdout.get("rows", [])],
+              ["holdout", "group", "nearest_reference", *result.measures, "votes", "flagged"])
     summary = summary_dict(result)
     (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
     first = result.measures[0]

@@ -51,12 +51,12 @@ def group_keys(refs: Sequence[ImageRef]) -> list[str]:
     return keys
 
 
-def _group_ids(*key_lists: Sequence[str]) -> list[np.ndarray]:
+def group_ids(*key_lists: Sequence[str]) -> list[np.ndarray]:
     table: dict[str, int] = {}
     return [np.array([table.setdefault(k, len(table)) for k in keys], np.int64) for keys in key_lists]
 
 
-def _passes(value, threshold, higher):
+def passes(value, threshold, higher):
     # as Python floats: a float32 value against a float64 threshold would round the threshold
     value, threshold = float(value), float(threshold)
     return value >= threshold if higher else value <= threshold
@@ -95,8 +95,8 @@ def wilson(x: int, n: int, alpha: float = 0.05) -> dict:
     return {"x": int(x), "n": int(n), "value": x / n, "ci_wilson": [float(lo), float(hi)]}
 
 
-def _flags(values: dict[str, np.ndarray], thresholds: dict[str, float], measures, min_votes):
-    passed = {m: np.array([_passes(v, thresholds[m], D.MEASURES[m].higher_is_closer) for v in values[m]], bool)
+def vote_flags(values: dict[str, np.ndarray], thresholds: dict[str, float], measures, min_votes):
+    passed = {m: np.array([passes(v, thresholds[m], D.MEASURES[m].higher_is_closer) for v in values[m]], bool)
               for m in measures}
     votes = np.sum([passed[m] for m in measures], axis=0) if measures else np.zeros(0)
     return passed, votes >= min_votes

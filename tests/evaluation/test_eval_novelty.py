@@ -50,7 +50,7 @@ def test_thresholds_are_split_conformal_quantiles_of_held_out_values(planted):
         r = int(np.floor(level * (len(cal) + 1)))
         # strictly closer than the r-th closest held-out value: at most r of n held-out pass
         assert result.thresholds[m] == pytest.approx(cal[r - 1], abs=1e-6)
-        passing = np.sum([novelty._passes(v, result.thresholds[m], higher) for v in result.calibration[m]])
+        passing = np.sum([novelty.passes(v, result.thresholds[m], higher) for v in result.calibration[m]])
         assert passing <= r - 1
         assert "split-conformal" in result.threshold_rules[m]
     # no --holdout: every reference image is calibrated against the other groups' images
