@@ -30,8 +30,9 @@ def answer_all(db, token, rating=2, likert=4, max_steps=200):
     return screen
 
 
-def queue_event(client, fn_index: int, data: list, token: str, session: str) -> list:
-    """One event as the browser sends it (join, then read the event stream)."""
+def queue_message(client, fn_index: int, data: list, token: str, session: str) -> dict:
+    """One event as the browser sends it (join, then read the event stream): the completed
+    message, whether or not the event succeeded."""
     import json
 
     r = client.post(f"/gradio_api/queue/join?token={token}", json={
@@ -43,9 +44,15 @@ def queue_event(client, fn_index: int, data: list, token: str, session: str) -> 
         for line in s.iter_lines():
             msg = json.loads(line[5:]) if line.startswith("data:") else {}
             if msg.get("event_id") == event_id and msg.get("msg") == "process_completed":
-                assert msg.get("success"), msg
-                return msg["output"]["data"]
+                return msg
     raise AssertionError("no result")
+
+
+def queue_event(client, fn_index: int, data: list, token: str, session: str) -> list:
+    """The output of one successful event (`queue_message`)."""
+    msg = queue_message(client, fn_index, data, token, session)
+    assert msg.get("success"), msg
+    return msg["output"]["data"]
 
 
 def repeat_study(tmp):

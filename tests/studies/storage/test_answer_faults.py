@@ -26,6 +26,7 @@ from studies.readers import invite, reader_for_token
 from studies.session import AlreadyAnswered, _record_answer, next_case, submit
 from study_fixtures import copy_study, template  # noqa: F401
 from paths import ROOT
+from reader_fixtures import queue_message
 
 HERE = pathlib.Path(__file__).resolve().parent
 GUARD_S = 90  # only a hang guard: a wait that old code never ends
@@ -176,20 +177,6 @@ def test_the_last_case_answered_twice_tells_the_refused_tab_so(db):
 
 
 # ------------------------------------------------------------ bounded waits
-def _event(client, fn_index, data, token, session):
-    r = client.post(f"/gradio_api/queue/join?token={token}", json={
-        "data": data, "event_data": None, "fn_index": fn_index, "trigger_id": None,
-        "session_hash": session})
-    r.raise_for_status()
-    event_id = r.json()["event_id"]
-    with client.stream("GET", f"/gradio_api/queue/data?session_hash={session}") as s:
-        for line in s.iter_lines():
-            if line.startswith("data:"):
-                msg = json.loads(line[5:])
-                if msg.get("event_id") == event_id and msg.get("msg") == "process_completed":
-                    return msg
-    raise AssertionError("no result")
-
 
 def test_a_stalled_writer_reaches_its_deadline_and_other_readers_pages_load(
         template, tmp_path, monkeypatch):
@@ -213,18 +200,18 @@ def test_a_stalled_writer_reaches_its_deadline_and_other_readers_pages_load(
         sessions = {n: secrets.token_hex(6) for n in tokens}
         with httpx.Client(base_url=url, timeout=GUARD_S) as c:
             for n in ("slow-a", "slow-b"):
-                _event(c, ids["on_load"], [], tokens[n], sessions[n])
-                assert _event(c, ids["on_start"], [], tokens[n], sessions[n])["success"]
+                queue_message(c, ids["on_load"], [], tokens[n], sessions[n])
+                assert queue_message(c, ids["on_start"], [], tokens[n], sessions[n])["success"]
         os.kill(writer.proc.pid, signal.SIGSTOP)
         try:
             def answer(n):
                 with httpx.Client(base_url=url, timeout=GUARD_S) as c:
-                    return _event(c, ids["on_submit"], [None, 3, None, "", False], tokens[n],
+                    return queue_message(c, ids["on_submit"], [None, 3, None, "", False], tokens[n],
                                   sessions[n])
             waiting = [_run(answer, n) for n in ("slow-a", "slow-b")]
             time.sleep(0.5)  # both answers are waiting on the stopped writer
             with httpx.Client(base_url=url, timeout=GUARD_S) as c:
-                page = _event(c, ids["on_load"], [], tokens["other"], sessions["other"])
+                page = queue_message(c, ids["on_load"], [], tokens["other"], sessions["other"])
             assert page["success"] and 'data-screen="intro"' in page["output"]["data"][0]
             for w in waiting:
                 msg, exc = w()
@@ -285,11 +272,11 @@ def test_a_page_from_before_a_restart_gets_the_out_of_date_screen(template, tmp_
     token = invite(db, "pilot", "stale")
     with serve_studio(db) as (url, ids):
         with httpx.Client(base_url=url, timeout=GUARD_S) as c:
-            _event(c, ids["on_load"], [], token, secrets.token_hex(6))
-            assert _event(c, ids["on_start"], [], token, secrets.token_hex(6))["success"]
+            queue_message(c, ids["on_load"], [], token, secrets.token_hex(6))
+            assert queue_message(c, ids["on_start"], [], token, secrets.token_hex(6))["success"]
     with serve_studio(db) as (url, ids):  # restarted
         with httpx.Client(base_url=url, timeout=GUARD_S) as c:
-            msg = _event(c, ids["on_submit"], [None, 3, None, "", False], token,
+            msg = queue_message(c, ids["on_submit"], [None, 3, None, "", False], token,
                          secrets.token_hex(6))
     assert msg["success"], msg
     assert "This page was out of date" in json.dumps(msg["output"])
