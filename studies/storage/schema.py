@@ -136,7 +136,7 @@ def _migration_2(db: Database) -> None:
 
 def _migration_3(db: Database) -> None:
     # 1 where the browser's time on case was implausibly short (< 50 ms) and the server's
-    # figure was stored instead (studio.reader.view.answer_duration_ms). Existing rows were
+    # figure was stored instead (studio.reader.handlers.answer_duration_ms). Existing rows were
     # never replaced: 0. ADD COLUMN is not an UPDATE, so the append-only triggers allow it.
     db.execute("ALTER TABLE responses ADD COLUMN duration_flagged INTEGER NOT NULL DEFAULT 0")
 
