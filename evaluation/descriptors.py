@@ -316,14 +316,30 @@ def reference_grids(struct: np.ndarray) -> torch.Tensor:
     return F.pad(x, (SHIFT,) * 4, mode="replicate")
 
 
+def window_norms(grids: torch.Tensor) -> dict[int, torch.Tensor]:
+    """Per kernel width w of `query_kernels`, N x 1 x o x o: each w x w window's norm about its
+    mean, of every reference grid. They depend on the reference alone, so a search computes
+    them once rather than once per candidate pair (most of `transform_ncc`'s time otherwise)."""
+    out = {}
+    with torch.no_grad():
+        for s in SCALES:
+            w = int(round(NCC_GRID * s))
+            mu = F.avg_pool2d(grids, w, stride=1)
+            sq = F.avg_pool2d(grids * grids, w, stride=1)
+            out[w] = ((sq - mu * mu).clamp_min(0) * (w * w)).sqrt()
+    return out
+
+
 def transform_ncc(kernels: dict[float, torch.Tensor], grids: torch.Tensor, pq: np.ndarray,
-                  pr: np.ndarray) -> np.ndarray:
+                  pr: np.ndarray, norms: dict[int, torch.Tensor] | None = None) -> np.ndarray:
     """Best normalised cross-correlation of each pair (query pq[i] vs reference pr[i]) over the
     rotations, mirror images, crop scales and shifts searched (`query_kernels`, `reference_grids`).
 
     The kernel is the whole query (rotated, shrunk to the scale); it slides over the padded
-    reference, and each window is normalised by its own mean and norm (Pearson correlation)."""
+    reference, and each window is normalised by its own mean and norm (Pearson correlation).
+    norms: `window_norms(grids)`, computed here when not given."""
     pq, pr = np.asarray(pq), np.asarray(pr)
+    norms = window_norms(grids) if norms is None else norms
     best = np.full(len(pq), -1.0, np.float32)
     with torch.no_grad():
         for s0 in range(0, len(pq), 512):
@@ -336,9 +352,7 @@ def transform_ncc(kernels: dict[float, torch.Tensor], grids: torch.Tensor, pq: n
                 kk = k[torch.from_numpy(q)]                             # P x V x w x w
                 v, w = kk.shape[1], kk.shape[-1]
                 corr = F.conv2d(inp, kk.reshape(p * v, 1, w, w), groups=p)[0]   # (P V) x o x o
-                mu = F.avg_pool2d(g, w, stride=1)                       # P x 1 x o x o
-                sq = F.avg_pool2d(g * g, w, stride=1)
-                norm = ((sq - mu * mu).clamp_min(0) * (w * w)).sqrt()
+                norm = norms[w][torch.from_numpy(r)]                    # P x 1 x o x o
                 ncc = corr.view(p, v, *corr.shape[-2:]) / (norm + 1e-3)
                 # windows with (almost) no structure are not evidence of a copy
                 ncc = torch.where(norm.expand_as(ncc) > 0.05 * w, ncc, torch.full_like(ncc, -1.0))

@@ -115,6 +115,7 @@ def _prepare_reference(ref: dict, measures) -> None:
     if "grid" not in ref:
         struct = np.asarray(ref["struct"])
         ref["grid"] = D.reference_grids(struct)
+        ref["grid_norms"] = D.window_norms(ref["grid"])
         ref["coarse"] = _coarse(ref["vec"])
     if "patch" in measures:
         P.prepare_reference(ref)
@@ -254,7 +255,8 @@ def match(query: dict, qidx: np.ndarray, ref: dict, measures: Sequence[str], k: 
         rv = np.asarray(ref["vec"][uniq])[at]
         sims = np.stack([np.einsum("ij,ij->i", v[pq], rv) for v in variants], 1)
         variant = sims.argmax(1)
-        values["pixel"] = D.transform_ncc(D.query_kernels(q_struct_all), ref["grid"], pq, pr)
+        values["pixel"] = D.transform_ncc(D.query_kernels(q_struct_all), ref["grid"], pq, pr,
+                                           ref["grid_norms"])
         if any(m in measures for m in ("tiled_l2", "ssim", "ms_ssim")):
             ref_struct = np.asarray(ref["struct"][uniq])[at]
             q_struct = _struct_variant(q_struct_all[pq], variant)
