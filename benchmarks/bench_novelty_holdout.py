@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import hashlib
 import json
 import os
 import pathlib
@@ -284,7 +285,9 @@ def main() -> None:
     from evaluation.novelty import DEFAULT_MEASURES, format_rate, run_novelty, wilson
 
     torch.set_num_threads(args.threads)
-    data = args.data / f"seed{args.seed}"
+    # the folder is named by a hash of this script, so a changed benchmark never reuses old data
+    version = hashlib.sha256(pathlib.Path(__file__).read_bytes()).hexdigest()[:12]
+    data = args.data / f"seed{args.seed}-{version}"
     t = time.perf_counter()
     if not (data / "kinds.json").is_file():
         shutil.rmtree(data, ignore_errors=True)
