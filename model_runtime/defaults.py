@@ -41,3 +41,14 @@ def recommended_settings(model: str | os.PathLike, config: str | os.PathLike | N
     if steps < 1 or not math.isfinite(guidance) or guidance < 0:
         raise ModelRuntimeError(f"{path}: steps must be at least 1 and guidance_scale finite and >= 0")
     return steps, guidance
+
+
+def settings_or_runtime_defaults(model: str | os.PathLike | None) -> tuple[int, float]:
+    """`recommended_settings`, or the runtime's own when there is no model or it cannot be found
+    or read: the starting values of a form or a plan, where the run itself reports such a model."""
+    if model:
+        try:
+            return recommended_settings(model)
+        except ModelRuntimeError:
+            pass
+    return STEPS, GUIDANCE

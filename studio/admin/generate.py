@@ -97,20 +97,6 @@ def model_location(key: str, local_path: str | None) -> str:
     return registry.get(key).location
 
 
-def model_defaults(location: str | None) -> tuple[int, float]:
-    """(steps, guidance) the model recommends (`model_runtime.defaults.recommended_settings`),
-    else the runtime's own; a folder that cannot be read keeps the tab usable."""
-    from model_runtime.defaults import GUIDANCE, STEPS, recommended_settings
-    from model_runtime.errors import ModelRuntimeError
-
-    if location:
-        try:
-            return recommended_settings(location)
-        except ModelRuntimeError:
-            pass
-    return STEPS, GUIDANCE
-
-
 def get_model(location: str, loras: tuple[str, ...] = ()):
     """Load once per process (per model and LoRA set); concurrent first requests wait for the same load."""
     from model_runtime.loading import load

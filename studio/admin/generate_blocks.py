@@ -12,11 +12,12 @@ import time
 
 import gradio as gr
 
+from model_runtime.defaults import settings_or_runtime_defaults
 from studio.admin import generate
 from studio.admin.generate import (
     GENERATE_ADMITTED, LOCAL_PATH, MAX_FIELDS, MAX_IMAGES, MAX_STEPS, RANDOM_SEED,
     batch_choices, batch_seed, batch_zip, batches_root, lora_choices, lora_specs,
-    model_choices, model_defaults, model_info, model_loaded, model_location,
+    model_choices, model_info, model_loaded, model_location,
     model_modalities, model_own_prompt, preset_choices, preset_fields, preset_prompt,
     resolve_seed, send_to_study, time_left,
 )
@@ -34,9 +35,9 @@ def build_generate_tab(db_path, guard, *, model=None, batches_dir=None) -> Gener
     choices = model_choices()
     default_key = _default_key(model, choices)
     try:
-        default_steps, default_guidance = model_defaults(model_location(default_key, model))
+        default_steps, default_guidance = settings_or_runtime_defaults(model_location(default_key, model))
     except (ValueError, KeyError):
-        default_steps, default_guidance = model_defaults(None)
+        default_steps, default_guidance = settings_or_runtime_defaults(None)
     with gr.Row():
         with gr.Column(scale=2):
             model_dd = gr.Dropdown(choices, value=default_key, label="Model",
@@ -96,7 +97,7 @@ def build_generate_tab(db_path, guard, *, model=None, batches_dir=None) -> Gener
     def on_model(key, local, request: gr.Request):
         guard(request)
         try:
-            st, gd = model_defaults(model_location(key, local))
+            st, gd = settings_or_runtime_defaults(model_location(key, local))
         except (ValueError, KeyError):
             st, gd = gr.update(), gr.update()
         presets_ = gr.update(choices=preset_choices(model_modalities(key, local)))

@@ -5,7 +5,6 @@ Thin wrappers over studies.ingest / readers / export / session. Bad input ends w
 """
 from __future__ import annotations
 
-import sqlite3
 import sys
 
 import click

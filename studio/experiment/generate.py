@@ -8,6 +8,7 @@ import pathlib
 import re
 import shutil
 
+from model_runtime.defaults import settings_or_runtime_defaults
 from studies.imaging.manifest import write_manifest
 from studio.experiment.config import ExperimentCancelled, ExperimentError, Generator
 from studio.experiment.records import Context, digest_files, read_rows, reference_rows, sha_file, sha_json
@@ -32,16 +33,6 @@ def _lora_hash(spec: str) -> str:
 def generate_inputs(ctx: Context) -> dict:
     # The engine is not an input: local and Ray write identical bytes (model_runtime.batch_job).
     return {"split": ctx.outputs("split"), "generators": [_gen_params(g) for g in ctx.cfg.generators]}
-
-
-def _model_defaults(model: str) -> tuple[int, float]:
-    from model_runtime.defaults import GUIDANCE, STEPS, recommended_settings
-    from model_runtime.errors import ModelRuntimeError
-
-    try:
-        return recommended_settings(model)
-    except ModelRuntimeError:  # the job itself reports an unknown model with its own message
-        return STEPS, GUIDANCE
 
 
 def _prompts_for(g: Generator, reference: list[dict], folder: pathlib.Path) -> pathlib.Path:
@@ -84,7 +75,7 @@ def generate_stage(ctx: Context):
             ctx.log(f"generate {g.name}: unchanged, skipped")
         else:
             prompts = _prompts_for(g, reference, folder)
-            steps, guidance = _model_defaults(g.model)
+            steps, guidance = settings_or_runtime_defaults(g.model)
 
             def on_image(task, path):
                 if ctx.cancel is not None and ctx.cancel.is_set():
